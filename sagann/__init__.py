@@ -1,0 +1,12 @@
+"""sagann: full-graph GNN training larger than accelerator memory (NeuGraph's SAGA-NN).
+
+Write a layer as ApplyEdge / ApplyVertex with torch ops; sagann splits the
+graph into chunks that fit the device and streams them through it.
+"""
+from sagann import fn, nn
+from sagann.engine import ChunkedGraph, EdgeBatch, Layer
+from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, Device
+
+__version__ = "0.1.0"
+
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "fn", "nn", "__version__"]

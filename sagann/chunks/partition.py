@@ -1,0 +1,252 @@
+"""2D partition of an edge list into P vertex intervals and P x P edge chunks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from sagann.chunks.types import ChunkId, EdgeChunk, Partition
+
+DEFAULT_SUB_CHUNK_NNZ = 1 << 20
+
+
+def as_edge_index(edge_index, num_vertices: int) -> np.ndarray:
+    """Validate a ``[2, E]`` edge list (numpy or torch) and return it as int64 numpy.
+
+    Raises ValueError naming the problem and the fix; nothing is modified.
+    """
+    if isinstance(num_vertices, bool) or not isinstance(num_vertices, (int, np.integer)) or num_vertices < 0:
+        raise ValueError(f"num_vertices must be a non-negative int, got {num_vertices!r}")
+    if hasattr(edge_index, "detach"):  # torch.Tensor, without importing torch here
+        edge_index = edge_index.detach().cpu().numpy()
+    edge_index = np.asarray(edge_index)
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        hint = " (it looks like [E, 2]: pass edge_index.T)" if edge_index.ndim == 2 and edge_index.shape[1] == 2 else ""
+        raise ValueError(f"edge_index must have shape [2, E] (row 0 = source, row 1 = destination), got {list(edge_index.shape)}{hint}")
+    if not np.issubdtype(edge_index.dtype, np.integer):
+        raise ValueError(f"edge_index must hold integer vertex ids, got dtype {edge_index.dtype}; convert with .astype(np.int64) after checking the ids are whole numbers")
+    edge_index = edge_index.astype(np.int64, copy=False)
+    if edge_index.shape[1]:
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0:
+            col = int(np.argmin(edge_index.min(axis=0)))
+            raise ValueError(f"edge_index has a negative vertex id ({lo}, edge {col}); ids must lie in [0, {num_vertices})")
+        if hi >= num_vertices:
+            col = int(np.argmax(edge_index.max(axis=0)))
+            raise ValueError(f"edge_index has vertex id {hi} (edge {col}) but num_vertices={num_vertices}; ids must lie in [0, {num_vertices}): pass num_vertices={hi + 1} or fix the ids")
+    return edge_index
+
+
+def balanced_bounds(in_degree: np.ndarray, num_chunks: int) -> np.ndarray:
+    """Interval boundaries ``[P + 1]`` balancing in-edges plus one unit per vertex.
+
+    Each vertex weighs ``in_degree + 1``, so edge chunks come out even while
+    intervals of isolated vertices do not grow without bound. Intervals may
+    be empty only when P > N.
+    """
+    n = int(in_degree.shape[0])
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+    weight = np.cumsum(in_degree.astype(np.int64) + 1)
+    total = int(weight[-1]) if n else 0
+    targets = (np.arange(1, num_chunks) * total) // num_chunks
+    cuts = np.searchsorted(weight, targets, side="right") if n else np.zeros(num_chunks - 1, dtype=np.int64)
+    bounds = np.concatenate([[0], cuts, [n]]).astype(np.int64)
+    return np.maximum.accumulate(bounds)
+
+
+def interval_of(bounds: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Interval index of each vertex id."""
+    return np.searchsorted(bounds, vertices, side="right") - 1
+
+
+def _sub_chunk_rows(dst_ptr: np.ndarray, max_nnz: int) -> list[tuple[int, int]]:
+    """Cut rows into ranges of at most ``max_nnz`` edges (a row is never split)."""
+    rows = dst_ptr.shape[0] - 1
+    nnz = int(dst_ptr[-1])
+    if nnz == 0:
+        return []
+    cuts, start = [], int(np.searchsorted(dst_ptr, 0, side="right") - 1)
+    while start < rows and dst_ptr[start] < nnz:
+        # largest end with dst_ptr[end] - dst_ptr[start] <= max_nnz, at least one row
+        end = int(np.searchsorted(dst_ptr, dst_ptr[start] + max_nnz, side="right") - 1)
+        end = max(end, start + 1)
+        cuts.append((start, end))
+        start = end
+        while start < rows and dst_ptr[start + 1] == dst_ptr[start]:
+            start += 1  # skip empty rows between sub-chunks
+    return cuts
+
+
+def make_sub_chunk(
+    cid: ChunkId,
+    src_start: int,
+    dst_start: int,
+    dst_offset: int,
+    dst_ptr: np.ndarray,
+    src_local: np.ndarray,
+    edge_ids: np.ndarray,
+) -> EdgeChunk:
+    """Build one sub-chunk from CSC rows: compact sources and a source-major view.
+
+    Args:
+        dst_ptr: int64 row pointer of the covered rows, starting at 0.
+        src_local: source id of each edge local to interval i.
+        edge_ids: global edge position of each edge.
+    """
+    # trim empty rows at the end so num_dst covers exactly the used rows
+    last = int(np.searchsorted(dst_ptr, dst_ptr[-1], side="left"))
+    dst_ptr = dst_ptr[: last + 1]
+    src_rows, src_idx = np.unique(src_local, return_inverse=True)
+    src_idx = src_idx.astype(np.int32)
+    src_perm = np.argsort(src_idx, kind="stable").astype(np.int32)
+    src_ptr = np.zeros(src_rows.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(src_idx, minlength=src_rows.shape[0]), out=src_ptr[1:])
+    num_dst = dst_ptr.shape[0] - 1
+    return EdgeChunk(
+        id=cid,
+        src_start=src_start,
+        dst_start=dst_start,
+        dst_offset=dst_offset,
+        dst_ptr=dst_ptr.astype(np.int32),
+        dst_idx=np.repeat(np.arange(num_dst, dtype=np.int32), np.diff(dst_ptr)),
+        src_idx=src_idx,
+        src_rows=src_rows.astype(np.int32),
+        src_ptr=src_ptr,
+        src_perm=src_perm,
+        edge_ids=np.ascontiguousarray(edge_ids, dtype=np.int64),
+    )
+
+
+def split_chunk(
+    i: Partition,
+    j: Partition,
+    bounds: np.ndarray,
+    dst_local: np.ndarray,
+    src_local: np.ndarray,
+    edge_ids: np.ndarray,
+    max_nnz: int,
+) -> list[EdgeChunk]:
+    """Cut the edges of E_ij (already sorted by destination, then edge id) into sub-chunks."""
+    rows = int(bounds[j + 1] - bounds[j])
+    dst_ptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(dst_local, minlength=rows), out=dst_ptr[1:])
+    subs = []
+    for sub, (r0, r1) in enumerate(_sub_chunk_rows(dst_ptr, max_nnz)):
+        e0, e1 = int(dst_ptr[r0]), int(dst_ptr[r1])
+        subs.append(
+            make_sub_chunk(
+                ChunkId(i, j, sub),
+                int(bounds[i]),
+                int(bounds[j]),
+                r0,
+                dst_ptr[r0 : r1 + 1] - e0,
+                src_local[e0:e1],
+                edge_ids[e0:e1],
+            )
+        )
+    return subs
+
+
+@dataclass
+class GraphPartition:
+    """A graph split into P intervals and its non-empty sub-chunks, by (i, j)."""
+
+    num_vertices: int
+    num_edges: int
+    bounds: np.ndarray  # int64 [P + 1]
+    chunks: dict[tuple[int, int], list[EdgeChunk]]
+    in_degree: np.ndarray  # int64 [N]
+    sub_chunk_nnz: int
+
+    @property
+    def num_chunks(self) -> int:
+        """P, the number of vertex intervals."""
+        return int(self.bounds.shape[0] - 1)
+
+    def interval(self, p: Partition) -> tuple[int, int]:
+        return int(self.bounds[p]), int(self.bounds[p + 1])
+
+    def interval_size(self, p: Partition) -> int:
+        lo, hi = self.interval(p)
+        return hi - lo
+
+    def column(self, j: Partition) -> Iterator[EdgeChunk]:
+        """Sub-chunks with destinations in V_j, in source order."""
+        for i in range(self.num_chunks):
+            yield from self.chunks.get((i, j), ())
+
+    def row(self, i: Partition) -> Iterator[EdgeChunk]:
+        """Sub-chunks with sources in V_i, in destination order."""
+        for j in range(self.num_chunks):
+            yield from self.chunks.get((i, j), ())
+
+    def sub_chunks(self) -> Iterator[EdgeChunk]:
+        for key in sorted(self.chunks):
+            yield from self.chunks[key]
+
+    @property
+    def num_sub_chunks(self) -> int:
+        return sum(len(v) for v in self.chunks.values())
+
+    def edge_index(self) -> np.ndarray:
+        """Rebuild the ``[2, E]`` edge list in the original edge order."""
+        out = np.empty((2, self.num_edges), dtype=np.int64)
+        for c in self.sub_chunks():
+            out[0, c.edge_ids] = c.global_src()
+            out[1, c.edge_ids] = c.global_dst()
+        return out
+
+
+def partition_graph(
+    edge_index,
+    num_vertices: int,
+    num_chunks: int,
+    sub_chunk_nnz: int | None = None,
+    bounds: np.ndarray | None = None,
+) -> GraphPartition:
+    """Split a graph into ``num_chunks`` intervals and its P x P edge chunks.
+
+    Args:
+        edge_index: ``[2, E]`` source/destination ids (numpy or torch).
+        num_vertices: N; every id must lie in ``[0, N)``.
+        num_chunks: P >= 1.
+        sub_chunk_nnz: upper bound on edges per sub-chunk (a destination row
+            with more in-edges than this forms a sub-chunk of its own).
+        bounds: explicit interval boundaries ``[P + 1]`` (default: balanced).
+    """
+    ei = as_edge_index(edge_index, num_vertices)
+    if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
+        raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
+    max_nnz = DEFAULT_SUB_CHUNK_NNZ if sub_chunk_nnz is None else int(sub_chunk_nnz)
+    if max_nnz < 1:
+        raise ValueError(f"sub_chunk_nnz must be >= 1, got {sub_chunk_nnz}")
+    src, dst = ei[0], ei[1]
+    in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
+    if bounds is None:
+        bounds = balanced_bounds(in_degree, int(num_chunks))
+    bounds = np.asarray(bounds, dtype=np.int64)
+    if bounds.shape != (num_chunks + 1,) or bounds[0] != 0 or bounds[-1] != num_vertices or np.any(np.diff(bounds) < 0):
+        raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {num_vertices}")
+    P = int(num_chunks)
+    pi, pj = interval_of(bounds, src), interval_of(bounds, dst)
+    # sort by (chunk, destination); stable, so each row keeps ascending edge ids
+    key = (pi * P + pj) * max(num_vertices, 1) + dst
+    order = np.argsort(key, kind="stable")
+    chunk_key = (pi * P + pj)[order]
+    starts = np.searchsorted(chunk_key, np.arange(P * P + 1), side="left")
+    chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
+    for k in np.flatnonzero(np.diff(starts)):
+        i, j = divmod(int(k), P)
+        seg = order[starts[k] : starts[k + 1]]
+        subs = split_chunk(i, j, bounds, dst[seg] - bounds[j], src[seg] - bounds[i], seg, max_nnz)
+        chunks[(i, j)] = subs
+    return GraphPartition(
+        num_vertices=int(num_vertices),
+        num_edges=int(ei.shape[1]),
+        bounds=bounds,
+        chunks=chunks,
+        in_degree=in_degree,
+        sub_chunk_nnz=max_nnz,
+    )

@@ -1,0 +1,120 @@
+"""Plain types that give the 2D partition its meaning.
+
+A graph with N vertices is split into P contiguous vertex *intervals*
+V_0..V_{P-1}; the edges with sources in V_i and destinations in V_j form the
+edge chunk E_ij. A chunk is cut by destination rows into *sub-chunks* of
+bounded nnz; one sub-chunk (an :class:`EdgeChunk`) is the unit that is
+loaded, computed and scheduled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+Partition = int  # index of a vertex interval, 0..P-1
+VertexId = int  # global vertex id, 0..N-1
+
+
+class ChunkId(NamedTuple):
+    """Key of a sub-chunk: sources in interval ``i``, destinations in ``j``."""
+
+    i: Partition
+    j: Partition
+    sub: int = 0
+
+    def __repr__(self) -> str:
+        return f"E[{self.i},{self.j}].{self.sub}"
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeChunk:
+    """One sub-chunk of E_ij in CSC-by-destination form with int32 local ids.
+
+    Invariants (checked by :meth:`validate`):
+
+    * destinations are the rows ``dst_offset .. dst_offset + num_dst`` of
+      interval ``j``; ``dst_ptr[r]:dst_ptr[r+1]`` are the edges of row
+      ``dst_offset + r``, in ascending global edge order;
+    * ``src_rows`` are the sorted unique source rows (local to interval
+      ``i``) this sub-chunk touches: a selective transfer sends exactly
+      these rows; ``src_idx`` indexes into ``src_rows``;
+    * ``dst_idx[e]`` is the row (relative to ``dst_offset``) of CSC edge e;
+    * ``src_ptr``/``src_perm`` give the same edges source-major, for
+      backward passes that must not use float atomics:
+      ``src_perm[src_ptr[s]:src_ptr[s+1]]`` are the CSC positions of the
+      edges leaving ``src_rows[s]``;
+    * ``edge_ids[e]`` is the position of CSC edge e in the global edge
+      order (the column of the user's ``edge_index``), for edge features.
+    """
+
+    id: ChunkId
+    src_start: VertexId  # first global vertex of interval i
+    dst_start: VertexId  # first global vertex of interval j
+    dst_offset: int  # first destination row covered, local to interval j
+    dst_ptr: np.ndarray  # int32 [num_dst + 1]
+    dst_idx: np.ndarray  # int32 [nnz]
+    src_idx: np.ndarray  # int32 [nnz]
+    src_rows: np.ndarray  # int32 [num_src]
+    src_ptr: np.ndarray  # int32 [num_src + 1]
+    src_perm: np.ndarray  # int32 [nnz]
+    edge_ids: np.ndarray  # int64 [nnz]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.src_idx.shape[0])
+
+    @property
+    def num_dst(self) -> int:
+        return int(self.dst_ptr.shape[0] - 1)
+
+    @property
+    def num_src(self) -> int:
+        return int(self.src_rows.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the index arrays: what loading this sub-chunk costs."""
+        return sum(
+            a.nbytes
+            for a in (
+                self.dst_ptr,
+                self.dst_idx,
+                self.src_idx,
+                self.src_rows,
+                self.src_ptr,
+                self.src_perm,
+                self.edge_ids,
+            )
+        )
+
+    def global_src(self) -> np.ndarray:
+        """Global source id of each CSC edge (int64)."""
+        return self.src_start + self.src_rows[self.src_idx].astype(np.int64)
+
+    def global_dst(self) -> np.ndarray:
+        """Global destination id of each CSC edge (int64)."""
+        return self.dst_start + self.dst_offset + self.dst_idx.astype(np.int64)
+
+    def validate(self) -> None:
+        """Raise ValueError if an invariant above does not hold."""
+        n = self.nnz
+        where = f"sub-chunk {self.id!r}"
+        for name in ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm"):
+            if getattr(self, name).dtype != np.int32:
+                raise ValueError(f"{where}: {name} must be int32")
+        if self.edge_ids.dtype != np.int64:
+            raise ValueError(f"{where}: edge_ids must be int64")
+        if self.dst_ptr[0] != 0 or self.dst_ptr[-1] != n or np.any(np.diff(self.dst_ptr) < 0):
+            raise ValueError(f"{where}: dst_ptr is not a valid CSC pointer for nnz={n}")
+        if not np.array_equal(self.dst_idx, np.repeat(np.arange(self.num_dst, dtype=np.int32), np.diff(self.dst_ptr))):
+            raise ValueError(f"{where}: dst_idx disagrees with dst_ptr")
+        if n and (self.src_idx.min() < 0 or self.src_idx.max() >= self.num_src):
+            raise ValueError(f"{where}: src_idx out of range of src_rows")
+        if np.any(np.diff(self.src_rows) <= 0):
+            raise ValueError(f"{where}: src_rows must be sorted and unique")
+        if self.src_ptr[-1] != n or not np.array_equal(np.sort(self.src_perm), np.arange(n)):
+            raise ValueError(f"{where}: src_perm is not a permutation of the edges")
+        if not np.array_equal(self.src_idx[self.src_perm], np.repeat(np.arange(self.num_src, dtype=np.int32), np.diff(self.src_ptr))):
+            raise ValueError(f"{where}: src_ptr/src_perm do not list edges source-major")

@@ -1,0 +1,161 @@
+"""Standard GNN layers as SAGA-NN layers, with PyG's math, defaults and parameter names.
+
+A PyG ``state_dict`` of the same layer loads into these unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sagann import fn
+from sagann.engine.graph import ChunkedGraph
+from sagann.engine.layer import Layer
+
+__all__ = ["GCNConv", "SAGEConv", "GINConv"]
+
+
+def _glorot_(w: torch.Tensor) -> None:
+    bound = math.sqrt(6.0 / (w.size(-2) + w.size(-1)))
+    with torch.no_grad():
+        w.uniform_(-bound, bound)
+
+
+class GCNConv(Layer):
+    """Kipf & Welling's graph convolution, ``D^-1/2 (A + I) D^-1/2 X W + b``.
+
+    Same math, defaults and parameter names (``lin.weight``, ``bias``) as
+    ``torch_geometric.nn.GCNConv``: the degree is the (weighted) in-degree
+    at the destination, and with ``add_self_loops`` every vertex gets exactly
+    one self loop (existing ones are replaced; a weighted one keeps its weight).
+
+    XW is computed once per vertex (``apply_src``), then propagated by the
+    fused ``src_mul_edge`` kernel with the normalised edge weights.
+
+    Args:
+        in_channels, out_channels: feature widths.
+        improved: self loops of weight 2 (``A + 2I``).
+        add_self_loops, normalize, bias: as in PyG.
+
+    Shapes:
+        x ``[N, in_channels]``, edge_weight ``[E]`` (optional), out ``[N, out_channels]``.
+    """
+
+    gather = "sum"
+    apply_edge = fn.src_mul_edge
+
+    def __init__(self, in_channels: int, out_channels: int, improved: bool = False, add_self_loops: bool = True, normalize: bool = True, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.improved, self.add_self_loops, self.normalize = improved, add_self_loops, normalize
+        self.lin = nn.Linear(in_channels, out_channels, bias=False)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _glorot_(self.lin.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def apply_src(self, v: torch.Tensor) -> torch.Tensor:
+        return self.lin(v)
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        return acc if self.bias is None else acc + self.bias
+
+    def forward(self, g: ChunkedGraph, x: torch.Tensor, edge_weight: torch.Tensor | None = None) -> torch.Tensor:
+        if edge_weight is not None and (edge_weight.dim() != 1 or edge_weight.shape[0] != g.num_edges):
+            raise ValueError(f"GCNConv: edge_weight must have shape [num_edges={g.num_edges}], got {list(edge_weight.shape)}")
+        graph, norm = self._graph_and_weights(g, edge_weight)
+        return super().forward(graph, x, norm)
+
+    def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
+        fill = 2.0 if self.improved else 1.0
+        if not self.normalize:
+            w = edge_weight if edge_weight is not None else torch.ones(g.num_edges)
+            return g, w
+        if self.add_self_loops:
+            graph, kept = g.with_remaining_self_loops()
+        else:
+            graph, kept = g, None
+        if edge_weight is None:
+            key = f"gcn_norm(fill={fill}, loops={self.add_self_loops})"
+            return graph, graph.cached(key, lambda: _gcn_norm(graph, torch.ones(graph.num_edges) if kept is None else _loop_weights(g, kept, None, fill)))
+        w = edge_weight if kept is None else _loop_weights(g, kept, edge_weight, fill)
+        return graph, _gcn_norm(graph, w)
+
+
+def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:
+    """Weights of the self-loop graph: kept edges' weights, then one loop per vertex."""
+    n = g.num_vertices
+    if edge_weight is None:
+        return torch.cat([torch.ones(len(kept)), torch.full((n,), fill)])
+    ei = g.edge_index()
+    is_loop = ei[0] == ei[1]
+    loop_w = torch.full((n,), fill, dtype=edge_weight.dtype)
+    if is_loop.any():  # an existing self loop keeps its weight
+        loop_w = loop_w.index_put((torch.from_numpy(ei[0][is_loop]),), edge_weight[torch.from_numpy(is_loop)])
+    return torch.cat([edge_weight[torch.from_numpy(kept)], loop_w])
+
+
+def _gcn_norm(graph: ChunkedGraph, w: torch.Tensor) -> torch.Tensor:
+    ei = torch.from_numpy(graph.edge_index())
+    deg = torch.zeros(graph.num_vertices, dtype=w.dtype).index_add(0, ei[1], w)
+    dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0)
+    return dinv[ei[0]] * w * dinv[ei[1]]
+
+
+class SAGEConv(Layer):
+    """GraphSAGE: ``lin_l(aggr_j x_j) + lin_r(x_i)``, as ``torch_geometric.nn.SAGEConv``.
+
+    Args:
+        in_channels, out_channels: feature widths.
+        aggr: ``"mean"`` (default), ``"sum"``, ``"max"`` or ``"min"``.
+        normalize: L2-normalise the output rows.
+        root_weight: add ``lin_r(x_i)``.
+        bias: bias of ``lin_l``.
+    """
+
+    apply_edge = fn.copy_src
+
+    def __init__(self, in_channels: int, out_channels: int, aggr: str = "mean", normalize: bool = False, root_weight: bool = True, bias: bool = True):
+        super().__init__()
+        if aggr not in fn.REDUCERS:
+            raise ValueError(f"SAGEConv: unknown aggr {aggr!r}; use one of {', '.join(fn.REDUCERS)}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.gather, self.normalize, self.root_weight = aggr, normalize, root_weight
+        self.lin_l = nn.Linear(in_channels, out_channels, bias=bias)
+        self.lin_r = nn.Linear(in_channels, out_channels, bias=False) if root_weight else None
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        out = self.lin_l(acc)
+        if self.lin_r is not None:
+            out = out + self.lin_r(v)
+        return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+
+class GINConv(Layer):
+    """Graph isomorphism network: ``nn((1 + eps) x_i + sum_j x_j)``, as ``torch_geometric.nn.GINConv``.
+
+    Args:
+        nn: the MLP applied per vertex (any ``torch.nn.Module``).
+        eps: initial epsilon.
+        train_eps: learn epsilon.
+    """
+
+    gather = "sum"
+    apply_edge = fn.copy_src
+
+    def __init__(self, nn: torch.nn.Module, eps: float = 0.0, train_eps: bool = False):
+        super().__init__()
+        self.nn = nn
+        if train_eps:
+            self.eps = torch.nn.Parameter(torch.tensor([eps]))
+        else:
+            self.register_buffer("eps", torch.tensor([eps]))
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        return self.nn((1 + self.eps) * v + acc)

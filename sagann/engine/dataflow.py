@@ -1,0 +1,390 @@
+"""Chunked SAGA-NN dataflow and its autograd: host tensors in, host tensors out.
+
+Forward walks destination intervals (column order): for each V_j it
+accumulates Gather(ApplyEdge(Scatter(V_i, V_j, E_ij))) over the sub-chunks
+of column j, finalises the reducer, runs ApplyVertex and writes V_j's rows
+back. It keeps on the host what backward needs: the gathered rows ``acc``
+(and, for max/min, the winning global edge id of each entry) and the hook
+outputs.
+
+Backward first recomputes ApplyVertex per interval to get the gradient of
+``acc``; then walks source intervals (row order), recomputing each
+sub-chunk's ApplyEdge+Gather under autograd and pushing the ``acc`` gradient
+through it: source-side gradients accumulate on the device for V_i,
+destination-side and edge gradients are added into host tensors; finally it
+back-propagates the hook pre-pass. Parameter gradients are summed as it goes.
+
+Randomness inside user functions (dropout) is replayed exactly in the
+recomputation: each function call runs under a seed derived from one draw
+of the caller's RNG and the call's position.
+"""
+from __future__ import annotations
+
+import contextlib
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sagann import kernels
+from sagann.chunks.partition import GraphPartition
+from sagann.chunks.types import EdgeChunk
+from sagann.engine.graph import ChunkedGraph, check_features
+from sagann.engine.layer import EdgeBatch, Layer, probe_layer
+from sagann.kernels import reference
+from sagann.kernels.graph import ChunkTensors
+from sagann.scheduler.devices import Scope, tensor_bytes
+from sagann.scheduler.planner import LayerShape
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
+    """Entry point of ``Layer.forward``: validate, plan, and run the chunked autograd function."""
+    if not isinstance(g, ChunkedGraph):
+        raise TypeError(f"{type(layer).__name__}: the first argument must be a sagann.ChunkedGraph, got {type(g).__name__}")
+    check_features(g, x)
+    if edge_data is not None:
+        if not isinstance(edge_data, torch.Tensor) or edge_data.dim() not in (1, 2) or edge_data.shape[0] != g.num_edges:
+            raise ValueError(f"edge_data must have shape [num_edges={g.num_edges}] or [num_edges, k], got {list(getattr(edge_data, 'shape', []))}")
+        if edge_data.dtype != torch.float32:
+            raise ValueError(f"edge_data must be float32, got {edge_data.dtype}")
+    device = g.device
+    params = [p for p in layer.parameters() if p.requires_grad]
+    for name, p in layer.named_parameters():
+        if p.device != device.torch_device:
+            raise ValueError(f"{type(layer).__name__}.{name} is on {p.device} but the graph's device computes on {device.torch_device}; move the layer there")
+    key = (x.shape[1], None if edge_data is None else tuple(edge_data.shape[1:]), layer.training)
+    shape = layer.__dict__.get("_sagann_shape", {}).get(key)
+    if shape is None:
+        shape = probe_layer(layer, int(x.shape[1]), edge_data, device.torch_device)
+        layer.__dict__.setdefault("_sagann_shape", {})[key] = shape
+    backend = _backend_for(g, shape)
+    param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
+    partition = g.plan(shape, fused=backend != "reference" and shape.builtin is not None, param_bytes=param_bytes)
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
+    call = _LayerCall(layer, g, partition, shape, backend, param_bytes, seed)
+    return _SagaFunction.apply(call, x.contiguous(), None if edge_data is None else edge_data.contiguous(), *params)
+
+
+def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
+    if g.backend != "auto":
+        return g.backend
+    if shape.builtin is None:
+        return "reference"
+    try:
+        import sagann.kernels.cpu  # noqa: F401  (numba present and kernels built)
+    except ImportError:
+        return "reference"
+    return "cpu"
+
+
+class _SagaFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, call: "_LayerCall", x, edge_data, *params):
+        out, saved = call.forward(x, edge_data)
+        ctx.call, ctx.saved = call, saved
+        ctx.save_for_backward(x, edge_data)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, edge_data = ctx.saved_tensors
+        need_x, need_e = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        gx, ge, gparams = ctx.call.backward(x, edge_data, ctx.saved, grad_out.contiguous(), need_x, need_e)
+        ctx.saved = None
+        return (None, gx, ge, *gparams)
+
+
+@dataclass
+class _Saved:
+    src_term: torch.Tensor | None  # host [N, d_src_term]
+    dst_term: torch.Tensor | None  # host [N, d_dst_term]
+    acc: torch.Tensor  # host [N, d_msg], finalised
+    winners: torch.Tensor | None  # host int64 [N, d_msg], global edge id, -1 if none
+
+
+class _ChunkInputs:
+    """A sub-chunk's device-side inputs, loaded on first use; in backward they are autograd leaves."""
+
+    def __init__(self, call: "_LayerCall", scope: Scope, c: EdgeChunk, host: dict, resident: dict, grad: dict):
+        self.call, self.scope, self.c = call, scope, c
+        self._host, self._resident, self._grad = host, resident, grad
+        self._values: dict[str, torch.Tensor | None] = {}
+        self.ct = ChunkTensors.from_chunk(c, call.device.torch_device)
+        scope.charge(self.ct.nbytes, f"index arrays of {c.id!r}")
+        self._src_index = torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))
+        self._edge_index = torch.from_numpy(c.edge_ids)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        if name not in self._values:
+            self._values[name] = self._load(name)
+        return self._values[name]
+
+    def _load(self, name: str) -> torch.Tensor | None:
+        c, s = self.c, self.scope
+        if name in self._resident:  # forward: V_j rows already on the device
+            t = self._resident[name]
+            return None if t is None else t[c.dst_offset : c.dst_offset + c.num_dst]
+        host = self._host.get(name)
+        if host is None:
+            return None
+        if name in ("src", "src_term"):
+            t = s.load_rows(host, self._src_index, f"{name} rows of {c.id!r}")
+        elif name == "data":
+            t = s.load_rows(host, self._edge_index, f"edge rows of {c.id!r}")
+        else:  # dst, dst_term in backward
+            lo = c.dst_start + c.dst_offset
+            t = s.load(host[lo : lo + c.num_dst], f"{name} rows of {c.id!r}")
+        if self._grad.get(name):
+            t.requires_grad_(True)
+        return t
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self._values.items() if v is not None and v.requires_grad and v.is_leaf}
+
+
+class _LayerCall:
+    """One call of a layer on one graph: runs the chunked forward and backward."""
+
+    def __init__(self, layer: Layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, param_bytes: int, seed: int):
+        self.layer, self.g, self.p, self.shape = layer, g, partition, shape
+        self.backend, self.param_bytes, self.seed = backend, param_bytes, seed
+        self.device = g.device
+        self.params = [p for p in layer.parameters() if p.requires_grad]
+        self.name = type(layer).__name__
+        self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
+        deg = torch.from_numpy(partition.in_degree).clamp(min=1).to(torch.float32)
+        self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _rng(self, *key) -> contextlib.AbstractContextManager:
+        if not self.layer.training:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        # a stable hash: the same call replays the same stream in any process
+        torch.manual_seed((self.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK)
+        return stack
+
+    def _check_rows(self, t: torch.Tensor, rows: int, width: int, fn: str) -> None:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (rows, width):
+            raise ValueError(f"{self.name}.{fn} returned shape {list(getattr(t, 'shape', []))}, expected [{rows}, {width}] (as in the probe)")
+
+    def _partial(self, inputs: _ChunkInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gather(ApplyEdge(Scatter)) of one sub-chunk onto its destination rows."""
+        shape, ct = self.shape, inputs.ct
+        if shape.builtin is not None:
+            src = inputs.get("src_term") if shape.d_src_term else inputs.get("src")
+            dst = (inputs.get("dst_term") if shape.d_dst_term else inputs.get("dst")) if shape.builtin.uses_dst else None
+            edge = inputs.get("data") if shape.builtin.uses_edge else None
+            return kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
+
+        def per_edge(name: str, index: torch.Tensor):
+            return lambda: (lambda t: None if t is None else t.index_select(0, index))(inputs.get(name))
+
+        e = EdgeBatch(
+            ct.nnz,
+            {
+                "src": per_edge("src", ct.src_idx),
+                "src_term": per_edge("src_term", ct.src_idx),
+                "dst": per_edge("dst", ct.dst_idx),
+                "dst_term": per_edge("dst_term", ct.dst_idx),
+                "data": lambda: (lambda t: None if t is None else (t.unsqueeze(-1) if t.dim() == 1 else t))(inputs.get("data")),
+            },
+        )
+        with self._rng("edge", *inputs.c.id):
+            msg = self.layer.apply_edge(e)
+        self._check_rows(msg, ct.nnz, shape.d_msg, "apply_edge")
+        inputs.scope.charge(tensor_bytes(msg) * (1 + len(e.used)), f"messages of {inputs.c.id!r}")
+        return reference.gather(ct, msg, self.reduce)
+
+    def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
+        out = torch.empty(self.g.num_vertices, width)
+        for q in range(self.p.num_chunks):
+            lo, hi = self.p.interval(q)
+            if hi == lo:
+                continue
+            with self.device.scope() as s:
+                v = s.load(x[lo:hi], f"input rows V_{q}")
+                with self._rng(hook, q):
+                    h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
+                self._check_rows(h, hi - lo, width, hook)
+                self.device.copy_out(h, out[lo:hi])
+        return out
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, _Saved]:
+        shape, p, dev = self.shape, self.p, self.device
+        src_term = self._hook_pass("apply_src", x, shape.d_src_term) if shape.d_src_term else None
+        dst_term = self._hook_pass("apply_dst", x, shape.d_dst_term) if shape.d_dst_term else None
+        n = self.g.num_vertices
+        out = torch.empty(n, shape.d_out)
+        acc_all = torch.empty(n, shape.d_msg)
+        win_all = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
+        host = {"src": x, "src_term": src_term, "data": edata}
+        init = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}[self.reduce]
+        with dev.scope() as params_scope:
+            params_scope.charge(self.param_bytes, f"{self.name} parameters")
+            for j in range(p.num_chunks):
+                lo, hi = p.interval(j)
+                if hi == lo:
+                    continue
+                with dev.scope() as s:
+                    xj = s.load(x[lo:hi], f"input rows V_{j}")
+                    dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
+                    acc = s.full((hi - lo, shape.d_msg), init, torch.float32, f"accumulator V_{j}")
+                    win = s.full((hi - lo, shape.d_msg), -1, torch.long, f"winners V_{j}") if shape.winners else None
+                    for c in p.column(j):
+                        with dev.scope() as cs:
+                            inputs = _ChunkInputs(self, cs, c, host, {"dst": xj, "dst_term": dj}, {})
+                            partial, arg = self._partial(inputs)
+                            cs.adopt(partial, f"partial of {c.id!r}")
+                            self._merge(cs, c, acc, win, partial, arg)
+                    self._finalise(acc, win, lo, hi)
+                    with self._rng("vertex", j):
+                        out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
+                    self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
+                    dev.copy_out(out_j, out[lo:hi])
+                    dev.copy_out(acc, acc_all[lo:hi])
+                    if win is not None:
+                        dev.copy_out(win, win_all[lo:hi])
+        return out, _Saved(src_term, dst_term, acc_all, win_all)
+
+    def _merge(self, scope: Scope, c: EdgeChunk, acc, win, partial, arg) -> None:
+        rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
+        if win is None:
+            acc[rows] += partial
+            return
+        eids = scope.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
+        gid = torch.where(arg >= 0, eids[arg.clamp(min=0)], -1)
+        cur, cur_win = acc[rows], win[rows]
+        beats = partial > cur if self.reduce == "max" else partial < cur
+        better = (arg >= 0) & (beats | ((partial == cur) & (gid < cur_win)))
+        acc[rows] = torch.where(better, partial, cur)
+        win[rows] = torch.where(better, gid, cur_win)
+
+    def _finalise(self, acc, win, lo: int, hi: int) -> None:
+        if self.inv_degree is not None:
+            acc.mul_(self.inv_degree[lo:hi].to(acc.device))
+        if win is not None:
+            acc.masked_fill_(win < 0, 0.0)
+
+    # ---- backward ------------------------------------------------------------------------
+    def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
+        shape, p, dev = self.shape, self.p, self.device
+        n = self.g.num_vertices
+        gx = torch.zeros_like(x) if need_x else None
+        ge = torch.zeros_like(edata) if need_e else None
+        gparams = [torch.zeros_like(q) for q in self.params]
+        g_src_term = torch.zeros_like(saved.src_term) if saved.src_term is not None else None
+        g_dst_term = torch.zeros_like(saved.dst_term) if saved.dst_term is not None else None
+        grad_acc = torch.empty(n, shape.d_msg)
+        with dev.scope() as params_scope:
+            params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
+            self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams)
+            self._backward_edges(x, edata, saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams)
+            for hook, g_term in (("apply_src", g_src_term), ("apply_dst", g_dst_term)):
+                if g_term is not None:
+                    self._backward_hook(hook, x, g_term, need_x, gx, gparams)
+        return gx, ge, gparams
+
+    def _grad(self, out: torch.Tensor, inputs: list[torch.Tensor], grad: torch.Tensor):
+        if not out.requires_grad or not inputs:
+            return [None] * len(inputs)
+        return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+
+    def _add_param_grads(self, grads, gparams) -> None:
+        for acc, g in zip(gparams, grads):
+            if g is not None:
+                acc.add_(g)
+
+    def _backward_vertex(self, x, saved: _Saved, grad_out, need_x, gx, grad_acc, gparams) -> None:
+        p, dev = self.p, self.device
+        for j in range(p.num_chunks):
+            lo, hi = p.interval(j)
+            if hi == lo:
+                continue
+            with dev.scope() as s:
+                xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
+                acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(True)
+                go = s.load(grad_out[lo:hi], f"output grad V_{j}")
+                with torch.enable_grad(), self._rng("vertex", j):
+                    out_j = self.layer.apply_vertex(xj, acc)
+                s.charge(2 * tensor_bytes(out_j), f"apply_vertex recompute V_{j}")
+                inputs = [acc] + ([xj] if need_x else []) + self.params
+                grads = self._grad(out_j, inputs, go)
+                g_acc = grads[0] if grads[0] is not None else torch.zeros_like(acc)
+                if self.inv_degree is not None:
+                    g_acc = g_acc * self.inv_degree[lo:hi].to(g_acc.device)
+                dev.copy_out(g_acc, grad_acc[lo:hi])
+                if need_x and grads[1] is not None:
+                    dev.add_out(grads[1], gx[lo:hi])
+                self._add_param_grads(grads[1 + need_x :], gparams)
+
+    def _backward_edges(self, x, edata, saved: _Saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams) -> None:
+        shape, p, dev = self.shape, self.p, self.device
+        host = {"src": x, "src_term": saved.src_term, "data": edata, "dst": x, "dst_term": saved.dst_term}
+        wants = {"src": need_x, "dst": need_x, "data": need_e, "src_term": True, "dst_term": True}
+        for i in range(p.num_chunks):
+            lo, hi = p.interval(i)
+            if hi == lo or not any(True for _ in p.row(i)):
+                continue
+            with dev.scope() as s:
+                acc_src = s.zeros((hi - lo, shape.d_in), torch.float32, f"source grad V_{i}") if need_x and shape.uses_src else None
+                acc_term = s.zeros((hi - lo, shape.d_src_term), torch.float32, f"source-term grad V_{i}") if g_src_term is not None else None
+                for c in p.row(i):
+                    with dev.scope() as cs:
+                        self._backward_chunk(cs, c, host, wants, saved, grad_acc, acc_src, acc_term, gx, ge, g_dst_term, gparams)
+                if acc_src is not None:
+                    dev.add_out(acc_src, gx[lo:hi])
+                if acc_term is not None:
+                    dev.add_out(acc_term, g_src_term[lo:hi])
+
+    def _backward_chunk(self, cs: Scope, c: EdgeChunk, host, wants, saved, grad_acc, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
+        dev = self.device
+        inputs = _ChunkInputs(self, cs, c, host, {}, wants)
+        lo = c.dst_start + c.dst_offset
+        g_rows = cs.load(grad_acc[lo : lo + c.num_dst], f"acc grad rows of {c.id!r}")
+        with torch.enable_grad():
+            partial, arg = self._partial(inputs)
+        cs.adopt(partial, f"partial of {c.id!r}")
+        if saved.winners is not None:
+            eids = cs.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
+            won = cs.load(saved.winners[lo : lo + c.num_dst], f"winners of {c.id!r}")
+            g_rows = g_rows * ((arg >= 0) & (eids[arg.clamp(min=0)] == won))
+        leaves = inputs.leaves()
+        grads = self._grad(partial, list(leaves.values()) + self.params, g_rows)
+        local_src = None
+        for name, g in zip(leaves, grads):
+            if g is None:
+                continue
+            if name in ("src", "src_term"):
+                if local_src is None:
+                    local_src = torch.from_numpy(c.src_rows.astype(np.int64)).to(g.device)
+                (acc_src if name == "src" else acc_term).index_add_(0, local_src, g)
+            elif name == "dst":
+                dev.add_out(g, gx[lo : lo + c.num_dst])
+            elif name == "dst_term":
+                dev.add_out(g, g_dst_term[lo : lo + c.num_dst])
+            elif name == "data":
+                ge.index_add_(0, torch.from_numpy(c.edge_ids), g.to(ge.device))
+        self._add_param_grads(grads[len(leaves) :], gparams)
+
+    def _backward_hook(self, hook: str, x, g_term, need_x, gx, gparams) -> None:
+        p, dev = self.p, self.device
+        for q in range(p.num_chunks):
+            lo, hi = p.interval(q)
+            if hi == lo:
+                continue
+            with dev.scope() as s:
+                v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
+                gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
+                with torch.enable_grad(), self._rng(hook, q):
+                    h = getattr(self.layer, hook)(v)
+                s.charge(2 * tensor_bytes(h), f"{hook} recompute V_{q}")
+                grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
+                if need_x and grads[0] is not None:
+                    dev.add_out(grads[0], gx[lo:hi])
+                self._add_param_grads(grads[need_x:], gparams)

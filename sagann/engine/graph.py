@@ -1,0 +1,153 @@
+"""ChunkedGraph: a graph, the device it is trained on, and the partition that fits it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_edge_index, partition_graph
+from sagann.scheduler.devices import CpuDevice, Device, format_bytes
+from sagann.scheduler.planner import BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, working_set
+
+BACKENDS = ("auto", "reference", "cpu")
+
+
+class ChunkedGraph:
+    """A graph split 2D into vertex intervals and edge chunks for out-of-core layers.
+
+    Args:
+        edge_index: ``[2, E]`` int ids, row 0 = source, row 1 = destination
+            (PyG's convention); numpy or torch.
+        num_vertices: N.
+        num_chunks: P, or None to pick the smallest P whose working set fits
+            the device's memory budget (decided at the first layer call,
+            when the feature widths are known, and grown if a later layer
+            needs more).
+        device: a :class:`~sagann.CpuDevice` (default: unlimited budget).
+        sub_chunk_nnz: edges per sub-chunk, or None to derive it from the budget.
+        backend: kernel backend for builtin messages: ``"auto"`` (fused numba
+            kernels on the CPU), ``"cpu"`` or ``"reference"``.
+
+    Example:
+        >>> import sagann, torch
+        >>> g = sagann.ChunkedGraph(torch.tensor([[0, 1], [1, 2]]), 3, device=sagann.CpuDevice("1MB"))
+    """
+
+    def __init__(
+        self,
+        edge_index,
+        num_vertices: int,
+        num_chunks: int | None = None,
+        device: Device | None = None,
+        sub_chunk_nnz: int | None = None,
+        backend: str = "auto",
+        *,
+        _partition: GraphPartition | None = None,
+    ):
+        if isinstance(device, (list, tuple)):
+            raise NotImplementedError("several devices (chains) are not supported yet; pass one device")
+        if device is not None and not isinstance(device, Device):
+            raise TypeError(f"device must be a sagann device such as sagann.CpuDevice('64MB'), got {device!r}")
+        if num_chunks is not None and (isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1):
+            raise ValueError(f"num_chunks must be None (choose automatically) or an int >= 1, got {num_chunks!r}")
+        if sub_chunk_nnz is not None and (not isinstance(sub_chunk_nnz, (int, np.integer)) or sub_chunk_nnz < 1):
+            raise ValueError(f"sub_chunk_nnz must be None or an int >= 1, got {sub_chunk_nnz!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+        if _partition is not None:
+            self._edge_index = None
+            self.num_vertices, self.num_edges = _partition.num_vertices, _partition.num_edges
+            self.in_degree = _partition.in_degree
+        else:
+            self._edge_index = as_edge_index(edge_index, num_vertices)
+            self.num_vertices, self.num_edges = int(num_vertices), int(self._edge_index.shape[1])
+            self.in_degree = np.bincount(self._edge_index[1], minlength=self.num_vertices).astype(np.int64)
+        self.device = device if device is not None else CpuDevice()
+        self.backend = backend
+        self._fixed_chunks = None if num_chunks is None else int(num_chunks)
+        self._fixed_sub_nnz = None if sub_chunk_nnz is None else int(sub_chunk_nnz)
+        self.partition: GraphPartition | None = _partition
+        self._derived: dict[str, object] = {}
+        self.last_working_set: WorkingSet | None = None
+
+    @classmethod
+    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto") -> "ChunkedGraph":
+        """Wrap an existing partition (e.g. a dataset loaded from disk); repartitions only if needed."""
+        return cls(None, partition.num_vertices, None, device, None, backend, _partition=partition)
+
+    @property
+    def num_chunks(self) -> int | None:
+        """P of the current partition (None before the first layer call chose it)."""
+        return None if self.partition is None else self.partition.num_chunks
+
+    def edge_index(self) -> np.ndarray:
+        if self._edge_index is None:
+            self._edge_index = self.partition.edge_index()
+        return self._edge_index
+
+    def _partition(self, num_chunks: int, sub_nnz: int) -> GraphPartition:
+        p = self.partition
+        if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
+            return p
+        return partition_graph(self.edge_index(), self.num_vertices, num_chunks, sub_nnz)
+
+    def plan(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
+        """The partition for a layer call: the current one if it fits, else a finer one.
+
+        P and the sub-chunk size only ever grow finer, so a model whose layers
+        have different widths settles on one partition after its first pass.
+        """
+        budget = self.device.memory_budget
+        sub = self._fixed_sub_nnz or sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
+        if self.partition is not None:
+            sub = min(sub, self.partition.sub_chunk_nnz)
+        if self._fixed_chunks is not None:
+            part = self._partition(self._fixed_chunks, sub)
+            ws = working_set(part, shape, fused, param_bytes)
+            if budget is not None and ws.peak_bytes > budget:
+                raise BudgetTooSmall(
+                    f"num_chunks={self._fixed_chunks} needs {ws.peak_bytes:,} device bytes (in the {ws.phase}) "
+                    f"but {self.device.name} has a budget of {budget:,} ({format_bytes(budget)}); "
+                    f"pass num_chunks=None to let sagann choose, or raise the budget"
+                )
+        else:
+            start = 1 if self.partition is None else self.partition.num_chunks
+            part, ws = choose_num_chunks(lambda P: self._partition(P, sub), self.num_vertices, shape, fused, param_bytes, budget, start)
+        self.partition, self.last_working_set = part, ws
+        return part
+
+    def with_remaining_self_loops(self) -> tuple["ChunkedGraph", np.ndarray]:
+        """This graph with every self loop replaced by exactly one per vertex (PyG's GCN convention).
+
+        Returns the derived graph (cached) and ``kept``: the original edge
+        positions of its first ``E' - N`` edges; the last N edges are the loops.
+        """
+        if "self_loops" not in self._derived:
+            ei = self.edge_index()
+            kept = np.flatnonzero(ei[0] != ei[1])
+            loops = np.arange(self.num_vertices, dtype=np.int64)
+            new_ei = np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
+            derived = ChunkedGraph(new_ei, self.num_vertices, self._fixed_chunks, self.device, self._fixed_sub_nnz, self.backend)
+            self._derived["self_loops"] = (derived, kept)
+        return self._derived["self_loops"]
+
+    def cached(self, key: str, make):
+        """Memoise a value derived from this graph (e.g. a layer's normalisation)."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
+    def __repr__(self) -> str:
+        return f"ChunkedGraph(num_vertices={self.num_vertices}, num_edges={self.num_edges}, num_chunks={self.num_chunks}, device={self.device!r})"
+
+
+def check_features(g: ChunkedGraph, x, what: str = "x") -> torch.Tensor:
+    """Validate a host feature tensor for a layer call on ``g``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape [{g.num_vertices}, d], got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[0] != g.num_vertices:
+        raise ValueError(f"{what} must have shape [num_vertices={g.num_vertices}, d], got {list(x.shape)}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"{what} must be float32, got {x.dtype}; convert with {what}.float()")
+    if x.device.type != "cpu":
+        raise ValueError(f"{what} must be a host (CPU) tensor: sagann moves the chunks to the device itself")
+    return x

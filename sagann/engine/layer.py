@@ -1,0 +1,170 @@
+"""The SAGA-NN layer: Scatter and Gather are the engine's, ApplyEdge and ApplyVertex are yours."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sagann.fn import REDUCERS, MessageFn
+from sagann.scheduler.planner import LayerShape
+
+
+class EdgeBatch:
+    """The edges of one sub-chunk as ApplyEdge sees them; rows are gathered on first use.
+
+    Attributes (all ``[num_edges, .]`` tensors on the device):
+        src: layer-input rows at each edge's source.
+        dst: layer-input rows at each edge's destination.
+        data: the call's ``edge_data`` rows, or None.
+        src_term / dst_term: ``apply_src`` / ``apply_dst`` outputs at the
+            edge's source / destination, or None when the hook is absent.
+    """
+
+    FIELDS = ("src", "dst", "data", "src_term", "dst_term")
+
+    def __init__(self, num_edges: int, loaders: dict[str, Callable[[], torch.Tensor | None]]):
+        self.num_edges = num_edges
+        self._loaders = loaders
+        self._values: dict[str, torch.Tensor | None] = {}
+        self.used: set[str] = set()
+
+    def _get(self, name: str) -> torch.Tensor | None:
+        if name not in self._values:
+            self.used.add(name)
+            loader = self._loaders.get(name)
+            self._values[name] = loader() if loader is not None else None
+        return self._values[name]
+
+    src = property(lambda self: self._get("src"))
+    dst = property(lambda self: self._get("dst"))
+    data = property(lambda self: self._get("data"))
+    src_term = property(lambda self: self._get("src_term"))
+    dst_term = property(lambda self: self._get("dst_term"))
+
+    def __len__(self) -> int:
+        return self.num_edges
+
+
+class Layer(nn.Module):
+    """Base class of SAGA-NN layers.
+
+    Subclasses set ``gather`` (``"sum" | "mean" | "max" | "min"``) and write
+    ``apply_edge(self, e)`` (or assign a builtin such as
+    ``sagann.fn.copy_src``) and ``apply_vertex(self, v, acc)``. Optional
+    hooks ``apply_src(self, v)`` / ``apply_dst(self, v)`` compute per-vertex
+    terms once per vertex instead of once per edge; ``apply_edge`` then reads
+    them as ``e.src_term`` / ``e.dst_term``.
+
+    Call a layer as ``layer(g, x, edge_data=None)``: ``x`` is a host tensor
+    ``[N, d_in]``, the result a host tensor ``[N, d_out]``, differentiable
+    w.r.t. ``x``, ``edge_data`` and the parameters. The graph is walked in
+    chunks that fit ``g.device``'s memory budget.
+
+    Shapes:
+        x ``[N, d_in]``, edge_data ``[E]`` or ``[E, k]`` in ``edge_index``
+        order, output ``[N, d_out]``.
+    """
+
+    gather: str = "sum"
+
+    def apply_edge(self, e: EdgeBatch) -> torch.Tensor:
+        """Message of each edge ``[num_edges, d_msg]``; default: the source rows."""
+        return e.src
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        """New vertex rows from the input rows ``v`` and gathered rows ``acc``; default: acc."""
+        return acc
+
+    def forward(self, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
+        from sagann.engine.dataflow import run_layer
+
+        return run_layer(self, g, x, edge_data)
+
+
+def _has_hook(layer: Layer, name: str) -> bool:
+    return callable(getattr(layer, name, None))
+
+
+def check_layer(layer: Layer) -> None:
+    name = type(layer).__name__
+    if layer.gather not in REDUCERS:
+        raise ValueError(f"{name}.gather = {layer.gather!r} is not a known reducer; use one of {', '.join(REDUCERS)}")
+    ae = getattr(layer, "apply_edge")
+    if not (isinstance(ae, MessageFn) or callable(ae)):
+        raise TypeError(f"{name}.apply_edge must be a method or a sagann.fn builtin, got {ae!r}")
+
+
+def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device: torch.device) -> LayerShape:
+    """Run the layer's functions on one zero edge to learn widths and used inputs."""
+    check_layer(layer)
+    name = type(layer).__name__
+    d_edge = 0 if edge_data is None else (1 if edge_data.dim() == 1 else int(edge_data.shape[1]))
+    dtype = torch.float32
+    # fork_rng: a probe of a layer with dropout must not move the caller's random stream
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        v = torch.zeros(1, d_in, dtype=dtype, device=device)
+        s_term = layer.apply_src(v) if _has_hook(layer, "apply_src") else None
+        d_term = layer.apply_dst(v) if _has_hook(layer, "apply_dst") else None
+        for hook, t in (("apply_src", s_term), ("apply_dst", d_term)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != 1):
+                raise ValueError(f"{name}.{hook} must return one row per vertex ([n, k]); got {getattr(t, 'shape', type(t))}")
+        edge = None
+        if edge_data is not None:
+            edge = torch.zeros((1,) + tuple(edge_data.shape[1:]), dtype=edge_data.dtype, device=device)
+        ae = layer.apply_edge
+        if isinstance(ae, MessageFn):
+            if ae.uses_edge and edge is None:
+                raise ValueError(f"{name} uses {ae!r}, which reads edge features: pass edge_data=... to the layer call")
+            src_side = s_term if s_term is not None else v
+            dst_side = d_term if d_term is not None else v
+            if ae.uses_dst and src_side.shape[1] != dst_side.shape[1]:
+                raise ValueError(f"{name} uses {ae!r} but source rows have {src_side.shape[1]} columns and destination rows {dst_side.shape[1]}")
+            if ae.op == "src_dot_dst":
+                d_msg = 1
+            elif ae.op == "copy_edge":
+                d_msg = d_edge
+            else:
+                d_msg = int(src_side.shape[1])
+            used = set()
+            if ae.uses_src:
+                used.add("src_term" if s_term is not None else "src")
+            if ae.uses_dst:
+                used.add("dst_term" if d_term is not None else "dst")
+            if ae.uses_edge:
+                used.add("data")
+        else:
+            e = EdgeBatch(
+                1,
+                {
+                    "src": lambda: v,
+                    "dst": lambda: v,
+                    "data": lambda: edge,
+                    "src_term": lambda: s_term,
+                    "dst_term": lambda: d_term,
+                },
+            )
+            msg = ae(e)
+            if not isinstance(msg, torch.Tensor) or msg.dim() != 2 or msg.shape[0] != 1:
+                raise ValueError(f"{name}.apply_edge must return one row per edge ([num_edges, d]); got {getattr(msg, 'shape', type(msg))}")
+            d_msg = int(msg.shape[1])
+            used = e.used
+        acc = torch.zeros(1, d_msg, dtype=dtype, device=device)
+        out = layer.apply_vertex(v, acc)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+            raise ValueError(f"{name}.apply_vertex must return one row per vertex ([n, d_out]); got {getattr(out, 'shape', type(out))}")
+    return LayerShape(
+        d_in=d_in,
+        d_edge=d_edge,
+        d_src_term=0 if s_term is None else int(s_term.shape[1]),
+        d_dst_term=0 if d_term is None else int(d_term.shape[1]),
+        d_msg=d_msg,
+        d_out=int(out.shape[1]),
+        gather=layer.gather,
+        builtin=ae if isinstance(ae, MessageFn) else None,
+        uses_src="src" in used,
+        uses_dst="dst" in used,
+        uses_src_term="src_term" in used,
+        uses_dst_term="dst_term" in used,
+        uses_edge="data" in used,
+    )

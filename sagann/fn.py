@@ -1,0 +1,61 @@
+"""Built-in message functions and reducers, as small descriptors.
+
+Assign a builtin to a layer instead of writing ``apply_edge`` and the engine
+runs a fused kernel that never builds the ``[edges, d]`` message tensor::
+
+    class SumOfNeighbours(sagann.Layer):
+        gather = "sum"
+        apply_edge = sagann.fn.copy_src
+
+"src" means the layer's ``apply_src`` output when the layer defines that
+hook, else the layer input rows; likewise "dst" with ``apply_dst``; "edge"
+is the ``edge_data`` passed to the layer call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "MessageFn",
+    "copy_src",
+    "copy_edge",
+    "src_mul_edge",
+    "src_add_dst",
+    "src_sub_dst",
+    "src_mul_dst",
+    "src_dot_dst",
+    "REDUCERS",
+]
+
+REDUCERS = ("sum", "mean", "max", "min")
+
+
+@dataclass(frozen=True)
+class MessageFn:
+    """A builtin ApplyEdge; ``op`` names the fused kernel's message op."""
+
+    op: str
+
+    @property
+    def uses_src(self) -> bool:
+        return self.op != "copy_edge"
+
+    @property
+    def uses_dst(self) -> bool:
+        return self.op in ("src_add_dst", "src_sub_dst", "src_mul_dst", "src_dot_dst")
+
+    @property
+    def uses_edge(self) -> bool:
+        return self.op in ("copy_edge", "src_mul_edge")
+
+    def __repr__(self) -> str:
+        return f"sagann.fn.{self.op}"
+
+
+copy_src = MessageFn("copy_src")
+copy_edge = MessageFn("copy_edge")
+src_mul_edge = MessageFn("src_mul_edge")
+src_add_dst = MessageFn("src_add_dst")
+src_sub_dst = MessageFn("src_sub_dst")
+src_mul_dst = MessageFn("src_mul_dst")
+src_dot_dst = MessageFn("src_dot_dst")

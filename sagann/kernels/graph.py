@@ -1,0 +1,83 @@
+"""The device-side view of one sub-chunk that every kernel backend takes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sagann.chunks.types import EdgeChunk
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkTensors:
+    """Index arrays of one sub-chunk as int32 torch tensors on one device.
+
+    Sources are *compact*: kernels read source rows ``src[src_idx[e]]`` from
+    a ``[num_src, d]`` tensor holding exactly the sub-chunk's ``src_rows``.
+    Destinations are the rows ``0..num_dst`` of the output.
+
+    Shapes:
+        dst_ptr ``[num_dst + 1]``, dst_idx/src_idx/src_perm ``[nnz]``,
+        src_ptr ``[num_src + 1]``.
+    """
+
+    dst_ptr: torch.Tensor
+    dst_idx: torch.Tensor
+    src_idx: torch.Tensor
+    src_ptr: torch.Tensor
+    src_perm: torch.Tensor
+    num_src: int
+    num_dst: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.src_idx.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.src_idx.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.dst_ptr, self.dst_idx, self.src_idx, self.src_ptr, self.src_perm))
+
+    @classmethod
+    def from_chunk(cls, chunk: EdgeChunk, device: torch.device | str = "cpu") -> "ChunkTensors":
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        return cls(
+            dst_ptr=t(chunk.dst_ptr),
+            dst_idx=t(chunk.dst_idx),
+            src_idx=t(chunk.src_idx),
+            src_ptr=t(chunk.src_ptr),
+            src_perm=t(chunk.src_perm),
+            num_src=chunk.num_src,
+            num_dst=chunk.num_dst,
+        )
+
+    @classmethod
+    def from_coo(
+        cls, src: np.ndarray, dst: np.ndarray, num_src: int, num_dst: int, device: torch.device | str = "cpu"
+    ) -> tuple["ChunkTensors", torch.Tensor]:
+        """Build from COO ids (tests and the functional API).
+
+        Edges are sorted by destination, stably; the second result maps each
+        CSC position to the input position, so per-edge inputs are passed
+        as ``edge[order]`` and per-edge outputs come back in CSC order.
+        """
+        src = np.asarray(src, dtype=np.int64)
+        dst = np.asarray(dst, dtype=np.int64)
+        order = np.argsort(dst, kind="stable")
+        s, d = src[order], dst[order]
+        dst_ptr = np.zeros(num_dst + 1, dtype=np.int64)
+        np.cumsum(np.bincount(d, minlength=num_dst), out=dst_ptr[1:])
+        src_perm = np.argsort(s, kind="stable")
+        src_ptr = np.zeros(num_src + 1, dtype=np.int64)
+        np.cumsum(np.bincount(s, minlength=num_src), out=src_ptr[1:])
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a.astype(np.int32)).to(device)
+
+        return cls(t(dst_ptr), t(d), t(s), t(src_ptr), t(src_perm), num_src, num_dst), torch.from_numpy(order).to(device)

@@ -1,0 +1,118 @@
+"""The oracle: Scatter / ApplyEdge / Gather with plain torch ops and autograd.
+
+Every fast kernel is held equal to these functions (values and gradients).
+They materialise the ``[nnz, d]`` message tensor; that is their job.
+
+Semantics shared by all backends:
+
+* ``sum`` adds messages per destination row; ``mean`` divides by the row's
+  in-degree within the chunk (max(deg, 1)).
+* ``max``/``min`` pick, per row and feature, the winning edge: the extreme
+  value, ties broken by the smallest CSC position (= smallest global edge
+  id, since a row's edges are stored in global edge order). The gradient
+  flows to that edge alone (DGL's convention). ``arg`` holds the winner's
+  CSC position, -1 for rows without edges, whose output is 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from sagann.kernels.graph import ChunkTensors
+
+MESSAGE_OPS = ("copy_src", "copy_edge", "src_mul_edge", "src_add_dst", "src_sub_dst", "src_mul_dst", "src_dot_dst")
+REDUCERS = ("sum", "mean", "max", "min")
+
+
+def check_op(op: str) -> None:
+    if op not in MESSAGE_OPS:
+        raise ValueError(f"unknown message op {op!r}; known ops: {', '.join(MESSAGE_OPS)}")
+
+
+def check_reducer(reduce: str) -> None:
+    if reduce not in REDUCERS:
+        raise ValueError(f"unknown reducer {reduce!r}; known reducers: {', '.join(REDUCERS)}")
+
+
+def _edge_column(edge: torch.Tensor) -> torch.Tensor:
+    return edge.unsqueeze(-1) if edge.dim() == 1 else edge
+
+
+def message(
+    g: ChunkTensors,
+    op: str,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scatter + ApplyEdge for a builtin op: the ``[nnz, d]`` messages in CSC order.
+
+    Shapes:
+        src ``[num_src, d]``, dst ``[num_dst, d]``, edge ``[nnz]``, ``[nnz, 1]``
+        or ``[nnz, d]``; result ``[nnz, d]`` (``[nnz, 1]`` for src_dot_dst).
+    """
+    check_op(op)
+    if op == "copy_edge":
+        return _edge_column(edge)
+    s = src.index_select(0, g.src_idx)
+    if op == "copy_src":
+        return s
+    if op == "src_mul_edge":
+        return s * _edge_column(edge)
+    d = dst.index_select(0, g.dst_idx)
+    if op == "src_add_dst":
+        return s + d
+    if op == "src_sub_dst":
+        return s - d
+    if op == "src_mul_dst":
+        return s * d
+    return (s * d).sum(dim=-1, keepdim=True)  # src_dot_dst
+
+
+def gather(g: ChunkTensors, msg: torch.Tensor, reduce: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gather ``[nnz, d]`` messages into ``[num_dst, d]`` rows; also the max/min winners."""
+    check_reducer(reduce)
+    nnz, d = msg.shape[0], msg.shape[1]
+    index = g.dst_idx.long().unsqueeze(-1).expand(nnz, d)
+    if reduce in ("sum", "mean"):
+        out = msg.new_zeros(g.num_dst, d).index_add(0, g.dst_idx, msg)
+        if reduce == "mean":
+            deg = (g.dst_ptr[1:] - g.dst_ptr[:-1]).clamp(min=1).to(msg.dtype)
+            out = out / deg.unsqueeze(-1)
+        return out, None
+    amax = "amax" if reduce == "max" else "amin"
+    fill = float("-inf") if reduce == "max" else float("inf")
+    values = msg.detach()
+    best = values.new_full((g.num_dst, d), fill).scatter_reduce(0, index, values, amax, include_self=True)
+    positions = torch.arange(nnz, device=msg.device).unsqueeze(-1).expand(nnz, d)
+    candidates = torch.where(values == best.index_select(0, g.dst_idx), positions, nnz)
+    arg = torch.full((g.num_dst, d), nnz, dtype=torch.long, device=msg.device)
+    arg = arg.scatter_reduce(0, index, candidates, "amin", include_self=True)
+    empty = arg == nnz
+    arg = arg.masked_fill(empty, -1)
+    if nnz == 0:
+        return msg.new_zeros(g.num_dst, d), arg
+    out = msg.gather(0, arg.clamp(min=0)).masked_fill(empty, 0.0)
+    return out, arg
+
+
+def gspmm(
+    g: ChunkTensors,
+    op: str,
+    reduce: str,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Generalised SpMM: Gather(ApplyEdge(Scatter(...))) over one sub-chunk."""
+    return gather(g, message(g, op, src, edge, dst), reduce)
+
+
+def gsddmm(
+    g: ChunkTensors,
+    op: str,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generalised SDDMM: one output row per edge, in CSC order."""
+    return message(g, op, src, edge, dst)

@@ -1,0 +1,187 @@
+"""Devices: places that compute, each with a memory budget that every allocation is charged to."""
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``64MB`` / ``1.5GiB`` / ``1048576`` -> bytes; None stays None (unlimited)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"memory size must be bytes or a string like '64MB', got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"memory size must be positive, got {value}")
+        return value
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"cannot read memory size {value!r}; write bytes as an int or a string such as '64MB', '512KiB', '2GB'")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise ValueError(f"memory size must be positive, got {value!r}")
+    return n
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def tensor_bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+class BudgetExceeded(MemoryError):
+    """An allocation would exceed a device's memory budget: a planning bug or a too-small budget."""
+
+
+class MemoryLedger:
+    """Thread-safe byte accounting against a budget; remembers the peak."""
+
+    def __init__(self, budget: int | None, owner: str):
+        self.budget = budget
+        self.owner = owner
+        self.current = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def charge(self, nbytes: int, what: str) -> None:
+        with self._lock:
+            new = self.current + nbytes
+            if self.budget is not None and new > self.budget:
+                raise BudgetExceeded(
+                    f"{self.owner}: allocating {format_bytes(nbytes)} for {what} would use {format_bytes(new)} "
+                    f"of its {format_bytes(self.budget)} budget; raise the budget or use more chunks"
+                )
+            self.current = new
+            self.peak = max(self.peak, new)
+
+    def refund(self, nbytes: int) -> None:
+        with self._lock:
+            self.current -= nbytes
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self.peak = self.current
+
+
+class Scope:
+    """Allocations that live together and are released together when the scope closes."""
+
+    def __init__(self, device: "Device"):
+        self.device = device
+        self._held = 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.device.ledger.charge(nbytes, what)
+        self._held += nbytes
+
+    def adopt(self, t: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        """Account a tensor created on the device (a kernel output, an accumulator)."""
+        if t is not None:
+            self.charge(tensor_bytes(t), what)
+        return t
+
+    def load(self, host: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        """Copy a host tensor to the device (a transfer) and account it."""
+        if host is None:
+            return None
+        self.charge(tensor_bytes(host), what)
+        return self.device.copy_in(host)
+
+    def load_rows(self, host: torch.Tensor, index: torch.Tensor, what: str) -> torch.Tensor:
+        """Gather rows of a host tensor on the host, then send them (a selective transfer)."""
+        self.charge(index.numel() * tensor_bytes(host[:1]), what)
+        return self.device.gather_in(host, index)
+
+    def zeros(self, shape, dtype: torch.dtype, what: str) -> torch.Tensor:
+        t = torch.zeros(shape, dtype=dtype, device=self.device.torch_device)
+        return self.adopt(t, what)
+
+    def full(self, shape, value, dtype: torch.dtype, what: str) -> torch.Tensor:
+        t = torch.full(shape, value, dtype=dtype, device=self.device.torch_device)
+        return self.adopt(t, what)
+
+    def close(self) -> None:
+        self.device.ledger.refund(self._held)
+        self._held = 0
+
+
+class Device:
+    """One place that computes. Subclasses say how host data gets there."""
+
+    torch_device: torch.device
+
+    def __init__(self, name: str, memory_budget: int | str | None):
+        self.name = name
+        self.memory_budget = parse_bytes(memory_budget)
+        self.ledger = MemoryLedger(self.memory_budget, name)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Most bytes held at once since creation or the last ``reset_peak``."""
+        return self.ledger.peak
+
+    @property
+    def current_bytes(self) -> int:
+        return self.ledger.current
+
+    def reset_peak(self) -> None:
+        self.ledger.reset_peak()
+
+    @contextmanager
+    def scope(self) -> Iterator[Scope]:
+        s = Scope(self)
+        try:
+            yield s
+        finally:
+            s.close()
+
+    def copy_in(self, host: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.copy_in(host.index_select(0, index))
+
+    def copy_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
+        """Write a device tensor into a host tensor (blocking)."""
+        host_out.copy_(dev)
+
+    def add_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
+        """Add a device tensor into a host tensor (blocking)."""
+        host_out.add_(dev.to(host_out.device))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, memory_budget={format_bytes(self.memory_budget)})"
+
+
+class CpuDevice(Device):
+    """A virtual device in RAM: 'transfers' are real copies, and every byte is accounted.
+
+    Args:
+        memory_budget: bytes as an int or a string such as ``"64MB"``;
+            None (the default) means unlimited.
+        name: shown in errors and traces.
+    """
+
+    def __init__(self, memory_budget: int | str | None = None, name: str = "cpu0"):
+        super().__init__(name, memory_budget)
+        self.torch_device = torch.device("cpu")
+
+    def copy_in(self, host: torch.Tensor) -> torch.Tensor:
+        return host.detach().clone()
+
+    def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return host.detach().index_select(0, index)  # already a fresh copy
