@@ -1,0 +1,227 @@
+"""Recording spans: the Recorder, the active-recorder switch and ``span()``.
+
+The active recorder is one module-level global, not a context variable: the
+loader and compute threads an engine starts must record into the recorder
+the training loop activated. Profiling is off by default; then ``span()``
+does one global check and hands back a shared no-op context manager.
+"""
+from __future__ import annotations
+
+import threading
+from numbers import Integral
+from time import perf_counter
+from types import TracebackType
+
+from .types import ChunkKey, Seconds, Span, check_fields
+
+_active: Recorder | None = None  # the recorder span()/record_interval() write to
+_stack: list[Recorder] = []  # started recorders, innermost last
+_stack_lock = threading.Lock()
+
+
+class Recorder:
+    """Thread-safe list of spans, plus the epoch number to tag new spans with.
+
+    Use through :func:`profile`: ``with profile() as prof: ...`` or
+    ``prof = profile(); prof.start(); ...; prof.stop()``. Recorders nest:
+    stopping the inner one re-activates the outer one.
+    """
+
+    def __init__(self) -> None:
+        # Spans, or for span() blocks the raw field tuple: building the frozen
+        # dataclass costs ~1 µs, so it is deferred to spans(), off the hot path.
+        self._spans: list[Span | tuple] = []
+        self._lock = threading.Lock()
+        self._started = False
+        self.epoch = 0
+
+    def record(self, span: Span) -> None:
+        """Append ``span`` (safe from any thread; active or not)."""
+        with self._lock:
+            self._spans.append(span)
+
+    def spans(self) -> list[Span]:
+        """A copy of the spans recorded so far, in recording order."""
+        with self._lock:
+            items = self._spans
+            for k, item in enumerate(items):
+                if type(item) is tuple:
+                    items[k] = Span(*item)
+            return list(items)
+
+    def set_epoch(self, n: int) -> None:
+        """Tag spans that start from now on with epoch ``n``."""
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
+            raise ValueError(f"Recorder.set_epoch: epoch must be an int >= 0, got {n!r}")
+        self.epoch = int(n)
+
+    def clear(self) -> None:
+        """Drop all recorded spans (the epoch counter is kept)."""
+        with self._lock:
+            self._spans.clear()
+
+    @property
+    def active(self) -> bool:
+        return _active is self
+
+    def start(self) -> Recorder:
+        """Make this the active recorder until :meth:`stop`."""
+        global _active
+        with _stack_lock:
+            if self._started:
+                raise RuntimeError("Recorder.start: already started; create a new one with sagann.profiler.profile()")
+            self._started = True
+            _stack.append(self)
+            _active = self
+        return self
+
+    def stop(self) -> None:
+        """Deactivate; the recorder started before this one becomes active again."""
+        global _active
+        with _stack_lock:
+            if not self._started:
+                raise RuntimeError("Recorder.stop: this recorder was never started; call start() first")
+            self._started = False
+            # Remove this recorder wherever it is, so out-of-order stops of
+            # nested recorders still leave the innermost live one active.
+            for k in range(len(_stack) - 1, -1, -1):
+                if _stack[k] is self:
+                    del _stack[k]
+                    break
+            _active = _stack[-1] if _stack else None
+
+    def __enter__(self) -> Recorder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else ("started" if self._started else "stopped")
+        return f"Recorder({len(self)} spans, epoch={self.epoch}, {state})"
+
+
+def profile() -> Recorder:
+    """A new recorder; activate it with ``with`` or ``start()``."""
+    return Recorder()
+
+
+def enabled() -> bool:
+    """Whether a recorder is active (spans are being recorded)."""
+    return _active is not None
+
+
+def active_recorder() -> Recorder | None:
+    """The recorder spans go to now, or None when profiling is off."""
+    return _active
+
+
+def mark_epoch(n: int) -> None:
+    """Tag spans that start from now on with epoch ``n`` (no-op when off)."""
+    rec = _active
+    if rec is not None:
+        rec.set_epoch(n)
+
+
+class _NoSpan:
+    """What ``span()`` returns when profiling is off: does nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "<sagann.profiler no-op span>"
+
+
+_NO_SPAN = _NoSpan()
+
+
+class _TimedSpan:
+    """Times its ``with`` body with perf_counter and records it on exit."""
+
+    __slots__ = ("_rec", "_kind", "_device", "_track", "_chunk", "_nbytes", "_layer", "_phase", "_epoch", "_t0")
+
+    def __init__(self, rec, kind, device, track, chunk, nbytes, layer, phase):
+        check_fields(kind, device, track, chunk, nbytes, phase)
+        self._rec = rec
+        self._kind = kind
+        self._device = device
+        self._track = track
+        self._chunk = chunk
+        self._nbytes = nbytes
+        self._layer = layer
+        self._phase = phase
+
+    def __enter__(self) -> None:
+        self._epoch = self._rec.epoch
+        self._t0 = perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        t1 = perf_counter()
+        # Recorded even when the body raised: the time was spent.
+        rec = self._rec
+        with rec._lock:
+            rec._spans.append((self._device, self._track, self._kind, self._chunk, self._nbytes,
+                               self._t0, t1, self._epoch, self._layer, self._phase))
+
+
+def span(
+    kind: str,
+    device: str,
+    track: str,
+    chunk: ChunkKey | None = None,
+    nbytes: int = 0,
+    layer: str | None = None,
+    phase: str = "forward",
+):
+    """Context manager that records its body as a :class:`Span`.
+
+    Costs one global check when profiling is off. Does not block or
+    synchronise: around asynchronous work (CUDA launches) it times the
+    launch only; time such work with events and :func:`record_interval`.
+
+    Example::
+
+        with span("h2d", "cpu0", "copy", chunk=(0, 1, 0), nbytes=x.nbytes):
+            dst.copy_(x)
+    """
+    rec = _active
+    if rec is None:
+        return _NO_SPAN
+    return _TimedSpan(rec, kind, device, track, chunk, nbytes, layer, phase)
+
+
+def record_interval(
+    kind: str,
+    device: str,
+    track: str,
+    t0: Seconds,
+    t1: Seconds,
+    chunk: ChunkKey | None = None,
+    nbytes: int = 0,
+    layer: str | None = None,
+    phase: str = "forward",
+    epoch: int | None = None,
+) -> None:
+    """Record a span timed elsewhere (e.g. CUDA events mapped to perf_counter seconds).
+
+    ``epoch`` defaults to the active recorder's current epoch. No-op when off.
+    """
+    rec = _active
+    if rec is None:
+        return
+    rec.record(Span(device, track, kind, chunk, nbytes, t0, t1,
+                    rec.epoch if epoch is None else epoch, layer, phase))
