@@ -67,17 +67,35 @@ class ChunkedGraph:
         self._fixed_sub_nnz = None if sub_chunk_nnz is None else int(sub_chunk_nnz)
         self.partition: GraphPartition | None = _partition
         self._derived: dict[str, object] = {}
-        self.last_working_set: WorkingSet | None = None
+        self._working_set: WorkingSet | None = None
 
     @classmethod
     def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto") -> "ChunkedGraph":
         """Wrap an existing partition (e.g. a dataset loaded from disk); repartitions only if needed."""
         return cls(None, partition.num_vertices, None, device, None, backend, _partition=partition)
 
+    def _graphs(self) -> list["ChunkedGraph"]:
+        """This graph and the graphs derived from it (e.g. GCN's self-loop graph)."""
+        return [self] + [v[0] for v in self._derived.values() if isinstance(v, tuple) and isinstance(v[0], ChunkedGraph)]
+
+    @classmethod
+    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True) -> "ChunkedGraph":
+        """Open a dataset directory (see ``sagann.chunks.save_dataset``); edge arrays stay memory-mapped."""
+        from sagann.chunks.dataset import load_dataset
+
+        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend)
+
     @property
     def num_chunks(self) -> int | None:
-        """P of the current partition (None before the first layer call chose it)."""
-        return None if self.partition is None else self.partition.num_chunks
+        """P used by layer calls so far (None before the first call chose it)."""
+        ps = [g.partition.num_chunks for g in self._graphs() if g.partition is not None]
+        return max(ps) if ps else None
+
+    @property
+    def working_set(self) -> WorkingSet | None:
+        """The largest planned device working set of the layer calls so far."""
+        sets = [g._working_set for g in self._graphs() if g._working_set is not None]
+        return max(sets, key=lambda w: w.peak_bytes) if sets else None
 
     def edge_index(self) -> np.ndarray:
         if self._edge_index is None:
@@ -112,7 +130,9 @@ class ChunkedGraph:
         else:
             start = 1 if self.partition is None else self.partition.num_chunks
             part, ws = choose_num_chunks(lambda P: self._partition(P, sub), self.num_vertices, shape, fused, param_bytes, budget, start)
-        self.partition, self.last_working_set = part, ws
+        self.partition = part
+        if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
+            self._working_set = ws
         return part
 
     def with_remaining_self_loops(self) -> tuple["ChunkedGraph", np.ndarray]:

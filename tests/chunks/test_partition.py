@@ -1,0 +1,59 @@
+"""The 2D partition: every edge in exactly one sub-chunk, invariants hold, intervals balance in-edges."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from sagann.chunks.partition import as_edge_index, balanced_bounds, partition_graph
+from tests.engine.graphs import graphs
+
+
+@settings(max_examples=60, deadline=None)
+@given(graph=graphs(max_vertices=60, max_edges=300), num_chunks=st.integers(1, 12), sub=st.sampled_from([1, 2, 7, 50, None]))
+def test_partition_invariants(graph, num_chunks, sub):
+    n, ei = graph
+    p = partition_graph(ei, n, num_chunks, sub)
+    seen = np.zeros(ei.shape[1], dtype=int)
+    for (i, j), subs in p.chunks.items():
+        assert subs, "empty chunks are not stored"
+        for c in subs:
+            c.validate()
+            assert (c.id.i, c.id.j) == (i, j)
+            assert c.nnz <= (sub or np.inf) or c.num_dst == 1, "only a single heavy row may exceed the bound"
+            src, dst = c.global_src(), c.global_dst()
+            assert np.all((p.bounds[i] <= src) & (src < p.bounds[i + 1]))
+            assert np.all((p.bounds[j] <= dst) & (dst < p.bounds[j + 1]))
+            assert np.array_equal(src, ei[0, c.edge_ids]) and np.array_equal(dst, ei[1, c.edge_ids])
+            assert np.all(np.diff(c.edge_ids)[np.diff(c.dst_idx) == 0] > 0), "a row keeps ascending edge order"
+            seen[c.edge_ids] += 1
+    assert np.all(seen == 1)
+    assert np.array_equal(p.edge_index(), ei)
+
+
+def test_bounds_balance_in_edges():
+    rng = np.random.default_rng(0)
+    dst = np.minimum(rng.zipf(1.5, 20000), 999) - 1  # skewed in-degrees
+    ei = np.stack([rng.integers(0, 1000, dst.size), dst])
+    p = partition_graph(ei, 1000, 4)
+    per_column = [sum(c.nnz for c in p.column(j)) for j in range(4)]
+    weight = [int(p.in_degree[p.bounds[j] : p.bounds[j + 1]].sum() + p.bounds[j + 1] - p.bounds[j]) for j in range(4)]
+    heaviest_vertex = int(p.in_degree.max()) + 1
+    assert max(weight) - min(weight) <= 2 * heaviest_vertex
+    assert sum(per_column) == ei.shape[1]
+
+
+def test_more_chunks_than_vertices_gives_empty_intervals():
+    b = balanced_bounds(np.array([1, 0, 2]), 5)
+    assert b[0] == 0 and b[-1] == 3 and np.all(np.diff(b) >= 0) and len(b) == 6
+
+
+def test_accepts_torch_and_rejects_bad_input():
+    assert as_edge_index(torch.tensor([[0, 1], [1, 0]]), 2).dtype == np.int64
+    with pytest.raises(ValueError, match="num_chunks"):
+        partition_graph(np.array([[0], [1]]), 2, 0)
+    with pytest.raises(ValueError, match="sub_chunk_nnz"):
+        partition_graph(np.array([[0], [1]]), 2, 1, 0)
+    with pytest.raises(ValueError, match="num_vertices"):
+        as_edge_index(np.array([[0], [1]]), -1)
