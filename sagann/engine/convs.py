@@ -91,8 +91,8 @@ class GCNConv(Layer):
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:
     """Weights of the self-loop graph: kept edges' weights, then one loop per vertex."""
     n = g.num_vertices
-    if edge_weight is None:
-        return torch.cat([torch.ones(len(kept)), torch.full((n,), fill)])
+    if edge_weight is None:  # unit weights: an existing self loop keeps weight 1
+        edge_weight = torch.ones(g.num_edges)
     ei = g.edge_index()
     is_loop = ei[0] == ei[1]
     loop_w = torch.full((n,), fill, dtype=edge_weight.dtype)

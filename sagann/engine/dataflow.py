@@ -363,7 +363,8 @@ class _LayerCall:
             if name in ("src", "src_term"):
                 if local_src is None:
                     local_src = torch.from_numpy(c.src_rows.astype(np.int64)).to(g.device)
-                (acc_src if name == "src" else acc_term).index_add_(0, local_src, g)
+                # unique rows: index_put_ avoids torch's slow multi-threaded CPU index_add_
+                (acc_src if name == "src" else acc_term).index_put_((local_src,), g, accumulate=True)
             elif name == "dst":
                 dev.add_out(g, gx[lo : lo + c.num_dst])
             elif name == "dst_term":

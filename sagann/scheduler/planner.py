@@ -138,11 +138,15 @@ def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param
 
 
 def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, default: int) -> int:
-    """Edges per sub-chunk: the per-edge bytes of a backward sub-chunk within 1/8 of the budget."""
+    """Edges per sub-chunk: a backward sub-chunk's per-edge bytes within half the budget.
+
+    The rest is left to the vertex-resident state; ``choose_num_chunks``
+    then raises P until the whole working set fits.
+    """
     if budget is None:
         return default
     per_edge = 2 * (_edge_bytes(shape, fused) + FLOAT * (shape.d_src_side + shape.d_edge)) + 24
-    return int(min(default, max(64, budget // (8 * per_edge))))
+    return int(min(default, max(64, budget // (2 * per_edge))))
 
 
 def choose_num_chunks(

@@ -1,0 +1,82 @@
+"""Whole models built from sagann layers: plain torch modules taking ``(g, x)``."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sagann.engine.convs import GCNConv, GINConv, SAGEConv
+
+__all__ = ["GCN", "GraphSAGE", "GIN", "MLP", "MODELS", "build_model"]
+
+
+class _Stack(nn.Module):
+    """Layers with ReLU and dropout between them (dropout runs on the host rows)."""
+
+    def __init__(self, layers: list[nn.Module], dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.dropout = dropout
+
+    def forward(self, g, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(self.layers):
+            x = F.dropout(x, self.dropout, self.training)
+            x = layer(g, x)
+            if k < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+def _widths(in_channels: int, hidden: int, out_channels: int, num_layers: int) -> list[tuple[int, int]]:
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    dims = [in_channels] + [hidden] * (num_layers - 1) + [out_channels]
+    return list(zip(dims[:-1], dims[1:]))
+
+
+class GCN(_Stack):
+    """Kipf & Welling's GCN: ``num_layers`` GCNConv layers."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5):
+        super().__init__([GCNConv(a, b) for a, b in _widths(in_channels, hidden, out_channels, num_layers)], dropout)
+
+
+class GraphSAGE(_Stack):
+    """GraphSAGE with mean aggregation."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5):
+        super().__init__([SAGEConv(a, b) for a, b in _widths(in_channels, hidden, out_channels, num_layers)], dropout)
+
+
+class GIN(_Stack):
+    """GIN with a two-layer MLP per layer."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5):
+        mlp = lambda a, b: nn.Sequential(nn.Linear(a, hidden), nn.ReLU(), nn.Linear(hidden, b))  # noqa: E731
+        super().__init__([GINConv(mlp(a, b)) for a, b in _widths(in_channels, hidden, out_channels, num_layers)], dropout)
+
+
+class MLP(nn.Module):
+    """The same depth without edges: the baseline a GNN must beat. Ignores the graph."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in _widths(in_channels, hidden, out_channels, num_layers))
+        self.dropout = dropout
+
+    def forward(self, g, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(self.layers):
+            x = layer(F.dropout(x, self.dropout, self.training))
+            if k < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "mlp": MLP}
+
+
+def build_model(name: str, in_channels: int, hidden: int, out_channels: int, **kwargs) -> nn.Module:
+    """A model by name; unknown names list the known ones."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name](in_channels, hidden, out_channels, **kwargs)

@@ -1,0 +1,84 @@
+"""Memory budgets: plans fit, peaks stay under them, and too-small budgets fail clearly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sagann
+from tests.engine.graphs import awkward_graph
+from tests.engine.layers import GatedGCN
+from tests.engine.test_out_of_core import assert_rel_close
+
+
+def test_auto_chunks_fit_a_tight_budget_and_match_unbudgeted():
+    rng = np.random.default_rng(0)
+    n, ei = 400, awkward_graph(rng, 400, 4000)
+    x = torch.randn(n, 32, requires_grad=True)
+    torch.manual_seed(0)
+    layer = sagann.nn.GCNConv(32, 16)
+    free = sagann.ChunkedGraph(ei, n)
+    ref = layer(free, x)
+    ws = free.working_set.peak_bytes
+    budget = ws // 4
+    dev = sagann.CpuDevice(budget)
+    g = sagann.ChunkedGraph(ei, n, device=dev)
+    out = layer(g, x)
+    out.sum().backward()
+    assert g.num_chunks > 1
+    assert dev.peak_bytes <= budget
+    assert_rel_close(out, ref)
+
+
+def test_peak_within_budget_for_user_layer():
+    rng = np.random.default_rng(1)
+    n, ei = 3000, awkward_graph(rng, 3000, 6000)
+    torch.manual_seed(0)
+    layer = GatedGCN(32, 8)
+    x = torch.randn(n, 32, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, n)
+    ref = layer(free, x)
+    budget = free.working_set.peak_bytes // 4
+    dev = sagann.CpuDevice(budget)
+    g = sagann.ChunkedGraph(ei, n, device=dev)
+    out = layer(g, x)
+    out.sum().backward()
+    assert g.num_chunks > 1
+    assert 0 < dev.peak_bytes <= budget
+    assert_rel_close(out, ref)
+
+
+def test_budget_too_small_names_the_minimum():
+    rng = np.random.default_rng(2)
+    n, ei = 100, awkward_graph(rng, 100, 800)
+    g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(2000))
+    with pytest.raises(sagann.BudgetTooSmall, match=r"at least [\d,]+ bytes"):
+        sagann.nn.GCNConv(16, 16)(g, torch.randn(n, 16))
+
+
+def test_fixed_chunks_over_budget_says_what_to_do():
+    rng = np.random.default_rng(3)
+    n, ei = 100, awkward_graph(rng, 100, 800)
+    g = sagann.ChunkedGraph(ei, n, num_chunks=1, device=sagann.CpuDevice("20KB"))
+    with pytest.raises(sagann.BudgetTooSmall, match="num_chunks=None"):
+        sagann.nn.SAGEConv(16, 16)(g, torch.randn(n, 16))
+
+
+def test_peak_is_reported_and_resettable():
+    dev = sagann.CpuDevice("1MB")
+    g = sagann.ChunkedGraph(np.array([[0, 1], [1, 2]]), 3, device=dev)
+    sagann.nn.SAGEConv(4, 4)(g, torch.randn(3, 4))
+    assert dev.peak_bytes > 0 and dev.current_bytes == 0
+    dev.reset_peak()
+    assert dev.peak_bytes == 0
+
+
+@pytest.mark.parametrize("text,expected", [("64MB", 64 * 10**6), ("1.5KiB", 1536), ("2GB", 2 * 10**9), (4096, 4096), (None, None)])
+def test_parse_bytes(text, expected):
+    assert sagann.CpuDevice(text).memory_budget == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "-3MB", 0, -1, "12 parsecs", True])
+def test_bad_budget_rejected(bad):
+    with pytest.raises(ValueError, match="memory size"):
+        sagann.CpuDevice(bad)
