@@ -1,0 +1,33 @@
+"""End to end: the demo path through the `sagann` command."""
+from __future__ import annotations
+
+import json
+
+from sagann.cli import main
+
+DEMO_KEYS = {"accuracy", "mlp_accuracy", "num_chunks", "memory_budget_bytes", "peak_device_bytes", "working_set_bytes", "epoch_seconds"}
+
+
+def test_demo_json_contract_and_promises(capsys):
+    assert main(["demo", "--json", "--vertices", "3000", "--epochs", "15"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1, "--json prints exactly one JSON object"
+    r = json.loads(lines[0])
+    assert DEMO_KEYS <= set(r)
+    assert len(r["epoch_seconds"]) == 15
+    assert r["memory_budget_bytes"] <= r["working_set_bytes"] // 4
+    assert r["peak_device_bytes"] <= r["memory_budget_bytes"]
+    assert r["num_chunks"] > 1
+    assert r["accuracy"] >= r["mlp_accuracy"] + 0.10
+
+
+def test_demo_report_is_readable(capsys):
+    assert main(["demo", "--vertices", "1000", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "peak device bytes" in out
+
+
+def test_bad_option_exits_nonzero_without_traceback(capsys):
+    assert main(["demo", "--budget-fraction", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "budget_fraction" in err and "Traceback" not in err
