@@ -164,8 +164,9 @@ class _LayerCall:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         stack.enter_context(torch.random.fork_rng(devices=[]))
-        # a stable hash: the same call replays the same stream in any process
-        torch.manual_seed((self.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK)
+        # a stable hash: the same call replays the same stream in any process. Only the CPU
+        # generator: torch.manual_seed would also (lazily, slowly) seed every accelerator.
+        torch.default_generator.manual_seed((self.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK)
         return stack
 
     def _check_rows(self, t: torch.Tensor, rows: int, width: int, fn: str) -> None:
