@@ -15,6 +15,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from sagann.bench import run_bench
+
+    result = run_bench(args.what, quick=args.quick, out=args.out)
+    print(json.dumps(result) if args.json else result.get("report", json.dumps(result, indent=2)))
+    return 0
+
+
+BENCHES = ("kernels", "gcn", "overlap")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagann", description="Full-graph GNN training larger than device memory.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -25,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--budget-fraction", type=float, default=0.25, help="device budget as a fraction of the in-memory working set")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_cmd_demo)
+    bench = sub.add_parser("bench", help="measure sagann side by side with its peers on this machine")
+    bench.add_argument("what", choices=BENCHES)
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--quick", action="store_true", help="a small size that runs in seconds (a smoke test, not a measurement)")
+    bench.add_argument("--out", default=None, help="append the result as a JSON line to this file")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 
