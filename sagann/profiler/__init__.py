@@ -27,6 +27,7 @@ from .export import (
 from .recorder import (
     Recorder,
     active_recorder,
+    count,
     enabled,
     mark_epoch,
     profile,
@@ -47,6 +48,7 @@ __all__ = [
     "active_recorder",
     "category",
     "chrome_trace",
+    "count",
     "enabled",
     "format_table",
     "load_summary",

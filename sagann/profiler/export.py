@@ -223,6 +223,8 @@ def save_profile(
     Creates the directory if needed and returns the per-epoch summaries.
     """
     spans = as_spans(recorder_or_spans)
+    if bytes_moved_full is None and callable(getattr(recorder_or_spans, "counters", None)):
+        bytes_moved_full = recorder_or_spans.counters("bytes_moved_full")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     summaries = summarize(spans, bytes_moved_full, wall_seconds)

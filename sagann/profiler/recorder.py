@@ -31,6 +31,7 @@ class Recorder:
         # Spans, or for span() blocks the raw field tuple: building the frozen
         # dataclass costs ~1 µs, so it is deferred to spans(), off the hot path.
         self._spans: list[Span | tuple] = []
+        self._counters: dict[int, dict[str, int]] = {}  # epoch -> name -> total
         self._lock = threading.Lock()
         self._started = False
         self.epoch = 0
@@ -55,10 +56,22 @@ class Recorder:
             raise ValueError(f"Recorder.set_epoch: epoch must be an int >= 0, got {n!r}")
         self.epoch = int(n)
 
+    def add(self, name: str, value: int) -> None:
+        """Add ``value`` to the counter ``name`` of the current epoch (e.g. bytes a full schedule moves)."""
+        with self._lock:
+            per_epoch = self._counters.setdefault(self.epoch, {})
+            per_epoch[name] = per_epoch.get(name, 0) + int(value)
+
+    def counters(self, name: str) -> dict[int, int]:
+        """Epoch -> total of counter ``name``."""
+        with self._lock:
+            return {e: c[name] for e, c in self._counters.items() if name in c}
+
     def clear(self) -> None:
-        """Drop all recorded spans (the epoch counter is kept)."""
+        """Drop all recorded spans and counters (the epoch counter is kept)."""
         with self._lock:
             self._spans.clear()
+            self._counters.clear()
 
     @property
     def active(self) -> bool:
@@ -112,6 +125,13 @@ def profile() -> Recorder:
 def enabled() -> bool:
     """Whether a recorder is active (spans are being recorded)."""
     return _active is not None
+
+
+def count(name: str, value: int) -> None:
+    """Add to a per-epoch counter of the active recorder; nothing when profiling is off."""
+    rec = _active
+    if rec is not None:
+        rec.add(name, value)
 
 
 def active_recorder() -> Recorder | None:

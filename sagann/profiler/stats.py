@@ -170,12 +170,15 @@ def summarize(
     Args:
         spans: an iterable of :class:`Span`, or a Recorder.
         bytes_moved_full: epoch -> bytes a full (non-selective) schedule
-            would move; epochs not in it get None.
+            would move; epochs not in it get None. Default: a Recorder's
+            ``bytes_moved_full`` counter.
         wall_seconds: epoch -> measured wall time, overriding the span extent.
     """
     by_epoch: dict[int, list[Span]] = {}
     for s in as_spans(spans):
         by_epoch.setdefault(s.epoch, []).append(s)
+    if bytes_moved_full is None and callable(getattr(spans, "counters", None)):
+        bytes_moved_full = spans.counters("bytes_moved_full")
     full = bytes_moved_full or {}
     wall = wall_seconds or {}
     return [
