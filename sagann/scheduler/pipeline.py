@@ -1,0 +1,136 @@
+"""Prefetching: a loader thread runs load jobs ahead of the consumer, a bounded number at a time.
+
+Mechanism only; what to load and in which order is the planner's. Invariants:
+
+* at most ``depth`` loaded items wait for the consumer (plus one being
+  loaded), so device memory in flight is bounded by the plan;
+* an exception in the loader reaches the consumer at its next ``next()``,
+  wrapped with the job's label, and within ``POLL_SECONDS`` if the consumer
+  is already waiting;
+* if the consumer stops early (an exception of its own, a break), the loader
+  is told to stop, is joined, and every item it loaded but nobody consumed is
+  released through ``release`` — nothing leaks, nothing hangs.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+POLL_SECONDS = 0.05
+JOIN_SECONDS = 10.0
+
+
+class LoaderError(RuntimeError):
+    """A load job failed in the loader thread; ``__cause__`` is the original exception."""
+
+
+class _Failed:
+    def __init__(self, label: str, exc: BaseException):
+        self.label, self.exc = label, exc
+
+
+_DONE = object()
+
+
+class Prefetcher(Generic[T]):
+    """Iterate over ``(label, job)`` pairs, yielding ``job()`` results loaded ``depth`` ahead.
+
+    ``depth=0`` runs each job in the consumer's thread when it is needed (no
+    overlap): the same code path with pipelining off.
+    """
+
+    def __init__(
+        self,
+        jobs: Iterable[tuple[str, Callable[[], T]]],
+        depth: int,
+        release: Callable[[T], Any] = lambda item: None,
+        name: str = "sagann-loader",
+    ):
+        if depth < 0:
+            raise ValueError(f"prefetch depth must be >= 0, got {depth}")
+        self._jobs, self.depth, self._release = iter(jobs), depth, release
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        label = "?"
+        try:
+            for label, job in self._jobs:
+                if self._stop.is_set():
+                    return
+                item = job()
+                if not self._put(item):
+                    self._release(item)
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(_Failed(label, exc))
+        finally:
+            self._close_jobs()
+
+    def _close_jobs(self) -> None:
+        """Close a generator of jobs, so its own clean-up (``finally``) runs in the loading thread."""
+        close = getattr(self._jobs, "close", None)
+        if close is not None:
+            close()
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            if self._thread is None:
+                for label, job in self._jobs:
+                    try:
+                        item = job()
+                    except Exception as exc:
+                        raise LoaderError(f"loading {label} failed: {exc}") from exc
+                    yield item
+                self._close_jobs()
+                return
+            while True:
+                try:
+                    item = self._queue.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    if not self._thread.is_alive():
+                        raise LoaderError("the loader thread stopped without a result") from None
+                    continue
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failed):
+                    raise LoaderError(f"loading {item.label} failed: {item.exc}") from item.exc
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the loader, wait for it, and release what it loaded that nobody used."""
+        self._stop.set()
+        if self._thread is None:
+            self._close_jobs()
+            return
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(timeout=POLL_SECONDS)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _DONE and not isinstance(item, _Failed):
+                self._release(item)

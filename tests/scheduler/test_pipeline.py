@@ -1,0 +1,100 @@
+"""The prefetcher: order kept, errors surface fast with their label, nothing leaks or hangs."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sagann.scheduler.pipeline import LoaderError, Prefetcher
+
+
+def jobs(n, fail_at=None, delay=0.0):
+    def make(k):
+        def job():
+            time.sleep(delay)
+            if k == fail_at:
+                raise ValueError(f"boom at {k}")
+            return k
+
+        return job
+
+    return [(f"job {k}", make(k)) for k in range(n)]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_order_is_kept(depth):
+    assert list(Prefetcher(jobs(20), depth)) == list(range(20))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_loader_error_surfaces_with_label(depth):
+    with pytest.raises(LoaderError, match="job 5 failed: boom at 5") as info:
+        list(Prefetcher(jobs(10, fail_at=5), depth))
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_error_surfaces_within_a_second_while_consumer_waits():
+    def slow_then_fail():
+        time.sleep(0.2)
+        raise RuntimeError("disk gone")
+
+    t0 = time.perf_counter()
+    with pytest.raises(LoaderError, match="disk gone"):
+        for _ in Prefetcher([("a", lambda: 1), ("b", slow_then_fail)], 2):
+            pass
+    assert time.perf_counter() - t0 < 1.0 + 0.2
+
+
+def test_consumer_failure_stops_loader_and_releases_unused_items():
+    released, made = [], []
+    lock = threading.Lock()
+
+    def make(k):
+        def job():
+            with lock:
+                made.append(k)
+            return k
+
+        return job
+
+    p = Prefetcher([(str(k), make(k)) for k in range(100)], depth=4, release=released.append)
+    with pytest.raises(KeyError):
+        for item in p:
+            if item == 2:
+                raise KeyError("consumer broke")
+    assert p._thread is not None and not p._thread.is_alive()
+    consumed = {0, 1, 2}
+    assert set(made) == consumed | set(released), "every loaded item was consumed or released"
+    assert len(made) <= 3 + 4 + 1, "the loader never ran more than depth ahead"
+
+
+def test_early_break_releases():
+    released = []
+    p = Prefetcher(jobs(50, delay=0.001), depth=3, release=released.append)
+    for item in p:
+        if item == 1:
+            break
+    p.close()
+    assert not p._thread.is_alive()
+
+
+def test_negative_depth_rejected():
+    with pytest.raises(ValueError, match="depth"):
+        Prefetcher([], -1)
+
+
+def test_loader_runs_while_consumer_works():
+    """With depth >= 1, job k+1 starts while the consumer still holds item k (real overlap)."""
+    started = [threading.Event() for _ in range(6)]
+
+    def make(k):
+        def job():
+            started[k].set()
+            return k
+
+        return job
+
+    for item in Prefetcher([(str(k), make(k)) for k in range(6)], depth=1):
+        if item + 1 < 6:
+            assert started[item + 1].wait(timeout=5), f"job {item + 1} did not start while item {item} was held"
