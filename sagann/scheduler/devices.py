@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from sagann.scheduler.policy import TransferCosts
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -128,6 +131,41 @@ class Device:
         self.name = name
         self.memory_budget = parse_bytes(memory_budget)
         self.ledger = MemoryLedger(self.memory_budget, name)
+        self.bytes_in = 0  # bytes sent host -> device since creation
+        self._counter_lock = threading.Lock()
+        self._costs: TransferCosts | None = None
+
+    def _count_in(self, nbytes: int) -> None:
+        with self._counter_lock:
+            self.bytes_in += nbytes
+
+    def transfer_costs(self) -> TransferCosts:
+        """Seconds per byte of gather-and-send, block send and on-device row picking; measured once."""
+        if self._costs is None:
+            self._costs = self._measure_costs()
+        return self._costs
+
+    def _measure_costs(self, rows: int = 8192, width: int = 128, repeats: int = 3) -> TransferCosts:
+        host = torch.randn(rows, width)
+        index = torch.randperm(rows)[: rows // 2].sort().values
+        nbytes_block, nbytes_rows = tensor_bytes(host), index.numel() * width * host.element_size()
+
+        def best(fn) -> float:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        count = self.bytes_in
+        block = best(lambda: self.copy_in(host)) / nbytes_block
+        gather = best(lambda: self.gather_in(host, index)) / nbytes_rows
+        on_device = self.copy_in(host)
+        compact = best(lambda: on_device.index_select(0, index.to(on_device.device))) / nbytes_rows
+        with self._counter_lock:
+            self.bytes_in = count  # measurements are not traffic
+        return TransferCosts(gather=gather, block=block, compact=compact)
 
     @property
     def peak_bytes(self) -> int:
@@ -153,6 +191,7 @@ class Device:
         raise NotImplementedError
 
     def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Gather rows on the host, then send them (one selective transfer)."""
         return self.copy_in(host.index_select(0, index))
 
     def copy_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
@@ -174,14 +213,32 @@ class CpuDevice(Device):
         memory_budget: bytes as an int or a string such as ``"64MB"``;
             None (the default) means unlimited.
         name: shown in errors and traces.
+        link_bandwidth: bytes per second of an emulated host link (e.g.
+            ``"2GB"`` for 2 GB/s); transfers then take at least
+            bytes / bandwidth, sleeping (GIL released) for the rest, so a
+            slow PCIe link can be studied on a CPU. None: copy speed.
     """
 
-    def __init__(self, memory_budget: int | str | None = None, name: str = "cpu0"):
+    def __init__(self, memory_budget: int | str | None = None, name: str = "cpu0", link_bandwidth: int | str | None = None):
         super().__init__(name, memory_budget)
         self.torch_device = torch.device("cpu")
+        self.link_bandwidth = parse_bytes(link_bandwidth)
+
+    def _throttle(self, t0: float, nbytes: int) -> None:
+        self._count_in(nbytes)
+        if self.link_bandwidth is not None:
+            rest = nbytes / self.link_bandwidth - (time.perf_counter() - t0)
+            if rest > 0:
+                time.sleep(rest)
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
-        return host.detach().clone()
+        t0 = time.perf_counter()
+        out = host.detach().clone()
+        self._throttle(t0, tensor_bytes(out))
+        return out
 
     def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return host.detach().index_select(0, index)  # already a fresh copy
+        t0 = time.perf_counter()
+        out = host.detach().index_select(0, index)  # already a fresh copy
+        self._throttle(t0, tensor_bytes(out))
+        return out

@@ -99,39 +99,57 @@ def _edge_bytes(shape: LayerShape, fused: bool) -> float:
     return per_edge
 
 
-def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int) -> WorkingSet:
-    """Largest device footprint of one forward + backward layer call (see module docstring)."""
-    sizes = np.diff(partition.bounds)
+def _row_bytes(shape: LayerShape) -> dict[str, int]:
+    """Device bytes per vertex row held by each phase (see the module docstring)."""
     win = INDEX * shape.d_msg if shape.winners else 0
     av_width = max(shape.d_in, shape.d_msg, shape.d_out)
-    row_fwd = FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out + VERTEX_SCRATCH * av_width) + win
-    row_bwd_av = 2 * FLOAT * (shape.d_in + shape.d_msg + shape.d_out + VERTEX_SCRATCH * av_width)
-    row_grad_src = FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term)
     hook_width = max(shape.d_src_term, shape.d_dst_term)
-    row_hooks = 2 * FLOAT * (shape.d_in + hook_width + VERTEX_SCRATCH * hook_width) if hook_width else 0
-    per_edge = _edge_bytes(shape, fused)
+    return {
+        "forward": FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out + VERTEX_SCRATCH * av_width) + win,
+        "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term),
+        "backward apply_vertex": 2 * FLOAT * (shape.d_in + shape.d_msg + shape.d_out + VERTEX_SCRATCH * av_width),
+        "hook pre-pass": 2 * FLOAT * (shape.d_in + hook_width + VERTEX_SCRATCH * hook_width) if hook_width else 0,
+    }
 
-    def sub_chunk_bytes(c, backward: bool) -> int:
-        k = 2 if backward else 1  # leaves + their gradients
-        b = c.nbytes + k * FLOAT * (c.num_src * shape.d_src_side + c.nnz * shape.d_edge)
-        b += c.num_dst * (FLOAT * shape.d_msg * 2 + 2 * win)  # partial/grad rows (+ arg, winners)
-        b += k * c.nnz * per_edge + (c.nnz * INDEX if shape.winners else 0)
-        if backward:
-            b += 2 * FLOAT * c.num_dst * shape.d_dst_side
-        return int(b)
 
-    fwd = bwd = 0
-    for c in partition.sub_chunks():
-        j_rows, i_rows = int(sizes[c.id.j]), int(sizes[c.id.i])
-        fwd = max(fwd, j_rows * row_fwd + sub_chunk_bytes(c, False))
-        bwd = max(bwd, i_rows * row_grad_src + sub_chunk_bytes(c, True))
+def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
+    """Bytes a destination column (forward) or source row (backward) keeps on the device."""
+    return rows * _row_bytes(shape)[phase]
+
+
+def src_row_bytes(shape: LayerShape) -> int:
+    """Bytes of one source row an edge stage transfers."""
+    return FLOAT * shape.d_src_side
+
+
+def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
+    """Device bytes of one sub-chunk in flight: index arrays, inputs, partial result, scratch."""
+    win = INDEX * shape.d_msg if shape.winners else 0
+    k = 2 if backward else 1  # leaves + their gradients
+    b = c.nbytes + k * FLOAT * (c.num_src * shape.d_src_side + c.nnz * shape.d_edge)
+    b += c.num_dst * (FLOAT * shape.d_msg * 2 + 2 * win)  # partial/grad rows (+ arg, winners)
+    b += k * c.nnz * _edge_bytes(shape, fused) + (c.nnz * INDEX if shape.winners else 0)
+    if backward:
+        b += 2 * FLOAT * c.num_dst * shape.d_dst_side
+    return int(b)
+
+
+def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:
+    """Largest device footprint of one forward + backward layer call (see module docstring).
+
+    ``in_flight`` sub-chunks are counted at once: 1 without prefetching,
+    ``prefetch + 1`` with it (bounded by the largest sub-chunks).
+    """
+    sizes = np.diff(partition.bounds)
+    fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
+    bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True)
     biggest = int(sizes.max()) if sizes.size else 0
     phases = {
-        "forward edge stage": fwd,
-        "forward apply_vertex": biggest * row_fwd,
-        "backward edge stage": bwd,
-        "backward apply_vertex": biggest * row_bwd_av,
-        "hook pre-pass": biggest * row_hooks,
+        "forward edge stage": resident_bytes(biggest, shape, "forward") + sum(fwd_sub[:in_flight]),
+        "forward apply_vertex": resident_bytes(biggest, shape, "forward"),
+        "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),
+        "backward apply_vertex": resident_bytes(biggest, shape, "backward apply_vertex"),
+        "hook pre-pass": resident_bytes(biggest, shape, "hook pre-pass"),
     }
     phase = max(phases, key=phases.get)
     return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
@@ -157,6 +175,7 @@ def choose_num_chunks(
     param_bytes: int,
     budget: int | None,
     start: int = 1,
+    in_flight: int = 1,
 ) -> tuple[GraphPartition, WorkingSet]:
     """Smallest P >= start whose working set fits the budget, as NeuGraph picks it.
 
@@ -164,7 +183,7 @@ def choose_num_chunks(
     Raises BudgetTooSmall naming the smallest budget seen to work.
     """
     first = make_partition(start)
-    ws = working_set(first, shape, fused, param_bytes)
+    ws = working_set(first, shape, fused, param_bytes, in_flight)
     if budget is None or ws.peak_bytes <= budget:
         return first, ws
     limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS))
@@ -172,7 +191,7 @@ def choose_num_chunks(
     while hi < limit:
         lo, hi = hi, min(hi * 2, limit)
         part = make_partition(hi)
-        ws = working_set(part, shape, fused, param_bytes)
+        ws = working_set(part, shape, fused, param_bytes, in_flight)
         if ws.peak_bytes <= budget:
             best = (part, ws)
             break
@@ -184,7 +203,7 @@ def choose_num_chunks(
     while hi - lo > 1:  # smallest fitting P in (lo, hi]
         mid = (lo + hi) // 2
         part = make_partition(mid)
-        ws = working_set(part, shape, fused, param_bytes)
+        ws = working_set(part, shape, fused, param_bytes, in_flight)
         if ws.peak_bytes <= budget:
             hi, best = mid, (part, ws)
         else:

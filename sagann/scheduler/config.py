@@ -1,0 +1,39 @@
+"""How the scheduler runs a graph's layer passes: one frozen, validated config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sagann.scheduler.policy import Order, TransferPolicy
+
+MAX_PREFETCH = 4
+
+
+def _enum(cls, value, field: str):
+    try:
+        return cls(value)
+    except ValueError:
+        known = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown {field} {value!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Scheduling options of a :class:`~sagann.ChunkedGraph`.
+
+    Args:
+        prefetch: sub-chunks loaded ahead of compute by the loader thread;
+            None lets the planner go as deep as the budget allows (up to
+            ``MAX_PREFETCH``), 0 turns pipelining off.
+        transfer: ``"auto"`` (cost model per chunk), ``"selective"`` or ``"full"``.
+        order: ``"profile"`` (Johnson's rule on measured chunk costs) or ``"natural"``.
+    """
+
+    prefetch: int | None = None
+    transfer: TransferPolicy | str = TransferPolicy.AUTO
+    order: Order | str = Order.PROFILE
+
+    def __post_init__(self):
+        if self.prefetch is not None and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
+            raise ValueError(f"prefetch must be None or an int >= 0, got {self.prefetch!r}")
+        object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))
+        object.__setattr__(self, "order", _enum(Order, self.order, "order"))

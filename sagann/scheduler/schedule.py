@@ -1,0 +1,209 @@
+"""The schedule as data: what one layer pass loads, computes and evicts, in order.
+
+A :class:`PassPlan` is built before anything runs; the dataflow walks it
+step by step. It prints as a grid, validates (every non-empty sub-chunk
+computed exactly once, a chunk's sub-chunks kept together so a full block
+is sent once), and dry-runs its device-memory peak, so a plan is checked
+against the budget without running a kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from sagann.chunks.partition import GraphPartition
+from sagann.chunks.types import ChunkId, EdgeChunk
+from sagann.scheduler.planner import LayerShape, resident_bytes, src_row_bytes, sub_chunk_bytes
+from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
+
+FORWARD, BACKWARD = "forward", "backward"
+
+
+class ScheduleError(ValueError):
+    """A plan breaks an invariant; the message shows the plan with the failing step marked."""
+
+
+@dataclass(frozen=True)
+class ChunkStep:
+    """One chunk E_ij of a pass: its sub-chunks in order and how their source rows travel."""
+
+    key: tuple[int, int]
+    subs: tuple[EdgeChunk, ...]
+    transfer: Transfer
+    selective_bytes: int  # source rows sent by selective transfers of all sub-chunks
+    block_bytes: int  # V_i's rows as one block (what a full transfer, or a non-selective schedule, sends)
+
+    @property
+    def moved_bytes(self) -> int:
+        return self.selective_bytes if self.transfer is Transfer.SELECTIVE else self.block_bytes
+
+
+@dataclass(frozen=True)
+class Action:
+    """One line of a schedule; ``repr`` is compact, e.g. ``load_rows E[1,2].0 12,288 B``."""
+
+    op: str
+    target: object
+    nbytes: int = 0
+
+    def __repr__(self) -> str:
+        size = f" {self.nbytes:,} B" if self.nbytes else ""
+        return f"{self.op} {self.target!r}{size}"
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """The edge stage of one layer pass on one device.
+
+    Forward groups are destination columns j, backward groups source rows i;
+    each group is a sequence of chunk steps in execution order.
+    """
+
+    phase: str
+    groups: tuple[tuple[int, tuple[ChunkStep, ...]], ...]
+    prefetch: int
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(steps) for _, steps in self.groups)
+
+    def steps(self) -> Iterator[ChunkStep]:
+        for _, steps in self.groups:
+            yield from steps
+
+    def sub_chunks(self) -> Iterator[EdgeChunk]:
+        for step in self.steps():
+            yield from step.subs
+
+    @property
+    def bytes_moved(self) -> int:
+        """Source-row bytes this plan sends (edges and index arrays are the same for every plan)."""
+        return sum(s.moved_bytes for s in self.steps())
+
+    @property
+    def bytes_full(self) -> int:
+        """Source-row bytes a non-selective schedule sends: V_i once per chunk."""
+        return sum(s.block_bytes for s in self.steps())
+
+    @property
+    def bytes_lower_bound(self) -> int:
+        """No schedule that streams chunks sends less than each chunk's used rows once."""
+        return sum(min(s.selective_bytes, s.block_bytes) for s in self.steps())
+
+    def actions(self) -> list[Action]:
+        out: list[Action] = []
+        group_op = "load_dst" if self.phase == FORWARD else "open_row"
+        for g, steps in self.groups:
+            out.append(Action(group_op, g))
+            for step in steps:
+                if step.transfer is Transfer.FULL:
+                    out.append(Action("load_block", step.key, step.block_bytes))
+                for c in step.subs:
+                    rows = "pick_rows" if step.transfer is Transfer.FULL else "load_rows"
+                    out.append(Action(rows, c.id))
+                    out.append(Action("load_edges", c.id, c.nbytes))
+                    out.append(Action("compute", c.id))
+                if step.transfer is Transfer.FULL:
+                    out.append(Action("evict_block", step.key))
+            out.append(Action("apply_vertex" if self.phase == FORWARD else "close_row", g))
+        return out
+
+    def format(self, mark: int | None = None) -> str:
+        lines = [f"{self.phase} pass, prefetch {self.prefetch}: {self.bytes_moved:,} B of source rows (non-selective {self.bytes_full:,} B, lower bound {self.bytes_lower_bound:,} B)"]
+        for k, a in enumerate(self.actions()):
+            lines.append(f"{'>>' if k == mark else '  '} {k:4d}  {a!r}")
+        return "\n".join(lines)
+
+    __str__ = format
+
+
+def validate(plan: PassPlan, partition: GraphPartition) -> None:
+    """Raise ScheduleError unless the plan processes every non-empty sub-chunk exactly once, in its group."""
+    seen: dict[ChunkId, int] = {}
+    for k, a in enumerate(plan.actions()):
+        if a.op == "compute":
+            if a.target in seen:
+                raise ScheduleError(f"sub-chunk {a.target!r} computed twice\n{plan.format(k)}")
+            seen[a.target] = k
+    expected = {c.id for c in partition.sub_chunks()}
+    missing = expected - set(seen)
+    if missing:
+        raise ScheduleError(f"sub-chunks never computed: {sorted(missing)[:5]}\n{plan.format()}")
+    extra = set(seen) - expected
+    if extra:
+        raise ScheduleError(f"plan computes sub-chunks the partition does not have: {sorted(extra)[:5]}")
+    for g, steps in plan.groups:
+        for step in steps:
+            want = step.key[1] if plan.phase == FORWARD else step.key[0]
+            if want != g:
+                raise ScheduleError(f"chunk E{list(step.key)} placed in {plan.phase} group {g}\n{plan.format()}")
+
+
+def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused: bool) -> int:
+    """Peak device bytes of the edge stage, as the pipeline would hold them.
+
+    At any moment the device holds the current group's resident state, the
+    sub-chunk being computed and up to ``prefetch`` loaded ahead (possibly
+    from the next group), plus the full blocks of the chunks those belong to.
+    """
+    backward = plan.phase == BACKWARD
+    sizes = partition.bounds[1:] - partition.bounds[:-1]
+    seq: list[tuple[int, int, tuple[int, int] | None, int]] = []  # (group, bytes, block key, block bytes)
+    for g, steps in plan.groups:
+        for step in steps:
+            full = step.transfer is Transfer.FULL
+            for c in step.subs:
+                seq.append((g, sub_chunk_bytes(c, shape, fused, backward), step.key if full else None, step.block_bytes if full else 0))
+    phase = "backward" if backward else "forward"
+    peak = max((resident_bytes(int(sizes[g]), shape, phase) for g, _ in plan.groups), default=0)
+    window = plan.prefetch + 1
+    for k in range(len(seq)):
+        live = seq[k : k + window]
+        blocks = {key: b for _, _, key, b in live if key is not None}
+        resident = resident_bytes(int(sizes[live[0][0]]), shape, phase)
+        peak = max(peak, resident + sum(b for _, b, _, _ in live) + sum(blocks.values()))
+    return int(peak)
+
+
+def build_plan(
+    partition: GraphPartition,
+    shape: LayerShape,
+    phase: str,
+    prefetch: int,
+    policy: TransferPolicy = TransferPolicy.AUTO,
+    costs: TransferCosts | None = None,
+    spare_bytes: int | None = None,
+    order: Order = Order.NATURAL,
+    measured: Callable[[tuple[int, int]], tuple[float, float] | None] = lambda key: None,
+) -> PassPlan:
+    """Group, order and choose transfers for one pass (policies in ``sagann.scheduler.policy``).
+
+    Args:
+        spare_bytes: budget left beyond the working set; the full blocks of
+            all chunks in flight (up to ``prefetch + 1``) must fit in it.
+        measured: ``(load_seconds, compute_seconds)`` of a chunk from earlier
+            passes, or None; with ``Order.PROFILE`` and every chunk of a
+            group measured, the group runs in Johnson's order.
+    """
+    if phase not in (FORWARD, BACKWARD):
+        raise ValueError(f"phase must be {FORWARD!r} or {BACKWARD!r}, got {phase!r}")
+    row = src_row_bytes(shape)
+    groups = []
+    for g in range(partition.num_chunks):
+        keys = [(i, g) for i in range(partition.num_chunks)] if phase == FORWARD else [(g, j) for j in range(partition.num_chunks)]
+        steps = {}
+        for key in keys:
+            subs = partition.chunks.get(key)
+            if not subs:
+                continue
+            selective = sum(c.num_src for c in subs) * row
+            block = partition.interval_size(key[0]) * row
+            spare = None if spare_bytes is None else spare_bytes // (prefetch + 1)  # blocks of every chunk in flight
+            steps[key] = ChunkStep(key, tuple(subs), choose_transfer(policy, selective, block, costs, spare), selective, block)
+        ordered = list(steps)
+        if order is Order.PROFILE and steps:
+            times = {key: measured(key) for key in steps}
+            if all(t is not None for t in times.values()):
+                ordered = johnson_order([(key, *times[key]) for key in steps])
+        groups.append((g, tuple(steps[k] for k in ordered)))
+    return PassPlan(phase, tuple(groups), prefetch)
