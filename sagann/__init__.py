@@ -5,8 +5,8 @@ graph into chunks that fit the device and streams them through it.
 """
 from sagann import fn, nn
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
-from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, Device
+from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, Device, ScheduleConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "fn", "nn", "__version__"]
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "ScheduleConfig", "fn", "nn", "__version__"]

@@ -14,6 +14,12 @@ through it: source-side gradients accumulate on the device for V_i,
 destination-side and edge gradients are added into host tensors; finally it
 back-propagates the hook pre-pass. Parameter gradients are summed as it goes.
 
+Both edge stages walk a :class:`~sagann.scheduler.schedule.PassPlan`: a
+loader thread prepares each sub-chunk's inputs ``plan.prefetch`` sub-chunks
+ahead of the compute thread (the caller's), sending either the sub-chunk's
+used source rows (selective) or V_i's rows once per chunk (full), and
+per-chunk load and compute times feed the next pass's ordering.
+
 Randomness inside user functions (dropout) is replayed exactly in the
 recomputation: each function call runs under a seed derived from one draw
 of the caller's RNG and the call's position.
@@ -21,23 +27,31 @@ of the caller's RNG and the call's position.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 import zlib
 from dataclasses import dataclass
+from functools import partial
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from sagann import kernels
+from sagann import kernels, profiler
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
-from sagann.engine.graph import ChunkedGraph, check_features
+from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
 from sagann.engine.layer import EdgeBatch, Layer, probe_layer
 from sagann.kernels import reference
 from sagann.kernels.graph import ChunkTensors
 from sagann.scheduler.devices import Scope, tensor_bytes
+from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.planner import LayerShape
+from sagann.scheduler.policy import Transfer, two_stage_makespan
+from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 
 _SEED_MASK = (1 << 63) - 1
+_SRC_FIELDS = ("src", "src_term")
 
 
 def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
@@ -62,9 +76,10 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
         layer.__dict__.setdefault("_sagann_shape", {})[key] = shape
     backend = _backend_for(g, shape)
     param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
-    partition = g.plan(shape, fused=backend != "reference" and shape.builtin is not None, param_bytes=param_bytes)
+    fused = backend != "reference" and shape.builtin is not None
+    partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
-    call = _LayerCall(layer, g, partition, shape, backend, param_bytes, seed)
+    call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed)
     return _SagaFunction.apply(call, x.contiguous(), None if edge_data is None else edge_data.contiguous(), *params)
 
 
@@ -105,38 +120,80 @@ class _Saved:
     winners: torch.Tensor | None  # host int64 [N, d_msg], global edge id, -1 if none
 
 
-class _ChunkInputs:
-    """A sub-chunk's device-side inputs, loaded on first use; in backward they are autograd leaves."""
+class _Block:
+    """V_i's source rows sent as one block, shared by the sub-chunks of one full-transfer chunk.
 
-    def __init__(self, call: "_LayerCall", scope: Scope, c: EdgeChunk, host: dict, resident: dict, grad: dict):
-        self.call, self.scope, self.c = call, scope, c
-        self._host, self._resident, self._grad = host, resident, grad
+    Reference counted: the loader holds one reference while it still loads
+    the chunk's sub-chunks, each loaded sub-chunk one; the last release
+    frees the device memory.
+    """
+
+    def __init__(self, scope: Scope, tensors: dict[str, torch.Tensor]):
+        self.scope, self.tensors = scope, tensors
+        self._refs, self._lock = 1, threading.Lock()
+
+    def acquire(self) -> "_Block":
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self.scope.close()
+
+
+class _ChunkInputs:
+    """A sub-chunk's device-side inputs, each loaded once on first use; in backward they are autograd leaves."""
+
+    def __init__(self, call: "_LayerCall", c: EdgeChunk, host: dict, grad: dict, block: _Block | None):
+        self.call, self.c = call, c
+        self.scope = Scope(call.device)
+        self._host, self._grad, self._block = host, grad, block
+        self._resident: dict[str, torch.Tensor | None] = {}
         self._values: dict[str, torch.Tensor | None] = {}
+        self.loaded_bytes = 0
+        self.load_seconds = 0.0
         self.ct = ChunkTensors.from_chunk(c, call.device.torch_device)
-        scope.charge(self.ct.nbytes, f"index arrays of {c.id!r}")
-        self._src_index = torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))
-        self._edge_index = torch.from_numpy(c.edge_ids)
+        self.scope.charge(self.ct.nbytes, f"index arrays of {c.id!r}")
+        self.loaded_bytes += self.ct.nbytes
+        self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
+
+    def set_resident(self, resident: dict) -> None:
+        """Forward: the destination rows of V_j already on the device."""
+        self._resident = resident
 
     def get(self, name: str) -> torch.Tensor | None:
         if name not in self._values:
             self._values[name] = self._load(name)
         return self._values[name]
 
+    def preload(self, names) -> None:
+        for name in names:
+            self.get(name)
+
     def _load(self, name: str) -> torch.Tensor | None:
         c, s = self.c, self.scope
-        if name in self._resident:  # forward: V_j rows already on the device
+        if name in self._resident:
             t = self._resident[name]
             return None if t is None else t[c.dst_offset : c.dst_offset + c.num_dst]
         host = self._host.get(name)
         if host is None:
             return None
-        if name in ("src", "src_term"):
-            t = s.load_rows(host, self._src_index, f"{name} rows of {c.id!r}")
-        elif name == "data":
-            t = s.load_rows(host, self._edge_index, f"edge rows of {c.id!r}")
-        else:  # dst, dst_term in backward
-            lo = c.dst_start + c.dst_offset
-            t = s.load(host[lo : lo + c.num_dst], f"{name} rows of {c.id!r}")
+        if name in _SRC_FIELDS and self._block is not None:
+            block = self._block.tensors[name]
+            t = s.adopt(block.index_select(0, self._src_local.to(block.device)), f"{name} rows picked for {c.id!r}")
+        else:
+            if name in _SRC_FIELDS:
+                t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), f"{name} rows of {c.id!r}")
+            elif name == "data":
+                t = s.load_rows(host, torch.from_numpy(c.edge_ids), f"edge rows of {c.id!r}")
+            else:  # destination-row fields, in backward
+                lo = c.dst_start + c.dst_offset
+                t = s.load(host[lo : lo + c.num_dst], f"{name} rows of {c.id!r}")
+            self.loaded_bytes += tensor_bytes(t)
         if self._grad.get(name):
             t.requires_grad_(True)
         return t
@@ -144,19 +201,26 @@ class _ChunkInputs:
     def leaves(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self._values.items() if v is not None and v.requires_grad and v.is_leaf}
 
+    def close(self) -> None:
+        self.scope.close()
+        if self._block is not None:
+            self._block.release()
+            self._block = None
+
 
 class _LayerCall:
     """One call of a layer on one graph: runs the chunked forward and backward."""
 
-    def __init__(self, layer: Layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, param_bytes: int, seed: int):
+    def __init__(self, layer: Layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int):
         self.layer, self.g, self.p, self.shape = layer, g, partition, shape
-        self.backend, self.param_bytes, self.seed = backend, param_bytes, seed
+        self.backend, self.fused, self.param_bytes, self.seed = backend, fused, param_bytes, seed
         self.device = g.device
         self.params = [p for p in layer.parameters() if p.requires_grad]
         self.name = type(layer).__name__
         self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
         deg = torch.from_numpy(partition.in_degree).clamp(min=1).to(torch.float32)
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
+        self.cost_key = (id(layer), shape, partition.num_chunks, partition.sub_chunk_nnz)
 
     # ---- helpers -------------------------------------------------------------------------
     def _rng(self, *key) -> contextlib.AbstractContextManager:
@@ -169,18 +233,22 @@ class _LayerCall:
         torch.default_generator.manual_seed((self.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK)
         return stack
 
+    def _span(self, kind: str, phase: str, chunk=None, nbytes: int = 0, track: str = "compute"):
+        return profiler.span(kind, self.device.name, track, chunk=chunk, nbytes=nbytes, layer=self.name, phase=phase)
+
     def _check_rows(self, t: torch.Tensor, rows: int, width: int, fn: str) -> None:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (rows, width):
             raise ValueError(f"{self.name}.{fn} returned shape {list(getattr(t, 'shape', []))}, expected [{rows}, {width}] (as in the probe)")
 
-    def _partial(self, inputs: _ChunkInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _partial(self, inputs: _ChunkInputs, phase: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gather(ApplyEdge(Scatter)) of one sub-chunk onto its destination rows."""
-        shape, ct = self.shape, inputs.ct
+        shape, ct, cid = self.shape, inputs.ct, inputs.c.id
         if shape.builtin is not None:
             src = inputs.get("src_term") if shape.d_src_term else inputs.get("src")
             dst = (inputs.get("dst_term") if shape.d_dst_term else inputs.get("dst")) if shape.builtin.uses_dst else None
             edge = inputs.get("data") if shape.builtin.uses_edge else None
-            return kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
+            with self._span("kernel", phase, cid):
+                return kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
 
         def per_edge(name: str, index: torch.Tensor):
             return lambda: (lambda t: None if t is None else t.index_select(0, index))(inputs.get(name))
@@ -195,11 +263,12 @@ class _LayerCall:
                 "data": lambda: (lambda t: None if t is None else (t.unsqueeze(-1) if t.dim() == 1 else t))(inputs.get("data")),
             },
         )
-        with self._rng("edge", *inputs.c.id):
+        with self._span("apply_edge", phase, cid), self._rng("edge", *cid):
             msg = self.layer.apply_edge(e)
         self._check_rows(msg, ct.nnz, shape.d_msg, "apply_edge")
-        inputs.scope.charge(tensor_bytes(msg) * (1 + len(e.used)), f"messages of {inputs.c.id!r}")
-        return reference.gather(ct, msg, self.reduce)
+        inputs.scope.charge(tensor_bytes(msg) * (1 + len(e.used)), f"messages of {cid!r}")
+        with self._span("gather_reduce", phase, cid):
+            return reference.gather(ct, msg, self.reduce)
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = torch.empty(self.g.num_vertices, width)
@@ -209,11 +278,81 @@ class _LayerCall:
                 continue
             with self.device.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}")
-                with self._rng(hook, q):
+                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q):
                     h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
                 self._check_rows(h, hi - lo, width, hook)
                 self.device.copy_out(h, out[lo:hi])
         return out
+
+    # ---- the streamed edge stage -------------------------------------------------------------
+    def _plan(self, phase: str) -> PassPlan:
+        plan = self.g.pass_plan(self.p, self.shape, self.fused, self.param_bytes, phase, lambda key: self.g.costs.get((self.cost_key, phase), key))
+        return plan
+
+    def _jobs(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]):
+        """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
+        for step in plan.steps():
+            holder: dict[str, _Block] = {}
+            try:
+                for k, c in enumerate(step.subs):
+                    yield repr(c.id), partial(self._load, plan.phase, step, k, c, host, grad, fields, holder)
+            finally:
+                if "block" in holder:
+                    holder.pop("block").release()  # the loader's own reference
+
+    def _load(self, phase: str, step: ChunkStep, k: int, c: EdgeChunk, host: dict, grad: dict, fields, holder: dict) -> _ChunkInputs:
+        t0 = time.perf_counter()
+        block_bytes = 0
+        if step.transfer is Transfer.FULL and k == 0:
+            scope = Scope(self.device)
+            lo, hi = self.p.interval(step.key[0])
+            tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+            block_bytes = sum(tensor_bytes(t) for t in tensors.values())
+            holder["block"] = _Block(scope, tensors)
+        block = holder["block"].acquire() if "block" in holder else None
+        inputs = _ChunkInputs(self, c, host, grad, block)
+        try:
+            inputs.preload(fields)
+        except BaseException:
+            inputs.close()
+            raise
+        inputs.loaded_bytes += block_bytes
+        t1 = time.perf_counter()
+        inputs.load_seconds = t1 - t0
+        if profiler.enabled():
+            profiler.record_interval("h2d", self.device.name, "loader", t0, t1, chunk=c.id, nbytes=inputs.loaded_bytes, layer=self.name, phase=phase)
+        return inputs
+
+    def _stream(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]) -> Iterator[_ChunkInputs]:
+        return iter(Prefetcher(self._jobs(plan, host, grad, fields), plan.prefetch, release=_ChunkInputs.close))
+
+    def _run_step(self, stream, step: ChunkStep, compute) -> tuple[float, float, int]:
+        """Compute the sub-chunks of one chunk as they arrive; returns (load s, compute s, bytes)."""
+        load = busy = 0.0
+        moved = 0
+        for c in step.subs:
+            inputs = next(stream)
+            assert inputs.c is c, f"pipeline out of order: expected {c.id!r}, got {inputs.c.id!r}"
+            try:
+                t0 = time.perf_counter()
+                compute(inputs)
+                busy += time.perf_counter() - t0
+            except Exception as exc:
+                exc.add_note(f"while computing sub-chunk {c.id!r} of {self.name} on {self.device.name}")
+                raise
+            finally:
+                inputs.close()
+            load += inputs.load_seconds
+            moved += inputs.loaded_bytes
+        return load, busy, moved
+
+    def _record_pass(self, plan: PassPlan, phase: str, times: dict, seconds: float, moved: int) -> None:
+        full = moved - plan.bytes_moved + plan.bytes_full
+        for key, (load, busy) in times.items():
+            self.g.costs.update((self.cost_key, phase), key, load, busy)
+        predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
+        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full))
+        profiler.count("bytes_moved_full", full)
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, _Saved]:
@@ -225,45 +364,62 @@ class _LayerCall:
         acc_all = torch.empty(n, shape.d_msg)
         win_all = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
         host = {"src": x, "src_term": src_term, "data": edata}
+        fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
         init = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}[self.reduce]
+        plan = self._plan(FORWARD)
+        times: dict[tuple[int, int], tuple[float, float]] = {}
+        moved, t_pass = 0, time.perf_counter()
         with dev.scope() as params_scope:
             params_scope.charge(self.param_bytes, f"{self.name} parameters")
-            for j in range(p.num_chunks):
-                lo, hi = p.interval(j)
-                if hi == lo:
-                    continue
-                with dev.scope() as s:
-                    xj = s.load(x[lo:hi], f"input rows V_{j}")
-                    dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
-                    acc = s.full((hi - lo, shape.d_msg), init, torch.float32, f"accumulator V_{j}")
-                    win = s.full((hi - lo, shape.d_msg), -1, torch.long, f"winners V_{j}") if shape.winners else None
-                    for c in p.column(j):
-                        with dev.scope() as cs:
-                            inputs = _ChunkInputs(self, cs, c, host, {"dst": xj, "dst_term": dj}, {})
-                            partial, arg = self._partial(inputs)
-                            cs.adopt(partial, f"partial of {c.id!r}")
-                            self._merge(cs, c, acc, win, partial, arg)
-                    self._finalise(acc, win, lo, hi)
-                    with self._rng("vertex", j):
-                        out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
-                    self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
-                    dev.copy_out(out_j, out[lo:hi])
-                    dev.copy_out(acc, acc_all[lo:hi])
-                    if win is not None:
-                        dev.copy_out(win, win_all[lo:hi])
+            stream = self._stream(plan, host, {}, fields)
+            try:
+                for j, steps in plan.groups:
+                    lo, hi = p.interval(j)
+                    if hi == lo:
+                        continue
+                    with dev.scope() as s:
+                        xj = s.load(x[lo:hi], f"input rows V_{j}")
+                        dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
+                        acc = s.full((hi - lo, shape.d_msg), init, torch.float32, f"accumulator V_{j}")
+                        win = s.full((hi - lo, shape.d_msg), -1, torch.long, f"winners V_{j}") if shape.winners else None
+                        resident = {"dst": xj, "dst_term": dj}
+
+                        def compute(inputs: _ChunkInputs) -> None:
+                            inputs.set_resident(resident)
+                            partial_acc, arg = self._partial(inputs, FORWARD)
+                            inputs.scope.adopt(partial_acc, f"partial of {inputs.c.id!r}")
+                            self._merge(inputs, acc, win, partial_acc, arg)
+
+                        for step in steps:
+                            load, busy, b = self._run_step(stream, step, compute)
+                            times[step.key] = (load, busy)
+                            moved += b
+                        self._finalise(acc, win, lo, hi)
+                        with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
+                            out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
+                        self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
+                        with self._span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
+                            dev.copy_out(out_j, out[lo:hi])
+                            dev.copy_out(acc, acc_all[lo:hi])
+                            if win is not None:
+                                dev.copy_out(win, win_all[lo:hi])
+            finally:
+                stream.close()
+        self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
         return out, _Saved(src_term, dst_term, acc_all, win_all)
 
-    def _merge(self, scope: Scope, c: EdgeChunk, acc, win, partial, arg) -> None:
+    def _merge(self, inputs: _ChunkInputs, acc, win, partial_acc, arg) -> None:
+        c = inputs.c
         rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
         if win is None:
-            acc[rows] += partial
+            acc[rows] += partial_acc
             return
-        eids = scope.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
+        eids = inputs.scope.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
         gid = torch.where(arg >= 0, eids[arg.clamp(min=0)], -1)
         cur, cur_win = acc[rows], win[rows]
-        beats = partial > cur if self.reduce == "max" else partial < cur
-        better = (arg >= 0) & (beats | ((partial == cur) & (gid < cur_win)))
-        acc[rows] = torch.where(better, partial, cur)
+        beats = partial_acc > cur if self.reduce == "max" else partial_acc < cur
+        better = (arg >= 0) & (beats | ((partial_acc == cur) & (gid < cur_win)))
+        acc[rows] = torch.where(better, partial_acc, cur)
         win[rows] = torch.where(better, gid, cur_win)
 
     def _finalise(self, acc, win, lo: int, hi: int) -> None:
@@ -274,7 +430,7 @@ class _LayerCall:
 
     # ---- backward ------------------------------------------------------------------------
     def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
-        shape, p, dev = self.shape, self.p, self.device
+        shape, dev = self.shape, self.device
         n = self.g.num_vertices
         gx = torch.zeros_like(x) if need_x else None
         ge = torch.zeros_like(edata) if need_e else None
@@ -311,11 +467,12 @@ class _LayerCall:
                 xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
                 acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(True)
                 go = s.load(grad_out[lo:hi], f"output grad V_{j}")
-                with torch.enable_grad(), self._rng("vertex", j):
-                    out_j = self.layer.apply_vertex(xj, acc)
-                s.charge(2 * tensor_bytes(out_j), f"apply_vertex recompute V_{j}")
-                inputs = [acc] + ([xj] if need_x else []) + self.params
-                grads = self._grad(out_j, inputs, go)
+                with self._span("apply_vertex", BACKWARD, (j,)):
+                    with torch.enable_grad(), self._rng("vertex", j):
+                        out_j = self.layer.apply_vertex(xj, acc)
+                    s.charge(2 * tensor_bytes(out_j), f"apply_vertex recompute V_{j}")
+                    inputs = [acc] + ([xj] if need_x else []) + self.params
+                    grads = self._grad(out_j, inputs, go)
                 g_acc = grads[0] if grads[0] is not None else torch.zeros_like(acc)
                 if self.inv_degree is not None:
                     g_acc = g_acc * self.inv_degree[lo:hi].to(g_acc.device)
@@ -326,42 +483,54 @@ class _LayerCall:
 
     def _backward_edges(self, x, edata, saved: _Saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams) -> None:
         shape, p, dev = self.shape, self.p, self.device
-        host = {"src": x, "src_term": saved.src_term, "data": edata, "dst": x, "dst_term": saved.dst_term}
+        host = {"src": x, "src_term": saved.src_term, "data": edata, "dst": x, "dst_term": saved.dst_term, "g_rows": grad_acc, "won": saved.winners}
         wants = {"src": need_x, "dst": need_x, "data": need_e, "src_term": True, "dst_term": True}
-        for i in range(p.num_chunks):
-            lo, hi = p.interval(i)
-            if hi == lo or not any(True for _ in p.row(i)):
-                continue
-            with dev.scope() as s:
-                acc_src = s.zeros((hi - lo, shape.d_in), torch.float32, f"source grad V_{i}") if need_x and shape.uses_src else None
-                acc_term = s.zeros((hi - lo, shape.d_src_term), torch.float32, f"source-term grad V_{i}") if g_src_term is not None else None
-                for c in p.row(i):
-                    with dev.scope() as cs:
-                        self._backward_chunk(cs, c, host, wants, saved, grad_acc, acc_src, acc_term, gx, ge, g_dst_term, gparams)
-                if acc_src is not None:
-                    dev.add_out(acc_src, gx[lo:hi])
-                if acc_term is not None:
-                    dev.add_out(acc_term, g_src_term[lo:hi])
+        uses = {"src": shape.uses_src, "src_term": shape.uses_src_term, "data": shape.uses_edge, "dst": shape.uses_dst, "dst_term": shape.uses_dst_term, "g_rows": True, "won": shape.winners}
+        fields = tuple(f for f, used in uses.items() if used)
+        plan = self._plan(BACKWARD)
+        times: dict[tuple[int, int], tuple[float, float]] = {}
+        moved, t_pass = 0, time.perf_counter()
+        stream = self._stream(plan, host, wants, fields)
+        try:
+            for i, steps in plan.groups:
+                lo, hi = p.interval(i)
+                if hi == lo or not steps:
+                    continue
+                with dev.scope() as s:
+                    acc_src = s.zeros((hi - lo, shape.d_in), torch.float32, f"source grad V_{i}") if need_x and shape.uses_src else None
+                    acc_term = s.zeros((hi - lo, shape.d_src_term), torch.float32, f"source-term grad V_{i}") if g_src_term is not None else None
+                    compute = partial(self._backward_chunk, saved=saved, acc_src=acc_src, acc_term=acc_term, gx=gx, ge=ge, g_dst_term=g_dst_term, gparams=gparams)
+                    for step in steps:
+                        load, busy, b = self._run_step(stream, step, compute)
+                        times[step.key] = (load, busy)
+                        moved += b
+                    with self._span("d2h", BACKWARD, (i,), tensor_bytes(acc_src) + tensor_bytes(acc_term)):
+                        if acc_src is not None:
+                            dev.add_out(acc_src, gx[lo:hi])
+                        if acc_term is not None:
+                            dev.add_out(acc_term, g_src_term[lo:hi])
+        finally:
+            stream.close()
+        self._record_pass(plan, BACKWARD, times, time.perf_counter() - t_pass, moved)
 
-    def _backward_chunk(self, cs: Scope, c: EdgeChunk, host, wants, saved, grad_acc, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
-        dev = self.device
-        inputs = _ChunkInputs(self, cs, c, host, {}, wants)
+    def _backward_chunk(self, inputs: _ChunkInputs, saved, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
+        dev, c, cs = self.device, inputs.c, inputs.scope
         lo = c.dst_start + c.dst_offset
-        g_rows = cs.load(grad_acc[lo : lo + c.num_dst], f"acc grad rows of {c.id!r}")
         with torch.enable_grad():
-            partial, arg = self._partial(inputs)
-        cs.adopt(partial, f"partial of {c.id!r}")
+            partial_acc, arg = self._partial(inputs, BACKWARD)
+        cs.adopt(partial_acc, f"partial of {c.id!r}")
+        g_rows = inputs.get("g_rows")
         if saved.winners is not None:
             eids = cs.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
-            won = cs.load(saved.winners[lo : lo + c.num_dst], f"winners of {c.id!r}")
-            g_rows = g_rows * ((arg >= 0) & (eids[arg.clamp(min=0)] == won))
+            g_rows = g_rows * ((arg >= 0) & (eids[arg.clamp(min=0)] == inputs.get("won")))
         leaves = inputs.leaves()
-        grads = self._grad(partial, list(leaves.values()) + self.params, g_rows)
+        with self._span("kernel" if self.fused else "apply_edge", BACKWARD, c.id):
+            grads = self._grad(partial_acc, list(leaves.values()) + self.params, g_rows)
         local_src = None
         for name, g in zip(leaves, grads):
             if g is None:
                 continue
-            if name in ("src", "src_term"):
+            if name in _SRC_FIELDS:
                 if local_src is None:
                     local_src = torch.from_numpy(c.src_rows.astype(np.int64)).to(g.device)
                 # unique rows: index_put_ avoids torch's slow multi-threaded CPU index_add_
@@ -383,10 +552,11 @@ class _LayerCall:
             with dev.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                 gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
-                with torch.enable_grad(), self._rng(hook, q):
-                    h = getattr(self.layer, hook)(v)
-                s.charge(2 * tensor_bytes(h), f"{hook} recompute V_{q}")
-                grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
+                with self._span("apply_vertex", BACKWARD, (q,)):
+                    with torch.enable_grad(), self._rng(hook, q):
+                        h = getattr(self.layer, hook)(v)
+                    s.charge(2 * tensor_bytes(h), f"{hook} recompute V_{q}")
+                    grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
                 if need_x and grads[0] is not None:
                     dev.add_out(grads[0], gx[lo:hi])
                 self._add_param_grads(grads[need_x:], gparams)

@@ -1,14 +1,35 @@
 """ChunkedGraph: a graph, the device it is trained on, and the partition that fits it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_edge_index, partition_graph
+from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
+from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import CpuDevice, Device, format_bytes
 from sagann.scheduler.planner import BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, working_set
+from sagann.scheduler.policy import TransferPolicy
+from sagann.scheduler.schedule import PassPlan, build_plan, dry_run
 
 BACKENDS = ("auto", "reference", "cpu")
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One streamed edge stage as it ran: the plan's prediction next to what happened."""
+
+    layer: str
+    phase: str
+    chunks: int
+    prefetch: int
+    seconds: float  # wall time of the edge stage
+    predicted_seconds: float  # two-stage makespan of the measured chunk times in plan order
+    bytes_moved: int  # host -> device bytes of the edge stage
+    bytes_full: int  # what a non-selective schedule would have moved
 
 
 class ChunkedGraph:
@@ -26,6 +47,8 @@ class ChunkedGraph:
         sub_chunk_nnz: edges per sub-chunk, or None to derive it from the budget.
         backend: kernel backend for builtin messages: ``"auto"`` (fused numba
             kernels on the CPU), ``"cpu"`` or ``"reference"``.
+        schedule: a :class:`~sagann.ScheduleConfig` (prefetch depth,
+            selective transfers, ordering); default: all automatic.
 
     Example:
         >>> import sagann, torch
@@ -40,6 +63,7 @@ class ChunkedGraph:
         device: Device | None = None,
         sub_chunk_nnz: int | None = None,
         backend: str = "auto",
+        schedule: ScheduleConfig | None = None,
         *,
         _partition: GraphPartition | None = None,
     ):
@@ -53,6 +77,12 @@ class ChunkedGraph:
             raise ValueError(f"sub_chunk_nnz must be None or an int >= 1, got {sub_chunk_nnz!r}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+        if schedule is not None and not isinstance(schedule, ScheduleConfig):
+            raise TypeError(f"schedule must be a sagann.ScheduleConfig, got {schedule!r}")
+        self.schedule = schedule or ScheduleConfig()
+        self.costs = CostTable()
+        self.pass_log: list[PassRecord] = []
+        self._prefetch_cache: dict = {}
         if _partition is not None:
             self._edge_index = None
             self.num_vertices, self.num_edges = _partition.num_vertices, _partition.num_edges
@@ -70,20 +100,20 @@ class ChunkedGraph:
         self._working_set: WorkingSet | None = None
 
     @classmethod
-    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto") -> "ChunkedGraph":
+    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None) -> "ChunkedGraph":
         """Wrap an existing partition (e.g. a dataset loaded from disk); repartitions only if needed."""
-        return cls(None, partition.num_vertices, None, device, None, backend, _partition=partition)
+        return cls(None, partition.num_vertices, None, device, None, backend, schedule, _partition=partition)
 
     def _graphs(self) -> list["ChunkedGraph"]:
         """This graph and the graphs derived from it (e.g. GCN's self-loop graph)."""
         return [self] + [v[0] for v in self._derived.values() if isinstance(v, tuple) and isinstance(v[0], ChunkedGraph)]
 
     @classmethod
-    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True) -> "ChunkedGraph":
+    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True, schedule: ScheduleConfig | None = None) -> "ChunkedGraph":
         """Open a dataset directory (see ``sagann.chunks.save_dataset``); edge arrays stay memory-mapped."""
         from sagann.chunks.dataset import load_dataset
 
-        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend)
+        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend, schedule)
 
     @property
     def num_chunks(self) -> int | None:
@@ -129,11 +159,56 @@ class ChunkedGraph:
                 )
         else:
             start = 1 if self.partition is None else self.partition.num_chunks
-            part, ws = choose_num_chunks(lambda P: self._partition(P, sub), self.num_vertices, shape, fused, param_bytes, budget, start)
+            make = lambda P: self._partition(P, sub)  # noqa: E731
+            try:  # room for one sub-chunk loading while one computes, if any P allows it
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=2 if self.schedule.prefetch != 0 else 1)
+            except BudgetTooSmall:
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1)
         self.partition = part
         if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
             self._working_set = ws
         return part
+
+    def prefetch_depth(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int) -> int:
+        """The configured depth, or the deepest (up to MAX_PREFETCH) whose working set fits the budget."""
+        if self.schedule.prefetch is not None:
+            return self.schedule.prefetch
+        budget = self.device.memory_budget
+        if budget is None:
+            return MAX_PREFETCH
+        key = (id(partition), shape, fused, param_bytes)
+        if key not in self._prefetch_cache:
+            depth = 0
+            for k in range(1, MAX_PREFETCH + 1):
+                if working_set(partition, shape, fused, param_bytes, in_flight=k + 1).peak_bytes > budget:
+                    break
+                depth = k
+            self._prefetch_cache[key] = depth
+        return self._prefetch_cache[key]
+
+    def pass_plan(
+        self,
+        partition: GraphPartition,
+        shape: LayerShape,
+        fused: bool,
+        param_bytes: int,
+        phase: str,
+        measured: Callable[[tuple[int, int]], tuple[float, float] | None] = lambda key: None,
+    ) -> PassPlan:
+        """The schedule of one edge stage, checked against the budget before it runs."""
+        cfg, budget = self.schedule, self.device.memory_budget
+        depth = self.prefetch_depth(partition, shape, fused, param_bytes)
+        spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=depth + 1).peak_bytes
+        costs = self.device.transfer_costs() if cfg.transfer is TransferPolicy.AUTO else None
+        plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
+        if budget is not None:
+            peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
+            if peak > budget:
+                raise BudgetTooSmall(
+                    f"the {phase} plan with prefetch {depth} needs {peak:,} device bytes but {self.device.name} has {budget:,}; "
+                    f"use a smaller prefetch (ScheduleConfig(prefetch=...)) or raise the budget"
+                )
+        return plan
 
     def with_remaining_self_loops(self) -> tuple["ChunkedGraph", np.ndarray]:
         """This graph with every self loop replaced by exactly one per vertex (PyG's GCN convention).
@@ -146,7 +221,8 @@ class ChunkedGraph:
             kept = np.flatnonzero(ei[0] != ei[1])
             loops = np.arange(self.num_vertices, dtype=np.int64)
             new_ei = np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
-            derived = ChunkedGraph(new_ei, self.num_vertices, self._fixed_chunks, self.device, self._fixed_sub_nnz, self.backend)
+            derived = ChunkedGraph(new_ei, self.num_vertices, self._fixed_chunks, self.device, self._fixed_sub_nnz, self.backend, self.schedule)
+            derived.costs, derived.pass_log = self.costs, self.pass_log  # one log for the user's graph
             self._derived["self_loops"] = (derived, kept)
         return self._derived["self_loops"]
 
