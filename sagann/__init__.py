@@ -3,10 +3,11 @@
 Write a layer as ApplyEdge / ApplyVertex with torch ops; sagann splits the
 graph into chunks that fit the device and streams them through it.
 """
-from sagann import fn, nn
+from sagann import fn, nn, profiler
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
+from sagann.profiler import profile
 from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, Device, ScheduleConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "ScheduleConfig", "fn", "nn", "__version__"]
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "ScheduleConfig", "fn", "nn", "profile", "profiler", "__version__"]

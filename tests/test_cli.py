@@ -31,3 +31,18 @@ def test_bad_option_exits_nonzero_without_traceback(capsys):
     assert main(["demo", "--budget-fraction", "3"]) == 1
     err = capsys.readouterr().err
     assert "budget_fraction" in err and "Traceback" not in err
+
+
+def test_demo_profile_then_profile_command(tmp_path, capsys):
+    out = tmp_path / "prof"
+    assert main(["demo", "--json", "--vertices", "1500", "--epochs", "2", "--profile", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"trace.json", "timeline.png", "summary.json"}
+    capsys.readouterr()
+    assert main(["profile", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "overlap" in table and len(table.strip().splitlines()) == 2 + 2
+
+
+def test_profile_of_missing_directory_is_a_clear_error(tmp_path, capsys):
+    assert main(["profile", str(tmp_path / "nothing")]) == 1
+    assert "nothing" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sagann import profiler
+
 __all__ = ["EpochStats", "train_node_classifier", "accuracy"]
 
 
@@ -57,6 +59,7 @@ def train_node_classifier(
     history: list[EpochStats] = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
+        profiler.mark_epoch(epoch)  # spans of this epoch (training step and evaluation) are tagged with it
         model.train()
         t0 = time.perf_counter()
         opt.zero_grad()

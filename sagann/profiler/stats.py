@@ -42,6 +42,11 @@ def union_seconds(intervals: Iterable[tuple[Seconds, Seconds]]) -> Seconds:
 def overlap_ratio(io: Seconds, compute: Seconds, runtime: Seconds) -> float:
     """Fraction of the smaller of IO and compute time hidden behind the other.
 
+    :func:`summarize_epoch` passes the union of all spans as ``runtime``, so
+    the figure is exactly ``|IO ∩ compute| / min(|IO|, |compute|)``; with
+    the epoch's wall time instead (all a peer's published totals give), time
+    outside any span counts against overlap, as explained below.
+
     NeuGraph's Table 2 reports three wall-clock figures per epoch: IO time,
     compute time and total runtime. With no overlap at all the runtime is at
     least ``io + compute``; with perfect overlap it is ``max(io, compute)``,
@@ -152,7 +157,10 @@ def summarize_epoch(
         io_seconds=io,
         compute_seconds=compute,
         runtime_seconds=runtime,
-        overlap=overlap_ratio(io, compute, runtime),
+        # concurrency measured from the spans themselves (io + compute - busy =
+        # |IO ∩ compute|): time the engine spent outside any span (Python, waits)
+        # is reported as unaccounted, not mistaken for serialisation
+        overlap=overlap_ratio(io, compute, busy),
         bytes_moved=sum(s.nbytes for s in spans if s.kind in MOVED_KINDS),
         bytes_moved_full=bytes_moved_full,
         stages=stages,
