@@ -46,7 +46,7 @@ from sagann.kernels import reference
 from sagann.kernels.graph import ChunkTensors
 from sagann.scheduler.devices import Scope, tensor_bytes
 from sagann.scheduler.pipeline import Prefetcher
-from sagann.scheduler.planner import LayerShape
+from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 
@@ -248,7 +248,9 @@ class _LayerCall:
             dst = (inputs.get("dst_term") if shape.d_dst_term else inputs.get("dst")) if shape.builtin.uses_dst else None
             edge = inputs.get("data") if shape.builtin.uses_edge else None
             with self._span("kernel", phase, cid):
-                return kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
+                out, arg = kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
+            inputs.scope.adopt(arg, f"winner positions of {cid!r}")
+            return out, arg
 
         def per_edge(name: str, index: torch.Tensor):
             return lambda: (lambda t: None if t is None else t.index_select(0, index))(inputs.get(name))
@@ -263,12 +265,14 @@ class _LayerCall:
                 "data": lambda: (lambda t: None if t is None else (t.unsqueeze(-1) if t.dim() == 1 else t))(inputs.get("data")),
             },
         )
+        inputs.scope.charge(edge_scratch_bytes(ct.nnz, shape, fused=False), f"messages and temporaries of {cid!r}")
         with self._span("apply_edge", phase, cid), self._rng("edge", *cid):
             msg = self.layer.apply_edge(e)
         self._check_rows(msg, ct.nnz, shape.d_msg, "apply_edge")
-        inputs.scope.charge(tensor_bytes(msg) * (1 + len(e.used)), f"messages of {cid!r}")
         with self._span("gather_reduce", phase, cid):
-            return reference.gather(ct, msg, self.reduce)
+            out, arg = reference.gather(ct, msg, self.reduce)
+        inputs.scope.adopt(arg, f"winner positions of {cid!r}")
+        return out, arg
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = torch.empty(self.g.num_vertices, width)
@@ -278,6 +282,7 @@ class _LayerCall:
                 continue
             with self.device.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}")
+                s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
                 with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q):
                     h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
                 self._check_rows(h, hi - lo, width, hook)
@@ -395,6 +400,7 @@ class _LayerCall:
                             times[step.key] = (load, busy)
                             moved += b
                         self._finalise(acc, win, lo, hi)
+                        s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
                         with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
                             out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
                         self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
@@ -470,9 +476,10 @@ class _LayerCall:
                 with self._span("apply_vertex", BACKWARD, (j,)):
                     with torch.enable_grad(), self._rng("vertex", j):
                         out_j = self.layer.apply_vertex(xj, acc)
-                    s.charge(2 * tensor_bytes(out_j), f"apply_vertex recompute V_{j}")
+                    s.charge(2 * tensor_bytes(out_j) + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex recompute V_{j}")
                     inputs = [acc] + ([xj] if need_x else []) + self.params
                     grads = self._grad(out_j, inputs, go)
+                    s.charge(tensor_bytes(acc) + (tensor_bytes(xj) if need_x else 0), f"apply_vertex gradients V_{j}")
                 g_acc = grads[0] if grads[0] is not None else torch.zeros_like(acc)
                 if self.inv_degree is not None:
                     g_acc = g_acc * self.inv_degree[lo:hi].to(g_acc.device)
@@ -524,8 +531,10 @@ class _LayerCall:
             eids = cs.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
             g_rows = g_rows * ((arg >= 0) & (eids[arg.clamp(min=0)] == inputs.get("won")))
         leaves = inputs.leaves()
+        cs.charge(edge_scratch_bytes(c.nnz, self.shape, self.fused), f"gradient temporaries of {c.id!r}")
         with self._span("kernel" if self.fused else "apply_edge", BACKWARD, c.id):
             grads = self._grad(partial_acc, list(leaves.values()) + self.params, g_rows)
+        cs.charge(sum(tensor_bytes(g) for g in grads[: len(leaves)] if g is not None), f"input gradients of {c.id!r}")
         local_src = None
         for name, g in zip(leaves, grads):
             if g is None:
@@ -555,8 +564,9 @@ class _LayerCall:
                 with self._span("apply_vertex", BACKWARD, (q,)):
                     with torch.enable_grad(), self._rng(hook, q):
                         h = getattr(self.layer, hook)(v)
-                    s.charge(2 * tensor_bytes(h), f"{hook} recompute V_{q}")
+                    s.charge(2 * tensor_bytes(h) + vertex_scratch_bytes(hi - lo, h.shape[1]), f"{hook} recompute V_{q}")
                     grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
+                    s.charge(tensor_bytes(v) if need_x else 0, f"{hook} input gradient V_{q}")
                 if need_x and grads[0] is not None:
                     dev.add_out(grads[0], gx[lo:hi])
                 self._add_param_grads(grads[need_x:], gparams)

@@ -16,12 +16,15 @@ allocates on the device, phase by phase, and takes the largest phase:
 * the source/destination hook pre-pass, per interval;
 * parameters and their gradients, always resident.
 
-Scratch inside user functions cannot be seen from outside, so it is
-modelled: ``EDGE_SCRATCH`` message-sized per-edge tensors for a user
-``apply_edge`` (none for a fused builtin), ``VERTEX_SCRATCH`` row-sized
-tensors for ApplyVertex. The ledger then charges what the dataflow really
-allocates, so a mis-estimate surfaces as a clear BudgetExceeded, never as a
-silent overrun.
+Temporaries inside user functions cannot be seen from outside, so they are
+modelled by :func:`edge_scratch_bytes` (per-edge inputs gathered for a user
+``apply_edge``, the messages and ``EDGE_SCRATCH`` message-sized temporaries;
+the reference max/min gather's index tensors) and :func:`vertex_scratch_bytes`
+(``VERTEX_SCRATCH`` row-sized temporaries of ApplyVertex and the hooks). The
+dataflow charges the ledger with these same functions and with the exact
+size of every tensor it creates, so the planner predicts the ledger's peak
+(held to it by a test) and a mis-estimate surfaces as a clear
+BudgetExceeded, never as a silent overrun.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from sagann.chunks.partition import GraphPartition
 
 FLOAT = 4  # bytes per fp32 element
 INDEX = 8  # bytes per int64 winner id
-EDGE_SCRATCH = 3  # message-sized per-edge temporaries of a user apply_edge
-VERTEX_SCRATCH = 2  # row-sized temporaries of ApplyVertex / hooks
+EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, beyond the messages
+VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
 MAX_CHUNKS = 1024
 
 
@@ -88,27 +91,34 @@ class WorkingSet:
     phase: str
 
 
-def _edge_bytes(shape: LayerShape, fused: bool) -> float:
-    """Device bytes per edge of a sub-chunk in the forward edge stage, beyond index arrays."""
-    per_edge = shape.d_edge * FLOAT
-    if not fused:
-        gathered = shape.d_src_side + shape.d_dst_side  # e.src / e.dst rows per edge
-        per_edge += gathered * FLOAT + EDGE_SCRATCH * shape.d_msg * FLOAT
-        if shape.winners:
-            per_edge += shape.d_msg * (INDEX + INDEX + 1 + FLOAT)  # reference max/min temporaries
-    return per_edge
+def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
+    """Temporaries of one sub-chunk's edge stage that the dataflow cannot see (forward)."""
+    if fused:
+        return 0
+    gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
+    messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
+    winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min
+    return nnz * (gathered + messages + winners)
+
+
+def vertex_scratch_bytes(rows: int, width: int) -> int:
+    """Temporaries of ApplyVertex or a hook over ``rows`` rows producing ``width`` columns."""
+    return rows * FLOAT * VERTEX_SCRATCH * width
 
 
 def _row_bytes(shape: LayerShape) -> dict[str, int]:
-    """Device bytes per vertex row held by each phase (see the module docstring)."""
+    """Device bytes per vertex row of each phase's resident state, scratch included."""
     win = INDEX * shape.d_msg if shape.winners else 0
-    av_width = max(shape.d_in, shape.d_msg, shape.d_out)
-    hook_width = max(shape.d_src_term, shape.d_dst_term)
+    hook = max(shape.d_src_term, shape.d_dst_term)
     return {
-        "forward": FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out + VERTEX_SCRATCH * av_width) + win,
+        # x_j, dst terms, accumulator (+ winners), output rows, ApplyVertex scratch
+        "forward": FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
+        # source gradient accumulators of V_i
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term),
-        "backward apply_vertex": 2 * FLOAT * (shape.d_in + shape.d_msg + shape.d_out + VERTEX_SCRATCH * av_width),
-        "hook pre-pass": 2 * FLOAT * (shape.d_in + hook_width + VERTEX_SCRATCH * hook_width) if hook_width else 0,
+        # x_j, acc, output grad, recomputed output (x2), grads of acc and x_j, scratch
+        "backward apply_vertex": FLOAT * (2 * shape.d_in + 2 * shape.d_msg + 3 * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out,
+        # x rows, hook output grad, recomputed output (x2), grad of x, scratch
+        "hook pre-pass": FLOAT * (2 * shape.d_in + 3 * hook) + FLOAT * VERTEX_SCRATCH * hook if hook else 0,
     }
 
 
@@ -123,15 +133,24 @@ def src_row_bytes(shape: LayerShape) -> int:
 
 
 def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
-    """Device bytes of one sub-chunk in flight: index arrays, inputs, partial result, scratch."""
+    """Device bytes of one sub-chunk in flight (selective transfer), as the dataflow charges them.
+
+    Forward: index arrays, source rows, edge rows, partial rows (+ winner
+    positions and edge ids for max/min), scratch. Backward adds destination
+    rows, the gradient rows of ``acc`` (+ winners), the leaves' gradients and
+    the scratch of the autograd recomputation.
+    """
     win = INDEX * shape.d_msg if shape.winners else 0
-    k = 2 if backward else 1  # leaves + their gradients
-    b = c.nbytes + k * FLOAT * (c.num_src * shape.d_src_side + c.nnz * shape.d_edge)
-    b += c.num_dst * (FLOAT * shape.d_msg * 2 + 2 * win)  # partial/grad rows (+ arg, winners)
-    b += k * c.nnz * _edge_bytes(shape, fused) + (c.nnz * INDEX if shape.winners else 0)
-    if backward:
-        b += 2 * FLOAT * c.num_dst * shape.d_dst_side
-    return int(b)
+    src = FLOAT * c.num_src * shape.d_src_side
+    edge = FLOAT * c.nnz * shape.d_edge
+    b = c.nbytes + src + edge + c.num_dst * (FLOAT * shape.d_msg + win) + (c.nnz * INDEX if shape.winners else 0)
+    scratch = edge_scratch_bytes(c.nnz, shape, fused)
+    if not backward:
+        return int(b + scratch)
+    dst = FLOAT * c.num_dst * shape.d_dst_side
+    g_rows = c.num_dst * (FLOAT * shape.d_msg + win)
+    grads = src + edge + dst
+    return int(b + dst + g_rows + grads + 2 * scratch)
 
 
 def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:
@@ -163,7 +182,7 @@ def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, defaul
     """
     if budget is None:
         return default
-    per_edge = 2 * (_edge_bytes(shape, fused) + FLOAT * (shape.d_src_side + shape.d_edge)) + 24
+    per_edge = 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * (shape.d_src_side + shape.d_edge)) + 24
     return int(min(default, max(64, budget // (2 * per_edge))))
 
 

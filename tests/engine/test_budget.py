@@ -82,3 +82,29 @@ def test_parse_bytes(text, expected):
 def test_bad_budget_rejected(bad):
     with pytest.raises(ValueError, match="memory size"):
         sagann.CpuDevice(bad)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sagann.nn.GCNConv(24, 16),
+        lambda: sagann.nn.SAGEConv(24, 16),
+        lambda: sagann.nn.SAGEConv(24, 16, aggr="max"),
+        lambda: sagann.nn.GINConv(torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))),
+        lambda: GatedGCN(24, 16),
+    ],
+    ids=["gcn", "sage-mean", "sage-max", "gin", "gated-gcn"],
+)
+def test_planner_predicts_the_ledger(make):
+    """The plan's working set bounds the measured peak, and not by a wide margin (so P is not wasted)."""
+    rng = np.random.default_rng(4)
+    n, ei = 600, awkward_graph(rng, 600, 5000)
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(n, 24, requires_grad=True)
+    for budget in (None, "300KB"):
+        g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget))
+        layer(g, x).sum().backward()
+        planned, measured = g.working_set.peak_bytes, g.device.peak_bytes
+        assert measured <= planned, f"ledger peak {measured:,} above the plan's {planned:,}"
+        assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"
