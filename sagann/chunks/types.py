@@ -9,6 +9,7 @@ loaded, computed and scheduled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -73,7 +74,7 @@ class EdgeChunk:
     def num_src(self) -> int:
         return int(self.src_rows.shape[0])
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         """Bytes of the index arrays: what loading this sub-chunk costs."""
         return sum(

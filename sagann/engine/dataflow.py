@@ -157,7 +157,7 @@ class _ChunkInputs:
         self.loaded_bytes = 0
         self.load_seconds = 0.0
         self.ct = ChunkTensors.from_chunk(c, call.device.torch_device)
-        self.scope.charge(self.ct.nbytes, f"index arrays of {c.id!r}")
+        self.scope.charge(self.ct.nbytes, lambda: f"index arrays of {c.id!r}")
         self.loaded_bytes += self.ct.nbytes
         self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
 
@@ -184,15 +184,15 @@ class _ChunkInputs:
             return None
         if name in _SRC_FIELDS and self._block is not None:
             block = self._block.tensors[name]
-            t = s.adopt(block.index_select(0, self._src_local.to(block.device)), f"{name} rows picked for {c.id!r}")
+            t = s.adopt(block.index_select(0, self._src_local.to(block.device)), lambda: f"{name} rows picked for {c.id!r}")
         else:
             if name in _SRC_FIELDS:
-                t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), f"{name} rows of {c.id!r}")
+                t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), lambda: f"{name} rows of {c.id!r}")
             elif name == "data":
-                t = s.load_rows(host, torch.from_numpy(c.edge_ids), f"edge rows of {c.id!r}")
+                t = s.load_rows(host, torch.from_numpy(c.edge_ids), lambda: f"edge rows of {c.id!r}")
             else:  # destination-row fields, in backward
                 lo = c.dst_start + c.dst_offset
-                t = s.load(host[lo : lo + c.num_dst], f"{name} rows of {c.id!r}")
+                t = s.load(host[lo : lo + c.num_dst], lambda: f"{name} rows of {c.id!r}")
             self.loaded_bytes += tensor_bytes(t)
         if self._grad.get(name):
             t.requires_grad_(True)
@@ -249,7 +249,7 @@ class _LayerCall:
             edge = inputs.get("data") if shape.builtin.uses_edge else None
             with self._span("kernel", phase, cid):
                 out, arg = kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
-            inputs.scope.adopt(arg, f"winner positions of {cid!r}")
+            inputs.scope.adopt(arg, lambda: f"winner positions of {cid!r}")
             return out, arg
 
         def per_edge(name: str, index: torch.Tensor):
@@ -265,13 +265,13 @@ class _LayerCall:
                 "data": lambda: (lambda t: None if t is None else (t.unsqueeze(-1) if t.dim() == 1 else t))(inputs.get("data")),
             },
         )
-        inputs.scope.charge(edge_scratch_bytes(ct.nnz, shape, fused=False), f"messages and temporaries of {cid!r}")
+        inputs.scope.charge(edge_scratch_bytes(ct.nnz, shape, fused=False), lambda: f"messages and temporaries of {cid!r}")
         with self._span("apply_edge", phase, cid), self._rng("edge", *cid):
             msg = self.layer.apply_edge(e)
         self._check_rows(msg, ct.nnz, shape.d_msg, "apply_edge")
         with self._span("gather_reduce", phase, cid):
             out, arg = reference.gather(ct, msg, self.reduce)
-        inputs.scope.adopt(arg, f"winner positions of {cid!r}")
+        inputs.scope.adopt(arg, lambda: f"winner positions of {cid!r}")
         return out, arg
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
@@ -392,7 +392,7 @@ class _LayerCall:
                         def compute(inputs: _ChunkInputs) -> None:
                             inputs.set_resident(resident)
                             partial_acc, arg = self._partial(inputs, FORWARD)
-                            inputs.scope.adopt(partial_acc, f"partial of {inputs.c.id!r}")
+                            inputs.scope.adopt(partial_acc, lambda: f"partial of {inputs.c.id!r}")
                             self._merge(inputs, acc, win, partial_acc, arg)
 
                         for step in steps:
@@ -420,7 +420,7 @@ class _LayerCall:
         if win is None:
             acc[rows] += partial_acc
             return
-        eids = inputs.scope.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
+        eids = inputs.scope.load(torch.from_numpy(c.edge_ids), lambda: f"edge ids of {c.id!r}")
         gid = torch.where(arg >= 0, eids[arg.clamp(min=0)], -1)
         cur, cur_win = acc[rows], win[rows]
         beats = partial_acc > cur if self.reduce == "max" else partial_acc < cur
@@ -525,16 +525,16 @@ class _LayerCall:
         lo = c.dst_start + c.dst_offset
         with torch.enable_grad():
             partial_acc, arg = self._partial(inputs, BACKWARD)
-        cs.adopt(partial_acc, f"partial of {c.id!r}")
+        cs.adopt(partial_acc, lambda: f"partial of {c.id!r}")
         g_rows = inputs.get("g_rows")
         if saved.winners is not None:
-            eids = cs.load(torch.from_numpy(c.edge_ids), f"edge ids of {c.id!r}")
+            eids = cs.load(torch.from_numpy(c.edge_ids), lambda: f"edge ids of {c.id!r}")
             g_rows = g_rows * ((arg >= 0) & (eids[arg.clamp(min=0)] == inputs.get("won")))
         leaves = inputs.leaves()
-        cs.charge(edge_scratch_bytes(c.nnz, self.shape, self.fused), f"gradient temporaries of {c.id!r}")
+        cs.charge(edge_scratch_bytes(c.nnz, self.shape, self.fused), lambda: f"gradient temporaries of {c.id!r}")
         with self._span("kernel" if self.fused else "apply_edge", BACKWARD, c.id):
             grads = self._grad(partial_acc, list(leaves.values()) + self.params, g_rows)
-        cs.charge(sum(tensor_bytes(g) for g in grads[: len(leaves)] if g is not None), f"input gradients of {c.id!r}")
+        cs.charge(sum(tensor_bytes(g) for g in grads[: len(leaves)] if g is not None), lambda: f"input gradients of {c.id!r}")
         local_src = None
         for name, g in zip(leaves, grads):
             if g is None:

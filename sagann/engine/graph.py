@@ -98,6 +98,7 @@ class ChunkedGraph:
         self.partition: GraphPartition | None = _partition
         self._derived: dict[str, object] = {}
         self._working_set: WorkingSet | None = None
+        self._planned_peak = 0  # largest dry-run peak of the pass plans so far
 
     @classmethod
     def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None) -> "ChunkedGraph":
@@ -120,6 +121,12 @@ class ChunkedGraph:
         """P used by layer calls so far (None before the first call chose it)."""
         ps = [g.partition.num_chunks for g in self._graphs() if g.partition is not None]
         return max(ps) if ps else None
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """The plans' own prediction of the device peak: working set or dry-run, whichever is larger."""
+        ws = self.working_set
+        return max([g._planned_peak for g in self._graphs()] + [0 if ws is None else ws.peak_bytes])
 
     @property
     def working_set(self) -> WorkingSet | None:
@@ -201,8 +208,9 @@ class ChunkedGraph:
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=depth + 1).peak_bytes
         costs = self.device.transfer_costs() if cfg.transfer is TransferPolicy.AUTO else None
         plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
+        peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
+        self._planned_peak = max(self._planned_peak, peak)
         if budget is not None:
-            peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
             if peak > budget:
                 raise BudgetTooSmall(
                     f"the {phase} plan with prefetch {depth} needs {peak:,} device bytes but {self.device.name} has {budget:,}; "

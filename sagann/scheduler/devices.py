@@ -5,7 +5,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -60,10 +60,12 @@ class MemoryLedger:
         self.peak = 0
         self._lock = threading.Lock()
 
-    def charge(self, nbytes: int, what: str) -> None:
+    def charge(self, nbytes: int, what: str | Callable[[], str]) -> None:
+        """Account ``nbytes``; ``what`` (text, or a function making it) names them in the error."""
         with self._lock:
             new = self.current + nbytes
             if self.budget is not None and new > self.budget:
+                what = what() if callable(what) else what
                 raise BudgetExceeded(
                     f"{self.owner}: allocating {format_bytes(nbytes)} for {what} would use {format_bytes(new)} "
                     f"of its {format_bytes(self.budget)} budget; raise the budget or use more chunks"

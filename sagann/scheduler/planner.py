@@ -28,6 +28,7 @@ BudgetExceeded, never as a silent overrun.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -132,7 +133,19 @@ def src_row_bytes(shape: LayerShape) -> int:
     return FLOAT * shape.d_src_side
 
 
+_SUB_CHUNK_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # chunk -> {(shape, fused, backward): bytes}
+
+
 def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
+    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass."""
+    cache = _SUB_CHUNK_BYTES.setdefault(c, {})
+    key = (shape, fused, backward)
+    if key not in cache:
+        cache[key] = _sub_chunk_bytes(c, shape, fused, backward)
+    return cache[key]
+
+
+def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     """Device bytes of one sub-chunk in flight (selective transfer), as the dataflow charges them.
 
     Forward: index arrays, source rows, edge rows, partial rows (+ winner

@@ -105,6 +105,6 @@ def test_planner_predicts_the_ledger(make):
     for budget in (None, "300KB"):
         g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget))
         layer(g, x).sum().backward()
-        planned, measured = g.working_set.peak_bytes, g.device.peak_bytes
+        planned, measured = g.planned_peak_bytes, g.device.peak_bytes
         assert measured <= planned, f"ledger peak {measured:,} above the plan's {planned:,}"
         assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"
