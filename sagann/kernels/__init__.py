@@ -22,14 +22,18 @@ def _backend(name: str):
         from sagann.kernels import cpu  # numba: compiled lazily, on first use
 
         _BACKENDS["cpu"] = cpu
-    if name not in _BACKENDS and name != "cpu":
+    if name == "cuda" and "cuda" not in _BACKENDS:
+        from sagann.kernels import cuda  # numba.cuda (or its simulator): compiled lazily, on first use
+
+        _BACKENDS["cuda"] = cuda
+    if name not in _BACKENDS:
         known = ", ".join(available_backends())
         raise ValueError(f"unknown kernel backend {name!r}; known backends: {known}")
     return _BACKENDS[name]
 
 
 def available_backends() -> list[str]:
-    return ["reference", "cpu"]
+    return ["reference", "cpu", "cuda"]
 
 
 def gspmm(

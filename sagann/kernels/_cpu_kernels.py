@@ -61,6 +61,76 @@ def even_bounds(n, nblocks):
 
 
 @njit(**_JIT)
+def _sum_rows(out, o, x, idx, perm, w, lo, hi):
+    """``out[o] += sum of x[idx[q]] (* w[q, 0])`` over ``q = perm[p]`` (``= p`` if perm is empty), p in [lo, hi).
+
+    The gather-sum behind copy_src / scalar-weighted src_mul_edge (forward,
+    one destination row) and their source-major backward (one source row).
+    Edges go eight at a time: one read-modify-write of ``out[o]`` per eight
+    rows of ``x`` instead of per row, and eight independent row streams in
+    flight (the loop is bound by the latency of the random ``x`` rows).
+    ``w`` empty means unit weights.
+    """
+    d = out.shape[1]
+    has_perm = perm.shape[0] > 0
+    p = lo
+    if w.shape[0] == 0:
+        while p + 8 <= hi:
+            if has_perm:
+                s0, s1, s2, s3 = idx[perm[p]], idx[perm[p + 1]], idx[perm[p + 2]], idx[perm[p + 3]]
+                s4, s5, s6, s7 = idx[perm[p + 4]], idx[perm[p + 5]], idx[perm[p + 6]], idx[perm[p + 7]]
+            else:
+                s0, s1, s2, s3 = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+                s4, s5, s6, s7 = idx[p + 4], idx[p + 5], idx[p + 6], idx[p + 7]
+            for k in range(d):
+                out[o, k] += ((x[s0, k] + x[s1, k]) + (x[s2, k] + x[s3, k])) + ((x[s4, k] + x[s5, k]) + (x[s6, k] + x[s7, k]))
+            p += 8
+        if p + 4 <= hi:
+            if has_perm:
+                s0, s1, s2, s3 = idx[perm[p]], idx[perm[p + 1]], idx[perm[p + 2]], idx[perm[p + 3]]
+            else:
+                s0, s1, s2, s3 = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+            for k in range(d):
+                out[o, k] += (x[s0, k] + x[s1, k]) + (x[s2, k] + x[s3, k])
+            p += 4
+        while p < hi:
+            s0 = idx[perm[p]] if has_perm else idx[p]
+            for k in range(d):
+                out[o, k] += x[s0, k]
+            p += 1
+    else:
+        while p + 8 <= hi:
+            if has_perm:
+                q0, q1, q2, q3 = perm[p], perm[p + 1], perm[p + 2], perm[p + 3]
+                q4, q5, q6, q7 = perm[p + 4], perm[p + 5], perm[p + 6], perm[p + 7]
+            else:
+                q0, q1, q2, q3, q4, q5, q6, q7 = p, p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7
+            s0, s1, s2, s3, s4, s5, s6, s7 = idx[q0], idx[q1], idx[q2], idx[q3], idx[q4], idx[q5], idx[q6], idx[q7]
+            w0, w1, w2, w3, w4, w5, w6, w7 = w[q0, 0], w[q1, 0], w[q2, 0], w[q3, 0], w[q4, 0], w[q5, 0], w[q6, 0], w[q7, 0]
+            for k in range(d):
+                out[o, k] += ((x[s0, k] * w0 + x[s1, k] * w1) + (x[s2, k] * w2 + x[s3, k] * w3)) + (
+                    (x[s4, k] * w4 + x[s5, k] * w5) + (x[s6, k] * w6 + x[s7, k] * w7)
+                )
+            p += 8
+        if p + 4 <= hi:
+            if has_perm:
+                q0, q1, q2, q3 = perm[p], perm[p + 1], perm[p + 2], perm[p + 3]
+            else:
+                q0, q1, q2, q3 = p, p + 1, p + 2, p + 3
+            s0, s1, s2, s3 = idx[q0], idx[q1], idx[q2], idx[q3]
+            w0, w1, w2, w3 = w[q0, 0], w[q1, 0], w[q2, 0], w[q3, 0]
+            for k in range(d):
+                out[o, k] += (x[s0, k] * w0 + x[s1, k] * w1) + (x[s2, k] * w2 + x[s3, k] * w3)
+            p += 4
+        while p < hi:
+            q0 = perm[p] if has_perm else p
+            s0, w0 = idx[q0], w[q0, 0]
+            for k in range(d):
+                out[o, k] += x[s0, k] * w0
+            p += 1
+
+
+@njit(**_JIT)
 def _fill_msg(op, src, edge, dst, s, e, r, buf):
     """Write the message of edge ``e`` (source ``s``, destination row ``r``) into ``buf [d]``."""
     d = buf.shape[0]
@@ -96,32 +166,32 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out):
     ``out``'s dtype) for mean, ``[0]`` for sum.
     """
     d = out.shape[1]
+    identity = src_idx[:0]  # an empty permutation: edges in CSC order
     for b in prange(bounds.shape[0] - 1):
         for r in range(bounds[b], bounds[b + 1]):
-            for e in range(dst_ptr[r], dst_ptr[r + 1]):
-                s = src_idx[e]
-                if op == COPY_SRC:
-                    for k in range(d):
-                        out[r, k] += src[s, k]
-                elif op == MUL_SCALAR:
-                    w = edge[e, 0]
-                    for k in range(d):
-                        out[r, k] += src[s, k] * w
-                elif op == COPY_EDGE:
-                    for k in range(d):
-                        out[r, k] += edge[e, k]
-                elif op == MUL_EDGE:
-                    for k in range(d):
-                        out[r, k] += src[s, k] * edge[e, k]
-                elif op == ADD_DST:
-                    for k in range(d):
-                        out[r, k] += src[s, k] + dst[r, k]
-                elif op == SUB_DST:
-                    for k in range(d):
-                        out[r, k] += src[s, k] - dst[r, k]
-                else:
-                    for k in range(d):
-                        out[r, k] += src[s, k] * dst[r, k]
+            lo, hi = dst_ptr[r], dst_ptr[r + 1]
+            if op == COPY_SRC:
+                _sum_rows(out, r, src, src_idx, identity, edge[:0], lo, hi)
+            elif op == MUL_SCALAR:
+                _sum_rows(out, r, src, src_idx, identity, edge, lo, hi)
+            else:
+                for e in range(lo, hi):
+                    s = src_idx[e]
+                    if op == COPY_EDGE:
+                        for k in range(d):
+                            out[r, k] += edge[e, k]
+                    elif op == MUL_EDGE:
+                        for k in range(d):
+                            out[r, k] += src[s, k] * edge[e, k]
+                    elif op == ADD_DST:
+                        for k in range(d):
+                            out[r, k] += src[s, k] + dst[r, k]
+                    elif op == SUB_DST:
+                        for k in range(d):
+                            out[r, k] += src[s, k] - dst[r, k]
+                    else:
+                        for k in range(d):
+                            out[r, k] += src[s, k] * dst[r, k]
             if deg.shape[0] > 0:
                 for k in range(d):
                     out[r, k] /= deg[r]
@@ -184,8 +254,13 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
     """Gradient of ``src``, source-major: each source row sums over its own edges."""
     d = out.shape[1]
     zero = np.zeros(1, out.dtype)[0]
+    fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == MUL_SCALAR)
+    weights = edge if op == MUL_SCALAR else edge[:0]
     for b in prange(bounds.shape[0] - 1):
         for s in range(bounds[b], bounds[b + 1]):
+            if fast:  # grad rows of the destinations, eight edges at a time
+                _sum_rows(out, s, grad, dst_idx, src_perm, weights, src_ptr[s], src_ptr[s + 1])
+                continue
             for p in range(src_ptr[s], src_ptr[s + 1]):
                 e = src_perm[p]
                 r = dst_idx[e]

@@ -12,37 +12,26 @@ must have the same width; ``edge`` may be ``[nnz]``, ``[nnz, 1]`` or
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from sagann.kernels import _cpu_kernels as K
+from sagann.kernels._common import NATIVE as _NATIVE
+from sagann.kernels._common import Placement, validate
+from sagann.kernels._common import cast as _cast
+from sagann.kernels._common import keep_needed as _inputs
+from sagann.kernels._common import op_code as _code
 from sagann.kernels.graph import ChunkTensors
-from sagann.kernels.reference import check_op, check_reducer
+from sagann.kernels.reference import check_reducer
 
 __all__ = ["gspmm", "gsddmm"]
 
-_OPS = {
-    "copy_src": K.COPY_SRC,
-    "copy_edge": K.COPY_EDGE,
-    "src_mul_edge": K.MUL_EDGE,
-    "src_add_dst": K.ADD_DST,
-    "src_sub_dst": K.SUB_DST,
-    "src_mul_dst": K.MUL_DST,
-    "src_dot_dst": K.DOT_DST,
-}
-_NEEDS = {
-    "copy_src": ("src",),
-    "copy_edge": ("edge",),
-    "src_mul_edge": ("src", "edge"),
-    "src_add_dst": ("src", "dst"),
-    "src_sub_dst": ("src", "dst"),
-    "src_mul_dst": ("src", "dst"),
-    "src_dot_dst": ("src", "dst"),
-}
-_NATIVE = (torch.float32, torch.float64)
 _BLOCKS_PER_THREAD = 8
+_PLACEMENT = Placement("cpu", "use backend='reference' or a CUDA backend", "move it to the CPU")
 
 
 def _operands(src, edge, dst) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,55 +60,29 @@ def _edge_bounds(nnz: int) -> np.ndarray:
     return K.even_bounds(nnz, max(1, min(nnz, _BLOCKS_PER_THREAD * numba.get_num_threads())))
 
 
-def _code(op: str, edge: torch.Tensor | None, width: int) -> int:
-    """Internal op code; src_mul_edge with one weight per edge is MUL_SCALAR."""
-    if op == "src_mul_edge" and (edge.dim() == 1 or edge.shape[1] == 1) and width > 1:
-        return K.MUL_SCALAR
-    return _OPS[op]
+# Below this much work ((edges + rows) x features) a kernel runs on one numba thread:
+# waking the pool costs tens of microseconds when the cores are idle and far more when
+# torch's OpenMP threads or other processes hold them, more than a second thread saves.
+SERIAL_WORK = 1 << 18
+
+
+@contextmanager
+def _threads_for(g: ChunkTensors, width: int):
+    """Run the kernels inside on one numba thread when the chunk is small (see SERIAL_WORK)."""
+    n = numba.get_num_threads()
+    if n == 1 or (g.nnz + g.num_dst + g.num_src) * max(width, 1) >= SERIAL_WORK:
+        yield
+        return
+    numba.set_num_threads(1)  # per calling thread: the engine's other threads keep theirs
+    try:
+        yield
+    finally:
+        numba.set_num_threads(n)
 
 
 def _validate(fn: str, g: ChunkTensors, op: str, src, edge, dst) -> tuple[int, torch.dtype]:
     """Check inputs of ``fn``; return the message width and the input dtype."""
-    check_op(op)
-    given = {"src": src, "edge": edge, "dst": dst}
-    for name in _NEEDS[op]:
-        if given[name] is None:
-            raise ValueError(f"sagann.kernels.cpu.{fn}: op {op!r} needs `{name}`; pass {name}=<tensor>")
-    if g.device.type != "cpu":
-        raise ValueError(f"sagann.kernels.cpu.{fn}: the chunk is on {g.device}; use backend='reference' or a CUDA backend")
-    rows = {"src": g.num_src, "edge": g.nnz, "dst": g.num_dst}
-    dtypes = []
-    for name in _NEEDS[op]:
-        t = given[name]
-        if t.device.type != "cpu":
-            raise ValueError(f"sagann.kernels.cpu.{fn}: `{name}` is on {t.device}; move it to the CPU")
-        if not t.is_floating_point():
-            raise TypeError(f"sagann.kernels.cpu.{fn}: `{name}` has dtype {t.dtype}; pass a floating tensor")
-        ok_dim = t.dim() in (1, 2) if name == "edge" else t.dim() == 2
-        if not ok_dim or t.shape[0] != rows[name]:
-            want = f"[{rows[name]}]" + (" or [nnz, k]" if name == "edge" else ", d]")
-            raise ValueError(f"sagann.kernels.cpu.{fn}: `{name}` has shape {tuple(t.shape)}; expected {want}")
-        dtypes.append(t.dtype)
-    dtype = dtypes[0]
-    for other in dtypes[1:]:
-        dtype = torch.promote_types(dtype, other)
-    if op == "copy_edge":
-        return (1 if edge.dim() == 1 else edge.shape[1]), dtype
-    width = src.shape[1]
-    if "dst" in _NEEDS[op] and dst.shape[1] != width:
-        raise ValueError(
-            f"sagann.kernels.cpu.{fn}: `src` width {width} != `dst` width {dst.shape[1]}; give both the same width"
-        )
-    if op == "src_mul_edge" and edge.dim() == 2 and edge.shape[1] not in (1, width):
-        raise ValueError(
-            f"sagann.kernels.cpu.{fn}: `edge` width {edge.shape[1]} does not match `src` width {width}; "
-            "use [nnz], [nnz, 1] or [nnz, d]"
-        )
-    return width, dtype
-
-
-def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
+    return validate(f"sagann.kernels.cpu.{fn}", _PLACEMENT, g, op, src, edge, dst)
 
 
 def _degree(g: ChunkTensors, dtype: np.dtype) -> np.ndarray:
@@ -130,6 +93,11 @@ def _degree(g: ChunkTensors, dtype: np.dtype) -> np.ndarray:
 
 def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     """Gradients of (src, edge, dst) from ``grad`` ([num_dst, d] or [nnz, k])."""
+    with _threads_for(ctx.g, grad.shape[1]):
+        return _backward_kernels(ctx, mode, grad, arg)
+
+
+def _backward_kernels(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     g: ChunkTensors = ctx.g
     code = ctx.code
     src, edge, dst = ctx.saved_tensors[:3]
@@ -164,6 +132,15 @@ def _save(ctx, g: ChunkTensors, code: int, src, edge, dst, *extra) -> None:
 class _GSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
+        with _threads_for(g, width):
+            result, arg = _GSpMM._kernel(g, code, reduce, width, src, edge, dst)
+        ctx.reduce = reduce
+        _save(ctx, g, code, src, edge, dst, arg)
+        ctx.mark_non_differentiable(arg)
+        return result, arg
+
+    @staticmethod
+    def _kernel(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
         S, E, D = _operands(src, edge, dst)
         dst_ptr = _idx(g.dst_ptr)
         bounds = _row_bounds(dst_ptr)
@@ -177,9 +154,6 @@ class _GSpMM(torch.autograd.Function):
             arg_np = np.full((g.num_dst, width), -1, np.int64)
             K.spmm_arg(code, reduce == "max", S, E, D, _idx(g.src_idx), dst_ptr, bounds, out, arg_np)
             result, arg = torch.from_numpy(out), torch.from_numpy(arg_np)
-        ctx.reduce = reduce
-        _save(ctx, g, code, src, edge, dst, arg)
-        ctx.mark_non_differentiable(arg)
         return result, arg
 
     @staticmethod
@@ -200,7 +174,8 @@ class _GSDDMM(torch.autograd.Function):
     def forward(ctx, g: ChunkTensors, code: int, width: int, src, edge, dst):
         S, E, D = _operands(src, edge, dst)
         out = np.zeros((g.nnz, width), S.dtype)
-        K.sddmm(code, S, E, D, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
+        with _threads_for(g, S.shape[1]):
+            K.sddmm(code, S, E, D, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
         _save(ctx, g, code, src, edge, dst)
         return torch.from_numpy(out)
 
@@ -208,12 +183,6 @@ class _GSDDMM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         return (None, None, None) + _backward(ctx, K.EDGE, grad_out, None)
-
-
-def _inputs(op: str, src, edge, dst) -> tuple:
-    """Keep only the operands ``op`` reads (the others get no gradient)."""
-    needs = _NEEDS[op]
-    return tuple(t if name in needs else None for name, t in (("src", src), ("edge", edge), ("dst", dst)))
 
 
 def gsddmm(

@@ -1,0 +1,312 @@
+"""Fused numba.cuda backend: gSpMM and gSDDMM over one sub-chunk on a GPU, autograd-aware.
+
+Same results as :mod:`sagann.kernels.reference` (values, max/min winners,
+gradients up to float summation order) and the same API and checks as
+:mod:`sagann.kernels.cpu`; the kernels and their load balancing are
+described in :mod:`sagann.kernels._cuda_kernels`. Forward is
+destination-parallel with the features across threads, grad of ``src`` is
+source-major (``src_ptr`` / ``src_perm``); float atomics only where a heavy
+row is split into several segments, and never for max/min.
+
+On a GPU, the chunk and the operands are CUDA tensors of one device; kernels
+run on torch's current stream of that device (no host sync), reading the
+tensors through ``__cuda_array_interface__``. Under numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1`` set before numba is first imported) they are CPU
+tensors instead, and every launch runs in Python, one thread at a time:
+keep graphs tiny there. Float32 and float64 are computed natively, other
+floating dtypes in float32. Double backward is not supported.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import torch
+from numba import cuda
+from numba.core import config as _numba_config
+from torch.autograd.function import once_differentiable
+
+from sagann.kernels import _cuda_kernels as K
+from sagann.kernels._common import NATIVE, Placement, cast, keep_needed, op_code, validate
+from sagann.kernels.graph import ChunkTensors
+from sagann.kernels.reference import check_reducer
+
+__all__ = ["gspmm", "gsddmm", "SIMULATOR"]
+
+SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+"""True when numba runs CUDA kernels in its Python simulator (inputs are then CPU tensors)."""
+
+# Most edges one thread folds for one feature before a row is split (see _cuda_kernels).
+# R-MAT's average in-degree is ~16, so nearly every row is one segment and needs no atomics.
+_SEGMENT = 128
+_WARP = 32
+# Threads per block: a few warps on a GPU; few in the simulator, where each costs ~0.1 ms.
+_THREADS = 16 if SIMULATOR else 128
+# The simulator runs one launch at a time per process; engine threads may call concurrently.
+_SIM_LOCK = threading.Lock()
+_NO_DEVICE = "sagann.kernels.cuda: no CUDA device; use backend='cpu' or set NUMBA_ENABLE_CUDASIM=1 for the simulator"
+
+if SIMULATOR:
+    _PLACEMENT = Placement(
+        "cpu",
+        "under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) pass CPU tensors",
+        "under the CUDA simulator pass CPU tensors",
+    )
+else:
+    _PLACEMENT = Placement(
+        "cuda",
+        "move it with ChunkTensors.from_chunk(chunk, device='cuda') or use backend='cpu'",
+        "move it to the chunk's device ({device})",
+    )
+
+
+def _require_device() -> None:
+    if not SIMULATOR and not cuda.is_available():
+        raise RuntimeError(_NO_DEVICE)
+
+
+def _on(device: torch.device):
+    """Make ``device`` numba's current GPU (no-op under the simulator)."""
+    if SIMULATOR:
+        return contextlib.nullcontext()
+    return cuda.gpus[device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _array(t: torch.Tensor):
+    """A kernel argument viewing ``t``: numpy under the simulator, a zero-copy device array on a GPU."""
+    t = t.detach().contiguous()
+    if SIMULATOR:
+        return t.numpy()
+    if t.numel() == 0:  # no pointer to export; never read, since empty launches are skipped
+        return cuda.device_array(tuple(t.shape), dtype=_np_dtype(t.dtype))
+    return cuda.as_cuda_array(t, sync=False)  # ordered by torch's stream, which we launch on
+
+
+def _np_dtype(dtype: torch.dtype) -> type:
+    return {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32, torch.int64: np.int64}[dtype]
+
+
+def _operands(src, edge, dst, dtype: torch.dtype, device: torch.device) -> tuple:
+    """The operands as 2-D tensors; an empty ``(0, 0)`` dummy for None."""
+
+    def view(t):
+        if t is None:
+            return torch.empty((0, 0), dtype=dtype, device=device)
+        return t.detach().reshape(-1, 1) if t.dim() == 1 else t.detach()
+
+    return view(src), view(edge), view(dst)
+
+
+def _block(width: int) -> tuple[int, int]:
+    """``(tx, ty)``: a power of two <= 32 lanes across features, ``ty`` items per block."""
+    tx = min(_WARP, 1 << max(0, (max(width, 1) - 1).bit_length()))
+    return tx, max(1, _THREADS // tx)
+
+
+def _launch(kernel, items: int, width: int, device: torch.device, *args, tiled: bool = True) -> None:
+    """Run ``kernel`` over ``items`` work items x ``width`` features on torch's current stream; no sync.
+
+    Tensor arguments are passed as :func:`_array` views (the kernel writes
+    into output tensors in place). ``tiled=False``: one feature tile (the
+    kernel strides over the features itself).
+    """
+    if items <= 0 or width <= 0:
+        return
+    tx, ty = _block(width)
+    grid = (-(-items // ty), -(-width // tx) if tiled else 1)
+    if SIMULATOR:
+        with _SIM_LOCK:
+            kernel[grid, (tx, ty)](*(_array(a) if isinstance(a, torch.Tensor) else a for a in args))
+        return
+    with _on(device):
+        stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+        kernel[grid, (tx, ty), stream](*(_array(a) if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def _segments(ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, int]:
+    """``seg_ptr`` (int32 ``[rows + 1]``) cutting rows into runs of <= ``seg`` positions, and a bound on the runs.
+
+    The bound, ``min(nnz, nnz // seg + rows)``, needs no device-to-host sync.
+    """
+    rows = ptr.shape[0] - 1
+    counts = (ptr[1:] - ptr[:-1] + (seg - 1)) // seg
+    seg_ptr = torch.zeros(rows + 1, dtype=torch.int32, device=ptr.device)
+    seg_ptr[1:] = torch.cumsum(counts, 0, dtype=torch.int32)
+    return seg_ptr, min(nnz, nnz // seg + rows)
+
+
+def _part_ptr(seg_ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, int]:
+    """Scratch rows of the max/min partials: ``[rows + 1]`` scan over rows with >= 2 segments, and a bound.
+
+    A row with ``deg > seg`` has ``ceil(deg / seg) <= deg // seg + 1`` segments and there are at most
+    ``nnz // seg`` such rows, hence the bound ``2 * (nnz // seg)``.
+    """
+    counts = seg_ptr[1:] - seg_ptr[:-1]
+    part_ptr = torch.zeros_like(seg_ptr)
+    part_ptr[1:] = torch.cumsum(torch.where(counts > 1, counts, 0), 0, dtype=torch.int32)
+    return part_ptr, 2 * (nnz // seg)
+
+
+def _validate(fn: str, g: ChunkTensors, op: str, src, edge, dst) -> tuple[int, torch.dtype]:
+    _require_device()
+    return validate(f"sagann.kernels.cuda.{fn}", _PLACEMENT, g, op, src, edge, dst)
+
+
+def _degree(g: ChunkTensors, dtype: torch.dtype) -> torch.Tensor:
+    """max(in-degree within the chunk, 1) of each destination row, ``[num_dst]``."""
+    return (g.dst_ptr[1:] - g.dst_ptr[:-1]).clamp(min=1).to(dtype)
+
+
+def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
+    """Gradients of (src, edge, dst) from ``grad`` ([num_dst, d] or [nnz, k])."""
+    g: ChunkTensors = ctx.g
+    code, seg = ctx.code, ctx.seg
+    src, edge, dst = ctx.saved_tensors[:3]
+    dtype, device = grad.dtype, g.device
+    dt = _np_dtype(dtype)
+    A = arg if arg is not None else torch.empty((0, 0), dtype=torch.int64, device=device)
+    S, E, D = _operands(src, edge, dst, dtype, device)
+    d_src = d_edge = d_dst = None
+    if ctx.needs_src:
+        d_src = torch.zeros(src.shape, dtype=dtype, device=device)
+        seg_ptr, bound = _segments(g.src_ptr, g.nnz, seg)
+        args = (grad, A, E, D, g.dst_idx, g.src_ptr, g.src_perm, seg_ptr, seg, d_src)
+        _launch(K.grad_src(code, mode, dt), bound, src.shape[1], device, *args)
+    if ctx.needs_edge:
+        if code == K.MUL_SCALAR:  # one weight per edge: reduce over the features
+            out = torch.zeros((g.nnz, 1), dtype=dtype, device=device)
+            width = src.shape[1]
+            kernel = K.edge_reduce(code, mode, dt, *_block(width))
+            _launch(kernel, g.nnz, width, device, S, D, grad, A, g.src_idx, g.dst_idx, out, tiled=False)
+        else:
+            out = torch.zeros((g.nnz, E.shape[1]), dtype=dtype, device=device)
+            _launch(K.grad_edge(code, mode, dt), g.nnz, E.shape[1], device, grad, A, S, g.src_idx, g.dst_idx, out)
+        d_edge = out.reshape(edge.shape)
+    if ctx.needs_dst:
+        d_dst = torch.zeros(dst.shape, dtype=dtype, device=device)
+        seg_ptr, bound = _segments(g.dst_ptr, g.nnz, seg)
+        args = (grad, A, S, g.src_idx, g.dst_ptr, seg_ptr, seg, d_dst)
+        _launch(K.grad_dst(code, mode, dt), bound, dst.shape[1], device, *args)
+    return d_src, d_edge, d_dst
+
+
+def _save(ctx, g: ChunkTensors, code: int, src, edge, dst, *extra) -> None:
+    ctx.g, ctx.code, ctx.seg = g, code, _SEGMENT
+    ctx.needs_src, ctx.needs_edge, ctx.needs_dst = ctx.needs_input_grad[-3:]
+    ctx.save_for_backward(src, edge, dst, *extra)
+
+
+class _GSpMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
+        dtype = next(t for t in (src, edge, dst) if t is not None).dtype
+        device, seg = g.device, _SEGMENT
+        S, E, D = _operands(src, edge, dst, dtype, device)
+        out = torch.zeros((g.num_dst, width), dtype=dtype, device=device)
+        seg_ptr, bound = _segments(g.dst_ptr, g.nnz, seg)
+        if reduce in ("sum", "mean"):
+            kernel = K.spmm_sum(code, reduce == "mean", _np_dtype(dtype))
+            _launch(kernel, bound, width, device, S, E, D, g.src_idx, g.dst_ptr, seg_ptr, seg, out)
+            arg = torch.empty(0, dtype=torch.long, device=device)
+        else:
+            is_max = reduce == "max"
+            arg = torch.full((g.num_dst, width), -1, dtype=torch.long, device=device)
+            part_ptr, parts = _part_ptr(seg_ptr, g.nnz, seg)
+            part_val = torch.empty((parts, width), dtype=dtype, device=device)
+            part_arg = torch.empty((parts, width), dtype=torch.int32, device=device)
+            args = (S, E, D, g.src_idx, g.dst_ptr, seg_ptr, seg, part_ptr, part_val, part_arg, out, arg)
+            _launch(K.spmm_arg(code, is_max), bound, width, device, *args)
+            if parts:  # some row may have several segments
+                _launch(K.combine_arg(is_max), g.num_dst, width, device, part_ptr, part_val, part_arg, out, arg)
+        ctx.reduce = reduce
+        _save(ctx, g, code, src, edge, dst, arg)
+        ctx.mark_non_differentiable(arg)
+        return out, arg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_arg):
+        if ctx.reduce == "sum":
+            grads = _backward(ctx, K.ROW, grad_out, None)
+        elif ctx.reduce == "mean":
+            grads = _backward(ctx, K.ROW, grad_out / _degree(ctx.g, grad_out.dtype).unsqueeze(-1), None)
+        else:
+            grads = _backward(ctx, K.ARG, grad_out, ctx.saved_tensors[3])
+        return (None, None, None, None) + grads
+
+
+class _GSDDMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g: ChunkTensors, code: int, width: int, src, edge, dst):
+        dtype, device = src.dtype, g.device
+        S, E, D = _operands(src, edge, dst, dtype, device)
+        out = torch.zeros((g.nnz, width), dtype=dtype, device=device)
+        if code == K.DOT_DST:
+            d = src.shape[1]
+            kernel = K.edge_reduce(code, K.EDGE, _np_dtype(dtype), *_block(d))
+            none = torch.empty((0, 0), dtype=torch.int64, device=device)
+            _launch(kernel, g.nnz, d, device, S, D, E, none, g.src_idx, g.dst_idx, out, tiled=False)
+        else:
+            _launch(K.sddmm(code), g.nnz, width, device, S, E, D, g.src_idx, g.dst_idx, out)
+        _save(ctx, g, code, src, edge, dst)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        return (None, None, None) + _backward(ctx, K.EDGE, grad_out, None)
+
+
+def gsddmm(
+    g: ChunkTensors,
+    op: str,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-edge ApplyEdge of a builtin op, in CSC order.
+
+    Shapes:
+        src ``[num_src, d]``, dst ``[num_dst, d]``, edge ``[nnz]``, ``[nnz, 1]``
+        or ``[nnz, d]``; result ``[nnz, d]`` (``[nnz, 1]`` for src_dot_dst).
+    """
+    width, dtype = _validate("gsddmm", g, op, src, edge, dst)
+    src, edge, dst = keep_needed(op, src, edge, dst)
+    if op == "copy_edge":
+        return edge.unsqueeze(-1) if edge.dim() == 1 else edge
+    compute = dtype if dtype in NATIVE else torch.float32
+    src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
+    code = op_code(op, edge, width)
+    out = _GSDDMM.apply(g, code, 1 if op == "src_dot_dst" else width, src, edge, dst)
+    return out.to(dtype)
+
+
+def gspmm(
+    g: ChunkTensors,
+    op: str,
+    reduce: str,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fused Gather(ApplyEdge(Scatter)) over one sub-chunk, no ``[nnz, d]`` messages.
+
+    Returns ``(out [num_dst, d], arg)``: ``arg`` (int64 ``[num_dst, d]``) is
+    the CSC position of each max/min winner (-1 for rows without edges,
+    whose output is 0), None for sum/mean.
+    """
+    check_reducer(reduce)
+    if op == "src_dot_dst":
+        return gspmm(g, "copy_edge", reduce, edge=gsddmm(g, op, src=src, dst=dst))
+    width, dtype = _validate("gspmm", g, op, src, edge, dst)
+    src, edge, dst = keep_needed(op, src, edge, dst)
+    if reduce in ("max", "min") and g.nnz == 0:  # as the reference: constant zeros, no graph
+        return (
+            torch.zeros(g.num_dst, width, dtype=dtype, device=g.device),
+            torch.full((g.num_dst, width), -1, dtype=torch.long, device=g.device),
+        )
+    compute = dtype if dtype in NATIVE else torch.float32
+    src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
+    out, arg = _GSpMM.apply(g, op_code(op, edge, width), reduce, width, src, edge, dst)
+    return out.to(dtype), (arg if reduce in ("max", "min") else None)

@@ -1,0 +1,339 @@
+"""The CUDA backend against the torch reference: values, winners, gradients.
+
+Not collected by a plain ``pytest`` run (the name has no ``test_`` prefix):
+``test_cuda_sim.py`` runs this file in a child process with
+``NUMBA_ENABLE_CUDASIM=1``, which must be set before numba is imported. Run
+it by hand with::
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/kernels/cuda_cases.py   # simulator, CPU tensors
+    python -m pytest tests/kernels/cuda_cases.py                          # a real GPU, CUDA tensors
+
+Without the simulator and without a GPU every test here is skipped. The
+simulator runs each CUDA thread as a Python thread (~0.1 ms): graphs stay
+tiny (<= 30 rows, <= 100 edges, d <= 8). ``_SEGMENT`` is lowered to 1-4
+edges in most tests so that heavy rows take the split paths (atomics for
+sums and gradients, partials + a combine pass for max/min).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import cuda
+
+from sagann import kernels
+from sagann.kernels import MESSAGE_OPS, REDUCERS, ChunkTensors
+from sagann.kernels import cuda as backend
+
+if not (backend.SIMULATOR or cuda.is_available()):
+    pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+
+pytestmark = pytest.mark.cuda_sim
+DEVICE = "cpu" if backend.SIMULATOR else "cuda"
+DEFAULT_SEGMENT = backend._SEGMENT
+EDGE_SHAPES = ("vec", "col", "full")  # [nnz], [nnz, 1], [nnz, d]
+EDGE_OPS = ("copy_edge", "src_mul_edge")
+# (op, edge shape) pairs: ops that read no edge still get one, which must be ignored.
+CONFIGS = [(op, es) for op in MESSAGE_OPS for es in (EDGE_SHAPES if op in EDGE_OPS else ("col",))]
+
+
+@pytest.fixture
+def segment(monkeypatch):
+    """Set the backend's segment length (edges per work item) for one test."""
+
+    def set_segment(n: int) -> None:
+        monkeypatch.setattr(backend, "_SEGMENT", n)
+
+    return set_segment
+
+
+def _graph(src, dst, num_src: int, num_dst: int, device: str = "cpu") -> ChunkTensors:
+    return ChunkTensors.from_coo(np.asarray(src, np.int64), np.asarray(dst, np.int64), num_src, num_dst, device)[0]
+
+
+def _values(rng: np.random.Generator, shape: tuple, kind: str, dtype=torch.float32) -> torch.Tensor:
+    """``normal`` floats, or ``grid`` values (multiples of 1/4) that make exact ties likely."""
+    a = rng.integers(-8, 9, size=shape) / 4.0 if kind == "grid" else rng.standard_normal(shape)
+    return torch.tensor(a, dtype=dtype)
+
+
+def _inputs(g: ChunkTensors, d: int, edge_shape: str, kind: str, seed: int, dtype=torch.float32) -> dict:
+    rng = np.random.default_rng(seed)
+    edge = {"vec": (g.nnz,), "col": (g.nnz, 1), "full": (g.nnz, d)}[edge_shape]
+    return {
+        "src": _values(rng, (g.num_src, d), kind, dtype),
+        "edge": _values(rng, edge, kind, dtype),
+        "dst": _values(rng, (g.num_dst, d), kind, dtype),
+    }
+
+
+def _on(g: ChunkTensors, device: str) -> ChunkTensors:
+    if device == "cpu":
+        return g
+    fields = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm")
+    return ChunkTensors(*(getattr(g, f).to(device) for f in fields), g.num_src, g.num_dst)
+
+
+def _run(backend_name: str, g, op, reduce, inputs, seed: int, loss: str = "weighted", device: str = "cpu"):
+    """Forward (gspmm, or gsddmm when ``reduce`` is None) and backward on ``device``; results on the CPU."""
+    g = _on(g, device)
+    leaves = {k: v.detach().to(device).requires_grad_() for k, v in inputs.items()}
+    if reduce is None:
+        out, arg = kernels.gsddmm(g, op, **leaves, backend=backend_name), None
+    else:
+        out, arg = kernels.gspmm(g, op, reduce, **leaves, backend=backend_name)
+    if out.requires_grad:
+        if loss == "weighted":
+            w = _values(np.random.default_rng(seed + 1), tuple(out.shape), "normal", out.dtype).to(device)
+            (out * w).sum().backward()
+        else:  # a non-contiguous (expanded) output gradient
+            out.sum().backward()
+    grads = {k: None if v.grad is None else v.grad.cpu() for k, v in leaves.items()}
+    return out.detach().cpu(), None if arg is None else arg.cpu(), grads
+
+
+def _check(g, op, reduce, inputs, seed=0, rtol=1e-5, atol=1e-6, loss="weighted"):
+    ref = _run("reference", g, op, reduce, inputs, seed, loss)
+    got = _run("cuda", g, op, reduce, inputs, seed, loss, device=DEVICE)
+    torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=atol)
+    if reduce in ("max", "min"):
+        assert got[1].dtype == torch.int64
+        assert torch.equal(got[1], ref[1]), f"max/min winners differ:\n{got[1]}\n{ref[1]}"
+    else:
+        assert got[1] is None and ref[1] is None
+    for name in ("src", "edge", "dst"):
+        r, c = ref[2][name], got[2][name]
+        assert (r is None) == (c is None), f"grad of {name}: reference {r is not None}, cuda {c is not None}"
+        if r is not None:
+            torch.testing.assert_close(c, r, rtol=rtol, atol=atol, msg=lambda m: f"grad of {name}: {m}")
+
+
+# Every awkward case: empty rows (0, 5), isolated vertex 6, self loops (2->2,
+# 4->4), multi-edges (1->3 three times, 2->2 twice), a heavy row 3 (7 edges:
+# 4 segments of 2) and row 7 (3 edges: 2 segments).
+FIXED_SRC = [1, 1, 1, 0, 2, 3, 4, 2, 2, 4, 0, 5, 3, 1, 2]
+FIXED_DST = [3, 3, 3, 3, 3, 3, 3, 2, 2, 4, 1, 1, 7, 7, 7]
+
+
+@pytest.fixture(scope="module")
+def fixed_graph() -> ChunkTensors:
+    return _graph(FIXED_SRC, FIXED_DST, 8, 8)
+
+
+@pytest.mark.parametrize("seg", [2, DEFAULT_SEGMENT])
+@pytest.mark.parametrize("kind", ["normal", "grid"])
+@pytest.mark.parametrize("reduce", REDUCERS)
+@pytest.mark.parametrize("op,edge_shape", CONFIGS)
+def test_gspmm_fixed(fixed_graph, segment, op, edge_shape, reduce, kind, seg):
+    segment(seg)
+    _check(fixed_graph, op, reduce, _inputs(fixed_graph, 3, edge_shape, kind, seed=7))
+
+
+@pytest.mark.parametrize("kind", ["normal", "grid"])
+@pytest.mark.parametrize("op,edge_shape", CONFIGS)
+def test_gsddmm_fixed(fixed_graph, segment, op, edge_shape, kind):
+    segment(2)  # for the backward's row-parallel kernels
+    _check(fixed_graph, op, None, _inputs(fixed_graph, 3, edge_shape, kind, seed=11))
+
+
+@pytest.mark.parametrize("reduce", REDUCERS)
+def test_skewed_rectangular_graph(segment, reduce):
+    """A heavy destination and a heavy source, each cut into many segments."""
+    segment(4)
+    rng = np.random.default_rng(3)
+    num_src, num_dst, nnz = 12, 30, 60
+    dst = np.minimum(rng.zipf(1.6, nnz) - 1, num_dst - 1)
+    src = np.minimum(rng.zipf(1.8, nnz) - 1, num_src - 1)
+    g = _graph(src, dst, num_src, num_dst)
+    assert np.diff(g.dst_ptr.numpy()).max() > 12 and np.diff(g.src_ptr.numpy()).max() > 12
+    for op, edge_shape in [("copy_src", "col"), ("src_mul_edge", "vec"), ("src_sub_dst", "col")]:
+        _check(g, op, reduce, _inputs(g, 4, edge_shape, "grid", seed=5), atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", REDUCERS + (None,))
+def test_feature_tiles(fixed_graph, segment, monkeypatch, reduce):
+    """Two lanes per item: d = 3 takes two feature tiles, and feature reductions stride over lanes."""
+    segment(2)
+    monkeypatch.setattr(backend, "_WARP", 2)
+    for op, edge_shape in [
+        ("src_mul_edge", "col"), ("src_mul_dst", "col"),
+        ("src_dot_dst", "col"), ("copy_edge", "full"),
+    ]:
+        _check(fixed_graph, op, reduce, _inputs(fixed_graph, 3, edge_shape, "grid", seed=12))
+
+
+@pytest.mark.parametrize("reduce", ["max", "min"])
+def test_ties_across_segments_go_to_the_first_position(segment, reduce):
+    """Ten equal messages in one row, cut into segments of 3: the winner is the row's first edge."""
+    segment(3)
+    g = _graph([0] * 10 + [1, 0], [1] * 10 + [0, 0], 2, 3)
+    x = torch.tensor([[2.0, -1.0], [5.0, 5.0]])
+    _check(g, "copy_src", reduce, {"src": x, "edge": torch.ones(g.nnz), "dst": torch.ones(3, 2)})
+    out, arg = kernels.gspmm(_on(g, DEVICE), "copy_src", reduce, src=x.to(DEVICE), backend="cuda")
+    assert torch.equal(arg.cpu()[1], torch.tensor([2, 2]))  # row 1's edges sit at CSC positions 2..11
+
+
+@pytest.mark.parametrize("reduce", REDUCERS)
+def test_no_edges(reduce):
+    g = _graph([], [], 3, 4)
+    for op, edge_shape in CONFIGS:
+        _check(g, op, reduce, _inputs(g, 2, edge_shape, "normal", seed=1))
+        _check(g, op, None, _inputs(g, 2, edge_shape, "normal", seed=1))
+    out, arg = kernels.gspmm(_on(g, DEVICE), "copy_src", reduce, src=torch.ones(3, 2, device=DEVICE), backend="cuda")
+    assert torch.equal(out.cpu(), torch.zeros(4, 2))
+    if arg is not None:
+        assert torch.equal(arg.cpu(), torch.full((4, 2), -1))
+
+
+def test_empty_vertex_sets():
+    g = _graph([], [], 0, 0)
+    for reduce in REDUCERS:
+        _check(g, "src_add_dst", reduce, _inputs(g, 3, "col", "normal", seed=2))
+
+
+@pytest.mark.parametrize("reduce", REDUCERS)
+def test_expanded_output_gradient(fixed_graph, segment, reduce):
+    """``out.sum().backward()`` hands the kernel a stride-0 gradient."""
+    segment(2)
+    for op in ("src_mul_dst", "src_mul_edge"):
+        _check(fixed_graph, op, reduce, _inputs(fixed_graph, 4, "vec", "normal", seed=4), loss="sum")
+
+
+def test_only_some_inputs_require_grad(fixed_graph):
+    inputs = {k: v.to(DEVICE) for k, v in _inputs(fixed_graph, 3, "full", "normal", seed=9).items()}
+    g = _on(fixed_graph, DEVICE)
+    src = inputs["src"].requires_grad_()
+    out, _ = kernels.gspmm(g, "src_mul_edge", "sum", src=src, edge=inputs["edge"], backend="cuda")
+    out.sum().backward()
+    assert src.grad is not None and inputs["edge"].grad is None
+    out, _ = kernels.gspmm(g, "copy_src", "max", src=inputs["dst"], backend="cuda")
+    assert not out.requires_grad
+
+
+def test_float64(fixed_graph, segment):
+    segment(2)
+    inputs = _inputs(fixed_graph, 3, "vec", "normal", seed=6, dtype=torch.float64)
+    for reduce in ("sum", "max"):
+        _check(fixed_graph, "src_mul_edge", reduce, inputs, rtol=1e-12, atol=1e-12)
+    _check(fixed_graph, "src_dot_dst", None, inputs, rtol=1e-12, atol=1e-12)
+
+
+def test_float16_computed_in_float32(fixed_graph):
+    inputs = _inputs(fixed_graph, 3, "col", "grid", seed=8)
+    half = {k: v.half().to(DEVICE).requires_grad_() for k, v in inputs.items()}
+    g = _on(fixed_graph, DEVICE)
+    out, _ = kernels.gspmm(g, "src_mul_edge", "sum", src=half["src"], edge=half["edge"], backend="cuda")
+    want, _ = kernels.gspmm(fixed_graph, "src_mul_edge", "sum", src=inputs["src"], edge=inputs["edge"])
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.cpu(), want.half())
+    out.float().sum().backward()
+    assert half["src"].grad.dtype == torch.float16 and half["edge"].grad.shape == half["edge"].shape
+
+
+def test_nan_messages_win_max_and_min(segment):
+    """A NaN message propagates to the output at its first position (as the CPU backend), split rows too."""
+    g = _graph([0, 1, 2, 0, 1, 2], [0, 0, 0, 1, 1, 1], 3, 2)
+    nan = float("nan")
+    x = torch.tensor([[1.0, nan], [nan, 2.0], [3.0, nan]], device=DEVICE)
+    for seg in (1, 2, DEFAULT_SEGMENT):
+        segment(seg)
+        for reduce in ("max", "min"):
+            out, arg = kernels.gspmm(_on(g, DEVICE), "copy_src", reduce, src=x, backend="cuda")
+            assert torch.isnan(out).all()
+            assert torch.equal(arg.cpu(), torch.tensor([[1, 0], [4, 3]]))
+
+
+def test_concurrent_calls_from_threads():
+    """Engine threads call kernels concurrently; results must not mix (the simulator serialises launches)."""
+    rng = np.random.default_rng(0)
+    graphs = [_on(_graph(rng.integers(0, 6, 20), rng.integers(0, 5, 20), 6, 5), DEVICE) for _ in range(2)]
+    xs = [torch.randn(6, 2, device=DEVICE) for _ in graphs]
+    want = [kernels.gspmm(g, "copy_src", "max", src=x, backend="reference") for g, x in zip(graphs, xs)]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                out, arg = kernels.gspmm(graphs[i], "copy_src", "max", src=xs[i], backend="cuda")
+                assert torch.equal(out, want[i][0]) and torch.equal(arg, want[i][1])
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda g: kernels.gspmm(g, "src_mul_edge", "sum", src=torch.ones(8, 2), backend="cuda"), "needs `edge`"),
+        (lambda g: kernels.gspmm(g, "copy_src", "sum", src=torch.ones(7, 2), backend="cuda"), "shape"),
+        (lambda g: kernels.gspmm(g, "copy_src", "prod", src=torch.ones(8, 2), backend="cuda"), "known reducers"),
+        (lambda g: kernels.gsddmm(g, "src_pow_dst", src=torch.ones(8, 2), backend="cuda"), "known ops"),
+        (
+            lambda g: kernels.gspmm(
+                g, "src_add_dst", "sum", src=torch.ones(8, 2), dst=torch.ones(8, 3), backend="cuda"
+            ),
+            "width",
+        ),
+    ],
+)
+def test_errors_name_the_fix(fixed_graph, call, match):
+    g = _on(fixed_graph, DEVICE)
+    with pytest.raises(ValueError, match=match) as info:
+        with torch.device(DEVICE):
+            call(g)
+    if match not in ("known reducers", "known ops"):  # those come from the shared op/reducer checks
+        assert "sagann.kernels.cuda.gs" in str(info.value)
+
+
+@pytest.mark.skipif(not backend.SIMULATOR, reason="the simulator's placement rule")
+def test_simulator_wants_cpu_tensors(fixed_graph):
+    with pytest.raises(ValueError, match="the chunk is on meta; under the CUDA simulator"):
+        kernels.gspmm(_on(fixed_graph, "meta"), "copy_src", "sum", src=torch.ones(8, 2, device="meta"), backend="cuda")
+
+
+@st.composite
+def cases(draw):
+    """A random chunk with empty rows, isolated vertices, self loops and multi-edges; a random segment length."""
+    square = draw(st.booleans())
+    num_dst = draw(st.integers(0, 7))
+    num_src = num_dst if square else draw(st.integers(0, 7))
+    src, dst = [], []
+    if num_src and num_dst:
+        m = draw(st.integers(0, 16))
+        src = draw(st.lists(st.integers(0, num_src - 1), min_size=m, max_size=m))
+        dst = draw(st.lists(st.integers(0, num_dst - 1), min_size=m, max_size=m))
+        dup = draw(st.lists(st.integers(0, max(m - 1, 0)), max_size=4)) if m else []
+        src, dst = src + [src[i] for i in dup], dst + [dst[i] for i in dup]
+        if square:
+            loops = draw(st.lists(st.integers(0, num_dst - 1), max_size=3))
+            src, dst = src + loops, dst + loops
+    g = _graph(src, dst, num_src, num_dst)
+    op, edge_shape = draw(st.sampled_from(CONFIGS))
+    reduce = draw(st.sampled_from(REDUCERS + (None,)))  # None: gsddmm
+    d = draw(st.sampled_from([1, 3, 5]))
+    kind = draw(st.sampled_from(["normal", "grid"]))
+    seed = draw(st.integers(0, 2**16))
+    seg = draw(st.sampled_from([1, 2, 3, DEFAULT_SEGMENT]))
+    return g, op, reduce, _inputs(g, d, edge_shape, kind, seed), seed, seg
+
+
+@given(case=cases())
+@settings(max_examples=15, deadline=None)
+def test_matches_reference_on_random_chunks(case):
+    g, op, reduce, inputs, seed, seg = case
+    old = backend._SEGMENT
+    backend._SEGMENT = seg  # not the fixture: hypothesis runs many examples per test call
+    try:
+        _check(g, op, reduce, inputs, seed)
+    finally:
+        backend._SEGMENT = old
