@@ -25,9 +25,15 @@ __all__ = [
     "src_mul_dst",
     "src_dot_dst",
     "REDUCERS",
+    "GATHERS",
 ]
 
 REDUCERS = ("sum", "mean", "max", "min")
+# what a Layer's ``gather`` may be: the reducers, or an attention-weighted sum whose
+# apply_edge returns (scores [E, heads], messages [E, heads * d]); the softmax of the
+# scores over each destination's in-edges weighs the messages (computed online, exactly,
+# across chunks)
+GATHERS = REDUCERS + ("softmax",)
 
 
 @dataclass(frozen=True)

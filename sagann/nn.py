@@ -1,4 +1,4 @@
-"""Ready-made layers: ``sagann.nn.GCNConv``, ``SAGEConv``, ``GINConv``."""
-from sagann.engine.convs import GCNConv, GINConv, SAGEConv
+"""Ready-made layers: ``sagann.nn.GCNConv``, ``SAGEConv``, ``GINConv``, ``GATConv``."""
+from sagann.engine.convs import GATConv, GCNConv, GINConv, SAGEConv
 
-__all__ = ["GCNConv", "SAGEConv", "GINConv"]
+__all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv"]

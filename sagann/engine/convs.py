@@ -15,7 +15,7 @@ from sagann import fn
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.layer import Layer
 
-__all__ = ["GCNConv", "SAGEConv", "GINConv"]
+__all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv"]
 
 
 def _glorot_(w: torch.Tensor) -> None:
@@ -159,3 +159,66 @@ class GINConv(Layer):
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         return self.nn((1 + self.eps) * v + acc)
+
+
+class GATConv(Layer):
+    """Graph attention (Velickovic et al.), exact across chunks, as ``torch_geometric.nn.GATConv``.
+
+    ``out_i = sum_j softmax_j(LeakyReLU(a_src . W x_j + a_dst . W x_i)) W x_j``
+    per head, over i's in-edges plus one self loop (existing loops replaced,
+    as PyG does). The attention halves ``a_src . W x_j`` and
+    ``a_dst . W x_i`` are per-vertex terms (``apply_src`` / ``apply_dst``);
+    per edge only the sum, LeakyReLU and the weighting run. The softmax over
+    in-edges spread across source chunks is computed online (running max and
+    sum per destination and head) and its backward uses the saved output.
+    Parameter names and shapes are PyG's: ``lin.weight``, ``att_src``,
+    ``att_dst``, ``bias``. Attention dropout is not supported.
+
+    Args:
+        in_channels, out_channels: widths (per head).
+        heads: attention heads.
+        concat: concatenate heads (else average them).
+        negative_slope: of the LeakyReLU.
+        add_self_loops, bias: as in PyG.
+    """
+
+    gather = "softmax"
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True, negative_slope: float = 0.2, add_self_loops: bool = True, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
+        self.concat, self.negative_slope, self.add_self_loops = concat, negative_slope, add_self_loops
+        self.lin = nn.Linear(in_channels, heads * out_channels, bias=False)
+        self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.bias = nn.Parameter(torch.empty(heads * out_channels if concat else out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w in (self.lin.weight, self.att_src, self.att_dst):
+            _glorot_(w)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _heads(self, v: torch.Tensor) -> torch.Tensor:
+        return self.lin(v).view(-1, self.heads, self.out_channels)
+
+    def apply_src(self, v: torch.Tensor) -> torch.Tensor:
+        h = self._heads(v)
+        return torch.cat([h.flatten(1), (h * self.att_src).sum(-1)], dim=1)
+
+    def apply_dst(self, v: torch.Tensor) -> torch.Tensor:
+        return (self._heads(v) * self.att_dst).sum(-1)
+
+    def apply_edge(self, e):
+        width = self.heads * self.out_channels
+        h, alpha_src = e.src_term[:, :width], e.src_term[:, width:]
+        return F.leaky_relu(alpha_src + e.dst_term, self.negative_slope), h
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        out = acc if self.concat else acc.view(-1, self.heads, self.out_channels).mean(dim=1)
+        return out if self.bias is None else out + self.bias
+
+    def forward(self, g: ChunkedGraph, x: torch.Tensor) -> torch.Tensor:
+        graph = g.with_remaining_self_loops()[0] if self.add_self_loops else g
+        return super().forward(graph, x)

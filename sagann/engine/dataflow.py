@@ -106,6 +106,11 @@ class _SagaFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, edge_data = ctx.saved_tensors
+        if ctx.saved is None:
+            raise RuntimeError(
+                f"{ctx.call.name}: backward ran twice through the same sagann layer call; its saved host state is freed "
+                "after the first backward to save memory (retain_graph is not supported): run the forward again"
+            )
         need_x, need_e = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         gx, ge, gparams = ctx.call.backward(x, edge_data, ctx.saved, grad_out.contiguous(), need_x, need_e)
         ctx.saved = None
@@ -118,6 +123,8 @@ class _Saved:
     dst_term: torch.Tensor | None  # host [N, d_dst_term]
     acc: torch.Tensor  # host [N, d_msg], finalised
     winners: torch.Tensor | None  # host int64 [N, d_msg], global edge id, -1 if none
+    softmax_max: torch.Tensor | None = None  # host [N, heads]: max score per destination (0 if none)
+    softmax_sum: torch.Tensor | None = None  # host [N, heads]: sum of exp(score - max)
 
 
 class _Block:
@@ -252,6 +259,16 @@ class _LayerCall:
             inputs.scope.adopt(arg, lambda: f"winner positions of {cid!r}")
             return out, arg
 
+        msg = self._messages(inputs, phase)
+        with self._span("gather_reduce", phase, cid):
+            out, arg = reference.gather(ct, msg, self.reduce)
+        inputs.scope.adopt(arg, lambda: f"winner positions of {cid!r}")
+        return out, arg
+
+    def _messages(self, inputs: _ChunkInputs, phase: str):
+        """Run the user's ApplyEdge on one sub-chunk: messages, or (scores, messages) for softmax."""
+        shape, ct, cid = self.shape, inputs.ct, inputs.c.id
+
         def per_edge(name: str, index: torch.Tensor):
             return lambda: (lambda t: None if t is None else t.index_select(0, index))(inputs.get(name))
 
@@ -268,11 +285,42 @@ class _LayerCall:
         inputs.scope.charge(edge_scratch_bytes(ct.nnz, shape, fused=False), lambda: f"messages and temporaries of {cid!r}")
         with self._span("apply_edge", phase, cid), self._rng("edge", *cid):
             msg = self.layer.apply_edge(e)
+        if shape.softmax:
+            scores, msg = msg
+            self._check_rows(scores, ct.nnz, shape.d_score, "apply_edge scores")
+            self._check_rows(msg, ct.nnz, shape.d_msg, "apply_edge messages")
+            return scores, msg
         self._check_rows(msg, ct.nnz, shape.d_msg, "apply_edge")
-        with self._span("gather_reduce", phase, cid):
-            out, arg = reference.gather(ct, msg, self.reduce)
-        inputs.scope.adopt(arg, lambda: f"winner positions of {cid!r}")
-        return out, arg
+        return msg
+
+    def _softmax_chunk(self, inputs: _ChunkInputs):
+        """Forward: this chunk's max, sum of exp(score - max) and weighted message sum per row and head."""
+        ct, h = inputs.ct, self.shape.d_score
+        scores, msg = self._messages(inputs, FORWARD)
+        with self._span("gather_reduce", FORWARD, inputs.c.id):
+            dst = ct.dst_idx.long()
+            m_c = scores.new_full((ct.num_dst, h), float("-inf")).scatter_reduce(0, dst.unsqueeze(-1).expand(-1, h), scores, "amax")
+            w = torch.exp(scores - m_c.index_select(0, dst))
+            l_c = scores.new_zeros(ct.num_dst, h).index_add(0, dst, w)
+            a_c = msg.new_zeros(ct.num_dst, h, self.shape.d_msg // h).index_add(0, dst, w.unsqueeze(-1) * msg.view(ct.nnz, h, -1))
+        for t in (m_c, l_c, a_c):
+            inputs.scope.adopt(t, lambda: f"softmax partials of {inputs.c.id!r}")
+        return m_c, l_c, a_c.view(ct.num_dst, -1)
+
+    def _softmax_surrogate(self, inputs: _ChunkInputs) -> torch.Tensor:
+        """Backward: sum_j p_ij (m_j - out_i) per row, with the forward's max, sum and output held constant.
+
+        Its gradient w.r.t. m_j is p_ij and w.r.t. the score e_ij is
+        p_ij (dOut_i . m_j - dOut_i . out_i): exactly the softmax backward, the
+        per-destination correction dOut_i . out_i coming from the saved output.
+        """
+        ct, h = inputs.ct, self.shape.d_score
+        scores, msg = self._messages(inputs, BACKWARD)
+        dst = ct.dst_idx.long()
+        m, l, out = inputs.get("sm_max"), inputs.get("sm_sum"), inputs.get("out_rows")
+        p = torch.exp(scores - m.index_select(0, dst)) / l.index_select(0, dst)
+        centred = msg.view(ct.nnz, h, -1) - out.view(ct.num_dst, h, -1).index_select(0, dst)
+        return msg.new_zeros(ct.num_dst, h, self.shape.d_msg // h).index_add(0, dst, p.unsqueeze(-1) * centred).view(ct.num_dst, -1)
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = torch.empty(self.g.num_vertices, width)
@@ -368,9 +416,11 @@ class _LayerCall:
         out = torch.empty(n, shape.d_out)
         acc_all = torch.empty(n, shape.d_msg)
         win_all = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
+        sm_max = torch.zeros(n, shape.d_score) if shape.softmax else None
+        sm_sum = torch.zeros(n, shape.d_score) if shape.softmax else None
         host = {"src": x, "src_term": src_term, "data": edata}
         fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
-        init = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}[self.reduce]
+        init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[self.reduce]
         plan = self._plan(FORWARD)
         times: dict[tuple[int, int], tuple[float, float]] = {}
         moved, t_pass = 0, time.perf_counter()
@@ -387,10 +437,16 @@ class _LayerCall:
                         dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
                         acc = s.full((hi - lo, shape.d_msg), init, torch.float32, f"accumulator V_{j}")
                         win = s.full((hi - lo, shape.d_msg), -1, torch.long, f"winners V_{j}") if shape.winners else None
+                        sm = None
+                        if shape.softmax:
+                            sm = (s.full((hi - lo, shape.d_score), float("-inf"), torch.float32, f"softmax max V_{j}"), s.zeros((hi - lo, shape.d_score), torch.float32, f"softmax sum V_{j}"))
                         resident = {"dst": xj, "dst_term": dj}
 
                         def compute(inputs: _ChunkInputs) -> None:
                             inputs.set_resident(resident)
+                            if sm is not None:
+                                self._merge_softmax(inputs.c, acc, sm, *self._softmax_chunk(inputs))
+                                return
                             partial_acc, arg = self._partial(inputs, FORWARD)
                             inputs.scope.adopt(partial_acc, lambda: f"partial of {inputs.c.id!r}")
                             self._merge(inputs, acc, win, partial_acc, arg)
@@ -399,7 +455,7 @@ class _LayerCall:
                             load, busy, b = self._run_step(stream, step, compute)
                             times[step.key] = (load, busy)
                             moved += b
-                        self._finalise(acc, win, lo, hi)
+                        self._finalise(acc, win, lo, hi, sm)
                         s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
                         with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
                             out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
@@ -409,10 +465,13 @@ class _LayerCall:
                             dev.copy_out(acc, acc_all[lo:hi])
                             if win is not None:
                                 dev.copy_out(win, win_all[lo:hi])
+                            if sm is not None:
+                                dev.copy_out(sm[0], sm_max[lo:hi])
+                                dev.copy_out(sm[1], sm_sum[lo:hi])
             finally:
                 stream.close()
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
-        return out, _Saved(src_term, dst_term, acc_all, win_all)
+        return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
 
     def _merge(self, inputs: _ChunkInputs, acc, win, partial_acc, arg) -> None:
         c = inputs.c
@@ -428,7 +487,23 @@ class _LayerCall:
         acc[rows] = torch.where(better, partial_acc, cur)
         win[rows] = torch.where(better, gid, cur_win)
 
-    def _finalise(self, acc, win, lo: int, hi: int) -> None:
+    def _merge_softmax(self, c: EdgeChunk, acc, sm, m_c, l_c, a_c) -> None:
+        """Online softmax: rescale the running sums to the new running max, then add the chunk's."""
+        rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
+        m_old, l_old = sm[0][rows], sm[1][rows]
+        m_new = torch.maximum(m_old, m_c)
+        finite = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows no chunk has reached yet
+        keep, add = torch.exp(m_old - finite), torch.exp(m_c - finite)
+        per_feature = self.shape.d_msg // self.shape.d_score
+        acc[rows] = acc[rows] * keep.repeat_interleave(per_feature, dim=1) + a_c * add.repeat_interleave(per_feature, dim=1)
+        sm[1][rows] = l_old * keep + l_c * add
+        sm[0][rows] = m_new
+
+    def _finalise(self, acc, win, lo: int, hi: int, sm=None) -> None:
+        if sm is not None:
+            total = sm[1].repeat_interleave(self.shape.d_msg // self.shape.d_score, dim=1)
+            acc.div_(torch.where(total > 0, total, torch.ones_like(total)))
+            sm[0].masked_fill_(torch.isinf(sm[0]), 0.0)
         if self.inv_degree is not None:
             acc.mul_(self.inv_degree[lo:hi].to(acc.device))
         if win is not None:
@@ -491,8 +566,10 @@ class _LayerCall:
     def _backward_edges(self, x, edata, saved: _Saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams) -> None:
         shape, p, dev = self.shape, self.p, self.device
         host = {"src": x, "src_term": saved.src_term, "data": edata, "dst": x, "dst_term": saved.dst_term, "g_rows": grad_acc, "won": saved.winners}
+        host.update({"sm_max": saved.softmax_max, "sm_sum": saved.softmax_sum, "out_rows": saved.acc})
         wants = {"src": need_x, "dst": need_x, "data": need_e, "src_term": True, "dst_term": True}
         uses = {"src": shape.uses_src, "src_term": shape.uses_src_term, "data": shape.uses_edge, "dst": shape.uses_dst, "dst_term": shape.uses_dst_term, "g_rows": True, "won": shape.winners}
+        uses.update({"sm_max": shape.softmax, "sm_sum": shape.softmax, "out_rows": shape.softmax})
         fields = tuple(f for f, used in uses.items() if used)
         plan = self._plan(BACKWARD)
         times: dict[tuple[int, int], tuple[float, float]] = {}
@@ -524,7 +601,10 @@ class _LayerCall:
         dev, c, cs = self.device, inputs.c, inputs.scope
         lo = c.dst_start + c.dst_offset
         with torch.enable_grad():
-            partial_acc, arg = self._partial(inputs, BACKWARD)
+            if self.shape.softmax:
+                partial_acc, arg = self._softmax_surrogate(inputs), None
+            else:
+                partial_acc, arg = self._partial(inputs, BACKWARD)
         cs.adopt(partial_acc, lambda: f"partial of {c.id!r}")
         g_rows = inputs.get("g_rows")
         if saved.winners is not None:

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from sagann.fn import REDUCERS, MessageFn
+from sagann.fn import GATHERS, MessageFn
 from sagann.scheduler.planner import LayerShape
 
 
@@ -88,11 +88,13 @@ def _has_hook(layer: Layer, name: str) -> bool:
 
 def check_layer(layer: Layer) -> None:
     name = type(layer).__name__
-    if layer.gather not in REDUCERS:
-        raise ValueError(f"{name}.gather = {layer.gather!r} is not a known reducer; use one of {', '.join(REDUCERS)}")
+    if layer.gather not in GATHERS:
+        raise ValueError(f"{name}.gather = {layer.gather!r} is not a known reducer; use one of {', '.join(GATHERS)}")
     ae = getattr(layer, "apply_edge")
     if not (isinstance(ae, MessageFn) or callable(ae)):
         raise TypeError(f"{name}.apply_edge must be a method or a sagann.fn builtin, got {ae!r}")
+    if isinstance(ae, MessageFn) and layer.gather == "softmax":
+        raise ValueError(f"{name}: gather='softmax' needs an apply_edge that returns (scores, messages), not the builtin {ae!r}")
 
 
 def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device: torch.device) -> LayerShape:
@@ -145,6 +147,9 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
                 },
             )
             msg = ae(e)
+            d_score = 0
+            if layer.gather == "softmax":
+                msg, d_score = _check_attention(name, msg)
             if not isinstance(msg, torch.Tensor) or msg.dim() != 2 or msg.shape[0] != 1:
                 raise ValueError(f"{name}.apply_edge must return one row per edge ([num_edges, d]); got {getattr(msg, 'shape', type(msg))}")
             d_msg = int(msg.shape[1])
@@ -156,6 +161,7 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
     return LayerShape(
         d_in=d_in,
         d_edge=d_edge,
+        d_score=0 if isinstance(ae, MessageFn) else d_score,
         d_src_term=0 if s_term is None else int(s_term.shape[1]),
         d_dst_term=0 if d_term is None else int(d_term.shape[1]),
         d_msg=d_msg,
@@ -168,3 +174,16 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
         uses_dst_term="dst_term" in used,
         uses_edge="data" in used,
     )
+
+
+def _check_attention(name: str, out) -> tuple[torch.Tensor, int]:
+    """A softmax layer's apply_edge output: (scores [E, heads], messages [E, heads * d])."""
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ValueError(f"{name}.gather is 'softmax', so apply_edge must return (scores [E, heads], messages [E, heads * d]); got {type(out).__name__}")
+    scores, msg = out
+    if scores.dim() != 2 or scores.shape[0] != 1:
+        raise ValueError(f"{name}.apply_edge scores must have shape [num_edges, heads]; got {list(scores.shape)}")
+    heads = int(scores.shape[1])
+    if msg.dim() != 2 or heads == 0 or msg.shape[1] % heads:
+        raise ValueError(f"{name}.apply_edge messages must have shape [num_edges, heads * d] with heads={heads}; got {list(msg.shape)}")
+    return msg, heads

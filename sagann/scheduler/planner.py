@@ -69,6 +69,11 @@ class LayerShape:
     uses_src_term: bool
     uses_dst_term: bool
     uses_edge: bool
+    d_score: int = 0  # attention heads of a softmax gather (scores per edge)
+
+    @property
+    def softmax(self) -> bool:
+        return self.gather == "softmax"
 
     @property
     def d_src_side(self) -> int:
@@ -99,7 +104,8 @@ def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
     gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
     messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
     winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min
-    return nnz * (gathered + messages + winners)
+    attention = FLOAT * (3 * shape.d_score + shape.d_msg) if shape.softmax else 0  # scores, weights, weighted messages
+    return nnz * (gathered + messages + winners + attention)
 
 
 def vertex_scratch_bytes(rows: int, width: int) -> int:
@@ -110,9 +116,10 @@ def vertex_scratch_bytes(rows: int, width: int) -> int:
 def _row_bytes(shape: LayerShape) -> dict[str, int]:
     """Device bytes per vertex row of each phase's resident state, scratch included."""
     win = INDEX * shape.d_msg if shape.winners else 0
+    win += FLOAT * 2 * shape.d_score  # softmax: running max and sum per head
     hook = max(shape.d_src_term, shape.d_dst_term)
     return {
-        # x_j, dst terms, accumulator (+ winners), output rows, ApplyVertex scratch
+        # x_j, dst terms, accumulator (+ winners / softmax state), output rows, ApplyVertex scratch
         "forward": FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
         # source gradient accumulators of V_i
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term),
@@ -154,6 +161,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     the scratch of the autograd recomputation.
     """
     win = INDEX * shape.d_msg if shape.winners else 0
+    win += FLOAT * 2 * shape.d_score  # softmax: chunk max and sum per head (forward), saved max and sum (backward)
     src = FLOAT * c.num_src * shape.d_src_side
     edge = FLOAT * c.nnz * shape.d_edge
     b = c.nbytes + src + edge + c.num_dst * (FLOAT * shape.d_msg + win) + (c.nnz * INDEX if shape.winners else 0)
@@ -161,7 +169,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     if not backward:
         return int(b + scratch)
     dst = FLOAT * c.num_dst * shape.d_dst_side
-    g_rows = c.num_dst * (FLOAT * shape.d_msg + win)
+    g_rows = c.num_dst * (FLOAT * shape.d_msg * (2 if shape.softmax else 1) + win)  # softmax also loads the output rows
     grads = src + edge + dst
     return int(b + dst + g_rows + grads + 2 * scratch)
 
