@@ -52,8 +52,11 @@ def balanced_bounds(in_degree: np.ndarray, num_chunks: int) -> np.ndarray:
     total = int(weight[-1]) if n else 0
     targets = (np.arange(1, num_chunks) * total) // num_chunks
     cuts = np.searchsorted(weight, targets, side="right") if n else np.zeros(num_chunks - 1, dtype=np.int64)
-    bounds = np.concatenate([[0], cuts, [n]]).astype(np.int64)
-    return np.maximum.accumulate(bounds)
+    bounds = np.maximum.accumulate(np.concatenate([[0], cuts, [n]]).astype(np.int64))
+    if n >= num_chunks:  # a vertex heavier than a whole interval must not leave an interval empty
+        k = np.arange(num_chunks + 1)
+        bounds = np.minimum(np.maximum(bounds, k), n - (num_chunks - k))
+    return bounds
 
 
 def interval_of(bounds: np.ndarray, vertices: np.ndarray) -> np.ndarray:

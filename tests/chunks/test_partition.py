@@ -44,6 +44,12 @@ def test_bounds_balance_in_edges():
     assert sum(per_column) == ei.shape[1]
 
 
+def test_a_heavy_vertex_leaves_no_interval_empty():
+    in_degree = np.array([1000] + [1] * 20)
+    b = balanced_bounds(in_degree, 6)
+    assert np.all(np.diff(b) >= 1) and b[0] == 0 and b[-1] == 21
+
+
 def test_more_chunks_than_vertices_gives_empty_intervals():
     b = balanced_bounds(np.array([1, 0, 2]), 5)
     assert b[0] == 0 and b[-1] == 3 and np.all(np.diff(b) >= 0) and len(b) == 6
