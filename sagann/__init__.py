@@ -5,9 +5,10 @@ graph into chunks that fit the device and streams them through it.
 """
 from sagann import fn, nn, profiler
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
+from sagann.engine.hoist import explain
 from sagann.profiler import profile
 from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, Device, ScheduleConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "ScheduleConfig", "fn", "nn", "profile", "profiler", "__version__"]
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "Layer", "ScheduleConfig", "explain", "fn", "nn", "profile", "profiler", "__version__"]

@@ -69,6 +69,8 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     for name, p in layer.named_parameters():
         if p.device != device.torch_device:
             raise ValueError(f"{type(layer).__name__}.{name} is on {p.device} but the graph's device computes on {device.torch_device}; move the layer there")
+    user = layer
+    layer = _compiled(layer, int(x.shape[1]), edge_data)
     key = (x.shape[1], None if edge_data is None else tuple(edge_data.shape[1:]), layer.training)
     shape = layer.__dict__.get("_sagann_shape", {}).get(key)
     if shape is None:
@@ -79,8 +81,24 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     fused = backend != "reference" and shape.builtin is not None
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
-    call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed)
+    call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
     return _SagaFunction.apply(call, x.contiguous(), None if edge_data is None else edge_data.contiguous(), *params)
+
+
+def _compiled(layer: Layer, d_in: int, edge_data: torch.Tensor | None) -> Layer:
+    """The layer with per-vertex terms hoisted (compiled once per input shape), or the layer itself."""
+    if not layer.hoist:
+        return layer
+    d_edge = None if edge_data is None else (1 if edge_data.dim() == 1 else int(edge_data.shape[1]))
+    cache = layer.__dict__.setdefault("_sagann_hoist", {})
+    if (d_in, d_edge) not in cache:
+        from sagann.engine.hoist import compile_layer
+
+        cache[(d_in, d_edge)] = compile_layer(layer, d_in, d_edge)
+    runner = cache[(d_in, d_edge)][0]
+    if runner is not layer and runner.training != layer.training:
+        runner.train(layer.training)
+    return runner
 
 
 def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
@@ -218,12 +236,12 @@ class _ChunkInputs:
 class _LayerCall:
     """One call of a layer on one graph: runs the chunked forward and backward."""
 
-    def __init__(self, layer: Layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int):
+    def __init__(self, layer: Layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int, name: str):
         self.layer, self.g, self.p, self.shape = layer, g, partition, shape
         self.backend, self.fused, self.param_bytes, self.seed = backend, fused, param_bytes, seed
         self.device = g.device
         self.params = [p for p in layer.parameters() if p.requires_grad]
-        self.name = type(layer).__name__
+        self.name = name
         self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
         deg = torch.from_numpy(partition.in_degree).clamp(min=1).to(torch.float32)
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None

@@ -67,6 +67,7 @@ class Layer(nn.Module):
     """
 
     gather: str = "sum"
+    hoist: bool = True  # let the ApplyEdge compiler move per-vertex terms into hooks (sagann.explain shows it)
 
     def apply_edge(self, e: EdgeBatch) -> torch.Tensor:
         """Message of each edge ``[num_edges, d_msg]``; default: the source rows."""

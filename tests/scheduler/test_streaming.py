@@ -74,6 +74,7 @@ def test_budgeted_schedules_fit(transfer):
 
 class FailingLayer(sagann.Layer):
     gather = "sum"
+    hoist = False  # a traced apply_edge would run its Python side effects (the call counter) only once
 
     def __init__(self, fail_on_call: int):
         super().__init__()
