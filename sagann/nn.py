@@ -1,4 +1,4 @@
-"""Ready-made layers: ``sagann.nn.GCNConv``, ``SAGEConv``, ``GINConv``, ``GATConv``."""
-from sagann.engine.convs import GATConv, GCNConv, GINConv, SAGEConv
+"""Ready-made layers: ``sagann.nn.GCNConv``, ``SAGEConv``, ``GINConv``, ``GATConv``, ``GatedGCNConv``."""
+from sagann.engine.convs import GATConv, GatedGCNConv, GCNConv, GINConv, SAGEConv
 
-__all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv"]
+__all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv", "GatedGCNConv"]

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sagann.engine.convs import GCNConv, GINConv, SAGEConv
+from sagann.engine.convs import GATConv, GatedGCNConv, GCNConv, GINConv, SAGEConv
 
-__all__ = ["GCN", "GraphSAGE", "GIN", "MLP", "MODELS", "build_model"]
+__all__ = ["GCN", "GraphSAGE", "GIN", "GAT", "GGCN", "MLP", "MODELS", "build_model"]
 
 
 class _Stack(nn.Module):
@@ -56,6 +56,25 @@ class GIN(_Stack):
         super().__init__([GINConv(mlp(a, b)) for a, b in _widths(in_channels, hidden, out_channels, num_layers)], dropout)
 
 
+class GAT(_Stack):
+    """GAT: hidden layers with ``heads`` concatenated heads, one averaged head on the output."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5, heads: int = 4):
+        if hidden % heads:
+            raise ValueError(f"GAT: hidden ({hidden}) must be divisible by heads ({heads})")
+        widths = _widths(in_channels, hidden, out_channels, num_layers)
+        layers = [GATConv(a, b // heads, heads=heads) for a, b in widths[:-1]] + [GATConv(widths[-1][0], out_channels, heads=1)]
+        super().__init__(layers, dropout)
+
+
+class GGCN(_Stack):
+    """NeuGraph's G-GCN: gated GCN layers, the last without activation."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5):
+        widths = _widths(in_channels, hidden, out_channels, num_layers)
+        super().__init__([GatedGCNConv(a, b, activation=k < len(widths) - 1) for k, (a, b) in enumerate(widths)], dropout)
+
+
 class MLP(nn.Module):
     """The same depth without edges: the baseline a GNN must beat. Ignores the graph."""
 
@@ -72,7 +91,7 @@ class MLP(nn.Module):
         return x
 
 
-MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "mlp": MLP}
+MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "gat": GAT, "ggcn": GGCN, "mlp": MLP}
 
 
 def build_model(name: str, in_channels: int, hidden: int, out_channels: int, **kwargs) -> nn.Module:
