@@ -64,22 +64,22 @@ def interval_of(bounds: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     return np.searchsorted(bounds, vertices, side="right") - 1
 
 
-def _sub_chunk_rows(dst_ptr: np.ndarray, max_nnz: int) -> list[tuple[int, int]]:
-    """Cut rows into ranges of at most ``max_nnz`` edges (a row is never split)."""
-    rows = dst_ptr.shape[0] - 1
+def _sub_chunk_ranges(dst_ptr: np.ndarray, max_nnz: int) -> list[tuple[int, int, int, int]]:
+    """Cut a chunk's edges into runs of exactly ``max_nnz`` (the last shorter): ``(e0, e1, r0, r1)``.
+
+    A run may start or end inside a destination row: every reducer merges
+    partial rows exactly (sums add, max/min keep the smallest winning edge id,
+    the online softmax rescales), so a heavy row never forces a big sub-chunk.
+    ``r0..r1`` are the rows the run touches.
+    """
     nnz = int(dst_ptr[-1])
-    if nnz == 0:
-        return []
-    cuts, start = [], int(np.searchsorted(dst_ptr, 0, side="right") - 1)
-    while start < rows and dst_ptr[start] < nnz:
-        # largest end with dst_ptr[end] - dst_ptr[start] <= max_nnz, at least one row
-        end = int(np.searchsorted(dst_ptr, dst_ptr[start] + max_nnz, side="right") - 1)
-        end = max(end, start + 1)
-        cuts.append((start, end))
-        start = end
-        while start < rows and dst_ptr[start + 1] == dst_ptr[start]:
-            start += 1  # skip empty rows between sub-chunks
-    return cuts
+    out = []
+    for e0 in range(0, nnz, max_nnz):
+        e1 = min(e0 + max_nnz, nnz)
+        r0 = int(np.searchsorted(dst_ptr, e0, side="right") - 1)  # row holding edge e0
+        r1 = int(np.searchsorted(dst_ptr, e1 - 1, side="right"))  # one past the row holding edge e1 - 1
+        out.append((e0, e1, r0, r1))
+    return out
 
 
 def make_sub_chunk(
@@ -136,15 +136,14 @@ def split_chunk(
     dst_ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(dst_local, minlength=rows), out=dst_ptr[1:])
     subs = []
-    for sub, (r0, r1) in enumerate(_sub_chunk_rows(dst_ptr, max_nnz)):
-        e0, e1 = int(dst_ptr[r0]), int(dst_ptr[r1])
+    for sub, (e0, e1, r0, r1) in enumerate(_sub_chunk_ranges(dst_ptr, max_nnz)):
         subs.append(
             make_sub_chunk(
                 ChunkId(i, j, sub),
                 int(bounds[i]),
                 int(bounds[j]),
                 r0,
-                dst_ptr[r0 : r1 + 1] - e0,
+                np.clip(dst_ptr[r0 : r1 + 1] - e0, 0, e1 - e0),
                 src_local[e0:e1],
                 edge_ids[e0:e1],
             )
@@ -215,8 +214,8 @@ def partition_graph(
         edge_index: ``[2, E]`` source/destination ids (numpy or torch).
         num_vertices: N; every id must lie in ``[0, N)``.
         num_chunks: P >= 1.
-        sub_chunk_nnz: upper bound on edges per sub-chunk (a destination row
-            with more in-edges than this forms a sub-chunk of its own).
+        sub_chunk_nnz: edges per sub-chunk (the last of a chunk may have
+            fewer); a heavy destination row is spread over several.
         bounds: explicit interval boundaries ``[P + 1]`` (default: balanced).
     """
     ei = as_edge_index(edge_index, num_vertices)

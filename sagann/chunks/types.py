@@ -36,8 +36,9 @@ class EdgeChunk:
     Invariants (checked by :meth:`validate`):
 
     * destinations are the rows ``dst_offset .. dst_offset + num_dst`` of
-      interval ``j``; ``dst_ptr[r]:dst_ptr[r+1]`` are the edges of row
-      ``dst_offset + r``, in ascending global edge order;
+      interval ``j``; ``dst_ptr[r]:dst_ptr[r+1]`` are this sub-chunk's edges
+      of row ``dst_offset + r``, in ascending global edge order (the first and
+      last row may continue in the neighbouring sub-chunks);
     * ``src_rows`` are the sorted unique source rows (local to interval
       ``i``) this sub-chunk touches: a selective transfer sends exactly
       these rows; ``src_idx`` indexes into ``src_rows``;
