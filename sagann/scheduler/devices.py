@@ -149,8 +149,9 @@ class Device:
 
     def _measure_costs(self, rows: int = 2048, width: int = 64, repeats: int = 3) -> TransferCosts:
         """Best of ``repeats`` on a 512 KiB payload: small enough to cost little on a slow link."""
-        host = torch.randn(rows, width)
-        index = torch.randperm(rows)[: rows // 2].sort().values
+        gen = torch.Generator().manual_seed(0)  # never the caller's RNG: measuring must not move dropout draws
+        host = torch.randn(rows, width, generator=gen)
+        index = torch.randperm(rows, generator=gen)[: rows // 2].sort().values
         nbytes_block, nbytes_rows = tensor_bytes(host), index.numel() * width * host.element_size()
 
         def best(fn) -> float:

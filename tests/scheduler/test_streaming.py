@@ -175,3 +175,11 @@ def test_schedule_config_validates():
     with pytest.raises(ValueError, match="prefetch"):
         ScheduleConfig(prefetch=-1)
     assert ScheduleConfig(order="natural").order.value == "natural"
+
+
+def test_measuring_transfer_costs_leaves_the_callers_rng_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    sagann.CpuDevice().transfer_costs()
+    assert torch.equal(torch.rand(3), expected)
