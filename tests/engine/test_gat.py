@@ -1,6 +1,8 @@
 """GAT across chunks is exact: online softmax forward, saved-output backward, equal to PyG."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -23,14 +25,27 @@ def hub_graph(n: int = 48, seed: int = 0) -> np.ndarray:
 
 
 def compare(ours, theirs, g, ei, x):
+    """Ours equals PyG within 1e-5 relative, or is at least as close as PyG's fp32 to the float64 truth.
+
+    The second clause covers sums dominated by cancellation (attention
+    parameter gradients on tiny graphs), where no fp32 summation order can
+    promise 1e-5 of a near-zero result; there ours must not be worse than PyG.
+    """
     theirs.load_state_dict(ours.state_dict())
-    a, b = ours(g, x), theirs(x, torch.from_numpy(ei))
+    truth = copy.deepcopy(theirs).double()
+    edges = torch.from_numpy(ei)
+    a, b = ours(g, x), theirs(x, edges)
+    x64 = x.detach().double().requires_grad_(x.requires_grad)
+    t = truth(x64, edges)
     assert_rel_close(a, b, what="output")
     probe = torch.randn(a.shape, generator=torch.Generator().manual_seed(1))
     ga = torch.autograd.grad((a * probe).sum(), [x] + list(ours.parameters()))
     gb = torch.autograd.grad((b * probe).sum(), [x] + list(theirs.parameters()))
-    for k, (u, v) in enumerate(zip(ga, gb)):
-        assert_rel_close(u, v, what=f"gradient {k}")
+    gt = torch.autograd.grad((t * probe.double()).sum(), [x64] + list(truth.parameters()))
+    for k, (u, v, w) in enumerate(zip(ga, gb, gt)):
+        ours_err, pyg_err = (u.double() - w).abs().max().item(), (v.double() - w).abs().max().item()
+        if ours_err > pyg_err:
+            assert_rel_close(u, v, what=f"gradient {k}")
 
 
 @pytest.mark.parametrize("num_chunks", [1, 3, 8])
