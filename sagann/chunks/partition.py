@@ -174,6 +174,13 @@ class GraphPartition:
         lo, hi = self.interval(p)
         return hi - lo
 
+    def intervals(self) -> Iterator[tuple[Partition, int, int]]:
+        """``(p, lo, hi)`` of every non-empty interval."""
+        for p in range(self.num_chunks):
+            lo, hi = self.interval(p)
+            if hi > lo:
+                yield p, lo, hi
+
     def column(self, j: Partition) -> Iterator[EdgeChunk]:
         """Sub-chunks with destinations in V_j, in source order."""
         for i in range(self.num_chunks):

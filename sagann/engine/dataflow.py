@@ -342,10 +342,7 @@ class _LayerCall:
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = torch.empty(self.g.num_vertices, width)
-        for q in range(self.p.num_chunks):
-            lo, hi = self.p.interval(q)
-            if hi == lo:
-                continue
+        for q, lo, hi in self.p.intervals():
             with self.device.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}")
                 s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
@@ -558,10 +555,7 @@ class _LayerCall:
 
     def _backward_vertex(self, x, saved: _Saved, grad_out, need_x, gx, grad_acc, gparams) -> None:
         p, dev = self.p, self.device
-        for j in range(p.num_chunks):
-            lo, hi = p.interval(j)
-            if hi == lo:
-                continue
+        for j, lo, hi in p.intervals():
             with dev.scope() as s:
                 xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
                 acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(True)
@@ -652,10 +646,7 @@ class _LayerCall:
 
     def _backward_hook(self, hook: str, x, g_term, need_x, gx, gparams) -> None:
         p, dev = self.p, self.device
-        for q in range(p.num_chunks):
-            lo, hi = p.interval(q)
-            if hi == lo:
-                continue
+        for q, lo, hi in p.intervals():
             with dev.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                 gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")

@@ -25,7 +25,7 @@ def hub_graph(n: int = 48, seed: int = 0) -> np.ndarray:
 
 
 def compare(ours, theirs, g, ei, x):
-    """Ours equals PyG within 1e-5 relative, or is at least as close as PyG's fp32 to the float64 truth.
+    """Ours is within 1e-5 relative of the float64 truth, or at least as close to it as PyG's fp32.
 
     The second clause covers sums dominated by cancellation (attention
     parameter gradients on tiny graphs), where no fp32 summation order can
@@ -42,10 +42,12 @@ def compare(ours, theirs, g, ei, x):
     ga = torch.autograd.grad((a * probe).sum(), [x] + list(ours.parameters()))
     gb = torch.autograd.grad((b * probe).sum(), [x] + list(theirs.parameters()))
     gt = torch.autograd.grad((t * probe.double()).sum(), [x64] + list(truth.parameters()))
+    largest = max(w.abs().max().item() for w in gt if w.numel())
     for k, (u, v, w) in enumerate(zip(ga, gb, gt)):
         ours_err, pyg_err = (u.double() - w).abs().max().item(), (v.double() - w).abs().max().item()
-        if ours_err > pyg_err:
-            assert_rel_close(u, v, what=f"gradient {k}")
+        # a gradient that is itself cancellation noise is judged against 1% of the largest one
+        scale = max(w.abs().max().item() if w.numel() else 0.0, 0.01 * largest, 1e-12)
+        assert ours_err <= pyg_err or ours_err <= 1e-5 * scale, f"gradient {k}: error {ours_err:.3g} vs PyG's {pyg_err:.3g}, scale {scale:.3g}"
 
 
 @pytest.mark.parametrize("num_chunks", [1, 3, 8])
