@@ -1,6 +1,9 @@
 """The 2D partition, the chunk format in memory and on disk, and synthetic graphs."""
-from sagann.chunks.dataset import FORMAT_VERSION, Dataset, DatasetError, load_dataset, save_dataset, verify_dataset
+from sagann.chunks.dataset import FORMAT_VERSION, Dataset, DatasetError, DatasetWriter, load_dataset, save_dataset, verify_dataset
+from sagann.chunks.external import PartitionConfig, PartitionSummary, partition_edge_list
+from sagann.chunks.ingest import EdgeListError, open_edge_list
 from sagann.chunks.partition import GraphPartition, as_edge_index, balanced_bounds, partition_graph
+from sagann.chunks.reorder import Reorder
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition, VertexId
 
 __all__ = [
@@ -8,13 +11,20 @@ __all__ = [
     "ChunkId",
     "Dataset",
     "DatasetError",
+    "DatasetWriter",
     "EdgeChunk",
+    "EdgeListError",
     "GraphPartition",
     "Partition",
+    "PartitionConfig",
+    "PartitionSummary",
+    "Reorder",
     "VertexId",
     "as_edge_index",
     "balanced_bounds",
     "load_dataset",
+    "open_edge_list",
+    "partition_edge_list",
     "partition_graph",
     "save_dataset",
     "verify_dataset",

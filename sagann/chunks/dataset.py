@@ -16,6 +16,7 @@ Layout of a dataset directory (format version 1)::
     labels.npy         int64 [N]                  (optional)
     mask_<name>.npy    bool [N]                   (optional, one per mask)
     edge_data.npy      float32 | float16 [E] or [E, k], in global edge order
+    vertex_order.npy   int64 [N]: input id of each vertex (optional, after reordering)
 
 Sub-chunks are stored in ``GraphPartition.sub_chunks()`` order (by (i, j),
 then sub). The columns of ``chunk_index.npy`` are :data:`INDEX_COLUMNS`:
@@ -31,11 +32,17 @@ be the exclusive prefix sums of the sizes: the files hold no gaps.
 ``chunk_index_columns``, ``files`` ({name: {sha256, shape, dtype, nbytes}}
 where ``nbytes`` is the whole file's size), ``features`` / ``labels`` /
 ``edge_data`` (shape and dtype, or null; labels add ``num_classes``),
-``masks`` (names) and ``created_by``.
+``masks`` (names), ``created_by`` and, optionally, ``vertex_order`` (shape,
+dtype and the reordering ``method``, or null; absent in older datasets).
+With a vertex order, dataset vertex k is input vertex ``vertex_order[k]``:
+features and labels are stored in dataset order, edge ids stay the
+positions in the input edge list.
 
-A save writes everything into ``.<name>.tmp-<pid>-<random>`` next to the
-target, fsyncs every file, writes the manifest last and renames the
-directory into place, so a crashed save never leaves a loadable dataset.
+A save (:class:`DatasetWriter`, which :func:`save_dataset` uses too) writes
+everything into ``.<name>.tmp-<pid>-<random>`` next to the target, fsyncs
+every file, writes the manifest last and renames the directory into place,
+so a crashed save never leaves a loadable dataset; the next save to the same
+path removes the temp directories of dead processes.
 With ``overwrite=True`` the old directory is renamed aside only once the new
 one is complete, then removed (restored if the final rename fails).
 
@@ -57,6 +64,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+import psutil
 
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
@@ -66,6 +74,7 @@ __all__ = [
     "INDEX_COLUMNS",
     "Dataset",
     "DatasetError",
+    "DatasetWriter",
     "save_dataset",
     "load_dataset",
     "verify_dataset",
@@ -113,7 +122,8 @@ class Dataset:
 
     Shapes:
         x: [N, F] float32/float16 or None; y: [N] int64 or None;
-        masks: name -> [N] bool; edge_data: [E] or [E, k] or None.
+        masks: name -> [N] bool; edge_data: [E] or [E, k] or None;
+        vertex_order: [N] int64 (input id of each vertex) or None.
     """
 
     path: Path
@@ -123,6 +133,7 @@ class Dataset:
     y: np.ndarray | None
     masks: dict[str, np.ndarray]
     edge_data: np.ndarray | None
+    vertex_order: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -310,23 +321,34 @@ def _write_npy(folder: Path, name: str, dtype, shape: tuple, pieces: Iterable[np
     return {"sha256": out.sha.hexdigest(), "shape": list(shape), "dtype": dtype.name, "nbytes": out.nbytes}
 
 
-def _chunk_index(subs: list[EdgeChunk]) -> np.ndarray:
-    """The [S, len(INDEX_COLUMNS)] table for sub-chunks in storage order."""
-    index = np.zeros((len(subs), len(INDEX_COLUMNS)), dtype=np.int64)
-    if not subs:
-        return index
-    for col, get in (
-        ("i", lambda c: c.id.i),
-        ("j", lambda c: c.id.j),
-        ("sub", lambda c: c.id.sub),
-        ("dst_offset", lambda c: c.dst_offset),
-        ("nnz", lambda c: c.nnz),
-        ("num_dst", lambda c: c.num_dst),
-        ("num_src", lambda c: c.num_src),
-    ):
-        index[:, _COL[col]] = [get(c) for c in subs]
-    _fill_offsets(index)
-    return index
+class _Spool:
+    """Values of one dtype appended to a scratch file, read back in blocks of ~16 MiB."""
+
+    def __init__(self, path: Path, dtype):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        self._f = open(path, "wb")
+
+    def write(self, piece: np.ndarray) -> None:
+        piece = np.ascontiguousarray(piece, dtype=self.dtype).reshape(-1)
+        self._f.write(piece.view(np.uint8))
+        self.count += int(piece.shape[0])
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        self._f.close()
+        step = max(1, _WRITE_BLOCK // self.dtype.itemsize)
+        with open(self.path, "rb") as f:
+            for start in range(0, self.count, step):
+                want = min(step, self.count - start)
+                block = np.fromfile(f, dtype=self.dtype, count=want)
+                if block.shape[0] != want:
+                    raise RuntimeError(f"scratch file {self.path} is shorter than what was written to it")
+                yield block
+
+    def remove(self) -> None:
+        self._f.close()
+        self.path.unlink(missing_ok=True)
 
 
 def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
@@ -386,6 +408,269 @@ def _version() -> str:
     return f"sagann {getattr(sagann, '__version__', '0.1.0')}"
 
 
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>[0-9]+)-[0-9a-f]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    """True unless ``pid`` is gone or a zombie (a killed child not yet reaped)."""
+    if pid == os.getpid():
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # access denied: someone else's live process
+        return True
+
+
+def _clean_stale(target: Path) -> None:
+    """Tidy what killed saves to ``target`` left behind (their directory names hold their pid).
+
+    Temp directories of dead processes are removed. A dataset a dead process
+    had set aside (``.old-``, mid-swap) is renamed back if ``target`` is
+    gone, else removed.
+    """
+    stale = []
+    for p in target.parent.iterdir():
+        m = _LEFTOVER.match(p.name)
+        if m and m["name"] == target.name and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m["pid"])):
+            stale.append((m["kind"], p))
+    for kind, p in sorted(stale):  # "old" before "tmp"
+        if kind == "old" and not (target.exists() or target.is_symlink()) and (p / MANIFEST).is_file():
+            os.rename(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _non_negative_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    return int(v)
+
+
+class DatasetWriter:
+    """Write a dataset piece by piece into a temp directory; rename it into place when complete.
+
+    Add sub-chunks in ``GraphPartition.sub_chunks()`` order (by (i, j), then
+    sub) with :meth:`add_sub_chunk`, write ``in_degree`` and any vertex or
+    edge data, then leave the ``with`` block: the manifest is written last
+    and the directory renamed to ``path``. An exception inside the block (or
+    :meth:`abort`) removes the temp directory, so nothing partial ever
+    appears at ``path``; a killed process leaves only ``.<name>.tmp-<pid>-*``,
+    which the next writer for the same path removes once that pid is dead.
+
+    Edge arrays and the chunk index are spooled to scratch files as they
+    arrive (their lengths are known only at the end) and written behind
+    their .npy header at commit, so memory stays at one sub-chunk whatever
+    the graph size. The writer checks sizes and order, not values: callers
+    validate ids, features and labels.
+
+    Args:
+        path: the dataset directory to create (its parent is created).
+        num_vertices, num_edges: N and E of the whole graph.
+        bounds: the P + 1 interval boundaries.
+        sub_chunk_nnz: the bound the sub-chunks were cut with (recorded).
+        overwrite: replace an existing dataset at ``path`` once the new one is complete.
+    """
+
+    def __init__(self, path, num_vertices: int, num_edges: int, bounds, sub_chunk_nnz: int, overwrite: bool = False):
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.num_vertices = _non_negative_int("num_vertices", num_vertices)
+        self.num_edges = _non_negative_int("num_edges", num_edges)
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        n, b = self.num_vertices, self.bounds
+        if b.ndim != 1 or b.shape[0] < 2 or b[0] != 0 or b[-1] != n or np.any(np.diff(b) < 0):
+            raise ValueError(f"bounds must run non-decreasing from 0 to num_vertices={n} (P + 1 entries); use balanced_bounds")
+        self.sub_chunk_nnz = _non_negative_int("sub_chunk_nnz", sub_chunk_nnz)
+        if self.sub_chunk_nnz < 1:
+            raise ValueError("sub_chunk_nnz must be >= 1")
+        self.overwrite = bool(overwrite)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(self.path)
+        _check_target(self.path, self.overwrite)
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp.mkdir()
+        self._files: dict[str, dict] = {}
+        self._meta: dict[str, Any] = {"features": None, "labels": None, "edge_data": None, "vertex_order": None}
+        self._masks: list[str] = []
+        self._last: ChunkId | None = None
+        self._sizes = dict.fromkeys(("edge", "dst_ptr", "src_rows", "src_ptr"), 0)
+        self._state = "open"
+        try:
+            self._spools = {name: _Spool(self.tmp / f"{name}.spool", dtype) for name, (dtype, _, _) in _EDGE_FILES.items()}
+            self._index = _Spool(self.tmp / "chunk_index.spool", np.int64)
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.bounds.shape[0] - 1)
+
+    @property
+    def scratch_dir(self) -> Path:
+        """A directory inside the temp directory for the caller's temporaries, removed at commit or abort."""
+        d = self.tmp / "scratch"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._state == "open":
+            self.commit()
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise ValueError(f"this DatasetWriter for {self.path} is already {self._state}; open a new one")
+
+    def add_sub_chunk(self, c: EdgeChunk) -> None:
+        """Append one sub-chunk; they must come in (i, j, sub) order with subs 0, 1, ..."""
+        self._require_open()
+        i, j, sub = c.id
+        p, last = self.num_chunks, self._last
+        if not (0 <= i < p and 0 <= j < p):
+            raise ValueError(f"sub-chunk {c.id!r} is outside the {p} x {p} grid of this dataset")
+        if last is None or (i, j) != (last.i, last.j):
+            in_order = sub == 0 and (last is None or (i, j) > (last.i, last.j))
+        else:
+            in_order = sub == last.sub + 1
+        if not in_order:
+            raise ValueError(f"sub-chunk {c.id!r} comes after {last!r}; add sub-chunks in GraphPartition.sub_chunks() order")
+        if c.src_start != self.bounds[i] or c.dst_start != self.bounds[j]:
+            raise ValueError(f"sub-chunk {c.id!r} starts at vertices ({c.src_start}, {c.dst_start}) but the bounds put E[{i},{j}] at ({self.bounds[i]}, {self.bounds[j]})")
+        if c.dst_offset + c.num_dst > self.bounds[j + 1] - self.bounds[j]:
+            raise ValueError(f"sub-chunk {c.id!r} covers rows past the end of interval {j}")
+        if self._sizes["edge"] + c.nnz > self.num_edges:
+            raise ValueError(f"sub-chunk {c.id!r} brings the edge count past num_edges={self.num_edges}")
+        s = self._sizes
+        row = (i, j, sub, c.dst_offset, c.nnz, c.num_dst, c.num_src, s["edge"], s["dst_ptr"], s["src_rows"], s["src_ptr"])
+        for name, spool in self._spools.items():
+            spool.write(getattr(c, name))
+        self._index.write(np.asarray(row, dtype=np.int64))
+        s["edge"] += c.nnz
+        s["dst_ptr"] += c.num_dst + 1
+        s["src_rows"] += c.num_src
+        s["src_ptr"] += c.num_src + 1
+        self._last = c.id
+
+    def _write(self, name: str, dtype, data, shape) -> None:
+        """One whole file: an array (written in row blocks) or, with ``shape``, an iterable of C-order pieces."""
+        self._require_open()
+        if name in self._files:
+            raise ValueError(f"{name} was already written to this dataset")
+        if shape is None:
+            shape, pieces = data.shape, _row_blocks(data, dtype)
+        else:
+            pieces = data
+        self._files[name] = _write_npy(self.tmp, name, dtype, tuple(shape), pieces)
+
+    def _rows(self, what: str, shape, rows: int) -> tuple:
+        if shape[0] != rows:
+            raise ValueError(f"{what} must have {rows} rows, got shape {list(shape)}")
+        return tuple(int(s) for s in shape)
+
+    def write_in_degree(self, data, shape=None) -> None:
+        """in_degree [N] int64 (an array, or an iterable of pieces with ``shape``; so are the others)."""
+        self._rows("in_degree", data.shape if shape is None else shape, self.num_vertices)
+        self._write("in_degree.npy", np.int64, data, shape)
+
+    def write_features(self, data, shape=None, dtype=None) -> None:
+        """Features [N, F], stored as float16 or float32 (default: as :func:`save_dataset` stores ``data``)."""
+        full = self._rows("features", data.shape if shape is None else shape, self.num_vertices)
+        dtype = np.dtype(dtype) if dtype is not None else _stored_float(data)
+        if len(full) != 2 or dtype.name not in _FLOAT_DTYPES:
+            raise ValueError(f"features must be [N, F] float16/float32, got {dtype} {list(full)}")
+        self._write("features.npy", dtype, data, shape)
+        self._meta["features"] = {"shape": list(full), "dtype": dtype.name}
+
+    def write_labels(self, data, num_classes: int, shape=None) -> None:
+        """Class ids [N] int64, all in ``[0, num_classes)``."""
+        full = self._rows("labels", data.shape if shape is None else shape, self.num_vertices)
+        k = _non_negative_int("num_classes", num_classes)
+        if len(full) != 1:
+            raise ValueError(f"labels must have shape [N], got {list(full)}")
+        self._write("labels.npy", np.int64, data, shape)
+        self._meta["labels"] = {"shape": list(full), "dtype": "int64", "num_classes": k}
+
+    def write_mask(self, name: str, data) -> None:
+        """A bool [N] mask stored as ``mask_<name>.npy``."""
+        if not isinstance(name, str) or not _MASK_NAME.match(name):
+            raise ValueError(f"mask name {name!r} is not allowed; use 1-64 letters, digits, '_' or '-' (e.g. 'train')")
+        self._rows(f"mask {name!r}", data.shape, self.num_vertices)
+        self._write(f"mask_{name}.npy", np.bool_, data, None)
+        self._masks.append(name)
+
+    def write_edge_data(self, data, shape=None, dtype=None) -> None:
+        """Edge data [E] or [E, k] in the order of the original edge list."""
+        full = self._rows("edge_data", data.shape if shape is None else shape, self.num_edges)
+        dtype = np.dtype(dtype) if dtype is not None else _stored_float(data)
+        if len(full) not in (1, 2) or dtype.name not in _FLOAT_DTYPES:
+            raise ValueError(f"edge_data must be [E] or [E, k] float16/float32, got {dtype} {list(full)}")
+        self._write("edge_data.npy", dtype, data, shape)
+        self._meta["edge_data"] = {"shape": list(full), "dtype": dtype.name}
+
+    def write_vertex_order(self, data, method: str, shape=None) -> None:
+        """``order[k]`` = the input id of dataset vertex k (a permutation of [0, N)), from reordering by ``method``."""
+        full = self._rows("vertex_order", data.shape if shape is None else shape, self.num_vertices)
+        if len(full) != 1:
+            raise ValueError(f"vertex_order must have shape [N], got {list(full)}")
+        self._write("vertex_order.npy", np.int64, data, shape)
+        self._meta["vertex_order"] = {"shape": list(full), "dtype": "int64", "method": str(method)}
+
+    def commit(self) -> Path:
+        """Write the spooled files and the manifest, then rename the directory into place."""
+        self._require_open()
+        try:
+            if self._sizes["edge"] != self.num_edges:
+                raise ValueError(f"the sub-chunks added hold {self._sizes['edge']} edges but num_edges={self.num_edges}; add every sub-chunk")
+            if "in_degree.npy" not in self._files:
+                raise ValueError("in_degree was not written; call write_in_degree before committing")
+            for name, spool in self._spools.items():
+                self._files[f"{name}.npy"] = _write_npy(self.tmp, f"{name}.npy", spool.dtype, (spool.count,), spool.blocks())
+                spool.remove()
+            rows = self._index.count // len(INDEX_COLUMNS)
+            self._files["chunk_index.npy"] = _write_npy(self.tmp, "chunk_index.npy", np.int64, (rows, len(INDEX_COLUMNS)), self._index.blocks())
+            self._index.remove()
+            shutil.rmtree(self.tmp / "scratch", ignore_errors=True)
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "num_vertices": self.num_vertices,
+                "num_edges": self.num_edges,
+                "num_chunks": self.num_chunks,
+                "bounds": [int(v) for v in self.bounds],
+                "sub_chunk_nnz": self.sub_chunk_nnz,
+                "chunk_index_columns": list(INDEX_COLUMNS),
+                "files": self._files,
+                **self._meta,
+                "masks": list(self._masks),
+                "created_by": _version(),
+            }
+            _write_manifest(self.tmp, manifest)  # last: a directory without it is never a dataset
+            _fsync_dir(self.tmp)
+            if not self.overwrite and (self.path.exists() or self.path.is_symlink()):
+                raise ValueError(f"{self.path} appeared while this dataset was being written; pass overwrite=True to replace it or choose another path")
+            _swap_into_place(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temp directory; nothing is left at ``path``."""
+        if self._state == "committed":
+            return
+        self._state = "aborted"
+        for spool in (*getattr(self, "_spools", {}).values(), getattr(self, "_index", None)):
+            if spool is not None:
+                spool._f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def save_dataset(
     path,
     partition: GraphPartition,
@@ -419,54 +704,19 @@ def save_dataset(
     y, num_classes = _check_labels(y, n, num_classes)
     masks = _check_masks(masks, n)
     edge_data = _check_edge_data(edge_data, e)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        files = {}
-        index = _chunk_index(subs)
-        files["chunk_index.npy"] = _write_npy(tmp, "chunk_index.npy", np.int64, index.shape, [index])
-        for name, (dtype, _, size) in _EDGE_FILES.items():
-            total = sum(size(c) for c in subs)
-            files[f"{name}.npy"] = _write_npy(tmp, f"{name}.npy", dtype, (total,), (getattr(c, name) for c in subs))
-        files["in_degree.npy"] = _write_npy(tmp, "in_degree.npy", np.int64, (n,), _row_blocks(np.asarray(partition.in_degree), np.int64))
-        features = labels = edata = None
+    with DatasetWriter(target, n, e, partition.bounds, partition.sub_chunk_nnz, overwrite=overwrite) as w:
+        for c in subs:
+            w.add_sub_chunk(c)
+        w.write_in_degree(np.asarray(partition.in_degree))
         if x is not None:
-            dt = _stored_float(x)
-            files["features.npy"] = _write_npy(tmp, "features.npy", dt, x.shape, _row_blocks(x, dt))
-            features = {"shape": list(x.shape), "dtype": dt.name}
+            w.write_features(x)
         if y is not None:
-            files["labels.npy"] = _write_npy(tmp, "labels.npy", np.int64, y.shape, _row_blocks(y, np.int64))
-            labels = {"shape": list(y.shape), "dtype": "int64", "num_classes": num_classes}
+            w.write_labels(y, num_classes)
         for name, m in masks.items():
-            files[f"mask_{name}.npy"] = _write_npy(tmp, f"mask_{name}.npy", np.bool_, m.shape, _row_blocks(m, np.bool_))
+            w.write_mask(name, m)
         if edge_data is not None:
-            dt = _stored_float(edge_data)
-            files["edge_data.npy"] = _write_npy(tmp, "edge_data.npy", dt, edge_data.shape, _row_blocks(edge_data, dt))
-            edata = {"shape": list(edge_data.shape), "dtype": dt.name}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "num_vertices": int(n),
-            "num_edges": int(e),
-            "num_chunks": int(partition.num_chunks),
-            "bounds": [int(b) for b in partition.bounds],
-            "sub_chunk_nnz": int(partition.sub_chunk_nnz),
-            "chunk_index_columns": list(INDEX_COLUMNS),
-            "files": files,
-            "features": features,
-            "labels": labels,
-            "edge_data": edata,
-            "masks": list(masks),
-            "created_by": _version(),
-        }
-        _write_manifest(tmp, manifest)  # last: a directory without it is never a dataset
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+            w.write_edge_data(edge_data)
+    return w.path
 
 
 # ---------------------------------------------------------------- checking
@@ -588,8 +838,8 @@ def _expected_files(mpath: Path, m: dict) -> dict[str, tuple[list, tuple[str, ..
     for name, (dtype, column, _) in _EDGE_FILES.items():
         out[f"{name}.npy"] = ([e] if column == "edge_start" else [None], (np.dtype(dtype).name,))
     out["in_degree.npy"] = ([n], ("int64",))
-    for key, fname in (("features", "features.npy"), ("labels", "labels.npy"), ("edge_data", "edge_data.npy")):
-        meta = m[key]
+    for key, fname in (("features", "features.npy"), ("labels", "labels.npy"), ("edge_data", "edge_data.npy"), ("vertex_order", "vertex_order.npy")):
+        meta = m.get(key)  # vertex_order is optional (older datasets lack it)
         if meta is None:
             continue
         if (
@@ -604,6 +854,8 @@ def _expected_files(mpath: Path, m: dict) -> dict[str, tuple[list, tuple[str, ..
             if not _is_int(k) or k < 0:
                 raise _fail(f"{mpath}: labels.num_classes must be a non-negative int, got {k!r}; re-save the dataset")
             want: tuple[list, tuple[str, ...]] = ([n], ("int64",))
+        elif key == "vertex_order":
+            want = ([n], ("int64",))
         elif key == "features":
             f = meta["shape"][1] if len(meta["shape"]) == 2 else -1
             want = ([n, f], _FLOAT_DTYPES)
@@ -730,6 +982,8 @@ def _inspect(root: Path, check_hash: bool) -> tuple[dict, np.ndarray]:
     _check_chunk_index(root, manifest, index)
     if check_hash and manifest["labels"] is not None:
         _check_label_range(root, manifest)
+    if check_hash and manifest.get("vertex_order") is not None:
+        _check_permutation(root, manifest)
     return manifest, index
 
 
@@ -739,6 +993,22 @@ def _check_label_range(root: Path, m: dict) -> None:
     k = m["labels"]["num_classes"]
     if y.shape[0] and (int(y.min()) < 0 or int(y.max()) >= k):
         raise _fail(f"{root / 'labels.npy'} holds class ids {int(y.min())}..{int(y.max())} outside [0, {k}) given by labels.num_classes in {MANIFEST}; re-save the dataset")
+
+
+def _check_permutation(root: Path, m: dict) -> None:
+    """vertex_order is a permutation of [0, N) (read in blocks through a memory map)."""
+    order = np.load(root / "vertex_order.npy", mmap_mode="r", allow_pickle=False)
+    n = m["num_vertices"]
+    seen = np.zeros(n, dtype=bool)
+    step = max(1, _WRITE_BLOCK // 8)
+    for r0 in range(0, n, step):
+        block = np.asarray(order[r0 : r0 + step])
+        if int(block.min()) < 0 or int(block.max()) >= n:
+            raise _fail(f"{root / 'vertex_order.npy'} holds ids outside [0, {n}); re-save the dataset")
+        if seen[block].any() or np.unique(block).shape[0] != block.shape[0]:
+            raise _fail(f"{root / 'vertex_order.npy'} is not a permutation (an id repeats); re-save the dataset")
+        seen[block] = True
+    del order
 
 
 def verify_dataset(path) -> None:
@@ -801,4 +1071,5 @@ def load_dataset(path, mmap: bool = True, verify: bool = True) -> Dataset:
         y=arrays.get("labels.npy"),
         masks={name: arrays[f"mask_{name}.npy"] for name in manifest["masks"]},
         edge_data=arrays.get("edge_data.npy"),
+        vertex_order=arrays.get("vertex_order.npy"),
     )
