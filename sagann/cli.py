@@ -15,6 +15,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from sagann.engine.train import TrainConfig, format_epoch, format_train_report, run_training
+
+    config = TrainConfig(
+        args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
+        memory_budget=args.memory_budget, host_memory=args.host_memory, order=args.order, seed=args.seed,
+        checkpoint=args.checkpoint, profile=args.profile,
+    )
+    say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
+
+    def resumed(done: int) -> None:
+        left = "nothing left to train" if done >= args.epochs else f"training epochs {done + 1}..{args.epochs}"
+        say(f"resumed from the checkpoint in {args.checkpoint} after epoch {done}; {left}")
+
+    on_epoch = None if args.json else (lambda s: say(format_epoch(s, args.epochs)))
+    result = run_training(config, progress=not args.json and sys.stderr.isatty(), on_epoch=on_epoch, on_resume=resumed)
+    print(json.dumps(result) if args.json else format_train_report(result))
+    return 0
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     from sagann import profiler
 
@@ -34,6 +56,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from sagann.chunks.external import PartitionConfig, partition_edge_list
+
+    config = PartitionConfig(
+        num_chunks=args.chunks, reorder=args.reorder, host_memory=args.host_memory, sub_chunk_nnz=args.sub_chunk_nnz,
+        num_vertices=args.num_vertices, overwrite=args.overwrite, progress=sys.stderr.isatty(),
+    )
+    try:
+        summary = partition_edge_list(args.input, args.out, config, features=args.features, labels=args.labels)
+    except OSError as exc:  # disk full, permissions, ...: one line, no traceback
+        print(f"sagann partition: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.to_dict()) if args.json else summary.line())
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from sagann.chunks.dataset import MANIFEST, verify_dataset
+
+    try:
+        verify_dataset(args.dataset)
+        with open(f"{args.dataset}/{MANIFEST}", encoding="utf-8") as f:
+            m = json.load(f)
+    except Exception as exc:  # anything wrong means "not a valid dataset": say why in one line
+        reason = str(exc).replace("\n", " ") or type(exc).__name__
+        print(f"sagann verify: {args.dataset}: INVALID: {reason}", file=sys.stderr)
+        return 1
+    subs = m["files"]["chunk_index.npy"]["shape"][0]
+    feats = m["features"]["shape"][1] if m["features"] else 0
+    print(
+        f"OK {args.dataset}: {m['num_vertices']} vertices, {m['num_edges']} edges, {m['num_chunks']} x {m['num_chunks']} chunks "
+        f"({subs} sub-chunks), {feats} features, {len(m['files'])} files with matching sha256"
+    )
+    return 0
+
+
 BENCHES = ("kernels", "gcn", "overlap")
 
 
@@ -48,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     demo.set_defaults(run=_cmd_demo)
+    from sagann.engine.models import MODELS
+
+    train = sub.add_parser("train", help="train a node classifier on a dataset directory (written by save_dataset / sagann partition)")
+    train.add_argument("dataset", help="the dataset directory")
+    train.add_argument("--model", default="gcn", help=f"one of: {', '.join(MODELS)} (default gcn)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--hidden", type=int, default=64)
+    train.add_argument("--lr", type=float, default=0.01)
+    train.add_argument("--device", default="cpu", help="cpu (a virtual device under --memory-budget) or cuda (not implemented yet)")
+    train.add_argument("--memory-budget", default="64MB", help="device memory budget, e.g. 64MB, 1GiB (default 64MB)")
+    train.add_argument("--host-memory", default=None, help="host RAM budget: recorded only, NOT enforced; the disk tier is not implemented yet, so everything stays in RAM")
+    train.add_argument("--order", default=None, help="chunk order: profile (Johnson's rule on measured times; float sums vary run to run) or natural (bit-reproducible); default natural with --checkpoint, else profile")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint", metavar="DIR", default=None, help="save a checkpoint into DIR after every epoch and resume from it if present")
+    train.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
+    train.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    train.set_defaults(run=_cmd_train)
     prof = sub.add_parser("profile", help="print a saved profile's per-epoch table (IO, compute, runtime, overlap, bytes)")
     prof.add_argument("directory", help="a directory written by --profile")
     prof.add_argument("--json", action="store_true")
@@ -58,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a small size that runs in seconds (a smoke test, not a measurement)")
     bench.add_argument("--out", default=None, help="append the result as a JSON line to this file")
     bench.set_defaults(run=_cmd_bench)
+    part = sub.add_parser("partition", help="partition an edge list (.npy [2, E] / [E, 2] or 'src dst' text) into a dataset directory, out of core")
+    part.add_argument("input", help="the edge list: a .npy int array [2, E] or [E, 2], or text with one 'src dst' per line (# comments)")
+    part.add_argument("out", help="the dataset directory to create (written atomically)")
+    part.add_argument("--chunks", default="auto", help="P, the number of vertex intervals, or auto: the smallest P whose row buckets fit --host-memory (default auto)")
+    part.add_argument("--reorder", default="none", help="relabel vertices first: none, degree, rcm or metis (default none)")
+    part.add_argument("--host-memory", default=None, help="RAM budget for edges and vertex arrays, e.g. 2GB (default: half the memory available now)")
+    part.add_argument("--sub-chunk-nnz", type=int, default=1 << 20, help="most edges per sub-chunk (default 1048576)")
+    part.add_argument("--features", default=None, metavar="X.npy", help="vertex features [N, F], floating")
+    part.add_argument("--labels", default=None, metavar="Y.npy", help="vertex class ids [N], integer")
+    part.add_argument("--num-vertices", type=int, default=None, help="N (default: the features' rows, else the largest id + 1)")
+    part.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT, once the new one is complete")
+    part.add_argument("--json", action="store_true", help="print one JSON object")
+    part.set_defaults(run=_cmd_partition)
+    ver = sub.add_parser("verify", help="check a dataset directory completely (manifest, sizes, sha256, chunk index); exit 1 if anything is wrong")
+    ver.add_argument("dataset", help="the dataset directory")
+    ver.set_defaults(run=_cmd_verify)
     return parser
 
 

@@ -1,7 +1,6 @@
 """`sagann demo`: train a GCN out-of-core on a learnable synthetic graph under a small budget."""
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from sagann import profiler
 from sagann.chunks.synthetic import sbm
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GCN, MLP
-from sagann.engine.train import EpochStats, train_node_classifier
+from sagann.engine.train import EpochStats, profiled, train_node_classifier
 from sagann.scheduler.devices import CpuDevice
 
 
@@ -67,12 +66,9 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True, profile_d
     device = CpuDevice(budget)
     g = ChunkedGraph(data.edge_index, data.num_vertices, device=device)
     t0 = time.perf_counter()
-    with profiler.profile() if profile_dir else contextlib.nullcontext() as prof:
+    with profiled(profile_dir) as profile_result:
         history = train_node_classifier(model, g, x, y, *masks, epochs=config.epochs, lr=config.lr, progress=progress, desc="GCN out-of-core")
-    gcn_seconds = time.perf_counter() - t0
-    profile_summary = None
-    if profile_dir:
-        profile_summary = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
+        gcn_seconds = time.perf_counter() - t0
 
     torch.manual_seed(config.seed)
     mlp = MLP(config.feature_dim, config.hidden, config.num_classes)
@@ -89,7 +85,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True, profile_d
         "num_edges": data.num_edges,
         "epochs": config.epochs,
         "train_seconds_total": gcn_seconds,
-        **({"profile": profile_summary, "profile_dir": str(profile_dir)} if profile_dir else {}),
+        **profile_result,
     }
 
 

@@ -1,17 +1,35 @@
-"""A full-graph node-classification loop: plain torch training around out-of-core layers."""
+"""A full-graph node-classification loop: plain torch training around out-of-core layers.
+
+:func:`train_node_classifier` is the loop (optionally checkpointed and
+resumable, see :mod:`sagann.engine.checkpoint`); :func:`run_training` is
+``sagann train``: a dataset directory in, a result dict out.
+"""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import random
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sagann import profiler
+from sagann.chunks.dataset import DatasetError, load_dataset
+from sagann.engine.checkpoint import CheckpointError, Checkpointer
+from sagann.engine.graph import ChunkedGraph
+from sagann.engine.models import MODELS, build_model
+from sagann.scheduler.config import ScheduleConfig
+from sagann.scheduler.devices import CpuDevice, format_bytes, parse_bytes
 
-__all__ = ["EpochStats", "train_node_classifier", "accuracy"]
+__all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,46 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float
     return float((logits[mask].argmax(-1) == y[mask]).float().mean())
 
 
+@contextlib.contextmanager
+def profiled(profile_dir) -> Iterator[dict]:
+    """Profile the block when ``profile_dir`` is set, then write trace.json, timeline.png and summary.json there.
+
+    Yields a dict that, after the block, holds ``profile`` (the per-epoch
+    summaries as dicts) and ``profile_dir``; it stays empty without a directory.
+    """
+    result: dict = {}
+    if not profile_dir:
+        yield result
+        return
+    with profiler.profile() as prof:
+        yield result
+    result["profile"] = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
+    result["profile_dir"] = str(profile_dir)
+
+
+def _run_fingerprint(model: torch.nn.Module, g, x: torch.Tensor, masks: tuple[torch.Tensor, ...], lr: float, weight_decay: float) -> dict:
+    """What a checkpoint must agree on to continue this run (epochs may grow)."""
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return {
+        "model_class": type(model).__name__,
+        "parameter_shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16],
+        "optimizer": "Adam",
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "num_vertices": int(x.shape[0]),
+        "num_edges": None if g is None else int(g.num_edges),
+        "num_features": int(x.shape[1]),
+        **{f"num_{name}": int(m.sum()) for name, m in zip(SPLITS, masks)},
+    }
+
+
+def _history_from(state: dict, path) -> list[EpochStats]:
+    names = {f.name for f in fields(EpochStats)}
+    if not all(isinstance(h, dict) and set(h) == names for h in state["history"]):
+        raise CheckpointError(f"{path} has a malformed loss history; delete it to start over")
+    return [EpochStats(**h) for h in state["history"]]
+
+
 def train_node_classifier(
     model: torch.nn.Module,
     g,
@@ -47,17 +105,39 @@ def train_node_classifier(
     progress: bool = True,
     desc: str = "train",
     on_epoch: Callable[[EpochStats], None] | None = None,
+    checkpoint_dir=None,
+    fingerprint: dict | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> list[EpochStats]:
     """Train with Adam on the training vertices; evaluate every epoch without dropout.
 
     Returns one :class:`EpochStats` per epoch. Accuracies come from an extra
     evaluation pass, which is not counted in ``seconds``.
+
+    With ``checkpoint_dir``, model, optimizer, history and RNG state are saved
+    atomically after every epoch; a checkpoint already there is resumed
+    (``on_resume`` gets its epoch count) and the returned history starts with
+    its epochs. On the CPU a resumed run's losses equal an uninterrupted
+    run's bit for bit when the chunk order is deterministic
+    (``ScheduleConfig(order="natural")``). ``fingerprint`` adds plain values
+    (dataset id, seed, ...) that a checkpoint must match, besides the model's
+    parameter shapes, the optimizer settings and the data sizes.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[EpochStats] = []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = Checkpointer(checkpoint_dir, {**_run_fingerprint(model, g, x, (train_mask, val_mask, test_mask), lr, weight_decay), **(fingerprint or {})})
+        state = ckpt.load()
+        if state is not None:
+            history = _history_from(state, ckpt.path)
+            ckpt.restore(state, model, opt)  # last: restores the RNG state the next epoch starts from
+            if on_resume is not None:
+                on_resume(len(history))
+    start = len(history)
+    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False, initial=start, total=epochs)
     for epoch in bar:
         profiler.mark_epoch(epoch)  # spans of this epoch (training step and evaluation) are tagged with it
         model.train()
@@ -73,7 +153,158 @@ def train_node_classifier(
             logits = model(g, x)
         stats = EpochStats(epoch, loss.item(), accuracy(logits, y, train_mask), accuracy(logits, y, val_mask), accuracy(logits, y, test_mask), seconds)
         history.append(stats)
+        if ckpt is not None:
+            ckpt.save(model, opt, len(history), [s.to_dict() for s in history])
         bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{stats.val_accuracy:.3f}", s=f"{seconds:.2f}")
         if on_epoch is not None:
             on_epoch(stats)
     return history
+
+
+# ---------------------------------------------------------------- sagann train
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``sagann train``; validated on construction.
+
+    ``host_memory`` is recorded only: the disk tier that would enforce it is
+    not implemented, so features and layer outputs live in RAM. ``order``
+    defaults to ``"natural"`` with a checkpoint (so a resumed run matches an
+    uninterrupted one bit for bit) and to ``"profile"`` without one.
+    """
+
+    dataset: str
+    model: str = "gcn"
+    epochs: int = 30
+    hidden: int = 64
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    device: str = "cpu"
+    memory_budget: int | str | None = "64MB"
+    host_memory: int | str | None = None
+    order: str | None = None
+    seed: int = 0
+    checkpoint: str | None = None
+    profile: str | None = None
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {self.device!r}; known devices: cpu, cuda")
+        if self.epochs < 1 or self.hidden < 1:
+            raise ValueError(f"epochs and hidden must be >= 1, got epochs={self.epochs}, hidden={self.hidden}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        parse_bytes(self.memory_budget)
+        parse_bytes(self.host_memory)
+        if self.order is None:
+            object.__setattr__(self, "order", "natural" if self.checkpoint is not None else "profile")
+        ScheduleConfig(order=self.order)
+
+
+def _make_device(config: TrainConfig) -> CpuDevice:
+    if config.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("no CUDA device: use --device cpu")
+        raise ValueError("training on a CUDA device is not implemented yet (no CudaDevice): use --device cpu")
+    return CpuDevice(config.memory_budget)
+
+
+def _open(path):
+    """Dataset, features, labels and the train/val/test masks as torch tensors in RAM."""
+    ds = load_dataset(path, mmap=True, verify=True)
+    if ds.x is None or ds.y is None:
+        missing = " and ".join(n for n, a in (("features.npy", ds.x), ("labels.npy", ds.y)) if a is None)
+        raise DatasetError(f"{ds.path} has no {missing}; save the dataset with x=... and y=... to train on it")
+    missing = [m for m in SPLITS if m not in ds.masks]
+    if missing:
+        raise DatasetError(
+            f"{ds.path} has no {'/'.join(missing)} mask (masks found: {', '.join(ds.masks) or 'none'}); "
+            f"save the dataset with masks={{'train': ..., 'val': ..., 'test': ...}}"
+        )
+    x = torch.from_numpy(np.array(ds.x, dtype=np.float32))
+    y = torch.from_numpy(np.array(ds.y, dtype=np.int64))
+    masks = tuple(torch.from_numpy(np.array(ds.masks[m], dtype=np.bool_)) for m in SPLITS)
+    return ds, x, y, masks
+
+
+def run_training(
+    config: TrainConfig,
+    progress: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    on_resume: Callable[[int], None] | None = None,
+) -> dict:
+    """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``."""
+    device = _make_device(config)
+    ds, x, y, masks = _open(config.dataset)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, int(x.shape[1]), config.hidden, ds.num_classes)
+    g = ChunkedGraph.from_partition(ds.partition, device=device, schedule=ScheduleConfig(order=config.order))
+    run_id = {
+        "dataset": hashlib.sha256(json.dumps(ds.manifest["files"], sort_keys=True).encode()).hexdigest()[:16],
+        "model_name": config.model,
+        "hidden": config.hidden,
+        "seed": config.seed,
+    }
+    resumed: list[int] = []
+
+    def resume(epoch: int) -> None:
+        resumed.append(epoch)
+        if on_resume is not None:
+            on_resume(epoch)
+
+    t0 = time.perf_counter()
+    with profiled(config.profile) as prof:
+        history = train_node_classifier(
+            model, g, x, y, *masks, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+            progress=progress, desc=config.model, on_epoch=on_epoch,
+            checkpoint_dir=config.checkpoint, fingerprint=run_id, on_resume=resume,
+        )
+        seconds = time.perf_counter() - t0
+    last = history[-1]
+    return {
+        "dataset": str(ds.path),
+        "model": config.model,
+        "epochs": len(history),
+        "num_vertices": ds.partition.num_vertices,
+        "num_edges": ds.partition.num_edges,
+        "num_chunks": g.num_chunks if g.num_chunks is not None else ds.partition.num_chunks,
+        "memory_budget_bytes": device.memory_budget,
+        "host_memory_bytes": parse_bytes(config.host_memory),  # recorded, not enforced: no disk tier yet
+        "peak_device_bytes": device.peak_bytes,
+        "accuracy": last.test_accuracy,
+        "val_accuracy": last.val_accuracy,
+        "train_accuracy": last.train_accuracy,
+        "losses": [s.loss for s in history],
+        "epoch_seconds": [s.seconds for s in history],
+        "train_seconds_total": seconds,
+        "resumed_from_epoch": resumed[0] if resumed else None,
+        "checkpoint": None if config.checkpoint is None else str(config.checkpoint),
+        **prof,
+    }
+
+
+def format_epoch(s: EpochStats, epochs: int) -> str:
+    return (
+        f"epoch {s.epoch + 1:>{len(str(epochs))}}/{epochs}  loss {s.loss:.4f}  "
+        f"train {s.train_accuracy:.3f}  val {s.val_accuracy:.3f}  test {s.test_accuracy:.3f}  {s.seconds:.2f} s"
+    )
+
+
+def format_train_report(r: dict) -> str:
+    sec = np.asarray(r["epoch_seconds"])
+    lines = [
+        f"dataset {r['dataset']}: {r['num_vertices']:,} vertices, {r['num_edges']:,} edges, P = {r['num_chunks']} chunks; model {r['model']}, {r['epochs']} epochs",
+        f"peak device bytes {format_bytes(r['peak_device_bytes'])} of a {format_bytes(r['memory_budget_bytes'])} budget; "
+        f"epoch time (train step) median {np.median(sec):.3f} s",
+        f"test accuracy {r['accuracy']:.3f} (val {r['val_accuracy']:.3f}, train {r['train_accuracy']:.3f}) after the last epoch",
+    ]
+    if r["host_memory_bytes"] is not None:
+        lines.append(f"host memory budget {format_bytes(r['host_memory_bytes'])} recorded but not enforced: the disk tier is not implemented yet")
+    if r["checkpoint"]:
+        lines.append(f"checkpoint: {r['checkpoint']}")
+    if "profile" in r:
+        lines += [f"profile written to {r['profile_dir']} (trace.json, timeline.png, summary.json):", profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]])]
+    return "\n".join(lines)

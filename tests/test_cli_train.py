@@ -1,0 +1,135 @@
+"""`sagann train` on a dataset directory: the JSON contract, errors, profiling, and kill -9 + resume."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sagann.chunks import partition_graph, save_dataset
+from sagann.chunks.synthetic import sbm
+from sagann.cli import build_parser, main
+from sagann.engine.checkpoint import CHECKPOINT_NAME
+from sagann.engine.models import MODELS
+
+TRAIN_KEYS = {"accuracy", "num_chunks", "memory_budget_bytes", "peak_device_bytes", "epoch_seconds", "losses", "resumed_from_epoch"}
+
+
+def _save(path, n=800, masks=("train", "val", "test")):
+    d = sbm(n, 3, 8.0, 8, seed=1)
+    split = {"train": d.train_mask, "val": d.val_mask, "test": d.test_mask, "valid": d.val_mask}
+    return save_dataset(path, partition_graph(d.edge_index, n, 2), x=d.x, y=d.y, masks={m: split[m] for m in masks})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return str(_save(tmp_path_factory.mktemp("data") / "sbm"))
+
+
+def _one_json(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, "--json prints exactly one JSON object"
+    return json.loads(lines[0])
+
+
+def test_train_json_contract(dataset, capsys):
+    assert main(["train", dataset, "--epochs", "8", "--json", "--memory-budget", "150KB", "--hidden", "16"]) == 0
+    r = _one_json(capsys.readouterr().out)
+    assert TRAIN_KEYS <= set(r)
+    assert len(r["losses"]) == len(r["epoch_seconds"]) == 8
+    assert r["losses"][-1] < r["losses"][0]
+    assert r["num_chunks"] > 1 and 0 < r["peak_device_bytes"] <= r["memory_budget_bytes"] == 150_000
+    assert r["accuracy"] > 0.5  # 3 classes; chance is 1/3
+    assert r["resumed_from_epoch"] is None and r["host_memory_bytes"] is None
+
+
+def test_train_report_lists_epochs(dataset, capsys):
+    assert main(["train", dataset, "--epochs", "2", "--model", "sage", "--host-memory", "1GB"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out
+    assert "test accuracy" in out and "peak device bytes" in out and "P = " in out
+    assert "not enforced" in out  # --host-memory is recorded, not faked
+
+
+def test_help_says_the_disk_tier_is_not_implemented(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "disk tier is not implemented" in " ".join(capsys.readouterr().out.split())
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_unknown_model_lists_the_known_ones(dataset, capsys):
+    err = _error(capsys, ["train", dataset, "--model", "gcnn"])
+    assert "unknown model 'gcnn'" in err and ", ".join(MODELS) in err
+
+
+def test_missing_dataset_directory(tmp_path, capsys):
+    err = _error(capsys, ["train", str(tmp_path / "nowhere"), "--epochs", "1"])
+    assert "nowhere" in err and "does not exist" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu(dataset, capsys):
+    assert "no CUDA device: use --device cpu" in _error(capsys, ["train", dataset, "--device", "cuda"])
+
+
+def test_missing_masks_are_named(tmp_path, capsys):
+    path = _save(tmp_path / "ds", n=60, masks=("train", "valid"))
+    err = _error(capsys, ["train", str(path), "--epochs", "1"])
+    assert "no val/test mask" in err and "masks found: train, valid" in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(dataset, tmp_path, capsys):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 not really a zip")
+    err = _error(capsys, ["train", dataset, "--epochs", "1", "--checkpoint", str(tmp_path)])
+    assert "corrupt or truncated" in err and CHECKPOINT_NAME in err
+
+
+def test_checkpoint_of_another_model_is_refused(dataset, tmp_path, capsys):
+    assert main(["train", dataset, "--epochs", "1", "--json", "--checkpoint", str(tmp_path)]) == 0
+    capsys.readouterr()
+    err = _error(capsys, ["train", dataset, "--epochs", "2", "--model", "gin", "--checkpoint", str(tmp_path)])
+    assert "different run" in err and "model_name 'gcn' there vs 'gin' here" in err
+
+
+def test_profile_writes_trace_timeline_summary(dataset, tmp_path, capsys):
+    out = tmp_path / "prof"
+    assert main(["train", dataset, "--epochs", "2", "--json", "--memory-budget", "150KB", "--profile", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"trace.json", "timeline.png", "summary.json"}
+    assert len(_one_json(capsys.readouterr().out)["profile"]) == 2
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sagann.cli", "train", *args]
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(dataset, tmp_path):
+    """Real processes: an uninterrupted run, and one killed at a random moment of training, then resumed."""
+    ckpt = tmp_path / "ckpt"
+    common = ["--epochs", "30", "--memory-budget", "150KB", "--hidden", "16", "--order", "natural", "--json"]
+    reference = subprocess.Popen(_cli(dataset, *common), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(_cli(dataset, *common, "--checkpoint", str(ckpt)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None and not (ckpt / CHECKPOINT_NAME).exists():
+        time.sleep(0.01)  # the first epoch's checkpoint is there: training is under way
+    time.sleep(random.uniform(0.0, 0.3))
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL, "training finished before it could be killed: raise the epochs"
+    final = subprocess.run(_cli(dataset, *common, "--checkpoint", str(ckpt)), capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    resumed = _one_json(final.stdout)
+    assert "resumed from the checkpoint" in final.stderr and 1 <= resumed["resumed_from_epoch"] < 30
+    out, err = reference.communicate(timeout=120)
+    assert reference.returncode == 0, err
+    assert resumed["losses"] == _one_json(out)["losses"]  # bit for bit
