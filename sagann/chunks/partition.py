@@ -38,19 +38,20 @@ def as_edge_index(edge_index, num_vertices: int) -> np.ndarray:
     return edge_index
 
 
-def balanced_bounds(in_degree: np.ndarray, num_chunks: int) -> np.ndarray:
-    """Interval boundaries ``[P + 1]`` balancing in-edges plus one unit per vertex.
+def balanced_bounds(in_degree: np.ndarray, num_chunks: int, vertex_weight: float = 1.0) -> np.ndarray:
+    """Interval boundaries ``[P + 1]`` balancing in-edges plus ``vertex_weight`` per vertex.
 
-    Each vertex weighs ``in_degree + 1``, so edge chunks come out even while
-    intervals of isolated vertices do not grow without bound. Intervals may
-    be empty only when P > N.
+    Each vertex weighs ``in_degree + vertex_weight``: with 1, edge chunks come
+    out even while runs of isolated vertices cannot make one interval huge;
+    the planner passes the ratio of a vertex's resident bytes to an edge's,
+    so intervals balance device memory. Intervals are empty only when P > N.
     """
     n = int(in_degree.shape[0])
     if num_chunks < 1:
         raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
-    weight = np.cumsum(in_degree.astype(np.int64) + 1)
-    total = int(weight[-1]) if n else 0
-    targets = (np.arange(1, num_chunks) * total) // num_chunks
+    weight = np.cumsum(in_degree.astype(np.float64) + float(vertex_weight))
+    total = float(weight[-1]) if n else 0.0
+    targets = np.arange(1, num_chunks) * (total / num_chunks)
     cuts = np.searchsorted(weight, targets, side="right") if n else np.zeros(num_chunks - 1, dtype=np.int64)
     bounds = np.maximum.accumulate(np.concatenate([[0], cuts, [n]]).astype(np.int64))
     if n >= num_chunks:  # a vertex heavier than a whole interval must not leave an interval empty
@@ -214,6 +215,7 @@ def partition_graph(
     num_chunks: int,
     sub_chunk_nnz: int | None = None,
     bounds: np.ndarray | None = None,
+    vertex_weight: float = 1.0,
 ) -> GraphPartition:
     """Split a graph into ``num_chunks`` intervals and its P x P edge chunks.
 
@@ -224,6 +226,7 @@ def partition_graph(
         sub_chunk_nnz: edges per sub-chunk (the last of a chunk may have
             fewer); a heavy destination row is spread over several.
         bounds: explicit interval boundaries ``[P + 1]`` (default: balanced).
+        vertex_weight: weight of a vertex against one in-edge when balancing.
     """
     ei = as_edge_index(edge_index, num_vertices)
     if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
@@ -234,7 +237,7 @@ def partition_graph(
     src, dst = ei[0], ei[1]
     in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
     if bounds is None:
-        bounds = balanced_bounds(in_degree, int(num_chunks))
+        bounds = balanced_bounds(in_degree, int(num_chunks), vertex_weight)
     bounds = np.asarray(bounds, dtype=np.int64)
     if bounds.shape != (num_chunks + 1,) or bounds[0] != 0 or bounds[-1] != num_vertices or np.any(np.diff(bounds) < 0):
         raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {num_vertices}")

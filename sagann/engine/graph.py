@@ -11,7 +11,8 @@ from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_ed
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import CpuDevice, Device, format_bytes
-from sagann.scheduler.planner import BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, working_set
+from sagann.scheduler.pipeline import live_sub_chunks
+from sagann.scheduler.planner import BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, vertex_weight, working_set
 from sagann.scheduler.policy import TransferPolicy
 from sagann.scheduler.schedule import PassPlan, build_plan, dry_run
 
@@ -139,11 +140,11 @@ class ChunkedGraph:
             self._edge_index = self.partition.edge_index()
         return self._edge_index
 
-    def _partition(self, num_chunks: int, sub_nnz: int) -> GraphPartition:
+    def _partition(self, num_chunks: int, sub_nnz: int, weight: float = 1.0) -> GraphPartition:
         p = self.partition
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
-        return partition_graph(self.edge_index(), self.num_vertices, num_chunks, sub_nnz)
+        return partition_graph(self.edge_index(), self.num_vertices, num_chunks, sub_nnz, vertex_weight=weight)
 
     def plan(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
         """The partition for a layer call: the current one if it fits, else a finer one.
@@ -166,9 +167,10 @@ class ChunkedGraph:
                 )
         else:
             start = 1 if self.partition is None else self.partition.num_chunks
-            make = lambda P: self._partition(P, sub)  # noqa: E731
+            weight = vertex_weight(shape, fused)
+            make = lambda P: self._partition(P, sub, weight)  # noqa: E731
             try:  # room for one sub-chunk loading while one computes, if any P allows it
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=2 if self.schedule.prefetch != 0 else 1)
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=live_sub_chunks(0 if self.schedule.prefetch == 0 else 1))
             except BudgetTooSmall:
                 part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1)
         self.partition = part
@@ -187,7 +189,7 @@ class ChunkedGraph:
         if key not in self._prefetch_cache:
             depth = 0
             for k in range(1, MAX_PREFETCH + 1):
-                if working_set(partition, shape, fused, param_bytes, in_flight=k + 1).peak_bytes > budget:
+                if working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(k)).peak_bytes > budget:
                     break
                 depth = k
             self._prefetch_cache[key] = depth
@@ -205,7 +207,7 @@ class ChunkedGraph:
         """The schedule of one edge stage, checked against the budget before it runs."""
         cfg, budget = self.schedule, self.device.memory_budget
         depth = self.prefetch_depth(partition, shape, fused, param_bytes)
-        spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=depth + 1).peak_bytes
+        spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
         costs = self.device.transfer_costs() if cfg.transfer is TransferPolicy.AUTO else None
         plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
         peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes

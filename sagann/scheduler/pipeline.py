@@ -2,8 +2,9 @@
 
 Mechanism only; what to load and in which order is the planner's. Invariants:
 
-* at most ``depth`` loaded items wait for the consumer (plus one being
-  loaded), so device memory in flight is bounded by the plan;
+* at most ``depth`` loaded items wait for the consumer, plus one the loader
+  holds while it waits to queue it, plus the one in use
+  (:func:`live_sub_chunks`): the plan budgets exactly that;
 * an exception in the loader reaches the consumer at its next ``next()``,
   wrapped with the job's label, and within ``POLL_SECONDS`` if the consumer
   is already waiting;
@@ -20,6 +21,11 @@ from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 POLL_SECONDS = 0.05
 JOIN_SECONDS = 10.0
+
+
+def live_sub_chunks(depth: int) -> int:
+    """Items alive at once: ``depth`` queued, one the loader holds while its put waits, one in use."""
+    return depth + 2 if depth > 0 else 1
 
 
 class LoaderError(RuntimeError):

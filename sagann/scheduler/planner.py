@@ -195,6 +195,17 @@ def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param
     return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
 
 
+def vertex_weight(shape: LayerShape, fused: bool) -> float:
+    """The weight of a vertex against an in-edge when cutting intervals: balancing it balances memory.
+
+    Sub-chunks are bounded in edges whatever the intervals, so what an
+    interval's size decides is its resident vertex state.
+    """
+    # edges take no resident memory (sub-chunks are bounded whatever the intervals), so a
+    # vertex weighs its resident bytes and an in-edge one byte: a tie-breaker for even chunks
+    return float(max(1, max(_row_bytes(shape).values())))
+
+
 def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, default: int) -> int:
     """Edges per sub-chunk: a backward sub-chunk's per-edge bytes within half the budget.
 

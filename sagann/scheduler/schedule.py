@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
+from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import LayerShape, resident_bytes, src_row_bytes, sub_chunk_bytes
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
 
@@ -142,9 +143,9 @@ def validate(plan: PassPlan, partition: GraphPartition) -> None:
 def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused: bool) -> int:
     """Peak device bytes of the edge stage, as the pipeline would hold them.
 
-    At any moment the device holds the current group's resident state, the
-    sub-chunk being computed and up to ``prefetch`` loaded ahead (possibly
-    from the next group), plus the full blocks of the chunks those belong to.
+    At any moment the device holds the current group's resident state and
+    ``live_sub_chunks(prefetch)`` sub-chunks (possibly from the next group),
+    plus the full blocks of the chunks those belong to.
     """
     backward = plan.phase == BACKWARD
     sizes = partition.bounds[1:] - partition.bounds[:-1]
@@ -156,7 +157,7 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
                 seq.append((g, sub_chunk_bytes(c, shape, fused, backward), step.key if full else None, step.block_bytes if full else 0))
     phase = "backward" if backward else "forward"
     peak = max((resident_bytes(int(sizes[g]), shape, phase) for g, _ in plan.groups), default=0)
-    window = plan.prefetch + 1
+    window = live_sub_chunks(plan.prefetch)
     for k in range(len(seq)):
         live = seq[k : k + window]
         blocks = {key: b for _, _, key, b in live if key is not None}
@@ -198,7 +199,7 @@ def build_plan(
                 continue
             selective = sum(c.num_src for c in subs) * row
             block = partition.interval_size(key[0]) * row
-            spare = None if spare_bytes is None else spare_bytes // (prefetch + 1)  # blocks of every chunk in flight
+            spare = None if spare_bytes is None else spare_bytes // live_sub_chunks(prefetch)  # blocks of every chunk in flight
             steps[key] = ChunkStep(key, tuple(subs), choose_transfer(policy, selective, block, costs, spare), selective, block)
         ordered = list(steps)
         if order is Order.PROFILE and steps:

@@ -103,8 +103,10 @@ def test_planner_predicts_the_ledger(make):
     layer = make()
     x = torch.randn(n, 24, requires_grad=True)
     for budget in (None, "300KB"):
-        g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget))
-        layer(g, x).sum().backward()
-        planned, measured = g.planned_peak_bytes, g.device.peak_bytes
-        assert measured <= planned, f"ledger peak {measured:,} above the plan's {planned:,}"
-        assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"
+        for prefetch in (None, 0):
+            g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget), schedule=sagann.ScheduleConfig(prefetch=prefetch))
+            layer(g, x).sum().backward()
+            planned, measured = g.planned_peak_bytes, g.device.peak_bytes
+            assert measured <= planned, f"ledger peak {measured:,} above the plan's {planned:,}"
+            if prefetch == 0:  # the model's tightness; a pipeline seldom fills its worst-case window
+                assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"

@@ -98,3 +98,26 @@ def test_loader_runs_while_consumer_works():
     for item in Prefetcher([(str(k), make(k)) for k in range(6)], depth=1):
         if item + 1 < 6:
             assert started[item + 1].wait(timeout=5), f"job {item + 1} did not start while item {item} was held"
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_live_items_never_exceed_the_planned_count(depth):
+    """At most live_sub_chunks(depth) items exist between load and release (what the planner budgets)."""
+    from sagann.scheduler.pipeline import live_sub_chunks
+
+    lock, live, peak = threading.Lock(), [0], [0]
+
+    class Item:
+        def __init__(self):
+            with lock:
+                live[0] += 1
+                peak[0] = max(peak[0], live[0])
+
+        def close(self):
+            with lock:
+                live[0] -= 1
+
+    for item in Prefetcher([(str(k), Item) for k in range(40)], depth, release=Item.close):
+        time.sleep(0.002)  # a slow consumer lets the loader fill everything it may
+        item.close()
+    assert peak[0] <= live_sub_chunks(depth)
