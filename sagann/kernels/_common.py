@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from sagann.kernels.graph import ChunkTensors
-from sagann.kernels.reference import check_op
+from sagann.kernels.reference import check_op, check_reducer
 
 # Internal op codes. MUL_SCALAR is src_mul_edge with one weight per edge.
 COPY_SRC, COPY_EDGE, MUL_EDGE, MUL_SCALAR, ADD_DST, SUB_DST, MUL_DST, DOT_DST = range(8)
@@ -105,3 +105,56 @@ def keep_needed(op: str, src, edge, dst) -> tuple:
 
 def cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
+
+
+class Frontend:
+    """A fused backend's public ``gspmm`` / ``gsddmm``: checks, operand selection, casting, dispatch.
+
+    Args:
+        validate: the backend's ``(fn, g, op, src, edge, dst) -> (width, dtype)``.
+        spmm, sddmm: its autograd Functions (``apply(g, code, reduce, width,
+            src, edge, dst)`` and ``apply(g, code, width, src, edge, dst)``).
+    """
+
+    def __init__(self, validate, spmm, sddmm):
+        self._validate, self._spmm, self._sddmm = validate, spmm, sddmm
+
+    def gsddmm(self, g: ChunkTensors, op: str, src: torch.Tensor | None = None, edge: torch.Tensor | None = None, dst: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-edge ApplyEdge of a builtin op, in CSC order.
+
+        Shapes:
+            src ``[num_src, d]``, dst ``[num_dst, d]``, edge ``[nnz]``, ``[nnz, 1]``
+            or ``[nnz, d]``; result ``[nnz, d]`` (``[nnz, 1]`` for src_dot_dst).
+        """
+        width, dtype = self._validate("gsddmm", g, op, src, edge, dst)
+        src, edge, dst = keep_needed(op, src, edge, dst)
+        if op == "copy_edge":
+            return edge.unsqueeze(-1) if edge.dim() == 1 else edge
+        compute = dtype if dtype in NATIVE else torch.float32
+        src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
+        out = self._sddmm.apply(g, op_code(op, edge, width), 1 if op == "src_dot_dst" else width, src, edge, dst)
+        return out.to(dtype)
+
+    def gspmm(
+        self, g: ChunkTensors, op: str, reduce: str, src: torch.Tensor | None = None, edge: torch.Tensor | None = None, dst: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fused Gather(ApplyEdge(Scatter)) over one sub-chunk, no ``[nnz, d]`` messages.
+
+        Returns ``(out [num_dst, d], arg)``: ``arg`` (int64 ``[num_dst, d]``) is
+        the CSC position of each max/min winner (-1 for rows without edges,
+        whose output is 0), None for sum/mean.
+        """
+        check_reducer(reduce)
+        if op == "src_dot_dst":
+            return self.gspmm(g, "copy_edge", reduce, edge=self.gsddmm(g, op, src=src, dst=dst))
+        width, dtype = self._validate("gspmm", g, op, src, edge, dst)
+        src, edge, dst = keep_needed(op, src, edge, dst)
+        if reduce in ("max", "min") and g.nnz == 0:  # as the reference: constant zeros, no graph
+            return (
+                torch.zeros(g.num_dst, width, dtype=dtype, device=g.device),
+                torch.full((g.num_dst, width), -1, dtype=torch.long, device=g.device),
+            )
+        compute = dtype if dtype in NATIVE else torch.float32
+        src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
+        out, arg = self._spmm.apply(g, op_code(op, edge, width), reduce, width, src, edge, dst)
+        return out.to(dtype), (arg if reduce in ("max", "min") else None)

@@ -235,7 +235,6 @@ def spmm_arg(op, is_max, src, edge, dst, src_idx, dst_ptr, bounds, out, arg):
 @njit(**_PJIT)
 def sddmm(op, src, edge, dst, src_idx, dst_idx, bounds, out):
     """One message row per edge: ``out[e] = msg(e)`` (``[nnz, 1]`` for DOT_DST)."""
-    d = out.shape[1]
     for b in prange(bounds.shape[0] - 1):
         for e in range(bounds[b], bounds[b + 1]):
             s = src_idx[e]

@@ -28,9 +28,8 @@ from numba.core import config as _numba_config
 from torch.autograd.function import once_differentiable
 
 from sagann.kernels import _cuda_kernels as K
-from sagann.kernels._common import NATIVE, Placement, cast, keep_needed, op_code, validate
+from sagann.kernels._common import Frontend, Placement, validate
 from sagann.kernels.graph import ChunkTensors
-from sagann.kernels.reference import check_reducer
 
 __all__ = ["gspmm", "gsddmm", "SIMULATOR"]
 
@@ -258,55 +257,8 @@ class _GSDDMM(torch.autograd.Function):
         return (None, None, None) + _backward(ctx, K.EDGE, grad_out, None)
 
 
-def gsddmm(
-    g: ChunkTensors,
-    op: str,
-    src: torch.Tensor | None = None,
-    edge: torch.Tensor | None = None,
-    dst: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-edge ApplyEdge of a builtin op, in CSC order.
 
-    Shapes:
-        src ``[num_src, d]``, dst ``[num_dst, d]``, edge ``[nnz]``, ``[nnz, 1]``
-        or ``[nnz, d]``; result ``[nnz, d]`` (``[nnz, 1]`` for src_dot_dst).
-    """
-    width, dtype = _validate("gsddmm", g, op, src, edge, dst)
-    src, edge, dst = keep_needed(op, src, edge, dst)
-    if op == "copy_edge":
-        return edge.unsqueeze(-1) if edge.dim() == 1 else edge
-    compute = dtype if dtype in NATIVE else torch.float32
-    src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
-    code = op_code(op, edge, width)
-    out = _GSDDMM.apply(g, code, 1 if op == "src_dot_dst" else width, src, edge, dst)
-    return out.to(dtype)
-
-
-def gspmm(
-    g: ChunkTensors,
-    op: str,
-    reduce: str,
-    src: torch.Tensor | None = None,
-    edge: torch.Tensor | None = None,
-    dst: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fused Gather(ApplyEdge(Scatter)) over one sub-chunk, no ``[nnz, d]`` messages.
-
-    Returns ``(out [num_dst, d], arg)``: ``arg`` (int64 ``[num_dst, d]``) is
-    the CSC position of each max/min winner (-1 for rows without edges,
-    whose output is 0), None for sum/mean.
-    """
-    check_reducer(reduce)
-    if op == "src_dot_dst":
-        return gspmm(g, "copy_edge", reduce, edge=gsddmm(g, op, src=src, dst=dst))
-    width, dtype = _validate("gspmm", g, op, src, edge, dst)
-    src, edge, dst = keep_needed(op, src, edge, dst)
-    if reduce in ("max", "min") and g.nnz == 0:  # as the reference: constant zeros, no graph
-        return (
-            torch.zeros(g.num_dst, width, dtype=dtype, device=g.device),
-            torch.full((g.num_dst, width), -1, dtype=torch.long, device=g.device),
-        )
-    compute = dtype if dtype in NATIVE else torch.float32
-    src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
-    out, arg = _GSpMM.apply(g, op_code(op, edge, width), reduce, width, src, edge, dst)
-    return out.to(dtype), (arg if reduce in ("max", "min") else None)
+# the public API: checks, operand selection and casting shared with the other fused backend
+_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM)
+gspmm = _FRONTEND.gspmm
+gsddmm = _FRONTEND.gsddmm
