@@ -73,7 +73,8 @@ def _sagann(ei: np.ndarray, n: int, budget: int | None, num_chunks: int | None):
     from sagann.engine.models import GCN
     from sagann.scheduler.devices import CpuDevice
 
-    device = CpuDevice(budget)
+    # out of core, every transfer is a real copy (as to a GPU); in memory the rows are already resident
+    device = CpuDevice(budget, copy_transfers=budget is not None)
     g = ChunkedGraph(ei, n, num_chunks=num_chunks, device=device)
     model = GCN(IN_CHANNELS, HIDDEN, CLASSES, num_layers=2, dropout=0.0)
 

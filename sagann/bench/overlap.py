@@ -82,7 +82,7 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
     budget = int(working_set * budget_fraction)
     rows = [memory]
     for name, cfg in CONFIGS:
-        g = ChunkedGraph(ei, n, device=CpuDevice(budget), schedule=cfg)
+        g = ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=cfg)
         rows.append(_measure(name, g, x, y, dims, warmup, repeats))
     best = rows[-1]
     result = {

@@ -82,6 +82,7 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
     call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
+    call.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     return _SagaFunction.apply(call, x.contiguous(), None if edge_data is None else edge_data.contiguous(), *params)
 
 
@@ -113,10 +114,24 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
     return "cpu"
 
 
+def _owns_storage(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Is ``t`` a fresh tensor, sharing memory with none of ``others``? (Safe to return as the output.)"""
+    ptr = t.untyped_storage().data_ptr()
+    return all(o is None or o.untyped_storage().data_ptr() != ptr for o in others)
+
+
 class _SagaFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: "_LayerCall", x, edge_data, *params):
+        versions = [t._version for t in (x, edge_data) if t is not None]
+        call.need_x = bool(ctx.needs_input_grad[1])
+        call.keep_graphs = call.keep_graphs and any(ctx.needs_input_grad)
         out, saved = call.forward(x, edge_data)
+        if versions != [t._version for t in (x, edge_data) if t is not None]:
+            raise RuntimeError(
+                f"{call.name}: a user function modified its input in place (e.g. x.relu_()); the engine hands user "
+                "functions views of the host tensors, so write out-of-place (x.relu()) instead"
+            )
         ctx.call, ctx.saved = call, saved
         ctx.save_for_backward(x, edge_data)
         return out
@@ -173,8 +188,10 @@ class _Block:
 class _ChunkInputs:
     """A sub-chunk's device-side inputs, each loaded once on first use; in backward they are autograd leaves."""
 
-    def __init__(self, call: "_LayerCall", c: EdgeChunk, host: dict, grad: dict, block: _Block | None):
+    def __init__(self, call: "_LayerCall", c: EdgeChunk, host: dict, grad: dict, block: _Block | None, block_in_place: bool = False):
         self.call, self.c = call, c
+        # the fused forward reads source rows from V_i's block in place (kernels.gspmm(src_rows=...))
+        self.block_in_place = block_in_place and block is not None
         self.scope = Scope(call.device)
         self._host, self._grad, self._block = host, grad, block
         self._resident: dict[str, torch.Tensor | None] = {}
@@ -185,6 +202,13 @@ class _ChunkInputs:
         self.scope.charge(self.ct.nbytes, lambda: f"index arrays of {c.id!r}")
         self.loaded_bytes += self.ct.nbytes
         self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
+        self._src_local_dev: torch.Tensor | None = None
+
+    def src_local_rows(self) -> torch.Tensor:
+        """The sub-chunk's source rows within V_i (int64, on the device)."""
+        if self._src_local_dev is None:
+            self._src_local_dev = self._src_local.to(self.call.device.torch_device)
+        return self._src_local_dev
 
     def set_resident(self, resident: dict) -> None:
         """Forward: the destination rows of V_j already on the device."""
@@ -209,6 +233,8 @@ class _ChunkInputs:
             return None
         if name in _SRC_FIELDS and self._block is not None:
             block = self._block.tensors[name]
+            if self.block_in_place:
+                return block
             t = s.adopt(block.index_select(0, self._src_local.to(block.device)), lambda: f"{name} rows picked for {c.id!r}")
         else:
             if name in _SRC_FIELDS:
@@ -246,6 +272,13 @@ class _LayerCall:
         deg = torch.from_numpy(partition.in_degree).clamp(min=1).to(torch.float32)
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
         self.cost_key = (id(layer), shape, partition.num_chunks, partition.sub_chunk_nnz)
+        self.need_x = True  # set from the autograd context before forward
+        self.keep_graphs = True
+        self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        # sum is linear: its backward kernels need the operands and the output gradient only,
+        # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
+        builtin = shape.builtin
+        self.direct_backward = fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.op != "src_dot_dst"
 
     # ---- helpers -------------------------------------------------------------------------
     def _rng(self, *key) -> contextlib.AbstractContextManager:
@@ -265,15 +298,16 @@ class _LayerCall:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (rows, width):
             raise ValueError(f"{self.name}.{fn} returned shape {list(getattr(t, 'shape', []))}, expected [{rows}, {width}] (as in the probe)")
 
-    def _partial(self, inputs: _ChunkInputs, phase: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Gather(ApplyEdge(Scatter)) of one sub-chunk onto its destination rows."""
+    def _partial(self, inputs: _ChunkInputs, phase: str, into: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gather(ApplyEdge(Scatter)) of one sub-chunk onto its destination rows (a fused sum: added into ``into``)."""
         shape, ct, cid = self.shape, inputs.ct, inputs.c.id
         if shape.builtin is not None:
             src = inputs.get("src_term") if shape.d_src_term else inputs.get("src")
             dst = (inputs.get("dst_term") if shape.d_dst_term else inputs.get("dst")) if shape.builtin.uses_dst else None
             edge = inputs.get("data") if shape.builtin.uses_edge else None
+            rows = inputs.src_local_rows() if inputs.block_in_place else None
             with self._span("kernel", phase, cid):
-                out, arg = kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend)
+                out, arg = kernels.gspmm(ct, shape.builtin.op, self.reduce, src=src, edge=edge, dst=dst, backend=self.backend, src_rows=rows, out=into)
             inputs.scope.adopt(arg, lambda: f"winner positions of {cid!r}")
             return out, arg
 
@@ -340,16 +374,33 @@ class _LayerCall:
         centred = msg.view(ct.nnz, h, -1) - out.view(ct.num_dst, h, -1).index_select(0, dst)
         return msg.new_zeros(ct.num_dst, h, self.shape.d_msg // h).index_add(0, dst, p.unsqueeze(-1) * centred).view(ct.num_dst, -1)
 
+    def _keeps_hook_graphs(self) -> bool:
+        """Keep the hooks' autograd graphs from forward instead of recomputing them in backward?
+
+        Only on an unbudgeted device that shares host memory (in-memory CPU
+        training): there the graph holds views of host rows plus what the
+        hook itself saves, nothing a budget must account for, and backward
+        saves one hook evaluation (a GCN's X W) per layer.
+        """
+        dev = self.device
+        return self.keep_graphs and dev.memory_budget is None and dev.shares_host_memory and (self.need_x or bool(self.params))
+
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = torch.empty(self.g.num_vertices, width)
+        keep = self._keeps_hook_graphs()
+        graphs = self.hook_graphs.setdefault(hook, {}) if keep else None
         for q, lo, hi in self.p.intervals():
             with self.device.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}")
                 s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
-                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q):
+                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q), torch.set_grad_enabled(keep):
+                    if keep:
+                        v.requires_grad_(self.need_x)
                     h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
                 self._check_rows(h, hi - lo, width, hook)
-                self.device.copy_out(h, out[lo:hi])
+                if keep:
+                    graphs[q] = (v, h)
+                self.device.copy_out(h.detach(), out[lo:hi])
         return out
 
     # ---- the streamed edge stage -------------------------------------------------------------
@@ -378,7 +429,7 @@ class _LayerCall:
             block_bytes = sum(tensor_bytes(t) for t in tensors.values())
             holder["block"] = _Block(scope, tensors)
         block = holder["block"].acquire() if "block" in holder else None
-        inputs = _ChunkInputs(self, c, host, grad, block)
+        inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
         try:
             inputs.preload(fields)
         except BaseException:
@@ -428,7 +479,9 @@ class _LayerCall:
         src_term = self._hook_pass("apply_src", x, shape.d_src_term) if shape.d_src_term else None
         dst_term = self._hook_pass("apply_dst", x, shape.d_dst_term) if shape.d_dst_term else None
         n = self.g.num_vertices
-        out = torch.empty(n, shape.d_out)
+        # one interval on a device sharing host memory: V_0's output rows are the output, no copy
+        whole = dev.shares_host_memory and p.num_chunks == 1
+        out = None if whole else torch.empty(n, shape.d_out)
         acc_all = torch.empty(n, shape.d_msg)
         win_all = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
         sm_max = torch.zeros(n, shape.d_score) if shape.softmax else None
@@ -450,8 +503,8 @@ class _LayerCall:
                     with dev.scope() as s:
                         xj = s.load(x[lo:hi], f"input rows V_{j}")
                         dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
-                        acc = s.full((hi - lo, shape.d_msg), init, torch.float32, f"accumulator V_{j}")
-                        win = s.full((hi - lo, shape.d_msg), -1, torch.long, f"winners V_{j}") if shape.winners else None
+                        acc, acc_shared = s.result_buffer(acc_all[lo:hi], init, f"accumulator V_{j}")
+                        win, win_shared = s.result_buffer(win_all[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
                         sm = None
                         if shape.softmax:
                             sm = (s.full((hi - lo, shape.d_score), float("-inf"), torch.float32, f"softmax max V_{j}"), s.zeros((hi - lo, shape.d_score), torch.float32, f"softmax sum V_{j}"))
@@ -461,6 +514,10 @@ class _LayerCall:
                             inputs.set_resident(resident)
                             if sm is not None:
                                 self._merge_softmax(inputs.c, acc, sm, *self._softmax_chunk(inputs))
+                                return
+                            if self.fused and self.reduce == "sum":  # the kernel adds into V_j's accumulator itself
+                                c = inputs.c
+                                self._partial(inputs, FORWARD, into=acc[c.dst_offset : c.dst_offset + c.num_dst])
                                 return
                             partial_acc, arg = self._partial(inputs, FORWARD)
                             inputs.scope.adopt(partial_acc, lambda: f"partial of {inputs.c.id!r}")
@@ -476,9 +533,14 @@ class _LayerCall:
                             out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
                         self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
                         with self._span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
-                            dev.copy_out(out_j, out[lo:hi])
-                            dev.copy_out(acc, acc_all[lo:hi])
-                            if win is not None:
+                            if whole and _owns_storage(out_j, x, acc_all):
+                                out = out_j.contiguous()
+                            else:
+                                out = torch.empty(n, shape.d_out) if out is None else out
+                                dev.copy_out(out_j, out[lo:hi])
+                            if not acc_shared:
+                                dev.copy_out(acc, acc_all[lo:hi])
+                            if win is not None and not win_shared:
                                 dev.copy_out(win, win_all[lo:hi])
                             if sm is not None:
                                 dev.copy_out(sm[0], sm_max[lo:hi])
@@ -486,6 +548,7 @@ class _LayerCall:
             finally:
                 stream.close()
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
+        out = torch.empty(n, shape.d_out) if out is None else out
         return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
 
     def _merge(self, inputs: _ChunkInputs, acc, win, partial_acc, arg) -> None:
@@ -533,10 +596,10 @@ class _LayerCall:
         gparams = [torch.zeros_like(q) for q in self.params]
         g_src_term = torch.zeros_like(saved.src_term) if saved.src_term is not None else None
         g_dst_term = torch.zeros_like(saved.dst_term) if saved.dst_term is not None else None
-        grad_acc = torch.empty(n, shape.d_msg)
+        grad_acc = None if self.device.shares_host_memory and self.p.num_chunks == 1 else torch.empty(n, shape.d_msg)
         with dev.scope() as params_scope:
             params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
-            self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams)
+            grad_acc = self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams)
             self._backward_edges(x, edata, saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams)
             for hook, g_term in (("apply_src", g_src_term), ("apply_dst", g_dst_term)):
                 if g_term is not None:
@@ -553,7 +616,8 @@ class _LayerCall:
             if g is not None:
                 acc.add_(g)
 
-    def _backward_vertex(self, x, saved: _Saved, grad_out, need_x, gx, grad_acc, gparams) -> None:
+    def _backward_vertex(self, x, saved: _Saved, grad_out, need_x, gx, grad_acc, gparams) -> torch.Tensor:
+        """The gradient of the gathered rows ``acc`` (written into ``grad_acc``, or made when that is None)."""
         p, dev = self.p, self.device
         for j, lo, hi in p.intervals():
             with dev.scope() as s:
@@ -570,10 +634,14 @@ class _LayerCall:
                 g_acc = grads[0] if grads[0] is not None else torch.zeros_like(acc)
                 if self.inv_degree is not None:
                     g_acc = g_acc * self.inv_degree[lo:hi].to(g_acc.device)
-                dev.copy_out(g_acc, grad_acc[lo:hi])
+                if grad_acc is None:  # the one interval's gradient is the whole of it: no copy
+                    grad_acc = g_acc.detach().contiguous()
+                else:
+                    dev.copy_out(g_acc, grad_acc[lo:hi])
                 if need_x and grads[1] is not None:
                     dev.add_out(grads[1], gx[lo:hi])
                 self._add_param_grads(grads[1 + need_x :], gparams)
+        return grad_acc if grad_acc is not None else torch.zeros(self.g.num_vertices, self.shape.d_msg)
 
     def _backward_edges(self, x, edata, saved: _Saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams) -> None:
         shape, p, dev = self.shape, self.p, self.device
@@ -582,6 +650,8 @@ class _LayerCall:
         wants = {"src": need_x, "dst": need_x, "data": need_e, "src_term": True, "dst_term": True}
         uses = {"src": shape.uses_src, "src_term": shape.uses_src_term, "data": shape.uses_edge, "dst": shape.uses_dst, "dst_term": shape.uses_dst_term, "g_rows": True, "won": shape.winners}
         uses.update({"sm_max": shape.softmax, "sm_sum": shape.softmax, "out_rows": shape.softmax})
+        if self.direct_backward and not self._direct_reads_src(need_e, wants["dst_term"] if shape.d_dst_term else need_x):
+            uses.update(src=False, src_term=False)  # a sum's source gradient never reads the sources: do not send them
         fields = tuple(f for f, used in uses.items() if used)
         plan = self._plan(BACKWARD)
         times: dict[tuple[int, int], tuple[float, float]] = {}
@@ -593,23 +663,63 @@ class _LayerCall:
                 if hi == lo or not steps:
                     continue
                 with dev.scope() as s:
-                    acc_src = s.zeros((hi - lo, shape.d_in), torch.float32, f"source grad V_{i}") if need_x and shape.uses_src else None
-                    acc_term = s.zeros((hi - lo, shape.d_src_term), torch.float32, f"source-term grad V_{i}") if g_src_term is not None else None
+                    # accumulate onto the host gradient itself where the device shares host memory
+                    acc_src, src_shared = s.result_buffer(gx[lo:hi], None, f"source grad V_{i}") if need_x and shape.uses_src else (None, False)
+                    acc_term, term_shared = s.result_buffer(g_src_term[lo:hi], None, f"source-term grad V_{i}") if g_src_term is not None else (None, False)
                     compute = partial(self._backward_chunk, saved=saved, acc_src=acc_src, acc_term=acc_term, gx=gx, ge=ge, g_dst_term=g_dst_term, gparams=gparams)
                     for step in steps:
                         load, busy, b = self._run_step(stream, step, compute)
                         times[step.key] = (load, busy)
                         moved += b
                     with self._span("d2h", BACKWARD, (i,), tensor_bytes(acc_src) + tensor_bytes(acc_term)):
-                        if acc_src is not None:
+                        if acc_src is not None and not src_shared:
                             dev.add_out(acc_src, gx[lo:hi])
-                        if acc_term is not None:
+                        if acc_term is not None and not term_shared:
                             dev.add_out(acc_term, g_src_term[lo:hi])
         finally:
             stream.close()
         self._record_pass(plan, BACKWARD, times, time.perf_counter() - t_pass, moved)
 
+    def _backward_chunk_direct(self, inputs: _ChunkInputs, acc_src, acc_term, gx, ge, g_dst_term) -> None:
+        """Backward of a fused sum sub-chunk by the backward kernels alone: no recompute, no autograd."""
+        shape, dev, c, cs = self.shape, self.device, inputs.c, inputs.scope
+        builtin = shape.builtin
+        src_name = "src_term" if shape.d_src_term else "src"
+        dst_name = "dst_term" if shape.d_dst_term else "dst"
+        wants = inputs._grad
+        src_acc = acc_term if src_name == "src_term" else acc_src
+        needs = tuple(
+            name
+            for name, wanted in (("src", src_acc is not None), ("edge", builtin.uses_edge and wants.get("data")), ("dst", builtin.uses_dst and wants.get(dst_name)))
+            if wanted
+        )
+        if not needs:
+            return
+        g_rows = inputs.get("g_rows")
+        src = inputs.get(src_name) if self._direct_reads_src(need_e=bool(wants.get("data")), need_dst=bool(wants.get(dst_name))) else None
+        dst = inputs.get(dst_name) if builtin.uses_dst else None
+        edge = inputs.get("data") if builtin.uses_edge else None
+        cs.charge(edge_scratch_bytes(c.nnz, shape, True), lambda: f"gradient temporaries of {c.id!r}")
+        with self._span("kernel", BACKWARD, c.id):
+            d_src, d_edge, d_dst = kernels.gspmm_sum_backward(
+                inputs.ct, builtin.op, g_rows, src=src, edge=edge, dst=dst, needs=needs,
+                src_out=src_acc, src_rows=inputs.src_local_rows(), backend=self.backend,
+            )
+        lo = c.dst_start + c.dst_offset
+        if d_dst is not None:
+            dev.add_out(d_dst, (gx if dst_name == "dst" else g_dst_term)[lo : lo + c.num_dst])
+        if d_edge is not None:
+            ge.index_add_(0, torch.from_numpy(c.edge_ids), d_edge.to(ge.device))
+
+    def _direct_reads_src(self, need_e: bool, need_dst: bool) -> bool:
+        """Does the direct backward read source rows? Only for edge or destination gradients."""
+        b = self.shape.builtin
+        return b.op != "copy_edge" and ((b.uses_edge and need_e) or (b.uses_dst and need_dst))
+
     def _backward_chunk(self, inputs: _ChunkInputs, saved, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
+        if self.direct_backward:
+            self._backward_chunk_direct(inputs, acc_src, acc_term, gx, ge, g_dst_term)
+            return
         dev, c, cs = self.device, inputs.c, inputs.scope
         lo = c.dst_start + c.dst_offset
         with torch.enable_grad():
@@ -646,13 +756,17 @@ class _LayerCall:
 
     def _backward_hook(self, hook: str, x, g_term, need_x, gx, gparams) -> None:
         p, dev = self.p, self.device
+        graphs = self.hook_graphs.pop(hook, None)
         for q, lo, hi in p.intervals():
             with dev.scope() as s:
-                v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                 gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
                 with self._span("apply_vertex", BACKWARD, (q,)):
-                    with torch.enable_grad(), self._rng(hook, q):
-                        h = getattr(self.layer, hook)(v)
+                    if graphs is not None and q in graphs:  # the forward's graph: no recompute
+                        v, h = graphs.pop(q)
+                    else:
+                        v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
+                        with torch.enable_grad(), self._rng(hook, q):
+                            h = getattr(self.layer, hook)(v)
                     s.charge(2 * tensor_bytes(h) + vertex_scratch_bytes(hi - lo, h.shape[1]), f"{hook} recompute V_{q}")
                     grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
                     s.charge(tensor_bytes(v) if need_x else 0, f"{hook} input gradient V_{q}")

@@ -12,7 +12,7 @@ from sagann.kernels import reference
 from sagann.kernels.graph import ChunkTensors
 from sagann.kernels.reference import MESSAGE_OPS, REDUCERS
 
-__all__ = ["ChunkTensors", "MESSAGE_OPS", "REDUCERS", "gspmm", "gsddmm", "available_backends"]
+__all__ = ["ChunkTensors", "MESSAGE_OPS", "REDUCERS", "gspmm", "gsddmm", "gspmm_sum_backward", "available_backends"]
 
 _BACKENDS = {"reference": reference}
 
@@ -44,13 +44,29 @@ def gspmm(
     edge: torch.Tensor | None = None,
     dst: torch.Tensor | None = None,
     backend: str = "reference",
+    src_rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused Gather(ApplyEdge(Scatter)) over one sub-chunk, autograd-aware.
 
     Returns ``(out [num_dst, d], arg)``; ``arg`` is the ``[num_dst, d]`` CSC
     position of each max/min winner (-1 for empty rows), None for sum/mean.
+    With ``src_rows`` (``[num_src]``), ``src`` is a block holding the chunk's
+    source ``s`` at row ``src_rows[s]`` (read in place where the backend can).
+    With ``out`` (sum only, no autograd) the sum is added into that
+    ``[num_dst, d]`` tensor, which is returned: an accumulator over sub-chunks.
     """
-    return _backend(backend).gspmm(g, op, reduce, src=src, edge=edge, dst=dst)
+    if backend != "reference":
+        extra = {k: v for k, v in (("src_rows", src_rows), ("out", out)) if v is not None}
+        return _backend(backend).gspmm(g, op, reduce, src=src, edge=edge, dst=dst, **extra)
+    if src_rows is not None and src is not None:
+        src = src.index_select(0, src_rows.long())
+    result, arg = reference.gspmm(g, op, reduce, src=src, edge=edge, dst=dst)
+    if out is None:
+        return result, arg
+    if reduce != "sum" or result.requires_grad:
+        raise ValueError("gspmm: out= accumulates sums without autograd; use reduce='sum' under torch.no_grad(), or drop out=")
+    return out.add_(result), None
 
 
 def gsddmm(
@@ -63,3 +79,23 @@ def gsddmm(
 ) -> torch.Tensor:
     """Per-edge ApplyEdge of a builtin op, ``[nnz, d]`` in CSC order, autograd-aware."""
     return _backend(backend).gsddmm(g, op, src=src, edge=edge, dst=dst)
+
+
+def gspmm_sum_backward(
+    g: ChunkTensors,
+    op: str,
+    grad: torch.Tensor,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+    needs: tuple[str, ...] = ("src", "edge", "dst"),
+    src_out: torch.Tensor | None = None,
+    src_rows: torch.Tensor | None = None,
+    backend: str = "reference",
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients ``(d_src, d_edge, d_dst)`` of ``gspmm(g, op, "sum", ...)`` from the output gradient, no recompute.
+
+    Operands not in ``needs`` get None. With ``src_out`` the src gradient is
+    added into ``src_out[src_rows]`` (unique rows) and ``d_src`` is None.
+    """
+    return _backend(backend).gspmm_sum_backward(g, op, grad, src=src, edge=edge, dst=dst, needs=needs, src_out=src_out, src_rows=src_rows)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from sagann.kernels.graph import ChunkTensors
-from sagann.kernels.reference import check_op, check_reducer
+from sagann.kernels.reference import NEEDS, check_op, check_reducer
 
 # Internal op codes. MUL_SCALAR is src_mul_edge with one weight per edge.
 COPY_SRC, COPY_EDGE, MUL_EDGE, MUL_SCALAR, ADD_DST, SUB_DST, MUL_DST, DOT_DST = range(8)
@@ -27,15 +27,6 @@ OPS = {
     "src_sub_dst": SUB_DST,
     "src_mul_dst": MUL_DST,
     "src_dot_dst": DOT_DST,
-}
-NEEDS = {
-    "copy_src": ("src",),
-    "copy_edge": ("edge",),
-    "src_mul_edge": ("src", "edge"),
-    "src_add_dst": ("src", "dst"),
-    "src_sub_dst": ("src", "dst"),
-    "src_mul_dst": ("src", "dst"),
-    "src_dot_dst": ("src", "dst"),
 }
 # Dtypes the kernels compute in natively; other floating dtypes go through float32.
 NATIVE = (torch.float32, torch.float64)
@@ -116,8 +107,96 @@ class Frontend:
             src, edge, dst)`` and ``apply(g, code, width, src, edge, dst)``).
     """
 
-    def __init__(self, validate, spmm, sddmm):
-        self._validate, self._spmm, self._sddmm = validate, spmm, sddmm
+    def __init__(self, validate, spmm, sddmm, grads, block_spmm=None):
+        self._validate, self._spmm, self._sddmm, self._grads = validate, spmm, sddmm, grads
+        self._block_spmm = block_spmm
+
+    def _source_block(self, g: ChunkTensors, op: str, src, edge, dst, src_rows):
+        """``(src, rows)`` to run with: the block and its rows, or (without a block kernel, or under autograd) the compacted rows and None."""
+        where = "gspmm"
+        if src is None or "src" not in NEEDS[op]:
+            return src, None
+        if not isinstance(src_rows, torch.Tensor) or src_rows.dim() != 1 or src_rows.shape[0] != g.num_src or src_rows.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{where}: src_rows must be an int32/int64 [num_src={g.num_src}] tensor, got {getattr(src_rows, 'dtype', type(src_rows).__name__)} {list(getattr(src_rows, 'shape', []))}")
+        if not isinstance(src, torch.Tensor) or src.dim() != 2 or src_rows.device != src.device:
+            raise ValueError(f"{where}: with src_rows, src must be a 2-D [rows, d] block on src_rows' device ({src_rows.device})")
+        if g.num_src and (int(src_rows.min()) < 0 or int(src_rows.max()) >= src.shape[0]):
+            raise ValueError(f"{where}: src_rows must lie in [0, {src.shape[0]}) (the rows of the src block)")
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (src, edge, dst))
+        if grad or self._block_spmm is None or op == "src_dot_dst" or src.dtype not in NATIVE:
+            return src.index_select(0, src_rows.long()), None  # autograd sees the compaction
+        return src, src_rows
+
+    def gspmm_sum_backward(
+        self,
+        g: ChunkTensors,
+        op: str,
+        grad: torch.Tensor,
+        src: torch.Tensor | None = None,
+        edge: torch.Tensor | None = None,
+        dst: torch.Tensor | None = None,
+        needs: tuple[str, ...] = ("src", "edge", "dst"),
+        src_out: torch.Tensor | None = None,
+        src_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Gradients of ``gspmm(g, op, "sum", ...)`` from the output's gradient, with no forward recompute.
+
+        Sum is linear, so the backward kernels need only the operands and
+        ``grad``. Returns ``(d_src, d_edge, d_dst)``, None for operands not
+        in ``needs`` or not read by ``op``. With ``src_out`` (``[rows, d]``,
+        the compute dtype) the src gradient is added in place into
+        ``src_out[src_rows]`` (``src_rows``: ``[num_src]``, unique) inside
+        the kernel and ``d_src`` is None: the engine's accumulator needs no
+        scatter afterwards. ``src`` may be left out when only its own
+        gradient is wanted (that gradient never reads it).
+        """
+        fn = "gspmm_sum_backward"
+        if op == "src_dot_dst":
+            raise ValueError(f"{fn}: src_dot_dst has no direct backward; differentiate gspmm with autograd")
+        proxy = None
+        if src is None and "src" in NEEDS[op] and isinstance(grad, torch.Tensor) and grad.dim() == 2 and not ({"edge", "dst"} & set(needs)):
+            # only src's own gradient is wanted, which never reads src: check the call as if it were given
+            proxy = grad.new_empty(1).as_strided((g.num_src, grad.shape[1]), (0, 0))
+        width, dtype = self._validate(fn, g, op, src if proxy is None else proxy, edge, dst)
+        src, edge, dst = keep_needed(op, src, edge, dst)
+        if not isinstance(grad, torch.Tensor) or tuple(grad.shape) != (g.num_dst, width) or grad.device != g.device:
+            raise ValueError(f"{fn}: grad must be a [num_dst={g.num_dst}, {width}] tensor on {g.device}, got {list(getattr(grad, 'shape', []))}")
+        compute = dtype if dtype in NATIVE else torch.float32
+        need = tuple((t is not None or (name == "src" and proxy is not None)) and name in needs for name, t in (("src", src), ("edge", edge), ("dst", dst)))
+        if src_out is not None and need[0]:
+            if src_out.dtype != compute or src_out.dim() != 2 or src_out.shape[1] != width or src_out.device != g.device or not src_out.is_contiguous():
+                raise ValueError(f"{fn}: src_out must be a contiguous [rows, {width}] {compute} tensor on {g.device}, got {src_out.dtype} {list(src_out.shape)}")
+            if src_rows is None or tuple(src_rows.shape) != (g.num_src,) or src_rows.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{fn}: src_rows must be an int32/int64 [num_src={g.num_src}] tensor when src_out is given")
+        src, edge, dst, grad = (cast(t, compute) for t in (src, edge, dst, grad))
+        d = self._grads(g, op_code(op, edge, width), ROW, grad, None, src, edge, dst, need, src_out if need[0] else None, src_rows)
+        return tuple(None if t is None else t.to(dtype) for t in d)
+
+    def _gspmm_into(self, g: ChunkTensors, op: str, reduce: str, src, edge, dst, src_rows, out: torch.Tensor):
+        """``gspmm(..., out=)``: the sum added into ``out`` by the kernel itself where it can."""
+        where = "gspmm"
+        if reduce != "sum":
+            raise ValueError(f"{where}: out= accumulates sums only, got reduce={reduce!r}; drop out= and merge the result yourself")
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (src, edge, dst, out)):
+            raise ValueError(f"{where}: out= does not record autograd; call it under torch.no_grad() or drop out=")
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != g.num_dst or not out.is_contiguous() or out.device != g.device:
+            raise ValueError(f"{where}: out must be a contiguous [num_dst={g.num_dst}, d] tensor on {g.device}, got {list(getattr(out, 'shape', []))}")
+        direct = self._block_spmm is not None and op != "src_dot_dst"
+        if direct:
+            block_rows = None
+            if src_rows is not None:
+                src, block_rows = self._source_block(g, op, src, edge, dst, src_rows)
+            proxy = src if block_rows is None else src.as_strided((g.num_src, src.shape[1]), (0, src.stride(1)))
+            width, dtype = self._validate(where, g, op, proxy, edge, dst)
+            direct = dtype in NATIVE and out.dtype == dtype and out.shape[1] == width
+        if not direct:  # no in-place kernel for this call: compute, then add
+            result, _ = self.gspmm(g, op, reduce, src, edge, dst, src_rows)
+            if result.shape != out.shape:
+                raise ValueError(f"{where}: out has shape {list(out.shape)}, the result {list(result.shape)}")
+            return out.add_(result), None
+        src, edge, dst = keep_needed(op, src, edge, dst)
+        self._block_spmm(g, op_code(op, edge, width), reduce, width, src, edge, dst, block_rows, out)
+        return out, None
 
     def gsddmm(self, g: ChunkTensors, op: str, src: torch.Tensor | None = None, edge: torch.Tensor | None = None, dst: torch.Tensor | None = None) -> torch.Tensor:
         """Per-edge ApplyEdge of a builtin op, in CSC order.
@@ -136,18 +215,43 @@ class Frontend:
         return out.to(dtype)
 
     def gspmm(
-        self, g: ChunkTensors, op: str, reduce: str, src: torch.Tensor | None = None, edge: torch.Tensor | None = None, dst: torch.Tensor | None = None
+        self,
+        g: ChunkTensors,
+        op: str,
+        reduce: str,
+        src: torch.Tensor | None = None,
+        edge: torch.Tensor | None = None,
+        dst: torch.Tensor | None = None,
+        src_rows: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fused Gather(ApplyEdge(Scatter)) over one sub-chunk, no ``[nnz, d]`` messages.
 
         Returns ``(out [num_dst, d], arg)``: ``arg`` (int64 ``[num_dst, d]``) is
         the CSC position of each max/min winner (-1 for rows without edges,
         whose output is 0), None for sum/mean.
+
+        ``src_rows`` (``[num_src]``): ``src`` is a larger block (a whole
+        vertex interval) and the chunk's source ``s`` is its row
+        ``src_rows[s]``. Without gradients the kernel reads the block in
+        place (no compacted copy); under autograd the rows are picked first.
+
+        ``out`` (sum only, no autograd): a contiguous ``[num_dst, d]`` tensor
+        of the compute dtype that the sum is *added* into (an accumulator
+        over sub-chunks); it is returned as the result.
         """
         check_reducer(reduce)
+        if out is not None:
+            return self._gspmm_into(g, op, reduce, src, edge, dst, src_rows, out)
+        block_rows = None
+        if src_rows is not None:
+            src, block_rows = self._source_block(g, op, src, edge, dst, src_rows)
         if op == "src_dot_dst":
             return self.gspmm(g, "copy_edge", reduce, edge=self.gsddmm(g, op, src=src, dst=dst))
-        width, dtype = self._validate("gspmm", g, op, src, edge, dst)
+        if block_rows is not None:  # check the rows the kernel will read, as if compacted
+            width, dtype = self._validate("gspmm", g, op, src.as_strided((g.num_src, src.shape[1]), (0, src.stride(1))), edge, dst)
+        else:
+            width, dtype = self._validate("gspmm", g, op, src, edge, dst)
         src, edge, dst = keep_needed(op, src, edge, dst)
         if reduce in ("max", "min") and g.nnz == 0:  # as the reference: constant zeros, no graph
             return (
@@ -156,5 +260,8 @@ class Frontend:
             )
         compute = dtype if dtype in NATIVE else torch.float32
         src, edge, dst = (cast(t, compute) for t in (src, edge, dst))
-        out, arg = self._spmm.apply(g, op_code(op, edge, width), reduce, width, src, edge, dst)
+        if block_rows is not None:
+            out, arg = self._block_spmm(g, op_code(op, edge, width), reduce, width, src, edge, dst, block_rows)
+        else:
+            out, arg = self._spmm.apply(g, op_code(op, edge, width), reduce, width, src, edge, dst)
         return out.to(dtype), (arg if reduce in ("max", "min") else None)

@@ -249,16 +249,23 @@ def sddmm(op, src, edge, dst, src_idx, dst_idx, bounds, out):
 
 
 @njit(**_PJIT)
-def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds, out):
-    """Gradient of ``src``, source-major: each source row sums over its own edges."""
+def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds, out_rows, out):
+    """Gradient of ``src``, source-major: each source row sums over its own edges.
+
+    Adds source row ``s``'s gradient into ``out[out_rows[s]]`` (``out[s]`` if
+    ``out_rows`` is empty): with unique ``out_rows`` the engine accumulates
+    straight into its per-interval gradient, no scatter afterwards.
+    """
     d = out.shape[1]
     zero = np.zeros(1, out.dtype)[0]
     fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == MUL_SCALAR)
     weights = edge if op == MUL_SCALAR else edge[:0]
+    mapped = out_rows.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
         for s in range(bounds[b], bounds[b + 1]):
+            o = out_rows[s] if mapped else s
             if fast:  # grad rows of the destinations, eight edges at a time
-                _sum_rows(out, s, grad, dst_idx, src_perm, weights, src_ptr[s], src_ptr[s + 1])
+                _sum_rows(out, o, grad, dst_idx, src_perm, weights, src_ptr[s], src_ptr[s + 1])
                 continue
             for p in range(src_ptr[s], src_ptr[s + 1]):
                 e = src_perm[p]
@@ -267,34 +274,34 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
                 if mode == ARG:  # selects, not branches, so the loops vectorise
                     if op == MUL_EDGE:
                         for k in range(d):
-                            out[s, k] += (grad[r, k] if arg[r, k] == e else zero) * edge[e, k]
+                            out[o, k] += (grad[r, k] if arg[r, k] == e else zero) * edge[e, k]
                     elif op == MUL_SCALAR:
                         w = edge[e, 0]
                         for k in range(d):
-                            out[s, k] += (grad[r, k] if arg[r, k] == e else zero) * w
+                            out[o, k] += (grad[r, k] if arg[r, k] == e else zero) * w
                     elif op == MUL_DST:
                         for k in range(d):
-                            out[s, k] += (grad[r, k] if arg[r, k] == e else zero) * dst[r, k]
+                            out[o, k] += (grad[r, k] if arg[r, k] == e else zero) * dst[r, k]
                     else:  # COPY_SRC, ADD_DST, SUB_DST
                         for k in range(d):
-                            out[s, k] += grad[r, k] if arg[r, k] == e else zero
+                            out[o, k] += grad[r, k] if arg[r, k] == e else zero
                 elif op == COPY_SRC or op == ADD_DST or op == SUB_DST:
                     for k in range(d):
-                        out[s, k] += grad[g, k]
+                        out[o, k] += grad[g, k]
                 elif op == MUL_SCALAR:
                     w = edge[e, 0]
                     for k in range(d):
-                        out[s, k] += grad[g, k] * w
+                        out[o, k] += grad[g, k] * w
                 elif op == MUL_EDGE:
                     for k in range(d):
-                        out[s, k] += grad[g, k] * edge[e, k]
+                        out[o, k] += grad[g, k] * edge[e, k]
                 elif op == MUL_DST:
                     for k in range(d):
-                        out[s, k] += grad[g, k] * dst[r, k]
+                        out[o, k] += grad[g, k] * dst[r, k]
                 else:  # DOT_DST
                     c = grad[g, 0]
                     for k in range(d):
-                        out[s, k] += c * dst[r, k]
+                        out[o, k] += c * dst[r, k]
 
 
 @njit(**_PJIT)

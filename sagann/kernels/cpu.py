@@ -23,15 +23,16 @@ from sagann.kernels import _cpu_kernels as K
 from sagann.kernels._common import Frontend, Placement, validate
 from sagann.kernels.graph import ChunkTensors
 
-__all__ = ["gspmm", "gsddmm"]
+__all__ = ["gspmm", "gsddmm", "gspmm_sum_backward"]
 
 _BLOCKS_PER_THREAD = 8
 _PLACEMENT = Placement("cpu", "use backend='reference' or a CUDA backend", "move it to the CPU")
 
 
-def _operands(src, edge, dst) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """2-D C-contiguous numpy views of the operands; a ``(0, 0)`` dummy for None."""
-    dtype = next(t for t in (src, edge, dst) if t is not None).detach().numpy().dtype
+def _operands(src, edge, dst, dtype: np.dtype | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-D C-contiguous numpy views of the operands; a ``(0, 0)`` dummy (of ``dtype`` if all are None) for None."""
+    given = [t for t in (src, edge, dst) if t is not None]
+    dtype = given[0].detach().numpy().dtype if given else dtype
 
     def view(t):
         if t is None:
@@ -88,30 +89,38 @@ def _degree(g: ChunkTensors, dtype: np.dtype) -> np.ndarray:
 
 def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     """Gradients of (src, edge, dst) from ``grad`` ([num_dst, d] or [nnz, k])."""
-    with _threads_for(ctx.g, grad.shape[1]):
-        return _backward_kernels(ctx, mode, grad, arg)
-
-
-def _backward_kernels(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
-    g: ChunkTensors = ctx.g
-    code = ctx.code
     src, edge, dst = ctx.saved_tensors[:3]
+    return grads(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst))
+
+
+def grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, src_out=None, src_rows=None):
+    """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it."""
+    with _threads_for(g, grad.shape[1]):
+        return _grads(g, code, mode, grad, arg, src, edge, dst, needs, src_out, src_rows)
+
+
+def _grads(g: ChunkTensors, code: int, mode: int, grad, arg, src, edge, dst, needs, src_out, src_rows):
+    needs_src, needs_edge, needs_dst = needs
     G = grad.contiguous().numpy()
     # int32 winners halve the bytes that the per-(edge, feature) winner test reads.
     A = np.empty((0, 0), np.int32) if arg is None else _idx(arg.to(torch.int32))
-    S, E, D = _operands(src, edge, dst)
+    S, E, D = _operands(src, edge, dst, G.dtype)
     dtype = G.dtype
     d_src = d_edge = d_dst = None
-    if ctx.needs_src:
-        out = np.zeros(S.shape, dtype)
+    if needs_src:
         src_ptr = _idx(g.src_ptr)
-        K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), _row_bounds(src_ptr), out)
-        d_src = torch.from_numpy(out)
-    if ctx.needs_edge:
+        if src_out is None:
+            shape = S.shape if src is not None else (g.num_src, G.shape[1])  # a sum's src grad never reads src
+            out, rows = np.zeros(shape, dtype), np.empty(0, np.int32)
+        else:
+            out, rows = src_out.numpy(), _idx(src_rows)
+        K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), _row_bounds(src_ptr), rows, out)
+        d_src = torch.from_numpy(out) if src_out is None else None
+    if needs_edge:
         out = np.zeros(E.shape, dtype)
         K.grad_edge(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
         d_edge = torch.from_numpy(out).reshape(edge.shape)
-    if ctx.needs_dst:
+    if needs_dst:
         out = np.zeros(D.shape, dtype)
         K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), _row_bounds(_idx(g.dst_ptr)), out)
         d_dst = torch.from_numpy(out)
@@ -135,19 +144,22 @@ class _GSpMM(torch.autograd.Function):
         return result, arg
 
     @staticmethod
-    def _kernel(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
+    def _kernel(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst, src_rows=None, into=None):
         S, E, D = _operands(src, edge, dst)
+        src_idx = _idx(g.src_idx)
+        if src_rows is not None:  # read the block in place: per-edge block rows instead of compact ones
+            src_idx = _idx(src_rows.to(torch.int32))[src_idx]
         dst_ptr = _idx(g.dst_ptr)
         bounds = _row_bounds(dst_ptr)
-        out = np.zeros((g.num_dst, width), S.dtype)
+        out = np.zeros((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
         if reduce in ("sum", "mean"):
             deg = _degree(g, S.dtype) if reduce == "mean" else np.empty(0, S.dtype)
-            K.spmm_sum(code, S, E, D, _idx(g.src_idx), dst_ptr, bounds, deg, out)
+            K.spmm_sum(code, S, E, D, src_idx, dst_ptr, bounds, deg, out)
             result = torch.from_numpy(out)
             arg = torch.empty(0, dtype=torch.long)
         else:
             arg_np = np.full((g.num_dst, width), -1, np.int64)
-            K.spmm_arg(code, reduce == "max", S, E, D, _idx(g.src_idx), dst_ptr, bounds, out, arg_np)
+            K.spmm_arg(code, reduce == "max", S, E, D, src_idx, dst_ptr, bounds, out, arg_np)
             result, arg = torch.from_numpy(out), torch.from_numpy(arg_np)
         return result, arg
 
@@ -182,6 +194,14 @@ class _GSDDMM(torch.autograd.Function):
 
 
 # the public API: checks, operand selection and casting shared with the other fused backend
-_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM)
+def _block_spmm(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst, src_rows, into=None):
+    """gSpMM without autograd (the front-end ensures none is needed): ``src`` rows
+    ``src_rows[src_idx]`` read in place (if given), a sum added into ``into`` (if given)."""
+    with _threads_for(g, width):
+        return _GSpMM._kernel(g, code, reduce, width, src, edge, dst, src_rows, into)
+
+
+_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads, _block_spmm)
 gspmm = _FRONTEND.gspmm
 gsddmm = _FRONTEND.gsddmm
+gspmm_sum_backward = _FRONTEND.gspmm_sum_backward

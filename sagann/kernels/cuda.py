@@ -159,20 +159,33 @@ def _degree(g: ChunkTensors, dtype: torch.dtype) -> torch.Tensor:
 
 def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     """Gradients of (src, edge, dst) from ``grad`` ([num_dst, d] or [nnz, k])."""
-    g: ChunkTensors = ctx.g
-    code, seg = ctx.code, ctx.seg
     src, edge, dst = ctx.saved_tensors[:3]
+    return grads(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst), seg=ctx.seg)
+
+
+def grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, src_out=None, src_rows=None, seg: int = _SEGMENT):
+    """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it."""
+    d_src, d_edge, d_dst = _grads(g, code, mode, grad, arg, src, edge, dst, needs, seg)
+    if src_out is not None and d_src is not None:
+        src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src)
+        d_src = None
+    return d_src, d_edge, d_dst
+
+
+def _grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, seg: int):
+    needs_src, needs_edge, needs_dst = needs
     dtype, device = grad.dtype, g.device
     dt = _np_dtype(dtype)
     A = arg if arg is not None else torch.empty((0, 0), dtype=torch.int64, device=device)
     S, E, D = _operands(src, edge, dst, dtype, device)
     d_src = d_edge = d_dst = None
-    if ctx.needs_src:
-        d_src = torch.zeros(src.shape, dtype=dtype, device=device)
+    if needs_src:
+        src_shape = src.shape if src is not None else (g.num_src, grad.shape[1])  # a sum's src grad never reads src
+        d_src = torch.zeros(src_shape, dtype=dtype, device=device)
         seg_ptr, bound = _segments(g.src_ptr, g.nnz, seg)
         args = (grad, A, E, D, g.dst_idx, g.src_ptr, g.src_perm, seg_ptr, seg, d_src)
-        _launch(K.grad_src(code, mode, dt), bound, src.shape[1], device, *args)
-    if ctx.needs_edge:
+        _launch(K.grad_src(code, mode, dt), bound, src_shape[1], device, *args)
+    if needs_edge:
         if code == K.MUL_SCALAR:  # one weight per edge: reduce over the features
             out = torch.zeros((g.nnz, 1), dtype=dtype, device=device)
             width = src.shape[1]
@@ -182,7 +195,7 @@ def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
             out = torch.zeros((g.nnz, E.shape[1]), dtype=dtype, device=device)
             _launch(K.grad_edge(code, mode, dt), g.nnz, E.shape[1], device, grad, A, S, g.src_idx, g.dst_idx, out)
         d_edge = out.reshape(edge.shape)
-    if ctx.needs_dst:
+    if needs_dst:
         d_dst = torch.zeros(dst.shape, dtype=dtype, device=device)
         seg_ptr, bound = _segments(g.dst_ptr, g.nnz, seg)
         args = (grad, A, S, g.src_idx, g.dst_ptr, seg_ptr, seg, d_dst)
@@ -259,6 +272,7 @@ class _GSDDMM(torch.autograd.Function):
 
 
 # the public API: checks, operand selection and casting shared with the other fused backend
-_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM)
+_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads)
 gspmm = _FRONTEND.gspmm
 gsddmm = _FRONTEND.gsddmm
+gspmm_sum_backward = _FRONTEND.gspmm_sum_backward

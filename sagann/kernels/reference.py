@@ -21,6 +21,16 @@ from sagann.kernels.graph import ChunkTensors
 
 MESSAGE_OPS = ("copy_src", "copy_edge", "src_mul_edge", "src_add_dst", "src_sub_dst", "src_mul_dst", "src_dot_dst")
 REDUCERS = ("sum", "mean", "max", "min")
+# the operands each message op reads
+NEEDS = {
+    "copy_src": ("src",),
+    "copy_edge": ("edge",),
+    "src_mul_edge": ("src", "edge"),
+    "src_add_dst": ("src", "dst"),
+    "src_sub_dst": ("src", "dst"),
+    "src_mul_dst": ("src", "dst"),
+    "src_dot_dst": ("src", "dst"),
+}
 
 
 def check_op(op: str) -> None:
@@ -116,3 +126,36 @@ def gsddmm(
 ) -> torch.Tensor:
     """Generalised SDDMM: one output row per edge, in CSC order."""
     return message(g, op, src, edge, dst)
+
+
+def gspmm_sum_backward(
+    g: ChunkTensors,
+    op: str,
+    grad: torch.Tensor,
+    src: torch.Tensor | None = None,
+    edge: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+    needs: tuple[str, ...] = ("src", "edge", "dst"),
+    src_out: torch.Tensor | None = None,
+    src_rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``gspmm(g, op, "sum", ...)`` w.r.t. the operands in ``needs``, by autograd (the oracle).
+
+    With ``src_out`` the src gradient is added into ``src_out[src_rows]`` and None returned for it.
+    """
+    check_op(op)
+    leaves = {}
+    with torch.enable_grad():
+        args = {}
+        for name, t in (("src", src), ("edge", edge), ("dst", dst)):
+            if t is not None and name in needs and name in NEEDS[op]:
+                t = leaves[name] = t.detach().requires_grad_(True)
+            args[name] = t
+        out, _ = gspmm(g, op, "sum", **args)
+        got = dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), grad, allow_unused=True))) if leaves and out.requires_grad else {}
+    d = [got.get(name) for name in ("src", "edge", "dst")]
+    d = [torch.zeros_like(leaves[name]) if name in leaves and t is None else t for name, t in zip(("src", "edge", "dst"), d)]
+    if src_out is not None and d[0] is not None:
+        src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d[0].to(src_out.dtype))
+        d[0] = None
+    return d[0], d[1], d[2]

@@ -119,6 +119,22 @@ class Scope:
         t = torch.full(shape, value, dtype=dtype, device=self.device.torch_device)
         return self.adopt(t, what)
 
+    def result_buffer(self, host: torch.Tensor, fill, what: str) -> tuple[torch.Tensor, bool]:
+        """A device buffer whose contents end up in ``host``; True if it *is* ``host``.
+
+        Where the device shares host memory, ``host`` itself (filled with
+        ``fill``, or kept as it is when ``fill`` is None, to accumulate onto):
+        no copy back. Elsewhere a new device tensor (``fill``, or zeros when
+        None) that the caller copies or adds back. Charged either way: a GPU
+        would hold it.
+        """
+        if self.device.shares_host_memory and host.device == self.device.torch_device:
+            self.charge(tensor_bytes(host), what)
+            if fill is not None:
+                host.fill_(fill)
+            return host, True
+        return self.full(tuple(host.shape), 0 if fill is None else fill, host.dtype, what), False
+
     def close(self) -> None:
         self.device.ledger.refund(self._held)
         self._held = 0
@@ -209,9 +225,19 @@ class Device:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, memory_budget={format_bytes(self.memory_budget)})"
 
+    @property
+    def shares_host_memory(self) -> bool:
+        """True when loads are views of host memory, so results may be written straight into host tensors."""
+        return False
+
 
 class CpuDevice(Device):
-    """A virtual device in RAM: 'transfers' are real copies, and every byte is accounted.
+    """A virtual device in RAM with a memory budget: every byte it would hold is accounted.
+
+    Its memory is the host's, so by default a whole-block 'transfer' hands
+    the engine a read-only view of the host rows (no copy: the engine never
+    writes into loaded tensors) while the ledger still charges the bytes as
+    a GPU would hold them. Row gathers (selective transfers) are real copies.
 
     Args:
         memory_budget: bytes as an int or a string such as ``"64MB"``;
@@ -221,12 +247,20 @@ class CpuDevice(Device):
             ``"2GB"`` for 2 GB/s); transfers then take at least
             bytes / bandwidth, sleeping (GIL released) for the rest, so a
             slow PCIe link can be studied on a CPU. None: copy speed.
+        copy_transfers: make every block transfer a real copy, as on a
+            discrete accelerator; for studying transfer cost and overlap
+            on a CPU (``sagann bench overlap`` sets it).
     """
 
-    def __init__(self, memory_budget: int | str | None = None, name: str = "cpu0", link_bandwidth: int | str | None = None):
+    def __init__(self, memory_budget: int | str | None = None, name: str = "cpu0", link_bandwidth: int | str | None = None, copy_transfers: bool = False):
         super().__init__(name, memory_budget)
         self.torch_device = torch.device("cpu")
         self.link_bandwidth = parse_bytes(link_bandwidth)
+        self.copy_transfers = bool(copy_transfers)
+
+    @property
+    def shares_host_memory(self) -> bool:
+        return not self.copy_transfers
 
     def _throttle(self, t0: float, nbytes: int) -> None:
         self._count_in(nbytes)
@@ -237,7 +271,7 @@ class CpuDevice(Device):
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = host.detach().clone()
+        out = host.detach().clone() if self.copy_transfers else host.detach()
         self._throttle(t0, tensor_bytes(out))
         return out
 

@@ -337,3 +337,41 @@ def test_matches_reference_on_random_chunks(case):
         _check(g, op, reduce, inputs, seed)
     finally:
         backend._SEGMENT = old
+
+
+@given(case=cases(), into_buffer=st.booleans())
+@settings(max_examples=10, deadline=None)
+def test_direct_sum_backward_matches_autograd(case, into_buffer):
+    """``gspmm_sum_backward`` (no recompute), optionally accumulating into rows of a larger buffer."""
+    g, op, _, inputs, seed, seg = case
+    if op == "src_dot_dst":
+        op = "copy_src"
+    ref_out, _ = kernels.gspmm(g, op, "sum", **inputs, backend="reference")
+    grad = _values(np.random.default_rng(seed + 1), tuple(ref_out.shape), "normal")
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out, _ = kernels.gspmm(g, op, "sum", **leaves, backend="reference")
+    if out.requires_grad:
+        out.backward(grad)
+    src_out = src_rows = None
+    if into_buffer:
+        src_out = torch.randn(g.num_src + 2, inputs["src"].shape[1], generator=torch.Generator().manual_seed(seed))
+        before = src_out.clone()
+        src_rows = torch.randperm(g.num_src + 2, generator=torch.Generator().manual_seed(seed + 2))[: g.num_src]
+        src_out, src_rows = src_out.to(DEVICE), src_rows.to(DEVICE)
+    old = backend._SEGMENT
+    backend._SEGMENT = seg
+    try:
+        got = kernels.gspmm_sum_backward(_on(g, DEVICE), op, grad.to(DEVICE), **{k: v.to(DEVICE) for k, v in inputs.items()}, src_out=src_out, src_rows=src_rows, backend="cuda")
+    finally:
+        backend._SEGMENT = old
+    for name, value in zip(("src", "edge", "dst"), got):
+        want = leaves[name].grad
+        if name == "src" and into_buffer and want is not None:
+            assert value is None
+            expected = before.clone()
+            expected[src_rows.cpu()] += want
+            torch.testing.assert_close(src_out.cpu(), expected, rtol=1e-5, atol=1e-6)
+        elif want is None:
+            assert value is None or not value.any(), f"{op}: unexpected grad of {name}"
+        else:
+            torch.testing.assert_close(value.cpu(), want, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad of {name}: {m}")

@@ -90,7 +90,7 @@ class FailingLayer(sagann.Layer):
 def fault_graph(prefetch=2):
     rng = np.random.default_rng(0)
     n, ei = 50, awkward_graph(rng, 50, 400)
-    return n, sagann.ChunkedGraph(ei, n, num_chunks=4, sub_chunk_nnz=10, device=sagann.CpuDevice("10MB"), schedule=ScheduleConfig(prefetch=prefetch), backend="reference")
+    return n, sagann.ChunkedGraph(ei, n, num_chunks=4, sub_chunk_nnz=10, device=sagann.CpuDevice("10MB"), schedule=ScheduleConfig(prefetch=prefetch, transfer="selective"), backend="reference")
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
