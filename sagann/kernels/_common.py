@@ -112,9 +112,9 @@ class Frontend:
         self._block_spmm = block_spmm
 
     def _source_block(self, g: ChunkTensors, op: str, src, edge, dst, src_rows):
-        """``(src, rows)`` to run with: the block and its rows, or (without a block kernel, or under autograd) the compacted rows and None."""
+        """``(src, rows)`` to run with: the block and its rows, or (no ``src_rows``, no block kernel, or under autograd) compact rows and None."""
         where = "gspmm"
-        if src is None or "src" not in NEEDS[op]:
+        if src_rows is None or src is None or "src" not in NEEDS[op]:
             return src, None
         if not isinstance(src_rows, torch.Tensor) or src_rows.dim() != 1 or src_rows.shape[0] != g.num_src or src_rows.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{where}: src_rows must be an int32/int64 [num_src={g.num_src}] tensor, got {getattr(src_rows, 'dtype', type(src_rows).__name__)} {list(getattr(src_rows, 'shape', []))}")
@@ -126,6 +126,12 @@ class Frontend:
         if grad or self._block_spmm is None or op == "src_dot_dst" or src.dtype not in NATIVE:
             return src.index_select(0, src_rows.long()), None  # autograd sees the compaction
         return src, src_rows
+
+    def _validate_sources(self, where: str, g: ChunkTensors, op: str, src, block_rows, edge, dst) -> tuple[int, torch.dtype]:
+        """``_validate``, with a block checked as the compact ``[num_src, d]`` rows the kernel will read."""
+        if block_rows is not None:
+            src = src.as_strided((g.num_src, src.shape[1]), (0, src.stride(1)))
+        return self._validate(where, g, op, src, edge, dst)
 
     def gspmm_sum_backward(
         self,
@@ -183,11 +189,8 @@ class Frontend:
             raise ValueError(f"{where}: out must be a contiguous [num_dst={g.num_dst}, d] tensor on {g.device}, got {list(getattr(out, 'shape', []))}")
         direct = self._block_spmm is not None and op != "src_dot_dst"
         if direct:
-            block_rows = None
-            if src_rows is not None:
-                src, block_rows = self._source_block(g, op, src, edge, dst, src_rows)
-            proxy = src if block_rows is None else src.as_strided((g.num_src, src.shape[1]), (0, src.stride(1)))
-            width, dtype = self._validate(where, g, op, proxy, edge, dst)
+            src, block_rows = self._source_block(g, op, src, edge, dst, src_rows)
+            width, dtype = self._validate_sources(where, g, op, src, block_rows, edge, dst)
             direct = dtype in NATIVE and out.dtype == dtype and out.shape[1] == width
         if not direct:  # no in-place kernel for this call: compute, then add
             result, _ = self.gspmm(g, op, reduce, src, edge, dst, src_rows)
@@ -243,15 +246,10 @@ class Frontend:
         check_reducer(reduce)
         if out is not None:
             return self._gspmm_into(g, op, reduce, src, edge, dst, src_rows, out)
-        block_rows = None
-        if src_rows is not None:
-            src, block_rows = self._source_block(g, op, src, edge, dst, src_rows)
+        src, block_rows = self._source_block(g, op, src, edge, dst, src_rows)
         if op == "src_dot_dst":
             return self.gspmm(g, "copy_edge", reduce, edge=self.gsddmm(g, op, src=src, dst=dst))
-        if block_rows is not None:  # check the rows the kernel will read, as if compacted
-            width, dtype = self._validate("gspmm", g, op, src.as_strided((g.num_src, src.shape[1]), (0, src.stride(1))), edge, dst)
-        else:
-            width, dtype = self._validate("gspmm", g, op, src, edge, dst)
+        width, dtype = self._validate_sources("gspmm", g, op, src, block_rows, edge, dst)
         src, edge, dst = keep_needed(op, src, edge, dst)
         if reduce in ("max", "min") and g.nnz == 0:  # as the reference: constant zeros, no graph
             return (
