@@ -481,7 +481,7 @@ class _LayerCall:
         n = self.g.num_vertices
         # one interval on a device sharing host memory: V_0's output rows are the output, no copy
         whole = dev.shares_host_memory and p.num_chunks == 1
-        out = None if whole else torch.empty(n, shape.d_out)
+        out = None  # made at the first interval that is not taken whole
         acc_all = torch.empty(n, shape.d_msg)
         win_all = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
         sm_max = torch.zeros(n, shape.d_score) if shape.softmax else None
@@ -650,7 +650,8 @@ class _LayerCall:
         wants = {"src": need_x, "dst": need_x, "data": need_e, "src_term": True, "dst_term": True}
         uses = {"src": shape.uses_src, "src_term": shape.uses_src_term, "data": shape.uses_edge, "dst": shape.uses_dst, "dst_term": shape.uses_dst_term, "g_rows": True, "won": shape.winners}
         uses.update({"sm_max": shape.softmax, "sm_sum": shape.softmax, "out_rows": shape.softmax})
-        if self.direct_backward and not self._direct_reads_src(need_e, wants["dst_term"] if shape.d_dst_term else need_x):
+        direct = self._direct_needs(need_x, need_e) if self.direct_backward else None
+        if direct is not None and not self._direct_reads_src(direct):
             uses.update(src=False, src_term=False)  # a sum's source gradient never reads the sources: do not send them
         fields = tuple(f for f, used in uses.items() if used)
         plan = self._plan(BACKWARD)
@@ -666,7 +667,11 @@ class _LayerCall:
                     # accumulate onto the host gradient itself where the device shares host memory
                     acc_src, src_shared = s.result_buffer(gx[lo:hi], None, f"source grad V_{i}") if need_x and shape.uses_src else (None, False)
                     acc_term, term_shared = s.result_buffer(g_src_term[lo:hi], None, f"source-term grad V_{i}") if g_src_term is not None else (None, False)
-                    compute = partial(self._backward_chunk, saved=saved, acc_src=acc_src, acc_term=acc_term, gx=gx, ge=ge, g_dst_term=g_dst_term, gparams=gparams)
+                    if direct is not None:
+                        src_acc = acc_term if shape.d_src_term else acc_src
+                        compute = partial(self._backward_chunk_direct, needs=direct, src_acc=src_acc, gx=gx, ge=ge, g_dst_term=g_dst_term)
+                    else:
+                        compute = partial(self._backward_chunk, saved=saved, acc_src=acc_src, acc_term=acc_term, gx=gx, ge=ge, g_dst_term=g_dst_term, gparams=gparams)
                     for step in steps:
                         load, busy, b = self._run_step(stream, step, compute)
                         times[step.key] = (load, busy)
@@ -680,23 +685,30 @@ class _LayerCall:
             stream.close()
         self._record_pass(plan, BACKWARD, times, time.perf_counter() - t_pass, moved)
 
-    def _backward_chunk_direct(self, inputs: _ChunkInputs, acc_src, acc_term, gx, ge, g_dst_term) -> None:
+    def _direct_needs(self, need_x: bool, need_e: bool) -> tuple[str, ...]:
+        """The operands (``src``/``edge``/``dst``) whose gradients a direct backward pass computes."""
+        shape, b = self.shape, self.shape.builtin
+        wanted = (
+            ("src", bool(shape.d_src_term) or (need_x and shape.uses_src)),
+            ("edge", b.uses_edge and need_e),
+            ("dst", b.uses_dst and (bool(shape.d_dst_term) or need_x)),
+        )
+        return tuple(name for name, w in wanted if w)
+
+    def _direct_reads_src(self, needs: tuple[str, ...]) -> bool:
+        """Does the direct backward read source rows? Only for edge or destination gradients."""
+        return self.shape.builtin.op != "copy_edge" and bool({"edge", "dst"} & set(needs))
+
+    def _backward_chunk_direct(self, inputs: _ChunkInputs, needs: tuple[str, ...], src_acc, gx, ge, g_dst_term) -> None:
         """Backward of a fused sum sub-chunk by the backward kernels alone: no recompute, no autograd."""
         shape, dev, c, cs = self.shape, self.device, inputs.c, inputs.scope
         builtin = shape.builtin
-        src_name = "src_term" if shape.d_src_term else "src"
-        dst_name = "dst_term" if shape.d_dst_term else "dst"
-        wants = inputs._grad
-        src_acc = acc_term if src_name == "src_term" else acc_src
-        needs = tuple(
-            name
-            for name, wanted in (("src", src_acc is not None), ("edge", builtin.uses_edge and wants.get("data")), ("dst", builtin.uses_dst and wants.get(dst_name)))
-            if wanted
-        )
         if not needs:
             return
+        src_name = "src_term" if shape.d_src_term else "src"
+        dst_name = "dst_term" if shape.d_dst_term else "dst"
         g_rows = inputs.get("g_rows")
-        src = inputs.get(src_name) if self._direct_reads_src(need_e=bool(wants.get("data")), need_dst=bool(wants.get(dst_name))) else None
+        src = inputs.get(src_name) if self._direct_reads_src(needs) else None
         dst = inputs.get(dst_name) if builtin.uses_dst else None
         edge = inputs.get("data") if builtin.uses_edge else None
         cs.charge(edge_scratch_bytes(c.nnz, shape, True), lambda: f"gradient temporaries of {c.id!r}")
@@ -711,15 +723,7 @@ class _LayerCall:
         if d_edge is not None:
             ge.index_add_(0, torch.from_numpy(c.edge_ids), d_edge.to(ge.device))
 
-    def _direct_reads_src(self, need_e: bool, need_dst: bool) -> bool:
-        """Does the direct backward read source rows? Only for edge or destination gradients."""
-        b = self.shape.builtin
-        return b.op != "copy_edge" and ((b.uses_edge and need_e) or (b.uses_dst and need_dst))
-
     def _backward_chunk(self, inputs: _ChunkInputs, saved, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
-        if self.direct_backward:
-            self._backward_chunk_direct(inputs, acc_src, acc_term, gx, ge, g_dst_term)
-            return
         dev, c, cs = self.device, inputs.c, inputs.scope
         lo = c.dst_start + c.dst_offset
         with torch.enable_grad():
