@@ -122,15 +122,20 @@ _COLOURS = {
 }
 
 
-def write_timeline_png(spans, path: PathLike, title: str | None = None) -> Path:
+def write_timeline_png(spans, path: PathLike, title: str | None = None, epochs: Iterable[int] | None = None) -> Path:
     """Draw one bar row per (device, track), coloured by kind, x axis in ms.
 
-    Dotted vertical lines mark where each epoch starts.
+    Dotted vertical lines mark where each epoch starts (labelled sparsely
+    when there are many). ``epochs`` draws only those epochs, e.g. ``[2]``
+    to see one epoch's overlap at a readable scale.
     """
     from matplotlib.figure import Figure  # lazy: matplotlib is an optional extra
     from matplotlib.patches import Patch
 
     spans = as_spans(spans)
+    if epochs is not None:
+        wanted = set(epochs)
+        spans = [s for s in spans if s.epoch in wanted]
     rows = _rows(spans)
     origin = min((s.t0 for s in spans), default=0.0)
     fig = Figure(figsize=(12, 1.4 + 0.45 * max(len(rows), 1)), dpi=120, layout="constrained")
@@ -145,9 +150,12 @@ def write_timeline_png(spans, path: PathLike, title: str | None = None) -> Path:
     for s in spans:
         epoch_starts[s.epoch] = min(epoch_starts.get(s.epoch, s.t0), s.t0)
     if len(epoch_starts) > 1:
-        for e, t in sorted(epoch_starts.items()):
+        every = -(-len(epoch_starts) // 10)  # at most about ten labels
+        for k, (e, t) in enumerate(sorted(epoch_starts.items())):
             x = (t - origin) * 1e3
             ax.axvline(x, color="0.4", linestyle=":", linewidth=0.8)
+            if k % every:
+                continue
             ax.annotate(f"epoch {e}", (x, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7, color="0.3")

@@ -17,6 +17,14 @@ from .types import ChunkKey, Seconds, Span, check_fields
 _active: Recorder | None = None  # the recorder span()/record_interval() write to
 _stack: list[Recorder] = []  # started recorders, innermost last
 _stack_lock = threading.Lock()
+_nvtx = None  # torch.cuda.nvtx while an NVTX-emitting recorder is active, else None
+
+
+def _cuda_nvtx():
+    """torch.cuda.nvtx where CUDA is usable (NVTX needs the CUDA runtime), else None."""
+    import torch
+
+    return torch.cuda.nvtx if torch.cuda.is_available() else None
 
 
 class Recorder:
@@ -27,13 +35,17 @@ class Recorder:
     stopping the inner one re-activates the outer one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, nvtx: bool | None = None) -> None:
+        if nvtx not in (None, True, False):
+            raise ValueError(f"profile(nvtx=...): expected None (auto), True or False, got {nvtx!r}")
+        self.nvtx = nvtx  # None: emit NVTX ranges when CUDA is available
         # Spans, or for span() blocks the raw field tuple: building the frozen
         # dataclass costs ~1 µs, so it is deferred to spans(), off the hot path.
         self._spans: list[Span | tuple] = []
         self._counters: dict[int, dict[str, int]] = {}  # epoch -> name -> total
         self._lock = threading.Lock()
         self._started = False
+        self._nvtx_module = None  # what start() resolved nvtx to
         self.epoch = 0
 
     def record(self, span: Span) -> None:
@@ -79,18 +91,24 @@ class Recorder:
 
     def start(self) -> Recorder:
         """Make this the active recorder until :meth:`stop`."""
-        global _active
+        global _active, _nvtx
+        nvtx = None if self.nvtx is False else _cuda_nvtx()
+        if self.nvtx is True and nvtx is None:
+            raise RuntimeError("profile(nvtx=True): NVTX needs CUDA, and torch.cuda.is_available() is False; "
+                               "use nvtx=None to emit ranges only where CUDA is present")
         with _stack_lock:
             if self._started:
                 raise RuntimeError("Recorder.start: already started; create a new one with sagann.profiler.profile()")
             self._started = True
+            self._nvtx_module = nvtx
             _stack.append(self)
             _active = self
+            _nvtx = nvtx
         return self
 
     def stop(self) -> None:
         """Deactivate; the recorder started before this one becomes active again."""
-        global _active
+        global _active, _nvtx
         with _stack_lock:
             if not self._started:
                 raise RuntimeError("Recorder.stop: this recorder was never started; call start() first")
@@ -102,6 +120,7 @@ class Recorder:
                     del _stack[k]
                     break
             _active = _stack[-1] if _stack else None
+            _nvtx = _active._nvtx_module if _active is not None else None
 
     def __enter__(self) -> Recorder:
         return self.start()
@@ -117,9 +136,13 @@ class Recorder:
         return f"Recorder({len(self)} spans, epoch={self.epoch}, {state})"
 
 
-def profile() -> Recorder:
-    """A new recorder; activate it with ``with`` or ``start()``."""
-    return Recorder()
+def profile(nvtx: bool | None = None) -> Recorder:
+    """A new recorder; activate it with ``with`` or ``start()``.
+
+    ``nvtx``: None (default) also emits NVTX ranges when CUDA is available,
+    True requires them, False never emits them.
+    """
+    return Recorder(nvtx)
 
 
 def enabled() -> bool:
@@ -167,9 +190,9 @@ _NO_SPAN = _NoSpan()
 class _TimedSpan:
     """Times its ``with`` body with perf_counter and records it on exit."""
 
-    __slots__ = ("_rec", "_kind", "_device", "_track", "_chunk", "_nbytes", "_layer", "_phase", "_epoch", "_t0")
+    __slots__ = ("_rec", "_kind", "_device", "_track", "_chunk", "_nbytes", "_layer", "_phase", "_epoch", "_t0", "_nvtx")
 
-    def __init__(self, rec, kind, device, track, chunk, nbytes, layer, phase):
+    def __init__(self, rec, kind, device, track, chunk, nbytes, layer, phase, nvtx=None):
         check_fields(kind, device, track, chunk, nbytes, phase)
         self._rec = rec
         self._kind = kind
@@ -179,9 +202,12 @@ class _TimedSpan:
         self._nbytes = nbytes
         self._layer = layer
         self._phase = phase
+        self._nvtx = nvtx
 
     def __enter__(self) -> None:
         self._epoch = self._rec.epoch
+        if self._nvtx is not None:
+            self._nvtx.range_push(nvtx_name(self._kind, self._chunk))
         self._t0 = perf_counter()
 
     def __exit__(
@@ -191,6 +217,8 @@ class _TimedSpan:
         tb: TracebackType | None,
     ) -> None:
         t1 = perf_counter()
+        if self._nvtx is not None:
+            self._nvtx.range_pop()
         # Recorded even when the body raised: the time was spent.
         rec = self._rec
         with rec._lock:
@@ -221,7 +249,12 @@ def span(
     rec = _active
     if rec is None:
         return _NO_SPAN
-    return _TimedSpan(rec, kind, device, track, chunk, nbytes, layer, phase)
+    return _TimedSpan(rec, kind, device, track, chunk, nbytes, layer, phase, _nvtx)
+
+
+def nvtx_name(kind: str, chunk: ChunkKey | None) -> str:
+    """The NVTX range name of a span: its kind, then its chunk id if any ("h2d 2,0,1")."""
+    return kind if chunk is None else f"{kind} {','.join(map(str, chunk))}"
 
 
 def record_interval(

@@ -78,6 +78,16 @@ def test_timeline_png(tmp_path):
     assert data.startswith(PNG_MAGIC) and len(data) > 1000
 
 
+def test_timeline_png_draws_only_the_chosen_epochs(tmp_path):
+    spans = pipeline_spans()
+    one = write_timeline_png(spans, tmp_path / "one.png", epochs=[1]).read_bytes()
+    only_epoch_1 = write_timeline_png([s for s in spans if s.epoch == 1], tmp_path / "ref.png").read_bytes()
+    both = write_timeline_png(spans, tmp_path / "both.png").read_bytes()
+    none = write_timeline_png(spans, tmp_path / "none.png", epochs=[7]).read_bytes()
+    assert one == only_epoch_1 and one != both
+    assert none == write_timeline_png([], tmp_path / "empty.png").read_bytes()
+
+
 def test_timeline_png_without_spans(tmp_path):
     assert write_timeline_png([], tmp_path / "empty.png").read_bytes().startswith(PNG_MAGIC)
 

@@ -1,0 +1,106 @@
+"""NVTX ranges mirror spans when CUDA is present (checked here with a recording stand-in for torch.cuda.nvtx)."""
+import threading
+
+import pytest
+import torch
+
+from sagann.profiler import profile, span
+from sagann.profiler import recorder
+
+
+class FakeNvtx:
+    """Records range_push/range_pop per thread, as NVTX keeps one stack per thread."""
+
+    def __init__(self):
+        self.events = []
+        self.depth = {}
+
+    def range_push(self, name):
+        t = threading.get_ident()
+        self.depth[t] = self.depth.get(t, 0) + 1
+        self.events.append(("push", name))
+
+    def range_pop(self):
+        t = threading.get_ident()
+        assert self.depth.get(t, 0) > 0, "range_pop without a push on this thread"
+        self.depth[t] -= 1
+        self.events.append(("pop", None))
+
+
+@pytest.fixture
+def cuda_nvtx(monkeypatch):
+    fake = FakeNvtx()
+    monkeypatch.setattr(recorder, "_cuda_nvtx", lambda: fake)
+    return fake
+
+
+def test_spans_open_and_close_named_nvtx_ranges(cuda_nvtx):
+    with profile():
+        with span("h2d", "cuda0", "copy", chunk=(2, 0, 1)):
+            with span("kernel", "cuda0", "compute"):
+                pass
+    assert cuda_nvtx.events == [("push", "h2d 2,0,1"), ("push", "kernel"), ("pop", None), ("pop", None)]
+
+
+def test_nvtx_range_closes_when_the_body_raises(cuda_nvtx):
+    with profile() as prof:
+        with pytest.raises(ValueError):
+            with span("kernel", "cuda0", "compute", chunk=(0, 0, 0)):
+                raise ValueError("boom")
+    assert [e[0] for e in cuda_nvtx.events] == ["push", "pop"]
+    assert len(prof) == 1
+
+
+def test_ranges_balance_per_thread(cuda_nvtx):
+    def work(k):
+        for _ in range(50):
+            with span("kernel", f"cuda{k}", "compute", chunk=(k, 0, 0)):
+                pass
+
+    with profile() as prof:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(prof) == 150
+    assert all(d == 0 for d in cuda_nvtx.depth.values())
+    assert sum(e[0] == "push" for e in cuda_nvtx.events) == 150
+
+
+def test_nvtx_false_and_profiling_off_emit_nothing(cuda_nvtx):
+    with span("kernel", "cuda0", "compute"):
+        pass
+    with profile(nvtx=False):
+        with span("kernel", "cuda0", "compute"):
+            pass
+    assert cuda_nvtx.events == []
+
+
+def test_nested_recorders_restore_the_outer_nvtx_setting(cuda_nvtx):
+    with profile():
+        with profile(nvtx=False):
+            with span("kernel", "cuda0", "compute"):
+                pass
+        with span("d2h", "cuda0", "copy"):
+            pass
+    assert cuda_nvtx.events == [("push", "d2h"), ("pop", None)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_nvtx_true_without_cuda_says_why():
+    with pytest.raises(RuntimeError, match="NVTX needs CUDA"):
+        profile(nvtx=True).start()
+
+
+def test_nvtx_option_is_validated():
+    with pytest.raises(ValueError, match="nvtx"):
+        profile(nvtx="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a real GPU")
+def test_real_nvtx_ranges_run_on_a_gpu():
+    with profile() as prof:
+        with span("kernel", "cuda0", "compute", chunk=(0, 0, 0)):
+            torch.ones(4, device="cuda").sum().item()
+    assert len(prof) == 1
