@@ -24,9 +24,10 @@ from sagann.scheduler.devices import CpuDevice
 
 CONFIGS = [
     ("out-of-core, no pipelining", ScheduleConfig(prefetch=0, transfer="full", order="natural")),
-    ("+ pipelining", ScheduleConfig(prefetch=None, transfer="full", order="natural")),
-    ("+ selective", ScheduleConfig(prefetch=None, transfer="auto", order="natural")),
-    ("+ ordering", ScheduleConfig(prefetch=None, transfer="auto", order="profile")),
+    ("+ pipelining", ScheduleConfig(prefetch="max", transfer="full", order="natural")),
+    ("+ selective", ScheduleConfig(prefetch="max", transfer="auto", order="natural")),
+    ("+ ordering", ScheduleConfig(prefetch="max", transfer="auto", order="profile")),
+    ("default schedule", ScheduleConfig()),
 ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -199,6 +200,19 @@ class GraphPartition:
     @property
     def num_sub_chunks(self) -> int:
         return sum(len(v) for v in self.chunks.values())
+
+    @cached_property
+    def edge_order(self) -> tuple[np.ndarray, dict[ChunkId, int]]:
+        """Edge ids in sub-chunk order, and where each sub-chunk's edges start in it.
+
+        Edge features permuted by this order give every sub-chunk its edge
+        rows as one contiguous slice (a view, or one block copy) instead of a
+        random gather by ``edge_ids`` in every pass.
+        """
+        subs = list(self.sub_chunks())
+        order = np.concatenate([c.edge_ids for c in subs]) if subs else np.zeros(0, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum([c.nnz for c in subs])[:-1]]).astype(np.int64) if subs else []
+        return order, {c.id: int(o) for c, o in zip(subs, starts)}
 
     def edge_index(self) -> np.ndarray:
         """Rebuild the ``[2, E]`` edge list in the original edge order."""

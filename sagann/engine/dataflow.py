@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -83,7 +84,30 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
     call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
     call.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
-    return _SagaFunction.apply(call, x.contiguous(), None if edge_data is None else edge_data.contiguous(), *params)
+    edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous())
+    return _SagaFunction.apply(call, x.contiguous(), edge_data, *params)
+
+
+_EDGE_ORDER_CACHE = "_sagann_edge_data_in_order"  # partition attribute: (weakref to input, its version, permuted)
+
+
+def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor) -> torch.Tensor:
+    """Edge data permuted into the partition's sub-chunk order, so a sub-chunk's edge rows are one slice.
+
+    A differentiable index_select (autograd scatters the gradient back).
+    For data without grad (e.g. a GCN's cached norm, used by every layer and
+    epoch) the permuted copy is kept on the partition while the input lives
+    unchanged, so it is built once.
+    """
+    order = torch.from_numpy(partition.edge_order[0])
+    if edge_data.requires_grad or edge_data.is_inference():
+        return edge_data.index_select(0, order)
+    hit = partition.__dict__.get(_EDGE_ORDER_CACHE)
+    if hit is not None and hit[0]() is edge_data and hit[1] == edge_data._version:
+        return hit[2]
+    out = edge_data.index_select(0, order)
+    partition.__dict__[_EDGE_ORDER_CACHE] = (weakref.ref(edge_data), edge_data._version, out)
+    return out
 
 
 def _compiled(layer: Layer, d_in: int, edge_data: torch.Tensor | None) -> Layer:
@@ -239,8 +263,9 @@ class _ChunkInputs:
         else:
             if name in _SRC_FIELDS:
                 t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), lambda: f"{name} rows of {c.id!r}")
-            elif name == "data":
-                t = s.load_rows(host, torch.from_numpy(c.edge_ids), lambda: f"edge rows of {c.id!r}")
+            elif name == "data":  # edge data arrive in sub-chunk order (_in_chunk_order): one slice
+                off = self.call.edge_offset(c)
+                t = s.load(host[off : off + c.nnz], lambda: f"edge rows of {c.id!r}")
             else:  # destination-row fields, in backward
                 lo = c.dst_start + c.dst_offset
                 t = s.load(host[lo : lo + c.num_dst], lambda: f"{name} rows of {c.id!r}")
@@ -275,6 +300,7 @@ class _LayerCall:
         self.need_x = True  # set from the autograd context before forward
         self.keep_graphs = True
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._edge_offsets = partition.edge_order[1]
         # sum is linear: its backward kernels need the operands and the output gradient only,
         # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
         builtin = shape.builtin
@@ -373,6 +399,10 @@ class _LayerCall:
         p = torch.exp(scores - m.index_select(0, dst)) / l.index_select(0, dst)
         centred = msg.view(ct.nnz, h, -1) - out.view(ct.num_dst, h, -1).index_select(0, dst)
         return msg.new_zeros(ct.num_dst, h, self.shape.d_msg // h).index_add(0, dst, p.unsqueeze(-1) * centred).view(ct.num_dst, -1)
+
+    def edge_offset(self, c: EdgeChunk) -> int:
+        """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data (see _in_chunk_order)."""
+        return self._edge_offsets[c.id]
 
     def _keeps_hook_graphs(self) -> bool:
         """Keep the hooks' autograd graphs from forward instead of recomputing them in backward?
@@ -721,7 +751,8 @@ class _LayerCall:
         if d_dst is not None:
             dev.add_out(d_dst, (gx if dst_name == "dst" else g_dst_term)[lo : lo + c.num_dst])
         if d_edge is not None:
-            ge.index_add_(0, torch.from_numpy(c.edge_ids), d_edge.to(ge.device))
+            off = self.edge_offset(c)
+            dev.add_out(d_edge, ge[off : off + c.nnz])
 
     def _backward_chunk(self, inputs: _ChunkInputs, saved, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
         dev, c, cs = self.device, inputs.c, inputs.scope
@@ -755,7 +786,8 @@ class _LayerCall:
             elif name == "dst_term":
                 dev.add_out(g, g_dst_term[lo : lo + c.num_dst])
             elif name == "data":
-                ge.index_add_(0, torch.from_numpy(c.edge_ids), g.to(ge.device))
+                off = self.edge_offset(c)
+                dev.add_out(g, ge[off : off + c.nnz])
         self._add_param_grads(grads[len(leaves) :], gparams)
 
     def _backward_hook(self, hook: str, x, g_term, need_x, gx, gparams) -> None:

@@ -170,7 +170,7 @@ class ChunkedGraph:
             weight = vertex_weight(shape, fused)
             make = lambda P: self._partition(P, sub, weight)  # noqa: E731
             try:  # room for one sub-chunk loading while one computes, if any P allows it
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=live_sub_chunks(0 if self.schedule.prefetch == 0 else 1))
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=live_sub_chunks(0 if self._pipelined() is False else 1))
             except BudgetTooSmall:
                 part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1)
         self.partition = part
@@ -178,9 +178,21 @@ class ChunkedGraph:
             self._working_set = ws
         return part
 
+    def _pipelined(self) -> bool | None:
+        """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows."""
+        pf = self.schedule.prefetch
+        if pf is None:
+            return None if self.device.overlaps_transfers else False
+        if pf == "max":
+            return None
+        return pf > 0
+
     def prefetch_depth(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int) -> int:
-        """The configured depth, or the deepest (up to MAX_PREFETCH) whose working set fits the budget."""
-        if self.schedule.prefetch is not None:
+        """The configured depth, 0 where transfers cannot overlap compute, or the deepest (up to MAX_PREFETCH) that fits."""
+        pipelined = self._pipelined()
+        if pipelined is False:
+            return 0
+        if pipelined is True:
             return self.schedule.prefetch
         budget = self.device.memory_budget
         if budget is None:

@@ -21,19 +21,22 @@ class ScheduleConfig:
     """Scheduling options of a :class:`~sagann.ChunkedGraph`.
 
     Args:
-        prefetch: sub-chunks loaded ahead of compute by the loader thread;
-            None lets the planner go as deep as the budget allows (up to
-            ``MAX_PREFETCH``), 0 turns pipelining off.
+        prefetch: sub-chunks loaded ahead of compute by the loader thread.
+            None (default): as deep as the budget allows (up to
+            ``MAX_PREFETCH``) where the device's transfers overlap compute
+            (``Device.overlaps_transfers``: a GPU's copy engine, an emulated
+            link), else 0; ``"max"``: as deep as the budget allows on any
+            device; an int: that depth; 0 turns pipelining off.
         transfer: ``"auto"`` (cost model per chunk), ``"selective"`` or ``"full"``.
         order: ``"profile"`` (Johnson's rule on measured chunk costs) or ``"natural"``.
     """
 
-    prefetch: int | None = None
+    prefetch: int | str | None = None  # None, "max" or a depth
     transfer: TransferPolicy | str = TransferPolicy.AUTO
     order: Order | str = Order.PROFILE
 
     def __post_init__(self):
-        if self.prefetch is not None and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
-            raise ValueError(f"prefetch must be None or an int >= 0, got {self.prefetch!r}")
+        if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
+            raise ValueError(f"prefetch must be None, 'max' or an int >= 0, got {self.prefetch!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))
         object.__setattr__(self, "order", _enum(Order, self.order, "order"))

@@ -230,6 +230,15 @@ class Device:
         """True when loads are views of host memory, so results may be written straight into host tensors."""
         return False
 
+    @property
+    def overlaps_transfers(self) -> bool:
+        """Do transfers run beside compute (a copy engine, a link) rather than on the cores that compute?
+
+        Decides whether prefetching is on by default: where loads take the
+        same cores as the kernels, a loader thread only competes with them.
+        """
+        return True
+
 
 class CpuDevice(Device):
     """A virtual device in RAM with a memory budget: every byte it would hold is accounted.
@@ -261,6 +270,12 @@ class CpuDevice(Device):
     @property
     def shares_host_memory(self) -> bool:
         return not self.copy_transfers
+
+    @property
+    def overlaps_transfers(self) -> bool:
+        # Only an emulated link's wait runs beside compute; copies and gathers take the
+        # host cores the kernels use (measured: docs/benchmarks.md, "prefetching on a CPU").
+        return self.link_bandwidth is not None
 
     def _throttle(self, t0: float, nbytes: int) -> None:
         self._count_in(nbytes)

@@ -64,11 +64,42 @@ def test_budgeted_schedules_fit(transfer):
     ref = layer(free, x)
     budget = free.working_set.peak_bytes // 6
     dev = sagann.CpuDevice(budget)
-    g = sagann.ChunkedGraph(ei, n, device=dev, schedule=ScheduleConfig(transfer=transfer))
+    g = sagann.ChunkedGraph(ei, n, device=dev, schedule=ScheduleConfig(transfer=transfer, prefetch="max"))
     out, _ = run_twice(layer, g, x, None)
     assert_rel_close(out, ref.detach())
     assert g.num_chunks > 1 and dev.peak_bytes <= budget
     assert all(r.prefetch >= 1 for r in g.pass_log), "the budget leaves room to prefetch"
+
+
+@pytest.mark.parametrize("link", [None, "4GB"])
+def test_default_prefetch_only_where_transfers_overlap_compute(link):
+    """A plain CPU device copies on the cores that compute: no loader thread by default, and
+    P sized for one sub-chunk in flight; an emulated link (a wait beside compute) prefetches."""
+    rng = np.random.default_rng(0)
+    n, ei = 2000, awkward_graph(rng, 2000, 12000)
+    torch.manual_seed(0)
+    layer = sagann.nn.SAGEConv(32, 16)
+    x = torch.randn(n, 32, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, n)
+    ref = layer(free, x)
+    budget = free.working_set.peak_bytes // 6
+    dev = sagann.CpuDevice(budget, link_bandwidth=link)
+    assert dev.overlaps_transfers is (link is not None)
+    g = sagann.ChunkedGraph(ei, n, device=dev)
+    out, _ = run_twice(layer, g, x, None)
+    assert_rel_close(out, ref.detach())
+    depths = {r.prefetch for r in g.pass_log}
+    assert depths == {0} if link is None else min(depths) >= 1
+    pipelined = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget), schedule=ScheduleConfig(prefetch="max"))
+    layer(pipelined, x)
+    if link is None:  # room for sub-chunks in flight costs intervals
+        assert g.num_chunks <= pipelined.num_chunks
+
+
+def test_prefetch_option_is_validated():
+    for bad in ("deep", -1, True, 2.0):
+        with pytest.raises(ValueError, match="prefetch must be None, 'max' or an int"):
+            ScheduleConfig(prefetch=bad)
 
 
 class FailingLayer(sagann.Layer):
