@@ -416,7 +416,7 @@ class _LayerCall:
         return self.keep_graphs and dev.memory_budget is None and dev.shares_host_memory and (self.need_x or bool(self.params))
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
-        out = torch.empty(self.g.num_vertices, width)
+        out = self.g.host.empty((self.g.num_vertices, width), what=f"{hook} rows")
         keep = self._keeps_hook_graphs()
         graphs = self.hook_graphs.setdefault(hook, {}) if keep else None
         for q, lo, hi in self.p.intervals():
@@ -512,10 +512,11 @@ class _LayerCall:
         # one interval on a device sharing host memory: V_0's output rows are the output, no copy
         whole = dev.shares_host_memory and p.num_chunks == 1
         out = None  # made at the first interval that is not taken whole
-        acc_all = torch.empty(n, shape.d_msg)
-        win_all = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
-        sm_max = torch.zeros(n, shape.d_score) if shape.softmax else None
-        sm_sum = torch.zeros(n, shape.d_score) if shape.softmax else None
+        host = self.g.host
+        acc_all = host.empty((n, shape.d_msg), what="aggregates saved for backward")
+        win_all = host.empty((n, shape.d_msg), torch.long, "winner ids") if shape.winners else None
+        sm_max = host.zeros((n, shape.d_score), what="softmax maxima") if shape.softmax else None
+        sm_sum = host.zeros((n, shape.d_score), what="softmax sums") if shape.softmax else None
         host = {"src": x, "src_term": src_term, "data": edata}
         fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
         init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[self.reduce]
@@ -566,7 +567,7 @@ class _LayerCall:
                             if whole and _owns_storage(out_j, x, acc_all):
                                 out = out_j.contiguous()
                             else:
-                                out = torch.empty(n, shape.d_out) if out is None else out
+                                out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
                                 dev.copy_out(out_j, out[lo:hi])
                             if not acc_shared:
                                 dev.copy_out(acc, acc_all[lo:hi])
@@ -578,7 +579,7 @@ class _LayerCall:
             finally:
                 stream.close()
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
-        out = torch.empty(n, shape.d_out) if out is None else out
+        out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
         return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
 
     def _merge(self, inputs: _ChunkInputs, acc, win, partial_acc, arg) -> None:
@@ -621,12 +622,13 @@ class _LayerCall:
     def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
         shape, dev = self.shape, self.device
         n = self.g.num_vertices
-        gx = torch.zeros_like(x) if need_x else None
-        ge = torch.zeros_like(edata) if need_e else None
+        host = self.g.host
+        gx = host.zeros_like(x, "input gradient") if need_x else None
+        ge = host.zeros_like(edata, "edge data gradient") if need_e else None
         gparams = [torch.zeros_like(q) for q in self.params]
-        g_src_term = torch.zeros_like(saved.src_term) if saved.src_term is not None else None
-        g_dst_term = torch.zeros_like(saved.dst_term) if saved.dst_term is not None else None
-        grad_acc = None if self.device.shares_host_memory and self.p.num_chunks == 1 else torch.empty(n, shape.d_msg)
+        g_src_term = host.zeros_like(saved.src_term, "source-term gradient") if saved.src_term is not None else None
+        g_dst_term = host.zeros_like(saved.dst_term, "destination-term gradient") if saved.dst_term is not None else None
+        grad_acc = None if self.device.shares_host_memory and self.p.num_chunks == 1 else host.empty((n, shape.d_msg), what="aggregate gradient")
         with dev.scope() as params_scope:
             params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
             grad_acc = self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams)

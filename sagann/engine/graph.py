@@ -11,6 +11,7 @@ from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_ed
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import CpuDevice, Device, format_bytes
+from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, vertex_weight, working_set
 from sagann.scheduler.policy import TransferPolicy
@@ -50,6 +51,10 @@ class ChunkedGraph:
             kernels on the CPU), ``"cpu"`` or ``"reference"``.
         schedule: a :class:`~sagann.ScheduleConfig` (prefetch depth,
             selective transfers, ordering); default: all automatic.
+        host_memory: RAM budget for the engine's host tensors (bytes, a
+            string such as ``"2GB"``, or a :class:`~sagann.HostMemory` with
+            its spill directory); beyond it they live in memory-mapped spill
+            files (the disk tier). None: unlimited.
 
     Example:
         >>> import sagann, torch
@@ -66,6 +71,7 @@ class ChunkedGraph:
         backend: str = "auto",
         schedule: ScheduleConfig | None = None,
         *,
+        host_memory: "int | str | HostMemory | None" = None,
         _partition: GraphPartition | None = None,
     ):
         if isinstance(device, (list, tuple)):
@@ -81,6 +87,7 @@ class ChunkedGraph:
         if schedule is not None and not isinstance(schedule, ScheduleConfig):
             raise TypeError(f"schedule must be a sagann.ScheduleConfig, got {schedule!r}")
         self.schedule = schedule or ScheduleConfig()
+        self.host = host_memory if isinstance(host_memory, HostMemory) else HostMemory(host_memory)
         self.costs = CostTable()
         self.pass_log: list[PassRecord] = []
         self._prefetch_cache: dict = {}
@@ -102,20 +109,20 @@ class ChunkedGraph:
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
 
     @classmethod
-    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None) -> "ChunkedGraph":
+    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None, host_memory=None) -> "ChunkedGraph":
         """Wrap an existing partition (e.g. a dataset loaded from disk); repartitions only if needed."""
-        return cls(None, partition.num_vertices, None, device, None, backend, schedule, _partition=partition)
+        return cls(None, partition.num_vertices, None, device, None, backend, schedule, host_memory=host_memory, _partition=partition)
 
     def _graphs(self) -> list["ChunkedGraph"]:
         """This graph and the graphs derived from it (e.g. GCN's self-loop graph)."""
         return [self] + [v[0] for v in self._derived.values() if isinstance(v, tuple) and isinstance(v[0], ChunkedGraph)]
 
     @classmethod
-    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True, schedule: ScheduleConfig | None = None) -> "ChunkedGraph":
+    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True, schedule: ScheduleConfig | None = None, host_memory=None) -> "ChunkedGraph":
         """Open a dataset directory (see ``sagann.chunks.save_dataset``); edge arrays stay memory-mapped."""
         from sagann.chunks.dataset import load_dataset
 
-        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend, schedule)
+        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend, schedule, host_memory)
 
     @property
     def num_chunks(self) -> int | None:
@@ -181,8 +188,8 @@ class ChunkedGraph:
     def _pipelined(self) -> bool | None:
         """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows."""
         pf = self.schedule.prefetch
-        if pf is None:
-            return None if self.device.overlaps_transfers else False
+        if pf is None:  # disk reads wait on I/O, beside compute, like a link
+            return None if self.device.overlaps_transfers or self.host.enabled else False
         if pf == "max":
             return None
         return pf > 0
@@ -243,7 +250,7 @@ class ChunkedGraph:
             kept = np.flatnonzero(ei[0] != ei[1])
             loops = np.arange(self.num_vertices, dtype=np.int64)
             new_ei = np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
-            derived = ChunkedGraph(new_ei, self.num_vertices, self._fixed_chunks, self.device, self._fixed_sub_nnz, self.backend, self.schedule)
+            derived = ChunkedGraph(new_ei, self.num_vertices, self._fixed_chunks, self.device, self._fixed_sub_nnz, self.backend, self.schedule, host_memory=self.host)
             derived.costs, derived.pass_log = self.costs, self.pass_log  # one log for the user's graph
             self._derived["self_loops"] = (derived, kept)
         return self._derived["self_loops"]

@@ -1,0 +1,211 @@
+"""The host tier: RAM with a budget, and memory-mapped spill files beyond it (the disk tier).
+
+Vertex-sized host tensors the engine allocates (layer outputs, saved
+aggregates, gradients) and what autograd saves between layers go through a
+:class:`HostMemory`. Within its budget they are ordinary RAM tensors; past it
+they are backed by a file in the spill directory, mapped into memory, so the
+OS pages them between disk and RAM and the process keeps only what it
+touches. Each spill file is unlinked as soon as it is mapped: the mapping
+keeps the data alive, the space returns to the disk when the last tensor
+view is gone, and a crash leaves nothing behind.
+
+Loads from a spilled tensor are staged: the rows are first read into RAM
+(a ``disk`` span on the host's ``disk`` track), then sent to the device as
+usual, so a trace shows all three tiers.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sagann import profiler
+from sagann.scheduler.units import format_bytes, parse_bytes, tensor_bytes
+
+__all__ = ["HostMemory", "is_spilled", "stage", "stage_rows"]
+
+# data_ptr of every live spill mapping -> its size; module-wide, so a device's
+# loads can tell a spilled host tensor without knowing which HostMemory made it
+_SPILLED: dict[int, int] = {}
+_SPILLED_LOCK = threading.Lock()
+
+# numpy dtype of each torch dtype a spill file may hold
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
+SAVED_TENSOR_MIN_BYTES = 1 << 20  # autograd-saved tensors smaller than this always stay in RAM
+
+
+def is_spilled(t: torch.Tensor | None) -> bool:
+    """Is ``t`` (or the tensor it views) backed by a spill file?"""
+    if t is None or t.device.type != "cpu":
+        return False
+    return t.untyped_storage().data_ptr() in _SPILLED
+
+
+def stage(t: torch.Tensor, chunk=None) -> torch.Tensor:
+    """``t`` itself if in RAM; a RAM copy, read inside a ``disk`` span, if it is spilled."""
+    if not is_spilled(t):
+        return t
+    with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=tensor_bytes(t)):
+        return t.clone()
+
+
+def stage_rows(t: torch.Tensor, index: torch.Tensor, chunk=None) -> torch.Tensor | None:
+    """Rows ``index`` of a spilled ``t`` read into RAM (a ``disk`` span); None if ``t`` is in RAM."""
+    if not is_spilled(t):
+        return None
+    with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=index.numel() * tensor_bytes(t[:1])):
+        return t.index_select(0, index)
+
+
+class HostMemory:
+    """Host RAM with an optional budget; what does not fit lives in memory-mapped spill files.
+
+    Args:
+        budget: bytes (or a string such as ``"2GB"``) of RAM the engine's own
+            host tensors may take; None: unlimited, nothing is spilled.
+        spill_dir: where spill files are created (default: a fresh
+            directory under the system's temporary directory, made on first
+            spill). Put it on a fast local disk.
+
+    Accounting is per tensor object: bytes are counted from allocation until
+    the tensor returned by :meth:`empty` is garbage collected.
+    """
+
+    def __init__(self, budget: int | str | None = None, spill_dir: str | os.PathLike | None = None):
+        self.budget = parse_bytes(budget)
+        self._spill_dir = None if spill_dir is None else Path(spill_dir)
+        if self._spill_dir is not None and self._spill_dir.exists() and not self._spill_dir.is_dir():
+            raise ValueError(f"spill_dir {str(self._spill_dir)!r} exists and is not a directory; pass a directory for spill files")
+        self._lock = threading.Lock()
+        self.resident_bytes = 0  # engine tensors in RAM now
+        self.peak_resident_bytes = 0
+        self.spilled_bytes = 0  # engine tensors in spill files now
+        self.spilled_total_bytes = 0  # everything ever spilled
+        self.peak_spilled_bytes = 0
+        self._files = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when a budget is set (some tensors may be spilled)."""
+        return self.budget is not None
+
+    @property
+    def spill_dir(self) -> Path:
+        if self._spill_dir is None:
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="sagann-spill-"))
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        return self._spill_dir
+
+    # ---- allocation --------------------------------------------------------------------------
+    def empty(self, shape, dtype: torch.dtype = torch.float32, what: str = "host tensor") -> torch.Tensor:
+        """An uninitialised tensor, in RAM if it fits the budget, else in a spill file (zero-filled)."""
+        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,)))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        with self._lock:
+            spill = self.budget is not None and self.resident_bytes + nbytes > self.budget and nbytes > 0
+            if not spill:
+                self.resident_bytes += nbytes
+                self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
+        if not spill:
+            t = torch.empty(shape, dtype=dtype)
+            weakref.finalize(t, self._release, nbytes, False)
+            return t
+        return self._spill(shape, dtype, nbytes, what)
+
+    def zeros(self, shape, dtype: torch.dtype = torch.float32, what: str = "host tensor") -> torch.Tensor:
+        t = self.empty(shape, dtype, what)
+        if not is_spilled(t):  # spill files start zero-filled
+            t.zero_()
+        return t
+
+    def zeros_like(self, t: torch.Tensor, what: str = "host tensor") -> torch.Tensor:
+        return self.zeros(tuple(t.shape), t.dtype, what)
+
+    def copy(self, t: torch.Tensor, what: str = "host tensor") -> torch.Tensor:
+        """A copy of ``t`` placed under the budget (in RAM or spilled)."""
+        out = self.empty(tuple(t.shape), t.dtype, what)
+        out.copy_(t.detach())
+        return out
+
+    def _spill(self, shape, dtype: torch.dtype, nbytes: int, what: str) -> torch.Tensor:
+        if dtype not in _NP_DTYPES:
+            raise TypeError(f"cannot spill {what} of dtype {dtype}; spillable dtypes: {', '.join(map(str, _NP_DTYPES))}")
+        fd, path = tempfile.mkstemp(prefix="spill-", suffix=".bin", dir=self.spill_dir)
+        try:
+            os.ftruncate(fd, nbytes)  # a sparse file: zero-filled, no disk blocks until written
+            array = np.memmap(path, dtype=_NP_DTYPES[dtype], mode="r+", shape=shape)
+        except OSError as exc:
+            raise OSError(f"cannot create a {format_bytes(nbytes)} spill file for {what} in {self.spill_dir}: {exc}; "
+                          f"free disk space there, pass another spill_dir, or raise the host memory budget") from exc
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the mapping keeps the data; nothing is left behind
+        t = torch.from_numpy(array)
+        ptr = t.untyped_storage().data_ptr()
+        with self._lock:
+            self.spilled_bytes += nbytes
+            self.spilled_total_bytes += nbytes
+            self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)
+            self._files += 1
+        with _SPILLED_LOCK:
+            _SPILLED[ptr] = nbytes
+        weakref.finalize(array, _forget, ptr)  # the mapping lives as long as any view of it
+        weakref.finalize(t, self._release, nbytes, True)
+        return t
+
+    def _release(self, nbytes: int, spilled: bool) -> None:
+        with self._lock:
+            if spilled:
+                self.spilled_bytes -= nbytes
+            else:
+                self.resident_bytes -= nbytes
+
+    # ---- what autograd saves -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def saved_tensors(self, min_bytes: int = SAVED_TENSOR_MIN_BYTES):
+        """Inside, tensors autograd saves for backward are placed under the budget too.
+
+        Large saved activations (a ReLU's output, a dropout mask) are copied
+        into a spill file when RAM is over budget; small ones and parameters
+        stay as they are. Nothing changes without a budget.
+        """
+        if self.budget is None:
+            yield
+            return
+
+        def pack(t: torch.Tensor):
+            if isinstance(t, torch.nn.Parameter) or t.device.type != "cpu" or tensor_bytes(t) < min_bytes or is_spilled(t):
+                return t
+            with self._lock:
+                fits = self.resident_bytes + tensor_bytes(t) <= self.budget
+            return t if fits else self.copy(t, "a tensor saved for backward")
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+
+    def stats(self) -> dict:
+        """Budget, RAM and spill figures (bytes) for reports."""
+        with self._lock:
+            return {
+                "host_memory_bytes": self.budget,
+                "peak_resident_bytes": self.peak_resident_bytes,
+                "spilled_bytes_total": self.spilled_total_bytes,
+                "peak_spilled_bytes": self.peak_spilled_bytes,
+                "spill_files": self._files,
+            }
+
+    def __repr__(self) -> str:
+        return (f"HostMemory(budget={format_bytes(self.budget)}, resident={format_bytes(self.resident_bytes)}, "
+                f"spilled={format_bytes(self.spilled_bytes)})")
+
+
+def _forget(ptr: int) -> None:
+    with _SPILLED_LOCK:
+        _SPILLED.pop(ptr, None)

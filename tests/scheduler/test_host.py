@@ -1,0 +1,85 @@
+"""HostMemory: RAM within the budget, memory-mapped spill files past it, nothing left on disk."""
+import gc
+import os
+
+import pytest
+import torch
+
+import sagann
+from sagann import profiler
+from sagann.scheduler.host import HostMemory, is_spilled, stage, stage_rows
+
+
+def test_within_budget_stays_in_ram_and_past_it_spills(tmp_path):
+    h = HostMemory("1MB", tmp_path)
+    a = h.empty((100, 100))  # 40 kB
+    b = h.empty((1000, 1000))  # 4 MB: over budget
+    assert not is_spilled(a) and is_spilled(b) and is_spilled(b[10:20])
+    assert h.resident_bytes == 40_000 and h.spilled_bytes == 4_000_000
+    assert os.listdir(tmp_path) == [], "spill files are unlinked once mapped"
+    b[:] = 2.5
+    assert b.sum().item() == 2.5e6
+    del b
+    gc.collect()
+    assert h.spilled_bytes == 0 and h.stats()["spilled_bytes_total"] == 4_000_000
+    del a
+    gc.collect()
+    assert h.resident_bytes == 0
+
+
+def test_spilled_zeros_and_copies_hold_their_values(tmp_path):
+    h = HostMemory(1, tmp_path)  # everything spills
+    z = h.zeros((50, 7), torch.float32)
+    assert is_spilled(z) and z.abs().sum().item() == 0
+    src = torch.randn(30, 4)
+    c = h.copy(src)
+    assert is_spilled(c) and torch.equal(c, src)
+    w = h.empty((5, 3), torch.long)
+    w.fill_(-1)
+    assert w.dtype == torch.long and (w == -1).all()
+
+
+def test_unlimited_never_spills():
+    h = HostMemory(None)
+    t = h.empty((1000, 1000))
+    assert not is_spilled(t) and not h.enabled and h.stats()["spill_files"] == 0
+
+
+def test_staging_reads_spilled_rows_into_ram_with_a_disk_span(tmp_path):
+    h = HostMemory(1, tmp_path)
+    t = h.copy(torch.arange(40.0).view(10, 4))
+    idx = torch.tensor([1, 7])
+    with profiler.profile() as prof:
+        rows = stage_rows(t, idx, chunk=(0, 1, 0))
+        block = stage(t[2:5])
+    assert not is_spilled(rows) and torch.equal(rows, t[idx])
+    assert not is_spilled(block) and torch.equal(block, t[2:5])
+    spans = prof.spans()
+    assert [s.kind for s in spans] == ["disk", "disk"] and {s.track for s in spans} == {"disk"}
+    assert spans[0].nbytes == 2 * 4 * 4 and spans[0].chunk == (0, 1, 0)
+    ram = torch.ones(3)
+    assert stage(ram) is ram and stage_rows(ram, torch.tensor([0])) is None
+
+
+def test_saved_tensors_past_the_budget_are_spilled(tmp_path):
+    h = HostMemory(1, tmp_path)
+    x = torch.randn(600, 600, requires_grad=True)  # 1.4 MB >= the 1 MiB threshold
+    with h.saved_tensors():
+        y = torch.relu(x)
+        loss = (y * y).sum()
+    loss.backward()
+    assert torch.allclose(x.grad, 2 * torch.relu(x))
+    assert h.stats()["spilled_bytes_total"] >= 600 * 600 * 4
+
+
+def test_bad_budget_and_spill_dir_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="memory size"):
+        HostMemory("lots")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        HostMemory("1MB", f)
+
+
+def test_exported_at_top_level():
+    assert sagann.HostMemory is HostMemory
