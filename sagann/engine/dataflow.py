@@ -435,11 +435,20 @@ class _LayerCall:
         if step.transfer is Transfer.FULL and k == 0:
             scope = Scope(self.device)
             lo, hi = self.p.interval(step.key[0])
-            tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+            try:
+                tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+            except BaseException:  # out of memory on the block's second field: give back the first
+                scope.close()
+                raise
             block_bytes = sum(tensor_bytes(t) for t in tensors.values())
             holder["block"] = _Block(scope, tensors)
         block = holder["block"].acquire() if "block" in holder else None
-        inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
+        try:
+            inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
+        except BaseException:  # e.g. out of memory on its index arrays: the block reference is ours to drop
+            if block is not None:
+                block.release()
+            raise
         try:
             inputs.preload(fields)
         except BaseException:

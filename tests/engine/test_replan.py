@@ -201,3 +201,14 @@ def test_cuda_out_of_memory_in_the_loader_is_replanned(edges, monkeypatch):
     assert len(g.replans) == 1 and "CUDA out of memory" in g.replans[0].reason
     assert dev.current_bytes == 0
     _assert_equals_a_run_on(g, layer, x, edges, budget)
+
+
+def test_out_of_memory_on_a_full_block_chunk_leaks_nothing(edges):
+    """A sub-chunk that fails to load after its chunk's V_i block was sent gives the block back."""
+    layer = GatedGCN(D, 8)
+    g = sagann.ChunkedGraph(edges, N, num_chunks=3, device=sagann.CpuDevice("50MB"), schedule=sagann.ScheduleConfig(transfer="full", prefetch=1))
+    _fail_once(g.device, "index arrays of E[")
+    with pytest.raises(Exception) as info:
+        layer(g, torch.randn(N, D))
+    assert "injected out of memory" in str(info.value)
+    assert g.device.current_bytes == 0
