@@ -2,8 +2,55 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem, the known options, and where help is."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's hook)
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def unknown_options(self, extra: list[str]):
+        """Reject ``extra`` arguments, suggesting the closest known option and listing them all."""
+        known = sorted({o for a in self._actions for o in a.option_strings if o.startswith("--") and o != "--help"})
+        commands = [c for a in self._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices]
+        if not known:
+            self.error(f"unrecognized arguments: {' '.join(extra)}; known commands: {', '.join(commands)}")
+        first = next((a.split("=", 1)[0] for a in extra if a.startswith("-")), extra[0])
+        close = difflib.get_close_matches(first, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}; known options: {', '.join(known)}")
+
+
+def _parse_masks(specs: list[str] | None) -> dict[str, str]:
+    """``["train=train.npy", ...]`` -> ``{"train": "train.npy"}``."""
+    masks: dict[str, str] = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--mask must be NAME=FILE.npy (e.g. --mask train=train.npy), got {spec!r}")
+        if name in masks:
+            raise ValueError(f"--mask {name} is given twice; give each mask once")
+        masks[name] = path
+    return masks
+
+
+def _json(obj) -> str:
+    """JSON that strict parsers read: NaN (no vertex to measure, an undefined loss) becomes null."""
+
+    def clean(v):
+        if isinstance(v, float) and v != v:
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -33,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     on_epoch = None if args.json else (lambda s: say(format_epoch(s, args.epochs)))
     result = run_training(config, progress=not args.json and sys.stderr.isatty(), on_epoch=on_epoch, on_resume=resumed)
-    print(json.dumps(result) if args.json else format_train_report(result))
+    print(_json(result) if args.json else format_train_report(result))
     return 0
 
 
@@ -64,7 +111,7 @@ def _cmd_partition(args: argparse.Namespace) -> int:
         num_vertices=args.num_vertices, overwrite=args.overwrite, progress=sys.stderr.isatty(),
     )
     try:
-        summary = partition_edge_list(args.input, args.out, config, features=args.features, labels=args.labels)
+        summary = partition_edge_list(args.input, args.out, config, features=args.features, labels=args.labels, masks=_parse_masks(args.mask))
     except OSError as exc:  # disk full, permissions, ...: one line, no traceback
         print(f"sagann partition: error: {exc}", file=sys.stderr)
         return 1
@@ -96,7 +143,7 @@ BENCHES = ("kernels", "gcn", "overlap")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sagann", description="Full-graph GNN training larger than device memory.")
+    parser = _Parser(prog="sagann", description="Full-graph GNN training larger than device memory.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="train a GCN out-of-core on a synthetic graph under a small CPU memory budget")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -144,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--sub-chunk-nnz", type=int, default=1 << 20, help="most edges per sub-chunk (default 1048576)")
     part.add_argument("--features", default=None, metavar="X.npy", help="vertex features [N, F], floating")
     part.add_argument("--labels", default=None, metavar="Y.npy", help="vertex class ids [N], integer")
+    part.add_argument("--mask", action="append", default=None, metavar="NAME=M.npy", help="a vertex mask [N], bool, e.g. --mask train=train.npy (repeat for val, test; sagann train needs all three)")
     part.add_argument("--num-vertices", type=int, default=None, help="N (default: the features' rows, else the largest id + 1)")
     part.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT, once the new one is complete")
     part.add_argument("--json", action="store_true", help="print one JSON object")
@@ -156,15 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "command", None):
+        if extra:
+            parser.unknown_options(extra)
         parser.print_help()
         return 2
+    if extra:  # named by the subcommand's parser, which knows its options
+        _subparser(parser, args.command).unknown_options(extra)
     try:
         return args.run(args)
-    except (ValueError, MemoryError, FileNotFoundError) as exc:
-        print(f"sagann {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, MemoryError, OSError) as exc:  # bad input, budgets, files: one line, no traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"sagann {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> "_Parser":
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]
 
 
 if __name__ == "__main__":

@@ -9,13 +9,11 @@ import sys
 import time
 
 import pytest
-import torch
 
 from sagann.chunks import partition_graph, save_dataset
 from sagann.chunks.synthetic import sbm
 from sagann.cli import build_parser, main
 from sagann.engine.checkpoint import CHECKPOINT_NAME
-from sagann.engine.models import MODELS
 
 TRAIN_KEYS = {"accuracy", "num_chunks", "memory_budget_bytes", "peak_device_bytes", "epoch_seconds", "losses", "resumed_from_epoch"}
 
@@ -81,27 +79,6 @@ def _error(capsys, argv) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err
-
-
-def test_unknown_model_lists_the_known_ones(dataset, capsys):
-    err = _error(capsys, ["train", dataset, "--model", "gcnn"])
-    assert "unknown model 'gcnn'" in err and ", ".join(MODELS) in err
-
-
-def test_missing_dataset_directory(tmp_path, capsys):
-    err = _error(capsys, ["train", str(tmp_path / "nowhere"), "--epochs", "1"])
-    assert "nowhere" in err and "does not exist" in err
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_cuda_without_a_gpu(dataset, capsys):
-    assert "no CUDA device: use --device cpu" in _error(capsys, ["train", dataset, "--device", "cuda"])
-
-
-def test_missing_masks_are_named(tmp_path, capsys):
-    path = _save(tmp_path / "ds", n=60, masks=("train", "valid"))
-    err = _error(capsys, ["train", str(path), "--epochs", "1"])
-    assert "no val/test mask" in err and "masks found: train, valid" in err
 
 
 def test_corrupt_checkpoint_is_a_clear_error(dataset, tmp_path, capsys):

@@ -33,7 +33,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from sagann.chunks.dataset import DatasetWriter, _check_target
+from sagann.chunks.dataset import _MASK_NAME, DatasetWriter, _check_target
 from sagann.chunks.ingest import EdgeList, EdgeListError, open_edge_list, open_vertex_array, read_rows
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, balanced_bounds, interval_of, split_chunk
 from sagann.chunks.reorder import IN_MEMORY_BYTES_PER_EDGE, Reorder, degree_order, inverse_permutation, metis_order, rcm_order
@@ -218,12 +218,32 @@ def _open_labels(path) -> _VertexFile | None:
     return _VertexFile(Path(path), shape, dtype)
 
 
-def _resolve_n(config: PartitionConfig, features: _VertexFile | None, labels: _VertexFile | None) -> tuple[int | None, str]:
+def _open_masks(masks) -> dict[str, _VertexFile]:
+    """Per-vertex bool masks by name (``{"train": "train.npy"}``), checked by their headers."""
+    if masks is None:
+        return {}
+    if not isinstance(masks, dict):
+        raise ValueError(f"masks must be a dict name -> .npy path, got {type(masks).__name__}")
+    out = {}
+    for name, path in masks.items():
+        if not isinstance(name, str) or not _MASK_NAME.match(name):
+            raise ValueError(f"mask name {name!r} is not allowed; use 1-64 letters, digits, '_' or '-' (e.g. --mask train=train.npy)")
+        shape, dtype = open_vertex_array(path, f"mask {name!r}")
+        if len(shape) != 1:
+            raise ValueError(f"{path}: mask {name!r} must have shape [N] (one bool per vertex), got {list(shape)}")
+        if dtype != np.bool_:
+            raise ValueError(f"{path}: mask {name!r} must be bool, got dtype {dtype}; save it with np.save(path, mask.astype(bool))")
+        out[name] = _VertexFile(Path(path), shape, dtype)
+    return out
+
+
+def _resolve_n(config: PartitionConfig, features: _VertexFile | None, labels: _VertexFile | None, masks: dict[str, _VertexFile] | None = None) -> tuple[int | None, str]:
     """N if it is known before reading the edges, and where it came from (for messages)."""
     known = []
     if config.num_vertices is not None:
         known.append((int(config.num_vertices), f"--num-vertices {config.num_vertices}"))
-    for f, what in ((features, "features"), (labels, "labels")):
+    vertex_files = [(features, "features"), (labels, "labels")] + [(f, f"mask {name!r}") for name, f in (masks or {}).items()]
+    for f, what in vertex_files:
         if f is not None:
             known.append((f.shape[0], f"the {f.shape[0]} rows of the {what} {f.path.name}"))
     for n, src in known[1:]:
@@ -422,7 +442,7 @@ def _write_labels(writer: DatasetWriter, f: _VertexFile, order: np.ndarray | Non
         nonlocal top
         if block.shape[0] and int(block.min()) < 0:
             r = input_row(_first(block < 0))
-            raise ValueError(f"{f.path}: row {r} holds class id {int(block.min())}; class ids must lie in [0, num_classes)")
+            raise ValueError(f"{f.path}: row {r} holds class id {int(block.min())}; class ids must lie in [0, num_classes): fix the labels")
         top = max(top, int(block.max(initial=-1)) + 1)
 
     for _ in _vertex_blocks(f, None, n, _rows_per_block(f, plan, False), np.int64, check):  # num_classes first
@@ -481,7 +501,7 @@ def _reorder(config: PartitionConfig, source: EdgeList, in_deg, out_deg, num_edg
     return order, bounds, p
 
 
-def partition_edge_list(edges, out, config: PartitionConfig | None = None, features=None, labels=None) -> PartitionSummary:
+def partition_edge_list(edges, out, config: PartitionConfig | None = None, features=None, labels=None, masks=None) -> PartitionSummary:
     """Partition the edge list at ``edges`` into the dataset directory ``out``, never holding all edges.
 
     Args:
@@ -490,6 +510,8 @@ def partition_edge_list(edges, out, config: PartitionConfig | None = None, featu
         config: P, reordering, host budget, ... (:class:`PartitionConfig`).
         features: optional ``.npy`` [N, F] floats (float64 is stored as float32).
         labels: optional ``.npy`` [N] integer class ids.
+        masks: optional dict name -> ``.npy`` [N] bool (e.g. ``{"train": "train.npy"}``);
+            ``sagann train`` needs train, val and test.
 
     Returns a :class:`PartitionSummary`. Raises ValueError (one line, naming
     the file, edge or line and the fix) before anything appears at ``out``.
@@ -499,8 +521,8 @@ def partition_edge_list(edges, out, config: PartitionConfig | None = None, featu
     out = Path(os.path.abspath(os.fspath(out)))
     _check_target(out, config.overwrite)
     source = open_edge_list(edges)
-    feats, labs = _open_features(features), _open_labels(labels)
-    n_known, n_from = _resolve_n(config, feats, labs)
+    feats, labs, mask_files = _open_features(features), _open_labels(labels), _open_masks(masks)
+    n_known, n_from = _resolve_n(config, feats, labs, mask_files)
 
     def plan_for(n: int) -> MemoryPlan:
         return MemoryPlan(config.host_memory, n, source.bytes_per_edge())
@@ -544,6 +566,8 @@ def partition_edge_list(edges, out, config: PartitionConfig | None = None, featu
             _write_features(writer, feats, order, plan)
         if labs is not None:
             _write_labels(writer, labs, order, plan)
+        for name, f in mask_files.items():  # one byte per vertex: read whole, in dataset order
+            writer.write_mask(name, read_rows(f.path, slice(None) if order is None else order))
         inv = None if order is None else inverse_permutation(order)
         del order
         scratch = writer.scratch_dir

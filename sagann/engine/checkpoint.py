@@ -158,7 +158,8 @@ class Checkpointer:
     """The checkpoint of one training run in ``directory``.
 
     Args:
-        directory: created if missing; holds ``checkpoint.pt``.
+        directory: holds ``checkpoint.pt``; created at the first save, so a
+            run that fails before finishing an epoch leaves nothing behind.
         fingerprint: plain values naming the run (dataset, model, optimizer
             settings, seed); a checkpoint with another fingerprint is refused.
     """
@@ -167,13 +168,14 @@ class Checkpointer:
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint path {self.directory} is a file; pass a directory")
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / CHECKPOINT_NAME
         self.fingerprint = dict(fingerprint)
         self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
         """Temporaries of writers that died (kill -9 mid-write); a live writer's are left alone."""
+        if not self.directory.is_dir():
+            return
         for p in self.directory.iterdir():
             m = _TMP.match(p.name)
             if m and m["name"] == CHECKPOINT_NAME and not _alive(int(m["pid"])):

@@ -27,6 +27,7 @@ of the caller's RNG and the call's position.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 import weakref
@@ -43,6 +44,7 @@ from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
 from sagann.engine.layer import EdgeBatch, Layer, probe_layer
+from sagann.engine.replan import run_with_replans
 from sagann.kernels import reference
 from sagann.kernels.graph import ChunkTensors
 from sagann.scheduler.devices import Scope, tensor_bytes
@@ -150,7 +152,7 @@ class _SagaFunction(torch.autograd.Function):
         versions = [t._version for t in (x, edge_data) if t is not None]
         call.need_x = bool(ctx.needs_input_grad[1])
         call.keep_graphs = call.keep_graphs and any(ctx.needs_input_grad)
-        out, saved = call.forward(x, edge_data)
+        call, (out, saved) = run_with_replans(call, FORWARD, lambda c: c.forward(x, edge_data))  # out of memory: finer P
         if versions != [t._version for t in (x, edge_data) if t is not None]:
             raise RuntimeError(
                 f"{call.name}: a user function modified its input in place (e.g. x.relu_()); the engine hands user "
@@ -169,7 +171,8 @@ class _SagaFunction(torch.autograd.Function):
                 "after the first backward to save memory (retain_graph is not supported): run the forward again"
             )
         need_x, need_e = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        gx, ge, gparams = ctx.call.backward(x, edge_data, ctx.saved, grad_out.contiguous(), need_x, need_e)
+        grad_out = grad_out.contiguous()
+        ctx.call, (gx, ge, gparams) = run_with_replans(ctx.call, BACKWARD, lambda c: c.backward(x, edge_data, ctx.saved, grad_out, need_x, need_e))
         ctx.saved = None
         return (None, gx, ge, *gparams)
 
@@ -294,7 +297,7 @@ class _LayerCall:
         self.params = [p for p in layer.parameters() if p.requires_grad]
         self.name = name
         self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
-        deg = torch.from_numpy(partition.in_degree).clamp(min=1).to(torch.float32)
+        deg = torch.from_numpy(np.asarray(partition.in_degree, dtype=np.float32)).clamp(min=1)  # a copy: dataset arrays are read-only maps
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
         self.cost_key = (id(layer), shape, partition.num_chunks, partition.sub_chunk_nnz)
         self.need_x = True  # set from the autograd context before forward
@@ -305,6 +308,13 @@ class _LayerCall:
         # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
         builtin = shape.builtin
         self.direct_backward = fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.op != "src_dot_dst"
+
+    def on_partition(self, partition: GraphPartition) -> "_LayerCall":
+        """This call on a finer partition (a re-plan after running out of memory): same layer, seed and flags."""
+        call = copy.copy(self)
+        call.p, call.hook_graphs = partition, {}
+        call.cost_key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)
+        return call
 
     # ---- helpers -------------------------------------------------------------------------
     def _rng(self, *key) -> contextlib.AbstractContextManager:
@@ -455,11 +465,20 @@ class _LayerCall:
         if step.transfer is Transfer.FULL and k == 0:
             scope = Scope(self.device)
             lo, hi = self.p.interval(step.key[0])
-            tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+            try:
+                tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+            except BaseException:  # out of memory on the block's second field: give back the first
+                scope.close()
+                raise
             block_bytes = sum(tensor_bytes(t) for t in tensors.values())
             holder["block"] = _Block(scope, tensors)
         block = holder["block"].acquire() if "block" in holder else None
-        inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
+        try:
+            inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
+        except BaseException:  # e.g. out of memory on its index arrays: the block reference is ours to drop
+            if block is not None:
+                block.release()
+            raise
         try:
             inputs.preload(fields)
         except BaseException:

@@ -13,11 +13,22 @@ from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import CpuDevice, Device, format_bytes
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, vertex_weight, working_set
+from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, vertex_weight, working_set
 from sagann.scheduler.policy import TransferPolicy
 from sagann.scheduler.schedule import PassPlan, build_plan, dry_run
 
 BACKENDS = ("auto", "reference", "cpu")
+
+
+@dataclass(frozen=True)
+class Replan:
+    """One re-plan after the device ran out of memory: the partition before and after."""
+
+    layer: str
+    phase: str
+    chunks: tuple[int, int]  # P before, after
+    sub_chunk_nnz: tuple[int, int]  # sub-chunk edge bound before, after
+    reason: str  # the out-of-memory error, first line
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class ChunkedGraph:
         self.host = host_memory if isinstance(host_memory, HostMemory) else HostMemory(host_memory)
         self.costs = CostTable()
         self.pass_log: list[PassRecord] = []
+        self.replans: list[Replan] = []  # re-plans after running out of device memory, oldest first
         self._prefetch_cache: dict = {}
         if _partition is not None:
             self._edge_index = None
@@ -193,6 +205,29 @@ class ChunkedGraph:
         if pf == "max":
             return None
         return pf > 0
+
+    def refine(self, shape: LayerShape, fused: bool) -> GraphPartition | None:
+        """A strictly finer partition after the device ran out of memory, or None if there is none.
+
+        P doubles (up to min(N, MAX_CHUNKS)) and the sub-chunk edge bound
+        halves (from the largest sub-chunk there really is), so the resident
+        vertex rows and the sub-chunks in flight both shrink: the working set
+        roughly halves per re-plan, whatever the planner got wrong. The finer
+        partition becomes the graph's, and later layer calls start from it
+        (P only grows). None when P was fixed by the caller (``num_chunks=``)
+        or nothing can get finer.
+        """
+        old = self.partition
+        if self._fixed_chunks is not None or old is None:
+            return None
+        p = old.num_chunks
+        biggest = max((c.nnz for c in old.sub_chunks()), default=0)
+        new_p = min(2 * p, max(p, min(max(self.num_vertices, 1), MAX_CHUNKS)))
+        new_sub = max(1, min(old.sub_chunk_nnz, biggest) // 2) if biggest > 1 else old.sub_chunk_nnz
+        if new_p == p and new_sub == old.sub_chunk_nnz:
+            return None
+        self.partition = self._partition(new_p, new_sub, vertex_weight(shape, fused))
+        return self.partition
 
     def prefetch_depth(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int) -> int:
         """The configured depth, 0 where transfers cannot overlap compute, or the deepest (up to MAX_PREFETCH) that fits."""

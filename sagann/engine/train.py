@@ -98,6 +98,29 @@ def _saved_under_host_budget(g):
     return host.saved_tensors() if host is not None else contextlib.nullcontext()
 
 
+def check_training_inputs(g, x, y, masks: tuple, num_classes: int | None = None) -> None:
+    """Shapes, dtypes and ranges of what :func:`train_node_classifier` trains on: one clear line each.
+
+    Checked here, at the API boundary, so that a wrong mask or label fails
+    before the first epoch instead of as an IndexError deep inside torch.
+    """
+    n = None if g is None else g.num_vertices
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or (n is not None and x.shape[0] != n):
+        raise ValueError(f"x must be a [num_vertices={n}, F] tensor, got {list(getattr(x, 'shape', []))}")
+    n = int(x.shape[0])
+    if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.dtype != torch.int64:
+        raise ValueError(f"y must be an int64 tensor of shape [{n}] (one class id per vertex), got {getattr(y, 'dtype', type(y).__name__)} {list(getattr(y, 'shape', []))}")
+    top = "num_classes" if num_classes is None else num_classes
+    if n and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
+        raise ValueError(f"y holds class ids {int(y.min())}..{int(y.max())} outside [0, {top}); fix the labels")
+    for name, m in zip(SPLITS, masks):
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != (n,):
+            raise ValueError(
+                f"the {name} mask must be a bool tensor of shape [{n}] (one entry per vertex), got {getattr(m, 'dtype', type(m).__name__)} {list(getattr(m, 'shape', []))}; "
+                f"for an index list use m = torch.zeros({n}, dtype=torch.bool); m[idx] = True"
+            )
+
+
 def train_node_classifier(
     model: torch.nn.Module,
     g,
@@ -132,6 +155,7 @@ def train_node_classifier(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    check_training_inputs(g, x, y, (train_mask, val_mask, test_mask))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[EpochStats] = []
     ckpt = None
@@ -152,9 +176,13 @@ def train_node_classifier(
         opt.zero_grad()
         with _saved_under_host_budget(g):
             logits = model(g, x)
-            loss = F.cross_entropy(logits[train_mask], y[train_mask])
-        loss.backward()
-        opt.step()
+            loss = F.cross_entropy(logits[train_mask], y[train_mask]) if bool(train_mask.any()) else None
+        if loss is not None:
+            loss.backward()
+            opt.step()
+        else:  # nothing to learn from (e.g. a graph without vertices): the loss is undefined, nothing moves
+            logits.sum().backward()  # still runs the backward passes, as a real epoch would
+            loss = torch.tensor(float("nan"))
         seconds = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
@@ -254,7 +282,9 @@ def run_training(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, int(x.shape[1]), config.hidden, ds.num_classes)
+    check_training_inputs(None, x, y, masks, ds.num_classes)
+    # a graph without vertices has no classes; one output keeps the model well formed
+    model = build_model(config.model, int(x.shape[1]), config.hidden, max(ds.num_classes, 1))
     g = ChunkedGraph.from_partition(ds.partition, device=device, schedule=ScheduleConfig(order=config.order), host_memory=host)
     run_id = {
         "dataset": hashlib.sha256(json.dumps(ds.manifest["files"], sort_keys=True).encode()).hexdigest()[:16],

@@ -29,14 +29,21 @@ class ScheduleConfig:
             device; an int: that depth; 0 turns pipelining off.
         transfer: ``"auto"`` (cost model per chunk), ``"selective"`` or ``"full"``.
         order: ``"profile"`` (Johnson's rule on measured chunk costs) or ``"natural"``.
+        max_replans: how many times one layer pass may be re-planned with a
+            finer partition after the device runs out of memory (the budget
+            ledger's ``BudgetExceeded``, or a CUDA out-of-memory error) before
+            the error is raised; 0 turns re-planning off.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
     transfer: TransferPolicy | str = TransferPolicy.AUTO
     order: Order | str = Order.PROFILE
+    max_replans: int = 3
 
     def __post_init__(self):
         if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
             raise ValueError(f"prefetch must be None, 'max' or an int >= 0, got {self.prefetch!r}")
+        if isinstance(self.max_replans, bool) or not isinstance(self.max_replans, int) or self.max_replans < 0:
+            raise ValueError(f"max_replans must be an int >= 0, got {self.max_replans!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))
         object.__setattr__(self, "order", _enum(Order, self.order, "order"))

@@ -96,6 +96,9 @@ class Prefetcher(Generic[T]):
             close()
 
     def __iter__(self) -> Iterator[T]:
+        return _Stream(self)
+
+    def _iterate(self) -> Iterator[T]:
         try:
             if self._thread is None:
                 for label, job in self._jobs:
@@ -140,3 +143,26 @@ class Prefetcher(Generic[T]):
                 return
             if item is not _DONE and not isinstance(item, _Failed):
                 self._release(item)
+
+
+class _Stream(Generic[T]):
+    """The consumer's side of a :class:`Prefetcher`: an iterator whose ``close()`` always stops the loader.
+
+    A bare generator closed before its first ``next()`` never runs its
+    ``finally``; a consumer that fails before taking its first item (say, out
+    of memory while allocating an accumulator) would leave the loader thread
+    blocked and its loaded items charged to the device.
+    """
+
+    def __init__(self, owner: Prefetcher[T]):
+        self._owner, self._items = owner, owner._iterate()
+
+    def __iter__(self) -> "_Stream[T]":
+        return self
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def close(self) -> None:
+        self._items.close()
+        self._owner.close()

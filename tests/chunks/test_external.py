@@ -118,6 +118,23 @@ def test_reorder_relabels_consistently(tmp_path, how):
         assert np.all(np.diff(ds.partition.in_degree) <= 0)
 
 
+@pytest.mark.parametrize("how", ["none", "degree"])
+def test_masks_are_stored_in_dataset_order(tmp_path, how):
+    ei = random_graph(12)
+    rng = np.random.default_rng(1)
+    masks = {m: rng.random(N) < 0.4 for m in ("train", "val", "test")}
+    paths = {}
+    for m, a in masks.items():
+        np.save(tmp_path / f"{m}.npy", a)
+        paths[m] = tmp_path / f"{m}.npy"
+    partition_edge_list(_edges(tmp_path, ei), tmp_path / "out", PartitionConfig(num_chunks=2, reorder=how, host_memory="1GB"), masks=paths)
+    ds = load_dataset(tmp_path / "out")
+    order = np.arange(N) if ds.vertex_order is None else np.asarray(ds.vertex_order)
+    assert sorted(ds.masks) == ["test", "train", "val"]
+    for m, a in masks.items():
+        np.testing.assert_array_equal(ds.masks[m], a[order])
+
+
 def test_number_of_vertices_from_ids_features_or_flag(tmp_path):
     ei = random_graph(3)  # the last fifth of the ids never appears
     top = int(ei.max()) + 1

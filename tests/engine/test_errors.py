@@ -79,16 +79,6 @@ def test_unknown_backend():
         sagann.ChunkedGraph(np.array([[0], [1]]), 2, backend="tpu")
 
 
-def test_empty_graphs_work():
-    g = sagann.ChunkedGraph(np.zeros((2, 0), dtype=np.int64), 4)
-    x = torch.randn(4, 3, requires_grad=True)
-    out = sagann.nn.SAGEConv(3, 2)(g, x)
-    out.sum().backward()
-    assert out.shape == (4, 2) and x.grad is not None
-    g0 = sagann.ChunkedGraph(np.zeros((2, 0), dtype=np.int64), 0)
-    assert sagann.nn.GCNConv(3, 2)(g0, torch.zeros(0, 3)).shape == (0, 2)
-
-
 def test_second_backward_is_a_clear_error():
     g = sagann.ChunkedGraph(np.array([[0, 1], [1, 2]]), 3)
     x = torch.randn(3, 4, requires_grad=True)

@@ -121,3 +121,14 @@ def test_live_items_never_exceed_the_planned_count(depth):
         time.sleep(0.002)  # a slow consumer lets the loader fill everything it may
         item.close()
     assert peak[0] <= live_sub_chunks(depth)
+
+
+def test_closing_before_the_first_item_stops_the_loader_and_releases():
+    """A consumer that fails before its first next() (e.g. out of memory on its own buffers) still stops the loader."""
+    released = []
+    stream = iter(Prefetcher(jobs(20), depth=3, release=released.append))
+    time.sleep(0.2)  # the loader fills the queue and blocks
+    stream.close()
+    p = stream._owner
+    assert not p._thread.is_alive()
+    assert sorted(released) == list(range(len(released))) and len(released) >= 3, "what was loaded was released"

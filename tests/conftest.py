@@ -1,0 +1,17 @@
+"""Hypothesis profiles: "ci" (the default, CI-sized) and "long" (by hand: HYPOTHESIS_PROFILE=long).
+
+Property tests that set ``max_examples`` themselves keep it; the fuzz test
+(tests/test_fuzz.py) leaves it to the profile, so ``long`` runs it many
+times longer. Counts of a long run are recorded in docs/decisions.md
+("Fuzzing").
+"""
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=40, **_COMMON)
+settings.register_profile("long", max_examples=2_500, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
