@@ -304,6 +304,10 @@ class _LayerCall:
         self.keep_graphs = True
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._edge_offsets = partition.edge_order[1]
+        # edge data arrive permuted into this first partition's sub-chunk order (_in_chunk_order);
+        # after a re-plan, where each slot of the new order is in them (None: the same order)
+        self._given_order = partition.edge_order[0]
+        self._data_perm: torch.Tensor | None = None
         # sum is linear: its backward kernels need the operands and the output gradient only,
         # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
         builtin = shape.builtin
@@ -314,7 +318,23 @@ class _LayerCall:
         call = copy.copy(self)
         call.p, call.hook_graphs = partition, {}
         call.cost_key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)
+        order, call._edge_offsets = partition.edge_order
+        given = np.empty_like(self._given_order)
+        given[self._given_order] = np.arange(len(self._given_order), dtype=given.dtype)
+        call._data_perm = torch.from_numpy(given[order])
         return call
+
+    def _edges_in_partition_order(self, edata: torch.Tensor | None) -> torch.Tensor | None:
+        """Edge data (given in the first partition's order) in this partition's sub-chunk order."""
+        if edata is None or self._data_perm is None:
+            return edata
+        return edata.index_select(0, self._data_perm)
+
+    def _edges_in_given_order(self, ge: torch.Tensor | None) -> torch.Tensor | None:
+        """An edge gradient in this partition's order, put back in the order the edge data were given."""
+        if ge is None or self._data_perm is None:
+            return ge
+        return torch.empty_like(ge).index_copy_(0, self._data_perm, ge)
 
     # ---- helpers -------------------------------------------------------------------------
     def _rng(self, *key) -> contextlib.AbstractContextManager:
@@ -525,6 +545,7 @@ class _LayerCall:
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, _Saved]:
         shape, p, dev = self.shape, self.p, self.device
+        edata = self._edges_in_partition_order(edata)
         src_term = self._hook_pass("apply_src", x, shape.d_src_term) if shape.d_src_term else None
         dst_term = self._hook_pass("apply_dst", x, shape.d_dst_term) if shape.d_dst_term else None
         n = self.g.num_vertices
@@ -642,6 +663,7 @@ class _LayerCall:
         shape, dev = self.shape, self.device
         n = self.g.num_vertices
         host = self.g.host
+        edata = self._edges_in_partition_order(edata)
         gx = host.zeros_like(x, "input gradient") if need_x else None
         ge = host.zeros_like(edata, "edge data gradient") if need_e else None
         gparams = [torch.zeros_like(q) for q in self.params]
@@ -655,7 +677,7 @@ class _LayerCall:
             for hook, g_term in (("apply_src", g_src_term), ("apply_dst", g_dst_term)):
                 if g_term is not None:
                     self._backward_hook(hook, x, g_term, need_x, gx, gparams)
-        return gx, ge, gparams
+        return gx, self._edges_in_given_order(ge), gparams
 
     def _grad(self, out: torch.Tensor, inputs: list[torch.Tensor], grad: torch.Tensor):
         if not out.requires_grad or not inputs:

@@ -19,7 +19,7 @@ from sagann.engine.models import build_model
 from sagann.engine.train import train_node_classifier
 from sagann.scheduler.devices import BudgetExceeded
 from tests.engine.graphs import awkward_graph
-from tests.engine.layers import GatedGCN
+from tests.engine.layers import GatedGCN, HookLayer
 from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
 from tests.engine.whole_graph import whole_graph_layer
 
@@ -219,3 +219,25 @@ def test_out_of_memory_on_a_full_block_chunk_leaks_nothing(edges):
         layer(g, torch.randn(N, D))
     assert "injected out of memory" in str(info.value)
     assert g.device.current_bytes == 0
+
+
+@pytest.mark.parametrize("where", ["edge rows of E[", "gradient temporaries of E["], ids=["forward", "backward"])
+def test_edge_data_follow_a_replan(edges, where):
+    """Edge data arrive in the first partition's sub-chunk order; a re-plan reads (and returns the
+    gradient of) each edge row at its place in the finer partition."""
+    torch.manual_seed(0)
+    layer = HookLayer(D, 8, 2, "sum")
+    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    free = sagann.ChunkedGraph(edges, N)
+    layer(free, torch.randn(N, D), ed.detach())
+    budget = int(free.working_set.peak_bytes * 0.3)
+    dev = sagann.CpuDevice(budget)
+    g = sagann.ChunkedGraph(edges, N, device=dev, schedule=sagann.ScheduleConfig(transfer="selective"))
+    state = _fail_once(dev, where)
+    x = _x()
+    out, grads = outputs_and_grads(layer, lambda a, b: layer(g, a, b), x, ed)
+    assert state["failed"] == 1 and len(g.replans) == 1
+    ref_out, ref_grads = outputs_and_grads(layer, lambda a, b: whole_graph_layer(layer, edges, a, b), x, ed)
+    assert_rel_close(out, ref_out, what="output vs in-memory")
+    assert_grads_close(grads, ref_grads)
+    assert dev.current_bytes == 0
