@@ -84,7 +84,12 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     fused = backend != "reference" and shape.builtin is not None
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
-    call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
+    if g.multi_device:  # several devices or ranks: sagann.engine.multi drives one _LayerCall per device
+        from sagann.engine.multi import make_multi_call
+
+        call = make_multi_call(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
+    else:
+        call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
     call.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous())
     return _SagaFunction.apply(call, x.contiguous(), edge_data, *params)
@@ -290,6 +295,10 @@ class _ChunkInputs:
 class _LayerCall:
     """One call of a layer on one graph: runs the chunked forward and backward."""
 
+    # held around every seeded user-function call when several devices compute in threads
+    # (fork_rng + manual_seed act on the one global CPU generator)
+    rng_lock: threading.RLock | None = None
+
     def __init__(self, layer: Layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int, name: str):
         self.layer, self.g, self.p, self.shape = layer, g, partition, shape
         self.backend, self.fused, self.param_bytes, self.seed = backend, fused, param_bytes, seed
@@ -341,6 +350,8 @@ class _LayerCall:
         if not self.layer.training:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
+        if self.rng_lock is not None:
+            stack.enter_context(self.rng_lock)
         stack.enter_context(torch.random.fork_rng(devices=[]))
         # a stable hash: the same call replays the same stream in any process. Only the CPU
         # generator: torch.manual_seed would also (lazily, slowly) seed every accelerator.
@@ -483,15 +494,7 @@ class _LayerCall:
         t0 = time.perf_counter()
         block_bytes = 0
         if step.transfer is Transfer.FULL and k == 0:
-            scope = Scope(self.device)
-            lo, hi = self.p.interval(step.key[0])
-            try:
-                tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
-            except BaseException:  # out of memory on the block's second field: give back the first
-                scope.close()
-                raise
-            block_bytes = sum(tensor_bytes(t) for t in tensors.values())
-            holder["block"] = _Block(scope, tensors)
+            holder["block"], block_bytes = self._load_block(step, host, fields)
         block = holder["block"].acquire() if "block" in holder else None
         try:
             inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
@@ -510,6 +513,17 @@ class _LayerCall:
         if profiler.enabled():
             profiler.record_interval("h2d", self.device.name, "loader", t0, t1, chunk=c.id, nbytes=inputs.loaded_bytes, layer=self.name, phase=phase)
         return inputs
+
+    def _load_block(self, step: ChunkStep, host: dict, fields) -> tuple[_Block, int]:
+        """V_i's source rows for a full-transfer chunk, as one block, and the bytes sent from the host."""
+        scope = Scope(self.device)
+        lo, hi = self.p.interval(step.key[0])
+        try:
+            tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+        except BaseException:  # out of memory on the block's second field: give back the first
+            scope.close()
+            raise
+        return _Block(scope, tensors), sum(tensor_bytes(t) for t in tensors.values())
 
     def _stream(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]) -> Iterator[_ChunkInputs]:
         return iter(Prefetcher(self._jobs(plan, host, grad, fields), plan.prefetch, release=_ChunkInputs.close))
@@ -551,12 +565,7 @@ class _LayerCall:
         n = self.g.num_vertices
         # one interval on a device sharing host memory: V_0's output rows are the output, no copy
         whole = dev.shares_host_memory and p.num_chunks == 1
-        out = None  # made at the first interval that is not taken whole
-        host = self.g.host
-        acc_all = host.empty((n, shape.d_msg), what="aggregates saved for backward")
-        win_all = host.empty((n, shape.d_msg), torch.long, "winner ids") if shape.winners else None
-        sm_max = host.zeros((n, shape.d_score), what="softmax maxima") if shape.softmax else None
-        sm_sum = host.zeros((n, shape.d_score), what="softmax sums") if shape.softmax else None
+        out, acc_all, win_all, sm_max, sm_sum = self._host_buffers(n)
         host = {"src": x, "src_term": src_term, "data": edata}
         fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
         init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[self.reduce]
@@ -621,6 +630,15 @@ class _LayerCall:
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
         out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
         return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
+
+    def _host_buffers(self, n: int):
+        """Host tensors a forward pass fills: output (None: made at the first interval not taken whole), acc, winners, softmax max and sum."""
+        shape, host = self.shape, self.g.host
+        acc_all = host.empty((n, shape.d_msg), what="aggregates saved for backward")
+        win_all = host.empty((n, shape.d_msg), torch.long, "winner ids") if shape.winners else None
+        sm_max = host.zeros((n, shape.d_score), what="softmax maxima") if shape.softmax else None
+        sm_sum = host.zeros((n, shape.d_score), what="softmax sums") if shape.softmax else None
+        return None, acc_all, win_all, sm_max, sm_sum
 
     def _merge(self, inputs: _ChunkInputs, acc, win, partial_acc, arg) -> None:
         c = inputs.c

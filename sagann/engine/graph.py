@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_edge_index, partition_graph
+from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.costs import CostTable
-from sagann.scheduler.devices import CpuDevice, Device, format_bytes
+from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, vertex_weight, working_set
@@ -56,7 +57,10 @@ class ChunkedGraph:
             the device's memory budget (decided at the first layer call,
             when the feature widths are known, and grown if a later layer
             needs more).
-        device: a :class:`~sagann.CpuDevice` (default: unlimited budget).
+        device: a :class:`~sagann.CpuDevice` (default: unlimited budget), or
+            a list of devices: each then owns destination intervals balanced
+            by edges, and parameter gradients are summed over them
+            (``sagann.engine.multi``).
         sub_chunk_nnz: edges per sub-chunk, or None to derive it from the budget.
         backend: kernel backend for builtin messages: ``"auto"`` (fused numba
             kernels on the CPU), ``"cpu"`` or ``"reference"``.
@@ -66,6 +70,18 @@ class ChunkedGraph:
             string such as ``"2GB"``, or a :class:`~sagann.HostMemory` with
             its spill directory); beyond it they live in memory-mapped spill
             files (the disk tier). None: unlimited.
+        topology: with several devices, which of them form **chains**
+            (V_i crosses the host link once per chain and is forwarded
+            device to device): None (no chains: every device reads the
+            host), a list of chains (lists of device names or positions),
+            or a topology (a ``sagann.scheduler.topology.Topology``, a spec
+            dict, a JSON path or a shipped spec's name) whose devices are
+            matched to the given devices by name.
+        distributed: False, True (torch.distributed's default group) or a
+            process group: this process is one rank; ranks own destination
+            intervals balanced by edges, all-gather layer outputs and
+            all-reduce gradients (launch with torchrun, one device per rank;
+            every rank runs the same model on the same inputs and seed).
 
     Example:
         >>> import sagann, torch
@@ -82,13 +98,16 @@ class ChunkedGraph:
         backend: str = "auto",
         schedule: ScheduleConfig | None = None,
         *,
+        topology=None,
+        distributed=False,
         host_memory: "int | str | HostMemory | None" = None,
         _partition: GraphPartition | None = None,
     ):
-        if isinstance(device, (list, tuple)):
-            raise NotImplementedError("several devices (chains) are not supported yet; pass one device")
-        if device is not None and not isinstance(device, Device):
-            raise TypeError(f"device must be a sagann device such as sagann.CpuDevice('64MB'), got {device!r}")
+        self.devices = resolve_devices(device)
+        self._device_list = isinstance(device, (list, tuple))  # a list, even of one, runs the multi-device path
+        self.chains = resolve_chains(self.devices, topology)
+        self._topology = topology
+        self.process_group = _process_group(distributed, self.devices)
         if num_chunks is not None and (isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1):
             raise ValueError(f"num_chunks must be None (choose automatically) or an int >= 1, got {num_chunks!r}")
         if sub_chunk_nnz is not None and (not isinstance(sub_chunk_nnz, (int, np.integer)) or sub_chunk_nnz < 1):
@@ -111,7 +130,12 @@ class ChunkedGraph:
             self._edge_index = as_edge_index(edge_index, num_vertices)
             self.num_vertices, self.num_edges = int(num_vertices), int(self._edge_index.shape[1])
             self.in_degree = np.bincount(self._edge_index[1], minlength=self.num_vertices).astype(np.int64)
-        self.device = device if device is not None else CpuDevice()
+        self.device = self.devices[0]  # the only device; with several, the first (see ``devices``)
+        self._layouts: dict = {}  # sagann.engine.multi: per-partition device layouts
+        self.link = LinkCounter()  # V_i blocks of multi-device passes: host-link and device-to-device bytes
+        self.step_log: list = []  # multi-device passes: one engine.multi.StepRecord per chunk (the simulator's calibration)
+        self.call_log: list = []  # multi-device passes: one engine.multi.CallRecord per phase and device
+        self.calls_made = 0
         self.backend = backend
         self._fixed_chunks = None if num_chunks is None else int(num_chunks)
         self._fixed_sub_nnz = None if sub_chunk_nnz is None else int(sub_chunk_nnz)
@@ -121,20 +145,31 @@ class ChunkedGraph:
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
 
     @classmethod
-    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None, host_memory=None) -> "ChunkedGraph":
+    def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None, topology=None, distributed=False, host_memory=None) -> "ChunkedGraph":
         """Wrap an existing partition (e.g. a dataset loaded from disk); repartitions only if needed."""
-        return cls(None, partition.num_vertices, None, device, None, backend, schedule, host_memory=host_memory, _partition=partition)
+        return cls(None, partition.num_vertices, None, device, None, backend, schedule, topology=topology, distributed=distributed, host_memory=host_memory, _partition=partition)
+
+    @property
+    def multi_device(self) -> bool:
+        """Do layer calls run on several devices (or ranks)?"""
+        return self._device_list or self.process_group is not None
+
+    @property
+    def memory_budget(self) -> int | None:
+        """The smallest budget of the devices (all share one partition), None if all are unlimited."""
+        budgets = [d.memory_budget for d in self.devices if d.memory_budget is not None]
+        return min(budgets) if budgets else None
 
     def _graphs(self) -> list["ChunkedGraph"]:
         """This graph and the graphs derived from it (e.g. GCN's self-loop graph)."""
         return [self] + [v[0] for v in self._derived.values() if isinstance(v, tuple) and isinstance(v[0], ChunkedGraph)]
 
     @classmethod
-    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True, schedule: ScheduleConfig | None = None, host_memory=None) -> "ChunkedGraph":
+    def from_dataset(cls, path, device: Device | None = None, backend: str = "auto", verify: bool = True, schedule: ScheduleConfig | None = None, topology=None, distributed=False, host_memory=None) -> "ChunkedGraph":
         """Open a dataset directory (see ``sagann.chunks.save_dataset``); edge arrays stay memory-mapped."""
         from sagann.chunks.dataset import load_dataset
 
-        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend, schedule, host_memory)
+        return cls.from_partition(load_dataset(path, mmap=True, verify=verify).partition, device, backend, schedule, topology, distributed, host_memory)
 
     @property
     def num_chunks(self) -> int | None:
@@ -171,7 +206,7 @@ class ChunkedGraph:
         P and the sub-chunk size only ever grow finer, so a model whose layers
         have different widths settles on one partition after its first pass.
         """
-        budget = self.device.memory_budget
+        budget = self.memory_budget
         sub = self._fixed_sub_nnz or sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
         if self.partition is not None:
             sub = min(sub, self.partition.sub_chunk_nnz)
@@ -236,7 +271,7 @@ class ChunkedGraph:
             return 0
         if pipelined is True:
             return self.schedule.prefetch
-        budget = self.device.memory_budget
+        budget = self.memory_budget
         if budget is None:
             return MAX_PREFETCH
         key = (id(partition), shape, fused, param_bytes)
@@ -285,10 +320,19 @@ class ChunkedGraph:
             kept = np.flatnonzero(ei[0] != ei[1])
             loops = np.arange(self.num_vertices, dtype=np.int64)
             new_ei = np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
-            derived = ChunkedGraph(new_ei, self.num_vertices, self._fixed_chunks, self.device, self._fixed_sub_nnz, self.backend, self.schedule, host_memory=self.host)
-            derived.costs, derived.pass_log = self.costs, self.pass_log  # one log for the user's graph
+            devices = self.devices if self._device_list else self.device
+            derived = ChunkedGraph(
+                new_ei, self.num_vertices, self._fixed_chunks, devices, self._fixed_sub_nnz, self.backend, self.schedule,
+                topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
+            )
+            derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
+            derived.step_log, derived.call_log = self.step_log, self.call_log
             self._derived["self_loops"] = (derived, kept)
         return self._derived["self_loops"]
+
+    def _chain_spec(self):
+        """The chains as positions, for graphs derived from this one (same devices)."""
+        return [list(c) for c in self.chains] if self._device_list else None
 
     def cached(self, key: str, make):
         """Memoise a value derived from this graph (e.g. a layer's normalisation)."""
@@ -297,7 +341,25 @@ class ChunkedGraph:
         return self._derived[key]
 
     def __repr__(self) -> str:
-        return f"ChunkedGraph(num_vertices={self.num_vertices}, num_edges={self.num_edges}, num_chunks={self.num_chunks}, device={self.device!r})"
+        dev = f"devices={self.devices!r}, chains={self.chains!r}" if self.multi_device else f"device={self.device!r}"
+        return f"ChunkedGraph(num_vertices={self.num_vertices}, num_edges={self.num_edges}, num_chunks={self.num_chunks}, {dev})"
+
+
+def _process_group(distributed, devices):
+    """The process group of a distributed graph (None when not distributed), checked."""
+    if distributed is False or distributed is None:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "distributed=... needs torch.distributed initialised in this process: launch with torchrun "
+            "(python -m torch.distributed.run --nproc_per_node=2 script.py) and call "
+            "torch.distributed.init_process_group('gloo') (or 'nccl') before building the graph"
+        )
+    if len(devices) != 1:
+        raise ValueError("a distributed graph takes one device per rank; run one process per device")
+    return dist.group.WORLD if distributed is True else distributed
 
 
 def check_features(g: ChunkedGraph, x, what: str = "x") -> torch.Tensor:

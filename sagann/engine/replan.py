@@ -52,6 +52,8 @@ def run_with_replans(call, phase: str, attempt: Callable[[object], T]) -> tuple[
     ``call`` is a ``_LayerCall``; returns the call that succeeded (it may run
     on a finer partition than the one given) and what ``attempt`` returned.
     """
+    if not hasattr(call, "on_partition"):  # several devices or ranks: one partition for all, not re-planned yet
+        return call, attempt(call)
     g, budget_note = call.g, format_bytes(call.device.memory_budget)
     first_p, first_sub = call.p.num_chunks, call.p.sub_chunk_nnz
     tries = 0

@@ -74,6 +74,11 @@ class Scope:
         self.charge(tensor_bytes(host), what)
         return self.device.copy_in(stage(host))
 
+    def load_peer(self, t: torch.Tensor, source: "Device", what: str) -> torch.Tensor:
+        """Copy a tensor held by another device to this one (a chain hop) and account it here."""
+        self.charge(tensor_bytes(t), what)
+        return self.device.copy_from_peer(t, source)
+
     def load_rows(self, host: torch.Tensor, index: torch.Tensor, what: str) -> torch.Tensor:
         """Gather rows of a host tensor on the host, then send them (a selective transfer)."""
         self.charge(index.numel() * tensor_bytes(host[:1]), what)
@@ -119,12 +124,17 @@ class Device:
         self.memory_budget = parse_bytes(memory_budget)
         self.ledger = MemoryLedger(self.memory_budget, name)
         self.bytes_in = 0  # bytes sent host -> device since creation
+        self.bytes_peer_in = 0  # bytes received from other devices (chain hops) since creation
         self._counter_lock = threading.Lock()
         self._costs: TransferCosts | None = None
 
     def _count_in(self, nbytes: int) -> None:
         with self._counter_lock:
             self.bytes_in += nbytes
+
+    def _count_peer_in(self, nbytes: int) -> None:
+        with self._counter_lock:
+            self.bytes_peer_in += nbytes
 
     def transfer_costs(self) -> TransferCosts:
         """Seconds per byte of gather-and-send, block send and on-device row picking; measured once."""
@@ -183,6 +193,11 @@ class Device:
         """Gather rows on the host, then send them (one selective transfer)."""
         return self.copy_in(host.index_select(0, index))
 
+    def copy_from_peer(self, t: torch.Tensor, source: "Device") -> torch.Tensor:
+        """A copy on this device of ``t``, held by ``source`` (device to device, not through the host link)."""
+        self._count_peer_in(tensor_bytes(t))
+        return t.to(self.torch_device, copy=True)
+
     def copy_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
         """Write a device tensor into a host tensor (blocking)."""
         host_out.copy_(dev)
@@ -209,6 +224,30 @@ class Device:
         return True
 
 
+class EmulatedLink:
+    """An emulated host link of ``bandwidth`` bytes/s; CpuDevices given the same one share it (a switch's uplink).
+
+    A transfer holds the link for bytes / bandwidth (sleeping, GIL
+    released, for what its copy did not already take), so transfers of
+    devices sharing a link queue behind each other.
+    """
+
+    def __init__(self, bandwidth: int | str, name: str = "link"):
+        self.bandwidth = parse_bytes(bandwidth)
+        self.name = name
+        self._lock = threading.Lock()
+
+    def occupy(self, nbytes: int, spent: float) -> None:
+        """Hold the link for ``nbytes`` of transfer, ``spent`` seconds of which the copy already took."""
+        with self._lock:
+            rest = nbytes / self.bandwidth - spent
+            if rest > 0:
+                time.sleep(rest)
+
+    def __repr__(self) -> str:
+        return f"EmulatedLink({self.name!r}, {format_bytes(self.bandwidth)}/s)"
+
+
 class CpuDevice(Device):
     """A virtual device in RAM with a memory budget: every byte it would hold is accounted.
 
@@ -224,16 +263,33 @@ class CpuDevice(Device):
         link_bandwidth: bytes per second of an emulated host link (e.g.
             ``"2GB"`` for 2 GB/s); transfers then take at least
             bytes / bandwidth, sleeping (GIL released) for the rest, so a
-            slow PCIe link can be studied on a CPU. None: copy speed.
+            slow PCIe link can be studied on a CPU. An
+            :class:`EmulatedLink` shared by several devices makes their
+            transfers queue on one link (a PCIe switch's uplink). None:
+            copy speed.
         copy_transfers: make every block transfer a real copy, as on a
             discrete accelerator; for studying transfer cost and overlap
             on a CPU (``sagann bench overlap`` sets it).
+        peer_bandwidth: bytes per second of an emulated device-to-device
+            link into this device (chain hops); None: copy speed.
     """
 
-    def __init__(self, memory_budget: int | str | None = None, name: str = "cpu0", link_bandwidth: int | str | None = None, copy_transfers: bool = False):
+    def __init__(
+        self,
+        memory_budget: int | str | None = None,
+        name: str = "cpu0",
+        link_bandwidth: int | str | None = None,
+        copy_transfers: bool = False,
+        peer_bandwidth: int | str | None = None,
+    ):
         super().__init__(name, memory_budget)
         self.torch_device = torch.device("cpu")
-        self.link_bandwidth = parse_bytes(link_bandwidth)
+        if isinstance(link_bandwidth, EmulatedLink):
+            self.link: EmulatedLink | None = link_bandwidth
+        else:
+            self.link = None if link_bandwidth is None else EmulatedLink(link_bandwidth, f"{name} host link")
+        self.link_bandwidth = None if self.link is None else self.link.bandwidth
+        self.peer_bandwidth = parse_bytes(peer_bandwidth)
         self.copy_transfers = bool(copy_transfers)
 
     @property
@@ -248,10 +304,8 @@ class CpuDevice(Device):
 
     def _throttle(self, t0: float, nbytes: int) -> None:
         self._count_in(nbytes)
-        if self.link_bandwidth is not None:
-            rest = nbytes / self.link_bandwidth - (time.perf_counter() - t0)
-            if rest > 0:
-                time.sleep(rest)
+        if self.link is not None:
+            self.link.occupy(nbytes, time.perf_counter() - t0)
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -263,4 +317,16 @@ class CpuDevice(Device):
         t0 = time.perf_counter()
         out = host.detach().index_select(0, index)  # already a fresh copy
         self._throttle(t0, tensor_bytes(out))
+        return out
+
+    def copy_from_peer(self, t: torch.Tensor, source: "Device") -> torch.Tensor:
+        """A chain hop: as a host transfer, a view unless ``copy_transfers`` (the ledger charges it either way)."""
+        t0 = time.perf_counter()
+        out = t.detach().clone() if self.copy_transfers else t.detach()
+        nbytes = tensor_bytes(out)
+        self._count_peer_in(nbytes)
+        if self.peer_bandwidth is not None:
+            rest = nbytes / self.peer_bandwidth - (time.perf_counter() - t0)
+            if rest > 0:
+                time.sleep(rest)
         return out

@@ -1,0 +1,39 @@
+"""Two torch.distributed ranks (gloo, localhost, torchrun) equal one device."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sagann
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_gloo_ranks_equal_one_device(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", str(ROOT / "tests/engine/dist_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for res in results:
+        assert res["world"] == 2
+        for name, errs in res["layers"].items():
+            assert errs["output"] <= 1e-5 and errs["grads"] <= 1e-5, (res["rank"], name, errs)
+        one, ranks = torch.tensor(res["losses_one_device"]), torch.tensor(res["losses_distributed"])
+        assert len(one) == 3 and torch.allclose(ranks, one, rtol=1e-5, atol=0), (one, ranks)
+    assert results[0]["losses_distributed"] == results[1]["losses_distributed"]  # the ranks agree exactly
+
+
+def test_distributed_needs_an_initialised_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is already initialised here")
+    with pytest.raises(RuntimeError, match="torchrun"):
+        sagann.ChunkedGraph(torch.tensor([[0], [1]]), 2, distributed=True)
