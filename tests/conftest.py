@@ -12,6 +12,8 @@ import os
 from hypothesis import HealthCheck, settings
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=40, **_COMMON)
+# ci: the same examples on every run (a red CI run is a change's fault, not the draw's);
+# long: fresh random examples each run, to find what ci's fixed draw does not
+settings.register_profile("ci", max_examples=40, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=2_500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
