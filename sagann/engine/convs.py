@@ -33,7 +33,11 @@ class GCNConv(Layer):
     one self loop (existing ones are replaced; a weighted one keeps its weight).
 
     XW is computed once per vertex (``apply_src``), then propagated by the
-    fused ``src_mul_edge`` kernel with the normalised edge weights.
+    fused ``src_mul_edge`` kernel with the normalised edge weights; or, where
+    that moves fewer rows, the inputs are propagated first and multiplied by
+    W after (``(Â X) W``, DGL's order when ``in_channels < out_channels``,
+    and always on inputs that need no gradient: the backward then has no
+    pass over the edges at all). See :func:`aggregates_first`.
 
     Args:
         in_channels, out_channels: feature widths.
@@ -70,6 +74,12 @@ class GCNConv(Layer):
         if edge_weight is not None and (edge_weight.dim() != 1 or edge_weight.shape[0] != g.num_edges):
             raise ValueError(f"GCNConv: edge_weight must have shape [num_edges={g.num_edges}], got {list(edge_weight.shape)}")
         graph, norm = self._graph_and_weights(g, edge_weight)
+        if aggregates_first(self, x, norm):
+            face = self.__dict__.get("_aggregate_first")
+            if face is None:  # kept out of _modules: not a submodule, not in the state_dict
+                face = self.__dict__["_aggregate_first"] = _GCNAggregateFirst(self)
+            face.training = self.training
+            return Layer.forward(face, graph, x, norm)
         return super().forward(graph, x, norm)
 
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
@@ -86,6 +96,47 @@ class GCNConv(Layer):
             return graph, graph.cached(key, lambda: _gcn_norm(graph, torch.ones(graph.num_edges) if kept is None else _loop_weights(g, kept, None, fill)))
         w = edge_weight if kept is None else _loop_weights(g, kept, edge_weight, fill)
         return graph, _gcn_norm(graph, w)
+
+
+def aggregates_first(conv: GCNConv, x: torch.Tensor, norm: torch.Tensor | None) -> bool:
+    """Propagate the inputs before the matmul, ``(Â X) W``, rather than ``Â (X W)``?
+
+    Both are the same function (up to fp32 summation order). The edge
+    stage costs one pass over the edges per direction at the width it
+    propagates: X W first propagates ``out_channels`` wide forward, and
+    again backward whenever W or x needs a gradient; X first propagates
+    ``in_channels`` wide forward, and backward only when x (or the edge
+    weights) needs a gradient. The cheaper one wins; ties keep PyG's order.
+    """
+    grad = torch.is_grad_enabled()
+    grad_in = grad and (x.requires_grad or (norm is not None and norm.requires_grad))
+    grad_w = grad and any(p.requires_grad for p in conv.parameters())
+    lin_first = conv.out_channels * (1 + (grad_in or grad_w))
+    agg_first = conv.in_channels * (1 + grad_in)
+    return agg_first < lin_first
+
+
+class _GCNAggregateFirst(Layer):
+    """The same GCNConv evaluated as ``(Â X) W + b``: its parameters are the conv's own."""
+
+    gather = "sum"
+    apply_edge = fn.src_mul_edge
+    hoist = False
+    display_name = "GCNConv"  # in profiles, logs and errors
+
+    def __init__(self, conv: GCNConv):
+        super().__init__()
+        self.__dict__["_conv"] = conv  # not a submodule: the conv owns the parameters
+
+    def named_parameters(self, *args, **kwargs):
+        return self._conv.named_parameters(*args, **kwargs)
+
+    def parameters(self, recurse: bool = True):
+        return self._conv.parameters(recurse)
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        out = self._conv.lin(acc)
+        return out if self._conv.bias is None else out + self._conv.bias
 
 
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:

@@ -84,12 +84,13 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     fused = backend != "reference" and shape.builtin is not None
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
+    name = getattr(user, "display_name", None) or type(user).__name__
     if g.multi_device:  # several devices or ranks: sagann.engine.multi drives one _LayerCall per device
         from sagann.engine.multi import make_multi_call
 
-        call = make_multi_call(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
+        call = make_multi_call(layer, g, partition, shape, backend, fused, param_bytes, seed, name=name)
     else:
-        call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=type(user).__name__)
+        call = _LayerCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name=name)
     call.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous())
     return _SagaFunction.apply(call, x.contiguous(), edge_data, *params)
@@ -151,11 +152,21 @@ def _owns_storage(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return all(o is None or o.untyped_storage().data_ptr() != ptr for o in others)
 
 
+def _own_version(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s memory under a version counter of its own.
+
+    ``t`` may be a view of a host buffer whose other rows are written
+    later in the pass (the next interval's accumulator); a graph saving a
+    plain view would see those writes as modifications of its own rows.
+    """
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
 class _SagaFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: "_LayerCall", x, edge_data, *params):
         versions = [t._version for t in (x, edge_data) if t is not None]
-        call.need_x = bool(ctx.needs_input_grad[1])
+        call.need_x, call.need_e = bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])
         call.keep_graphs = call.keep_graphs and any(ctx.needs_input_grad)
         call, (out, saved) = run_with_replans(call, FORWARD, lambda c: c.forward(x, edge_data))  # out of memory: finer P
         if versions != [t._version for t in (x, edge_data) if t is not None]:
@@ -309,9 +320,10 @@ class _LayerCall:
         deg = torch.from_numpy(np.asarray(partition.in_degree, dtype=np.float32)).clamp(min=1)  # a copy: dataset arrays are read-only maps
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
         self.cost_key = (id(layer), shape, partition.num_chunks, partition.sub_chunk_nnz)
-        self.need_x = True  # set from the autograd context before forward
+        self.need_x = self.need_e = True  # set from the autograd context before forward
         self.keep_graphs = True
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.vertex_graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # j -> (x rows, acc, output) with ApplyVertex's graph
         self._edge_offsets = partition.edge_order[1]
         # edge data arrive permuted into this first partition's sub-chunk order (_in_chunk_order);
         # after a re-plan, where each slot of the new order is in them (None: the same order)
@@ -325,7 +337,7 @@ class _LayerCall:
     def on_partition(self, partition: GraphPartition) -> "_LayerCall":
         """This call on a finer partition (a re-plan after running out of memory): same layer, seed and flags."""
         call = copy.copy(self)
-        call.p, call.hook_graphs = partition, {}
+        call.p, call.hook_graphs, call.vertex_graphs = partition, {}, {}
         call.cost_key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)
         order, call._edge_offsets = partition.edge_order
         given = np.empty_like(self._given_order)
@@ -445,20 +457,20 @@ class _LayerCall:
         """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data (see _in_chunk_order)."""
         return self._edge_offsets[c.id]
 
-    def _keeps_hook_graphs(self) -> bool:
-        """Keep the hooks' autograd graphs from forward instead of recomputing them in backward?
+    def _keeps_graphs(self) -> bool:
+        """Keep the hooks' and ApplyVertex's autograd graphs from forward instead of recomputing them in backward?
 
         Only on an unbudgeted device that shares host memory (in-memory CPU
-        training): there the graph holds views of host rows plus what the
-        hook itself saves, nothing a budget must account for, and backward
-        saves one hook evaluation (a GCN's X W) per layer.
+        training): there a graph holds views of host rows plus what the
+        function itself saves, nothing a budget must account for, and
+        backward saves one evaluation of each (a GCN's X W) per layer.
         """
         dev = self.device
         return self.keep_graphs and dev.memory_budget is None and dev.shares_host_memory and (self.need_x or bool(self.params))
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = self.g.host.empty((self.g.num_vertices, width), what=f"{hook} rows")
-        keep = self._keeps_hook_graphs()
+        keep = self._keeps_graphs()
         graphs = self.hook_graphs.setdefault(hook, {}) if keep else None
         for q, lo, hi in self.p.intervals():
             with self.device.scope() as s:
@@ -570,6 +582,7 @@ class _LayerCall:
         fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
         init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[self.reduce]
         plan = self._plan(FORWARD)
+        keep_graph = self._keeps_graphs()
         times: dict[tuple[int, int], tuple[float, float]] = {}
         moved, t_pass = 0, time.perf_counter()
         with dev.scope() as params_scope:
@@ -610,7 +623,7 @@ class _LayerCall:
                         self._finalise(acc, win, lo, hi, sm)
                         s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
                         with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
-                            out_j = s.adopt(self.layer.apply_vertex(xj, acc), f"output rows V_{j}")
+                            out_j = s.adopt(self._apply_vertex_forward(j, xj, acc, keep_graph), f"output rows V_{j}")
                         self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
                         with self._span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
                             if whole and _owns_storage(out_j, x, acc_all):
@@ -630,6 +643,17 @@ class _LayerCall:
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
         out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
         return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
+
+    def _apply_vertex_forward(self, j: int, xj: torch.Tensor, acc: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+        """ApplyVertex of V_j; with ``keep_graph`` its autograd graph is kept for backward (no recompute there)."""
+        if not keep_graph:
+            return self.layer.apply_vertex(xj, acc)
+        xin = xj.detach().requires_grad_(self.need_x)
+        ain = _own_version(acc).requires_grad_(self.edge_stage_has_grads(self.need_x, self.need_e))
+        with torch.enable_grad():
+            out_j = self.layer.apply_vertex(xin, ain)
+        self.vertex_graphs[j] = (xin, ain, out_j)
+        return out_j.detach()
 
     def _host_buffers(self, n: int):
         """Host tensors a forward pass fills: output (None: made at the first interval not taken whole), acc, winners, softmax max and sum."""
@@ -678,24 +702,54 @@ class _LayerCall:
 
     # ---- backward ------------------------------------------------------------------------
     def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
-        shape, dev = self.shape, self.device
-        n = self.g.num_vertices
-        host = self.g.host
         edata = self._edges_in_partition_order(edata)
+        gx, ge, gparams, g_src_term, g_dst_term = self.backward_edges(x, edata, saved, grad_out, need_x, need_e)
+        self.backward_hooks(x, g_src_term, g_dst_term, need_x, gx, gparams)
+        return gx, self._edges_in_given_order(ge), gparams
+
+    def backward_edges(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
+        """ApplyVertex's backward, then the edge stage's: gradients of x, edge data, parameters and hook terms so far.
+
+        The hooks' own backward (:meth:`backward_hooks`) comes after, once the
+        hook-term gradients are complete (on several devices: summed).
+        """
+        shape, dev, host = self.shape, self.device, self.g.host
         gx = host.zeros_like(x, "input gradient") if need_x else None
         ge = host.zeros_like(edata, "edge data gradient") if need_e else None
         gparams = [torch.zeros_like(q) for q in self.params]
         g_src_term = host.zeros_like(saved.src_term, "source-term gradient") if saved.src_term is not None else None
         g_dst_term = host.zeros_like(saved.dst_term, "destination-term gradient") if saved.dst_term is not None else None
-        grad_acc = None if self.device.shares_host_memory and self.p.num_chunks == 1 else host.empty((n, shape.d_msg), what="aggregate gradient")
+        edges = self.edge_stage_has_grads(need_x, need_e)
+        whole = self.device.shares_host_memory and self.p.num_chunks == 1
+        grad_acc = None if not edges or whole else host.empty((self.g.num_vertices, shape.d_msg), what="aggregate gradient")
         with dev.scope() as params_scope:
             params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
-            grad_acc = self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams)
-            self._backward_edges(x, edata, saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams)
+            grad_acc = self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams, need_acc=edges)
+            if edges:
+                self._backward_edges(x, edata, saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams)
+        return gx, ge, gparams, g_src_term, g_dst_term
+
+    def backward_hooks(self, x, g_src_term, g_dst_term, need_x: bool, gx, gparams) -> None:
+        """The hooks' backward (``apply_src``/``apply_dst``) from their terms' gradients, into ``gx`` and ``gparams``."""
+        if g_src_term is None and g_dst_term is None:
+            return
+        with self.device.scope() as params_scope:
+            params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
             for hook, g_term in (("apply_src", g_src_term), ("apply_dst", g_dst_term)):
                 if g_term is not None:
                     self._backward_hook(hook, x, g_term, need_x, gx, gparams)
-        return gx, self._edges_in_given_order(ge), gparams
+
+    def edge_stage_has_grads(self, need_x: bool, need_e: bool) -> bool:
+        """Does any gradient flow through the edge stage (and so through ``acc``)?
+
+        Not for a builtin message without hooks whose inputs need no gradient
+        (e.g. a first layer on raw features that aggregates before its
+        matmul): backward is then ApplyVertex's alone, no pass over the edges.
+        """
+        s = self.shape
+        if s.builtin is None or s.d_src_term or s.d_dst_term:  # a user apply_edge or hook may hold parameters
+            return True
+        return (need_x and (s.uses_src or s.uses_dst)) or (need_e and s.uses_edge)
 
     def _grad(self, out: torch.Tensor, inputs: list[torch.Tensor], grad: torch.Tensor):
         if not out.requires_grad or not inputs:
@@ -707,21 +761,40 @@ class _LayerCall:
             if g is not None:
                 acc.add_(g)
 
-    def _backward_vertex(self, x, saved: _Saved, grad_out, need_x, gx, grad_acc, gparams) -> torch.Tensor:
-        """The gradient of the gathered rows ``acc`` (written into ``grad_acc``, or made when that is None)."""
+    def _backward_vertex(self, x, saved: _Saved, grad_out, need_x, gx, grad_acc, gparams, need_acc: bool = True) -> torch.Tensor | None:
+        """The gradient of the gathered rows ``acc`` (written into ``grad_acc``, or made when that is None).
+
+        ``need_acc`` False: only x's and the parameters' gradients; returns None.
+        """
         p, dev = self.p, self.device
+        graphs, self.vertex_graphs = self.vertex_graphs, {}
         for j, lo, hi in p.intervals():
             with dev.scope() as s:
-                xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
-                acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(True)
                 go = s.load(grad_out[lo:hi], f"output grad V_{j}")
+                kept = graphs.pop(j, None)
+                if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
+                    xj, acc, out_j = kept  # the forward's graph: no recompute
+                    s.charge(tensor_bytes(xj) + tensor_bytes(acc), f"input rows and accumulator V_{j} (kept from forward)")
+                else:
+                    xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
+                    acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(need_acc)
+                    out_j = None
                 with self._span("apply_vertex", BACKWARD, (j,)):
-                    with torch.enable_grad(), self._rng("vertex", j):
-                        out_j = self.layer.apply_vertex(xj, acc)
+                    if out_j is None:
+                        with torch.enable_grad(), self._rng("vertex", j):
+                            out_j = self.layer.apply_vertex(xj, acc)
                     s.charge(2 * tensor_bytes(out_j) + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex recompute V_{j}")
                     inputs = [acc] + ([xj] if need_x else []) + self.params
-                    grads = self._grad(out_j, inputs, go)
-                    s.charge(tensor_bytes(acc) + (tensor_bytes(xj) if need_x else 0), f"apply_vertex gradients V_{j}")
+                    if not need_acc:  # keep the positions below: a None in acc's place
+                        grads = [None] + list(self._grad(out_j, inputs[1:], go))
+                    else:
+                        grads = self._grad(out_j, inputs, go)
+                    s.charge(tensor_bytes(acc) * need_acc + (tensor_bytes(xj) if need_x else 0), f"apply_vertex gradients V_{j}")
+                if need_x and grads[1] is not None:
+                    dev.add_out(grads[1], gx[lo:hi])
+                self._add_param_grads(grads[1 + need_x :], gparams)
+                if not need_acc:
+                    continue
                 g_acc = grads[0] if grads[0] is not None else torch.zeros_like(acc)
                 if self.inv_degree is not None:
                     g_acc = g_acc * self.inv_degree[lo:hi].to(g_acc.device)
@@ -729,9 +802,8 @@ class _LayerCall:
                     grad_acc = g_acc.detach().contiguous()
                 else:
                     dev.copy_out(g_acc, grad_acc[lo:hi])
-                if need_x and grads[1] is not None:
-                    dev.add_out(grads[1], gx[lo:hi])
-                self._add_param_grads(grads[1 + need_x :], gparams)
+        if not need_acc:
+            return None
         return grad_acc if grad_acc is not None else torch.zeros(self.g.num_vertices, self.shape.d_msg)
 
     def _backward_edges(self, x, edata, saved: _Saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams) -> None:

@@ -288,28 +288,6 @@ class _DeviceCall(_LayerCall):
             held, self._held = self._held, None
             held[1].release()
 
-    # the two halves of the backward, around the cross-device sum of the hook gradients
-    def backward_edges(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
-        shape, dev = self.shape, self.device
-        gx = torch.zeros_like(x) if need_x else None
-        ge = torch.zeros_like(edata) if need_e else None
-        gparams = [torch.zeros_like(q) for q in self.params]
-        g_src_term = torch.zeros_like(saved.src_term) if saved.src_term is not None else None
-        g_dst_term = torch.zeros_like(saved.dst_term) if saved.dst_term is not None else None
-        grad_acc = None if dev.shares_host_memory and self.p.num_chunks == 1 else torch.empty(self.g.num_vertices, shape.d_msg)
-        with dev.scope() as params_scope:
-            params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
-            grad_acc = self._backward_vertex(x, saved, grad_out, need_x, gx, grad_acc, gparams)
-            self._backward_edges(x, edata, saved, grad_acc, need_x, need_e, gx, ge, g_src_term, g_dst_term, gparams)
-        return gx, ge, gparams, g_src_term, g_dst_term
-
-    def backward_hooks(self, x, g_src_term, g_dst_term, need_x: bool, gx, gparams) -> None:
-        with self.device.scope() as params_scope:
-            params_scope.charge(2 * self.param_bytes, f"{self.name} parameters and gradients")
-            for hook, g_term in (("apply_src", g_src_term), ("apply_dst", g_dst_term)):
-                if g_term is not None:
-                    self._backward_hook(hook, x, g_term, need_x, gx, gparams)
-
 
 class _Stream:
     """The device's prefetching stream; closing it also stops the device's relay waits and frees its held block."""
