@@ -96,6 +96,11 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     return _SagaFunction.apply(call, x.contiguous(), edge_data, *params)
 
 
+try:
+    from torch.autograd.graph import get_gradient_edge as _gradient_edge  # torch >= 2.4
+except ImportError:  # pragma: no cover - older torch keeps the output tensor
+    _gradient_edge = None
+
 _EDGE_ORDER_CACHE = "_sagann_edge_data_in_order"  # partition attribute: (weakref to input, its version, permuted)
 
 
@@ -152,6 +157,18 @@ def _owns_storage(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return all(o is None or o.untyped_storage().data_ptr() != ptr for o in others)
 
 
+def _graph_handle(t: torch.Tensor):
+    """What backward needs of a kept forward graph's output: its gradient edge, not its memory.
+
+    Holding the output tensor would keep its rows alive until backward
+    (a GCN layer's N x d output, which autograd would otherwise free after
+    the next ReLU); the edge keeps only the graph. Older torch: the tensor.
+    """
+    if _gradient_edge is None or not t.requires_grad:
+        return t
+    return _gradient_edge(t)
+
+
 def _own_version(t: torch.Tensor) -> torch.Tensor:
     """``t``'s memory under a version counter of its own.
 
@@ -160,6 +177,38 @@ def _own_version(t: torch.Tensor) -> torch.Tensor:
     plain view would see those writes as modifications of its own rows.
     """
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+class _HostGrad:
+    """A host gradient ``[N, d]``, made at its first write; a first write covering every row is adopted, not copied.
+
+    With P = 1 in memory a gradient often has one writer (a GCN's input
+    gradient comes from its ``apply_src`` backward alone): adopting it saves
+    an N x d zero fill, an add and the buffer. Only a tensor that aliases
+    none of ``avoid`` (the inputs and incoming gradients autograd may hand
+    back as views) is adopted, so later in-place adds never touch them.
+    """
+
+    def __init__(self, host, like: torch.Tensor, what: str, avoid: tuple = ()):
+        self._host, self._like, self._what, self._avoid = host, like, what, avoid
+        self._t: torch.Tensor | None = None
+
+    def rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo:hi to accumulate into (the buffer is made, zeroed, if it does not exist yet)."""
+        if self._t is None:
+            self._t = self._host.zeros_like(self._like, self._what)
+        return self._t[lo:hi]
+
+    def add(self, dev, t: torch.Tensor, lo: int, hi: int) -> None:
+        """Add device rows ``t`` into rows lo:hi."""
+        whole = lo == 0 and hi == self._like.shape[0] and t.shape == self._like.shape and t.dtype == self._like.dtype
+        if self._t is None and whole and dev.shares_host_memory and not self._host.enabled and t.is_contiguous() and _owns_storage(t, *self._avoid):
+            self._t = t.detach()
+            return
+        dev.add_out(t, self.rows(lo, hi))
+
+    def tensor(self) -> torch.Tensor:
+        return self._t if self._t is not None else self._host.zeros_like(self._like, self._what)
 
 
 class _SagaFunction(torch.autograd.Function):
@@ -342,7 +391,7 @@ class _LayerCall:
         order, call._edge_offsets = partition.edge_order
         given = np.empty_like(self._given_order)
         given[self._given_order] = np.arange(len(self._given_order), dtype=given.dtype)
-        call._data_perm = torch.from_numpy(given[order])
+        call._data_perm = torch.from_numpy(given[order].astype(np.int64))  # index_copy_ wants int64
         return call
 
     def _edges_in_partition_order(self, edata: torch.Tensor | None) -> torch.Tensor | None:
@@ -482,7 +531,7 @@ class _LayerCall:
                     h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
                 self._check_rows(h, hi - lo, width, hook)
                 if keep:
-                    graphs[q] = (v, h)
+                    graphs[q] = (v, _graph_handle(h))
                 self.device.copy_out(h.detach(), out[lo:hi])
         return out
 
@@ -652,7 +701,7 @@ class _LayerCall:
         ain = _own_version(acc).requires_grad_(self.edge_stage_has_grads(self.need_x, self.need_e))
         with torch.enable_grad():
             out_j = self.layer.apply_vertex(xin, ain)
-        self.vertex_graphs[j] = (xin, ain, out_j)
+        self.vertex_graphs[j] = (xin, ain, _graph_handle(out_j))
         return out_j.detach()
 
     def _host_buffers(self, n: int):
@@ -705,20 +754,20 @@ class _LayerCall:
         edata = self._edges_in_partition_order(edata)
         gx, ge, gparams, g_src_term, g_dst_term = self.backward_edges(x, edata, saved, grad_out, need_x, need_e)
         self.backward_hooks(x, g_src_term, g_dst_term, need_x, gx, gparams)
-        return gx, self._edges_in_given_order(ge), gparams
+        return None if gx is None else gx.tensor(), self._edges_in_given_order(ge), gparams
 
     def backward_edges(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
-        """ApplyVertex's backward, then the edge stage's: gradients of x, edge data, parameters and hook terms so far.
+        """ApplyVertex's backward, then the edge stage's: gradients of x (a :class:`_HostGrad`), edge data, parameters and hook terms so far.
 
         The hooks' own backward (:meth:`backward_hooks`) comes after, once the
         hook-term gradients are complete (on several devices: summed).
         """
         shape, dev, host = self.shape, self.device, self.g.host
-        gx = host.zeros_like(x, "input gradient") if need_x else None
         ge = host.zeros_like(edata, "edge data gradient") if need_e else None
         gparams = [torch.zeros_like(q) for q in self.params]
         g_src_term = host.zeros_like(saved.src_term, "source-term gradient") if saved.src_term is not None else None
         g_dst_term = host.zeros_like(saved.dst_term, "destination-term gradient") if saved.dst_term is not None else None
+        gx = _HostGrad(host, x, "input gradient", avoid=(x, grad_out, edata, saved.acc, g_src_term, g_dst_term)) if need_x else None
         edges = self.edge_stage_has_grads(need_x, need_e)
         whole = self.device.shares_host_memory and self.p.num_chunks == 1
         grad_acc = None if not edges or whole else host.empty((self.g.num_vertices, shape.d_msg), what="aggregate gradient")
@@ -751,8 +800,9 @@ class _LayerCall:
             return True
         return (need_x and (s.uses_src or s.uses_dst)) or (need_e and s.uses_edge)
 
-    def _grad(self, out: torch.Tensor, inputs: list[torch.Tensor], grad: torch.Tensor):
-        if not out.requires_grad or not inputs:
+    def _grad(self, out, inputs: list[torch.Tensor], grad: torch.Tensor):
+        """Gradients of ``out`` (a tensor, or a kept graph's handle) w.r.t. ``inputs``; None for the unused."""
+        if not inputs or (isinstance(out, torch.Tensor) and not out.requires_grad):
             return [None] * len(inputs)
         return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
@@ -783,7 +833,7 @@ class _LayerCall:
                     if out_j is None:
                         with torch.enable_grad(), self._rng("vertex", j):
                             out_j = self.layer.apply_vertex(xj, acc)
-                    s.charge(2 * tensor_bytes(out_j) + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex recompute V_{j}")
+                    s.charge(2 * tensor_bytes(go) + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex recompute V_{j}")  # go: out_j's shape
                     inputs = [acc] + ([xj] if need_x else []) + self.params
                     if not need_acc:  # keep the positions below: a None in acc's place
                         grads = [None] + list(self._grad(out_j, inputs[1:], go))
@@ -791,7 +841,7 @@ class _LayerCall:
                         grads = self._grad(out_j, inputs, go)
                     s.charge(tensor_bytes(acc) * need_acc + (tensor_bytes(xj) if need_x else 0), f"apply_vertex gradients V_{j}")
                 if need_x and grads[1] is not None:
-                    dev.add_out(grads[1], gx[lo:hi])
+                    gx.add(dev, grads[1], lo, hi)
                 self._add_param_grads(grads[1 + need_x :], gparams)
                 if not need_acc:
                     continue
@@ -828,7 +878,7 @@ class _LayerCall:
                     continue
                 with dev.scope() as s:
                     # accumulate onto the host gradient itself where the device shares host memory
-                    acc_src, src_shared = s.result_buffer(gx[lo:hi], None, f"source grad V_{i}") if need_x and shape.uses_src else (None, False)
+                    acc_src, src_shared = s.result_buffer(gx.rows(lo, hi), None, f"source grad V_{i}") if need_x and shape.uses_src else (None, False)
                     acc_term, term_shared = s.result_buffer(g_src_term[lo:hi], None, f"source-term grad V_{i}") if g_src_term is not None else (None, False)
                     if direct is not None:
                         src_acc = acc_term if shape.d_src_term else acc_src
@@ -841,7 +891,7 @@ class _LayerCall:
                         moved += b
                     with self._span("d2h", BACKWARD, (i,), tensor_bytes(acc_src) + tensor_bytes(acc_term)):
                         if acc_src is not None and not src_shared:
-                            dev.add_out(acc_src, gx[lo:hi])
+                            dev.add_out(acc_src, gx.rows(lo, hi))
                         if acc_term is not None and not term_shared:
                             dev.add_out(acc_term, g_src_term[lo:hi])
         finally:
@@ -882,7 +932,7 @@ class _LayerCall:
             )
         lo = c.dst_start + c.dst_offset
         if d_dst is not None:
-            dev.add_out(d_dst, (gx if dst_name == "dst" else g_dst_term)[lo : lo + c.num_dst])
+            dev.add_out(d_dst, gx.rows(lo, lo + c.num_dst) if dst_name == "dst" else g_dst_term[lo : lo + c.num_dst])
         if d_edge is not None:
             off = self.edge_offset(c)
             dev.add_out(d_edge, ge[off : off + c.nnz])
@@ -915,7 +965,7 @@ class _LayerCall:
                 # unique rows: index_put_ avoids torch's slow multi-threaded CPU index_add_
                 (acc_src if name == "src" else acc_term).index_put_((local_src,), g, accumulate=True)
             elif name == "dst":
-                dev.add_out(g, gx[lo : lo + c.num_dst])
+                dev.add_out(g, gx.rows(lo, lo + c.num_dst))
             elif name == "dst_term":
                 dev.add_out(g, g_dst_term[lo : lo + c.num_dst])
             elif name == "data":
@@ -936,9 +986,9 @@ class _LayerCall:
                         v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                         with torch.enable_grad(), self._rng(hook, q):
                             h = getattr(self.layer, hook)(v)
-                    s.charge(2 * tensor_bytes(h) + vertex_scratch_bytes(hi - lo, h.shape[1]), f"{hook} recompute V_{q}")
+                    s.charge(2 * tensor_bytes(gt) + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} recompute V_{q}")  # gt: h's shape
                     grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
                     s.charge(tensor_bytes(v) if need_x else 0, f"{hook} input gradient V_{q}")
                 if need_x and grads[0] is not None:
-                    dev.add_out(grads[0], gx[lo:hi])
+                    gx.add(dev, grads[0], lo, hi)
                 self._add_param_grads(grads[need_x:], gparams)

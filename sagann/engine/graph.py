@@ -51,7 +51,8 @@ class ChunkedGraph:
 
     Args:
         edge_index: ``[2, E]`` int ids, row 0 = source, row 1 = destination
-            (PyG's convention); numpy or torch.
+            (PyG's convention); numpy or torch. The graph keeps its own
+            (int32 where N allows) copy: drop yours to save memory.
         num_vertices: N.
         num_chunks: P, or None to pick the smallest P whose working set fits
             the device's memory budget (decided at the first layer call,
@@ -127,7 +128,7 @@ class ChunkedGraph:
             self.num_vertices, self.num_edges = _partition.num_vertices, _partition.num_edges
             self.in_degree = _partition.in_degree
         else:
-            self._edge_index = as_edge_index(edge_index, num_vertices)
+            self._edge_index = compact_ids(as_edge_index(edge_index, num_vertices), num_vertices)
             self.num_vertices, self.num_edges = int(num_vertices), int(self._edge_index.shape[1])
             self.in_degree = np.bincount(self._edge_index[1], minlength=self.num_vertices).astype(np.int64)
         self.device = self.devices[0]  # the only device; with several, the first (see ``devices``)
@@ -317,8 +318,8 @@ class ChunkedGraph:
         """
         if "self_loops" not in self._derived:
             ei = self.edge_index()
-            kept = np.flatnonzero(ei[0] != ei[1])
-            loops = np.arange(self.num_vertices, dtype=np.int64)
+            kept = compact_ids(np.flatnonzero(ei[0] != ei[1]), self.num_edges)
+            loops = np.arange(self.num_vertices, dtype=ei.dtype)
             new_ei = np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
             devices = self.devices if self._device_list else self.device
             derived = ChunkedGraph(
@@ -343,6 +344,17 @@ class ChunkedGraph:
     def __repr__(self) -> str:
         dev = f"devices={self.devices!r}, chains={self.chains!r}" if self.multi_device else f"device={self.device!r}"
         return f"ChunkedGraph(num_vertices={self.num_vertices}, num_edges={self.num_edges}, num_chunks={self.num_chunks}, {dev})"
+
+
+def compact_ids(ids: np.ndarray, bound: int) -> np.ndarray:
+    """``ids`` (all in ``[0, bound)``) as int32 when ``bound`` allows: half the memory of int64.
+
+    The engine keeps its own copy of a graph's edge list (a GCN's self-loop
+    graph keeps another); a caller may drop theirs once the graph is built.
+    """
+    if bound <= np.iinfo(np.int32).max and ids.dtype != np.int32:
+        return ids.astype(np.int32)
+    return ids
 
 
 def _process_group(distributed, devices):

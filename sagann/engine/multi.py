@@ -479,7 +479,7 @@ class MultiDeviceCall:
         if g_src_term is not None or g_dst_term is not None:
             self._run(self._timed(BACKWARD, [partial(c.backward_hooks, x, g_src_term, g_dst_term, need_x, gxs[k], gparams_k[k]) for k, c in enumerate(self.calls)], edges=False))
         gparams = [_sum([gp[q] for gp in gparams_k]) for q in range(len(self.params))]
-        return _sum(gxs), _sum(ges), gparams
+        return _sum([None if g is None else g.tensor() for g in gxs]), _sum(ges), gparams
 
 
 def _sum(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
@@ -573,10 +573,11 @@ class DistributedCall:
 
     def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
         c = self.call
-        gx, ge, gparams, g_src_term, g_dst_term = c.backward_edges(x, edata, saved, grad_out, need_x, need_e)
+        g_x, ge, gparams, g_src_term, g_dst_term = c.backward_edges(x, edata, saved, grad_out, need_x, need_e)
         self._all_reduce(g_src_term)  # sources are everyone's; destination terms are this rank's rows only
         if g_src_term is not None or g_dst_term is not None:
-            c.backward_hooks(x, g_src_term, g_dst_term, need_x, gx, gparams)
+            c.backward_hooks(x, g_src_term, g_dst_term, need_x, g_x, gparams)
+        gx = None if g_x is None else g_x.tensor()
         for t in [gx, ge, *gparams]:
             self._all_reduce(t)
         return gx, ge, gparams
