@@ -37,6 +37,7 @@ from sagann.kernels import _cpu_kernels as K
 from sagann.scheduler.devices import CpuDevice
 
 KERNELS = ("spmm_sum", "spmm_arg", "sddmm", "grad_src", "grad_dst", "grad_edge")
+_OUTPUT_ARG = {"spmm_sum": -2, "spmm_arg": -3}  # position of each kernel's output argument (default: the last)
 
 
 class KernelTimer:
@@ -58,7 +59,7 @@ class KernelTimer:
                 try:
                     return _fn(*args)
                 finally:
-                    key = f"{_name} d={args[-1].shape[1]}"  # every kernel's last argument is its output
+                    key = f"{_name} d={args[_OUTPUT_ARG.get(_name, -1)].shape[1]}"
                     self.seconds[key] += time.perf_counter() - t0
                     self.calls[key] += 1
 

@@ -91,6 +91,21 @@ class EdgeChunk:
             )
         )
 
+    def src_major_dst(self) -> np.ndarray | None:
+        """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.
+
+        A source-major backward reads its edges' destination rows through
+        this array in sequence instead of ``dst_idx[src_perm[p]]`` at random.
+        None for memory-mapped chunks (a dataset on disk): caching would put
+        4 bytes per edge in RAM beyond the host budget.
+        """
+        if isinstance(self.src_perm, np.memmap) or isinstance(getattr(self.src_perm, "base", None), np.memmap):
+            return None
+        cached = self.__dict__.get("_src_major_dst")
+        if cached is None:
+            cached = self.__dict__["_src_major_dst"] = np.ascontiguousarray(self.dst_idx[self.src_perm])
+        return cached
+
     def global_src(self) -> np.ndarray:
         """Global source id of each CSC edge (int64)."""
         return self.src_start + self.src_rows[self.src_idx].astype(np.int64)

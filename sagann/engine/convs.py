@@ -140,7 +140,7 @@ class _GCNAggregateFirst(Layer):
 
 
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:
-    """Weights of the self-loop graph: kept edges' weights, then one loop per vertex."""
+    """Weights of the self-loop graph: kept edges' weights (``kept``: a mask over g's edges), then one loop per vertex."""
     n = g.num_vertices
     if edge_weight is None:  # unit weights: an existing self loop keeps weight 1
         edge_weight = torch.ones(g.num_edges)

@@ -102,6 +102,7 @@ except ImportError:  # pragma: no cover - older torch keeps the output tensor
     _gradient_edge = None
 
 _EDGE_ORDER_CACHE = "_sagann_edge_data_in_order"  # partition attribute: (weakref to input, its version, permuted)
+_SOURCE_MAJOR_CACHE = "_sagann_edge_data_source_major"  # partition attribute: the same, rows source-major per sub-chunk
 
 
 def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor) -> torch.Tensor:
@@ -280,7 +281,7 @@ class _Block:
 class _ChunkInputs:
     """A sub-chunk's device-side inputs, each loaded once on first use; in backward they are autograd leaves."""
 
-    def __init__(self, call: "_LayerCall", c: EdgeChunk, host: dict, grad: dict, block: _Block | None, block_in_place: bool = False):
+    def __init__(self, call: "_LayerCall", c: EdgeChunk, host: dict, grad: dict, block: _Block | None, block_in_place: bool = False, source_major: bool = False):
         self.call, self.c = call, c
         # the fused forward reads source rows from V_i's block in place (kernels.gspmm(src_rows=...))
         self.block_in_place = block_in_place and block is not None
@@ -290,7 +291,7 @@ class _ChunkInputs:
         self._values: dict[str, torch.Tensor | None] = {}
         self.loaded_bytes = 0
         self.load_seconds = 0.0
-        self.ct = ChunkTensors.from_chunk(c, call.device.torch_device)
+        self.ct = ChunkTensors.from_chunk(c, call.device.torch_device, source_major=source_major)
         self.scope.charge(self.ct.nbytes, lambda: f"index arrays of {c.id!r}")
         self.loaded_bytes += self.ct.nbytes
         self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
@@ -370,6 +371,7 @@ class _LayerCall:
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
         self.cost_key = (id(layer), shape, partition.num_chunks, partition.sub_chunk_nnz)
         self.need_x = self.need_e = True  # set from the autograd context before forward
+        self._source_major = False  # this backward pass reads edges source-major (see _backward_edges)
         self.keep_graphs = True
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.vertex_graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # j -> (x rows, acc, output) with ApplyVertex's graph
@@ -502,6 +504,24 @@ class _LayerCall:
         centred = msg.view(ct.nnz, h, -1) - out.view(ct.num_dst, h, -1).index_select(0, dst)
         return msg.new_zeros(ct.num_dst, h, self.shape.d_msg // h).index_add(0, dst, p.unsqueeze(-1) * centred).view(ct.num_dst, -1)
 
+    def _edges_source_major(self, edata: torch.Tensor) -> torch.Tensor:
+        """Chunk-ordered edge data with each sub-chunk's rows in source-major order (``rows[src_perm]``).
+
+        Every sub-chunk keeps its slice; only the order inside it changes.
+        Cached on the partition while ``edata`` lives unchanged (a GCN's
+        normalisation: once per training run, not per pass).
+        """
+        hit = self.p.__dict__.get(_SOURCE_MAJOR_CACHE)
+        if hit is not None and hit[0]() is edata and hit[1] == edata._version:
+            return hit[2]
+        perm = np.arange(edata.shape[0], dtype=np.int64)
+        for c in self.p.sub_chunks():
+            off = self.edge_offset(c)
+            perm[off : off + c.nnz] = off + c.src_perm
+        out = edata.index_select(0, torch.from_numpy(perm))
+        self.p.__dict__[_SOURCE_MAJOR_CACHE] = (weakref.ref(edata), edata._version, out)
+        return out
+
     def edge_offset(self, c: EdgeChunk) -> int:
         """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data (see _in_chunk_order)."""
         return self._edge_offsets[c.id]
@@ -558,7 +578,7 @@ class _LayerCall:
             holder["block"], block_bytes = self._load_block(step, host, fields)
         block = holder["block"].acquire() if "block" in holder else None
         try:
-            inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused)
+            inputs = _ChunkInputs(self, c, host, grad, block, block_in_place=phase == FORWARD and self.fused, source_major=phase == BACKWARD and self._source_major)
         except BaseException:  # e.g. out of memory on its index arrays: the block reference is ours to drop
             if block is not None:
                 block.release()
@@ -866,6 +886,11 @@ class _LayerCall:
         direct = self._direct_needs(need_x, need_e) if self.direct_backward else None
         if direct is not None and not self._direct_reads_src(direct):
             uses.update(src=False, src_term=False)  # a sum's source gradient never reads the sources: do not send them
+        # only the sources' gradient, by a kernel that reads source-major arrays in sequence: edge rows
+        # source-major too (the same slice per sub-chunk), destination ids from the chunk's src_dst
+        self._source_major = direct == ("src",) and kernels.source_major_backward(self.backend, shape.builtin.op, shape.d_edge) and (edata is None or not edata.requires_grad)
+        if self._source_major and edata is not None and shape.uses_edge:
+            host["data"] = self._edges_source_major(edata)
         fields = tuple(f for f, used in uses.items() if used)
         plan = self._plan(BACKWARD)
         times: dict[tuple[int, int], tuple[float, float]] = {}
@@ -929,6 +954,7 @@ class _LayerCall:
             d_src, d_edge, d_dst = kernels.gspmm_sum_backward(
                 inputs.ct, builtin.op, g_rows, src=src, edge=edge, dst=dst, needs=needs,
                 src_out=src_acc, src_rows=inputs.src_local_rows(), backend=self.backend,
+                edge_order="source_major" if self._source_major else "csc",
             )
         lo = c.dst_start + c.dst_offset
         if d_dst is not None:

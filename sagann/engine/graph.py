@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -131,6 +132,7 @@ class ChunkedGraph:
             self._edge_index = compact_ids(as_edge_index(edge_index, num_vertices), num_vertices)
             self.num_vertices, self.num_edges = int(num_vertices), int(self._edge_index.shape[1])
             self.in_degree = np.bincount(self._edge_index[1], minlength=self.num_vertices).astype(np.int64)
+        self._derived_edges = None  # a graph the engine derived (e.g. with self loops): how to rebuild its edge list
         self.device = self.devices[0]  # the only device; with several, the first (see ``devices``)
         self._layouts: dict = {}  # sagann.engine.multi: per-partition device layouts
         self.link = LinkCounter()  # V_i blocks of multi-device passes: host-link and device-to-device bytes
@@ -191,8 +193,12 @@ class ChunkedGraph:
         return max(sets, key=lambda w: w.peak_bytes) if sets else None
 
     def edge_index(self) -> np.ndarray:
-        if self._edge_index is None:
-            self._edge_index = self.partition.edge_index()
+        """The ``[2, E]`` edge list in the caller's edge order (rebuilt from the partition if not kept)."""
+        if self._edge_index is not None:
+            return self._edge_index
+        if self._derived_edges is not None:  # an engine-made graph's list is rebuilt when asked, not kept
+            return self._derived_edges()
+        self._edge_index = compact_ids(self.partition.edge_index(), self.num_vertices)
         return self._edge_index
 
     def _partition(self, num_chunks: int, sub_nnz: int, weight: float = 1.0) -> GraphPartition:
@@ -229,6 +235,8 @@ class ChunkedGraph:
             except BudgetTooSmall:
                 part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1)
         self.partition = part
+        if self._derived_edges is not None:  # nobody else holds this list, and it can be rebuilt
+            self._edge_index = None
         if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
             self._working_set = ws
         return part
@@ -313,19 +321,19 @@ class ChunkedGraph:
     def with_remaining_self_loops(self) -> tuple["ChunkedGraph", np.ndarray]:
         """This graph with every self loop replaced by exactly one per vertex (PyG's GCN convention).
 
-        Returns the derived graph (cached) and ``kept``: the original edge
-        positions of its first ``E' - N`` edges; the last N edges are the loops.
+        Returns the derived graph (cached) and ``kept``: a boolean mask over
+        this graph's edges, True for the ones that are its first ``E' - N``
+        edges (in order); the last N edges are the loops.
         """
         if "self_loops" not in self._derived:
-            ei = self.edge_index()
-            kept = compact_ids(np.flatnonzero(ei[0] != ei[1]), self.num_edges)
-            loops = np.arange(self.num_vertices, dtype=ei.dtype)
-            new_ei = np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
+            kept = self.edge_index()[0] != self.edge_index()[1]
+            new_ei = _with_self_loops(self.edge_index, kept, self.num_vertices)
             devices = self.devices if self._device_list else self.device
             derived = ChunkedGraph(
                 new_ei, self.num_vertices, self._fixed_chunks, devices, self._fixed_sub_nnz, self.backend, self.schedule,
                 topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
             )
+            derived._derived_edges = partial(_with_self_loops, self.edge_index, kept, self.num_vertices)
             derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
             derived.step_log, derived.call_log = self.step_log, self.call_log
             self._derived["self_loops"] = (derived, kept)
@@ -344,6 +352,13 @@ class ChunkedGraph:
     def __repr__(self) -> str:
         dev = f"devices={self.devices!r}, chains={self.chains!r}" if self.multi_device else f"device={self.device!r}"
         return f"ChunkedGraph(num_vertices={self.num_vertices}, num_edges={self.num_edges}, num_chunks={self.num_chunks}, {dev})"
+
+
+def _with_self_loops(edge_index, kept: np.ndarray, num_vertices: int) -> np.ndarray:
+    """The kept edges of ``edge_index()``, then one self loop per vertex."""
+    ei = edge_index()
+    loops = np.arange(num_vertices, dtype=ei.dtype)
+    return np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
 
 
 def compact_ids(ids: np.ndarray, bound: int) -> np.ndarray:

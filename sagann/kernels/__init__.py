@@ -12,7 +12,7 @@ from sagann.kernels import reference
 from sagann.kernels.graph import ChunkTensors
 from sagann.kernels.reference import MESSAGE_OPS, REDUCERS
 
-__all__ = ["ChunkTensors", "MESSAGE_OPS", "REDUCERS", "gspmm", "gsddmm", "gspmm_sum_backward", "available_backends"]
+__all__ = ["ChunkTensors", "MESSAGE_OPS", "REDUCERS", "gspmm", "gsddmm", "gspmm_sum_backward", "source_major_backward", "available_backends"]
 
 _BACKENDS = {"reference": reference}
 
@@ -30,6 +30,16 @@ def _backend(name: str):
         known = ", ".join(available_backends())
         raise ValueError(f"unknown kernel backend {name!r}; known backends: {known}")
     return _BACKENDS[name]
+
+
+def source_major_backward(backend: str, op: str, d_edge: int) -> bool:
+    """Does ``backend``'s sum backward for ``src`` read everything in sequence given source-major operands?
+
+    Then a caller that keeps ``ChunkTensors.src_dst`` and edge data in
+    source-major order (``edge_order="source_major"``) saves a random read
+    per edge; elsewhere it would only add a permutation.
+    """
+    return backend == "cpu" and (op in ("copy_src", "src_add_dst", "src_sub_dst") or (op == "src_mul_edge" and d_edge == 1))
 
 
 def available_backends() -> list[str]:
@@ -92,10 +102,14 @@ def gspmm_sum_backward(
     src_out: torch.Tensor | None = None,
     src_rows: torch.Tensor | None = None,
     backend: str = "reference",
+    edge_order: str = "csc",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients ``(d_src, d_edge, d_dst)`` of ``gspmm(g, op, "sum", ...)`` from the output gradient, no recompute.
 
     Operands not in ``needs`` get None. With ``src_out`` the src gradient is
     added into ``src_out[src_rows]`` (unique rows) and ``d_src`` is None.
+    ``edge_order="source_major"``: ``edge`` is given as ``edge[g.src_perm]``
+    (no edge gradient then); with ``g.src_dst`` the CPU backend reads every
+    per-edge array in sequence.
     """
-    return _backend(backend).gspmm_sum_backward(g, op, grad, src=src, edge=edge, dst=dst, needs=needs, src_out=src_out, src_rows=src_rows)
+    return _backend(backend).gspmm_sum_backward(g, op, grad, src=src, edge=edge, dst=dst, needs=needs, src_out=src_out, src_rows=src_rows, edge_order=edge_order)

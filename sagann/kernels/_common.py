@@ -107,9 +107,12 @@ class Frontend:
             src, edge, dst)`` and ``apply(g, code, width, src, edge, dst)``).
     """
 
-    def __init__(self, validate, spmm, sddmm, grads, block_spmm=None):
+    def __init__(self, validate, spmm, sddmm, grads, block_spmm=None, source_major_codes=frozenset()):
         self._validate, self._spmm, self._sddmm, self._grads = validate, spmm, sddmm, grads
         self._block_spmm = block_spmm
+        # op codes whose src gradient the backend computes from source-major operands
+        # (``grads(..., source_major=True)`` with ``g.src_dst``); others are put back in CSC order
+        self._source_major_codes = source_major_codes
 
     def _source_block(self, g: ChunkTensors, op: str, src, edge, dst, src_rows):
         """``(src, rows)`` to run with: the block and its rows, or (no ``src_rows``, no block kernel, or under autograd) compact rows and None."""
@@ -144,6 +147,7 @@ class Frontend:
         needs: tuple[str, ...] = ("src", "edge", "dst"),
         src_out: torch.Tensor | None = None,
         src_rows: torch.Tensor | None = None,
+        edge_order: str = "csc",
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Gradients of ``gspmm(g, op, "sum", ...)`` from the output's gradient, with no forward recompute.
 
@@ -155,10 +159,20 @@ class Frontend:
         the kernel and ``d_src`` is None: the engine's accumulator needs no
         scatter afterwards. ``src`` may be left out when only its own
         gradient is wanted (that gradient never reads it).
+
+        ``edge_order="source_major"``: ``edge`` is given as ``edge[src_perm]``
+        (the engine keeps edge weights that way for backward); with
+        ``g.src_dst`` a backend that can then reads every per-edge array in
+        sequence. The gradient of ``edge`` itself cannot be asked for then.
         """
         fn = "gspmm_sum_backward"
         if op == "src_dot_dst":
             raise ValueError(f"{fn}: src_dot_dst has no direct backward; differentiate gspmm with autograd")
+        if edge_order not in ("csc", "source_major"):
+            raise ValueError(f"{fn}: edge_order must be 'csc' or 'source_major', got {edge_order!r}")
+        source_major = edge_order == "source_major"
+        if source_major and "edge" in needs and edge is not None and "edge" in NEEDS[op]:
+            raise ValueError(f"{fn}: edge_order='source_major' gives no edge gradient; drop 'edge' from needs or pass edge in CSC order")
         proxy = None
         if src is None and "src" in NEEDS[op] and isinstance(grad, torch.Tensor) and grad.dim() == 2 and not ({"edge", "dst"} & set(needs)):
             # only src's own gradient is wanted, which never reads src: check the call as if it were given
@@ -175,7 +189,14 @@ class Frontend:
             if src_rows is None or tuple(src_rows.shape) != (g.num_src,) or src_rows.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"{fn}: src_rows must be an int32/int64 [num_src={g.num_src}] tensor when src_out is given")
         src, edge, dst, grad = (cast(t, compute) for t in (src, edge, dst, grad))
-        d = self._grads(g, op_code(op, edge, width), ROW, grad, None, src, edge, dst, need, src_out if need[0] else None, src_rows)
+        code = op_code(op, edge, width)
+        if source_major:
+            if g.src_dst is not None and code in self._source_major_codes and need == (need[0], False, False):
+                d = self._grads(g, code, ROW, grad, None, src, edge, dst, need, src_out if need[0] else None, src_rows, source_major=True)
+                return tuple(None if t is None else t.to(dtype) for t in d)
+            if edge is not None:
+                edge = torch.empty_like(edge).index_copy_(0, g.src_perm.long(), edge)  # back to CSC order
+        d = self._grads(g, code, ROW, grad, None, src, edge, dst, need, src_out if need[0] else None, src_rows)
         return tuple(None if t is None else t.to(dtype) for t in d)
 
     def _gspmm_into(self, g: ChunkTensors, op: str, reduce: str, src, edge, dst, src_rows, out: torch.Tensor):

@@ -61,8 +61,11 @@ def even_bounds(n, nblocks):
 
 
 @njit(**_JIT)
-def _sum_rows(out, o, x, idx, perm, w, lo, hi):
-    """``out[o] += sum of x[idx[q]] (* w[q, 0])`` over ``q = perm[p]`` (``= p`` if perm is empty), p in [lo, hi).
+def _sum_rows(out, o, x, idx, perm, w, lo, hi, rmap):
+    """``out[o] += sum of x[rmap[idx[q]]] (* w[q, 0])`` over ``q = perm[p]`` (``= p`` if perm is empty), p in [lo, hi).
+
+    ``rmap`` empty means no map (``x[idx[q]]``); the forward passes a
+    sub-chunk's ``src_rows`` there to read V_i's block in place.
 
     The gather-sum behind copy_src / scalar-weighted src_mul_edge (forward,
     one destination row) and their source-major backward (one source row).
@@ -73,6 +76,7 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi):
     """
     d = out.shape[1]
     has_perm = perm.shape[0] > 0
+    has_map = rmap.shape[0] > 0
     p = lo
     if w.shape[0] == 0:
         while p + 8 <= hi:
@@ -82,6 +86,8 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi):
             else:
                 s0, s1, s2, s3 = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
                 s4, s5, s6, s7 = idx[p + 4], idx[p + 5], idx[p + 6], idx[p + 7]
+            if has_map:
+                s0, s1, s2, s3, s4, s5, s6, s7 = rmap[s0], rmap[s1], rmap[s2], rmap[s3], rmap[s4], rmap[s5], rmap[s6], rmap[s7]
             for k in range(d):
                 out[o, k] += ((x[s0, k] + x[s1, k]) + (x[s2, k] + x[s3, k])) + ((x[s4, k] + x[s5, k]) + (x[s6, k] + x[s7, k]))
             p += 8
@@ -90,11 +96,15 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi):
                 s0, s1, s2, s3 = idx[perm[p]], idx[perm[p + 1]], idx[perm[p + 2]], idx[perm[p + 3]]
             else:
                 s0, s1, s2, s3 = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
+            if has_map:
+                s0, s1, s2, s3 = rmap[s0], rmap[s1], rmap[s2], rmap[s3]
             for k in range(d):
                 out[o, k] += (x[s0, k] + x[s1, k]) + (x[s2, k] + x[s3, k])
             p += 4
         while p < hi:
             s0 = idx[perm[p]] if has_perm else idx[p]
+            if has_map:
+                s0 = rmap[s0]
             for k in range(d):
                 out[o, k] += x[s0, k]
             p += 1
@@ -106,6 +116,8 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi):
             else:
                 q0, q1, q2, q3, q4, q5, q6, q7 = p, p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7
             s0, s1, s2, s3, s4, s5, s6, s7 = idx[q0], idx[q1], idx[q2], idx[q3], idx[q4], idx[q5], idx[q6], idx[q7]
+            if has_map:
+                s0, s1, s2, s3, s4, s5, s6, s7 = rmap[s0], rmap[s1], rmap[s2], rmap[s3], rmap[s4], rmap[s5], rmap[s6], rmap[s7]
             w0, w1, w2, w3, w4, w5, w6, w7 = w[q0, 0], w[q1, 0], w[q2, 0], w[q3, 0], w[q4, 0], w[q5, 0], w[q6, 0], w[q7, 0]
             for k in range(d):
                 out[o, k] += ((x[s0, k] * w0 + x[s1, k] * w1) + (x[s2, k] * w2 + x[s3, k] * w3)) + (
@@ -118,6 +130,8 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi):
             else:
                 q0, q1, q2, q3 = p, p + 1, p + 2, p + 3
             s0, s1, s2, s3 = idx[q0], idx[q1], idx[q2], idx[q3]
+            if has_map:
+                s0, s1, s2, s3 = rmap[s0], rmap[s1], rmap[s2], rmap[s3]
             w0, w1, w2, w3 = w[q0, 0], w[q1, 0], w[q2, 0], w[q3, 0]
             for k in range(d):
                 out[o, k] += (x[s0, k] * w0 + x[s1, k] * w1) + (x[s2, k] * w2 + x[s3, k] * w3)
@@ -125,6 +139,8 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi):
         while p < hi:
             q0 = perm[p] if has_perm else p
             s0, w0 = idx[q0], w[q0, 0]
+            if has_map:
+                s0 = rmap[s0]
             for k in range(d):
                 out[o, k] += x[s0, k] * w0
             p += 1
@@ -159,24 +175,26 @@ def _fill_msg(op, src, edge, dst, s, e, r, buf):
 
 
 @njit(**_PJIT)
-def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out):
+def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out, rmap):
     """``out[r] = sum of msg(e)`` over the edges ``e`` of row ``r``, then ``/ deg[r]`` for mean.
 
-    ``out`` starts at zero; ``deg`` is ``[num_dst]`` (max(in-degree, 1) in
-    ``out``'s dtype) for mean, ``[0]`` for sum.
+    ``out`` starts at zero (or holds what to add onto); ``deg`` is
+    ``[num_dst]`` (max(in-degree, 1) in ``out``'s dtype) for mean, ``[0]``
+    for sum. Source rows are ``src[rmap[src_idx[e]]]`` (``rmap`` empty: no map).
     """
     d = out.shape[1]
     identity = src_idx[:0]  # an empty permutation: edges in CSC order
+    has_map = rmap.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
         for r in range(bounds[b], bounds[b + 1]):
             lo, hi = dst_ptr[r], dst_ptr[r + 1]
             if op == COPY_SRC:
-                _sum_rows(out, r, src, src_idx, identity, edge[:0], lo, hi)
+                _sum_rows(out, r, src, src_idx, identity, edge[:0], lo, hi, rmap)
             elif op == MUL_SCALAR:
-                _sum_rows(out, r, src, src_idx, identity, edge, lo, hi)
+                _sum_rows(out, r, src, src_idx, identity, edge, lo, hi, rmap)
             else:
                 for e in range(lo, hi):
-                    s = src_idx[e]
+                    s = rmap[src_idx[e]] if has_map else src_idx[e]
                     if op == COPY_EDGE:
                         for k in range(d):
                             out[r, k] += edge[e, k]
@@ -198,14 +216,15 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out):
 
 
 @njit(**_PJIT)
-def spmm_arg(op, is_max, src, edge, dst, src_idx, dst_ptr, bounds, out, arg):
+def spmm_arg(op, is_max, src, edge, dst, src_idx, dst_ptr, bounds, out, arg, rmap):
     """Per row and feature, the max (or min) message and its CSC position.
 
     Ties go to the smallest position, NaN beats every number (the first NaN
     wins); rows without edges are left as given (the caller passes
-    ``out`` = 0 and ``arg`` = -1).
+    ``out`` = 0 and ``arg`` = -1). Source rows as in :func:`spmm_sum`.
     """
     d = out.shape[1]
+    has_map = rmap.shape[0] > 0
     nblocks = bounds.shape[0] - 1
     scratch = np.empty((nblocks, d), out.dtype)  # one message buffer per block
     for b in prange(nblocks):
@@ -213,7 +232,7 @@ def spmm_arg(op, is_max, src, edge, dst, src_idx, dst_ptr, bounds, out, arg):
         for r in range(bounds[b], bounds[b + 1]):
             lo = dst_ptr[r]
             for e in range(lo, dst_ptr[r + 1]):
-                _fill_msg(op, src, edge, dst, src_idx[e], e, r, buf)
+                _fill_msg(op, src, edge, dst, rmap[src_idx[e]] if has_map else src_idx[e], e, r, buf)
                 if e == lo:
                     for k in range(d):
                         out[r, k] = buf[k]
@@ -265,7 +284,7 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
         for s in range(bounds[b], bounds[b + 1]):
             o = out_rows[s] if mapped else s
             if fast:  # grad rows of the destinations, eight edges at a time
-                _sum_rows(out, o, grad, dst_idx, src_perm, weights, src_ptr[s], src_ptr[s + 1])
+                _sum_rows(out, o, grad, dst_idx, src_perm, weights, src_ptr[s], src_ptr[s + 1], src_perm[:0])
                 continue
             for p in range(src_ptr[s], src_ptr[s + 1]):
                 e = src_perm[p]

@@ -93,13 +93,22 @@ def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     return grads(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst))
 
 
-def grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, src_out=None, src_rows=None):
-    """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it."""
+def grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, src_out=None, src_rows=None, source_major=False):
+    """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it.
+
+    ``source_major``: ``edge`` is ``edge[src_perm]`` and ``g.src_dst`` is
+    set; only the src gradient (ops in :data:`SOURCE_MAJOR_CODES`).
+    """
     with _threads_for(g, grad.shape[1]):
-        return _grads(g, code, mode, grad, arg, src, edge, dst, needs, src_out, src_rows)
+        return _grads(g, code, mode, grad, arg, src, edge, dst, needs, src_out, src_rows, source_major)
 
 
-def _grads(g: ChunkTensors, code: int, mode: int, grad, arg, src, edge, dst, needs, src_out, src_rows):
+# ops whose row-mode src gradient is a plain gather-sum of grad rows: with source-major arrays
+# (g.src_dst, weights permuted alike) the kernel reads every per-edge array in sequence
+SOURCE_MAJOR_CODES = frozenset({K.COPY_SRC, K.ADD_DST, K.SUB_DST, K.MUL_SCALAR})
+
+
+def _grads(g: ChunkTensors, code: int, mode: int, grad, arg, src, edge, dst, needs, src_out, src_rows, source_major=False):
     needs_src, needs_edge, needs_dst = needs
     G = grad.contiguous().numpy()
     # int32 winners halve the bytes that the per-(edge, feature) winner test reads.
@@ -114,7 +123,10 @@ def _grads(g: ChunkTensors, code: int, mode: int, grad, arg, src, edge, dst, nee
             out, rows = np.zeros(shape, dtype), np.empty(0, np.int32)
         else:
             out, rows = src_out.numpy(), _idx(src_rows)
-        K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), _row_bounds(src_ptr), rows, out)
+        if source_major:  # destination rows and weights already in source-major order: no permutation
+            K.grad_src(code, mode, G, A, E, D, _idx(g.src_dst), src_ptr, np.empty(0, np.int32), _row_bounds(src_ptr), rows, out)
+        else:
+            K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), _row_bounds(src_ptr), rows, out)
         d_src = torch.from_numpy(out) if src_out is None else None
     if needs_edge:
         out = np.zeros(E.shape, dtype)
@@ -147,19 +159,19 @@ class _GSpMM(torch.autograd.Function):
     def _kernel(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst, src_rows=None, into=None):
         S, E, D = _operands(src, edge, dst)
         src_idx = _idx(g.src_idx)
-        if src_rows is not None:  # read the block in place: per-edge block rows instead of compact ones
-            src_idx = _idx(src_rows.to(torch.int32))[src_idx]
+        # read the block in place: the kernel maps compact ids to block rows (src[src_rows[src_idx[e]]])
+        rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
         dst_ptr = _idx(g.dst_ptr)
         bounds = _row_bounds(dst_ptr)
         out = np.zeros((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
         if reduce in ("sum", "mean"):
             deg = _degree(g, S.dtype) if reduce == "mean" else np.empty(0, S.dtype)
-            K.spmm_sum(code, S, E, D, src_idx, dst_ptr, bounds, deg, out)
+            K.spmm_sum(code, S, E, D, src_idx, dst_ptr, bounds, deg, out, rmap)
             result = torch.from_numpy(out)
             arg = torch.empty(0, dtype=torch.long)
         else:
             arg_np = np.full((g.num_dst, width), -1, np.int64)
-            K.spmm_arg(code, reduce == "max", S, E, D, src_idx, dst_ptr, bounds, out, arg_np)
+            K.spmm_arg(code, reduce == "max", S, E, D, src_idx, dst_ptr, bounds, out, arg_np, rmap)
             result, arg = torch.from_numpy(out), torch.from_numpy(arg_np)
         return result, arg
 
@@ -201,7 +213,7 @@ def _block_spmm(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, 
         return _GSpMM._kernel(g, code, reduce, width, src, edge, dst, src_rows, into)
 
 
-_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads, _block_spmm)
+_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads, _block_spmm, source_major_codes=SOURCE_MAJOR_CODES)
 gspmm = _FRONTEND.gspmm
 gsddmm = _FRONTEND.gsddmm
 gspmm_sum_backward = _FRONTEND.gspmm_sum_backward

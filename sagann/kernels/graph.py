@@ -17,8 +17,12 @@ class ChunkTensors:
     a ``[num_src, d]`` tensor holding exactly the sub-chunk's ``src_rows``.
     Destinations are the rows ``0..num_dst`` of the output.
 
+    ``src_dst`` (optional) is ``dst_idx[src_perm]``: with it a source-major
+    backward reads destination rows in sequence (see
+    ``kernels.gspmm_sum_backward(edge_src_major=...)``).
+
     Shapes:
-        dst_ptr ``[num_dst + 1]``, dst_idx/src_idx/src_perm ``[nnz]``,
+        dst_ptr ``[num_dst + 1]``, dst_idx/src_idx/src_perm/src_dst ``[nnz]``,
         src_ptr ``[num_src + 1]``.
     """
 
@@ -29,6 +33,7 @@ class ChunkTensors:
     src_perm: torch.Tensor
     num_src: int
     num_dst: int
+    src_dst: torch.Tensor | None = None
 
     @property
     def nnz(self) -> int:
@@ -40,13 +45,17 @@ class ChunkTensors:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.dst_ptr, self.dst_idx, self.src_idx, self.src_ptr, self.src_perm))
+        arrays = (self.dst_ptr, self.dst_idx, self.src_idx, self.src_ptr, self.src_perm) + (() if self.src_dst is None else (self.src_dst,))
+        return sum(t.numel() * t.element_size() for t in arrays)
 
     @classmethod
-    def from_chunk(cls, chunk: EdgeChunk, device: torch.device | str = "cpu") -> "ChunkTensors":
+    def from_chunk(cls, chunk: EdgeChunk, device: torch.device | str = "cpu", source_major: bool = False) -> "ChunkTensors":
+        """The chunk's arrays on ``device``; ``source_major`` adds ``src_dst`` where the chunk has it."""
+
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+        src_dst = chunk.src_major_dst() if source_major else None
         return cls(
             dst_ptr=t(chunk.dst_ptr),
             dst_idx=t(chunk.dst_idx),
@@ -55,6 +64,7 @@ class ChunkTensors:
             src_perm=t(chunk.src_perm),
             num_src=chunk.num_src,
             num_dst=chunk.num_dst,
+            src_dst=None if src_dst is None else t(src_dst),
         )
 
     @classmethod

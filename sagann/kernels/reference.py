@@ -138,12 +138,20 @@ def gspmm_sum_backward(
     needs: tuple[str, ...] = ("src", "edge", "dst"),
     src_out: torch.Tensor | None = None,
     src_rows: torch.Tensor | None = None,
+    edge_order: str = "csc",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of ``gspmm(g, op, "sum", ...)`` w.r.t. the operands in ``needs``, by autograd (the oracle).
 
     With ``src_out`` the src gradient is added into ``src_out[src_rows]`` and None returned for it.
+    ``edge_order="source_major"``: ``edge`` is ``edge[g.src_perm]`` (put back in CSC order here; no edge gradient).
     """
     check_op(op)
+    if edge_order not in ("csc", "source_major"):
+        raise ValueError(f"gspmm_sum_backward: edge_order must be 'csc' or 'source_major', got {edge_order!r}")
+    if edge_order == "source_major" and edge is not None:
+        if "edge" in needs and "edge" in NEEDS[op]:
+            raise ValueError("gspmm_sum_backward: edge_order='source_major' gives no edge gradient; drop 'edge' from needs or pass edge in CSC order")
+        edge = torch.empty_like(edge).index_copy_(0, g.src_perm.long(), edge)
     leaves = {}
     with torch.enable_grad():
         args = {}

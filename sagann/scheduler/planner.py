@@ -171,7 +171,8 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     dst = FLOAT * c.num_dst * shape.d_dst_side
     g_rows = c.num_dst * (FLOAT * shape.d_msg * (2 if shape.softmax else 1) + win)  # softmax also loads the output rows
     grads = src + edge + dst
-    return int(b + dst + g_rows + grads + 2 * scratch)
+    src_dst = 4 * c.nnz if fused else 0  # a fused backward may read destination ids source-major (ChunkTensors.src_dst)
+    return int(b + dst + g_rows + grads + 2 * scratch + src_dst)
 
 
 def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:

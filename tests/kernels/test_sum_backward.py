@@ -185,3 +185,49 @@ def test_out_refuses_autograd_and_other_reducers():
         kernels.gspmm(g, "copy_src", "sum", src=src, out=torch.zeros(2, 3), backend="cpu")
     with pytest.raises(ValueError, match="sums only"):
         kernels.gspmm(g, "copy_src", "max", src=src.detach(), out=torch.zeros(2, 3), backend="cpu")
+
+
+SRC_GRAD_OPS = [("copy_src", "col"), ("src_mul_edge", "vec"), ("src_mul_edge", "col"), ("src_mul_edge", "full"), ("src_add_dst", "col"), ("src_sub_dst", "col"), ("src_mul_dst", "col")]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("op, edge_shape", SRC_GRAD_OPS)
+@pytest.mark.parametrize("with_src_dst", [True, False])
+@given(case=cases(), d=st.sampled_from([3, 8]), into_buffer=st.booleans())
+@settings(max_examples=25, deadline=None)
+def test_source_major_edges_give_the_same_src_gradient(backend, op, edge_shape, with_src_dst, case, d, into_buffer):
+    """edge_order='source_major' (edge weights as edge[src_perm], with or without g.src_dst) equals CSC order.
+
+    With ``g.src_dst`` the CPU backend runs its sequential kernel for
+    copy_src, src_add/sub_dst and scalar src_mul_edge; the rest, and the
+    reference, put the edges back in CSC order.
+    """
+    import dataclasses
+
+    g, _, _, _, seed = case
+    inputs = _inputs(g, d, edge_shape, seed)
+    grad = torch.randn(g.num_dst, d, generator=torch.Generator().manual_seed(seed + 1))
+    sm = dataclasses.replace(g, src_dst=g.dst_idx[g.src_perm.long()].contiguous()) if with_src_dst else g
+    edge_sm = inputs["edge"][g.src_perm.long()]
+    kw = {}
+    if into_buffer:
+        rows = 2 + g.num_src
+        kw["src_rows"] = torch.randperm(rows, generator=torch.Generator().manual_seed(seed + 3))[: g.num_src]
+        out_csc, out_sm = (torch.randn(rows, d, generator=torch.Generator().manual_seed(seed + 2)) for _ in range(2))
+        out_sm.copy_(out_csc)
+    operands = {"src": inputs["src"], "dst": inputs["dst"]}
+    want = kernels.gspmm_sum_backward(g, op, grad, **operands, edge=inputs["edge"], needs=("src",), backend=backend, **({"src_out": out_csc} | kw if into_buffer else {}))[0]
+    got = kernels.gspmm_sum_backward(sm, op, grad, **operands, edge=edge_sm, needs=("src",), backend=backend, edge_order="source_major", **({"src_out": out_sm} | kw if into_buffer else {}))[0]
+    if into_buffer:
+        torch.testing.assert_close(out_sm, out_csc, rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_source_major_edges_refuse_an_edge_gradient():
+    g = ChunkTensors.from_coo(np.array([0, 1, 1]), np.array([1, 0, 1]), 2, 2)[0]
+    for backend in ("reference", "cpu"):
+        with pytest.raises(ValueError, match="no edge gradient"):
+            kernels.gspmm_sum_backward(g, "src_mul_edge", torch.randn(2, 4), src=torch.randn(2, 4), edge=torch.randn(3), backend=backend, edge_order="source_major")
+        with pytest.raises(ValueError, match="edge_order must be"):
+            kernels.gspmm_sum_backward(g, "copy_src", torch.randn(2, 4), src=torch.randn(2, 4), backend=backend, edge_order="csr")
