@@ -135,8 +135,7 @@ class _GCNAggregateFirst(Layer):
         return self._conv.parameters(recurse)
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        out = self._conv.lin(acc)
-        return out if self._conv.bias is None else out + self._conv.bias
+        return F.linear(acc, self._conv.lin.weight, self._conv.bias)  # one addmm: no N x d temporary for the bias
 
 
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:
