@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=2, help="profiled epochs (after one warm-up)")
     p.add_argument("--out", default=None, help="write a Chrome trace and the tables here")
     p.add_argument("--sub-chunk-nnz", type=int, default=None, help="ChunkedGraph(sub_chunk_nnz=...): default the engine's")
+    p.add_argument("--out-of-core", type=int, default=None, metavar="K", help="profile out of core: a copying CpuDevice with 1/K of the in-memory working set (as `sagann bench gcn`'s sagann_ooc with K=8)")
     args = p.parse_args(argv)
 
     spec = _peers.QUICK_GRAPH if args.quick else _peers.FULL_GRAPH
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = CpuDevice(None)
     g = ChunkedGraph(ei, n, num_chunks=1, device=device, sub_chunk_nnz=args.sub_chunk_nnz)
     model = GCN(IN_CHANNELS, HIDDEN, CLASSES, num_layers=2, dropout=0.0)
+    if args.out_of_core:  # the in-memory working set first, then the budgeted graph
+        F.cross_entropy(model(g, x), y).backward()
+        device = CpuDevice(max(1, device.peak_bytes // args.out_of_core), copy_transfers=True)
+        g = ChunkedGraph(ei, n, device=device, sub_chunk_nnz=args.sub_chunk_nnz)
+        model.zero_grad()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def epoch():
@@ -103,10 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         epoch()
         plain.append(time.perf_counter() - t0)
-    part = g.with_remaining_self_loops()[0].partition  # GCNConv runs on the self-loop graph
-    subs = sum(1 for _ in part.sub_chunks())
+    loops = g.with_remaining_self_loops()[0]  # GCNConv runs on the self-loop graph
+    subs = sum(1 for _ in loops.partition.sub_chunks())
+    budget = "unlimited" if device.memory_budget is None else f"budget {device.memory_budget:,} B, peak {device.peak_bytes:,} B, copying transfers"
     lines = [
-        f"graph N={n:,}, {spec.num_edges + n:,} edges with self loops; P={g.num_chunks}, {subs} sub-chunks; load average {_peers.load_average()}",
+        f"graph N={n:,}, {spec.num_edges + n:,} edges with self loops; P={loops.num_chunks}, {subs} sub-chunks; {budget}; load average {_peers.load_average()}",
         f"warm-up epoch {warm:.3f} s; plain epochs {', '.join(f'{t:.3f}' for t in plain)} s (median {np.median(plain):.3f})",
     ]
 
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines += ["", f"sagann spans per epoch (epoch wall {wall:.3f} s with profiling on); kind / phase / track: seconds"]
     for (kind, phase, track), sec in by_kind.most_common():
         lines.append(f"  {kind:16} {phase:9} {track:8} {sec:8.3f}")
+    lines += ["", "overlap table (sagann.profiler.summarize):", profiler.format_table(profiler.summarize(prof))]
     lines += ["", "numba kernels per epoch (d = output width: 128 is layer 1, 16 is layer 2): calls, seconds, ms per call"]
     for name in sorted(kt.calls):
         c, sec = kt.calls[name] / args.epochs, kt.seconds[name] / args.epochs

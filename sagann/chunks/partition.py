@@ -7,6 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
+from sagann.chunks._sorting import chunk_order, compact_sources
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
@@ -92,6 +93,7 @@ def make_sub_chunk(
     dst_ptr: np.ndarray,
     src_local: np.ndarray,
     edge_ids: np.ndarray,
+    src_interval_rows: int | None = None,
 ) -> EdgeChunk:
     """Build one sub-chunk from CSC rows: compact sources and a source-major view.
 
@@ -99,15 +101,14 @@ def make_sub_chunk(
         dst_ptr: int64 row pointer of the covered rows, starting at 0.
         src_local: source id of each edge local to interval i.
         edge_ids: global edge position of each edge.
+        src_interval_rows: the size of interval i (default: one past the largest source).
     """
     # trim empty rows at the end so num_dst covers exactly the used rows
     last = int(np.searchsorted(dst_ptr, dst_ptr[-1], side="left"))
     dst_ptr = dst_ptr[: last + 1]
-    src_rows, src_idx = np.unique(src_local, return_inverse=True)
-    src_idx = src_idx.astype(np.int32)
-    src_perm = np.argsort(src_idx, kind="stable").astype(np.int32)
-    src_ptr = np.zeros(src_rows.shape[0] + 1, dtype=np.int32)
-    np.cumsum(np.bincount(src_idx, minlength=src_rows.shape[0]), out=src_ptr[1:])
+    if src_interval_rows is None:
+        src_interval_rows = int(src_local.max()) + 1 if src_local.shape[0] else 0
+    src_rows, src_idx, src_ptr, src_perm = compact_sources(src_local, src_interval_rows)
     num_dst = dst_ptr.shape[0] - 1
     return EdgeChunk(
         id=cid,
@@ -117,7 +118,7 @@ def make_sub_chunk(
         dst_ptr=dst_ptr.astype(np.int32),
         dst_idx=np.repeat(np.arange(num_dst, dtype=np.int32), np.diff(dst_ptr)),
         src_idx=src_idx,
-        src_rows=src_rows.astype(np.int32),
+        src_rows=src_rows,
         src_ptr=src_ptr,
         src_perm=src_perm,
         edge_ids=np.ascontiguousarray(edge_ids, dtype=np.int64),
@@ -148,6 +149,7 @@ def split_chunk(
                 np.clip(dst_ptr[r0 : r1 + 1] - e0, 0, e1 - e0),
                 src_local[e0:e1],
                 edge_ids[e0:e1],
+                int(bounds[i + 1] - bounds[i]),
             )
         )
     return subs
@@ -258,12 +260,8 @@ def partition_graph(
     if bounds.shape != (num_chunks + 1,) or bounds[0] != 0 or bounds[-1] != num_vertices or np.any(np.diff(bounds) < 0):
         raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {num_vertices}")
     P = int(num_chunks)
-    pi, pj = interval_of(bounds, src), interval_of(bounds, dst)
     # sort by (chunk, destination); stable, so each row keeps ascending edge ids
-    key = (pi * P + pj) * max(num_vertices, 1) + dst
-    order = np.argsort(key, kind="stable")
-    chunk_key = (pi * P + pj)[order]
-    starts = np.searchsorted(chunk_key, np.arange(P * P + 1), side="left")
+    order, starts = chunk_order(src, dst, bounds, int(num_vertices))
     chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
     for k in np.flatnonzero(np.diff(starts)):
         i, j = divmod(int(k), P)

@@ -8,14 +8,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_edge_index, partition_graph
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_edge_index, balanced_bounds, partition_graph
 from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, sub_chunk_nnz_for, vertex_weight, working_set
+from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, resident_lower_bound, sub_chunk_nnz_for, vertex_weight, working_set
 from sagann.scheduler.policy import TransferPolicy
 from sagann.scheduler.schedule import PassPlan, build_plan, dry_run
 
@@ -230,10 +230,11 @@ class ChunkedGraph:
             start = 1 if self.partition is None else self.partition.num_chunks
             weight = vertex_weight(shape, fused)
             make = lambda P: self._partition(P, sub, weight)  # noqa: E731
+            bound = lambda P: resident_lower_bound(balanced_bounds(self.in_degree, P, weight), shape, param_bytes)  # noqa: E731
             try:  # room for one sub-chunk loading while one computes, if any P allows it
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=live_sub_chunks(0 if self._pipelined() is False else 1))
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=live_sub_chunks(0 if self._pipelined() is False else 1), lower_bound=bound)
             except BudgetTooSmall:
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1)
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1, lower_bound=bound)
         self.partition = part
         if self._derived_edges is not None:  # nobody else holds this list, and it can be rebuilt
             self._edge_index = None

@@ -135,6 +135,18 @@ def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
     return rows * _row_bytes(shape)[phase]
 
 
+def resident_lower_bound(bounds: np.ndarray, shape: LayerShape, param_bytes: int) -> int:
+    """The working set's vertex part alone: a lower bound on it that needs interval bounds, not a partition.
+
+    Every phase of :func:`working_set` holds at least the resident rows of
+    the biggest interval (plus the parameters); the planner skips a P whose
+    bound already exceeds the budget instead of partitioning for it.
+    """
+    sizes = np.diff(np.asarray(bounds))
+    biggest = int(sizes.max()) if sizes.size else 0
+    return max(resident_bytes(biggest, shape, phase) for phase in _row_bytes(shape)) + 2 * param_bytes
+
+
 def src_row_bytes(shape: LayerShape) -> int:
     """Bytes of one source row an edge stage transfers."""
     return FLOAT * shape.d_src_side
@@ -228,24 +240,39 @@ def choose_num_chunks(
     budget: int | None,
     start: int = 1,
     in_flight: int = 1,
+    lower_bound: Callable[[int], int] | None = None,
 ) -> tuple[GraphPartition, WorkingSet]:
     """Smallest P >= start whose working set fits the budget, as NeuGraph picks it.
 
     Doubles P until the plan fits, then bisects back to the smallest fit.
+    ``lower_bound(P)`` (e.g. :func:`resident_lower_bound` of P's bounds)
+    rules a P out without partitioning when it already exceeds the budget.
     Raises BudgetTooSmall naming the smallest budget seen to work.
     """
-    first = make_partition(start)
-    ws = working_set(first, shape, fused, param_bytes, in_flight)
-    if budget is None or ws.peak_bytes <= budget:
-        return first, ws
+    if budget is None or lower_bound is None or lower_bound(start) <= budget:
+        first = make_partition(start)
+        ws = working_set(first, shape, fused, param_bytes, in_flight)
+        if budget is None or ws.peak_bytes <= budget:
+            return first, ws
+    else:
+        ws = WorkingSet(int(lower_bound(start)), "resident vertex rows (lower bound)")
     limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS))
     lo, hi, best = start, start, None
+
+    def fits(p: int):
+        """(partition, working set) for P = p if it fits, else None; and the bytes it needs (a bound if not built)."""
+        if lower_bound is not None:
+            bound = lower_bound(p)
+            if bound > budget:
+                return None, WorkingSet(int(bound), "resident vertex rows (lower bound)")
+        part = make_partition(p)
+        w = working_set(part, shape, fused, param_bytes, in_flight)
+        return ((part, w) if w.peak_bytes <= budget else None), w
+
     while hi < limit:
         lo, hi = hi, min(hi * 2, limit)
-        part = make_partition(hi)
-        ws = working_set(part, shape, fused, param_bytes, in_flight)
-        if ws.peak_bytes <= budget:
-            best = (part, ws)
+        best, ws = fits(hi)
+        if best is not None:
             break
     if best is None:
         raise BudgetTooSmall(
@@ -254,10 +281,9 @@ def choose_num_chunks(
         )
     while hi - lo > 1:  # smallest fitting P in (lo, hi]
         mid = (lo + hi) // 2
-        part = make_partition(mid)
-        ws = working_set(part, shape, fused, param_bytes, in_flight)
-        if ws.peak_bytes <= budget:
-            hi, best = mid, (part, ws)
+        found, _ = fits(mid)
+        if found is not None:
+            hi, best = mid, found
         else:
             lo = mid
     return best
