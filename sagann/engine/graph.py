@@ -1,6 +1,7 @@
 """ChunkedGraph: a graph, the device it is trained on, and the partition that fits it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -16,8 +17,8 @@ from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, resident_lower_bound, sub_chunk_nnz_for, vertex_weight, working_set
-from sagann.scheduler.policy import TransferPolicy
-from sagann.scheduler.schedule import PassPlan, build_plan, dry_run
+from sagann.scheduler.policy import TransferCosts, TransferPolicy
+from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, dry_run
 
 BACKENDS = ("auto", "reference", "cpu")
 
@@ -307,8 +308,7 @@ class ChunkedGraph:
         cfg, budget = self.schedule, self.device.memory_budget
         depth = self.prefetch_depth(partition, shape, fused, param_bytes)
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
-        costs = self.device.transfer_costs() if cfg.transfer is TransferPolicy.AUTO else None
-        plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
+        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
         peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None:
@@ -318,6 +318,17 @@ class ChunkedGraph:
                     f"use a smaller prefetch (ScheduleConfig(prefetch=...)) or raise the budget"
                 )
         return plan
+
+    def _plan_costs(self, phase: str, fused: bool) -> TransferCosts | None:
+        """The device's measured transfer costs for the selective-or-full choice (None unless the policy is auto).
+
+        A fused forward reads a full block of V_i in place (``gspmm(src_rows=)``):
+        no rows are picked on the device, so a full transfer costs the block alone.
+        """
+        if self.schedule.transfer is not TransferPolicy.AUTO:
+            return None
+        costs = self.device.transfer_costs()
+        return dataclasses.replace(costs, compact=0.0) if phase == FORWARD and fused else costs
 
     def with_remaining_self_loops(self) -> tuple["ChunkedGraph", np.ndarray]:
         """This graph with every self loop replaced by exactly one per vertex (PyG's GCN convention).

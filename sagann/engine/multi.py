@@ -129,8 +129,7 @@ class DeviceGraph(ChunkedGraph):
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
         if spare is not None and self.chained:
             spare -= 2 * _largest_block(partition, shape)
-        costs = self.device.transfer_costs() if cfg.transfer is TransferPolicy.AUTO else None
-        plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
+        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
         if phase == FORWARD:
             plan = dataclasses.replace(plan, groups=tuple((j, steps) for j, steps in plan.groups if j in self.owned))
         peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
