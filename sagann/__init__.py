@@ -7,9 +7,9 @@ from sagann import fn, nn, profiler
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
 from sagann.engine.hoist import explain
 from sagann.profiler import profile
-from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, Device, EmulatedLink, ScheduleConfig
+from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, CudaDevice, Device, EmulatedLink, ScheduleConfig
 from sagann.scheduler.host import HostMemory
 
 __version__ = "0.1.0"
 
-__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "explain", "fn", "nn", "profile", "profiler", "__version__"]
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "CudaDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "explain", "fn", "nn", "profile", "profiler", "__version__"]

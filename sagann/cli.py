@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--hidden", type=int, default=64)
     train.add_argument("--lr", type=float, default=0.01)
-    train.add_argument("--device", default="cpu", help="cpu (a virtual device under --memory-budget) or cuda (not implemented yet)")
+    train.add_argument("--device", default="cpu", help="cpu (a virtual device under --memory-budget) or cuda (the first GPU; --memory-budget defaults to 85%% of its free memory)")
     train.add_argument("--memory-budget", default="64MB", help="device memory budget, e.g. 64MB, 1GiB (default 64MB)")
     train.add_argument("--host-memory", default=None, help="host RAM budget for features, layer outputs, gradients and saved activations, e.g. 2GB; "
                        "past it they live in memory-mapped spill files (the disk tier). Default: unlimited")

@@ -259,7 +259,7 @@ for name, damage, problem, fix in DAMAGE:
         CASES.append(Case(f"{argv[0]}-{name}", lambda d, f=damage: f(d / "ds"), argv, problem, fix, ((lambda d: load_dataset(d / "ds"), DatasetError),)))
 
 if not torch.cuda.is_available():
-    CASES.append(Case("cuda-without-gpu", None, (*TRAIN, "--device", "cuda"), "no CUDA device", "use --device cpu", ((lambda d: _train_api(d, device="cuda"), ValueError),)))
+    CASES.append(Case("cuda-without-gpu", None, (*TRAIN, "--device", "cuda"), "torch sees no CUDA GPU", "use --device cpu", ((lambda d: _train_api(d, device="cuda"), ValueError),)))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -46,7 +46,6 @@ from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
 from sagann.engine.layer import EdgeBatch, Layer, probe_layer
 from sagann.engine.replan import run_with_replans
 from sagann.kernels import reference
-from sagann.kernels.graph import ChunkTensors
 from sagann.scheduler.devices import Scope, tensor_bytes
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, vertex_scratch_bytes
@@ -145,11 +144,7 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
         return g.backend
     if shape.builtin is None:
         return "reference"
-    try:
-        import sagann.kernels.cpu  # noqa: F401  (numba present and kernels built)
-    except ImportError:
-        return "reference"
-    return "cpu"
+    return g.device.kernel_backend
 
 
 def _owns_storage(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
@@ -291,7 +286,7 @@ class _ChunkInputs:
         self._values: dict[str, torch.Tensor | None] = {}
         self.loaded_bytes = 0
         self.load_seconds = 0.0
-        self.ct = ChunkTensors.from_chunk(c, call.device.torch_device, source_major=source_major)
+        self.ct = call.device.chunk_tensors(c, source_major=source_major)
         self.scope.charge(self.ct.nbytes, lambda: f"index arrays of {c.id!r}")
         self.loaded_bytes += self.ct.nbytes
         self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
@@ -422,7 +417,7 @@ class _LayerCall:
         return stack
 
     def _span(self, kind: str, phase: str, chunk=None, nbytes: int = 0, track: str = "compute"):
-        return profiler.span(kind, self.device.name, track, chunk=chunk, nbytes=nbytes, layer=self.name, phase=phase)
+        return self.device.span(kind, track, chunk=chunk, nbytes=nbytes, layer=self.name, phase=phase)
 
     def _check_rows(self, t: torch.Tensor, rows: int, width: int, fn: str) -> None:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (rows, width):
@@ -619,6 +614,9 @@ class _LayerCall:
             try:
                 t0 = time.perf_counter()
                 compute(inputs)
+                # on a GPU: wait for the launched kernels, so the measured compute is real (it feeds the
+                # ordering) and the ledger frees this sub-chunk's bytes only when the device has
+                self.device.synchronize()
                 busy += time.perf_counter() - t0
             except Exception as exc:
                 exc.add_note(f"while computing sub-chunk {c.id!r} of {self.name} on {self.device.name}")
@@ -636,6 +634,7 @@ class _LayerCall:
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
         self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full))
         profiler.count("bytes_moved_full", full)
+        self.device.flush_spans()
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, _Saved]:

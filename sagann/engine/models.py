@@ -84,11 +84,13 @@ class MLP(nn.Module):
         self.dropout = dropout
 
     def forward(self, g, x: torch.Tensor) -> torch.Tensor:
+        home = x.device  # host rows in and out, as the graph models; the weights may live on a GPU
+        x = x.to(self.layers[0].weight.device)
         for k, layer in enumerate(self.layers):
             x = layer(F.dropout(x, self.dropout, self.training))
             if k < len(self.layers) - 1:
                 x = F.relu(x)
-        return x
+        return x.to(home)
 
 
 MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "gat": GAT, "ggcn": GGCN, "mlp": MLP}

@@ -25,7 +25,7 @@ from sagann.engine.checkpoint import CheckpointError, Checkpointer
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
-from sagann.scheduler.devices import CpuDevice, format_bytes, parse_bytes
+from sagann.scheduler.devices import CpuDevice, Device, format_bytes, parse_bytes
 from sagann.scheduler.host import HostMemory
 
 __all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
@@ -240,11 +240,13 @@ class TrainConfig:
         ScheduleConfig(order=self.order)
 
 
-def _make_device(config: TrainConfig) -> CpuDevice:
+def _make_device(config: TrainConfig) -> Device:
     if config.device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("no CUDA device: use --device cpu")
-        raise ValueError("training on a CUDA device is not implemented yet (no CudaDevice): use --device cpu")
+        from sagann.scheduler.cuda import CudaDevice, cuda_available
+
+        if not cuda_available():
+            raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
+        return CudaDevice(config.memory_budget)
     return CpuDevice(config.memory_budget)
 
 
@@ -284,7 +286,7 @@ def run_training(
     torch.manual_seed(config.seed)
     check_training_inputs(None, x, y, masks, ds.num_classes)
     # a graph without vertices has no classes; one output keeps the model well formed
-    model = build_model(config.model, int(x.shape[1]), config.hidden, max(ds.num_classes, 1))
+    model = build_model(config.model, int(x.shape[1]), config.hidden, max(ds.num_classes, 1)).to(device.torch_device)
     g = ChunkedGraph.from_partition(ds.partition, device=device, schedule=ScheduleConfig(order=config.order), host_memory=host)
     run_id = {
         "dataset": hashlib.sha256(json.dumps(ds.manifest["files"], sort_keys=True).encode()).hexdigest()[:16],

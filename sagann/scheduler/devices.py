@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from sagann import profiler
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.units import format_bytes, parse_bytes, tensor_bytes
@@ -152,8 +153,10 @@ class Device:
         def best(fn) -> float:
             times = []
             for _ in range(repeats):
+                self.synchronize()
                 t0 = time.perf_counter()
                 fn()
+                self.synchronize()  # device work is asynchronous on a GPU: time it to completion
                 times.append(time.perf_counter() - t0)
             return min(times)
 
@@ -188,6 +191,27 @@ class Device:
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def chunk_tensors(self, chunk, source_major: bool = False):
+        """A sub-chunk's index arrays on this device (a load: the loader thread calls it)."""
+        from sagann.kernels.graph import ChunkTensors
+
+        return ChunkTensors.from_chunk(chunk, self.torch_device, source_major=source_major)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a no-op where work is synchronous)."""
+
+    def span(self, kind: str, track: str, chunk=None, nbytes: int = 0, layer: str | None = None, phase: str = "forward"):
+        """A profiler span of device work on ``track`` (wall clock here; CUDA events on a GPU)."""
+        return profiler.span(kind, self.name, track, chunk=chunk, nbytes=nbytes, layer=layer, phase=phase)
+
+    def flush_spans(self) -> None:
+        """Hand spans timed asynchronously (CUDA events) to the profiler; the end of each pass calls it."""
+
+    @property
+    def kernel_backend(self) -> str:
+        """The fused-kernel backend for builtin messages on this device (``"reference"``: torch ops)."""
+        return "reference"
 
     def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Gather rows on the host, then send them (one selective transfer)."""
@@ -295,6 +319,14 @@ class CpuDevice(Device):
     @property
     def shares_host_memory(self) -> bool:
         return not self.copy_transfers
+
+    @property
+    def kernel_backend(self) -> str:
+        try:
+            import sagann.kernels.cpu  # noqa: F401  (numba present and kernels built)
+        except ImportError:
+            return "reference"
+        return "cpu"
 
     @property
     def overlaps_transfers(self) -> bool:

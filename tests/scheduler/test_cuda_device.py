@@ -1,0 +1,110 @@
+"""CudaDevice: a clear refusal without a GPU; on a GPU, the same results as the CPU device under a budget.
+
+The GPU tests skip on machines without CUDA (a CPU build of torch); they run
+on a lent GPU through ``benchmarks/gpu_check.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sagann
+from sagann import profiler
+from sagann.scheduler.cuda import CudaDevice, cuda_available
+from tests.engine.graphs import awkward_graph
+from tests.engine.layers import HookLayer
+from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close
+
+gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (runs through benchmarks/gpu_check.py when one is lent)")
+
+N, E, D = 300, 3000, 16
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the refusal on a machine without CUDA")
+def test_without_a_gpu_the_error_names_the_cpu_device():
+    assert not cuda_available()
+    with pytest.raises(RuntimeError, match="CpuDevice"):
+        CudaDevice()
+
+
+def test_cpu_device_keeps_its_kernel_backend():
+    assert sagann.CpuDevice().kernel_backend in ("cpu", "reference")
+
+
+def _layers():
+    return {
+        "gcn": lambda: sagann.nn.GCNConv(D, 8),
+        "sage-mean": lambda: sagann.nn.SAGEConv(D, 8),
+        "gat": lambda: sagann.nn.GATConv(D, 4, heads=2),
+        "hook-max": lambda: HookLayer(D, 8, 2, "max"),
+    }
+
+
+def _run(make, device, ei, x, ed, budget_fraction=None):
+    torch.manual_seed(0)
+    layer = make().to(device.torch_device)
+    g = sagann.ChunkedGraph(ei, N, device=device)
+    xx = x.clone().requires_grad_(True)
+    args = (g, xx) if ed is None else (g, xx, ed)
+    out = layer(*args)
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    leaves = [xx] + list(layer.parameters())
+    grads = torch.autograd.grad((out * probe).sum(), leaves, allow_unused=True)
+    return out.detach(), [torch.zeros_like(t).cpu() if gr is None else gr.cpu() for t, gr in zip(leaves, grads)], g
+
+
+@gpu
+@pytest.mark.parametrize("name", list(_layers()))
+@pytest.mark.parametrize("budget", [None, "600KB"])
+def test_layers_on_a_gpu_equal_the_cpu_device(name, budget):
+    ei = awkward_graph(np.random.default_rng(1), N, E)
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(2))
+    ed = torch.randn(E, 2, generator=torch.Generator().manual_seed(3)) if name == "hook-max" else None
+    make = _layers()[name]
+    ref_out, ref_grads, _ = _run(make, sagann.CpuDevice(), ei, x, ed)
+    dev = CudaDevice(budget)
+    out, grads, g = _run(make, dev, ei, x, ed)
+    assert out.device.type == "cpu", "layers return host tensors"
+    assert_rel_close(out, ref_out, what=f"{name} output on {dev.name}")
+    assert_grads_close(grads, ref_grads)
+    assert dev.current_bytes == 0 and dev.bytes_in > 0
+    if budget is not None:  # the budget forced an out-of-core run, and held
+        ran_on = g.with_remaining_self_loops()[0] if name in ("gcn", "gat") else g
+        assert ran_on.num_chunks > 1
+        assert dev.peak_bytes <= dev.memory_budget
+
+
+@gpu
+def test_loads_are_complete_and_spans_come_from_events():
+    dev = CudaDevice("2MB")
+    host = torch.randn(4096, 64)
+    with profiler.profile() as prof:
+        moved = dev.copy_in(host)
+        rows = dev.gather_in(host, torch.arange(0, 4096, 3))
+        with dev.span("kernel", "compute", chunk=(0, 0, 0)):
+            (moved @ moved.T).sum()
+        dev.flush_spans()
+    assert torch.equal(moved.cpu(), host) and torch.equal(rows.cpu(), host[::3])
+    kinds = [s.kind for s in prof.spans()]
+    assert "kernel" in kinds
+    span = next(s for s in prof.spans() if s.kind == "kernel")
+    assert span.t1 >= span.t0 and span.device == dev.name
+
+
+@gpu
+def test_two_logical_devices_on_one_gpu_form_a_chain():
+    ei = awkward_graph(np.random.default_rng(4), N, E)
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(5))
+    ref_out, ref_grads, _ = _run(_layers()["gcn"], sagann.CpuDevice(), ei, x, None)
+    devs = [CudaDevice("4MB", name=f"gpu0.{k}") for k in range(2)]
+    torch.manual_seed(0)
+    layer = sagann.nn.GCNConv(D, 8).to(devs[0].torch_device)
+    g = sagann.ChunkedGraph(ei, N, num_chunks=4, device=devs, topology=[[0, 1]])
+    xx = x.clone().requires_grad_(True)
+    out = layer(g, xx)
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((out * probe).sum(), [xx] + list(layer.parameters()))
+    assert_rel_close(out.detach(), ref_out, what="chained output")
+    assert_grads_close([t.cpu() for t in grads], ref_grads)
+    assert g.link.peer_bytes > 0
