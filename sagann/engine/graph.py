@@ -213,8 +213,16 @@ class ChunkedGraph:
 
         P and the sub-chunk size only ever grow finer, so a model whose layers
         have different widths settles on one partition after its first pass.
+        The first partition takes the smallest P that fits (as NeuGraph), then
+        the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.memory_budget
+        in_flight = live_sub_chunks(0 if self._pipelined() is False else 1)
+        if self.partition is not None and self._fixed_chunks is None and self._fixed_sub_nnz is None and budget is not None:
+            ws = working_set(self.partition, shape, fused, param_bytes, in_flight=in_flight)
+            if ws.peak_bytes <= budget:  # this layer fits the partition the others use: keep it
+                return self._settle(self.partition, ws)
+        first = self.partition is None
         sub = self._fixed_sub_nnz or sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
         if self.partition is not None:
             sub = min(sub, self.partition.sub_chunk_nnz)
@@ -233,9 +241,32 @@ class ChunkedGraph:
             make = lambda P: self._partition(P, sub, weight)  # noqa: E731
             bound = lambda P: resident_lower_bound(balanced_bounds(self.in_degree, P, weight), shape, param_bytes)  # noqa: E731
             try:  # room for one sub-chunk loading while one computes, if any P allows it
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=live_sub_chunks(0 if self._pipelined() is False else 1), lower_bound=bound)
+                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=in_flight, lower_bound=bound)
             except BudgetTooSmall:
+                in_flight = 1
                 part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1, lower_bound=bound)
+            if first and budget is not None and self._fixed_sub_nnz is None:
+                part, ws = self._widen(part, ws, shape, fused, param_bytes, budget, weight, in_flight)
+        return self._settle(part, ws)
+
+    def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, budget: int, weight: float, in_flight: int):
+        """The same P with the largest sub-chunks (up to the default) whose working set still fits.
+
+        The starting sub-chunk size assumes one new source row per edge; real
+        chunks reuse rows, so bigger sub-chunks usually fit, and they re-send
+        fewer shared rows (selective bytes) and take fewer steps. Grows 4x
+        while the partition changes and fits.
+        """
+        while part.sub_chunk_nnz < DEFAULT_SUB_CHUNK_NNZ and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
+            wider = self._partition(part.num_chunks, min(4 * part.sub_chunk_nnz, DEFAULT_SUB_CHUNK_NNZ), weight)
+            w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
+            if w.peak_bytes > budget:
+                break
+            part, ws = wider, w
+        return part, ws
+
+    def _settle(self, part: GraphPartition, ws: WorkingSet) -> GraphPartition:
+        """Make ``part`` the graph's partition and remember the largest working set planned on it."""
         self.partition = part
         if self._derived_edges is not None:  # nobody else holds this list, and it can be rebuilt
             self._edge_index = None
