@@ -2,19 +2,29 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 __all__ = ["run_bench"]
 
 
-def run_bench(name: str, quick: bool = False, out: str | None = None) -> dict:
-    """Run ``sagann.bench.<name>.run(quick=...)``; the result dict holds a ``report`` string for humans."""
+def run_bench(name: str, quick: bool = False, out: str | None = None, **options) -> dict:
+    """Run ``sagann.bench.<name>.run(quick=..., **options)``; the result dict holds a ``report`` string for humans.
+
+    ``options`` that are None are left out; one the benchmark's ``run`` does not take is an error.
+    """
     try:
         module = importlib.import_module(f"sagann.bench.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"sagann.bench.{name}":
             raise
         raise ValueError(f"unknown benchmark {name!r}") from None
-    result = module.run(quick=quick)
+    options = {k: v for k, v in options.items() if v is not None}
+    takes = set(inspect.signature(module.run).parameters) - {"quick"}
+    wrong = sorted(set(options) - takes)
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise ValueError(f"sagann bench {name} does not take {flags}; leave it out (the gcn, gat and sage benches take it)")
+    result = module.run(quick=quick, **options)
     if out is not None:
         from sagann.bench._results import append_result
 
