@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AttentionFn",
     "MessageFn",
+    "leaky_attention",
     "copy_src",
     "copy_edge",
     "src_mul_edge",
@@ -65,3 +67,40 @@ src_add_dst = MessageFn("src_add_dst")
 src_sub_dst = MessageFn("src_sub_dst")
 src_mul_dst = MessageFn("src_mul_dst")
 src_dot_dst = MessageFn("src_dot_dst")
+
+
+@dataclass(frozen=True)
+class AttentionFn:
+    """A builtin attention ApplyEdge for ``gather = "softmax"`` (GAT's): fused, no per-edge tensors.
+
+    Reads the hooks' per-vertex terms: ``src_term = [h | s]`` (``heads * d``
+    message columns, then one score half per head) and ``dst_term = t``
+    (one score half per head). Per edge and head, the score is
+    ``LeakyReLU(s_src + t_dst, negative_slope)`` and the message ``h_src``.
+    Called on an :class:`~sagann.EdgeBatch` it returns ``(scores,
+    messages)`` as a hand-written ApplyEdge would: the reference path.
+    """
+
+    negative_slope: float = 0.2
+    op = "leaky_attention"
+    uses_src = True
+    uses_dst = True
+    uses_edge = False
+
+    def __call__(self, e):
+        import torch.nn.functional as F
+
+        heads = e.dst_term.shape[1]
+        width = e.src_term.shape[1] - heads
+        return F.leaky_relu(e.src_term[:, width:] + e.dst_term, self.negative_slope), e.src_term[:, :width]
+
+    def __repr__(self) -> str:
+        return f"sagann.fn.leaky_attention(negative_slope={self.negative_slope})"
+
+
+def leaky_attention(negative_slope: float = 0.2) -> AttentionFn:
+    """GAT's attention as a builtin: ``apply_edge = sagann.fn.leaky_attention(0.2)`` (see :class:`AttentionFn`)."""
+    slope = float(negative_slope)
+    if not slope == slope or slope < 0:
+        raise ValueError(f"leaky_attention: negative_slope must be a number >= 0, got {negative_slope!r}")
+    return AttentionFn(slope)

@@ -218,7 +218,8 @@ class GATConv(Layer):
     per head, over i's in-edges plus one self loop (existing loops replaced,
     as PyG does). The attention halves ``a_src . W x_j`` and
     ``a_dst . W x_i`` are per-vertex terms (``apply_src`` / ``apply_dst``);
-    per edge only the sum, LeakyReLU and the weighting run. The softmax over
+    per edge only the sum, LeakyReLU and the weighting run, fused
+    (``sagann.fn.leaky_attention``: no per-edge tensor). The softmax over
     in-edges spread across source chunks is computed online (running max and
     sum per destination and head) and its backward uses the saved output.
     Parameter names and shapes are PyG's: ``lin.weight``, ``att_src``,
@@ -238,6 +239,7 @@ class GATConv(Layer):
         super().__init__()
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.concat, self.negative_slope, self.add_self_loops = concat, negative_slope, add_self_loops
+        self.apply_edge = fn.leaky_attention(negative_slope)  # fused: scores and weighting read the hooks' terms
         self.lin = nn.Linear(in_channels, heads * out_channels, bias=False)
         self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
         self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
@@ -259,11 +261,6 @@ class GATConv(Layer):
 
     def apply_dst(self, v: torch.Tensor) -> torch.Tensor:
         return (self._heads(v) * self.att_dst).sum(-1)
-
-    def apply_edge(self, e):
-        width = self.heads * self.out_channels
-        h, alpha_src = e.src_term[:, :width], e.src_term[:, width:]
-        return F.leaky_relu(alpha_src + e.dst_term, self.negative_slope), h
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         out = acc if self.concat else acc.view(-1, self.heads, self.out_channels).mean(dim=1)

@@ -45,7 +45,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
 from sagann.engine.layer import EdgeBatch, Layer, probe_layer
 from sagann.engine.replan import run_with_replans
-from sagann.kernels import reference
+from sagann.kernels import attention, reference
 from sagann.scheduler.devices import Scope, tensor_bytes
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, vertex_scratch_bytes
@@ -80,7 +80,7 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
         layer.__dict__.setdefault("_sagann_shape", {})[key] = shape
     backend = _backend_for(g, shape)
     param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
-    fused = backend != "reference" and shape.builtin is not None
+    fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
     name = getattr(user, "display_name", None) or type(user).__name__
@@ -142,7 +142,7 @@ def _compiled(layer: Layer, d_in: int, edge_data: torch.Tensor | None) -> Layer:
 def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
     if g.backend != "auto":
         return g.backend
-    if shape.builtin is None:
+    if shape.builtin is None and shape.attention is None:
         return "reference"
     return g.device.kernel_backend
 
@@ -473,6 +473,13 @@ class _LayerCall:
     def _softmax_chunk(self, inputs: _ChunkInputs):
         """Forward: this chunk's max, sum of exp(score - max) and weighted message sum per row and head."""
         ct, h = inputs.ct, self.shape.d_score
+        if self.fused and self.shape.attention is not None:  # no per-edge tensors
+            rows = inputs.src_local_rows() if inputs.block_in_place else None
+            with self._span("kernel", FORWARD, inputs.c.id):
+                parts = attention.attention_partials(ct, inputs.get("src_term"), inputs.get("dst_term"), h, self.shape.attention.negative_slope, src_rows=rows, backend=self.backend)
+            for t in parts:
+                inputs.scope.adopt(t, lambda: f"softmax partials of {inputs.c.id!r}")
+            return parts
         scores, msg = self._messages(inputs, FORWARD)
         with self._span("gather_reduce", FORWARD, inputs.c.id):
             dst = ct.dst_idx.long()
@@ -894,7 +901,9 @@ class _LayerCall:
         plan = self._plan(BACKWARD)
         times: dict[tuple[int, int], tuple[float, float]] = {}
         moved, t_pass = 0, time.perf_counter()
-        stream = self._stream(plan, host, wants, fields)
+        # kernel backward paths read plain tensors; only autograd's recompute needs leaves
+        kernel_only = direct is not None or (self.fused and shape.attention is not None)
+        stream = self._stream(plan, host, {} if kernel_only else wants, fields)
         try:
             for i, steps in plan.groups:
                 lo, hi = p.interval(i)
@@ -904,7 +913,9 @@ class _LayerCall:
                     # accumulate onto the host gradient itself where the device shares host memory
                     acc_src, src_shared = s.result_buffer(gx.rows(lo, hi), None, f"source grad V_{i}") if need_x and shape.uses_src else (None, False)
                     acc_term, term_shared = s.result_buffer(g_src_term[lo:hi], None, f"source-term grad V_{i}") if g_src_term is not None else (None, False)
-                    if direct is not None:
+                    if self.fused and shape.attention is not None:
+                        compute = partial(self._backward_chunk_attention, acc_term=acc_term, g_dst_term=g_dst_term)
+                    elif direct is not None:
                         src_acc = acc_term if shape.d_src_term else acc_src
                         compute = partial(self._backward_chunk_direct, needs=direct, src_acc=src_acc, gx=gx, ge=ge, g_dst_term=g_dst_term)
                     else:
@@ -961,6 +972,19 @@ class _LayerCall:
         if d_edge is not None:
             off = self.edge_offset(c)
             dev.add_out(d_edge, ge[off : off + c.nnz])
+
+    def _backward_chunk_attention(self, inputs: _ChunkInputs, acc_term, g_dst_term) -> None:
+        """Backward of a fused attention sub-chunk by its kernels: the hooks' term gradients, no recompute or autograd."""
+        shape, c, cs = self.shape, inputs.c, inputs.scope
+        cs.charge(edge_scratch_bytes(c.nnz, shape, True), lambda: f"gradient temporaries of {c.id!r}")
+        with self._span("kernel", BACKWARD, c.id):
+            _, d_dst = attention.attention_backward(
+                inputs.ct, inputs.get("g_rows"), inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),
+                inputs.get("src_term"), inputs.get("dst_term"), shape.d_score, shape.attention.negative_slope,
+                src_out=acc_term, src_rows=inputs.src_local_rows(), backend=self.backend,
+            )
+        lo = c.dst_start + c.dst_offset
+        self.device.add_out(d_dst, g_dst_term[lo : lo + c.num_dst])
 
     def _backward_chunk(self, inputs: _ChunkInputs, saved, acc_src, acc_term, gx, ge, g_dst_term, gparams) -> None:
         dev, c, cs = self.device, inputs.c, inputs.scope

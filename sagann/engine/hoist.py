@@ -194,7 +194,7 @@ def compile_layer(layer: Layer, d_in: int, d_edge: int | None) -> tuple[Layer, H
     """``(layer to run, plan)``; the layer is the user's own when nothing can or need be hoisted."""
     name = type(layer).__name__
     plan = HoistPlan(name, traced=False)
-    if isinstance(layer.apply_edge, fn.MessageFn):
+    if isinstance(layer.apply_edge, (fn.MessageFn, fn.AttentionFn)):
         plan.reason = f"apply_edge is the builtin {layer.apply_edge!r}"
         return layer, plan
     if callable(getattr(layer, "apply_src", None)) or callable(getattr(layer, "apply_dst", None)):
@@ -276,7 +276,9 @@ def explain(layer: Layer, d_in: int | None = None, edge_dim: int | None = None) 
         lines.append(f"  per-edge matmuls: {plan.per_edge_matmuls_before} -> {plan.per_edge_matmuls_after}")
     else:
         lines.append(f"  not rewritten: {plan.reason}")
-    if builtin is not None:
+    if isinstance(layer.apply_edge, fn.AttentionFn):
+        lines.append(f"  kernel: fused attention {layer.apply_edge!r} x softmax (no [edges, d] tensor)")
+    elif builtin is not None:
         lines.append(f"  kernel: fused gSpMM {builtin.op} x {layer.gather} (no [edges, d] tensor)")
     else:
         lines.append("  kernel: per-edge ApplyEdge, then the reference gather")

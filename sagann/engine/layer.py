@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from sagann.fn import GATHERS, MessageFn
+from sagann.fn import GATHERS, AttentionFn, MessageFn
 from sagann.scheduler.planner import LayerShape
 
 
@@ -96,6 +96,11 @@ def check_layer(layer: Layer) -> None:
         raise TypeError(f"{name}.apply_edge must be a method or a sagann.fn builtin, got {ae!r}")
     if isinstance(ae, MessageFn) and layer.gather == "softmax":
         raise ValueError(f"{name}: gather='softmax' needs an apply_edge that returns (scores, messages), not the builtin {ae!r}")
+    if isinstance(ae, AttentionFn):
+        if layer.gather != "softmax":
+            raise ValueError(f"{name}: {ae!r} weighs messages by a softmax; set gather = 'softmax' (got {layer.gather!r})")
+        if not (_has_hook(layer, "apply_src") and _has_hook(layer, "apply_dst")):
+            raise ValueError(f"{name}: {ae!r} reads the hooks' terms; define apply_src (messages and score halves) and apply_dst (score halves)")
 
 
 def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device: torch.device) -> LayerShape:
@@ -116,7 +121,16 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
         if edge_data is not None:
             edge = torch.zeros((1,) + tuple(edge_data.shape[1:]), dtype=edge_data.dtype, device=device)
         ae = layer.apply_edge
-        if isinstance(ae, MessageFn):
+        attention = ae if isinstance(ae, AttentionFn) else None
+        if attention is not None:
+            heads = int(d_term.shape[1])
+            if s_term.shape[1] <= heads or (s_term.shape[1] - heads) % heads:
+                raise ValueError(
+                    f"{name}.apply_src must return [n, heads * d + heads] (messages, then one score half per head) for {ae!r}; "
+                    f"got {s_term.shape[1]} columns with heads={heads} (apply_dst's width)"
+                )
+            d_msg, d_score, used = int(s_term.shape[1]) - heads, heads, {"src_term", "dst_term"}
+        elif isinstance(ae, MessageFn):
             if ae.uses_edge and edge is None:
                 raise ValueError(f"{name} uses {ae!r}, which reads edge features: pass edge_data=... to the layer call")
             src_side = s_term if s_term is not None else v
@@ -163,6 +177,7 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
         d_in=d_in,
         d_edge=d_edge,
         d_score=0 if isinstance(ae, MessageFn) else d_score,
+        attention=attention,
         d_src_term=0 if s_term is None else int(s_term.shape[1]),
         d_dst_term=0 if d_term is None else int(d_term.shape[1]),
         d_msg=d_msg,

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from sagann.fn import MessageFn
+from sagann.fn import AttentionFn, MessageFn
 from sagann.chunks.partition import GraphPartition
 
 FLOAT = 4  # bytes per fp32 element
@@ -70,6 +70,7 @@ class LayerShape:
     uses_dst_term: bool
     uses_edge: bool
     d_score: int = 0  # attention heads of a softmax gather (scores per edge)
+    attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
 
     @property
     def softmax(self) -> bool:
@@ -99,8 +100,8 @@ class WorkingSet:
 
 def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
     """Temporaries of one sub-chunk's edge stage that the dataflow cannot see (forward)."""
-    if fused:
-        return 0
+    if fused:  # fused attention keeps one score gradient per edge and head in backward
+        return nnz * FLOAT * shape.d_score if shape.attention is not None else 0
     gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
     messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
     winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min

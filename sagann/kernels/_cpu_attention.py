@@ -1,0 +1,102 @@
+"""Numba kernels behind :mod:`sagann.kernels.attention` (numpy in, numpy out).
+
+GAT-style attention over one sub-chunk, per destination row and head:
+``score_e = LeakyReLU(s[src_e, h] + t[r, h])``, ``m = max score``,
+``l = sum exp(score - m)``, ``a = sum exp(score - m) * z[src_e, h]``; the
+engine merges these partials across chunks (online softmax). ``src`` holds
+``[z | s]`` (``heads * d`` message columns, then ``heads`` score halves).
+No float atomics: the forward and the destination-side gradient are
+destination-parallel, the source-side gradient source-major.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_PJIT = dict(parallel=True, nogil=True, cache=True)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _leaky(x, slope):
+    return x if x > 0 else x * slope
+
+
+@njit(**_PJIT)
+def partials(src, dst_term, src_idx, dst_ptr, bounds, heads, slope, rmap, m, l, a):
+    """Per row and head: max score ``m``, ``l = sum exp(score - m)``, ``a = sum exp(score - m) z``.
+
+    Rows without edges keep what the caller put there (``-inf``, 0, 0).
+    Source rows are ``src[rmap[src_idx[e]]]`` (``rmap`` empty: no map).
+    """
+    width = a.shape[1]
+    d = width // heads
+    has_map = rmap.shape[0] > 0
+    for b in prange(bounds.shape[0] - 1):
+        for r in range(bounds[b], bounds[b + 1]):
+            lo, hi = dst_ptr[r], dst_ptr[r + 1]
+            if hi == lo:
+                continue
+            for h in range(heads):
+                t = dst_term[r, h]
+                top = -np.inf
+                for e in range(lo, hi):
+                    s = rmap[src_idx[e]] if has_map else src_idx[e]
+                    sc = _leaky(src[s, width + h] + t, slope)
+                    if sc > top or sc != sc:
+                        top = sc
+                total = 0.0
+                base = h * d
+                for e in range(lo, hi):
+                    s = rmap[src_idx[e]] if has_map else src_idx[e]
+                    w = np.exp(_leaky(src[s, width + h] + t, slope) - top)
+                    total += w
+                    for k in range(d):
+                        a[r, base + k] += w * src[s, base + k]
+                m[r, h] = top
+                l[r, h] = total
+
+
+@njit(**_PJIT)
+def grad_src(src, dst_term, grad, corr, m, l, dst_idx, src_ptr, src_perm, bounds, heads, slope, out_rows, out, dpre):
+    """Source-major: the gradient of ``src = [z | s]`` into ``out[out_rows[s]]``, and each edge's score gradient.
+
+    With ``p = exp(score - m) / l`` (the final normaliser of the edge's
+    destination), ``dz += p * grad`` and ``ds += dpre``, where ``dpre =
+    p * (grad . z - corr) * LeakyReLU'`` and ``corr = grad . out`` per
+    destination row and head. ``dpre`` ([nnz, heads], CSC order) feeds the
+    destination-side gradient.
+    """
+    width = grad.shape[1]
+    d = width // heads
+    mapped = out_rows.shape[0] > 0
+    for b in prange(bounds.shape[0] - 1):
+        for s in range(bounds[b], bounds[b + 1]):
+            o = out_rows[s] if mapped else s
+            for q in range(src_ptr[s], src_ptr[s + 1]):
+                e = src_perm[q]
+                r = dst_idx[e]
+                for h in range(heads):  # in float64: p * (dot - corr) cancels where the softmax saturates
+                    pre = np.float64(src[s, width + h]) + np.float64(dst_term[r, h])
+                    p = np.exp(_leaky(pre, slope) - np.float64(m[r, h])) / np.float64(l[r, h])
+                    base = h * d
+                    dot = 0.0
+                    for k in range(d):
+                        g = np.float64(grad[r, base + k])
+                        dot += g * src[s, base + k]
+                        out[o, base + k] += p * g
+                    dp = p * (dot - corr[r, h])
+                    if not pre > 0:
+                        dp *= slope
+                    dpre[e, h] = dp
+                    out[o, width + h] += dp
+
+
+@njit(**_PJIT)
+def grad_dst(dpre, dst_ptr, bounds, out):
+    """Destination-parallel: ``out[r, h] += sum of dpre[e, h]`` over row r's edges."""
+    heads = out.shape[1]
+    for b in prange(bounds.shape[0] - 1):
+        for r in range(bounds[b], bounds[b + 1]):
+            for e in range(dst_ptr[r], dst_ptr[r + 1]):
+                for h in range(heads):
+                    out[r, h] += dpre[e, h]

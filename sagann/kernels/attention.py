@@ -1,0 +1,155 @@
+"""Fused GAT attention over one sub-chunk: softmax partials forward, gradients backward, no per-edge tensors.
+
+The engine's online softmax (``gather = "softmax"``) needs, per destination
+row and head, the chunk's max score ``m``, ``l = sum exp(score - m)`` and the
+weighted message sum ``a``; backward needs the gradients of the hooks'
+terms given the output's gradient and the final ``m``, ``l`` and output
+(as memory-efficient attention does: the per-destination correction
+``grad . out`` replaces the softmax's Jacobian). With
+:class:`sagann.fn.AttentionFn` the scores are ``LeakyReLU(s_src + t_dst)``
+and the messages ``z_src``, both read from the hooks' per-vertex terms, so
+nothing of size ``[edges, heads * d]`` is ever made.
+
+``backend="reference"`` is the oracle (torch ops and autograd, it does build
+the per-edge tensors); ``"cpu"`` runs the numba kernels of
+``_cpu_attention``; ``"cuda"`` runs the reference's torch ops on the GPU
+(no dedicated CUDA kernel yet).
+
+Shapes:
+    src_term ``[rows, heads * d + heads]`` (``[z | s]``), dst_term
+    ``[num_dst, heads]``, m / l ``[num_dst, heads]``, a / out / grad
+    ``[num_dst, heads * d]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sagann.kernels.graph import ChunkTensors
+
+__all__ = ["attention_partials", "attention_backward"]
+
+_BACKENDS = ("reference", "cpu", "cuda")
+
+
+def _check(where: str, g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, src_rows, backend: str) -> int:
+    """Validate the operands; return the message width ``heads * d``."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"{where}: unknown backend {backend!r}; known backends: {', '.join(_BACKENDS)}")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"{where}: heads must be an int >= 1, got {heads!r}")
+    if dst_term.dim() != 2 or tuple(dst_term.shape) != (g.num_dst, heads):
+        raise ValueError(f"{where}: dst_term must be [num_dst={g.num_dst}, heads={heads}], got {list(dst_term.shape)}")
+    width = src_term.shape[1] - heads if src_term.dim() == 2 else -1
+    if width < heads or width % heads:
+        raise ValueError(f"{where}: src_term must be [rows, heads * d + heads] with d >= 1 (heads={heads}), got {list(src_term.shape)}")
+    rows = g.num_src if src_rows is None else None
+    if rows is not None and src_term.shape[0] != rows:
+        raise ValueError(f"{where}: src_term must have one row per source of the chunk ({rows}), got {src_term.shape[0]}; or pass src_rows= for a block")
+    if src_rows is not None and (src_rows.dim() != 1 or src_rows.shape[0] != g.num_src):
+        raise ValueError(f"{where}: src_rows must be [num_src={g.num_src}], got {list(src_rows.shape)}")
+    if src_term.dtype != torch.float32 or dst_term.dtype != torch.float32:
+        raise ValueError(f"{where}: src_term and dst_term must be float32, got {src_term.dtype} and {dst_term.dtype}")
+    return width
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _scores(g: ChunkTensors, src: torch.Tensor, dst_term: torch.Tensor, width: int, slope: float):
+    """Reference: each edge's messages ``[nnz, width]`` and scores ``[nnz, heads]``."""
+    s_idx, d_idx = g.src_idx.long(), g.dst_idx.long()
+    rows = src.index_select(0, s_idx)
+    return rows[:, :width], F.leaky_relu(rows[:, width:] + dst_term.index_select(0, d_idx), slope)
+
+
+def attention_partials(
+    g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, negative_slope: float = 0.2,
+    src_rows: torch.Tensor | None = None, backend: str = "reference",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(m, l, a)`` of the sub-chunk: per row and head the max score, sum of exp(score - m), weighted messages.
+
+    ``src_rows``: ``src_term`` is a block of V_i's rows read in place at
+    ``src_rows[src_idx]``. Rows without edges get ``m = -inf``, ``l = 0``,
+    ``a = 0``. No autograd (the engine's backward is :func:`attention_backward`).
+    """
+    width = _check("attention_partials", g, src_term, dst_term, heads, src_rows, backend)
+    d = width // heads
+    with torch.no_grad():
+        if backend == "cpu":
+            from sagann.kernels import _cpu_attention as K
+            from sagann.kernels.cpu import _row_bounds, _threads_for
+
+            m = torch.full((g.num_dst, heads), float("-inf"))
+            l = torch.zeros(g.num_dst, heads)
+            a = torch.zeros(g.num_dst, width)
+            rmap = np.empty(0, np.int32) if src_rows is None else src_rows.to(torch.int32).numpy()
+            ptr = g.dst_ptr.numpy()
+            with _threads_for(g, width):
+                K.partials(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, _row_bounds(ptr), heads, float(negative_slope), rmap, m.numpy(), l.numpy(), a.numpy())
+            return m, l, a
+        src = src_term if src_rows is None else src_term.index_select(0, src_rows.long())
+        z, score = _scores(g, src, dst_term, width, negative_slope)
+        d_idx = g.dst_idx.long()
+        m = score.new_full((g.num_dst, heads), float("-inf")).scatter_reduce(0, d_idx.unsqueeze(-1).expand(-1, heads), score, "amax")
+        w = torch.exp(score - m.index_select(0, d_idx))
+        l = score.new_zeros(g.num_dst, heads).index_add(0, d_idx, w)
+        a = z.new_zeros(g.num_dst, heads, d).index_add(0, d_idx, w.unsqueeze(-1) * z.view(-1, heads, d))
+        return m, l, a.view(g.num_dst, width)
+
+
+def attention_backward(
+    g: ChunkTensors, grad: torch.Tensor, out: torch.Tensor, m: torch.Tensor, l: torch.Tensor,
+    src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, negative_slope: float = 0.2,
+    src_out: torch.Tensor | None = None, src_rows: torch.Tensor | None = None, backend: str = "reference",
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Gradients ``(d_src_term, d_dst_term)`` of the attention output, given ``grad`` of the output rows.
+
+    ``m``, ``l`` and ``out`` are the *final* max, sum and (normalised)
+    output of the destination rows, after every chunk: the softmax weight of
+    an edge is ``exp(score - m) / l``. With ``src_out`` the source-term
+    gradient is added into ``src_out[src_rows]`` (unique rows) and None is
+    returned for it; ``src_term`` has one row per source of the chunk.
+    """
+    width = _check("attention_backward", g, src_term, dst_term, heads, None, backend)
+    for name, t, shape in (("grad", grad, (g.num_dst, width)), ("out", out, (g.num_dst, width)), ("m", m, (g.num_dst, heads)), ("l", l, (g.num_dst, heads))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"attention_backward: {name} must be {list(shape)}, got {list(t.shape)}")
+    if src_out is not None and (src_rows is None or src_rows.shape != (g.num_src,) or src_out.shape[1] != width + heads):
+        raise ValueError(f"attention_backward: src_out needs src_rows [num_src={g.num_src}] and {width + heads} columns")
+    d = width // heads
+    if backend == "cpu":
+        corr = (grad.detach().double() * out.detach().double()).view(-1, heads, d).sum(-1)  # grad . out per row and head
+        from sagann.kernels import _cpu_attention as K
+        from sagann.kernels.cpu import _row_bounds, _threads_for
+
+        sptr, dptr = g.src_ptr.numpy(), g.dst_ptr.numpy()
+        if src_out is None:
+            d_src, rows = torch.zeros(g.num_src, width + heads), np.empty(0, np.int32)
+        else:
+            d_src, rows = src_out, src_rows.to(torch.int32).numpy()
+        dpre = np.empty((g.nnz, heads), np.float32)
+        d_dst = torch.zeros(g.num_dst, heads)
+        with _threads_for(g, width):
+            K.grad_src(_np(src_term), _np(dst_term), _np(grad), _np(corr), _np(m), _np(l),
+                       g.dst_idx.numpy(), sptr, g.src_perm.numpy(), _row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpre)
+            K.grad_dst(dpre, dptr, _row_bounds(dptr), d_dst.numpy())
+        return (None if src_out is not None else d_src), d_dst
+    with torch.enable_grad():
+        s_leaf = src_term.detach().requires_grad_(True)
+        t_leaf = dst_term.detach().requires_grad_(True)
+        z, score = _scores(g, s_leaf, t_leaf, width, negative_slope)
+        d_idx = g.dst_idx.long()
+        p = torch.exp(score - m.index_select(0, d_idx)) / l.index_select(0, d_idx)
+        centred = z.view(-1, heads, d) - out.view(-1, heads, d).index_select(0, d_idx)
+        # the surrogate: its gradient w.r.t. z is p, w.r.t. the score p (grad . z - grad . out)
+        surrogate = z.new_zeros(g.num_dst, heads, d).index_add(0, d_idx, p.unsqueeze(-1) * centred).view(g.num_dst, width)
+        d_src, d_dst = torch.autograd.grad(surrogate, [s_leaf, t_leaf], grad, allow_unused=True)
+    d_src = torch.zeros_like(src_term) if d_src is None else d_src
+    d_dst = torch.zeros_like(dst_term) if d_dst is None else d_dst
+    if src_out is not None:
+        src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src.to(src_out.dtype))
+        return None, d_dst
+    return d_src, d_dst

@@ -1,0 +1,114 @@
+"""Fused GAT attention kernels equal the oracle: softmax partials and gradients, on random chunks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sagann.kernels import ChunkTensors
+from sagann.kernels.attention import attention_backward, attention_partials
+
+
+@st.composite
+def chunks(draw):
+    """A chunk with empty rows, isolated sources, self loops, multi-edges; heads and width."""
+    num_dst = draw(st.integers(1, 9))
+    num_src = draw(st.integers(1, 9))
+    m = draw(st.integers(0, 40))
+    src = draw(st.lists(st.integers(0, num_src - 1), min_size=m, max_size=m))
+    dst = draw(st.lists(st.integers(0, num_dst - 1), min_size=m, max_size=m))
+    g = ChunkTensors.from_coo(np.asarray(src, np.int64), np.asarray(dst, np.int64), num_src, num_dst)[0]
+    heads = draw(st.sampled_from([1, 2, 4]))
+    d = draw(st.sampled_from([1, 3, 8]))
+    slope = draw(st.sampled_from([0.0, 0.2, 1.0]))
+    return g, heads, d, slope, draw(st.integers(0, 2**16))
+
+
+def _terms(g, heads, d, seed, spread=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randn(g.num_src, heads * d + heads, generator=gen)
+    src[:, heads * d :] *= spread  # scores of varied sizes: the max matters
+    return src, torch.randn(g.num_dst, heads, generator=gen) * spread
+
+
+def _close(a, b, what, floor: float = 0.0):
+    """Within 1e-5 of the scale (the tensor's, or ``floor``): softmax gradients cancel to ~0, leaving fp32 noise there."""
+    scale = max(float(b.abs().max()) if b.numel() else 0.0, floor)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=max(1e-6, 1e-5 * scale), msg=lambda m: f"{what}: {m}")
+
+
+@given(case=chunks(), block=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_partials_equal_the_oracle(case, block):
+    g, heads, d, slope, seed = case
+    src, dst = _terms(g, heads, d, seed)
+    want = attention_partials(g, src, dst, heads, slope, backend="reference")
+    rows = None
+    if block:  # the sources as rows of a bigger block, read in place
+        rows = torch.randperm(g.num_src + 3, generator=torch.Generator().manual_seed(seed))[: g.num_src]
+        big = torch.randn(g.num_src + 3, src.shape[1])
+        big[rows] = src
+        src = big
+    for backend in ("reference", "cpu"):
+        got = attention_partials(g, src, dst, heads, slope, src_rows=rows, backend=backend)
+        for name, a, b in zip("mla", got, want):
+            empty = torch.isinf(b)
+            assert torch.equal(empty, torch.isinf(a)), f"{backend} {name}: rows without edges"
+            _close(a.masked_fill(empty, 0), b.masked_fill(empty, 0), f"{backend} {name}")
+
+
+def _final(g, src, dst, heads, slope):
+    """The whole chunk's softmax: final max, sum and normalised output (as the engine saves them)."""
+    m, l, a = attention_partials(g, src, dst, heads, slope)
+    d = a.shape[1] // heads
+    out = (a.view(-1, heads, d) / l.clamp(min=1e-30).unsqueeze(-1)).view(a.shape)
+    return m.masked_fill(torch.isinf(m), 0.0), l, out
+
+
+@given(case=chunks(), into=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_backward_equals_autograd_through_the_softmax(case, into):
+    g, heads, d, slope, seed = case
+    src, dst = _terms(g, heads, d, seed)
+    m, l, out = _final(g, src, dst, heads, slope)
+    grad = torch.randn(g.num_dst, heads * d, generator=torch.Generator().manual_seed(seed + 1))
+    # the truth: autograd through a plain softmax over each row's edges
+    s_leaf, t_leaf = src.clone().requires_grad_(True), dst.clone().requires_grad_(True)
+    w = heads * d
+    s_idx, d_idx = g.src_idx.long(), g.dst_idx.long()
+    score = torch.nn.functional.leaky_relu(s_leaf[s_idx, w:] + t_leaf[d_idx], slope)
+    mx = score.new_full((g.num_dst, heads), float("-inf")).scatter_reduce(0, d_idx.unsqueeze(-1).expand(-1, heads), score, "amax")
+    e = torch.exp(score - mx[d_idx])
+    alpha = e / torch.zeros(g.num_dst, heads).index_add(0, d_idx, e)[d_idx]
+    truth = torch.zeros(g.num_dst, heads, d).index_add(0, d_idx, alpha.unsqueeze(-1) * s_leaf[s_idx, :w].view(-1, heads, d)).view(g.num_dst, w)
+    want_src, want_dst = torch.autograd.grad(truth, [s_leaf, t_leaf], grad, allow_unused=True) if g.nnz else (torch.zeros_like(src), torch.zeros_like(dst))
+    for backend in ("reference", "cpu"):
+        kw = {}
+        if into:
+            kw["src_rows"] = torch.randperm(g.num_src + 2, generator=torch.Generator().manual_seed(seed))[: g.num_src]
+            kw["src_out"] = torch.randn(g.num_src + 2, w + heads, generator=torch.Generator().manual_seed(seed + 2))
+            before = kw["src_out"].clone()
+        got_src, got_dst = attention_backward(g, grad, out, m, l, src, dst, heads, slope, backend=backend, **kw)
+        if into:
+            assert got_src is None
+            before[kw["src_rows"]] += want_src
+            _close(kw["src_out"], before, f"{backend} src_out")
+        else:
+            _close(got_src, want_src, f"{backend} d_src_term")
+        # a row's score gradients sum to ~0 (softmax is shift-invariant): judge them on the pass's scale
+        _close(got_dst, want_dst, f"{backend} d_dst_term", floor=float(want_src.abs().max()) if want_src.numel() else 0.0)
+
+
+def test_bad_calls_name_the_problem():
+    g = ChunkTensors.from_coo(np.array([0, 1]), np.array([1, 0]), 2, 2)[0]
+    src, dst = torch.randn(2, 6), torch.randn(2, 2)
+    with pytest.raises(ValueError, match="dst_term must be"):
+        attention_partials(g, src, torch.randn(2, 3), 2)
+    with pytest.raises(ValueError, match="src_term must be"):
+        attention_partials(g, torch.randn(2, 3), dst, 2)
+    with pytest.raises(ValueError, match="unknown backend"):
+        attention_partials(g, src, dst, 2, backend="tpu")
+    with pytest.raises(ValueError, match="float32"):
+        attention_partials(g, src.double(), dst.double(), 2)
