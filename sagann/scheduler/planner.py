@@ -220,15 +220,23 @@ def vertex_weight(shape: LayerShape, fused: bool) -> float:
     return float(max(1, max(_row_bytes(shape).values())))
 
 
+# Without a budget, a sub-chunk's per-edge tensors (messages, scores and their gradients of a
+# layer that is not fused) are kept to about this many bytes: past it, bigger sub-chunks only
+# cost memory (the helper bench measured GAT sub-chunks of 2^20 edges taking GBs).
+UNBUDGETED_SUB_CHUNK_BYTES = 256 << 20
+
+
 def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, default: int) -> int:
     """Edges per sub-chunk: a backward sub-chunk's per-edge bytes within half the budget.
 
     The rest is left to the vertex-resident state; ``choose_num_chunks``
-    then raises P until the whole working set fits.
+    then raises P until the whole working set fits. Without a budget, the
+    default, or less for a layer with per-edge tensors (see
+    ``UNBUDGETED_SUB_CHUNK_BYTES``).
     """
-    if budget is None:
-        return default
     per_edge = 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * (shape.d_src_side + shape.d_edge)) + 24
+    if budget is None:
+        return default if fused else int(min(default, max(4096, UNBUDGETED_SUB_CHUNK_BYTES // per_edge)))
     return int(min(default, max(64, budget // (2 * per_edge))))
 
 
