@@ -98,22 +98,24 @@ class GCNConv(Layer):
         return graph, _gcn_norm(graph, w)
 
 
-def aggregates_first(conv: GCNConv, x: torch.Tensor, norm: torch.Tensor | None) -> bool:
-    """Propagate the inputs before the matmul, ``(Â X) W``, rather than ``Â (X W)``?
+def aggregates_first(conv: Layer, x: torch.Tensor, edge_data: torch.Tensor | None = None, tie: bool = False) -> bool:
+    """Propagate a linear layer's inputs before its matmul, ``(A X) W``, rather than ``A (X W)``?
 
-    Both are the same function (up to fp32 summation order). The edge
-    stage costs one pass over the edges per direction at the width it
-    propagates: X W first propagates ``out_channels`` wide forward, and
-    again backward whenever W or x needs a gradient; X first propagates
-    ``in_channels`` wide forward, and backward only when x (or the edge
-    weights) needs a gradient. The cheaper one wins; ties keep PyG's order.
+    For a linear aggregation (sum, mean, GCN's weighted sum) both are the
+    same function, up to fp32 summation order. The edge stage costs one
+    pass over the edges per direction at the width it propagates: X W first
+    propagates ``out_channels`` wide forward, and again backward whenever W
+    or x needs a gradient; X first propagates ``in_channels`` wide forward,
+    and backward only when x (or the edge weights) needs a gradient. The
+    cheaper one wins; ``tie``: the answer when both cost the same (the
+    peer's order: PyG's GCNConv multiplies first, its SAGEConv aggregates first).
     """
     grad = torch.is_grad_enabled()
-    grad_in = grad and (x.requires_grad or (norm is not None and norm.requires_grad))
+    grad_in = grad and (x.requires_grad or (edge_data is not None and edge_data.requires_grad))
     grad_w = grad and any(p.requires_grad for p in conv.parameters())
     lin_first = conv.out_channels * (1 + (grad_in or grad_w))
     agg_first = conv.in_channels * (1 + grad_in)
-    return agg_first < lin_first
+    return agg_first < lin_first or (agg_first == lin_first and tie)
 
 
 class _GCNAggregateFirst(Layer):
@@ -185,6 +187,46 @@ class SAGEConv(Layer):
         if self.lin_r is not None:
             out = out + self.lin_r(v)
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    def forward(self, g: ChunkedGraph, x: torch.Tensor) -> torch.Tensor:
+        # sum and mean are linear: multiplying by lin_l first propagates out_channels
+        # wide instead of in_channels (DGL's order when in > out), the same function
+        if self.gather in ("sum", "mean") and not aggregates_first(self, x, tie=True):
+            face = self.__dict__.get("_linear_first")
+            if face is None:  # kept out of _modules: not a submodule, not in the state_dict
+                face = self.__dict__["_linear_first"] = _SAGELinearFirst(self)
+            face.training = self.training
+            return Layer.forward(face, g, x)
+        return super().forward(g, x)
+
+
+class _SAGELinearFirst(Layer):
+    """The same SAGEConv (sum or mean) evaluated as ``aggr_j (x_j W_l) + b_l + lin_r(x_i)``: the conv's parameters."""
+
+    apply_edge = fn.copy_src
+    hoist = False
+    display_name = "SAGEConv"
+
+    def __init__(self, conv: SAGEConv):
+        super().__init__()
+        self.__dict__["_conv"] = conv  # not a submodule: the conv owns the parameters
+        self.gather = conv.gather
+
+    def named_parameters(self, *args, **kwargs):
+        return self._conv.named_parameters(*args, **kwargs)
+
+    def parameters(self, recurse: bool = True):
+        return self._conv.parameters(recurse)
+
+    def apply_src(self, v: torch.Tensor) -> torch.Tensor:
+        return F.linear(v, self._conv.lin_l.weight)
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        conv = self._conv
+        out = acc if conv.lin_l.bias is None else acc + conv.lin_l.bias
+        if conv.lin_r is not None:
+            out = out + conv.lin_r(v)
+        return F.normalize(out, p=2.0, dim=-1) if conv.normalize else out
 
 
 class GINConv(Layer):
