@@ -188,7 +188,7 @@ class SAGEConv(Layer):
             out = out + self.lin_r(v)
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
 
-    def forward(self, g: ChunkedGraph, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
         # sum and mean are linear: multiplying by lin_l first propagates out_channels
         # wide instead of in_channels (DGL's order when in > out), the same function
         if self.gather in ("sum", "mean") and not aggregates_first(self, x, tie=True):
@@ -196,8 +196,8 @@ class SAGEConv(Layer):
             if face is None:  # kept out of _modules: not a submodule, not in the state_dict
                 face = self.__dict__["_linear_first"] = _SAGELinearFirst(self)
             face.training = self.training
-            return Layer.forward(face, g, x)
-        return super().forward(g, x)
+            return Layer.forward(face, g, x, edge_data)
+        return super().forward(g, x, edge_data)
 
 
 class _SAGELinearFirst(Layer):
