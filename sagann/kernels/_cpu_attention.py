@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-_PJIT = dict(parallel=True, nogil=True, cache=True)
+_PJIT = dict(parallel=True, nogil=True, cache=True, fastmath={"contract"})  # FMA, no reassociation
 
 
 @njit(nogil=True, cache=True, inline="always")
