@@ -165,9 +165,11 @@ class Device:
         gather = best(lambda: self.gather_in(host, index)) / nbytes_rows
         on_device = self.copy_in(host)
         compact = best(lambda: on_device.index_select(0, index.to(on_device.device))) / nbytes_rows
+        one_row = index[:1]
+        latency = max(0.0, best(lambda: self.gather_in(host, one_row)) - host[:1].nbytes * gather)
         with self._counter_lock:
             self.bytes_in = count  # measurements are not traffic
-        return TransferCosts(gather=gather, block=block, compact=compact)
+        return TransferCosts(gather=gather, block=block, compact=compact, latency=latency)
 
     @property
     def peak_bytes(self) -> int:

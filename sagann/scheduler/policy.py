@@ -7,15 +7,18 @@ ways to get them there, with per-byte costs measured on the device at start
 (:class:`TransferCosts`):
 
 * **selective**: per sub-chunk, gather its ``src_rows`` on the host and send
-  only those: ``T_sel = b_sel * s_gather``, where ``s_gather`` is the cost per
-  byte of the host gather + transfer path (``Device.gather_in``);
+  only those: ``T_sel = b_sel * s_gather + n_sub * t_0``, where ``s_gather``
+  is the cost per byte of the host gather + transfer path
+  (``Device.gather_in``) and ``t_0`` the fixed cost of one transfer;
 * **full**: send V_i's rows as one contiguous block once for the chunk, then
   pick each sub-chunk's rows on the device:
-  ``T_full = b_full * s_block + sum(b_sel) * s_compact``.
+  ``T_full = b_full * s_block + t_0 + sum(b_sel) * s_compact`` (no pick
+  where the kernel reads the block in place: ``s_compact = 0``).
 
-Per chunk, selective wins iff ``sum(b_sel) * (s_gather - s_compact) < b_full *
+Ignoring ``t_0``, per chunk selective wins iff ``sum(b_sel) * (s_gather - s_compact) < b_full *
 s_block``, i.e. iff the used fraction ``theta = sum(b_sel) / b_full`` is below
-``s_block / (s_gather - s_compact)``. This is NeuGraph's threshold
+``s_block / (s_gather - s_compact)``; the fixed cost tilts it towards full
+blocks for chunks cut into many small sub-chunks. This is NeuGraph's threshold
 ``theta < T_copy / (T_copy + T_trans)`` with the device-side compaction cost
 made explicit; on a GPU ``s_compact`` is tiny (HBM) and the threshold is set
 by host-gather vs PCIe speed. On the CPU virtual device the compaction costs
@@ -61,6 +64,7 @@ class TransferCosts:
     gather: float  # host gather + send (selective path)
     block: float  # send a contiguous block
     compact: float  # pick rows on the device
+    latency: float = 0.0  # seconds of one transfer beyond its bytes (a call, a launch)
 
     def threshold(self) -> float:
         """Used fraction of V_i below which selective transfer is cheaper."""
@@ -74,6 +78,7 @@ def choose_transfer(
     full_bytes: int,
     costs: TransferCosts | None,
     spare_bytes: int | None,
+    transfers: int = 1,
 ) -> Transfer:
     """Selective or full for one chunk (see the module docstring)."""
     fits = spare_bytes is None or full_bytes <= spare_bytes
@@ -83,8 +88,8 @@ def choose_transfer(
         return Transfer.FULL
     if costs is None:
         return Transfer.SELECTIVE if selective_bytes <= full_bytes else Transfer.FULL
-    t_sel = selective_bytes * costs.gather
-    t_full = full_bytes * costs.block + selective_bytes * costs.compact
+    t_sel = selective_bytes * costs.gather + transfers * costs.latency  # one gather per sub-chunk
+    t_full = full_bytes * costs.block + costs.latency + selective_bytes * costs.compact
     return Transfer.SELECTIVE if t_sel <= t_full else Transfer.FULL
 
 

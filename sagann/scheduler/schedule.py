@@ -200,7 +200,7 @@ def build_plan(
             selective = sum(c.num_src for c in subs) * row
             block = partition.interval_size(key[0]) * row
             spare = None if spare_bytes is None else spare_bytes // live_sub_chunks(prefetch)  # blocks of every chunk in flight
-            steps[key] = ChunkStep(key, tuple(subs), choose_transfer(policy, selective, block, costs, spare), selective, block)
+            steps[key] = ChunkStep(key, tuple(subs), choose_transfer(policy, selective, block, costs, spare, transfers=len(subs)), selective, block)
         ordered = list(steps)
         if order is Order.PROFILE and steps:
             times = {key: measured(key) for key in steps}

@@ -33,3 +33,10 @@ def test_choose_transfer():
     assert choose_transfer(TransferPolicy.AUTO, 500, 1000, gpu_like, spare_bytes=999) is Transfer.SELECTIVE
     assert choose_transfer(TransferPolicy.FULL, 1, 1000, cpu_like, None) is Transfer.FULL
     assert choose_transfer(TransferPolicy.FULL, 1, 1000, cpu_like, spare_bytes=10) is Transfer.SELECTIVE
+
+
+def test_a_fixed_cost_per_transfer_favours_one_block_over_many_small_gathers():
+    costs = TransferCosts(gather=1e-9, block=1e-9, compact=0.0, latency=1e-5)
+    # 600 of 1000 bytes used: cheaper selectively in one gather, not in fifty
+    assert choose_transfer(TransferPolicy.AUTO, 600, 1000, costs, None, transfers=1) is Transfer.SELECTIVE
+    assert choose_transfer(TransferPolicy.AUTO, 600, 1000, costs, None, transfers=50) is Transfer.FULL
