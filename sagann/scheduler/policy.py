@@ -82,7 +82,7 @@ def choose_transfer(
 ) -> Transfer:
     """Selective or full for one chunk (see the module docstring)."""
     fits = spare_bytes is None or full_bytes <= spare_bytes
-    if policy is TransferPolicy.SELECTIVE or not fits:
+    if policy is TransferPolicy.SELECTIVE or not fits or full_bytes == 0:  # 0: the pass reads no source rows
         return Transfer.SELECTIVE
     if policy is TransferPolicy.FULL:
         return Transfer.FULL
