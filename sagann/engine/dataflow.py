@@ -44,6 +44,7 @@ from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
 from sagann.engine.layer import EdgeBatch, Layer, probe_layer
+from sagann.engine.offload import KeptGraph
 from sagann.engine.replan import run_with_replans
 from sagann.kernels import attention, reference
 from sagann.scheduler.devices import Scope, tensor_bytes
@@ -81,6 +82,8 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     backend = _backend_for(g, shape)
     param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
     fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
+    grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
+    shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
     name = getattr(user, "display_name", None) or type(user).__name__
@@ -368,8 +371,10 @@ class _LayerCall:
         self.need_x = self.need_e = True  # set from the autograd context before forward
         self._source_major = False  # this backward pass reads edges source-major (see _backward_edges)
         self.keep_graphs = True
-        self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.vertex_graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # j -> (x rows, acc, output) with ApplyVertex's graph
+        # forward graphs kept for backward (see _keep_mode): q -> (rows, output) or a KeptGraph, per hook;
+        # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
+        self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
+        self.vertex_graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | KeptGraph] = {}
         self._edge_offsets = partition.edge_order[1]
         # edge data arrive permuted into this first partition's sub-chunk order (_in_chunk_order);
         # after a re-plan, where each slot of the new order is in them (None: the same order)
@@ -528,33 +533,63 @@ class _LayerCall:
         """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data (see _in_chunk_order)."""
         return self._edge_offsets[c.id]
 
-    def _keeps_graphs(self) -> bool:
-        """Keep the hooks' and ApplyVertex's autograd graphs from forward instead of recomputing them in backward?
+    def _keep_mode(self) -> str | None:
+        """How the hooks' and ApplyVertex's forward graphs reach backward, instead of being recomputed there.
 
-        Only on an unbudgeted device that shares host memory (in-memory CPU
-        training): there a graph holds views of host rows plus what the
-        function itself saves, nothing a budget must account for, and
-        backward saves one evaluation of each (a GCN's X W) per layer.
+        ``"host"``, on an unbudgeted device that shares host memory
+        (in-memory CPU training): kept as they are; a graph holds views of
+        host rows plus what the function itself saves, nothing a budget
+        must account for. ``"offload"``, elsewhere: kept with what they save
+        on the host (:mod:`sagann.engine.offload`), where that costs less
+        than the recompute. None: nothing needs gradients (or no graph is
+        being built), recompute nothing. Either way backward saves one
+        evaluation of each function (a GCN's X W) per layer.
         """
+        if not (self.keep_graphs and (self.need_x or bool(self.params))):
+            return None
         dev = self.device
-        return self.keep_graphs and dev.memory_budget is None and dev.shares_host_memory and (self.need_x or bool(self.params))
+        return "host" if dev.memory_budget is None and dev.shares_host_memory else "offload"
+
+    def _seal(self, kept: KeptGraph, aliases: list, seconds: float, chunk: tuple) -> bool:
+        """Move a kept graph's saved tensors to the host; False (recompute it in backward) where the round trip costs more."""
+        nbytes = kept.copy_bytes(aliases)
+        if nbytes:
+            costs = self.device.transfer_costs()
+            if 2 * (nbytes * costs.block + costs.latency) > seconds:
+                return False
+        with self._span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
+            kept.seal(aliases, self.device, self.g.host)
+        return True
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = self.g.host.empty((self.g.num_vertices, width), what=f"{hook} rows")
-        keep = self._keeps_graphs()
-        graphs = self.hook_graphs.setdefault(hook, {}) if keep else None
+        mode = self._keep_mode()
+        graphs = self.hook_graphs.setdefault(hook, {}) if mode else None
         for q, lo, hi in self.p.intervals():
             with self.device.scope() as s:
                 v = s.load(x[lo:hi], f"input rows V_{q}")
                 s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
-                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q), torch.set_grad_enabled(keep):
-                    if keep:
-                        v.requires_grad_(self.need_x)
-                    h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
+                kept = KeptGraph(self.params) if mode == "offload" else None
+                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q), torch.set_grad_enabled(mode is not None):
+                    t0 = time.perf_counter()
+                    if kept is not None:
+                        vin = v.detach().requires_grad_(self.need_x)
+                        kept.keep_inputs(vin)
+                        with kept.hooks():
+                            h = s.adopt(getattr(self.layer, hook)(vin), f"{hook} rows V_{q}")
+                    else:
+                        if mode:
+                            v.requires_grad_(self.need_x)
+                        h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
+                    seconds = time.perf_counter() - t0
                 self._check_rows(h, hi - lo, width, hook)
-                if keep:
-                    graphs[q] = (v, _graph_handle(h))
                 self.device.copy_out(h.detach(), out[lo:hi])
+                if kept is not None:
+                    kept.handle = _graph_handle(h)
+                    if self._seal(kept, [(v, x[lo:hi]), (h, out[lo:hi])], seconds, (q,)):
+                        graphs[q] = kept
+                elif mode:
+                    graphs[q] = (v, _graph_handle(h))
         return out
 
     # ---- the streamed edge stage -------------------------------------------------------------
@@ -657,7 +692,7 @@ class _LayerCall:
         fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
         init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[self.reduce]
         plan = self._plan(FORWARD)
-        keep_graph = self._keeps_graphs()
+        keep_mode = self._keep_mode()
         times: dict[tuple[int, int], tuple[float, float]] = {}
         moved, t_pass = 0, time.perf_counter()
         with dev.scope() as params_scope:
@@ -698,7 +733,8 @@ class _LayerCall:
                         self._finalise(acc, win, lo, hi, sm)
                         s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
                         with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
-                            out_j = s.adopt(self._apply_vertex_forward(j, xj, acc, keep_graph), f"output rows V_{j}")
+                            out_j, kept = self._apply_vertex_forward(j, xj, acc, keep_mode)
+                            s.adopt(out_j, f"output rows V_{j}")
                         self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
                         with self._span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
                             if whole and _owns_storage(out_j, x, acc_all):
@@ -713,22 +749,33 @@ class _LayerCall:
                             if sm is not None:
                                 dev.copy_out(sm[0], sm_max[lo:hi])
                                 dev.copy_out(sm[1], sm_sum[lo:hi])
+                        if kept is not None and self._seal(kept, [(xj, x[lo:hi]), (acc, acc_all[lo:hi])], kept.seconds, (j,)):
+                            self.vertex_graphs[j] = kept
             finally:
                 stream.close()
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
         out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
         return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
 
-    def _apply_vertex_forward(self, j: int, xj: torch.Tensor, acc: torch.Tensor, keep_graph: bool) -> torch.Tensor:
-        """ApplyVertex of V_j; with ``keep_graph`` its autograd graph is kept for backward (no recompute there)."""
-        if not keep_graph:
-            return self.layer.apply_vertex(xj, acc)
+    def _apply_vertex_forward(self, j: int, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:
+        """ApplyVertex of V_j, its autograd graph kept for backward as ``mode`` says (no recompute there).
+
+        ``"offload"``: the graph comes back unsealed, to seal once V_j's rows are on the host.
+        """
+        if mode is None:
+            return self.layer.apply_vertex(xj, acc), None
         xin = xj.detach().requires_grad_(self.need_x)
         ain = _own_version(acc).requires_grad_(self.edge_stage_has_grads(self.need_x, self.need_e))
-        with torch.enable_grad():
+        kept = KeptGraph(self.params) if mode == "offload" else None
+        t0 = time.perf_counter()
+        with torch.enable_grad(), kept.hooks() if kept is not None else contextlib.nullcontext():
             out_j = self.layer.apply_vertex(xin, ain)
-        self.vertex_graphs[j] = (xin, ain, _graph_handle(out_j))
-        return out_j.detach()
+        if kept is None:
+            self.vertex_graphs[j] = (xin, ain, _graph_handle(out_j))
+        else:
+            kept.keep_inputs(xin, ain)
+            kept.handle, kept.seconds = _graph_handle(out_j), time.perf_counter() - t0
+        return out_j.detach(), kept
 
     def _host_buffers(self, n: int):
         """Host tensors a forward pass fills: output (None: made at the first interval not taken whole), acc, winners, softmax max and sum."""
@@ -815,16 +862,8 @@ class _LayerCall:
                     self._backward_hook(hook, x, g_term, need_x, gx, gparams)
 
     def edge_stage_has_grads(self, need_x: bool, need_e: bool) -> bool:
-        """Does any gradient flow through the edge stage (and so through ``acc``)?
-
-        Not for a builtin message without hooks whose inputs need no gradient
-        (e.g. a first layer on raw features that aggregates before its
-        matmul): backward is then ApplyVertex's alone, no pass over the edges.
-        """
-        s = self.shape
-        if s.builtin is None or s.d_src_term or s.d_dst_term:  # a user apply_edge or hook may hold parameters
-            return True
-        return (need_x and (s.uses_src or s.uses_dst)) or (need_e and s.uses_edge)
+        """Does any gradient flow through the edge stage (and so through ``acc``)? (``LayerShape.edge_grads``)"""
+        return self.shape.edge_grads(need_x, need_e)
 
     def _grad(self, out, inputs: list[torch.Tensor], grad: torch.Tensor):
         """Gradients of ``out`` (a tensor, or a kept graph's handle) w.r.t. ``inputs``; None for the unused."""
@@ -848,9 +887,13 @@ class _LayerCall:
             with dev.scope() as s:
                 go = s.load(grad_out[lo:hi], f"output grad V_{j}")
                 kept = graphs.pop(j, None)
+                if isinstance(kept, KeptGraph):
+                    kept.scope = s  # its saved tensors load into this scope as autograd unpacks them
+                    kept = (*kept.inputs, kept.handle)
+                elif kept is not None:
+                    s.charge(tensor_bytes(kept[0]) + tensor_bytes(kept[1]), f"input rows and accumulator V_{j} (kept from forward)")
                 if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
                     xj, acc, out_j = kept  # the forward's graph: no recompute
-                    s.charge(tensor_bytes(xj) + tensor_bytes(acc), f"input rows and accumulator V_{j} (kept from forward)")
                 else:
                     xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
                     acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(need_acc)
@@ -871,7 +914,7 @@ class _LayerCall:
                 self._add_param_grads(grads[1 + need_x :], gparams)
                 if not need_acc:
                     continue
-                g_acc = grads[0] if grads[0] is not None else torch.zeros_like(acc)
+                g_acc = grads[0] if grads[0] is not None else torch.zeros((hi - lo, self.shape.d_msg), dtype=saved.acc.dtype, device=go.device)
                 if self.inv_degree is not None:
                     g_acc = g_acc * self.inv_degree[lo:hi].to(g_acc.device)
                 if grad_acc is None:  # the one interval's gradient is the whole of it: no copy
@@ -1029,15 +1072,19 @@ class _LayerCall:
             with dev.scope() as s:
                 gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
                 with self._span("apply_vertex", BACKWARD, (q,)):
-                    if graphs is not None and q in graphs:  # the forward's graph: no recompute
-                        v, h = graphs.pop(q)
+                    kept = graphs.pop(q, None) if graphs is not None else None
+                    if isinstance(kept, KeptGraph):  # the forward's graph, its saved tensors loaded as they are unpacked
+                        kept.scope = s
+                        v, h = kept.inputs[0], kept.handle
+                    elif kept is not None:  # the forward's graph: no recompute
+                        v, h = kept
                     else:
                         v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                         with torch.enable_grad(), self._rng(hook, q):
                             h = getattr(self.layer, hook)(v)
                     s.charge(2 * tensor_bytes(gt) + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} recompute V_{q}")  # gt: h's shape
                     grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
-                    s.charge(tensor_bytes(v) if need_x else 0, f"{hook} input gradient V_{q}")
+                    s.charge(tensor_bytes(x[lo:hi]) if need_x else 0, f"{hook} input gradient V_{q}")
                 if need_x and grads[0] is not None:
                     gx.add(dev, grads[0], lo, hi)
                 self._add_param_grads(grads[need_x:], gparams)
