@@ -217,7 +217,8 @@ class ChunkedGraph:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.memory_budget
-        in_flight = live_sub_chunks(0 if self._pipelined() is False else 1)
+        pipelined = self._pipelined()  # a fixed depth is planned for; "as deep as fits" needs room for one
+        in_flight = live_sub_chunks(0 if pipelined is False else self.schedule.prefetch if pipelined is True else 1)
         if self.partition is not None and self._fixed_chunks is None and self._fixed_sub_nnz is None and budget is not None:
             ws = working_set(self.partition, shape, fused, param_bytes, in_flight=in_flight)
             if ws.peak_bytes <= budget:  # this layer fits the partition the others use: keep it

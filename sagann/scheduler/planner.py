@@ -12,7 +12,10 @@ allocates on the device, phase by phase, and takes the largest phase:
 * backward, per destination interval (ApplyVertex recomputed under autograd:
   inputs, their gradients, the output gradient) and per source interval V_i
   (gradient accumulators of V_i, plus one sub-chunk recomputed with its
-  gradients, roughly twice the forward per-edge bytes);
+  gradients, roughly twice the forward per-edge bytes); only what the call's
+  backward computes (``LayerShape.backward``, ``grad_x``, ``grad_edge``): a
+  first layer on raw features has no input gradient and maybe no pass over
+  the edges, an inference call no backward at all;
 * the source/destination hook pre-pass, per interval;
 * parameters and their gradients, always resident.
 
@@ -29,7 +32,7 @@ BudgetExceeded, never as a silent overrun.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -71,6 +74,30 @@ class LayerShape:
     uses_edge: bool
     d_score: int = 0  # attention heads of a softmax gather (scores per edge)
     attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
+    # what backward will compute, known when the call is planned (autograd mode, requires_grad):
+    # the probe leaves all True (the most memory); run_layer fills them in per call
+    backward: bool = True  # any backward at all
+    grad_x: bool = True  # the input rows need a gradient
+    grad_edge: bool = True  # the edge data need a gradient
+
+    def with_grads(self, backward: bool, grad_x: bool, grad_edge: bool) -> "LayerShape":
+        return replace(self, backward=backward, grad_x=grad_x and backward, grad_edge=grad_edge and backward)
+
+    def edge_grads(self, grad_x: bool, grad_edge: bool) -> bool:
+        """Does a gradient flow through the edge stage (and so through ``acc``)?
+
+        Not for a builtin message without hooks whose inputs need no gradient
+        (e.g. a first layer on raw features that aggregates before its
+        matmul): backward is then ApplyVertex's alone, no pass over the edges.
+        """
+        if self.builtin is None or self.d_src_term or self.d_dst_term:  # a user apply_edge or hook may hold parameters
+            return True
+        return (grad_x and (self.uses_src or self.uses_dst)) or (grad_edge and self.uses_edge)
+
+    @property
+    def backward_edges(self) -> bool:
+        """Does backward make a pass over the edges?"""
+        return self.backward and self.edge_grads(self.grad_x, self.grad_edge)
 
     @property
     def softmax(self) -> bool:
@@ -119,15 +146,18 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
     win = INDEX * shape.d_msg if shape.winners else 0
     win += FLOAT * 2 * shape.d_score  # softmax: running max and sum per head
     hook = max(shape.d_src_term, shape.d_dst_term)
+    gx, gacc = int(shape.grad_x), int(shape.backward_edges)
     return {
         # x_j, dst terms, accumulator (+ winners / softmax state), output rows, ApplyVertex scratch
         "forward": FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
         # source gradient accumulators of V_i
-        "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term),
-        # x_j, acc, output grad, recomputed output (x2), grads of acc and x_j, scratch
-        "backward apply_vertex": FLOAT * (2 * shape.d_in + 2 * shape.d_msg + 3 * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out,
-        # x rows, hook output grad, recomputed output (x2), grad of x, scratch
-        "hook pre-pass": FLOAT * (2 * shape.d_in + 3 * hook) + FLOAT * VERTEX_SCRATCH * hook if hook else 0,
+        "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
+        # x_j, acc, output grad, recomputed output (x2), grads of acc and x_j where they are needed, scratch
+        "backward apply_vertex": FLOAT * ((1 + gx) * shape.d_in + (1 + gacc) * shape.d_msg + 3 * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out
+        if shape.backward
+        else 0,
+        # x rows, hook output grad, recomputed output (x2), grad of x where needed, scratch
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + 3 * hook) + FLOAT * VERTEX_SCRATCH * hook if hook else 0,
     }
 
 
@@ -196,12 +226,12 @@ def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param
     """
     sizes = np.diff(partition.bounds)
     fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
-    bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True)
+    bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
     biggest = int(sizes.max()) if sizes.size else 0
     phases = {
         "forward edge stage": resident_bytes(biggest, shape, "forward") + sum(fwd_sub[:in_flight]),
         "forward apply_vertex": resident_bytes(biggest, shape, "forward"),
-        "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),
+        "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),  # 0 without a pass
         "backward apply_vertex": resident_bytes(biggest, shape, "backward apply_vertex"),
         "hook pre-pass": resident_bytes(biggest, shape, "hook pre-pass"),
     }
