@@ -13,7 +13,7 @@ fresh subprocess per configuration, alternating, so each peak RSS
 The device is a CpuDevice with ``--memory-budget`` (out of core in both).
 Epoch time is the median train step over the epochs after the first.
 
-Run: python benchmarks/disk_tier.py [--scale 1.0] [--epochs 4] [--host-memory 2GB] [--memory-budget 2GB] [--work DIR]
+Run: python benchmarks/disk_tier.py [--scale 1.0] [--epochs 4] [--host-memory 2GB] [--memory-budget 2GB] [--work DIR] [--configs ram disk]
 Appends one JSON line to benchmarks/results.jsonl.
 """
 from __future__ import annotations
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--memory-budget", default="2GB")
     ap.add_argument("--host-memory", default="2GB")
     ap.add_argument("--work", default="/tmp/sagann-disk-tier")
+    ap.add_argument("--configs", nargs="+", choices=("ram", "disk"), default=["ram", "disk"],
+                    help="which configurations to run (full scale takes ~10 min each)")
     args = ap.parse_args()
     work = Path(args.work)
     dataset = work / f"products@{args.scale:g}"
@@ -111,6 +113,8 @@ def main() -> None:
     load_before = load_average()
     rows = {}
     for label, host in (("ram", None), ("disk", args.host_memory)):
+        if label not in args.configs:
+            continue
         r = run_train(dataset, args.epochs, args.memory_budget, host, spill)
         if "error" in r:
             print(f"{label}: FAILED\n{r['error']}", flush=True)
