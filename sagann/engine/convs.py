@@ -49,6 +49,7 @@ class GCNConv(Layer):
     """
 
     gather = "sum"
+    apply_vertex_reads_v = False  # apply_vertex reads acc alone: out of core, V_j's input rows stay on the host
     apply_edge = fn.src_mul_edge
 
     def __init__(self, in_channels: int, out_channels: int, improved: bool = False, add_self_loops: bool = True, normalize: bool = True, bias: bool = True):
@@ -122,6 +123,7 @@ class _GCNAggregateFirst(Layer):
     """The same GCNConv evaluated as ``(Â X) W + b``: its parameters are the conv's own."""
 
     gather = "sum"
+    apply_vertex_reads_v = False  # apply_vertex reads acc alone: out of core, V_j's input rows stay on the host
     apply_edge = fn.src_mul_edge
     hoist = False
     display_name = "GCNConv"  # in profiles, logs and errors
@@ -276,6 +278,7 @@ class GATConv(Layer):
     """
 
     gather = "softmax"
+    apply_vertex_reads_v = False  # apply_vertex reads acc alone: out of core, V_j's input rows stay on the host
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True, negative_slope: float = 0.2, add_self_loops: bool = True, bias: bool = True):
         super().__init__()
@@ -326,6 +329,7 @@ class GatedGCNConv(Layer):
     """
 
     gather = "sum"
+    apply_vertex_reads_v = False  # apply_vertex reads acc alone: out of core, V_j's input rows stay on the host
 
     def __init__(self, in_channels: int, out_channels: int, activation: bool = True):
         super().__init__()

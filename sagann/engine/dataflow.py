@@ -49,7 +49,7 @@ from sagann.engine.replan import run_with_replans
 from sagann.kernels import attention, reference
 from sagann.scheduler.devices import Scope, tensor_bytes
 from sagann.scheduler.pipeline import Prefetcher
-from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, vertex_scratch_bytes
+from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, recompute_bytes, vertex_scratch_bytes, working_set
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 
@@ -166,6 +166,11 @@ def _graph_handle(t: torch.Tensor):
     if _gradient_edge is None or not t.requires_grad:
         return t
     return _gradient_edge(t)
+
+
+def _unread_rows(x: torch.Tensor, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """Stand-in for rows lo:hi of ``x`` that nothing reads (``Layer.apply_vertex_reads_v = False``): zeros, no memory."""
+    return torch.zeros((), dtype=x.dtype, device=device).expand(hi - lo, x.shape[1])
 
 
 def _own_version(t: torch.Tensor) -> torch.Tensor:
@@ -371,6 +376,7 @@ class _LayerCall:
         self.need_x = self.need_e = True  # set from the autograd context before forward
         self._source_major = False  # this backward pass reads edges source-major (see _backward_edges)
         self.keep_graphs = True
+        self._fits_recompute: bool | None = None  # may a kept graph be dropped (see _seal)?
         # forward graphs kept for backward (see _keep_mode): q -> (rows, output) or a KeptGraph, per hook;
         # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
@@ -388,7 +394,7 @@ class _LayerCall:
     def on_partition(self, partition: GraphPartition) -> "_LayerCall":
         """This call on a finer partition (a re-plan after running out of memory): same layer, seed and flags."""
         call = copy.copy(self)
-        call.p, call.hook_graphs, call.vertex_graphs = partition, {}, {}
+        call.p, call.hook_graphs, call.vertex_graphs, call._fits_recompute = partition, {}, {}, None
         call.cost_key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)
         order, call._edge_offsets = partition.edge_order
         given = np.empty_like(self._given_order)
@@ -551,15 +557,25 @@ class _LayerCall:
         return "host" if dev.memory_budget is None and dev.shares_host_memory else "offload"
 
     def _seal(self, kept: KeptGraph, aliases: list, seconds: float, chunk: tuple) -> bool:
-        """Move a kept graph's saved tensors to the host; False (recompute it in backward) where the round trip costs more."""
+        """Move a kept graph's saved tensors to the host; False (recompute it in backward) where the round trip costs more.
+
+        Only where this call's planned working set also holds the recompute:
+        the plan counts a kept graph's backward, which has no recomputed output.
+        """
         nbytes = kept.copy_bytes(aliases)
-        if nbytes:
+        if nbytes and self._recompute_fits():
             costs = self.device.transfer_costs()
             if 2 * (nbytes * costs.block + costs.latency) > seconds:
                 return False
         with self._span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
             kept.seal(aliases, self.device, self.g.host)
         return True
+
+    def _recompute_fits(self) -> bool:
+        if self._fits_recompute is None:
+            planned = working_set(self.p, self.shape, self.fused, self.param_bytes).peak_bytes
+            self._fits_recompute = self.device.memory_budget is None or recompute_bytes(self.p, self.shape, self.param_bytes) <= planned
+        return self._fits_recompute
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
         out = self.g.host.empty((self.g.num_vertices, width), what=f"{hook} rows")
@@ -704,7 +720,7 @@ class _LayerCall:
                     if hi == lo:
                         continue
                     with dev.scope() as s:
-                        xj = s.load(x[lo:hi], f"input rows V_{j}")
+                        xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else _unread_rows(x, lo, hi, self.device.torch_device)
                         dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
                         acc, acc_shared = s.result_buffer(acc_all[lo:hi], init, f"accumulator V_{j}")
                         win, win_shared = s.result_buffer(win_all[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
@@ -749,7 +765,8 @@ class _LayerCall:
                             if sm is not None:
                                 dev.copy_out(sm[0], sm_max[lo:hi])
                                 dev.copy_out(sm[1], sm_sum[lo:hi])
-                        if kept is not None and self._seal(kept, [(xj, x[lo:hi]), (acc, acc_all[lo:hi])], kept.seconds, (j,)):
+                        aliases = [(xj, x[lo:hi])] if shape.loads_x_j else []
+                        if kept is not None and self._seal(kept, aliases + [(acc, acc_all[lo:hi])], kept.seconds, (j,)):
                             self.vertex_graphs[j] = kept
             finally:
                 stream.close()
@@ -895,20 +912,23 @@ class _LayerCall:
                 if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
                     xj, acc, out_j = kept  # the forward's graph: no recompute
                 else:
-                    xj = s.load(x[lo:hi], f"input rows V_{j}").requires_grad_(need_x)
+                    xj = s.load(x[lo:hi], f"input rows V_{j}") if self.shape.vertex_reads_x else _unread_rows(x, lo, hi, self.device.torch_device)
+                    xj = xj.requires_grad_(need_x)
                     acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(need_acc)
                     out_j = None
                 with self._span("apply_vertex", BACKWARD, (j,)):
-                    if out_j is None:
+                    recompute = out_j is None
+                    if recompute:
                         with torch.enable_grad(), self._rng("vertex", j):
                             out_j = self.layer.apply_vertex(xj, acc)
-                    s.charge(2 * tensor_bytes(go) + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex recompute V_{j}")  # go: out_j's shape
+                    # the recomputed output and its graph's copy (go: out_j's shape), and autograd's temporaries
+                    s.charge(2 * tensor_bytes(go) * recompute + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex backward V_{j}")
                     inputs = [acc] + ([xj] if need_x else []) + self.params
                     if not need_acc:  # keep the positions below: a None in acc's place
                         grads = [None] + list(self._grad(out_j, inputs[1:], go))
                     else:
                         grads = self._grad(out_j, inputs, go)
-                    s.charge(tensor_bytes(acc) * need_acc + (tensor_bytes(xj) if need_x else 0), f"apply_vertex gradients V_{j}")
+                    s.charge(tensor_bytes(saved.acc[lo:hi]) * need_acc + (tensor_bytes(x[lo:hi]) if need_x and self.shape.vertex_reads_x else 0), f"apply_vertex gradients V_{j}")
                 if need_x and grads[1] is not None:
                     gx.add(dev, grads[1], lo, hi)
                 self._add_param_grads(grads[1 + need_x :], gparams)
@@ -1082,7 +1102,7 @@ class _LayerCall:
                         v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                         with torch.enable_grad(), self._rng(hook, q):
                             h = getattr(self.layer, hook)(v)
-                    s.charge(2 * tensor_bytes(gt) + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} recompute V_{q}")  # gt: h's shape
+                    s.charge(2 * tensor_bytes(gt) * (kept is None) + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
                     grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
                     s.charge(tensor_bytes(x[lo:hi]) if need_x else 0, f"{hook} input gradient V_{q}")
                 if need_x and grads[0] is not None:

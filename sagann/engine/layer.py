@@ -64,10 +64,16 @@ class Layer(nn.Module):
     Shapes:
         x ``[N, d_in]``, edge_data ``[E]`` or ``[E, k]`` in ``edge_index``
         order, output ``[N, d_out]``.
+
+    A layer whose ``apply_vertex`` never reads ``v`` (GCN's: a function of
+    ``acc`` alone) may set ``apply_vertex_reads_v = False``: out of core the
+    engine then does not send V_j's input rows for it, and ``v`` is a
+    zero-stride tensor of zeros. A promise, not checked.
     """
 
     gather: str = "sum"
     hoist: bool = True  # let the ApplyEdge compiler move per-vertex terms into hooks (sagann.explain shows it)
+    apply_vertex_reads_v: bool = True
 
     def apply_edge(self, e: EdgeBatch) -> torch.Tensor:
         """Message of each edge ``[num_edges, d_msg]``; default: the source rows."""
@@ -189,6 +195,7 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
         uses_src_term="src_term" in used,
         uses_dst_term="dst_term" in used,
         uses_edge="data" in used,
+        vertex_reads_x=bool(getattr(layer, "apply_vertex_reads_v", True)),
     )
 
 

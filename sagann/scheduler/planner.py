@@ -79,6 +79,15 @@ class LayerShape:
     backward: bool = True  # any backward at all
     grad_x: bool = True  # the input rows need a gradient
     grad_edge: bool = True  # the edge data need a gradient
+    # backward recomputes ApplyVertex and the hooks instead of using their kept forward graphs
+    # (sagann.engine.offload): the recomputed output and its graph's copy are extra rows
+    recomputes: bool = False
+    vertex_reads_x: bool = True  # apply_vertex reads its input rows v (Layer.apply_vertex_reads_v)
+
+    @property
+    def loads_x_j(self) -> bool:
+        """Does a destination interval's pass need its input rows on the device?"""
+        return self.vertex_reads_x or self.uses_dst
 
     def with_grads(self, backward: bool, grad_x: bool, grad_edge: bool) -> "LayerShape":
         return replace(self, backward=backward, grad_x=grad_x and backward, grad_edge=grad_edge and backward)
@@ -147,23 +156,34 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
     win += FLOAT * 2 * shape.d_score  # softmax: running max and sum per head
     hook = max(shape.d_src_term, shape.d_dst_term)
     gx, gacc = int(shape.grad_x), int(shape.backward_edges)
+    out = 1 + 2 * shape.recomputes  # output grad (+ recomputed output, x2)
+    xv = int(shape.vertex_reads_x)
     return {
         # x_j, dst terms, accumulator (+ winners / softmax state), output rows, ApplyVertex scratch
-        "forward": FLOAT * (shape.d_in + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
+        "forward": FLOAT * (shape.d_in * shape.loads_x_j + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
         # source gradient accumulators of V_i
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
-        # x_j, acc, output grad, recomputed output (x2), grads of acc and x_j where they are needed, scratch
-        "backward apply_vertex": FLOAT * ((1 + gx) * shape.d_in + (1 + gacc) * shape.d_msg + 3 * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out
+        # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
+        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries)
+        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out
         if shape.backward
         else 0,
-        # x rows, hook output grad, recomputed output (x2), grad of x where needed, scratch
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + 3 * hook) + FLOAT * VERTEX_SCRATCH * hook if hook else 0,
+        # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook if hook else 0,
     }
 
 
 def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
     """Bytes a destination column (forward) or source row (backward) keeps on the device."""
     return rows * _row_bytes(shape)[phase]
+
+
+def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: int) -> int:
+    """Peak device bytes of backward's vertex phases if they recompute (a kept graph dropped)."""
+    sizes = np.diff(partition.bounds)
+    biggest = int(sizes.max()) if sizes.size else 0
+    s = replace(shape, recomputes=True)
+    return max(resident_bytes(biggest, s, "backward apply_vertex"), resident_bytes(biggest, s, "hook pre-pass")) + 2 * param_bytes
 
 
 def resident_lower_bound(bounds: np.ndarray, shape: LayerShape, param_bytes: int) -> int:
@@ -207,7 +227,10 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     win += FLOAT * 2 * shape.d_score  # softmax: chunk max and sum per head (forward), saved max and sum (backward)
     src = FLOAT * c.num_src * shape.d_src_side
     edge = FLOAT * c.nnz * shape.d_edge
-    b = c.nbytes + src + edge + c.num_dst * (FLOAT * shape.d_msg + win) + (c.nnz * INDEX if shape.winners else 0)
+    # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
+    into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
+    partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
+    b = c.nbytes + src + edge + partial + (c.nnz * INDEX if shape.winners else 0)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
     if not backward:
         return int(b + scratch)

@@ -108,5 +108,7 @@ def test_planner_predicts_the_ledger(make):
             layer(g, x).sum().backward()
             planned, measured = g.planned_peak_bytes, g.device.peak_bytes
             assert measured <= planned, f"ledger peak {measured:,} above the plan's {planned:,}"
-            if prefetch == 0:  # the model's tightness; a pipeline seldom fills its worst-case window
+            # the model's tightness where it decides P (under a budget); a pipeline seldom fills its
+            # worst-case window, and in memory kept graphs hold host rows the ledger does not charge
+            if prefetch == 0 and budget is not None:
                 assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"

@@ -56,6 +56,7 @@ def _run(layer, ei, n, x, device, num_chunks):
         return out
 
     out, grads = outputs_and_grads(layer, forward, x, None)
+    assert device.peak_bytes <= g.planned_peak_bytes  # kept or recomputed, the plan holds the ledger
     return out, grads, {k: layer.calls[k] - seen[k] for k in seen}
 
 

@@ -79,7 +79,7 @@ def _assert_equals_a_run_on(g, layer, x, ei, budget) -> None:
 
 @pytest.mark.parametrize(
     "where, phase",
-    [("rows of E[", "forward"), ("accumulator V_", "forward"), ("apply_vertex recompute", "backward"), ("gradient temporaries of E[", "backward")],
+    [("rows of E[", "forward"), ("accumulator V_", "forward"), ("apply_vertex backward", "backward"), ("gradient temporaries of E[", "backward")],
     ids=["forward-loader", "forward-compute", "backward-vertex", "backward-edges"],
 )
 def test_one_oom_replans_once_and_equals_that_p_from_the_start(edges, caplog, where, phase):
