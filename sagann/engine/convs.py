@@ -24,6 +24,19 @@ def _glorot_(w: torch.Tensor) -> None:
         w.uniform_(-bound, bound)
 
 
+def _face(conv: Layer, key: str, make) -> Layer:
+    """``conv`` evaluated in its other order: a private Layer over the conv's own parameters, made once.
+
+    Kept out of ``_modules`` (not a submodule, not in the state_dict); it
+    follows the conv's train/eval mode.
+    """
+    face = conv.__dict__.get(key)
+    if face is None:
+        face = conv.__dict__[key] = make(conv)
+    face.training = conv.training
+    return face
+
+
 class GCNConv(Layer):
     """Kipf & Welling's graph convolution, ``D^-1/2 (A + I) D^-1/2 X W + b``.
 
@@ -76,11 +89,7 @@ class GCNConv(Layer):
             raise ValueError(f"GCNConv: edge_weight must have shape [num_edges={g.num_edges}], got {list(edge_weight.shape)}")
         graph, norm = self._graph_and_weights(g, edge_weight)
         if aggregates_first(self, x, norm):
-            face = self.__dict__.get("_aggregate_first")
-            if face is None:  # kept out of _modules: not a submodule, not in the state_dict
-                face = self.__dict__["_aggregate_first"] = _GCNAggregateFirst(self)
-            face.training = self.training
-            return Layer.forward(face, graph, x, norm)
+            return Layer.forward(_face(self, "_aggregate_first", _GCNAggregateFirst), graph, x, norm)
         return super().forward(graph, x, norm)
 
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
@@ -194,11 +203,7 @@ class SAGEConv(Layer):
         # sum and mean are linear: multiplying by lin_l first propagates out_channels
         # wide instead of in_channels (DGL's order when in > out), the same function
         if self.gather in ("sum", "mean") and not aggregates_first(self, x, tie=True):
-            face = self.__dict__.get("_linear_first")
-            if face is None:  # kept out of _modules: not a submodule, not in the state_dict
-                face = self.__dict__["_linear_first"] = _SAGELinearFirst(self)
-            face.training = self.training
-            return Layer.forward(face, g, x, edge_data)
+            return Layer.forward(_face(self, "_linear_first", _SAGELinearFirst), g, x, edge_data)
         return super().forward(g, x, edge_data)
 
 

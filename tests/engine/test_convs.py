@@ -108,6 +108,14 @@ def test_gcn_either_order_matches_pyg(num_chunks, d_in, d_out, x_grad):
     first = aggregates_first(ours, x, None)
     assert first == (d_in * (1 + x_grad) < 2 * d_out)  # rows propagated forward + backward
     g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, sub_chunk_nnz=16)
+    _assert_same_as_pyg(ours, theirs, g, ei, x, x_grad)
+    backward_edge_passes = [r for r in g.pass_log if r.phase == "backward"]
+    assert (len(backward_edge_passes) == 0) == (first and not x_grad), g.pass_log
+    assert "_aggregate_first" not in dict(ours.named_modules()) and set(ours.state_dict()) == {"lin.weight", "bias"}
+
+
+def _assert_same_as_pyg(ours, theirs, g, ei, x, x_grad: bool) -> None:
+    """Outputs and the gradients of x (when it needs one) and of the parameters, to 1e-5."""
     a, b = ours(g, x), theirs(x, torch.from_numpy(ei))
     assert_rel_close(a, b, what="output")
     probe = torch.randn(a.shape, generator=torch.Generator().manual_seed(0))
@@ -115,9 +123,6 @@ def test_gcn_either_order_matches_pyg(num_chunks, d_in, d_out, x_grad):
     leaves_b = ([x] if x_grad else []) + list(theirs.parameters())
     for k, (u, v) in enumerate(zip(torch.autograd.grad((a * probe).sum(), leaves_a), torch.autograd.grad((b * probe).sum(), leaves_b))):
         assert_rel_close(u, v, what=f"gradient {k}")
-    backward_edge_passes = [r for r in g.pass_log if r.phase == "backward"]
-    assert (len(backward_edge_passes) == 0) == (first and not x_grad), g.pass_log
-    assert "_aggregate_first" not in dict(ours.named_modules()) and set(ours.state_dict()) == {"lin.weight", "bias"}
 
 
 @pytest.mark.parametrize("num_chunks", [1, 3])
@@ -136,11 +141,5 @@ def test_sage_either_order_matches_pyg(num_chunks, aggr, d_in, d_out, x_grad, no
     linear_first = not aggregates_first(ours, x, tie=True)
     assert linear_first == (d_out * 2 < d_in * (1 + x_grad))
     g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, sub_chunk_nnz=16)
-    a, b = ours(g, x), theirs(x, torch.from_numpy(ei))
-    assert_rel_close(a, b, what="output")
-    probe = torch.randn(a.shape, generator=torch.Generator().manual_seed(0))
-    leaves_a = ([x] if x_grad else []) + list(ours.parameters())
-    leaves_b = ([x] if x_grad else []) + list(theirs.parameters())
-    for k, (u, v) in enumerate(zip(torch.autograd.grad((a * probe).sum(), leaves_a), torch.autograd.grad((b * probe).sum(), leaves_b))):
-        assert_rel_close(u, v, what=f"gradient {k}")
+    _assert_same_as_pyg(ours, theirs, g, ei, x, x_grad)
     assert set(ours.state_dict()) == set(theirs.state_dict())
