@@ -264,9 +264,10 @@ class _Block:
     frees the device memory.
     """
 
-    def __init__(self, scope: Scope, tensors: dict[str, torch.Tensor]):
+    def __init__(self, scope: Scope, tensors: dict[str, torch.Tensor], parent: "_Block | None" = None):
         self.scope, self.tensors = scope, tensors
         self._refs, self._lock = 1, threading.Lock()
+        self._parent = parent.acquire() if parent is not None else None  # a view of the pass's resident copy
 
     def acquire(self) -> "_Block":
         with self._lock:
@@ -279,6 +280,8 @@ class _Block:
             last = self._refs == 0
         if last:
             self.scope.close()
+            if self._parent is not None:
+                self._parent.release()
 
 
 class _ChunkInputs:
@@ -377,6 +380,7 @@ class _LayerCall:
         self._source_major = False  # this backward pass reads edges source-major (see _backward_edges)
         self.keep_graphs = True
         self._fits_recompute: bool | None = None  # may a kept graph be dropped (see _seal)?
+        self._resident_copy: _Block | None = None  # this pass's copy of all of V's source rows (a resident plan)
         # forward graphs kept for backward (see _keep_mode): q -> (rows, output) or a KeptGraph, per hook;
         # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
@@ -615,19 +619,25 @@ class _LayerCall:
 
     def _jobs(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]):
         """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
-        for step in plan.steps():
-            holder: dict[str, _Block] = {}
-            try:
-                for k, c in enumerate(step.subs):
-                    yield repr(c.id), partial(self._load, plan.phase, step, k, c, host, grad, fields, holder)
-            finally:
-                if "block" in holder:
-                    holder.pop("block").release()  # the loader's own reference
+        self._resident_copy = None  # the pass's copy of V's source rows (plan.resident_bytes), made by the first job
+        try:
+            for step in plan.steps():
+                holder: dict[str, _Block] = {}
+                try:
+                    for k, c in enumerate(step.subs):
+                        yield repr(c.id), partial(self._load, plan.phase, step, k, c, host, grad, fields, holder)
+                finally:
+                    if "block" in holder:
+                        holder.pop("block").release()  # the loader's own reference
+        finally:
+            if self._resident_copy is not None:
+                self._resident_copy.release()  # the loader's reference; the last chunk using it frees it
+                self._resident_copy = None
 
     def _load(self, phase: str, step: ChunkStep, k: int, c: EdgeChunk, host: dict, grad: dict, fields, holder: dict) -> _ChunkInputs:
         t0 = time.perf_counter()
         block_bytes = 0
-        if step.transfer is Transfer.FULL and k == 0:
+        if step.transfer is not Transfer.SELECTIVE and k == 0:
             holder["block"], block_bytes = self._load_block(step, host, fields)
         block = holder["block"].acquire() if "block" in holder else None
         try:
@@ -649,11 +659,24 @@ class _LayerCall:
         return inputs
 
     def _load_block(self, step: ChunkStep, host: dict, fields) -> tuple[_Block, int]:
-        """V_i's source rows for a full-transfer chunk, as one block, and the bytes sent from the host."""
-        scope = Scope(self.device)
+        """V_i's source rows for a full-transfer chunk, as one block, and the bytes sent from the host.
+
+        A resident step's block is a view of the pass's copy of all of V
+        (sent by the first such step: its bytes are counted there).
+        """
         lo, hi = self.p.interval(step.key[0])
+        sent = 0
+        if step.transfer is Transfer.RESIDENT:
+            if self._resident_copy is None:
+                self._resident_copy, sent = self._send_rows(host, fields, 0, self.g.num_vertices, "resident copy of V")
+            whole = self._resident_copy
+            return _Block(Scope(self.device), {k: t[lo:hi] for k, t in whole.tensors.items()}, parent=whole), sent
+        return self._send_rows(host, fields, lo, hi, f"block V_{step.key[0]}")
+
+    def _send_rows(self, host: dict, fields, lo: int, hi: int, what: str) -> tuple[_Block, int]:
+        scope = Scope(self.device)
         try:
-            tensors = {name: scope.load(host[name][lo:hi], f"{name} block V_{step.key[0]}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
+            tensors = {name: scope.load(host[name][lo:hi], f"{name} {what}") for name in fields if name in _SRC_FIELDS and host.get(name) is not None}
         except BaseException:  # out of memory on the block's second field: give back the first
             scope.close()
             raise
@@ -690,7 +713,7 @@ class _LayerCall:
         for key, (load, busy) in times.items():
             self.g.costs.update((self.cost_key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
-        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full))
+        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes))
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
 

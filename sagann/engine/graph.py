@@ -16,7 +16,7 @@ from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, resident_lower_bound, sub_chunk_nnz_for, vertex_weight, working_set
+from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight, working_set
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, dry_run
 
@@ -46,6 +46,7 @@ class PassRecord:
     predicted_seconds: float  # two-stage makespan of the measured chunk times in plan order
     bytes_moved: int  # host -> device bytes of the edge stage
     bytes_full: int  # what a non-selective schedule would have moved
+    resident_bytes: int = 0  # all of V's source rows held on the device through the pass (0: streamed per chunk)
 
 
 class ChunkedGraph:
@@ -147,6 +148,7 @@ class ChunkedGraph:
         self._derived: dict[str, object] = {}
         self._working_set: WorkingSet | None = None
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
+        self._resident_ok = True  # may a pass hold all of V's source rows (off after an out-of-memory re-plan)
 
     @classmethod
     def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None, topology=None, distributed=False, host_memory=None) -> "ChunkedGraph":
@@ -296,6 +298,7 @@ class ChunkedGraph:
         or nothing can get finer.
         """
         old = self.partition
+        self._resident_ok = False  # the device had less memory than planned: spare room is not to be trusted
         if self._fixed_chunks is not None or old is None:
             return None
         p = old.num_chunks
@@ -342,6 +345,13 @@ class ChunkedGraph:
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
         plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
         peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
+        whole = partition.num_vertices * src_row_bytes(shape)
+        if self._resident_ok and budget is not None and cfg.transfer is TransferPolicy.AUTO and 0 < whole < plan.bytes_moved and whole <= spare:
+            # all of V's source rows fit beside the working set: send them once for the pass, not per chunk
+            resident = build_plan(partition, shape, phase, depth, cfg.transfer, None, 0, cfg.order, measured, resident=True)
+            resident_peak = dry_run(resident, partition, shape, fused) + 2 * param_bytes
+            if resident_peak <= budget:
+                plan, peak = resident, resident_peak
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None:
             if peak > budget:

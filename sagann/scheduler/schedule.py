@@ -36,6 +36,8 @@ class ChunkStep:
 
     @property
     def moved_bytes(self) -> int:
+        if self.transfer is Transfer.RESIDENT:
+            return 0  # sent once with the pass's resident copy (PassPlan.resident_bytes)
         return self.selective_bytes if self.transfer is Transfer.SELECTIVE else self.block_bytes
 
 
@@ -63,6 +65,7 @@ class PassPlan:
     phase: str
     groups: tuple[tuple[int, tuple[ChunkStep, ...]], ...]
     prefetch: int
+    resident_bytes: int = 0  # all of V's source rows, sent once and held through the pass (0: none)
 
     @property
     def num_steps(self) -> int:
@@ -79,7 +82,7 @@ class PassPlan:
     @property
     def bytes_moved(self) -> int:
         """Source-row bytes this plan sends (edges and index arrays are the same for every plan)."""
-        return sum(s.moved_bytes for s in self.steps())
+        return self.resident_bytes + sum(s.moved_bytes for s in self.steps())
 
     @property
     def bytes_full(self) -> int:
@@ -88,25 +91,30 @@ class PassPlan:
 
     @property
     def bytes_lower_bound(self) -> int:
-        """No schedule that streams chunks sends less than each chunk's used rows once."""
-        return sum(min(s.selective_bytes, s.block_bytes) for s in self.steps())
+        """No schedule that streams chunks sends less than each chunk's used rows once (a resident copy: V once)."""
+        streamed = sum(min(s.selective_bytes, s.block_bytes) for s in self.steps())
+        return min(streamed, self.resident_bytes) if self.resident_bytes else streamed
 
     def actions(self) -> list[Action]:
         out: list[Action] = []
         group_op = "load_dst" if self.phase == FORWARD else "open_row"
+        if self.resident_bytes:
+            out.append(Action("load_resident", "V", self.resident_bytes))
         for g, steps in self.groups:
             out.append(Action(group_op, g))
             for step in steps:
                 if step.transfer is Transfer.FULL:
                     out.append(Action("load_block", step.key, step.block_bytes))
                 for c in step.subs:
-                    rows = "pick_rows" if step.transfer is Transfer.FULL else "load_rows"
+                    rows = "load_rows" if step.transfer is Transfer.SELECTIVE else "pick_rows"
                     out.append(Action(rows, c.id))
                     out.append(Action("load_edges", c.id, c.nbytes))
                     out.append(Action("compute", c.id))
                 if step.transfer is Transfer.FULL:
                     out.append(Action("evict_block", step.key))
             out.append(Action("apply_vertex" if self.phase == FORWARD else "close_row", g))
+        if self.resident_bytes:
+            out.append(Action("evict_resident", "V"))
         return out
 
     def format(self, mark: int | None = None) -> str:
@@ -145,7 +153,8 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
 
     At any moment the device holds the current group's resident state and
     ``live_sub_chunks(prefetch)`` sub-chunks (possibly from the next group),
-    plus the full blocks of the chunks those belong to.
+    plus the full blocks of the chunks those belong to, plus the resident
+    copy of V if the plan holds one.
     """
     backward = plan.phase == BACKWARD
     sizes = partition.bounds[1:] - partition.bounds[:-1]
@@ -163,7 +172,7 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
         blocks = {key: b for _, _, key, b in live if key is not None}
         resident = resident_bytes(int(sizes[live[0][0]]), shape, phase)
         peak = max(peak, resident + sum(b for _, b, _, _ in live) + sum(blocks.values()))
-    return int(peak)
+    return int(peak + plan.resident_bytes)
 
 
 def build_plan(
@@ -176,10 +185,13 @@ def build_plan(
     spare_bytes: int | None = None,
     order: Order = Order.NATURAL,
     measured: Callable[[tuple[int, int]], tuple[float, float] | None] = lambda key: None,
+    resident: bool = False,
 ) -> PassPlan:
     """Group, order and choose transfers for one pass (policies in ``sagann.scheduler.policy``).
 
     Args:
+        resident: send all of V's source rows once and hold them through the
+            pass; every chunk picks its rows from that copy (``Transfer.RESIDENT``).
         spare_bytes: budget left beyond the working set; the full blocks of
             all chunks in flight (up to ``prefetch + 1``) must fit in it.
         measured: ``(load_seconds, compute_seconds)`` of a chunk from earlier
@@ -200,11 +212,12 @@ def build_plan(
             selective = sum(c.num_src for c in subs) * row
             block = partition.interval_size(key[0]) * row
             spare = None if spare_bytes is None else spare_bytes // live_sub_chunks(prefetch)  # blocks of every chunk in flight
-            steps[key] = ChunkStep(key, tuple(subs), choose_transfer(policy, selective, block, costs, spare, transfers=len(subs)), selective, block)
+            transfer = Transfer.RESIDENT if resident else choose_transfer(policy, selective, block, costs, spare, transfers=len(subs))
+            steps[key] = ChunkStep(key, tuple(subs), transfer, selective, block)
         ordered = list(steps)
         if order is Order.PROFILE and steps:
             times = {key: measured(key) for key in steps}
             if all(t is not None for t in times.values()):
                 ordered = johnson_order([(key, *times[key]) for key in steps])
         groups.append((g, tuple(steps[k] for k in ordered)))
-    return PassPlan(phase, tuple(groups), prefetch)
+    return PassPlan(phase, tuple(groups), prefetch, resident_bytes=partition.num_vertices * row if resident else 0)
