@@ -590,26 +590,21 @@ class _LayerCall:
                 v = s.load(x[lo:hi], f"input rows V_{q}")
                 s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
                 kept = KeptGraph(self.params) if mode == "offload" else None
-                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q), torch.set_grad_enabled(mode is not None):
+                vin = v.detach().requires_grad_(self.need_x) if mode else v  # a kept graph's input leaf
+                saving = kept.hooks() if kept is not None else contextlib.nullcontext()
+                with self._span("apply_vertex", FORWARD, (q,)), self._rng(hook, q), torch.set_grad_enabled(mode is not None), saving:
                     t0 = time.perf_counter()
-                    if kept is not None:
-                        vin = v.detach().requires_grad_(self.need_x)
-                        kept.keep_inputs(vin)
-                        with kept.hooks():
-                            h = s.adopt(getattr(self.layer, hook)(vin), f"{hook} rows V_{q}")
-                    else:
-                        if mode:
-                            v.requires_grad_(self.need_x)
-                        h = s.adopt(getattr(self.layer, hook)(v), f"{hook} rows V_{q}")
+                    h = s.adopt(getattr(self.layer, hook)(vin), f"{hook} rows V_{q}")
                     seconds = time.perf_counter() - t0
                 self._check_rows(h, hi - lo, width, hook)
                 self.device.copy_out(h.detach(), out[lo:hi])
                 if kept is not None:
+                    kept.keep_inputs(vin)
                     kept.handle = _graph_handle(h)
                     if self._seal(kept, [(v, x[lo:hi]), (h, out[lo:hi])], seconds, (q,)):
                         graphs[q] = kept
                 elif mode:
-                    graphs[q] = (v, _graph_handle(h))
+                    graphs[q] = (vin, _graph_handle(h))
         return out
 
     # ---- the streamed edge stage -------------------------------------------------------------

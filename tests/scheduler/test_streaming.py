@@ -10,10 +10,13 @@ from hypothesis import given, settings, strategies as st
 
 import sagann
 from sagann.scheduler import ScheduleConfig
+from sagann.chunks import partition_graph
+from sagann.engine.layer import probe_layer
 from sagann.scheduler.pipeline import LoaderError
+from sagann.scheduler.policy import Transfer, TransferPolicy
 from sagann.scheduler.schedule import ScheduleError, build_plan, dry_run, validate
 from tests.engine.graphs import awkward_graph, graphs
-from tests.engine.layers import Builtin, GatedGCN, HookLayer
+from tests.engine.layers import Builtin, GatedGCN, HookLayer, edge_data_for
 from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
 from tests.engine.whole_graph import whole_graph_layer
 
@@ -168,8 +171,6 @@ def test_plan_validates_and_dry_run_bounds_the_peak():
     x = torch.randn(n, 8, requires_grad=True)
     ed = torch.randn(ei.shape[1], 2)
     layer(g, x, ed).sum().backward()
-    from sagann.engine.layer import probe_layer
-
     shape = probe_layer(layer, 8, ed, torch.device("cpu"))
     for phase in ("forward", "backward"):
         plan = g.pass_plan(g.partition, shape, False, 0, phase)
@@ -185,7 +186,6 @@ def test_validate_catches_a_missing_and_a_duplicated_sub_chunk():
     g = sagann.ChunkedGraph(ei, n, num_chunks=3, sub_chunk_nnz=10)
     layer = sagann.nn.SAGEConv(4, 4)
     layer(g, torch.randn(n, 4))
-    from sagann.engine.layer import probe_layer
     from sagann.scheduler.schedule import PassPlan
 
     shape = probe_layer(layer, 4, None, torch.device("cpu"))
@@ -240,15 +240,10 @@ def test_a_resident_copy_of_v_is_sent_once_and_changes_nothing():
 def test_resident_plan_as_data():
     rng = np.random.default_rng(4)
     n, ei = 300, awkward_graph(rng, 300, 3000)
-    from sagann.engine.layer import probe_layer
-    from sagann.scheduler.policy import Transfer
-
-    from sagann.chunks import partition_graph
-
     part = partition_graph(ei, n, 4)
     layer = Builtin("copy_src", "sum", 5)
     shape = probe_layer(layer, 5, None, torch.device("cpu"))
-    streamed = build_plan(part, shape, "forward", 0, transfer_policy("full"))
+    streamed = build_plan(part, shape, "forward", 0, TransferPolicy.FULL)
     plan = build_plan(part, shape, "forward", 0, resident=True)
     validate(plan, part)
     assert all(s.transfer is Transfer.RESIDENT for s in plan.steps())
@@ -260,12 +255,6 @@ def test_resident_plan_as_data():
     assert text.count("load_resident") == 1 and "evict_resident" in text and "load_block" not in text
 
 
-def transfer_policy(name):
-    from sagann.scheduler.policy import TransferPolicy
-
-    return TransferPolicy(name)
-
-
 @settings(max_examples=20, deadline=None)
 @given(graph=graphs(), num_chunks=st.integers(2, 6))
 def test_property_resident_plans_equal_streamed_ones(graph, num_chunks):
@@ -273,8 +262,6 @@ def test_property_resident_plans_equal_streamed_ones(graph, num_chunks):
     torch.manual_seed(0)
     layer = Builtin("src_mul_edge", "sum", 3)
     x = torch.randn(n, 3, requires_grad=True)
-    from tests.engine.layers import edge_data_for
-
     ed = edge_data_for("src_mul_edge", ei.shape[1], 3, torch.Generator().manual_seed(1)).requires_grad_(True)
     results = []
     for transfer in ("auto", "selective"):  # auto may hold V resident; selective never does
