@@ -74,7 +74,10 @@ class Bench:
     (``builder(edge_index, n, in, classes) -> Built``); ``adds_self_loops``
     says whether the layers add the self loops themselves; ``simple_rmat``
     removes R-MAT's duplicate edges (needed where a peer's CSR would merge
-    them: attention and mean weigh a duplicate like a distinct edge).
+    them: attention and mean weigh a duplicate like a distinct edge);
+    ``caches_gather``: the first layer reuses its Gather of the features
+    (``ScheduleConfig.cache_gather``), so ``sagann_streamed`` (the cache off)
+    is run beside ``sagann_p1``.
     """
 
     name: str
@@ -86,11 +89,13 @@ class Bench:
     simple_rmat: bool = True
     heads: int = 1
     extra: dict[str, Callable[..., Built]] = field(default_factory=dict)
+    caches_gather: bool = True
 
     @property
     def configs(self) -> tuple[str, ...]:
         """Alternating ours / a peer's; sagann_p1 first: its working set sets sagann_ooc's budget."""
-        return ("sagann_p1", "pyg_csr", "sagann_ooc", "pyg_edge_index", *self.extra, "dgl")
+        streamed = ("sagann_streamed",) if self.caches_gather else ()
+        return ("sagann_p1", "pyg_csr", "sagann_ooc", "pyg_edge_index", *self.extra, *streamed, "dgl")
 
     def model_line(self, in_channels: int, classes: int) -> str:
         layers = self.description.format(in_channels=in_channels, hidden=self.hidden, classes=classes)
@@ -223,13 +228,14 @@ def load_init(model: torch.nn.Module, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- workers
-def _sagann(bench: Bench, ei: np.ndarray, n: int, in_channels: int, classes: int, budget: int | None, num_chunks: int | None) -> Built:
+def _sagann(bench: Bench, ei: np.ndarray, n: int, in_channels: int, classes: int, budget: int | None, num_chunks: int | None, cache_gather: bool = True) -> Built:
     from sagann.engine.graph import ChunkedGraph
+    from sagann.scheduler.config import ScheduleConfig
     from sagann.scheduler.devices import CpuDevice
 
     # out of core, every transfer is a real copy (as to a GPU); in memory the rows are already resident
     device = CpuDevice(budget, copy_transfers=budget is not None)
-    g = ChunkedGraph(ei, n, num_chunks=num_chunks, device=device)
+    g = ChunkedGraph(ei, n, num_chunks=num_chunks, device=device, schedule=ScheduleConfig(cache_gather=cache_gather))
     model = bench.sagann_model(in_channels, classes)
 
     def info() -> dict:
@@ -276,6 +282,8 @@ def build(bench: Bench, config: str, ei: np.ndarray, n: int, in_channels: int, c
         return _sagann(bench, ei, n, in_channels, classes, None, 1)
     if config == "sagann_ooc":
         return _sagann(bench, ei, n, in_channels, classes, budget, None)
+    if config == "sagann_streamed":  # sagann_p1 without the cached first-layer Gather: every layer streams its edges
+        return _sagann(bench, ei, n, in_channels, classes, None, 1, cache_gather=False)
     if config in ("pyg_edge_index", "pyg_csr"):
         return _pyg(bench, ei, n, in_channels, classes, csr=config == "pyg_csr")
     if config in bench.extra:

@@ -18,6 +18,9 @@ its own:
   an unlimited CpuDevice (its peak device bytes = the in-memory working set);
 * ``sagann_ooc``: the same with a CpuDevice budget of 1/8 of that working
   set (1/2 with ``quick``), P chosen by the planner;
+* ``sagann_streamed``: ``sagann_p1`` with ``ScheduleConfig(cache_gather=False)``:
+  the first layer streams its edges every epoch instead of reusing its
+  cached ``Â X`` (how much of the lead the cache gives);
 * ``pyg_edge_index``: ``torch_geometric.nn.GCNConv`` on ``edge_index``;
 * ``pyg_csr``: the same on a torch CSR ``adj_t`` (rows = destinations; a
   duplicate edge is one entry whose value counts its copies);

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sagann import fn
+from sagann.engine.constant import note_gather, seen_gather
 from sagann.engine.graph import ChunkedGraph
-from sagann.engine.layer import Layer
+from sagann.engine.layer import Face, Layer, face_of
 
 __all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv", "GatedGCNConv"]
 
@@ -22,19 +23,6 @@ def _glorot_(w: torch.Tensor) -> None:
     bound = math.sqrt(6.0 / (w.size(-2) + w.size(-1)))
     with torch.no_grad():
         w.uniform_(-bound, bound)
-
-
-def _face(conv: Layer, key: str, make) -> Layer:
-    """``conv`` evaluated in its other order: a private Layer over the conv's own parameters, made once.
-
-    Kept out of ``_modules`` (not a submodule, not in the state_dict); it
-    follows the conv's train/eval mode.
-    """
-    face = conv.__dict__.get(key)
-    if face is None:
-        face = conv.__dict__[key] = make(conv)
-    face.training = conv.training
-    return face
 
 
 class GCNConv(Layer):
@@ -88,8 +76,10 @@ class GCNConv(Layer):
         if edge_weight is not None and (edge_weight.dim() != 1 or edge_weight.shape[0] != g.num_edges):
             raise ValueError(f"GCNConv: edge_weight must have shape [num_edges={g.num_edges}], got {list(edge_weight.shape)}")
         graph, norm = self._graph_and_weights(g, edge_weight)
-        if aggregates_first(self, x, norm):
-            return Layer.forward(_face(self, "_aggregate_first", _GCNAggregateFirst), graph, x, norm)
+        aggregate_first = face_of(self, "_aggregate_first", _GCNAggregateFirst)
+        if seen_gather(aggregate_first, graph, x, norm) or aggregates_first(self, x, norm):  # seen: Â X is cached
+            return Layer.forward(aggregate_first, graph, x, norm)
+        note_gather(aggregate_first, graph, x, norm)  # the next call with this x propagates it once and caches Â X
         return super().forward(graph, x, norm)
 
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
@@ -128,27 +118,15 @@ def aggregates_first(conv: Layer, x: torch.Tensor, edge_data: torch.Tensor | Non
     return agg_first < lin_first or (agg_first == lin_first and tie)
 
 
-class _GCNAggregateFirst(Layer):
+class _GCNAggregateFirst(Face):
     """The same GCNConv evaluated as ``(Â X) W + b``: its parameters are the conv's own."""
 
     gather = "sum"
     apply_vertex_reads_v = False  # apply_vertex reads acc alone: out of core, V_j's input rows stay on the host
     apply_edge = fn.src_mul_edge
-    hoist = False
-    display_name = "GCNConv"  # in profiles, logs and errors
-
-    def __init__(self, conv: GCNConv):
-        super().__init__()
-        self.__dict__["_conv"] = conv  # not a submodule: the conv owns the parameters
-
-    def named_parameters(self, *args, **kwargs):
-        return self._conv.named_parameters(*args, **kwargs)
-
-    def parameters(self, recurse: bool = True):
-        return self._conv.parameters(recurse)
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        return F.linear(acc, self._conv.lin.weight, self._conv.bias)  # one addmm: no N x d temporary for the bias
+        return F.linear(acc, self._base.lin.weight, self._base.bias)  # one addmm: no N x d temporary for the bias
 
 
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:
@@ -202,34 +180,28 @@ class SAGEConv(Layer):
     def forward(self, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
         # sum and mean are linear: multiplying by lin_l first propagates out_channels
         # wide instead of in_channels (DGL's order when in > out), the same function
+        if seen_gather(self, g, x, edge_data):  # a cached Gather of x: only lin_l and lin_r run
+            return super().forward(g, x, edge_data)
         if self.gather in ("sum", "mean") and not aggregates_first(self, x, tie=True):
-            return Layer.forward(_face(self, "_linear_first", _SAGELinearFirst), g, x, edge_data)
+            note_gather(self, g, x, edge_data)
+            return Layer.forward(face_of(self, "_linear_first", _SAGELinearFirst), g, x, edge_data)
         return super().forward(g, x, edge_data)
 
 
-class _SAGELinearFirst(Layer):
+class _SAGELinearFirst(Face):
     """The same SAGEConv (sum or mean) evaluated as ``aggr_j (x_j W_l) + b_l + lin_r(x_i)``: the conv's parameters."""
 
     apply_edge = fn.copy_src
-    hoist = False
-    display_name = "SAGEConv"
 
     def __init__(self, conv: SAGEConv):
-        super().__init__()
-        self.__dict__["_conv"] = conv  # not a submodule: the conv owns the parameters
+        super().__init__(conv)
         self.gather = conv.gather
 
-    def named_parameters(self, *args, **kwargs):
-        return self._conv.named_parameters(*args, **kwargs)
-
-    def parameters(self, recurse: bool = True):
-        return self._conv.parameters(recurse)
-
     def apply_src(self, v: torch.Tensor) -> torch.Tensor:
-        return F.linear(v, self._conv.lin_l.weight)
+        return F.linear(v, self._base.lin_l.weight)
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        conv = self._conv
+        conv = self._base
         out = acc if conv.lin_l.bias is None else acc + conv.lin_l.bias
         if conv.lin_r is not None:
             out = out + conv.lin_r(v)

@@ -42,6 +42,7 @@ import torch
 from sagann import kernels, profiler
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
+from sagann.engine.constant import reuses_gather, run_on_cached_gather
 from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
 from sagann.engine.layer import EdgeBatch, Layer, probe_layer
 from sagann.engine.offload import KeptGraph
@@ -72,6 +73,8 @@ def run_layer(layer: Layer, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.T
     for name, p in layer.named_parameters():
         if p.device != device.torch_device:
             raise ValueError(f"{type(layer).__name__}.{name} is on {p.device} but the graph's device computes on {device.torch_device}; move the layer there")
+    if reuses_gather(layer, g, x, edge_data):  # a Gather over unchanged inputs that need no gradient: computed once
+        return run_on_cached_gather(layer, g, x, edge_data)
     user = layer
     layer = _compiled(layer, int(x.shape[1]), edge_data)
     key = (x.shape[1], None if edge_data is None else tuple(edge_data.shape[1:]), layer.training)

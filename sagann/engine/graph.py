@@ -393,6 +393,19 @@ class ChunkedGraph:
             self._derived["self_loops"] = (derived, kept)
         return self._derived["self_loops"]
 
+    def without_edges(self) -> "ChunkedGraph":
+        """This graph's vertices and devices with no edges (cached): where a layer runs ApplyVertex alone."""
+        if "no_edges" not in self._derived:
+            devices = self.devices if self._device_list else self.device
+            derived = ChunkedGraph(
+                np.zeros((2, 0), dtype=np.int64), self.num_vertices, None, devices, None, self.backend, self.schedule,
+                topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
+            )
+            derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
+            derived.step_log, derived.call_log = self.step_log, self.call_log
+            self._derived["no_edges"] = derived
+        return self._derived["no_edges"]
+
     def _chain_spec(self):
         """The chains as positions, for graphs derived from this one (same devices)."""
         return [list(c) for c in self.chains] if self._device_list else None

@@ -89,6 +89,37 @@ class Layer(nn.Module):
         return run_layer(self, g, x, edge_data)
 
 
+class Face(Layer):
+    """Another way to evaluate a base layer (an order of its math, a cached Gather), over the base's own parameters.
+
+    Private: not a submodule and not in any ``state_dict``; made once per
+    base by :func:`face_of`, it follows the base's train/eval mode and is
+    named after it in profiles, logs and errors.
+    """
+
+    hoist = False
+
+    def __init__(self, base: Layer):
+        super().__init__()
+        self.__dict__["_base"] = base  # not a submodule: the base owns the parameters
+        self.display_name = getattr(base, "display_name", None) or type(base).__name__
+
+    def named_parameters(self, *args, **kwargs):
+        return self._base.named_parameters(*args, **kwargs)
+
+    def parameters(self, recurse: bool = True):
+        return self._base.parameters(recurse)
+
+
+def face_of(base: Layer, key: str, make: Callable[[Layer], Face]) -> Face:
+    """``base``'s face ``key``, made by ``make(base)`` at the first call and kept in the base's ``__dict__``."""
+    face = base.__dict__.get(key)
+    if face is None:
+        face = base.__dict__[key] = make(base)
+    face.training = base.training
+    return face
+
+
 def _has_hook(layer: Layer, name: str) -> bool:
     return callable(getattr(layer, name, None))
 

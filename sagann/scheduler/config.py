@@ -33,17 +33,26 @@ class ScheduleConfig:
             finer partition after the device runs out of memory (the budget
             ledger's ``BudgetExceeded``, or a CUDA out-of-memory error) before
             the error is raised; 0 turns re-planning off.
+        cache_gather: keep a layer's gathered rows when its messages are a
+            builtin of inputs that need no gradient (a first layer's
+            features), from their second call with the same unchanged
+            inputs, and run only its ApplyVertex afterwards
+            (``sagann.engine.constant``); costs host memory of one
+            ``[N, d]`` tensor per such layer. False: always stream the edges.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
     transfer: TransferPolicy | str = TransferPolicy.AUTO
     order: Order | str = Order.PROFILE
     max_replans: int = 3
+    cache_gather: bool = True
 
     def __post_init__(self):
         if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
             raise ValueError(f"prefetch must be None, 'max' or an int >= 0, got {self.prefetch!r}")
         if isinstance(self.max_replans, bool) or not isinstance(self.max_replans, int) or self.max_replans < 0:
             raise ValueError(f"max_replans must be an int >= 0, got {self.max_replans!r}")
+        if not isinstance(self.cache_gather, bool):
+            raise ValueError(f"cache_gather must be True or False, got {self.cache_gather!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))
         object.__setattr__(self, "order", _enum(Order, self.order, "order"))

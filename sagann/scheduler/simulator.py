@@ -246,6 +246,31 @@ def _simulate_pass(p: SimPass, topo: Topology, names: list[str], chains: list[li
     return max(times) if times else 0.0
 
 
+def scale_workload(workload: Workload, edges: float, vertices: float) -> Workload:
+    """The workload of a graph ``edges`` times as many edges and ``vertices`` times as many vertices, same P (an extrapolation).
+
+    Linear in what each part streams: a chunk's edges, compute and index
+    bytes grow with ``edges``; V_i's blocks, the vertex work and its bytes,
+    the interval bounds and the serial remainder (loss, optimizer) with
+    ``vertices``. Caches, occupancy and launch overheads do not scale
+    linearly on a real device: what :func:`simulate` makes of the result is
+    an extrapolated projection, to be labelled so.
+    """
+    if edges <= 0 or vertices <= 0:
+        raise ValueError(f"scale factors must be positive, got edges={edges}, vertices={vertices}")
+
+    def chunk(c: SimChunk) -> SimChunk:
+        return SimChunk(c.i, c.j, round(c.nnz * edges), round(c.block_bytes * vertices), round(c.other_bytes * edges), round(c.index_bytes * edges), c.compute_seconds * edges, c.load_overhead * edges)
+
+    passes = [
+        SimPass(p.call, p.name, p.phase, tuple(chunk(c) for c in p.chunks), p.prefetch, p.edge_seconds * edges, p.vertex_seconds * vertices,
+                tuple(round(b * vertices) for b in p.bounds), round(p.vertex_bytes * vertices))
+        for p in workload.passes
+    ]
+    in_passes = workload.epoch_seconds - workload.rest_seconds
+    return Workload(passes, in_passes * edges + workload.rest_seconds * vertices, workload.rest_seconds * vertices)
+
+
 def simulate(
     workload: Workload,
     topology: Topology,

@@ -7,7 +7,7 @@ import torch
 
 import sagann
 from sagann.scheduler import topology as T
-from sagann.scheduler.simulator import SimChunk, SimPass, Workload, calibrate, simulate
+from sagann.scheduler.simulator import SimChunk, SimPass, Workload, calibrate, scale_workload, simulate
 from tests.engine.layers import GatedGCN
 
 
@@ -94,3 +94,20 @@ def test_calibrate_from_a_run_and_project():
         g2 = sagann.ChunkedGraph(ei, n, num_chunks=4, device=[sagann.CpuDevice(name="a"), sagann.CpuDevice(name="b")])
         GatedGCN(8, 4)(g2, x)
         calibrate(g2, 1.0)
+
+
+def test_scaled_workload_grows_each_part_with_what_it_streams():
+    # a chunk: 100 B of V_i's block (vertices) + 100 B of edge rows (edges), compute 2 s (edges); vertex work 4 s (vertices)
+    w = one_pass([SimChunk(0, 0, 10, 100, 100, 40, 2.0)], bounds=(0, 10), vertex=4.0, vertex_bytes=100)
+    w.epoch_seconds, w.rest_seconds = 7.0, 1.0
+    same = scale_workload(w, edges=1.0, vertices=1.0)
+    assert simulate(same, box(1)).epoch_seconds == pytest.approx(simulate(w, box(1)).epoch_seconds)
+    big = scale_workload(w, edges=3.0, vertices=2.0)
+    c = big.passes[0].chunks[0]
+    assert (c.nnz, c.block_bytes, c.other_bytes, c.index_bytes, c.compute_seconds) == (30, 200, 300, 120, pytest.approx(6.0))
+    assert big.passes[0].bounds == (0, 20) and big.passes[0].vertex_seconds == pytest.approx(8.0) and big.passes[0].vertex_bytes == 200
+    assert big.rest_seconds == pytest.approx(2.0) and big.epoch_seconds == pytest.approx(6.0 * 3 + 2.0)
+    # 100 B/s: load 5 s (500 B), compute 6 s, vertex rows 2 s + work 8 s, rest 2 s
+    assert simulate(big, box(1), index_over_link=False).epoch_seconds == pytest.approx(5 + 6 + 2 + 8 + 2)
+    with pytest.raises(ValueError, match="positive"):
+        scale_workload(w, edges=0, vertices=1)

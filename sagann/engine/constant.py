@@ -1,0 +1,146 @@
+"""A Gather over inputs that never change, computed once and reused.
+
+A training loop calls its first layer with the same features every epoch.
+When that layer's messages are a builtin (``sagann.fn``: no parameters) and
+neither the features nor the edge data need a gradient, the gathered rows
+``acc`` are the same every call: from the second call with the same,
+unchanged inputs the engine propagates them once, keeps ``acc`` on the host
+and from then on runs only ApplyVertex, on an edgeless view of the graph. No
+pass over the edges runs in that layer's forward or backward any more (a
+GCN's first layer becomes ``(Â X) W``, a dense product).
+
+The first call with new inputs runs the ordinary way: inputs seen once
+(dropout's fresh mask every epoch) never pay for a cache. Costs host memory
+of one ``[N, d_acc]`` tensor (``[N, d_in + d_acc]`` for a layer whose
+ApplyVertex reads ``v``) per graph and Gather while the inputs stay the same;
+``ScheduleConfig(cache_gather=False)`` turns it off. The same function as the
+streamed layer, up to fp32 summation order.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from sagann.engine.layer import Face, Layer, face_of
+from sagann.fn import MessageFn
+
+__all__ = ["seen_gather", "note_gather", "reuses_gather", "run_on_cached_gather"]
+
+_CACHE = "constant_gather"  # ChunkedGraph._derived key: {_key(...): _Sighting}
+
+
+class _Sighting:
+    """The inputs a Gather last ran on (weakly held, with their versions) and, from their second call, its acc."""
+
+    def __init__(self, x: torch.Tensor, edge_data: torch.Tensor | None):
+        self.x, self.x_version = weakref.ref(x), x._version
+        self.edge = None if edge_data is None else weakref.ref(edge_data)
+        self.edge_version = None if edge_data is None else edge_data._version
+        self.rows: torch.Tensor | None = None  # what the edgeless pass reads: acc, or [x | acc]
+
+    def alive(self) -> bool:
+        """Are the inputs still there and unchanged (else this acc can never be used again)?"""
+        x = self.x()
+        if x is None or x._version != self.x_version:
+            return False
+        if self.edge is None:
+            return True
+        e = self.edge()
+        return e is not None and e._version == self.edge_version
+
+    def same(self, x: torch.Tensor, edge_data: torch.Tensor | None) -> bool:
+        if self.x() is not x or self.x_version != x._version:
+            return False
+        if edge_data is None:
+            return self.edge is None
+        return self.edge is not None and self.edge() is edge_data and self.edge_version == edge_data._version
+
+
+def _constant(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> bool:
+    """Is the layer's acc a function of inputs that need no gradient (and so a constant while they are unchanged)?"""
+    if not (g.schedule.cache_gather and getattr(layer, "caches_gather", True)) or g.process_group is not None:
+        return False
+    if not isinstance(layer.apply_edge, MessageFn) or layer.gather not in ("sum", "mean", "max", "min"):
+        return False
+    if callable(getattr(layer, "apply_src", None)) or callable(getattr(layer, "apply_dst", None)):
+        return False
+    tensors = (x,) if edge_data is None else (x, edge_data)
+    return not any(t.requires_grad or t.is_inference() for t in tensors)
+
+
+def _key(layer: Layer, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple:
+    """What acc depends on: the Gather, the message, the rows' layout, and which inputs (checked by ``_Sighting.same``)."""
+    return layer.gather, layer.apply_edge.op, bool(layer.apply_vertex_reads_v), id(x), id(edge_data)
+
+
+def seen_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
+    """Did an earlier call run (or note) this layer's Gather on these very inputs, unchanged? Records nothing."""
+    if not _constant(layer, g, x, edge_data):
+        return False
+    seen = g.cached(_CACHE, dict).get(_key(layer, x, edge_data))
+    return seen is not None and seen.same(x, edge_data)
+
+
+def note_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> None:
+    """Record this call's inputs (a conv evaluating the layer in another order notes them for its next call)."""
+    if not _constant(layer, g, x, edge_data) or seen_gather(layer, g, x, edge_data):
+        return
+    sightings = g.cached(_CACHE, dict)
+    for key in [k for k, s in sightings.items() if not s.alive()]:  # inputs freed or changed: their acc goes
+        del sightings[key]
+    sightings[_key(layer, x, edge_data)] = _Sighting(x, edge_data)
+
+
+def reuses_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
+    """Will ``layer(g, x, edge_data)`` run on a cached acc? True from the inputs' second call; records the first."""
+    if seen_gather(layer, g, x, edge_data):
+        return True
+    note_gather(layer, g, x, edge_data)
+    return False
+
+
+def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
+    """The layer's output from its cached acc (propagated now if this is the inputs' second call)."""
+    seen = g.cached(_CACHE, dict)[_key(layer, x, edge_data)]
+    if seen.rows is None:
+        with torch.no_grad():
+            acc = Layer.forward(face_of(layer, "_sagann_gather_only", _GatherOnly), g, x, edge_data)
+        if layer.apply_vertex_reads_v:
+            rows = g.host.empty((x.shape[0], x.shape[1] + acc.shape[1]), what="cached gather with its inputs")
+            rows[:, : x.shape[1]] = x
+            rows[:, x.shape[1]:] = acc
+            acc = rows
+        seen.rows = acc
+    on_acc = face_of(layer, "_sagann_on_gathered", _OnGathered)
+    on_acc.d_in = int(x.shape[1])
+    return Layer.forward(on_acc, g.without_edges(), seen.rows)
+
+
+class _GatherOnly(Face):
+    """The base layer's Gather with ApplyVertex = identity: the acc to cache. No parameters."""
+
+    apply_vertex_reads_v = False
+    caches_gather = False  # it is what fills the cache
+
+    def __init__(self, base: Layer):
+        super().__init__(base)
+        self.gather, self.apply_edge = base.gather, base.apply_edge
+
+    def named_parameters(self, *args, **kwargs):
+        return iter(())
+
+    def parameters(self, recurse: bool = True):
+        return iter(())
+
+
+class _OnGathered(Face):
+    """The base layer's ApplyVertex over the cached rows (acc, or [x | acc]): run on an edgeless graph."""
+
+    d_in = 0
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        base = self._base
+        if not base.apply_vertex_reads_v:
+            return base.apply_vertex(torch.zeros((), dtype=v.dtype, device=v.device).expand(v.shape[0], self.d_in), v)
+        return base.apply_vertex(v[:, : self.d_in], v[:, self.d_in:])

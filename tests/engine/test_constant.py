@@ -1,0 +1,184 @@
+"""A Gather over unchanged inputs that need no gradient is computed once and reused (sagann.engine.constant)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sagann
+from sagann.engine.models import GCN, GIN, GraphSAGE
+from tests.engine.graphs import awkward_graph, graphs
+from tests.engine.test_out_of_core import assert_rel_close
+
+
+class MaxOfNeighbours(sagann.Layer):
+    """A user layer: builtin messages, a max Gather, an ApplyVertex that reads v and acc."""
+
+    gather = "max"
+    apply_edge = sagann.fn.src_mul_edge
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.lin = torch.nn.Linear(2 * d_in, d_out)
+
+    def apply_vertex(self, v, acc):
+        return self.lin(torch.cat([v, acc], dim=1))
+
+
+def _graph(ei, n, cache: bool, device=None, **kw):
+    return sagann.ChunkedGraph(ei, n, device=device, schedule=sagann.ScheduleConfig(cache_gather=cache), **kw)
+
+
+def _train(model, g, x, y, epochs=4, edge_data=None):
+    """Losses and final parameters of a few Adam epochs (same seed: same initial weights)."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(epochs):
+        opt.zero_grad()
+        out = model(g, x) if edge_data is None else model(g, x, edge_data)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
+
+
+def _first_layer_forward_chunks(g) -> list[int]:
+    """Edge chunks of each forward pass of the first layer call of every epoch (0: an edgeless pass)."""
+    return [r.chunks for r in g.pass_log if r.phase == "forward"]
+
+
+@pytest.mark.parametrize("model_cls", [GCN, GraphSAGE, GIN])
+@pytest.mark.parametrize("setting", ["p1", "chunked", "budget", "two_devices"])
+def test_models_train_the_same_with_and_without_the_cache(model_cls, setting):
+    rng = np.random.default_rng(0)
+    n, d, classes = 60, 12, 4
+    ei = awkward_graph(rng, n, 500)
+    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
+    kw = {"p1": dict(num_chunks=1), "chunked": dict(num_chunks=4, sub_chunk_nnz=32), "budget": {}, "two_devices": {}}[setting]
+
+    def device():
+        if setting == "budget":
+            return sagann.CpuDevice("24KB")
+        if setting == "two_devices":
+            return [sagann.CpuDevice(name="a"), sagann.CpuDevice(name="b")]
+        return None
+
+    runs = []
+    for cache in (True, False):
+        torch.manual_seed(3)
+        model = model_cls(d, 16, classes, dropout=0.0)
+        runs.append((_train(model, _graph(ei, n, cache, device(), **kw), x, y)))
+    (loss_c, params_c), (loss_s, params_s) = runs
+    assert_rel_close(loss_c, loss_s, what="losses")
+    for k, (a, b) in enumerate(zip(params_c, params_s)):
+        assert_rel_close(a, b, what=f"parameter {k}")
+
+
+def test_first_layer_streams_no_edges_from_the_second_call():
+    rng = np.random.default_rng(1)
+    n = 50
+    ei = awkward_graph(rng, n, 400)
+    x, y = torch.randn(n, 8), torch.randint(0, 3, (n,))
+    torch.manual_seed(0)
+    g = _graph(ei, n, True, num_chunks=3)
+    model = GCN(8, 16, 3, dropout=0.0)
+    _train(model, g, x, y, epochs=3)
+    chunks = _first_layer_forward_chunks(g)  # two layers per epoch: [layer 1, layer 2] x 3 (+ the cache's propagation)
+    assert chunks[0] > 0 and chunks[1] > 0, "epoch 1 streams both layers"
+    assert chunks[-2] == 0 and chunks[-1] > 0, f"epoch 3: layer 1 runs on the cached Gather, layer 2 streams ({chunks})"
+    backward_chunks = [r.chunks for r in g.pass_log if r.phase == "backward"]
+    assert backward_chunks[-1] == 0, "layer 1's backward has no edge pass either"
+    assert len(chunks) == 7, f"one extra forward pass (the propagation), in epoch 2: {chunks}"
+
+
+def test_never_cached_when_off_or_inputs_change():
+    rng = np.random.default_rng(2)
+    n = 40
+    ei = awkward_graph(rng, n, 300)
+    x, y = torch.randn(n, 6), torch.randint(0, 3, (n,))
+    for make_x, cache in ((lambda: x, False), (lambda: x.clone(), True)):
+        g = _graph(ei, n, cache, num_chunks=2)
+        model = GCN(6, 8, 3, dropout=0.0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(g, make_x()), y).backward()
+            opt.step()
+        assert 0 not in _first_layer_forward_chunks(g), "a fresh x every call (or the cache off) always streams"
+
+
+def test_dropout_on_the_inputs_never_caches():
+    rng = np.random.default_rng(3)
+    n = 40
+    ei = awkward_graph(rng, n, 300)
+    g = _graph(ei, n, True, num_chunks=2)
+    model = GCN(6, 8, 3, dropout=0.5).train()
+    x = torch.randn(n, 6)
+    for _ in range(3):
+        model(g, x).sum().backward()
+    assert 0 not in _first_layer_forward_chunks(g)
+    model.eval()
+    with torch.no_grad():
+        outs = [model(g, x) for _ in range(3)]
+    assert 0 in _first_layer_forward_chunks(g), "in eval mode dropout is off: the third call reuses the Gather"
+    assert_rel_close(outs[2], outs[0], what="eval output on the cache")
+
+
+def test_in_place_change_of_the_inputs_recomputes():
+    rng = np.random.default_rng(4)
+    n = 30
+    ei = awkward_graph(rng, n, 200)
+    g = _graph(ei, n, True, num_chunks=2)
+    layer = sagann.nn.SAGEConv(5, 7)
+    x = torch.randn(n, 5)
+    for _ in range(3):
+        layer(g, x)
+    x.mul_(2.0).add_(1.0)
+    ref = layer(_graph(ei, n, False, num_chunks=2), x)
+    assert_rel_close(layer(g, x), ref, what="output after x changed in place")
+    assert_rel_close(layer(g, x), ref, what="output on the recomputed cache")
+
+
+def test_inputs_needing_a_gradient_are_never_cached():
+    rng = np.random.default_rng(5)
+    n = 30
+    ei = awkward_graph(rng, n, 200)
+    g = _graph(ei, n, True, num_chunks=2)
+    layer = sagann.nn.GINConv(torch.nn.Linear(4, 4))
+    x = torch.randn(n, 4, requires_grad=True)
+    for _ in range(3):
+        layer(g, x).sum().backward()
+    assert 0 not in _first_layer_forward_chunks(g)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(graph=graphs(), num_chunks=st.integers(1, 5), budget=st.sampled_from([None, "8KB"]), width=st.integers(1, 6))
+def test_property_cached_gather_equals_streamed(graph, num_chunks, budget, width):
+    """A user layer with a max Gather and edge data: outputs and parameter gradients on the third call, cached or not."""
+    n, ei = graph
+    x = torch.randn(n, width, generator=torch.Generator().manual_seed(n))
+    w = torch.rand(ei.shape[1], 1, generator=torch.Generator().manual_seed(7))
+    results = []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        layer = MaxOfNeighbours(width, 3)
+        kw = {} if budget else dict(num_chunks=num_chunks, sub_chunk_nnz=8)
+        g = _graph(ei, n, cache, sagann.CpuDevice(budget) if budget else None, **kw)
+        for _ in range(2):
+            layer(g, x, w)
+        out = layer(g, x, w)
+        grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+        results.append((out, grads))
+    assert_rel_close(results[0][0], results[1][0], what="output")
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_rel_close(a, b, what="parameter gradient")
+
+
+def test_config_validates_cache_gather():
+    with pytest.raises(ValueError, match="cache_gather must be True or False"):
+        sagann.ScheduleConfig(cache_gather="yes")
