@@ -6,9 +6,16 @@
    device-to-device links of ``peer_bandwidth``), without and with chains;
    measured epoch (median) next to the simulator's prediction.
 3. Project (simulated) the calibrated epoch on the shipped topologies,
-   1/2/4/8 devices, with and without chains.
+   1/2/4/8 devices, with and without chains; with ``--project-vertices``
+   and ``--project-edges``, also the workload extrapolated to that size
+   (``scale_workload``: linear in edges and vertices, same P), e.g.
+   NeuGraph's amazon (8.6M vertices, 231.6M edges, 96 features).
+
+Every layer streams its edges (``cache_gather=False``), as NeuGraph's do.
 
 Run: python benchmarks/simulator_validation.py [--vertices 6000] [--edges 60000] [--link 40MB]
+     python benchmarks/simulator_validation.py --skip-validation --vertices 269000 --edges 7240000 --features 96 --classes 22 \
+         --link 4GB --project-vertices 8.6e6 --project-edges 231.6e6
 Appends one JSON line to benchmarks/results.jsonl.
 """
 from __future__ import annotations
@@ -27,7 +34,7 @@ from sagann.chunks.synthetic import rmat
 from sagann.engine.models import GCN
 from sagann.scheduler import topology as T
 from sagann.scheduler.devices import parse_bytes
-from sagann.scheduler.simulator import calibrate, simulate
+from sagann.scheduler.simulator import calibrate, scale_workload, simulate
 
 
 def cpu_topology(n: int, link: int, peer: int, chains: list[list[int]], switch: bool) -> T.Topology:
@@ -51,7 +58,7 @@ def run(ei, n, x, y, topo, P, link, peer, repeats, chains=True):
         devices.append(sagann.CpuDevice(name=name, link_bandwidth=shared[sw.name] if sw else link, peer_bandwidth=peer, copy_transfers=True))
     torch.manual_seed(0)
     model = GCN(x.shape[1], 32, int(y.max()) + 1, dropout=0.0)
-    g = sagann.ChunkedGraph(ei, n, num_chunks=P, device=devices, topology=topo if chains else None, schedule=sagann.ScheduleConfig(transfer="full", order="natural"))
+    g = sagann.ChunkedGraph(ei, n, num_chunks=P, device=devices, topology=topo if chains else None, schedule=sagann.ScheduleConfig(transfer="full", order="natural", cache_gather=False))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     times = []
     for k in range(repeats + 1):
@@ -76,13 +83,19 @@ def main() -> None:
     ap.add_argument("--link", default="40MB")
     ap.add_argument("--peer", default="80MB")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=8)
+    ap.add_argument("--skip-validation", action="store_true", help="calibrate and project only (a graph too big to run 10 throttled configurations)")
+    ap.add_argument("--project-vertices", type=float, default=None, help="also project the workload extrapolated to this many vertices")
+    ap.add_argument("--project-edges", type=float, default=None, help="... and this many edges")
     args = ap.parse_args()
+    if (args.project_vertices is None) != (args.project_edges is None):
+        ap.error("give both --project-vertices and --project-edges, or neither")
     link, peer = parse_bytes(args.link), parse_bytes(args.peer)
     n = args.vertices
     ei = rmat(n, args.edges, seed=0, permute=True)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, args.features, generator=gen)
-    y = torch.randint(0, 8, (n,), generator=gen)
+    y = torch.randint(0, args.classes, (n,), generator=gen)
 
     g1, t1 = run(ei, n, x, y, cpu_topology(1, link, peer, [[0]], False), args.chunks, link, peer, args.repeats)
     work = calibrate(g1, statistics.median(t1), link_bandwidth=link)
@@ -90,7 +103,7 @@ def main() -> None:
 
     rows = []
     configs = [(1, [[0]], False), (2, [[0], [1]], False), (2, [[0, 1]], False), (4, [[0], [1], [2], [3]], False), (4, [[0, 1], [2, 3]], False), (4, [[0, 1, 2, 3]], False), (2, None, True), (2, [[0, 1]], True), (4, None, True), (4, [[0, 1, 2, 3]], True)]
-    for D, chains, switch in configs:
+    for D, chains, switch in [] if args.skip_validation else configs:
         topo = cpu_topology(D, link, peer, chains or [[k] for k in range(D)], switch)
         use_chains = chains is not None and any(len(c) > 1 for c in chains)
         g, times = run(ei, n, x, y, topo, args.chunks, link, peer, args.repeats, chains=use_chains)
@@ -101,18 +114,23 @@ def main() -> None:
         rows.append({"devices": D, "config": label, "measured_s": measured, "simulated_s": sim.epoch_seconds, "error": err, "block_host_MB_measured": g.link.host_bytes / 1e6, "block_peer_MB_measured": g.link.peer_bytes / 1e6})
         print(f"{D} devices, {label}: measured {measured:.3f} s, simulated {sim.epoch_seconds:.3f} s ({100 * err:+.1f}%), V_i blocks over the host link {g.link.host_bytes / 1e6:.2f} MB, device to device {g.link.peer_bytes / 1e6:.2f} MB")
 
+    workloads = [("measured graph", work)]
+    if args.project_vertices is not None:
+        fv, fe = args.project_vertices / n, args.project_edges / ei.shape[1]
+        workloads.append((f"extrapolated to {args.project_vertices:.3g} vertices, {args.project_edges:.3g} edges (x{fv:.1f} vertices, x{fe:.1f} edges)", scale_workload(work, edges=fe, vertices=fv)))
     projections = []
     print("\nprojections (simulated), epoch seconds; compute as measured here (x1) and 20x faster (x0.05, an assumption):")
-    for name in ("neugraph-pcie-8gpu", "dgx1-nvlink-8gpu"):
-        topo = T.shipped(name)
-        for scale in (1.0, 0.05):
-            cells = []
-            for D in (1, 2, 4, 8):
-                for chains in (False, True):
-                    p = simulate(work, topo, devices=topo.device_names[:D], chains=chains, compute_scale=scale)
-                    projections.append({"topology": name, "compute_scale": scale, "devices": D, "chains": chains, "simulated_epoch_s": p.epoch_seconds, "simulated_host_MB": p.host_bytes / 1e6, "simulated_peer_MB": p.peer_bytes / 1e6})
-                    cells.append(f"{D}{'c' if chains else ' '} {p.epoch_seconds:.4f}s/{p.host_bytes / 1e6:.1f}MB")
-            print(f"[simulated] {name} x{scale}: " + "  ".join(cells))
+    for what, w in workloads:
+        for name in ("neugraph-pcie-8gpu", "dgx1-nvlink-8gpu"):
+            topo = T.shipped(name)
+            for scale in (1.0, 0.05):
+                cells = []
+                for D in (1, 2, 4, 8):
+                    for chains in (False, True):
+                        p = simulate(w, topo, devices=topo.device_names[:D], chains=chains, compute_scale=scale)
+                        projections.append({"workload": what, "topology": name, "compute_scale": scale, "devices": D, "chains": chains, "simulated_epoch_s": p.epoch_seconds, "simulated_host_MB": p.host_bytes / 1e6, "simulated_peer_MB": p.peer_bytes / 1e6})
+                        cells.append(f"{D}{'c' if chains else ' '} {p.epoch_seconds:.4f}s/{p.host_bytes / 1e6:.1f}MB")
+                print(f"[simulated] {what}, {name} x{scale}: " + "  ".join(cells))
     append_result(str(Path(__file__).with_name("results.jsonl")), "simulator_validation", {"args": vars(args), "validation": rows, "projections_simulated": projections})
 
 
