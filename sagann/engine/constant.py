@@ -104,7 +104,7 @@ def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tens
     """The layer's output from its cached acc (propagated now if this is the inputs' second call)."""
     seen = g.cached(_CACHE, dict)[_key(layer, x, edge_data)]
     if seen.rows is None:
-        with torch.no_grad():
+        with torch.no_grad(), g.one_off_partition():  # a one-time pass at the input width: later passes keep their P
             acc = Layer.forward(face_of(layer, "_sagann_gather_only", _GatherOnly), g, x, edge_data)
         if layer.apply_vertex_reads_v:
             rows = g.host.empty((x.shape[0], x.shape[1] + acc.shape[1]), what="cached gather with its inputs")
@@ -138,6 +138,9 @@ class _OnGathered(Face):
     """The base layer's ApplyVertex over the cached rows (acc, or [x | acc]): run on an edgeless graph."""
 
     d_in = 0
+
+    def apply_edge(self, e):
+        return e.src[:, :1]  # never runs (no edges): a one-column acc keeps the engine's buffers and fills small
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         base = self._base

@@ -1,6 +1,7 @@
 """ChunkedGraph: a graph, the device it is trained on, and the partition that fits it."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
@@ -392,6 +393,21 @@ class ChunkedGraph:
             derived.step_log, derived.call_log = self.step_log, self.call_log
             self._derived["self_loops"] = (derived, kept)
         return self._derived["self_loops"]
+
+    @contextlib.contextmanager
+    def one_off_partition(self):
+        """Layer calls inside plan as usual, but the partition they refine to is not kept.
+
+        For a pass that runs once at a width the model's layers never use
+        (the propagation of a cached Gather): P only grows, and a partition
+        fine enough for 602 columns would slow every later pass.
+        """
+        kept = self.partition
+        try:
+            yield
+        finally:
+            if kept is not None:
+                self.partition = kept
 
     def without_edges(self) -> "ChunkedGraph":
         """This graph's vertices and devices with no edges (cached): where a layer runs ApplyVertex alone."""
