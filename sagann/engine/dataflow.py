@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import threading
 import time
 import weakref
@@ -260,17 +261,16 @@ class _Saved:
 
 
 class _Block:
-    """V_i's source rows sent as one block, shared by the sub-chunks of one full-transfer chunk.
+    """V_i's source rows sent as one block, shared by the sub-chunks of one full-transfer chunk (or of a pass: resident).
 
     Reference counted: the loader holds one reference while it still loads
-    the chunk's sub-chunks, each loaded sub-chunk one; the last release
-    frees the device memory.
+    the chunk's sub-chunks (a resident copy: while the pass runs), each
+    loaded sub-chunk one; the last release frees the device memory.
     """
 
-    def __init__(self, scope: Scope, tensors: dict[str, torch.Tensor], parent: "_Block | None" = None):
+    def __init__(self, scope: Scope, tensors: dict[str, torch.Tensor]):
         self.scope, self.tensors = scope, tensors
         self._refs, self._lock = 1, threading.Lock()
-        self._parent = parent.acquire() if parent is not None else None  # a view of the pass's resident copy
 
     def acquire(self) -> "_Block":
         with self._lock:
@@ -283,8 +283,6 @@ class _Block:
             last = self._refs == 0
         if last:
             self.scope.close()
-            if self._parent is not None:
-                self._parent.release()
 
 
 class _ChunkInputs:
@@ -383,7 +381,7 @@ class _LayerCall:
         self._source_major = False  # this backward pass reads edges source-major (see _backward_edges)
         self.keep_graphs = True
         self._fits_recompute: bool | None = None  # may a kept graph be dropped (see _seal)?
-        self._resident_copy: _Block | None = None  # this pass's copy of all of V's source rows (a resident plan)
+        self._resident_copies: dict[int, _Block] = {}  # this pass's copies of its resident intervals' source rows
         # forward graphs kept for backward (see _keep_mode): q -> (rows, output) or a KeptGraph, per hook;
         # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
@@ -611,13 +609,14 @@ class _LayerCall:
         return out
 
     # ---- the streamed edge stage -------------------------------------------------------------
-    def _plan(self, phase: str) -> PassPlan:
-        plan = self.g.pass_plan(self.p, self.shape, self.fused, self.param_bytes, phase, lambda key: self.g.costs.get((self.cost_key, phase), key))
-        return plan
+    def _plan(self, phase: str, reads_src: bool = True) -> PassPlan:
+        """The pass's plan; ``reads_src=False``: the pass sends no source rows (a sum's source gradient), so plan none."""
+        shape = self.shape if reads_src else dataclasses.replace(self.shape, uses_src=False, uses_src_term=False)
+        return self.g.pass_plan(self.p, shape, self.fused, self.param_bytes, phase, lambda key: self.g.costs.get((self.cost_key, phase), key))
 
     def _jobs(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]):
         """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
-        self._resident_copy = None  # the pass's copy of V's source rows (plan.resident_bytes), made by the first job
+        self._resident_copies = {}  # the pass's resident intervals (plan.resident), each sent by its first job
         try:
             for step in plan.steps():
                 holder: dict[str, _Block] = {}
@@ -628,9 +627,9 @@ class _LayerCall:
                     if "block" in holder:
                         holder.pop("block").release()  # the loader's own reference
         finally:
-            if self._resident_copy is not None:
-                self._resident_copy.release()  # the loader's reference; the last chunk using it frees it
-                self._resident_copy = None
+            for copy_i in self._resident_copies.values():
+                copy_i.release()  # the loader's reference; the last chunk using it frees it
+            self._resident_copies = {}
 
     def _load(self, phase: str, step: ChunkStep, k: int, c: EdgeChunk, host: dict, grad: dict, fields, holder: dict) -> _ChunkInputs:
         t0 = time.perf_counter()
@@ -659,17 +658,18 @@ class _LayerCall:
     def _load_block(self, step: ChunkStep, host: dict, fields) -> tuple[_Block, int]:
         """V_i's source rows for a full-transfer chunk, as one block, and the bytes sent from the host.
 
-        A resident step's block is a view of the pass's copy of all of V
-        (sent by the first such step: its bytes are counted there).
+        A resident step's block is the pass's copy of V_i, sent by the first
+        step that reads it (its bytes are counted there) and held to the
+        pass's end.
         """
-        lo, hi = self.p.interval(step.key[0])
-        sent = 0
+        i = step.key[0]
+        lo, hi = self.p.interval(i)
         if step.transfer is Transfer.RESIDENT:
-            if self._resident_copy is None:
-                self._resident_copy, sent = self._send_rows(host, fields, 0, self.g.num_vertices, "resident copy of V")
-            whole = self._resident_copy
-            return _Block(Scope(self.device), {k: t[lo:hi] for k, t in whole.tensors.items()}, parent=whole), sent
-        return self._send_rows(host, fields, lo, hi, f"block V_{step.key[0]}")
+            sent = 0
+            if i not in self._resident_copies:
+                self._resident_copies[i], sent = self._send_rows(host, fields, lo, hi, f"resident copy of V_{i}")
+            return self._resident_copies[i].acquire(), sent
+        return self._send_rows(host, fields, lo, hi, f"block V_{i}")
 
     def _send_rows(self, host: dict, fields, lo: int, hi: int, what: str) -> tuple[_Block, int]:
         scope = Scope(self.device)
@@ -974,7 +974,8 @@ class _LayerCall:
         uses = {"src": shape.uses_src, "src_term": shape.uses_src_term, "data": shape.uses_edge, "dst": shape.uses_dst, "dst_term": shape.uses_dst_term, "g_rows": True, "won": shape.winners}
         uses.update({"sm_max": shape.softmax, "sm_sum": shape.softmax, "out_rows": shape.softmax})
         direct = self._direct_needs(need_x, need_e) if self.direct_backward else None
-        if direct is not None and not self._direct_reads_src(direct):
+        reads_src = direct is None or self._direct_reads_src(direct)
+        if not reads_src:
             uses.update(src=False, src_term=False)  # a sum's source gradient never reads the sources: do not send them
         # only the sources' gradient, by a kernel that reads source-major arrays in sequence: edge rows
         # source-major too (the same slice per sub-chunk), destination ids from the chunk's src_dst
@@ -982,7 +983,7 @@ class _LayerCall:
         if self._source_major and edata is not None and shape.uses_edge:
             host["data"] = self._edges_source_major(edata)
         fields = tuple(f for f, used in uses.items() if used)
-        plan = self._plan(BACKWARD)
+        plan = self._plan(BACKWARD, reads_src)
         times: dict[tuple[int, int], tuple[float, float]] = {}
         moved, t_pass = 0, time.perf_counter()
         # kernel backward paths read plain tensors; only autograd's recompute needs leaves

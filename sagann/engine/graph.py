@@ -19,7 +19,7 @@ from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight, working_set
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
-from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, dry_run
+from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run
 
 BACKENDS = ("auto", "reference", "cpu")
 
@@ -47,7 +47,7 @@ class PassRecord:
     predicted_seconds: float  # two-stage makespan of the measured chunk times in plan order
     bytes_moved: int  # host -> device bytes of the edge stage
     bytes_full: int  # what a non-selective schedule would have moved
-    resident_bytes: int = 0  # all of V's source rows held on the device through the pass (0: streamed per chunk)
+    resident_bytes: int = 0  # source rows of the intervals held on the device through the pass (0: streamed per chunk)
 
 
 class ChunkedGraph:
@@ -346,13 +346,8 @@ class ChunkedGraph:
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
         plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
         peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
-        whole = partition.num_vertices * src_row_bytes(shape)
-        if self._resident_ok and budget is not None and cfg.transfer is TransferPolicy.AUTO and 0 < whole < plan.bytes_moved and whole <= spare:
-            # all of V's source rows fit beside the working set: send them once for the pass, not per chunk
-            resident = build_plan(partition, shape, phase, depth, cfg.transfer, None, 0, cfg.order, measured, resident=True)
-            resident_peak = dry_run(resident, partition, shape, fused) + 2 * param_bytes
-            if resident_peak <= budget:
-                plan, peak = resident, resident_peak
+        if self._resident_ok and budget is not None and cfg.transfer is TransferPolicy.AUTO and spare > 0:
+            plan, peak = self._with_resident_intervals(plan, peak, partition, shape, fused, param_bytes, phase, depth, spare, measured)
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None:
             if peak > budget:
@@ -361,6 +356,23 @@ class ChunkedGraph:
                     f"use a smaller prefetch (ScheduleConfig(prefetch=...)) or raise the budget"
                 )
         return plan
+
+    def _with_resident_intervals(self, plan: PassPlan, peak: int, partition, shape, fused, param_bytes, phase, depth, spare, measured) -> tuple[PassPlan, int]:
+        """``plan`` with the source intervals worth holding through the pass held (a cache of V's chunks), if any fit.
+
+        Sends each held V_i once instead of once per chunk; the rest of the
+        budget's spare room still carries the streamed chunks' blocks. Drops
+        the least worthwhile interval until the dry run fits.
+        """
+        held = list(choose_resident(plan, spare))
+        while held:
+            room = spare - sum(partition.interval_size(i) for i in held) * src_row_bytes(shape)
+            cached = build_plan(partition, shape, phase, depth, self.schedule.transfer, self._plan_costs(phase, fused), room, self.schedule.order, measured, resident=held)
+            cached_peak = dry_run(cached, partition, shape, fused) + 2 * param_bytes
+            if cached_peak <= self.device.memory_budget:
+                return (cached, cached_peak) if cached.bytes_moved < plan.bytes_moved else (plan, peak)
+            held.pop()  # the least worthwhile (choose_resident lists them best first); re-plan
+        return plan, peak
 
     def _plan_costs(self, phase: str, fused: bool) -> TransferCosts | None:
         """The device's measured transfer costs for the selective-or-full choice (None unless the policy is auto).

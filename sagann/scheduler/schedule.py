@@ -9,7 +9,7 @@ against the budget without running a kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
@@ -65,7 +65,8 @@ class PassPlan:
     phase: str
     groups: tuple[tuple[int, tuple[ChunkStep, ...]], ...]
     prefetch: int
-    resident_bytes: int = 0  # all of V's source rows, sent once and held through the pass (0: none)
+    resident_bytes: int = 0  # the resident intervals' source rows, each sent once and held through the pass (0: none)
+    resident: tuple[int, ...] = ()  # source intervals held on the device through the pass (all of them: V)
 
     @property
     def num_steps(self) -> int:
@@ -91,15 +92,29 @@ class PassPlan:
 
     @property
     def bytes_lower_bound(self) -> int:
-        """No schedule that streams chunks sends less than each chunk's used rows once (a resident copy: V once)."""
-        streamed = sum(min(s.selective_bytes, s.block_bytes) for s in self.steps())
-        return min(streamed, self.resident_bytes) if self.resident_bytes else streamed
+        """No schedule sends less than, per source interval, the cheaper of its chunks' used rows once each and V_i once.
+
+        (Streaming, a chunk needs its used rows; held resident, V_i goes over once.)
+        """
+        per_interval: dict[int, list[int]] = {}
+        for s in self.steps():
+            streamed, block = per_interval.setdefault(s.key[0], [0, s.block_bytes])
+            per_interval[s.key[0]][0] = streamed + min(s.selective_bytes, s.block_bytes)
+        return sum(min(streamed, block) for streamed, block in per_interval.values())
+
+    def _resident_copies(self) -> list[tuple[str, int]]:
+        """(name, bytes) of each copy the pass holds: ``V`` when it holds every interval a chunk reads."""
+        size = {s.key[0]: s.block_bytes for s in self.steps()}
+        if size and set(size) <= set(self.resident):
+            return [("V", self.resident_bytes)]
+        return [(f"V_{i}", size[i]) for i in self.resident]
 
     def actions(self) -> list[Action]:
         out: list[Action] = []
         group_op = "load_dst" if self.phase == FORWARD else "open_row"
-        if self.resident_bytes:
-            out.append(Action("load_resident", "V", self.resident_bytes))
+        copies = self._resident_copies() if self.resident else []
+        for name, nbytes in copies:
+            out.append(Action("load_resident", name, nbytes))
         for g, steps in self.groups:
             out.append(Action(group_op, g))
             for step in steps:
@@ -113,8 +128,8 @@ class PassPlan:
                 if step.transfer is Transfer.FULL:
                     out.append(Action("evict_block", step.key))
             out.append(Action("apply_vertex" if self.phase == FORWARD else "close_row", g))
-        if self.resident_bytes:
-            out.append(Action("evict_resident", "V"))
+        for name, _ in copies:
+            out.append(Action("evict_resident", name))
         return out
 
     def format(self, mark: int | None = None) -> str:
@@ -185,13 +200,14 @@ def build_plan(
     spare_bytes: int | None = None,
     order: Order = Order.NATURAL,
     measured: Callable[[tuple[int, int]], tuple[float, float] | None] = lambda key: None,
-    resident: bool = False,
+    resident: bool | Collection[int] = False,
 ) -> PassPlan:
     """Group, order and choose transfers for one pass (policies in ``sagann.scheduler.policy``).
 
     Args:
-        resident: send all of V's source rows once and hold them through the
-            pass; every chunk picks its rows from that copy (``Transfer.RESIDENT``).
+        resident: source intervals whose rows are sent once and held through
+            the pass (True: all of V); their chunks pick their rows from that
+            copy (``Transfer.RESIDENT``).
         spare_bytes: budget left beyond the working set; the full blocks of
             all chunks in flight (up to ``prefetch + 1``) must fit in it.
         measured: ``(load_seconds, compute_seconds)`` of a chunk from earlier
@@ -201,6 +217,7 @@ def build_plan(
     if phase not in (FORWARD, BACKWARD):
         raise ValueError(f"phase must be {FORWARD!r} or {BACKWARD!r}, got {phase!r}")
     row = src_row_bytes(shape)
+    held = set(range(partition.num_chunks)) if resident is True else set(resident or ())
     groups = []
     for g in range(partition.num_chunks):
         keys = [(i, g) for i in range(partition.num_chunks)] if phase == FORWARD else [(g, j) for j in range(partition.num_chunks)]
@@ -212,7 +229,7 @@ def build_plan(
             selective = sum(c.num_src for c in subs) * row
             block = partition.interval_size(key[0]) * row
             spare = None if spare_bytes is None else spare_bytes // live_sub_chunks(prefetch)  # blocks of every chunk in flight
-            transfer = Transfer.RESIDENT if resident else choose_transfer(policy, selective, block, costs, spare, transfers=len(subs))
+            transfer = Transfer.RESIDENT if key[0] in held else choose_transfer(policy, selective, block, costs, spare, transfers=len(subs))
             steps[key] = ChunkStep(key, tuple(subs), transfer, selective, block)
         ordered = list(steps)
         if order is Order.PROFILE and steps:
@@ -220,4 +237,27 @@ def build_plan(
             if all(t is not None for t in times.values()):
                 ordered = johnson_order([(key, *times[key]) for key in steps])
         groups.append((g, tuple(steps[k] for k in ordered)))
-    return PassPlan(phase, tuple(groups), prefetch, resident_bytes=partition.num_vertices * row if resident else 0)
+    held = tuple(sorted(i for i in held if any(s.key[0] == i for _, steps in groups for s in steps)))  # intervals some chunk reads
+    return PassPlan(phase, tuple(groups), prefetch, resident_bytes=sum(partition.interval_size(i) for i in held) * row, resident=held)
+
+
+def choose_resident(plan: PassPlan, spare_bytes: int) -> tuple[int, ...]:
+    """Source intervals worth holding through the pass, within ``spare_bytes``: a cache of V's chunks.
+
+    Holding V_i costs its rows once and saves what ``plan`` sends for its
+    chunks; intervals go in by bytes saved per byte held (a greedy knapsack:
+    optimal when all fit, as when the whole of V fits), those that save
+    nothing never. Best first.
+    """
+    sent: dict[int, int] = {}
+    size: dict[int, int] = {}
+    for s in plan.steps():
+        sent[s.key[0]] = sent.get(s.key[0], 0) + s.moved_bytes
+        size[s.key[0]] = s.block_bytes
+    worth = sorted((i for i in sent if sent[i] > size[i] > 0), key=lambda i: (sent[i] - size[i]) / size[i], reverse=True)
+    chosen, used = [], 0
+    for i in worth:
+        if used + size[i] <= spare_bytes:
+            chosen.append(i)
+            used += size[i]
+    return tuple(chosen)

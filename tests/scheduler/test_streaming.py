@@ -14,7 +14,7 @@ from sagann.chunks import partition_graph
 from sagann.engine.layer import probe_layer
 from sagann.scheduler.pipeline import LoaderError
 from sagann.scheduler.policy import Transfer, TransferPolicy
-from sagann.scheduler.schedule import ScheduleError, build_plan, dry_run, validate
+from sagann.scheduler.schedule import ScheduleError, build_plan, choose_resident, dry_run, validate
 from tests.engine.graphs import awkward_graph, graphs
 from tests.engine.layers import Builtin, GatedGCN, HookLayer, edge_data_for
 from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
@@ -255,17 +255,84 @@ def test_resident_plan_as_data():
     assert text.count("load_resident") == 1 and "evict_resident" in text and "load_block" not in text
 
 
+def test_a_plan_holds_some_intervals_resident():
+    rng = np.random.default_rng(5)
+    n, ei = 400, awkward_graph(rng, 400, 4000)
+    part = partition_graph(ei, n, 4)
+    shape = probe_layer(Builtin("copy_src", "sum", 8), 8, None, torch.device("cpu"))
+    streamed = build_plan(part, shape, "forward", 0, TransferPolicy.FULL)
+    plan = build_plan(part, shape, "forward", 0, TransferPolicy.FULL, resident={2, 0})
+    validate(plan, part)
+    assert plan.resident == (0, 2) and plan.resident_bytes == (part.interval_size(0) + part.interval_size(2)) * 8 * 4
+    assert {s.key[0] for s in plan.steps() if s.transfer is Transfer.RESIDENT} == {0, 2}
+    assert all(s.transfer is Transfer.FULL for s in plan.steps() if s.key[0] in (1, 3))
+    # V_0 and V_2 go over once instead of once per chunk (4 columns)
+    assert plan.bytes_moved == streamed.bytes_moved - 3 * plan.resident_bytes
+    assert plan.bytes_lower_bound <= plan.bytes_moved
+    text = plan.format()
+    assert "load_resident 'V_0'" in text and "load_resident 'V_2'" in text and "evict_resident 'V_2'" in text
+    assert "load_resident 'V'" not in text and text.count("load_block") == 8
+    assert dry_run(plan, part, shape, True) >= plan.resident_bytes
+
+
+def test_choose_resident_holds_what_saves_most_per_byte_within_the_room():
+    rng = np.random.default_rng(6)
+    n, ei = 400, awkward_graph(rng, 400, 4000)
+    part = partition_graph(ei, n, 4)
+    shape = probe_layer(Builtin("copy_src", "sum", 8), 8, None, torch.device("cpu"))
+    full = build_plan(part, shape, "forward", 0, TransferPolicy.FULL)
+    size = {i: part.interval_size(i) * 8 * 4 for i in range(4)}
+    assert choose_resident(full, 0) == ()
+    assert sorted(choose_resident(full, sum(size.values()))) == [0, 1, 2, 3]
+    one = choose_resident(full, max(size.values()))
+    assert len(one) == 1
+    best = max(range(4), key=lambda i: (sum(s.moved_bytes for s in full.steps() if s.key[0] == i) - size[i]) / size[i])
+    assert one[0] == best or size[best] > max(size.values())
+    # chunks that send less than their interval (selective rows of a sparse row) are never worth holding
+    sparse = partition_graph(np.array([[0, 150], [10, 390]]), n, 4)
+    sel = build_plan(sparse, shape, "forward", 0, TransferPolicy.SELECTIVE)
+    assert choose_resident(sel, 10**9) == ()
+
+
+def test_budget_room_holds_some_intervals_and_changes_nothing():
+    rng = np.random.default_rng(3)
+    n, ei, d, P = 400, awkward_graph(rng, 400, 8000), 16, 4
+    torch.manual_seed(0)
+    layer = Builtin("copy_src", "sum", d)
+    x = torch.randn(n, d, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, n, num_chunks=P)
+    ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: layer(free, x_), x, None)
+    interval = n // P * d * 4
+    partial = []
+    for k in range(4):  # the room of 0 to 1.5 intervals beside the working set
+        dev = sagann.CpuDevice(free.working_set.peak_bytes + k * interval // 2, copy_transfers=True)
+        g = sagann.ChunkedGraph(ei, n, num_chunks=P, device=dev, schedule=ScheduleConfig(order="natural"))
+        out, grads = outputs_and_grads(layer, lambda x_, e_: layer(g, x_), x, None)
+        assert_rel_close(out, ref_out)
+        assert_grads_close(grads, ref_grads)
+        assert dev.peak_bytes <= dev.memory_budget and dev.current_bytes == 0
+        partial += [r for r in g.pass_log if 0 < r.resident_bytes < n * d * 4]
+    assert partial, "some budget held part of V"
+    assert all(r.bytes_moved < r.bytes_full for r in partial if r.phase == "forward")
+
+
 @settings(max_examples=20, deadline=None)
-@given(graph=graphs(), num_chunks=st.integers(2, 6))
-def test_property_resident_plans_equal_streamed_ones(graph, num_chunks):
+@given(graph=graphs(), num_chunks=st.integers(2, 6), room=st.sampled_from([None, 0.3, 0.6, 1.0]))
+def test_property_resident_plans_equal_streamed_ones(graph, num_chunks, room):
+    """room: budget beyond the working set, as a fraction of V's rows (None: plenty); some or all of V may be held."""
     n, ei = graph
     torch.manual_seed(0)
     layer = Builtin("src_mul_edge", "sum", 3)
     x = torch.randn(n, 3, requires_grad=True)
     ed = edge_data_for("src_mul_edge", ei.shape[1], 3, torch.Generator().manual_seed(1)).requires_grad_(True)
+    budget = 10**7
+    if room is not None:
+        probe = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks)
+        layer(probe, x, ed)
+        budget = probe.working_set.peak_bytes + int(room * n * 3 * 4)
     results = []
     for transfer in ("auto", "selective"):  # auto may hold V resident; selective never does
-        g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=sagann.CpuDevice(10**7, copy_transfers=True), schedule=ScheduleConfig(transfer=transfer))
+        g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=sagann.CpuDevice(budget, copy_transfers=True), schedule=ScheduleConfig(transfer=transfer))
         results.append(outputs_and_grads(layer, lambda x_, e_: layer(g, x_, e_), x, ed))
         assert g.device.current_bytes == 0
         if transfer == "selective":
