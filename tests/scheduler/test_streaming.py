@@ -255,12 +255,16 @@ def test_resident_plan_as_data():
     assert text.count("load_resident") == 1 and "evict_resident" in text and "load_block" not in text
 
 
-def test_a_plan_holds_some_intervals_resident():
-    rng = np.random.default_rng(5)
-    n, ei = 400, awkward_graph(rng, 400, 4000)
+def _four_intervals(seed: int):
+    """A 400-vertex graph in 4 intervals, an 8-wide copy_src sum, and its forward plan with full blocks."""
+    n, ei = 400, awkward_graph(np.random.default_rng(seed), 400, 4000)
     part = partition_graph(ei, n, 4)
     shape = probe_layer(Builtin("copy_src", "sum", 8), 8, None, torch.device("cpu"))
-    streamed = build_plan(part, shape, "forward", 0, TransferPolicy.FULL)
+    return n, part, shape, build_plan(part, shape, "forward", 0, TransferPolicy.FULL)
+
+
+def test_a_plan_holds_some_intervals_resident():
+    n, part, shape, streamed = _four_intervals(5)
     plan = build_plan(part, shape, "forward", 0, TransferPolicy.FULL, resident={2, 0})
     validate(plan, part)
     assert plan.resident == (0, 2) and plan.resident_bytes == (part.interval_size(0) + part.interval_size(2)) * 8 * 4
@@ -276,11 +280,7 @@ def test_a_plan_holds_some_intervals_resident():
 
 
 def test_choose_resident_holds_what_saves_most_per_byte_within_the_room():
-    rng = np.random.default_rng(6)
-    n, ei = 400, awkward_graph(rng, 400, 4000)
-    part = partition_graph(ei, n, 4)
-    shape = probe_layer(Builtin("copy_src", "sum", 8), 8, None, torch.device("cpu"))
-    full = build_plan(part, shape, "forward", 0, TransferPolicy.FULL)
+    n, part, shape, full = _four_intervals(6)
     size = {i: part.interval_size(i) * 8 * 4 for i in range(4)}
     assert choose_resident(full, 0) == ()
     assert sorted(choose_resident(full, sum(size.values()))) == [0, 1, 2, 3]
