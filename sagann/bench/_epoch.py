@@ -76,8 +76,9 @@ class Bench:
     removes R-MAT's duplicate edges (needed where a peer's CSR would merge
     them: attention and mean weigh a duplicate like a distinct edge);
     ``caches_gather``: the first layer reuses its Gather of the features
-    (``ScheduleConfig.cache_gather``), so ``sagann_streamed`` (the cache off)
-    is run beside ``sagann_p1``.
+    (``ScheduleConfig.cache_gather``), so ``sagann_streamed`` and
+    ``sagann_ooc_streamed`` (the cache off, in memory and out of core) run
+    beside ``sagann_p1`` and ``sagann_ooc``.
     """
 
     name: str
@@ -94,7 +95,7 @@ class Bench:
     @property
     def configs(self) -> tuple[str, ...]:
         """Alternating ours / a peer's; sagann_p1 first: its working set sets sagann_ooc's budget."""
-        streamed = ("sagann_streamed",) if self.caches_gather else ()
+        streamed = ("sagann_streamed", "sagann_ooc_streamed") if self.caches_gather else ()
         return ("sagann_p1", "pyg_csr", "sagann_ooc", "pyg_edge_index", *self.extra, *streamed, "dgl")
 
     def model_line(self, in_channels: int, classes: int) -> str:
@@ -284,6 +285,8 @@ def build(bench: Bench, config: str, ei: np.ndarray, n: int, in_channels: int, c
         return _sagann(bench, ei, n, in_channels, classes, budget, None)
     if config == "sagann_streamed":  # sagann_p1 without the cached first-layer Gather: every layer streams its edges
         return _sagann(bench, ei, n, in_channels, classes, None, 1, cache_gather=False)
+    if config == "sagann_ooc_streamed":  # sagann_ooc likewise, under 1/8 of sagann_streamed's working set
+        return _sagann(bench, ei, n, in_channels, classes, budget, None, cache_gather=False)
     if config in ("pyg_edge_index", "pyg_csr"):
         return _pyg(bench, ei, n, in_channels, classes, csr=config == "pyg_csr")
     if config in bench.extra:
@@ -411,12 +414,16 @@ def _command(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int
     return cmd if budget is None else cmd + ["--budget", str(budget)]
 
 
+OUT_OF_CORE = {"sagann_ooc": "sagann_p1", "sagann_ooc_streamed": "sagann_streamed"}  # whose working set sets the budget
+
+
 def _run_config(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int, budget: int | None, timeout: float) -> dict:
     """One worker run; every failure (missing peer, OOM, kill, timeout) is a row naming it and the graph's size."""
-    if config == "sagann_ooc" and budget is None:
-        r = {"error": "not run: sagann_ooc's budget is a fraction of sagann_p1's working set; run sagann_p1 first (it failed or was left out) or give ooc_budget"}
+    if config in OUT_OF_CORE and budget is None:
+        base = OUT_OF_CORE[config]
+        r = {"error": f"not run: {config}'s budget is a fraction of {base}'s working set; run {base} first (it failed or was left out) or give ooc_budget"}
     else:
-        cmd = _command(bench, config, files, init, reps, WARMUP, budget if config == "sagann_ooc" else None)
+        cmd = _command(bench, config, files, init, reps, WARMUP, budget if config in OUT_OF_CORE else None)
         r = {"error": DGL_HINT} if cmd is None else _peers.run_worker(cmd, timeout)
     r["load_average_after"] = _peers.load_average()
     if "error" in r:
@@ -440,8 +447,9 @@ def run_epochs(
     """Run every configuration in fresh subprocesses, alternating, ``rounds`` times.
 
     ``quick`` uses a tiny graph, one round of 2 epochs and no DGL.
-    ``ooc_budget`` (bytes or "2GB") fixes sagann_ooc's device budget instead
-    of 1/8 of sagann_p1's working set (where sagann_p1 cannot run). Returns a
+    ``ooc_budget`` (bytes or "2GB") fixes the out-of-core configurations'
+    device budget instead of 1/8 of the in-memory working set (where the
+    in-memory configuration cannot run). Returns a
     JSON-able dict: per configuration the median epoch time, peak RSS, final
     loss or the error.
     """
@@ -461,13 +469,15 @@ def run_epochs(
         init = write_init(bench, in_channels, classes, directory / f"init_{bench.name}_{in_channels}_{classes}.npz")
         load_before = _peers.load_average()
         runs: dict[str, list[dict]] = {c: [] for c in configs}
-        budget = fixed_budget
+        budgets = {c: fixed_budget for c in OUT_OF_CORE}
         for _ in range(rounds):
             for config in configs:
-                r = _run_config(bench, config, files, init, reps, budget, timeout)
+                r = _run_config(bench, config, files, init, reps, budgets.get(config), timeout)
                 runs[config].append(r)
-                if config == "sagann_p1" and budget is None and "peak_device_bytes" in r:
-                    budget = max(1, r["peak_device_bytes"] // fraction)
+                for ooc, base in OUT_OF_CORE.items():
+                    if config == base and budgets[ooc] is None and "peak_device_bytes" in r:
+                        budgets[ooc] = max(1, r["peak_device_bytes"] // fraction)
+        budget = budgets["sagann_ooc"]
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -482,6 +492,7 @@ def run_epochs(
         "order": list(configs),
         "ooc_budget_fraction": None if fixed_budget else f"1/{fraction}",
         "ooc_budget_bytes": budget,
+        "ooc_streamed_budget_bytes": budgets["sagann_ooc_streamed"],
         "init": "every implementation starts from sagann's model under torch.manual_seed(0) (weights by PyG's names)",
         "self_loops": "one per vertex: added by the layers" if bench.adds_self_loops else "one per vertex: appended to the edge list by the worker (the layers add none)",
         "worker_timeout_s": timeout,

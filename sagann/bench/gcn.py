@@ -20,7 +20,8 @@ its own:
   set (1/2 with ``quick``), P chosen by the planner;
 * ``sagann_streamed``: ``sagann_p1`` with ``ScheduleConfig(cache_gather=False)``:
   the first layer streams its edges every epoch instead of reusing its
-  cached ``Â X`` (how much of the lead the cache gives);
+  cached ``Â X`` (how much of the lead the cache gives); ``sagann_ooc_streamed``:
+  ``sagann_ooc`` likewise, under 1/8 of ``sagann_streamed``'s working set;
 * ``pyg_edge_index``: ``torch_geometric.nn.GCNConv`` on ``edge_index``;
 * ``pyg_csr``: the same on a torch CSR ``adj_t`` (rows = destinations; a
   duplicate edge is one entry whose value counts its copies);

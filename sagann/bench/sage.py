@@ -15,7 +15,8 @@ Configurations (each a fresh subprocess):
   memory (P=1) and out of core (a CpuDevice budget of 1/8 of the P=1 working
   set, every transfer a real copy);
 * ``sagann_streamed``: ``sagann_p1`` with ``ScheduleConfig(cache_gather=False)``
-  (the first layer aggregates the features every epoch);
+  (the first layer aggregates the features every epoch); ``sagann_ooc_streamed``:
+  the same out of core, under 1/8 of ``sagann_streamed``'s working set;
 * ``pyg_edge_index``: ``torch_geometric.nn.SAGEConv(aggr="mean")`` on
   ``edge_index`` (gathers an ``[E, F]`` message tensor);
 * ``pyg_csr``: the same on a torch CSR ``adj_t`` (a sparse-dense matmul
