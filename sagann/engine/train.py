@@ -164,6 +164,8 @@ def train_node_classifier(
         state = ckpt.load()
         if state is not None:
             history = _history_from(state, ckpt.path)
+            if history:
+                _replay_earlier_calls(model, g, x)
             ckpt.restore(state, model, opt)  # last: restores the RNG state the next epoch starts from
             if on_resume is not None:
                 on_resume(len(history))
@@ -195,6 +197,25 @@ def train_node_classifier(
         if on_epoch is not None:
             on_epoch(stats)
     return history
+
+
+def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor) -> None:
+    """One evaluation call on x, so a resumed run computes what the uninterrupted one did.
+
+    The uninterrupted run had called the model on x before this epoch, so
+    its first layer ran on a cached Gather (``sagann.engine.constant``: from
+    the inputs' second call); without this call the resumed run's first
+    epoch would stream instead, equal up to fp32 rounding, not bit for bit.
+    Output discarded; no RNG is drawn in eval mode (and the checkpoint's RNG
+    state is restored after it).
+    """
+    if not g.schedule.cache_gather:
+        return
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(g, x)
+    model.train(was_training)
 
 
 # ---------------------------------------------------------------- sagann train

@@ -22,10 +22,10 @@ from sagann.engine.train import train_node_classifier
 DATA = sbm(300, 3, 6.0, 8, seed=3)
 
 
-def _train(model_name: str, epochs: int, checkpoint=None, hidden: int = 8, lr: float = 0.01, fingerprint=None, on_resume=None):
+def _train(model_name: str, epochs: int, checkpoint=None, hidden: int = 8, lr: float = 0.01, fingerprint=None, on_resume=None, **model_kw):
     """A fresh process-like run: seed, build the model and a graph under a budget that forces P > 1."""
     torch.manual_seed(0)
-    model = build_model(model_name, DATA.x.shape[1], hidden, DATA.num_classes)
+    model = build_model(model_name, DATA.x.shape[1], hidden, DATA.num_classes, **model_kw)
     g = sagann.ChunkedGraph(DATA.edge_index, 300, device=sagann.CpuDevice("40KB"), schedule=sagann.ScheduleConfig(order="natural"))
     masks = [torch.from_numpy(m) for m in (DATA.train_mask, DATA.val_mask, DATA.test_mask)]
     history = train_node_classifier(
@@ -49,6 +49,18 @@ def test_resume_is_bit_exact(tmp_path, model_name):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 4
+
+
+@pytest.mark.parametrize("model_name", ["gcn", "sage"])
+def test_resume_without_dropout_is_bit_exact_with_the_cached_gather(tmp_path, model_name):
+    """No dropout: training calls reuse the first layer's cached Gather; a resumed run must too, from its first epoch."""
+    straight, g, full = _train(model_name, 4, dropout=0.0)
+    assert any(r.chunks == 0 for r in g.pass_log), "the first layer ran on its cached Gather"
+    _train(model_name, 2, tmp_path, dropout=0.0)
+    resumed, _, history = _train(model_name, 4, tmp_path, dropout=0.0)
+    assert [s.loss for s in history] == [s.loss for s in full]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
