@@ -149,7 +149,7 @@ class ChunkedGraph:
         self._derived: dict[str, object] = {}
         self._working_set: WorkingSet | None = None
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
-        self._resident_ok = True  # may a pass hold all of V's source rows (off after an out-of-memory re-plan)
+        self._resident_ok = True  # may a pass hold source intervals resident (off after an out-of-memory re-plan)
 
     @classmethod
     def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None, topology=None, distributed=False, host_memory=None) -> "ChunkedGraph":
@@ -394,15 +394,8 @@ class ChunkedGraph:
         """
         if "self_loops" not in self._derived:
             kept = self.edge_index()[0] != self.edge_index()[1]
-            new_ei = _with_self_loops(self.edge_index, kept, self.num_vertices)
-            devices = self.devices if self._device_list else self.device
-            derived = ChunkedGraph(
-                new_ei, self.num_vertices, self._fixed_chunks, devices, self._fixed_sub_nnz, self.backend, self.schedule,
-                topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
-            )
+            derived = self._derive(_with_self_loops(self.edge_index, kept, self.num_vertices), self._fixed_chunks, self._fixed_sub_nnz)
             derived._derived_edges = partial(_with_self_loops, self.edge_index, kept, self.num_vertices)
-            derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
-            derived.step_log, derived.call_log = self.step_log, self.call_log
             self._derived["self_loops"] = (derived, kept)
         return self._derived["self_loops"]
 
@@ -424,15 +417,19 @@ class ChunkedGraph:
     def without_edges(self) -> "ChunkedGraph":
         """This graph's vertices and devices with no edges (cached): where a layer runs ApplyVertex alone."""
         if "no_edges" not in self._derived:
-            devices = self.devices if self._device_list else self.device
-            derived = ChunkedGraph(
-                np.zeros((2, 0), dtype=np.int64), self.num_vertices, None, devices, None, self.backend, self.schedule,
-                topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
-            )
-            derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
-            derived.step_log, derived.call_log = self.step_log, self.call_log
-            self._derived["no_edges"] = derived
+            self._derived["no_edges"] = self._derive(np.zeros((2, 0), dtype=np.int64), None, None)
         return self._derived["no_edges"]
+
+    def _derive(self, edge_index, num_chunks: int | None, sub_chunk_nnz: int | None) -> "ChunkedGraph":
+        """A graph over these vertices with other edges: same devices, chains, ranks, host memory and schedule, and this graph's logs."""
+        devices = self.devices if self._device_list else self.device
+        derived = ChunkedGraph(
+            edge_index, self.num_vertices, num_chunks, devices, sub_chunk_nnz, self.backend, self.schedule,
+            topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
+        )
+        derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
+        derived.step_log, derived.call_log = self.step_log, self.call_log
+        return derived
 
     def _chain_spec(self):
         """The chains as positions, for graphs derived from this one (same devices)."""
