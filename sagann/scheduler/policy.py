@@ -44,7 +44,7 @@ from typing import Hashable, Sequence
 class Transfer(str, Enum):
     SELECTIVE = "selective"
     FULL = "full"
-    RESIDENT = "resident"  # rows picked from a copy of all of V held on the device for the whole pass
+    RESIDENT = "resident"  # rows picked from a copy of V_i held on the device for the whole pass
 
 
 class TransferPolicy(str, Enum):

@@ -96,15 +96,19 @@ class PassPlan:
 
         (Streaming, a chunk needs its used rows; held resident, V_i goes over once.)
         """
-        per_interval: dict[int, list[int]] = {}
+        streamed: dict[int, int] = {}
         for s in self.steps():
-            streamed, block = per_interval.setdefault(s.key[0], [0, s.block_bytes])
-            per_interval[s.key[0]][0] = streamed + min(s.selective_bytes, s.block_bytes)
-        return sum(min(streamed, block) for streamed, block in per_interval.values())
+            streamed[s.key[0]] = streamed.get(s.key[0], 0) + min(s.selective_bytes, s.block_bytes)
+        size = self.interval_bytes()
+        return sum(min(b, size[i]) for i, b in streamed.items())
+
+    def interval_bytes(self) -> dict[int, int]:
+        """Source-row bytes of each interval some chunk of the pass reads (V_i's block)."""
+        return {s.key[0]: s.block_bytes for s in self.steps()}
 
     def _resident_copies(self) -> list[tuple[str, int]]:
         """(name, bytes) of each copy the pass holds: ``V`` when it holds every interval a chunk reads."""
-        size = {s.key[0]: s.block_bytes for s in self.steps()}
+        size = self.interval_bytes()
         if size and set(size) <= set(self.resident):
             return [("V", self.resident_bytes)]
         return [(f"V_{i}", size[i]) for i in self.resident]
@@ -168,8 +172,8 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
 
     At any moment the device holds the current group's resident state and
     ``live_sub_chunks(prefetch)`` sub-chunks (possibly from the next group),
-    plus the full blocks of the chunks those belong to, plus the resident
-    copy of V if the plan holds one.
+    plus the full blocks of the chunks those belong to, plus the copies of
+    the intervals the plan holds resident.
     """
     backward = plan.phase == BACKWARD
     sizes = partition.bounds[1:] - partition.bounds[:-1]
@@ -237,7 +241,8 @@ def build_plan(
             if all(t is not None for t in times.values()):
                 ordered = johnson_order([(key, *times[key]) for key in steps])
         groups.append((g, tuple(steps[k] for k in ordered)))
-    held = tuple(sorted(i for i in held if any(s.key[0] == i for _, steps in groups for s in steps)))  # intervals some chunk reads
+    read = {s.key[0] for _, steps in groups for s in steps}
+    held = tuple(sorted(held & read))  # an interval no chunk reads is never sent
     return PassPlan(phase, tuple(groups), prefetch, resident_bytes=sum(partition.interval_size(i) for i in held) * row, resident=held)
 
 
@@ -250,10 +255,9 @@ def choose_resident(plan: PassPlan, spare_bytes: int) -> tuple[int, ...]:
     nothing never. Best first.
     """
     sent: dict[int, int] = {}
-    size: dict[int, int] = {}
     for s in plan.steps():
         sent[s.key[0]] = sent.get(s.key[0], 0) + s.moved_bytes
-        size[s.key[0]] = s.block_bytes
+    size = plan.interval_bytes()
     worth = sorted((i for i in sent if sent[i] > size[i] > 0), key=lambda i: (sent[i] - size[i]) / size[i], reverse=True)
     chosen, used = [], 0
     for i in worth:
