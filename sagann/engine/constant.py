@@ -22,7 +22,7 @@ import weakref
 
 import torch
 
-from sagann.engine.layer import Face, Layer, face_of
+from sagann.engine.layer import Face, Layer, face_of, unread_rows
 from sagann.fn import MessageFn
 
 __all__ = ["seen_gather", "note_gather", "reuses_gather", "run_on_cached_gather"]
@@ -74,30 +74,43 @@ def _key(layer: Layer, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple
     return layer.gather, layer.apply_edge.op, bool(layer.apply_vertex_reads_v), id(x), id(edge_data)
 
 
+def _sighting(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple[dict, tuple, bool] | None:
+    """(the graph's sightings, this call's key, seen before?), or None where the layer's acc is no constant."""
+    if not _constant(layer, g, x, edge_data):
+        return None
+    sightings, key = g.cached(_CACHE, dict), _key(layer, x, edge_data)
+    seen = sightings.get(key)
+    return sightings, key, seen is not None and seen.same(x, edge_data)
+
+
+def _note(sightings: dict, key: tuple, x: torch.Tensor, edge_data: torch.Tensor | None) -> None:
+    for k in [k for k, s in sightings.items() if not s.alive()]:  # inputs freed or changed: their acc goes
+        del sightings[k]
+    sightings[key] = _Sighting(x, edge_data)
+
+
 def seen_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
     """Did an earlier call run (or note) this layer's Gather on these very inputs, unchanged? Records nothing."""
-    if not _constant(layer, g, x, edge_data):
-        return False
-    seen = g.cached(_CACHE, dict).get(_key(layer, x, edge_data))
-    return seen is not None and seen.same(x, edge_data)
+    found = _sighting(layer, g, x, edge_data)
+    return found is not None and found[2]
 
 
 def note_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> None:
     """Record this call's inputs (a conv evaluating the layer in another order notes them for its next call)."""
-    if not _constant(layer, g, x, edge_data) or seen_gather(layer, g, x, edge_data):
-        return
-    sightings = g.cached(_CACHE, dict)
-    for key in [k for k, s in sightings.items() if not s.alive()]:  # inputs freed or changed: their acc goes
-        del sightings[key]
-    sightings[_key(layer, x, edge_data)] = _Sighting(x, edge_data)
+    found = _sighting(layer, g, x, edge_data)
+    if found is not None and not found[2]:
+        _note(found[0], found[1], x, edge_data)
 
 
 def reuses_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
     """Will ``layer(g, x, edge_data)`` run on a cached acc? True from the inputs' second call; records the first."""
-    if seen_gather(layer, g, x, edge_data):
-        return True
-    note_gather(layer, g, x, edge_data)
-    return False
+    found = _sighting(layer, g, x, edge_data)
+    if found is None:
+        return False
+    sightings, key, seen = found
+    if not seen:
+        _note(sightings, key, x, edge_data)
+    return seen
 
 
 def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
@@ -145,5 +158,5 @@ class _OnGathered(Face):
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         base = self._base
         if not base.apply_vertex_reads_v:
-            return base.apply_vertex(torch.zeros((), dtype=v.dtype, device=v.device).expand(v.shape[0], self.d_in), v)
+            return base.apply_vertex(unread_rows(v.shape[0], self.d_in, v.dtype, v.device), v)
         return base.apply_vertex(v[:, : self.d_in], v[:, self.d_in:])

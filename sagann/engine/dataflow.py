@@ -45,7 +45,7 @@ from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.engine.constant import reuses_gather, run_on_cached_gather
 from sagann.engine.graph import ChunkedGraph, PassRecord, check_features
-from sagann.engine.layer import EdgeBatch, Layer, probe_layer
+from sagann.engine.layer import EdgeBatch, Layer, probe_layer, unread_rows
 from sagann.engine.offload import KeptGraph
 from sagann.engine.replan import run_with_replans
 from sagann.kernels import attention, reference
@@ -170,11 +170,6 @@ def _graph_handle(t: torch.Tensor):
     if _gradient_edge is None or not t.requires_grad:
         return t
     return _gradient_edge(t)
-
-
-def _unread_rows(x: torch.Tensor, lo: int, hi: int, device: torch.device) -> torch.Tensor:
-    """Stand-in for rows lo:hi of ``x`` that nothing reads (``Layer.apply_vertex_reads_v = False``): zeros, no memory."""
-    return torch.zeros((), dtype=x.dtype, device=device).expand(hi - lo, x.shape[1])
 
 
 def _own_version(t: torch.Tensor) -> torch.Tensor:
@@ -741,7 +736,7 @@ class _LayerCall:
                     if hi == lo:
                         continue
                     with dev.scope() as s:
-                        xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else _unread_rows(x, lo, hi, self.device.torch_device)
+                        xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, self.device.torch_device)
                         dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
                         acc, acc_shared = s.result_buffer(acc_all[lo:hi], init, f"accumulator V_{j}")
                         win, win_shared = s.result_buffer(win_all[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
@@ -933,7 +928,7 @@ class _LayerCall:
                 if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
                     xj, acc, out_j = kept  # the forward's graph: no recompute
                 else:
-                    xj = s.load(x[lo:hi], f"input rows V_{j}") if self.shape.vertex_reads_x else _unread_rows(x, lo, hi, self.device.torch_device)
+                    xj = s.load(x[lo:hi], f"input rows V_{j}") if self.shape.vertex_reads_x else unread_rows(hi - lo, x.shape[1], x.dtype, self.device.torch_device)
                     xj = xj.requires_grad_(need_x)
                     acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(need_acc)
                     out_j = None

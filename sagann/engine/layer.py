@@ -120,6 +120,11 @@ def face_of(base: Layer, key: str, make: Callable[[Layer], Face]) -> Face:
     return face
 
 
+def unread_rows(rows: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Stand-in for input rows nothing reads (``Layer.apply_vertex_reads_v = False``): zeros, no memory."""
+    return torch.zeros((), dtype=dtype, device=device).expand(rows, width)
+
+
 def _has_hook(layer: Layer, name: str) -> bool:
     return callable(getattr(layer, name, None))
 
