@@ -355,6 +355,23 @@ class _ChunkInputs:
             self._block = None
 
 
+@dataclass
+class _Column:
+    """A destination interval's forward state on the device while a tile's sources stream past it."""
+
+    j: int
+    lo: int
+    hi: int
+    scope: Scope
+    xj: torch.Tensor
+    dj: torch.Tensor | None
+    acc: torch.Tensor
+    acc_shared: bool
+    win: torch.Tensor | None
+    win_shared: bool
+    sm: tuple[torch.Tensor, torch.Tensor] | None
+
+
 class _LayerCall:
     """One call of a layer on one graph: runs the chunked forward and backward."""
 
@@ -612,16 +629,16 @@ class _LayerCall:
     def _jobs(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]):
         """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
         self._resident_copies = {}  # the pass's resident intervals (plan.resident), each sent by its first job
+        holder: dict[str, _Block] = {}  # the run's full block of V_i, while its steps share it
         try:
             for step in plan.steps():
-                holder: dict[str, _Block] = {}
-                try:
-                    for k, c in enumerate(step.subs):
-                        yield repr(c.id), partial(self._load, plan.phase, step, k, c, host, grad, fields, holder)
-                finally:
-                    if "block" in holder:
-                        holder.pop("block").release()  # the loader's own reference
+                if "block" in holder and not step.shares_block:
+                    holder.pop("block").release()  # the loader's own reference; the chunks using it hold theirs
+                for k, c in enumerate(step.subs):
+                    yield repr(c.id), partial(self._load, plan.phase, step, k, c, host, grad, fields, holder)
         finally:
+            if "block" in holder:
+                holder.pop("block").release()
             for copy_i in self._resident_copies.values():
                 copy_i.release()  # the loader's reference; the last chunk using it frees it
             self._resident_copies = {}
@@ -629,7 +646,7 @@ class _LayerCall:
     def _load(self, phase: str, step: ChunkStep, k: int, c: EdgeChunk, host: dict, grad: dict, fields, holder: dict) -> _ChunkInputs:
         t0 = time.perf_counter()
         block_bytes = 0
-        if step.transfer is not Transfer.SELECTIVE and k == 0:
+        if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:
             holder["block"], block_bytes = self._load_block(step, host, fields)
         block = holder["block"].acquire() if "block" in holder else None
         try:
@@ -730,65 +747,90 @@ class _LayerCall:
         with dev.scope() as params_scope:
             params_scope.charge(self.param_bytes, f"{self.name} parameters")
             stream = self._stream(plan, host, {}, fields)
+            columns: dict[int, _Column] = {}
             try:
-                for j, steps in plan.groups:
-                    lo, hi = p.interval(j)
-                    if hi == lo:
-                        continue
-                    with dev.scope() as s:
-                        xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, self.device.torch_device)
-                        dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
-                        acc, acc_shared = s.result_buffer(acc_all[lo:hi], init, f"accumulator V_{j}")
-                        win, win_shared = s.result_buffer(win_all[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
-                        sm = None
-                        if shape.softmax:
-                            sm = (s.full((hi - lo, shape.d_score), float("-inf"), torch.float32, f"softmax max V_{j}"), s.zeros((hi - lo, shape.d_score), torch.float32, f"softmax sum V_{j}"))
-                        resident = {"dst": xj, "dst_term": dj}
-
-                        def compute(inputs: _ChunkInputs) -> None:
-                            inputs.set_resident(resident)
-                            if sm is not None:
-                                self._merge_softmax(inputs.c, acc, sm, *self._softmax_chunk(inputs))
-                                return
-                            if self.fused and self.reduce == "sum":  # the kernel adds into V_j's accumulator itself
-                                c = inputs.c
-                                self._partial(inputs, FORWARD, into=acc[c.dst_offset : c.dst_offset + c.num_dst])
-                                return
-                            partial_acc, arg = self._partial(inputs, FORWARD)
-                            inputs.scope.adopt(partial_acc, lambda: f"partial of {inputs.c.id!r}")
-                            self._merge(inputs, acc, win, partial_acc, arg)
-
-                        for step in steps:
-                            load, busy, b = self._run_step(stream, step, compute)
-                            times[step.key] = (load, busy)
-                            moved += b
-                        self._finalise(acc, win, lo, hi, sm)
-                        s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
-                        with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
-                            out_j, kept = self._apply_vertex_forward(j, xj, acc, keep_mode)
-                            s.adopt(out_j, f"output rows V_{j}")
-                        self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
-                        with self._span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
-                            if whole and _owns_storage(out_j, x, acc_all):
-                                out = out_j.contiguous()
-                            else:
-                                out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
-                                dev.copy_out(out_j, out[lo:hi])
-                            if not acc_shared:
-                                dev.copy_out(acc, acc_all[lo:hi])
-                            if win is not None and not win_shared:
-                                dev.copy_out(win, win_all[lo:hi])
-                            if sm is not None:
-                                dev.copy_out(sm[0], sm_max[lo:hi])
-                                dev.copy_out(sm[1], sm_sum[lo:hi])
-                        aliases = [(xj, x[lo:hi])] if shape.loads_x_j else []
-                        if kept is not None and self._seal(kept, aliases + [(acc, acc_all[lo:hi])], kept.seconds, (j,)):
-                            self.vertex_graphs[j] = kept
+                for g, steps in plan.groups:
+                    for j in plan.members(g):  # the tile's accumulators, open together while its sources stream
+                        lo, hi = p.interval(j)
+                        if hi > lo:
+                            columns[j] = self._open_column(j, x, dst_term, acc_all, win_all, init)
+                    for step in steps:
+                        load, busy, b = self._run_step(stream, step, partial(self._forward_chunk, col=columns[step.key[1]]))
+                        times[step.key] = (load, busy)
+                        moved += b
+                    for j in plan.members(g):
+                        if j in columns:
+                            col = columns.pop(j)
+                            try:
+                                out = self._close_column(col, x, out, whole, acc_all, win_all, sm_max, sm_sum, keep_mode)
+                            finally:
+                                col.scope.close()
             finally:
+                for col in columns.values():  # a failed tile: give back every accumulator it opened
+                    col.scope.close()
                 stream.close()
         self._record_pass(plan, FORWARD, times, time.perf_counter() - t_pass, moved)
         out = self.g.host.empty((n, shape.d_out), what="layer output") if out is None else out
         return out, _Saved(src_term, dst_term, acc_all, win_all, sm_max, sm_sum)
+
+    def _open_column(self, j: int, x, dst_term, acc_all, win_all, init) -> "_Column":
+        """V_j's resident forward state: its input and destination-term rows and its accumulator."""
+        shape, (lo, hi) = self.shape, self.p.interval(j)
+        s = Scope(self.device)
+        try:
+            xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, self.device.torch_device)
+            dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
+            acc, acc_shared = s.result_buffer(acc_all[lo:hi], init, f"accumulator V_{j}")
+            win, win_shared = s.result_buffer(win_all[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
+            sm = None
+            if shape.softmax:
+                sm = (s.full((hi - lo, shape.d_score), float("-inf"), torch.float32, f"softmax max V_{j}"), s.zeros((hi - lo, shape.d_score), torch.float32, f"softmax sum V_{j}"))
+        except BaseException:
+            s.close()
+            raise
+        return _Column(j, lo, hi, s, xj, dj, acc, acc_shared, win, win_shared, sm)
+
+    def _forward_chunk(self, inputs: _ChunkInputs, col: "_Column") -> None:
+        """Add one sub-chunk's messages into its destination column's accumulator."""
+        inputs.set_resident({"dst": col.xj, "dst_term": col.dj})
+        if col.sm is not None:
+            self._merge_softmax(inputs.c, col.acc, col.sm, *self._softmax_chunk(inputs))
+            return
+        if self.fused and self.reduce == "sum":  # the kernel adds into V_j's accumulator itself
+            c = inputs.c
+            self._partial(inputs, FORWARD, into=col.acc[c.dst_offset : c.dst_offset + c.num_dst])
+            return
+        partial_acc, arg = self._partial(inputs, FORWARD)
+        inputs.scope.adopt(partial_acc, lambda: f"partial of {inputs.c.id!r}")
+        self._merge(inputs, col.acc, col.win, partial_acc, arg)
+
+    def _close_column(self, col: "_Column", x, out, whole: bool, acc_all, win_all, sm_max, sm_sum, keep_mode):
+        """Finish V_j: ApplyVertex on its accumulator, its rows back to the host; returns the output tensor."""
+        shape, dev, s, j, lo, hi = self.shape, self.device, col.scope, col.j, col.lo, col.hi
+        acc, win, sm = col.acc, col.win, col.sm
+        self._finalise(acc, win, lo, hi, sm)
+        s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
+        with self._span("apply_vertex", FORWARD, (j,)), self._rng("vertex", j):
+            out_j, kept = self._apply_vertex_forward(j, col.xj, acc, keep_mode)
+            s.adopt(out_j, f"output rows V_{j}")
+        self._check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
+        with self._span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
+            if whole and _owns_storage(out_j, x, acc_all):
+                out = out_j.contiguous()
+            else:
+                out = self.g.host.empty((self.g.num_vertices, shape.d_out), what="layer output") if out is None else out
+                dev.copy_out(out_j, out[lo:hi])
+            if not col.acc_shared:
+                dev.copy_out(acc, acc_all[lo:hi])
+            if win is not None and not col.win_shared:
+                dev.copy_out(win, win_all[lo:hi])
+            if sm is not None:
+                dev.copy_out(sm[0], sm_max[lo:hi])
+                dev.copy_out(sm[1], sm_sum[lo:hi])
+        aliases = [(col.xj, x[lo:hi])] if shape.loads_x_j else []
+        if kept is not None and self._seal(kept, aliases + [(acc, acc_all[lo:hi])], kept.seconds, (j,)):
+            self.vertex_graphs[j] = kept
+        return out
 
     def _apply_vertex_forward(self, j: int, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:
         """ApplyVertex of V_j, its autograd graph kept for backward as ``mode`` says (no recompute there).

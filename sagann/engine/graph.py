@@ -17,7 +17,20 @@ from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import MAX_CHUNKS, BudgetTooSmall, LayerShape, WorkingSet, choose_num_chunks, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight, working_set
+from sagann.scheduler.planner import (
+    MAX_CHUNKS,
+    BudgetTooSmall,
+    LayerShape,
+    WorkingSet,
+    choose_num_chunks,
+    resident_lower_bound,
+    src_row_bytes,
+    sub_chunk_nnz_for,
+    tile_candidates,
+    tile_extra_bytes,
+    vertex_weight,
+    working_set,
+)
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run
 
@@ -340,22 +353,43 @@ class ChunkedGraph:
         phase: str,
         measured: Callable[[tuple[int, int]], tuple[float, float] | None] = lambda key: None,
     ) -> PassPlan:
-        """The schedule of one edge stage, checked against the budget before it runs."""
+        """The schedule of one edge stage, checked against the budget before it runs.
+
+        Forward, the loop tiling is the planner's too: of the tiles that fit
+        (``tile_candidates``), the one whose plan moves the fewest bytes, the
+        smallest on ties.
+        """
         cfg, budget = self.schedule, self.device.memory_budget
         depth = self.prefetch_depth(partition, shape, fused, param_bytes)
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
-        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
-        peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
-        if self._resident_ok and budget is not None and cfg.transfer is TransferPolicy.AUTO and spare > 0:
-            plan, peak = self._with_resident_intervals(plan, peak, partition, shape, fused, param_bytes, phase, depth, spare, measured)
+        tiles = [cfg.tile or 1] if phase != FORWARD or cfg.tile is not None or budget is None else tile_candidates(partition.num_chunks)
+        best = None
+        for tile in tiles:
+            room = None if spare is None else spare - tile_extra_bytes(partition, shape, tile)
+            if best is not None and room < 0:
+                break  # bigger tiles need more room still
+            plan, peak = self._plan_for_tile(partition, shape, fused, param_bytes, phase, depth, room, measured, tile)
+            fits = budget is None or peak <= budget
+            if best is None or (fits and (best[1] > budget or plan.bytes_moved < best[0].bytes_moved)):
+                best = (plan, peak)
+        plan, peak = best
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None:
             if peak > budget:
                 raise BudgetTooSmall(
-                    f"the {phase} plan with prefetch {depth} needs {peak:,} device bytes but {self.device.name} has {budget:,}; "
-                    f"use a smaller prefetch (ScheduleConfig(prefetch=...)) or raise the budget"
+                    f"the {phase} plan with prefetch {depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} needs {peak:,} device bytes but {self.device.name} has {budget:,}; "
+                    f"use a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''} or raise the budget"
                 )
         return plan
+
+    def _plan_for_tile(self, partition, shape, fused, param_bytes, phase, depth, spare, measured, tile) -> tuple[PassPlan, int]:
+        """The plan with ``tile`` destination intervals per group and its dry-run peak, with resident intervals where they pay."""
+        cfg = self.schedule
+        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if spare is not None else None, cfg.order, measured, tile=tile)
+        peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
+        if self._resident_ok and spare is not None and cfg.transfer is TransferPolicy.AUTO and spare > 0:
+            plan, peak = self._with_resident_intervals(plan, peak, partition, shape, fused, param_bytes, phase, depth, spare, measured)
+        return plan, peak
 
     def _with_resident_intervals(self, plan: PassPlan, peak: int, partition, shape, fused, param_bytes, phase, depth, spare, measured) -> tuple[PassPlan, int]:
         """``plan`` with the source intervals worth holding through the pass held (a cache of V's chunks), if any fit.
@@ -367,7 +401,7 @@ class ChunkedGraph:
         held = list(choose_resident(plan, spare))
         while held:
             room = spare - sum(partition.interval_size(i) for i in held) * src_row_bytes(shape)
-            cached = build_plan(partition, shape, phase, depth, self.schedule.transfer, self._plan_costs(phase, fused), room, self.schedule.order, measured, resident=held)
+            cached = build_plan(partition, shape, phase, depth, self.schedule.transfer, self._plan_costs(phase, fused), room, self.schedule.order, measured, resident=held, tile=plan.tile)
             cached_peak = dry_run(cached, partition, shape, fused) + 2 * param_bytes
             if cached_peak <= self.device.memory_budget:
                 return (cached, cached_peak) if cached.bytes_moved < plan.bytes_moved else (plan, peak)

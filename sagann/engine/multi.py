@@ -129,7 +129,8 @@ class DeviceGraph(ChunkedGraph):
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
         if spare is not None and self.chained:
             spare -= 2 * _largest_block(partition, shape)
-        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured)
+        # a chain's relay hands each chunk its block (one per chunk): no run sharing one; no loop tiling across devices
+        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured, share_blocks=not self.chained)
         if phase == FORWARD:
             plan = dataclasses.replace(plan, groups=tuple((j, steps) for j, steps in plan.groups if j in self.owned))
         peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes

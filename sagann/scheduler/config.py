@@ -39,6 +39,11 @@ class ScheduleConfig:
             inputs, and run only its ApplyVertex afterwards
             (``sagann.engine.constant``); costs host memory of one
             ``[N, d]`` tensor per such layer. False: always stream the edges.
+        tile: destination intervals whose accumulators stay on the device
+            together while the sources stream (loop tiling,
+            ``sagann.scheduler.schedule``). None (default): under a budget,
+            the planner picks the tile that moves the fewest bytes within it
+            (1 without a budget); an int: that tile (capped at P).
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
@@ -46,12 +51,15 @@ class ScheduleConfig:
     order: Order | str = Order.PROFILE
     max_replans: int = 3
     cache_gather: bool = True
+    tile: int | None = None
 
     def __post_init__(self):
         if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
             raise ValueError(f"prefetch must be None, 'max' or an int >= 0, got {self.prefetch!r}")
         if isinstance(self.max_replans, bool) or not isinstance(self.max_replans, int) or self.max_replans < 0:
             raise ValueError(f"max_replans must be an int >= 0, got {self.max_replans!r}")
+        if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 1):
+            raise ValueError(f"tile must be None or an int >= 1, got {self.tile!r}")
         if not isinstance(self.cache_gather, bool):
             raise ValueError(f"cache_gather must be True or False, got {self.cache_gather!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))

@@ -262,6 +262,30 @@ def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param
     return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
 
 
+def tile_candidates(num_chunks: int) -> list[int]:
+    """Tiles the planner tries, smallest first: 1, powers of two below P, and P (every accumulator resident)."""
+    tiles, t = [1], 2
+    while t < num_chunks:
+        tiles.append(t)
+        t *= 2
+    return tiles + ([num_chunks] if num_chunks > 1 else [])
+
+
+def tile_extra_bytes(partition: GraphPartition, shape: LayerShape, tile: int) -> int:
+    """Forward device bytes a tile holds beyond the working set's one destination column.
+
+    The working set counts the biggest interval's resident state; a tile
+    holds the state of each of its intervals, the biggest tile counting.
+    """
+    if tile <= 1:
+        return 0
+    sizes = np.diff(partition.bounds)
+    if sizes.size == 0:
+        return 0
+    tiles = [int(sizes[g : g + tile].sum()) for g in range(0, sizes.size, tile)]
+    return resident_bytes(max(tiles), shape, "forward") - resident_bytes(int(sizes.max()), shape, "forward")
+
+
 def vertex_weight(shape: LayerShape, fused: bool) -> float:
     """The weight of a vertex against an in-edge when cutting intervals: balancing it balances memory.
 

@@ -5,6 +5,18 @@ step by step. It prints as a grid, validates (every non-empty sub-chunk
 computed exactly once, a chunk's sub-chunks kept together so a full block
 is sent once), and dry-runs its device-memory peak, so a plan is checked
 against the budget without running a kernel.
+
+Loop tiling
+-----------
+A forward group is a *tile* of ``tile`` consecutive destination intervals
+whose accumulators stay on the device together while the sources stream
+past them, source interval by source interval: a full block of V_i is then
+sent once per tile instead of once per chunk (the chunks E_ij of one tile
+and one i form a *run* that shares it). Tile P is the row-major order (each
+V_i once, every accumulator resident), tile 1 NeuGraph's column order. A
+backward group, a source row, is one run already: its chunks share V_i's
+block. Within a destination interval the contributions still arrive in
+source order, so a tiled pass adds in the same order as an untiled one.
 """
 from __future__ import annotations
 
@@ -33,11 +45,12 @@ class ChunkStep:
     transfer: Transfer
     selective_bytes: int  # source rows sent by selective transfers of all sub-chunks
     block_bytes: int  # V_i's rows as one block (what a full transfer, or a non-selective schedule, sends)
+    shares_block: bool = False  # a full transfer reusing the block the previous step (same run) loaded
 
     @property
     def moved_bytes(self) -> int:
-        if self.transfer is Transfer.RESIDENT:
-            return 0  # sent once with the pass's resident copy (PassPlan.resident_bytes)
+        if self.transfer is Transfer.RESIDENT or (self.transfer is Transfer.FULL and self.shares_block):
+            return 0  # sent once with the pass's resident copy (PassPlan.resident_bytes), or by the run's first step
         return self.selective_bytes if self.transfer is Transfer.SELECTIVE else self.block_bytes
 
 
@@ -58,8 +71,9 @@ class Action:
 class PassPlan:
     """The edge stage of one layer pass on one device.
 
-    Forward groups are destination columns j, backward groups source rows i;
-    each group is a sequence of chunk steps in execution order.
+    Forward groups are tiles of destination columns (named by their first
+    interval, see :meth:`members`), backward groups source rows i; each group
+    is a sequence of chunk steps in execution order.
     """
 
     phase: str
@@ -67,6 +81,12 @@ class PassPlan:
     prefetch: int
     resident_bytes: int = 0  # the resident intervals' source rows, each sent once and held through the pass (0: none)
     resident: tuple[int, ...] = ()  # source intervals held on the device through the pass (all of them: V)
+    tile: int = 1  # destination intervals per forward group (loop tiling; backward: 1)
+    num_intervals: int = 0  # P: bounds the last tile
+
+    def members(self, g: int) -> range:
+        """The intervals of group ``g``: its destination accumulators (forward) or its source row."""
+        return range(g, min(g + self.tile, self.num_intervals)) if self.tile > 1 else range(g, g + 1)
 
     @property
     def num_steps(self) -> int:
@@ -120,24 +140,25 @@ class PassPlan:
         for name, nbytes in copies:
             out.append(Action("load_resident", name, nbytes))
         for g, steps in self.groups:
-            out.append(Action(group_op, g))
-            for step in steps:
-                if step.transfer is Transfer.FULL:
+            out.extend(Action(group_op, m) for m in self.members(g))
+            for k, step in enumerate(steps):
+                if step.transfer is Transfer.FULL and not step.shares_block:
                     out.append(Action("load_block", step.key, step.block_bytes))
                 for c in step.subs:
                     rows = "load_rows" if step.transfer is Transfer.SELECTIVE else "pick_rows"
                     out.append(Action(rows, c.id))
                     out.append(Action("load_edges", c.id, c.nbytes))
                     out.append(Action("compute", c.id))
-                if step.transfer is Transfer.FULL:
+                if step.transfer is Transfer.FULL and not (k + 1 < len(steps) and steps[k + 1].shares_block):
                     out.append(Action("evict_block", step.key))
-            out.append(Action("apply_vertex" if self.phase == FORWARD else "close_row", g))
+            out.extend(Action("apply_vertex" if self.phase == FORWARD else "close_row", m) for m in self.members(g))
         for name, _ in copies:
             out.append(Action("evict_resident", name))
         return out
 
     def format(self, mark: int | None = None) -> str:
-        lines = [f"{self.phase} pass, prefetch {self.prefetch}: {self.bytes_moved:,} B of source rows (non-selective {self.bytes_full:,} B, lower bound {self.bytes_lower_bound:,} B)"]
+        tiled = f", tile {self.tile}" if self.tile > 1 else ""
+        lines = [f"{self.phase} pass, prefetch {self.prefetch}{tiled}: {self.bytes_moved:,} B of source rows (non-selective {self.bytes_full:,} B, lower bound {self.bytes_lower_bound:,} B)"]
         for k, a in enumerate(self.actions()):
             lines.append(f"{'>>' if k == mark else '  '} {k:4d}  {a!r}")
         return "\n".join(lines)
@@ -161,10 +182,12 @@ def validate(plan: PassPlan, partition: GraphPartition) -> None:
     if extra:
         raise ScheduleError(f"plan computes sub-chunks the partition does not have: {sorted(extra)[:5]}")
     for g, steps in plan.groups:
-        for step in steps:
+        for k, step in enumerate(steps):
             want = step.key[1] if plan.phase == FORWARD else step.key[0]
-            if want != g:
+            if want not in plan.members(g):
                 raise ScheduleError(f"chunk E{list(step.key)} placed in {plan.phase} group {g}\n{plan.format()}")
+            if step.shares_block and not (k > 0 and steps[k - 1].transfer is Transfer.FULL and steps[k - 1].key[0] == step.key[0] and step.transfer is Transfer.FULL):
+                raise ScheduleError(f"chunk E{list(step.key)} shares a block no previous step of its run loaded\n{plan.format()}")
 
 
 def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused: bool) -> int:
@@ -177,20 +200,22 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
     """
     backward = plan.phase == BACKWARD
     sizes = partition.bounds[1:] - partition.bounds[:-1]
-    seq: list[tuple[int, int, tuple[int, int] | None, int]] = []  # (group, bytes, block key, block bytes)
+    phase = "backward" if backward else "forward"
+    held = {g: sum(resident_bytes(int(sizes[m]), shape, phase) for m in plan.members(g)) for g, _ in plan.groups}  # a tile's accumulators
+    seq: list[tuple[int, int, tuple | None, int]] = []  # (group, bytes, block (one per run), block bytes)
+    run = 0
     for g, steps in plan.groups:
         for step in steps:
             full = step.transfer is Transfer.FULL
+            run += not step.shares_block
             for c in step.subs:
-                seq.append((g, sub_chunk_bytes(c, shape, fused, backward), step.key if full else None, step.block_bytes if full else 0))
-    phase = "backward" if backward else "forward"
-    peak = max((resident_bytes(int(sizes[g]), shape, phase) for g, _ in plan.groups), default=0)
+                seq.append((g, sub_chunk_bytes(c, shape, fused, backward), run if full else None, step.block_bytes if full else 0))
+    peak = max(held.values(), default=0)
     window = live_sub_chunks(plan.prefetch)
     for k in range(len(seq)):
         live = seq[k : k + window]
         blocks = {key: b for _, _, key, b in live if key is not None}
-        resident = resident_bytes(int(sizes[live[0][0]]), shape, phase)
-        peak = max(peak, resident + sum(b for _, b, _, _ in live) + sum(blocks.values()))
+        peak = max(peak, held[live[0][0]] + sum(b for _, b, _, _ in live) + sum(blocks.values()))
     return int(peak + plan.resident_bytes)
 
 
@@ -205,6 +230,8 @@ def build_plan(
     order: Order = Order.NATURAL,
     measured: Callable[[tuple[int, int]], tuple[float, float] | None] = lambda key: None,
     resident: bool | Collection[int] = False,
+    tile: int = 1,
+    share_blocks: bool = True,
 ) -> PassPlan:
     """Group, order and choose transfers for one pass (policies in ``sagann.scheduler.policy``).
 
@@ -216,34 +243,57 @@ def build_plan(
             all chunks in flight (up to ``prefetch + 1``) must fit in it.
         measured: ``(load_seconds, compute_seconds)`` of a chunk from earlier
             passes, or None; with ``Order.PROFILE`` and every chunk of a
-            group measured, the group runs in Johnson's order.
+            group measured, the group runs in Johnson's order (a tile's runs
+            by their summed costs).
+        tile: destination intervals per forward group (loop tiling, see the
+            module docstring); the backward pass ignores it.
+        share_blocks: the chunks of a run share one full block of V_i
+            (False: one block per chunk, as a chain's relay delivers them).
     """
     if phase not in (FORWARD, BACKWARD):
         raise ValueError(f"phase must be {FORWARD!r} or {BACKWARD!r}, got {phase!r}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be an int >= 1, got {tile!r}")
+    num = partition.num_chunks
+    tile = min(tile, num) if phase == FORWARD else 1
     row = src_row_bytes(shape)
-    held = set(range(partition.num_chunks)) if resident is True else set(resident or ())
+    held = set(range(num)) if resident is True else set(resident or ())
+    spare = None if spare_bytes is None else spare_bytes // live_sub_chunks(prefetch)  # blocks of every chunk in flight
     groups = []
-    for g in range(partition.num_chunks):
-        keys = [(i, g) for i in range(partition.num_chunks)] if phase == FORWARD else [(g, j) for j in range(partition.num_chunks)]
-        steps = {}
-        for key in keys:
-            subs = partition.chunks.get(key)
-            if not subs:
-                continue
-            selective = sum(c.num_src for c in subs) * row
-            block = partition.interval_size(key[0]) * row
-            spare = None if spare_bytes is None else spare_bytes // live_sub_chunks(prefetch)  # blocks of every chunk in flight
-            transfer = Transfer.RESIDENT if key[0] in held else choose_transfer(policy, selective, block, costs, spare, transfers=len(subs))
-            steps[key] = ChunkStep(key, tuple(subs), transfer, selective, block)
-        ordered = list(steps)
-        if order is Order.PROFILE and steps:
-            times = {key: measured(key) for key in steps}
+    for g in range(0, num, tile):
+        members = range(g, min(g + tile, num))
+        runs: dict[int, list[tuple[int, int]]] = {}  # source interval -> its chunks in this group, natural order
+        for m in members:
+            for key in ([(i, m) for i in range(num)] if phase == FORWARD else [(m, j) for j in range(num)]):
+                if partition.chunks.get(key):
+                    runs.setdefault(key[0], []).append(key)
+        runs = dict(sorted(runs.items()))
+        transfer: dict[tuple[int, int], Transfer] = {}
+        for i, keys in runs.items():
+            block = partition.interval_size(i) * row
+            together = keys if share_blocks else None
+            for key in keys if together is None else [keys[0]]:
+                chunk_keys = [key] if together is None else together
+                subs = [c for k in chunk_keys for c in partition.chunks[k]]
+                t = Transfer.RESIDENT if i in held else choose_transfer(policy, sum(c.num_src for c in subs) * row, block, costs, spare, transfers=len(subs))
+                transfer.update((k, t) for k in chunk_keys)
+        if order is Order.PROFILE and runs:
+            times = {key: measured(key) for keys in runs.values() for key in keys}
             if all(t is not None for t in times.values()):
-                ordered = johnson_order([(key, *times[key]) for key in steps])
-        groups.append((g, tuple(steps[k] for k in ordered)))
+                runs = {i: johnson_order([(k, *times[k]) for k in keys]) for i, keys in runs.items()}
+                total = {i: tuple(map(sum, zip(*(times[k] for k in keys)))) for i, keys in runs.items()}
+                runs = {i: runs[i] for i in johnson_order([(i, *total[i]) for i in runs])}
+        steps = []
+        for i, keys in runs.items():
+            for k, key in enumerate(keys):
+                subs = partition.chunks[key]
+                t = transfer[key]
+                shares = share_blocks and k > 0 and t is Transfer.FULL
+                steps.append(ChunkStep(key, tuple(subs), t, sum(c.num_src for c in subs) * row, partition.interval_size(i) * row, shares))
+        groups.append((g, tuple(steps)))
     read = {s.key[0] for _, steps in groups for s in steps}
     held = tuple(sorted(held & read))  # an interval no chunk reads is never sent
-    return PassPlan(phase, tuple(groups), prefetch, resident_bytes=sum(partition.interval_size(i) for i in held) * row, resident=held)
+    return PassPlan(phase, tuple(groups), prefetch, resident_bytes=sum(partition.interval_size(i) for i in held) * row, resident=held, tile=tile, num_intervals=num)
 
 
 def choose_resident(plan: PassPlan, spare_bytes: int) -> tuple[int, ...]:
