@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -271,19 +271,27 @@ def tile_candidates(num_chunks: int) -> list[int]:
     return tiles + ([num_chunks] if num_chunks > 1 else [])
 
 
-def tile_extra_bytes(partition: GraphPartition, shape: LayerShape, tile: int) -> int:
-    """Forward device bytes a tile holds beyond the working set's one destination column.
+def tile_resident_bytes(rows: Sequence[int], shape: LayerShape) -> int:
+    """Forward bytes a tile of destination intervals of ``rows`` rows each keeps on the device.
 
-    The working set counts the biggest interval's resident state; a tile
-    holds the state of each of its intervals, the biggest tile counting.
+    Each holds its input rows, destination terms and accumulator through the
+    tile; ApplyVertex then runs one interval at a time, so only the biggest's
+    output rows and scratch count. One interval: :func:`resident_bytes`.
     """
-    if tile <= 1:
+    if not rows:
         return 0
-    sizes = np.diff(partition.bounds)
-    if sizes.size == 0:
+    apply_row = FLOAT * (1 + VERTEX_SCRATCH) * shape.d_out
+    held_row = _row_bytes(shape)["forward"] - apply_row
+    return int(sum(rows)) * held_row + int(max(rows)) * apply_row
+
+
+def tile_extra_bytes(partition: GraphPartition, shape: LayerShape, tile: int) -> int:
+    """Forward device bytes a tile holds beyond the working set's one destination column (the biggest tile's)."""
+    sizes = [int(r) for r in np.diff(partition.bounds)]
+    if tile <= 1 or not sizes:
         return 0
-    tiles = [int(sizes[g : g + tile].sum()) for g in range(0, sizes.size, tile)]
-    return resident_bytes(max(tiles), shape, "forward") - resident_bytes(int(sizes.max()), shape, "forward")
+    biggest = max(tile_resident_bytes(sizes[g : g + tile], shape) for g in range(0, len(sizes), tile))
+    return biggest - resident_bytes(max(sizes), shape, "forward")
 
 
 def vertex_weight(shape: LayerShape, fused: bool) -> float:

@@ -26,7 +26,7 @@ from typing import Callable, Collection, Iterator
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import LayerShape, resident_bytes, src_row_bytes, sub_chunk_bytes
+from sagann.scheduler.planner import LayerShape, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -200,8 +200,10 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
     """
     backward = plan.phase == BACKWARD
     sizes = partition.bounds[1:] - partition.bounds[:-1]
-    phase = "backward" if backward else "forward"
-    held = {g: sum(resident_bytes(int(sizes[m]), shape, phase) for m in plan.members(g)) for g, _ in plan.groups}  # a tile's accumulators
+    if backward:
+        held = {g: resident_bytes(int(sizes[g]), shape, "backward") for g, _ in plan.groups}
+    else:  # a tile's accumulators
+        held = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape) for g, _ in plan.groups}
     seq: list[tuple[int, int, tuple | None, int]] = []  # (group, bytes, block (one per run), block bytes)
     run = 0
     for g, steps in plan.groups:
