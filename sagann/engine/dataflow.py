@@ -723,7 +723,7 @@ class _LayerCall:
         for key, (load, busy) in times.items():
             self.g.costs.update((self.cost_key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
-        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes))
+        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile))
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
 

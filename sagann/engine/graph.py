@@ -61,6 +61,7 @@ class PassRecord:
     bytes_moved: int  # host -> device bytes of the edge stage
     bytes_full: int  # what a non-selective schedule would have moved
     resident_bytes: int = 0  # source rows of the intervals held on the device through the pass (0: streamed per chunk)
+    tile: int = 1  # destination intervals whose accumulators the pass held together (loop tiling)
 
 
 class ChunkedGraph:

@@ -304,9 +304,9 @@ def test_budget_room_holds_some_intervals_and_changes_nothing():
     ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: layer(free, x_), x, None)
     interval = n // P * d * 4
     partial = []
-    for k in range(4):  # the room of 0 to 1.5 intervals beside the working set
+    for k in range(4):  # the room of 0 to 1.5 intervals beside the working set (tile 1: the room would rather tile)
         dev = sagann.CpuDevice(free.working_set.peak_bytes + k * interval // 2, copy_transfers=True)
-        g = sagann.ChunkedGraph(ei, n, num_chunks=P, device=dev, schedule=ScheduleConfig(order="natural"))
+        g = sagann.ChunkedGraph(ei, n, num_chunks=P, device=dev, schedule=ScheduleConfig(order="natural", tile=1))
         out, grads = outputs_and_grads(layer, lambda x_, e_: layer(g, x_), x, None)
         assert_rel_close(out, ref_out)
         assert_grads_close(grads, ref_grads)
