@@ -51,7 +51,7 @@ from sagann.engine.replan import run_with_replans
 from sagann.kernels import attention, reference
 from sagann.scheduler.devices import Scope, tensor_bytes
 from sagann.scheduler.pipeline import Prefetcher
-from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, recompute_bytes, vertex_scratch_bytes, working_set
+from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, recompute_bytes, vertex_scratch_bytes
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 
@@ -576,13 +576,15 @@ class _LayerCall:
     def _seal(self, kept: KeptGraph, aliases: list, seconds: float, chunk: tuple) -> bool:
         """Move a kept graph's saved tensors to the host; False (recompute it in backward) where the round trip costs more.
 
-        Only where this call's planned working set also holds the recompute:
-        the plan counts a kept graph's backward, which has no recomputed output.
+        Only where the budget also holds the recompute (the plan counts a kept
+        graph's backward, which has no recomputed output); the planned peak
+        then includes it.
         """
         nbytes = kept.copy_bytes(aliases)
         if nbytes and self._recompute_fits():
             costs = self.device.transfer_costs()
             if 2 * (nbytes * costs.block + costs.latency) > seconds:
+                self.g._planned_peak = max(self.g._planned_peak, recompute_bytes(self.p, self.shape, self.param_bytes))
                 return False
         with self._span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
             kept.seal(aliases, self.device, self.g.host)
@@ -590,8 +592,8 @@ class _LayerCall:
 
     def _recompute_fits(self) -> bool:
         if self._fits_recompute is None:
-            planned = working_set(self.p, self.shape, self.fused, self.param_bytes).peak_bytes
-            self._fits_recompute = self.device.memory_budget is None or recompute_bytes(self.p, self.shape, self.param_bytes) <= planned
+            budget = self.device.memory_budget
+            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes) <= budget
         return self._fits_recompute
 
     def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
@@ -979,8 +981,9 @@ class _LayerCall:
                     if recompute:
                         with torch.enable_grad(), self._rng("vertex", j):
                             out_j = self.layer.apply_vertex(xj, acc)
-                    # the recomputed output and its graph's copy (go: out_j's shape), and autograd's temporaries
-                    s.charge(2 * tensor_bytes(go) * recompute + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex backward V_{j}")
+                    # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
+                    saved_j = (hi - lo) * self.shape.vertex_saved * recompute  # a kept graph's are charged as they load
+                    s.charge(2 * tensor_bytes(go) * recompute + saved_j + vertex_scratch_bytes(hi - lo, self.shape.d_out), f"apply_vertex backward V_{j}")
                     inputs = [acc] + ([xj] if need_x else []) + self.params
                     if not need_acc:  # keep the positions below: a None in acc's place
                         grads = [None] + list(self._grad(out_j, inputs[1:], go))
@@ -1161,7 +1164,8 @@ class _LayerCall:
                         v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                         with torch.enable_grad(), self._rng(hook, q):
                             h = getattr(self.layer, hook)(v)
-                    s.charge(2 * tensor_bytes(gt) * (kept is None) + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
+                    saved_q = (hi - lo) * self.shape.hook_saved * (kept is None)  # the recompute's saved tensors
+                    s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
                     grads = self._grad(h, ([v] if need_x else []) + self.params, gt)
                     s.charge(tensor_bytes(x[lo:hi]) if need_x else 0, f"{hook} input gradient V_{q}")
                 if need_x and grads[0] is not None:

@@ -215,6 +215,9 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
         out = layer.apply_vertex(v, acc)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
             raise ValueError(f"{name}.apply_vertex must return one row per vertex ([n, d_out]); got {getattr(out, 'shape', type(out))}")
+        params = list(layer.parameters())
+        vertex_saved = saved_bytes_per_row(layer.apply_vertex, (d_in, d_msg), params, device)
+        hook_saved = max([saved_bytes_per_row(getattr(layer, h), (d_in,), params, device) for h in ("apply_src", "apply_dst") if _has_hook(layer, h)], default=0)
     return LayerShape(
         d_in=d_in,
         d_edge=d_edge,
@@ -232,7 +235,44 @@ def probe_layer(layer: Layer, d_in: int, edge_data: torch.Tensor | None, device:
         uses_dst_term="dst_term" in used,
         uses_edge="data" in used,
         vertex_reads_x=bool(getattr(layer, "apply_vertex_reads_v", True)),
+        vertex_saved=vertex_saved,
+        hook_saved=hook_saved,
     )
+
+
+def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor], device: torch.device) -> int:
+    """Bytes per vertex row that ``fn``'s autograd graph saves beyond its inputs and the parameters.
+
+    Backward holds them on the device (a kept graph loads them there; a
+    recompute rebuilds them), and the planner cannot see inside a user
+    function: an MLP's hidden activations, a dropout mask. Measured as the
+    growth from 4 to 8 rows of random inputs (constants drop out); every
+    save counts, as a kept graph copies each.
+    """
+    def saved(rows: int) -> int:
+        args = [torch.randn(rows, w, device=device, requires_grad=True) for w in widths]
+        skip = {_storage_ptr(t) for t in [*params, *args]}
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            if _storage_ptr(t) not in skip:
+                total += t.numel() * t.element_size()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(*args)
+        return total
+
+    with torch.random.fork_rng(devices=[]):
+        return max(0, (saved(8) - saved(4)) // 4)
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor without storage
+        return -1
 
 
 def _check_attention(name: str, out) -> tuple[torch.Tensor, int]:

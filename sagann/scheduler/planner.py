@@ -83,6 +83,10 @@ class LayerShape:
     # (sagann.engine.offload): the recomputed output and its graph's copy are extra rows
     recomputes: bool = False
     vertex_reads_x: bool = True  # apply_vertex reads its input rows v (Layer.apply_vertex_reads_v)
+    # bytes per row that ApplyVertex's / the hooks' autograd graphs save beyond their inputs and parameters
+    # (an MLP's activations), measured by the probe: backward holds them on the device
+    vertex_saved: int = 0
+    hook_saved: int = 0
 
     @property
     def loads_x_j(self) -> bool:
@@ -165,11 +169,12 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
         # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
         # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries)
-        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out
+        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + shape.vertex_saved
         if shape.backward
         else 0,
-        # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook if hook else 0,
+        # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
+        # what the hooks' graphs saved (backward)
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + shape.hook_saved * shape.backward if hook else 0,
     }
 
 

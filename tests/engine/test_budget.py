@@ -112,3 +112,47 @@ def test_planner_predicts_the_ledger(make):
             # worst-case window, and in memory kept graphs hold host rows the ledger does not charge
             if prefetch == 0 and budget is not None:
                 assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"
+
+
+class _WideMLP(sagann.Layer):
+    """ApplyVertex saves a 64-wide hidden activation per row (twice: ReLU's output is Linear's input) for a 4-wide output."""
+
+    gather = "sum"
+    apply_edge = sagann.fn.copy_src
+
+    def __init__(self, d_in=4, hidden=64, d_out=4):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, d_out))
+
+    def apply_vertex(self, v, acc):
+        return self.mlp(acc)
+
+
+def test_the_probe_measures_what_apply_vertex_saves_per_row():
+    from sagann.engine.layer import probe_layer
+
+    shape = probe_layer(_WideMLP(), 4, None, torch.device("cpu"))
+    assert shape.vertex_saved == 2 * 64 * 4, "ReLU's output, saved by ReLU and by the second Linear; inputs and weights not counted"
+    assert shape.hook_saved == 0
+
+
+@pytest.mark.parametrize("copy_cost", [0.0, 1.0])  # kept graphs (their saved tensors loaded in backward) or recomputed
+def test_a_budget_of_the_planned_working_set_holds_apply_vertexs_activations(copy_cost):
+    """Before the probe counted them, the hidden activations overran a budget set to the plan: BudgetExceeded."""
+    from sagann.scheduler.policy import TransferCosts
+
+    rng = np.random.default_rng(5)
+    n, ei = 2000, awkward_graph(rng, 2000, 8000)
+    torch.manual_seed(0)
+    layer = _WideMLP()
+    x = torch.randn(n, 4, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, n, num_chunks=4)
+    ref = layer(free, x)
+    dev = sagann.CpuDevice(free.working_set.peak_bytes, copy_transfers=True)
+    dev._costs = TransferCosts(gather=copy_cost, block=copy_cost, compact=copy_cost)
+    g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=dev)
+    for _ in range(2):
+        out = layer(g, x)
+        out.sum().backward()
+    assert_rel_close(out, ref)
+    assert dev.peak_bytes <= dev.memory_budget and dev.peak_bytes <= g.planned_peak_bytes
