@@ -125,6 +125,7 @@ def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tens
             rows[:, x.shape[1]:] = acc
             acc = rows
         seen.rows = acc
+        g.allow_coarser_partition()  # this layer's streamed calls, which may have set P, are over while x stays
     on_acc = face_of(layer, "_sagann_on_gathered", _OnGathered)
     on_acc.d_in = int(x.shape[1])
     return Layer.forward(on_acc, g.without_edges(), seen.rows)

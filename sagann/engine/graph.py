@@ -164,6 +164,7 @@ class ChunkedGraph:
         self._working_set: WorkingSet | None = None
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
         self._resident_ok = True  # may a pass hold source intervals resident (off after an out-of-memory re-plan)
+        self._may_coarsen = False  # the call that set P no longer streams here: the next call may pick a smaller P
 
     @classmethod
     def from_partition(cls, partition: GraphPartition, device: Device | None = None, backend: str = "auto", schedule: ScheduleConfig | None = None, topology=None, distributed=False, host_memory=None) -> "ChunkedGraph":
@@ -236,6 +237,11 @@ class ChunkedGraph:
         budget = self.memory_budget
         pipelined = self._pipelined()  # a fixed depth is planned for; "as deep as fits" needs room for one
         in_flight = live_sub_chunks(0 if pipelined is False else self.schedule.prefetch if pipelined is True else 1)
+        if self._may_coarsen:
+            self._may_coarsen = False
+            coarser = self._coarser(shape, fused, param_bytes, budget, in_flight)
+            if coarser is not None:
+                return self._settle(*coarser)
         if self.partition is not None and self._fixed_chunks is None and self._fixed_sub_nnz is None and budget is not None:
             ws = working_set(self.partition, shape, fused, param_bytes, in_flight=in_flight)
             if ws.peak_bytes <= budget:  # this layer fits the partition the others use: keep it
@@ -266,6 +272,40 @@ class ChunkedGraph:
             if first and budget is not None and self._fixed_sub_nnz is None:
                 part, ws = self._widen(part, ws, shape, fused, param_bytes, budget, weight, in_flight)
         return self._settle(part, ws)
+
+    def allow_coarser_partition(self) -> None:
+        """A layer whose calls set P stops streaming on this graph (its Gather is now cached): let the next call re-choose P.
+
+        P otherwise only grows, and the first epoch's propagation of the
+        input features (602 columns on Reddit) would keep every later
+        layer on the partition it needed. Once per cached Gather: the next
+        layer call picks the smallest P that fits it, and the graph moves to
+        it where that is coarser (one partitioning).
+        """
+        for g in self._graphs():
+            g._may_coarsen = True
+
+    def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, budget: int | None, in_flight: int):
+        """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
+
+        Planned for a call with a backward (its input needing a gradient)
+        even when this one has none: an evaluation call must not coarsen
+        the graph below what the next training call needs.
+        """
+        p = self.partition
+        if p is None or p.num_chunks == 1 or budget is None or self._fixed_chunks is not None or self._fixed_sub_nnz is not None:
+            return None
+        if not shape.backward:
+            shape = shape.with_grads(True, True, False)
+        sub = sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
+        weight = vertex_weight(shape, fused)
+        make = lambda P: self._partition(P, sub, weight)  # noqa: E731
+        bound = lambda P: resident_lower_bound(balanced_bounds(self.in_degree, P, weight), shape, param_bytes)  # noqa: E731
+        try:
+            part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, 1, in_flight=in_flight, lower_bound=bound, max_chunks=p.num_chunks - 1)
+        except BudgetTooSmall:
+            return None
+        return self._widen(part, ws, shape, fused, param_bytes, budget, weight, in_flight)
 
     def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, budget: int, weight: float, in_flight: int):
         """The same P with the largest sub-chunks (up to the default) whose working set still fits.

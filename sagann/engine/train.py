@@ -165,7 +165,7 @@ def train_node_classifier(
         if state is not None:
             history = _history_from(state, ckpt.path)
             if history:
-                _replay_earlier_calls(model, g, x)
+                _replay_earlier_calls(model, g, x, len(history))
             ckpt.restore(state, model, opt)  # last: restores the RNG state the next epoch starts from
             if on_resume is not None:
                 on_resume(len(history))
@@ -199,22 +199,30 @@ def train_node_classifier(
     return history
 
 
-def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor) -> None:
-    """One evaluation call on x, so a resumed run computes what the uninterrupted one did.
+def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor, epochs_done: int) -> None:
+    """Evaluation calls on x, so a resumed run computes what the uninterrupted one did.
 
     The uninterrupted run had called the model on x before this epoch, so
     its first layer ran on a cached Gather (``sagann.engine.constant``: from
-    the inputs' second call); without this call the resumed run's first
-    epoch would stream instead, equal up to fp32 rounding, not bit for bit.
-    Output discarded; no RNG is drawn in eval mode (and the checkpoint's RNG
-    state is restored after it).
+    the inputs' second call) and, from the call that cached it, the graph
+    may have moved to a coarser partition; without these calls the resumed
+    run's epochs would stream or chunk differently, equal up to fp32
+    rounding, not bit for bit. Each epoch ended with an evaluation call on
+    x (and one training call on x where no dropout draws a new input), so by
+    its second epoch the uninterrupted run had seen x at least twice, after
+    its first at least once: replaying ``min(2, epochs_done)`` calls reaches
+    the same state (a second sighting in the resumed epoch itself comes
+    before anything that depends on it, as it did in the uninterrupted
+    run). Output discarded; no RNG is drawn in eval mode (and the
+    checkpoint's RNG state is restored after it).
     """
     if not g.schedule.cache_gather:
         return
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(g, x)
+        for _ in range(min(2, epochs_done)):
+            model(g, x)
     model.train(was_training)
 
 

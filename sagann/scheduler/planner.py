@@ -340,8 +340,9 @@ def choose_num_chunks(
     start: int = 1,
     in_flight: int = 1,
     lower_bound: Callable[[int], int] | None = None,
+    max_chunks: int = MAX_CHUNKS,
 ) -> tuple[GraphPartition, WorkingSet]:
-    """Smallest P >= start whose working set fits the budget, as NeuGraph picks it.
+    """Smallest P in [start, max_chunks] whose working set fits the budget, as NeuGraph picks it.
 
     Doubles P until the plan fits, then bisects back to the smallest fit.
     ``lower_bound(P)`` (e.g. :func:`resident_lower_bound` of P's bounds)
@@ -355,7 +356,7 @@ def choose_num_chunks(
             return first, ws
     else:
         ws = WorkingSet(int(lower_bound(start)), "resident vertex rows (lower bound)")
-    limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS))
+    limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS, max_chunks))
     lo, hi, best = start, start, None
 
     def fits(p: int):

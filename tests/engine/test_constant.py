@@ -182,3 +182,37 @@ def test_property_cached_gather_equals_streamed(graph, num_chunks, budget, width
 def test_config_validates_cache_gather():
     with pytest.raises(ValueError, match="cache_gather must be True or False"):
         sagann.ScheduleConfig(cache_gather="yes")
+
+
+def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
+    """The first epoch streams the 64-wide features at the P they need; from the cached epoch on the
+    8-wide second layer alone sets P, and the graph moves to the smaller P that fits it, training the same."""
+    rng = np.random.default_rng(4)
+    n, d, classes = 1500, 64, 3
+    ei = awkward_graph(rng, n, 12000)
+    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
+    torch.manual_seed(0)
+    ref_losses, ref_params = _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), _graph(ei, n, False), x, y, epochs=4)
+    probe = _graph(ei, n, False)
+    torch.manual_seed(0)
+    _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
+    budget = probe.working_set.peak_bytes // 6
+    dev = sagann.CpuDevice(budget, copy_transfers=True)
+    g = _graph(ei, n, True, device=dev)
+    torch.manual_seed(0)
+    model = GCN(d, 8, classes, num_layers=2, dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    chunks, losses = [], []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(g, x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        chunks.append(g.num_chunks)
+    assert chunks[0] > 1 and chunks[-1] < chunks[0], f"P per epoch {chunks}"
+    assert chunks[1:] == [chunks[1]] * 3, "one coarsening, then the graph settles"
+    assert_rel_close(torch.stack(losses), ref_losses, what="losses")
+    for a, b in zip(model.parameters(), ref_params):
+        assert_rel_close(a.detach(), b, what="parameters")
+    assert dev.peak_bytes <= budget and dev.current_bytes == 0
