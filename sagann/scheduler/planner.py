@@ -211,8 +211,16 @@ def src_row_bytes(shape: LayerShape) -> int:
 _SUB_CHUNK_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # chunk -> {(shape, fused, backward): bytes}
 
 
+_CANONICAL: dict = {}  # LayerShape -> the first equal instance seen
+
+
+def canonical(shape: LayerShape) -> LayerShape:
+    """One instance per distinct shape: memo lookups keyed by it then match by identity, not a 20-field compare."""
+    return _CANONICAL.setdefault(shape, shape)
+
+
 def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
-    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass."""
+    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass (pass a :func:`canonical` shape)."""
     cache = _SUB_CHUNK_BYTES.setdefault(c, {})
     key = (shape, fused, backward)
     if key not in cache:
@@ -253,6 +261,7 @@ def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param
     ``prefetch + 1`` with it (bounded by the largest sub-chunks).
     """
     sizes = np.diff(partition.bounds)
+    shape = canonical(shape)
     fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
     bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
     biggest = int(sizes.max()) if sizes.size else 0

@@ -26,7 +26,7 @@ from typing import Callable, Collection, Iterator
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import LayerShape, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
+from sagann.scheduler.planner import LayerShape, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -200,6 +200,7 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
     """
     backward = plan.phase == BACKWARD
     sizes = partition.bounds[1:] - partition.bounds[:-1]
+    shape = canonical(shape)
     if backward:
         held = {g: resident_bytes(int(sizes[g]), shape, "backward") for g, _ in plan.groups}
     else:  # a tile's accumulators
