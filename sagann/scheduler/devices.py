@@ -11,6 +11,7 @@ import torch
 from sagann import profiler
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.policy import TransferCosts
+from sagann.scheduler.pool import BufferPool
 from sagann.scheduler.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
@@ -317,6 +318,8 @@ class CpuDevice(Device):
         self.link_bandwidth = None if self.link is None else self.link.bandwidth
         self.peer_bandwidth = parse_bytes(peer_bandwidth)
         self.copy_transfers = bool(copy_transfers)
+        # copies land in reused buffers, as a GPU's caching allocator keeps device memory (sagann.scheduler.pool)
+        self._pool = BufferPool(2 * self.memory_budget) if self.copy_transfers and self.memory_budget is not None else None
 
     @property
     def shares_host_memory(self) -> bool:
@@ -343,13 +346,21 @@ class CpuDevice(Device):
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = host.detach().clone() if self.copy_transfers else host.detach()
+        if not self.copy_transfers:
+            out = host.detach()
+        else:
+            out = self._pool.empty(tuple(host.shape), host.dtype) if self._pool is not None and host.is_contiguous() else None
+            out = host.detach().clone() if out is None else out.copy_(host.detach())
         self._throttle(t0, tensor_bytes(out))
         return out
 
     def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = host.detach().index_select(0, index)  # already a fresh copy
+        out = self._pool.empty((index.numel(), *host.shape[1:]), host.dtype) if self._pool is not None and host.dim() >= 1 else None
+        if out is None:
+            out = host.detach().index_select(0, index)  # already a fresh copy
+        else:
+            torch.index_select(host.detach(), 0, index, out=out)
         self._throttle(t0, tensor_bytes(out))
         return out
 

@@ -1,0 +1,75 @@
+"""Reused buffers for a CPU virtual device's copies, as a GPU's caching allocator reuses device memory.
+
+A ``CpuDevice(copy_transfers=True)`` emulates a discrete accelerator: every
+transfer is a real copy. Made with ``clone``, each copy of a large tensor is
+a fresh allocation, which glibc serves with a fresh ``mmap`` and the kernel
+with page faults on first touch: on the dev VM that made the copies of an
+out-of-core GCN epoch cost as much again as the bytes themselves (measured:
+docs/benchmarks.md). A GPU copies into memory its caching allocator keeps;
+this pool does the same for the CPU device. A buffer is free again when no
+tensor uses its storage any more (the storage's use count, so views handed
+to kernels or kept by autograd keep it taken); the ledger still charges
+every load, so budgets are unchanged.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+MIN_POOLED_BYTES = 1 << 20  # below this, malloc reuses its own free lists: no page faults to save
+_GRANULE = 1 << 20
+
+try:
+    _use_count = torch._C._storage_Use_Count
+except AttributeError:  # pragma: no cover - a torch without it: no pooling
+    _use_count = None
+
+
+class BufferPool:
+    """Byte buffers by size class; at most ``limit_bytes`` of free ones are kept."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = int(limit_bytes)
+        self._buffers: dict[int, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _is_free(buf: torch.Tensor) -> bool:
+        return _use_count(buf.untyped_storage()._cdata) <= 2  # the pool's tensor and this call's storage object
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """A contiguous tensor on a pooled buffer, or None (small, or pooling unavailable): the caller allocates."""
+        numel = 1
+        for n in shape:
+            numel *= int(n)
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if _use_count is None or nbytes < MIN_POOLED_BYTES or dtype == torch.bool:
+            return None
+        size = -(-nbytes // _GRANULE) * _GRANULE
+        with self._lock:
+            bucket = self._buffers.setdefault(size, [])
+            buf = next((b for b in bucket if self._is_free(b)), None)
+            if buf is None:
+                self.misses += 1
+                self._trim(size)
+                buf = torch.empty(size, dtype=torch.uint8)
+                bucket.append(buf)
+            else:
+                self.hits += 1
+            return buf[:nbytes].view(dtype).view(tuple(shape))
+
+    def _trim(self, incoming: int) -> None:
+        """Drop free buffers while the pool would hold more than its limit."""
+        total = sum(b.numel() for bucket in self._buffers.values() for b in bucket) + incoming
+        for size, bucket in self._buffers.items():
+            if total <= self.limit_bytes:
+                return
+            keep = []
+            for b in bucket:
+                if total > self.limit_bytes and self._is_free(b):
+                    total -= size  # dropped: its memory goes back to malloc
+                else:
+                    keep.append(b)
+            bucket[:] = keep

@@ -1,0 +1,60 @@
+"""The CPU device's buffer pool: a buffer is reused only once nothing uses its storage; results never change."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import sagann
+from sagann.scheduler import pool as pool_mod
+from sagann.scheduler.pool import BufferPool
+from tests.engine.graphs import awkward_graph
+from tests.engine.layers import GatedGCN
+from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
+
+MB = 1 << 20
+
+
+def test_a_buffer_is_reused_only_when_no_tensor_holds_it():
+    p = BufferPool(64 * MB)
+    a = p.empty((MB // 4,), torch.float32)
+    a.fill_(1.0)
+    view = a[10:20]
+    del a
+    b = p.empty((MB // 4,), torch.float32)
+    assert b.untyped_storage().data_ptr() != view.untyped_storage().data_ptr(), "a live view keeps its buffer taken"
+    assert torch.all(view == 1.0)
+    ptr = b.untyped_storage().data_ptr()
+    del b
+    c = p.empty((MB // 4,), torch.float32)
+    assert c.untyped_storage().data_ptr() == ptr, "a released buffer is reused"
+    assert (p.hits, p.misses) == (1, 2)
+
+
+def test_small_and_bool_tensors_are_not_pooled_and_the_limit_holds():
+    p = BufferPool(3 * MB)
+    assert p.empty((10,), torch.float32) is None
+    assert p.empty((4 * MB,), torch.bool) is None
+    held = [p.empty((MB // 4,), torch.float32) for _ in range(2)]
+    del held
+    for k in range(5):  # other sizes: the free 1 MiB buffers are dropped to stay under 3 MiB
+        p.empty(((k + 2) * MB // 4,), torch.float32)
+        assert sum(b.numel() for bucket in p._buffers.values() for b in bucket) <= 3 * MB + (k + 2) * MB
+
+
+def test_out_of_core_results_are_unchanged_with_every_copy_pooled(monkeypatch):
+    monkeypatch.setattr(pool_mod, "MIN_POOLED_BYTES", 0)  # pool every copy and gather of this small graph
+    rng = np.random.default_rng(0)
+    n, ei = 500, awkward_graph(rng, 500, 6000)
+    torch.manual_seed(0)
+    layer = GatedGCN(16, 8)
+    x = torch.randn(n, 16, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, n)
+    ref_out, ref_grads = outputs_and_grads(layer, lambda a, b: layer(free, a), x, None)
+    dev = sagann.CpuDevice(free.working_set.peak_bytes // 4, copy_transfers=True)
+    g = sagann.ChunkedGraph(ei, n, device=dev, schedule=sagann.ScheduleConfig(prefetch="max"))
+    for _ in range(3):  # later calls run on reused buffers
+        out, grads = outputs_and_grads(layer, lambda a, b: layer(g, a), x, None)
+        assert_rel_close(out, ref_out)
+        assert_grads_close(grads, ref_grads)
+    assert dev._pool.hits > 0 and g.num_chunks > 1
+    assert dev.peak_bytes <= dev.memory_budget and dev.current_bytes == 0
