@@ -274,12 +274,10 @@ def build_plan(
         transfer: dict[tuple[int, int], Transfer] = {}
         for i, keys in runs.items():
             block = partition.interval_size(i) * row
-            together = keys if share_blocks else None
-            for key in keys if together is None else [keys[0]]:
-                chunk_keys = [key] if together is None else together
-                subs = [c for k in chunk_keys for c in partition.chunks[k]]
+            for batch in [keys] if share_blocks else [[k] for k in keys]:  # a run sharing one block, or each chunk alone
+                subs = [c for k in batch for c in partition.chunks[k]]
                 t = Transfer.RESIDENT if i in held else choose_transfer(policy, sum(c.num_src for c in subs) * row, block, costs, spare, transfers=len(subs))
-                transfer.update((k, t) for k in chunk_keys)
+                transfer.update((k, t) for k in batch)
         if order is Order.PROFILE and runs:
             times = {key: measured(key) for keys in runs.values() for key in keys}
             if all(t is not None for t in times.values()):
