@@ -8,6 +8,7 @@ from torch import nn
 
 from sagann.fn import GATHERS, AttentionFn, MessageFn
 from sagann.scheduler.planner import LayerShape
+from sagann.scheduler.units import storage_ptr, tensor_bytes
 
 
 class EdgeBatch:
@@ -251,13 +252,13 @@ def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor],
     """
     def saved(rows: int) -> int:
         args = [torch.randn(rows, w, device=device, requires_grad=True).clone() for w in widths]  # not leaves, as in the engine
-        skip = {_storage_ptr(t) for t in [*params, *args]}
+        skip = {storage_ptr(t) for t in [*params, *args]}
         total = 0
 
         def pack(t: torch.Tensor) -> torch.Tensor:
             nonlocal total
-            if _storage_ptr(t) not in skip:
-                total += t.numel() * t.element_size()
+            if storage_ptr(t) not in skip:
+                total += tensor_bytes(t)
             return t
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -269,13 +270,6 @@ def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor],
             return max(0, (saved(8) - saved(4)) // 4)
         except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
             return 0
-
-
-def _storage_ptr(t: torch.Tensor) -> int:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # a tensor without storage
-        return -1
 
 
 def _check_attention(name: str, out) -> tuple[torch.Tensor, int]:

@@ -24,13 +24,7 @@ from __future__ import annotations
 import torch
 
 from sagann.scheduler.devices import Scope, tensor_bytes
-
-
-def _storage_ptr(t: torch.Tensor) -> int:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, functional wrappers)
-        return -1
+from sagann.scheduler.units import storage_ptr as _storage_ptr
 
 
 class _Saved:

@@ -13,6 +13,7 @@ every load, so budgets are unchanged.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -41,10 +42,7 @@ class BufferPool:
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """A contiguous tensor on a pooled buffer, or None (small, or pooling unavailable): the caller allocates."""
-        numel = 1
-        for n in shape:
-            numel *= int(n)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
         if _use_count is None or nbytes < MIN_POOLED_BYTES or dtype == torch.bool:
             return None
         size = -(-nbytes // _GRANULE) * _GRANULE

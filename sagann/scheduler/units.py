@@ -1,4 +1,4 @@
-"""Byte sizes: parsing "64MB", printing, and the size of a tensor."""
+"""Byte sizes: parsing "64MB", printing, the size of a tensor and where its memory is."""
 from __future__ import annotations
 
 import re
@@ -38,3 +38,11 @@ def format_bytes(n: int | None) -> str:
 
 def tensor_bytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
+
+
+def storage_ptr(t: torch.Tensor) -> int:
+    """Address of ``t``'s storage (shared by all its views); -1 for a tensor without one (sparse, functional wrappers)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return -1
