@@ -266,13 +266,11 @@ class ChunkedGraph:
         else:
             start = 1 if self.partition is None else self.partition.num_chunks
             weight = vertex_weight(shape, fused)
-            make = lambda P: self._partition(P, sub, weight)  # noqa: E731
-            bound = lambda P: resident_lower_bound(balanced_bounds(self.in_degree, P, weight), shape, param_bytes)  # noqa: E731
             try:  # room for one sub-chunk loading while one computes, if any P allows it
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=in_flight, lower_bound=bound)
+                part, ws = self._smallest_fit(shape, fused, param_bytes, budget, sub, weight, start, in_flight)
             except BudgetTooSmall:
                 in_flight = 1
-                part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=1, lower_bound=bound)
+                part, ws = self._smallest_fit(shape, fused, param_bytes, budget, sub, weight, start, 1)
             if first and budget is not None and self._fixed_sub_nnz is None:
                 part, ws = self._widen(part, ws, shape, fused, param_bytes, budget, weight, in_flight)
         return self._settle(part, ws)
@@ -305,13 +303,17 @@ class ChunkedGraph:
             shape = shape.with_grads(True, True, False)
         sub = sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
         weight = vertex_weight(shape, fused)
-        make = lambda P: self._partition(P, sub, weight)  # noqa: E731
-        bound = lambda P: resident_lower_bound(balanced_bounds(self.in_degree, P, weight), shape, param_bytes)  # noqa: E731
         try:
-            part, ws = choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, 1, in_flight=in_flight, lower_bound=bound, max_chunks=p.num_chunks - 1)
+            part, ws = self._smallest_fit(shape, fused, param_bytes, budget, sub, weight, 1, in_flight, max_chunks=p.num_chunks - 1)
         except BudgetTooSmall:
             return None
         return self._widen(part, ws, shape, fused, param_bytes, budget, weight, in_flight)
+
+    def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, budget: int | None, sub: int, weight: float, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):
+        """``choose_num_chunks`` over this graph's partitions: P ruled out by its intervals' resident rows before it is cut."""
+        make = lambda P: self._partition(P, sub, weight)  # noqa: E731
+        bound = lambda P: resident_lower_bound(balanced_bounds(self.in_degree, P, weight), shape, param_bytes)  # noqa: E731
+        return choose_num_chunks(make, self.num_vertices, shape, fused, param_bytes, budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks)
 
     def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, budget: int, weight: float, in_flight: int):
         """The same P with the largest sub-chunks (up to the default) whose working set still fits.
@@ -413,11 +415,12 @@ class ChunkedGraph:
         spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
         # the tile and resident intervals depend on sizes, not on measured times: choose them once per
         # partition and shape, then rebuild only the order (and check the dry run) on later passes
-        key = (id(partition), canonical(shape), fused, param_bytes, phase, depth, spare, self._resident_ok, cfg, self._plan_costs(phase, fused))
+        costs = self._plan_costs(phase, fused)
+        key = (id(partition), canonical(shape), fused, param_bytes, phase, depth, spare, self._resident_ok, cfg, costs)
         best, known = None, self._plan_choices.get(key)
         if known is not None and known[0]() is partition:  # (not a dead partition whose id was reused)
             _, tile, held, room = known
-            plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), room, cfg.order, measured, resident=held, tile=tile)
+            plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, room, cfg.order, measured, resident=held, tile=tile)
             peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
             if budget is None or peak <= budget:
                 best = (plan, peak, room)
