@@ -25,6 +25,7 @@ from sagann.scheduler.planner import (
     LayerShape,
     WorkingSet,
     choose_num_chunks,
+    edge_stage_bytes,
     resident_lower_bound,
     src_row_bytes,
     sub_chunk_nnz_for,
@@ -412,7 +413,8 @@ class ChunkedGraph:
         """
         cfg, budget = self.schedule, self.device.memory_budget
         depth = self.prefetch_depth(partition, shape, fused, param_bytes)
-        spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
+        # room for resident intervals: what this edge stage leaves, not the whole call's peak (its other phases are over)
+        spare = None if budget is None else budget - edge_stage_bytes(partition, shape, fused, param_bytes, phase, in_flight=live_sub_chunks(depth))
         # the tile and resident intervals depend on sizes, not on measured times: choose them once per
         # partition and shape, then rebuild only the order (and check the dry run) on later passes
         costs = self._plan_costs(phase, fused)

@@ -260,20 +260,35 @@ def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param
     ``in_flight`` sub-chunks are counted at once: 1 without prefetching,
     ``prefetch + 1`` with it (bounded by the largest sub-chunks).
     """
+    phases = _phase_bytes(partition, shape, fused, in_flight)
+    phase = max(phases, key=phases.get)
+    return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
+
+
+def edge_stage_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, in_flight: int = 1) -> int:
+    """Device bytes of one edge stage (``phase``: forward or backward) before any interval is held resident.
+
+    The room a pass's plan may fill with resident intervals is the budget
+    less this, not less the whole call's working set: the call's other
+    phases (a hook pre-pass over wide input rows, say) have given their
+    memory back by the time its edge stage runs.
+    """
+    return int(_phase_bytes(partition, shape, fused, in_flight)[f"{phase} edge stage"] + 2 * param_bytes)
+
+
+def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int) -> dict[str, int]:
     sizes = np.diff(partition.bounds)
     shape = canonical(shape)
     fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
     bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
     biggest = int(sizes.max()) if sizes.size else 0
-    phases = {
+    return {
         "forward edge stage": resident_bytes(biggest, shape, "forward") + sum(fwd_sub[:in_flight]),
         "forward apply_vertex": resident_bytes(biggest, shape, "forward"),
         "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),  # 0 without a pass
         "backward apply_vertex": resident_bytes(biggest, shape, "backward apply_vertex"),
         "hook pre-pass": resident_bytes(biggest, shape, "hook pre-pass"),
     }
-    phase = max(phases, key=phases.get)
-    return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
 
 
 def tile_candidates(num_chunks: int) -> list[int]:

@@ -237,6 +237,30 @@ def test_a_resident_copy_of_v_is_sent_once_and_changes_nothing():
     assert fwd.bytes_moved < fwd.bytes_full
 
 
+def test_the_room_for_resident_rows_is_what_the_edge_stage_leaves():
+    # 64-wide inputs, 2-wide rows after the matmul: the hook pre-pass over the inputs sets the
+    # call's working set; the edge stage, which runs after it, has room for all of V's rows
+    rng = np.random.default_rng(3)
+    n, ei = 600, awkward_graph(rng, 600, 6000)
+    torch.manual_seed(0)
+    layer = sagann.nn.GCNConv(64, 2)
+    x = torch.randn(n, 64, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, n)
+    ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: layer(free, x_), x, None)
+    sized = sagann.ChunkedGraph(ei, n, num_chunks=4, device=sagann.CpuDevice(10**9))
+    outputs_and_grads(layer, lambda x_, e_: layer(sized, x_), x, None)
+    assert sized.working_set.phase == "hook pre-pass"
+    budget = sized.working_set.peak_bytes  # no room beside the call's peak
+    dev = sagann.CpuDevice(budget, copy_transfers=True)
+    g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=dev, schedule=ScheduleConfig(order="natural"))
+    out, grads = outputs_and_grads(layer, lambda x_, e_: layer(g, x_), x, None)
+    assert_rel_close(out, ref_out)
+    assert_grads_close(grads, ref_grads)
+    fwd = next(r for r in g.pass_log if r.phase == "forward")
+    assert fwd.resident_bytes == n * 2 * 4 and fwd.bytes_moved < fwd.bytes_full
+    assert dev.peak_bytes <= budget and dev.current_bytes == 0
+
+
 def test_resident_plan_as_data():
     rng = np.random.default_rng(4)
     n, ei = 300, awkward_graph(rng, 300, 3000)
