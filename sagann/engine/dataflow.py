@@ -347,9 +347,12 @@ class _ChunkInputs:
 
     def _load(self, name: str) -> torch.Tensor | None:
         c, s = self.c, self.scope
-        if name in self._resident:
+        if name in self._resident:  # rows of V_j the pass holds
             t = self._resident[name]
-            return None if t is None else t[c.dst_offset : c.dst_offset + c.num_dst]
+            if t is None:
+                return None
+            t = t[c.dst_offset : c.dst_offset + c.num_dst]
+            return t.detach().requires_grad_(True) if self._grad.get(name) else t  # a leaf of its own on the held rows
         host = self._host.get(name)
         if host is None:
             return None
@@ -421,6 +424,7 @@ class _LayerCall:
         self.keep_graphs = True
         self._fits_recompute: bool | None = None  # may a kept graph be dropped (see _seal)?
         self._resident_copies: dict[int, _Block] = {}  # this pass's copies of its resident intervals' source rows
+        self._dst_rows: dict[str, torch.Tensor] = {}  # a backward pass's held destination rows (plan.dst_rows_bytes), whole V
         # forward graphs kept for backward (see _keep_mode): q -> (rows, output) or a KeptGraph, per hook;
         # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
@@ -684,6 +688,9 @@ class _LayerCall:
             if block is not None:
                 block.release()
             raise
+        if self._dst_rows:
+            lo = c.dst_start
+            inputs.set_resident({name: t[lo:] for name, t in self._dst_rows.items()})
         try:
             inputs.preload(fields)
         except BaseException:
@@ -752,7 +759,7 @@ class _LayerCall:
         for key, (load, busy) in times.items():
             self.g.costs.update((self.cost_key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
-        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile))
+        self.g.pass_log.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes))
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
 
@@ -1055,7 +1062,16 @@ class _LayerCall:
         moved, t_pass = 0, time.perf_counter()
         # kernel backward paths read plain tensors; only autograd's recompute needs leaves
         kernel_only = direct is not None or (self.fused and shape.attention is not None)
-        stream = self._stream(plan, host, {} if kernel_only else wants, fields)
+        held = Scope(dev)
+        try:
+            if plan.dst_rows_bytes:  # every destination row sent once, not once per chunk of its column
+                self._dst_rows = {f: held.load(host[f], f"{f} rows of V (held through the pass)") for f in fields if f not in _SRC_FIELDS and f != "data" and host.get(f) is not None}
+                moved += sum(tensor_bytes(t) for t in self._dst_rows.values())
+            stream = self._stream(plan, host, {} if kernel_only else wants, fields)
+        except BaseException:
+            self._dst_rows = {}
+            held.close()
+            raise
         try:
             for i, steps in plan.groups:
                 lo, hi = p.interval(i)
@@ -1083,6 +1099,8 @@ class _LayerCall:
                             dev.add_out(acc_term, g_src_term[lo:hi])
         finally:
             stream.close()
+            self._dst_rows = {}
+            held.close()
         self._record_pass(plan, BACKWARD, times, time.perf_counter() - t_pass, moved)
 
     def _direct_needs(self, need_x: bool, need_e: bool) -> tuple[str, ...]:

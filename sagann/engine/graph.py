@@ -35,7 +35,7 @@ from sagann.scheduler.planner import (
     working_set,
 )
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
-from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run
+from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
 
 BACKENDS = ("auto", "reference", "cpu")
 
@@ -65,6 +65,7 @@ class PassRecord:
     bytes_full: int  # what a non-selective schedule would have moved
     resident_bytes: int = 0  # source rows of the intervals held on the device through the pass (0: streamed per chunk)
     tile: int = 1  # destination intervals whose accumulators the pass held together (loop tiling)
+    dst_rows_bytes: int = 0  # backward: destination rows sent once and held through the pass (0: sent per chunk)
 
 
 class ChunkedGraph:
@@ -421,8 +422,9 @@ class ChunkedGraph:
         key = (id(partition), canonical(shape), fused, param_bytes, phase, depth, spare, self._resident_ok, cfg, costs)
         best, known = None, self._plan_choices.get(key)
         if known is not None and known[0]() is partition:  # (not a dead partition whose id was reused)
-            _, tile, held, room = known
+            _, tile, held, room, dst_rows = known
             plan = build_plan(partition, shape, phase, depth, cfg.transfer, costs, room, cfg.order, measured, resident=held, tile=tile)
+            plan = dataclasses.replace(plan, dst_rows_bytes=dst_rows)
             peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
             if budget is None or peak <= budget:
                 best = (plan, peak, room)
@@ -436,7 +438,9 @@ class ChunkedGraph:
                 fits = budget is None or peak <= budget
                 if best is None or (fits and (best[1] > budget or plan.bytes_moved < best[0].bytes_moved)):
                     best = (plan, peak, used)
-            self._plan_choices[key] = (weakref.ref(partition), best[0].tile, best[0].resident, best[2])
+            if phase != FORWARD and budget is not None and best[1] <= budget:
+                best = self._with_dst_rows_held(best, partition, shape, fused, param_bytes)
+            self._plan_choices[key] = (weakref.ref(partition), best[0].tile, best[0].resident, best[2], best[0].dst_rows_bytes)
         plan, peak, _ = best
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None:
@@ -473,6 +477,16 @@ class ChunkedGraph:
                 return (cached, cached_peak, room) if cached.bytes_moved < plan.bytes_moved else (plan, peak, plan_room)
             held.pop()  # the least worthwhile (choose_resident lists them best first); re-plan
         return plan, peak, plan_room
+
+    def _with_dst_rows_held(self, best: tuple, partition, shape, fused, param_bytes) -> tuple:
+        """A backward plan that sends every destination row once and holds it, where that fits and moves fewer bytes."""
+        plan, peak, room = best
+        held, saved = dst_rows_saving(plan, partition, shape)
+        if not self._resident_ok or self.schedule.transfer is not TransferPolicy.AUTO or saved < held:  # worth a pass-long hold: at least halves them
+            return best
+        candidate = dataclasses.replace(plan, dst_rows_bytes=held)
+        candidate_peak = dry_run(candidate, partition, shape, fused) + 2 * param_bytes
+        return (candidate, candidate_peak, room) if candidate_peak <= self.device.memory_budget else best
 
     def _plan_costs(self, phase: str, fused: bool) -> TransferCosts | None:
         """The device's measured transfer costs for the selective-or-full choice (None unless the policy is auto).

@@ -219,13 +219,24 @@ def canonical(shape: LayerShape) -> LayerShape:
     return _CANONICAL.setdefault(shape, shape)
 
 
-def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
-    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass (pass a :func:`canonical` shape)."""
+def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held: bool = False) -> int:
+    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass (pass a :func:`canonical` shape).
+
+    ``dst_held``: a backward pass holds every destination row resident, so a
+    sub-chunk brings none of its own (:func:`backward_dst_row_bytes`).
+    """
     cache = _SUB_CHUNK_BYTES.setdefault(c, {})
-    key = (shape, fused, backward)
+    key = (shape, fused, backward, dst_held)
     if key not in cache:
-        cache[key] = _sub_chunk_bytes(c, shape, fused, backward)
+        cache[key] = _sub_chunk_bytes(c, shape, fused, backward) - (c.num_dst * backward_dst_row_bytes(shape) if backward and dst_held else 0)
     return cache[key]
+
+
+def backward_dst_row_bytes(shape: LayerShape) -> int:
+    """Bytes of one destination row a backward sub-chunk loads: its input and term rows, acc's gradient (+ winners, softmax state and output rows)."""
+    win = INDEX * shape.d_msg if shape.winners else 0
+    win += FLOAT * 2 * shape.d_score
+    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg * (2 if shape.softmax else 1) + win
 
 
 def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
@@ -248,10 +259,10 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     if not backward:
         return int(b + scratch)
     dst = FLOAT * c.num_dst * shape.d_dst_side
-    g_rows = c.num_dst * (FLOAT * shape.d_msg * (2 if shape.softmax else 1) + win)  # softmax also loads the output rows
+    rows = c.num_dst * backward_dst_row_bytes(shape)  # dst, dst_term and acc's gradient rows (softmax: also the output rows)
     grads = src + edge + dst
     src_dst = 4 * c.nnz if fused else 0  # a fused backward may read destination ids source-major (ChunkTensors.src_dst)
-    return int(b + dst + g_rows + grads + 2 * scratch + src_dst)
+    return int(b + rows + grads + 2 * scratch + src_dst)
 
 
 def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:

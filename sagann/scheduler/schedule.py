@@ -26,7 +26,7 @@ from typing import Callable, Collection, Iterator
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import LayerShape, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
+from sagann.scheduler.planner import LayerShape, backward_dst_row_bytes, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -83,6 +83,7 @@ class PassPlan:
     resident: tuple[int, ...] = ()  # source intervals held on the device through the pass (all of them: V)
     tile: int = 1  # destination intervals per forward group (loop tiling; backward: 1)
     num_intervals: int = 0  # P: bounds the last tile
+    dst_rows_bytes: int = 0  # backward: every destination row (acc's gradient, ...) sent once and held through the pass (0: per chunk)
 
     def members(self, g: int) -> range:
         """The intervals of group ``g``: its destination accumulators (forward) or its source row."""
@@ -139,6 +140,8 @@ class PassPlan:
         copies = self._resident_copies() if self.resident else []
         for name, nbytes in copies:
             out.append(Action("load_resident", name, nbytes))
+        if self.dst_rows_bytes:
+            out.append(Action("load_resident", "destination rows", self.dst_rows_bytes))
         for g, steps in self.groups:
             out.extend(Action(group_op, m) for m in self.members(g))
             for k, step in enumerate(steps):
@@ -154,10 +157,13 @@ class PassPlan:
             out.extend(Action("apply_vertex" if self.phase == FORWARD else "close_row", m) for m in self.members(g))
         for name, _ in copies:
             out.append(Action("evict_resident", name))
+        if self.dst_rows_bytes:
+            out.append(Action("evict_resident", "destination rows"))
         return out
 
     def format(self, mark: int | None = None) -> str:
         tiled = f", tile {self.tile}" if self.tile > 1 else ""
+        tiled += f", destination rows held ({self.dst_rows_bytes:,} B)" if self.dst_rows_bytes else ""
         lines = [f"{self.phase} pass, prefetch {self.prefetch}{tiled}: {self.bytes_moved:,} B of source rows (non-selective {self.bytes_full:,} B, lower bound {self.bytes_lower_bound:,} B)"]
         for k, a in enumerate(self.actions()):
             lines.append(f"{'>>' if k == mark else '  '} {k:4d}  {a!r}")
@@ -199,6 +205,7 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
     the intervals the plan holds resident.
     """
     backward = plan.phase == BACKWARD
+    dst_held = backward and plan.dst_rows_bytes > 0
     sizes = partition.bounds[1:] - partition.bounds[:-1]
     shape = canonical(shape)
     if backward:
@@ -212,14 +219,14 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
             full = step.transfer is Transfer.FULL
             run += not step.shares_block
             for c in step.subs:
-                seq.append((g, sub_chunk_bytes(c, shape, fused, backward), run if full else None, step.block_bytes if full else 0))
+                seq.append((g, sub_chunk_bytes(c, shape, fused, backward, dst_held), run if full else None, step.block_bytes if full else 0))
     peak = max(held.values(), default=0)
     window = live_sub_chunks(plan.prefetch)
     for k in range(len(seq)):
         live = seq[k : k + window]
         blocks = {key: b for _, _, key, b in live if key is not None}
         peak = max(peak, held[live[0][0]] + sum(b for _, b, _, _ in live) + sum(blocks.values()))
-    return int(peak + plan.resident_bytes)
+    return int(peak + plan.resident_bytes + plan.dst_rows_bytes)
 
 
 def build_plan(
@@ -316,3 +323,19 @@ def choose_resident(plan: PassPlan, spare_bytes: int) -> tuple[int, ...]:
             chosen.append(i)
             used += size[i]
     return tuple(chosen)
+
+
+def dst_rows_saving(plan: PassPlan, partition: GraphPartition, shape: LayerShape) -> tuple[int, int]:
+    """(bytes held, bytes saved) if a backward pass sends every destination row once and holds it, instead of per sub-chunk.
+
+    By symmetry with a resident V in forward: a backward row (source
+    interval i) streams the chunks E_ij of every j, so each V_j's rows of
+    acc's gradient go over once per chunk of its column.
+    """
+    if plan.phase != BACKWARD:
+        return 0, 0
+    row = backward_dst_row_bytes(shape)
+    per_chunk = sum(c.num_dst for c in plan.sub_chunks()) * row
+    read = {s.key[1] for s in plan.steps()}
+    held = sum(partition.interval_size(j) for j in read) * row
+    return held, per_chunk - held

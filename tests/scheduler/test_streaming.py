@@ -1,6 +1,7 @@
 """The streamed schedule: every option equals in-memory; faults surface fast and leak nothing."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -14,7 +15,8 @@ from sagann.chunks import partition_graph
 from sagann.engine.layer import probe_layer
 from sagann.scheduler.pipeline import LoaderError
 from sagann.scheduler.policy import Transfer, TransferPolicy
-from sagann.scheduler.schedule import ScheduleError, build_plan, choose_resident, dry_run, validate
+from sagann.scheduler.planner import backward_dst_row_bytes
+from sagann.scheduler.schedule import ScheduleError, build_plan, choose_resident, dry_run, dst_rows_saving, validate
 from tests.engine.graphs import awkward_graph, graphs
 from tests.engine.layers import Builtin, GatedGCN, HookLayer, edge_data_for
 from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
@@ -259,6 +261,47 @@ def test_the_room_for_resident_rows_is_what_the_edge_stage_leaves():
     fwd = next(r for r in g.pass_log if r.phase == "forward")
     assert fwd.resident_bytes == n * 2 * 4 and fwd.bytes_moved < fwd.bytes_full
     assert dev.peak_bytes <= budget and dev.current_bytes == 0
+
+
+@pytest.mark.parametrize("which", ["gcn", "gated", "hooks_max", "gat"])
+def test_a_backward_pass_sends_each_destination_row_once_where_they_fit(which):
+    # autograd leaves (gated, hooks), winners (max) and softmax state (gat) among the held rows
+    rng = np.random.default_rng(3)
+    n, ei = 600, awkward_graph(rng, 600, 6000)
+    torch.manual_seed(0)
+    layer = {"gcn": lambda: sagann.nn.GCNConv(3, 3), "gated": lambda: GatedGCN(3, 4), "hooks_max": lambda: HookLayer(3, 4, 2, "max"), "gat": lambda: sagann.nn.GATConv(3, 4, heads=2)}[which]()
+    x = torch.randn(n, 3, requires_grad=True)
+    ed = torch.randn(ei.shape[1], 2, requires_grad=True) if which == "hooks_max" else None
+    call = lambda g: (lambda a, b: layer(g, a, b)) if ed is not None else (lambda a, b: layer(g, a))  # noqa: E731
+    free = sagann.ChunkedGraph(ei, n)
+    ref_out, ref_grads = outputs_and_grads(layer, call(free), x, ed)
+    dev = sagann.CpuDevice(10 * free.working_set.peak_bytes, copy_transfers=True)
+    g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=dev)
+    out, grads = outputs_and_grads(layer, call(g), x, ed)
+    assert_rel_close(out, ref_out)
+    assert_grads_close(grads, ref_grads)
+    bwd = [r for r in g.pass_log if r.phase == "backward" and r.chunks]
+    assert bwd and all(r.dst_rows_bytes > 0 for r in bwd), g.pass_log
+    assert dev.peak_bytes <= dev.memory_budget and dev.current_bytes == 0
+
+
+def test_destination_rows_held_plan_as_data():
+    rng = np.random.default_rng(1)
+    n, ei = 300, awkward_graph(rng, 300, 3000)
+    part = partition_graph(ei, n, 4, 200)
+    shape = probe_layer(Builtin("src_mul_edge", "sum", 3), 3, torch.randn(ei.shape[1]), torch.device("cpu"))
+    plan = build_plan(part, shape, "backward", 0)
+    held, saved = dst_rows_saving(plan, part, shape)
+    read = {s.key[1] for s in plan.steps()}
+    assert held == sum(part.interval_size(j) for j in read) * backward_dst_row_bytes(shape) > 0
+    assert saved == sum(c.num_dst for c in plan.sub_chunks()) * backward_dst_row_bytes(shape) - held > held
+    holding = dataclasses.replace(plan, dst_rows_bytes=held)
+    validate(holding, part)
+    text = holding.format()
+    assert "destination rows held" in text and "load_resident 'destination rows'" in text and "evict_resident 'destination rows'" in text
+    # each sub-chunk brings no destination rows of its own; the held copy counts once
+    assert held <= dry_run(holding, part, shape, True) < dry_run(plan, part, shape, True) + held
+    assert dst_rows_saving(build_plan(part, shape, "forward", 0), part, shape) == (0, 0)
 
 
 def test_resident_plan_as_data():
