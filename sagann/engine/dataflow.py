@@ -424,7 +424,7 @@ class _LayerCall:
         self.keep_graphs = True
         self._fits_recompute: bool | None = None  # may a kept graph be dropped (see _seal)?
         self._resident_copies: dict[int, _Block] = {}  # this pass's copies of its resident intervals' source rows
-        self._dst_rows: dict[str, torch.Tensor] = {}  # a backward pass's held destination rows (plan.dst_rows_bytes), whole V
+        self._dst_rows: dict[int, dict[str, torch.Tensor]] = {}  # a backward pass's held destination rows (plan.dst_rows_bytes), per V_j
         # forward graphs kept for backward (see _keep_mode): q -> (rows, output) or a KeptGraph, per hook;
         # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
@@ -689,8 +689,7 @@ class _LayerCall:
                 block.release()
             raise
         if self._dst_rows:
-            lo = c.dst_start
-            inputs.set_resident({name: t[lo:] for name, t in self._dst_rows.items()})
+            inputs.set_resident(self._dst_rows[step.key[1]])
         try:
             inputs.preload(fields)
         except BaseException:
@@ -1065,8 +1064,11 @@ class _LayerCall:
         held = Scope(dev)
         try:
             if plan.dst_rows_bytes:  # every destination row sent once, not once per chunk of its column
-                self._dst_rows = {f: held.load(host[f], f"{f} rows of V (held through the pass)") for f in fields if f not in _SRC_FIELDS and f != "data" and host.get(f) is not None}
-                moved += sum(tensor_bytes(t) for t in self._dst_rows.values())
+                names = [f for f in fields if f not in _SRC_FIELDS and f != "data" and host.get(f) is not None]
+                for j in sorted({step.key[1] for step in plan.steps()}):
+                    lo, hi = p.interval(j)
+                    self._dst_rows[j] = {f: held.load(host[f][lo:hi], f"{f} rows of V_{j} (held through the pass)") for f in names}
+                    moved += sum(tensor_bytes(t) for t in self._dst_rows[j].values())
             stream = self._stream(plan, host, {} if kernel_only else wants, fields)
         except BaseException:
             self._dst_rows = {}
