@@ -25,7 +25,7 @@ import torch
 from sagann.engine.layer import Face, Layer, face_of, unread_rows
 from sagann.fn import MessageFn
 
-__all__ = ["seen_gather", "note_gather", "reuses_gather", "run_on_cached_gather"]
+__all__ = ["seen_gather", "note_gather", "reuses_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
 
 _CACHE = "constant_gather"  # ChunkedGraph._derived key: {_key(...): _Sighting}
 
@@ -131,6 +131,26 @@ def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tens
     return Layer.forward(on_acc, g.without_edges(), seen.rows)
 
 
+def run_chained_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None, then: torch.nn.Module) -> torch.Tensor | None:
+    """``then(layer's output)`` in one ApplyVertex pass over the cached acc, or None where no acc is cached yet.
+
+    ``then`` is row-wise (the next layer's per-vertex start: an activation
+    and a matmul, say). The layer's own output never goes to the host: out
+    of core that saves sending it back and forth once per direction, and
+    the host pass of whatever ``then`` computes. Only from the call after
+    the one that cached acc; records nothing.
+    """
+    if not _constant(layer, g, x, edge_data):
+        return None
+    seen = g.cached(_CACHE, dict).get(_key(layer, x, edge_data))
+    if seen is None or seen.rows is None or not seen.same(x, edge_data):
+        return None
+    on_acc = face_of(layer, "_sagann_on_gathered", _OnGathered)
+    on_acc.d_in = int(x.shape[1])
+    chained = face_of(on_acc, f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
+    return Layer.forward(chained, g.without_edges(), seen.rows)
+
+
 class _GatherOnly(Face):
     """The base layer's Gather with ApplyVertex = identity: the acc to cache. No parameters."""
 
@@ -161,3 +181,27 @@ class _OnGathered(Face):
         if not base.apply_vertex_reads_v:
             return base.apply_vertex(unread_rows(v.shape[0], self.d_in, v.dtype, v.device), v)
         return base.apply_vertex(v[:, : self.d_in], v[:, self.d_in:])
+
+
+class _Chained(Face):
+    """A face's ApplyVertex followed by ``then``, as one ApplyVertex: over the face's parameters and ``then``'s."""
+
+    def __init__(self, base: Face, then: torch.nn.Module):
+        super().__init__(base)
+        self.__dict__["_then"] = then  # not a submodule: its parameters belong to the next layer
+        self.display_name = f"{base.display_name}+{getattr(then, 'display_name', type(then).__name__)}"
+
+    def apply_edge(self, e):
+        return e.src[:, :1]  # never runs (no edges), as _OnGathered
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        return self._then(self._base.apply_vertex(v, acc))
+
+    def named_parameters(self, *args, **kwargs):
+        yield from self._base.named_parameters(*args, **kwargs)
+        for name, p in self._then.named_parameters(*args, **kwargs):
+            yield f"then.{name}", p
+
+    def parameters(self, recurse: bool = True):
+        yield from self._base.parameters(recurse)
+        yield from self._then.parameters(recurse)

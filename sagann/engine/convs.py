@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sagann import fn
-from sagann.engine.constant import note_gather, seen_gather
+from sagann.engine.constant import note_gather, run_chained_on_cached_gather, seen_gather
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.layer import Face, Layer, face_of
 
@@ -82,6 +82,34 @@ class GCNConv(Layer):
         note_gather(aggregate_first, graph, x, norm)  # the next call with this x propagates it once and caches Â X
         return super().forward(graph, x, norm)
 
+    def chain_into(self, g: ChunkedGraph, x: torch.Tensor, nxt: "GCNConv", act) -> torch.Tensor | None:
+        """``act(self(g, x)) @ nxt.lin.weight.T``, nxt's rows to propagate, in one vertex pass; None where that does not apply.
+
+        Applies where this layer runs on its cached ``Â X`` (from the third
+        call with the same constant features) and ``nxt`` multiplies before
+        propagating (:func:`aggregates_first`). The caller then finishes nxt
+        with :meth:`propagate_projected`. This layer's output and ``act``'s
+        never exist on the host: out of core, two of the seven feature-wide
+        transfers of a 2-layer GCN epoch go, and a third, the activation's
+        (autograd saves one tensor for ``act`` and the matmul, not two).
+        """
+        if type(self) is not GCNConv or type(nxt) is not GCNConv or nxt.in_channels != self.out_channels:
+            return None
+        grad = torch.is_grad_enabled()
+        grad_in = grad and any(p.requires_grad for p in self.parameters())  # nxt's input: this layer's output
+        if _aggregates_first_for(nxt, grad_in, grad and any(p.requires_grad for p in nxt.parameters()), tie=False):
+            return None
+        graph, norm = self._graph_and_weights(g, None)
+        then = nxt.__dict__.get("_sagann_then")
+        if then is None or then.act is not act:
+            then = nxt.__dict__["_sagann_then"] = _ActThenLinear(act, nxt.lin)
+        return run_chained_on_cached_gather(face_of(self, "_aggregate_first", _GCNAggregateFirst), graph, x, norm, then)
+
+    def propagate_projected(self, g: ChunkedGraph, xw: torch.Tensor) -> torch.Tensor:
+        """``Â xw + b`` for rows already multiplied by this layer's weight (see :meth:`chain_into`)."""
+        graph, norm = self._graph_and_weights(g, None)
+        return Layer.forward(face_of(self, "_propagate", _GCNPropagate), graph, xw, norm)
+
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
         fill = 2.0 if self.improved else 1.0
         if not self.normalize:
@@ -113,6 +141,10 @@ def aggregates_first(conv: Layer, x: torch.Tensor, edge_data: torch.Tensor | Non
     grad = torch.is_grad_enabled()
     grad_in = grad and (x.requires_grad or (edge_data is not None and edge_data.requires_grad))
     grad_w = grad and any(p.requires_grad for p in conv.parameters())
+    return _aggregates_first_for(conv, grad_in, grad_w, tie)
+
+
+def _aggregates_first_for(conv: Layer, grad_in: bool, grad_w: bool, tie: bool) -> bool:
     lin_first = conv.out_channels * (1 + (grad_in or grad_w))
     agg_first = conv.in_channels * (1 + grad_in)
     return agg_first < lin_first or (agg_first == lin_first and tie)
@@ -127,6 +159,38 @@ class _GCNAggregateFirst(Face):
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         return F.linear(acc, self._base.lin.weight, self._base.bias)  # one addmm: no N x d temporary for the bias
+
+
+class _GCNPropagate(Face):
+    """The same GCNConv on rows already multiplied by its weight: ``Â xw + b``, over the bias alone."""
+
+    gather = "sum"
+    apply_vertex_reads_v = False
+    apply_edge = fn.src_mul_edge
+    caches_gather = False  # xw changes with the weights every step
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        bias = self._base.bias
+        return acc if bias is None else acc + bias
+
+    def named_parameters(self, *args, **kwargs):
+        return iter(()) if self._base.bias is None else iter([("bias", self._base.bias)])
+
+    def parameters(self, recurse: bool = True):
+        return iter(()) if self._base.bias is None else iter([self._base.bias])
+
+
+class _ActThenLinear(nn.Module):
+    """``lin(act(h))``: the next GCNConv's per-vertex start, chained onto a vertex pass (its ``lin`` is that conv's)."""
+
+    display_name = "act+lin"
+
+    def __init__(self, act, lin: nn.Linear):
+        super().__init__()
+        self.act, self.lin = act, lin
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.act(h))
 
 
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:

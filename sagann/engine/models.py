@@ -11,7 +11,15 @@ __all__ = ["GCN", "GraphSAGE", "GIN", "GAT", "GGCN", "MLP", "MODELS", "build_mod
 
 
 class _Stack(nn.Module):
-    """Layers with ReLU and dropout between them (dropout runs on the host rows)."""
+    """Layers with ReLU and dropout between them (dropout runs on the host rows).
+
+    ``chain_layers``: where a layer offers ``chain_into`` (GCNConv on a
+    cached Gather) and no dropout runs before the next layer, the layer,
+    the ReLU and the next layer's matmul run as one vertex pass (see
+    ``GCNConv.chain_into``). The same function, up to fp32 rounding.
+    """
+
+    chain_layers = True
 
     def __init__(self, layers: list[nn.Module], dropout: float):
         super().__init__()
@@ -19,11 +27,21 @@ class _Stack(nn.Module):
         self.dropout = dropout
 
     def forward(self, g, x: torch.Tensor) -> torch.Tensor:
-        for k, layer in enumerate(self.layers):
+        last, k = len(self.layers) - 1, 0
+        while k <= last:
+            layer = self.layers[k]
             x = F.dropout(x, self.dropout, self.training)
-            x = layer(g, x)
-            if k < len(self.layers) - 1:
+            xw = None
+            if k < last and self.chain_layers and (self.dropout == 0 or not self.training) and hasattr(layer, "chain_into"):
+                xw = layer.chain_into(g, x, self.layers[k + 1], F.relu)
+            if xw is not None:
+                k += 1
+                x = self.layers[k].propagate_projected(g, xw)
+            else:
+                x = layer(g, x)
+            if k < last:
                 x = F.relu(x)
+            k += 1
         return x
 
 

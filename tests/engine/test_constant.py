@@ -216,3 +216,47 @@ def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     for a, b in zip(model.parameters(), ref_params):
         assert_rel_close(a.detach(), b, what="parameters")
     assert dev.peak_bytes <= budget and dev.current_bytes == 0
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+@pytest.mark.parametrize("setting", ["p1", "budget", "two_devices"])
+def test_a_cached_gcn_layer_chains_into_the_next_ones_matmul(layers, setting):
+    # from the third call the first layer, ReLU and the second layer's XW run as one vertex pass
+    rng = np.random.default_rng(4)
+    n, d, classes = 80, 12, 3
+    ei = awkward_graph(rng, n, 600)
+    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
+    device = {"p1": lambda: None, "budget": lambda: sagann.CpuDevice("24KB", copy_transfers=True), "two_devices": lambda: [sagann.CpuDevice(name="a"), sagann.CpuDevice(name="b")]}[setting]
+    runs = []
+    for chain in (True, False):
+        torch.manual_seed(3)
+        model = GCN(d, 16, classes, num_layers=layers, dropout=0.0)
+        model.chain_layers = chain
+        g = _graph(ei, n, True, device(), **({"num_chunks": 1} if setting == "p1" else {}))
+        runs.append((_train(model, g, x, y, epochs=4), [r.layer for r in g.pass_log]))
+    ((loss_c, params_c), names_c), ((loss_u, params_u), names_u) = runs
+    assert any("+act+lin" in name for name in names_c) and not any("+act+lin" in name for name in names_u)
+    assert_rel_close(loss_c, loss_u, what="losses")
+    for k, (a, b) in enumerate(zip(params_c, params_u)):
+        assert_rel_close(a, b, what=f"parameter {k}")
+
+
+def test_chaining_waits_for_no_dropout_and_runs_in_eval():
+    rng = np.random.default_rng(5)
+    n = 60
+    ei = awkward_graph(rng, n, 400)
+    x, y = torch.randn(n, 8), torch.randint(0, 3, (n,))
+    torch.manual_seed(0)
+    model = GCN(8, 16, 3, dropout=0.5)
+    g = _graph(ei, n, True, num_chunks=3)
+    _train(model, g, x, y, epochs=3)
+    assert not any("+act+lin" in r.layer for r in g.pass_log), "dropout runs between the layers in training: nothing chains"
+    model.eval()
+    with torch.no_grad():
+        model.chain_layers = False
+        model(g, x)  # notes x; the next call caches its Gather
+        plain = model(g, x)
+        model.chain_layers = True
+        chained = model(g, x)
+    assert any("+act+lin" in r.layer for r in g.pass_log)
+    assert_rel_close(chained, plain, what="eval output")
