@@ -46,6 +46,14 @@ def _train(model, g, x, y, epochs=4, edge_data=None):
     return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
 
 
+def _assert_same_training(a, b) -> None:
+    """Two ``_train`` results: losses and final parameters within 1e-5."""
+    (loss_a, params_a), (loss_b, params_b) = a, b
+    assert_rel_close(loss_a, loss_b, what="losses")
+    for k, (pa, pb) in enumerate(zip(params_a, params_b)):
+        assert_rel_close(pa, pb, what=f"parameter {k}")
+
+
 def _first_layer_forward_chunks(g) -> list[int]:
     """Edge chunks of each forward pass of the first layer call of every epoch (0: an edgeless pass)."""
     return [r.chunks for r in g.pass_log if r.phase == "forward"]
@@ -72,10 +80,7 @@ def test_models_train_the_same_with_and_without_the_cache(model_cls, setting):
         torch.manual_seed(3)
         model = model_cls(d, 16, classes, dropout=0.0)
         runs.append((_train(model, _graph(ei, n, cache, device(), **kw), x, y)))
-    (loss_c, params_c), (loss_s, params_s) = runs
-    assert_rel_close(loss_c, loss_s, what="losses")
-    for k, (a, b) in enumerate(zip(params_c, params_s)):
-        assert_rel_close(a, b, what=f"parameter {k}")
+    _assert_same_training(*runs)
 
 
 def test_first_layer_streams_no_edges_from_the_second_call():
@@ -234,11 +239,9 @@ def test_a_cached_gcn_layer_chains_into_the_next_ones_matmul(layers, setting):
         model.chain_layers = chain
         g = _graph(ei, n, True, device(), **({"num_chunks": 1} if setting == "p1" else {}))
         runs.append((_train(model, g, x, y, epochs=4), [r.layer for r in g.pass_log]))
-    ((loss_c, params_c), names_c), ((loss_u, params_u), names_u) = runs
+    (chained, names_c), (unchained, names_u) = runs
     assert any("+act+lin" in name for name in names_c) and not any("+act+lin" in name for name in names_u)
-    assert_rel_close(loss_c, loss_u, what="losses")
-    for k, (a, b) in enumerate(zip(params_c, params_u)):
-        assert_rel_close(a, b, what=f"parameter {k}")
+    _assert_same_training(chained, unchained)
 
 
 def test_chaining_waits_for_no_dropout_and_runs_in_eval():
