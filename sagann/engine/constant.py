@@ -126,9 +126,7 @@ def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tens
             acc = rows
         seen.rows = acc
         g.allow_coarser_partition()  # this layer's streamed calls, which may have set P, are over while x stays
-    on_acc = face_of(layer, "_sagann_on_gathered", _OnGathered)
-    on_acc.d_in = int(x.shape[1])
-    return Layer.forward(on_acc, g.without_edges(), seen.rows)
+    return Layer.forward(_on_gathered(layer, x), g.without_edges(), seen.rows)
 
 
 def run_chained_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None, then: torch.nn.Module) -> torch.Tensor | None:
@@ -140,15 +138,22 @@ def run_chained_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: to
     the host pass of whatever ``then`` computes. Only from the call after
     the one that cached acc; records nothing.
     """
-    if not _constant(layer, g, x, edge_data):
+    found = _sighting(layer, g, x, edge_data)
+    if found is None or not found[2]:
         return None
-    seen = g.cached(_CACHE, dict).get(_key(layer, x, edge_data))
-    if seen is None or seen.rows is None or not seen.same(x, edge_data):
+    sightings, key, _ = found
+    rows = sightings[key].rows
+    if rows is None:
         return None
+    chained = face_of(_on_gathered(layer, x), f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
+    return Layer.forward(chained, g.without_edges(), rows)
+
+
+def _on_gathered(layer: Layer, x: torch.Tensor) -> "_OnGathered":
+    """The layer's ApplyVertex over its cached rows (``x``: the inputs they were gathered from)."""
     on_acc = face_of(layer, "_sagann_on_gathered", _OnGathered)
     on_acc.d_in = int(x.shape[1])
-    chained = face_of(on_acc, f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
-    return Layer.forward(chained, g.without_edges(), seen.rows)
+    return on_acc
 
 
 class _GatherOnly(Face):

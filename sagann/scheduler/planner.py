@@ -234,9 +234,12 @@ def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held:
 
 def backward_dst_row_bytes(shape: LayerShape) -> int:
     """Bytes of one destination row a backward sub-chunk loads: its input and term rows, acc's gradient (+ winners, softmax state and output rows)."""
-    win = INDEX * shape.d_msg if shape.winners else 0
-    win += FLOAT * 2 * shape.d_score
-    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg * (2 if shape.softmax else 1) + win
+    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg * (2 if shape.softmax else 1) + _winner_row_bytes(shape)
+
+
+def _winner_row_bytes(shape: LayerShape) -> int:
+    """Per destination row beside acc: winner positions (max/min); softmax's max and sum per head (forward: the chunk's, backward: the saved)."""
+    return (INDEX * shape.d_msg if shape.winners else 0) + FLOAT * 2 * shape.d_score
 
 
 def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
@@ -247,8 +250,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     rows, the gradient rows of ``acc`` (+ winners), the leaves' gradients and
     the scratch of the autograd recomputation.
     """
-    win = INDEX * shape.d_msg if shape.winners else 0
-    win += FLOAT * 2 * shape.d_score  # softmax: chunk max and sum per head (forward), saved max and sum (backward)
+    win = _winner_row_bytes(shape)
     src = FLOAT * c.num_src * shape.d_src_side
     edge = FLOAT * c.nnz * shape.d_edge
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
