@@ -401,7 +401,7 @@ class MultiDeviceCall:
             for view, part in zip(self.layout.views, self.layout.partitions)
         ]
         self.params = self.calls[0].params
-        self.need_x = True
+        self.need_x = self.need_e = True
         self.keep_graphs = True
         g.calls_made += 1
         self.call_no = g.calls_made
@@ -444,7 +444,7 @@ class MultiDeviceCall:
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
         shape, n = self.shape, self.g.num_vertices
         for c in self.calls:
-            c.need_x, c.keep_graphs = self.need_x, self.keep_graphs
+            c.need_x, c.need_e, c.keep_graphs = self.need_x, self.need_e, self.keep_graphs
             c.terms = {}
         hooks = [(h, w) for h, w in (("apply_src", shape.d_src_term), ("apply_dst", shape.d_dst_term)) if w]
         terms: dict[str, torch.Tensor] = {}
@@ -527,7 +527,7 @@ class DistributedCall:
         view = DeviceGraph(g, g.device, owned[self.rank], chained=False)
         self.call = _DeviceCall(layer, view, _owned_partition(partition, owned[self.rank]), shape, backend, fused, param_bytes, seed, name=name)
         self.params = self.call.params
-        self.need_x = True
+        self.need_x = self.need_e = True
         self.keep_graphs = True
 
     def _all_gather_rows(self, t: torch.Tensor) -> None:
@@ -551,7 +551,7 @@ class DistributedCall:
 
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
         shape, n, c = self.shape, self.g.num_vertices, self.call
-        c.need_x, c.keep_graphs, c.terms = self.need_x, self.keep_graphs, {}
+        c.need_x, c.need_e, c.keep_graphs, c.terms = self.need_x, self.need_e, self.keep_graphs, {}
         terms = {}
         for hook, width in (("apply_src", shape.d_src_term), ("apply_dst", shape.d_dst_term)):
             if width:

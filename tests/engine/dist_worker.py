@@ -43,6 +43,26 @@ def layer_errors(make, with_edges, ei, n, x, ed, distributed: bool) -> tuple[tor
     return out.detach(), [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
 
 
+def out_of_core_curves(rank: int) -> dict:
+    """3 epochs of GCN at 1/8 of the in-memory device peak: one device against this rank's share, and the P each used."""
+    n, gen = 20000, torch.Generator().manual_seed(1)
+    ei = torch.randint(0, n, (2, 200000), generator=gen).numpy()
+    x, y = torch.randn(n, 32, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+    masks = [torch.arange(n) % 3 == k for k in range(3)]
+
+    def run(budget, distributed):
+        torch.manual_seed(0)
+        device = sagann.CpuDevice(budget, name=f"rank{rank}")
+        g = sagann.ChunkedGraph(ei, n, device=device, distributed=distributed)
+        hist = train_node_classifier(GCN(32, 32, 3), g, x, y, *masks, epochs=3 if budget else 1, progress=False)
+        return [h.loss for h in hist], g.num_chunks, device.peak_bytes
+
+    _, _, peak = run(None, False)
+    one, p_one, _ = run(peak // 8, False)
+    ranks, p_ranks, _ = run(peak // 8, True)
+    return {"ooc_one_device": one, "ooc_distributed": ranks, "ooc_chunks": [p_one, p_ranks]}
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -76,6 +96,7 @@ def main(out_dir: str) -> None:
         g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=device, distributed=distributed)
         curves[distributed] = [h.loss for h in train_node_classifier(model, g, x, y, *masks, epochs=3, progress=False)]
     result["losses_one_device"], result["losses_distributed"] = curves[False], curves[True]
+    result.update(out_of_core_curves(rank))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     dist.barrier()

@@ -27,6 +27,11 @@ def test_two_gloo_ranks_equal_one_device(tmp_path):
             assert errs["output"] <= 1e-5 and errs["grads"] <= 1e-5, (res["rank"], name, errs)
         one, ranks = torch.tensor(res["losses_one_device"]), torch.tensor(res["losses_distributed"])
         assert len(one) == 3 and torch.allclose(ranks, one, rtol=1e-5, atol=0), (one, ranks)
+        # out of core: at 1/8 of the in-memory device peak each rank streams (P >= 2) with one device's losses
+        p_one, p_ranks = res["ooc_chunks"]
+        assert p_ranks >= 2 and p_ranks == p_one, res["ooc_chunks"]
+        one, ranks = torch.tensor(res["ooc_one_device"]), torch.tensor(res["ooc_distributed"])
+        assert len(one) == 3 and torch.allclose(ranks, one, rtol=1e-5, atol=0), (one, ranks)
     assert results[0]["losses_distributed"] == results[1]["losses_distributed"]  # the ranks agree exactly
 
 

@@ -246,3 +246,35 @@ def test_parallel_numba_kernels_use_a_thread_safe_layer_and_partitions_wrap():
     g2 = sagann.ChunkedGraph.from_partition(g.partition, device=cpus(2), topology=[[1, 0]])
     assert g2.chains == [[1, 0]]
     assert_rel_close(ref(g2, x), out, what="from_partition on a chain")
+
+
+def _in_memory_peak(ei, n, x, y, masks) -> int:
+    """The device peak of one epoch of GCN training with no budget (what the budgets below are fractions of)."""
+    torch.manual_seed(0)
+    dev = sagann.CpuDevice()
+    g = sagann.ChunkedGraph(ei, n, device=dev)
+    train_node_classifier(GCN(x.shape[1], 32, 3), g, x, y, *masks, epochs=1, progress=False)
+    return dev.peak_bytes
+
+
+@pytest.mark.parametrize("num_devices,chains", [(1, None), (2, None), (4, [[0, 1, 2, 3]])])
+def test_device_lists_and_chains_stream_out_of_core_like_one_device(num_devices, chains):
+    """At 1/8 of the in-memory peak per device, a device list and a chain train at P >= 2 with one device's losses."""
+    n, gen = 20000, torch.Generator().manual_seed(1)
+    ei = torch.randint(0, n, (2, 200000), generator=gen).numpy()
+    x, y = torch.randn(n, 32, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+    masks = [torch.arange(n) % 3 == k for k in range(3)]
+    budget = _in_memory_peak(ei, n, x, y, masks) // 8
+
+    def losses(device, topology=None):
+        torch.manual_seed(0)
+        g = sagann.ChunkedGraph(ei, n, device=device, topology=topology)
+        hist = train_node_classifier(GCN(x.shape[1], 32, 3), g, x, y, *masks, epochs=3, progress=False)
+        return torch.tensor([h.loss for h in hist]), g
+
+    ref, g1 = losses(sagann.CpuDevice(budget))
+    got, g = losses(cpus(num_devices, memory_budget=budget), chains)
+    assert g.num_chunks >= 2 and g.num_chunks == g1.num_chunks, (g.num_chunks, g1.num_chunks)
+    assert not g.replans
+    assert torch.allclose(got, ref, rtol=1e-5, atol=0), (got, ref)
+    assert all(0 < d.peak_bytes for d in g.devices)
