@@ -21,8 +21,11 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch import nn
 
-from sagann.engine.layer import Face, Layer, face_of, unread_rows
+from sagann.engine.faces import Face, face_of
+from sagann.engine.probe import unread_rows
+from sagann.engine.run import run_layer
 from sagann.fn import MessageFn
 
 __all__ = ["seen_gather", "note_gather", "reuses_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
@@ -57,7 +60,7 @@ class _Sighting:
         return self.edge is not None and self.edge() is edge_data and self.edge_version == edge_data._version
 
 
-def _constant(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> bool:
+def _constant(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> bool:
     """Is the layer's acc a function of inputs that need no gradient (and so a constant while they are unchanged)?"""
     if not (g.schedule.cache_gather and getattr(layer, "caches_gather", True)) or g.process_group is not None:
         return False
@@ -69,12 +72,12 @@ def _constant(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) 
     return not any(t.requires_grad or t.is_inference() for t in tensors)
 
 
-def _key(layer: Layer, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple:
+def _key(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple:
     """What acc depends on: the Gather, the message, the rows' layout, and which inputs (checked by ``_Sighting.same``)."""
     return layer.gather, layer.apply_edge.op, bool(layer.apply_vertex_reads_v), id(x), id(edge_data)
 
 
-def _sighting(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple[dict, tuple, bool] | None:
+def _sighting(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> tuple[dict, tuple, bool] | None:
     """(the graph's sightings, this call's key, seen before?), or None where the layer's acc is no constant."""
     if not _constant(layer, g, x, edge_data):
         return None
@@ -89,20 +92,20 @@ def _note(sightings: dict, key: tuple, x: torch.Tensor, edge_data: torch.Tensor 
     sightings[key] = _Sighting(x, edge_data)
 
 
-def seen_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
+def seen_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
     """Did an earlier call run (or note) this layer's Gather on these very inputs, unchanged? Records nothing."""
     found = _sighting(layer, g, x, edge_data)
     return found is not None and found[2]
 
 
-def note_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> None:
+def note_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> None:
     """Record this call's inputs (a conv evaluating the layer in another order notes them for its next call)."""
     found = _sighting(layer, g, x, edge_data)
     if found is not None and not found[2]:
         _note(found[0], found[1], x, edge_data)
 
 
-def reuses_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
+def reuses_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
     """Will ``layer(g, x, edge_data)`` run on a cached acc? True from the inputs' second call; records the first."""
     found = _sighting(layer, g, x, edge_data)
     if found is None:
@@ -113,12 +116,12 @@ def reuses_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | No
     return seen
 
 
-def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
+def run_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
     """The layer's output from its cached acc (propagated now if this is the inputs' second call)."""
     seen = g.cached(_CACHE, dict)[_key(layer, x, edge_data)]
     if seen.rows is None:
         with torch.no_grad(), g.one_off_partition():  # a one-time pass at the input width: later passes keep their P
-            acc = Layer.forward(face_of(layer, "_sagann_gather_only", _GatherOnly), g, x, edge_data)
+            acc = _run(face_of(layer, "_sagann_gather_only", _GatherOnly), g, x, edge_data)
         if layer.apply_vertex_reads_v:
             rows = g.host.empty((x.shape[0], x.shape[1] + acc.shape[1]), what="cached gather with its inputs")
             rows[:, : x.shape[1]] = x
@@ -126,10 +129,10 @@ def run_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tens
             acc = rows
         seen.rows = acc
         g.allow_coarser_partition()  # this layer's streamed calls, which may have set P, are over while x stays
-    return Layer.forward(_on_gathered(layer, x), g.without_edges(), seen.rows)
+    return _run(_on_gathered(layer, x), g.without_edges(), seen.rows)
 
 
-def run_chained_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: torch.Tensor | None, then: torch.nn.Module) -> torch.Tensor | None:
+def run_chained_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None, then: torch.nn.Module) -> torch.Tensor | None:
     """``then(layer's output)`` in one ApplyVertex pass over the cached acc, or None where no acc is cached yet.
 
     ``then`` is row-wise (the next layer's per-vertex start: an activation
@@ -146,10 +149,15 @@ def run_chained_on_cached_gather(layer: Layer, g, x: torch.Tensor, edge_data: to
     if rows is None:
         return None
     chained = face_of(_on_gathered(layer, x), f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
-    return Layer.forward(chained, g.without_edges(), rows)
+    return _run(chained, g.without_edges(), rows)
 
 
-def _on_gathered(layer: Layer, x: torch.Tensor) -> "_OnGathered":
+def _run(face: Face, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
+    """Run a face the engine made: its inputs are the engine's own, it caches nothing and is not compiled."""
+    return run_layer(face, g, x, edge_data, face.display_name)
+
+
+def _on_gathered(layer: nn.Module, x: torch.Tensor) -> "_OnGathered":
     """The layer's ApplyVertex over its cached rows (``x``: the inputs they were gathered from)."""
     on_acc = face_of(layer, "_sagann_on_gathered", _OnGathered)
     on_acc.d_in = int(x.shape[1])
@@ -162,7 +170,7 @@ class _GatherOnly(Face):
     apply_vertex_reads_v = False
     caches_gather = False  # it is what fills the cache
 
-    def __init__(self, base: Layer):
+    def __init__(self, base: nn.Module):
         super().__init__(base)
         self.gather, self.apply_edge = base.gather, base.apply_edge
 

@@ -14,7 +14,7 @@ from torch import nn
 from sagann import fn
 from sagann.engine.constant import note_gather, run_chained_on_cached_gather, seen_gather
 from sagann.engine.graph import ChunkedGraph
-from sagann.engine.layer import Face, Layer, face_of
+from sagann.engine.layer import Face, Layer, call_layer, face_of
 
 __all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv", "GatedGCNConv"]
 
@@ -78,7 +78,7 @@ class GCNConv(Layer):
         graph, norm = self._graph_and_weights(g, edge_weight)
         aggregate_first = face_of(self, "_aggregate_first", _GCNAggregateFirst)
         if seen_gather(aggregate_first, graph, x, norm) or aggregates_first(self, x, norm):  # seen: Â X is cached
-            return Layer.forward(aggregate_first, graph, x, norm)
+            return call_layer(aggregate_first, graph, x, norm)
         note_gather(aggregate_first, graph, x, norm)  # the next call with this x propagates it once and caches Â X
         return super().forward(graph, x, norm)
 
@@ -108,7 +108,7 @@ class GCNConv(Layer):
     def propagate_projected(self, g: ChunkedGraph, xw: torch.Tensor) -> torch.Tensor:
         """``Â xw + b`` for rows already multiplied by this layer's weight (see :meth:`chain_into`)."""
         graph, norm = self._graph_and_weights(g, None)
-        return Layer.forward(face_of(self, "_propagate", _GCNPropagate), graph, xw, norm)
+        return call_layer(face_of(self, "_propagate", _GCNPropagate), graph, xw, norm)
 
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
         fill = 2.0 if self.improved else 1.0
@@ -248,7 +248,7 @@ class SAGEConv(Layer):
             return super().forward(g, x, edge_data)
         if self.gather in ("sum", "mean") and not aggregates_first(self, x, tie=True):
             note_gather(self, g, x, edge_data)
-            return Layer.forward(face_of(self, "_linear_first", _SAGELinearFirst), g, x, edge_data)
+            return call_layer(face_of(self, "_linear_first", _SAGELinearFirst), g, x, edge_data)
         return super().forward(g, x, edge_data)
 
 

@@ -35,6 +35,7 @@ from sagann.scheduler.planner import (
     working_set,
 )
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
+from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
 
 BACKENDS = ("auto", "reference", "cpu")
@@ -49,23 +50,6 @@ class Replan:
     chunks: tuple[int, int]  # P before, after
     sub_chunk_nnz: tuple[int, int]  # sub-chunk edge bound before, after
     reason: str  # the out-of-memory error, first line
-
-
-@dataclass(frozen=True)
-class PassRecord:
-    """One streamed edge stage as it ran: the plan's prediction next to what happened."""
-
-    layer: str
-    phase: str
-    chunks: int
-    prefetch: int
-    seconds: float  # wall time of the edge stage
-    predicted_seconds: float  # two-stage makespan of the measured chunk times in plan order
-    bytes_moved: int  # host -> device bytes of the edge stage
-    bytes_full: int  # what a non-selective schedule would have moved
-    resident_bytes: int = 0  # source rows of the intervals held on the device through the pass (0: streamed per chunk)
-    tile: int = 1  # destination intervals whose accumulators the pass held together (loop tiling)
-    dst_rows_bytes: int = 0  # backward: destination rows sent once and held through the pass (0: sent per chunk)
 
 
 class ChunkedGraph:
@@ -158,8 +142,8 @@ class ChunkedGraph:
         self.device = self.devices[0]  # the only device; with several, the first (see ``devices``)
         self._layouts: dict = {}  # sagann.engine.multi: per-partition device layouts
         self.link = LinkCounter()  # V_i blocks of multi-device passes: host-link and device-to-device bytes
-        self.step_log: list = []  # multi-device passes: one engine.multi.StepRecord per chunk (the simulator's calibration)
-        self.call_log: list = []  # multi-device passes: one engine.multi.CallRecord per phase and device
+        self.step_log: list = []  # multi-device passes: one scheduler.records.StepRecord per chunk (the simulator's calibration)
+        self.call_log: list = []  # multi-device passes: one scheduler.records.CallRecord per phase and device
         self.calls_made = 0
         self.backend = backend
         self._fixed_chunks = None if num_chunks is None else int(num_chunks)

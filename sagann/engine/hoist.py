@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 
 from sagann import fn
-from sagann.engine.layer import Layer
+from sagann.engine.faces import Face
 
 SRC, DST, DATA, EDGE = "src", "dst", "data", "edge"  # EDGE: must run per edge (randomness)
 _RANDOM = {torch.nn.functional.dropout, torch.dropout, torch.rand, torch.randn, torch.rand_like, torch.randn_like, torch.bernoulli}
@@ -39,7 +39,7 @@ class _TracedEdge:
 
 
 class _EdgeFunction(nn.Module):
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
 
@@ -167,11 +167,11 @@ def _builtin_for(rest: fx.GraphModule, src_terms, dst_terms) -> fn.MessageFn | N
     return None
 
 
-class HoistedLayer(Layer):
+class HoistedLayer(Face):
     """The user's layer with per-vertex terms moved to hooks; shares every parameter with it."""
 
-    def __init__(self, layer: Layer, src_fn: fx.GraphModule | None, dst_fn: fx.GraphModule | None, rest: fx.GraphModule, plan: HoistPlan):
-        super().__init__()
+    def __init__(self, layer: nn.Module, src_fn: fx.GraphModule | None, dst_fn: fx.GraphModule | None, rest: fx.GraphModule, plan: HoistPlan):
+        super().__init__(layer)
         self.inner, self.gather, self.plan = layer, layer.gather, plan
         self.src_fn, self.dst_fn, self.rest = src_fn, dst_fn, rest
         self._uses = {n.target for n in rest.graph.nodes if n.op == "placeholder" and n.users}
@@ -190,7 +190,7 @@ class HoistedLayer(Layer):
         return self.inner.apply_vertex(v, acc)
 
 
-def compile_layer(layer: Layer, d_in: int, d_edge: int | None) -> tuple[Layer, HoistPlan]:
+def compile_layer(layer: nn.Module, d_in: int, d_edge: int | None) -> tuple[nn.Module, HoistPlan]:
     """``(layer to run, plan)``; the layer is the user's own when nothing can or need be hoisted."""
     name = type(layer).__name__
     plan = HoistPlan(name, traced=False)
@@ -252,7 +252,7 @@ def _describe(node: fx.Node) -> str:
     return f"{target.replace('layer.', '')}({args})"
 
 
-def explain(layer: Layer, d_in: int | None = None, edge_dim: int | None = None) -> str:
+def explain(layer: nn.Module, d_in: int | None = None, edge_dim: int | None = None) -> str:
     """What sagann runs for ``layer``: hoisted per-vertex terms, per-edge matmuls, the kernel.
 
     Uses the plan of the layer's last call; without one, pass ``d_in`` (and

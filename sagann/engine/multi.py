@@ -3,8 +3,9 @@
 A graph built with ``device=[dev0, dev1, ...]`` keeps one partition; each
 device owns a contiguous run of destination intervals balanced by edges
 (:func:`sagann.scheduler.chains.assign_intervals`) and runs the ordinary
-single-device pass (``dataflow._LayerCall``) restricted to them, in its own
-thread. Per layer call:
+single-device passes (a :class:`~sagann.engine.call.LayerCall` whose executor
+has a :class:`~sagann.scheduler.strategies.SharedPass` strategy) restricted
+to them, in its own thread. Per layer call:
 
 forward
     1. hook pre-pass (``apply_src``/``apply_dst``): each device computes
@@ -42,51 +43,21 @@ from typing import Callable, Sequence
 import torch
 
 from sagann.chunks.partition import GraphPartition
-from sagann.engine.dataflow import _SRC_FIELDS, _Block, _LayerCall, _Saved
+from sagann.engine.backward import Grads, backward_edges, backward_hooks
+from sagann.engine.call import CallSpec, LayerCall, Saved
+from sagann.engine.forward import HostOutputs, forward_pass, hook_pass
 from sagann.engine.graph import ChunkedGraph
 from sagann.scheduler.chains import ChainRelay, RelayAborted, assign_intervals
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import BudgetTooSmall, LayerShape, working_set
+from sagann.scheduler.planner import BudgetTooSmall, LayerShape, src_row_bytes, working_set
 from sagann.scheduler.policy import Transfer, TransferPolicy
-from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan, build_plan, dry_run
+from sagann.scheduler.records import CallRecord, StepRecord
+from sagann.scheduler.schedule import BACKWARD, FORWARD, PassPlan, build_plan, dry_run
+from sagann.scheduler.strategies import SharedPass
 
 _RNG_LOCK = threading.RLock()
-
-
-# ---- what ran: the simulator's calibration ----------------------------------------------------
-@dataclass(frozen=True)
-class StepRecord:
-    """One chunk E_ij as a multi-device pass ran it (``ChunkedGraph.step_log``)."""
-
-    call: int  # layer call number on the graph
-    phase: str
-    device: str
-    key: tuple[int, int]
-    nnz: int
-    block_bytes: int  # V_i's rows sent whole for this chunk (0: selective, or a block the device already held)
-    other_bytes: int  # host bytes besides the block and the index arrays (selective rows, edge and destination rows)
-    index_bytes: int  # the sub-chunks' index arrays
-    load_seconds: float
-    compute_seconds: float
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One phase of a layer call on one device (``ChunkedGraph.call_log``): edge stage and total seconds."""
-
-    call: int
-    name: str
-    phase: str
-    device: str
-    owned_vertices: int
-    edge_seconds: float
-    total_seconds: float
-    prefetch: int
-    bounds: tuple[int, ...]  # interval bounds of the call's partition
-    edge_stage: bool = True  # False: the hook pre-pass or the hooks' backward only
-    host_bytes: int = 0  # bytes the device received over its host link during the phase (Device.bytes_in)
 
 
 # ---- layout: who owns what ----------------------------------------------------------------------
@@ -147,8 +118,6 @@ class DeviceGraph(ChunkedGraph):
 
 
 def _largest_block(partition: GraphPartition, shape: LayerShape) -> int:
-    from sagann.scheduler.planner import src_row_bytes
-
     sizes = partition.bounds[1:] - partition.bounds[:-1]
     return int(sizes.max()) * src_row_bytes(shape) if sizes.size else 0
 
@@ -199,114 +168,6 @@ def layout_for(g: ChunkedGraph, partition: GraphPartition) -> DeviceLayout:
     layout = DeviceLayout(owned, parts, views, [list(c) for c in g.chains])
     g._layouts = {id(partition): (partition, layout)}  # only the current partition's
     return layout
-
-
-# ---- one device's share of a layer call ----------------------------------------------------------
-class _DeviceCall(_LayerCall):
-    """The single-device pass over one device's columns, fed by a chain relay where the device is in a chain."""
-
-    rng_lock = _RNG_LOCK
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.relays: dict[str, tuple[ChainRelay, int]] = {}  # phase -> (relay, position in chain)
-        self.terms: dict[str, torch.Tensor] = {}  # hook -> merged host rows of every device (forward)
-        self.buffers = None  # shared host outputs of the forward
-        self._relay: tuple[ChainRelay, int] | None = None
-        self._sync: dict[tuple[int, int], tuple] = {}
-        self._held: tuple[tuple, _Block] | None = None
-        self._cancel = threading.Event()
-        self._block_bytes: dict[tuple[int, int], tuple[int, int]] = {}  # step -> (host bytes, block bytes) of its V_i block
-        self._phase = FORWARD
-        self.call_no = 0
-        self.edge_seconds: dict[str, float] = {}
-        self.prefetch: dict[str, int] = {}
-
-    # hooks into the single-device pass
-    def _hook_pass(self, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
-        if hook in self.terms:
-            return self.terms[hook]
-        return super()._hook_pass(hook, x, width)
-
-    def _host_buffers(self, n: int):
-        return self.buffers if self.buffers is not None else super()._host_buffers(n)
-
-    def _stream(self, plan: PassPlan, host: dict, grad: dict, fields: tuple[str, ...]):
-        self._relay, self._sync, self._cancel = self.relays.get(plan.phase), {}, threading.Event()
-        self._phase = plan.phase
-        if self._relay is not None:
-            relay, position = self._relay
-            names = tuple(f for f in fields if f in _SRC_FIELDS and host.get(f) is not None)
-            requests: list[tuple[tuple, int]] = []
-            if names:
-                for r, (_, steps) in enumerate(plan.groups):
-                    for step in steps:
-                        if step.transfer is not Transfer.FULL:
-                            continue
-                        i = step.key[0]
-                        key = (r, i) if plan.phase == FORWARD else (i,)
-                        self._sync[step.key] = key
-                        if not requests or requests[-1][0] != key:
-                            requests.append((key, i))
-            relay.register(position, requests, host, names)
-        return _Stream(super()._stream(plan, host, grad, fields), self)
-
-    def _load_block(self, step: ChunkStep, host: dict, fields) -> tuple[_Block, int]:
-        key = self._sync.get(step.key)
-        if key is None:
-            block, nbytes = super()._load_block(step, host, fields)
-            self.g.link.add(nbytes, 0)
-            self._block_bytes[step.key] = (nbytes, nbytes)
-            return block, nbytes
-        if self._held is not None:
-            if self._held[0] == key:  # another chunk of the same row: the block this device already has
-                self._block_bytes[step.key] = (0, 0)
-                return self._held[1].acquire(), 0
-            self._release_held()
-        relay, position = self._relay
-        d = relay.take(position, key, self._cancel)
-        block = _Block(d.scope, d.tensors)  # this step's reference
-        self._held = (key, block.acquire())  # kept while the next steps may share it
-        self.g.link.add(d.host_bytes, d.peer_bytes)
-        self._block_bytes[step.key] = (d.host_bytes, d.host_bytes + d.peer_bytes)
-        return block, d.host_bytes
-
-    def _run_step(self, stream, step: ChunkStep, compute) -> tuple[float, float, int]:
-        load, busy, moved = super()._run_step(stream, step, compute)
-        host_block, block = self._block_bytes.pop(step.key, (0, 0))
-        index = sum(sum(a.nbytes for a in (c.dst_ptr, c.dst_idx, c.src_idx, c.src_ptr, c.src_perm)) for c in step.subs)
-        self.g.step_log.append(StepRecord(self.call_no, self._phase, self.device.name, step.key, sum(c.nnz for c in step.subs), block, moved - host_block - index, index, load, busy))
-        return load, busy, moved
-
-    def _record_pass(self, plan: PassPlan, phase: str, times: dict, seconds: float, moved: int) -> None:
-        super()._record_pass(plan, phase, times, seconds, moved)
-        self.edge_seconds[phase] = seconds
-        self.prefetch[phase] = plan.prefetch
-
-    def _release_held(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            held[1].release()
-
-
-class _Stream:
-    """The device's prefetching stream; closing it also stops the device's relay waits and frees its held block."""
-
-    def __init__(self, inner, call: _DeviceCall):
-        self.inner, self.call = inner, call
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return next(self.inner)
-
-    def close(self) -> None:
-        self.call._cancel.set()
-        try:
-            self.inner.close()
-        finally:
-            self.call._release_held()
 
 
 # ---- the driver -----------------------------------------------------------------------------------
@@ -389,35 +250,33 @@ def _numba_safe_for_threads(backend: str, num_devices: int) -> None:
 
 
 class MultiDeviceCall:
-    """One layer call on several devices; the ``_SagaFunction`` interface of ``_LayerCall``."""
+    """One layer call on several devices: one :class:`LayerCall` per device, each over its own columns."""
 
-    def __init__(self, layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int, name: str):
-        _numba_safe_for_threads(backend, len(g.devices))
-        self.g, self.shape, self.name, self.partition = g, shape, name, partition
+    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition):
+        _numba_safe_for_threads(spec.backend, len(g.devices))
+        self.g, self.shape, self.name, self.partition = g, spec.shape, spec.name, partition
         self.layout = layout_for(g, partition)
         self.devices = list(g.devices)
-        self.calls = [
-            _DeviceCall(layer, view, part, shape, backend, fused, param_bytes, seed, name=name)
-            for view, part in zip(self.layout.views, self.layout.partitions)
-        ]
-        self.params = self.calls[0].params
-        self.need_x = self.need_e = True
-        self.keep_graphs = True
         g.calls_made += 1
         self.call_no = g.calls_made
-        for c in self.calls:
-            c.call_no = self.call_no
+        self.shares = [SharedPass(g.link, g.step_log, self.call_no) for _ in self.devices]
+        self.calls = [
+            LayerCall(spec, view, part, strategy=share, rng_lock=_RNG_LOCK)
+            for view, part, share in zip(self.layout.views, self.layout.partitions, self.shares)
+        ]
+        self.params = self.calls[0].params
+        self.need_x = self.need_e = self.keep_graphs = True
 
     def _relays(self, phase: str) -> list[ChainRelay]:
         relays = []
-        for c in self.calls:
-            c.relays.pop(phase, None)
+        for share in self.shares:
+            share.relays.pop(phase, None)
         for chain in self.layout.chains:
             if len(chain) < 2:
                 continue
             relay = ChainRelay([self.devices[k] for k in chain], self.partition.interval, label=self.name, phase=phase)
             for position, k in enumerate(chain):
-                self.calls[k].relays[phase] = (relay, position)
+                self.shares[k].relays[phase] = (relay, position)
             relays.append(relay)
         return relays
 
@@ -431,10 +290,10 @@ class MultiDeviceCall:
             def run():
                 t0, b0 = time.perf_counter(), self.devices[k].bytes_in
                 result = job()
-                c = self.calls[k]
+                c, share = self.calls[k], self.shares[k]
                 owned = sum(hi - lo for _, lo, hi in c.p.intervals())
-                edge = c.edge_seconds.get(phase, 0.0) if edges else 0.0
-                self.g.call_log.append(CallRecord(self.call_no, self.name, phase, self.devices[k].name, owned, edge, time.perf_counter() - t0, c.prefetch.get(phase, 0), tuple(int(b) for b in c.p.bounds), edges, self.devices[k].bytes_in - b0))
+                edge = share.edge_seconds.get(phase, 0.0) if edges else 0.0
+                self.g.call_log.append(CallRecord(self.call_no, self.name, phase, self.devices[k].name, owned, edge, time.perf_counter() - t0, share.prefetch.get(phase, 0), tuple(int(b) for b in c.p.bounds), edges, self.devices[k].bytes_in - b0))
                 return result
 
             return run
@@ -449,37 +308,46 @@ class MultiDeviceCall:
         hooks = [(h, w) for h, w in (("apply_src", shape.d_src_term), ("apply_dst", shape.d_dst_term)) if w]
         terms: dict[str, torch.Tensor] = {}
         if hooks:
-            parts = self._run(self._timed(FORWARD, [partial(lambda c: [c._hook_pass(h, x, w) for h, w in hooks], c) for c in self.calls], edges=False))
+            parts = self._run(self._timed(FORWARD, [partial(lambda c: [hook_pass(c, h, x, w) for h, w in hooks], c) for c in self.calls], edges=False))
             for k, (h, w) in enumerate(hooks):
                 merged = torch.empty(n, w)
                 for c, rows in zip(self.calls, parts):
                     for _, lo, hi in c.p.intervals():
                         merged[lo:hi] = rows[k][lo:hi]
                 terms[h] = merged
-        out = torch.empty(n, shape.d_out)
-        acc = torch.empty(n, shape.d_msg)
-        win = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
-        sm_max = torch.zeros(n, shape.d_score) if shape.softmax else None
-        sm_sum = torch.zeros(n, shape.d_score) if shape.softmax else None
+        bufs = _shared_outputs(shape, n)
         for c in self.calls:
-            c.terms, c.buffers = terms, (out, acc, win, sm_max, sm_sum)
+            c.terms, c.buffers = terms, bufs
         relays = self._relays(FORWARD)
-        results = self._run(self._timed(FORWARD, [partial(c.forward, x, edata) for c in self.calls]), relays)
+        results = self._run(self._timed(FORWARD, [partial(forward_pass, c, x, edata) for c in self.calls]), relays)
         for c, (out_k, _) in zip(self.calls, results):
-            if out_k is not out:  # one interval taken whole (no copy) on its device
+            if out_k is not bufs.out:  # one interval taken whole (no copy) on its device
                 for _, lo, hi in c.p.intervals():
-                    out[lo:hi] = out_k[lo:hi]
-        return out, _Saved(terms.get("apply_src"), terms.get("apply_dst"), acc, win, sm_max, sm_sum)
+                    bufs.out[lo:hi] = out_k[lo:hi]
+        return bufs.out, Saved(terms.get("apply_src"), terms.get("apply_dst"), bufs.acc, bufs.win, bufs.sm_max, bufs.sm_sum)
 
-    def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
+    def backward(self, x, edata, saved: Saved, grad_out, need: tuple[bool, bool]):
+        need_x, need_e = need
         relays = self._relays(BACKWARD)
-        parts = self._run(self._timed(BACKWARD, [partial(c.backward_edges, x, edata, saved, grad_out, need_x, need_e) for c in self.calls]), relays)
-        gxs, ges, gparams_k, g_src, g_dst = (list(t) for t in zip(*parts))
-        g_src_term, g_dst_term = _sum(g_src), _sum(g_dst)
+        parts: list[Grads] = self._run(self._timed(BACKWARD, [partial(backward_edges, c, x, edata, saved, grad_out, need_x, need_e) for c in self.calls]), relays)
+        g_src_term, g_dst_term = _sum([p.src_term for p in parts]), _sum([p.dst_term for p in parts])
         if g_src_term is not None or g_dst_term is not None:
-            self._run(self._timed(BACKWARD, [partial(c.backward_hooks, x, g_src_term, g_dst_term, need_x, gxs[k], gparams_k[k]) for k, c in enumerate(self.calls)], edges=False))
-        gparams = [_sum([gp[q] for gp in gparams_k]) for q in range(len(self.params))]
-        return _sum([None if g is None else g.tensor() for g in gxs]), _sum(ges), gparams
+            for p in parts:
+                p.src_term, p.dst_term = g_src_term, g_dst_term
+            self._run(self._timed(BACKWARD, [partial(backward_hooks, c, x, parts[k], need_x) for k, c in enumerate(self.calls)], edges=False))
+        gparams = [_sum([p.params[q] for p in parts]) for q in range(len(self.params))]
+        return _sum([None if p.x is None else p.x.tensor() for p in parts]), _sum([p.edge for p in parts]), gparams
+
+
+def _shared_outputs(shape: LayerShape, n: int) -> HostOutputs:
+    """The host tensors every device of a shared call writes its own rows of."""
+    return HostOutputs(
+        torch.empty(n, shape.d_out),
+        torch.empty(n, shape.d_msg),
+        torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None,
+        torch.zeros(n, shape.d_score) if shape.softmax else None,
+        torch.zeros(n, shape.d_score) if shape.softmax else None,
+    )
 
 
 def _sum(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
@@ -494,7 +362,7 @@ def _sum(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 class DistributedCall:
-    """One layer call on this rank of a torch.distributed group; the ``_SagaFunction`` interface.
+    """One layer call on this rank of a torch.distributed group.
 
     Each rank owns a contiguous run of destination intervals (the same
     split as for local devices) and runs the single-device pass over them
@@ -506,29 +374,30 @@ class DistributedCall:
     output gradient, is then identical on every rank).
     """
 
-    def __init__(self, layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int, name: str):
+    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition):
         import torch.distributed as dist
 
         self.dist, self.group = dist, g.process_group
         self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
-        self.g, self.shape, self.name = g, shape, name
-        mine = torch.tensor([partition.num_chunks, partition.sub_chunk_nnz, seed & ((1 << 62) - 1)], dtype=torch.int64)
+        self.g, self.shape, self.name = g, spec.shape, spec.name
+        mine = torch.tensor([partition.num_chunks, partition.sub_chunk_nnz, spec.seed & ((1 << 62) - 1)], dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine, group=self.group)
         if any(not torch.equal(e[:2], mine[:2]) for e in every):
             raise RuntimeError(
-                f"{name}: the ranks partitioned the graph differently (P, sub-chunk nnz per rank: "
+                f"{spec.name}: the ranks partitioned the graph differently (P, sub-chunk nnz per rank: "
                 f"{[tuple(e[:2].tolist()) for e in every]}); give every rank the same device budget, or fix num_chunks and sub_chunk_nnz"
             )
         if any(e[2] != mine[2] for e in every):
-            raise RuntimeError(f"{name}: the ranks drew different seeds for this layer call; seed every rank the same (torch.manual_seed) and run the same model")
+            raise RuntimeError(f"{spec.name}: the ranks drew different seeds for this layer call; seed every rank the same (torch.manual_seed) and run the same model")
         owned = owned_intervals(partition, self.world)
         self.rows = [(int(partition.bounds[o[0]]), int(partition.bounds[o[-1] + 1])) if o else (0, 0) for o in owned]
         view = DeviceGraph(g, g.device, owned[self.rank], chained=False)
-        self.call = _DeviceCall(layer, view, _owned_partition(partition, owned[self.rank]), shape, backend, fused, param_bytes, seed, name=name)
+        g.calls_made += 1
+        share = SharedPass(g.link, g.step_log, g.calls_made)
+        self.call = LayerCall(spec, view, _owned_partition(partition, owned[self.rank]), strategy=share, rng_lock=_RNG_LOCK)
         self.params = self.call.params
-        self.need_x = self.need_e = True
-        self.keep_graphs = True
+        self.need_x = self.need_e = self.keep_graphs = True
 
     def _all_gather_rows(self, t: torch.Tensor) -> None:
         """Fill every rank's rows of ``t`` [N, d] from that rank (in place)."""
@@ -555,36 +424,32 @@ class DistributedCall:
         terms = {}
         for hook, width in (("apply_src", shape.d_src_term), ("apply_dst", shape.d_dst_term)):
             if width:
-                rows = c._hook_pass(hook, x, width)
+                rows = hook_pass(c, hook, x, width)
                 self._all_gather_rows(rows)
                 terms[hook] = rows
-        out = torch.empty(n, shape.d_out)
-        acc = torch.empty(n, shape.d_msg)  # backward reads this rank's rows only: not gathered
-        win = torch.empty(n, shape.d_msg, dtype=torch.long) if shape.winners else None
-        sm_max = torch.zeros(n, shape.d_score) if shape.softmax else None
-        sm_sum = torch.zeros(n, shape.d_score) if shape.softmax else None
-        c.terms, c.buffers = terms, (out, acc, win, sm_max, sm_sum)
-        out_k, _ = c.forward(x, edata)
-        if out_k is not out:
+        bufs = _shared_outputs(shape, n)  # backward reads this rank's rows of acc only: not gathered
+        c.terms, c.buffers = terms, bufs
+        out_k, _ = forward_pass(c, x, edata)
+        if out_k is not bufs.out:
             lo, hi = self.rows[self.rank]
-            out[lo:hi] = out_k[lo:hi]
-        self._all_gather_rows(out)
-        return out, _Saved(terms.get("apply_src"), terms.get("apply_dst"), acc, win, sm_max, sm_sum)
+            bufs.out[lo:hi] = out_k[lo:hi]
+        self._all_gather_rows(bufs.out)
+        return bufs.out, Saved(terms.get("apply_src"), terms.get("apply_dst"), bufs.acc, bufs.win, bufs.sm_max, bufs.sm_sum)
 
-    def backward(self, x, edata, saved: _Saved, grad_out, need_x: bool, need_e: bool):
+    def backward(self, x, edata, saved: Saved, grad_out, need: tuple[bool, bool]):
         c = self.call
-        g_x, ge, gparams, g_src_term, g_dst_term = c.backward_edges(x, edata, saved, grad_out, need_x, need_e)
-        self._all_reduce(g_src_term)  # sources are everyone's; destination terms are this rank's rows only
-        if g_src_term is not None or g_dst_term is not None:
-            c.backward_hooks(x, g_src_term, g_dst_term, need_x, g_x, gparams)
-        gx = None if g_x is None else g_x.tensor()
-        for t in [gx, ge, *gparams]:
+        grads = backward_edges(c, x, edata, saved, grad_out, *need)
+        self._all_reduce(grads.src_term)  # sources are everyone's; destination terms are this rank's rows only
+        if grads.src_term is not None or grads.dst_term is not None:
+            backward_hooks(c, x, grads, need[0])
+        gx = None if grads.x is None else grads.x.tensor()
+        for t in [gx, grads.edge, *grads.params]:
             self._all_reduce(t)
-        return gx, ge, gparams
+        return gx, grads.edge, grads.params
 
 
-def make_multi_call(layer, g: ChunkedGraph, partition: GraphPartition, shape: LayerShape, backend: str, fused: bool, param_bytes: int, seed: int, name: str):
-    """The call object ``dataflow.run_layer`` hands to its autograd function for a multi-device graph."""
+def make_multi_call(spec: CallSpec, g: ChunkedGraph, partition: GraphPartition):
+    """The call object the autograd function runs for a multi-device graph (local devices, or this rank)."""
     if g.process_group is not None:
-        return DistributedCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name)
-    return MultiDeviceCall(layer, g, partition, shape, backend, fused, param_bytes, seed, name)
+        return DistributedCall(spec, g, partition)
+    return MultiDeviceCall(spec, g, partition)

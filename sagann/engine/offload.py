@@ -114,3 +114,31 @@ def _alias(t: torch.Tensor, aliases: list[tuple[torch.Tensor, torch.Tensor]]) ->
         if 0 <= offset and offset + extent <= dev.numel():  # a view inside dev: the same view of host
             return host.as_strided(t.shape, t.stride(), host.storage_offset() + offset)
     return None
+
+
+try:
+    from torch.autograd.graph import get_gradient_edge as _gradient_edge  # torch >= 2.4
+except ImportError:  # pragma: no cover - older torch keeps the output tensor
+    _gradient_edge = None
+
+
+def graph_handle(t: torch.Tensor):
+    """What backward needs of a kept forward graph's output: its gradient edge, not its memory.
+
+    Holding the output tensor would keep its rows alive until backward
+    (a GCN layer's N x d output, which autograd would otherwise free after
+    the next ReLU); the edge keeps only the graph. Older torch: the tensor.
+    """
+    if _gradient_edge is None or not t.requires_grad:
+        return t
+    return _gradient_edge(t)
+
+
+def own_version(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s memory under a version counter of its own.
+
+    ``t`` may be a view of a host buffer whose other rows are written
+    later in the pass (the next interval's accumulator); a graph saving a
+    plain view would see those writes as modifications of its own rows.
+    """
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())

@@ -1,0 +1,217 @@
+"""One call of a layer on one device: the state its forward and backward passes share.
+
+The passes themselves are in :mod:`sagann.engine.forward` and
+:mod:`sagann.engine.backward`; how chunks reach the device is the
+scheduler's :class:`~sagann.scheduler.executor.Executor`, which each call
+owns (with a strategy where several devices share the call).
+
+Randomness inside user functions (dropout) is replayed exactly in the
+recomputation: each function call runs under a seed derived from one draw
+of the caller's RNG and the call's position (:meth:`LayerCall.rng`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import threading
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from sagann.chunks.partition import GraphPartition
+from sagann.chunks.types import EdgeChunk
+from sagann.engine.graph import ChunkedGraph
+from sagann.engine.offload import KeptGraph
+from sagann.scheduler.executor import Executor, PassLog, Strategy
+from sagann.scheduler.planner import LayerShape, recompute_bytes
+from sagann.scheduler.schedule import FORWARD, PassPlan
+
+__all__ = ["CallSpec", "LayerCall", "Saved"]
+
+_SEED_MASK = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """What a layer call runs, independent of where: the (compiled) layer, its probed shape, kernels, seed, name."""
+
+    layer: nn.Module
+    shape: LayerShape
+    backend: str
+    fused: bool  # builtin messages run by a fused kernel backend
+    param_bytes: int
+    seed: int  # one draw of the caller's RNG: user functions replay their randomness from it
+    name: str
+
+
+@dataclass
+class Saved:
+    """What a layer's forward keeps on the host for its backward."""
+
+    src_term: torch.Tensor | None  # host [N, d_src_term]
+    dst_term: torch.Tensor | None  # host [N, d_dst_term]
+    acc: torch.Tensor  # host [N, d_msg], finalised
+    winners: torch.Tensor | None  # host int64 [N, d_msg], global edge id, -1 if none
+    softmax_max: torch.Tensor | None = None  # host [N, heads]: max score per destination (0 if none)
+    softmax_sum: torch.Tensor | None = None  # host [N, heads]: sum of exp(score - max)
+
+
+class LayerCall:
+    """One call of a layer on one device (or one device's share of a multi-device call).
+
+    Args:
+        spec: what runs.
+        g: the graph, or one device's view of it (its device, budget and plans).
+        partition: the partition the call runs on (a device's owned columns).
+        strategy: how the executor gets V_i's blocks (default: from the host).
+        rng_lock: held around seeded user-function calls when several devices
+            compute in threads (``fork_rng`` acts on the one global generator).
+    """
+
+    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, rng_lock: threading.RLock | None = None):
+        self.spec, self.g, self.p = spec, g, partition
+        self.layer, self.shape, self.name = spec.layer, spec.shape, spec.name
+        self.backend, self.fused, self.param_bytes = spec.backend, spec.fused, spec.param_bytes
+        self.device = g.device
+        self.strategy, self.rng_lock = strategy, rng_lock
+        self.params = [p for p in spec.layer.parameters() if p.requires_grad]
+        shape = spec.shape
+        self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
+        deg = torch.from_numpy(np.asarray(partition.in_degree, dtype=np.float32)).clamp(min=1)  # a copy: dataset arrays are read-only maps
+        self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
+        self.need_x = self.need_e = True  # set from the autograd context before forward
+        self.keep_graphs = True
+        # several devices share the call: the hook terms every device reads, and the host outputs it writes into
+        self.terms: dict[str, torch.Tensor] = {}
+        self.buffers: tuple | None = None
+        self._fits_recompute: bool | None = None  # may a kept graph be dropped (see seal)?
+        # forward graphs kept for backward (see keep_mode): q -> (rows, output) or a KeptGraph, per hook;
+        # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
+        self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
+        self.vertex_graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | KeptGraph] = {}
+        # edge data arrive permuted into this first partition's sub-chunk order;
+        # after a re-plan, where each slot of the new order is in them (None: the same order)
+        self._given_order = partition.edge_order[0]
+        self._data_perm: torch.Tensor | None = None
+        self.executor = self._executor(partition)
+        # sum is linear: its backward kernels need the operands and the output gradient only,
+        # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
+        builtin = shape.builtin
+        self.direct_backward = spec.fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.op != "src_dot_dst"
+
+    def _executor(self, partition: GraphPartition) -> Executor:
+        key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)
+        log = PassLog(self.g.costs, self.g.pass_log, key)
+        return Executor(self.device, partition, log, self.name, fused=self.fused, strategy=self.strategy)
+
+    def on_partition(self, partition: GraphPartition) -> "LayerCall":
+        """This call on a finer partition (a re-plan after running out of memory): same layer, seed and flags."""
+        call = copy.copy(self)
+        call.p, call.hook_graphs, call.vertex_graphs, call._fits_recompute = partition, {}, {}, None
+        call.executor = call._executor(partition)
+        order = partition.edge_order[0]
+        given = np.empty_like(self._given_order)
+        given[self._given_order] = np.arange(len(self._given_order), dtype=given.dtype)
+        call._data_perm = torch.from_numpy(given[order].astype(np.int64))  # index_copy_ wants int64
+        return call
+
+    def edges_in_partition_order(self, edata: torch.Tensor | None) -> torch.Tensor | None:
+        """Edge data (given in the first partition's order) in this partition's sub-chunk order."""
+        if edata is None or self._data_perm is None:
+            return edata
+        return edata.index_select(0, self._data_perm)
+
+    def edges_in_given_order(self, ge: torch.Tensor | None) -> torch.Tensor | None:
+        """An edge gradient in this partition's order, put back in the order the edge data were given."""
+        if ge is None or self._data_perm is None:
+            return ge
+        return torch.empty_like(ge).index_copy_(0, self._data_perm, ge)
+
+    def edge_offset(self, c: EdgeChunk) -> int:
+        """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data."""
+        return self.executor.edge_offset(c)
+
+    # ---- helpers the passes share ------------------------------------------------------------
+    def rng(self, *key) -> contextlib.AbstractContextManager:
+        """Run a user function under the seed of this call and position ``key`` (training only)."""
+        if not self.layer.training:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.rng_lock is not None:
+            stack.enter_context(self.rng_lock)
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        # a stable hash: the same call replays the same stream in any process. Only the CPU
+        # generator: torch.manual_seed would also (lazily, slowly) seed every accelerator.
+        torch.default_generator.manual_seed((self.spec.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK)
+        return stack
+
+    def span(self, kind: str, phase: str, chunk=None, nbytes: int = 0, track: str = "compute"):
+        return self.device.span(kind, track, chunk=chunk, nbytes=nbytes, layer=self.name, phase=phase)
+
+    def check_rows(self, t: torch.Tensor, rows: int, width: int, fn: str) -> None:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (rows, width):
+            raise ValueError(f"{self.name}.{fn} returned shape {list(getattr(t, 'shape', []))}, expected [{rows}, {width}] (as in the probe)")
+
+    def plan(self, phase: str, reads_src: bool = True) -> PassPlan:
+        """The pass's plan; ``reads_src=False``: the pass sends no source rows (a sum's source gradient), so plan none."""
+        shape = self.shape if reads_src else dataclasses.replace(self.shape, uses_src=False, uses_src_term=False)
+        return self.g.pass_plan(self.p, shape, self.fused, self.param_bytes, phase, self.executor.measured(phase))
+
+    def keep_mode(self) -> str | None:
+        """How the hooks' and ApplyVertex's forward graphs reach backward, instead of being recomputed there.
+
+        ``"host"``, on an unbudgeted device that shares host memory
+        (in-memory CPU training): kept as they are; a graph holds views of
+        host rows plus what the function itself saves, nothing a budget
+        must account for. ``"offload"``, elsewhere: kept with what they save
+        on the host (:mod:`sagann.engine.offload`), where that costs less
+        than the recompute. None: nothing needs gradients (or no graph is
+        being built), recompute nothing. Either way backward saves one
+        evaluation of each function (a GCN's X W) per layer.
+        """
+        if not (self.keep_graphs and (self.need_x or bool(self.params))):
+            return None
+        dev = self.device
+        return "host" if dev.memory_budget is None and dev.shares_host_memory else "offload"
+
+    def seal(self, kept: KeptGraph, aliases: list, seconds: float, chunk: tuple) -> bool:
+        """Move a kept graph's saved tensors to the host; False (recompute it in backward) where the round trip costs more.
+
+        Only where the budget also holds the recompute (the plan counts a kept
+        graph's backward, which has no recomputed output); the planned peak
+        then includes it.
+        """
+        nbytes = kept.copy_bytes(aliases)
+        if nbytes and self._recompute_fits():
+            costs = self.device.transfer_costs()
+            if 2 * (nbytes * costs.block + costs.latency) > seconds:
+                self.g._planned_peak = max(self.g._planned_peak, recompute_bytes(self.p, self.shape, self.param_bytes))
+                return False
+        with self.span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
+            kept.seal(aliases, self.device, self.g.host)
+        return True
+
+    def _recompute_fits(self) -> bool:
+        if self._fits_recompute is None:
+            budget = self.device.memory_budget
+            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes) <= budget
+        return self._fits_recompute
+
+    def edge_stage_has_grads(self, need_x: bool, need_e: bool) -> bool:
+        """Does any gradient flow through the edge stage (and so through ``acc``)? (``LayerShape.edge_grads``)"""
+        return self.shape.edge_grads(need_x, need_e)
+
+    def grad(self, out, inputs: list[torch.Tensor], grad: torch.Tensor):
+        """Gradients of ``out`` (a tensor, or a kept graph's handle) w.r.t. ``inputs``; None for the unused."""
+        if not inputs or (isinstance(out, torch.Tensor) and not out.requires_grad):
+            return [None] * len(inputs)
+        return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+
+    def add_param_grads(self, grads, gparams) -> None:
+        for acc, g in zip(gparams, grads):
+            if g is not None:
+                acc.add_(g)

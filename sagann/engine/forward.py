@@ -1,0 +1,269 @@
+"""The forward pass of a layer call: destination intervals in column order.
+
+For each tile of destination intervals V_j (one, unless the planner tiles
+the loop) the pass opens their accumulators on the device, streams the
+sub-chunks of their columns through the executor, adding
+Gather(ApplyEdge(Scatter(V_i, V_j, E_ij))) into them, then finalises the
+reducer, runs ApplyVertex and writes V_j's rows back to the host. It keeps
+on the host what backward needs: the gathered rows ``acc`` (for max/min
+also the winning global edge id of each entry, for softmax the running max
+and sum) and the hook outputs; ApplyVertex's and the hooks' autograd graphs
+are kept where that is cheaper than recomputing them.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from sagann.chunks.types import EdgeChunk
+from sagann.engine.call import LayerCall, Saved
+from sagann.engine.host_grad import owns_storage
+from sagann.engine.messages import gather_partial, softmax_partials
+from sagann.engine.offload import KeptGraph, graph_handle, own_version
+from sagann.engine.probe import unread_rows
+from sagann.scheduler.devices import Scope, tensor_bytes
+from sagann.scheduler.executor import ChunkInputs
+from sagann.scheduler.planner import vertex_scratch_bytes
+from sagann.scheduler.schedule import FORWARD
+
+__all__ = ["HostOutputs", "forward_pass", "hook_pass"]
+
+
+@dataclass
+class HostOutputs:
+    """Host tensors a forward pass fills; several devices sharing a call write their rows of one set."""
+
+    out: torch.Tensor | None  # [N, d_out]; None: made at the first interval not taken whole
+    acc: torch.Tensor  # [N, d_msg]: the gathered rows, saved for backward
+    win: torch.Tensor | None  # [N, d_msg] int64: max/min winners
+    sm_max: torch.Tensor | None  # [N, heads]: softmax running max
+    sm_sum: torch.Tensor | None  # [N, heads]: softmax running sum
+
+
+@dataclass
+class _Column:
+    """A destination interval's forward state on the device while a tile's sources stream past it."""
+
+    j: int
+    lo: int
+    hi: int
+    scope: Scope
+    xj: torch.Tensor
+    dj: torch.Tensor | None
+    acc: torch.Tensor
+    acc_shared: bool
+    win: torch.Tensor | None
+    win_shared: bool
+    sm: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
+    """``apply_src``/``apply_dst`` over every interval: the hook's rows on the host (kept graphs for backward)."""
+    if hook in call.terms:  # several devices share the call: the rows every device computed
+        return call.terms[hook]
+    out = call.g.host.empty((call.g.num_vertices, width), what=f"{hook} rows")
+    mode = call.keep_mode()
+    graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
+    for q, lo, hi in call.p.intervals():
+        with call.device.scope() as s:
+            v = s.load(x[lo:hi], f"input rows V_{q}")
+            s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
+            kept = KeptGraph(call.params) if mode == "offload" else None
+            vin = v.detach().requires_grad_(call.need_x) if mode else v  # a kept graph's input leaf
+            saving = kept.hooks() if kept is not None else contextlib.nullcontext()
+            with call.span("apply_vertex", FORWARD, (q,)), call.rng(hook, q), torch.set_grad_enabled(mode is not None), saving:
+                t0 = time.perf_counter()
+                h = s.adopt(getattr(call.layer, hook)(vin), f"{hook} rows V_{q}")
+                seconds = time.perf_counter() - t0
+            call.check_rows(h, hi - lo, width, hook)
+            call.device.copy_out(h.detach(), out[lo:hi])
+            if kept is not None:
+                kept.keep_inputs(vin)
+                kept.handle = graph_handle(h)
+                if call.seal(kept, [(v, x[lo:hi]), (h, out[lo:hi])], seconds, (q,)):
+                    graphs[q] = kept
+            elif mode:
+                graphs[q] = (vin, graph_handle(h))
+    return out
+
+
+def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, Saved]:
+    shape, p, dev = call.shape, call.p, call.device
+    edata = call.edges_in_partition_order(edata)
+    src_term = hook_pass(call, "apply_src", x, shape.d_src_term) if shape.d_src_term else None
+    dst_term = hook_pass(call, "apply_dst", x, shape.d_dst_term) if shape.d_dst_term else None
+    n = call.g.num_vertices
+    # one interval on a device sharing host memory: V_0's output rows are the output, no copy
+    whole = dev.shares_host_memory and p.num_chunks == 1 and call.buffers is None
+    bufs = call.buffers if call.buffers is not None else _host_buffers(call, n)
+    host = {"src": x, "src_term": src_term, "data": edata}
+    fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
+    init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[call.reduce]
+    plan = call.plan(FORWARD)
+    keep_mode = call.keep_mode()
+    times: dict[tuple[int, int], tuple[float, float]] = {}
+    moved, t_pass = 0, time.perf_counter()
+    with dev.scope() as params_scope:
+        params_scope.charge(call.param_bytes, f"{call.name} parameters")
+        stream = call.executor.stream(plan, host, {}, fields)
+        columns: dict[int, _Column] = {}
+        try:
+            for g, steps in plan.groups:
+                for j in plan.members(g):  # the tile's accumulators, open together while its sources stream
+                    lo, hi = p.interval(j)
+                    if hi > lo:
+                        columns[j] = _open_column(call, j, x, dst_term, bufs, init)
+                for step in steps:
+                    load, busy, b = call.executor.run_step(stream, step, partial(_forward_chunk, call, col=columns[step.key[1]]))
+                    times[step.key] = (load, busy)
+                    moved += b
+                for j in plan.members(g):
+                    if j in columns:
+                        col = columns.pop(j)
+                        try:
+                            _close_column(call, col, x, bufs, whole, keep_mode)
+                        finally:
+                            col.scope.close()
+        finally:
+            for col in columns.values():  # a failed tile: give back every accumulator it opened
+                col.scope.close()
+            stream.close()
+    call.executor.record_pass(plan, times, time.perf_counter() - t_pass, moved)
+    out = call.g.host.empty((n, shape.d_out), what="layer output") if bufs.out is None else bufs.out
+    return out, Saved(src_term, dst_term, bufs.acc, bufs.win, bufs.sm_max, bufs.sm_sum)
+
+
+def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init) -> "_Column":
+    """V_j's resident forward state: its input and destination-term rows and its accumulator."""
+    shape, (lo, hi) = call.shape, call.p.interval(j)
+    s = Scope(call.device)
+    try:
+        xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
+        dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
+        acc, acc_shared = s.result_buffer(bufs.acc[lo:hi], init, f"accumulator V_{j}")
+        win, win_shared = s.result_buffer(bufs.win[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
+        sm = None
+        if shape.softmax:
+            sm = (s.full((hi - lo, shape.d_score), float("-inf"), torch.float32, f"softmax max V_{j}"), s.zeros((hi - lo, shape.d_score), torch.float32, f"softmax sum V_{j}"))
+    except BaseException:
+        s.close()
+        raise
+    return _Column(j, lo, hi, s, xj, dj, acc, acc_shared, win, win_shared, sm)
+
+
+def _forward_chunk(call: LayerCall, inputs: ChunkInputs, col: "_Column") -> None:
+    """Add one sub-chunk's messages into its destination column's accumulator."""
+    inputs.set_resident({"dst": col.xj, "dst_term": col.dj})
+    if col.sm is not None:
+        _merge_softmax(call, inputs.c, col.acc, col.sm, *softmax_partials(call, inputs))
+        return
+    if call.fused and call.reduce == "sum":  # the kernel adds into V_j's accumulator itself
+        c = inputs.c
+        gather_partial(call, inputs, FORWARD, into=col.acc[c.dst_offset : c.dst_offset + c.num_dst])
+        return
+    partial_acc, arg = gather_partial(call, inputs, FORWARD)
+    inputs.scope.adopt(partial_acc, lambda: f"partial of {inputs.c.id!r}")
+    _merge(call, inputs, col.acc, col.win, partial_acc, arg)
+
+
+def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: bool, keep_mode) -> None:
+    """Finish V_j: ApplyVertex on its accumulator, its rows back to the host (``bufs.out`` made at the first need)."""
+    shape, dev, s, j, lo, hi = call.shape, call.device, col.scope, col.j, col.lo, col.hi
+    acc, win, sm = col.acc, col.win, col.sm
+    _finalise(call, acc, win, lo, hi, sm)
+    s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
+    with call.span("apply_vertex", FORWARD, (j,)), call.rng("vertex", j):
+        out_j, kept = _apply_vertex_forward(call, j, col.xj, acc, keep_mode)
+        s.adopt(out_j, f"output rows V_{j}")
+    call.check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
+    with call.span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
+        if whole and owns_storage(out_j, x, bufs.acc):
+            bufs.out = out_j.contiguous()
+        else:
+            if bufs.out is None:
+                bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
+            dev.copy_out(out_j, bufs.out[lo:hi])
+        if not col.acc_shared:
+            dev.copy_out(acc, bufs.acc[lo:hi])
+        if win is not None and not col.win_shared:
+            dev.copy_out(win, bufs.win[lo:hi])
+        if sm is not None:
+            dev.copy_out(sm[0], bufs.sm_max[lo:hi])
+            dev.copy_out(sm[1], bufs.sm_sum[lo:hi])
+    aliases = [(col.xj, x[lo:hi])] if shape.loads_x_j else []
+    if kept is not None and call.seal(kept, aliases + [(acc, bufs.acc[lo:hi])], kept.seconds, (j,)):
+        call.vertex_graphs[j] = kept
+
+
+def _apply_vertex_forward(call: LayerCall, j: int, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:
+    """ApplyVertex of V_j, its autograd graph kept for backward as ``mode`` says (no recompute there).
+
+    ``"offload"``: the graph comes back unsealed, to seal once V_j's rows are on the host.
+    """
+    if mode is None:
+        return call.layer.apply_vertex(xj, acc), None
+    xin = xj.detach().requires_grad_(call.need_x)
+    ain = own_version(acc).requires_grad_(call.edge_stage_has_grads(call.need_x, call.need_e))
+    kept = KeptGraph(call.params) if mode == "offload" else None
+    t0 = time.perf_counter()
+    with torch.enable_grad(), kept.hooks() if kept is not None else contextlib.nullcontext():
+        out_j = call.layer.apply_vertex(xin, ain)
+    if kept is None:
+        call.vertex_graphs[j] = (xin, ain, graph_handle(out_j))
+    else:
+        kept.keep_inputs(xin, ain)
+        kept.handle, kept.seconds = graph_handle(out_j), time.perf_counter() - t0
+    return out_j.detach(), kept
+
+
+def _host_buffers(call: LayerCall, n: int) -> "HostOutputs":
+    shape, host = call.shape, call.g.host
+    acc_all = host.empty((n, shape.d_msg), what="aggregates saved for backward")
+    win_all = host.empty((n, shape.d_msg), torch.long, "winner ids") if shape.winners else None
+    sm_max = host.zeros((n, shape.d_score), what="softmax maxima") if shape.softmax else None
+    sm_sum = host.zeros((n, shape.d_score), what="softmax sums") if shape.softmax else None
+    return HostOutputs(None, acc_all, win_all, sm_max, sm_sum)
+
+
+def _merge(call: LayerCall, inputs: ChunkInputs, acc, win, partial_acc, arg) -> None:
+    c = inputs.c
+    rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
+    if win is None:
+        acc[rows] += partial_acc
+        return
+    eids = inputs.scope.load(torch.from_numpy(c.edge_ids), lambda: f"edge ids of {c.id!r}")
+    gid = torch.where(arg >= 0, eids[arg.clamp(min=0)], -1)
+    cur, cur_win = acc[rows], win[rows]
+    beats = partial_acc > cur if call.reduce == "max" else partial_acc < cur
+    better = (arg >= 0) & (beats | ((partial_acc == cur) & (gid < cur_win)))
+    acc[rows] = torch.where(better, partial_acc, cur)
+    win[rows] = torch.where(better, gid, cur_win)
+
+
+def _merge_softmax(call: LayerCall, c: EdgeChunk, acc, sm, m_c, l_c, a_c) -> None:
+    """Online softmax: rescale the running sums to the new running max, then add the chunk's."""
+    rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
+    m_old, l_old = sm[0][rows], sm[1][rows]
+    m_new = torch.maximum(m_old, m_c)
+    finite = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows no chunk has reached yet
+    keep, add = torch.exp(m_old - finite), torch.exp(m_c - finite)
+    per_feature = call.shape.d_msg // call.shape.d_score
+    acc[rows] = acc[rows] * keep.repeat_interleave(per_feature, dim=1) + a_c * add.repeat_interleave(per_feature, dim=1)
+    sm[1][rows] = l_old * keep + l_c * add
+    sm[0][rows] = m_new
+
+
+def _finalise(call: LayerCall, acc, win, lo: int, hi: int, sm=None) -> None:
+    if sm is not None:
+        total = sm[1].repeat_interleave(call.shape.d_msg // call.shape.d_score, dim=1)
+        acc.div_(torch.where(total > 0, total, torch.ones_like(total)))
+        sm[0].masked_fill_(torch.isinf(sm[0]), 0.0)
+    if call.inv_degree is not None:
+        acc.mul_(call.inv_degree[lo:hi].to(acc.device))
+    if win is not None:
+        acc.masked_fill_(win < 0, 0.0)
+

@@ -1,0 +1,151 @@
+"""A layer call as a torch autograd Function: host tensors in, host tensors out, chunked passes inside.
+
+:func:`run_layer` probes the layer's shape, asks the graph's planner for a
+partition, builds the call (one device, several devices, or this rank's
+share) and applies :class:`_SagaFunction`, whose forward and backward run
+the SAGA passes (:mod:`sagann.engine.forward`, :mod:`sagann.engine.backward`).
+On one device a pass that runs out of memory is re-planned on a finer
+partition and run again (:mod:`sagann.engine.replan`).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from sagann.chunks.partition import GraphPartition
+from sagann.engine.backward import backward_pass
+from sagann.engine.call import CallSpec, LayerCall
+from sagann.engine.forward import forward_pass
+from sagann.engine.graph import ChunkedGraph, check_features
+from sagann.engine.multi import make_multi_call
+from sagann.engine.probe import probe_layer
+from sagann.engine.replan import run_with_replans
+from sagann.scheduler.devices import tensor_bytes
+from sagann.scheduler.planner import LayerShape
+from sagann.scheduler.schedule import BACKWARD, FORWARD
+
+__all__ = ["check_call", "run_layer"]
+
+_EDGE_ORDER_CACHE = "_sagann_edge_data_in_order"  # partition attribute: (weakref to input, its version, permuted)
+
+
+def check_call(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> None:
+    """Validate a layer call's arguments before anything runs: the graph, the features, edge data, parameter devices."""
+    if not isinstance(g, ChunkedGraph):
+        raise TypeError(f"{type(layer).__name__}: the first argument must be a sagann.ChunkedGraph, got {type(g).__name__}")
+    check_features(g, x)
+    if edge_data is not None:
+        if not isinstance(edge_data, torch.Tensor) or edge_data.dim() not in (1, 2) or edge_data.shape[0] != g.num_edges:
+            raise ValueError(f"edge_data must have shape [num_edges={g.num_edges}] or [num_edges, k], got {list(getattr(edge_data, 'shape', []))}")
+        if edge_data.dtype != torch.float32:
+            raise ValueError(f"edge_data must be float32, got {edge_data.dtype}")
+    device = g.device
+    for name, p in layer.named_parameters():
+        if p.device != device.torch_device:
+            raise ValueError(f"{type(layer).__name__}.{name} is on {p.device} but the graph's device computes on {device.torch_device}; move the layer there")
+
+
+def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None, name: str) -> torch.Tensor:
+    """Plan and run the chunked autograd function of ``layer`` (already compiled and checked) on ``g``."""
+    device = g.device
+    params = [p for p in layer.parameters() if p.requires_grad]
+    shape = _shape(layer, x, edge_data, device.torch_device)
+    backend = _backend_for(g, shape)
+    param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
+    fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
+    grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
+    shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
+    partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
+    spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
+    run = make_multi_call(spec, g, partition) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
+    run.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
+    edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous())
+    return _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
+
+
+def _shape(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None, device) -> LayerShape:
+    """The layer's probed shape, cached per input width, edge width and mode."""
+    key = (x.shape[1], None if edge_data is None else tuple(edge_data.shape[1:]), layer.training)
+    shape = layer.__dict__.get("_sagann_shape", {}).get(key)
+    if shape is None:
+        shape = probe_layer(layer, int(x.shape[1]), edge_data, device)
+        layer.__dict__.setdefault("_sagann_shape", {})[key] = shape
+    return shape
+
+
+def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
+    if g.backend != "auto":
+        return g.backend
+    if shape.builtin is None and shape.attention is None:
+        return "reference"
+    return g.device.kernel_backend
+
+
+def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor) -> torch.Tensor:
+    """Edge data permuted into the partition's sub-chunk order, so a sub-chunk's edge rows are one slice.
+
+    A differentiable index_select (autograd scatters the gradient back).
+    For data without grad (e.g. a GCN's cached norm, used by every layer and
+    epoch) the permuted copy is kept on the partition while the input lives
+    unchanged, so it is built once.
+    """
+    order = torch.from_numpy(partition.edge_order[0])
+    if edge_data.requires_grad or edge_data.is_inference():
+        return edge_data.index_select(0, order)
+    hit = partition.__dict__.get(_EDGE_ORDER_CACHE)
+    if hit is not None and hit[0]() is edge_data and hit[1] == edge_data._version:
+        return hit[2]
+    out = edge_data.index_select(0, order)
+    partition.__dict__[_EDGE_ORDER_CACHE] = (weakref.ref(edge_data), edge_data._version, out)
+    return out
+
+
+class OneDeviceRun:
+    """A layer call on one device: its passes, re-planned on a finer partition where they run out of memory."""
+
+    def __init__(self, call: LayerCall):
+        self.call, self.name = call, call.name
+        self.need_x = self.need_e = self.keep_graphs = True
+
+    def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
+        c = self.call
+        c.need_x, c.need_e, c.keep_graphs = self.need_x, self.need_e, self.keep_graphs
+        self.call, result = run_with_replans(c, FORWARD, lambda c: forward_pass(c, x, edata))
+        return result
+
+    def backward(self, x, edata, saved, grad_out, need: tuple[bool, bool]):
+        self.call, result = run_with_replans(self.call, BACKWARD, lambda c: backward_pass(c, x, edata, saved, grad_out, *need))
+        return result
+
+
+class _SagaFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run, x, edge_data, *params):
+        versions = [t._version for t in (x, edge_data) if t is not None]
+        run.need_x, run.need_e = bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])
+        run.keep_graphs = run.keep_graphs and any(ctx.needs_input_grad)
+        out, saved = run.forward(x, edge_data)
+        if versions != [t._version for t in (x, edge_data) if t is not None]:
+            raise RuntimeError(
+                f"{run.name}: a user function modified its input in place (e.g. x.relu_()); the engine hands user "
+                "functions views of the host tensors, so write out-of-place (x.relu()) instead"
+            )
+        ctx.run, ctx.saved = run, saved
+        ctx.save_for_backward(x, edge_data)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, edge_data = ctx.saved_tensors
+        if ctx.saved is None:
+            raise RuntimeError(
+                f"{ctx.run.name}: backward ran twice through the same sagann layer call; its saved host state is freed "
+                "after the first backward to save memory (retain_graph is not supported): run the forward again"
+            )
+        need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        gx, ge, gparams = ctx.run.backward(x, edge_data, ctx.saved, grad_out.contiguous(), need)
+        ctx.saved = None
+        return (None, gx, ge, *gparams)

@@ -1,0 +1,369 @@
+"""The executor: runs a :class:`~sagann.scheduler.schedule.PassPlan` on one device.
+
+A pass's plan says which sub-chunks run in which order and how each gets
+its source rows (selective, a full block of V_i, or a resident copy held
+through the pass). The executor carries that out: a loader thread
+(:class:`~sagann.scheduler.pipeline.Prefetcher`) prepares each sub-chunk's
+inputs ``plan.prefetch`` sub-chunks ahead of the compute thread (the
+caller's), the caller's ``compute`` runs on them step by step, and the
+measured load and compute times feed the cost table that orders the next
+pass. What the computation is belongs to the engine; how the inputs reach
+the device belongs here.
+
+Several devices, chains and ranks are not subclasses: each device's pass
+is this executor with a :class:`Strategy` that says where V_i's blocks come
+from (the host, or a chain relay) and what to record beyond the pass log
+(:mod:`sagann.scheduler.strategies`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from sagann import profiler
+from sagann.chunks.partition import GraphPartition
+from sagann.chunks.types import EdgeChunk
+from sagann.scheduler.costs import CostTable
+from sagann.scheduler.devices import Device, Scope, tensor_bytes
+from sagann.scheduler.pipeline import Prefetcher
+from sagann.scheduler.policy import Transfer, two_stage_makespan
+from sagann.scheduler.records import PassRecord
+from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
+
+__all__ = ["SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy"]
+
+# host fields indexed by source row: sent selectively or as V_i's block
+SRC_FIELDS = ("src", "src_term")
+
+
+class Block:
+    """V_i's source rows sent as one block, shared by the sub-chunks of one full-transfer chunk (or of a pass: resident).
+
+    Reference counted: the loader holds one reference while it still loads
+    the chunk's sub-chunks (a resident copy: while the pass runs), each
+    loaded sub-chunk one; the last release frees the device memory.
+    """
+
+    def __init__(self, scope: Scope, tensors: dict[str, torch.Tensor]):
+        self.scope, self.tensors = scope, tensors
+        self._refs, self._lock = 1, threading.Lock()
+
+    def acquire(self) -> "Block":
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self.scope.close()
+
+
+class ChunkInputs:
+    """A sub-chunk's device-side inputs, each loaded once on first use; in backward they are autograd leaves."""
+
+    def __init__(self, ex: "Executor", c: EdgeChunk, fields: "_Fields", block: Block | None, block_in_place: bool = False):
+        self.device, self.c = ex.device, c
+        # the fused forward reads source rows from V_i's block in place (kernels.gspmm(src_rows=...))
+        self.block_in_place = block_in_place and block is not None
+        self.scope = Scope(ex.device)
+        self._edge_offset = ex.edge_offset(c)
+        self._host, self._grad, self._block = fields.host, fields.grad, block
+        self._resident: dict[str, torch.Tensor | None] = {}
+        self._values: dict[str, torch.Tensor | None] = {}
+        self.loaded_bytes = 0
+        self.load_seconds = 0.0
+        self.ct = ex.device.chunk_tensors(c, source_major=ex.source_major and fields.phase == BACKWARD)
+        self.scope.charge(self.ct.nbytes, lambda: f"index arrays of {c.id!r}")
+        self.loaded_bytes += self.ct.nbytes
+        self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
+        self._src_local_dev: torch.Tensor | None = None
+
+    def src_local_rows(self) -> torch.Tensor:
+        """The sub-chunk's source rows within V_i (int64, on the device)."""
+        if self._src_local_dev is None:
+            self._src_local_dev = self._src_local.to(self.device.torch_device)
+        return self._src_local_dev
+
+    def set_resident(self, resident: dict) -> None:
+        """The destination rows of V_j already on the device (forward: the column; backward: held rows)."""
+        self._resident = resident
+
+    def get(self, name: str) -> torch.Tensor | None:
+        if name not in self._values:
+            self._values[name] = self._load(name)
+        return self._values[name]
+
+    def preload(self, names) -> None:
+        for name in names:
+            self.get(name)
+
+    def _load(self, name: str) -> torch.Tensor | None:
+        c, s = self.c, self.scope
+        if name in self._resident:  # rows of V_j the pass holds
+            t = self._resident[name]
+            if t is None:
+                return None
+            t = t[c.dst_offset : c.dst_offset + c.num_dst]
+            return t.detach().requires_grad_(True) if self._grad.get(name) else t  # a leaf of its own on the held rows
+        host = self._host.get(name)
+        if host is None:
+            return None
+        if name in SRC_FIELDS and self._block is not None:
+            block = self._block.tensors[name]
+            if self.block_in_place:
+                return block
+            t = s.adopt(block.index_select(0, self._src_local.to(block.device)), lambda: f"{name} rows picked for {c.id!r}")
+        else:
+            if name in SRC_FIELDS:
+                t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), lambda: f"{name} rows of {c.id!r}")
+            elif name == "data":  # edge data arrive in sub-chunk order: one slice
+                t = s.load(host[self._edge_offset : self._edge_offset + c.nnz], lambda: f"edge rows of {c.id!r}")
+            else:  # destination-row fields, in backward
+                lo = c.dst_start + c.dst_offset
+                t = s.load(host[lo : lo + c.num_dst], lambda: f"{name} rows of {c.id!r}")
+            self.loaded_bytes += tensor_bytes(t)
+        if self._grad.get(name):
+            t.requires_grad_(True)
+        return t
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self._values.items() if v is not None and v.requires_grad and v.is_leaf}
+
+    def close(self) -> None:
+        self.scope.close()
+        if self._block is not None:
+            self._block.release()
+            self._block = None
+
+
+@dataclass(frozen=True)
+class PassLog:
+    """Where a pass's measurements go: the cost table (keyed by ``key`` and phase) and the graph's pass log."""
+
+    costs: CostTable
+    records: list
+    key: tuple
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """The host tensors a pass reads (``host``), which of them become autograd leaves (``grad``), and which to preload."""
+
+    phase: str
+    host: dict
+    grad: dict
+    names: tuple[str, ...]
+
+
+class Strategy:
+    """How one device's pass gets V_i's blocks and what it records; this default reads every block from the host.
+
+    A strategy is handed to the :class:`Executor`; multi-device, chained and
+    distributed runs use :class:`~sagann.scheduler.strategies.SharedPass`.
+    """
+
+    def begin(self, ex: "Executor", plan: PassPlan, host: dict, names: tuple[str, ...]) -> None:
+        """Before the pass's first load (a chain registers the blocks it will ask its relay for)."""
+
+    def block(self, ex: "Executor", step: ChunkStep, host: dict, names: tuple[str, ...]) -> tuple[Block, int]:
+        """V_i's block for a non-selective step, and the bytes sent from the host."""
+        return ex.host_block(step, host, names)
+
+    def after_step(self, ex: "Executor", step: ChunkStep, times: tuple[float, float], moved: int) -> None:
+        """After a step's sub-chunks ran: (load, compute) seconds and the bytes its loads moved."""
+
+    def after_pass(self, ex: "Executor", plan: PassPlan, seconds: float) -> None:
+        """After the pass's last step."""
+
+    def stop(self) -> None:
+        """The pass's stream is closing (also on failure): stop any wait of the loader, before it is joined."""
+
+    def end(self) -> None:
+        """The pass's stream has closed: release what the strategy holds."""
+
+
+class _Stream:
+    """A pass's prefetching stream of :class:`ChunkInputs`; closing it also ends the strategy's part."""
+
+    def __init__(self, inner: Iterator[ChunkInputs], strategy: Strategy):
+        self._inner, self._strategy = inner, strategy
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> ChunkInputs:
+        return next(self._inner)
+
+    def close(self) -> None:
+        self._strategy.stop()
+        try:
+            self._inner.close()
+        finally:
+            self._strategy.end()
+
+
+class Executor:
+    """Runs the pass plans of one layer call on one device.
+
+    Args:
+        device: where the sub-chunks compute.
+        partition: the call's partition (its edge order places edge data).
+        log: where measured times and pass records go.
+        name: the layer's name, for spans and errors.
+        fused: a fused forward reads V_i's block in place (no rows picked).
+        strategy: where blocks come from and what else to record.
+    """
+
+    def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None):
+        self.device, self.partition, self.log, self.name = device, partition, log, name
+        self.fused = fused
+        self.strategy = strategy or Strategy()
+        self.source_major = False  # this backward pass reads edges source-major (set by the pass)
+        self.dst_rows: dict[int, dict[str, torch.Tensor]] = {}  # a backward pass's held destination rows, per V_j
+        self._edge_offsets = partition.edge_order[1]
+        self._resident_copies: dict[int, Block] = {}  # this pass's copies of its resident intervals' source rows
+
+    def edge_offset(self, c: EdgeChunk) -> int:
+        """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data."""
+        return self._edge_offsets[c.id]
+
+    def measured(self, phase: str) -> Callable[[tuple[int, int]], tuple[float, float] | None]:
+        """The smoothed (load, compute) seconds of each chunk in earlier passes: what the plan orders by."""
+        return lambda key: self.log.costs.get((self.log.key, phase), key)
+
+    # ---- loading ----------------------------------------------------------------------------
+    def stream(self, plan: PassPlan, host: dict, grad: dict, names: tuple[str, ...]) -> _Stream:
+        """The pass's sub-chunk inputs in plan order, loaded ``plan.prefetch`` ahead by a loader thread.
+
+        ``host``: the host tensors by field; ``grad``: the fields that become
+        autograd leaves; ``names``: the fields each sub-chunk preloads.
+        """
+        fields = _Fields(plan.phase, host, grad, names)
+        self.strategy.begin(self, plan, host, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
+        try:
+            inner = iter(Prefetcher(self._jobs(plan, fields), plan.prefetch, release=ChunkInputs.close))
+        except BaseException:
+            self.strategy.end()
+            raise
+        return _Stream(inner, self.strategy)
+
+    def _jobs(self, plan: PassPlan, fields: _Fields):
+        """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
+        self._resident_copies = {}  # the pass's resident intervals (plan.resident), each sent by its first job
+        holder: dict[str, Block] = {}  # the run's full block of V_i, while its steps share it
+        try:
+            for step in plan.steps():
+                if "block" in holder and not step.shares_block:
+                    holder.pop("block").release()  # the loader's own reference; the chunks using it hold theirs
+                for k, c in enumerate(step.subs):
+                    yield repr(c.id), partial(self._load, step, k, fields, holder)
+        finally:
+            if "block" in holder:
+                holder.pop("block").release()
+            for copy_i in self._resident_copies.values():
+                copy_i.release()  # the loader's reference; the last chunk using it frees it
+            self._resident_copies = {}
+
+    def _load(self, step: ChunkStep, k: int, fields: _Fields, holder: dict) -> ChunkInputs:
+        t0 = time.perf_counter()
+        c = step.subs[k]
+        block_bytes = 0
+        if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:
+            holder["block"], block_bytes = self._block_for(step, fields)
+        block = holder["block"].acquire() if "block" in holder else None
+        try:
+            inputs = ChunkInputs(self, c, fields, block, block_in_place=fields.phase == FORWARD and self.fused)
+        except BaseException:  # e.g. out of memory on its index arrays: the block reference is ours to drop
+            if block is not None:
+                block.release()
+            raise
+        if self.dst_rows:
+            inputs.set_resident(self.dst_rows[step.key[1]])
+        try:
+            inputs.preload(fields.names)
+        except BaseException:
+            inputs.close()
+            raise
+        inputs.loaded_bytes += block_bytes
+        t1 = time.perf_counter()
+        inputs.load_seconds = t1 - t0
+        if profiler.enabled():
+            profiler.record_interval("h2d", self.device.name, "loader", t0, t1, chunk=c.id, nbytes=inputs.loaded_bytes, layer=self.name, phase=fields.phase)
+        return inputs
+
+    def _block_for(self, step: ChunkStep, fields: _Fields) -> tuple[Block, int]:
+        names = tuple(f for f in fields.names if f in SRC_FIELDS and fields.host.get(f) is not None)
+        return self.strategy.block(self, step, fields.host, names)
+
+    def host_block(self, step: ChunkStep, host: dict, names: tuple[str, ...]) -> tuple[Block, int]:
+        """V_i's source rows for a non-selective step, sent from the host as one block, and the bytes sent.
+
+        A resident step's block is the pass's copy of V_i, sent by the first
+        step that reads it (its bytes are counted there) and held to the
+        pass's end.
+        """
+        i = step.key[0]
+        rows = self.partition.interval(i)
+        if step.transfer is Transfer.RESIDENT:
+            sent = 0
+            if i not in self._resident_copies:
+                self._resident_copies[i], sent = self.send_rows(host, names, rows, f"resident copy of V_{i}")
+            return self._resident_copies[i].acquire(), sent
+        return self.send_rows(host, names, rows, f"block V_{i}")
+
+    def send_rows(self, host: dict, names: tuple[str, ...], rows: tuple[int, int], what: str) -> tuple[Block, int]:
+        """Rows ``lo:hi`` of each named host field, sent as one block; and the bytes sent."""
+        lo, hi = rows
+        scope = Scope(self.device)
+        try:
+            tensors = {name: scope.load(host[name][lo:hi], f"{name} {what}") for name in names}
+        except BaseException:  # out of memory on the block's second field: give back the first
+            scope.close()
+            raise
+        return Block(scope, tensors), sum(tensor_bytes(t) for t in tensors.values())
+
+    # ---- running ----------------------------------------------------------------------------
+    def run_step(self, stream: _Stream, step: ChunkStep, compute: Callable[[ChunkInputs], None]) -> tuple[float, float, int]:
+        """Compute the sub-chunks of one chunk as they arrive; returns (load s, compute s, bytes)."""
+        load = busy = 0.0
+        moved = 0
+        for c in step.subs:
+            inputs = next(stream)
+            assert inputs.c is c, f"pipeline out of order: expected {c.id!r}, got {inputs.c.id!r}"
+            try:
+                t0 = time.perf_counter()
+                compute(inputs)
+                # on a GPU: wait for the launched kernels, so the measured compute is real (it feeds the
+                # ordering) and the ledger frees this sub-chunk's bytes only when the device has
+                self.device.synchronize()
+                busy += time.perf_counter() - t0
+            except Exception as exc:
+                exc.add_note(f"while computing sub-chunk {c.id!r} of {self.name} on {self.device.name}")
+                raise
+            finally:
+                inputs.close()
+            load += inputs.load_seconds
+            moved += inputs.loaded_bytes
+        self.strategy.after_step(self, step, (load, busy), moved)
+        return load, busy, moved
+
+    def record_pass(self, plan: PassPlan, times: dict, seconds: float, moved: int) -> None:
+        """Feed the measured chunk times to the cost table and log the pass next to its prediction."""
+        phase = plan.phase
+        full = moved - plan.bytes_moved + plan.bytes_full
+        for key, (load, busy) in times.items():
+            self.log.costs.update((self.log.key, phase), key, load, busy)
+        predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
+        self.log.records.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes))
+        profiler.count("bytes_moved_full", full)
+        self.device.flush_spans()
+        self.strategy.after_pass(self, plan, seconds)

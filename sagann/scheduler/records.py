@@ -1,0 +1,61 @@
+"""What ran: one record per streamed pass, per chunk of a multi-device pass, and per device phase.
+
+``PassRecord``s put the plan's prediction next to what happened
+(``ChunkedGraph.pass_log``); ``StepRecord``s and ``CallRecord``s are the
+simulator's calibration (``ChunkedGraph.step_log`` / ``call_log``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CallRecord", "PassRecord", "StepRecord"]
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One streamed edge stage as it ran: the plan's prediction next to what happened."""
+
+    layer: str
+    phase: str
+    chunks: int
+    prefetch: int
+    seconds: float  # wall time of the edge stage
+    predicted_seconds: float  # two-stage makespan of the measured chunk times in plan order
+    bytes_moved: int  # host -> device bytes of the edge stage
+    bytes_full: int  # what a non-selective schedule would have moved
+    resident_bytes: int = 0  # source rows of the intervals held on the device through the pass (0: streamed per chunk)
+    tile: int = 1  # destination intervals whose accumulators the pass held together (loop tiling)
+    dst_rows_bytes: int = 0  # backward: destination rows sent once and held through the pass (0: sent per chunk)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One chunk E_ij as a multi-device pass ran it (``ChunkedGraph.step_log``)."""
+
+    call: int  # layer call number on the graph
+    phase: str
+    device: str
+    key: tuple[int, int]
+    nnz: int
+    block_bytes: int  # V_i's rows sent whole for this chunk (0: selective, or a block the device already held)
+    other_bytes: int  # host bytes besides the block and the index arrays (selective rows, edge and destination rows)
+    index_bytes: int  # the sub-chunks' index arrays
+    load_seconds: float
+    compute_seconds: float
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One phase of a layer call on one device (``ChunkedGraph.call_log``): edge stage and total seconds."""
+
+    call: int
+    name: str
+    phase: str
+    device: str
+    owned_vertices: int
+    edge_seconds: float
+    total_seconds: float
+    prefetch: int
+    bounds: tuple[int, ...]  # interval bounds of the call's partition
+    edge_stage: bool = True  # False: the hook pre-pass or the hooks' backward only
+    host_bytes: int = 0  # bytes the device received over its host link during the phase (Device.bytes_in)
