@@ -45,6 +45,7 @@ import psutil
 import torch
 
 from sagann.bench import _peers
+from sagann.units import parse_bytes
 
 __all__ = ["Bench", "GraphFiles", "prepare_graph", "run_epochs", "runner", "worker_main", "format_report", "rmat_features"]
 
@@ -453,8 +454,6 @@ def run_epochs(
     JSON-able dict: per configuration the median epoch time, peak RSS, final
     loss or the error.
     """
-    from sagann.scheduler.units import parse_bytes
-
     configs = _check_configs(bench, configs, quick)
     rounds = rounds or (1 if quick else ROUNDS)
     reps = reps or (QUICK_REPS if quick else REPS)

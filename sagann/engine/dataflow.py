@@ -49,11 +49,12 @@ from sagann.engine.layer import EdgeBatch, Layer, probe_layer, unread_rows
 from sagann.engine.offload import KeptGraph
 from sagann.engine.replan import run_with_replans
 from sagann.kernels import attention, reference
-from sagann.scheduler.devices import Scope, tensor_bytes
+from sagann.scheduler.devices import Scope
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.planner import LayerShape, edge_scratch_bytes, recompute_bytes, vertex_scratch_bytes
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
+from sagann.units import tensor_bytes
 
 _SEED_MASK = (1 << 63) - 1
 _SRC_FIELDS = ("src", "src_term")

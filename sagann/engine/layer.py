@@ -8,7 +8,7 @@ from torch import nn
 
 from sagann.fn import GATHERS, AttentionFn, MessageFn
 from sagann.scheduler.planner import LayerShape
-from sagann.scheduler.units import storage_ptr, tensor_bytes
+from sagann.units import storage_ptr, tensor_bytes
 
 
 class EdgeBatch:

@@ -46,11 +46,12 @@ from sagann.engine.dataflow import _SRC_FIELDS, _Block, _LayerCall, _Saved
 from sagann.engine.graph import ChunkedGraph
 from sagann.scheduler.chains import ChainRelay, RelayAborted, assign_intervals
 from sagann.scheduler.config import ScheduleConfig
-from sagann.scheduler.devices import Device, format_bytes
+from sagann.scheduler.devices import Device
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import BudgetTooSmall, LayerShape, working_set
 from sagann.scheduler.policy import Transfer, TransferPolicy
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan, build_plan, dry_run
+from sagann.units import format_bytes
 
 _RNG_LOCK = threading.RLock()
 
