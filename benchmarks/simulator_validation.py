@@ -33,7 +33,7 @@ from sagann.bench._results import append_result
 from sagann.chunks.synthetic import rmat
 from sagann.engine.models import GCN
 from sagann.scheduler import topology as T
-from sagann.scheduler.devices import parse_bytes
+from sagann.units import parse_bytes
 from sagann.scheduler.simulator import calibrate, scale_workload, simulate
 
 

@@ -4,12 +4,11 @@ Write a layer as ApplyEdge / ApplyVertex with torch ops; sagann splits the
 graph into chunks that fit the device and streams them through it.
 """
 from sagann import fn, nn, profiler
+from sagann._version import __version__
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
 from sagann.engine.hoist import explain
 from sagann.profiler import profile
 from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, CudaDevice, Device, EmulatedLink, ScheduleConfig
 from sagann.scheduler.host import HostMemory
-
-__version__ = "0.1.0"
 
 __all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "CpuDevice", "CudaDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "explain", "fn", "nn", "profile", "profiler", "__version__"]

@@ -29,7 +29,6 @@ themselves (GCNConv, GATConv in sagann and PyG) add them; for the others
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import re
@@ -45,8 +44,10 @@ import psutil
 import torch
 
 from sagann.bench import _peers
+from sagann.bench._results import ratios, summarise
+from sagann.units import parse_bytes
 
-__all__ = ["Bench", "GraphFiles", "prepare_graph", "run_epochs", "runner", "worker_main", "format_report", "rmat_features"]
+__all__ = ["Bench", "EpochOptions", "GraphFiles", "prepare_graph", "run_epochs", "runner", "worker_main", "format_report", "rmat_features"]
 
 REPS, WARMUP, ROUNDS = 5, 1, 2
 QUICK_REPS = 2  # --quick is a smoke test of every path, not a measurement
@@ -440,10 +441,22 @@ def _check_configs(bench: Bench, configs, quick: bool) -> tuple[str, ...]:
     return tuple(configs)
 
 
-def run_epochs(
-    bench: Bench, quick: bool = False, configs: tuple[str, ...] | None = None, rounds: int | None = None, reps: int | None = None,
-    graph_dir: str | None = None, graph: str = "rmat", scale: float | None = None, timeout: float | None = None, ooc_budget: int | str | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class EpochOptions:
+    """What one run of a bench may be told (the keywords of :func:`runner`'s ``run``); None picks the default."""
+
+    quick: bool = False
+    configs: tuple[str, ...] | None = None
+    rounds: int | None = None
+    reps: int | None = None
+    graph_dir: str | None = None
+    graph: str = "rmat"
+    scale: float | None = None
+    timeout: float | None = None
+    ooc_budget: int | str | None = None
+
+
+def run_epochs(bench: Bench, options: EpochOptions) -> dict:
     """Run every configuration in fresh subprocesses, alternating, ``rounds`` times.
 
     ``quick`` uses a tiny graph, one round of 2 epochs and no DGL.
@@ -453,18 +466,17 @@ def run_epochs(
     JSON-able dict: per configuration the median epoch time, peak RSS, final
     loss or the error.
     """
-    from sagann.scheduler.units import parse_bytes
-
-    configs = _check_configs(bench, configs, quick)
-    rounds = rounds or (1 if quick else ROUNDS)
-    reps = reps or (QUICK_REPS if quick else REPS)
+    quick = options.quick
+    configs = _check_configs(bench, options.configs, quick)
+    rounds = options.rounds or (1 if quick else ROUNDS)
+    reps = options.reps or (QUICK_REPS if quick else REPS)
     fraction = QUICK_BUDGET_FRACTION if quick else BUDGET_FRACTION
-    timeout = timeout or (QUICK_WORKER_TIMEOUT_S if quick else WORKER_TIMEOUT_S)
-    fixed_budget = parse_bytes(ooc_budget)
-    tmp = tempfile.TemporaryDirectory(prefix=f"sagann-bench-{bench.name}-") if graph_dir is None else None
-    directory = Path(tmp.name if tmp else graph_dir)
+    timeout = options.timeout or (QUICK_WORKER_TIMEOUT_S if quick else WORKER_TIMEOUT_S)
+    fixed_budget = parse_bytes(options.ooc_budget)
+    tmp = tempfile.TemporaryDirectory(prefix=f"sagann-bench-{bench.name}-") if options.graph_dir is None else None
+    directory = Path(tmp.name if tmp else options.graph_dir)
     try:
-        files = prepare_graph(directory, graph, scale, quick, simple=bench.simple_rmat)
+        files = prepare_graph(directory, options.graph, options.scale, quick, simple=bench.simple_rmat)
         in_channels, classes = files.info["features"], files.info["classes"]
         init = write_init(bench, in_channels, classes, directory / f"init_{bench.name}_{in_channels}_{classes}.npz")
         load_before = _peers.load_average()
@@ -481,7 +493,7 @@ def run_epochs(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    results = {c: _summarise(rs) for c, rs in runs.items()}
+    results = {c: summarise(rs) for c, rs in runs.items()}
     losses = {c: x["loss"] for c, x in results.items() if "loss" in x}
     result = {
         "graph": files.info,
@@ -503,55 +515,21 @@ def run_epochs(
         "loss_spread": (max(losses.values()) - min(losses.values())) / min(losses.values()) if len(losses) > 1 and min(losses.values()) > 0 else None,
         "quick": quick,
     }
-    result["ratios"] = _ratios(results)
+    result["ratios"] = ratios(results)
     result["report"] = format_report(result)
     return result
 
 
 def runner(bench: Bench) -> Callable[..., dict]:
-    """The bench's ``run(quick=False, configs=None, rounds=None, ...)``: :func:`run_epochs` with ``bench`` given."""
-    run = functools.partial(run_epochs, bench)
+    """The bench's ``run(quick=False, *, configs=None, rounds=None, ...)``: :func:`run_epochs` with ``bench`` given."""
+
+    def run(quick: bool = False, *, configs: tuple[str, ...] | None = None, rounds: int | None = None, reps: int | None = None, graph_dir: str | None = None,
+            graph: str = "rmat", scale: float | None = None, timeout: float | None = None, ooc_budget: int | str | None = None) -> dict:
+        options = EpochOptions(quick=quick, configs=configs, rounds=rounds, reps=reps, graph_dir=graph_dir, graph=graph, scale=scale, timeout=timeout, ooc_budget=ooc_budget)
+        return run_epochs(bench, options)
+
     run.__doc__ = f"`sagann bench {bench.name}`: " + (run_epochs.__doc__ or "")
     return run
-
-
-def _summarise(rs: list[dict]) -> dict:
-    ok = [r for r in rs if "error" not in r]
-    errors = [r for r in rs if "error" in r]
-    if not ok:
-        first = errors[0] if errors else {}
-        return {"error": first.get("error", "not run"), "out_of_memory": any(r.get("out_of_memory") for r in errors), "graph_size": first.get("graph_size"), "details": errors}
-    epochs = [t for r in ok for t in r["epoch_seconds"]]
-    out = {
-        "epoch_s": float(np.median(epochs)),
-        "epoch_s_min": float(min(epochs)),
-        "epoch_s_per_round": [float(np.median(r["epoch_seconds"])) for r in ok],
-        "warmup_s": [w for r in ok for w in r["warmup_seconds"]],
-        "setup_s": [r["setup_seconds"] for r in ok],
-        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in ok),
-        "rss_after_setup_bytes": max(r["rss_after_setup_bytes"] for r in ok),
-        "loss": ok[0]["loss"],
-        "torch": ok[0].get("torch"),
-        "runs": ok,
-    }
-    for key in ("num_chunks", "peak_device_bytes", "memory_budget_bytes", "dgl"):
-        if key in ok[0]:
-            out[key] = ok[0][key]
-    if errors:
-        out["errors"] = errors
-    return out
-
-
-def _ratios(results: dict) -> dict:
-    """Epoch time and peak RSS of each peer over sagann_p1's."""
-    ours = results.get("sagann_p1", {})
-    if "epoch_s" not in ours:
-        return {}
-    out = {}
-    for c, r in results.items():
-        if c != "sagann_p1" and "epoch_s" in r:
-            out[c] = {"time": r["epoch_s"] / ours["epoch_s"], "peak_rss": r["peak_rss_bytes"] / ours["peak_rss_bytes"]}
-    return out
 
 
 def _graph_line(gr: dict) -> str:

@@ -33,10 +33,13 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from sagann.chunks.dataset import _MASK_NAME, DatasetWriter, _check_target
+from sagann.chunks.files import check_target
 from sagann.chunks.ingest import EdgeList, EdgeListError, open_edge_list, open_vertex_array, read_rows
+from sagann.chunks.layout import MASK_NAME
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, balanced_bounds, interval_of, split_chunk
 from sagann.chunks.reorder import IN_MEMORY_BYTES_PER_EDGE, Reorder, degree_order, inverse_permutation, metis_order, rcm_order
+from sagann.chunks.writer import DatasetWriter
+from sagann.units import parse_bytes
 
 __all__ = ["PartitionConfig", "PartitionSummary", "MemoryPlan", "partition_edge_list"]
 
@@ -107,8 +110,6 @@ class PartitionConfig:
     progress: bool = False
 
     def __post_init__(self):
-        from sagann.scheduler.devices import parse_bytes
-
         def set_(name, value):
             object.__setattr__(self, name, value)
 
@@ -226,7 +227,7 @@ def _open_masks(masks) -> dict[str, _VertexFile]:
         raise ValueError(f"masks must be a dict name -> .npy path, got {type(masks).__name__}")
     out = {}
     for name, path in masks.items():
-        if not isinstance(name, str) or not _MASK_NAME.match(name):
+        if not isinstance(name, str) or not MASK_NAME.match(name):
             raise ValueError(f"mask name {name!r} is not allowed; use 1-64 letters, digits, '_' or '-' (e.g. --mask train=train.npy)")
         shape, dtype = open_vertex_array(path, f"mask {name!r}")
         if len(shape) != 1:
@@ -519,7 +520,7 @@ def partition_edge_list(edges, out, config: PartitionConfig | None = None, featu
     t0 = time.perf_counter()
     config = config or PartitionConfig()
     out = Path(os.path.abspath(os.fspath(out)))
-    _check_target(out, config.overwrite)
+    check_target(out, config.overwrite)
     source = open_edge_list(edges)
     feats, labs, mask_files = _open_features(features), _open_labels(labels), _open_masks(masks)
     n_known, n_from = _resolve_n(config, feats, labs, mask_files)

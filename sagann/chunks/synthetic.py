@@ -231,6 +231,7 @@ def sbm(
     num_classes: int,
     avg_degree: float,
     feature_dim: int,
+    *,
     homophily: float = 0.8,
     signal: float = DEFAULT_SIGNAL,
     seed: int = 0,

@@ -26,7 +26,8 @@ from sagann.engine.messages import gather_partial, softmax_surrogate
 from sagann.engine.offload import KeptGraph
 from sagann.engine.probe import unread_rows
 from sagann.kernels import attention
-from sagann.scheduler.devices import Scope, tensor_bytes
+from sagann.scheduler.devices import Scope
+from sagann.units import tensor_bytes
 from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs
 from sagann.scheduler.planner import edge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import BACKWARD

@@ -25,7 +25,8 @@ from sagann.engine.host_grad import owns_storage
 from sagann.engine.messages import gather_partial, softmax_partials
 from sagann.engine.offload import KeptGraph, graph_handle, own_version
 from sagann.engine.probe import unread_rows
-from sagann.scheduler.devices import Scope, tensor_bytes
+from sagann.scheduler.devices import Scope
+from sagann.units import tensor_bytes
 from sagann.scheduler.executor import ChunkInputs
 from sagann.scheduler.planner import vertex_scratch_bytes
 from sagann.scheduler.schedule import FORWARD

@@ -15,7 +15,7 @@ from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_ed
 from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.costs import CostTable
-from sagann.scheduler.devices import Device, format_bytes
+from sagann.scheduler.devices import Device
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import (
@@ -37,6 +37,7 @@ from sagann.scheduler.planner import (
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
 from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
+from sagann.units import format_bytes
 
 BACKENDS = ("auto", "reference", "cpu")
 

@@ -49,13 +49,14 @@ from sagann.engine.forward import HostOutputs, forward_pass, hook_pass
 from sagann.engine.graph import ChunkedGraph
 from sagann.scheduler.chains import ChainRelay, RelayAborted, assign_intervals
 from sagann.scheduler.config import ScheduleConfig
-from sagann.scheduler.devices import Device, format_bytes
+from sagann.scheduler.devices import Device
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import BudgetTooSmall, LayerShape, src_row_bytes, working_set
 from sagann.scheduler.policy import Transfer, TransferPolicy
 from sagann.scheduler.records import CallRecord, StepRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, PassPlan, build_plan, dry_run
 from sagann.scheduler.strategies import SharedPass
+from sagann.units import format_bytes
 
 _RNG_LOCK = threading.RLock()
 

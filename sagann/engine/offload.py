@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from sagann.scheduler.devices import Scope, tensor_bytes
-from sagann.scheduler.units import storage_ptr as _storage_ptr
+from sagann.scheduler.devices import Scope
+from sagann.units import storage_ptr as _storage_ptr, tensor_bytes
 
 
 class _Saved:

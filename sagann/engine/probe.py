@@ -11,7 +11,7 @@ from torch import nn
 from sagann.engine.edges import EdgeBatch
 from sagann.fn import GATHERS, AttentionFn, MessageFn
 from sagann.scheduler.planner import LayerShape
-from sagann.scheduler.units import storage_ptr, tensor_bytes
+from sagann.units import storage_ptr, tensor_bytes
 
 __all__ = ["check_layer", "has_hook", "probe_layer", "saved_bytes_per_row", "unread_rows"]
 

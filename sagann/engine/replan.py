@@ -22,8 +22,9 @@ from typing import Callable, TypeVar
 import torch
 
 from sagann.engine.graph import Replan
-from sagann.scheduler.devices import BudgetExceeded, format_bytes
+from sagann.scheduler.devices import BudgetExceeded
 from sagann.scheduler.planner import BudgetTooSmall
+from sagann.units import format_bytes
 
 log = logging.getLogger("sagann")
 

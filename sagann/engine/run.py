@@ -22,7 +22,7 @@ from sagann.engine.graph import ChunkedGraph, check_features
 from sagann.engine.multi import make_multi_call
 from sagann.engine.probe import probe_layer
 from sagann.engine.replan import run_with_replans
-from sagann.scheduler.devices import tensor_bytes
+from sagann.units import tensor_bytes
 from sagann.scheduler.planner import LayerShape
 from sagann.scheduler.schedule import BACKWARD, FORWARD
 

@@ -25,8 +25,9 @@ from sagann.engine.checkpoint import CheckpointError, Checkpointer
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
-from sagann.scheduler.devices import CpuDevice, Device, format_bytes, parse_bytes
+from sagann.scheduler.devices import CpuDevice, Device
 from sagann.scheduler.host import HostMemory
+from sagann.units import format_bytes, parse_bytes
 
 __all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
 

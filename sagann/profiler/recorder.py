@@ -11,6 +11,7 @@ import threading
 from numbers import Integral
 from time import perf_counter
 from types import TracebackType
+from typing import NamedTuple
 
 from .types import ChunkKey, Seconds, Span, check_fields
 
@@ -187,27 +188,33 @@ class _NoSpan:
 _NO_SPAN = _NoSpan()
 
 
+class _SpanFields(NamedTuple):
+    """What a span records besides its times and epoch."""
+
+    kind: str
+    device: str
+    track: str
+    chunk: ChunkKey | None
+    nbytes: int
+    layer: str | None
+    phase: str
+
+
 class _TimedSpan:
     """Times its ``with`` body with perf_counter and records it on exit."""
 
-    __slots__ = ("_rec", "_kind", "_device", "_track", "_chunk", "_nbytes", "_layer", "_phase", "_epoch", "_t0", "_nvtx")
+    __slots__ = ("_rec", "_fields", "_epoch", "_t0", "_nvtx")
 
-    def __init__(self, rec, kind, device, track, chunk, nbytes, layer, phase, nvtx=None):
-        check_fields(kind, device, track, chunk, nbytes, phase)
+    def __init__(self, rec: Recorder, fields: _SpanFields, nvtx=None):
+        check_fields(fields.kind, fields.device, fields.track, fields.chunk, fields.nbytes, fields.phase)
         self._rec = rec
-        self._kind = kind
-        self._device = device
-        self._track = track
-        self._chunk = chunk
-        self._nbytes = nbytes
-        self._layer = layer
-        self._phase = phase
+        self._fields = fields
         self._nvtx = nvtx
 
     def __enter__(self) -> None:
         self._epoch = self._rec.epoch
         if self._nvtx is not None:
-            self._nvtx.range_push(nvtx_name(self._kind, self._chunk))
+            self._nvtx.range_push(nvtx_name(self._fields.kind, self._fields.chunk))
         self._t0 = perf_counter()
 
     def __exit__(
@@ -220,10 +227,9 @@ class _TimedSpan:
         if self._nvtx is not None:
             self._nvtx.range_pop()
         # Recorded even when the body raised: the time was spent.
-        rec = self._rec
+        rec, f = self._rec, self._fields
         with rec._lock:
-            rec._spans.append((self._device, self._track, self._kind, self._chunk, self._nbytes,
-                               self._t0, t1, self._epoch, self._layer, self._phase))
+            rec._spans.append((f.device, f.track, f.kind, f.chunk, f.nbytes, self._t0, t1, self._epoch, f.layer, f.phase))
 
 
 def span(
@@ -249,7 +255,7 @@ def span(
     rec = _active
     if rec is None:
         return _NO_SPAN
-    return _TimedSpan(rec, kind, device, track, chunk, nbytes, layer, phase, _nvtx)
+    return _TimedSpan(rec, _SpanFields(kind, device, track, chunk, nbytes, layer, phase), _nvtx)
 
 
 def nvtx_name(kind: str, chunk: ChunkKey | None) -> str:
@@ -263,6 +269,7 @@ def record_interval(
     track: str,
     t0: Seconds,
     t1: Seconds,
+    *,
     chunk: ChunkKey | None = None,
     nbytes: int = 0,
     layer: str | None = None,

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from sagann import profiler
-from sagann.scheduler.devices import Device, Scope, tensor_bytes
+from sagann.scheduler.devices import Device, Scope
+from sagann.units import tensor_bytes
 
 POLL_SECONDS = 0.05
 

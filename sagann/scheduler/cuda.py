@@ -39,7 +39,7 @@ import torch
 
 from sagann import profiler
 from sagann.scheduler.devices import Device
-from sagann.scheduler.units import format_bytes, parse_bytes, tensor_bytes
+from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["CudaDevice", "cuda_available"]
 

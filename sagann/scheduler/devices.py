@@ -12,7 +12,7 @@ from sagann import profiler
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.pool import BufferPool
-from sagann.scheduler.units import format_bytes, parse_bytes, tensor_bytes
+from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sagann import profiler
-from sagann.scheduler.units import format_bytes, parse_bytes, tensor_bytes
+from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["HostMemory", "is_spilled", "stage", "stage_rows"]
 

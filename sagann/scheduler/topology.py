@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from sagann.scheduler.devices import parse_bytes
+from sagann.units import parse_bytes
 
 # Defaults when a reader cannot measure: effective PCIe 3.0 x16 and NVLink 2.0 per link (V100), bytes/s
 PCIE_BANDWIDTH = 12 * 10**9

@@ -15,9 +15,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sagann.chunks import dataset as ds_mod
+from sagann.chunks import _validate, files
+from sagann.chunks import writer as writer_mod
 from sagann.chunks.dataset import (
     FORMAT_VERSION,
+    INDEX_COLUMNS,
     DatasetError,
     load_dataset,
     save_dataset,
@@ -187,7 +189,8 @@ def test_torch_inputs_and_dtypes(tmp_path):
 
 
 def test_features_streamed_in_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds_mod, "_WRITE_BLOCK", 64)  # many tiny blocks
+    for mod in (files, _validate, writer_mod):  # many tiny blocks
+        monkeypatch.setattr(mod, "BLOCK_BYTES", 64)
     rng = np.random.default_rng(0)
     part = partition_graph(random_graph(0), 40, 2)
     x = rng.standard_normal((40, 7))  # float64 -> float32, cast block by block
@@ -231,8 +234,8 @@ def test_layout_on_disk(tmp_path):
         arr = np.load(root / name, allow_pickle=False)
         assert list(arr.shape) == entry["shape"] and arr.dtype.name == entry["dtype"]
     index = np.load(root / "chunk_index.npy")
-    assert index.shape == (part.num_sub_chunks, len(ds_mod.INDEX_COLUMNS))
-    assert m["chunk_index_columns"] == list(ds_mod.INDEX_COLUMNS)
+    assert index.shape == (part.num_sub_chunks, len(INDEX_COLUMNS))
+    assert m["chunk_index_columns"] == list(INDEX_COLUMNS)
     assert list(tmp_path.iterdir()) == [root]  # no temp litter
 
 
@@ -247,13 +250,6 @@ def test_every_file_is_fsynced(tmp_path, monkeypatch):
     assert synced[-1] == os.path.realpath(tmp_path)  # the parent, after the rename
     assert isinstance(root, Path)
     verify_dataset(str(root))
-
-
-def test_hash_streams_in_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds_mod, "_HASH_BLOCK", 1000)
-    data = np.random.default_rng(0).bytes(12345)
-    (tmp_path / "f").write_bytes(data)
-    assert ds_mod._sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------- corruption
@@ -402,7 +398,7 @@ def rewrite_index(root: Path, fn) -> None:
 
 
 def col(name: str) -> int:
-    return ds_mod.INDEX_COLUMNS.index(name)
+    return INDEX_COLUMNS.index(name)
 
 
 @pytest.mark.parametrize(
@@ -527,15 +523,15 @@ def fail_on(k: int, fn):
 
 @pytest.mark.parametrize("k", [0, 1, 4, 9])
 def test_crash_while_writing_files(tmp_path, monkeypatch, k):
-    monkeypatch.setattr(ds_mod, "_write_npy", fail_after(k, ds_mod._write_npy))
+    monkeypatch.setattr(writer_mod, "write_npy", fail_after(k, writer_mod.write_npy))
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_dataset(tmp_path / "ds", _part(), **full_inputs(7, 40, E7))
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("victim", ["_write_manifest", "_fsync_dir"])
+@pytest.mark.parametrize("victim", ["write_manifest", "fsync_dir"])
 def test_crash_at_the_end(tmp_path, monkeypatch, victim):
-    monkeypatch.setattr(ds_mod, victim, fail_after(0, getattr(ds_mod, victim)))
+    monkeypatch.setattr(writer_mod, victim, fail_after(0, getattr(writer_mod, victim)))
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_dataset(tmp_path / "ds", _part())
     assert list(tmp_path.iterdir()) == []
@@ -543,7 +539,7 @@ def test_crash_at_the_end(tmp_path, monkeypatch, victim):
 
 def test_crash_keeps_previous_dataset(saved, monkeypatch):
     before = {p.name: p.read_bytes() for p in saved.iterdir()}
-    monkeypatch.setattr(ds_mod, "_write_npy", fail_after(5, ds_mod._write_npy))
+    monkeypatch.setattr(writer_mod, "write_npy", fail_after(5, writer_mod.write_npy))
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_dataset(saved, _part(), overwrite=True)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
@@ -565,8 +561,8 @@ def test_failed_swap_restores_previous_dataset(saved, monkeypatch):
 
 def test_hard_crash_leaves_nothing_loadable(tmp_path, monkeypatch):
     # a killed process cannot clean up: keep its temp dir and check what is left
-    monkeypatch.setattr(ds_mod, "_write_manifest", fail_after(0, ds_mod._write_manifest))
-    monkeypatch.setattr(ds_mod.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(writer_mod, "write_manifest", fail_after(0, writer_mod.write_manifest))
+    monkeypatch.setattr(writer_mod.shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(RuntimeError):
         save_dataset(tmp_path / "ds", _part())
     monkeypatch.undo()

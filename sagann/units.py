@@ -1,9 +1,17 @@
-"""Byte sizes: parsing "64MB", printing, the size of a tensor and where its memory is."""
+"""Byte sizes: parsing "64MB", printing, the size of a tensor and where its memory is.
+
+A base module: every layer (chunks, kernels, scheduler, engine) uses it, so it
+imports nothing from sagann, and torch only for type names.
+"""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["format_bytes", "parse_bytes", "storage_ptr", "tensor_bytes"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -28,6 +36,7 @@ def parse_bytes(value: int | str | None) -> int | None:
 
 
 def format_bytes(n: int | None) -> str:
+    """Bytes for people: ``1.50 MiB``; None is ``unlimited``."""
     if n is None:
         return "unlimited"
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -37,6 +46,7 @@ def format_bytes(n: int | None) -> str:
 
 
 def tensor_bytes(t: torch.Tensor | None) -> int:
+    """Bytes of ``t``'s elements (not of its whole storage); 0 for None."""
     return 0 if t is None else t.numel() * t.element_size()
 
 
