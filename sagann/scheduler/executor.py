@@ -30,11 +30,12 @@ from sagann import profiler
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.costs import CostTable
-from sagann.scheduler.devices import Device, Scope, tensor_bytes
+from sagann.scheduler.devices import Device, Scope
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
+from sagann.units import tensor_bytes
 
 __all__ = ["SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy"]
 
