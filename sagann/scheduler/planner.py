@@ -533,10 +533,14 @@ class Planner:
         return view
 
     def _plan_owned(self, job: _Pass) -> PassPlan:
-        """As :meth:`plan_pass`, over the owned columns, with the chain's extra blocks budgeted."""
+        """As :meth:`plan_pass`, over the owned columns, with the chain's extra blocks budgeted.
+
+        The room for full blocks is what the edge stage leaves (as on one
+        device), not what the whole call's working set leaves: the call's
+        other phases have given their memory back when its edge stage runs.
+        """
         device, chained = self._devices[0], self._scope.chained
-        budget = device.memory_budget
-        spare = None if budget is None else budget - working_set(job.partition, job.shape, job.fused, job.param_bytes, in_flight=live_sub_chunks(job.depth)).peak_bytes
+        budget, spare = device.memory_budget, self._spare(job)  # as one device: the room this edge stage leaves
         if spare is not None and chained:
             spare -= 2 * _largest_block(job.partition, job.shape)
         plan = self._build(job, max(spare or 0, 0) if budget is not None else None, share_blocks=not chained)
