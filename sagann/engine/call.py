@@ -189,7 +189,7 @@ class LayerCall:
         if nbytes and self._recompute_fits():
             costs = self.device.transfer_costs()
             if 2 * (nbytes * costs.block + costs.latency) > seconds:
-                self.g._planned_peak = max(self.g._planned_peak, recompute_bytes(self.p, self.shape, self.param_bytes))
+                self.g.planner.note_recompute_peak(recompute_bytes(self.p, self.shape, self.param_bytes))
                 return False
         with self.span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
             kept.seal(aliases, self.device, self.g.host)

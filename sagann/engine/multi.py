@@ -33,7 +33,6 @@ device waits forever; the first real error is raised in the caller.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -48,15 +47,11 @@ from sagann.engine.call import CallSpec, LayerCall, Saved
 from sagann.engine.forward import HostOutputs, forward_pass, hook_pass
 from sagann.engine.graph import ChunkedGraph
 from sagann.scheduler.chains import ChainRelay, RelayAborted, assign_intervals
-from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import Device
-from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import BudgetTooSmall, LayerShape, src_row_bytes, working_set
-from sagann.scheduler.policy import Transfer, TransferPolicy
+from sagann.scheduler.planner import LayerShape
 from sagann.scheduler.records import CallRecord, StepRecord
-from sagann.scheduler.schedule import BACKWARD, FORWARD, PassPlan, build_plan, dry_run
+from sagann.scheduler.schedule import BACKWARD, FORWARD
 from sagann.scheduler.strategies import SharedPass
-from sagann.units import format_bytes
 
 _RNG_LOCK = threading.RLock()
 
@@ -82,45 +77,16 @@ class OwnedPartition(GraphPartition):
 
 
 class DeviceGraph(ChunkedGraph):
-    """One device's view of a multi-device graph: same partition, its own budget, plans over its columns."""
+    """One device's view of a multi-device graph: same partition, its own budget, plans over its columns (``Planner.for_device``)."""
 
     def __init__(self, parent: ChunkedGraph, device: Device, owned: Sequence[int], chained: bool):
-        schedule = parent.schedule
-        if chained:  # a chain forwards whole blocks of V_i, in one order for the whole chain
-            schedule = ScheduleConfig(prefetch=schedule.prefetch, transfer=TransferPolicy.FULL, order="natural")
-        super().__init__(None, parent.num_vertices, None, device, None, parent.backend, schedule, _partition=parent.partition)
+        planner = parent.planner.for_device(device, owned, chained)
+        super().__init__(None, parent.num_vertices, None, device, None, parent.backend, planner.schedule, _partition=parent.partition)
+        self.planner = planner
         self.costs, self.pass_log, self.link = parent.costs, parent.pass_log, parent.link
         self.step_log, self.call_log = parent.step_log, parent.call_log
         self.owned = frozenset(owned)
         self.chained = chained
-
-    def pass_plan(self, partition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, measured=lambda key: None) -> PassPlan:
-        """As ``ChunkedGraph.pass_plan``, over the owned columns, with the chain's extra blocks budgeted."""
-        cfg, budget = self.schedule, self.device.memory_budget
-        depth = self.prefetch_depth(partition, shape, fused, param_bytes)
-        spare = None if budget is None else budget - working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(depth)).peak_bytes
-        if spare is not None and self.chained:
-            spare -= 2 * _largest_block(partition, shape)
-        # a chain's relay hands each chunk its block (one per chunk): no run sharing one; no loop tiling across devices
-        plan = build_plan(partition, shape, phase, depth, cfg.transfer, self._plan_costs(phase, fused), max(spare or 0, 0) if budget is not None else None, cfg.order, measured, share_blocks=not self.chained)
-        if phase == FORWARD:
-            plan = dataclasses.replace(plan, groups=tuple((j, steps) for j, steps in plan.groups if j in self.owned))
-        peak = dry_run(plan, partition, shape, fused) + 2 * param_bytes
-        if self.chained:  # one block waiting in the relay's inbox, one being forwarded
-            peak += 2 * max((s.block_bytes for s in plan.steps() if s.transfer is Transfer.FULL), default=0)
-        self._planned_peak = max(self._planned_peak, peak)
-        if budget is not None and peak > budget:
-            raise BudgetTooSmall(
-                f"the {phase} plan of {self.device.name} with prefetch {depth} needs {peak:,} device bytes"
-                f"{' (with two blocks of V_i in the chain relay)' if self.chained else ''} but its budget is {budget:,} ({format_bytes(budget)}); "
-                f"use more chunks (num_chunks=...), a smaller prefetch, or raise the budget"
-            )
-        return plan
-
-
-def _largest_block(partition: GraphPartition, shape: LayerShape) -> int:
-    sizes = partition.bounds[1:] - partition.bounds[:-1]
-    return int(sizes.max()) * src_row_bytes(shape) if sizes.size else 0
 
 
 @dataclass

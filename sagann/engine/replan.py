@@ -8,7 +8,7 @@ budget ledger's :class:`~sagann.scheduler.devices.BudgetExceeded` on a
 compute thread or in the loader (then wrapped in a ``LoaderError``) — the
 pass has already released everything it held (scopes close on the way out),
 so it can simply run again on a finer partition
-(:meth:`ChunkedGraph.refine`). A pass depends on the partition only for its
+(:meth:`sagann.scheduler.planner.Planner.refine`). A pass depends on the partition only for its
 order of summation: what it saves for backward is per vertex, so a forward
 run at one P and a backward re-run at another still give the gradients of
 the same function. After ``ScheduleConfig.max_replans`` re-plans of one pass
@@ -73,11 +73,11 @@ def run_with_replans(call, phase: str, attempt: Callable[[object], T]) -> tuple[
                     f"(P {first_p} -> {call.p.num_chunks}, sub-chunks of at most {first_sub:,} -> {call.p.sub_chunk_nnz:,} edges; "
                     f"{_first_line(oom)}); raise the memory budget ({budget_note}) or ScheduleConfig(max_replans=...)"
                 ) from exc
-            finer = g.refine(call.shape, call.fused)
+            finer = g.planner.refine(call.shape, call.fused)
             if finer is None:
                 exc.add_note(
                     f"sagann could not re-plan: "
-                    + ("num_chunks is fixed; pass num_chunks=None to let sagann choose more chunks" if g._fixed_chunks is not None else f"P={call.p.num_chunks} with sub-chunks of {call.p.sub_chunk_nnz} edges is the finest partition")
+                    + ("num_chunks is fixed; pass num_chunks=None to let sagann choose more chunks" if g.planner.fixed_chunks is not None else f"P={call.p.num_chunks} with sub-chunks of {call.p.sub_chunk_nnz} edges is the finest partition")
                 )
                 raise
             tries += 1

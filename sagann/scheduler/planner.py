@@ -1,370 +1,62 @@
-"""The planner: how many chunks, how big the sub-chunks, and what that costs in device bytes.
+"""The planner: how many chunks, how big the sub-chunks, and the schedule of every pass within the budget.
 
-A plan must fit the device budget before anything runs. The working-set
-model below counts every buffer the dataflow (``sagann.engine.dataflow``)
-allocates on the device, phase by phase, and takes the largest phase:
-
-* forward, per destination interval V_j (n_j rows): the input rows and
-  destination terms of V_j, the accumulator (plus int64 winner ids for
-  max/min), the output rows, and ApplyVertex scratch; plus one sub-chunk in
-  flight: its index arrays, its compact source rows, its edge rows, the
-  per-chunk partial result, and per-edge scratch;
-* backward, per destination interval (ApplyVertex recomputed under autograd:
-  inputs, their gradients, the output gradient) and per source interval V_i
-  (gradient accumulators of V_i, plus one sub-chunk recomputed with its
-  gradients, roughly twice the forward per-edge bytes); only what the call's
-  backward computes (``LayerShape.backward``, ``grad_x``, ``grad_edge``): a
-  first layer on raw features has no input gradient and maybe no pass over
-  the edges, an inference call no backward at all;
-* the source/destination hook pre-pass, per interval;
-* parameters and their gradients, always resident.
-
-Temporaries inside user functions cannot be seen from outside, so they are
-modelled by :func:`edge_scratch_bytes` (per-edge inputs gathered for a user
-``apply_edge``, the messages and ``EDGE_SCRATCH`` message-sized temporaries;
-the reference max/min gather's index tensors) and :func:`vertex_scratch_bytes`
-(``VERTEX_SCRATCH`` row-sized temporaries of ApplyVertex and the hooks). The
-dataflow charges the ledger with these same functions and with the exact
-size of every tensor it creates, so the planner predicts the ledger's peak
-(held to it by a test) and a mis-estimate surfaces as a clear
-BudgetExceeded, never as a silent overrun.
+:class:`Planner` owns the search — P, the sub-chunk size, the prefetch
+depth, the loop tiling, the source intervals held resident, the
+destination rows held through a backward pass — and all the state it
+memoises between layer calls. It reads a graph's facts (edge list, N,
+in-degrees), its devices and the schedule config; it never holds the
+graph. The device bytes it plans against come from the memory model
+(``sagann.scheduler.memory_model``, re-exported here).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from sagann.fn import AttentionFn, MessageFn
-from sagann.chunks.partition import GraphPartition
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, partition_graph
+from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
+from sagann.scheduler.devices import Device, format_bytes
+from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the planner's model)
+    EDGE_SCRATCH,
+    FLOAT,
+    INDEX,
+    UNBUDGETED_SUB_CHUNK_BYTES,
+    VERTEX_SCRATCH,
+    LayerShape,
+    WorkingSet,
+    backward_dst_row_bytes,
+    canonical,
+    edge_scratch_bytes,
+    edge_stage_bytes,
+    recompute_bytes,
+    resident_bytes,
+    resident_lower_bound,
+    src_row_bytes,
+    sub_chunk_bytes,
+    sub_chunk_nnz_for,
+    tile_candidates,
+    tile_extra_bytes,
+    tile_resident_bytes,
+    vertex_scratch_bytes,
+    vertex_weight,
+    working_set,
+)
+from sagann.scheduler.pipeline import live_sub_chunks
+from sagann.scheduler.policy import Transfer, TransferCosts, TransferPolicy
+from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
 
-FLOAT = 4  # bytes per fp32 element
-INDEX = 8  # bytes per int64 winner id
-EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, beyond the messages
-VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
 MAX_CHUNKS = 1024
+
+Measured = Callable[[tuple[int, int]], "tuple[float, float] | None"]
 
 
 class BudgetTooSmall(ValueError):
     """No partition of the graph fits the device's memory budget."""
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """What a layer call reads and writes, learned by a probe on one fake edge.
-
-    Widths are feature columns; the ``uses_*`` flags say which inputs the
-    edge stage must bring to the device.
-    """
-
-    d_in: int
-    d_edge: int  # 0 without edge data
-    d_src_term: int  # 0 without apply_src
-    d_dst_term: int  # 0 without apply_dst
-    d_msg: int
-    d_out: int
-    gather: str
-    builtin: MessageFn | None
-    uses_src: bool  # raw input rows at sources
-    uses_dst: bool  # raw input rows at destinations
-    uses_src_term: bool
-    uses_dst_term: bool
-    uses_edge: bool
-    d_score: int = 0  # attention heads of a softmax gather (scores per edge)
-    attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
-    # what backward will compute, known when the call is planned (autograd mode, requires_grad):
-    # the probe leaves all True (the most memory); run_layer fills them in per call
-    backward: bool = True  # any backward at all
-    grad_x: bool = True  # the input rows need a gradient
-    grad_edge: bool = True  # the edge data need a gradient
-    # backward recomputes ApplyVertex and the hooks instead of using their kept forward graphs
-    # (sagann.engine.offload): the recomputed output and its graph's copy are extra rows
-    recomputes: bool = False
-    vertex_reads_x: bool = True  # apply_vertex reads its input rows v (Layer.apply_vertex_reads_v)
-    # bytes per row that ApplyVertex's / the hooks' autograd graphs save beyond their inputs and parameters
-    # (an MLP's activations), measured by the probe: backward holds them on the device
-    vertex_saved: int = 0
-    hook_saved: int = 0
-
-    @property
-    def loads_x_j(self) -> bool:
-        """Does a destination interval's pass need its input rows on the device?"""
-        return self.vertex_reads_x or self.uses_dst
-
-    def with_grads(self, backward: bool, grad_x: bool, grad_edge: bool) -> "LayerShape":
-        return replace(self, backward=backward, grad_x=grad_x and backward, grad_edge=grad_edge and backward)
-
-    def edge_grads(self, grad_x: bool, grad_edge: bool) -> bool:
-        """Does a gradient flow through the edge stage (and so through ``acc``)?
-
-        Not for a builtin message without hooks whose inputs need no gradient
-        (e.g. a first layer on raw features that aggregates before its
-        matmul): backward is then ApplyVertex's alone, no pass over the edges.
-        """
-        if self.builtin is None or self.d_src_term or self.d_dst_term:  # a user apply_edge or hook may hold parameters
-            return True
-        return (grad_x and (self.uses_src or self.uses_dst)) or (grad_edge and self.uses_edge)
-
-    @property
-    def backward_edges(self) -> bool:
-        """Does backward make a pass over the edges?"""
-        return self.backward and self.edge_grads(self.grad_x, self.grad_edge)
-
-    @property
-    def softmax(self) -> bool:
-        return self.gather == "softmax"
-
-    @property
-    def d_src_side(self) -> int:
-        """Columns of source-side rows an edge stage transfers."""
-        return self.d_in * self.uses_src + self.d_src_term * self.uses_src_term
-
-    @property
-    def d_dst_side(self) -> int:
-        return self.d_in * self.uses_dst + self.d_dst_term * self.uses_dst_term
-
-    @property
-    def winners(self) -> bool:
-        return self.gather in ("max", "min")
-
-
-@dataclass(frozen=True)
-class WorkingSet:
-    """Peak device bytes of one layer call under a partition, and which phase sets it."""
-
-    peak_bytes: int
-    phase: str
-
-
-def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
-    """Temporaries of one sub-chunk's edge stage that the dataflow cannot see (forward)."""
-    if fused:  # fused attention keeps one score gradient per edge and head in backward
-        return nnz * FLOAT * shape.d_score if shape.attention is not None else 0
-    gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
-    messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
-    winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min
-    attention = FLOAT * (3 * shape.d_score + shape.d_msg) if shape.softmax else 0  # scores, weights, weighted messages
-    return nnz * (gathered + messages + winners + attention)
-
-
-def vertex_scratch_bytes(rows: int, width: int) -> int:
-    """Temporaries of ApplyVertex or a hook over ``rows`` rows producing ``width`` columns."""
-    return rows * FLOAT * VERTEX_SCRATCH * width
-
-
-def _row_bytes(shape: LayerShape) -> dict[str, int]:
-    """Device bytes per vertex row of each phase's resident state, scratch included."""
-    win = INDEX * shape.d_msg if shape.winners else 0
-    win += FLOAT * 2 * shape.d_score  # softmax: running max and sum per head
-    hook = max(shape.d_src_term, shape.d_dst_term)
-    gx, gacc = int(shape.grad_x), int(shape.backward_edges)
-    out = 1 + 2 * shape.recomputes  # output grad (+ recomputed output, x2)
-    xv = int(shape.vertex_reads_x)
-    return {
-        # x_j, dst terms, accumulator (+ winners / softmax state), output rows, ApplyVertex scratch
-        "forward": FLOAT * (shape.d_in * shape.loads_x_j + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
-        # source gradient accumulators of V_i
-        "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
-        # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
-        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries)
-        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + shape.vertex_saved
-        if shape.backward
-        else 0,
-        # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
-        # what the hooks' graphs saved (backward)
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + shape.hook_saved * shape.backward if hook else 0,
-    }
-
-
-def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
-    """Bytes a destination column (forward) or source row (backward) keeps on the device."""
-    return rows * _row_bytes(shape)[phase]
-
-
-def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: int) -> int:
-    """Peak device bytes of backward's vertex phases if they recompute (a kept graph dropped)."""
-    sizes = np.diff(partition.bounds)
-    biggest = int(sizes.max()) if sizes.size else 0
-    s = replace(shape, recomputes=True)
-    return max(resident_bytes(biggest, s, "backward apply_vertex"), resident_bytes(biggest, s, "hook pre-pass")) + 2 * param_bytes
-
-
-def resident_lower_bound(bounds: np.ndarray, shape: LayerShape, param_bytes: int) -> int:
-    """The working set's vertex part alone: a lower bound on it that needs interval bounds, not a partition.
-
-    Every phase of :func:`working_set` holds at least the resident rows of
-    the biggest interval (plus the parameters); the planner skips a P whose
-    bound already exceeds the budget instead of partitioning for it.
-    """
-    sizes = np.diff(np.asarray(bounds))
-    biggest = int(sizes.max()) if sizes.size else 0
-    return max(resident_bytes(biggest, shape, phase) for phase in _row_bytes(shape)) + 2 * param_bytes
-
-
-def src_row_bytes(shape: LayerShape) -> int:
-    """Bytes of one source row an edge stage transfers."""
-    return FLOAT * shape.d_src_side
-
-
-_SUB_CHUNK_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # chunk -> {(shape, fused, backward): bytes}
-
-
-_CANONICAL: dict = {}  # LayerShape -> the first equal instance seen
-
-
-def canonical(shape: LayerShape) -> LayerShape:
-    """One instance per distinct shape: memo lookups keyed by it then match by identity, not a 20-field compare."""
-    return _CANONICAL.setdefault(shape, shape)
-
-
-def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held: bool = False) -> int:
-    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass (pass a :func:`canonical` shape).
-
-    ``dst_held``: a backward pass holds every destination row resident, so a
-    sub-chunk brings none of its own (:func:`backward_dst_row_bytes`).
-    """
-    cache = _SUB_CHUNK_BYTES.setdefault(c, {})
-    key = (shape, fused, backward, dst_held)
-    if key not in cache:
-        cache[key] = _sub_chunk_bytes(c, shape, fused, backward) - (c.num_dst * backward_dst_row_bytes(shape) if backward and dst_held else 0)
-    return cache[key]
-
-
-def backward_dst_row_bytes(shape: LayerShape) -> int:
-    """Bytes of one destination row a backward sub-chunk loads: its input and term rows, acc's gradient (+ winners, softmax state and output rows)."""
-    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg * (2 if shape.softmax else 1) + _winner_row_bytes(shape)
-
-
-def _winner_row_bytes(shape: LayerShape) -> int:
-    """Per destination row beside acc: winner positions (max/min); softmax's max and sum per head (forward: the chunk's, backward: the saved)."""
-    return (INDEX * shape.d_msg if shape.winners else 0) + FLOAT * 2 * shape.d_score
-
-
-def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
-    """Device bytes of one sub-chunk in flight (selective transfer), as the dataflow charges them.
-
-    Forward: index arrays, source rows, edge rows, partial rows (+ winner
-    positions and edge ids for max/min), scratch. Backward adds destination
-    rows, the gradient rows of ``acc`` (+ winners), the leaves' gradients and
-    the scratch of the autograd recomputation.
-    """
-    win = _winner_row_bytes(shape)
-    src = FLOAT * c.num_src * shape.d_src_side
-    edge = FLOAT * c.nnz * shape.d_edge
-    # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
-    into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
-    partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
-    b = c.nbytes + src + edge + partial + (c.nnz * INDEX if shape.winners else 0)
-    scratch = edge_scratch_bytes(c.nnz, shape, fused)
-    if not backward:
-        return int(b + scratch)
-    dst = FLOAT * c.num_dst * shape.d_dst_side
-    rows = c.num_dst * backward_dst_row_bytes(shape)  # dst, dst_term and acc's gradient rows (softmax: also the output rows)
-    grads = src + edge + dst
-    src_dst = 4 * c.nnz if fused else 0  # a fused backward may read destination ids source-major (ChunkTensors.src_dst)
-    return int(b + rows + grads + 2 * scratch + src_dst)
-
-
-def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:
-    """Largest device footprint of one forward + backward layer call (see module docstring).
-
-    ``in_flight`` sub-chunks are counted at once: 1 without prefetching,
-    ``prefetch + 1`` with it (bounded by the largest sub-chunks).
-    """
-    phases = _phase_bytes(partition, shape, fused, in_flight)
-    phase = max(phases, key=phases.get)
-    return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
-
-
-def edge_stage_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, in_flight: int = 1) -> int:
-    """Device bytes of one edge stage (``phase``: forward or backward) before any interval is held resident.
-
-    The room a pass's plan may fill with resident intervals is the budget
-    less this, not less the whole call's working set: the call's other
-    phases (a hook pre-pass over wide input rows, say) have given their
-    memory back by the time its edge stage runs.
-    """
-    return int(_phase_bytes(partition, shape, fused, in_flight)[f"{phase} edge stage"] + 2 * param_bytes)
-
-
-def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int) -> dict[str, int]:
-    sizes = np.diff(partition.bounds)
-    shape = canonical(shape)
-    fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
-    bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
-    biggest = int(sizes.max()) if sizes.size else 0
-    return {
-        "forward edge stage": resident_bytes(biggest, shape, "forward") + sum(fwd_sub[:in_flight]),
-        "forward apply_vertex": resident_bytes(biggest, shape, "forward"),
-        "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),  # 0 without a pass
-        "backward apply_vertex": resident_bytes(biggest, shape, "backward apply_vertex"),
-        "hook pre-pass": resident_bytes(biggest, shape, "hook pre-pass"),
-    }
-
-
-def tile_candidates(num_chunks: int) -> list[int]:
-    """Tiles the planner tries, smallest first: 1, powers of two below P, and P (every accumulator resident)."""
-    tiles, t = [1], 2
-    while t < num_chunks:
-        tiles.append(t)
-        t *= 2
-    return tiles + ([num_chunks] if num_chunks > 1 else [])
-
-
-def tile_resident_bytes(rows: Sequence[int], shape: LayerShape) -> int:
-    """Forward bytes a tile of destination intervals of ``rows`` rows each keeps on the device.
-
-    Each holds its input rows, destination terms and accumulator through the
-    tile; ApplyVertex then runs one interval at a time, so only the biggest's
-    output rows and scratch count. One interval: :func:`resident_bytes`.
-    """
-    if not rows:
-        return 0
-    apply_row = FLOAT * (1 + VERTEX_SCRATCH) * shape.d_out
-    held_row = _row_bytes(shape)["forward"] - apply_row
-    return int(sum(rows)) * held_row + int(max(rows)) * apply_row
-
-
-def tile_extra_bytes(partition: GraphPartition, shape: LayerShape, tile: int) -> int:
-    """Forward device bytes a tile holds beyond the working set's one destination column (the biggest tile's)."""
-    sizes = [int(r) for r in np.diff(partition.bounds)]
-    if tile <= 1 or not sizes:
-        return 0
-    biggest = max(tile_resident_bytes(sizes[g : g + tile], shape) for g in range(0, len(sizes), tile))
-    return biggest - resident_bytes(max(sizes), shape, "forward")
-
-
-def vertex_weight(shape: LayerShape, fused: bool) -> float:
-    """The weight of a vertex against an in-edge when cutting intervals: balancing it balances memory.
-
-    Sub-chunks are bounded in edges whatever the intervals, so what an
-    interval's size decides is its resident vertex state.
-    """
-    # edges take no resident memory (sub-chunks are bounded whatever the intervals), so a
-    # vertex weighs its resident bytes and an in-edge one byte: a tie-breaker for even chunks
-    return float(max(1, max(_row_bytes(shape).values())))
-
-
-# Without a budget, a sub-chunk's per-edge tensors (messages, scores and their gradients of a
-# layer that is not fused) are kept to about this many bytes: past it, bigger sub-chunks only
-# cost memory (the helper bench measured GAT sub-chunks of 2^20 edges taking GBs).
-UNBUDGETED_SUB_CHUNK_BYTES = 256 << 20
-
-
-def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, default: int) -> int:
-    """Edges per sub-chunk: a backward sub-chunk's per-edge bytes within half the budget.
-
-    The rest is left to the vertex-resident state; ``choose_num_chunks``
-    then raises P until the whole working set fits. Without a budget, the
-    default, or less for a layer with per-edge tensors (see
-    ``UNBUDGETED_SUB_CHUNK_BYTES``).
-    """
-    per_edge = 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * (shape.d_src_side + shape.d_edge)) + 24
-    if budget is None:
-        return default if fused else int(min(default, max(4096, UNBUDGETED_SUB_CHUNK_BYTES // per_edge)))
-    return int(min(default, max(64, budget // (2 * per_edge))))
 
 
 def choose_num_chunks(
@@ -375,6 +67,7 @@ def choose_num_chunks(
     param_bytes: int,
     budget: int | None,
     start: int = 1,
+    *,
     in_flight: int = 1,
     lower_bound: Callable[[int], int] | None = None,
     max_chunks: int = MAX_CHUNKS,
@@ -424,3 +117,449 @@ def choose_num_chunks(
         else:
             lo = mid
     return best
+
+
+def _unmeasured(key: tuple[int, int]) -> None:
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class _Pass:
+    """One edge stage being planned: the call, the phase, and what the planner fixed for it (depth, transfer costs)."""
+
+    partition: GraphPartition
+    shape: LayerShape
+    fused: bool
+    param_bytes: int
+    phase: str
+    measured: Measured
+    depth: int
+    costs: TransferCosts | None
+
+
+@dataclass(frozen=True)
+class _DeviceScope:
+    """A device of a multi-device graph: the destination columns it owns; chained: its blocks come from a relay."""
+
+    owned: frozenset
+    chained: bool
+
+
+class Planner:
+    """Chooses a graph's partition per layer call and the plan of each pass, within the devices' budgets.
+
+    Args:
+        edges: returns the graph's ``[2, E]`` edge list (called only to cut a new partition).
+        num_vertices: N.
+        in_degree: in-edges per vertex (bounds a P's resident rows before it is cut).
+        devices: the devices sharing the partition: P fits the smallest
+            budget; a pass is planned for the first.
+        schedule: the schedule config (prefetch, transfers, order, tile).
+        host_spills: host tensors may live in spill files (disk reads
+            overlap compute like a link: prefetch by default).
+        partition: a given partition (a dataset's): kept, never re-cut coarser.
+        num_chunks, sub_chunk_nnz: P and the sub-chunk bound fixed by the caller.
+    """
+
+    def __init__(
+        self,
+        edges: Callable[[], np.ndarray],
+        num_vertices: int,
+        in_degree: np.ndarray,
+        devices: Sequence[Device],
+        schedule: ScheduleConfig,
+        *,
+        host_spills: bool = False,
+        partition: GraphPartition | None = None,
+        num_chunks: int | None = None,
+        sub_chunk_nnz: int | None = None,
+    ):
+        self._edges, self._num_vertices, self._in_degree = edges, int(num_vertices), in_degree
+        self._devices, self._schedule, self._host_spills = tuple(devices), schedule, bool(host_spills)
+        self._partition = partition
+        self._given_partition = partition is not None  # the caller's (a dataset's): never re-cut coarser
+        self._fixed_chunks = None if num_chunks is None else int(num_chunks)
+        self._fixed_sub_nnz = None if sub_chunk_nnz is None else int(sub_chunk_nnz)
+        self._scope: _DeviceScope | None = None  # set on a device's view (for_device)
+        self._working_set: WorkingSet | None = None
+        self._planned_peak = 0  # largest dry-run peak of the pass plans so far
+        self._resident_ok = True  # may a pass hold source intervals resident (off after an out-of-memory re-plan)
+        self._may_coarsen = False  # the call that set P no longer streams here: the next call may pick a smaller P
+        self._refined = False  # refine() made the partition finer: the model's plan is not trusted to coarsen
+        self._prefetch_cache: dict = {}
+        self._plan_choices: dict[tuple, tuple] = {}  # pass key -> (partition ref, tile, resident intervals, spare room, dst rows)
+
+    # ---- read-only state ----------------------------------------------------------------------
+    @property
+    def partition(self) -> GraphPartition | None:
+        """The partition layer calls use now (None before the first call chose it)."""
+        return self._partition
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        return self._schedule
+
+    @property
+    def working_set(self) -> WorkingSet | None:
+        """The largest working set planned on a chosen partition so far."""
+        return self._working_set
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """The plans' own prediction of the device peak: working set or dry-run, whichever is larger."""
+        return max(self._planned_peak, 0 if self._working_set is None else self._working_set.peak_bytes)
+
+    @property
+    def fixed_chunks(self) -> int | None:
+        """P fixed by the caller (``num_chunks=``), or None."""
+        return self._fixed_chunks
+
+    @property
+    def fixed_sub_chunk_nnz(self) -> int | None:
+        """The sub-chunk bound fixed by the caller (``sub_chunk_nnz=``), or None."""
+        return self._fixed_sub_nnz
+
+    @property
+    def budget(self) -> int | None:
+        """The smallest budget of the devices (all share one partition), None if all are unlimited."""
+        budgets = [d.memory_budget for d in self._devices if d.memory_budget is not None]
+        return min(budgets) if budgets else None
+
+    # ---- the partition ------------------------------------------------------------------------
+    def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
+        """The partition for a layer call: the current one if it fits, else a finer one.
+
+        P and the sub-chunk size only ever grow finer, so a model whose layers
+        have different widths settles on one partition after its first pass.
+        The first partition takes the smallest P that fits (as NeuGraph), then
+        the largest sub-chunks that still fit at that P (:meth:`_widen`).
+        """
+        budget = self.budget
+        pipelined = self._pipelined()  # a fixed depth is planned for; "as deep as fits" needs room for one
+        in_flight = live_sub_chunks(0 if pipelined is False else self._schedule.prefetch if pipelined is True else 1)
+        if self._may_coarsen:
+            self._may_coarsen = False
+            coarser = self._coarser(shape, fused, param_bytes, in_flight)
+            if coarser is not None:
+                return self._settle(*coarser)
+        current = self._partition
+        if current is not None and self._fixed_chunks is None and self._fixed_sub_nnz is None and budget is not None:
+            ws = working_set(current, shape, fused, param_bytes, in_flight=in_flight)
+            if ws.peak_bytes <= budget:  # this layer fits the partition the others use: keep it
+                return self._settle(current, ws)
+        sub = self._fixed_sub_nnz or sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
+        if current is not None:
+            sub = min(sub, current.sub_chunk_nnz)
+        if self._fixed_chunks is not None:
+            part = self._cut(self._fixed_chunks, sub)
+            ws = working_set(part, shape, fused, param_bytes)
+            if budget is not None and ws.peak_bytes > budget:
+                raise BudgetTooSmall(
+                    f"num_chunks={self._fixed_chunks} needs {ws.peak_bytes:,} device bytes (in the {ws.phase}) "
+                    f"but {self._devices[0].name} has a budget of {budget:,} ({format_bytes(budget)}); "
+                    f"pass num_chunks=None to let sagann choose, or raise the budget"
+                )
+            return self._settle(part, ws)
+        start = 1 if current is None else current.num_chunks
+        try:  # room for one sub-chunk loading while one computes, if any P allows it
+            part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, in_flight)
+        except BudgetTooSmall:
+            in_flight = 1
+            part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, 1)
+        if current is None and budget is not None and self._fixed_sub_nnz is None:
+            part, ws = self._widen(part, ws, shape, fused, param_bytes, in_flight)
+        return self._settle(part, ws)
+
+    def allow_coarser(self) -> None:
+        """The next call may re-choose P from 1 (the layer whose calls set P stopped streaming: its Gather is cached)."""
+        self._may_coarsen = True
+
+    def refine(self, shape: LayerShape, fused: bool) -> GraphPartition | None:
+        """A strictly finer partition after the device ran out of memory, or None if there is none.
+
+        P doubles (up to min(N, MAX_CHUNKS)) and the sub-chunk edge bound
+        halves (from the largest sub-chunk there really is), so the resident
+        vertex rows and the sub-chunks in flight both shrink: the working set
+        roughly halves per re-plan, whatever the planner got wrong. The finer
+        partition becomes the current one, and later layer calls start from
+        it (P only grows). None when P was fixed by the caller
+        (``num_chunks=``) or nothing can get finer.
+        """
+        old = self._partition
+        self._resident_ok = False  # the device had less memory than planned: spare room is not to be trusted
+        if self._fixed_chunks is not None or old is None:
+            return None
+        p = old.num_chunks
+        biggest = max((c.nnz for c in old.sub_chunks()), default=0)
+        new_p = min(2 * p, max(p, min(max(self._num_vertices, 1), MAX_CHUNKS)))
+        new_sub = max(1, min(old.sub_chunk_nnz, biggest) // 2) if biggest > 1 else old.sub_chunk_nnz
+        if new_p == p and new_sub == old.sub_chunk_nnz:
+            return None
+        self._partition = self._cut(new_p, new_sub, vertex_weight(shape, fused))
+        self._refined = True
+        return self._partition
+
+    @contextlib.contextmanager
+    def one_off_partition(self):
+        """Calls inside plan as usual, but the partition they refine to is not kept (a pass that runs once)."""
+        kept = self._partition
+        try:
+            yield
+        finally:
+            if kept is not None:
+                self._partition = kept
+
+    def note_recompute_peak(self, nbytes: int) -> None:
+        """A pass chose to recompute a kept graph in backward: its ``nbytes`` peak joins the planned peak."""
+        self._planned_peak = max(self._planned_peak, int(nbytes))
+
+    def _cut(self, num_chunks: int, sub_nnz: int, weight: float = 1.0) -> GraphPartition:
+        p = self._partition
+        if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
+            return p
+        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight)
+
+    def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
+        """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
+
+        Planned for a call with a backward (its input needing a gradient)
+        even when this one has none: an evaluation call must not coarsen
+        the graph below what the next training call needs.
+        """
+        p, budget = self._partition, self.budget
+        if p is None or p.num_chunks == 1 or budget is None or self._fixed_chunks is not None or self._fixed_sub_nnz is not None:
+            return None
+        if self._given_partition or self._refined:  # a dataset's partition stays; after running out of memory the plan is not trusted
+            return None
+        if not shape.backward:
+            shape = shape.with_grads(True, True, False)
+        sub = sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
+        try:
+            part, ws = self._smallest_fit(shape, fused, param_bytes, sub, 1, in_flight, max_chunks=p.num_chunks - 1)
+        except BudgetTooSmall:
+            return None
+        return self._widen(part, ws, shape, fused, param_bytes, in_flight)
+
+    def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):
+        """``choose_num_chunks`` over this graph's partitions: P ruled out by its intervals' resident rows before it is cut."""
+        weight = vertex_weight(shape, fused)
+        make = lambda P: self._cut(P, sub, weight)  # noqa: E731
+        bound = lambda P: resident_lower_bound(balanced_bounds(self._in_degree, P, weight), shape, param_bytes)  # noqa: E731
+        return choose_num_chunks(make, self._num_vertices, shape, fused, param_bytes, self.budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks)
+
+    def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
+        """The same P with the largest sub-chunks (up to the default) whose working set still fits.
+
+        The starting sub-chunk size assumes one new source row per edge; real
+        chunks reuse rows, so bigger sub-chunks usually fit, and they re-send
+        fewer shared rows (selective bytes) and take fewer steps. Grows 4x
+        while the partition changes and fits.
+        """
+        budget, weight = self.budget, vertex_weight(shape, fused)
+        while part.sub_chunk_nnz < DEFAULT_SUB_CHUNK_NNZ and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
+            wider = self._cut(part.num_chunks, min(4 * part.sub_chunk_nnz, DEFAULT_SUB_CHUNK_NNZ), weight)
+            w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
+            if w.peak_bytes > budget:
+                break
+            part, ws = wider, w
+        return part, ws
+
+    def _settle(self, part: GraphPartition, ws: WorkingSet) -> GraphPartition:
+        """Make ``part`` the current partition and remember the largest working set planned on it."""
+        if part is not self._partition:
+            self._plan_choices = {}
+        self._partition = part
+        if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
+            self._working_set = ws
+        return part
+
+    # ---- the passes ---------------------------------------------------------------------------
+    def _pipelined(self) -> bool | None:
+        """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows."""
+        pf = self._schedule.prefetch
+        if pf is None:  # disk reads wait on I/O, beside compute, like a link
+            return None if self._devices[0].overlaps_transfers or self._host_spills else False
+        if pf == "max":
+            return None
+        return pf > 0
+
+    def prefetch_depth(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int) -> int:
+        """The configured depth, 0 where transfers cannot overlap compute, or the deepest (up to MAX_PREFETCH) that fits."""
+        pipelined = self._pipelined()
+        if pipelined is False:
+            return 0
+        if pipelined is True:
+            return self._schedule.prefetch
+        budget = self.budget
+        if budget is None:
+            return MAX_PREFETCH
+        key = (id(partition), shape, fused, param_bytes)
+        if key not in self._prefetch_cache:
+            depth = 0
+            for k in range(1, MAX_PREFETCH + 1):
+                if working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(k)).peak_bytes > budget:
+                    break
+                depth = k
+            self._prefetch_cache[key] = depth
+        return self._prefetch_cache[key]
+
+    def plan_pass(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, measured: Measured = _unmeasured) -> PassPlan:
+        """The schedule of one edge stage, checked against the budget before it runs.
+
+        Forward, the loop tiling is the planner's too: of the tiles that fit
+        (``tile_candidates``), the one whose plan moves the fewest bytes, the
+        smallest on ties. On a device's view (:meth:`for_device`), the pass
+        covers the device's owned columns.
+        """
+        job = _Pass(partition, shape, fused, param_bytes, phase, measured, self.prefetch_depth(partition, shape, fused, param_bytes), self._plan_costs(phase, fused))
+        if self._scope is not None:
+            return self._plan_owned(job)
+        cfg, budget = self._schedule, self._devices[0].memory_budget
+        # room for resident intervals: what this edge stage leaves, not the whole call's peak (its other phases are over)
+        spare = self._spare(job)
+        # the tile and resident intervals depend on sizes, not on measured times: choose them once per
+        # partition and shape, then rebuild only the order (and check the dry run) on later passes
+        key = (id(partition), canonical(shape), fused, param_bytes, phase, job.depth, spare, self._resident_ok, cfg, job.costs)
+        best, known = None, self._plan_choices.get(key)
+        if known is not None and known[0]() is partition:  # (not a dead partition whose id was reused)
+            _, tile, held, room, dst_rows = known
+            plan = dataclasses.replace(self._build(job, room, resident=held, tile=tile), dst_rows_bytes=dst_rows)
+            peak = self._peak(job, plan)
+            if budget is None or peak <= budget:
+                best = (plan, peak, room)
+        if best is None:
+            tiles = [cfg.tile or 1] if phase != FORWARD or cfg.tile is not None or budget is None else tile_candidates(partition.num_chunks)
+            for tile in tiles:
+                room = None if spare is None else spare - tile_extra_bytes(partition, shape, tile)
+                if best is not None and room < 0:
+                    break  # bigger tiles need more room still
+                plan, peak, used = self._plan_for_tile(job, room, tile)
+                fits = budget is None or peak <= budget
+                if best is None or (fits and (best[1] > budget or plan.bytes_moved < best[0].bytes_moved)):
+                    best = (plan, peak, used)
+            if phase != FORWARD and budget is not None and best[1] <= budget:
+                best = self._with_dst_rows_held(job, best)
+            self._plan_choices[key] = (weakref.ref(partition), best[0].tile, best[0].resident, best[2], best[0].dst_rows_bytes)
+        plan, peak, _ = best
+        self._planned_peak = max(self._planned_peak, peak)
+        if budget is not None and peak > budget:
+            raise BudgetTooSmall(
+                f"the {phase} plan with prefetch {job.depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} needs {peak:,} device bytes but {self._devices[0].name} has {budget:,}; "
+                f"use a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''} or raise the budget"
+            )
+        return plan
+
+    def _spare(self, job: _Pass) -> int | None:
+        """Budget left beside the edge stage's working set (None: no budget)."""
+        budget = self._devices[0].memory_budget
+        return None if budget is None else budget - edge_stage_bytes(job.partition, job.shape, job.fused, job.param_bytes, job.phase, in_flight=live_sub_chunks(job.depth))
+
+    def _build(self, job: _Pass, room: int | None, resident=(), tile: int = 1, share_blocks: bool = True) -> PassPlan:
+        cfg = self._schedule
+        return build_plan(
+            job.partition, job.shape, job.phase, job.depth, cfg.transfer,
+            costs=job.costs, spare_bytes=room, order=cfg.order, measured=job.measured, resident=resident, tile=tile, share_blocks=share_blocks,
+        )
+
+    @staticmethod
+    def _peak(job: _Pass, plan: PassPlan) -> int:
+        """The plan's dry-run device peak, parameters and their gradients included."""
+        return dry_run(plan, job.partition, job.shape, job.fused) + 2 * job.param_bytes
+
+    def _plan_for_tile(self, job: _Pass, spare: int | None, tile: int) -> tuple[PassPlan, int, int | None]:
+        """The plan with ``tile`` destination intervals per group, its dry-run peak and the spare room it was built with; resident intervals where they pay."""
+        room = max(spare or 0, 0) if spare is not None else None
+        plan = self._build(job, room, tile=tile)
+        peak = self._peak(job, plan)
+        if self._resident_ok and spare is not None and self._schedule.transfer is TransferPolicy.AUTO and spare > 0:
+            return self._with_resident_intervals(job, (plan, peak, room), spare)
+        return plan, peak, room
+
+    def _with_resident_intervals(self, job: _Pass, streamed: tuple, spare: int) -> tuple[PassPlan, int, int | None]:
+        """``streamed`` (plan, peak, room) with the source intervals worth holding through the pass held (a cache of V's chunks), if any fit.
+
+        Sends each held V_i once instead of once per chunk; the rest of the
+        budget's spare room still carries the streamed chunks' blocks. Drops
+        the least worthwhile interval until the dry run fits.
+        """
+        plan = streamed[0]
+        held = list(choose_resident(plan, spare))
+        while held:
+            room = spare - sum(job.partition.interval_size(i) for i in held) * src_row_bytes(job.shape)
+            cached = self._build(job, room, resident=held, tile=plan.tile)
+            cached_peak = self._peak(job, cached)
+            if cached_peak <= self._devices[0].memory_budget:
+                return (cached, cached_peak, room) if cached.bytes_moved < plan.bytes_moved else streamed
+            held.pop()  # the least worthwhile (choose_resident lists them best first); re-plan
+        return streamed
+
+    def _with_dst_rows_held(self, job: _Pass, best: tuple) -> tuple:
+        """A backward plan that sends every destination row once and holds it, where that fits and moves fewer bytes."""
+        plan, peak, room = best
+        held, saved = dst_rows_saving(plan, job.partition, job.shape)
+        if not self._resident_ok or self._schedule.transfer is not TransferPolicy.AUTO or saved < held:  # worth a pass-long hold: at least halves them
+            return best
+        candidate = dataclasses.replace(plan, dst_rows_bytes=held)
+        candidate_peak = self._peak(job, candidate)
+        return (candidate, candidate_peak, room) if candidate_peak <= self._devices[0].memory_budget else best
+
+    def _plan_costs(self, phase: str, fused: bool) -> TransferCosts | None:
+        """The device's measured transfer costs for the selective-or-full choice (None unless the policy is auto).
+
+        A fused forward reads a full block of V_i in place (``gspmm(src_rows=)``):
+        no rows are picked on the device, so a full transfer costs the block alone.
+        """
+        if self._schedule.transfer is not TransferPolicy.AUTO:
+            return None
+        costs = self._devices[0].transfer_costs()
+        return dataclasses.replace(costs, compact=0.0) if phase == FORWARD and fused else costs
+
+    # ---- several devices ----------------------------------------------------------------------
+    def for_device(self, device: Device, owned: Sequence[int], chained: bool) -> "Planner":
+        """The planner of one device of a multi-device graph: same partition, its budget, passes over its owned columns.
+
+        A chained device takes whole blocks of V_i from a relay, in one order
+        for the whole chain: it plans full transfers in natural order, one
+        block per chunk (no run shares one), and budgets two extra blocks (one
+        waiting in the relay's inbox, one being forwarded). No loop tiling or
+        resident intervals across devices. Its prefetch depth follows its own
+        device (its graph view keeps no host memory budget).
+        """
+        schedule = self._schedule
+        if chained:
+            schedule = ScheduleConfig(prefetch=schedule.prefetch, transfer=TransferPolicy.FULL, order="natural")
+        view = Planner(self._edges, self._num_vertices, self._in_degree, [device], schedule, partition=self._partition)
+        view._scope = _DeviceScope(frozenset(owned), bool(chained))
+        return view
+
+    def _plan_owned(self, job: _Pass) -> PassPlan:
+        """As :meth:`plan_pass`, over the owned columns, with the chain's extra blocks budgeted.
+
+        The room for full blocks is what the edge stage leaves (as on one
+        device), not what the whole call's working set leaves: the call's
+        other phases have given their memory back when its edge stage runs.
+        """
+        device, chained = self._devices[0], self._scope.chained
+        budget, spare = device.memory_budget, self._spare(job)  # as one device: the room this edge stage leaves
+        if spare is not None and chained:
+            spare -= 2 * _largest_block(job.partition, job.shape)
+        plan = self._build(job, max(spare or 0, 0) if budget is not None else None, share_blocks=not chained)
+        if job.phase == FORWARD:
+            plan = dataclasses.replace(plan, groups=tuple((j, steps) for j, steps in plan.groups if j in self._scope.owned))
+        peak = self._peak(job, plan)
+        if chained:  # one block waiting in the relay's inbox, one being forwarded
+            peak += 2 * max((s.block_bytes for s in plan.steps() if s.transfer is Transfer.FULL), default=0)
+        self._planned_peak = max(self._planned_peak, peak)
+        if budget is not None and peak > budget:
+            raise BudgetTooSmall(
+                f"the {job.phase} plan of {device.name} with prefetch {job.depth} needs {peak:,} device bytes"
+                f"{' (with two blocks of V_i in the chain relay)' if chained else ''} but its budget is {budget:,} ({format_bytes(budget)}); "
+                f"use more chunks (num_chunks=...), a smaller prefetch, or raise the budget"
+            )
+        return plan
+
+
+def _largest_block(partition: GraphPartition, shape: LayerShape) -> int:
+    """Bytes of the biggest interval's source rows: one block of V_i as a chain relay holds it."""
+    sizes = partition.bounds[1:] - partition.bounds[:-1]
+    return int(sizes.max()) * src_row_bytes(shape) if sizes.size else 0

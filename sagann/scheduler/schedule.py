@@ -26,7 +26,7 @@ from typing import Callable, Collection, Iterator
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import LayerShape, backward_dst_row_bytes, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
+from sagann.scheduler.memory_model import LayerShape, backward_dst_row_bytes, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -235,6 +235,7 @@ def build_plan(
     phase: str,
     prefetch: int,
     policy: TransferPolicy = TransferPolicy.AUTO,
+    *,
     costs: TransferCosts | None = None,
     spare_bytes: int | None = None,
     order: Order = Order.NATURAL,
@@ -245,7 +246,8 @@ def build_plan(
 ) -> PassPlan:
     """Group, order and choose transfers for one pass (policies in ``sagann.scheduler.policy``).
 
-    Args:
+    Args (after ``policy``, keyword-only options):
+        costs: measured transfer costs for the per-chunk choice (None: the policy's default rule).
         resident: source intervals whose rows are sent once and held through
             the pass (True: all of V); their chunks pick their rows from that
             copy (``Transfer.RESIDENT``).

@@ -1,0 +1,363 @@
+"""The memory model: what a layer call costs in device bytes under a partition.
+
+A plan must fit the device budget before anything runs (the search over
+partitions and plans is ``sagann.scheduler.planner``). The working-set
+model below counts every buffer the dataflow (``sagann.engine.dataflow``)
+allocates on the device, phase by phase, and takes the largest phase:
+
+* forward, per destination interval V_j (n_j rows): the input rows and
+  destination terms of V_j, the accumulator (plus int64 winner ids for
+  max/min), the output rows, and ApplyVertex scratch; plus one sub-chunk in
+  flight: its index arrays, its compact source rows, its edge rows, the
+  per-chunk partial result, and per-edge scratch;
+* backward, per destination interval (ApplyVertex recomputed under autograd:
+  inputs, their gradients, the output gradient) and per source interval V_i
+  (gradient accumulators of V_i, plus one sub-chunk recomputed with its
+  gradients, roughly twice the forward per-edge bytes); only what the call's
+  backward computes (``LayerShape.backward``, ``grad_x``, ``grad_edge``): a
+  first layer on raw features has no input gradient and maybe no pass over
+  the edges, an inference call no backward at all;
+* the source/destination hook pre-pass, per interval;
+* parameters and their gradients, always resident.
+
+Temporaries inside user functions cannot be seen from outside, so they are
+modelled by :func:`edge_scratch_bytes` (per-edge inputs gathered for a user
+``apply_edge``, the messages and ``EDGE_SCRATCH`` message-sized temporaries;
+the reference max/min gather's index tensors) and :func:`vertex_scratch_bytes`
+(``VERTEX_SCRATCH`` row-sized temporaries of ApplyVertex and the hooks). The
+dataflow charges the ledger with these same functions and with the exact
+size of every tensor it creates, so the planner predicts the ledger's peak
+(held to it by a test) and a mis-estimate surfaces as a clear
+BudgetExceeded, never as a silent overrun.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from sagann.fn import AttentionFn, MessageFn
+from sagann.chunks.partition import GraphPartition
+
+FLOAT = 4  # bytes per fp32 element
+INDEX = 8  # bytes per int64 winner id
+EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, beyond the messages
+VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What a layer call reads and writes, learned by a probe on one fake edge.
+
+    Widths are feature columns; the ``uses_*`` flags say which inputs the
+    edge stage must bring to the device.
+    """
+
+    d_in: int
+    d_edge: int  # 0 without edge data
+    d_src_term: int  # 0 without apply_src
+    d_dst_term: int  # 0 without apply_dst
+    d_msg: int
+    d_out: int
+    gather: str
+    builtin: MessageFn | None
+    uses_src: bool  # raw input rows at sources
+    uses_dst: bool  # raw input rows at destinations
+    uses_src_term: bool
+    uses_dst_term: bool
+    uses_edge: bool
+    d_score: int = 0  # attention heads of a softmax gather (scores per edge)
+    attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
+    # what backward will compute, known when the call is planned (autograd mode, requires_grad):
+    # the probe leaves all True (the most memory); run_layer fills them in per call
+    backward: bool = True  # any backward at all
+    grad_x: bool = True  # the input rows need a gradient
+    grad_edge: bool = True  # the edge data need a gradient
+    # backward recomputes ApplyVertex and the hooks instead of using their kept forward graphs
+    # (sagann.engine.offload): the recomputed output and its graph's copy are extra rows
+    recomputes: bool = False
+    vertex_reads_x: bool = True  # apply_vertex reads its input rows v (Layer.apply_vertex_reads_v)
+    # bytes per row that ApplyVertex's / the hooks' autograd graphs save beyond their inputs and parameters
+    # (an MLP's activations), measured by the probe: backward holds them on the device
+    vertex_saved: int = 0
+    hook_saved: int = 0
+
+    @property
+    def loads_x_j(self) -> bool:
+        """Does a destination interval's pass need its input rows on the device?"""
+        return self.vertex_reads_x or self.uses_dst
+
+    def with_grads(self, backward: bool, grad_x: bool, grad_edge: bool) -> "LayerShape":
+        return replace(self, backward=backward, grad_x=grad_x and backward, grad_edge=grad_edge and backward)
+
+    def edge_grads(self, grad_x: bool, grad_edge: bool) -> bool:
+        """Does a gradient flow through the edge stage (and so through ``acc``)?
+
+        Not for a builtin message without hooks whose inputs need no gradient
+        (e.g. a first layer on raw features that aggregates before its
+        matmul): backward is then ApplyVertex's alone, no pass over the edges.
+        """
+        if self.builtin is None or self.d_src_term or self.d_dst_term:  # a user apply_edge or hook may hold parameters
+            return True
+        return (grad_x and (self.uses_src or self.uses_dst)) or (grad_edge and self.uses_edge)
+
+    @property
+    def backward_edges(self) -> bool:
+        """Does backward make a pass over the edges?"""
+        return self.backward and self.edge_grads(self.grad_x, self.grad_edge)
+
+    @property
+    def softmax(self) -> bool:
+        return self.gather == "softmax"
+
+    @property
+    def d_src_side(self) -> int:
+        """Columns of source-side rows an edge stage transfers."""
+        return self.d_in * self.uses_src + self.d_src_term * self.uses_src_term
+
+    @property
+    def d_dst_side(self) -> int:
+        return self.d_in * self.uses_dst + self.d_dst_term * self.uses_dst_term
+
+    @property
+    def winners(self) -> bool:
+        return self.gather in ("max", "min")
+
+
+@dataclass(frozen=True)
+class WorkingSet:
+    """Peak device bytes of one layer call under a partition, and which phase sets it."""
+
+    peak_bytes: int
+    phase: str
+
+
+def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
+    """Temporaries of one sub-chunk's edge stage that the dataflow cannot see (forward)."""
+    if fused:  # fused attention keeps one score gradient per edge and head in backward
+        return nnz * FLOAT * shape.d_score if shape.attention is not None else 0
+    gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
+    messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
+    winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min
+    attention = FLOAT * (3 * shape.d_score + shape.d_msg) if shape.softmax else 0  # scores, weights, weighted messages
+    return nnz * (gathered + messages + winners + attention)
+
+
+def vertex_scratch_bytes(rows: int, width: int) -> int:
+    """Temporaries of ApplyVertex or a hook over ``rows`` rows producing ``width`` columns."""
+    return rows * FLOAT * VERTEX_SCRATCH * width
+
+
+def _row_bytes(shape: LayerShape) -> dict[str, int]:
+    """Device bytes per vertex row of each phase's resident state, scratch included."""
+    win = INDEX * shape.d_msg if shape.winners else 0
+    win += FLOAT * 2 * shape.d_score  # softmax: running max and sum per head
+    hook = max(shape.d_src_term, shape.d_dst_term)
+    gx, gacc = int(shape.grad_x), int(shape.backward_edges)
+    out = 1 + 2 * shape.recomputes  # output grad (+ recomputed output, x2)
+    xv = int(shape.vertex_reads_x)
+    return {
+        # x_j, dst terms, accumulator (+ winners / softmax state), output rows, ApplyVertex scratch
+        "forward": FLOAT * (shape.d_in * shape.loads_x_j + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
+        # source gradient accumulators of V_i
+        "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
+        # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
+        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries)
+        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + shape.vertex_saved
+        if shape.backward
+        else 0,
+        # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
+        # what the hooks' graphs saved (backward)
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + shape.hook_saved * shape.backward if hook else 0,
+    }
+
+
+def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
+    """Bytes a destination column (forward) or source row (backward) keeps on the device."""
+    return rows * _row_bytes(shape)[phase]
+
+
+def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: int) -> int:
+    """Peak device bytes of backward's vertex phases if they recompute (a kept graph dropped)."""
+    sizes = np.diff(partition.bounds)
+    biggest = int(sizes.max()) if sizes.size else 0
+    s = replace(shape, recomputes=True)
+    return max(resident_bytes(biggest, s, "backward apply_vertex"), resident_bytes(biggest, s, "hook pre-pass")) + 2 * param_bytes
+
+
+def resident_lower_bound(bounds: np.ndarray, shape: LayerShape, param_bytes: int) -> int:
+    """The working set's vertex part alone: a lower bound on it that needs interval bounds, not a partition.
+
+    Every phase of :func:`working_set` holds at least the resident rows of
+    the biggest interval (plus the parameters); the planner skips a P whose
+    bound already exceeds the budget instead of partitioning for it.
+    """
+    sizes = np.diff(np.asarray(bounds))
+    biggest = int(sizes.max()) if sizes.size else 0
+    return max(resident_bytes(biggest, shape, phase) for phase in _row_bytes(shape)) + 2 * param_bytes
+
+
+def src_row_bytes(shape: LayerShape) -> int:
+    """Bytes of one source row an edge stage transfers."""
+    return FLOAT * shape.d_src_side
+
+
+_SUB_CHUNK_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # chunk -> {(shape, fused, backward): bytes}
+
+
+_CANONICAL: dict = {}  # LayerShape -> the first equal instance seen
+
+
+def canonical(shape: LayerShape) -> LayerShape:
+    """One instance per distinct shape: memo lookups keyed by it then match by identity, not a 20-field compare."""
+    return _CANONICAL.setdefault(shape, shape)
+
+
+def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held: bool = False) -> int:
+    """Memoised :func:`_sub_chunk_bytes`: plans are built and dry-run on every pass (pass a :func:`canonical` shape).
+
+    ``dst_held``: a backward pass holds every destination row resident, so a
+    sub-chunk brings none of its own (:func:`backward_dst_row_bytes`).
+    """
+    cache = _SUB_CHUNK_BYTES.setdefault(c, {})
+    key = (shape, fused, backward, dst_held)
+    if key not in cache:
+        cache[key] = _sub_chunk_bytes(c, shape, fused, backward) - (c.num_dst * backward_dst_row_bytes(shape) if backward and dst_held else 0)
+    return cache[key]
+
+
+def backward_dst_row_bytes(shape: LayerShape) -> int:
+    """Bytes of one destination row a backward sub-chunk loads: its input and term rows, acc's gradient (+ winners, softmax state and output rows)."""
+    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg * (2 if shape.softmax else 1) + _winner_row_bytes(shape)
+
+
+def _winner_row_bytes(shape: LayerShape) -> int:
+    """Per destination row beside acc: winner positions (max/min); softmax's max and sum per head (forward: the chunk's, backward: the saved)."""
+    return (INDEX * shape.d_msg if shape.winners else 0) + FLOAT * 2 * shape.d_score
+
+
+def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
+    """Device bytes of one sub-chunk in flight (selective transfer), as the dataflow charges them.
+
+    Forward: index arrays, source rows, edge rows, partial rows (+ winner
+    positions and edge ids for max/min), scratch. Backward adds destination
+    rows, the gradient rows of ``acc`` (+ winners), the leaves' gradients and
+    the scratch of the autograd recomputation.
+    """
+    win = _winner_row_bytes(shape)
+    src = FLOAT * c.num_src * shape.d_src_side
+    edge = FLOAT * c.nnz * shape.d_edge
+    # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
+    into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
+    partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
+    b = c.nbytes + src + edge + partial + (c.nnz * INDEX if shape.winners else 0)
+    scratch = edge_scratch_bytes(c.nnz, shape, fused)
+    if not backward:
+        return int(b + scratch)
+    dst = FLOAT * c.num_dst * shape.d_dst_side
+    rows = c.num_dst * backward_dst_row_bytes(shape)  # dst, dst_term and acc's gradient rows (softmax: also the output rows)
+    grads = src + edge + dst
+    src_dst = 4 * c.nnz if fused else 0  # a fused backward may read destination ids source-major (ChunkTensors.src_dst)
+    return int(b + rows + grads + 2 * scratch + src_dst)
+
+
+def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:
+    """Largest device footprint of one forward + backward layer call (see module docstring).
+
+    ``in_flight`` sub-chunks are counted at once: 1 without prefetching,
+    ``prefetch + 1`` with it (bounded by the largest sub-chunks).
+    """
+    phases = _phase_bytes(partition, shape, fused, in_flight)
+    phase = max(phases, key=phases.get)
+    return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
+
+
+def edge_stage_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, in_flight: int = 1) -> int:
+    """Device bytes of one edge stage (``phase``: forward or backward) before any interval is held resident.
+
+    The room a pass's plan may fill with resident intervals is the budget
+    less this, not less the whole call's working set: the call's other
+    phases (a hook pre-pass over wide input rows, say) have given their
+    memory back by the time its edge stage runs.
+    """
+    return int(_phase_bytes(partition, shape, fused, in_flight)[f"{phase} edge stage"] + 2 * param_bytes)
+
+
+def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int) -> dict[str, int]:
+    sizes = np.diff(partition.bounds)
+    shape = canonical(shape)
+    fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
+    bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
+    biggest = int(sizes.max()) if sizes.size else 0
+    return {
+        "forward edge stage": resident_bytes(biggest, shape, "forward") + sum(fwd_sub[:in_flight]),
+        "forward apply_vertex": resident_bytes(biggest, shape, "forward"),
+        "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),  # 0 without a pass
+        "backward apply_vertex": resident_bytes(biggest, shape, "backward apply_vertex"),
+        "hook pre-pass": resident_bytes(biggest, shape, "hook pre-pass"),
+    }
+
+
+def tile_candidates(num_chunks: int) -> list[int]:
+    """Tiles the planner tries, smallest first: 1, powers of two below P, and P (every accumulator resident)."""
+    tiles, t = [1], 2
+    while t < num_chunks:
+        tiles.append(t)
+        t *= 2
+    return tiles + ([num_chunks] if num_chunks > 1 else [])
+
+
+def tile_resident_bytes(rows: Sequence[int], shape: LayerShape) -> int:
+    """Forward bytes a tile of destination intervals of ``rows`` rows each keeps on the device.
+
+    Each holds its input rows, destination terms and accumulator through the
+    tile; ApplyVertex then runs one interval at a time, so only the biggest's
+    output rows and scratch count. One interval: :func:`resident_bytes`.
+    """
+    if not rows:
+        return 0
+    apply_row = FLOAT * (1 + VERTEX_SCRATCH) * shape.d_out
+    held_row = _row_bytes(shape)["forward"] - apply_row
+    return int(sum(rows)) * held_row + int(max(rows)) * apply_row
+
+
+def tile_extra_bytes(partition: GraphPartition, shape: LayerShape, tile: int) -> int:
+    """Forward device bytes a tile holds beyond the working set's one destination column (the biggest tile's)."""
+    sizes = [int(r) for r in np.diff(partition.bounds)]
+    if tile <= 1 or not sizes:
+        return 0
+    biggest = max(tile_resident_bytes(sizes[g : g + tile], shape) for g in range(0, len(sizes), tile))
+    return biggest - resident_bytes(max(sizes), shape, "forward")
+
+
+def vertex_weight(shape: LayerShape, fused: bool) -> float:
+    """The weight of a vertex against an in-edge when cutting intervals: balancing it balances memory.
+
+    Sub-chunks are bounded in edges whatever the intervals, so what an
+    interval's size decides is its resident vertex state.
+    """
+    # edges take no resident memory (sub-chunks are bounded whatever the intervals), so a
+    # vertex weighs its resident bytes and an in-edge one byte: a tie-breaker for even chunks
+    return float(max(1, max(_row_bytes(shape).values())))
+
+
+# Without a budget, a sub-chunk's per-edge tensors (messages, scores and their gradients of a
+# layer that is not fused) are kept to about this many bytes: past it, bigger sub-chunks only
+# cost memory (the helper bench measured GAT sub-chunks of 2^20 edges taking GBs).
+UNBUDGETED_SUB_CHUNK_BYTES = 256 << 20
+
+
+def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, default: int) -> int:
+    """Edges per sub-chunk: a backward sub-chunk's per-edge bytes within half the budget.
+
+    The rest is left to the vertex-resident state; ``choose_num_chunks``
+    then raises P until the whole working set fits. Without a budget, the
+    default, or less for a layer with per-edge tensors (see
+    ``UNBUDGETED_SUB_CHUNK_BYTES``).
+    """
+    per_edge = 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * (shape.d_src_side + shape.d_edge)) + 24
+    if budget is None:
+        return default if fused else int(min(default, max(4096, UNBUDGETED_SUB_CHUNK_BYTES // per_edge)))
+    return int(min(default, max(64, budget // (2 * per_edge))))

@@ -1,0 +1,142 @@
+"""The Planner on its own: partitions, refinement and pass plans for a LayerShape, without layers or a graph."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import sagann
+from sagann.scheduler.planner import LayerShape, Planner, working_set
+from sagann.scheduler.policy import Order, Transfer, TransferPolicy
+from sagann.scheduler.schedule import BACKWARD, FORWARD, dry_run
+
+N, E, PARAMS = 4000, 20000, 1000
+SHAPE = LayerShape(
+    d_in=64, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=64, d_out=32, gather="sum", builtin=None,
+    uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=False,
+)
+
+
+def _edges() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    src = rng.integers(0, N, E)
+    return np.stack([src, (src + rng.integers(0, 40, E)) % N])
+
+
+EDGES = _edges()
+
+
+def planner(budget=None, schedule=None, **kw) -> Planner:
+    in_degree = np.bincount(EDGES[1], minlength=N).astype(np.int64)
+    return Planner(lambda: EDGES, N, in_degree, [sagann.CpuDevice(budget)], schedule or sagann.ScheduleConfig(), **kw)
+
+
+def widths(d: int) -> LayerShape:
+    return dataclasses.replace(SHAPE, d_in=d, d_msg=d)
+
+
+@pytest.mark.parametrize(
+    "fraction,chunks,sub,bounds",
+    [
+        (20, 3, 450, [0, 1333, 2666, 4000]),
+        (40, 5, 225, [0, 799, 1599, 2399, 3200, 4000]),
+        (80, 9, 112, [0, 444, 888, 1333, 1777, 2222, 2666, 3111, 3555, 4000]),
+    ],
+)
+def test_picks_the_partition_the_graph_picked(fraction, chunks, sub, bounds):
+    """The smallest P that fits, then the widest sub-chunks at it: the figures ChunkedGraph.plan chose for this call."""
+    free = planner()
+    free.partition_for(SHAPE, False, PARAMS)
+    assert free.working_set.peak_bytes == 46517532
+    budget = free.working_set.peak_bytes // fraction
+    p = planner(budget)
+    part = p.partition_for(SHAPE, False, PARAMS)
+    assert (part.num_chunks, part.sub_chunk_nnz, [int(b) for b in part.bounds]) == (chunks, sub, bounds)
+    assert p.partition is part and p.working_set.peak_bytes <= budget
+    assert p.working_set == working_set(part, SHAPE, False, PARAMS)
+
+
+def test_p_only_grows_until_allowed_to_coarsen():
+    p = planner(1162938)
+    seen = [(p.partition_for(widths(d), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) for d in (16, 64, 128, 32)]
+    assert seen == [(2, 875), (5, 225), (8, 113), (8, 113)], "a narrower call keeps the finer partition"
+    p.allow_coarser()
+    assert (p.partition_for(widths(16), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) == (2, 875)
+    assert p.partition_for(widths(16), False, PARAMS).num_chunks == 2, "coarsening is once per allow_coarser"
+
+
+def test_refine_doubles_p_and_halves_sub_chunks_then_never_coarsens():
+    p = planner(1162938)
+    p.partition_for(widths(16), False, PARAMS)
+    finer = p.refine(widths(16), False)
+    assert (finer.num_chunks, finer.sub_chunk_nnz) == (4, 437) and p.partition is finer
+    p.allow_coarser()
+    assert p.partition_for(widths(16), False, PARAMS) is finer, "after running out of memory the model is not trusted to coarsen"
+
+
+def test_refine_gives_nothing_when_p_is_fixed():
+    p = planner(10**9, num_chunks=3)
+    assert p.fixed_chunks == 3 and p.partition_for(SHAPE, False, PARAMS).num_chunks == 3
+    assert p.refine(SHAPE, False) is None and p.partition.num_chunks == 3
+
+
+def test_one_off_partition_is_not_kept():
+    p = planner(1162938)
+    kept = p.partition_for(widths(16), False, PARAMS)
+    with p.one_off_partition():
+        assert p.partition_for(widths(128), False, PARAMS).num_chunks > kept.num_chunks
+    assert p.partition is kept
+
+
+@pytest.mark.parametrize("transfer", ["auto", "selective", "full"])
+def test_pass_plans_fit_the_budget(transfer):
+    budget = 1162938
+    p = planner(budget, sagann.ScheduleConfig(transfer=transfer))
+    part = p.partition_for(SHAPE, False, PARAMS)
+    for phase in (FORWARD, BACKWARD):
+        plan = p.plan_pass(part, SHAPE, False, PARAMS, phase)
+        assert plan.phase == phase and plan.num_steps == sum(1 for subs in part.chunks.values() if subs)
+        assert dry_run(plan, part, SHAPE, False) + 2 * PARAMS <= budget
+        assert p.plan_pass(part, SHAPE, False, PARAMS, phase) == plan, "the memoised choice gives the same plan"
+    assert p.working_set.peak_bytes <= p.planned_peak_bytes <= budget
+
+
+def test_recompute_peak_joins_the_planned_peak():
+    p = planner(1162938)
+    p.partition_for(SHAPE, False, PARAMS)
+    ws = p.working_set.peak_bytes
+    assert p.planned_peak_bytes == ws
+    p.note_recompute_peak(ws - 1)
+    assert p.planned_peak_bytes == ws
+    p.note_recompute_peak(ws + 7)
+    assert p.planned_peak_bytes == ws + 7
+
+
+def test_a_chained_device_plans_full_blocks_over_its_columns():
+    budget = 2 * 1162938
+    p = planner(budget)
+    part = p.partition_for(SHAPE, False, PARAMS)
+    owned = [0, 1]
+    view = p.for_device(sagann.CpuDevice(4 * budget), owned, chained=True)  # room for its blocks beside the relay's two
+    assert view.partition is part and view.schedule.transfer is TransferPolicy.FULL and view.schedule.order is Order.NATURAL
+    plan = view.plan_pass(part, SHAPE, False, PARAMS, FORWARD)
+    assert {j for j, _ in plan.groups} == set(owned)
+    assert all(s.transfer is Transfer.FULL and not s.shares_block for s in plan.steps())
+    assert 0 < view.planned_peak_bytes <= 4 * budget and p.planned_peak_bytes == p.working_set.peak_bytes, "a view's plans are its own"
+
+
+def test_state_is_read_only_and_written_by_the_planner_alone():
+    p = planner(1162938)
+    for name in ("partition", "working_set", "planned_peak_bytes", "fixed_chunks", "fixed_sub_chunk_nnz", "schedule", "budget"):
+        with pytest.raises(AttributeError):
+            setattr(p, name, None)
+    g = sagann.ChunkedGraph(EDGES, N, device=sagann.CpuDevice(1162938))
+    with pytest.raises(AttributeError):
+        g.partition = None
+    root = pathlib.Path(sagann.__file__).parent
+    writes = re.compile(r"\.(planner\._\w+|_planned_peak|_working_set|_fixed_chunks|_fixed_sub_nnz|_plan_choices|_prefetch_cache|_resident_ok|_may_coarsen)\b")
+    outside = [f"{path.relative_to(root)}: {line.strip()}" for path in root.rglob("*.py") if path.name != "planner.py" for line in path.read_text().splitlines() if writes.search(line)]
+    assert not outside, "planner state touched outside the planner:\n" + "\n".join(outside)
