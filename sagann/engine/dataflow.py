@@ -437,7 +437,7 @@ class _LayerCall:
         # sum is linear: its backward kernels need the operands and the output gradient only,
         # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
         builtin = shape.builtin
-        self.direct_backward = fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.op != "src_dot_dst"
+        self.direct_backward = fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.spec.sum_backward
 
     def on_partition(self, partition: GraphPartition) -> "_LayerCall":
         """This call on a finer partition (a re-plan after running out of memory): same layer, seed and flags."""
@@ -1117,7 +1117,7 @@ class _LayerCall:
 
     def _direct_reads_src(self, needs: tuple[str, ...]) -> bool:
         """Does the direct backward read source rows? Only for edge or destination gradients."""
-        return self.shape.builtin.op != "copy_edge" and bool({"edge", "dst"} & set(needs))
+        return self.shape.builtin.uses_src and bool({"edge", "dst"} & set(needs))
 
     def _backward_chunk_direct(self, inputs: _ChunkInputs, needs: tuple[str, ...], src_acc, gx, ge, g_dst_term) -> None:
         """Backward of a fused sum sub-chunk by the backward kernels alone: no recompute, no autograd."""
@@ -1152,7 +1152,7 @@ class _LayerCall:
         with self._span("kernel", BACKWARD, c.id):
             _, d_dst = attention.attention_backward(
                 inputs.ct, inputs.get("g_rows"), inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),
-                inputs.get("src_term"), inputs.get("dst_term"), shape.d_score, shape.attention.negative_slope,
+                inputs.get("src_term"), inputs.get("dst_term"), shape.d_score, negative_slope=shape.attention.negative_slope,
                 src_out=acc_term, src_rows=inputs.src_local_rows(), backend=self.backend,
             )
         lo = c.dst_start + c.dst_offset

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, as_edge_index, balanced_bounds, partition_graph
+from sagann.kernels import backend_names
 from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.costs import CostTable
@@ -37,7 +38,7 @@ from sagann.scheduler.planner import (
 from sagann.scheduler.policy import TransferCosts, TransferPolicy
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = backend_names("auto")  # "auto" and every registered kernel backend, read at each check
 
 
 @dataclass(frozen=True)
