@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sagann.kernels.ops import MessageOp, op_spec
+
 __all__ = [
     "AttentionFn",
     "MessageFn",
@@ -26,6 +28,7 @@ __all__ = [
     "src_sub_dst",
     "src_mul_dst",
     "src_dot_dst",
+    "src_add_edge",
     "REDUCERS",
     "GATHERS",
 ]
@@ -40,21 +43,26 @@ GATHERS = REDUCERS + ("softmax",)
 
 @dataclass(frozen=True)
 class MessageFn:
-    """A builtin ApplyEdge; ``op`` names the fused kernel's message op."""
+    """A builtin ApplyEdge; ``op`` names the fused kernel's message op (a record of ``sagann.kernels.OPS``)."""
 
     op: str
 
     @property
+    def spec(self) -> MessageOp:
+        """The op's record in the op table: operands, gradients, message width, kernels."""
+        return op_spec(self.op)
+
+    @property
     def uses_src(self) -> bool:
-        return self.op != "copy_edge"
+        return "src" in self.spec.operands
 
     @property
     def uses_dst(self) -> bool:
-        return self.op in ("src_add_dst", "src_sub_dst", "src_mul_dst", "src_dot_dst")
+        return "dst" in self.spec.operands
 
     @property
     def uses_edge(self) -> bool:
-        return self.op in ("copy_edge", "src_mul_edge")
+        return "edge" in self.spec.operands
 
     def __repr__(self) -> str:
         return f"sagann.fn.{self.op}"
@@ -67,6 +75,7 @@ src_add_dst = MessageFn("src_add_dst")
 src_sub_dst = MessageFn("src_sub_dst")
 src_mul_dst = MessageFn("src_mul_dst")
 src_dot_dst = MessageFn("src_dot_dst")
+src_add_edge = MessageFn("src_add_edge")  # DGL's u_add_e: src + edge, edge [E] or [E, d]
 
 
 @dataclass(frozen=True)

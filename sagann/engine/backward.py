@@ -227,7 +227,7 @@ def _direct_needs(call: LayerCall, need_x: bool, need_e: bool) -> tuple[str, ...
 
 def _direct_reads_src(call: LayerCall, needs: tuple[str, ...]) -> bool:
     """Does the direct backward read source rows? Only for edge or destination gradients."""
-    return call.shape.builtin.op != "copy_edge" and bool({"edge", "dst"} & set(needs))
+    return call.shape.builtin.uses_src and bool({"edge", "dst"} & set(needs))
 
 
 def _backward_chunk_direct(call: LayerCall, inputs: ChunkInputs, needs: tuple[str, ...], src_acc, grads: "Grads") -> None:
@@ -264,7 +264,7 @@ def _backward_chunk_attention(call: LayerCall, inputs: ChunkInputs, acc_term, g_
     with call.span("kernel", BACKWARD, c.id):
         _, d_dst = attention.attention_backward(
             inputs.ct, inputs.get("g_rows"), inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),
-            inputs.get("src_term"), inputs.get("dst_term"), shape.d_score, shape.attention.negative_slope,
+            inputs.get("src_term"), inputs.get("dst_term"), shape.d_score, negative_slope=shape.attention.negative_slope,
             src_out=acc_term, src_rows=inputs.src_local_rows(), backend=call.backend,
         )
     lo = c.dst_start + c.dst_offset

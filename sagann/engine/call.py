@@ -101,7 +101,7 @@ class LayerCall:
         # sum is linear: its backward kernels need the operands and the output gradient only,
         # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
         builtin = shape.builtin
-        self.direct_backward = spec.fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.op != "src_dot_dst"
+        self.direct_backward = spec.fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.spec.sum_backward
 
     def _executor(self, partition: GraphPartition) -> Executor:
         key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)

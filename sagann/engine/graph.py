@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from sagann.chunks.partition import GraphPartition, as_edge_index
+from sagann.kernels import backend_names
 from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.costs import CostTable
@@ -18,7 +19,7 @@ from sagann.scheduler.planner import LayerShape, Planner, WorkingSet
 from sagann.scheduler.schedule import PassPlan
 from sagann.scheduler.records import PassRecord
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = backend_names("auto")  # "auto" and every registered kernel backend, read at each check
 
 
 @dataclass(frozen=True)

@@ -75,12 +75,7 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
             dst_side = d_term if d_term is not None else v
             if ae.uses_dst and src_side.shape[1] != dst_side.shape[1]:
                 raise ValueError(f"{name} uses {ae!r} but source rows have {src_side.shape[1]} columns and destination rows {dst_side.shape[1]}")
-            if ae.op == "src_dot_dst":
-                d_msg = 1
-            elif ae.op == "copy_edge":
-                d_msg = d_edge
-            else:
-                d_msg = int(src_side.shape[1])
+            d_msg = ae.spec.message_width(int(src_side.shape[1]), d_edge)
             used = set()
             if ae.uses_src:
                 used.add("src_term" if s_term is not None else "src")

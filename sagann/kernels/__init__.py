@@ -1,35 +1,38 @@
 """Scatter / ApplyEdge / Gather kernels over one sub-chunk.
 
 ``gspmm`` (message op x reducer, one row per destination) and ``gsddmm``
-(one row per edge) dispatch to a backend: ``"reference"`` (torch ops, the
-oracle), and the fused backends registered in ``_BACKENDS``.
+(one row per edge) dispatch to a backend from the registry
+(:mod:`sagann.kernels.backend`): ``"reference"`` (torch ops, the oracle),
+``"cpu"`` and ``"cuda"`` (fused numba kernels), or one added with
+``register_backend``. The message ops are the records of the op table
+(:mod:`sagann.kernels.ops`).
 """
 from __future__ import annotations
 
 import torch
 
-from sagann.kernels import reference
+from sagann.kernels.backend import KernelBackend, available_backends, backend_names, get_backend, register_backend
 from sagann.kernels.graph import ChunkTensors
-from sagann.kernels.reference import MESSAGE_OPS, REDUCERS
+from sagann.kernels.ops import MESSAGE_OPS, OPS, MessageOp, op_spec
+from sagann.kernels.reference import REDUCERS
 
-__all__ = ["ChunkTensors", "MESSAGE_OPS", "REDUCERS", "gspmm", "gsddmm", "gspmm_sum_backward", "source_major_backward", "available_backends"]
-
-_BACKENDS = {"reference": reference}
-
-
-def _backend(name: str):
-    if name == "cpu" and "cpu" not in _BACKENDS:
-        from sagann.kernels import cpu  # numba: compiled lazily, on first use
-
-        _BACKENDS["cpu"] = cpu
-    if name == "cuda" and "cuda" not in _BACKENDS:
-        from sagann.kernels import cuda  # numba.cuda (or its simulator): compiled lazily, on first use
-
-        _BACKENDS["cuda"] = cuda
-    if name not in _BACKENDS:
-        known = ", ".join(available_backends())
-        raise ValueError(f"unknown kernel backend {name!r}; known backends: {known}")
-    return _BACKENDS[name]
+__all__ = [
+    "ChunkTensors",
+    "MESSAGE_OPS",
+    "OPS",
+    "MessageOp",
+    "op_spec",
+    "REDUCERS",
+    "gspmm",
+    "gsddmm",
+    "gspmm_sum_backward",
+    "source_major_backward",
+    "KernelBackend",
+    "register_backend",
+    "get_backend",
+    "available_backends",
+    "backend_names",
+]
 
 
 def source_major_backward(backend: str, op: str, d_edge: int) -> bool:
@@ -37,13 +40,12 @@ def source_major_backward(backend: str, op: str, d_edge: int) -> bool:
 
     Then a caller that keeps ``ChunkTensors.src_dst`` and edge data in
     source-major order (``edge_order="source_major"``) saves a random read
-    per edge; elsewhere it would only add a permutation.
+    per edge; elsewhere it would only add a permutation. The op table says
+    which ops (``MessageOp.source_major``; ``scalar_source_major`` for one
+    edge value per edge) the CPU backend runs that way.
     """
-    return backend == "cpu" and (op in ("copy_src", "src_add_dst", "src_sub_dst") or (op == "src_mul_edge" and d_edge == 1))
-
-
-def available_backends() -> list[str]:
-    return ["reference", "cpu", "cuda"]
+    spec = op_spec(op)
+    return backend == "cpu" and (spec.source_major or (spec.scalar_source_major and d_edge == 1))
 
 
 def gspmm(
@@ -53,6 +55,7 @@ def gspmm(
     src: torch.Tensor | None = None,
     edge: torch.Tensor | None = None,
     dst: torch.Tensor | None = None,
+    *,
     backend: str = "reference",
     src_rows: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
@@ -66,17 +69,7 @@ def gspmm(
     With ``out`` (sum only, no autograd) the sum is added into that
     ``[num_dst, d]`` tensor, which is returned: an accumulator over sub-chunks.
     """
-    if backend != "reference":
-        extra = {k: v for k, v in (("src_rows", src_rows), ("out", out)) if v is not None}
-        return _backend(backend).gspmm(g, op, reduce, src=src, edge=edge, dst=dst, **extra)
-    if src_rows is not None and src is not None:
-        src = src.index_select(0, src_rows.long())
-    result, arg = reference.gspmm(g, op, reduce, src=src, edge=edge, dst=dst)
-    if out is None:
-        return result, arg
-    if reduce != "sum" or result.requires_grad:
-        raise ValueError("gspmm: out= accumulates sums without autograd; use reduce='sum' under torch.no_grad(), or drop out=")
-    return out.add_(result), None
+    return get_backend(backend).gspmm(g, op, reduce, src, edge, dst, src_rows=src_rows, out=out)
 
 
 def gsddmm(
@@ -88,7 +81,7 @@ def gsddmm(
     backend: str = "reference",
 ) -> torch.Tensor:
     """Per-edge ApplyEdge of a builtin op, ``[nnz, d]`` in CSC order, autograd-aware."""
-    return _backend(backend).gsddmm(g, op, src=src, edge=edge, dst=dst)
+    return get_backend(backend).gsddmm(g, op, src=src, edge=edge, dst=dst)
 
 
 def gspmm_sum_backward(
@@ -98,6 +91,7 @@ def gspmm_sum_backward(
     src: torch.Tensor | None = None,
     edge: torch.Tensor | None = None,
     dst: torch.Tensor | None = None,
+    *,
     needs: tuple[str, ...] = ("src", "edge", "dst"),
     src_out: torch.Tensor | None = None,
     src_rows: torch.Tensor | None = None,
@@ -112,4 +106,6 @@ def gspmm_sum_backward(
     (no edge gradient then); with ``g.src_dst`` the CPU backend reads every
     per-edge array in sequence.
     """
-    return _backend(backend).gspmm_sum_backward(g, op, grad, src=src, edge=edge, dst=dst, needs=needs, src_out=src_out, src_rows=src_rows, edge_order=edge_order)
+    return get_backend(backend).gspmm_sum_backward(
+        g, op, grad, src, edge, dst, needs=needs, src_out=src_out, src_rows=src_rows, edge_order=edge_order
+    )

@@ -19,9 +19,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# Internal op codes. MUL_SCALAR is src_mul_edge with one weight per edge.
-COPY_SRC, COPY_EDGE, MUL_EDGE, MUL_SCALAR, ADD_DST, SUB_DST, MUL_DST, DOT_DST = range(8)
-ROW, ARG, EDGE = range(3)
+from sagann.kernels._common import (  # noqa: F401  (the op table's codes; compile-time constants here)
+    ADD_DST,
+    ADD_EDGE,
+    ADD_SCALAR,
+    ARG,
+    COPY_EDGE,
+    COPY_SRC,
+    DOT_DST,
+    EDGE,
+    MUL_DST,
+    MUL_EDGE,
+    MUL_SCALAR,
+    ROW,
+    SUB_DST,
+)
 
 # "contract" lets LLVM fuse a multiply and an add into one FMA (one rounding instead of two);
 # no reassociation, so each kernel's summation order is still the one written here.
@@ -166,6 +178,13 @@ def _fill_msg(op, src, edge, dst, s, e, r, buf):
         w = edge[e, 0]
         for k in range(d):
             buf[k] = src[s, k] * w
+    elif op == ADD_EDGE:
+        for k in range(d):
+            buf[k] = src[s, k] + edge[e, k]
+    elif op == ADD_SCALAR:
+        w = edge[e, 0]
+        for k in range(d):
+            buf[k] = src[s, k] + w
     elif op == ADD_DST:
         for k in range(d):
             buf[k] = src[s, k] + dst[r, k]
@@ -204,6 +223,13 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out, rmap):
                     elif op == MUL_EDGE:
                         for k in range(d):
                             out[r, k] += src[s, k] * edge[e, k]
+                    elif op == ADD_EDGE:
+                        for k in range(d):
+                            out[r, k] += src[s, k] + edge[e, k]
+                    elif op == ADD_SCALAR:
+                        w = edge[e, 0]
+                        for k in range(d):
+                            out[r, k] += src[s, k] + w
                     elif op == ADD_DST:
                         for k in range(d):
                             out[r, k] += src[s, k] + dst[r, k]
@@ -280,7 +306,8 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
     """
     d = out.shape[1]
     zero = np.zeros(1, out.dtype)[0]
-    fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == MUL_SCALAR)
+    # d msg / d src is 1 (or the scalar weight): a plain gather-sum of grad rows
+    fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == ADD_EDGE or op == ADD_SCALAR or op == MUL_SCALAR)
     weights = edge if op == MUL_SCALAR else edge[:0]
     mapped = out_rows.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
@@ -304,10 +331,10 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
                     elif op == MUL_DST:
                         for k in range(d):
                             out[o, k] += (grad[r, k] if arg[r, k] == e else zero) * dst[r, k]
-                    else:  # COPY_SRC, ADD_DST, SUB_DST
+                    else:  # COPY_SRC, ADD_DST, SUB_DST, ADD_EDGE, ADD_SCALAR
                         for k in range(d):
                             out[o, k] += grad[r, k] if arg[r, k] == e else zero
-                elif op == COPY_SRC or op == ADD_DST or op == SUB_DST:
+                elif op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == ADD_EDGE or op == ADD_SCALAR:
                     for k in range(d):
                         out[o, k] += grad[g, k]
                 elif op == MUL_SCALAR:
@@ -363,10 +390,10 @@ def grad_dst(op, mode, grad, arg, src, src_idx, dst_ptr, bounds, out):
 
 @njit(**_PJIT)
 def grad_edge(op, mode, grad, arg, src, src_idx, dst_idx, bounds, out):
-    """Gradient of ``edge`` (ops COPY_EDGE, MUL_EDGE, MUL_SCALAR), edge-parallel.
+    """Gradient of ``edge`` (ops COPY_EDGE, MUL_EDGE, MUL_SCALAR, ADD_EDGE, ADD_SCALAR), edge-parallel.
 
-    ``out`` is ``[nnz, 1]`` for MUL_SCALAR (summed over features), else
-    ``[nnz, d]``; it starts at zero.
+    ``out`` is ``[nnz, 1]`` for the scalar codes (summed over features),
+    else ``[nnz, d]``; it starts at zero.
     """
     d = grad.shape[1]
     zero = np.zeros(1, out.dtype)[0]
@@ -376,23 +403,33 @@ def grad_edge(op, mode, grad, arg, src, src_idx, dst_idx, bounds, out):
             r = dst_idx[e]
             g = e if mode == EDGE else r
             if mode == ARG:
-                if op == COPY_EDGE:
+                if op == COPY_EDGE or op == ADD_EDGE:
                     for k in range(d):
                         out[e, k] = grad[r, k] if arg[r, k] == e else zero
                 elif op == MUL_EDGE:
                     for k in range(d):
                         out[e, k] = (grad[r, k] if arg[r, k] == e else zero) * src[s, k]
+                elif op == ADD_SCALAR:
+                    acc = zero
+                    for k in range(d):
+                        acc += grad[r, k] if arg[r, k] == e else zero
+                    out[e, 0] = acc
                 else:  # MUL_SCALAR
                     acc = zero
                     for k in range(d):
                         acc += (grad[r, k] if arg[r, k] == e else zero) * src[s, k]
                     out[e, 0] = acc
-            elif op == COPY_EDGE:
+            elif op == COPY_EDGE or op == ADD_EDGE:
                 for k in range(d):
                     out[e, k] = grad[g, k]
             elif op == MUL_EDGE:
                 for k in range(d):
                     out[e, k] = grad[g, k] * src[s, k]
+            elif op == ADD_SCALAR:
+                acc = zero
+                for k in range(d):
+                    acc += grad[g, k]
+                out[e, 0] = acc
             else:  # MUL_SCALAR
                 acc = zero
                 for k in range(d):

@@ -11,8 +11,8 @@ walks the features (``tx`` a power of two <= 32, so one item's lanes share
 a warp and read a feature row with coalesced loads), ``threadIdx.y`` walks
 ``ty`` work items; ``blockIdx.x`` walks groups of items and ``blockIdx.y``
 feature tiles of width ``tx``. The two kernels that reduce over features
-(``src_dot_dst`` and the weight gradient of ``src_mul_edge`` with one
-weight per edge) use a single tile, stride over the features and finish
+(``src_dot_dst`` and the gradient of the one edge value of
+``src_mul_edge`` / ``src_add_edge`` broadcast over the features) use a single tile, stride over the features and finish
 with a shared-memory tree (``cuda.syncthreads``, which the simulator has;
 it has no warp shuffles).
 
@@ -42,6 +42,8 @@ from numba import cuda
 
 from sagann.kernels._common import (  # noqa: F401  (codes re-exported for the launcher)
     ADD_DST,
+    ADD_EDGE,
+    ADD_SCALAR,
     ARG,
     COPY_EDGE,
     COPY_SRC,
@@ -91,6 +93,10 @@ def _message(op, S, E, D, s, e, r, k):
         return S[s, k] * E[e, k]
     if op == MUL_SCALAR:
         return S[s, k] * E[e, 0]
+    if op == ADD_EDGE:
+        return S[s, k] + E[e, k]
+    if op == ADD_SCALAR:
+        return S[s, k] + E[e, 0]
     if op == ADD_DST:
         return S[s, k] + D[r, k]
     if op == SUB_DST:
@@ -240,7 +246,8 @@ def edge_reduce(op: int, mode: int, dt, tx: int, ty: int):
     """``out[e, 0] = sum over k`` of a per-feature product, ``tx`` lanes per edge.
 
     ``DOT_DST``: ``S[src] . D[dst]`` (gSDDMM forward). ``MUL_SCALAR``:
-    ``coef(e, k) * S[src, k]``, the gradient of the one weight of edge ``e``.
+    ``coef(e, k) * S[src, k]``, the gradient of the one weight of edge ``e``;
+    ``ADD_SCALAR``: ``coef(e, k)``, that of its one added value.
     Launched with a ``(tx, ty)`` block and one feature tile.
 
     Args: ``(S, D, G, A, src_idx, dst_idx, out)``.
@@ -261,6 +268,8 @@ def edge_reduce(op: int, mode: int, dt, tx: int, ty: int):
             for k in range(lane, S.shape[1], tx):
                 if op == DOT_DST:
                     acc += S[s, k] * D[r, k]
+                elif op == ADD_SCALAR:
+                    acc += _coef(mode, G, A, e, r, k, zero)
                 else:
                     acc += _coef(mode, G, A, e, r, k, zero) * S[s, k]
         shared[slot] = acc
@@ -314,7 +323,7 @@ def grad_src(op: int, mode: int, dt):
                     c *= E[e, 0]
                 elif op == MUL_DST:
                     c *= D[r, k]
-                acc += c  # COPY_SRC, ADD_DST, SUB_DST: d msg / d src = 1
+                acc += c  # COPY_SRC, ADD_DST, SUB_DST, ADD_EDGE, ADD_SCALAR: d msg / d src = 1
         if seg_ptr[s + 1] - seg_ptr[s] == 1:
             out[s, k] = acc
         else:
@@ -365,9 +374,9 @@ def grad_dst(op: int, mode: int, dt):
 
 @functools.cache
 def grad_edge(op: int, mode: int, dt):
-    """Gradient of ``edge`` for COPY_EDGE and MUL_EDGE, one thread per (edge, feature).
+    """Gradient of ``edge`` for COPY_EDGE, MUL_EDGE and ADD_EDGE, one thread per (edge, feature).
 
-    (MUL_SCALAR sums over features: :func:`edge_reduce`.) Args: ``(G, A, S, src_idx, dst_idx, out)``.
+    (MUL_SCALAR and ADD_SCALAR sum over features: :func:`edge_reduce`.) Args: ``(G, A, S, src_idx, dst_idx, out)``.
     """
 
     @cuda.jit
@@ -379,6 +388,6 @@ def grad_edge(op: int, mode: int, dt):
         c = _coef(mode, G, A, e, dst_idx[e], k, dt(0))
         if op == MUL_EDGE:
             c *= S[src_idx[e], k]
-        out[e, k] = c
+        out[e, k] = c  # COPY_EDGE, ADD_EDGE: d msg / d edge = 1
 
     return kernel

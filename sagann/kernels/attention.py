@@ -102,7 +102,7 @@ def attention_partials(
 
 def attention_backward(
     g: ChunkTensors, grad: torch.Tensor, out: torch.Tensor, m: torch.Tensor, l: torch.Tensor,
-    src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, negative_slope: float = 0.2,
+    src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, *, negative_slope: float = 0.2,
     src_out: torch.Tensor | None = None, src_rows: torch.Tensor | None = None, backend: str = "reference",
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradients ``(d_src_term, d_dst_term)`` of the attention output, given ``grad`` of the output rows.

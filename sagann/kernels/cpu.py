@@ -20,7 +20,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from sagann.kernels import _cpu_kernels as K
-from sagann.kernels._common import Frontend, Placement, validate
+from sagann.kernels._common import Frontend, GradCall, KernelCall, Placement, source_major_codes, validate
 from sagann.kernels.graph import ChunkTensors
 
 __all__ = ["gspmm", "gsddmm", "gspmm_sum_backward"]
@@ -90,27 +90,29 @@ def _degree(g: ChunkTensors, dtype: np.dtype) -> np.ndarray:
 def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     """Gradients of (src, edge, dst) from ``grad`` ([num_dst, d] or [nnz, k])."""
     src, edge, dst = ctx.saved_tensors[:3]
-    return grads(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst))
+    return grads(GradCall(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst)))
 
 
-def grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, src_out=None, src_rows=None, source_major=False):
+def grads(call: GradCall, src_out=None, src_rows=None, source_major=False):
     """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it.
 
     ``source_major``: ``edge`` is ``edge[src_perm]`` and ``g.src_dst`` is
     set; only the src gradient (ops in :data:`SOURCE_MAJOR_CODES`).
     """
-    with _threads_for(g, grad.shape[1]):
-        return _grads(g, code, mode, grad, arg, src, edge, dst, needs, src_out, src_rows, source_major)
+    with _threads_for(call.g, call.grad.shape[1]):
+        return _grads(call, src_out, src_rows, source_major)
 
 
-# ops whose row-mode src gradient is a plain gather-sum of grad rows: with source-major arrays
-# (g.src_dst, weights permuted alike) the kernel reads every per-edge array in sequence
-SOURCE_MAJOR_CODES = frozenset({K.COPY_SRC, K.ADD_DST, K.SUB_DST, K.MUL_SCALAR})
+# ops whose row-mode src gradient is a plain gather-sum of grad rows (the op table's
+# source_major): with source-major arrays (g.src_dst, weights permuted alike) the kernel
+# reads every per-edge array in sequence
+SOURCE_MAJOR_CODES = source_major_codes()
 
 
-def _grads(g: ChunkTensors, code: int, mode: int, grad, arg, src, edge, dst, needs, src_out, src_rows, source_major=False):
-    needs_src, needs_edge, needs_dst = needs
-    G = grad.contiguous().numpy()
+def _grads(call: GradCall, src_out, src_rows, source_major=False):
+    g, code, mode, arg, src, edge, dst = call.g, call.code, call.mode, call.arg, call.src, call.edge, call.dst
+    needs_src, needs_edge, needs_dst = call.needs
+    G = call.grad.contiguous().numpy()
     # int32 winners halve the bytes that the per-(edge, feature) winner test reads.
     A = np.empty((0, 0), np.int32) if arg is None else _idx(arg.to(torch.int32))
     S, E, D = _operands(src, edge, dst, G.dtype)
@@ -149,15 +151,16 @@ class _GSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
         with _threads_for(g, width):
-            result, arg = _GSpMM._kernel(g, code, reduce, width, src, edge, dst)
+            result, arg = _GSpMM._kernel(KernelCall(g, code, width, src, edge, dst), reduce)
         ctx.reduce = reduce
         _save(ctx, g, code, src, edge, dst, arg)
         ctx.mark_non_differentiable(arg)
         return result, arg
 
     @staticmethod
-    def _kernel(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst, src_rows=None, into=None):
-        S, E, D = _operands(src, edge, dst)
+    def _kernel(call: KernelCall, reduce: str, src_rows=None, into=None):
+        g, code, width = call.g, call.code, call.width
+        S, E, D = _operands(call.src, call.edge, call.dst)
         src_idx = _idx(g.src_idx)
         # read the block in place: the kernel maps compact ids to block rows (src[src_rows[src_idx[e]]])
         rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
@@ -206,11 +209,11 @@ class _GSDDMM(torch.autograd.Function):
 
 
 # the public API: checks, operand selection and casting shared with the other fused backend
-def _block_spmm(g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst, src_rows, into=None):
+def _block_spmm(call: KernelCall, reduce: str, src_rows, into=None):
     """gSpMM without autograd (the front-end ensures none is needed): ``src`` rows
     ``src_rows[src_idx]`` read in place (if given), a sum added into ``into`` (if given)."""
-    with _threads_for(g, width):
-        return _GSpMM._kernel(g, code, reduce, width, src, edge, dst, src_rows, into)
+    with _threads_for(call.g, call.width):
+        return _GSpMM._kernel(call, reduce, src_rows, into)
 
 
 _FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads, _block_spmm, source_major_codes=SOURCE_MAJOR_CODES)

@@ -28,7 +28,7 @@ from numba.core import config as _numba_config
 from torch.autograd.function import once_differentiable
 
 from sagann.kernels import _cuda_kernels as K
-from sagann.kernels._common import Frontend, Placement, validate
+from sagann.kernels._common import SCALAR_CODES, Frontend, GradCall, Placement, validate
 from sagann.kernels.graph import ChunkTensors
 
 __all__ = ["gspmm", "gsddmm", "SIMULATOR"]
@@ -160,20 +160,24 @@ def _degree(g: ChunkTensors, dtype: torch.dtype) -> torch.Tensor:
 def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     """Gradients of (src, edge, dst) from ``grad`` ([num_dst, d] or [nnz, k])."""
     src, edge, dst = ctx.saved_tensors[:3]
-    return grads(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst), seg=ctx.seg)
+    return grads(GradCall(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst)), seg=ctx.seg)
 
 
-def grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, src_out=None, src_rows=None, seg: int = _SEGMENT):
-    """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it."""
-    d_src, d_edge, d_dst = _grads(g, code, mode, grad, arg, src, edge, dst, needs, seg)
+def grads(call: GradCall, src_out=None, src_rows=None, seg: int | None = None):
+    """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it.
+
+    ``seg``: the segment length (default ``_SEGMENT`` as it is now).
+    """
+    d_src, d_edge, d_dst = _grads(call, _SEGMENT if seg is None else seg)
     if src_out is not None and d_src is not None:
         src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src)
         d_src = None
     return d_src, d_edge, d_dst
 
 
-def _grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, edge, dst, needs, seg: int):
-    needs_src, needs_edge, needs_dst = needs
+def _grads(call: GradCall, seg: int):
+    g, code, mode, grad, arg, src, edge, dst = call.g, call.code, call.mode, call.grad, call.arg, call.src, call.edge, call.dst
+    needs_src, needs_edge, needs_dst = call.needs
     dtype, device = grad.dtype, g.device
     dt = _np_dtype(dtype)
     A = arg if arg is not None else torch.empty((0, 0), dtype=torch.int64, device=device)
@@ -186,7 +190,7 @@ def _grads(g: ChunkTensors, code: int, mode: int, grad: torch.Tensor, arg, src, 
         args = (grad, A, E, D, g.dst_idx, g.src_ptr, g.src_perm, seg_ptr, seg, d_src)
         _launch(K.grad_src(code, mode, dt), bound, src_shape[1], device, *args)
     if needs_edge:
-        if code == K.MUL_SCALAR:  # one weight per edge: reduce over the features
+        if code in SCALAR_CODES:  # one value per edge: reduce over the features
             out = torch.zeros((g.nnz, 1), dtype=dtype, device=device)
             width = src.shape[1]
             kernel = K.edge_reduce(code, mode, dt, *_block(width))
@@ -251,7 +255,7 @@ class _GSpMM(torch.autograd.Function):
 class _GSDDMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: ChunkTensors, code: int, width: int, src, edge, dst):
-        dtype, device = src.dtype, g.device
+        dtype, device = next(t for t in (src, edge, dst) if t is not None).dtype, g.device
         S, E, D = _operands(src, edge, dst, dtype, device)
         out = torch.zeros((g.nnz, width), dtype=dtype, device=device)
         if code == K.DOT_DST:

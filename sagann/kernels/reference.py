@@ -18,24 +18,17 @@ from __future__ import annotations
 import torch
 
 from sagann.kernels.graph import ChunkTensors
+from sagann.kernels.ops import MESSAGE_OPS, OPS, op_spec
 
-MESSAGE_OPS = ("copy_src", "copy_edge", "src_mul_edge", "src_add_dst", "src_sub_dst", "src_mul_dst", "src_dot_dst")
+__all__ = ["MESSAGE_OPS", "REDUCERS", "NEEDS", "check_op", "check_reducer", "message", "gather", "gspmm", "gsddmm", "gspmm_sum_backward"]
+
 REDUCERS = ("sum", "mean", "max", "min")
-# the operands each message op reads
-NEEDS = {
-    "copy_src": ("src",),
-    "copy_edge": ("edge",),
-    "src_mul_edge": ("src", "edge"),
-    "src_add_dst": ("src", "dst"),
-    "src_sub_dst": ("src", "dst"),
-    "src_mul_dst": ("src", "dst"),
-    "src_dot_dst": ("src", "dst"),
-}
+# the operands each message op reads (from the op table)
+NEEDS = {name: spec.operands for name, spec in OPS.items()}
 
 
 def check_op(op: str) -> None:
-    if op not in MESSAGE_OPS:
-        raise ValueError(f"unknown message op {op!r}; known ops: {', '.join(MESSAGE_OPS)}")
+    op_spec(op)
 
 
 def check_reducer(reduce: str) -> None:
@@ -60,22 +53,11 @@ def message(
         src ``[num_src, d]``, dst ``[num_dst, d]``, edge ``[nnz]``, ``[nnz, 1]``
         or ``[nnz, d]``; result ``[nnz, d]`` (``[nnz, 1]`` for src_dot_dst).
     """
-    check_op(op)
-    if op == "copy_edge":
-        return _edge_column(edge)
-    s = src.index_select(0, g.src_idx)
-    if op == "copy_src":
-        return s
-    if op == "src_mul_edge":
-        return s * _edge_column(edge)
-    d = dst.index_select(0, g.dst_idx)
-    if op == "src_add_dst":
-        return s + d
-    if op == "src_sub_dst":
-        return s - d
-    if op == "src_mul_dst":
-        return s * d
-    return (s * d).sum(dim=-1, keepdim=True)  # src_dot_dst
+    spec = op_spec(op)
+    s = src.index_select(0, g.src_idx) if "src" in spec.operands else None
+    e = _edge_column(edge) if "edge" in spec.operands else None
+    d = dst.index_select(0, g.dst_idx) if "dst" in spec.operands else None
+    return spec.reference(s, e, d)
 
 
 def gather(g: ChunkTensors, msg: torch.Tensor, reduce: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -112,9 +94,23 @@ def gspmm(
     src: torch.Tensor | None = None,
     edge: torch.Tensor | None = None,
     dst: torch.Tensor | None = None,
+    *,
+    src_rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generalised SpMM: Gather(ApplyEdge(Scatter(...))) over one sub-chunk."""
-    return gather(g, message(g, op, src, edge, dst), reduce)
+    """Generalised SpMM: Gather(ApplyEdge(Scatter(...))) over one sub-chunk.
+
+    ``src_rows`` and ``out`` as in :func:`sagann.kernels.gspmm` (rows picked
+    from a block first; a sum added into ``out`` without autograd).
+    """
+    if src_rows is not None and src is not None:
+        src = src.index_select(0, src_rows.long())
+    result, arg = gather(g, message(g, op, src, edge, dst), reduce)
+    if out is None:
+        return result, arg
+    if reduce != "sum" or result.requires_grad:
+        raise ValueError("gspmm: out= accumulates sums without autograd; use reduce='sum' under torch.no_grad(), or drop out=")
+    return out.add_(result), None
 
 
 def gsddmm(
@@ -135,6 +131,7 @@ def gspmm_sum_backward(
     src: torch.Tensor | None = None,
     edge: torch.Tensor | None = None,
     dst: torch.Tensor | None = None,
+    *,
     needs: tuple[str, ...] = ("src", "edge", "dst"),
     src_out: torch.Tensor | None = None,
     src_rows: torch.Tensor | None = None,
@@ -145,18 +142,18 @@ def gspmm_sum_backward(
     With ``src_out`` the src gradient is added into ``src_out[src_rows]`` and None returned for it.
     ``edge_order="source_major"``: ``edge`` is ``edge[g.src_perm]`` (put back in CSC order here; no edge gradient).
     """
-    check_op(op)
+    spec = op_spec(op)
     if edge_order not in ("csc", "source_major"):
         raise ValueError(f"gspmm_sum_backward: edge_order must be 'csc' or 'source_major', got {edge_order!r}")
     if edge_order == "source_major" and edge is not None:
-        if "edge" in needs and "edge" in NEEDS[op]:
+        if "edge" in needs and "edge" in spec.grad_operands:
             raise ValueError("gspmm_sum_backward: edge_order='source_major' gives no edge gradient; drop 'edge' from needs or pass edge in CSC order")
         edge = torch.empty_like(edge).index_copy_(0, g.src_perm.long(), edge)
     leaves = {}
     with torch.enable_grad():
         args = {}
         for name, t in (("src", src), ("edge", edge), ("dst", dst)):
-            if t is not None and name in needs and name in NEEDS[op]:
+            if t is not None and name in needs and name in spec.grad_operands:
                 t = leaves[name] = t.detach().requires_grad_(True)
             args[name] = t
         out, _ = gspmm(g, op, "sum", **args)

@@ -136,8 +136,9 @@ class WorkingSet:
 
 def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
     """Temporaries of one sub-chunk's edge stage that the dataflow cannot see (forward)."""
-    if fused:  # fused attention keeps one score gradient per edge and head in backward
-        return nnz * FLOAT * shape.d_score if shape.attention is not None else 0
+    if fused:  # fused attention keeps one score gradient per edge and head in backward; a builtin op its record's scratch
+        columns = shape.d_score if shape.attention is not None else (shape.builtin.spec.scratch if shape.builtin is not None else 0)
+        return nnz * FLOAT * columns
     gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
     messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
     winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min

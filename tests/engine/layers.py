@@ -72,4 +72,6 @@ def edge_data_for(op: str, num_edges: int, d: int, generator=None) -> torch.Tens
         return torch.randn(num_edges, d, generator=generator)
     if op == "src_mul_edge":
         return torch.randn(num_edges, generator=generator)
+    if op == "src_add_edge":
+        return torch.randn(num_edges, d, generator=generator)
     return None

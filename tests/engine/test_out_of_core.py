@@ -83,7 +83,7 @@ def test_hooks_and_edge_features(gather, num_chunks):
     check_layer(layer, ei, n, x, ed, num_chunks, 7)
 
 
-OPS = ["copy_src", "copy_edge", "src_mul_edge", "src_add_dst", "src_sub_dst", "src_mul_dst", "src_dot_dst"]
+OPS = list(sagann.kernels.MESSAGE_OPS)
 
 
 @pytest.mark.parametrize("op", OPS)

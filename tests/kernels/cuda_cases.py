@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from numba import cuda
 
 from sagann import kernels
-from sagann.kernels import MESSAGE_OPS, REDUCERS, ChunkTensors
+from sagann.kernels import MESSAGE_OPS, REDUCERS, ChunkTensors, op_spec
 from sagann.kernels import cuda as backend
 
 if not (backend.SIMULATOR or cuda.is_available()):
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.cuda_sim
 DEVICE = "cpu" if backend.SIMULATOR else "cuda"
 DEFAULT_SEGMENT = backend._SEGMENT
 EDGE_SHAPES = ("vec", "col", "full")  # [nnz], [nnz, 1], [nnz, d]
-EDGE_OPS = ("copy_edge", "src_mul_edge")
+EDGE_OPS = tuple(op for op in MESSAGE_OPS if "edge" in op_spec(op).operands)
 # (op, edge shape) pairs: ops that read no edge still get one, which must be ignored.
 CONFIGS = [(op, es) for op in MESSAGE_OPS for es in (EDGE_SHAPES if op in EDGE_OPS else ("col",))]
 

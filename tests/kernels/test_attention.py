@@ -90,7 +90,7 @@ def test_backward_equals_autograd_through_the_softmax(case, into):
             kw["src_rows"] = torch.randperm(g.num_src + 2, generator=torch.Generator().manual_seed(seed))[: g.num_src]
             kw["src_out"] = torch.randn(g.num_src + 2, w + heads, generator=torch.Generator().manual_seed(seed + 2))
             before = kw["src_out"].clone()
-        got_src, got_dst = attention_backward(g, grad, out, m, l, src, dst, heads, slope, backend=backend, **kw)
+        got_src, got_dst = attention_backward(g, grad, out, m, l, src, dst, heads, negative_slope=slope, backend=backend, **kw)
         if into:
             assert got_src is None
             before[kw["src_rows"]] += want_src

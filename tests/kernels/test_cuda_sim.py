@@ -78,8 +78,10 @@ def test_op_codes_are_shared_with_the_cpu_kernels():
     from sagann.kernels import _common as C
     from sagann.kernels import _cpu_kernels as K
 
-    names = "COPY_SRC COPY_EDGE MUL_EDGE MUL_SCALAR ADD_DST SUB_DST MUL_DST DOT_DST ROW ARG EDGE".split()
+    names = "COPY_SRC COPY_EDGE MUL_EDGE MUL_SCALAR ADD_DST SUB_DST MUL_DST DOT_DST ADD_EDGE ADD_SCALAR ROW ARG EDGE".split()
     assert [getattr(K, n) for n in names] == [getattr(C, n) for n in names]
+    table = {c for spec in kernels.OPS.values() for c in spec.codes()}
+    assert table == {getattr(C, n) for n in names[:-3]}, "every code of the op table has a name the kernels branch on"
 
 
 def _ptx_compiler():
@@ -117,7 +119,7 @@ def test_every_kernel_compiles_for_a_real_gpu(monkeypatch):
         return numba.typeof(np.empty((0,) * ndim, dtype))
 
     idx, i64 = arr(np.int32, 1), numba.int64
-    codes = [K.COPY_SRC, K.COPY_EDGE, K.MUL_EDGE, K.MUL_SCALAR, K.ADD_DST, K.SUB_DST, K.MUL_DST]
+    codes = sorted({c for spec in kernels.OPS.values() for c in spec.codes()} - {K.DOT_DST})
     arg, part_arg = arr(np.int64, 2), arr(np.int32, 2)
     # Every op and mode in float32; float64 where the dtype is more than a type parameter (zeros, shared memory).
     for dt in (np.float32, np.float64):
@@ -133,11 +135,12 @@ def test_every_kernel_compiles_for_a_real_gpu(monkeypatch):
         for tx in (1, 32) if full else (32,):
             compile_ptx(K.edge_reduce(K.DOT_DST, K.EDGE, dt, tx, 128 // tx), (F, F, F, arg, idx, idx, F))
             for mode in (K.ROW, K.ARG, K.EDGE):
-                compile_ptx(K.edge_reduce(K.MUL_SCALAR, mode, dt, tx, 128 // tx), (F, F, F, arg, idx, idx, F))
+                for op in (K.MUL_SCALAR, K.ADD_SCALAR):
+                    compile_ptx(K.edge_reduce(op, mode, dt, tx, 128 // tx), (F, F, F, arg, idx, idx, F))
         for mode in (K.ROW, K.ARG, K.EDGE) if full else (K.ARG,):
             for op in codes + [K.DOT_DST] if full else [K.MUL_EDGE]:
                 compile_ptx(K.grad_src(op, mode, dt), (F, arg, F, F, idx, idx, idx, idx, i64, F))
             for op in (K.ADD_DST, K.SUB_DST, K.MUL_DST, K.DOT_DST) if full else (K.MUL_DST,):
                 compile_ptx(K.grad_dst(op, mode, dt), (F, arg, F, idx, idx, idx, i64, F))
-            for op in (K.COPY_EDGE, K.MUL_EDGE):
+            for op in (K.COPY_EDGE, K.MUL_EDGE, K.ADD_EDGE):
                 compile_ptx(K.grad_edge(op, mode, dt), (F, arg, F, idx, idx, F))
