@@ -1,4 +1,4 @@
-"""DGL's GCN epoch: the old command line of ``benchmarks/dgl_epoch.py --model gcn`` (kept for the docs' commands).
+"""DGL's GCN epoch: ``benchmarks/dgl_epoch.py --model gcn`` with the GCN worker's command line.
 
     benchmarks/.dgl-venv/bin/python benchmarks/dgl_gcn.py --graph g.npy --num-vertices 262144
 """

@@ -1,4 +1,4 @@
-"""GPU checks for a lent GPU machine: the CudaDevice tests, then a GCN epoch in memory and out of core.
+"""GPU checks on a CUDA machine: the CudaDevice tests, then a GCN epoch in memory and out of core.
 
 Run on a machine with an NVIDIA GPU and a CUDA build of torch (``pip install
 -e ".[test,cuda]"``), from the repository root::

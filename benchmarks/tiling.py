@@ -1,10 +1,11 @@
 """A/B: loop tiling off (tile 1, NeuGraph's column order) vs the planner's tile, out of core, in one process.
 
-One GIN layer (sum of 64-wide source rows, then a 64-64 MLP) on the
-issue-5 R-MAT graph, P fixed, on a CpuDevice with real copies whose budget
-is the working set plus room for ``--room`` extra destination columns: the
-planner may tile (hold several accumulators while V_i streams) or hold
-source intervals resident, whichever moves fewer bytes. Epochs alternate
+One GIN layer (sum of 64-wide source rows, then a 64-64 MLP) on the GCN
+benchmark's R-MAT graph (2^18 vertices, 8M edges), P fixed, on a CpuDevice
+with real copies whose budget is the working set plus room for ``--room``
+extra destination columns: the planner may tile (hold several accumulators
+while V_i streams) or hold source intervals resident, whichever moves fewer
+bytes. Epochs alternate
 (a, b, a, b, ...) so load from other processes hits both alike. Prints one
 JSON line per variant: seconds per epoch, bytes moved per forward pass (as
 the pass counted them), the plan's tile.

@@ -299,7 +299,7 @@ def test_api_raises_a_clear_exception(work, case_id, k, call, exc):
     assert _snapshot(work.parent) == before, "the failed call wrote something"
 
 
-def test_matrix_covers_the_issue_classes():
+def test_matrix_covers_every_class_of_bad_input():
     """At least 15 distinct classes of bad input, each through the CLI and (nearly all) the API."""
     classes = {c.id.removeprefix("verify-").removeprefix("train-") for c in CASES}
     assert len(classes) >= 15, sorted(classes)

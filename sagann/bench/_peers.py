@@ -52,7 +52,7 @@ class GraphSpec:
         return {"generator": "sagann.chunks.synthetic.rmat(self_loops=False) + one self loop per vertex", "num_vertices": self.num_vertices, "rmat_edges": self.num_edges, "edges_with_self_loops": self.num_edges + self.num_vertices, "seed": self.seed}
 
 
-# 2^18 vertices, 8M R-MAT edges + 2^18 self loops = 8,262,144 edges (the issues' graph).
+# 2^18 vertices, 8M R-MAT edges + 2^18 self loops = 8,262,144 edges (the GCN benchmark's graph).
 FULL_GRAPH = GraphSpec(1 << 18, 8_000_000)
 QUICK_GRAPH = GraphSpec(1 << 12, 64_000)
 

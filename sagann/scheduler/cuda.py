@@ -25,8 +25,8 @@ and handed to the profiler, mapped onto ``perf_counter`` seconds, at the end
 of each pass (:meth:`flush_spans`); loads are timed on the wall clock of the
 loader thread, which waits for each copy to finish.
 
-This module was written and unit-tested without a GPU (the tests that need
-one skip); ``benchmarks/gpu_check.py`` runs the GPU checks when one is lent.
+Its unit tests run where torch sees a CUDA GPU and skip elsewhere;
+``benchmarks/gpu_check.py`` runs them and times a GCN epoch on the GPU.
 """
 from __future__ import annotations
 

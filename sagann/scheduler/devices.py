@@ -336,7 +336,7 @@ class CpuDevice(Device):
     @property
     def overlaps_transfers(self) -> bool:
         # Only an emulated link's wait runs beside compute; copies and gathers take the
-        # host cores the kernels use (measured: docs/benchmarks.md, "prefetching on a CPU").
+        # host cores the kernels use (measured: docs/benchmarks.md, "Scheduling features").
         return self.link_bandwidth is not None
 
     def _throttle(self, t0: float, nbytes: int) -> None:

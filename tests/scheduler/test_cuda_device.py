@@ -1,7 +1,7 @@
 """CudaDevice: a clear refusal without a GPU; on a GPU, the same results as the CPU device under a budget.
 
-The GPU tests skip on machines without CUDA (a CPU build of torch); they run
-on a lent GPU through ``benchmarks/gpu_check.py``.
+The GPU tests skip on machines without CUDA (a CPU build of torch); on a GPU
+machine ``benchmarks/gpu_check.py`` runs them.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.engine.graphs import awkward_graph
 from tests.engine.layers import HookLayer
 from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close
 
-gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (runs through benchmarks/gpu_check.py when one is lent)")
+gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.py runs these on a GPU machine)")
 
 N, E, D = 300, 3000, 16
 
