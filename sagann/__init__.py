@@ -4,7 +4,7 @@ Write a layer as ApplyEdge / ApplyVertex with torch ops; sagann splits the
 graph into chunks that fit the device and streams them through it.
 """
 from sagann import fn, nn, profiler
-from sagann._version import __version__
+from sagann.version import __version__
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
 from sagann.engine.hoist import explain
 from sagann.profiler import profile

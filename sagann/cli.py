@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("directory", help="a directory written by --profile")
     prof.add_argument("--json", action="store_true")
     prof.set_defaults(run=_cmd_profile)
-    from sagann.bench._epoch import QUICK_REDDIT_SCALE, REDDIT_SCALE
+    from sagann.bench import QUICK_REDDIT_SCALE, REDDIT_SCALE
 
     bench = sub.add_parser("bench", help="measure sagann side by side with its peers on this machine")
     bench.add_argument("what", choices=BENCHES)

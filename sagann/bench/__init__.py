@@ -4,7 +4,10 @@ from __future__ import annotations
 import importlib
 import inspect
 
-__all__ = ["run_bench"]
+from sagann.bench._epoch import QUICK_REDDIT_SCALE, REDDIT_SCALE
+from sagann.bench._results import append_result
+
+__all__ = ["QUICK_REDDIT_SCALE", "REDDIT_SCALE", "append_result", "run_bench"]
 
 
 def run_bench(name: str, quick: bool = False, out: str | None = None, **options) -> dict:
@@ -26,7 +29,5 @@ def run_bench(name: str, quick: bool = False, out: str | None = None, **options)
         raise ValueError(f"sagann bench {name} does not take {flags}; leave it out (the gcn, gat and sage benches take it)")
     result = module.run(quick=quick, **options)
     if out is not None:
-        from sagann.bench._results import append_result
-
         append_result(out, name, result)
     return result

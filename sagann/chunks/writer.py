@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sagann._version import __version__
+from sagann.version import __version__
 from sagann.chunks._validate import (
     check_edge_data,
     check_features,

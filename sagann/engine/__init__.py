@@ -1,4 +1,4 @@
-"""SAGA-NN layers, the chunked dataflow with its autograd, and the model zoo."""
+"""SAGA-NN layers, the chunked SAGA passes with their autograd, and the model zoo."""
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.layer import EdgeBatch, Layer
 

@@ -130,6 +130,7 @@ def train_node_classifier(
     train_mask: torch.Tensor,
     val_mask: torch.Tensor,
     test_mask: torch.Tensor,
+    *,
     epochs: int = 30,
     lr: float = 0.01,
     weight_decay: float = 5e-4,

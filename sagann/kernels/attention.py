@@ -80,15 +80,15 @@ def attention_partials(
     with torch.no_grad():
         if backend == "cpu":
             from sagann.kernels import _cpu_attention as K
-            from sagann.kernels.cpu import _row_bounds, _threads_for
+            from sagann.kernels.cpu import row_bounds, threads_for
 
             m = torch.full((g.num_dst, heads), float("-inf"))
             l = torch.zeros(g.num_dst, heads)
             a = torch.zeros(g.num_dst, width)
             rmap = np.empty(0, np.int32) if src_rows is None else src_rows.to(torch.int32).numpy()
             ptr = g.dst_ptr.numpy()
-            with _threads_for(g, width):
-                K.partials(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, _row_bounds(ptr), heads, float(negative_slope), rmap, m.numpy(), l.numpy(), a.numpy())
+            with threads_for(g, width):
+                K.partials(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, row_bounds(ptr), heads, float(negative_slope), rmap, m.numpy(), l.numpy(), a.numpy())
             return m, l, a
         src = src_term if src_rows is None else src_term.index_select(0, src_rows.long())
         z, score = _scores(g, src, dst_term, width, negative_slope)
@@ -123,7 +123,7 @@ def attention_backward(
     if backend == "cpu":
         corr = (grad.detach().double() * out.detach().double()).view(-1, heads, d).sum(-1)  # grad . out per row and head
         from sagann.kernels import _cpu_attention as K
-        from sagann.kernels.cpu import _row_bounds, _threads_for
+        from sagann.kernels.cpu import row_bounds, threads_for
 
         sptr, dptr = g.src_ptr.numpy(), g.dst_ptr.numpy()
         if src_out is None:
@@ -132,10 +132,10 @@ def attention_backward(
             d_src, rows = src_out, src_rows.to(torch.int32).numpy()
         dpre = np.empty((g.nnz, heads), np.float32)
         d_dst = torch.zeros(g.num_dst, heads)
-        with _threads_for(g, width):
+        with threads_for(g, width):
             K.grad_src(_np(src_term), _np(dst_term), _np(grad), _np(corr), _np(m), _np(l),
-                       g.dst_idx.numpy(), sptr, g.src_perm.numpy(), _row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpre)
-            K.grad_dst(dpre, dptr, _row_bounds(dptr), d_dst.numpy())
+                       g.dst_idx.numpy(), sptr, g.src_perm.numpy(), row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpre)
+            K.grad_dst(dpre, dptr, row_bounds(dptr), d_dst.numpy())
         return (None if src_out is not None else d_src), d_dst
     with torch.enable_grad():
         s_leaf = src_term.detach().requires_grad_(True)

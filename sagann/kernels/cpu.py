@@ -47,7 +47,7 @@ def _idx(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().numpy()
 
 
-def _row_bounds(ptr: np.ndarray) -> np.ndarray:
+def row_bounds(ptr: np.ndarray) -> np.ndarray:
     rows = ptr.shape[0] - 1
     return K.balanced_bounds(ptr, max(1, min(rows, _BLOCKS_PER_THREAD * numba.get_num_threads())))
 
@@ -63,7 +63,7 @@ SERIAL_WORK = 1 << 18
 
 
 @contextmanager
-def _threads_for(g: ChunkTensors, width: int):
+def threads_for(g: ChunkTensors, width: int):
     """Run the kernels inside on one numba thread when the chunk is small (see SERIAL_WORK)."""
     n = numba.get_num_threads()
     if n == 1 or (g.nnz + g.num_dst + g.num_src) * max(width, 1) >= SERIAL_WORK:
@@ -99,7 +99,7 @@ def grads(call: GradCall, src_out=None, src_rows=None, source_major=False):
     ``source_major``: ``edge`` is ``edge[src_perm]`` and ``g.src_dst`` is
     set; only the src gradient (ops in :data:`SOURCE_MAJOR_CODES`).
     """
-    with _threads_for(call.g, call.grad.shape[1]):
+    with threads_for(call.g, call.grad.shape[1]):
         return _grads(call, src_out, src_rows, source_major)
 
 
@@ -126,9 +126,9 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
         else:
             out, rows = src_out.numpy(), _idx(src_rows)
         if source_major:  # destination rows and weights already in source-major order: no permutation
-            K.grad_src(code, mode, G, A, E, D, _idx(g.src_dst), src_ptr, np.empty(0, np.int32), _row_bounds(src_ptr), rows, out)
+            K.grad_src(code, mode, G, A, E, D, _idx(g.src_dst), src_ptr, np.empty(0, np.int32), row_bounds(src_ptr), rows, out)
         else:
-            K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), _row_bounds(src_ptr), rows, out)
+            K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), row_bounds(src_ptr), rows, out)
         d_src = torch.from_numpy(out) if src_out is None else None
     if needs_edge:
         out = np.zeros(E.shape, dtype)
@@ -136,7 +136,7 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
         d_edge = torch.from_numpy(out).reshape(edge.shape)
     if needs_dst:
         out = np.zeros(D.shape, dtype)
-        K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), _row_bounds(_idx(g.dst_ptr)), out)
+        K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), row_bounds(_idx(g.dst_ptr)), out)
         d_dst = torch.from_numpy(out)
     return d_src, d_edge, d_dst
 
@@ -150,7 +150,7 @@ def _save(ctx, g: ChunkTensors, code: int, src, edge, dst, *extra) -> None:
 class _GSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
-        with _threads_for(g, width):
+        with threads_for(g, width):
             result, arg = _GSpMM._kernel(KernelCall(g, code, width, src, edge, dst), reduce)
         ctx.reduce = reduce
         _save(ctx, g, code, src, edge, dst, arg)
@@ -165,7 +165,7 @@ class _GSpMM(torch.autograd.Function):
         # read the block in place: the kernel maps compact ids to block rows (src[src_rows[src_idx[e]]])
         rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
         dst_ptr = _idx(g.dst_ptr)
-        bounds = _row_bounds(dst_ptr)
+        bounds = row_bounds(dst_ptr)
         out = np.zeros((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
         if reduce in ("sum", "mean"):
             deg = _degree(g, S.dtype) if reduce == "mean" else np.empty(0, S.dtype)
@@ -196,7 +196,7 @@ class _GSDDMM(torch.autograd.Function):
     def forward(ctx, g: ChunkTensors, code: int, width: int, src, edge, dst):
         S, E, D = _operands(src, edge, dst)
         out = np.zeros((g.nnz, width), S.dtype)
-        with _threads_for(g, S.shape[1]):
+        with threads_for(g, S.shape[1]):
             K.sddmm(code, S, E, D, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
         _save(ctx, g, code, src, edge, dst)
         return torch.from_numpy(out)
@@ -212,7 +212,7 @@ class _GSDDMM(torch.autograd.Function):
 def _block_spmm(call: KernelCall, reduce: str, src_rows, into=None):
     """gSpMM without autograd (the front-end ensures none is needed): ``src`` rows
     ``src_rows[src_idx]`` read in place (if given), a sum added into ``into`` (if given)."""
-    with _threads_for(call.g, call.width):
+    with threads_for(call.g, call.width):
         return _GSpMM._kernel(call, reduce, src_rows, into)
 
 

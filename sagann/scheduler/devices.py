@@ -1,6 +1,7 @@
 """Devices: places that compute, each with a memory budget that every allocation is charged to."""
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from typing import Callable, Iterator
 import torch
 
 from sagann import profiler
+from sagann.kernels.graph import ChunkTensors
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.pool import BufferPool
@@ -116,8 +118,16 @@ class Scope:
         self._held = 0
 
 
-class Device:
-    """One place that computes. Subclasses say how host data gets there."""
+class Device(abc.ABC):
+    """One place that computes, with a memory budget every allocation is charged against.
+
+    A device must say how host rows get there (:meth:`copy_in`) and which
+    ``torch_device`` its tensors live on; everything else has a default that
+    a device overrides where it can do better (``gather_in`` for selective
+    transfers, ``copy_out``/``add_out`` for write-back, ``copy_from_peer``
+    for chain hops, ``synchronize``/``span`` for asynchronous work, and
+    ``kernel_backend`` for fused kernels).
+    """
 
     torch_device: torch.device
 
@@ -192,13 +202,12 @@ class Device:
         finally:
             s.close()
 
+    @abc.abstractmethod
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """A copy (or, where the device shares host memory, a view) of a host tensor on this device."""
 
     def chunk_tensors(self, chunk, source_major: bool = False):
         """A sub-chunk's index arrays on this device (a load: the loader thread calls it)."""
-        from sagann.kernels.graph import ChunkTensors
-
         return ChunkTensors.from_chunk(chunk, self.torch_device, source_major=source_major)
 
     def synchronize(self) -> None:

@@ -2,7 +2,7 @@
 
 A plan must fit the device budget before anything runs (the search over
 partitions and plans is ``sagann.scheduler.planner``). The working-set
-model below counts every buffer the dataflow (``sagann.engine.dataflow``)
+model below counts every buffer the SAGA passes (``sagann.engine.forward`` and ``backward``)
 allocates on the device, phase by phase, and takes the largest phase:
 
 * forward, per destination interval V_j (n_j rows): the input rows and
@@ -25,7 +25,7 @@ modelled by :func:`edge_scratch_bytes` (per-edge inputs gathered for a user
 ``apply_edge``, the messages and ``EDGE_SCRATCH`` message-sized temporaries;
 the reference max/min gather's index tensors) and :func:`vertex_scratch_bytes`
 (``VERTEX_SCRATCH`` row-sized temporaries of ApplyVertex and the hooks). The
-dataflow charges the ledger with these same functions and with the exact
+passes charge the ledger with these same functions and with the exact
 size of every tensor it creates, so the planner predicts the ledger's peak
 (held to it by a test) and a mis-estimate surfaces as a clear
 BudgetExceeded, never as a silent overrun.
@@ -135,7 +135,7 @@ class WorkingSet:
 
 
 def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
-    """Temporaries of one sub-chunk's edge stage that the dataflow cannot see (forward)."""
+    """Temporaries of one sub-chunk's edge stage that the passes cannot see (forward)."""
     if fused:  # fused attention keeps one score gradient per edge and head in backward; a builtin op its record's scratch
         columns = shape.d_score if shape.attention is not None else (shape.builtin.spec.scratch if shape.builtin is not None else 0)
         return nnz * FLOAT * columns
@@ -240,7 +240,7 @@ def _winner_row_bytes(shape: LayerShape) -> int:
 
 
 def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
-    """Device bytes of one sub-chunk in flight (selective transfer), as the dataflow charges them.
+    """Device bytes of one sub-chunk in flight (selective transfer), as the passes charge them.
 
     Forward: index arrays, source rows, edge rows, partial rows (+ winner
     positions and edge ids for max/min), scratch. Backward adds destination
@@ -346,7 +346,7 @@ def vertex_weight(shape: LayerShape, fused: bool) -> float:
 
 # Without a budget, a sub-chunk's per-edge tensors (messages, scores and their gradients of a
 # layer that is not fused) are kept to about this many bytes: past it, bigger sub-chunks only
-# cost memory (the helper bench measured GAT sub-chunks of 2^20 edges taking GBs).
+# cost memory (a GAT sub-chunk of 2^20 edges holds GBs of them).
 UNBUDGETED_SUB_CHUNK_BYTES = 256 << 20
 
 

@@ -3,7 +3,7 @@
 A ``CpuDevice(copy_transfers=True)`` emulates a discrete accelerator: every
 transfer is a real copy. Made with ``clone``, each copy of a large tensor is
 a fresh allocation, which glibc serves with a fresh ``mmap`` and the kernel
-with page faults on first touch: on the dev VM that made the copies of an
+with page faults on first touch: on a 2-core VM that made the copies of an
 out-of-core GCN epoch cost as much again as the bytes themselves (measured:
 docs/benchmarks.md). A GPU copies into memory its caching allocator keeps;
 this pool does the same for the CPU device. A buffer is free again when no

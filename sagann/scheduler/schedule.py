@@ -1,6 +1,6 @@
 """The schedule as data: what one layer pass loads, computes and evicts, in order.
 
-A :class:`PassPlan` is built before anything runs; the dataflow walks it
+A :class:`PassPlan` is built before anything runs; the executor walks it
 step by step. It prints as a grid, validates (every non-empty sub-chunk
 computed exactly once, a chunk's sub-chunks kept together so a full block
 is sent once), and dry-runs its device-memory peak, so a plan is checked
