@@ -93,6 +93,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
 
 
 def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, Saved]:
+    """The layer's output rows on the host, and what its backward needs."""
     shape, p, dev = call.shape, call.p, call.device
     edata = call.edges_in_partition_order(edata)
     src_term = hook_pass(call, "apply_src", x, shape.d_src_term) if shape.d_src_term else None
@@ -222,6 +223,7 @@ def _apply_vertex_forward(call: LayerCall, j: int, xj: torch.Tensor, acc: torch.
 
 
 def _host_buffers(call: LayerCall, n: int) -> "HostOutputs":
+    """Host tensors a one-device forward fills (the output is made at the first interval not taken whole)."""
     shape, host = call.shape, call.g.host
     acc_all = host.empty((n, shape.d_msg), what="aggregates saved for backward")
     win_all = host.empty((n, shape.d_msg), torch.long, "winner ids") if shape.winners else None
