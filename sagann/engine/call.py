@@ -30,7 +30,7 @@ from sagann.scheduler.executor import Executor, PassLog, Strategy
 from sagann.scheduler.planner import LayerShape, recompute_bytes
 from sagann.scheduler.schedule import FORWARD, PassPlan
 
-__all__ = ["CallSpec", "LayerCall", "Saved"]
+__all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved"]
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -46,6 +46,15 @@ class CallSpec:
     param_bytes: int
     seed: int  # one draw of the caller's RNG: user functions replay their randomness from it
     name: str
+
+
+@dataclass
+class CallFlags:
+    """What the autograd context asks of a call, set once per call and read by every device's passes."""
+
+    need_x: bool = True  # the input rows need a gradient
+    need_e: bool = True  # the edge data need a gradient
+    keep_graphs: bool = True  # keep forward graphs of user functions for backward (autograd is recording)
 
 
 @dataclass
@@ -68,11 +77,12 @@ class LayerCall:
         g: the graph, or one device's view of it (its device, budget and plans).
         partition: the partition the call runs on (a device's owned columns).
         strategy: how the executor gets V_i's blocks (default: from the host).
+        flags: the call's autograd flags, shared with the other devices of the call.
         rng_lock: held around seeded user-function calls when several devices
             compute in threads (``fork_rng`` acts on the one global generator).
     """
 
-    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, rng_lock: threading.RLock | None = None):
+    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None, rng_lock: threading.RLock | None = None):
         self.spec, self.g, self.p = spec, g, partition
         self.layer, self.shape, self.name = spec.layer, spec.shape, spec.name
         self.backend, self.fused, self.param_bytes = spec.backend, spec.fused, spec.param_bytes
@@ -83,8 +93,7 @@ class LayerCall:
         self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
         deg = torch.from_numpy(np.asarray(partition.in_degree, dtype=np.float32)).clamp(min=1)  # a copy: dataset arrays are read-only maps
         self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
-        self.need_x = self.need_e = True  # set from the autograd context before forward
-        self.keep_graphs = True
+        self.flags = flags or CallFlags()
         # several devices share the call: the hook terms every device reads, and the host outputs it writes into
         self.terms: dict[str, torch.Tensor] = {}
         self.buffers: tuple | None = None
@@ -118,6 +127,18 @@ class LayerCall:
         given[self._given_order] = np.arange(len(self._given_order), dtype=given.dtype)
         call._data_perm = torch.from_numpy(given[order].astype(np.int64))  # index_copy_ wants int64
         return call
+
+    @property
+    def need_x(self) -> bool:
+        return self.flags.need_x
+
+    @property
+    def need_e(self) -> bool:
+        return self.flags.need_e
+
+    @property
+    def keep_graphs(self) -> bool:
+        return self.flags.keep_graphs
 
     def edges_in_partition_order(self, edata: torch.Tensor | None) -> torch.Tensor | None:
         """Edge data (given in the first partition's order) in this partition's sub-chunk order."""

@@ -43,7 +43,7 @@ import torch
 
 from sagann.chunks.partition import GraphPartition
 from sagann.engine.backward import Grads, backward_edges, backward_hooks
-from sagann.engine.call import CallSpec, LayerCall, Saved
+from sagann.engine.call import CallFlags, CallSpec, LayerCall, Saved
 from sagann.engine.forward import HostOutputs, forward_pass, hook_pass
 from sagann.engine.graph import ChunkedGraph
 from sagann.scheduler.chains import ChainRelay, RelayAborted, assign_intervals
@@ -227,12 +227,12 @@ class MultiDeviceCall:
         g.calls_made += 1
         self.call_no = g.calls_made
         self.shares = [SharedPass(g.link, g.step_log, self.call_no) for _ in self.devices]
+        self.flags = CallFlags()  # one set for every device's call
         self.calls = [
-            LayerCall(spec, view, part, strategy=share, rng_lock=_RNG_LOCK)
+            LayerCall(spec, view, part, strategy=share, flags=self.flags, rng_lock=_RNG_LOCK)
             for view, part, share in zip(self.layout.views, self.layout.partitions, self.shares)
         ]
         self.params = self.calls[0].params
-        self.need_x = self.need_e = self.keep_graphs = True
 
     def _relays(self, phase: str) -> list[ChainRelay]:
         relays = []
@@ -270,7 +270,6 @@ class MultiDeviceCall:
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
         shape, n = self.shape, self.g.num_vertices
         for c in self.calls:
-            c.need_x, c.need_e, c.keep_graphs = self.need_x, self.need_e, self.keep_graphs
             c.terms = {}
         hooks = [(h, w) for h, w in (("apply_src", shape.d_src_term), ("apply_dst", shape.d_dst_term)) if w]
         terms: dict[str, torch.Tensor] = {}
@@ -363,8 +362,7 @@ class DistributedCall:
         g.calls_made += 1
         share = SharedPass(g.link, g.step_log, g.calls_made)
         self.call = LayerCall(spec, view, _owned_partition(partition, owned[self.rank]), strategy=share, rng_lock=_RNG_LOCK)
-        self.params = self.call.params
-        self.need_x = self.need_e = self.keep_graphs = True
+        self.params, self.flags = self.call.params, self.call.flags
 
     def _all_gather_rows(self, t: torch.Tensor) -> None:
         """Fill every rank's rows of ``t`` [N, d] from that rank (in place)."""
@@ -387,7 +385,7 @@ class DistributedCall:
 
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
         shape, n, c = self.shape, self.g.num_vertices, self.call
-        c.need_x, c.need_e, c.keep_graphs, c.terms = self.need_x, self.need_e, self.keep_graphs, {}
+        c.terms = {}
         terms = {}
         for hook, width in (("apply_src", shape.d_src_term), ("apply_dst", shape.d_dst_term)):
             if width:

@@ -16,7 +16,7 @@ from torch import nn
 
 from sagann.chunks.partition import GraphPartition
 from sagann.engine.backward import backward_pass
-from sagann.engine.call import CallSpec, LayerCall
+from sagann.engine.call import CallFlags, CallSpec, LayerCall
 from sagann.engine.forward import forward_pass
 from sagann.engine.graph import ChunkedGraph, check_features
 from sagann.engine.multi import make_multi_call
@@ -61,7 +61,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
     run = make_multi_call(spec, g, partition) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
-    run.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
+    run.flags.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous())
     return _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
 
@@ -107,13 +107,10 @@ class OneDeviceRun:
     """A layer call on one device: its passes, re-planned on a finer partition where they run out of memory."""
 
     def __init__(self, call: LayerCall):
-        self.call, self.name = call, call.name
-        self.need_x = self.need_e = self.keep_graphs = True
+        self.call, self.name, self.flags = call, call.name, call.flags
 
     def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
-        c = self.call
-        c.need_x, c.need_e, c.keep_graphs = self.need_x, self.need_e, self.keep_graphs
-        self.call, result = run_with_replans(c, FORWARD, lambda c: forward_pass(c, x, edata))
+        self.call, result = run_with_replans(self.call, FORWARD, lambda c: forward_pass(c, x, edata))
         return result
 
     def backward(self, x, edata, saved, grad_out, need: tuple[bool, bool]):
@@ -125,8 +122,9 @@ class _SagaFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, x, edge_data, *params):
         versions = [t._version for t in (x, edge_data) if t is not None]
-        run.need_x, run.need_e = bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])
-        run.keep_graphs = run.keep_graphs and any(ctx.needs_input_grad)
+        flags = run.flags
+        flags.need_x, flags.need_e = bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])
+        flags.keep_graphs = flags.keep_graphs and any(ctx.needs_input_grad)
         out, saved = run.forward(x, edge_data)
         if versions != [t._version for t in (x, edge_data) if t is not None]:
             raise RuntimeError(

@@ -163,6 +163,7 @@ class _Fields:
     host: dict
     grad: dict
     names: tuple[str, ...]
+    src_names: tuple[str, ...]  # the preloaded fields a block of V_i carries
 
 
 class Strategy:
@@ -248,8 +249,8 @@ class Executor:
         ``host``: the host tensors by field; ``grad``: the fields that become
         autograd leaves; ``names``: the fields each sub-chunk preloads.
         """
-        fields = _Fields(plan.phase, host, grad, names)
-        self.strategy.begin(self, plan, host, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
+        fields = _Fields(plan.phase, host, grad, names, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
+        self.strategy.begin(self, plan, host, fields.src_names)
         try:
             inner = iter(Prefetcher(self._jobs(plan, fields), plan.prefetch, release=ChunkInputs.close))
         except BaseException:
@@ -279,7 +280,7 @@ class Executor:
         c = step.subs[k]
         block_bytes = 0
         if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:
-            holder["block"], block_bytes = self._block_for(step, fields)
+            holder["block"], block_bytes = self.strategy.block(self, step, fields.host, fields.src_names)
         block = holder["block"].acquire() if "block" in holder else None
         try:
             inputs = ChunkInputs(self, c, fields, block, block_in_place=fields.phase == FORWARD and self.fused)
@@ -300,10 +301,6 @@ class Executor:
         if profiler.enabled():
             profiler.record_interval("h2d", self.device.name, "loader", t0, t1, chunk=c.id, nbytes=inputs.loaded_bytes, layer=self.name, phase=fields.phase)
         return inputs
-
-    def _block_for(self, step: ChunkStep, fields: _Fields) -> tuple[Block, int]:
-        names = tuple(f for f in fields.names if f in SRC_FIELDS and fields.host.get(f) is not None)
-        return self.strategy.block(self, step, fields.host, names)
 
     def host_block(self, step: ChunkStep, host: dict, names: tuple[str, ...]) -> tuple[Block, int]:
         """V_i's source rows for a non-selective step, sent from the host as one block, and the bytes sent.
