@@ -12,8 +12,10 @@ nothing of size ``[edges, heads * d]`` is ever made.
 
 ``backend="reference"`` is the oracle (torch ops and autograd, it does build
 the per-edge tensors); ``"cpu"`` runs the numba kernels of
-``_cpu_attention``; ``"cuda"`` runs the reference's torch ops on the GPU
-(no dedicated CUDA kernel yet).
+``_cpu_attention``; ``"cuda"`` the numba.cuda kernels of
+``_cuda_attention`` (through :mod:`sagann.kernels.cuda`; under numba's CUDA
+simulator on CPU tensors). The fused backends make no ``[edges, heads * d]``
+tensor, only ``[edges, heads]`` scratch in backward.
 
 Shapes:
     src_term ``[rows, heads * d + heads]`` (``[z | s]``), dst_term
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sagann.kernels.backend import count_call
 from sagann.kernels.graph import ChunkTensors
 
 __all__ = ["attention_partials", "attention_backward"]
@@ -76,6 +79,7 @@ def attention_partials(
     ``a = 0``. No autograd (the engine's backward is :func:`attention_backward`).
     """
     width = _check("attention_partials", g, src_term, dst_term, heads, src_rows, backend)
+    count_call(backend)
     d = width // heads
     with torch.no_grad():
         if backend == "cpu":
@@ -90,6 +94,10 @@ def attention_partials(
             with threads_for(g, width):
                 K.partials(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, row_bounds(ptr), heads, float(negative_slope), rmap, m.numpy(), l.numpy(), a.numpy())
             return m, l, a
+        if backend == "cuda":
+            from sagann.kernels import cuda
+
+            return cuda.attention_partials(g, src_term, dst_term, heads, negative_slope, src_rows)
         src = src_term if src_rows is None else src_term.index_select(0, src_rows.long())
         z, score = _scores(g, src, dst_term, width, negative_slope)
         d_idx = g.dst_idx.long()
@@ -114,6 +122,7 @@ def attention_backward(
     returned for it; ``src_term`` has one row per source of the chunk.
     """
     width = _check("attention_backward", g, src_term, dst_term, heads, None, backend)
+    count_call(backend)
     for name, t, shape in (("grad", grad, (g.num_dst, width)), ("out", out, (g.num_dst, width)), ("m", m, (g.num_dst, heads)), ("l", l, (g.num_dst, heads))):
         if tuple(t.shape) != shape:
             raise ValueError(f"attention_backward: {name} must be {list(shape)}, got {list(t.shape)}")
@@ -137,6 +146,11 @@ def attention_backward(
                        g.dst_idx.numpy(), sptr, g.src_perm.numpy(), row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpre)
             K.grad_dst(dpre, dptr, row_bounds(dptr), d_dst.numpy())
         return (None if src_out is not None else d_src), d_dst
+    if backend == "cuda":
+        from sagann.kernels import cuda
+
+        with torch.no_grad():
+            return cuda.attention_backward(g, grad, out, m, l, src_term, dst_term, heads, negative_slope=negative_slope, src_out=src_out, src_rows=src_rows)
     with torch.enable_grad():
         s_leaf = src_term.detach().requires_grad_(True)
         t_leaf = dst_term.detach().requires_grad_(True)

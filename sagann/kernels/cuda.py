@@ -15,6 +15,10 @@ tensors through ``__cuda_array_interface__``. Under numba's CUDA simulator
 tensors instead, and every launch runs in Python, one thread at a time:
 keep graphs tiny there. Float32 and float64 are computed natively, other
 floating dtypes in float32. Double backward is not supported.
+
+The fused GAT attention (:func:`attention_partials`,
+:func:`attention_backward`, called through :mod:`sagann.kernels.attention`)
+runs the kernels of :mod:`sagann.kernels._cuda_attention`.
 """
 from __future__ import annotations
 
@@ -27,11 +31,12 @@ from numba import cuda
 from numba.core import config as _numba_config
 from torch.autograd.function import once_differentiable
 
+from sagann.kernels import _cuda_attention as KA
 from sagann.kernels import _cuda_kernels as K
 from sagann.kernels._common import SCALAR_CODES, Frontend, GradCall, Placement, validate
 from sagann.kernels.graph import ChunkTensors
 
-__all__ = ["gspmm", "gsddmm", "SIMULATOR"]
+__all__ = ["gspmm", "gsddmm", "attention_partials", "attention_backward", "SIMULATOR"]
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 """True when numba runs CUDA kernels in its Python simulator (inputs are then CPU tensors)."""
@@ -280,3 +285,55 @@ _FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads)
 gspmm = _FRONTEND.gspmm
 gsddmm = _FRONTEND.gsddmm
 gspmm_sum_backward = _FRONTEND.gspmm_sum_backward
+
+
+# ---------------------------------------------------------------- fused attention (see _cuda_attention)
+
+
+def _attention_rows(t: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """An int32 row map (``src_rows``) on ``device``; empty for none."""
+    if t is None:
+        return torch.empty(0, dtype=torch.int32, device=device)
+    return t.to(device=device, dtype=torch.int32)
+
+
+def attention_partials(g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, negative_slope: float, src_rows: torch.Tensor | None = None):
+    """``(m, l, a)`` of the sub-chunk on the chunk's device: the arguments of :func:`sagann.kernels.attention.attention_partials`."""
+    _require_device()
+    device = g.device
+    width = src_term.shape[1] - heads
+    m = torch.full((g.num_dst, heads), float("-inf"), device=device)
+    l = torch.zeros(g.num_dst, heads, device=device)
+    a = torch.zeros(g.num_dst, width, device=device)
+    rmap = _attention_rows(src_rows, device)
+    args = (src_term, dst_term, g.src_idx, g.dst_ptr, heads, np.float32(negative_slope), rmap, m, l, a)
+    _launch(KA.partials, g.num_dst, width, device, *args)
+    return m, l, a
+
+
+def attention_backward(
+    g: ChunkTensors, grad: torch.Tensor, out: torch.Tensor, m: torch.Tensor, l: torch.Tensor,
+    src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, *, negative_slope: float,
+    src_out: torch.Tensor | None = None, src_rows: torch.Tensor | None = None,
+):
+    """``(d_src_term or None, d_dst_term)``: the arguments and results of :func:`sagann.kernels.attention.attention_backward`.
+
+    Per-edge scratch is ``[nnz, heads]`` (weights and score gradients), never ``[nnz, heads * d]``.
+    """
+    _require_device()
+    device = g.device
+    width = grad.shape[1]
+    d = width // heads
+    corr = (grad.detach().double() * out.detach().double()).view(-1, heads, d).sum(-1)  # grad . out per row and head
+    p = torch.empty(g.nnz, heads, device=device)
+    dpre = torch.empty(g.nnz, heads, device=device)
+    args = (src_term, dst_term, grad, corr, m, l, g.src_idx, g.dst_idx, float(negative_slope), p, dpre)
+    _launch(KA.edge_terms, g.nnz, heads, device, *args)
+    if src_out is None:
+        d_src, rows = torch.zeros(g.num_src, width + heads, device=device), _attention_rows(None, device)
+    else:
+        d_src, rows = src_out, _attention_rows(src_rows, device)
+    _launch(KA.grad_src, g.num_src, width + heads, device, grad, p, dpre, g.dst_idx, g.src_ptr, g.src_perm, rows, d_src)
+    d_dst = torch.zeros(g.num_dst, heads, device=device)
+    _launch(KA.grad_dst, g.num_dst, heads, device, dpre, g.dst_ptr, d_dst)
+    return (None if src_out is not None else d_src), d_dst

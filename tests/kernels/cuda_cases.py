@@ -28,6 +28,7 @@ from numba import cuda
 from sagann import kernels
 from sagann.kernels import MESSAGE_OPS, REDUCERS, ChunkTensors, op_spec
 from sagann.kernels import cuda as backend
+from sagann.kernels.attention import attention_backward, attention_partials
 
 if not (backend.SIMULATOR or cuda.is_available()):
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
@@ -375,3 +376,103 @@ def test_direct_sum_backward_matches_autograd(case, into_buffer):
             assert value is None or not value.any(), f"{op}: unexpected grad of {name}"
         else:
             torch.testing.assert_close(value.cpu(), want, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad of {name}: {m}")
+
+
+# ---------------------------------------------------------------- fused attention
+
+
+@st.composite
+def attention_cases(draw):
+    """A chunk with empty rows, isolated sources, self loops and multi-edges; heads, width, slope, a block map."""
+    num_dst = draw(st.integers(1, 7))
+    num_src = draw(st.integers(1, 7))
+    m = draw(st.integers(0, 18))
+    src = draw(st.lists(st.integers(0, num_src - 1), min_size=m, max_size=m))
+    dst = draw(st.lists(st.integers(0, num_dst - 1), min_size=m, max_size=m))
+    dup = draw(st.lists(st.integers(0, max(m - 1, 0)), max_size=3)) if m else []
+    src, dst = src + [src[i] for i in dup], dst + [dst[i] for i in dup]
+    loops = draw(st.lists(st.integers(0, min(num_src, num_dst) - 1), max_size=2))
+    g = _graph(src + loops, dst + loops, num_src, num_dst)
+    heads = draw(st.sampled_from([1, 2, 3]))
+    d = draw(st.sampled_from([1, 2, 5]))
+    slope = draw(st.sampled_from([0.0, 0.2, 1.0]))
+    return g, heads, d, slope, draw(st.integers(0, 2**16)), draw(st.booleans())
+
+
+def _attention_terms(g, heads, d, seed):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randn(g.num_src, heads * d + heads, generator=gen)
+    src[:, heads * d :] *= 3.0  # scores of varied sizes: the max matters
+    return src, torch.randn(g.num_dst, heads, generator=gen) * 3.0
+
+
+def _attention_close(a, b, what, floor: float = 0.0):
+    scale = max(float(b.abs().max()) if b.numel() else 0.0, floor)
+    torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=max(1e-6, 1e-5 * scale), msg=lambda m: f"{what}: {m}")
+
+
+def _check_attention(g, heads, d, slope, seed, block):
+    """Forward partials and backward (both ways of returning the source gradient) against the reference."""
+    src, dst = _attention_terms(g, heads, d, seed)
+    rows = None
+    if block:  # the sources as rows of a bigger block, read in place
+        rows = torch.randperm(g.num_src + 3, generator=torch.Generator().manual_seed(seed))[: g.num_src]
+        big = torch.randn(g.num_src + 3, src.shape[1])
+        big[rows] = src
+        fwd_src = big
+    else:
+        fwd_src = src
+    want = attention_partials(g, fwd_src, dst, heads, slope, src_rows=rows, backend="reference")
+    gd = _on(g, DEVICE)
+    dev_rows = None if rows is None else rows.to(DEVICE)
+    got = attention_partials(gd, fwd_src.to(DEVICE), dst.to(DEVICE), heads, slope, src_rows=dev_rows, backend="cuda")
+    for name, a, b in zip("mla", got, want):
+        assert a.device.type == DEVICE
+        empty = torch.isinf(b)
+        assert torch.equal(empty, torch.isinf(a.cpu())), f"{name}: rows without edges"
+        _attention_close(a.cpu().masked_fill(empty, 0), b.masked_fill(empty, 0), f"partials {name}")
+    m, l, a = want
+    out = (a.view(-1, heads, d) / l.clamp(min=1e-30).unsqueeze(-1)).view(a.shape)
+    m = m.masked_fill(torch.isinf(m), 0.0)
+    grad = torch.randn(g.num_dst, heads * d, generator=torch.Generator().manual_seed(seed + 1))
+    ref_src, ref_dst = attention_backward(g, grad, out, m, l, src, dst, heads, negative_slope=slope, backend="reference")
+    on = lambda t: t.to(DEVICE)  # noqa: E731
+    got_src, got_dst = attention_backward(gd, on(grad), on(out), on(m), on(l), on(src), on(dst), heads, negative_slope=slope, backend="cuda")
+    floor = float(ref_src.abs().max()) if ref_src.numel() else 0.0
+    _attention_close(got_src, ref_src, "d_src_term")
+    _attention_close(got_dst, ref_dst, "d_dst_term", floor=floor)  # a row's score gradients sum to ~0
+    into_rows = torch.randperm(g.num_src + 2, generator=torch.Generator().manual_seed(seed + 3))[: g.num_src]
+    buffer = torch.randn(g.num_src + 2, heads * d + heads, generator=torch.Generator().manual_seed(seed + 2))
+    expected = buffer.clone()
+    expected[into_rows] += ref_src
+    buffer = buffer.to(DEVICE)
+    none, got_dst = attention_backward(
+        gd, on(grad), on(out), on(m), on(l), on(src), on(dst), heads, negative_slope=slope, backend="cuda",
+        src_out=buffer, src_rows=into_rows.to(DEVICE),
+    )
+    assert none is None
+    _attention_close(buffer, expected, "src_out", floor=floor)
+    _attention_close(got_dst, ref_dst, "d_dst_term (src_out)", floor=floor)
+
+
+def test_attention_fixed_graph(fixed_graph):
+    """Empty rows, an isolated vertex, self loops, multi-edges and a heavy row; several heads, with and without a block map."""
+    for heads, d, block in ((1, 3, False), (2, 2, True), (3, 1, False)):
+        _check_attention(fixed_graph, heads, d, 0.2, seed=heads, block=block)
+
+
+def test_attention_feature_tiles(fixed_graph, monkeypatch):
+    """Two lanes per item: columns of one head span two tiles, and the head's first lane sits in either."""
+    monkeypatch.setattr(backend, "_WARP", 2)
+    _check_attention(fixed_graph, 2, 3, 0.2, seed=5, block=True)
+
+
+def test_attention_no_edges():
+    g = _graph([], [], 3, 4)
+    _check_attention(g, 2, 2, 0.2, seed=1, block=False)
+
+
+@given(case=attention_cases())
+@settings(max_examples=12, deadline=None)
+def test_attention_matches_reference_on_random_chunks(case):
+    _check_attention(*case)

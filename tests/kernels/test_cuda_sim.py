@@ -14,6 +14,7 @@ simulator, on CUDA tensors.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -144,3 +145,32 @@ def test_every_kernel_compiles_for_a_real_gpu(monkeypatch):
                 compile_ptx(K.grad_dst(op, mode, dt), (F, arg, F, idx, idx, idx, i64, F))
             for op in (K.COPY_EDGE, K.MUL_EDGE, K.ADD_EDGE):
                 compile_ptx(K.grad_edge(op, mode, dt), (F, arg, F, idx, idx, F))
+
+
+@pytest.mark.slow
+def test_attention_kernels_compile_for_a_real_gpu(monkeypatch):
+    """The fused attention kernels type and compile to sm_90 PTX with the argument types the launcher passes."""
+    compile_ptx = _ptx_compiler()
+    if compile_ptx is None:
+        pytest.skip("numba cannot compile PTX here (no libNVVM); install numba-cuda[cu12]")
+    if not cuda.is_available():
+        import numba.cuda.dispatcher as dispatcher
+
+        fake = types.SimpleNamespace(compute_capability=(9, 0))
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: fake, raising=False)
+    from sagann.kernels import _cuda_attention as KA
+
+    def arr(dtype, ndim):
+        return numba.typeof(np.empty((0,) * ndim, dtype))
+
+    F, F64, idx = arr(np.float32, 2), arr(np.float64, 2), arr(np.int32, 1)
+    ptx = {
+        "partials": compile_ptx(KA.partials, (F, F, idx, idx, numba.int64, numba.float32, idx, F, F, F)),
+        "edge_terms": compile_ptx(KA.edge_terms, (F, F, F, F64, F, F, idx, idx, numba.float64, F, F)),
+        "grad_src": compile_ptx(KA.grad_src, (F, F, F, idx, idx, idx, idx, F)),
+        "grad_dst": compile_ptx(KA.grad_dst, (F, idx, F)),
+    }
+    # forward runs in float32: its exp is the single-precision one, and no double arithmetic is issued
+    forward = ptx["partials"][0]
+    assert "ex2.approx" in forward and re.search(r"\bex2\S*\.f32", forward)
+    assert not re.search(r"\b(add|sub|mul|fma|div|ex2)\S*\.f64\b", forward), "the forward kernel computes in float64"
