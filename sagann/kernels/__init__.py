@@ -11,7 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from sagann.kernels.backend import KernelBackend, available_backends, backend_names, get_backend, register_backend
+from sagann.kernels.backend import (
+    CALL_COUNTER,
+    BackendFallbackWarning,
+    KernelBackend,
+    available_backends,
+    backend_names,
+    count_call,
+    get_backend,
+    gpu_fallback_reason,
+    gpu_kernel_backend,
+    register_backend,
+)
 from sagann.kernels.graph import ChunkTensors
 from sagann.kernels.ops import MESSAGE_OPS, OPS, MessageOp, op_spec
 from sagann.kernels.reference import REDUCERS
@@ -32,6 +43,11 @@ __all__ = [
     "get_backend",
     "available_backends",
     "backend_names",
+    "BackendFallbackWarning",
+    "gpu_kernel_backend",
+    "gpu_fallback_reason",
+    "count_call",
+    "CALL_COUNTER",
 ]
 
 
@@ -69,6 +85,7 @@ def gspmm(
     With ``out`` (sum only, no autograd) the sum is added into that
     ``[num_dst, d]`` tensor, which is returned: an accumulator over sub-chunks.
     """
+    count_call(backend)
     return get_backend(backend).gspmm(g, op, reduce, src, edge, dst, src_rows=src_rows, out=out)
 
 
@@ -81,6 +98,7 @@ def gsddmm(
     backend: str = "reference",
 ) -> torch.Tensor:
     """Per-edge ApplyEdge of a builtin op, ``[nnz, d]`` in CSC order, autograd-aware."""
+    count_call(backend)
     return get_backend(backend).gsddmm(g, op, src=src, edge=edge, dst=dst)
 
 
@@ -106,6 +124,7 @@ def gspmm_sum_backward(
     (no edge gradient then); with ``g.src_dst`` the CPU backend reads every
     per-edge array in sequence.
     """
+    count_call(backend)
     return get_backend(backend).gspmm_sum_backward(
         g, op, grad, src, edge, dst, needs=needs, src_out=src_out, src_rows=src_rows, edge_order=edge_order
     )

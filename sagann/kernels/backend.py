@@ -7,19 +7,34 @@ registering one costs nothing: ``register_backend("mine", loader)`` and
 (numba.cuda or its simulator) are registered here. Devices name their
 backend (``Device.kernel_backend``); attention (``kernels.attention``) has
 its own per-backend entry points.
+
+A GPU device runs ``"cuda"`` where numba can drive the GPU, and otherwise
+torch's ops (``"reference"``): :func:`gpu_kernel_backend` decides, and says
+so with a :class:`BackendFallbackWarning` naming the cause and the fix, so
+that a slow run is never a silent one. Each kernel call also adds to the
+profiler's ``kernel_calls.<backend>`` counter (:func:`count_call`), so a
+profile shows which backend ran.
 """
 from __future__ import annotations
 
 import importlib
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
+from sagann import profiler
 from sagann.kernels.graph import ChunkTensors
 
-__all__ = ["KernelBackend", "register_backend", "get_backend", "available_backends", "backend_names"]
+__all__ = [
+    "KernelBackend", "register_backend", "get_backend", "available_backends", "backend_names",
+    "BackendFallbackWarning", "gpu_kernel_backend", "gpu_fallback_reason", "count_call", "CALL_COUNTER",
+]
+
+CALL_COUNTER = "kernel_calls."
+"""Prefix of the profiler counters that count kernel calls per backend (``kernel_calls.cuda``)."""
 
 
 @runtime_checkable
@@ -107,6 +122,61 @@ class _Names(Sequence):
 def backend_names(*extra: str) -> Sequence[str]:
     """``extra`` then the registered backend names, read at each use (so later registrations count)."""
     return _Names(tuple(extra))
+
+
+class BackendFallbackWarning(RuntimeWarning):
+    """A GPU device runs torch's ops (``reference``) because the fused ``cuda`` kernels cannot run here."""
+
+
+_GPU_BACKEND: tuple[str, str | None] | None = None  # (backend, why not cuda), decided once per process
+
+
+def _gpu_backend_status() -> tuple[str, str | None]:
+    from numba.core import config
+
+    if config.ENABLE_CUDASIM:
+        return "reference", "NUMBA_ENABLE_CUDASIM is set (the simulator runs on CPU tensors, not on the GPU); unset it"
+    try:
+        from numba import cuda
+    except ImportError as exc:
+        return "reference", f"numba's CUDA target cannot be imported ({exc}); pip install 'sagann[cuda]' (numba-cuda)"
+    try:
+        if not cuda.is_available():
+            return "reference", "numba sees no CUDA driver or GPU (numba.cuda.is_available() is False); pip install 'sagann[cuda]' (numba-cuda with its CUDA libraries)"
+        get_backend("cuda")
+    except Exception as exc:  # noqa: BLE001 - any failure to load means the same fallback, reported with its cause
+        return "reference", f"the cuda kernel backend failed to load ({type(exc).__name__}: {exc}); pip install 'sagann[cuda]'"
+    return "cuda", None
+
+
+def gpu_kernel_backend(warn: bool = True) -> str:
+    """``"cuda"`` where numba can run the fused kernels on a GPU, else ``"reference"`` (torch's ops).
+
+    Decided once per process. The fallback is never silent: with ``warn``
+    it raises a :class:`BackendFallbackWarning` (shown once, by the warnings
+    filter) naming the cause and the fix; :func:`gpu_fallback_reason` gives
+    the same text.
+    """
+    global _GPU_BACKEND
+    with _LOCK:
+        if _GPU_BACKEND is None:
+            _GPU_BACKEND = _gpu_backend_status()
+        name, why = _GPU_BACKEND
+    if why is not None and warn:
+        warnings.warn(f"sagann: GPU kernels run torch's ops (backend 'reference'), not the fused 'cuda' kernels: {why}", BackendFallbackWarning, stacklevel=2)
+    return name
+
+
+def gpu_fallback_reason() -> str | None:
+    """Why a GPU device runs ``reference`` instead of ``cuda`` (None: it runs ``cuda``)."""
+    gpu_kernel_backend(warn=False)
+    return _GPU_BACKEND[1]
+
+
+def count_call(backend: str) -> None:
+    """Count one kernel call of ``backend`` in the active profile (``kernel_calls.<backend>``); nothing when off."""
+    if profiler.enabled():
+        profiler.count(CALL_COUNTER + backend, 1)
 
 
 def _module(path: str) -> Callable[[], KernelBackend]:

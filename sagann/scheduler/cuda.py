@@ -37,7 +37,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sagann import profiler
+from sagann import kernels, profiler
 from sagann.scheduler.devices import Device
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
@@ -107,7 +107,7 @@ class _EventSpans:
         rec = profiler.active_recorder()
         nvtx = getattr(rec, "_nvtx_module", None)  # Nsight shows the same names
         if nvtx is not None:
-            nvtx.range_push(f"{kind} {layer or ''} {phase} {chunk}")
+            nvtx.range_push(profiler.nvtx_name(kind, chunk))
         start.record(stream)
         try:
             yield
@@ -178,17 +178,8 @@ class CudaDevice(Device):
 
     @property
     def kernel_backend(self) -> str:
-        """The numba.cuda kernels where numba can drive this GPU, else torch's ops (``reference``)."""
-        try:
-            from numba import cuda
-
-            if cuda.is_available():
-                import sagann.kernels.cuda  # noqa: F401
-
-                return "cuda"
-        except Exception:  # noqa: BLE001 - no numba-cuda or no driver for it: torch's ops work anyway
-            pass
-        return "reference"
+        """The numba.cuda kernels where numba can drive this GPU, else torch's ops, with a warning saying why."""
+        return kernels.gpu_kernel_backend()
 
     @property
     def _compute_stream(self) -> torch.cuda.Stream:

@@ -104,3 +104,34 @@ def test_real_nvtx_ranges_run_on_a_gpu():
         with span("kernel", "cuda0", "compute", chunk=(0, 0, 0)):
             torch.ones(4, device="cuda").sum().item()
     assert len(prof) == 1
+
+
+def test_every_nvtx_range_in_the_package_is_named_like_its_span():
+    """Nsight and the profiler show one name per span: every ``range_push`` in sagann takes ``nvtx_name(kind, chunk)``.
+
+    (The GPU's event-timed compute spans push their own ranges; a hand-made
+    name there would differ from the profiler's, as one once did.)
+    """
+    import ast
+    from pathlib import Path
+
+    import sagann
+
+    pushes = []
+    for path in Path(sagann.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "range_push":
+                pushes.append((path.name, node))
+    assert len(pushes) >= 2, "the profiler's and the CUDA device's ranges"
+    for name, call in pushes:
+        arg = call.args[0] if call.args else None
+        called = arg.func if isinstance(arg, ast.Call) else None
+        fn = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", None)
+        assert fn == "nvtx_name", f"{name}:{call.lineno}: range_push must be given nvtx_name(kind, chunk), got {ast.unparse(arg) if arg else None}"
+
+
+def test_nvtx_name_is_public_and_shared():
+    from sagann import profiler
+
+    assert profiler.nvtx_name is recorder.nvtx_name
+    assert profiler.nvtx_name("scatter", (1, 2, 0)) == "scatter 1,2,0" and profiler.nvtx_name("kernel", None) == "kernel"
