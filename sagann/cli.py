@@ -69,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
-        memory_budget=args.memory_budget, host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
+        memory_budget=args.memory_budget or ("64MB" if args.device == "cpu" else None), host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
         checkpoint=args.checkpoint, profile=args.profile,
     )
     say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=int, default=64)
     train.add_argument("--lr", type=float, default=0.01)
     train.add_argument("--device", default="cpu", help="cpu (a virtual device under --memory-budget) or cuda (the first GPU; --memory-budget defaults to 85%% of its free memory)")
-    train.add_argument("--memory-budget", default="64MB", help="device memory budget, e.g. 64MB, 1GiB (default 64MB)")
+    train.add_argument("--memory-budget", default=None, help="device memory budget, e.g. 64MB, 1GiB (default 64MB on cpu, 85%% of the GPU's free memory on cuda)")
     train.add_argument("--host-memory", default=None, help="host RAM budget for features, layer outputs, gradients and saved activations, e.g. 2GB; "
                        "past it they live in memory-mapped spill files (the disk tier). Default: unlimited")
     train.add_argument("--spill-dir", default=None, help="directory for spill files (default: a temporary directory); put it on a fast local disk")
