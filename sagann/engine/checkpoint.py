@@ -3,7 +3,7 @@
 A checkpoint is one ``torch.save`` file holding plain containers and tensors
 only (so ``torch.load(..., weights_only=True)`` reads it): the model and
 optimizer state, the number of finished epochs, the loss history, every RNG
-state the training draws from, a fingerprint of the run, and a sha256 over
+state the training draws from (the GPUs' too, where CUDA is in use), a fingerprint of the run, and a sha256 over
 all of that.
 
 Invariant: the file at :attr:`Checkpointer.path` is always a complete
@@ -43,19 +43,36 @@ class CheckpointError(ValueError):
 
 # ------------------------------------------------------------------ RNG state
 def rng_state() -> dict:
-    """Torch's CPU generator, numpy's global generator and Python's ``random``, as tensors and plain values."""
+    """Torch's CPU and CUDA generators, numpy's global generator and Python's ``random``, as tensors and plain values.
+
+    ``"cuda"`` (one state per GPU) is there where torch can use CUDA: dropout
+    on a GPU draws from those generators, so a resumed GPU run needs them to
+    match an uninterrupted one.
+    """
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
     }
+    if torch.cuda.is_available():
+        state["cuda"] = [t.clone() for t in torch.cuda.get_rng_state_all()]
+    return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured.
+
+    CUDA states are restored where torch can use CUDA, one per GPU present
+    (a checkpoint of another machine restores the GPUs both have); a
+    checkpoint written without CUDA leaves the CUDA generators alone.
+    """
     torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda")
+    if cuda_states and torch.cuda.is_available():
+        for index, s in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, index)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
