@@ -52,3 +52,18 @@ def test_cuda_device_is_made_with_no_budget(monkeypatch):
     monkeypatch.setattr(cuda_mod, "CudaDevice", lambda budget: made.append(budget) or types.SimpleNamespace(memory_budget=budget))
     _make_device(TrainConfig("d", device="cuda", memory_budget=None))
     assert made == [None]
+
+
+def test_train_json_says_which_kernel_backend_ran(tmp_path, capsys):
+    import json
+
+    from sagann.chunks import partition_graph, save_dataset
+    from sagann.chunks.synthetic import sbm
+
+    d = sbm(300, 3, 6.0, 8, seed=1)
+    path = save_dataset(tmp_path / "sbm", partition_graph(d.edge_index, 300, 2), x=d.x, y=d.y,
+                        masks={"train": d.train_mask, "val": d.val_mask, "test": d.test_mask})
+    assert main(["train", str(path), "--epochs", "1", "--json", "--hidden", "8", "--profile", str(tmp_path / "prof")]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["kernel_backend"] == "cpu"
+    assert r["kernel_calls"].get("cpu", 0) > 0 and set(r["kernel_calls"]) <= {"cpu", "reference"}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sagann import profiler
+from sagann import kernels, profiler
 from sagann.chunks.dataset import DatasetError, load_dataset
 from sagann.engine.checkpoint import CheckpointError, Checkpointer
 from sagann.engine.graph import ChunkedGraph
@@ -67,6 +67,8 @@ def profiled(profile_dir) -> Iterator[dict]:
     with profiler.profile() as prof:
         yield result
     result["profile"] = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
+    calls = {b: sum(prof.counters(kernels.CALL_COUNTER + b).values()) for b in kernels.available_backends()}
+    result["kernel_calls"] = {b: n for b, n in calls.items() if n}  # which kernel backend ran, and how often
     result["profile_dir"] = str(profile_dir)
 
 
@@ -349,6 +351,7 @@ def run_training(
         "num_edges": ds.partition.num_edges,
         "num_chunks": g.num_chunks if g.num_chunks is not None else ds.partition.num_chunks,
         "memory_budget_bytes": device.memory_budget,
+        "kernel_backend": device.kernel_backend if g.backend == "auto" else g.backend,
         **host.stats(),  # host_memory_bytes, peak_resident_bytes, spilled_bytes_total, ...
         "peak_device_bytes": device.peak_bytes,
         "accuracy": last.test_accuracy,
