@@ -258,6 +258,22 @@ def span(
     return _TimedSpan(rec, _SpanFields(kind, device, track, chunk, nbytes, layer, phase), _nvtx)
 
 
+def nvtx_call(kind: str, chunk: ChunkKey | None, fn):
+    """``fn()`` inside an NVTX range named like its span, where NVTX ranges are on; plain ``fn()`` elsewhere.
+
+    For work whose span is recorded afterwards with :func:`record_interval`
+    (a load timed by its own clock): Nsight still sees it under the span's name.
+    """
+    nvtx = _nvtx
+    if nvtx is None:
+        return fn()
+    nvtx.range_push(nvtx_name(kind, chunk))
+    try:
+        return fn()
+    finally:
+        nvtx.range_pop()
+
+
 def nvtx_name(kind: str, chunk: ChunkKey | None) -> str:
     """The NVTX range name of a span: its kind, then its chunk id if any ("h2d 2,0,1")."""
     return kind if chunk is None else f"{kind} {','.join(map(str, chunk))}"

@@ -267,7 +267,7 @@ class Executor:
                 if "block" in holder and not step.shares_block:
                     holder.pop("block").release()  # the loader's own reference; the chunks using it hold theirs
                 for k, c in enumerate(step.subs):
-                    yield repr(c.id), partial(self._load, step, k, fields, holder)
+                    yield repr(c.id), partial(profiler.nvtx_call, "h2d", c.id, partial(self._load, step, k, fields, holder))  # Nsight names it like its span
         finally:
             if "block" in holder:
                 holder.pop("block").release()

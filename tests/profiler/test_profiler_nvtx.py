@@ -135,3 +135,41 @@ def test_nvtx_name_is_public_and_shared():
 
     assert profiler.nvtx_name is recorder.nvtx_name
     assert profiler.nvtx_name("scatter", (1, 2, 0)) == "scatter 1,2,0" and profiler.nvtx_name("kernel", None) == "kernel"
+
+
+def test_nvtx_call_runs_the_work_inside_a_named_range(cuda_nvtx):
+    from sagann.profiler import nvtx_call
+
+    assert nvtx_call("h2d", (0, 1, 2), lambda: 7) == 7  # profiling off: no range
+    assert cuda_nvtx.events == []
+    with profile():
+        assert nvtx_call("h2d", (0, 1, 2), lambda: 8) == 8
+        with pytest.raises(KeyError):
+            nvtx_call("h2d", None, lambda: {}["x"])
+    assert cuda_nvtx.events == [("push", "h2d 0,1,2"), ("pop", None), ("push", "h2d"), ("pop", None)]
+
+
+@pytest.mark.parametrize("layer", ["gcn", "gat"])
+def test_every_span_of_an_out_of_core_pass_has_its_nvtx_range(cuda_nvtx, layer):
+    """Forward and backward under a small budget: each span's name was pushed at least as often as spans carry it."""
+    from collections import Counter
+
+    import numpy as np
+
+    import sagann
+    from sagann.profiler import nvtx_name
+
+    n, rng = 200, np.random.default_rng(0)
+    ei = rng.integers(0, n, size=(2, 1500))
+    g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice("120KB"))
+    torch.manual_seed(0)
+    conv = sagann.nn.GCNConv(16, 8) if layer == "gcn" else sagann.nn.GATConv(16, 4, heads=2)
+    x = torch.randn(n, 16, requires_grad=True)
+    with profile() as prof:
+        conv(g, x).sum().backward()
+    spans = Counter(nvtx_name(s.kind, s.chunk) for s in prof.spans())
+    assert any(name.startswith("h2d ") for name in spans), "an out-of-core pass loads chunks"
+    pushes = Counter(name for event, name in cuda_nvtx.events if event == "push")
+    missing = {name: count - pushes[name] for name, count in spans.items() if pushes[name] < count}
+    assert not missing, f"spans without an NVTX range of their name: {missing}"
+    assert all(d == 0 for d in cuda_nvtx.depth.values())
