@@ -329,11 +329,17 @@ def attention_backward(
     dpre = torch.empty(g.nnz, heads, device=device)
     args = (src_term, dst_term, grad, corr, m, l, g.src_idx, g.dst_idx, float(negative_slope), p, dpre)
     _launch(KA.edge_terms, g.nnz, heads, device, *args)
-    if src_out is None:
-        d_src, rows = torch.zeros(g.num_src, width + heads, device=device), _attention_rows(None, device)
-    else:
+    # added in place where the kernel can write src_out itself (contiguous float32 on the chunk's device)
+    direct = src_out is not None and src_out.is_contiguous() and src_out.dtype == torch.float32 and src_out.device == device
+    if direct:
         d_src, rows = src_out, _attention_rows(src_rows, device)
+    else:
+        d_src, rows = torch.zeros(g.num_src, width + heads, device=device), _attention_rows(None, device)
     _launch(KA.grad_src, g.num_src, width + heads, device, grad, p, dpre, g.dst_idx, g.src_ptr, g.src_perm, rows, d_src)
     d_dst = torch.zeros(g.num_dst, heads, device=device)
     _launch(KA.grad_dst, g.num_dst, heads, device, dpre, g.dst_ptr, d_dst)
-    return (None if src_out is not None else d_src), d_dst
+    if src_out is None:
+        return d_src, d_dst
+    if not direct:
+        src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src.to(device=src_out.device, dtype=src_out.dtype))
+    return None, d_dst
