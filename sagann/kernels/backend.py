@@ -153,7 +153,7 @@ def gpu_kernel_backend(warn: bool = True) -> str:
     """``"cuda"`` where numba can run the fused kernels on a GPU, else ``"reference"`` (torch's ops).
 
     Decided once per process. The fallback is never silent: with ``warn``
-    it raises a :class:`BackendFallbackWarning` (shown once, by the warnings
+    it issues a :class:`BackendFallbackWarning` (shown once, by the warnings
     filter) naming the cause and the fix; :func:`gpu_fallback_reason` gives
     the same text.
     """
