@@ -498,8 +498,10 @@ def test_gat_layer_through_the_engine(chunks, budget):
     results = []
     for name in ("reference", "cuda"):
         torch.manual_seed(0)
-        layer = sagann.nn.GATConv(6, 3, heads=2)
-        g = sagann.ChunkedGraph(ei, n, num_chunks=chunks, device=sagann.CpuDevice(budget), backend=name)
+        # the simulator runs on CPU tensors; on a GPU the fused kernels run on a CudaDevice
+        device = sagann.CudaDevice(budget) if name == "cuda" and not backend.SIMULATOR else sagann.CpuDevice(budget)
+        layer = sagann.nn.GATConv(6, 3, heads=2).to(device.torch_device)
+        g = sagann.ChunkedGraph(ei, n, num_chunks=chunks, device=device, backend=name)
         xx = x.clone().requires_grad_(True)
         with profiler.profile(nvtx=False) as prof:
             out = layer(g, xx)
@@ -507,7 +509,7 @@ def test_gat_layer_through_the_engine(chunks, budget):
             grads = torch.autograd.grad((out * probe).sum(), [xx, *layer.parameters()])
         if name == "cuda":  # the fused kernels ran (the reference runs the layer's own torch code)
             assert sum(prof.counters(kernels.CALL_COUNTER + "cuda").values()) > 0
-        results.append((out.detach(), grads, g))
+        results.append((out.detach().cpu(), [t.cpu() for t in grads], g))
     (ref, ref_grads, _), (got, got_grads, g) = results
     assert g.with_remaining_self_loops()[0].num_chunks == chunks
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
