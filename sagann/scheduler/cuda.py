@@ -110,6 +110,8 @@ class StagingRing:
                 slot = self._free_slot()
             slot.busy = True
         try:
+            if slot.block is not None:
+                self.runtime.take_over(slot.block)  # after the host's last use of it, in whichever thread
             if slot.event is not None:
                 self.runtime.host_wait(slot.event)
             if slot.block is None or slot.block.numel() < nbytes:
@@ -136,6 +138,8 @@ class StagingRing:
             if slot.event is None:
                 slot.event = self.runtime.new_event()
             self.runtime.record(slot.event, stream)
+        if slot.block is not None:
+            self.runtime.hand_over(slot.block)
         with self._cond:
             slot.busy = False
             self._cond.notify()

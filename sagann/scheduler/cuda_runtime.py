@@ -78,6 +78,12 @@ class Runtime(Protocol):
     def host_read(self, block: torch.Tensor, read: Callable[[], Any]) -> Any:
         """The host reads pinned ``block`` (filled by a device-to-host copy) by calling ``read``."""
 
+    def hand_over(self, block: torch.Tensor) -> None:
+        """The calling thread is done with pinned ``block``; another thread may take it (a lock orders the two)."""
+
+    def take_over(self, block: torch.Tensor) -> None:
+        """The calling thread takes pinned ``block`` after the thread that handed it over."""
+
     def copy(self, dst: torch.Tensor, src: torch.Tensor, stream) -> None:
         """Queue ``dst.copy_(src)`` on ``stream``: host (pinned) to device, device to device, or device to pinned host."""
 
@@ -141,6 +147,12 @@ class TorchRuntime:
 
     def host_read(self, block: torch.Tensor, read: Callable[[], Any]) -> Any:
         return read()
+
+    def hand_over(self, block: torch.Tensor) -> None:
+        """Ordered by the lock of the one handing blocks out."""
+
+    def take_over(self, block: torch.Tensor) -> None:
+        """Ordered by the lock of the one handing blocks out."""
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor, stream) -> None:
         with torch.cuda.stream(stream):
