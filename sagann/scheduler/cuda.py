@@ -237,7 +237,6 @@ class CudaDevice(Device):
         self.copy_stream = runtime.new_stream("copy")
         self.compute_stream = runtime.new_stream("compute")
         self._ring = StagingRing(runtime, staging_buffers)
-        self._local = threading.local()  # .loading: this thread's loads go on the copy stream
         self._events = _EventSpans(self)
         self.min_measure_bytes, self.default_measure_bytes, self.max_measure_bytes = MIN_MEASURE_BYTES, 2 * MIN_MEASURE_BYTES, MAX_MEASURE_BYTES
 
@@ -285,15 +284,9 @@ class CudaDevice(Device):
         return self._ring.nbytes
 
     # ---- the executor's hooks --------------------------------------------------------------------
-    @contextmanager
     def loading(self):
-        """Loads made inside go on the copy stream (the loader thread, the chain relay)."""
-        before = getattr(self._local, "loading", False)
-        self._local.loading = True
-        try:
-            yield
-        finally:
-            self._local.loading = before
+        """Loads made inside, and torch's ops, go on the copy stream (the loader thread, the chain relay)."""
+        return self.runtime.use_stream(self.copy_stream)
 
     def loads_ready(self):
         """An event that completes when every copy queued on the copy stream so far has."""
@@ -338,13 +331,10 @@ class CudaDevice(Device):
             self.runtime.host_wait(event)
 
     # ---- loads ---------------------------------------------------------------------------------
-    def _load_stream(self):
-        return self.copy_stream if getattr(self._local, "loading", False) else self.runtime.current_stream()
-
     def _send_staged(self, shape, dtype: torch.dtype, fill) -> torch.Tensor:
         """``fill(view)`` writes the rows into a pinned staging block; one asynchronous copy sends them."""
         nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
-        rt, stream = self.runtime, self._load_stream()
+        rt, stream = self.runtime, self.runtime.current_stream()
         slot = self._ring.acquire(nbytes)
         try:
             view = slot.block[:nbytes].view(dtype).view(shape)
@@ -405,13 +395,10 @@ class CudaDevice(Device):
         return self.chunk_index(chunk, source_major)[0]
 
     def _copy_on_device(self, t: torch.Tensor) -> torch.Tensor:
-        """A copy of ``t`` (on this GPU, written on the caller's stream) made on the load stream."""
-        rt, stream, caller = self.runtime, self._load_stream(), self.runtime.current_stream()
-        if stream is not caller:
-            written = rt.new_event()
-            rt.record(written, caller)
-            rt.wait(stream, written)
-            rt.keep_alive(t, stream)
+        """A copy of ``t`` (on a GPU, written on the caller's current stream) made on the current stream."""
+        rt, stream = self.runtime, self.runtime.current_stream()
+        if t.device != self.torch_device:  # another GPU: torch orders the two devices' current streams
+            return t.to(self.torch_device)
         out = rt.empty(tuple(t.shape), t.dtype, stream)
         rt.copy(out, t, stream)
         self._loaded(out, stream)

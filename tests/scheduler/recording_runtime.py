@@ -23,7 +23,10 @@ more:
 * **recorded events only**: no ``wait``/``host_wait`` on an event never recorded;
 * **no blocking on the hot path**: ``device_synchronize`` and
   ``stream_synchronize`` are violations (the host may block on events only);
-* **no hidden syncs in kernels**: while a compute stream is current, reading
+* **torch's ops are kernels**: while a stream of the device is current
+  (``use_stream``), each torch op on device tensors is logged as a kernel on
+  that stream reading them (a launch names what a whole sub-chunk reads);
+* **no hidden syncs in kernels**: while a stream of the device is current, reading
   a device tensor's value on the host (``int(t)``, ``t.item()``, ``t.tolist()``,
   ...) or moving a host tensor to the device with torch's own ``.to`` are
   violations (on a GPU both block the host). Tensors computed from device
@@ -47,6 +50,10 @@ from torch.overrides import TorchFunctionMode
 
 _READS = {"item", "__int__", "__float__", "__bool__", "__index__", "tolist", "cpu"}  # not numpy: how the stand-in's CPU kernels read device tensors
 _MOVES = {"to", "cuda"}
+# metadata and aliasing: no kernel runs
+_NO_KERNEL = {"__get__", "untyped_storage", "data_ptr", "size", "dim", "stride", "numel", "element_size", "is_contiguous",
+              "storage_offset", "is_pinned", "__len__", "__repr__", "__format__", "detach", "view", "requires_grad_", "__setstate__",
+              "__hash__", "register_hook", "retain_grad", "__reduce_ex__"}
 
 
 @dataclass(eq=False)
@@ -209,7 +216,8 @@ class Hub:
 
 def _ptr(t) -> int:
     try:
-        return t.untyped_storage().data_ptr()
+        with torch._C.DisableTorchFunction():  # the checker's own look-ups are no kernels
+            return t.untyped_storage().data_ptr()
     except Exception:  # noqa: BLE001 - no storage (sparse, meta)
         return 0
 
@@ -226,11 +234,16 @@ def _tensors(x):
 
 
 class _KernelWatch(TorchFunctionMode):
-    """While a compute stream is current: host reads of device values and torch's own host-to-device moves are violations."""
+    """While a stream of the device is current: torch's ops on device tensors are kernels queued on it.
 
-    def __init__(self, rt: "RecordingRuntime"):
+    Each such op is logged as a kernel reading the device buffers among its
+    arguments; reading a device tensor's value on the host, or moving a host
+    tensor to the device with torch's own ``.to``, is a violation.
+    """
+
+    def __init__(self, rt: "RecordingRuntime", stream: Stream):
         super().__init__()
-        self.rt = rt
+        self.rt, self.stream = rt, stream
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -244,9 +257,14 @@ class _KernelWatch(TorchFunctionMode):
                 hub.flag("host sync in a kernel", hub.host_op("sync", name), f"Tensor.{name} reads a device tensor's value on the host")
             if first is not None and name in _MOVES and not hub.is_device(first) and self._names_device(args[1:], kwargs):
                 hub.flag("pageable copy in a kernel", hub.host_op("sync", name), f"Tensor.{name} moves a host tensor to the device outside the runtime")
+            on_device = [t for t in itertools.chain(_tensors(args), _tensors(kwargs)) if hub.is_device(t)]
+            if on_device and name not in _NO_KERNEL:
+                op = hub.stream_op(self.stream, "torch", f"{name} on {self.stream}")
+                for t in on_device:
+                    hub.read(t, op)
         out = func(*args, **kwargs)
-        with hub.lock:
-            if any(hub.is_device(t) for t in _tensors(args)) or any(hub.is_device(t) for t in _tensors(kwargs)) or "device" in kwargs:
+        if on_device or "device" in kwargs:
+            with hub.lock:
                 hub.derive(out)
         return out
 
@@ -303,13 +321,9 @@ class RecordingRuntime:
         if not hasattr(self._local, "stack"):
             self._local.stack = []
         self._local.stack.append(stream)
-        watch = _KernelWatch(self) if stream.role == "compute" else None
         try:
-            if watch is None:
+            with _KernelWatch(self, stream):
                 yield
-            else:
-                with watch:
-                    yield
         finally:
             self._local.stack.pop()
 
