@@ -10,14 +10,16 @@ Streams and who waits for whom
   frees). Two logical devices on one GPU have two compute streams, so
   neither waits for the other's kernels.
 * **Loads** made inside :meth:`CudaDevice.loading` (the loader thread, the
-  chain relay) run on :attr:`CudaDevice.copy_stream`; the host never blocks
-  on them: the loader ends each sub-chunk with :meth:`loads_ready`, an event
-  the compute stream waits on. Loads made elsewhere (the compute thread) run
-  on the caller's current stream, in order with the work around them.
+  chain relay) run on :attr:`CudaDevice.copy_stream`, and so do torch's ops
+  there (picking rows from a block); the host never blocks on them: the
+  loader ends each sub-chunk with :meth:`loads_ready`, an event the compute
+  stream waits on. Loads made elsewhere (the compute thread) run on the
+  caller's current stream, in order with the work around them.
 * **Staging**: host rows are copied (or gathered) into one of N pinned
   blocks used in turn (:class:`StagingRing`), then sent with an asynchronous
   copy; a block is refilled only after an event says the copy that last read
-  it has finished. Blocks grow geometrically, so a pass allocates few.
+  it has finished. Transfers over 16 MiB go in pieces, so the host fills one
+  piece while the DMA sends the last. Blocks grow geometrically.
 * **Index arrays** of a sub-chunk (and its source rows within V_i) are packed
   into one staging block and sent with one copy (:meth:`chunk_index`).
 * Every tensor loaded on the copy stream is marked as read on the compute
@@ -64,6 +66,7 @@ __all__ = ["CudaDevice", "StagingRing", "cuda_available"]
 FREE_MEMORY_SHARE = 0.85
 STAGING_BUFFERS = 4  # pinned blocks in turn: the loader, the relay and write-backs each hold one briefly
 MIN_STAGING_BYTES = 1 << 20
+STAGING_PIECE_BYTES = 16 << 20  # larger transfers go in pieces of about this size, pipelined through the ring
 # transfer costs are measured on payloads this big at least: below a few MiB a GPU copy measures launch latency
 MIN_MEASURE_BYTES, MAX_MEASURE_BYTES = 4 << 20, 64 << 20
 _ALIGN = 8  # each array of a packed index block starts on an 8-byte boundary (int64 views need it)
@@ -331,22 +334,32 @@ class CudaDevice(Device):
             self.runtime.host_wait(event)
 
     # ---- loads ---------------------------------------------------------------------------------
-    def _send_staged(self, shape, dtype: torch.dtype, fill) -> torch.Tensor:
-        """``fill(view)`` writes the rows into a pinned staging block; one asynchronous copy sends them."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+    def _send_staged(self, shape, dtype: torch.dtype, fill, split: bool = True) -> torch.Tensor:
+        """``fill(view, lo, hi)`` writes rows ``lo:hi`` into a pinned staging block; asynchronous copies send them.
+
+        A transfer over :data:`STAGING_PIECE_BYTES` goes in pieces through
+        the ring (``split``), so the host fills the next piece while the DMA
+        sends the last, and pinned memory stays a few pieces, not a block.
+        """
         rt, stream = self.runtime, self.runtime.current_stream()
-        slot = self._ring.acquire(nbytes)
-        try:
-            view = slot.block[:nbytes].view(dtype).view(shape)
-            rt.host_fill(slot.block, lambda: fill(view))
-            out = rt.empty(shape, dtype, stream)
-            rt.copy(out, view, stream)
-        except BaseException:
-            self._ring.release(slot)
-            raise
-        self._ring.release(slot, stream)
+        rows = shape[0]
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        step = max(1, STAGING_PIECE_BYTES // max(row_bytes, 1)) if split else max(rows, 1)
+        out = rt.empty(shape, dtype, stream)
+        for lo in range(0, max(rows, 1), step):
+            hi = min(rows, lo + step)
+            nbytes = (hi - lo) * row_bytes
+            slot = self._ring.acquire(nbytes)
+            try:
+                view = slot.block[:nbytes].view(dtype).view((hi - lo,) + tuple(shape[1:]))
+                rt.host_fill(slot.block, lambda: fill(view, lo, hi))
+                rt.copy(out[lo:hi], view, stream)
+            except BaseException:
+                self._ring.release(slot)
+                raise
+            self._ring.release(slot, stream)
         self._loaded(out, stream)
-        self._count_in(nbytes)
+        self._count_in(rows * row_bytes)
         return out
 
     def _loaded(self, out: torch.Tensor, stream) -> None:
@@ -355,9 +368,11 @@ class CudaDevice(Device):
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         host = host.detach()
+        if host.dim() == 0:
+            return self.copy_in(host.reshape(1)).reshape(())
         if self.runtime.on_device(host):  # already on a GPU (e.g. another device's block)
             return self._copy_on_device(host)
-        return self._send_staged(tuple(host.shape), host.dtype, lambda view: view.copy_(host))
+        return self._send_staged(tuple(host.shape), host.dtype, lambda view, lo, hi: view.copy_(host[lo:hi]))
 
     def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Gather rows straight into a pinned staging block on the host, then one copy to the GPU."""
@@ -365,7 +380,7 @@ class CudaDevice(Device):
         if self.runtime.on_device(host):
             return self._copy_on_device(host.index_select(0, index.to(host.device)))
         shape = (int(index.numel()),) + tuple(host.shape[1:])
-        return self._send_staged(shape, host.dtype, lambda view: torch.index_select(host, 0, index, out=view))
+        return self._send_staged(shape, host.dtype, lambda view, lo, hi: torch.index_select(host, 0, index[lo:hi], out=view))
 
     def chunk_index(self, chunk, source_major: bool = False):
         """The sub-chunk's index arrays and its source rows within V_i, packed into one staging block, sent with one copy."""
@@ -377,11 +392,11 @@ class CudaDevice(Device):
             offsets.append(total)
             total += -(-a.nbytes // _ALIGN) * _ALIGN
 
-        def fill(view: torch.Tensor) -> None:
+        def fill(view: torch.Tensor, lo: int, hi: int) -> None:
             for a, off in zip(arrays, offsets):
                 view[off : off + a.nbytes].view(_torch_dtype(a)).copy_(torch.from_numpy(a))
 
-        packed = self._send_staged((max(total, _ALIGN),), torch.uint8, fill)
+        packed = self._send_staged((max(total, _ALIGN),), torch.uint8, fill, split=False)
         views = [packed[off : off + a.nbytes].view(_torch_dtype(a)) for a, off in zip(arrays, offsets)]
         ct = ChunkTensors(
             dst_ptr=views[0], dst_idx=views[1], src_idx=views[2], src_ptr=views[3], src_perm=views[4],
@@ -425,26 +440,34 @@ class CudaDevice(Device):
 
     # ---- write-backs: the compute side -----------------------------------------------------------
     def _read_back(self, dev: torch.Tensor, use) -> None:
-        """Copy ``dev`` into a pinned block on the current stream, wait for that copy, then ``use(host view)``."""
+        """Copy ``dev`` into pinned blocks on the current stream, piece by piece; wait for each, then ``use(view, lo, hi)``."""
         rt, stream = self.runtime, self.runtime.current_stream()
         dev = dev.detach()
-        slot = self._ring.acquire(tensor_bytes(dev))
-        try:
-            view = slot.block[: tensor_bytes(dev)].view(dev.dtype).view(tuple(dev.shape))
-            rt.copy(view, dev, stream)
-            if slot.event is None:
-                slot.event = rt.new_event()
-            rt.record(slot.event, stream)
-            rt.host_wait(slot.event)  # this stream's work only: the copy and the kernels before it
-            rt.host_read(slot.block, lambda: use(view))
-        finally:
-            self._ring.release(slot)
+        rows, row_bytes = dev.shape[0], tensor_bytes(dev[:1])
+        step = max(1, STAGING_PIECE_BYTES // max(row_bytes, 1))
+        for lo in range(0, max(rows, 1), step):
+            hi = min(rows, lo + step)
+            slot = self._ring.acquire((hi - lo) * row_bytes)
+            try:
+                view = slot.block[: (hi - lo) * row_bytes].view(dev.dtype).view((hi - lo,) + tuple(dev.shape[1:]))
+                rt.copy(view, dev[lo:hi], stream)
+                if slot.event is None:
+                    slot.event = rt.new_event()
+                rt.record(slot.event, stream)
+                rt.host_wait(slot.event)  # this stream's work only: the copy and the kernels before it
+                rt.host_read(slot.block, lambda: use(view, lo, hi))
+            finally:
+                self._ring.release(slot)
 
     def copy_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
-        self._read_back(dev, host_out.copy_)
+        if dev.dim() == 0:
+            dev, host_out = dev.reshape(1), host_out.view(1)
+        self._read_back(dev, lambda view, lo, hi: host_out[lo:hi].copy_(view))
 
     def add_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
-        self._read_back(dev, host_out.add_)
+        if dev.dim() == 0:
+            dev, host_out = dev.reshape(1), host_out.view(1)
+        self._read_back(dev, lambda view, lo, hi: host_out[lo:hi].add_(view))
 
     def span(self, kind: str, track: str, chunk=None, nbytes: int = 0, layer: str | None = None, phase: str = "forward"):
         if track == "compute":

@@ -127,6 +127,43 @@ def test_staging_blocks_grow_geometrically_and_are_reused_after_their_event():
     _no_violations(rt.hub)
 
 
+def test_large_transfers_go_in_pieces_and_round_trip():
+    dev = _fake("1GB")
+    host = torch.randn(40 << 18, 1)  # 40 MiB: three pieces of at most 16 MiB
+    with dev.loading():
+        sent = dev.copy_in(host)
+        picked = dev.gather_in(host, torch.arange(0, host.shape[0], 3))
+    assert torch.equal(sent, host) and torch.equal(picked, host[::3])
+    copies = [op for op in dev.runtime.hub.ops("copy") if "pinned->dev" in op.detail]
+    assert len(copies) == 3 + 1
+    back = torch.zeros_like(host)
+    with dev.computing(dev.loads_ready(), [sent]):
+        dev.copy_out(sent, back)
+        dev.add_out(sent, back)
+    assert torch.equal(back, 2 * host)
+    assert dev.staging_bytes <= 4 * 32 << 20  # a few pieces pinned, not the whole block
+    _no_violations(dev.runtime.hub)
+
+
+@pytest.mark.parametrize("source_major", [False, True])
+def test_packed_index_arrays_equal_the_chunks(source_major):
+    from sagann.chunks.partition import partition_graph
+    from sagann.kernels.graph import ChunkTensors, rows_bound
+
+    ei, _ = _graph()
+    dev = _fake()
+    for c in list(partition_graph(ei, N, 3, sub_chunk_nnz=200).sub_chunks())[:6]:
+        with dev.loading():
+            ct, rows, nbytes = dev.chunk_index(c, source_major=source_major)
+        ref = ChunkTensors.from_chunk(c, "cpu", source_major=source_major)
+        for name in ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst"):
+            a, b = getattr(ct, name), getattr(ref, name)
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+        assert torch.equal(rows.long(), torch.from_numpy(c.src_rows.astype(np.int64)))
+        assert rows_bound(rows) == int(c.src_rows.max()) + 1 and nbytes >= ref.nbytes
+    _no_violations(dev.runtime.hub)
+
+
 # ---- each bug, put back, is caught ------------------------------------------------------------------
 def _old_synchronize(self):
     self.runtime.device_synchronize()  # the old CudaDevice.synchronize: torch.cuda.synchronize(device)
@@ -145,7 +182,7 @@ def test_bug_synchronize_waited_for_the_whole_device(monkeypatch, bug):
         _no_violations(rt.hub)
 
 
-def _old_send_staged(self, shape, dtype, fill):
+def _old_send_staged(self, shape, dtype, fill, split=True):
     """The old path: one pinned buffer behind one lock; host copy, DMA, then wait for the copy stream."""
     rt, stream = self.runtime, self.runtime.current_stream()
     nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
@@ -157,7 +194,7 @@ def _old_send_staged(self, shape, dtype, fill):
         if self._old_buf is None or self._old_buf.numel() < nbytes:
             self._old_buf = rt.pinned(max(nbytes, 1 << 20))
         view = self._old_buf[:nbytes].view(dtype).view(shape)
-        rt.host_fill(self._old_buf, lambda: fill(view))
+        rt.host_fill(self._old_buf, lambda: fill(view, 0, shape[0]))
         out = rt.empty(shape, dtype, stream)
         rt.copy(out, view, stream)
         rt.stream_synchronize(stream)
