@@ -68,6 +68,13 @@ def _no_violations(hub: Hub):
     assert hub.violations == [], "\n".join(hub.violations[:10])
 
 
+def test_the_stand_in_implements_the_whole_runtime_interface():
+    from sagann.scheduler.cuda_runtime import Runtime, TorchRuntime
+
+    wanted = {n for n in vars(Runtime) if not n.startswith("_")}
+    assert wanted <= set(dir(RecordingRuntime)) and wanted <= set(dir(TorchRuntime))
+
+
 # ---- the fixed code keeps the protocol -------------------------------------------------------------
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 @pytest.mark.parametrize("transfer", ["selective", "full"])
