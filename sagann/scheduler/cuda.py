@@ -302,7 +302,8 @@ class CudaDevice(Device):
         """Run the caller's kernels on the compute stream, after ``ready`` (a :meth:`loads_ready`) and the caller's stream."""
         rt = self.runtime
         caller = rt.current_stream()
-        if caller is self.compute_stream:  # nested: already ordered
+        self._keep_for_compute(reads)  # loaded on the copy stream, or picked there by torch: read here
+        if caller == self.compute_stream:  # nested: already ordered
             rt.launch(self.compute_stream, reads)
             yield
             return
@@ -363,8 +364,13 @@ class CudaDevice(Device):
         return out
 
     def _loaded(self, out: torch.Tensor, stream) -> None:
-        if stream is self.copy_stream:  # compute reads it there: no reuse of its memory before that is done
-            self.runtime.keep_alive(out, self.compute_stream)
+        if stream == self.copy_stream:
+            self._keep_for_compute([out])
+
+    def _keep_for_compute(self, tensors) -> None:
+        """Tensors the compute stream reads: the allocator must not reuse their memory before it is done."""
+        for t in tensors:
+            self.runtime.keep_alive(t, self.compute_stream)
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         host = host.detach()

@@ -88,7 +88,7 @@ class Runtime(Protocol):
         """Queue ``dst.copy_(src)`` on ``stream``: host (pinned) to device, device to device, or device to pinned host."""
 
     def launch(self, stream, reads: Sequence[torch.Tensor]) -> None:
-        """Name the buffers the kernels about to be queued on ``stream`` read (each kept alive for it)."""
+        """Name the buffers the kernels about to be queued on ``stream`` read."""
 
     def keep_alive(self, t: torch.Tensor, stream) -> None:
         """``t`` (allocated on another stream) is read on ``stream``: the allocator must not reuse it before that is done."""
@@ -159,13 +159,11 @@ class TorchRuntime:
             dst.copy_(src, non_blocking=True)
 
     def launch(self, stream, reads: Sequence[torch.Tensor]) -> None:
-        """torch queues the kernels itself (ordered by the device's waits); the allocator is told who reads what."""
-        for t in reads:
-            if t.device == self.device:
-                t.record_stream(stream)  # allocated on the copy stream (or by a torch op there): read here
+        """torch queues the kernels itself, ordered by the device's waits."""
 
     def keep_alive(self, t: torch.Tensor, stream) -> None:
-        t.record_stream(stream)
+        if t.device == self.device:
+            t.record_stream(stream)
 
     def device_synchronize(self) -> None:
         torch.cuda.synchronize(self.device)

@@ -38,6 +38,7 @@ lands in it.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -56,8 +57,10 @@ _NO_KERNEL = {"__get__", "untyped_storage", "data_ptr", "size", "dim", "stride",
               "__hash__", "register_hook", "retain_grad", "__reduce_ex__"}
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True)
 class Stream:
+    """A stream handle; like torch's, two handles of one stream are equal but not the same object."""
+
     name: str
     role: str
     gpu: int
@@ -314,7 +317,7 @@ class RecordingRuntime:
 
     def current_stream(self) -> Stream:
         stack = getattr(self._local, "stack", None)
-        return stack[-1] if stack else self.default
+        return dataclasses.replace(stack[-1] if stack else self.default)  # a new handle, as torch.cuda.current_stream gives
 
     @contextmanager
     def use_stream(self, stream: Stream):

@@ -320,7 +320,7 @@ def test_bug_chain_hop_waited_on_the_wrong_stream(monkeypatch, bug):
 @pytest.mark.parametrize("bug", [False, True])
 def test_bug_loaded_blocks_not_kept_alive_for_the_compute_stream(monkeypatch, bug):
     if bug:  # no record_stream: the allocator may hand a block to the next load while compute reads it
-        monkeypatch.setattr(CudaDevice, "_loaded", lambda self, out, stream: None)
+        monkeypatch.setattr(CudaDevice, "_keep_for_compute", lambda self, tensors: None)
     dev = _fake()
     _check_run("gcn", dev, num_chunks=3, schedule=ScheduleConfig(prefetch=3, transfer="full"))
     assert any(v.startswith("reuse before read") and "launch" in v for v in dev.runtime.hub.violations) == bug
