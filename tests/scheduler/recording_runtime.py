@@ -83,6 +83,7 @@ class Op:
     clock: dict
     thread: str
     detail: str = ""
+    in_flight: int = 0  # host waits: copy-stream ops queued that the waiting thread still does not know finished
 
     def before(self, clock: dict) -> bool:
         """Does this op happen before (or at) a point with vector ``clock``?"""
@@ -145,6 +146,11 @@ class Hub:
         op = Op(kind, stream, dict(c), self._thread(), detail)
         self.log.append(op)
         return op
+
+    def note_in_flight(self, op: Op) -> None:
+        """After a host wait: how many queued copy-stream ops it left running (0 for every wait: lockstep)."""
+        known = self._clock(("host", self._thread()))
+        op.in_flight = sum(c[s] - known.get(s, 0) for s, c in self.clocks.items() if isinstance(s, Stream) and s.role == "copy")
 
     def flag(self, rule: str, op, what: str) -> None:
         self.violations.append(f"{rule}: {what} ({op})")
@@ -355,6 +361,7 @@ class RecordingRuntime:
                 hub.flag("wait on an unrecorded event", op, f"the host waits on {event.name}, never recorded")
                 return
             hub._join(hub._clock(("host", hub._thread())), event.stamp.clock)
+            hub.note_in_flight(op)
 
     def elapsed(self, start: Event, end: Event) -> float:
         return end.wall - start.wall  # wall clock of the records: the stand-in runs nothing asynchronously
@@ -366,6 +373,7 @@ class RecordingRuntime:
             hub.flag("blocking sync", op, f"the host waits for every stream of gpu{self.gpu} (prefetch copies and other logical devices included)")
             for s in self.streams:
                 hub._join(hub._clock(("host", hub._thread())), hub._clock(s))
+            hub.note_in_flight(op)
 
     def stream_synchronize(self, stream: Stream) -> None:
         hub = self.hub

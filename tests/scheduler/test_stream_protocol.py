@@ -185,6 +185,10 @@ def test_bug_synchronize_waited_for_the_whole_device(monkeypatch, bug):
     _check_run("gcn", devs, num_chunks=4, schedule=ScheduleConfig(prefetch=3))
     found = [v for v in rt.hub.violations if "every stream of gpu0" in v]
     assert bool(found) == bug, rt.hub.violations[:5]
+    # the compute threads' waits: the old one drained every prefetched copy (lockstep), the fixed one leaves them running
+    waits = [op for op in rt.hub.log if op.kind in ("host_wait", "device_synchronize") and not op.thread.startswith("sagann-loader")]
+    syncs = [op for op in waits if op.kind == "device_synchronize"] if bug else waits
+    assert syncs and (max(op.in_flight for op in syncs) == 0) == bug
     if not bug:
         _no_violations(rt.hub)
 
