@@ -127,8 +127,10 @@ class Device(abc.ABC):
     ``torch_device`` its tensors live on; everything else has a default that
     a device overrides where it can do better (``gather_in`` for selective
     transfers, ``copy_out``/``add_out`` for write-back, ``copy_from_peer``
-    for chain hops, ``synchronize``/``span`` for asynchronous work, and
-    ``kernel_backend`` for fused kernels).
+    for chain hops, ``synchronize``/``span`` for asynchronous work,
+    ``loading``/``loads_ready``/``computing`` for the streams a GPU orders
+    loads and compute with, ``chunk_index`` for a sub-chunk's index arrays,
+    and ``kernel_backend`` for fused kernels).
     """
 
     torch_device: torch.device
