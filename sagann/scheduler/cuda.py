@@ -292,10 +292,13 @@ class CudaDevice(Device):
         return self.runtime.use_stream(self.copy_stream)
 
     def loads_ready(self):
-        """An event that completes when every copy queued on the copy stream so far has."""
-        event = self.runtime.new_event()
+        """An event that completes when every copy queued on the copy stream so far has (timed)."""
+        event = self.runtime.new_event(timing=True)
         self.runtime.record(event, self.copy_stream)
         return event
+
+    def seconds_between(self, start, end) -> float | None:
+        return None if start is None or end is None else self.runtime.elapsed(start, end)
 
     @contextmanager
     def computing(self, ready=None, reads=()):

@@ -250,6 +250,10 @@ class Device(abc.ABC):
         """An event after every prefetch queued so far (None where loads are synchronous)."""
         return None
 
+    def seconds_between(self, start, end) -> float | None:
+        """Seconds between two completed :meth:`loads_ready` events (None without events)."""
+        return None
+
     def computing(self, ready=None, reads=()):
         """A context running one sub-chunk's compute after its loads ``ready`` (a GPU: on its compute stream)."""
         return contextlib.nullcontext()

@@ -82,7 +82,7 @@ class ChunkInputs:
         self._values: dict[str, torch.Tensor | None] = {}
         self.loaded_bytes = 0
         self.load_seconds = 0.0
-        self.ready = None  # the device's event after this sub-chunk's loads (None where loads are synchronous)
+        self.started = self.ready = None  # the device's events around this sub-chunk's loads (None where loads are synchronous)
         # index arrays and the source rows within V_i, sent together by the loader (one copy on a GPU)
         self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=ex.source_major and fields.phase == BACKWARD)
         self.scope.charge(index_bytes, lambda: f"index arrays of {c.id!r}")
@@ -286,6 +286,7 @@ class Executor:
 
     def _load_inputs(self, step: ChunkStep, k: int, fields: _Fields, holder: dict) -> ChunkInputs:
         t0 = time.perf_counter()
+        started = self.device.loads_ready()  # on a GPU: the copies of this job run between this event and inputs.ready
         c = step.subs[k]
         block_bytes = 0
         if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:
@@ -305,7 +306,7 @@ class Executor:
             inputs.close()
             raise
         inputs.loaded_bytes += block_bytes
-        inputs.ready = self.device.loads_ready()
+        inputs.started, inputs.ready = started, self.device.loads_ready()
         t1 = time.perf_counter()
         inputs.load_seconds = t1 - t0
         if profiler.enabled():
@@ -355,6 +356,8 @@ class Executor:
                 # ordering) and the ledger frees this sub-chunk's bytes only when the device has
                 self.device.synchronize()
                 busy += time.perf_counter() - t0
+                copying = self.device.seconds_between(inputs.started, inputs.ready)  # the copies' own time, now complete
+                inputs.load_seconds = max(inputs.load_seconds, copying or 0.0)
             except Exception as exc:
                 exc.add_note(f"while computing sub-chunk {c.id!r} of {self.name} on {self.device.name}")
                 raise
