@@ -297,7 +297,7 @@ def _backward_chunk(call: LayerCall, inputs: ChunkInputs, saved, acc: tuple, gra
             continue
         if name in SRC_FIELDS:
             if local_src is None:
-                local_src = torch.from_numpy(c.src_rows.astype(np.int64)).to(g.device)
+                local_src = inputs.src_local_rows()  # on the device already: loaded with the index arrays
             # unique rows: index_put_ avoids torch's slow multi-threaded CPU index_add_
             (acc_src if name == "src" else acc_term).index_put_((local_src,), g, accumulate=True)
         elif name == "dst":

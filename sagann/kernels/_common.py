@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sagann.kernels.graph import ChunkTensors
+from sagann.kernels.graph import ChunkTensors, rows_bound
 from sagann.kernels.ops import OPS as _TABLE
 from sagann.kernels.ops import op_spec
 from sagann.kernels.reference import check_reducer
@@ -166,7 +166,8 @@ class Frontend:
             raise ValueError(f"{where}: src_rows must be an int32/int64 [num_src={g.num_src}] tensor, got {getattr(src_rows, 'dtype', type(src_rows).__name__)} {list(getattr(src_rows, 'shape', []))}")
         if not isinstance(src, torch.Tensor) or src.dim() != 2 or src_rows.device != src.device:
             raise ValueError(f"{where}: with src_rows, src must be a 2-D [rows, d] block on src_rows' device ({src_rows.device})")
-        if g.num_src and (int(src_rows.min()) < 0 or int(src_rows.max()) >= src.shape[0]):
+        bound = rows_bound(src_rows)  # declared by the rows' maker: no device read (two syncs per call on a GPU)
+        if g.num_src and (bound > src.shape[0] if bound is not None else (int(src_rows.min()) < 0 or int(src_rows.max()) >= src.shape[0])):
             raise ValueError(f"{where}: src_rows must lie in [0, {src.shape[0]}) (the rows of the src block)")
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (src, edge, dst))
         if grad or self._block_spmm is None or not op_spec(op).direct_spmm or src.dtype not in NATIVE:

@@ -1,12 +1,32 @@
 """The device-side view of one sub-chunk that every kernel backend takes."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from sagann.chunks.types import EdgeChunk
+
+# row-index tensors whose bound the maker knew on the host: id(tensor) -> (weak reference to it, bound)
+_ROW_BOUNDS: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def declare_rows_bound(rows: torch.Tensor, bound: int) -> None:
+    """Record that every entry of ``rows`` lies in ``[0, bound)``, known where it was made (from host arrays).
+
+    The kernels' range check on ``src_rows`` then needs no read of the
+    device tensor: on a GPU that read is two device-to-host syncs per call.
+    """
+    key = id(rows)
+    _ROW_BOUNDS[key] = (weakref.ref(rows, lambda _ref: _ROW_BOUNDS.pop(key, None)), int(bound))
+
+
+def rows_bound(rows: torch.Tensor) -> int | None:
+    """The bound :func:`declare_rows_bound` recorded for ``rows``, or None."""
+    entry = _ROW_BOUNDS.get(id(rows))
+    return entry[1] if entry is not None and entry[0]() is rows else None
 
 
 @dataclass(frozen=True, eq=False)

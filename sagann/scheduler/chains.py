@@ -237,17 +237,18 @@ class ChainRelay:
                 dev = self.devices[pos]
                 scope = Scope(dev)
                 try:
-                    if prev is None:  # the head's loader reports these bytes in its own h2d span
-                        tensors = {n: scope.load(self._host[n][lo:hi], f"{n} block V_{i} (chain head)") for n in self._names}
-                        nbytes = sum(tensor_bytes(t) for t in tensors.values())
-                        item = Delivery(key, scope, tensors, nbytes, 0)
-                        self.host_bytes += nbytes
-                    else:
-                        nbytes = sum(tensor_bytes(t) for t in prev.values())
-                        with profiler.span("d2d", dev.name, "chain", chunk=(i,), nbytes=nbytes, layer=self.label, phase=self.phase):
-                            tensors = {n: scope.load_peer(prev[n], prev_dev, f"{n} block V_{i} from {prev_dev.name}") for n in self._names}
-                        item = Delivery(key, scope, tensors, 0, nbytes)
-                        self.peer_bytes += nbytes
+                    with dev.loading():  # a GPU queues the relay's copies on its copy stream, like the loader's
+                        if prev is None:  # the head's loader reports these bytes in its own h2d span
+                            tensors = {n: scope.load(self._host[n][lo:hi], f"{n} block V_{i} (chain head)") for n in self._names}
+                            nbytes = sum(tensor_bytes(t) for t in tensors.values())
+                            item = Delivery(key, scope, tensors, nbytes, 0)
+                            self.host_bytes += nbytes
+                        else:
+                            nbytes = sum(tensor_bytes(t) for t in prev.values())
+                            with profiler.span("d2d", dev.name, "chain", chunk=(i,), nbytes=nbytes, layer=self.label, phase=self.phase):
+                                tensors = {n: scope.load_peer(prev[n], prev_dev, f"{n} block V_{i} from {prev_dev.name}") for n in self._names}
+                            item = Delivery(key, scope, tensors, 0, nbytes)
+                            self.peer_bytes += nbytes
                 except BaseException:
                     scope.close()
                     raise

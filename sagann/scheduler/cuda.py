@@ -1,51 +1,75 @@
-"""CudaDevice: a CUDA GPU through torch, with its own copy stream, pinned staging and event-timed spans.
+"""CudaDevice: a CUDA GPU through a :class:`~sagann.scheduler.cuda_runtime.Runtime`, with its own streams, pinned staging and events.
 
 Streams and who waits for whom
 ------------------------------
-* **Compute** runs on the device's default stream, in the caller's thread:
-  kernels, ApplyVertex, write-backs.
-* **Loads** (``copy_in``, ``gather_in``, ``chunk_tensors``, chain hops) run
-  in the loader thread on :attr:`CudaDevice.copy_stream`: the host rows are
-  copied (or gathered) into a reusable pinned staging buffer, sent with a
-  ``non_blocking`` copy, and the loader waits for *its own* stream only. The
-  default stream is never blocked by a load, so loads overlap compute; a
-  loaded tensor is complete before the loader hands it over, so compute
-  needs no event to wait for.
-* Every loaded tensor is marked ``record_stream(default stream)``: its
-  memory was allocated on the copy stream, and torch's caching allocator
-  must not give it to the next load while compute still reads it.
-* After each chunk's compute the engine calls :meth:`CudaDevice.synchronize`
-  (the compute time it measures feeds profile-guided ordering, and the
-  ledger then refunds bytes only when the GPU is done with them).
-* Write-backs (``copy_out``, ``add_out``) are blocking device-to-host copies
-  on the default stream.
+* **Compute** runs on the device's own compute stream, in the caller's
+  thread: the executor enters :meth:`CudaDevice.computing` around each
+  sub-chunk, which makes that stream current, orders it after the caller's
+  stream (accumulators, held rows) and after the sub-chunk's loads (an
+  event), and orders the caller's stream after it on the way out (write-backs,
+  frees). Two logical devices on one GPU have two compute streams, so
+  neither waits for the other's kernels.
+* **Loads** made inside :meth:`CudaDevice.loading` (the loader thread, the
+  chain relay) run on :attr:`CudaDevice.copy_stream`, and so do torch's ops
+  there (picking rows from a block); the host never blocks on them: the
+  loader ends each sub-chunk with :meth:`loads_ready`, an event the compute
+  stream waits on. Loads made elsewhere (the compute thread) run on the
+  caller's current stream, in order with the work around them.
+* **Staging**: host rows are copied (or gathered) into one of N pinned
+  blocks used in turn (:class:`StagingRing`), then sent with an asynchronous
+  copy; a block is refilled only after an event says the copy that last read
+  it has finished. Transfers over 16 MiB go in pieces, so the host fills one
+  piece while the DMA sends the last. Blocks grow geometrically.
+* **Index arrays** of a sub-chunk (and its source rows within V_i) are packed
+  into one staging block and sent with one copy (:meth:`chunk_index`).
+* Every tensor loaded on the copy stream is marked as read on the compute
+  stream (``record_stream``): the caching allocator must not hand its memory
+  to the next load while compute still reads it.
+* :meth:`synchronize` (after each sub-chunk's compute: the measured compute
+  time orders the next pass, the ledger refunds bytes only when the GPU is
+  done) waits for an event on this device's compute stream only: not for
+  the prefetch copies queued behind it, not for another logical device.
+* A chain hop (:meth:`copy_from_peer`) waits on the *source's copy stream*,
+  where the block it forwards was written, and the source's copy stream then
+  waits for the hop, so the source's allocator does not reuse the block early.
+* Write-backs (``copy_out``, ``add_out``) copy into a pinned block on the
+  current stream and wait for that copy's event before the host reads it.
 
-Profiling: compute spans are timed with CUDA events on the default stream
-and handed to the profiler, mapped onto ``perf_counter`` seconds, at the end
-of each pass (:meth:`flush_spans`); loads are timed on the wall clock of the
-loader thread, which waits for each copy to finish.
+Profiling: compute spans are timed with events and handed to the profiler,
+mapped onto ``perf_counter`` seconds, at the end of each pass
+(:meth:`flush_spans`).
 
-Its unit tests run where torch sees a CUDA GPU and skip elsewhere;
-``benchmarks/gpu_check.py`` runs them and times a GCN epoch on the GPU.
+The protocol is checked without a GPU by a recording stand-in of the runtime
+(``tests/scheduler/test_stream_protocol.py``); the GPU tests run where torch
+sees a GPU (``benchmarks/gpu_check.py``).
 """
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from sagann import kernels, profiler
+from sagann.kernels.graph import ChunkTensors, declare_rows_bound
+from sagann.scheduler.cuda_runtime import Runtime, TorchRuntime
 from sagann.scheduler.devices import Device
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["CudaDevice", "cuda_available"]
+__all__ = ["CudaDevice", "StagingRing", "cuda_available"]
 
 # a budget left unset is this share of the GPU's free memory when the device is made:
 # torch's caching allocator, cuBLAS workspaces and fragmentation need the rest
 FREE_MEMORY_SHARE = 0.85
+STAGING_BUFFERS = 4  # pinned blocks in turn: the loader, the relay and write-backs each hold one briefly
+MIN_STAGING_BYTES = 1 << 20
+STAGING_PIECE_BYTES = 16 << 20  # larger transfers go in pieces of about this size, pipelined through the ring
+# transfer costs are measured on payloads this big at least: below a few MiB a GPU copy measures launch latency
+MIN_MEASURE_BYTES, MAX_MEASURE_BYTES = 4 << 20, 64 << 20
+_ALIGN = 8  # each array of a packed index block starts on an 8-byte boundary (int64 views need it)
 
 
 def cuda_available() -> bool:
@@ -53,46 +77,97 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class _PinnedStaging:
-    """One pinned host buffer, grown to the largest transfer seen; used under the device's load lock.
+@dataclass
+class _Slot:
+    block: torch.Tensor | None = None
+    event: object = None  # recorded after the last copy that read (or wrote) the block
+    busy: bool = False
 
-    Pinned (page-locked) memory is what lets a host-to-device copy run as
-    DMA beside compute; allocating it is slow (a driver call), so it is
-    allocated once and reused. The loader waits for each copy before the
-    buffer is reused, so one buffer is enough.
+
+class StagingRing:
+    """N pinned host blocks used in turn; a block is refilled only after the copy that last read it finished.
+
+    A block grows to ``max(needed, 2 x its size)``: allocating pinned memory
+    is a slow driver call, and geometric growth keeps the number of
+    allocations logarithmic in the largest transfer. Only choosing a free
+    block takes the lock; filling it and the copy run outside it, so the
+    loader, the chain relay and the compute thread's write-backs do not
+    queue behind each other.
     """
 
-    def __init__(self):
-        self._buf: torch.Tensor | None = None
+    def __init__(self, runtime: Runtime, count: int = STAGING_BUFFERS):
+        if count < 1:
+            raise ValueError(f"a staging ring needs at least one buffer, got {count}")
+        self.runtime = runtime
+        self._slots = [_Slot() for _ in range(count)]
+        self._next = 0
+        self._cond = threading.Condition()
+        self.allocations = 0  # pinned blocks allocated so far
 
-    def view(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        """A pinned tensor of ``shape``/``dtype`` over the buffer (its contents are garbage)."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
-        if self._buf is None or self._buf.numel() < nbytes:
-            self._buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, pin_memory=True)
-        return self._buf[:nbytes].view(dtype).view(shape)
+    def acquire(self, nbytes: int) -> _Slot:
+        """A block of at least ``nbytes``, free to fill (waits for the copy that last read it)."""
+        with self._cond:
+            slot = self._free_slot()
+            while slot is None:
+                self._cond.wait()
+                slot = self._free_slot()
+            slot.busy = True
+        try:
+            if slot.block is not None:
+                self.runtime.take_over(slot.block)  # after the host's last use of it, in whichever thread
+            if slot.event is not None:
+                self.runtime.host_wait(slot.event)
+            if slot.block is None or slot.block.numel() < nbytes:
+                old = 0 if slot.block is None else slot.block.numel()
+                slot.block = self.runtime.pinned(max(nbytes, 2 * old, MIN_STAGING_BYTES))
+                self.allocations += 1
+        except BaseException:
+            self.release(slot)
+            raise
+        return slot
+
+    def _free_slot(self) -> _Slot | None:
+        n = len(self._slots)
+        for k in range(n):
+            slot = self._slots[(self._next + k) % n]
+            if not slot.busy:
+                self._next = (self._next + k + 1) % n
+                return slot
+        return None
+
+    def release(self, slot: _Slot, stream=None) -> None:
+        """Hand ``slot`` back; with ``stream``, the copy that reads it was queued there: record when it is done."""
+        if stream is not None:
+            if slot.event is None:
+                slot.event = self.runtime.new_event()
+            self.runtime.record(slot.event, stream)
+        if slot.block is not None:
+            self.runtime.hand_over(slot.block)
+        with self._cond:
+            slot.busy = False
+            self._cond.notify()
 
     @property
     def nbytes(self) -> int:
-        return 0 if self._buf is None else int(self._buf.numel())
+        return sum(0 if s.block is None else int(s.block.numel()) for s in self._slots)
 
 
 class _EventSpans:
-    """Spans of asynchronous GPU work, timed with CUDA events and resolved to perf_counter seconds later."""
+    """Spans of asynchronous GPU work, timed with events and resolved to perf_counter seconds later."""
 
     def __init__(self, device: "CudaDevice"):
         self.device = device
         self._pending: list[tuple] = []
-        self._ref: tuple[torch.cuda.Event, float] | None = None
+        self._ref: tuple | None = None
         self._lock = threading.Lock()
 
-    def _reference(self, stream) -> tuple[torch.cuda.Event, float]:
+    def _reference(self, stream) -> tuple:
         """An event whose completion time on the perf_counter clock is known (set once per recorder)."""
-        rec = profiler.active_recorder()
+        rec, rt = profiler.active_recorder(), self.device.runtime
         if self._ref is None or self._ref[2] is not rec:
-            ref = torch.cuda.Event(enable_timing=True)
-            ref.record(stream)
-            ref.synchronize()
+            ref = rt.new_event(timing=True)
+            rt.record(ref, stream)
+            rt.host_wait(ref)
             self._ref = (ref, time.perf_counter(), rec)
         return self._ref[:2]
 
@@ -101,18 +176,19 @@ class _EventSpans:
         if not profiler.enabled():
             yield
             return
-        stream = torch.cuda.current_stream(self.device.torch_device)
+        rt = self.device.runtime
+        stream = rt.current_stream()
         ref = self._reference(stream)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = rt.new_event(timing=True), rt.new_event(timing=True)
         rec = profiler.active_recorder()
         nvtx = getattr(rec, "_nvtx_module", None)  # Nsight shows the same names
         if nvtx is not None:
             nvtx.range_push(profiler.nvtx_name(kind, chunk))
-        start.record(stream)
+        rt.record(start, stream)
         try:
             yield
         finally:
-            end.record(stream)
+            rt.record(end, stream)
             if nvtx is not None:
                 nvtx.range_pop()
             epoch = profiler.active_recorder().epoch
@@ -122,10 +198,10 @@ class _EventSpans:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
+        rt = self.device.runtime
         for (ref, t_ref), start, end, kind, track, chunk, nbytes, layer, phase, epoch in pending:
-            end.synchronize()
-            t0 = t_ref + ref.elapsed_time(start) / 1e3
-            t1 = t_ref + ref.elapsed_time(end) / 1e3
+            rt.host_wait(end)
+            t0, t1 = t_ref + rt.elapsed(ref, start), t_ref + rt.elapsed(ref, end)
             profiler.record_interval(kind, self.device.name, track, t0, t1, chunk=chunk, nbytes=nbytes, layer=layer, phase=phase, epoch=epoch)
 
 
@@ -139,13 +215,36 @@ class CudaDevice(Device):
             (give each its share): chains can then be tested on one GPU.
         index: the CUDA device ordinal (``cuda:index``).
         name: shown in errors and traces (default ``"cuda<index>"``).
+        runtime: the CUDA runtime to drive (default: torch's for GPU
+            ``index``); tests pass a recording stand-in.
+        staging_buffers: pinned staging blocks used in turn (at least 2 for
+            the host's copies to overlap the DMA).
 
     Raises:
         RuntimeError: torch sees no CUDA GPU (a CPU build of torch, or no
             driver); use :class:`~sagann.CpuDevice` there.
     """
 
-    def __init__(self, memory_budget: int | str | None = None, index: int = 0, name: str | None = None):
+    def __init__(self, memory_budget: int | str | None = None, index: int = 0, name: str | None = None, *, runtime: Runtime | None = None, staging_buffers: int = STAGING_BUFFERS):
+        if runtime is None:
+            runtime = self._torch_runtime(index)
+            if memory_budget is None:
+                free, _ = torch.cuda.mem_get_info(runtime.device)
+                memory_budget = int(free * FREE_MEMORY_SHARE)
+        elif memory_budget is None:
+            raise ValueError("CudaDevice(runtime=...) needs a memory_budget")
+        super().__init__(name or f"cuda{index}", parse_bytes(memory_budget))
+        self.runtime = runtime
+        self.torch_device = runtime.device
+        self.index = index
+        self.copy_stream = runtime.new_stream("copy")
+        self.compute_stream = runtime.new_stream("compute")
+        self._ring = StagingRing(runtime, staging_buffers)
+        self._events = _EventSpans(self)
+        self.min_measure_bytes, self.default_measure_bytes, self.max_measure_bytes = MIN_MEASURE_BYTES, 2 * MIN_MEASURE_BYTES, MAX_MEASURE_BYTES
+
+    @staticmethod
+    def _torch_runtime(index) -> TorchRuntime:
         if not cuda_available():
             raise RuntimeError(
                 "CudaDevice needs a CUDA GPU, but torch sees none (torch "
@@ -155,17 +254,7 @@ class CudaDevice(Device):
         count = torch.cuda.device_count()
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
             raise ValueError(f"CudaDevice index must be an int in [0, {count}) on this machine, got {index!r}")
-        torch_device = torch.device("cuda", index)
-        if memory_budget is None:
-            free, _ = torch.cuda.mem_get_info(torch_device)
-            memory_budget = int(free * FREE_MEMORY_SHARE)
-        super().__init__(name or f"cuda{index}", parse_bytes(memory_budget))
-        self.torch_device = torch_device
-        self.index = index
-        self.copy_stream = torch.cuda.Stream(device=torch_device)
-        self._staging = _PinnedStaging()
-        self._load_lock = threading.Lock()  # one load at a time uses the staging buffer
-        self._events = _EventSpans(self)
+        return TorchRuntime(index)
 
     # ---- properties the engine reads -----------------------------------------------------------
     @property
@@ -179,74 +268,206 @@ class CudaDevice(Device):
     @property
     def kernel_backend(self) -> str:
         """The numba.cuda kernels where numba can drive this GPU, else torch's ops, with a warning saying why."""
+        if not isinstance(self.runtime, TorchRuntime):
+            return getattr(self.runtime, "kernel_backend", "reference")
         return kernels.gpu_kernel_backend()
 
     @property
-    def _compute_stream(self) -> torch.cuda.Stream:
-        return torch.cuda.default_stream(self.torch_device)
+    def staging_bytes(self) -> int:
+        """Pinned host bytes the staging blocks hold."""
+        return self._ring.nbytes
 
-    # ---- loads: the loader thread, on the copy stream --------------------------------------------
-    def _send(self, staged: torch.Tensor, nbytes: int) -> torch.Tensor:
-        """``staged`` (pinned host, or already on a GPU) onto this device on the copy stream; complete on return."""
-        with torch.cuda.stream(self.copy_stream):
-            out = torch.empty(staged.shape, dtype=staged.dtype, device=self.torch_device)
-            out.copy_(staged, non_blocking=True)
-        self.copy_stream.synchronize()  # the loader waits for its own copy only: compute runs on
-        out.record_stream(self._compute_stream)  # compute reads it there: no reuse before that is done
-        self._count_in(nbytes)
+    # ---- the executor's hooks --------------------------------------------------------------------
+    def loading(self):
+        """Loads made inside, and torch's ops, go on the copy stream (the loader thread, the chain relay)."""
+        return self.runtime.use_stream(self.copy_stream)
+
+    def loads_ready(self):
+        """An event that completes when every copy queued on the copy stream so far has (timed)."""
+        event = self.runtime.new_event(timing=True)
+        self.runtime.record(event, self.copy_stream)
+        return event
+
+    def seconds_between(self, start, end) -> float | None:
+        return None if start is None or end is None else self.runtime.elapsed(start, end)
+
+    @contextmanager
+    def computing(self, ready=None, reads=()):
+        """Run the caller's kernels on the compute stream, after ``ready`` (a :meth:`loads_ready`) and the caller's stream."""
+        rt = self.runtime
+        caller = rt.current_stream()
+        self._keep_for_compute(reads)  # loaded on the copy stream, or picked there by torch: read here
+        if caller == self.compute_stream:  # nested: already ordered
+            rt.launch(self.compute_stream, reads)
+            yield
+            return
+        enter = rt.new_event()
+        rt.record(enter, caller)
+        rt.wait(self.compute_stream, enter)
+        if ready is not None:
+            rt.wait(self.compute_stream, ready)
+        rt.launch(self.compute_stream, reads)
+        try:
+            with rt.use_stream(self.compute_stream):
+                yield
+        finally:
+            leave = rt.new_event()
+            rt.record(leave, self.compute_stream)
+            rt.wait(caller, leave)  # write-backs and frees queued after this see the kernels' results
+
+    def synchronize(self) -> None:
+        """Wait for this device's compute stream (an event): not for queued prefetch copies or another device."""
+        event = self.runtime.new_event()
+        self.runtime.record(event, self.compute_stream)
+        self.runtime.host_wait(event)
+
+    def drain(self) -> None:
+        """Wait for every stream this device queues work on (measuring; never on the hot path)."""
+        for stream in (self.runtime.current_stream(), self.copy_stream, self.compute_stream):
+            event = self.runtime.new_event()
+            self.runtime.record(event, stream)
+            self.runtime.host_wait(event)
+
+    # ---- loads ---------------------------------------------------------------------------------
+    def _send_staged(self, shape, dtype: torch.dtype, fill, split: bool = True) -> torch.Tensor:
+        """``fill(view, lo, hi)`` writes rows ``lo:hi`` into a pinned staging block; asynchronous copies send them.
+
+        A transfer over :data:`STAGING_PIECE_BYTES` goes in pieces through
+        the ring (``split``), so the host fills the next piece while the DMA
+        sends the last, and pinned memory stays a few pieces, not a block.
+        """
+        rt, stream = self.runtime, self.runtime.current_stream()
+        rows = shape[0]
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        step = max(1, STAGING_PIECE_BYTES // max(row_bytes, 1)) if split else max(rows, 1)
+        out = rt.empty(shape, dtype, stream)
+        for lo in range(0, max(rows, 1), step):
+            hi = min(rows, lo + step)
+            nbytes = (hi - lo) * row_bytes
+            slot = self._ring.acquire(nbytes)
+            try:
+                view = slot.block[:nbytes].view(dtype).view((hi - lo,) + tuple(shape[1:]))
+                rt.host_fill(slot.block, lambda: fill(view, lo, hi))
+                rt.copy(out[lo:hi], view, stream)
+            except BaseException:
+                self._ring.release(slot)
+                raise
+            self._ring.release(slot, stream)
+        self._loaded(out, stream)
+        self._count_in(rows * row_bytes)
         return out
+
+    def _loaded(self, out: torch.Tensor, stream) -> None:
+        if stream == self.copy_stream:
+            self._keep_for_compute([out])
+
+    def _keep_for_compute(self, tensors) -> None:
+        """Tensors the compute stream reads: the allocator must not reuse their memory before it is done."""
+        for t in tensors:
+            self.runtime.keep_alive(t, self.compute_stream)
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         host = host.detach()
-        if host.device.type == "cuda":  # already on a GPU (e.g. another device's block)
-            return self.copy_from_peer(host, None)
-        with self._load_lock:
-            src = host if host.is_pinned() else self._staging.view(tuple(host.shape), host.dtype).copy_(host)
-            return self._send(src, tensor_bytes(host))
+        if host.dim() == 0:
+            return self.copy_in(host.reshape(1)).reshape(())
+        if self.runtime.on_device(host):  # already on a GPU (e.g. another device's block)
+            return self._copy_on_device(host)
+        return self._send_staged(tuple(host.shape), host.dtype, lambda view, lo, hi: view.copy_(host[lo:hi]))
 
     def gather_in(self, host: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Gather rows straight into pinned staging on the host, then one copy to the GPU."""
+        """Gather rows straight into a pinned staging block on the host, then one copy to the GPU."""
         host = host.detach()
-        if host.device.type == "cuda":
-            return self.copy_in(host.index_select(0, index.to(host.device)))
+        if self.runtime.on_device(host):
+            return self._copy_on_device(host.index_select(0, index.to(host.device)))
         shape = (int(index.numel()),) + tuple(host.shape[1:])
-        with self._load_lock:
-            staged = torch.index_select(host, 0, index, out=self._staging.view(shape, host.dtype))
-            return self._send(staged, tensor_bytes(staged))
+        return self._send_staged(shape, host.dtype, lambda view, lo, hi: torch.index_select(host, 0, index[lo:hi], out=view))
+
+    def chunk_index(self, chunk, source_major: bool = False):
+        """The sub-chunk's index arrays and its source rows within V_i, packed into one staging block, sent with one copy."""
+        src_dst = chunk.src_major_dst() if source_major else None
+        arrays = [chunk.dst_ptr, chunk.dst_idx, chunk.src_idx, chunk.src_ptr, chunk.src_perm, chunk.src_rows] + ([] if src_dst is None else [src_dst])
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        offsets, total = [], 0
+        for a in arrays:
+            offsets.append(total)
+            total += -(-a.nbytes // _ALIGN) * _ALIGN
+
+        def fill(view: torch.Tensor, lo: int, hi: int) -> None:
+            for a, off in zip(arrays, offsets):
+                view[off : off + a.nbytes].view(_torch_dtype(a)).copy_(torch.from_numpy(a))
+
+        packed = self._send_staged((max(total, _ALIGN),), torch.uint8, fill, split=False)
+        views = [packed[off : off + a.nbytes].view(_torch_dtype(a)) for a, off in zip(arrays, offsets)]
+        ct = ChunkTensors(
+            dst_ptr=views[0], dst_idx=views[1], src_idx=views[2], src_ptr=views[3], src_perm=views[4],
+            num_src=chunk.num_src, num_dst=chunk.num_dst, src_dst=views[6] if src_dst is not None else None,
+        )
+        rows = views[5]
+        declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)  # known here: no device read to check it
+        return ct, rows, sum(a.nbytes for a in arrays)  # what the plan counts; the 8-byte padding is below the allocator's rounding
 
     def chunk_tensors(self, chunk, source_major: bool = False):
-        from sagann.kernels.graph import ChunkTensors
+        return self.chunk_index(chunk, source_major)[0]
 
-        host = ChunkTensors.from_chunk(chunk, "cpu", source_major=source_major)
-        move = lambda t: None if t is None else self.copy_in(t)  # noqa: E731
-        return ChunkTensors(
-            dst_ptr=move(host.dst_ptr), dst_idx=move(host.dst_idx), src_idx=move(host.src_idx),
-            src_ptr=move(host.src_ptr), src_perm=move(host.src_perm),
-            num_src=host.num_src, num_dst=host.num_dst, src_dst=move(host.src_dst),
-        )
+    def _copy_on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy of ``t`` (on a GPU, written on the caller's current stream) made on the current stream."""
+        rt, stream = self.runtime, self.runtime.current_stream()
+        if t.device != self.torch_device:  # another GPU: torch orders the two devices' current streams
+            return t.to(self.torch_device)
+        out = rt.empty(tuple(t.shape), t.dtype, stream)
+        rt.copy(out, t, stream)
+        self._loaded(out, stream)
+        return out
+
+    def _producer_event(self, t: torch.Tensor, source: "CudaDevice"):
+        """An event after the write of ``t``: blocks a chain forwards were loaded on the source's copy stream."""
+        return source.loads_ready()
 
     def copy_from_peer(self, t: torch.Tensor, source: Device | None) -> torch.Tensor:
         """A chain hop: GPU to GPU on this device's copy stream (peer access where the GPUs have it)."""
-        nbytes = tensor_bytes(t)
-        with torch.cuda.stream(self.copy_stream):
-            if t.device.type == "cuda":  # the copy must not start before the producer's stream wrote t
-                self.copy_stream.wait_stream(torch.cuda.current_stream(t.device))
-            out = t.detach().to(self.torch_device, non_blocking=True, copy=True)
-        self.copy_stream.synchronize()
-        out.record_stream(self._compute_stream)
-        if source is not None:
-            self._count_peer_in(nbytes)
+        if not isinstance(source, CudaDevice):
+            return self._copy_on_device(t.detach())
+        rt = self.runtime
+        rt.wait(self.copy_stream, self._producer_event(t, source))
+        out = rt.empty(tuple(t.shape), t.dtype, self.copy_stream)
+        rt.copy(out, t.detach(), self.copy_stream)
+        done = rt.new_event()
+        rt.record(done, self.copy_stream)
+        source.runtime.wait(source.copy_stream, done)  # the source's next loads may reuse t's memory: after this read
+        self._loaded(out, self.copy_stream)
+        self._count_peer_in(tensor_bytes(t))
         return out
 
-    # ---- compute side ------------------------------------------------------------------------
+    # ---- write-backs: the compute side -----------------------------------------------------------
+    def _read_back(self, dev: torch.Tensor, use) -> None:
+        """Copy ``dev`` into pinned blocks on the current stream, piece by piece; wait for each, then ``use(view, lo, hi)``."""
+        rt, stream = self.runtime, self.runtime.current_stream()
+        dev = dev.detach()
+        rows, row_bytes = dev.shape[0], tensor_bytes(dev[:1])
+        step = max(1, STAGING_PIECE_BYTES // max(row_bytes, 1))
+        for lo in range(0, max(rows, 1), step):
+            hi = min(rows, lo + step)
+            slot = self._ring.acquire((hi - lo) * row_bytes)
+            try:
+                view = slot.block[: (hi - lo) * row_bytes].view(dev.dtype).view((hi - lo,) + tuple(dev.shape[1:]))
+                rt.copy(view, dev[lo:hi], stream)
+                if slot.event is None:
+                    slot.event = rt.new_event()
+                rt.record(slot.event, stream)
+                rt.host_wait(slot.event)  # this stream's work only: the copy and the kernels before it
+                rt.host_read(slot.block, lambda: use(view, lo, hi))
+            finally:
+                self._ring.release(slot)
+
     def copy_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
-        host_out.copy_(dev)  # device to pageable host memory: blocking
+        if dev.dim() == 0:
+            dev, host_out = dev.reshape(1), host_out.view(1)
+        self._read_back(dev, lambda view, lo, hi: host_out[lo:hi].copy_(view))
 
     def add_out(self, dev: torch.Tensor, host_out: torch.Tensor) -> None:
-        host_out.add_(dev.to(host_out.device))
-
-    def synchronize(self) -> None:
-        torch.cuda.synchronize(self.torch_device)
+        if dev.dim() == 0:
+            dev, host_out = dev.reshape(1), host_out.view(1)
+        self._read_back(dev, lambda view, lo, hi: host_out[lo:hi].add_(view))
 
     def span(self, kind: str, track: str, chunk=None, nbytes: int = 0, layer: str | None = None, phase: str = "forward"):
         if track == "compute":
@@ -258,3 +479,8 @@ class CudaDevice(Device):
 
     def __repr__(self) -> str:
         return f"CudaDevice({self.name!r}, index={self.index}, memory_budget={format_bytes(self.memory_budget)})"
+
+
+def _torch_dtype(a: np.ndarray) -> torch.dtype:
+    return torch.from_numpy(a[:0]).dtype
+

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from sagann import profiler
-from sagann.kernels.graph import ChunkTensors
+from sagann.kernels.graph import ChunkTensors, declare_rows_bound
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.pool import BufferPool
@@ -125,8 +127,10 @@ class Device(abc.ABC):
     ``torch_device`` its tensors live on; everything else has a default that
     a device overrides where it can do better (``gather_in`` for selective
     transfers, ``copy_out``/``add_out`` for write-back, ``copy_from_peer``
-    for chain hops, ``synchronize``/``span`` for asynchronous work, and
-    ``kernel_backend`` for fused kernels).
+    for chain hops, ``synchronize``/``span`` for asynchronous work,
+    ``loading``/``loads_ready``/``computing`` for the streams a GPU orders
+    loads and compute with, ``chunk_index`` for a sub-chunk's index arrays,
+    and ``kernel_backend`` for fused kernels).
     """
 
     torch_device: torch.device
@@ -138,7 +142,12 @@ class Device(abc.ABC):
         self.bytes_in = 0  # bytes sent host -> device since creation
         self.bytes_peer_in = 0  # bytes received from other devices (chain hops) since creation
         self._counter_lock = threading.Lock()
-        self._costs: TransferCosts | None = None
+        self._costs = None  # costs set by hand; measured ones are kept per payload size
+        self._measured: dict[int, TransferCosts] = {}
+        # transfer costs are measured on payloads in [min, max], the plan's transfer size where it names one
+        # (a GPU: a few MiB at least, since below that a copy measures launch latency, not bandwidth)
+        self.min_measure_bytes = self.default_measure_bytes = 512 << 10
+        self.max_measure_bytes = 4 << 20
 
     def _count_in(self, nbytes: int) -> None:
         with self._counter_lock:
@@ -148,15 +157,30 @@ class Device(abc.ABC):
         with self._counter_lock:
             self.bytes_peer_in += nbytes
 
-    def transfer_costs(self) -> TransferCosts:
-        """Seconds per byte of gather-and-send, block send and on-device row picking; measured once."""
-        if self._costs is None:
-            self._costs = self._measure_costs()
-        return self._costs
+    def transfer_costs(self, nbytes: int | None = None) -> TransferCosts:
+        """Seconds per byte of gather-and-send, block send and on-device row picking; measured once per payload size.
 
-    def _measure_costs(self, rows: int = 2048, width: int = 64, repeats: int = 3) -> TransferCosts:
-        """Best of ``repeats`` on a 512 KiB payload: small enough to cost little on a slow link."""
+        ``nbytes``: the size of the transfers the plan will make (a block of
+        V_i); measured at that size (rounded up to a power of two, at least
+        :attr:`min_measure_bytes`, at most :attr:`max_measure_bytes`), since
+        per-byte costs of small copies measure latency, not bandwidth.
+        """
+        payload = max(self.min_measure_bytes, self.default_measure_bytes if nbytes is None else int(nbytes), 1)
+        payload = min(1 << (payload - 1).bit_length(), self.max_measure_bytes)
+        if self._costs is not None:
+            return self._costs  # set by hand
+        with self._counter_lock:
+            known = self._measured.get(payload)
+        if known is None:
+            known = self._measure_costs(payload)
+            with self._counter_lock:
+                self._measured[payload] = known
+        return known
+
+    def _measure_costs(self, payload: int = 512 << 10, width: int = 64, repeats: int = 3) -> TransferCosts:
+        """Best of ``repeats`` on a ``payload``-byte block of ``width``-float rows (half of them gathered)."""
         gen = torch.Generator().manual_seed(0)  # never the caller's RNG: measuring must not move dropout draws
+        rows = max(2, payload // (width * 4))
         host = torch.randn(rows, width, generator=gen)
         index = torch.randperm(rows, generator=gen)[: rows // 2].sort().values
         nbytes_block, nbytes_rows = tensor_bytes(host), index.numel() * width * host.element_size()
@@ -164,10 +188,10 @@ class Device(abc.ABC):
         def best(fn) -> float:
             times = []
             for _ in range(repeats):
-                self.synchronize()
+                self.drain()
                 t0 = time.perf_counter()
                 fn()
-                self.synchronize()  # device work is asynchronous on a GPU: time it to completion
+                self.drain()  # device work is asynchronous on a GPU: time it to completion
                 times.append(time.perf_counter() - t0)
             return min(times)
 
@@ -175,7 +199,8 @@ class Device(abc.ABC):
         block = best(lambda: self.copy_in(host)) / nbytes_block
         gather = best(lambda: self.gather_in(host, index)) / nbytes_rows
         on_device = self.copy_in(host)
-        compact = best(lambda: on_device.index_select(0, index.to(on_device.device))) / nbytes_rows
+        dev_index = self.copy_in(index)
+        compact = best(lambda: on_device.index_select(0, dev_index)) / nbytes_rows
         one_row = index[:1]
         latency = max(0.0, best(lambda: self.gather_in(host, one_row)) - host[:1].nbytes * gather)
         with self._counter_lock:
@@ -211,7 +236,34 @@ class Device(abc.ABC):
         return ChunkTensors.from_chunk(chunk, self.torch_device, source_major=source_major)
 
     def synchronize(self) -> None:
-        """Wait for the device's queued work (a no-op where work is synchronous)."""
+        """Wait for the device's compute (a no-op where work is synchronous)."""
+
+    def drain(self) -> None:
+        """Wait for all of the device's queued work, loads included (for measuring; never on the hot path)."""
+        self.synchronize()
+
+    def loading(self):
+        """A context whose loads are prefetches (a GPU queues them on its copy stream)."""
+        return contextlib.nullcontext()
+
+    def loads_ready(self):
+        """An event after every prefetch queued so far (None where loads are synchronous)."""
+        return None
+
+    def seconds_between(self, start, end) -> float | None:
+        """Seconds between two completed :meth:`loads_ready` events (None without events)."""
+        return None
+
+    def computing(self, ready=None, reads=()):
+        """A context running one sub-chunk's compute after its loads ``ready`` (a GPU: on its compute stream)."""
+        return contextlib.nullcontext()
+
+    def chunk_index(self, chunk, source_major: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
+        """A sub-chunk's index arrays, its source rows within V_i (a loader job), and the device bytes they take."""
+        ct = self.chunk_tensors(chunk, source_major)
+        rows = torch.from_numpy(chunk.src_rows.astype(np.int64)).to(self.torch_device)
+        declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)
+        return ct, rows, ct.nbytes
 
     def span(self, kind: str, track: str, chunk=None, nbytes: int = 0, layer: str | None = None, phase: str = "forward"):
         """A profiler span of device work on ``track`` (wall clock here; CUDA events on a GPU)."""

@@ -82,17 +82,22 @@ class ChunkInputs:
         self._values: dict[str, torch.Tensor | None] = {}
         self.loaded_bytes = 0
         self.load_seconds = 0.0
-        self.ct = ex.device.chunk_tensors(c, source_major=ex.source_major and fields.phase == BACKWARD)
-        self.scope.charge(self.ct.nbytes, lambda: f"index arrays of {c.id!r}")
-        self.loaded_bytes += self.ct.nbytes
-        self._src_local = torch.from_numpy(c.src_rows.astype(np.int64))
-        self._src_local_dev: torch.Tensor | None = None
+        self.started = self.ready = None  # the device's events around this sub-chunk's loads (None where loads are synchronous)
+        # index arrays and the source rows within V_i, sent together by the loader (one copy on a GPU)
+        self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=ex.source_major and fields.phase == BACKWARD)
+        self.scope.charge(index_bytes, lambda: f"index arrays of {c.id!r}")
+        self.loaded_bytes += index_bytes
 
     def src_local_rows(self) -> torch.Tensor:
-        """The sub-chunk's source rows within V_i (int64, on the device)."""
-        if self._src_local_dev is None:
-            self._src_local_dev = self._src_local.to(self.device.torch_device)
-        return self._src_local_dev
+        """The sub-chunk's source rows within V_i (an int tensor on the device, loaded with the index arrays)."""
+        return self._src_local
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """The device tensors loaded so far (what the sub-chunk's kernels read)."""
+        ct = self.ct
+        found = [ct.dst_ptr, ct.dst_idx, ct.src_idx, ct.src_ptr, ct.src_perm, ct.src_dst, self._src_local]
+        found += list(self._values.values()) + ([] if self._block is None else list(self._block.tensors.values()))
+        return [t for t in found if t is not None]
 
     def set_resident(self, resident: dict) -> None:
         """The destination rows of V_j already on the device (forward: the column; backward: held rows)."""
@@ -122,7 +127,7 @@ class ChunkInputs:
             block = self._block.tensors[name]
             if self.block_in_place:
                 return block
-            t = s.adopt(block.index_select(0, self._src_local.to(block.device)), lambda: f"{name} rows picked for {c.id!r}")
+            t = s.adopt(block.index_select(0, self._src_local), lambda: f"{name} rows picked for {c.id!r}")
         else:
             if name in SRC_FIELDS:
                 t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), lambda: f"{name} rows of {c.id!r}")
@@ -276,7 +281,12 @@ class Executor:
             self._resident_copies = {}
 
     def _load(self, step: ChunkStep, k: int, fields: _Fields, holder: dict) -> ChunkInputs:
+        with self.device.loading():  # a GPU queues these copies on its copy stream; compute waits for inputs.ready
+            return self._load_inputs(step, k, fields, holder)
+
+    def _load_inputs(self, step: ChunkStep, k: int, fields: _Fields, holder: dict) -> ChunkInputs:
         t0 = time.perf_counter()
+        started = self.device.loads_ready()  # on a GPU: the copies of this job run between this event and inputs.ready
         c = step.subs[k]
         block_bytes = 0
         if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:
@@ -296,6 +306,7 @@ class Executor:
             inputs.close()
             raise
         inputs.loaded_bytes += block_bytes
+        inputs.started, inputs.ready = started, self.device.loads_ready()
         t1 = time.perf_counter()
         inputs.load_seconds = t1 - t0
         if profiler.enabled():
@@ -339,11 +350,14 @@ class Executor:
             assert inputs.c is c, f"pipeline out of order: expected {c.id!r}, got {inputs.c.id!r}"
             try:
                 t0 = time.perf_counter()
-                compute(inputs)
+                with self.device.computing(inputs.ready, inputs.device_tensors()):
+                    compute(inputs)
                 # on a GPU: wait for the launched kernels, so the measured compute is real (it feeds the
                 # ordering) and the ledger frees this sub-chunk's bytes only when the device has
                 self.device.synchronize()
                 busy += time.perf_counter() - t0
+                copying = self.device.seconds_between(inputs.started, inputs.ready)  # the copies' own time, now complete
+                inputs.load_seconds = max(inputs.load_seconds, copying or 0.0)
             except Exception as exc:
                 exc.add_note(f"while computing sub-chunk {c.id!r} of {self.name} on {self.device.name}")
                 raise

@@ -411,7 +411,7 @@ class Planner:
         smallest on ties. On a device's view (:meth:`for_device`), the pass
         covers the device's owned columns.
         """
-        job = _Pass(partition, shape, fused, param_bytes, phase, measured, self.prefetch_depth(partition, shape, fused, param_bytes), self._plan_costs(phase, fused))
+        job = _Pass(partition, shape, fused, param_bytes, phase, measured, self.prefetch_depth(partition, shape, fused, param_bytes), self._plan_costs(phase, fused, _largest_block(partition, shape)))
         if self._scope is not None:
             return self._plan_owned(job)
         cfg, budget = self._schedule, self._devices[0].memory_budget
@@ -503,15 +503,15 @@ class Planner:
         candidate_peak = self._peak(job, candidate)
         return (candidate, candidate_peak, room) if candidate_peak <= self._devices[0].memory_budget else best
 
-    def _plan_costs(self, phase: str, fused: bool) -> TransferCosts | None:
-        """The device's measured transfer costs for the selective-or-full choice (None unless the policy is auto).
+    def _plan_costs(self, phase: str, fused: bool, block_bytes: int) -> TransferCosts | None:
+        """The device's transfer costs measured at the plan's block size, for the selective-or-full choice (None unless auto).
 
         A fused forward reads a full block of V_i in place (``gspmm(src_rows=)``):
         no rows are picked on the device, so a full transfer costs the block alone.
         """
         if self._schedule.transfer is not TransferPolicy.AUTO:
             return None
-        costs = self._devices[0].transfer_costs()
+        costs = self._devices[0].transfer_costs(block_bytes)
         return dataclasses.replace(costs, compact=0.0) if phase == FORWARD and fused else costs
 
     # ---- several devices ----------------------------------------------------------------------

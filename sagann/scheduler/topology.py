@@ -33,7 +33,7 @@ from typing import Sequence
 
 from sagann.units import parse_bytes
 
-# Defaults when a reader cannot measure: effective PCIe 3.0 x16 and NVLink 2.0 per link (V100), bytes/s
+# Defaults when nothing better is known: effective PCIe 3.0 x16 and NVLink 2.0 per link (V100), bytes/s
 PCIE_BANDWIDTH = 12 * 10**9
 NVLINK_BANDWIDTH_PER_LINK = 25 * 10**9
 
@@ -358,12 +358,86 @@ def parse_nvidia_smi_topo(text: str, name: str = "nvidia-smi", pcie_bandwidth: i
     return Topology(name, tuple(TopoDevice(names[g]) for g in gpus), switches, tuple(links), pcie_bandwidth, "read from nvidia-smi topo -m")
 
 
-def detect() -> Topology:
-    """This host's GPUs, from ``nvidia-smi topo -m``; a clear error where there is none."""
+# bytes/s per lane of each PCIe generation after line encoding (8b/10b to Gen2, 128b/130b from Gen3; Gen6 FLIT)
+PCIE_LANE_BYTES = {1: 250 * 10**6, 2: 500 * 10**6, 3: 985 * 10**6, 4: 1969 * 10**6, 5: 3938 * 10**6, 6: 7563 * 10**6}
+PCIE_EFFICIENCY = 0.8  # the share of the raw rate a large pinned DMA reaches (packet headers, flow control)
+PCIE_QUERY = ["nvidia-smi", "--query-gpu=index,pcie.link.gen.max,pcie.link.width.max", "--format=csv,noheader,nounits"]
+
+
+def pcie_bandwidth(gen: int, width: int) -> int:
+    """Effective bytes/s of a PCIe link of generation ``gen`` and ``width`` lanes (Gen3 x16: about 12.6 GB/s)."""
+    if gen not in PCIE_LANE_BYTES or width < 1:
+        raise TopologyError(f"unknown PCIe link Gen{gen} x{width}; known generations: {sorted(PCIE_LANE_BYTES)}")
+    return int(PCIE_LANE_BYTES[gen] * width * PCIE_EFFICIENCY)
+
+
+def parse_pcie_query(text: str) -> dict[int, tuple[int, int]]:
+    """``{gpu index: (generation, lanes)}`` from ``nvidia-smi --query-gpu=index,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader,nounits``.
+
+    The maximum generation and width, not the current ones: an idle GPU
+    drops its link to a slower generation to save power. GPUs whose fields
+    read ``[N/A]`` or ``[Not Supported]`` are left out.
+    """
+    links = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != 3 or not all(c.isdigit() for c in cells):
+            continue
+        links[int(cells[0])] = (int(cells[1]), int(cells[2]))
+    return links
+
+
+def measure_host_bandwidth(index: int = 0, nbytes: int = 256 << 20, repeats: int = 3) -> int:
+    """Bytes/s of a pinned host-to-device copy to GPU ``index``, best of ``repeats`` (timed with CUDA events)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TopologyError("measuring the host link needs a CUDA GPU, and torch sees none")
+    device = torch.device("cuda", index)
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dev.copy_(host, non_blocking=True)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        stream = torch.cuda.current_stream(device)
+        start.record(stream)
+        dev.copy_(host, non_blocking=True)
+        end.record(stream)
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return int(nbytes / best)
+
+
+def _run(cmd: list[str]) -> str:
     try:
-        text = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=30, check=True).stdout
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
     except FileNotFoundError:
         raise TopologyError("nvidia-smi is not installed: no NVIDIA GPU topology to read here; pass a spec (sagann.scheduler.topology.shipped(...) or a JSON file)") from None
     except subprocess.CalledProcessError as exc:
-        raise TopologyError(f"nvidia-smi topo -m failed: {exc.stderr.strip() or exc}") from None
-    return parse_nvidia_smi_topo(text, name="this host")
+        raise TopologyError(f"{' '.join(cmd[:3])} failed: {exc.stderr.strip() or exc}") from None
+
+
+def detect(measure: bool = False) -> Topology:
+    """This host's GPUs, from ``nvidia-smi topo -m``, with the host link read from each GPU's PCIe generation and width.
+
+    ``measure=True`` times a pinned host-to-device copy to each GPU instead
+    (seconds per GPU). Without either (an nvidia-smi that cannot report the
+    link), the PCIe 3.0 x16 default stays, and the description says so.
+    """
+    text = _run(["nvidia-smi", "topo", "-m"])
+    how = "assumed PCIe 3.0 x16"
+    bandwidth = PCIE_BANDWIDTH
+    if measure:
+        count = len(parse_nvidia_smi_topo(text).devices)
+        bandwidth, how = min(measure_host_bandwidth(k) for k in range(count)), "measured pinned host-to-device copies"
+    else:
+        try:
+            links = parse_pcie_query(_run(PCIE_QUERY))
+        except TopologyError:
+            links = {}
+        if links:
+            bandwidth = min(pcie_bandwidth(gen, width) for gen, width in links.values())  # one host_bandwidth: the slowest
+            how = "PCIe " + ", ".join(f"gpu{k} Gen{g} x{w}" for k, (g, w) in sorted(links.items()))
+    topo = parse_nvidia_smi_topo(text, name="this host", pcie_bandwidth=bandwidth)
+    return Topology(topo.name, topo.devices, topo.switches, topo.nvlinks, topo.host_bandwidth, f"read from nvidia-smi topo -m; host link: {how}")

@@ -108,3 +108,63 @@ def test_two_logical_devices_on_one_gpu_form_a_chain():
     assert_rel_close(out.detach(), ref_out, what="chained output")
     assert_grads_close([t.cpu() for t in grads], ref_grads)
     assert g.link.peer_bytes > 0
+
+
+def test_a_device_over_another_runtime_needs_a_budget():
+    from tests.scheduler.recording_runtime import RecordingRuntime
+
+    with pytest.raises(ValueError, match="memory_budget"):
+        CudaDevice(runtime=RecordingRuntime())
+    with pytest.raises(ValueError, match="at least one buffer"):
+        CudaDevice("1MB", runtime=RecordingRuntime(), staging_buffers=0)
+
+
+@gpu
+def test_staged_pieces_index_blocks_and_write_backs_on_a_gpu():
+    from sagann.chunks.partition import partition_graph
+    from sagann.kernels.graph import ChunkTensors
+
+    dev = CudaDevice("2GB")
+    host = torch.randn(40 << 18, 1)  # 40 MiB: three pieces through the ring
+    with dev.loading():
+        sent = dev.copy_in(host)
+        picked = dev.gather_in(host, torch.arange(0, host.shape[0], 3))
+        ready = dev.loads_ready()
+    with dev.computing(ready, [sent, picked]):
+        doubled = sent * 2
+        back = torch.zeros_like(host)
+        dev.copy_out(doubled, back)
+        dev.add_out(picked, back[::3])
+    dev.synchronize()
+    expected = 2 * host
+    expected[::3] += host[::3]
+    assert torch.equal(back, expected)
+    ei = awkward_graph(np.random.default_rng(6), N, E)
+    for c in list(partition_graph(ei, N, 3, sub_chunk_nnz=300).sub_chunks())[:4]:
+        with dev.loading():
+            ct, rows, _ = dev.chunk_index(c, source_major=True)
+        dev.runtime.host_wait(dev.loads_ready())
+        ref = ChunkTensors.from_chunk(c, "cpu", source_major=True)
+        for name in ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst"):
+            assert torch.equal(getattr(ct, name).cpu(), getattr(ref, name)), name
+        assert torch.equal(rows.cpu().long(), torch.from_numpy(c.src_rows.astype(np.int64)))
+
+
+@gpu
+@pytest.mark.parametrize("depth", [1, 3])
+def test_prefetch_depths_and_transfers_on_a_gpu_equal_the_cpu_device(depth):
+    ei = awkward_graph(np.random.default_rng(1), N, E)
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(2))
+    ref_out, ref_grads, _ = _run(_layers()["gcn"], sagann.CpuDevice(), ei, x, None)
+    for transfer in ("selective", "full"):
+        dev = CudaDevice("2MB")
+        torch.manual_seed(0)
+        layer = _layers()["gcn"]().to(dev.torch_device)
+        g = sagann.ChunkedGraph(ei, N, num_chunks=3, device=dev, schedule=sagann.ScheduleConfig(prefetch=depth, transfer=transfer))
+        xx = x.clone().requires_grad_(True)
+        out = layer(g, xx)
+        probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad((out * probe).sum(), [xx] + list(layer.parameters()))
+        assert_rel_close(out.detach(), ref_out, what=f"depth {depth}, {transfer}")
+        assert_grads_close([t.cpu() for t in grads], ref_grads)
+        assert dev.current_bytes == 0

@@ -136,3 +136,31 @@ def test_graph_takes_chains_from_a_topology(tmp_path):
         sagann.ChunkedGraph(ei, 3, device=[sagann.CpuDevice(name="cpu0"), sagann.CpuDevice(name="cpu1")], topology="dgx1-nvlink-8gpu")
     out = sagann.nn.GCNConv(2, 2)(g, torch.ones(3, 2))
     assert out.shape == (3, 2)
+
+
+def test_detect_reads_the_pcie_link_of_each_gpu(monkeypatch):
+    outputs = {
+        "topo": "\tGPU0\tGPU1\tCPU Affinity\nGPU0\t X \tNV18\t0-31\nGPU1\tNV18\t X \t0-31\n",
+        "--query-gpu=index,pcie.link.gen.max,pcie.link.width.max": "0, 5, 16\n1, 5, 16\n",
+    }
+
+    class Done:
+        def __init__(self, stdout):
+            self.stdout = stdout
+
+    monkeypatch.setattr(T.subprocess, "run", lambda cmd, **kw: Done(outputs[cmd[1]]))
+    topo = T.detect()
+    assert topo.host_bandwidth == T.pcie_bandwidth(5, 16) > 4 * T.PCIE_BANDWIDTH  # Gen5 x16, not the Gen3 default
+    assert "Gen5 x16" in topo.description
+    outputs["--query-gpu=index,pcie.link.gen.max,pcie.link.width.max"] = "0, 4, 8\n1, [N/A], [N/A]\n"
+    assert T.detect().host_bandwidth == T.pcie_bandwidth(4, 8)  # the slowest link that reports one
+    outputs["--query-gpu=index,pcie.link.gen.max,pcie.link.width.max"] = "0, [N/A], [N/A]\n"
+    topo = T.detect()
+    assert topo.host_bandwidth == T.PCIE_BANDWIDTH and "assumed" in topo.description
+
+
+def test_pcie_bandwidth_per_generation():
+    assert T.pcie_bandwidth(3, 16) == pytest.approx(12.6e9, rel=0.01)
+    assert T.pcie_bandwidth(4, 16) == pytest.approx(2 * T.pcie_bandwidth(3, 16), rel=0.01)
+    with pytest.raises(T.TopologyError, match="Gen9"):
+        T.pcie_bandwidth(9, 16)
