@@ -68,7 +68,9 @@ def test_cuda_device_reports_its_backend_through_the_same_check():
     """CudaDevice.kernel_backend is the registry's decision (checked on the class: no GPU is needed)."""
     from sagann.scheduler.cuda import CudaDevice
 
-    fake = types.SimpleNamespace()
+    from sagann.scheduler.cuda_runtime import TorchRuntime
+
+    fake = types.SimpleNamespace(runtime=TorchRuntime.__new__(TorchRuntime))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kernels.BackendFallbackWarning)
         assert CudaDevice.kernel_backend.fget(fake) == kernels.gpu_kernel_backend(warn=False)
