@@ -28,8 +28,9 @@ from sagann.engine.probe import unread_rows
 from sagann.kernels import attention
 from sagann.scheduler.devices import Scope
 from sagann.units import tensor_bytes
+from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs
-from sagann.scheduler.planner import edge_scratch_bytes, vertex_scratch_bytes
+from sagann.scheduler.planner import edge_scratch_bytes, merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import BACKWARD
 
 __all__ = ["Grads", "backward_edges", "backward_hooks", "backward_pass"]
@@ -48,6 +49,7 @@ class Grads:
     dst_term: torch.Tensor | None  # the apply_dst output's gradient
 
 
+@metered_pass
 def backward_pass(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bool, need_e: bool):
     """Gradients ``(x, edge data, parameters)`` of one device's layer call from its output gradient."""
     edata = call.edges_in_partition_order(edata)
@@ -56,6 +58,7 @@ def backward_pass(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: boo
     return None if grads.x is None else grads.x.tensor(), call.edges_in_given_order(grads.edge), grads.params
 
 
+@metered_pass
 def backward_edges(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bool, need_e: bool):
     """ApplyVertex's backward, then the edge stage's: the gradients so far (:class:`Grads`).
 
@@ -80,6 +83,7 @@ def backward_edges(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bo
     return grads
 
 
+@metered_pass
 def backward_hooks(call: LayerCall, x, grads: "Grads", need_x: bool) -> None:
     """The hooks' backward (``apply_src``/``apply_dst``) from their terms' gradients, into ``grads.x`` and ``grads.params``."""
     if grads.src_term is None and grads.dst_term is None:
@@ -260,7 +264,7 @@ def _backward_chunk_direct(call: LayerCall, inputs: ChunkInputs, needs: tuple[st
 def _backward_chunk_attention(call: LayerCall, inputs: ChunkInputs, acc_term, g_dst_term) -> None:
     """Backward of a fused attention sub-chunk by its kernels: the hooks' term gradients, no recompute or autograd."""
     shape, c, cs = call.shape, inputs.c, inputs.scope
-    cs.charge(edge_scratch_bytes(c.nnz, shape, True), lambda: f"gradient temporaries of {c.id!r}")
+    cs.charge(edge_scratch_bytes(c.nnz, shape, True) + merge_scratch_bytes(c.num_dst, shape, True, True), lambda: f"gradient temporaries of {c.id!r}")
     with call.span("kernel", BACKWARD, c.id):
         _, d_dst = attention.attention_backward(
             inputs.ct, inputs.get("g_rows"), inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),

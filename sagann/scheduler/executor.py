@@ -31,6 +31,7 @@ from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
+from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.records import PassRecord
@@ -267,7 +268,7 @@ class Executor:
                 if "block" in holder and not step.shares_block:
                     holder.pop("block").release()  # the loader's own reference; the chunks using it hold theirs
                 for k, c in enumerate(step.subs):
-                    yield repr(c.id), partial(self._load, step, k, fields, holder)
+                    yield repr(c.id), watched(self.device.meter, partial(self._load, step, k, fields, holder))
         finally:
             if "block" in holder:
                 holder.pop("block").release()
