@@ -103,6 +103,7 @@ def _backward_vertex(call: LayerCall, x, saved: Saved, grad_out, need_x, grads: 
     p, dev = call.p, call.device
     graphs, call.vertex_graphs = call.vertex_graphs, {}
     for j, lo, hi in p.intervals():
+        go = kept = xj = acc = out_j = inputs = vgrads = g_acc = None  # the last interval's tensors go before this one's load
         with dev.scope() as s:
             go = s.load(grad_out[lo:hi], f"output grad V_{j}")
             kept = graphs.pop(j, None)
@@ -125,6 +126,7 @@ def _backward_vertex(call: LayerCall, x, saved: Saved, grad_out, need_x, grads: 
                         out_j = call.layer.apply_vertex(xj, acc)
                 # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
                 saved_j = (hi - lo) * call.shape.vertex_saved * recompute  # a kept graph's are charged as they load
+                saved_j += (hi - lo) * call.shape.vertex_saved  # autograd's gradients of the saved activations (measured)
                 s.charge(2 * tensor_bytes(go) * recompute + saved_j + vertex_scratch_bytes(hi - lo, call.shape.d_out), f"apply_vertex backward V_{j}")
                 inputs = [acc] + ([xj] if need_x else []) + call.params
                 if not need_acc:  # keep the positions below: a None in acc's place
@@ -318,6 +320,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
     p, dev = call.p, call.device
     graphs = call.hook_graphs.pop(hook, None)
     for q, lo, hi in p.intervals():
+        gt = kept = v = h = hgrads = None  # the last interval's tensors go before this one's load
         with dev.scope() as s:
             gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
             with call.span("apply_vertex", BACKWARD, (q,)):
@@ -331,7 +334,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
                     v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                     with torch.enable_grad(), call.rng(hook, q):
                         h = getattr(call.layer, hook)(v)
-                saved_q = (hi - lo) * call.shape.hook_saved * (kept is None)  # the recompute's saved tensors
+                saved_q = (hi - lo) * call.shape.hook_saved * (1 + (kept is None))  # their gradients; a recompute's saved tensors
                 s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
                 hgrads = call.grad(h, ([v] if need_x else []) + call.params, gt)
                 s.charge(tensor_bytes(x[lo:hi]) if need_x else 0, f"{hook} input gradient V_{q}")

@@ -72,6 +72,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
     for q, lo, hi in call.p.intervals():
+        v = vin = h = kept = None  # the last interval's tensors go before this one's load
         with call.device.scope() as s:
             v = s.load(x[lo:hi], f"input rows V_{q}")
             s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
@@ -133,6 +134,7 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
                             _close_column(call, col, x, bufs, whole, keep_mode)
                         finally:
                             col.scope.close()
+                            col = None  # its device tensors go with its scope, not at the next column's close
         finally:
             for col in columns.values():  # a failed tile: give back every accumulator it opened
                 col.scope.close()

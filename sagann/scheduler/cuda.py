@@ -39,6 +39,7 @@ import torch
 
 from sagann import profiler
 from sagann.scheduler.devices import Device
+from sagann.scheduler.meter import CudaMeter
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["CudaDevice", "cuda_available"]
@@ -166,6 +167,7 @@ class CudaDevice(Device):
         self._staging = _PinnedStaging()
         self._load_lock = threading.Lock()  # one load at a time uses the staging buffer
         self._events = _EventSpans(self)
+        self.meter = CudaMeter(torch_device)  # measured_peak_bytes: the allocator's peak around every pass
 
     # ---- properties the engine reads -----------------------------------------------------------
     @property

@@ -188,13 +188,14 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
         # source gradient accumulators of V_i
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
         # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
-        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries)
-        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + shape.vertex_saved
+        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries),
+        # what the graph saved and autograd's gradients of it (the hidden activations' gradients)
+        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + 2 * shape.vertex_saved
         if shape.backward
         else 0,
         # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
-        # what the hooks' graphs saved (backward)
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + shape.hook_saved * shape.backward if hook else 0,
+        # what the hooks' graphs saved and its gradients (backward)
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + 2 * shape.hook_saved * shape.backward if hook else 0,
     }
 
 

@@ -18,11 +18,8 @@ from sagann.scheduler import memory_model
 from sagann.scheduler.meter import CpuMeter, allocated_peak
 from tests.engine.graphs import awkward_graph
 from tests.engine.test_out_of_core import assert_rel_close
+from tests.measured import MARGIN
 
-# The measured peak may exceed the budget by this share. The CPU meter counts whole storages
-# torch allocated (a row-sized scalar tensor, a weight gradient per sub-chunk) where the model
-# counts the tensors a GPU would hold; nothing the model leaves out may be bigger than this.
-MARGIN = 0.05
 
 D = 16
 N, E = 400, 3200
