@@ -150,9 +150,6 @@ def edge_bytes_per_edge(apply_edge, widths: dict[str, int], params: list[torch.T
     allocate), as the growth from 32 to 64 edges so per-call constants drop
     out. 0 where the function fails on random inputs (the real call raises).
     """
-    if device.type != "cpu":  # measured once on the CPU: the same ops allocate the same bytes anywhere
-        device = torch.device("cpu")
-
     def run(edges: int, grad: bool):
         leaves = {f: torch.randn(edges, w, device=device, requires_grad=grad) for f, w in widths.items() if w}
         e = EdgeBatch(edges, {f: (lambda t=t: t) for f, t in leaves.items()})

@@ -126,7 +126,8 @@ class _Allocations(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if self.meter.counting():
-            outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
+            kind = self.meter.device_type
+            outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and kind in (None, t.device.type)]
             if outputs:
                 inputs = {_cdata(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
                 fresh = [(t, key) for t in outputs if (key := _cdata(t)) is not None and key not in inputs]
@@ -146,8 +147,9 @@ def _cdata(t: torch.Tensor) -> int | None:
 class CpuMeter(Meter):
     """Storages made by torch ops in the device's threads during a pass, alive at once, less those outliving it."""
 
-    def __init__(self):
+    def __init__(self, device_type: str | None = "cpu"):
         super().__init__()
+        self.device_type = device_type  # the storages counted: this device type's (None: any)
         self.open = False  # a pass is being measured
         self._lock = threading.RLock()  # RLock: a weakref callback may fire inside allocated() (GC)
         self._events: list[tuple[int, int]] = []  # (serial, +bytes) allocated, (serial, -bytes) freed
@@ -225,7 +227,7 @@ class CpuMeter(Meter):
 
 def allocated_peak(fn: Callable[[], object]) -> int:
     """Most bytes torch ops allocated in this thread and held at once while ``fn`` ran, what it returns included."""
-    meter = CpuMeter()
+    meter = CpuMeter(device_type=None)
     with meter._window() as log:
         result = fn()
     del result
