@@ -56,7 +56,8 @@ def _json(obj) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sagann.demo import DemoConfig, format_report, run_demo
 
-    config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed)
+    config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed,
+                        meter=args.json if args.meter is None else args.meter)
     result = run_demo(config, progress=not args.json and sys.stderr.isatty(), profile_dir=args.profile)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
@@ -70,7 +71,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
         memory_budget=args.memory_budget or ("64MB" if args.device == "cpu" else None), host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
-        checkpoint=args.checkpoint, profile=args.profile,
+        checkpoint=args.checkpoint, profile=args.profile, meter=args.json if args.meter is None else args.meter,
     )
     say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
 
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--budget-fraction", type=float, default=0.25, help="device budget as a fraction of the in-memory working set")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
+    demo.add_argument("--meter", action=argparse.BooleanOptionalAction, default=None, help="measure device memory as torch allocates it (measured_device_peak_bytes); default on with --json; slows a CPU run")
     demo.set_defaults(run=_cmd_demo)
     from sagann.engine.models import MODELS
 
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="DIR", default=None, help="save a checkpoint into DIR after every epoch and resume from it if present")
     train.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    train.add_argument("--meter", action=argparse.BooleanOptionalAction, default=None, help="measure device memory as torch allocates it (measured_device_peak_bytes); default on with --json; slows a CPU run")
     train.set_defaults(run=_cmd_train)
     prof = sub.add_parser("profile", help="print a saved profile's per-epoch table (IO, compute, runtime, overlap, bytes)")
     prof.add_argument("directory", help="a directory written by --profile")

@@ -26,6 +26,7 @@ class DemoConfig:
     budget_fraction: float = 0.25  # device budget / in-memory working set
     lr: float = 0.01
     seed: int = 0
+    meter: bool = False  # measure device memory as allocated (measured_device_peak_bytes); slows each epoch
 
     def __post_init__(self):
         if not 0 < self.budget_fraction <= 1:
@@ -63,7 +64,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True, profile_d
     model = GCN(config.feature_dim, config.hidden, config.num_classes)
     working_set = in_memory_working_set(data, model)
     budget = int(working_set * config.budget_fraction)
-    device = CpuDevice(budget)
+    device = CpuDevice(budget, meter=config.meter or None)  # None: SAGANN_METER decides
     g = ChunkedGraph(data.edge_index, data.num_vertices, device=device)
     t0 = time.perf_counter()
     with profiled(profile_dir) as profile_result:
@@ -79,6 +80,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True, profile_d
         "num_chunks": g.num_chunks,
         "memory_budget_bytes": budget,
         "peak_device_bytes": device.peak_bytes,
+        "measured_device_peak_bytes": device.measured_peak_bytes,  # None: not metered
         "working_set_bytes": working_set,
         "epoch_seconds": [s.seconds for s in history],
         "num_vertices": data.num_vertices,

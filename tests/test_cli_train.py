@@ -15,7 +15,7 @@ from sagann.chunks.synthetic import sbm
 from sagann.cli import build_parser, main
 from sagann.engine.checkpoint import CHECKPOINT_NAME
 
-TRAIN_KEYS = {"accuracy", "num_chunks", "memory_budget_bytes", "peak_device_bytes", "epoch_seconds", "losses", "resumed_from_epoch"}
+TRAIN_KEYS = {"accuracy", "num_chunks", "memory_budget_bytes", "peak_device_bytes", "measured_device_peak_bytes", "epoch_seconds", "losses", "resumed_from_epoch"}
 
 
 def _save(path, n=800, masks=("train", "val", "test")):
@@ -41,9 +41,16 @@ def test_train_json_contract(dataset, capsys):
     assert TRAIN_KEYS <= set(r)
     assert len(r["losses"]) == len(r["epoch_seconds"]) == 8
     assert r["losses"][-1] < r["losses"][0]
-    assert r["num_chunks"] > 1 and 0 < r["peak_device_bytes"] <= r["memory_budget_bytes"] == 150_000
+    assert r["num_chunks"] > 1 and r["memory_budget_bytes"] == 150_000
+    assert 0 < r["measured_device_peak_bytes"] <= r["memory_budget_bytes"], "measured as allocated, not the ledger's count"
     assert r["accuracy"] > 0.5  # 3 classes; chance is 1/3
     assert r["resumed_from_epoch"] is None and r["host_memory_bytes"] is None
+
+
+def test_train_json_without_the_meter(dataset, capsys):
+    assert main(["train", dataset, "--epochs", "1", "--json", "--memory-budget", "150KB", "--hidden", "16", "--no-meter"]) == 0
+    r = _one_json(capsys.readouterr().out)
+    assert r["measured_device_peak_bytes"] is None and r["peak_device_bytes"] > 0
 
 
 def test_train_report_lists_epochs(dataset, capsys):

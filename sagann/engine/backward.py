@@ -28,8 +28,9 @@ from sagann.engine.probe import unread_rows
 from sagann.kernels import attention
 from sagann.scheduler.devices import Scope
 from sagann.units import tensor_bytes
+from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs
-from sagann.scheduler.planner import edge_scratch_bytes, vertex_scratch_bytes
+from sagann.scheduler.planner import edge_scratch_bytes, merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import BACKWARD
 
 __all__ = ["Grads", "backward_edges", "backward_hooks", "backward_pass"]
@@ -48,6 +49,7 @@ class Grads:
     dst_term: torch.Tensor | None  # the apply_dst output's gradient
 
 
+@metered_pass
 def backward_pass(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bool, need_e: bool):
     """Gradients ``(x, edge data, parameters)`` of one device's layer call from its output gradient."""
     edata = call.edges_in_partition_order(edata)
@@ -56,6 +58,7 @@ def backward_pass(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: boo
     return None if grads.x is None else grads.x.tensor(), call.edges_in_given_order(grads.edge), grads.params
 
 
+@metered_pass
 def backward_edges(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bool, need_e: bool):
     """ApplyVertex's backward, then the edge stage's: the gradients so far (:class:`Grads`).
 
@@ -80,6 +83,7 @@ def backward_edges(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bo
     return grads
 
 
+@metered_pass
 def backward_hooks(call: LayerCall, x, grads: "Grads", need_x: bool) -> None:
     """The hooks' backward (``apply_src``/``apply_dst``) from their terms' gradients, into ``grads.x`` and ``grads.params``."""
     if grads.src_term is None and grads.dst_term is None:
@@ -99,6 +103,7 @@ def _backward_vertex(call: LayerCall, x, saved: Saved, grad_out, need_x, grads: 
     p, dev = call.p, call.device
     graphs, call.vertex_graphs = call.vertex_graphs, {}
     for j, lo, hi in p.intervals():
+        go = kept = xj = acc = out_j = inputs = vgrads = g_acc = None  # the last interval's tensors go before this one's load
         with dev.scope() as s:
             go = s.load(grad_out[lo:hi], f"output grad V_{j}")
             kept = graphs.pop(j, None)
@@ -121,6 +126,7 @@ def _backward_vertex(call: LayerCall, x, saved: Saved, grad_out, need_x, grads: 
                         out_j = call.layer.apply_vertex(xj, acc)
                 # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
                 saved_j = (hi - lo) * call.shape.vertex_saved * recompute  # a kept graph's are charged as they load
+                saved_j += (hi - lo) * call.shape.vertex_saved  # autograd's gradients of the saved activations (measured)
                 s.charge(2 * tensor_bytes(go) * recompute + saved_j + vertex_scratch_bytes(hi - lo, call.shape.d_out), f"apply_vertex backward V_{j}")
                 inputs = [acc] + ([xj] if need_x else []) + call.params
                 if not need_acc:  # keep the positions below: a None in acc's place
@@ -260,7 +266,7 @@ def _backward_chunk_direct(call: LayerCall, inputs: ChunkInputs, needs: tuple[st
 def _backward_chunk_attention(call: LayerCall, inputs: ChunkInputs, acc_term, g_dst_term) -> None:
     """Backward of a fused attention sub-chunk by its kernels: the hooks' term gradients, no recompute or autograd."""
     shape, c, cs = call.shape, inputs.c, inputs.scope
-    cs.charge(edge_scratch_bytes(c.nnz, shape, True), lambda: f"gradient temporaries of {c.id!r}")
+    cs.charge(edge_scratch_bytes(c.nnz, shape, True) + merge_scratch_bytes(c.num_dst, shape, True, True), lambda: f"gradient temporaries of {c.id!r}")
     with call.span("kernel", BACKWARD, c.id):
         _, d_dst = attention.attention_backward(
             inputs.ct, inputs.get("g_rows"), inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),
@@ -314,6 +320,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
     p, dev = call.p, call.device
     graphs = call.hook_graphs.pop(hook, None)
     for q, lo, hi in p.intervals():
+        gt = kept = v = h = hgrads = None  # the last interval's tensors go before this one's load
         with dev.scope() as s:
             gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
             with call.span("apply_vertex", BACKWARD, (q,)):
@@ -327,7 +334,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
                     v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
                     with torch.enable_grad(), call.rng(hook, q):
                         h = getattr(call.layer, hook)(v)
-                saved_q = (hi - lo) * call.shape.hook_saved * (kept is None)  # the recompute's saved tensors
+                saved_q = (hi - lo) * call.shape.hook_saved * (1 + (kept is None))  # their gradients; a recompute's saved tensors
                 s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
                 hgrads = call.grad(h, ([v] if need_x else []) + call.params, gt)
                 s.charge(tensor_bytes(x[lo:hi]) if need_x else 0, f"{hook} input gradient V_{q}")

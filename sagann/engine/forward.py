@@ -27,8 +27,9 @@ from sagann.engine.offload import KeptGraph, graph_handle, own_version
 from sagann.engine.probe import unread_rows
 from sagann.scheduler.devices import Scope
 from sagann.units import tensor_bytes
+from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import ChunkInputs
-from sagann.scheduler.planner import vertex_scratch_bytes
+from sagann.scheduler.planner import merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import FORWARD
 
 __all__ = ["HostOutputs", "forward_pass", "hook_pass"]
@@ -62,6 +63,7 @@ class _Column:
     sm: tuple[torch.Tensor, torch.Tensor] | None
 
 
+@metered_pass
 def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.Tensor:
     """``apply_src``/``apply_dst`` over every interval: the hook's rows on the host (kept graphs for backward)."""
     if hook in call.terms:  # several devices share the call: the rows every device computed
@@ -70,6 +72,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
     for q, lo, hi in call.p.intervals():
+        v = vin = h = kept = None  # the last interval's tensors go before this one's load
         with call.device.scope() as s:
             v = s.load(x[lo:hi], f"input rows V_{q}")
             s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
@@ -92,6 +95,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     return out
 
 
+@metered_pass
 def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -> tuple[torch.Tensor, Saved]:
     """The layer's output rows on the host, and what its backward needs."""
     shape, p, dev = call.shape, call.p, call.device
@@ -130,6 +134,7 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
                             _close_column(call, col, x, bufs, whole, keep_mode)
                         finally:
                             col.scope.close()
+                            col = None  # its device tensors go with its scope, not at the next column's close
         finally:
             for col in columns.values():  # a failed tile: give back every accumulator it opened
                 col.scope.close()
@@ -161,6 +166,7 @@ def _forward_chunk(call: LayerCall, inputs: ChunkInputs, col: "_Column") -> None
     """Add one sub-chunk's messages into its destination column's accumulator."""
     inputs.set_resident({"dst": col.xj, "dst_term": col.dj})
     if col.sm is not None:
+        inputs.scope.charge(merge_scratch_bytes(inputs.c.num_dst, call.shape, call.fused, False), lambda: f"softmax merge of {inputs.c.id!r}")
         _merge_softmax(call, inputs.c, col.acc, col.sm, *softmax_partials(call, inputs))
         return
     if call.fused and call.reduce == "sum":  # the kernel adds into V_j's accumulator itself

@@ -10,10 +10,11 @@ from torch import nn
 
 from sagann.engine.edges import EdgeBatch
 from sagann.fn import GATHERS, AttentionFn, MessageFn
+from sagann.scheduler.meter import allocated_peak
 from sagann.scheduler.planner import LayerShape
 from sagann.units import storage_ptr, tensor_bytes
 
-__all__ = ["check_layer", "has_hook", "probe_layer", "saved_bytes_per_row", "unread_rows"]
+__all__ = ["check_layer", "edge_bytes_per_edge", "has_hook", "probe_layer", "saved_bytes_per_row", "unread_rows"]
 
 
 def unread_rows(rows: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -59,6 +60,7 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
         if edge_data is not None:
             edge = torch.zeros((1,) + tuple(edge_data.shape[1:]), dtype=edge_data.dtype, device=device)
         ae = layer.apply_edge
+        edge_temp = (0, 0)  # a builtin's temporaries are its op record's scratch
         attention = ae if isinstance(ae, AttentionFn) else None
         if attention is not None:
             heads = int(d_term.shape[1])
@@ -102,6 +104,8 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
                 raise ValueError(f"{name}.apply_edge must return one row per edge ([num_edges, d]); got {getattr(msg, 'shape', type(msg))}")
             d_msg = int(msg.shape[1])
             used = e.used
+            widths = {"src": d_in, "dst": d_in, "data": d_edge, "src_term": _width(s_term), "dst_term": _width(d_term)}
+            edge_temp = edge_bytes_per_edge(ae, {f: widths[f] for f in used}, list(layer.parameters()), device)
         acc = torch.zeros(1, d_msg, dtype=dtype, device=device)
         out = layer.apply_vertex(v, acc)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
@@ -128,7 +132,43 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
         vertex_reads_x=bool(getattr(layer, "apply_vertex_reads_v", True)),
         vertex_saved=vertex_saved,
         hook_saved=hook_saved,
+        edge_temp=edge_temp[0],
+        edge_grad_temp=edge_temp[1],
     )
+
+
+def _width(t: torch.Tensor | None) -> int:
+    return 0 if t is None else int(t.shape[1])
+
+
+def edge_bytes_per_edge(apply_edge, widths: dict[str, int], params: list[torch.Tensor], device: torch.device) -> tuple[int, int]:
+    """Bytes per edge a user ApplyEdge holds at once: in forward (its messages included), and recomputed with its gradients.
+
+    The planner cannot see inside a user function (a wide temporary, what
+    autograd saves, the per-edge input gradients): measured on random edges
+    with :func:`~sagann.scheduler.meter.allocated_peak` (bytes torch ops
+    allocate), as the growth from 32 to 64 edges so per-call constants drop
+    out. 0 where the function fails on random inputs (the real call raises).
+    """
+    def run(edges: int, grad: bool):
+        leaves = {f: torch.randn(edges, w, device=device, requires_grad=grad) for f, w in widths.items() if w}
+        e = EdgeBatch(edges, {f: (lambda t=t: t) for f, t in leaves.items()})
+        out = apply_edge(e)
+        outs = [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
+        if not grad:
+            return outs
+        wrt = list(leaves.values()) + [p for p in params if p.requires_grad]
+        return torch.autograd.grad(outs, wrt, [torch.randn_like(t) for t in outs], allow_unused=True)
+
+    def peak(edges: int, grad: bool) -> int:
+        with torch.set_grad_enabled(grad):
+            return allocated_peak(lambda: run(edges, grad))
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return tuple(max(0, -(-(peak(64, grad) - peak(32, grad)) // 32)) for grad in (False, True))
+        except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
+            return (0, 0)
 
 
 def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor], device: torch.device) -> int:
@@ -141,7 +181,8 @@ def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor],
     save counts, as a kept graph copies each.
     """
     def saved(rows: int) -> int:
-        args = [torch.randn(rows, w, device=device, requires_grad=True).clone() for w in widths]  # not leaves, as in the engine
+        with torch.enable_grad():  # the probe runs under no_grad: inputs made there would need no gradient, and save nothing
+            args = [torch.randn(rows, w, device=device, requires_grad=True).clone() for w in widths]  # not leaves, as in the engine
         skip = {storage_ptr(t) for t in [*params, *args]}
         total = 0
 

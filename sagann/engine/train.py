@@ -256,6 +256,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint: str | None = None
     profile: str | None = None
+    meter: bool = False  # measure device memory as allocated (measured_device_peak_bytes); slows a CPU run
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -280,7 +281,7 @@ def _make_device(config: TrainConfig) -> Device:
         if not cuda_available():
             raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
         return CudaDevice(config.memory_budget)
-    return CpuDevice(config.memory_budget)
+    return CpuDevice(config.memory_budget, meter=config.meter or None)  # None: SAGANN_METER decides
 
 
 def _open(path, host: HostMemory):
@@ -354,6 +355,7 @@ def run_training(
         "kernel_backend": device.kernel_backend if g.backend == "auto" else g.backend,
         **host.stats(),  # host_memory_bytes, peak_resident_bytes, spilled_bytes_total, ...
         "peak_device_bytes": device.peak_bytes,
+        "measured_device_peak_bytes": device.measured_peak_bytes,  # None: not metered
         "accuracy": last.test_accuracy,
         "val_accuracy": last.val_accuracy,
         "train_accuracy": last.train_accuracy,
@@ -373,11 +375,16 @@ def format_epoch(s: EpochStats, epochs: int) -> str:
     )
 
 
+def _measured(r: dict) -> str:
+    m = r.get("measured_device_peak_bytes")
+    return "" if m is None else f" (measured {format_bytes(m)})"
+
+
 def format_train_report(r: dict) -> str:
     sec = np.asarray(r["epoch_seconds"])
     lines = [
         f"dataset {r['dataset']}: {r['num_vertices']:,} vertices, {r['num_edges']:,} edges, P = {r['num_chunks']} chunks; model {r['model']}, {r['epochs']} epochs",
-        f"peak device bytes {format_bytes(r['peak_device_bytes'])} of a {format_bytes(r['memory_budget_bytes'])} budget; "
+        f"peak device bytes {format_bytes(r['peak_device_bytes'])}{_measured(r)} of a {format_bytes(r['memory_budget_bytes'])} budget; "
         f"epoch time (train step) median {np.median(sec):.3f} s",
         f"test accuracy {r['accuracy']:.3f} (val {r['val_accuracy']:.3f}, train {r['train_accuracy']:.3f}) after the last epoch",
     ]

@@ -84,7 +84,7 @@ def attention_partials(
     with torch.no_grad():
         if backend == "cpu":
             from sagann.kernels import _cpu_attention as K
-            from sagann.kernels.cpu import row_bounds, threads_for
+            from sagann.kernels.cpu import filled, row_bounds, threads_for
 
             m = torch.full((g.num_dst, heads), float("-inf"))
             l = torch.zeros(g.num_dst, heads)
@@ -132,14 +132,14 @@ def attention_backward(
     if backend == "cpu":
         corr = (grad.detach().double() * out.detach().double()).view(-1, heads, d).sum(-1)  # grad . out per row and head
         from sagann.kernels import _cpu_attention as K
-        from sagann.kernels.cpu import row_bounds, threads_for
+        from sagann.kernels.cpu import filled, row_bounds, threads_for
 
         sptr, dptr = g.src_ptr.numpy(), g.dst_ptr.numpy()
         if src_out is None:
             d_src, rows = torch.zeros(g.num_src, width + heads), np.empty(0, np.int32)
         else:
             d_src, rows = src_out, src_rows.to(torch.int32).numpy()
-        dpre = np.empty((g.nnz, heads), np.float32)
+        dpre = filled((g.nnz, heads), np.float32)
         d_dst = torch.zeros(g.num_dst, heads)
         with threads_for(g, width):
             K.grad_src(_np(src_term), _np(dst_term), _np(grad), _np(corr), _np(m), _np(l),

@@ -43,6 +43,11 @@ def _operands(src, edge, dst, dtype: np.dtype | None = None) -> tuple[np.ndarray
     return view(src), view(edge), view(dst)
 
 
+def filled(shape, dtype: np.dtype, fill=0) -> np.ndarray:
+    """A kernel's output array on memory torch allocates (not numpy): the device meter counts it."""
+    return torch.full(tuple(shape), fill, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).numpy()
+
+
 def _idx(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().numpy()
 
@@ -122,7 +127,7 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
         src_ptr = _idx(g.src_ptr)
         if src_out is None:
             shape = S.shape if src is not None else (g.num_src, G.shape[1])  # a sum's src grad never reads src
-            out, rows = np.zeros(shape, dtype), np.empty(0, np.int32)
+            out, rows = filled(shape, dtype), np.empty(0, np.int32)
         else:
             out, rows = src_out.numpy(), _idx(src_rows)
         if source_major:  # destination rows and weights already in source-major order: no permutation
@@ -131,11 +136,11 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
             K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), row_bounds(src_ptr), rows, out)
         d_src = torch.from_numpy(out) if src_out is None else None
     if needs_edge:
-        out = np.zeros(E.shape, dtype)
+        out = filled(E.shape, dtype)
         K.grad_edge(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
         d_edge = torch.from_numpy(out).reshape(edge.shape)
     if needs_dst:
-        out = np.zeros(D.shape, dtype)
+        out = filled(D.shape, dtype)
         K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), row_bounds(_idx(g.dst_ptr)), out)
         d_dst = torch.from_numpy(out)
     return d_src, d_edge, d_dst
@@ -166,14 +171,14 @@ class _GSpMM(torch.autograd.Function):
         rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
         dst_ptr = _idx(g.dst_ptr)
         bounds = row_bounds(dst_ptr)
-        out = np.zeros((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
+        out = filled((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
         if reduce in ("sum", "mean"):
             deg = _degree(g, S.dtype) if reduce == "mean" else np.empty(0, S.dtype)
             K.spmm_sum(code, S, E, D, src_idx, dst_ptr, bounds, deg, out, rmap)
             result = torch.from_numpy(out)
             arg = torch.empty(0, dtype=torch.long)
         else:
-            arg_np = np.full((g.num_dst, width), -1, np.int64)
+            arg_np = filled((g.num_dst, width), np.int64, -1)
             K.spmm_arg(code, reduce == "max", S, E, D, src_idx, dst_ptr, bounds, out, arg_np, rmap)
             result, arg = torch.from_numpy(out), torch.from_numpy(arg_np)
         return result, arg
@@ -195,7 +200,7 @@ class _GSDDMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: ChunkTensors, code: int, width: int, src, edge, dst):
         S, E, D = _operands(src, edge, dst)
-        out = np.zeros((g.nnz, width), S.dtype)
+        out = filled((g.nnz, width), S.dtype)
         with threads_for(g, S.shape[1]):
             K.sddmm(code, S, E, D, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
         _save(ctx, g, code, src, edge, dst)

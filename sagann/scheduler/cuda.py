@@ -57,6 +57,7 @@ from sagann import kernels, profiler
 from sagann.kernels.graph import ChunkTensors, declare_rows_bound
 from sagann.scheduler.cuda_runtime import Runtime, TorchRuntime
 from sagann.scheduler.devices import Device
+from sagann.scheduler.meter import CudaMeter
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["CudaDevice", "StagingRing", "cuda_available"]
@@ -241,6 +242,8 @@ class CudaDevice(Device):
         self.compute_stream = runtime.new_stream("compute")
         self._ring = StagingRing(runtime, staging_buffers)
         self._events = _EventSpans(self)
+        # measured_peak_bytes: the allocator's peak around every pass (a stand-in runtime allocates nothing real)
+        self.meter = CudaMeter(self.torch_device) if isinstance(runtime, TorchRuntime) else None
         self.min_measure_bytes, self.default_measure_bytes, self.max_measure_bytes = MIN_MEASURE_BYTES, 2 * MIN_MEASURE_BYTES, MAX_MEASURE_BYTES
 
     @staticmethod

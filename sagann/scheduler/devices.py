@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import numpy as np
@@ -14,11 +15,14 @@ import torch
 from sagann import profiler
 from sagann.kernels.graph import ChunkTensors, declare_rows_bound
 from sagann.scheduler.host import stage, stage_rows
+from sagann.scheduler.meter import CpuMeter, Meter
 from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.pool import BufferPool
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
+METER_ENV = "SAGANN_METER"  # "1": CpuDevices made without meter=... are metered
+
+__all__ = ["METER_ENV", "BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
 
 class BudgetExceeded(MemoryError):
     """An allocation would exceed a device's memory budget: a planning bug or a too-small budget."""
@@ -148,6 +152,7 @@ class Device(abc.ABC):
         # (a GPU: a few MiB at least, since below that a copy measures launch latency, not bandwidth)
         self.min_measure_bytes = self.default_measure_bytes = 512 << 10
         self.max_measure_bytes = 4 << 20
+        self.meter: Meter | None = None  # measures what the allocator hands out (measured_peak_bytes); None: off
 
     def _count_in(self, nbytes: int) -> None:
         with self._counter_lock:
@@ -172,7 +177,8 @@ class Device(abc.ABC):
         with self._counter_lock:
             known = self._measured.get(payload)
         if known is None:
-            known = self._measure_costs(payload)
+            with self.unmetered():  # a measurement's buffers are not the pass's
+                known = self._measure_costs(payload)
             with self._counter_lock:
                 self._measured[payload] = known
         return known
@@ -216,8 +222,23 @@ class Device(abc.ABC):
     def current_bytes(self) -> int:
         return self.ledger.current
 
+    @property
+    def measured_peak_bytes(self) -> int | None:
+        """Most device bytes the allocator held at once during a pass, measured (not charged); None when not metered.
+
+        Beside :attr:`peak_bytes`, the ledger's own count, it checks the memory
+        model: see :mod:`sagann.scheduler.meter`.
+        """
+        return None if self.meter is None else self.meter.peak
+
+    def unmetered(self):
+        """A context in which this thread's allocations are not the device's (see :mod:`sagann.scheduler.meter`)."""
+        return nullcontext() if self.meter is None else self.meter.paused()
+
     def reset_peak(self) -> None:
         self.ledger.reset_peak()
+        if self.meter is not None:
+            self.meter.reset_peak()
 
     @contextmanager
     def scope(self) -> Iterator[Scope]:
@@ -360,6 +381,10 @@ class CpuDevice(Device):
             on a CPU (``sagann bench overlap`` sets it).
         peer_bandwidth: bytes per second of an emulated device-to-device
             link into this device (chain hops); None: copy speed.
+        meter: measure the bytes torch allocates during each pass
+            (:attr:`measured_peak_bytes`); it costs time on every torch op,
+            so it is off unless asked for. None (the default): on when the
+            environment sets ``SAGANN_METER=1``.
     """
 
     def __init__(
@@ -369,8 +394,12 @@ class CpuDevice(Device):
         link_bandwidth: int | str | None = None,
         copy_transfers: bool = False,
         peer_bandwidth: int | str | None = None,
+        meter: bool | None = None,
     ):
         super().__init__(name, memory_budget)
+        if meter is None:
+            meter = os.environ.get(METER_ENV, "") not in ("", "0")
+        self.meter = CpuMeter() if meter else None
         self.torch_device = torch.device("cpu")
         if isinstance(link_bandwidth, EmulatedLink):
             self.link: EmulatedLink | None = link_bandwidth
@@ -379,8 +408,10 @@ class CpuDevice(Device):
         self.link_bandwidth = None if self.link is None else self.link.bandwidth
         self.peer_bandwidth = parse_bytes(peer_bandwidth)
         self.copy_transfers = bool(copy_transfers)
-        # copies land in reused buffers, as a GPU's caching allocator keeps device memory (sagann.scheduler.pool)
-        self._pool = BufferPool(2 * self.memory_budget) if self.copy_transfers and self.memory_budget is not None else None
+        # copies land in reused buffers, as a GPU's caching allocator keeps device memory (sagann.scheduler.pool);
+        # not when metered: a reused buffer is no new allocation, so the meter would not see the copy
+        pooled = self.copy_transfers and self.memory_budget is not None and self.meter is None
+        self._pool = BufferPool(2 * self.memory_budget) if pooled else None
 
     @property
     def shares_host_memory(self) -> bool:

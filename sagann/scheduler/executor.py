@@ -31,6 +31,7 @@ from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
+from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.records import PassRecord
@@ -272,7 +273,8 @@ class Executor:
                 if "block" in holder and not step.shares_block:
                     holder.pop("block").release()  # the loader's own reference; the chunks using it hold theirs
                 for k, c in enumerate(step.subs):
-                    yield repr(c.id), partial(profiler.nvtx_call, "h2d", c.id, partial(self._load, step, k, fields, holder))  # Nsight names it like its span
+                    load = watched(self.device.meter, partial(self._load, step, k, fields, holder))
+                    yield repr(c.id), partial(profiler.nvtx_call, "h2d", c.id, load)  # Nsight names it like its span
         finally:
             if "block" in holder:
                 holder.pop("block").release()

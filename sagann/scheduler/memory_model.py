@@ -45,6 +45,8 @@ FLOAT = 4  # bytes per fp32 element
 INDEX = 8  # bytes per int64 winner id
 EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, beyond the messages
 VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
+DOUBLE = 8  # bytes per fp64 element
+MERGE_TEMPS = 3  # row-sized temporaries alive at once in a softmax merge (forward) or correction (fused backward)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,10 @@ class LayerShape:
     # (an MLP's activations), measured by the probe: backward holds them on the device
     vertex_saved: int = 0
     hook_saved: int = 0
+    # bytes per edge a user ApplyEdge holds at once, measured by the probe: in forward (its messages
+    # included), and recomputed under autograd with its gradients (what it saves, per-edge input gradients)
+    edge_temp: int = 0
+    edge_grad_temp: int = 0
 
     @property
     def loads_x_j(self) -> bool:
@@ -140,10 +146,27 @@ def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
         columns = shape.d_score if shape.attention is not None else (shape.builtin.spec.scratch if shape.builtin is not None else 0)
         return nnz * FLOAT * columns
     gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
-    messages = FLOAT * shape.d_msg * (1 + EDGE_SCRATCH)
+    # the messages and their temporaries: a model's guess, or what the probe measured where that is more;
+    # a backward sub-chunk is charged this twice (recompute, then gradients)
+    messages = max(FLOAT * shape.d_msg * (1 + EDGE_SCRATCH), shape.edge_temp, -(-shape.edge_grad_temp // 2))
     winners = shape.d_msg * (INDEX + INDEX + 1 + FLOAT) if shape.winners else 0  # reference max/min
     attention = FLOAT * (3 * shape.d_score + shape.d_msg) if shape.softmax else 0  # scores, weights, weighted messages
     return nnz * (gathered + messages + winners + attention)
+
+
+def merge_scratch_bytes(rows: int, shape: LayerShape, fused: bool, backward: bool) -> int:
+    """Row-sized temporaries of a softmax sub-chunk over ``rows`` destination rows (0 for other reducers).
+
+    Forward: the online merge rescales the running sums (the old rows, the
+    rescaled old rows, the weighted new ones: three at once). A fused
+    backward: the per-row correction grad . out is summed in float64 (both
+    operands and their product).
+    """
+    if not shape.softmax:
+        return 0
+    if not backward:
+        return rows * FLOAT * MERGE_TEMPS * shape.d_msg
+    return rows * DOUBLE * MERGE_TEMPS * shape.d_msg if fused and shape.attention is not None else 0
 
 
 def vertex_scratch_bytes(rows: int, width: int) -> int:
@@ -165,13 +188,14 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
         # source gradient accumulators of V_i
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
         # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
-        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries)
-        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + shape.vertex_saved
+        # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries),
+        # what the graph saved and autograd's gradients of it (the hidden activations' gradients)
+        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + 2 * shape.vertex_saved
         if shape.backward
         else 0,
         # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
-        # what the hooks' graphs saved (backward)
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + shape.hook_saved * shape.backward if hook else 0,
+        # what the hooks' graphs saved and its gradients (backward)
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + 2 * shape.hook_saved * shape.backward if hook else 0,
     }
 
 
@@ -253,7 +277,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
     into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
-    b = c.nbytes + src + edge + partial + (c.nnz * INDEX if shape.winners else 0)
+    b = c.nbytes + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
     if not backward:
         return int(b + scratch)

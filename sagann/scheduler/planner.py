@@ -33,6 +33,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     canonical,
     edge_scratch_bytes,
     edge_stage_bytes,
+    merge_scratch_bytes,
     recompute_bytes,
     resident_bytes,
     resident_lower_bound,

@@ -12,6 +12,7 @@ import sagann
 from sagann.engine.models import GCN, GIN, GraphSAGE
 from tests.engine.graphs import awkward_graph, graphs
 from tests.engine.test_out_of_core import assert_rel_close
+from tests.measured import assert_measured_within
 
 
 class MaxOfNeighbours(sagann.Layer):
@@ -202,7 +203,7 @@ def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     torch.manual_seed(0)
     _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
     budget = probe.working_set.peak_bytes // 6
-    dev = sagann.CpuDevice(budget, copy_transfers=True)
+    dev = sagann.CpuDevice(budget, copy_transfers=True, meter=True)
     g = _graph(ei, n, True, device=dev)
     torch.manual_seed(0)
     model = GCN(d, 8, classes, num_layers=2, dropout=0.0)
@@ -220,7 +221,8 @@ def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     assert_rel_close(torch.stack(losses), ref_losses, what="losses")
     for a, b in zip(model.parameters(), ref_params):
         assert_rel_close(a.detach(), b, what="parameters")
-    assert dev.peak_bytes <= budget and dev.current_bytes == 0
+    assert dev.current_bytes == 0
+    assert_measured_within(dev, budget)
 
 
 @pytest.mark.parametrize("layers", [2, 3])

@@ -10,6 +10,7 @@ import sagann
 from tests.engine.graphs import awkward_graph, graphs
 from tests.engine.layers import Builtin, GatedGCN, HookLayer, edge_data_for
 from tests.engine.whole_graph import dense_aggregate, whole_graph_layer
+from tests.measured import assert_measured_within
 
 
 def assert_rel_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, what: str = "", floor: float = 1e-6) -> None:
@@ -41,14 +42,14 @@ def outputs_and_grads(layer, run, x, edge_data):
 
 
 def check_layer(layer, ei, n, x, edge_data, num_chunks, sub_chunk_nnz, backend="reference", budget=None):
-    device = sagann.CpuDevice(budget)
+    device = sagann.CpuDevice(budget, meter=budget is not None)
     g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=device, sub_chunk_nnz=sub_chunk_nnz, backend=backend)
     ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: whole_graph_layer(layer, ei, x_, e_), x, edge_data)
     out, grads = outputs_and_grads(layer, lambda x_, e_: layer(g, x_, e_), x, edge_data)
     assert_rel_close(out, ref_out, what="output")
     assert_grads_close(grads, ref_grads)
     if budget is not None:
-        assert device.peak_bytes <= device.memory_budget
+        assert_measured_within(device)
     return g
 
 

@@ -69,6 +69,7 @@ def test_layers_on_a_gpu_equal_the_cpu_device(name, budget):
     assert_rel_close(out, ref_out, what=f"{name} output on {dev.name}")
     assert_grads_close(grads, ref_grads)
     assert dev.current_bytes == 0 and dev.bytes_in > 0
+    assert dev.measured_peak_bytes > 0, "torch's allocator peak, measured around every pass"
     if budget is not None:  # the budget forced an out-of-core run, and held
         ran_on = g.with_remaining_self_loops()[0] if name in ("gcn", "gat") else g
         assert ran_on.num_chunks > 1

@@ -1,0 +1,164 @@
+"""Device memory as the allocator hands it out stays within the budget the planner planned for.
+
+``device.peak_bytes`` is the ledger's count, which ``MemoryLedger.charge``
+keeps under the budget by raising first: an assert on it cannot fail. These
+tests check ``device.measured_peak_bytes`` instead, counted by the meter
+(sagann.scheduler.meter) from the storages torch really allocates during
+each pass; where it exceeds the budget, the memory model is wrong.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sagann
+from sagann.engine import probe
+from sagann.scheduler import memory_model
+from sagann.scheduler.meter import CpuMeter, allocated_peak
+from tests.engine.graphs import awkward_graph
+from tests.engine.test_out_of_core import assert_rel_close
+from tests.measured import MARGIN
+
+
+D = 16
+N, E = 400, 3200
+
+
+class WideTemporary(sagann.Layer):
+    """A user ApplyEdge whose temporary is ``K`` times wider than its messages (and saved by tanh for backward)."""
+
+    gather = "sum"
+    K = 16
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = torch.nn.Linear(d_in, d_out)
+
+    def apply_edge(self, e):
+        wide = torch.tanh((e.src + e.dst).repeat(1, self.K))  # [E, K * d], reads both ends: not hoisted
+        return wide.view(wide.shape[0], self.K, -1).mean(1)
+
+    def apply_vertex(self, v, acc):
+        return self.lin(acc)
+
+
+MODELS = {
+    "gcn": lambda: sagann.nn.GCNConv(D, D),
+    "sage": lambda: sagann.nn.SAGEConv(D, D),
+    "gin": lambda: sagann.nn.GINConv(torch.nn.Sequential(torch.nn.Linear(D, 32), torch.nn.ReLU(), torch.nn.Linear(32, D))),
+    "gat": lambda: sagann.nn.GATConv(D, 4, heads=4),
+    "ggcn": lambda: sagann.nn.GatedGCNConv(D, D),
+    "wide-temporary": lambda: WideTemporary(D, D),
+}
+
+
+def _graph(seed: int = 0):
+    return awkward_graph(np.random.default_rng(seed), N, E)
+
+
+def _measure(make, num_chunks: int, seed: int = 0):
+    """Budget = the plan's working set at ``num_chunks``; returns (budget, forward, backward) measured and ledger peaks."""
+    ei = _graph(seed)
+    torch.manual_seed(seed)
+    layer = make()
+    x = torch.randn(N, D, requires_grad=True)
+    free = sagann.ChunkedGraph(ei, N, num_chunks=num_chunks)
+    ref = layer(free, x)
+    budget = free.working_set.peak_bytes
+    dev = sagann.CpuDevice(budget, meter=True)
+    g = sagann.ChunkedGraph(ei, N, num_chunks=num_chunks, device=dev)
+    out = layer(g, x)
+    assert_rel_close(out, ref)  # metering changes no result
+    fwd = (dev.measured_peak_bytes, dev.peak_bytes)
+    dev.reset_peak()
+    out.sum().backward()
+    bwd = (dev.measured_peak_bytes, dev.peak_bytes)
+    assert dev.meter.passes >= 2 and dev.current_bytes == 0
+    return budget, fwd, bwd
+
+
+@pytest.mark.parametrize("num_chunks", [1, 3, 8])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_measured_peak_within_the_budget(model, num_chunks):
+    budget, (fwd, fwd_ledger), (bwd, bwd_ledger) = _measure(MODELS[model], num_chunks)
+    limit = budget * (1 + MARGIN)
+    assert 0 < fwd <= limit, f"forward measured {fwd:,} B over the {budget:,} B budget (ledger {fwd_ledger:,})"
+    assert 0 < bwd <= limit, f"backward measured {bwd:,} B over the {budget:,} B budget (ledger {bwd_ledger:,})"
+
+
+def test_the_check_fails_when_the_planner_is_told_a_smaller_scratch_factor(monkeypatch):
+    """No room for ApplyEdge's temporaries in the model: the ledger still holds (it charges the same model), the meter does not."""
+    monkeypatch.setattr(memory_model, "EDGE_SCRATCH", 0)
+    monkeypatch.setattr(probe, "edge_bytes_per_edge", lambda *args: (0, 0))  # the probe's measurement, unseen
+    budget, (fwd, fwd_ledger), (bwd, bwd_ledger) = _measure(MODELS["wide-temporary"], 3)
+    assert fwd_ledger <= budget and bwd_ledger <= budget, "the ledger cannot see it: it charges the planner's model"
+    assert max(fwd, bwd) > budget * (1 + MARGIN), f"measured {fwd:,} / {bwd:,} B within {budget:,} B: the check cannot fail"
+
+
+def test_the_probe_measures_a_user_apply_edges_temporaries():
+    shape = probe.probe_layer(WideTemporary(D, D), D, None, torch.device("cpu"))
+    wide = 4 * WideTemporary.K * D  # bytes per edge of one [E, K * d] tensor
+    assert shape.edge_temp >= 2 * wide, "the sum's repeat and tanh's output are alive at once"
+    assert shape.edge_grad_temp >= 3 * wide, "what tanh saves, its gradient and the repeat's"
+
+
+def test_the_probe_measures_what_a_parameter_free_hook_saves():
+    """Under the probe's no_grad, inputs made without grad saved nothing: tanh's output was not counted."""
+    with torch.no_grad():
+        per_row = probe.saved_bytes_per_row(lambda v: torch.tanh(v.repeat(1, 8)), (4,), [], torch.device("cpu"))
+    assert per_row == 4 * 8 * 4
+
+
+def test_allocated_peak_counts_what_is_alive_at_once():
+    def work():
+        a = torch.empty(1000)  # 4000 B
+        b = torch.empty(2000)  # 8000 B, with a: 12000
+        del a
+        c = torch.empty(500)  # 2000 B, with b: 10000
+        return b, c
+
+    assert allocated_peak(work) == 12000
+    assert allocated_peak(lambda: torch.ones(10).add_(1)) == 40, "in place: no new storage"
+    assert allocated_peak(lambda: torch.ones(10).view(2, 5)[0]) == 40, "views share their base's storage"
+
+
+def test_storages_that_outlive_a_pass_are_the_hosts():
+    meter, kept = CpuMeter(), []
+    with meter.measure():
+        torch.empty(3000)  # a temporary: 12000 B
+        kept.append(torch.empty(100_000))  # an output handed to the host
+    assert meter.peak == 12000 and meter.passes == 1
+    before = torch.empty(50_000)
+    with meter.measure():
+        del before  # freeing what the pass did not allocate gives nothing back
+        torch.empty(1000)
+    assert meter.peak == 12000
+    meter.reset_peak()
+    assert meter.peak == 0
+
+
+def test_loads_in_the_loader_thread_are_measured():
+    """With prefetching, gathers of source rows run in the loader thread: the meter must count them there."""
+    ei = _graph(1)
+    torch.manual_seed(0)
+    layer = sagann.nn.SAGEConv(D, D)
+    x = torch.randn(N, D)
+    peaks = {}
+    for prefetch in (0, 2):
+        dev = sagann.CpuDevice(meter=True, copy_transfers=True)
+        g = sagann.ChunkedGraph(ei, N, num_chunks=4, device=dev, schedule=sagann.ScheduleConfig(prefetch=prefetch))
+        with torch.no_grad():
+            layer(g, x)
+        peaks[prefetch] = dev.measured_peak_bytes
+    assert peaks[2] >= peaks[0] > 0, f"{peaks}: loads ahead hold more, never less"
+
+
+def test_metering_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv("SAGANN_METER", raising=False)
+    dev = sagann.CpuDevice("1MB")
+    g = sagann.ChunkedGraph(np.array([[0, 1], [1, 2]]), 3, device=dev)
+    sagann.nn.SAGEConv(4, 4)(g, torch.randn(3, 4))
+    assert dev.meter is None and dev.measured_peak_bytes is None and dev.peak_bytes > 0
+    monkeypatch.setenv("SAGANN_METER", "1")
+    assert sagann.CpuDevice("1MB").meter is not None
