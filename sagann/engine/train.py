@@ -26,7 +26,7 @@ from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice, Device
-from sagann.scheduler.host import HostMemory
+from sagann.scheduler.host import AnonMeter, HostMemory
 from sagann.units import format_bytes, parse_bytes
 
 __all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
@@ -309,6 +309,11 @@ def run_training(
     on_resume: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``."""
+    with AnonMeter() as anon:
+        return _run_training(config, progress, on_epoch, on_resume, anon)
+
+
+def _run_training(config: TrainConfig, progress, on_epoch, on_resume, anon: AnonMeter) -> dict:
     device = _make_device(config)
     host = HostMemory(config.host_memory, config.spill_dir)
     ds, x, y, masks = _open(config.dataset, host)
@@ -350,6 +355,7 @@ def run_training(
         "num_chunks": g.num_chunks if g.num_chunks is not None else ds.partition.num_chunks,
         "memory_budget_bytes": device.memory_budget,
         **host.stats(),  # host_memory_bytes, peak_resident_bytes, spilled_bytes_total, ...
+        "peak_host_anon_bytes": anon.read(),  # sampled from /proc since the start: what the OS charged
         "peak_device_bytes": device.peak_bytes,
         "accuracy": last.test_accuracy,
         "val_accuracy": last.val_accuracy,

@@ -28,7 +28,11 @@ import torch
 from sagann import profiler
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["HostMemory", "is_spilled", "stage", "stage_rows"]
+__all__ = ["HOST_MEMORY_SLACK", "AnonMeter", "HostMemory", "anon_rss_bytes", "is_spilled", "stage", "stage_rows"]
+
+# what anonymous RSS may exceed interpreter + budget by: compiled kernels,
+# torch's thread pools, the partition's index arrays, per-vertex scratch
+HOST_MEMORY_SLACK = 128 << 20
 
 # data_ptr of every live spill mapping -> its size; module-wide, so a device's
 # loads can tell a spilled host tensor without knowing which HostMemory made it
@@ -36,7 +40,7 @@ _SPILLED: dict[int, int] = {}
 _SPILLED_LOCK = threading.Lock()
 
 # numpy dtype of each torch dtype a spill file may hold
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
+_NP_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
 SAVED_TENSOR_MIN_BYTES = 1 << 20  # autograd-saved tensors smaller than this always stay in RAM
 
 
@@ -61,6 +65,77 @@ def stage_rows(t: torch.Tensor, index: torch.Tensor, chunk=None) -> torch.Tensor
         return None
     with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=index.numel() * tensor_bytes(t[:1])):
         return t.index_select(0, index)
+
+
+def anon_rss_bytes() -> int | None:
+    """This process's anonymous resident memory (``RssAnon``), None where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class AnonMeter:
+    """Peak anonymous RSS of this process, sampled by a thread: what the OS charges, not what sagann counted."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak_bytes = anon_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sagann-anon-meter", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = anon_rss_bytes()
+        if now is not None:
+            self.peak_bytes = max(self.peak_bytes or 0, now)
+
+    def read(self) -> int | None:
+        """The peak so far, including now."""
+        self._sample()
+        return self.peak_bytes
+
+    def __enter__(self) -> "AnonMeter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to hand freed blocks back to the OS at once (no-op elsewhere).
+
+    glibc raises its mmap threshold after each large free, up to 32 MiB, so
+    vertex-sized temporaries end up in the heap, and freed heap memory stays
+    resident: measured, 100 MB of anonymous RSS beyond the live tensors.
+    A fixed threshold (and trimming at every free) keeps large buffers in
+    their own mappings, returned to the OS when freed.
+    """
+    global _MALLOC_TAMED
+    if _MALLOC_TAMED:
+        return
+    _MALLOC_TAMED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: 64 KiB, fixed
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: 1 MiB
+    except (OSError, AttributeError):
+        pass
+
+
+_MALLOC_TAMED = False
 
 
 class HostMemory:
@@ -89,6 +164,9 @@ class HostMemory:
         self.spilled_total_bytes = 0  # everything ever spilled
         self.peak_spilled_bytes = 0
         self._files = 0
+        self._placed: set[int] = set()  # storage pointers of the RAM tensors this budget placed
+        if self.budget is not None:
+            _return_freed_memory()
 
     @property
     def enabled(self) -> bool:
@@ -114,7 +192,10 @@ class HostMemory:
                 self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
         if not spill:
             t = torch.empty(shape, dtype=dtype)
-            weakref.finalize(t, self._release, nbytes, False)
+            ptr = t.untyped_storage().data_ptr()
+            if ptr:
+                self._placed.add(ptr)  # already under the budget: autograd's saved-tensor hook leaves it be
+            weakref.finalize(t, self._release, nbytes, False, ptr)
             return t
         return self._spill(shape, dtype, nbytes, what)
 
@@ -160,12 +241,42 @@ class HostMemory:
         weakref.finalize(t, self._release, nbytes, True)
         return t
 
-    def _release(self, nbytes: int, spilled: bool) -> None:
+    def _release(self, nbytes: int, spilled: bool, ptr: int = 0) -> None:
         with self._lock:
             if spilled:
                 self.spilled_bytes -= nbytes
             else:
                 self.resident_bytes -= nbytes
+                self._placed.discard(ptr)
+
+    # ---- index arrays ----------------------------------------------------------------------------
+    def place_partition(self, part):
+        """``part`` with its sub-chunks' index arrays moved into one spill file (the same object, changed in place).
+
+        A partition the engine cut itself (a GCN's self-loop graph) is as big
+        as the dataset's own edge files, which stay memory-mapped; under a
+        budget its arrays are read as the dataset's are: from file-backed
+        pages the OS may drop. A partition already file-backed, or without a
+        budget, is returned as it is.
+        """
+        if self.budget is None or getattr(part, "_sagann_placed", False):
+            return part
+        chunks = [c for subs in part.chunks.values() for c in subs]
+        arrays = [(c, name, getattr(c, name)) for c in chunks for name in _CHUNK_ARRAYS]
+        if all(_file_backed(a) for _, _, a in arrays):
+            return part
+        aligned = lambda n: (n + 63) // 64 * 64  # noqa: E731
+        total = sum(aligned(a.nbytes) for _, _, a in arrays)
+        if total:
+            store = self._spill((total,), torch.uint8, total, "partition index arrays").numpy()
+            off = 0
+            for c, name, a in arrays:
+                view = store[off : off + a.nbytes].view(a.dtype).reshape(a.shape)
+                view[...] = a
+                object.__setattr__(c, name, view)  # a frozen dataclass: the arrays' values do not change
+                off += aligned(a.nbytes)
+        part.__dict__["_sagann_placed"] = True
+        return part
 
     # ---- what autograd saves -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -182,6 +293,8 @@ class HostMemory:
 
         def pack(t: torch.Tensor):
             if isinstance(t, torch.nn.Parameter) or t.device.type != "cpu" or tensor_bytes(t) < min_bytes or is_spilled(t):
+                return t
+            if t.untyped_storage().data_ptr() in self._placed:  # counted in the budget already
                 return t
             with self._lock:
                 fits = self.resident_bytes + tensor_bytes(t) <= self.budget
@@ -204,6 +317,15 @@ class HostMemory:
     def __repr__(self) -> str:
         return (f"HostMemory(budget={format_bytes(self.budget)}, resident={format_bytes(self.resident_bytes)}, "
                 f"spilled={format_bytes(self.spilled_bytes)})")
+
+
+_CHUNK_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm", "edge_ids")
+
+
+def _file_backed(a: np.ndarray) -> bool:
+    while a is not None and not isinstance(a, np.memmap):
+        a = a.base if isinstance(a.base, np.ndarray) else None
+    return a is not None
 
 
 def _forget(ptr: int) -> None:
