@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sagann.scheduler.host import check_spill
+
 __all__ = ["dropout", "relu"]
 
 BLOCK_BYTES = 8 << 20  # rows handled at a time: the RAM these ops add beyond their budgeted buffers
@@ -49,6 +51,7 @@ class _Relu(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
+        check_spill(out)
         gx = ctx.host.empty(tuple(out.shape), grad.dtype, "ReLU gradient")
         for b in _blocks(out):
             gx[b].copy_(grad[b]).masked_fill_(out[b] <= 0, 0)  # threshold_backward(grad, out, 0)
@@ -71,6 +74,7 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (noise,) = ctx.saved_tensors
+        check_spill(noise)
         gx = ctx.host.empty(tuple(noise.shape), grad.dtype, "dropout gradient")
         for b in _blocks(noise):
             torch.mul(grad[b], noise[b], out=gx[b])

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from sagann import profiler
+from sagann.chunks.files import check_fault
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["HOST_MEMORY_SLACK", "AnonMeter", "HostMemory", "anon_rss_bytes", "is_spilled", "stage", "stage_rows"]
+__all__ = ["HOST_MEMORY_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows"]
 
 # what anonymous RSS may exceed interpreter + budget by: compiled kernels,
 # torch's thread pools, the partition's index arrays, per-vertex scratch
@@ -36,12 +37,29 @@ HOST_MEMORY_SLACK = 128 << 20
 
 # data_ptr of every live spill mapping -> its size; module-wide, so a device's
 # loads can tell a spilled host tensor without knowing which HostMemory made it
-_SPILLED: dict[int, int] = {}
+_SPILLED: dict[int, tuple] = {}  # -> (bytes, the file's header as mapped, what the header must hold)
 _SPILLED_LOCK = threading.Lock()
 
 # numpy dtype of each torch dtype a spill file may hold
 _NP_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
-SAVED_TENSOR_MIN_BYTES = 1 << 20  # autograd-saved tensors smaller than this always stay in RAM
+SAVED_TENSOR_MIN_BYTES = 1 << 20
+SPILL_HEADER_BYTES = 4096  # one page before the data: magic and size, checked on every read from the disk tier
+_SPILL_MAGIC = b"SAGANN-SPILL-1\n\0"
+_SPILL_SEALED = len(_SPILL_MAGIC) + 8
+
+
+class SpillCorrupted(OSError):
+    """A spill file's header no longer holds what was written: its pages are not the data they were."""
+
+
+def check_spill(t: torch.Tensor | None) -> None:
+    """Raise :class:`SpillCorrupted` if the spill file behind ``t`` lost its header (no-op for RAM tensors)."""
+    if t is None or t.device.type != "cpu":
+        return
+    entry = _SPILLED.get(t.untyped_storage().data_ptr())
+    if entry is not None and bytes(entry[1][:_SPILL_SEALED]) != entry[2]:
+        raise SpillCorrupted(f"a {format_bytes(entry[0])} spill file was modified behind sagann's back (its header is gone); "
+                             f"the spill directory's disk or another process corrupted it: use a local disk of its own for --spill-dir and rerun")  # autograd-saved tensors smaller than this always stay in RAM
 
 
 def is_spilled(t: torch.Tensor | None) -> bool:
@@ -55,6 +73,7 @@ def stage(t: torch.Tensor, chunk=None) -> torch.Tensor:
     """``t`` itself if in RAM; a RAM copy, read inside a ``disk`` span, if it is spilled."""
     if not is_spilled(t):
         return t
+    check_spill(t)
     with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=tensor_bytes(t)):
         return t.clone()
 
@@ -63,6 +82,7 @@ def stage_rows(t: torch.Tensor, index: torch.Tensor, chunk=None) -> torch.Tensor
     """Rows ``index`` of a spilled ``t`` read into RAM (a ``disk`` span); None if ``t`` is in RAM."""
     if not is_spilled(t):
         return None
+    check_spill(t)
     with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=index.numel() * tensor_bytes(t[:1])):
         return t.index_select(0, index)
 
@@ -219,15 +239,22 @@ class HostMemory:
             raise TypeError(f"cannot spill {what} of dtype {dtype}; spillable dtypes: {', '.join(map(str, _NP_DTYPES))}")
         fd, path = tempfile.mkstemp(prefix="spill-", suffix=".bin", dir=self.spill_dir)
         try:
-            os.ftruncate(fd, nbytes)  # a sparse file: zero-filled, no disk blocks until written
-            array = np.memmap(path, dtype=_NP_DTYPES[dtype], mode="r+", shape=shape)
+            check_fault("spill")
+            # reserve every block now: a full disk is this error, not a SIGBUS when a page is first written
+            os.posix_fallocate(fd, 0, SPILL_HEADER_BYTES + nbytes)
+            whole = np.memmap(path, dtype=np.uint8, mode="r+", shape=(SPILL_HEADER_BYTES + nbytes,))
         except OSError as exc:
-            raise OSError(f"cannot create a {format_bytes(nbytes)} spill file for {what} in {self.spill_dir}: {exc}; "
-                          f"free disk space there, pass another spill_dir, or raise the host memory budget") from exc
+            raise OSError(f"cannot create a {format_bytes(nbytes)} spill file for {what} in {self.spill_dir}: {exc.strerror or exc}; "
+                          f"free disk space there, pass another --spill-dir (spill_dir=), or raise --host-memory") from None
         finally:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # the mapping keeps the data; nothing is left behind
+        head = whole[:SPILL_HEADER_BYTES]
+        head[: len(_SPILL_MAGIC)] = np.frombuffer(_SPILL_MAGIC, dtype=np.uint8)
+        head[len(_SPILL_MAGIC) : len(_SPILL_MAGIC) + 8] = np.frombuffer(np.int64(nbytes).tobytes(), dtype=np.uint8)
+        seal = bytes(head[:_SPILL_SEALED])
+        array = whole[SPILL_HEADER_BYTES:].view(_NP_DTYPES[dtype]).reshape(shape)
         t = torch.from_numpy(array)
         ptr = t.untyped_storage().data_ptr()
         with self._lock:
@@ -236,7 +263,7 @@ class HostMemory:
             self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)
             self._files += 1
         with _SPILLED_LOCK:
-            _SPILLED[ptr] = nbytes
+            _SPILLED[ptr] = (nbytes, head, seal)
         weakref.finalize(array, _forget, ptr)  # the mapping lives as long as any view of it
         weakref.finalize(t, self._release, nbytes, True)
         return t
@@ -300,7 +327,11 @@ class HostMemory:
                 fits = self.resident_bytes + tensor_bytes(t) <= self.budget
             return t if fits else self.copy(t, "a tensor saved for backward")
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        def unpack(t: torch.Tensor):
+            check_spill(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield
 
     def stats(self) -> dict:
