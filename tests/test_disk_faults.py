@@ -111,6 +111,19 @@ def test_checkpoint_written_before_a_full_disk_resumes(dataset, tmp_path):
     assert result["losses"] == losses
 
 
+def test_full_disk_at_a_checkpoint_write_keeps_the_previous_one(dataset, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    base = ["train", dataset, *TRAIN, "--checkpoint", ckpt]
+    r = _sagann(*base, env=_env(**{FAULT_ENV: "checkpoint:2"}))  # epoch 1 saved, epoch 2's save fails
+    assert r.returncode == 1, r.stderr
+    lines = _error_lines(r.stderr)
+    assert len(lines) == 1 and "No space left on device" in lines[0], r.stderr
+    assert [p.name for p in ckpt.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+    again = _sagann(*base)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["resumed_from_epoch"] == 1
+
+
 def _count_spills(base: list, tmp_path: Path) -> int:
     """Spill files one epoch creates (from the JSON of a one-epoch run)."""
     r = _sagann(*base, "--epochs", "1")
