@@ -322,7 +322,8 @@ class Planner:
         p = self._partition
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
-        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight)
+        # placed at once: the search holds its best candidate while it cuts the next
+        return self._placed(partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight))
 
     def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
         """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
