@@ -278,7 +278,7 @@ class HostMemory:
 
     # ---- index arrays ----------------------------------------------------------------------------
     def place_partition(self, part):
-        """``part`` with its sub-chunks' index arrays moved into one spill file (the same object, changed in place).
+        """``part`` with its sub-chunks' index arrays moved into spill files (the same object, changed in place).
 
         A partition the engine cut itself (a GCN's self-loop graph) is as big
         as the dataset's own edge files, which stay memory-mapped; under a
@@ -286,12 +286,22 @@ class HostMemory:
         pages the OS may drop. A partition already file-backed, or without a
         budget, is returned as it is.
         """
-        if self.budget is None or getattr(part, "_sagann_placed", False):
-            return part
-        chunks = [c for subs in part.chunks.values() for c in subs]
-        arrays = [(c, name, getattr(c, name)) for c in chunks for name in _CHUNK_ARRAYS]
+        if self.budget is not None:
+            for subs in part.chunks.values():
+                self.place_chunks(subs)
+        return part
+
+    def place_chunks(self, subs: list) -> list:
+        """The index arrays of ``subs`` (one chunk's sub-chunks) moved into one spill file; ``subs`` is returned.
+
+        Called by the partitioner chunk by chunk, so a partition being cut
+        never holds more than one chunk's arrays in RAM.
+        """
+        if self.budget is None:
+            return subs
+        arrays = [(c, name, getattr(c, name)) for c in subs for name in _CHUNK_ARRAYS]
         if all(_file_backed(a) for _, _, a in arrays):
-            return part
+            return subs
         aligned = lambda n: (n + 63) // 64 * 64  # noqa: E731
         total = sum(aligned(a.nbytes) for _, _, a in arrays)
         if total:
@@ -302,8 +312,7 @@ class HostMemory:
                 view[...] = a
                 object.__setattr__(c, name, view)  # a frozen dataclass: the arrays' values do not change
                 off += aligned(a.nbytes)
-        part.__dict__["_sagann_placed"] = True
-        return part
+        return subs
 
     # ---- what autograd saves -------------------------------------------------------------------
     @contextlib.contextmanager

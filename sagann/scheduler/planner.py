@@ -173,10 +173,10 @@ class Planner:
         partition: GraphPartition | None = None,
         num_chunks: int | None = None,
         sub_chunk_nnz: int | None = None,
-        place: Callable[[GraphPartition], GraphPartition] | None = None,
+        place: Callable[[list], list] | None = None,
     ):
         self._edges, self._num_vertices, self._in_degree = edges, int(num_vertices), in_degree
-        self._place = place  # where a chosen partition's arrays go (the host budget's spill files)
+        self._place = place  # where the arrays of each chunk the planner cuts go (the host budget's spill files)
         self._devices, self._schedule, self._host_spills = tuple(devices), schedule, bool(host_spills)
         self._partition = partition
         self._given_partition = partition is not None  # the caller's (a dataset's): never re-cut coarser
@@ -297,7 +297,7 @@ class Planner:
         new_sub = max(1, min(old.sub_chunk_nnz, biggest) // 2) if biggest > 1 else old.sub_chunk_nnz
         if new_p == p and new_sub == old.sub_chunk_nnz:
             return None
-        self._partition = self._placed(self._cut(new_p, new_sub, vertex_weight(shape, fused)))
+        self._partition = self._cut(new_p, new_sub, vertex_weight(shape, fused))
         self._refined = True
         return self._partition
 
@@ -315,15 +315,12 @@ class Planner:
         """A pass chose to recompute a kept graph in backward: its ``nbytes`` peak joins the planned peak."""
         self._planned_peak = max(self._planned_peak, int(nbytes))
 
-    def _placed(self, part: GraphPartition) -> GraphPartition:
-        return part if self._place is None or part is None else self._place(part)
-
     def _cut(self, num_chunks: int, sub_nnz: int, weight: float = 1.0) -> GraphPartition:
         p = self._partition
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
-        # placed at once: the search holds its best candidate while it cuts the next
-        return self._placed(partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight))
+        # each chunk placed as it is cut: the search also holds its best candidate while it cuts the next
+        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place)
 
     def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
         """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
@@ -374,7 +371,7 @@ class Planner:
         """Make ``part`` the current partition and remember the largest working set planned on it."""
         if part is not self._partition:
             self._plan_choices = {}
-        self._partition = part = self._placed(part)
+        self._partition = part
         if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
             self._working_set = ws
         return part
