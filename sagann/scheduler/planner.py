@@ -237,7 +237,9 @@ class Planner:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.budget
-        pipelined = self._pipelined()  # a fixed depth is planned for; "as deep as fits" needs room for one
+        # a fixed depth is planned for; "as deep as fits" needs room for one. Not for disk reads: the
+        # partition (and so every float sum) must not depend on whether a host budget is set
+        pipelined = self._pipelined(disk=False)
         in_flight = live_sub_chunks(0 if pipelined is False else self._schedule.prefetch if pipelined is True else 1)
         if self._may_coarsen:
             self._may_coarsen = False
@@ -377,11 +379,11 @@ class Planner:
         return part
 
     # ---- the passes ---------------------------------------------------------------------------
-    def _pipelined(self) -> bool | None:
+    def _pipelined(self, disk: bool = True) -> bool | None:
         """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows."""
         pf = self._schedule.prefetch
         if pf is None:  # disk reads wait on I/O, beside compute, like a link
-            return None if self._devices[0].overlaps_transfers or self._host_spills else False
+            return None if self._devices[0].overlaps_transfers or (disk and self._host_spills) else False
         if pf == "max":
             return None
         return pf > 0
