@@ -59,9 +59,10 @@ def test_host_budget_holds_in_anonymous_rss(tmp_path):
     _, interpreter = _run(["-c", "import sagann, sagann.cli, sagann.engine.train, torch, numba, time; time.sleep(0.3)"])
     common = ["-m", "sagann.cli", "train", str(ds), "--epochs", "2", "--hidden", str(HIDDEN), "--memory-budget", str(DEVICE), "--order", "natural", "--json"]
     free, free_peak = _run(common)
-    budget = (free_peak - interpreter) // 8
-    # features alone are N x F x 4 bytes; with the layer outputs, ReLU, dropout masks and gradients the data is >= 4x the budget
-    assert N * F * 4 + 6 * N * HIDDEN * 4 >= 4 * budget
+    budget = (free_peak - interpreter) // 10
+    # features are N x F x 4 bytes; an epoch adds >= 8 hidden-wide rows per vertex (two dropout outputs and masks,
+    # the layer output, ReLU, the cached Gather, gradients): the data is >= 4x the budget
+    assert N * F * 4 + 8 * N * HIDDEN * 4 >= 4 * budget
     held, held_peak = _run([*common, "--host-memory", str(budget), "--spill-dir", str(tmp_path / "spill")])
     assert held["losses"] == free["losses"]
     assert held["spilled_bytes_total"] > 0 and held["host_memory_bytes"] == budget
