@@ -66,7 +66,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from sagann.engine.train import TrainConfig, format_epoch, format_train_report, run_training
+    from sagann.engine.train import TrainConfig, TrainingInterrupted, format_epoch, format_train_report, run_training
 
     config = TrainConfig(
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
@@ -80,7 +80,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         say(f"resumed from the checkpoint in {args.checkpoint} after epoch {done}; {left}")
 
     on_epoch = None if args.json else (lambda s: say(format_epoch(s, args.epochs)))
-    result = run_training(config, progress=not args.json and sys.stderr.isatty(), on_epoch=on_epoch, on_resume=resumed)
+    try:
+        result = run_training(config, progress=not args.json and sys.stderr.isatty(), on_epoch=on_epoch, on_resume=resumed)
+    except TrainingInterrupted as exc:  # SIGTERM with --checkpoint: the last finished epoch is saved
+        print(f"sagann train: {exc}", file=sys.stderr)
+        return 143
+
     print(_json(result) if args.json else format_train_report(result))
     return 0
 

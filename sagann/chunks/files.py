@@ -10,6 +10,7 @@ with sha256 on the way.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,7 +27,9 @@ from sagann.chunks.layout import MANIFEST
 
 __all__ = [
     "BLOCK_BYTES",
+    "FAULT_ENV",
     "Spool",
+    "check_fault",
     "check_target",
     "clean_stale",
     "fsync_dir",
@@ -42,6 +45,29 @@ _HASH_BLOCK = 1 << 22  # 4 MiB
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>[0-9]+)-[0-9a-f]+$")
 
 
+FAULT_ENV = "SAGANN_FAULT_ENOSPC"  # test hook: "WHERE:N" fails the N-th write to WHERE (1-based) with ENOSPC
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def check_fault(where: str) -> None:
+    """Raise ``OSError(ENOSPC)`` here when the environment asks for a full disk at this write (a test hook).
+
+    ``SAGANN_FAULT_ENOSPC=WHERE:N`` makes the N-th write to ``WHERE``
+    (``dataset``: a dataset file; ``spill``: a spill file's reservation;
+    ``checkpoint``: a checkpoint file) fail as a full disk would, so fault
+    tests run the real code path in a real process without a small disk.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != where:
+        return
+    _FAULT_COUNTS[where] = _FAULT_COUNTS.get(where, 0) + 1
+    if _FAULT_COUNTS[where] >= int(nth or 1):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + f" (injected by {FAULT_ENV}={spec})")
+
+
 class _HashingWriter:
     """File wrapper that hashes and counts every byte written."""
 
@@ -51,6 +77,7 @@ class _HashingWriter:
         self.nbytes = 0
 
     def write(self, data) -> int:
+        check_fault("dataset")
         mv = memoryview(data).cast("B")
         self.sha.update(mv)
         self._f.write(mv)
@@ -88,6 +115,7 @@ class Spool:
         self._f = open(path, "wb")
 
     def write(self, piece: np.ndarray) -> None:
+        check_fault("dataset")
         piece = np.ascontiguousarray(piece, dtype=self.dtype).reshape(-1)
         self._f.write(piece.view(np.uint8))
         self.count += int(piece.shape[0])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -234,6 +234,7 @@ def partition_graph(
     sub_chunk_nnz: int | None = None,
     bounds: np.ndarray | None = None,
     vertex_weight: float = 1.0,
+    place: Callable[[list[EdgeChunk]], list[EdgeChunk]] | None = None,
 ) -> GraphPartition:
     """Split a graph into ``num_chunks`` intervals and its P x P edge chunks.
 
@@ -245,6 +246,9 @@ def partition_graph(
             fewer); a heavy destination row is spread over several.
         bounds: explicit interval boundaries ``[P + 1]`` (default: balanced).
         vertex_weight: weight of a vertex against one in-edge when balancing.
+        place: called on each chunk's sub-chunks as soon as they are built
+            (e.g. to move their arrays into a file), so the whole partition
+            is never in RAM at once.
     """
     ei = as_edge_index(edge_index, num_vertices)
     if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
@@ -267,7 +271,7 @@ def partition_graph(
         i, j = divmod(int(k), P)
         seg = order[starts[k] : starts[k + 1]]
         subs = split_chunk(i, j, bounds, dst[seg] - bounds[j], src[seg] - bounds[i], seg, max_nnz)
-        chunks[(i, j)] = subs
+        chunks[(i, j)] = subs if place is None else place(subs)
     return GraphPartition(
         num_vertices=int(num_vertices),
         num_edges=int(ei.shape[1]),

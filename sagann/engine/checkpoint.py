@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sagann.chunks.files import check_fault
+
 __all__ = ["CHECKPOINT_NAME", "CheckpointError", "Checkpointer", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -128,6 +130,7 @@ def save_checkpoint(path, state: dict) -> None:
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with open(tmp, "wb") as f:
+            check_fault("checkpoint")
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())

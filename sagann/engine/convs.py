@@ -121,7 +121,7 @@ class GCNConv(Layer):
             graph, kept = g, None
         if edge_weight is None:
             key = f"gcn_norm(fill={fill}, loops={self.add_self_loops})"
-            return graph, graph.cached(key, lambda: _gcn_norm(graph, torch.ones(graph.num_edges) if kept is None else _loop_weights(g, kept, None, fill)))
+            return graph, graph.cached(key, lambda: _kept_on_host(graph, _gcn_norm(graph, torch.ones(graph.num_edges) if kept is None else _loop_weights(g, kept, None, fill))))
         w = edge_weight if kept is None else _loop_weights(g, kept, edge_weight, fill)
         return graph, _gcn_norm(graph, w)
 
@@ -204,6 +204,11 @@ def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor |
     if is_loop.any():  # an existing self loop keeps its weight
         loop_w = loop_w.index_put((torch.from_numpy(ei[0][is_loop]),), edge_weight[torch.from_numpy(is_loop)])
     return torch.cat([edge_weight[torch.from_numpy(kept)], loop_w])
+
+
+def _kept_on_host(graph: ChunkedGraph, t: torch.Tensor) -> torch.Tensor:
+    """``t``, kept for the graph's lifetime, placed under its host budget (a spill file past it)."""
+    return graph.host.copy(t, "GCN edge weights") if graph.host.enabled else t
 
 
 def _gcn_norm(graph: ChunkedGraph, w: torch.Tensor) -> torch.Tensor:

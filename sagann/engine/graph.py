@@ -129,6 +129,7 @@ class ChunkedGraph:
         self.planner = Planner(
             self.edge_index, self.num_vertices, self.in_degree, self.devices, self.schedule,
             host_spills=self.host.enabled, partition=_partition, num_chunks=num_chunks, sub_chunk_nnz=sub_chunk_nnz,
+            place=self.host.place_chunks if self.host.enabled else None,
         )
 
     @property

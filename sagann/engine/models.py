@@ -5,13 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sagann.engine import host_ops
 from sagann.engine.convs import GATConv, GatedGCNConv, GCNConv, GINConv, SAGEConv
 
 __all__ = ["GCN", "GraphSAGE", "GIN", "GAT", "GGCN", "MLP", "MODELS", "build_model"]
 
 
 class _Stack(nn.Module):
-    """Layers with ReLU and dropout between them (dropout runs on the host rows).
+    """Layers with ReLU and dropout between them (on the host rows, under the graph's host budget).
 
     ``chain_layers``: where a layer offers ``chain_into`` (GCNConv on a
     cached Gather) and no dropout runs before the next layer, the layer,
@@ -30,7 +31,7 @@ class _Stack(nn.Module):
         last, k = len(self.layers) - 1, 0
         while k <= last:
             layer = self.layers[k]
-            x = F.dropout(x, self.dropout, self.training)
+            x = host_ops.dropout(x, self.dropout, self.training, g)  # F.dropout, under g's host budget
             xw = None
             if k < last and self.chain_layers and (self.dropout == 0 or not self.training) and hasattr(layer, "chain_into"):
                 xw = layer.chain_into(g, x, self.layers[k + 1], F.relu)
@@ -40,7 +41,7 @@ class _Stack(nn.Module):
             else:
                 x = layer(g, x)
             if k < last:
-                x = F.relu(x)
+                x = host_ops.relu(x, g)
             k += 1
         return x
 

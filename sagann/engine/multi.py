@@ -149,6 +149,18 @@ def _is_abort(exc: BaseException) -> bool:
     return False
 
 
+def _release_outputs() -> None:
+    """Why a call's shared output buffers are dropped once its forward pass has filled them.
+
+    The buffers hold the layer's output tensor, whose autograd node holds
+    this call (``ctx.run``): a cycle through a C++ node, which Python's
+    garbage collector cannot see. It kept the output, the graph and, on a
+    distributed graph, the process group alive until the interpreter shut
+    down; gloo's worker threads then met a finalizing interpreter
+    ("terminate called without an active exception").
+    """
+
+
 def run_on_devices(devices: Sequence[Device], jobs: Sequence[Callable[[], object]], relays: Sequence[ChainRelay] = ()) -> list:
     """Run ``jobs[k]`` for device k, each in its own thread (the first in the caller's), with the caller's grad mode.
 
@@ -290,6 +302,7 @@ class MultiDeviceCall:
             if out_k is not bufs.out:  # one interval taken whole (no copy) on its device
                 for _, lo, hi in c.p.intervals():
                     bufs.out[lo:hi] = out_k[lo:hi]
+            c.buffers = None  # see _release_outputs
         return bufs.out, Saved(terms.get("apply_src"), terms.get("apply_dst"), bufs.acc, bufs.win, bufs.sm_max, bufs.sm_sum)
 
     def backward(self, x, edata, saved: Saved, grad_out, need: tuple[bool, bool]):
@@ -394,7 +407,10 @@ class DistributedCall:
                 terms[hook] = rows
         bufs = _shared_outputs(shape, n)  # backward reads this rank's rows of acc only: not gathered
         c.terms, c.buffers = terms, bufs
-        out_k, _ = forward_pass(c, x, edata)
+        try:
+            out_k, _ = forward_pass(c, x, edata)
+        finally:
+            c.buffers = None  # see _release_outputs
         if out_k is not bufs.out:
             lo, hi = self.rows[self.rank]
             bufs.out[lo:hi] = out_k[lo:hi]

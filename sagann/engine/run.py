@@ -62,7 +62,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
     run = make_multi_call(spec, g, partition) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
     run.flags.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
-    edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous())
+    edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous(), g.host)
     return _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
 
 
@@ -84,7 +84,7 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
     return g.device.kernel_backend
 
 
-def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor) -> torch.Tensor:
+def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor, host=None) -> torch.Tensor:
     """Edge data permuted into the partition's sub-chunk order, so a sub-chunk's edge rows are one slice.
 
     A differentiable index_select (autograd scatters the gradient back).
@@ -98,7 +98,10 @@ def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor) -> torch
     hit = partition.__dict__.get(_EDGE_ORDER_CACHE)
     if hit is not None and hit[0]() is edge_data and hit[1] == edge_data._version:
         return hit[2]
-    out = edge_data.index_select(0, order)
+    if host is not None and host.enabled:  # kept as long as the partition: under the host budget
+        out = torch.index_select(edge_data, 0, order, out=host.empty(tuple(edge_data.shape), edge_data.dtype, "edge data in chunk order"))
+    else:
+        out = edge_data.index_select(0, order)
     partition.__dict__[_EDGE_ORDER_CACHE] = (weakref.ref(edge_data), edge_data._version, out)
     return out
 

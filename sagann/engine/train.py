@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterator
@@ -26,10 +28,10 @@ from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice, Device
-from sagann.scheduler.host import HostMemory
+from sagann.scheduler.host import AnonMeter, HostMemory
 from sagann.units import format_bytes, parse_bytes
 
-__all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
+__all__ = ["EpochStats", "TrainConfig", "TrainingInterrupted", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
 
 SPLITS = ("train", "val", "test")
 
@@ -45,6 +47,31 @@ class EpochStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM stopped a checkpointed run; the checkpoint holds its last finished epoch."""
+
+    def __init__(self, message: str, epochs_done: int):
+        super().__init__(message)
+        self.epochs_done = epochs_done
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(active: bool) -> Iterator[None]:
+    """Inside, SIGTERM raises :class:`TrainingInterrupted` in the training loop (main thread only)."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TrainingInterrupted("SIGTERM", -1)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
@@ -175,32 +202,67 @@ def train_node_classifier(
                 on_resume(len(history))
     start = len(history)
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False, initial=start, total=epochs)
-    for epoch in bar:
-        profiler.mark_epoch(epoch)  # spans of this epoch (training step and evaluation) are tagged with it
-        model.train()
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        with _saved_under_host_budget(g):
-            logits = model(g, x)
-            loss = F.cross_entropy(logits[train_mask], y[train_mask]) if bool(train_mask.any()) else None
-        if loss is not None:
-            loss.backward()
-            opt.step()
-        else:  # nothing to learn from (e.g. a graph without vertices): the loss is undefined, nothing moves
-            logits.sum().backward()  # still runs the backward passes, as a real epoch would
-            loss = torch.tensor(float("nan"))
-        seconds = time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():
-            logits = model(g, x)
-        stats = EpochStats(epoch, loss.item(), accuracy(logits, y, train_mask), accuracy(logits, y, val_mask), accuracy(logits, y, test_mask), seconds)
-        history.append(stats)
-        if ckpt is not None:
+    saved = start
+    try:
+        with _stop_on_sigterm(ckpt is not None):
+            for epoch in bar:
+                saved = _train_epoch(_Loop(model, g, x, y, (train_mask, val_mask, test_mask), opt, history, ckpt, bar, on_epoch), epoch, saved)
+    except TrainingInterrupted:
+        if ckpt is not None and saved < len(history):  # an epoch finished but its save was cut short: save it now
             ckpt.save(model, opt, len(history), [s.to_dict() for s in history])
-        bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{stats.val_accuracy:.3f}", s=f"{seconds:.2f}")
-        if on_epoch is not None:
-            on_epoch(stats)
+            saved = len(history)
+        raise TrainingInterrupted(
+            f"stopped by SIGTERM during epoch {saved + 1}; the checkpoint in {checkpoint_dir} holds the {saved} finished epochs: "
+            f"run the same command again to resume", saved) from None
     return history
+
+
+@dataclass
+class _Loop:
+    """What every epoch of :func:`train_node_classifier` works on."""
+
+    model: torch.nn.Module
+    g: object
+    x: torch.Tensor
+    y: torch.Tensor
+    masks: tuple
+    opt: torch.optim.Optimizer
+    history: list
+    ckpt: object
+    bar: object
+    on_epoch: object
+
+
+def _train_epoch(loop: _Loop, epoch: int, saved: int) -> int:
+    """One training step and evaluation, saved to the checkpoint if any; returns the epochs the checkpoint holds."""
+    model, g, x, y, opt, history, ckpt, bar, on_epoch = loop.model, loop.g, loop.x, loop.y, loop.opt, loop.history, loop.ckpt, loop.bar, loop.on_epoch
+    train_mask, val_mask, test_mask = loop.masks
+    profiler.mark_epoch(epoch)  # spans of this epoch (training step and evaluation) are tagged with it
+    model.train()
+    t0 = time.perf_counter()
+    opt.zero_grad()
+    with _saved_under_host_budget(g):
+        logits = model(g, x)
+        loss = F.cross_entropy(logits[train_mask], y[train_mask]) if bool(train_mask.any()) else None
+    if loss is not None:
+        loss.backward()
+        opt.step()
+    else:  # nothing to learn from (e.g. a graph without vertices): the loss is undefined, nothing moves
+        logits.sum().backward()  # still runs the backward passes, as a real epoch would
+        loss = torch.tensor(float("nan"))
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        logits = model(g, x)
+    stats = EpochStats(epoch, loss.item(), accuracy(logits, y, train_mask), accuracy(logits, y, val_mask), accuracy(logits, y, test_mask), seconds)
+    history.append(stats)
+    if ckpt is not None:
+        ckpt.save(model, opt, len(history), [s.to_dict() for s in history])
+        saved = len(history)
+    bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{stats.val_accuracy:.3f}", s=f"{seconds:.2f}")
+    if on_epoch is not None:
+        on_epoch(stats)
+    return saved
 
 
 def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor, epochs_done: int) -> None:
@@ -312,6 +374,11 @@ def run_training(
     on_resume: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``."""
+    with AnonMeter() as anon:
+        return _run_training(config, progress, on_epoch, on_resume, anon)
+
+
+def _run_training(config: TrainConfig, progress, on_epoch, on_resume, anon: AnonMeter) -> dict:
     device = _make_device(config)
     host = HostMemory(config.host_memory, config.spill_dir)
     ds, x, y, masks = _open(config.dataset, host)
@@ -354,6 +421,7 @@ def run_training(
         "memory_budget_bytes": device.memory_budget,
         "kernel_backend": device.kernel_backend if g.backend == "auto" else g.backend,
         **host.stats(),  # host_memory_bytes, peak_resident_bytes, spilled_bytes_total, ...
+        "peak_host_anon_bytes": anon.read(),  # sampled from /proc since the start: what the OS charged
         "peak_device_bytes": device.peak_bytes,
         "measured_device_peak_bytes": device.measured_peak_bytes,  # None: not metered
         "accuracy": last.test_accuracy,

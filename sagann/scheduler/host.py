@@ -26,18 +26,41 @@ import numpy as np
 import torch
 
 from sagann import profiler
+from sagann.chunks.files import check_fault
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["HostMemory", "is_spilled", "stage", "stage_rows"]
+__all__ = ["HOST_MEMORY_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows"]
+
+# what peak anonymous RSS may exceed interpreter + host budget + CPU device peak by:
+# compiled kernels (~65 MiB), one chunk of a partition being cut, spilled rows
+# staged in RAM on their way to the device, autograd's per-pass temporaries
+HOST_MEMORY_SLACK = 160 << 20
 
 # data_ptr of every live spill mapping -> its size; module-wide, so a device's
 # loads can tell a spilled host tensor without knowing which HostMemory made it
-_SPILLED: dict[int, int] = {}
+_SPILLED: dict[int, tuple] = {}  # -> (bytes, the file's header as mapped, what the header must hold)
 _SPILLED_LOCK = threading.Lock()
 
 # numpy dtype of each torch dtype a spill file may hold
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
-SAVED_TENSOR_MIN_BYTES = 1 << 20  # autograd-saved tensors smaller than this always stay in RAM
+_NP_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
+SAVED_TENSOR_MIN_BYTES = 1 << 20
+SPILL_HEADER_BYTES = 4096  # one page before the data: magic and size, checked on every read from the disk tier
+_SPILL_MAGIC = b"SAGANN-SPILL-1\n\0"
+_SPILL_SEALED = len(_SPILL_MAGIC) + 8
+
+
+class SpillCorrupted(OSError):
+    """A spill file's header no longer holds what was written: its pages are not the data they were."""
+
+
+def check_spill(t: torch.Tensor | None) -> None:
+    """Raise :class:`SpillCorrupted` if the spill file behind ``t`` lost its header (no-op for RAM tensors)."""
+    if t is None or t.device.type != "cpu":
+        return
+    entry = _SPILLED.get(t.untyped_storage().data_ptr())
+    if entry is not None and bytes(entry[1][:_SPILL_SEALED]) != entry[2]:
+        raise SpillCorrupted(f"a {format_bytes(entry[0])} spill file was modified behind sagann's back (its header is gone); "
+                             f"the spill directory's disk or another process corrupted it: use a local disk of its own for --spill-dir and rerun")  # autograd-saved tensors smaller than this always stay in RAM
 
 
 def is_spilled(t: torch.Tensor | None) -> bool:
@@ -51,6 +74,7 @@ def stage(t: torch.Tensor, chunk=None) -> torch.Tensor:
     """``t`` itself if in RAM; a RAM copy, read inside a ``disk`` span, if it is spilled."""
     if not is_spilled(t):
         return t
+    check_spill(t)
     with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=tensor_bytes(t)):
         return t.clone()
 
@@ -59,8 +83,80 @@ def stage_rows(t: torch.Tensor, index: torch.Tensor, chunk=None) -> torch.Tensor
     """Rows ``index`` of a spilled ``t`` read into RAM (a ``disk`` span); None if ``t`` is in RAM."""
     if not is_spilled(t):
         return None
+    check_spill(t)
     with profiler.span("disk", "host", "disk", chunk=chunk, nbytes=index.numel() * tensor_bytes(t[:1])):
         return t.index_select(0, index)
+
+
+def anon_rss_bytes() -> int | None:
+    """This process's anonymous resident memory (``RssAnon``), None where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class AnonMeter:
+    """Peak anonymous RSS of this process, sampled by a thread: what the OS charges, not what sagann counted."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak_bytes = anon_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sagann-anon-meter", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = anon_rss_bytes()
+        if now is not None:
+            self.peak_bytes = max(self.peak_bytes or 0, now)
+
+    def read(self) -> int | None:
+        """The peak so far, including now."""
+        self._sample()
+        return self.peak_bytes
+
+    def __enter__(self) -> "AnonMeter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to hand freed blocks back to the OS at once (no-op elsewhere).
+
+    glibc raises its mmap threshold after each large free, up to 32 MiB, so
+    vertex-sized temporaries end up in the heap, and freed heap memory stays
+    resident: measured, 100 MB of anonymous RSS beyond the live tensors.
+    A fixed threshold (and trimming at every free) keeps large buffers in
+    their own mappings, returned to the OS when freed.
+    """
+    global _MALLOC_TAMED
+    if _MALLOC_TAMED:
+        return
+    _MALLOC_TAMED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: 64 KiB, fixed
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: 1 MiB
+    except (OSError, AttributeError):
+        pass
+
+
+_MALLOC_TAMED = False
 
 
 class HostMemory:
@@ -89,6 +185,9 @@ class HostMemory:
         self.spilled_total_bytes = 0  # everything ever spilled
         self.peak_spilled_bytes = 0
         self._files = 0
+        self._placed: set[int] = set()  # storage pointers of the RAM tensors this budget placed
+        if self.budget is not None:
+            _return_freed_memory()
 
     @property
     def enabled(self) -> bool:
@@ -114,7 +213,10 @@ class HostMemory:
                 self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
         if not spill:
             t = torch.empty(shape, dtype=dtype)
-            weakref.finalize(t, self._release, nbytes, False)
+            ptr = t.untyped_storage().data_ptr()
+            if ptr:
+                self._placed.add(ptr)  # already under the budget: autograd's saved-tensor hook leaves it be
+            weakref.finalize(t, self._release, nbytes, False, ptr)
             return t
         return self._spill(shape, dtype, nbytes, what)
 
@@ -138,15 +240,22 @@ class HostMemory:
             raise TypeError(f"cannot spill {what} of dtype {dtype}; spillable dtypes: {', '.join(map(str, _NP_DTYPES))}")
         fd, path = tempfile.mkstemp(prefix="spill-", suffix=".bin", dir=self.spill_dir)
         try:
-            os.ftruncate(fd, nbytes)  # a sparse file: zero-filled, no disk blocks until written
-            array = np.memmap(path, dtype=_NP_DTYPES[dtype], mode="r+", shape=shape)
+            check_fault("spill")
+            # reserve every block now: a full disk is this error, not a SIGBUS when a page is first written
+            os.posix_fallocate(fd, 0, SPILL_HEADER_BYTES + nbytes)
+            whole = np.memmap(path, dtype=np.uint8, mode="r+", shape=(SPILL_HEADER_BYTES + nbytes,))
         except OSError as exc:
-            raise OSError(f"cannot create a {format_bytes(nbytes)} spill file for {what} in {self.spill_dir}: {exc}; "
-                          f"free disk space there, pass another spill_dir, or raise the host memory budget") from exc
+            raise OSError(f"cannot create a {format_bytes(nbytes)} spill file for {what} in {self.spill_dir}: {exc.strerror or exc}; "
+                          f"free disk space there, pass another --spill-dir (spill_dir=), or raise --host-memory") from None
         finally:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # the mapping keeps the data; nothing is left behind
+        head = whole[:SPILL_HEADER_BYTES]
+        head[: len(_SPILL_MAGIC)] = np.frombuffer(_SPILL_MAGIC, dtype=np.uint8)
+        head[len(_SPILL_MAGIC) : len(_SPILL_MAGIC) + 8] = np.frombuffer(np.int64(nbytes).tobytes(), dtype=np.uint8)
+        seal = bytes(head[:_SPILL_SEALED])
+        array = whole[SPILL_HEADER_BYTES:].view(_NP_DTYPES[dtype]).reshape(shape)
         t = torch.from_numpy(array)
         ptr = t.untyped_storage().data_ptr()
         with self._lock:
@@ -155,17 +264,56 @@ class HostMemory:
             self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)
             self._files += 1
         with _SPILLED_LOCK:
-            _SPILLED[ptr] = nbytes
+            _SPILLED[ptr] = (nbytes, head, seal)
         weakref.finalize(array, _forget, ptr)  # the mapping lives as long as any view of it
         weakref.finalize(t, self._release, nbytes, True)
         return t
 
-    def _release(self, nbytes: int, spilled: bool) -> None:
+    def _release(self, nbytes: int, spilled: bool, ptr: int = 0) -> None:
         with self._lock:
             if spilled:
                 self.spilled_bytes -= nbytes
             else:
                 self.resident_bytes -= nbytes
+                self._placed.discard(ptr)
+
+    # ---- index arrays ----------------------------------------------------------------------------
+    def place_partition(self, part):
+        """``part`` with its sub-chunks' index arrays moved into spill files (the same object, changed in place).
+
+        A partition the engine cut itself (a GCN's self-loop graph) is as big
+        as the dataset's own edge files, which stay memory-mapped; under a
+        budget its arrays are read as the dataset's are: from file-backed
+        pages the OS may drop. A partition already file-backed, or without a
+        budget, is returned as it is.
+        """
+        if self.budget is not None:
+            for subs in part.chunks.values():
+                self.place_chunks(subs)
+        return part
+
+    def place_chunks(self, subs: list) -> list:
+        """The index arrays of ``subs`` (one chunk's sub-chunks) moved into one spill file; ``subs`` is returned.
+
+        Called by the partitioner chunk by chunk, so a partition being cut
+        never holds more than one chunk's arrays in RAM.
+        """
+        if self.budget is None:
+            return subs
+        arrays = [(c, name, getattr(c, name)) for c in subs for name in _CHUNK_ARRAYS]
+        if all(_file_backed(a) for _, _, a in arrays):
+            return subs
+        aligned = lambda n: (n + 63) // 64 * 64  # noqa: E731
+        total = sum(aligned(a.nbytes) for _, _, a in arrays)
+        if total:
+            store = self._spill((total,), torch.uint8, total, "partition index arrays").numpy()
+            off = 0
+            for c, name, a in arrays:
+                view = store[off : off + a.nbytes].view(a.dtype).reshape(a.shape)
+                view[...] = a
+                object.__setattr__(c, name, view)  # a frozen dataclass: the arrays' values do not change
+                off += aligned(a.nbytes)
+        return subs
 
     # ---- what autograd saves -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -183,11 +331,17 @@ class HostMemory:
         def pack(t: torch.Tensor):
             if isinstance(t, torch.nn.Parameter) or t.device.type != "cpu" or tensor_bytes(t) < min_bytes or is_spilled(t):
                 return t
+            if t.untyped_storage().data_ptr() in self._placed:  # counted in the budget already
+                return t
             with self._lock:
                 fits = self.resident_bytes + tensor_bytes(t) <= self.budget
             return t if fits else self.copy(t, "a tensor saved for backward")
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        def unpack(t: torch.Tensor):
+            check_spill(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield
 
     def stats(self) -> dict:
@@ -204,6 +358,15 @@ class HostMemory:
     def __repr__(self) -> str:
         return (f"HostMemory(budget={format_bytes(self.budget)}, resident={format_bytes(self.resident_bytes)}, "
                 f"spilled={format_bytes(self.spilled_bytes)})")
+
+
+_CHUNK_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm", "edge_ids")
+
+
+def _file_backed(a: np.ndarray) -> bool:
+    while a is not None and not isinstance(a, np.memmap):
+        a = a.base if isinstance(a.base, np.ndarray) else None
+    return a is not None
 
 
 def _forget(ptr: int) -> None:

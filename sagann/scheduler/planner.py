@@ -174,8 +174,10 @@ class Planner:
         partition: GraphPartition | None = None,
         num_chunks: int | None = None,
         sub_chunk_nnz: int | None = None,
+        place: Callable[[list], list] | None = None,
     ):
         self._edges, self._num_vertices, self._in_degree = edges, int(num_vertices), in_degree
+        self._place = place  # where the arrays of each chunk the planner cuts go (the host budget's spill files)
         self._devices, self._schedule, self._host_spills = tuple(devices), schedule, bool(host_spills)
         self._partition = partition
         self._given_partition = partition is not None  # the caller's (a dataset's): never re-cut coarser
@@ -236,7 +238,9 @@ class Planner:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.budget
-        pipelined = self._pipelined()  # a fixed depth is planned for; "as deep as fits" needs room for one
+        # a fixed depth is planned for; "as deep as fits" needs room for one. Not for disk reads: the
+        # partition (and so every float sum) must not depend on whether a host budget is set
+        pipelined = self._pipelined(disk=False)
         in_flight = live_sub_chunks(0 if pipelined is False else self._schedule.prefetch if pipelined is True else 1)
         if self._may_coarsen:
             self._may_coarsen = False
@@ -318,7 +322,8 @@ class Planner:
         p = self._partition
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
-        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight)
+        # each chunk placed as it is cut: the search also holds its best candidate while it cuts the next
+        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place)
 
     def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
         """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
@@ -375,11 +380,11 @@ class Planner:
         return part
 
     # ---- the passes ---------------------------------------------------------------------------
-    def _pipelined(self) -> bool | None:
+    def _pipelined(self, disk: bool = True) -> bool | None:
         """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows."""
         pf = self._schedule.prefetch
         if pf is None:  # disk reads wait on I/O, beside compute, like a link
-            return None if self._devices[0].overlaps_transfers or self._host_spills else False
+            return None if self._devices[0].overlaps_transfers or (disk and self._host_spills) else False
         if pf == "max":
             return None
         return pf > 0

@@ -42,3 +42,39 @@ def test_distributed_needs_an_initialised_group():
         pytest.skip("a process group is already initialised here")
     with pytest.raises(RuntimeError, match="torchrun"):
         sagann.ChunkedGraph(torch.tensor([[0], [1]]), 2, distributed=True)
+
+
+def test_a_distributed_graph_does_not_outlive_its_last_reference(tmp_path):
+    """A layer output's autograd node held the call, which held the output: a cycle through C++ that gc cannot free.
+
+    It kept the graph and its process group alive until the interpreter shut
+    down, where gloo's threads met a finalizing interpreter ("terminate
+    called without an active exception"). Run in a subprocess: one gloo rank.
+    """
+    script = f"""
+import gc, os, socket, sys, weakref
+import torch, torch.distributed as dist
+sys.path.insert(0, {str(ROOT)!r})
+import sagann
+from sagann.engine.models import GCN
+from sagann.engine.train import train_node_classifier
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=0, world_size=1)
+def run():
+    n = 300
+    gen = torch.Generator().manual_seed(0)
+    ei = torch.randint(0, n, (2, 2000), generator=gen).numpy()
+    x, y = torch.randn(n, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+    masks = [torch.arange(n) % 3 == k for k in range(3)]
+    g = sagann.ChunkedGraph(ei, n, num_chunks=2, device=sagann.CpuDevice(name="r0"), distributed=True)
+    train_node_classifier(GCN(8, 8, 3), g, x, y, *masks, epochs=2, progress=False)
+    return weakref.ref(g)
+ref = run()
+gc.collect()
+print("ALIVE" if ref() is not None else "FREED")
+dist.destroy_process_group()
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "FREED"
