@@ -102,7 +102,7 @@ class CudaMeter(Meter):
 
 # Code in these modules allocates host memory (HostMemory's buffers, rows read back from spill files):
 # on the CPU virtual device it is the same RAM, but no GPU would hold it, and the ledger does not charge it.
-HOST_MODULES = frozenset({"sagann.scheduler.host"})
+HOST_MODULES = frozenset({"sagann.scheduler.host", "sagann.engine.host_ops"})
 
 
 def _host_allocation() -> bool:
