@@ -44,6 +44,12 @@ class ScheduleConfig:
             ``sagann.scheduler.schedule``). None (default): under a budget,
             the planner picks the tile that moves the fewest bytes within it
             (1 without a budget); an int: that tile (capped at P).
+        partition_rule: under a budget, ``"time"`` (default) takes, of the
+            smallest P that fits and a few larger P (each with the largest
+            sub-chunks that fit), the one the time model predicts fastest
+            (bytes / measured bandwidth + steps x measured fixed cost per
+            step, ``sagann.scheduler.cost_model``); ``"smallest"``: the
+            smallest P that fits, as NeuGraph.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
@@ -52,6 +58,7 @@ class ScheduleConfig:
     max_replans: int = 3
     cache_gather: bool = True
     tile: int | None = None
+    partition_rule: str = "time"
 
     def __post_init__(self):
         if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
@@ -60,6 +67,8 @@ class ScheduleConfig:
             raise ValueError(f"max_replans must be an int >= 0, got {self.max_replans!r}")
         if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 1):
             raise ValueError(f"tile must be None or an int >= 1, got {self.tile!r}")
+        if self.partition_rule not in ("time", "smallest"):
+            raise ValueError(f"partition_rule must be 'time' or 'smallest', got {self.partition_rule!r}")
         if not isinstance(self.cache_gather, bool):
             raise ValueError(f"cache_gather must be True or False, got {self.cache_gather!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))

@@ -17,6 +17,7 @@ from (the host, or a chain relay) and what to record beyond the pass log
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from sagann import profiler
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
+from sagann.scheduler.cost_model import measure_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
 from sagann.scheduler.pipeline import Prefetcher
@@ -358,10 +360,28 @@ class Executor:
         """Feed the measured chunk times to the cost table and log the pass next to its prediction."""
         phase = plan.phase
         full = moved - plan.bytes_moved + plan.bytes_full
+        steps = sum(len(s.subs) for s in plan.steps())
+        model = self._model_seconds(plan, steps, moved)
         for key, (load, busy) in times.items():
             self.log.costs.update((self.log.key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
-        self.log.records.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes))
+        record = PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes)
+        least = moved - plan.bytes_moved + plan.bytes_lower_bound
+        self.log.records.append(dataclasses.replace(record, bytes_lower_bound=least, steps=steps, model_seconds=model))
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
         self.strategy.after_pass(self, plan, seconds)
+
+    def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
+        """The time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.
+
+        Edge work: the compute the cost table holds for the plan's chunks from
+        earlier runs, less their fixed cost per step; NaN before every chunk
+        was measured once.
+        """
+        earlier = [self.log.costs.get((self.log.key, plan.phase), s.key) for s in plan.steps()]
+        if not earlier or any(e is None for e in earlier):
+            return float("nan")
+        costs = measure_step_costs(self.device)
+        work = max(0.0, sum(e[1] for e in earlier) - steps * costs.seconds_per_step)
+        return predict_seconds(costs, moved, steps) + work
