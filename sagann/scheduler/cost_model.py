@@ -53,7 +53,7 @@ def predict_seconds(costs: StepCosts, nbytes: float, steps: float, edge_columns:
     return nbytes * costs.seconds_per_byte + steps * costs.seconds_per_step + edge_columns * costs.seconds_per_edge_column
 
 
-_MEASURED: dict = {}  # device kind -> (seconds per step, seconds per edge x column)
+_MEASURED: dict = {}  # device kind -> StepCosts
 
 
 def _kind(device) -> tuple:
@@ -62,22 +62,22 @@ def _kind(device) -> tuple:
 
 
 def measure_step_costs(device, repeats: int = 3) -> StepCosts:
-    """The device's :class:`StepCosts`: step rates measured once per kind of device (a fraction of a second), its own bandwidth.
+    """The device's :class:`StepCosts`, measured once per kind of device (a fraction of a second): plans compare alike within a process.
 
     The fixed cost per step is ``(T_small - T_big) / (steps_small - steps_big)``
     of two passes that sum the same edges' source rows into their
     destinations, one cut into sub-chunks of ``_SMALL_SUB`` edges, one of
     ``_BIG_SUB``: each step loads its index arrays and its rows and runs one
-    kernel, as a pass's step does. The bandwidth is the device's measured
-    block copy (``Device.transfer_costs``).
+    kernel, as a pass's step does. The bandwidth is a block copy of the
+    calibration's rows to the device.
     """
     known = _MEASURED.get(_kind(device))
     if known is None:
         known = _MEASURED[_kind(device)] = _measure_steps(device, repeats)
-    return StepCosts(device.transfer_costs().block, *known)
+    return known
 
 
-def _measure_steps(device, repeats: int) -> tuple[float, float]:
+def _measure_steps(device, repeats: int) -> StepCosts:
     gen = np.random.default_rng(0)  # never the caller's RNG
     n, e, d = _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH
     edges = gen.integers(0, n, (2, e))
@@ -100,14 +100,24 @@ def _measure_steps(device, repeats: int) -> tuple[float, float]:
             best = min(best, time.perf_counter() - t0)
         return best
 
+    def copy() -> float:
+        best = math.inf
+        for _ in range(repeats):
+            device.synchronize()
+            t0 = time.perf_counter()
+            device.copy_in(x)
+            device.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
     count = device.bytes_in
     run(passes[_SMALL_SUB][:8]), run(passes[_BIG_SUB])  # compile and warm up the kernel's paths
-    small, big = run(passes[_SMALL_SUB]), run(passes[_BIG_SUB])
+    small, big, block = run(passes[_SMALL_SUB]), run(passes[_BIG_SUB]), copy()
     device.bytes_in = count  # measurements are not traffic
     n_small, n_big = len(passes[_SMALL_SUB]), len(passes[_BIG_SUB])
     per_step = max(0.0, (small - big) / max(1, n_small - n_big))
     per_edge_column = max(0.0, big - n_big * per_step) / (e * d)
-    return per_step, per_edge_column
+    return StepCosts(block / (n * d * FLOAT), per_step, per_edge_column)
 
 
 @dataclass(frozen=True)

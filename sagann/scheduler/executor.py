@@ -33,16 +33,41 @@ from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.cost_model import measure_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
+from sagann.scheduler.host import is_spilled
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
 from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 from sagann.units import tensor_bytes
 
-__all__ = ["SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy"]
+__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "narrow", "widen"]
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
+# vertex-row inputs that cross the link in ScheduleConfig.transfer_dtype (gradients stay float32)
+NARROW_FIELDS = ("src", "src_term", "dst", "dst_term")
+
+
+def narrow(host: dict, dtype: torch.dtype | None) -> dict:
+    """``host`` with its float32 input rows rounded to ``dtype`` once (a tensor under two names once); spilled ones stay."""
+    if dtype is None:
+        return host
+    done: dict[int, torch.Tensor] = {}
+    out = dict(host)
+    for name in NARROW_FIELDS:
+        t = host.get(name)
+        if t is not None and t.dtype == torch.float32 and not is_spilled(t):
+            out[name] = done.setdefault(id(t), t.detach().to(dtype))
+    return out
+
+
+def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:
+    """16-bit rows that crossed the link, as float32 on the device; the ledger holds the float32 bytes (the 16-bit copy is transient)."""
+    if t is None or t.dtype not in (torch.bfloat16, torch.float16):
+        return t
+    wide = t.float()
+    scope.charge(tensor_bytes(wide) - tensor_bytes(t), what)
+    return wide
 
 
 class Block:
@@ -134,6 +159,7 @@ class ChunkInputs:
                 lo = c.dst_start + c.dst_offset
                 t = s.load(host[lo : lo + c.num_dst], lambda: f"{name} rows of {c.id!r}")
             self.loaded_bytes += tensor_bytes(t)
+        t = widen(s, t, lambda: f"{name} rows of {c.id!r} widened to float32")
         if self._grad.get(name):
             t.requires_grad_(True)
         return t
@@ -227,8 +253,10 @@ class Executor:
         strategy: where blocks come from and what else to record.
     """
 
-    def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None):
+    def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None,
+                 transfer_dtype: torch.dtype | None = None):
         self.device, self.partition, self.log, self.name = device, partition, log, name
+        self.transfer_dtype = transfer_dtype  # ScheduleConfig.transfer_dtype: input rows cross the link in 16 bits
         self.fused = fused
         self.strategy = strategy or Strategy()
         self.source_major = False  # this backward pass reads edges source-major (set by the pass)
@@ -251,6 +279,7 @@ class Executor:
         ``host``: the host tensors by field; ``grad``: the fields that become
         autograd leaves; ``names``: the fields each sub-chunk preloads.
         """
+        host = narrow(host, self.transfer_dtype)
         fields = _Fields(plan.phase, host, grad, names, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
         self.strategy.begin(self, plan, host, fields.src_names)
         try:
@@ -325,11 +354,12 @@ class Executor:
         lo, hi = rows
         scope = Scope(self.device)
         try:
-            tensors = {name: scope.load(host[name][lo:hi], f"{name} {what}") for name in names}
+            sent = {name: scope.load(host[name][lo:hi], f"{name} {what}") for name in names}
+            tensors = {name: widen(scope, t, f"{name} {what} widened to float32") for name, t in sent.items()}
         except BaseException:  # out of memory on the block's second field: give back the first
             scope.close()
             raise
-        return Block(scope, tensors), sum(tensor_bytes(t) for t in tensors.values())
+        return Block(scope, tensors), sum(tensor_bytes(t) for t in sent.values())
 
     # ---- running ----------------------------------------------------------------------------
     def run_step(self, stream: _Stream, step: ChunkStep, compute: Callable[[ChunkInputs], None]) -> tuple[float, float, int]:
