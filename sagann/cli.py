@@ -54,9 +54,12 @@ def _json(obj) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from sagann.demo import DemoConfig, format_report, run_demo
 
-    config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed)
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.transfer_dtype]
+    config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed, transfer_dtype=dtype)
     result = run_demo(config, progress=not args.json and sys.stderr.isatty(), profile_dir=args.profile)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--vertices", type=int, default=40_000, help="SBM vertices (edges = 16 x vertices)")
     demo.add_argument("--budget-fraction", type=float, default=0.25, help="device budget as a fraction of the in-memory working set")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--transfer-dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="rows cross the link in this type (16 bits: half the bytes; kernels compute in float32)")
     demo.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     demo.set_defaults(run=_cmd_demo)
     from sagann.engine.models import MODELS
