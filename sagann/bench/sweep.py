@@ -77,6 +77,7 @@ class Grid:
     caches: tuple[bool, ...]
     warmup: int
     reps: int
+    rules: tuple[str, ...] = ("time",)  # ScheduleConfig.partition_rule of the out-of-core runs; several: A/B in one run
 
 
 FULL = Grid(
@@ -171,7 +172,7 @@ def run_sweep(grid: Grid = QUICK, progress=None) -> dict:
                 continue  # nothing to cache: the cache-off row is the same run
             cells += _cells(spec, (ei, n), (torch.randn(n, width, generator=gen), y), model_name, width, cache, grid, rates)
             if progress is not None:
-                for c in cells[-len(grid.budgets):]:
+                for c in cells[-len(grid.budgets) * len(grid.rules):]:
                     progress(_line(c))
     result = {"grid": _grid_dict(grid), "seconds": time.perf_counter() - t_start, "machine_rates": rates, "cells": cells, "summary": summarise_cells(cells)}
     result["report"] = format_sweep(result)
@@ -185,12 +186,13 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
     peak = mem_run.warm_peak
     cached = cache and model_name in CACHEABLE
     rows, runs = [], [mem_run]
-    for denom in grid.budgets:
+    for denom, rule in itertools.product(grid.budgets, grid.rules):
         budget = max(1, peak // denom)
         row = {"graph": spec.name, "num_vertices": n, "num_edges": int(ei.shape[1]), "avg_degree": round(ei.shape[1] / n, 1), "width": width, "model": model_name,
-               "budget_fraction": f"1/{denom}", "budget_bytes": budget, "cache_gather": cached}
+               "budget_fraction": f"1/{denom}", "budget_bytes": budget, "cache_gather": cached, "partition_rule": rule}
         try:
-            runs.append(_Run(ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=schedule), model_name, width, data, grid.warmup))
+            ooc_schedule = ScheduleConfig(cache_gather=cache, partition_rule=rule)
+            runs.append(_Run(ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=ooc_schedule), model_name, width, data, grid.warmup))
             row["run"] = runs[-1]
         except Exception as exc:  # a budget no plan fits: a row naming it, the sweep goes on
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
@@ -216,13 +218,17 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
 
 def _grid_dict(grid: Grid) -> dict:
     return {"graphs": [s.name for s in grid.graphs], "widths": list(grid.widths), "models": list(grid.models), "budgets": [f"1/{b}" for b in grid.budgets],
-            "cache_gather": list(grid.caches), "warmup": grid.warmup, "reps": grid.reps}
+            "cache_gather": list(grid.caches), "warmup": grid.warmup, "reps": grid.reps, "partition_rules": list(grid.rules)}
 
 
 def summarise_cells(cells: list[dict]) -> dict:
     """Median and worst ratio, with and without the cache, and the prediction's error."""
     out = {}
-    for name, keep in (("all", lambda c: True), ("cache_on", lambda c: c["cache_gather"]), ("cache_off", lambda c: not c["cache_gather"])):
+    groups = [("all", lambda c: True), ("cache_on", lambda c: c["cache_gather"]), ("cache_off", lambda c: not c["cache_gather"])]
+    rules = sorted({c["partition_rule"] for c in cells})
+    if len(rules) > 1:
+        groups += [(f"rule_{r}", lambda c, r=r: c["partition_rule"] == r) for r in rules]
+    for name, keep in groups:
         ratios = [c["ratio"] for c in cells if "ratio" in c and keep(c)]
         best = [c["best_ratio"] for c in cells if "ratio" in c and keep(c)]
         errors = [abs(c["prediction_error"]) for c in cells if "ratio" in c and keep(c)]
@@ -234,7 +240,7 @@ def summarise_cells(cells: list[dict]) -> dict:
 
 
 def _line(c: dict) -> str:
-    head = f"{c['graph']:15s} {c['model']:4s} {c['width']:4d} {c['budget_fraction']:>5s} {'on ' if c['cache_gather'] else 'off'}"
+    head = f"{c['graph']:15s} {c['model']:4s} {c['width']:4d} {c['budget_fraction']:>5s} {'on ' if c['cache_gather'] else 'off'} {c['partition_rule'][:4]:4s}"
     if "error" in c:
         return f"{head}  {c['error']}"
     us = lambda v: f"{v:8.0f}" if v is not None else f"{'-':>8s}"  # noqa: E731
@@ -243,7 +249,7 @@ def _line(c: dict) -> str:
             f"{us(c['step_overhead_us'])} {c['model_step_us']:7.0f} {100 * c['floor_fraction']:5.0f}%")
 
 
-HEADER = (f"{'graph':15s} {'model':4s} {'width':>4s} {'budg':>5s} {'gc '} {'mem s':>7s} {'ooc s':>7s} {'ratio':>6s} {'P':>4s} {'steps':>6s} "
+HEADER = (f"{'graph':15s} {'model':4s} {'width':>4s} {'budg':>5s} {'gc '} {'rule':4s} {'mem s':>7s} {'ooc s':>7s} {'ratio':>6s} {'P':>4s} {'steps':>6s} "
           f"{'MiB sent':>9s} {'floor s':>7s} {'pred s':>7s} {'err':>7s} {'us/step':>8s} {'model':>7s} {'roof':>6s}")
 
 
