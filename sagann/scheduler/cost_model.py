@@ -29,7 +29,7 @@ from sagann.chunks.partition import balanced_bounds, partition_graph
 from sagann.kernels import gspmm
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight
 
-__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "measure_step_costs", "predict_seconds"]
+__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
 
 _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
 _SMALL_SUB, _BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
@@ -75,6 +75,11 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     if known is None:
         known = _MEASURED[_kind(device)] = _measure_steps(device, repeats)
     return known
+
+
+def measured_step_costs(device) -> StepCosts | None:
+    """The device kind's :class:`StepCosts` if measured already, else None (never measures: a pass in flight must not pay for it)."""
+    return _MEASURED.get(_kind(device))
 
 
 def _measure_steps(device, repeats: int) -> StepCosts:
@@ -207,3 +212,14 @@ def faster_partition(edges: np.ndarray, in_degree: np.ndarray, chosen, job: dict
         if seconds < best_seconds:
             best, best_seconds = (p, sub), seconds
     return best
+
+
+def measure_partition(partition, shape: LayerShape) -> PartitionEstimate:
+    """A cut partition's bytes and steps for one training call, counted from its sub-chunks (what :func:`estimate_partition` predicts)."""
+    subs = list(partition.sub_chunks())
+    forward = sum(c.nbytes + c.num_src * src_row_bytes(shape) for c in subs)
+    total, steps = forward, len(subs)
+    if shape.backward_edges:
+        total += forward + sum(c.num_dst * backward_dst_row_bytes(shape) + c.nnz * FLOAT * shape.d_edge for c in subs)
+        steps *= 2
+    return PartitionEstimate(partition.num_chunks, partition.sub_chunk_nnz, int(total), steps)

@@ -30,7 +30,7 @@ import torch
 from sagann import profiler
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
-from sagann.scheduler.cost_model import measure_step_costs, predict_seconds
+from sagann.scheduler.cost_model import measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
 from sagann.scheduler.host import is_spilled
@@ -407,11 +407,12 @@ class Executor:
 
         Edge work: the compute the cost table holds for the plan's chunks from
         earlier runs, less their fixed cost per step; NaN before every chunk
-        was measured once.
+        was measured once, or where the device's rates were never measured
+        (the planner measures them for a device with a budget).
         """
+        costs = measured_step_costs(self.device)
         earlier = [self.log.costs.get((self.log.key, plan.phase), s.key) for s in plan.steps()]
-        if not earlier or any(e is None for e in earlier):
+        if costs is None or not earlier or any(e is None for e in earlier):
             return float("nan")
-        costs = measure_step_costs(self.device)
         work = max(0.0, sum(e[1] for e in earlier) - steps * costs.seconds_per_step)
         return predict_seconds(costs, moved, steps) + work

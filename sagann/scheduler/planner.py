@@ -20,7 +20,7 @@ import numpy as np
 
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, partition_graph
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
-from sagann.scheduler.cost_model import faster_partition, measure_step_costs
+from sagann.scheduler.cost_model import MARGIN, faster_partition, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the planner's model)
     EDGE_SCRATCH,
@@ -236,6 +236,8 @@ class Planner:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.budget
+        if budget is not None and self._partition is None:
+            measure_step_costs(self._devices[0])  # once per kind of device, before any pass runs (the pass log's predictions read it)
         pipelined = self._pipelined()  # a fixed depth is planned for; "as deep as fits" needs room for one
         in_flight = live_sub_chunks(0 if pipelined is False else self._schedule.prefetch if pipelined is True else 1)
         if self._may_coarsen:
@@ -351,8 +353,10 @@ class Planner:
         for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
             faster = self._cut(p, sub, vertex_weight(shape, fused))
             w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight)
-            if w.peak_bytes <= self.budget:
-                return faster, w
+            if w.peak_bytes <= self.budget:  # kept if its counted bytes and steps still predict it faster
+                costs = measure_step_costs(self._devices[0])
+                better = measure_partition(faster, shape).seconds(costs) < (1 - MARGIN) * measure_partition(part, shape).seconds(costs)
+                return (faster, w) if better else (part, ws)
         return part, ws
 
     def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):

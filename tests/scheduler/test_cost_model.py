@@ -129,3 +129,11 @@ def test_out_of_core_under_either_rule_equals_in_memory(seed, fraction, step_cos
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(got[1], ref[1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cut_partition_is_counted_as_the_estimate_predicts_its_steps():
+    part = partition_graph(EDGES, N, 8, 1024)
+    counted = cost_model.measure_partition(part, SHAPE)
+    assert counted.steps == 2 * len(list(part.sub_chunks()))  # forward and backward
+    assert counted.steps == estimate_partition(chunk_nnz(EDGES, part.bounds), part.bounds, 1024, SHAPE).steps
+    assert cost_model.measure_partition(part, FORWARD_ONLY).bytes < counted.bytes
