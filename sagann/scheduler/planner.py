@@ -353,9 +353,9 @@ class Planner:
         for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
             faster = self._cut(p, sub, vertex_weight(shape, fused))
             w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight)
-            if w.peak_bytes <= self.budget:  # kept if its counted bytes and steps still predict it faster
-                costs = measure_step_costs(self._devices[0])
-                better = measure_partition(faster, shape).seconds(costs) < (1 - MARGIN) * measure_partition(part, shape).seconds(costs)
+            if w.peak_bytes <= self.budget:  # kept if, counted, it takes fewer steps and is still predicted faster
+                costs, new, old = measure_step_costs(self._devices[0]), measure_partition(faster, shape), measure_partition(part, shape)
+                better = new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs)
                 return (faster, w) if better else (part, ws)
         return part, ws
 
