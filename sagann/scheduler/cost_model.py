@@ -18,6 +18,7 @@ be weighed before one is cut.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_by
 
 __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
 
+_LOG = logging.getLogger("sagann")
 _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
 _SMALL_SUB, _BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
 INDEX_BYTES_PER_EDGE = 16  # a sub-chunk's CSC and source-major index arrays, per edge (int32 x 4)
@@ -73,7 +75,12 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     """
     known = _MEASURED.get(_kind(device))
     if known is None:
-        known = _MEASURED[_kind(device)] = _measure_steps(device, repeats)
+        try:
+            known = _measure_steps(device, repeats)
+        except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
+            _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
+            known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
+        _MEASURED[_kind(device)] = known
     return known
 
 

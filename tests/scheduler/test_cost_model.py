@@ -137,3 +137,14 @@ def test_a_cut_partition_is_counted_as_the_estimate_predicts_its_steps():
     assert counted.steps == 2 * len(list(part.sub_chunks()))  # forward and backward
     assert counted.steps == estimate_partition(chunk_nnz(EDGES, part.bounds), part.bounds, 1024, SHAPE).steps
     assert cost_model.measure_partition(part, FORWARD_ONLY).bytes < counted.bytes
+
+
+def test_a_device_that_cannot_run_the_calibration_plans_by_bytes(caplog):
+    class Broken(sagann.CpuDevice):
+        @property
+        def kernel_backend(self) -> str:
+            return "no such backend"
+
+    costs = measure_step_costs(Broken(copy_transfers=True))
+    assert costs.seconds_per_step == 0 and costs.seconds_per_byte > 0
+    assert "fixed cost per step" in caplog.text
