@@ -54,9 +54,12 @@ def _json(obj) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from sagann.demo import DemoConfig, format_report, run_demo
 
-    config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed,
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.transfer_dtype]
+    config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed, transfer_dtype=dtype,
                         meter=args.json if args.meter is None else args.meter)
     result = run_demo(config, progress=not args.json and sys.stderr.isatty(), profile_dir=args.profile)
     print(json.dumps(result) if args.json else format_report(result))
@@ -104,7 +107,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sagann.bench import run_bench
 
-    result = run_bench(args.what, quick=args.quick, out=args.out, graph=args.graph, scale=args.scale)
+    result = run_bench(args.what, quick=args.quick, out=args.out, graph=args.graph, scale=args.scale, sweep=args.sweep or None)
     print(json.dumps(result) if args.json else result.get("report", json.dumps(result, indent=2)))
     return 0
 
@@ -157,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--vertices", type=int, default=40_000, help="SBM vertices (edges = 16 x vertices)")
     demo.add_argument("--budget-fraction", type=float, default=0.25, help="device budget as a fraction of the in-memory working set")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--transfer-dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="rows cross the link in this type (16 bits: half the bytes; kernels compute in float32)")
     demo.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     demo.add_argument("--meter", action=argparse.BooleanOptionalAction, default=None, help="measure device memory as torch allocates it (measured_device_peak_bytes); default on with --json; slows a CPU run")
     demo.set_defaults(run=_cmd_demo)
@@ -193,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="append the result as a JSON line to this file")
     bench.add_argument("--graph", default=None, choices=("rmat", "reddit"), help="gcn, gat, sage: the R-MAT graph (default) or preset_graph('reddit', --scale), an SBM with Reddit's degree, 602 features, 41 classes")
     bench.add_argument("--scale", type=float, default=None, help=f"with --graph reddit: vertices and edges as a fraction of Reddit's (default {REDDIT_SCALE:g}; {QUICK_REDDIT_SCALE:g} with --quick)")
+    bench.add_argument("--sweep", action="store_true", help="overlap: out-of-core / in-memory over a grid of graphs, widths, models, budgets and cache settings (--quick: a subset under 3 minutes)")
     bench.set_defaults(run=_cmd_bench)
     part = sub.add_parser("partition", help="partition an edge list (.npy [2, E] / [E, 2] or 'src dst' text) into a dataset directory, out of core")
     part.add_argument("input", help="the edge list: a .npy int array [2, E] or [E, 2], or text with one 'src dst' per line (# comments)")

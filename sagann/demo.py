@@ -12,6 +12,7 @@ from sagann.chunks.synthetic import sbm
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GCN, MLP
 from sagann.engine.train import EpochStats, profiled, train_node_classifier
+from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice
 
 
@@ -27,6 +28,7 @@ class DemoConfig:
     lr: float = 0.01
     seed: int = 0
     meter: bool = False  # measure device memory as allocated (measured_device_peak_bytes); slows each epoch
+    transfer_dtype: torch.dtype | None = None  # ScheduleConfig.transfer_dtype: rows cross the link in 16 bits
 
     def __post_init__(self):
         if not 0 < self.budget_fraction <= 1:
@@ -65,7 +67,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True, profile_d
     working_set = in_memory_working_set(data, model)
     budget = int(working_set * config.budget_fraction)
     device = CpuDevice(budget, meter=config.meter or None)  # None: SAGANN_METER decides
-    g = ChunkedGraph(data.edge_index, data.num_vertices, device=device)
+    g = ChunkedGraph(data.edge_index, data.num_vertices, device=device, schedule=ScheduleConfig(transfer_dtype=config.transfer_dtype))
     t0 = time.perf_counter()
     with profiled(profile_dir) as profile_result:
         history = train_node_classifier(model, g, x, y, *masks, epochs=config.epochs, lr=config.lr, progress=progress, desc="GCN out-of-core")

@@ -43,7 +43,7 @@ import numpy as np
 import psutil
 import torch
 
-from sagann.bench import _peers
+from sagann.bench import _peers, roofline
 from sagann.bench._results import ratios, summarise
 from sagann.units import parse_bytes
 
@@ -516,8 +516,19 @@ def run_epochs(bench: Bench, options: EpochOptions) -> dict:
         "quick": quick,
     }
     result["ratios"] = ratios(results)
+    result["roofline"] = _roofline(bench, files.info, results)
     result["report"] = format_report(result)
     return result
+
+
+def _roofline(bench: Bench, info: dict, results: dict) -> dict:
+    """The epoch's floor on this machine (:mod:`sagann.bench.roofline`) and each configuration's fraction of it; cached Gather where it runs."""
+    rates = roofline.machine_rates()
+    shape = (bench.name, info["num_vertices"], info["edges_with_self_loops"], info["features"], bench.hidden, info["classes"], rates)
+    floors = {cached: roofline.epoch_floor(*shape, cached=cached) for cached in (False, True)}
+    cached = {"sagann_p1", "sagann_ooc"} if bench.caches_gather else set()
+    fraction = {c: floors[c in cached] / x["epoch_s"] for c, x in results.items() if "epoch_s" in x}
+    return {"rates": rates, "floor_seconds": floors[False], "floor_seconds_cached": floors[True], "fraction_of_floor": fraction}
 
 
 def runner(bench: Bench) -> Callable[..., dict]:
@@ -538,12 +549,22 @@ def _graph_line(gr: dict) -> str:
     return f"{name} N={gr['num_vertices']:,}, {gr['edges_with_self_loops']:,} edges with self loops{simple}, {gr.get('features', RMAT_FEATURES)} features, {gr.get('classes', RMAT_CLASSES)} classes"
 
 
+def _floor_lines(r: dict) -> list[str]:
+    roof = r.get("roofline")
+    if not roof:
+        return []
+    rates = roof["rates"]
+    return [f"floor on this machine: {roof['floor_seconds']:.3f} s streamed, {roof['floor_seconds_cached']:.3f} s with the cached Gather "
+            f"(bytes every kernel must touch / {rates['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s + GEMM FLOPs / {rates['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s)"]
+
+
 def format_report(r: dict) -> str:
     gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
     lines = [
         f"{r['model']}",
         f"{_graph_line(r['graph'])}; median of {r['reps']} epochs x {r['rounds']} round(s) after {r['warmup']} warm-up",
         f"load average before {r['load_average_before']}, after {r['load_average_after']}",
+        *_floor_lines(r),
         "",
         f"{'configuration':16} {'epoch s':>9} {'peak RSS':>10} {'warm-up s':>10} {'loss':>8}  notes",
     ]
@@ -558,6 +579,8 @@ def format_report(r: dict) -> str:
                 notes.append(f"budget {gib(x['memory_budget_bytes'])}")
         if c in r["ratios"]:
             notes.append(f"{r['ratios'][c]['time']:.2f}x sagann_p1's time, {r['ratios'][c]['peak_rss']:.2f}x its RSS")
+        if c in r.get("roofline", {}).get("fraction_of_floor", {}):
+            notes.append(f"{100 * r['roofline']['fraction_of_floor'][c]:.0f}% of the floor")
         lines.append(f"{c:16} {x['epoch_s']:9.3f} {gib(x['peak_rss_bytes']):>10} {max(x['warmup_s']):10.2f} {x['loss']:8.4f}  {'; '.join(notes)}")
     if r.get("loss_spread") is not None:
         lines.append(f"final losses (same initial weights and data) differ by at most {100 * r['loss_spread']:.3g}%")

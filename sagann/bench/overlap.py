@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from sagann import profiler
+from sagann.bench import roofline
+from sagann.bench.sweep import FULL, QUICK, run_sweep
 from sagann.chunks.synthetic import rmat
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GCN
 from sagann.scheduler.config import ScheduleConfig
+from sagann.scheduler.cost_model import measure_step_costs
 from sagann.scheduler.devices import CpuDevice
 
 def _streamed(**options) -> ScheduleConfig:
@@ -53,9 +56,10 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(warmup):
         _epoch(model, g, x, y, opt)
-    start = len(g.pass_log)
+    start, bytes0 = len(g.pass_log), g.device.bytes_in
     times = [_epoch(model, g, x, y, opt) for _ in range(repeats)]
-    last = g.pass_log[start:][-4:]  # one epoch: 2 layers x (forward, backward)
+    records = g.pass_log[start:]
+    last = records[-4:]  # one epoch: 2 layers x (forward, backward)
     with profiler.profile() as prof:
         _epoch(model, g, x, y, opt)
     (summary,) = profiler.summarize(prof) or [None]
@@ -70,13 +74,18 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
         "bytes_moved_full": sum(r.bytes_full for r in last),
         "edge_stage_seconds": sum(r.seconds for r in last),
         "edge_stage_predicted_seconds": sum(r.predicted_seconds for r in last),
+        "steps": round(sum(r.steps for r in records) / repeats),
+        "bytes_in": round((g.device.bytes_in - bytes0) / repeats),
         "overlap": None if summary is None else summary.overlap,
         "io_seconds": None if summary is None else summary.io_seconds,
         "compute_seconds": None if summary is None else summary.compute_seconds,
     }
 
 
-def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | None = None, budget_fraction: float = 1 / 8) -> dict:
+def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | None = None, budget_fraction: float = 1 / 8, sweep: bool = False) -> dict:
+    """The features one by one on one graph; ``sweep``: the grid of :mod:`sagann.bench.sweep` instead (``quick``: its small grid)."""
+    if sweep:
+        return run_sweep(QUICK if quick else FULL)
     n = num_vertices or (2**11 if quick else 2**17)
     e = num_edges or (2**15 if quick else 2**21)
     dims = (64, 64, 16) if quick else (128, 128, 16)
@@ -93,6 +102,9 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
     for name, cfg in CONFIGS:
         g = ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=cfg)
         rows.append(_measure(name, g, x, y, dims, warmup, repeats))
+        _step_overhead(rows[-1], memory, measure_step_costs(g.device))
+    rates = roofline.machine_rates()
+    floor = roofline.epoch_floor("gcn", n, e + n, dims[0], dims[1], dims[2], rates, cached=False)
     best = rows[-1]
     result = {
         "graph": {"kind": "rmat", "num_vertices": n, "num_edges": e, "dims": list(dims)},
@@ -104,10 +116,22 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
         "bytes_moved": best["bytes_moved"],
         "bytes_moved_full": best["bytes_moved_full"],
         "overlap": best["overlap"],
+        "floor_seconds": floor,
+        "floor_fraction": floor / memory["epoch_seconds"],
+        "machine_rates": rates,
         "configs": rows,
     }
     result["report"] = _report(result)
     return result
+
+
+def _step_overhead(row: dict, memory: dict, costs) -> None:
+    """The fixed cost per step the run shows: what the extra bytes leave of the extra time, per extra step (µs)."""
+    extra_steps = row["steps"] - memory["steps"]
+    extra_bytes = max(0, row["bytes_in"] - memory["bytes_in"])
+    extra = row["epoch_seconds"] - memory["epoch_seconds"] - extra_bytes * costs.seconds_per_byte
+    row["step_overhead_us"] = 1e6 * extra / extra_steps if extra_steps > 0 else None
+    row["model_step_us"] = 1e6 * costs.seconds_per_step
 
 
 def _report(r: dict) -> str:
@@ -116,7 +140,9 @@ def _report(r: dict) -> str:
     lines = [
         f"2-layer GCN {'-'.join(map(str, g['dims']))} on R-MAT ({g['num_vertices']:,} vertices, {g['num_edges']:,} edges); "
         f"budget {mib(r['memory_budget_bytes'])} MiB = 1/{r['working_set_bytes'] / r['memory_budget_bytes']:.0f} of the in-memory working set",
-        f"{'configuration':28s} {'epoch s':>8s} {'x in-mem':>8s} {'P':>3s} {'pf':>3s} {'moved MiB':>10s} {'full MiB':>9s} {'overlap':>8s} {'pred/achieved':>14s}",
+        f"roofline: floor {r['floor_seconds']:.3f} s (bytes / {r['machine_rates']['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s + FLOPs / {r['machine_rates']['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s); "
+        f"in memory achieves {100 * r['floor_fraction']:.0f}% of it",
+        f"{'configuration':28s} {'epoch s':>8s} {'x in-mem':>8s} {'P':>3s} {'pf':>3s} {'moved MiB':>10s} {'full MiB':>9s} {'overlap':>8s} {'pred/achieved':>14s} {'steps':>6s} {'us/step':>8s}",
     ]
     base = r["in_memory_seconds"]
     for row in r["configs"]:
@@ -124,6 +150,7 @@ def _report(r: dict) -> str:
         lines.append(
             f"{row['config']:28s} {row['epoch_seconds']:8.3f} {row['epoch_seconds'] / base:8.2f} {row['num_chunks']:3d} {row['prefetch']:3d} "
             f"{mib(row['bytes_moved']):>10s} {mib(row['bytes_moved_full']):>9s} {row['overlap'] if row['overlap'] is not None else float('nan'):8.2f} {ratio:14.2f}"
+            f" {row['steps']:6d} {row['step_overhead_us'] if row.get('step_overhead_us') is not None else float('nan'):8.0f}"
         )
     return "\n".join(lines)
 

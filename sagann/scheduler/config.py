@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from sagann.scheduler.policy import Order, TransferPolicy
 
 MAX_PREFETCH = 4
@@ -44,6 +46,21 @@ class ScheduleConfig:
             ``sagann.scheduler.schedule``). None (default): under a budget,
             the planner picks the tile that moves the fewest bytes within it
             (1 without a budget); an int: that tile (capped at P).
+        partition_rule: under a budget, ``"time"`` (default) takes, of the
+            smallest P that fits and a few larger P (each with the largest
+            sub-chunks that fit), the one the time model predicts fastest
+            (bytes / measured bandwidth + steps x measured fixed cost per
+            step, ``sagann.scheduler.cost_model``); ``"smallest"``: the
+            smallest P that fits, as NeuGraph.
+        transfer_dtype: None (default): rows cross the link as they are on
+            the host; ``torch.bfloat16`` or ``torch.float16``: a pass's
+            float32 input rows (sources, destinations and their terms) are
+            rounded to 16 bits once on the host, cross the link in 16 bits
+            (half the bytes) and are widened to float32 on arrival, so every
+            kernel reads and accumulates in float32. Results then differ from
+            float32 transfers by the inputs' rounding (bfloat16: about 2^-8
+            relative per element; float16: 2^-11, within its range);
+            gradients stay float32.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
@@ -52,6 +69,8 @@ class ScheduleConfig:
     max_replans: int = 3
     cache_gather: bool = True
     tile: int | None = None
+    partition_rule: str = "time"
+    transfer_dtype: torch.dtype | None = None
 
     def __post_init__(self):
         if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
@@ -60,6 +79,10 @@ class ScheduleConfig:
             raise ValueError(f"max_replans must be an int >= 0, got {self.max_replans!r}")
         if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 1):
             raise ValueError(f"tile must be None or an int >= 1, got {self.tile!r}")
+        if self.transfer_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"transfer_dtype must be None, torch.bfloat16 or torch.float16, got {self.transfer_dtype!r}")
+        if self.partition_rule not in ("time", "smallest"):
+            raise ValueError(f"partition_rule must be 'time' or 'smallest', got {self.partition_rule!r}")
         if not isinstance(self.cache_gather, bool):
             raise ValueError(f"cache_gather must be True or False, got {self.cache_gather!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))

@@ -17,6 +17,7 @@ from (the host, or a chain relay) and what to record beyond the pass log
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ import torch
 from sagann import profiler
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
+from sagann.scheduler.cost_model import measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
+from sagann.scheduler.host import is_spilled
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -38,10 +41,34 @@ from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 from sagann.units import tensor_bytes
 
-__all__ = ["SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy"]
+__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "narrow", "widen"]
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
+# vertex-row inputs that cross the link in ScheduleConfig.transfer_dtype (gradients stay float32)
+NARROW_FIELDS = ("src", "src_term", "dst", "dst_term")
+
+
+def narrow(host: dict, dtype: torch.dtype | None) -> dict:
+    """``host`` with its float32 input rows rounded to ``dtype`` once (a tensor under two names once); spilled ones stay."""
+    if dtype is None:
+        return host
+    done: dict[int, torch.Tensor] = {}
+    out = dict(host)
+    for name in NARROW_FIELDS:
+        t = host.get(name)
+        if t is not None and t.dtype == torch.float32 and not is_spilled(t):
+            out[name] = done.setdefault(id(t), t.detach().to(dtype))
+    return out
+
+
+def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:
+    """16-bit rows that crossed the link, as float32 on the device; the ledger holds the float32 bytes (the 16-bit copy is transient)."""
+    if t is None or t.dtype not in (torch.bfloat16, torch.float16):
+        return t
+    wide = t.float()
+    scope.charge(tensor_bytes(wide) - tensor_bytes(t), what)
+    return wide
 
 
 class Block:
@@ -138,6 +165,7 @@ class ChunkInputs:
                 lo = c.dst_start + c.dst_offset
                 t = s.load(host[lo : lo + c.num_dst], lambda: f"{name} rows of {c.id!r}")
             self.loaded_bytes += tensor_bytes(t)
+        t = widen(s, t, lambda: f"{name} rows of {c.id!r} widened to float32")
         if self._grad.get(name):
             t.requires_grad_(True)
         return t
@@ -231,8 +259,10 @@ class Executor:
         strategy: where blocks come from and what else to record.
     """
 
-    def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None):
+    def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None,
+                 transfer_dtype: torch.dtype | None = None):
         self.device, self.partition, self.log, self.name = device, partition, log, name
+        self.transfer_dtype = transfer_dtype  # ScheduleConfig.transfer_dtype: input rows cross the link in 16 bits
         self.fused = fused
         self.strategy = strategy or Strategy()
         self.source_major = False  # this backward pass reads edges source-major (set by the pass)
@@ -255,6 +285,7 @@ class Executor:
         ``host``: the host tensors by field; ``grad``: the fields that become
         autograd leaves; ``names``: the fields each sub-chunk preloads.
         """
+        host = narrow(host, self.transfer_dtype)
         fields = _Fields(plan.phase, host, grad, names, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
         self.strategy.begin(self, plan, host, fields.src_names)
         try:
@@ -336,11 +367,12 @@ class Executor:
         lo, hi = rows
         scope = Scope(self.device)
         try:
-            tensors = {name: scope.load(host[name][lo:hi], f"{name} {what}") for name in names}
+            sent = {name: scope.load(host[name][lo:hi], f"{name} {what}") for name in names}
+            tensors = {name: widen(scope, t, f"{name} {what} widened to float32") for name, t in sent.items()}
         except BaseException:  # out of memory on the block's second field: give back the first
             scope.close()
             raise
-        return Block(scope, tensors), sum(tensor_bytes(t) for t in tensors.values())
+        return Block(scope, tensors), sum(tensor_bytes(t) for t in sent.values())
 
     # ---- running ----------------------------------------------------------------------------
     def run_step(self, stream: _Stream, step: ChunkStep, compute: Callable[[ChunkInputs], None]) -> tuple[float, float, int]:
@@ -374,10 +406,29 @@ class Executor:
         """Feed the measured chunk times to the cost table and log the pass next to its prediction."""
         phase = plan.phase
         full = moved - plan.bytes_moved + plan.bytes_full
+        steps = sum(len(s.subs) for s in plan.steps())
+        model = self._model_seconds(plan, steps, moved)
         for key, (load, busy) in times.items():
             self.log.costs.update((self.log.key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
-        self.log.records.append(PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes))
+        record = PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes)
+        least = moved - plan.bytes_moved + plan.bytes_lower_bound
+        self.log.records.append(dataclasses.replace(record, bytes_lower_bound=least, steps=steps, model_seconds=model))
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
         self.strategy.after_pass(self, plan, seconds)
+
+    def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
+        """The time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.
+
+        Edge work: the compute the cost table holds for the plan's chunks from
+        earlier runs, less their fixed cost per step; NaN before every chunk
+        was measured once, or where the device's rates were never measured
+        (the planner measures them for a device with a budget).
+        """
+        costs = measured_step_costs(self.device)
+        earlier = [self.log.costs.get((self.log.key, plan.phase), s.key) for s in plan.steps()]
+        if costs is None or not earlier or any(e is None for e in earlier):
+            return float("nan")
+        work = max(0.0, sum(e[1] for e in earlier) - steps * costs.seconds_per_step)
+        return predict_seconds(costs, moved, steps) + work

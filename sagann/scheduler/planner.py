@@ -20,6 +20,7 @@ import numpy as np
 
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, partition_graph
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
+from sagann.scheduler.cost_model import MARGIN, faster_partition, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the planner's model)
     EDGE_SCRATCH,
@@ -238,6 +239,8 @@ class Planner:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.budget
+        if budget is not None and self._partition is None:
+            measure_step_costs(self._devices[0])  # once per kind of device, before any pass runs (the pass log's predictions read it)
         # a fixed depth is planned for; "as deep as fits" needs room for one. Not for disk reads: the
         # partition (and so every float sum) must not depend on whether a host budget is set
         pipelined = self._pipelined(disk=False)
@@ -272,7 +275,7 @@ class Planner:
             in_flight = 1
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, 1)
         if current is None and budget is not None and self._fixed_sub_nnz is None:
-            part, ws = self._widen(part, ws, shape, fused, param_bytes, in_flight)
+            part, ws = self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight), shape, fused, param_bytes, in_flight)
         return self._settle(part, ws)
 
     def allow_coarser(self) -> None:
@@ -344,7 +347,23 @@ class Planner:
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, 1, in_flight, max_chunks=p.num_chunks - 1)
         except BudgetTooSmall:
             return None
-        return self._widen(part, ws, shape, fused, param_bytes, in_flight)
+        return self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight), shape, fused, param_bytes, in_flight)
+
+    def _by_time(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
+        """``part`` (the smallest P that fits, widened), or a larger P the time model predicts faster that fits too (``ScheduleConfig.partition_rule``)."""
+        if self._schedule.partition_rule != "time":
+            return part, ws
+        job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": DEFAULT_SUB_CHUNK_NNZ}
+        pick = faster_partition(self._edges(), self._in_degree, part, job, measure_step_costs(self._devices[0]), min(max(self._num_vertices, 1), MAX_CHUNKS))
+        p, sub = pick or (0, 0)
+        for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
+            faster = self._cut(p, sub, vertex_weight(shape, fused))
+            w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight)
+            if w.peak_bytes <= self.budget:  # kept if, counted, it takes fewer steps and is still predicted faster
+                costs, new, old = measure_step_costs(self._devices[0]), measure_partition(faster, shape), measure_partition(part, shape)
+                better = new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs)
+                return (faster, w) if better else (part, ws)
+        return part, ws
 
     def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):
         """``choose_num_chunks`` over this graph's partitions: P ruled out by its intervals' resident rows before it is cut."""

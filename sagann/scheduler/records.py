@@ -26,6 +26,12 @@ class PassRecord:
     resident_bytes: int = 0  # source rows of the intervals held on the device through the pass (0: streamed per chunk)
     tile: int = 1  # destination intervals whose accumulators the pass held together (loop tiling)
     dst_rows_bytes: int = 0  # backward: destination rows sent once and held through the pass (0: sent per chunk)
+    bytes_lower_bound: int = 0  # bytes_moved with the source rows at the plan's lower bound (PassPlan.bytes_lower_bound)
+    steps: int = 0  # sub-chunks computed (the unit of the fixed cost per step)
+    # the time model's prediction, made before the pass's times were known: bytes / measured bandwidth +
+    # steps x measured fixed cost per step + the edge work measured on the previous run of this pass
+    # (NaN on a pass's first run, whose edge work is not known yet)
+    model_seconds: float = float("nan")
 
 
 @dataclass(frozen=True)

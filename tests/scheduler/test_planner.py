@@ -30,8 +30,9 @@ EDGES = _edges()
 
 
 def planner(budget=None, schedule=None, **kw) -> Planner:
+    """A planner taking the smallest P that fits (the figures below are that rule's; tests/scheduler/test_cost_model.py tests the time rule)."""
     in_degree = np.bincount(EDGES[1], minlength=N).astype(np.int64)
-    return Planner(lambda: EDGES, N, in_degree, [sagann.CpuDevice(budget)], schedule or sagann.ScheduleConfig(), **kw)
+    return Planner(lambda: EDGES, N, in_degree, [sagann.CpuDevice(budget)], schedule or sagann.ScheduleConfig(partition_rule="smallest"), **kw)
 
 
 def widths(d: int) -> LayerShape:

@@ -1,0 +1,232 @@
+"""The time model: what a plan costs in seconds, so the planner picks the fastest plan that fits, not the smallest P.
+
+An out-of-core pass spends, beyond the in-memory pass, (1) the bytes it
+sends over the link, (2) a fixed cost per sub-chunk step (loading its index
+arrays, picking its rows, launching its kernel, merging its partial rows,
+the Python between them) and (3) the kernel work, which is the same for
+every plan of one layer. So a candidate plan's time is
+
+    bytes / measured bandwidth + steps x measured fixed cost per step + edge work
+
+and the planner compares candidates by it. :func:`measure_step_costs`
+measures the three rates on the device itself, once per device: a copy of
+rows, and passes of ``copy_src`` sums over the same edges cut into tiny and
+into big sub-chunks, whose difference is the fixed cost per step.
+:func:`estimate_partition` predicts a partition's bytes and steps from the
+edge list and interval bounds alone (no partition cut), so several P can
+be weighed before one is cut.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sagann.chunks.partition import balanced_bounds, partition_graph
+from sagann.kernels import gspmm
+from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight
+
+__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
+
+_LOG = logging.getLogger("sagann")
+_CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
+_SMALL_SUB, _BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
+INDEX_BYTES_PER_EDGE = 16  # a sub-chunk's CSC and source-major index arrays, per edge (int32 x 4)
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Measured rates of one device: seconds per byte sent, per sub-chunk step, per edge x column of kernel work."""
+
+    seconds_per_byte: float
+    seconds_per_step: float
+    seconds_per_edge_column: float
+
+    def to_dict(self) -> dict:
+        return {"seconds_per_byte": self.seconds_per_byte, "seconds_per_step": self.seconds_per_step, "seconds_per_edge_column": self.seconds_per_edge_column}
+
+
+def predict_seconds(costs: StepCosts, nbytes: float, steps: float, edge_columns: float = 0.0) -> float:
+    """bytes / bandwidth + steps x fixed cost per step + edge work."""
+    return nbytes * costs.seconds_per_byte + steps * costs.seconds_per_step + edge_columns * costs.seconds_per_edge_column
+
+
+_MEASURED: dict = {}  # device kind -> StepCosts
+
+
+def _kind(device) -> tuple:
+    """What the step rates depend on: the device's class, torch device, kernels and whether loads copy."""
+    return (type(device).__name__, str(device.torch_device), device.kernel_backend, device.shares_host_memory, getattr(device, "link_bandwidth", None))
+
+
+def measure_step_costs(device, repeats: int = 3) -> StepCosts:
+    """The device's :class:`StepCosts`, measured once per kind of device (a fraction of a second): plans compare alike within a process.
+
+    The fixed cost per step is ``(T_small - T_big) / (steps_small - steps_big)``
+    of two passes that sum the same edges' source rows into their
+    destinations, one cut into sub-chunks of ``_SMALL_SUB`` edges, one of
+    ``_BIG_SUB``: each step loads its index arrays and its rows and runs one
+    kernel, as a pass's step does. The bandwidth is a block copy of the
+    calibration's rows to the device.
+    """
+    known = _MEASURED.get(_kind(device))
+    if known is None:
+        try:
+            known = _measure_steps(device, repeats)
+        except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
+            _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
+            known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
+        _MEASURED[_kind(device)] = known
+    return known
+
+
+def measured_step_costs(device) -> StepCosts | None:
+    """The device kind's :class:`StepCosts` if measured already, else None (never measures: a pass in flight must not pay for it)."""
+    return _MEASURED.get(_kind(device))
+
+
+def _measure_steps(device, repeats: int) -> StepCosts:
+    gen = np.random.default_rng(0)  # never the caller's RNG
+    n, e, d = _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH
+    edges = gen.integers(0, n, (2, e))
+    x = torch.from_numpy(gen.standard_normal((n, d), dtype=np.float32))
+    passes = {sub: list(partition_graph(edges, n, 1, sub).sub_chunks()) for sub in (_SMALL_SUB, _BIG_SUB)}
+
+    def run(subs) -> float:
+        best = math.inf
+        for _ in range(repeats):
+            device.synchronize()
+            t0 = time.perf_counter()
+            out = torch.zeros((n, d), device=device.torch_device)  # outside the ledger: a budget does not bound a measurement
+            for c in subs:
+                ct = device.chunk_tensors(c)
+                rows = device.gather_in(x, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)))
+                lo = c.dst_start + c.dst_offset
+                gspmm(ct, "copy_src", "sum", src=rows, backend=device.kernel_backend, out=out[lo : lo + c.num_dst])
+                del ct, rows
+            device.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def copy() -> float:
+        best = math.inf
+        for _ in range(repeats):
+            device.synchronize()
+            t0 = time.perf_counter()
+            device.copy_in(x)
+            device.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    count = device.bytes_in
+    run(passes[_SMALL_SUB][:8]), run(passes[_BIG_SUB])  # compile and warm up the kernel's paths
+    small, big, block = run(passes[_SMALL_SUB]), run(passes[_BIG_SUB]), copy()
+    device.bytes_in = count  # measurements are not traffic
+    n_small, n_big = len(passes[_SMALL_SUB]), len(passes[_BIG_SUB])
+    per_step = max(0.0, (small - big) / max(1, n_small - n_big))
+    per_edge_column = max(0.0, big - n_big * per_step) / (e * d)
+    return StepCosts(block / (n * d * FLOAT), per_step, per_edge_column)
+
+
+@dataclass(frozen=True)
+class PartitionEstimate:
+    """A P's predicted bytes sent and sub-chunk steps for one training call (forward + backward edge stages)."""
+
+    num_chunks: int
+    sub_chunk_nnz: int
+    bytes: int
+    steps: int
+
+    def seconds(self, costs: StepCosts) -> float:
+        return predict_seconds(costs, self.bytes, self.steps)
+
+
+def chunk_nnz(edges: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``[P, P]`` edges of each chunk E_ij (sources in V_i, destinations in V_j) for interval ``bounds``."""
+    p = len(bounds) - 1
+    i = np.searchsorted(bounds, edges[0], side="right") - 1
+    j = np.searchsorted(bounds, edges[1], side="right") - 1
+    return np.bincount(i * p + j, minlength=p * p).reshape(p, p)
+
+
+def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, shape: LayerShape) -> PartitionEstimate:
+    """Bytes and steps of a partition with chunk sizes ``nnz`` (:func:`chunk_nnz`), without cutting it.
+
+    Each chunk of ``m`` edges runs as ``ceil(m / sub)`` sub-chunks; a
+    sub-chunk of ``s`` edges over an interval of ``n_i`` sources sends about
+    ``n_i (1 - exp(-s / n_i))`` distinct source rows (uniform draws; never
+    more than V_i's block, which the auto policy sends instead), its index
+    arrays, and in backward also its destination rows.
+    """
+    sizes = np.diff(bounds).astype(np.float64)
+    m = nnz.astype(np.float64)
+    subs = np.ceil(m / max(1, sub_chunk_nnz))
+    per_sub = np.divide(m, subs, out=np.zeros_like(m), where=subs > 0)
+    n_i = np.maximum(sizes[:, None], 1.0)
+    rows = subs * n_i * -np.expm1(-per_sub / n_i)
+    index = m.sum() * INDEX_BYTES_PER_EDGE
+    forward = rows.sum() * src_row_bytes(shape) + index
+    steps = int(subs.sum())
+    total, passes = forward, steps
+    if shape.backward_edges:
+        dst = (subs * np.minimum(per_sub, sizes[None, :])).sum() * backward_dst_row_bytes(shape)
+        total += forward + dst + m.sum() * FLOAT * shape.d_edge
+        passes += steps
+    return PartitionEstimate(len(bounds) - 1, int(sub_chunk_nnz), int(total), int(passes))
+
+
+MARGIN = 0.05  # a larger P must be predicted this much faster: the model's noise must not flip the choice
+GROWTH = (1.5, 2.0, 3.0)  # larger P tried, as multiples of the smallest P that fits
+
+
+def _sub_for_room(room: int, in_flight: int, shape: LayerShape, fused: bool, default: int) -> int:
+    """Edges per sub-chunk when ``in_flight`` sub-chunks share ``room`` bytes (``sub_chunk_nnz_for``'s per-edge bytes)."""
+    return sub_chunk_nnz_for(max(0, 2 * room // max(1, in_flight)), shape, fused, default)
+
+
+def faster_partition(edges: np.ndarray, in_degree: np.ndarray, chosen, job: dict, costs: StepCosts, max_chunks: int) -> tuple[int, int] | None:
+    """(P, sub-chunk edges) of a larger P the time model predicts faster than ``chosen`` (the smallest P that fits, widened), or None.
+
+    At the smallest P the resident rows leave little room, so sub-chunks are
+    small and steps many; a larger P holds fewer rows and leaves room for
+    bigger sub-chunks, at the price of more chunks and more re-sent rows.
+    Each candidate's largest sub-chunks are the room it leaves at the
+    per-edge bytes the planner budgets, scaled by how much wider ``chosen``
+    turned out (real sub-chunks reuse rows); bytes and steps come from
+    :func:`estimate_partition`. ``job``: shape, fused, param_bytes,
+    budget, in_flight, default (the largest sub-chunk).
+    """
+    shape, fused, params, budget, in_flight, default = (job[k] for k in ("shape", "fused", "param_bytes", "budget", "in_flight", "default"))
+    weight = vertex_weight(shape, fused)
+
+    def sub_at(bounds) -> int:
+        return _sub_for_room(budget - resident_lower_bound(bounds, shape, params), in_flight, shape, fused, default)
+
+    p0 = chosen.num_chunks
+    widened = chosen.sub_chunk_nnz / max(1, sub_at(chosen.bounds))
+    base = estimate_partition(chunk_nnz(edges, chosen.bounds), chosen.bounds, chosen.sub_chunk_nnz, shape).seconds(costs)
+    best, best_seconds = None, base * (1 - MARGIN)
+    for p in sorted({min(max_chunks, int(math.ceil(p0 * g))) for g in GROWTH} - {p0}):
+        bounds = balanced_bounds(in_degree, p, weight)
+        if resident_lower_bound(bounds, shape, params) >= budget:
+            continue
+        sub = int(min(default, max(1, sub_at(bounds) * widened)))
+        seconds = estimate_partition(chunk_nnz(edges, bounds), bounds, sub, shape).seconds(costs)
+        if seconds < best_seconds:
+            best, best_seconds = (p, sub), seconds
+    return best
+
+
+def measure_partition(partition, shape: LayerShape) -> PartitionEstimate:
+    """A cut partition's bytes and steps for one training call, counted from its sub-chunks (what :func:`estimate_partition` predicts)."""
+    subs = list(partition.sub_chunks())
+    forward = sum(c.nbytes + c.num_src * src_row_bytes(shape) for c in subs)
+    total, steps = forward, len(subs)
+    if shape.backward_edges:
+        total += forward + sum(c.num_dst * backward_dst_row_bytes(shape) + c.nnz * FLOAT * shape.d_edge for c in subs)
+        steps *= 2
+    return PartitionEstimate(partition.num_chunks, partition.sub_chunk_nnz, int(total), steps)

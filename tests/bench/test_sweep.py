@@ -1,0 +1,40 @@
+"""`sagann bench overlap --sweep`: one row per cell with its keys, and the roofline's floor (no timing checks)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sagann.bench import roofline, sweep
+
+TINY = sweep.Grid(graphs=(sweep.GraphSpec("rmat", 9, 8),), widths=(8,), models=("gcn", "gat"), budgets=(4,), caches=(True, False), warmup=2, reps=1)
+KEYS = {"graph", "width", "model", "budget_fraction", "cache_gather", "in_memory_seconds", "out_of_core_seconds", "ratio", "num_chunks", "steps",
+        "bytes_moved", "bytes_lower_bound", "lower_bound_seconds", "predicted_seconds", "step_overhead_us", "model_step_us", "floor_seconds"}
+
+
+def test_sweep_rows_cover_the_grid_and_serialise():
+    r = sweep.run_sweep(TINY)
+    cells = {(c["model"], c["cache_gather"]) for c in r["cells"]}
+    assert cells == {("gcn", True), ("gcn", False), ("gat", False)}, "GAT has nothing to cache: one row"
+    for c in r["cells"]:
+        assert "error" not in c, c
+        assert KEYS <= set(c)
+        assert c["ratio"] > 0 and c["num_chunks"] > 1 and c["steps"] > c["in_memory_steps"]
+        assert 0 < c["bytes_lower_bound"] <= c["bytes_moved"]
+        assert c["floor_seconds"] > 0
+    assert r["summary"]["all"]["cells"] == 3 and r["summary"]["failed"] == 0
+    json.dumps(r, allow_nan=True)
+    assert "us/step" in r["report"]
+
+
+def test_roofline_floor_grows_with_the_work_and_the_cache_lowers_it():
+    rates = {"bandwidth_bytes_per_s": 1e10, "gemm_flops_per_s": 1e11}
+    small = roofline.epoch_floor("gcn", 1000, 10_000, 64, 64, 16, rates)
+    assert roofline.epoch_floor("gcn", 1000, 20_000, 64, 64, 16, rates) > small
+    assert roofline.epoch_floor("gcn", 1000, 10_000, 64, 64, 16, rates, cached=True) < small
+    for model in ("sage", "gin", "gat"):
+        assert roofline.epoch_floor(model, 1000, 10_000, 64, 64, 16, rates) > 0
+    with pytest.raises(ValueError, match="known"):
+        roofline.epoch_floor("mlp", 1000, 10_000, 64, 64, 16, rates)
+    measured = roofline.machine_rates()
+    assert measured["bandwidth_bytes_per_s"] > 0 and measured["gemm_flops_per_s"] > 0

@@ -1,0 +1,150 @@
+"""The time model: measured rates, a partition's predicted steps and bytes, and the plan it picks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sagann
+from sagann.chunks.partition import balanced_bounds, partition_graph
+from sagann.chunks.synthetic import rmat
+from sagann.scheduler import cost_model, planner as planner_module
+from sagann.scheduler.cost_model import StepCosts, chunk_nnz, estimate_partition, faster_partition, measure_step_costs, predict_seconds
+from sagann.scheduler.memory_model import LayerShape, src_row_bytes, vertex_weight
+from sagann.scheduler.planner import Planner
+
+SHAPE = LayerShape(
+    d_in=64, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=64, d_out=32, gather="sum", builtin=None,
+    uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=False,
+)
+FORWARD_ONLY = SHAPE.with_grads(False, False, False)
+N, E = 4096, 65536
+EDGES = rmat(N, E, seed=1)
+
+
+def test_measured_rates_are_positive_and_kept_per_kind_of_device():
+    a, b = sagann.CpuDevice(copy_transfers=True), sagann.CpuDevice(copy_transfers=True, memory_budget="1MB")
+    costs = measure_step_costs(a)
+    assert costs.seconds_per_byte > 0 and costs.seconds_per_step > 0
+    assert measure_step_costs(b).seconds_per_step == costs.seconds_per_step  # one measurement per kind of device
+    assert a.bytes_in == 0 and a.current_bytes == 0 and b.current_bytes == 0  # a measurement is neither traffic nor a ledger charge
+    assert predict_seconds(costs, 1000, 10, 0) == pytest.approx(1000 * costs.seconds_per_byte + 10 * costs.seconds_per_step)
+
+
+@pytest.mark.parametrize("p,sub", [(4, 256), (8, 1024), (16, 4096)])
+def test_estimate_counts_the_steps_exactly_and_bounds_the_rows_from_above(p, sub):
+    part = partition_graph(EDGES, N, p, sub)
+    est = estimate_partition(chunk_nnz(EDGES, part.bounds), part.bounds, sub, FORWARD_ONLY)
+    subs = list(part.sub_chunks())
+    assert est.steps == len(subs)
+    rows = sum(c.num_src for c in subs) * src_row_bytes(SHAPE) + cost_model.INDEX_BYTES_PER_EDGE * E
+    assert rows <= est.bytes <= 2 * rows  # uniform draws: R-MAT's skewed rows repeat more than that
+    assert np.array_equal(chunk_nnz(EDGES, part.bounds).sum(axis=0), [sum(c.nnz for c in part.sub_chunks() if c.id[1] == j) for j in range(p)])
+
+
+def _planner(budget: int, rule: str) -> Planner:
+    in_degree = np.bincount(EDGES[1], minlength=N).astype(np.int64)
+    return Planner(lambda: EDGES, N, in_degree, [sagann.CpuDevice(budget)], sagann.ScheduleConfig(partition_rule=rule))
+
+
+def _job(budget: int) -> dict:
+    return {"shape": SHAPE, "fused": False, "param_bytes": 1000, "budget": budget, "in_flight": 1, "default": 1 << 20}
+
+
+def test_a_larger_p_is_picked_only_where_the_model_predicts_it_faster():
+    free = _planner(None, "smallest")
+    free.partition_for(SHAPE, False, 1000)
+    budget = free.working_set.peak_bytes // 16
+    smallest = _planner(budget, "smallest").partition_for(SHAPE, False, 1000)
+    in_degree = np.bincount(EDGES[1], minlength=N)
+    base = estimate_partition(chunk_nnz(EDGES, smallest.bounds), smallest.bounds, smallest.sub_chunk_nnz, SHAPE)
+    pick = faster_partition(EDGES, in_degree, smallest, _job(budget), StepCosts(1e-15, 1.0, 0.0), 1024)
+    assert pick is not None and pick[0] > smallest.num_chunks
+    bounds = balanced_bounds(in_degree, pick[0], vertex_weight(SHAPE, False))
+    assert estimate_partition(chunk_nnz(EDGES, bounds), bounds, pick[1], SHAPE).steps < base.steps
+    costly_bytes = StepCosts(1.0, 0.0, 0.0)  # a larger P may still send fewer bytes (its wider sub-chunks re-send fewer shared rows)
+    pick = faster_partition(EDGES, in_degree, smallest, _job(budget), costly_bytes, 1024)
+    if pick is not None:
+        bounds = balanced_bounds(in_degree, pick[0], vertex_weight(SHAPE, False))
+        assert estimate_partition(chunk_nnz(EDGES, bounds), bounds, pick[1], SHAPE).bytes < (1 - cost_model.MARGIN) * base.bytes
+    assert faster_partition(EDGES, in_degree, smallest, _job(budget), StepCosts(1.0, 0.0, 0.0), smallest.num_chunks) is None  # no larger P allowed
+
+
+def test_the_planner_takes_the_faster_p_when_it_fits(monkeypatch):
+    free = _planner(None, "smallest")
+    free.partition_for(SHAPE, False, 1000)
+    budget = free.working_set.peak_bytes // 16
+    smallest = _planner(budget, "smallest").partition_for(SHAPE, False, 1000)
+    monkeypatch.setattr(planner_module, "measure_step_costs", lambda device: StepCosts(1e-15, 1.0, 0.0))
+    timed = _planner(budget, "time")
+    part = timed.partition_for(SHAPE, False, 1000)
+    assert part.num_chunks > smallest.num_chunks and timed.working_set.peak_bytes <= budget
+    monkeypatch.setattr(planner_module, "faster_partition", lambda *args: None)  # the model sees nothing faster: the smallest P stays
+    assert _planner(budget, "time").partition_for(SHAPE, False, 1000).num_chunks == smallest.num_chunks
+
+
+def test_unknown_partition_rule_is_an_error():
+    with pytest.raises(ValueError, match="partition_rule"):
+        sagann.ScheduleConfig(partition_rule="fastest")
+
+
+class _TwoLayers(torch.nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.a, self.b = sagann.nn.GCNConv(d, d), sagann.nn.SAGEConv(d, 8)
+
+    def forward(self, g, x):
+        return self.b(g, torch.relu(self.a(g, x)))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), fraction=st.sampled_from([4, 8, 16]), step_cost=st.sampled_from([0.0, 1.0]))
+def test_out_of_core_under_either_rule_equals_in_memory(seed, fraction, step_cost):
+    """Whatever P the time model picks, the epoch's outputs and gradients are the in-memory ones (fp32, 1e-5 relative)."""
+    n = 300
+    gen = np.random.default_rng(seed)
+    ei = gen.integers(0, n, (2, 3000))
+    x = torch.from_numpy(gen.standard_normal((n, 16), dtype=np.float32))
+    torch.manual_seed(seed)
+    model = _TwoLayers(16)
+
+    def run(g):
+        model.zero_grad()
+        out = model(g, x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref_g = sagann.ChunkedGraph(ei, n, num_chunks=1)
+    ref = run(ref_g)
+    budget = ref_g.device.peak_bytes // fraction
+    original = planner_module.measure_step_costs
+    planner_module.measure_step_costs = lambda device: StepCosts(1e-12, step_cost, 0.0) if step_cost else original(device)
+    try:
+        g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget, copy_transfers=True))
+        got = run(g)
+    finally:
+        planner_module.measure_step_costs = original
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cut_partition_is_counted_as_the_estimate_predicts_its_steps():
+    part = partition_graph(EDGES, N, 8, 1024)
+    counted = cost_model.measure_partition(part, SHAPE)
+    assert counted.steps == 2 * len(list(part.sub_chunks()))  # forward and backward
+    assert counted.steps == estimate_partition(chunk_nnz(EDGES, part.bounds), part.bounds, 1024, SHAPE).steps
+    assert cost_model.measure_partition(part, FORWARD_ONLY).bytes < counted.bytes
+
+
+def test_a_device_that_cannot_run_the_calibration_plans_by_bytes(caplog):
+    class Broken(sagann.CpuDevice):
+        @property
+        def kernel_backend(self) -> str:
+            return "no such backend"
+
+    costs = measure_step_costs(Broken(copy_transfers=True))
+    assert costs.seconds_per_step == 0 and costs.seconds_per_byte > 0
+    assert "fixed cost per step" in caplog.text

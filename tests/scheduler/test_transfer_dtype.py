@@ -1,0 +1,60 @@
+"""ScheduleConfig(transfer_dtype=...): input rows cross the link in 16 bits, kernels compute in float32."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sagann
+from sagann.engine.models import GAT, GCN, GraphSAGE
+
+N = 600
+EDGES = np.random.default_rng(3).integers(0, N, (2, 6000))
+# norm-wise relative error of outputs and gradients against float32 transfers: bfloat16 keeps 8 bits of
+# mantissa (2^-8 = 0.4 % per element), float16 11 bits
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def _run(model_cls, width: int, dtype, **schedule):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, width, generator=gen)
+    torch.manual_seed(0)
+    model = model_cls(width, width, 8, dropout=0.0)
+    cfg = sagann.ScheduleConfig(transfer_dtype=dtype, cache_gather=False, **schedule)
+    g = sagann.ChunkedGraph(EDGES, N, num_chunks=4, sub_chunk_nnz=256, device=sagann.CpuDevice("64MB", copy_transfers=True), schedule=cfg)
+    out = model(g, x)
+    out.square().mean().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()], sum(r.bytes_moved for r in g.pass_log)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("model_cls", [GCN, GraphSAGE, GAT])
+def test_sixteen_bit_transfers_stay_within_the_stated_tolerance(model_cls, dtype):
+    ref_out, ref_grads, _ = _run(model_cls, 16, None)
+    out, grads, _ = _run(model_cls, 16, dtype)
+    assert out.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
+    assert _rel(out, ref_out) < TOLERANCE[dtype]
+    for g, r in zip(grads, ref_grads):
+        assert _rel(g, r) < TOLERANCE[dtype]
+    assert _rel(out, ref_out) > 0, "the rows did cross in 16 bits"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_rows_bytes_halve(dtype):
+    """Same plans at width d and 2d: the extra bytes of the wider rows are half as many in 16 bits (index arrays are not rows)."""
+    fixed = {"transfer": "selective", "tile": 1, "prefetch": 0, "order": "natural", "partition_rule": "smallest"}
+    full = [_run(GraphSAGE, d, None, **fixed)[2] for d in (32, 64)]
+    half = [_run(GraphSAGE, d, dtype, **fixed)[2] for d in (32, 64)]
+    assert full[1] > full[0]
+    assert 2 * (half[1] - half[0]) == full[1] - full[0]
+    assert half[1] < 0.75 * full[1]
+
+
+def test_transfer_dtype_must_be_sixteen_bit_float():
+    with pytest.raises(ValueError, match="transfer_dtype"):
+        sagann.ScheduleConfig(transfer_dtype=torch.int8)
+    assert sagann.ScheduleConfig(transfer_dtype=torch.bfloat16).transfer_dtype is torch.bfloat16
