@@ -88,7 +88,8 @@ def _host(t, what: str) -> torch.Tensor | None:
         return None
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(np.asarray(t))
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     if what in ("x", "edge_weight", "edge_attr") and t.is_floating_point() and t.dtype != torch.float32:
