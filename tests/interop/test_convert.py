@@ -134,6 +134,7 @@ def test_sequential_basic_models_and_the_original_left_alone():
         pyg_models.GCN(F_IN, 16, 2, out_channels=4),
         pyg_models.GraphSAGE(F_IN, 16, 2, out_channels=4),
         pyg_models.GAT(F_IN, 16, 2, out_channels=4, heads=2),
+        pyg_models.GIN(F_IN, 16, 2, out_channels=4),
     ]
     for model in models:
         model.eval()
