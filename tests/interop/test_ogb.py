@@ -117,3 +117,27 @@ def test_unlabelled_vertex_in_a_split_is_refused(tmp_path):
     _csv(root / "split" / "random" / "train.csv.gz", np.array([0, 59]), "%d")
     with pytest.raises(OgbError, match="vertex 59 is in the train split but its label is nan"):
         partition_ogb(root, tmp_path / "o")
+
+
+def test_same_graph_through_from_pyg_and_save_dataset(ogb_dir, tmp_path, capsys):
+    """The fixture as PyG's OGB loader hands it over (y [N, 1], split indices) -> from_pyg + save_dataset: the --ogb dataset's arrays; it verifies and trains."""
+    torch = pytest.importorskip("torch")
+    geo = pytest.importorskip("torch_geometric.data")
+    import sagann
+
+    root, (ei, x, y, masks) = ogb_dir
+    data = geo.Data(x=torch.from_numpy(x), edge_index=torch.from_numpy(ei), y=torch.from_numpy(y).view(-1, 1))
+    for ogb_name, name in (("train", "train"), ("valid", "val"), ("test", "test")):
+        data[f"{name}_mask"] = torch.from_numpy(masks[ogb_name])
+    path = sagann.save_dataset(tmp_path / "from_pyg", sagann.from_pyg(data), num_chunks=3)
+    partition_ogb(root, tmp_path / "from_ogb", PartitionConfig(num_chunks=3, host_memory="80MB"))
+    a, b = load_dataset(path), load_dataset(tmp_path / "from_ogb")
+    for name in ("x", "y"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert sorted(a.masks) == sorted(b.masks) and all(np.array_equal(a.masks[k], b.masks[k]) for k in a.masks)
+    np.testing.assert_array_equal(a.partition.edge_index(), b.partition.edge_index())
+    assert main(["verify", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(path), "--epochs", "3", "--json", "--memory-budget", "150KB", "--hidden", "16"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["losses"][-1] < r["losses"][0] and r["num_chunks"] > 1
