@@ -149,12 +149,16 @@ def _num_nodes(layout: OgbLayout, block_bytes: int) -> int:
     raise OgbError(f"--ogb {layout.root}: no raw/num-node-list.csv.gz, node-label.csv.gz or node-feat.csv.gz to take N from; add num-node-list.csv.gz (one line: N)")
 
 
-def _stage_edges(layout: OgbLayout, out: Path, block_bytes: int, inverse: bool) -> Path:
+def _stage_edges(layout: OgbLayout, out: Path, n: int, block_bytes: int, inverse: bool) -> Path:
     e = _count_lines(layout.edges, block_bytes)
     with NpyStream(out, (2 * e if inverse else e, 2), np.int64) as s:
         for first, a in _rows(layout.edges, block_bytes, np.int64):
             if a.shape[1] != 2:
                 raise OgbError(f"{layout.edges}: line {first} has {a.shape[1]} fields; each line must be 'src,dst'")
+            bad = ((a < 0) | (a >= n)).any(axis=1)
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise OgbError(f"{layout.edges}: line {first + k} has vertex ids {a[k, 0]},{a[k, 1]}, outside [0, N={n}); check num-node-list.csv.gz and the edge file")
             if inverse:  # OGB's add_inverse_edge order: each edge, then its reverse
                 a = np.repeat(a, 2, axis=0)
                 a[1::2] = a[1::2, ::-1]
@@ -249,11 +253,18 @@ def partition_ogb(root, out, config: PartitionConfig | None = None, split: str |
     block = int(min(MAX_BLOCK, max(MIN_BLOCK, config.host_memory // 16)))  # parsed rows take a few times their text
     with staging_dir(out) as staging:
         n = _num_nodes(layout, block)
-        edges = _stage_edges(layout, staging / "edges.npy", block, add_inverse_edges)
+        edges = _stage_edges(layout, staging / "edges.npy", n, block, add_inverse_edges)
         features = _stage_features(layout, staging / "features.npy", n, block)
         labels, unlabelled = _stage_labels(layout, staging / "labels.npy", n, block)
         masks = _stage_masks(layout, staging, n, block, unlabelled)
         del unlabelled
         if config.num_vertices is None:
             config = replace(config, num_vertices=n)
-        return partition_edge_list(edges, out, config, features=features, labels=labels, masks=masks)
+        try:
+            return partition_edge_list(edges, out, config, features=features, labels=labels, masks=masks)
+        except ValueError as err:  # name the OGB files, not their staged copies
+            message = str(err)
+            for staged, original in ((edges, layout.edges), (features, layout.features), (labels, layout.labels)):
+                if staged is not None:
+                    message = message.replace(str(staged), str(original))
+            raise OgbError(message) from None

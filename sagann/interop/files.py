@@ -21,6 +21,7 @@ import torch
 
 from sagann.chunks.files import check_target
 from sagann.chunks.external import PartitionConfig, PartitionSummary, partition_edge_list
+from sagann.chunks.partition import as_edge_index
 from sagann.chunks.staging import staging_dir, write_npy
 
 __all__ = ["is_torch_file", "load_pyg_file", "partition_pyg_file"]
@@ -91,8 +92,13 @@ def partition_pyg_file(path, out, config: PartitionConfig | None = None) -> Part
     n = int(data.num_nodes)
     if config.num_vertices is not None and config.num_vertices != n:
         raise ValueError(f"--num-vertices {config.num_vertices} but the Data in {path} has num_nodes={n}; drop --num-vertices")
+    try:
+        edge_index = as_edge_index(data.edge_index, n)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     with staging_dir(out) as staging:
-        edges = write_npy(staging / "edges.npy", _numpy(data.edge_index))
+        edges = write_npy(staging / "edges.npy", edge_index)
+        del edge_index
         features = labels = None
         x = getattr(data, "x", None)
         if isinstance(x, torch.Tensor) and x.dim() == 2 and x.is_floating_point():

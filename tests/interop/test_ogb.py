@@ -106,6 +106,9 @@ def test_ogb_errors_name_the_file_and_the_fix(tmp_path, capsys):
     _csv(root / "raw" / "node-label.csv.gz", np.ones((60, 2)), "%d")
     with pytest.raises(OgbError, match="2 label columns"):
         partition_ogb(root, tmp_path / "o4", split="random")
+    _csv(root / "raw" / "edge.csv.gz", np.array([[0, 1], [2, 3], [4, 61]]), "%d")
+    with pytest.raises(OgbError, match=r"edge.csv.gz: line 3 has vertex ids 4,61, outside \[0, N=60\)"):
+        partition_ogb(root, tmp_path / "o3", split="random")
     assert main(["partition", "--ogb", str(root), str(tmp_path / "o5"), "--features", "x.npy"]) == 1
     assert "drop --features" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
