@@ -183,15 +183,18 @@ def convert(model: nn.Module) -> nn.Module:
     if isinstance(model, passing):
         return _convert_conv("the model", model, classes)
     out = copy.deepcopy(model)
-    _replace(out, "model", passing, classes)
+    _replace(out, "model", passing, classes, {})
     return out
 
 
-def _replace(module: nn.Module, path: str, passing, classes: dict) -> None:
-    for name, child in list(module.named_children()):
+def _replace(module: nn.Module, path: str, passing, classes: dict, done: dict) -> None:
+    """Swap the convs under ``module``; ``done`` (id -> layer) keeps a conv used in several places one layer."""
+    for name, child in list(module._modules.items()):  # named_children() would skip a module's second place
         where = f"{path}.{name}"
         if isinstance(child, passing):
-            setattr(module, name, _convert_conv(where, child, classes))
+            if id(child) not in done:
+                done[id(child)] = _convert_conv(where, child, classes)
+            setattr(module, name, done[id(child)])
         elif isinstance(child, nn.Module):
-            _replace(child, where, passing, classes)
+            _replace(child, where, passing, classes, done)
 

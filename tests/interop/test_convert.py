@@ -100,7 +100,7 @@ def _train(model, x, edge_index, y, mask, epochs: int = 3) -> tuple[list[float],
         loss = F.cross_entropy(out[mask], y[mask])
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     with torch.no_grad():
         return losses, model(x, edge_index)
@@ -125,6 +125,13 @@ def test_pyg_script_and_converted_twin_train_alike(conv):
     _close(out, ref_out, 1e-4)
 
 
+def test_a_conv_used_twice_stays_one_layer():
+    conv = GCNConv(F_IN, F_IN)
+    model = torch.nn.ModuleDict({"a": conv, "b": conv})
+    ours = sagann.convert(model)
+    assert ours["a"] is ours["b"] and len(list(ours.parameters())) == 2
+
+
 def test_sequential_basic_models_and_the_original_left_alone():
     torch.manual_seed(2)
     data = _data(4)
@@ -143,6 +150,7 @@ def test_sequential_basic_models_and_the_original_left_alone():
         with torch.no_grad():
             _close(ours(d.x, d.edge_index), model(data.x, data.edge_index))
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        assert set(ours.state_dict()) == set(before)  # PyG's checkpoints load into the converted model
         assert not any(isinstance(m, pyg.nn.conv.MessagePassing) for m in ours.modules())
         assert any(isinstance(m, sagann.Layer) for m in ours.modules())
         assert not any(isinstance(m, sagann.Layer) for m in model.modules())
