@@ -175,3 +175,18 @@ def test_unsupported_options_are_refused_by_name(make, words):
     with pytest.raises(sagann.ConversionError, match="model.conv") as err:
         sagann.convert(model)
     assert words in str(err.value)
+
+
+def test_from_pyg_example_trains_alike_out_of_core(capsys):
+    """docs/examples/from_pyg.py: the PyG script and its two-line twin print the same losses; the twin runs at P > 1."""
+    import re
+    import runpy
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).resolve().parents[2] / "docs" / "examples" / "from_pyg.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    pairs = [(float(a), float(b)) for a, b in re.findall(r"PyG loss (\S+)  sagann loss (\S+)", out)]
+    assert len(pairs) == 10 and pairs[-1][0] < pairs[0][0]
+    assert all(abs(a - b) <= 1e-5 * abs(a) for a, b in pairs)
+    p, peak, budget = re.search(r"P = (\d+) vertex intervals, device peak (\S+) MB of a (\S+) MB", out).groups()
+    assert int(p) > 1 and float(peak) <= float(budget)
