@@ -28,7 +28,10 @@ def graph_for_edge_index(edge_index: torch.Tensor, num_vertices: int) -> Chunked
     hit = _GRAPHS.get(key)
     if hit is not None and hit[0]() is edge_index and hit[1] == edge_index._version and hit[2] == num_vertices:
         return hit[3]
-    graph = ChunkedGraph(edge_index, num_vertices)
+    try:
+        graph = ChunkedGraph(edge_index, num_vertices)
+    except ValueError as err:
+        raise ValueError(f"layer(x, edge_index): x has {num_vertices} rows, one per vertex, so ids must lie in [0, {num_vertices}); {err}") from None
     _GRAPHS[key] = (weakref.ref(edge_index), edge_index._version, num_vertices, graph)
     weakref.finalize(edge_index, _GRAPHS.pop, key, None)
     return graph

@@ -175,7 +175,7 @@ def from_dgl(graph, device=None, **options) -> GraphData:
     return _make(
         edge_index, n, device, options,
         x=_host(_first(ndata, _X_NAMES), "x"), y=_labels(_first(ndata, _Y_NAMES)),
-        masks=_masks([(k, _host(v, "mask")) for k, v in ndata.items()], n),
+        masks=_masks([(k, _host(v, "mask")) for k, v in ndata.items() if isinstance(k, str) and k.endswith("_mask")], n),
         edge_weight=_host(_first(edata, _WEIGHT_NAMES), "edge_weight"),
     )
 

@@ -44,6 +44,8 @@ def test_sagann_conv_takes_x_and_edge_index_like_pyg():
         torch.testing.assert_close(conv(data.x, data.edge_index, data.edge_weight), ref(data.x, data.edge_index, data.edge_weight), rtol=1e-5, atol=1e-5)
         g = sagann.ChunkedGraph(data.edge_index, data.num_nodes)
         torch.testing.assert_close(conv(data.x, g), conv(g, data.x))
+    with pytest.raises(ValueError, match=r"x has 150 rows, one per vertex, so ids must lie in \[0, 150\)"):
+        conv(data.x[:150], data.edge_index)
 
 
 def test_edge_index_graph_is_built_once_per_tensor():
