@@ -113,19 +113,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
-    from sagann.chunks.external import PartitionConfig, partition_edge_list
+    from sagann.chunks.external import PartitionConfig
 
     config = PartitionConfig(
         num_chunks=args.chunks, reorder=args.reorder, host_memory=args.host_memory, sub_chunk_nnz=args.sub_chunk_nnz,
         num_vertices=args.num_vertices, overwrite=args.overwrite, progress=sys.stderr.isatty(),
     )
     try:
-        summary = partition_edge_list(args.input, args.out, config, features=args.features, labels=args.labels, masks=_parse_masks(args.mask))
+        summary = _partition_input(args, config)
     except OSError as exc:  # disk full, permissions, ...: one line, no traceback
         print(f"sagann partition: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary.to_dict()) if args.json else summary.line())
     return 0
+
+
+def _partition_input(args: argparse.Namespace, config):
+    """Partition what ``sagann partition`` was given: an edge list, a saved PyG Data, or an OGB directory (--ogb)."""
+    from sagann.chunks.external import partition_edge_list
+
+    if args.ogb is not None or args.out is None:
+        if args.ogb is None or args.out is not None:
+            raise ValueError("give INPUT and OUT (sagann partition edges.npy OUT), or --ogb DIR and OUT alone (sagann partition --ogb DIR OUT)")
+        if args.features or args.labels or args.mask:
+            raise ValueError("--ogb reads features, labels and splits from the OGB directory; drop --features, --labels and --mask")
+        from sagann.chunks.ogb import partition_ogb
+
+        return partition_ogb(args.ogb, args.input, config, split=args.ogb_split, add_inverse_edges=args.add_inverse_edges)
+    if args.ogb_split is not None or args.add_inverse_edges:
+        raise ValueError("--ogb-split and --add-inverse-edges go with --ogb DIR")
+    from sagann.interop.files import is_torch_file, partition_pyg_file
+
+    if is_torch_file(args.input):
+        if args.features or args.labels or args.mask:
+            raise ValueError(f"{args.input} is a saved PyG Data: its x, y and *_mask go into the dataset; drop --features, --labels and --mask")
+        return partition_pyg_file(args.input, args.out, config)
+    return partition_edge_list(args.input, args.out, config, features=args.features, labels=args.labels, masks=_parse_masks(args.mask))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -199,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=None, help=f"with --graph reddit: vertices and edges as a fraction of Reddit's (default {REDDIT_SCALE:g}; {QUICK_REDDIT_SCALE:g} with --quick)")
     bench.add_argument("--sweep", action="store_true", help="overlap: out-of-core / in-memory over a grid of graphs, widths, models, budgets and cache settings (--quick: a subset under 3 minutes)")
     bench.set_defaults(run=_cmd_bench)
-    part = sub.add_parser("partition", help="partition an edge list (.npy [2, E] / [E, 2] or 'src dst' text) into a dataset directory, out of core")
-    part.add_argument("input", help="the edge list: a .npy int array [2, E] or [E, 2], or text with one 'src dst' per line (# comments)")
-    part.add_argument("out", help="the dataset directory to create (written atomically)")
+    part = sub.add_parser("partition", help="partition an edge list (.npy [2, E] / [E, 2] or 'src dst' text), a saved PyG Data or an OGB directory into a dataset directory, out of core")
+    part.add_argument("input", help="the edge list: a .npy int array [2, E] or [E, 2], or text with one 'src dst' per line (# comments); "
+                      "or a PyG Data saved with torch.save (its x, y and *_mask come along); with --ogb, the output directory")
+    part.add_argument("out", nargs="?", default=None, help="the dataset directory to create (written atomically)")
+    part.add_argument("--ogb", metavar="DIR", default=None, help="read OGB's node-property layout in DIR (raw/edge.csv.gz, node-feat, node-label, split/NAME/{train,valid,test}) instead of INPUT")
+    part.add_argument("--ogb-split", metavar="NAME", default=None, help="with --ogb: which split/NAME to read (default: the only one)")
+    part.add_argument("--add-inverse-edges", action="store_true", help="with --ogb: add each edge's reverse, as OGB does for ogbn-products and ogbn-proteins")
     part.add_argument("--chunks", default="auto", help="P, the number of vertex intervals, or auto: the smallest P whose row buckets fit --host-memory (default auto)")
     part.add_argument("--reorder", default="none", help="relabel vertices first: none, degree, rcm or metis (default none)")
     part.add_argument("--host-memory", default=None, help="RAM budget for edges and vertex arrays, e.g. 2GB (default: half the memory available now)")

@@ -2,6 +2,7 @@
 from sagann.chunks.dataset import FORMAT_VERSION, Dataset, DatasetError, DatasetWriter, load_dataset, save_dataset, verify_dataset
 from sagann.chunks.external import PartitionConfig, PartitionSummary, partition_edge_list
 from sagann.chunks.ingest import EdgeListError, open_edge_list
+from sagann.chunks.ogb import partition_ogb
 from sagann.chunks.partition import GraphPartition, as_edge_index, balanced_bounds, partition_graph
 from sagann.chunks.reorder import Reorder
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition, VertexId
@@ -26,6 +27,7 @@ __all__ = [
     "open_edge_list",
     "partition_edge_list",
     "partition_graph",
+    "partition_ogb",
     "save_dataset",
     "verify_dataset",
 ]

@@ -357,7 +357,9 @@ class GATConv(Layer):
         out = acc if self.concat else acc.view(-1, self.heads, self.out_channels).mean(dim=1)
         return out if self.bias is None else out + self.bias
 
-    def forward(self, g: ChunkedGraph, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, g: ChunkedGraph, x: torch.Tensor, edge_attr: torch.Tensor | None = None) -> torch.Tensor:
+        if edge_attr is not None:  # the argument exists for PyG's callers, which pass edge_attr=None
+            raise ValueError("GATConv: edge features in the attention (edge_attr) are not supported; call it without edge_attr")
         graph = g.with_remaining_self_loops()[0] if self.add_self_loops else g
         return super().forward(graph, x)
 

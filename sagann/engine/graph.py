@@ -38,8 +38,10 @@ class ChunkedGraph:
 
     Args:
         edge_index: ``[2, E]`` int ids, row 0 = source, row 1 = destination
-            (PyG's convention); numpy or torch. The graph keeps its own
-            (int32 where N allows) copy: drop yours to save memory.
+            (PyG's convention); numpy or torch, or a PyG ``Data`` (its
+            ``edge_index``; ``sagann.from_pyg`` brings its features, labels
+            and masks too). The graph keeps its own (int32 where N allows)
+            copy: drop yours to save memory.
         num_vertices: N.
         num_chunks: P, or None to pick the smallest P whose working set fits
             the device's memory budget (decided at the first layer call,
@@ -114,7 +116,7 @@ class ChunkedGraph:
             self.num_vertices, self.num_edges = _partition.num_vertices, _partition.num_edges
             self.in_degree = _partition.in_degree
         else:
-            self._edge_index = compact_ids(as_edge_index(edge_index, num_vertices), num_vertices)
+            self._edge_index = compact_ids(as_edge_index(_edge_list_of(edge_index), num_vertices), num_vertices)
             self.num_vertices, self.num_edges = int(num_vertices), int(self._edge_index.shape[1])
             self.in_degree = np.bincount(self._edge_index[1], minlength=self.num_vertices).astype(np.int64)
         self._derived_edges = None  # a graph the engine derived (e.g. with self loops): how to rebuild its edge list
@@ -281,6 +283,21 @@ def _with_self_loops(edge_index, kept: np.ndarray, num_vertices: int) -> np.ndar
     ei = edge_index()
     loops = np.arange(num_vertices, dtype=ei.dtype)
     return np.concatenate([ei[:, kept], np.stack([loops, loops])], axis=1)
+
+
+def _edge_list_of(obj):
+    """A PyG ``Data``'s edge_index; a DGL graph or a scipy matrix is refused naming its bridge."""
+    if obj is None or isinstance(obj, (np.ndarray, torch.Tensor, list, tuple)):
+        return obj
+    if hasattr(obj, "edge_index") and hasattr(obj, "num_nodes"):  # torch_geometric.data.Data
+        if obj.edge_index is None:
+            raise ValueError("this PyG Data has no edge_index; set data.edge_index ([2, E], row 0 = source)")
+        return obj.edge_index
+    if callable(getattr(obj, "edges", None)) and callable(getattr(obj, "num_nodes", None)):
+        raise TypeError(f"ChunkedGraph takes a [2, E] edge_index, not a {type(obj).__name__}; for a DGL graph use sagann.from_dgl(graph, device=...)")
+    if callable(getattr(obj, "tocoo", None)):
+        raise TypeError(f"ChunkedGraph takes a [2, E] edge_index, not a {type(obj).__name__}; for a scipy.sparse matrix use sagann.from_scipy(matrix, device=...)")
+    return obj
 
 
 def compact_ids(ids: np.ndarray, bound: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sagann.engine.arguments import sagann_order
 from sagann.engine.constant import reuses_gather, run_on_cached_gather
 from sagann.engine.edges import EdgeBatch
 from sagann.engine.faces import Face, face_of
@@ -27,7 +28,10 @@ class Layer(nn.Module):
     Call a layer as ``layer(g, x, edge_data=None)``: ``x`` is a host tensor
     ``[N, d_in]``, the result a host tensor ``[N, d_out]``, differentiable
     w.r.t. ``x``, ``edge_data`` and the parameters. The graph is walked in
-    chunks that fit ``g.device``'s memory budget.
+    chunks that fit ``g.device``'s memory budget. PyG's order works too:
+    ``layer(x, g)``, or ``layer(x, edge_index)`` with a ``[2, E]`` tensor
+    (an in-memory graph, built once per tensor; see
+    :mod:`sagann.engine.arguments`).
 
     Shapes:
         x ``[N, d_in]``, edge_data ``[E]`` or ``[E, k]`` in ``edge_index``
@@ -42,6 +46,9 @@ class Layer(nn.Module):
     gather: str = "sum"
     hoist: bool = True  # let the ApplyEdge compiler move per-vertex terms into hooks (sagann.explain shows it)
     apply_vertex_reads_v: bool = True
+
+    def __call__(self, *args, **kwargs):
+        return super().__call__(*sagann_order(args), **kwargs)
 
     def apply_edge(self, e: EdgeBatch) -> torch.Tensor:
         """Message of each edge ``[num_edges, d_msg]``; default: the source rows."""
