@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import sys
@@ -66,6 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sagann.engine.train import TrainConfig, format_epoch, format_train_report, run_training
+    from sagann.scheduler.progress import PassProgress, watch
 
     config = TrainConfig(
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
@@ -79,7 +81,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         say(f"resumed from the checkpoint in {args.checkpoint} after epoch {done}; {left}")
 
     on_epoch = None if args.json else (lambda s: say(format_epoch(s, args.epochs)))
-    result = run_training(config, progress=not args.json and sys.stderr.isatty(), on_epoch=on_epoch, on_resume=resumed)
+    tty = sys.stderr.isatty()
+    # on a terminal the training loop draws bars (per epoch, per pass); elsewhere a plain line every few seconds
+    lines = watch(PassProgress(tty=False, every=args.progress_every)) if not tty else contextlib.nullcontext()
+    with lines:
+        result = run_training(config, progress=not args.json and tty, on_epoch=on_epoch, on_resume=resumed)
     print(_json(result) if args.json else format_train_report(result))
     return 0
 
@@ -171,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="DIR", default=None, help="save a checkpoint into DIR after every epoch and resume from it if present")
     train.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    train.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS",
+                       help="when stderr is not a terminal, print the current pass's progress (chunks, bytes, ETA) this often (default 5)")
     train.set_defaults(run=_cmd_train)
     prof = sub.add_parser("profile", help="print a saved profile's per-epoch table (IO, compute, runtime, overlap, bytes)")
     prof.add_argument("directory", help="a directory written by --profile")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -124,3 +126,15 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(dataset, tmp_path):
     out, err = reference.communicate(timeout=120)
     assert reference.returncode == 0, err
     assert resumed["losses"] == _one_json(out)["losses"]  # bit for bit
+
+
+def test_progress_lines_inside_each_epoch_when_stderr_is_not_a_terminal(dataset):
+    """stderr to a pipe: plain lines (chunks done / total, bytes moved, ETA) while an epoch runs, before its epoch line."""
+    args = _cli(dataset, "--epochs", "2", "--memory-budget", "150KB", "--hidden", "16", "--progress-every", "0")
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    progress = [k for k, line in enumerate(lines) if re.match(r"^GCNConv (forward|backward): \d+/\d+ chunks \(\d+%\), .* moved, ", line)]
+    first_epoch = next(k for k, line in enumerate(lines) if line.startswith("epoch 1/2"))
+    assert progress and progress[0] < first_epoch, "progress is reported inside the first epoch"
+    assert any(re.search(r": 1/[2-9]\d* chunks .* ETA \d+ s$", lines[k]) for k in progress), "a line from the middle of a pass, with its ETA"

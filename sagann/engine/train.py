@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterator
@@ -27,6 +28,7 @@ from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice, Device
 from sagann.scheduler.host import HostMemory
+from sagann.scheduler.progress import PassProgress, watch
 from sagann.units import format_bytes, parse_bytes
 
 __all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
@@ -173,6 +175,14 @@ def train_node_classifier(
                 on_resume(len(history))
     start = len(history)
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False, initial=start, total=epochs)
+    with watch(PassProgress(tty=True)) if progress and sys.stderr.isatty() else contextlib.nullcontext():  # a bar per pass
+        _epochs(model, g, (x, y, train_mask, val_mask, test_mask), opt, bar, history, ckpt, on_epoch)
+    return history
+
+
+def _epochs(model, g, data: tuple, opt, bar, history: list, ckpt, on_epoch) -> None:
+    """The epochs of :func:`train_node_classifier`, appending to ``history``."""
+    x, y, train_mask, val_mask, test_mask = data
     for epoch in bar:
         profiler.mark_epoch(epoch)  # spans of this epoch (training step and evaluation) are tagged with it
         model.train()
@@ -198,7 +208,6 @@ def train_node_classifier(
         bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{stats.val_accuracy:.3f}", s=f"{seconds:.2f}")
         if on_epoch is not None:
             on_epoch(stats)
-    return history
 
 
 def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor, epochs_done: int) -> None:
