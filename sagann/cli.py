@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import difflib
 import json
+import re
 import sys
 
 
@@ -37,6 +38,28 @@ def _parse_masks(specs: list[str] | None) -> dict[str, str]:
             raise ValueError(f"--mask {name} is given twice; give each mask once")
         masks[name] = path
     return masks
+
+
+# The library's errors name Python arguments; the command's name its flags (a test runs each through the CLI).
+_CLI_TERMS = (
+    (r"pass overwrite=True", "pass --overwrite"),
+    (r"save the dataset with x=\.\.\. and y=\.\.\.", "partition it again with --features X.npy --labels Y.npy"),
+    (r"save the dataset with masks=\{[^}]*\}", "partition it again with --mask train=TRAIN.npy --mask val=VAL.npy --mask test=TEST.npy"),
+    (r"re-run (sagann\.)?(chunks\.)?save_dataset", "re-run sagann partition"),
+    (r"create it with (sagann\.)?(chunks\.)?save_dataset(\(\.\.\.\))?", "create it with sagann partition EDGES DIR"),
+    (r"write one with sagann\.profiler\.save_profile\([^)]*\)", "write one with sagann train DATASET --profile DIR"),
+    (r"re-run save_profile to rewrite it", "re-run sagann train --profile DIR to rewrite it"),
+    (r"device='(\w+)'", r"--device \1"),
+    (r"verify=False", "--no-verify"),
+    (r"give num_vertices=N \(or features=\.\.\.\)", "give --num-vertices N (or --features X.npy)"),
+)
+
+
+def in_cli_terms(message: str) -> str:
+    """``message`` with the Python arguments it names replaced by the command's flags."""
+    for pattern, flag in _CLI_TERMS:
+        message = re.sub(pattern, flag, message)
+    return message
 
 
 def _json(obj) -> str:
@@ -72,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
         memory_budget=args.memory_budget, host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
-        checkpoint=args.checkpoint, profile=args.profile,
+        checkpoint=args.checkpoint, profile=args.profile, verify=args.verify,
     )
     say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
 
@@ -119,7 +142,7 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     try:
         summary = partition_edge_list(args.input, args.out, config, features=args.features, labels=args.labels, masks=_parse_masks(args.mask))
     except OSError as exc:  # disk full, permissions, ...: one line, no traceback
-        print(f"sagann partition: error: {exc}", file=sys.stderr)
+        print(f"sagann partition: error: {in_cli_terms(str(exc))}", file=sys.stderr)
         return 1
     print(json.dumps(summary.to_dict()) if args.json else summary.line())
     return 0
@@ -133,7 +156,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         with open(f"{args.dataset}/{MANIFEST}", encoding="utf-8") as f:
             m = json.load(f)
     except Exception as exc:  # anything wrong means "not a valid dataset": say why in one line
-        reason = str(exc).replace("\n", " ") or type(exc).__name__
+        reason = in_cli_terms(str(exc).replace("\n", " ")) or type(exc).__name__
         print(f"sagann verify: {args.dataset}: INVALID: {reason}", file=sys.stderr)
         return 1
     subs = m["files"]["chunk_index.npy"]["shape"][0]
@@ -177,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="DIR", default=None, help="save a checkpoint into DIR after every epoch and resume from it if present")
     train.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    train.add_argument("--no-verify", dest="verify", action="store_false",
+                       help="do not hash the dataset's files first (sizes, headers and the chunk index are still checked); "
+                            "without it, a dataset unchanged since a verified run (same sizes and mtimes) is not hashed again")
     train.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS",
                        help="when stderr is not a terminal, print the current pass's progress (chunks, bytes, ETA) this often (default 5)")
     train.set_defaults(run=_cmd_train)
@@ -227,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, MemoryError, OSError) as exc:  # bad input, budgets, files: one line, no traceback
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = in_cli_terms(" ".join(str(exc).split())) or type(exc).__name__
         print(f"sagann {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -138,3 +138,18 @@ def test_progress_lines_inside_each_epoch_when_stderr_is_not_a_terminal(dataset)
     first_epoch = next(k for k, line in enumerate(lines) if line.startswith("epoch 1/2"))
     assert progress and progress[0] < first_epoch, "progress is reported inside the first epoch"
     assert any(re.search(r": 1/[2-9]\d* chunks .* ETA \d+ s$", lines[k]) for k in progress), "a line from the middle of a pass, with its ETA"
+
+
+def test_a_verified_dataset_is_not_hashed_again_and_no_verify_skips_it(tmp_path, capsys):
+    path = _save(tmp_path / "ds")
+    old = time.time() - 60  # written a while ago (a stamp never trusts files written in the last seconds)
+    for p in path.iterdir():
+        os.utime(p, (old, old))
+    common = ["train", str(path), "--epochs", "1", "--json", "--hidden", "4"]
+    seen = []
+    for extra in ([], [], ["--no-verify"]):
+        assert main(common + extra) == 0
+        seen.append(_one_json(capsys.readouterr().out)["verified"])
+    assert seen == ["sha256", "stamp", "skipped"]
+    assert main(["train", str(path), "--epochs", "1", "--hidden", "4", "--no-verify"]) == 0
+    assert "dataset not hashed (--no-verify)" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sagann import profiler
 from sagann.chunks.dataset import DatasetError, load_dataset
+from sagann.chunks.stamp import verify_once, write_stamp
 from sagann.engine.checkpoint import CheckpointError, Checkpointer
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
@@ -263,6 +264,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint: str | None = None
     profile: str | None = None
+    verify: bool = True  # hash the dataset's files first, unless a stamp says they are unchanged since
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -285,14 +287,15 @@ def _make_device(config: TrainConfig) -> Device:
         from sagann.scheduler.cuda import CudaDevice, cuda_available
 
         if not cuda_available():
-            raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
+            raise ValueError("device='cuda': torch sees no CUDA GPU on this machine; use device='cpu'")
         return CudaDevice(config.memory_budget)
     return CpuDevice(config.memory_budget)
 
 
-def _open(path, host: HostMemory):
-    """Dataset, features (under the host budget), labels and the train/val/test masks as torch tensors."""
-    ds = load_dataset(path, mmap=True, verify=True)
+def _open(path, host: HostMemory, verify: bool = True):
+    """Dataset, features (under the host budget), labels and the train/val/test masks as torch tensors; and how it was verified."""
+    checked = verify_once(path) if verify else "skipped"
+    ds = load_dataset(path, mmap=True, verify=False)  # sizes, headers and the chunk index: always
     if ds.x is None or ds.y is None:
         missing = " and ".join(n for n, a in (("features.npy", ds.x), ("labels.npy", ds.y)) if a is None)
         raise DatasetError(f"{ds.path} has no {missing}; save the dataset with x=... and y=... to train on it")
@@ -308,7 +311,7 @@ def _open(path, host: HostMemory):
         x[lo : lo + step] = torch.from_numpy(np.array(ds.x[lo : lo + step], dtype=np.float32))
     y = torch.from_numpy(np.array(ds.y, dtype=np.int64))
     masks = tuple(torch.from_numpy(np.array(ds.masks[m], dtype=np.bool_)) for m in SPLITS)
-    return ds, x, y, masks
+    return ds, x, y, masks, checked
 
 
 def run_training(
@@ -320,7 +323,7 @@ def run_training(
     """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``."""
     device = _make_device(config)
     host = HostMemory(config.host_memory, config.spill_dir)
-    ds, x, y, masks = _open(config.dataset, host)
+    ds, x, y, masks, verified = _open(config.dataset, host, config.verify)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -349,6 +352,8 @@ def run_training(
             checkpoint_dir=config.checkpoint, fingerprint=run_id, on_resume=resume,
         )
         seconds = time.perf_counter() - t0
+    if verified == "sha256":
+        write_stamp(ds.path)  # the next run skips the hashing while the files stay as they are
     last = history[-1]
     return {
         "dataset": str(ds.path),
@@ -368,6 +373,7 @@ def run_training(
         "train_seconds_total": seconds,
         "resumed_from_epoch": resumed[0] if resumed else None,
         "checkpoint": None if config.checkpoint is None else str(config.checkpoint),
+        "verified": verified,  # sha256 (every file hashed), stamp (unchanged since a verified run) or skipped
         **prof,
     }
 
@@ -390,6 +396,8 @@ def format_train_report(r: dict) -> str:
     if r["host_memory_bytes"] is not None:
         lines.append(f"host memory budget {format_bytes(r['host_memory_bytes'])}: peak {format_bytes(r['peak_resident_bytes'])} of engine tensors in RAM, "
                      f"{format_bytes(r['spilled_bytes_total'])} spilled to {r['spill_files']} memory-mapped files")
+    if r.get("verified") in ("stamp", "skipped"):
+        lines.append("dataset not hashed (--no-verify)" if r["verified"] == "skipped" else "dataset not hashed again: its files are unchanged since a verified run")
     if r["checkpoint"]:
         lines.append(f"checkpoint: {r['checkpoint']}")
     if "profile" in r:
