@@ -55,11 +55,31 @@ _CLI_TERMS = (
 )
 
 
-def in_cli_terms(message: str) -> str:
-    """``message`` with the Python arguments it names replaced by the command's flags."""
+# Python names of a command's options that differ from its flags' (``DemoConfig.num_vertices`` is ``--vertices``)
+_ALIASES = {"demo": {"num_vertices": "--vertices"}}
+
+
+def in_cli_terms(message: str, options: dict[str, str] | None = None) -> str:
+    """``message`` with the Python arguments it names replaced by the command's flags.
+
+    ``options`` maps a command's Python names to its flags (``budget_fraction``
+    -> ``--budget-fraction``): a name with an underscore is replaced wherever
+    it stands, any name where it is given a value (``got epochs=0`` -> ``got
+    --epochs 0``).
+    """
     for pattern, flag in _CLI_TERMS:
         message = re.sub(pattern, flag, message)
+    for name, flag in (options or {}).items():
+        message = re.sub(rf"(?<![\w-]){name}=(?=\S)", f"{flag} ", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![\w.-]){name}\b(?!=)", flag, message)
     return message
+
+
+def _options(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """The Python names of ``command``'s options (argparse's dest and the config's aliases) -> its flags."""
+    names = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.option_strings[-1].startswith("--") and a.dest != "help"}
+    return {**names, **_ALIASES.get(command, {})}
 
 
 def _json(obj) -> str:
@@ -253,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, MemoryError, OSError) as exc:  # bad input, budgets, files: one line, no traceback
-        message = in_cli_terms(" ".join(str(exc).split())) or type(exc).__name__
+        message = in_cli_terms(" ".join(str(exc).split()), _options(_subparser(parser, args.command), args.command)) or type(exc).__name__
         print(f"sagann {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -56,3 +56,11 @@ def test_the_python_errors_keep_python_terms(work):
 def test_translation_table():
     assert in_cli_terms("x; use device='cpu'") == "x; use --device cpu"
     assert in_cli_terms("nothing to change") == "nothing to change"
+
+
+def test_config_fields_become_flags(capsys):
+    assert main(["demo", "--budget-fraction", "3"]) == 1
+    assert main(["train", "nowhere", "--epochs", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--budget-fraction must be in (0, 1]" in err and "got --epochs 0" in err
+    assert "budget_fraction" not in err and "epochs=" not in err

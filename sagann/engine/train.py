@@ -12,7 +12,9 @@ import json
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -32,7 +34,7 @@ from sagann.scheduler.host import HostMemory
 from sagann.scheduler.progress import PassProgress, watch
 from sagann.units import format_bytes, parse_bytes
 
-__all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
+__all__ = ["EpochStats", "TrainConfig", "accuracy", "format_epoch", "format_profile", "format_train_report", "profiled", "run_training", "train_node_classifier"]
 
 SPLITS = ("train", "val", "test")
 
@@ -69,8 +71,30 @@ def profiled(profile_dir) -> Iterator[dict]:
         return
     with profiler.profile() as prof:
         yield result
-    result["profile"] = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", profiler.NoPlotWarning)
+        result["profile"] = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
     result["profile_dir"] = str(profile_dir)
+    result["profile_files"] = sorted(p.name for p in Path(profile_dir).iterdir() if p.name in PROFILE_FILES)
+    for w in caught:
+        if issubclass(w.category, profiler.NoPlotWarning):
+            result["profile_note"] = str(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+PROFILE_FILES = ("trace.json", "timeline.png", "summary.json")
+
+
+def format_profile(r: dict) -> list[str]:
+    """The report's lines on a profile: where it went, what is there (and how to get a missing PNG), the table."""
+    if "profile" not in r:
+        return []
+    files = ", ".join(r.get("profile_files", PROFILE_FILES))
+    lines = [f"profile written to {r['profile_dir']} ({files}):"]
+    if r.get("profile_note"):
+        lines.append(r["profile_note"])
+    return lines + [profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]])]
 
 
 def _run_fingerprint(model: torch.nn.Module, g, x: torch.Tensor, masks: tuple[torch.Tensor, ...], lr: float, weight_decay: float) -> dict:
@@ -400,6 +424,4 @@ def format_train_report(r: dict) -> str:
         lines.append("dataset not hashed (--no-verify)" if r["verified"] == "skipped" else "dataset not hashed again: its files are unchanged since a verified run")
     if r["checkpoint"]:
         lines.append(f"checkpoint: {r['checkpoint']}")
-    if "profile" in r:
-        lines += [f"profile written to {r['profile_dir']} (trace.json, timeline.png, summary.json):", profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]])]
-    return "\n".join(lines)
+    return "\n".join(lines + format_profile(r))

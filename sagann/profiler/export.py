@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO as FileIO
@@ -229,6 +230,8 @@ def save_profile(
     """Write ``trace.json``, ``timeline.png`` and ``summary.json`` into ``directory``.
 
     Creates the directory if needed and returns the per-epoch summaries.
+    Without matplotlib (the ``plot`` extra) the PNG is skipped with a
+    :class:`NoPlotWarning` that says how to get it.
     """
     spans = as_spans(recorder_or_spans)
     if bytes_moved_full is None and callable(getattr(recorder_or_spans, "counters", None)):
@@ -237,9 +240,19 @@ def save_profile(
     directory.mkdir(parents=True, exist_ok=True)
     summaries = summarize(spans, bytes_moved_full, wall_seconds)
     write_chrome_trace(spans, directory / TRACE_FILE)
-    write_timeline_png(spans, directory / TIMELINE_FILE)
     write_summary_json(summaries, directory / SUMMARY_FILE)
+    try:
+        write_timeline_png(spans, directory / TIMELINE_FILE)
+    except ImportError:  # matplotlib is the optional 'plot' extra: the trace and summary are written all the same
+        warnings.warn(PLOT_HINT, NoPlotWarning, stacklevel=2)
     return summaries
+
+
+class NoPlotWarning(UserWarning):
+    """The timeline PNG was not drawn: matplotlib is not installed."""
+
+
+PLOT_HINT = "timeline.png not drawn: matplotlib is missing; pip install 'sagann[plot]' (or pip install matplotlib) to get it"
 
 
 def load_summary(directory: PathLike) -> list[EpochSummary]:
