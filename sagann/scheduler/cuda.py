@@ -159,7 +159,7 @@ class CudaDevice(Device):
         if memory_budget is None:
             free, _ = torch.cuda.mem_get_info(torch_device)
             memory_budget = int(free * FREE_MEMORY_SHARE)
-        super().__init__(name or f"cuda{index}", parse_bytes(memory_budget))
+        super().__init__(name or f"cuda{index}", parse_bytes(memory_budget), auto_named=name is None)
         self.torch_device = torch_device
         self.index = index
         self.copy_stream = torch.cuda.Stream(device=torch_device)
