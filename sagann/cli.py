@@ -140,7 +140,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_dict() for s in summaries]))
     else:
-        print(profiler.format_table(summaries))
+        print(profiler.format_table(summaries, notes=True))
     return 0
 
 

@@ -94,7 +94,7 @@ def format_profile(r: dict) -> list[str]:
     lines = [f"profile written to {r['profile_dir']} ({files}):"]
     if r.get("profile_note"):
         lines.append(r["profile_note"])
-    return lines + [profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]])]
+    return lines + [profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]], notes=True)]
 
 
 def _run_fingerprint(model: torch.nn.Module, g, x: torch.Tensor, masks: tuple[torch.Tensor, ...], lr: float, weight_decay: float) -> dict:
