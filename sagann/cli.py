@@ -128,7 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # on a terminal the training loop draws bars (per epoch, per pass); elsewhere a plain line every few seconds
     lines = watch(PassProgress(tty=False, every=args.progress_every)) if not tty else contextlib.nullcontext()
     with lines:
-        result = run_training(config, progress=not args.json and tty, on_epoch=on_epoch, on_resume=resumed)
+        result = run_training(config, progress=not args.json and tty, on_epoch=on_epoch, on_resume=resumed,
+                              on_forecast=lambda f: [say(line) for line in f.lines("--memory-budget")])
     print(_json(result) if args.json else format_train_report(result))
     return 0
 

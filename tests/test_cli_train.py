@@ -153,3 +153,15 @@ def test_a_verified_dataset_is_not_hashed_again_and_no_verify_skips_it(tmp_path,
     assert seen == ["sha256", "stamp", "skipped"]
     assert main(["train", str(path), "--epochs", "1", "--hidden", "4", "--no-verify"]) == 0
     assert "dataset not hashed (--no-verify)" in capsys.readouterr().out
+
+
+def test_train_forecasts_the_plan_before_training(dataset, capsys):
+    assert main(["train", dataset, "--epochs", "1", "--memory-budget", "40KB", "--hidden", "16"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    plan = next(k for k, line in enumerate(out) if line.startswith("plan: about P = "))
+    assert plan < next(k for k, line in enumerate(out) if line.startswith("epoch 1/1")), "the forecast comes before training"
+    assert "predicted training step" in out[plan] and "estimate" in out[plan]
+    assert any(line.startswith("predicted training step") and "measured median" in line for line in out)
+    assert main(["train", dataset, "--epochs", "1", "--memory-budget", "40KB", "--hidden", "16", "--json"]) == 0
+    f = _one_json(capsys.readouterr().out)["forecast"]
+    assert f["plan"]["budget"] == 40_000 and f["plan"]["num_chunks"] > 1 and [o["budget"] for o in f["larger"]][:1] == [80_000]

@@ -26,6 +26,7 @@ from sagann import profiler
 from sagann.chunks.dataset import DatasetError, load_dataset
 from sagann.chunks.stamp import verify_once, write_stamp
 from sagann.engine.checkpoint import CheckpointError, Checkpointer
+from sagann.engine.foresight import Forecast, forecast_epoch
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
@@ -343,8 +344,14 @@ def run_training(
     progress: bool = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_resume: Callable[[int], None] | None = None,
+    on_forecast: Callable[[Forecast], None] | None = None,
 ) -> dict:
-    """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``."""
+    """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``.
+
+    With ``on_forecast``, the plan's predicted epoch time (and any much
+    faster larger budget) is estimated before training and handed to it
+    (:mod:`sagann.engine.foresight`).
+    """
     device = _make_device(config)
     host = HostMemory(config.host_memory, config.spill_dir)
     ds, x, y, masks, verified = _open(config.dataset, host, config.verify)
@@ -361,6 +368,9 @@ def run_training(
         "hidden": config.hidden,
         "seed": config.seed,
     }
+    forecast = forecast_epoch(model, g, int(x.shape[1]), seed=config.seed) if on_forecast is not None else None
+    if forecast is not None:
+        on_forecast(forecast)
     resumed: list[int] = []
 
     def resume(epoch: int) -> None:
@@ -397,6 +407,7 @@ def run_training(
         "train_seconds_total": seconds,
         "resumed_from_epoch": resumed[0] if resumed else None,
         "checkpoint": None if config.checkpoint is None else str(config.checkpoint),
+        "forecast": None if forecast is None else forecast.to_dict(),  # estimated before training
         "verified": verified,  # sha256 (every file hashed), stamp (unchanged since a verified run) or skipped
         **prof,
     }
@@ -420,6 +431,8 @@ def format_train_report(r: dict) -> str:
     if r["host_memory_bytes"] is not None:
         lines.append(f"host memory budget {format_bytes(r['host_memory_bytes'])}: peak {format_bytes(r['peak_resident_bytes'])} of engine tensors in RAM, "
                      f"{format_bytes(r['spilled_bytes_total'])} spilled to {r['spill_files']} memory-mapped files")
+    if r.get("forecast"):
+        lines.append(f"predicted training step ~{r['forecast']['plan']['epoch_seconds']:.3g} s per epoch before training (an estimate), measured median {np.median(sec):.3g} s")
     if r.get("verified") in ("stamp", "skipped"):
         lines.append("dataset not hashed (--no-verify)" if r["verified"] == "skipped" else "dataset not hashed again: its files are unchanged since a verified run")
     if r["checkpoint"]:
