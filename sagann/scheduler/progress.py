@@ -55,18 +55,24 @@ def watch(watcher: Watcher) -> Iterator[Watcher]:
 
 def pass_began(executor, plan) -> None:
     """A pass of ``plan.num_steps`` chunk steps starts on ``executor``'s device."""
+    if not _watchers:
+        return
     for w in tuple(_watchers):
         w.began(id(executor), executor.name, plan.phase, plan.num_steps)
 
 
 def step_done(executor, nbytes: int) -> None:
     """One chunk step of ``executor``'s pass finished, having moved ``nbytes`` to the device."""
+    if not _watchers:
+        return
     for w in tuple(_watchers):
         w.stepped(id(executor), nbytes)
 
 
 def pass_ended(executor) -> None:
     """``executor``'s pass closed (finished or failed)."""
+    if not _watchers:
+        return
     for w in tuple(_watchers):
         w.ended(id(executor))
 
