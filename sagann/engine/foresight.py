@@ -97,10 +97,12 @@ def forecast_epoch(model: torch.nn.Module, g: ChunkedGraph, in_features: int, *,
     """The predicted epoch of ``model`` on ``g`` under its device's budget, and under 2x..16x that budget.
 
     None when there is nothing to predict (no budget, no edges, several
-    devices). The caller's model, graph and RNG state are left as they were.
+    devices) and, for now, on a GPU: the calibration runs on a CPU device,
+    whose costs say nothing of a GPU's. The caller's model, graph and RNG
+    state are left as they were.
     """
     budget = g.memory_budget
-    if budget is None or g.num_edges == 0 or g.multi_device:
+    if budget is None or g.num_edges == 0 or g.multi_device or not isinstance(g.device, CpuDevice):
         return None
     edges = g.partition.edge_index() if g.partition is not None else np.asarray(g.edge_index())
     with torch.random.fork_rng(devices=[]):
