@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
+import re
 import sys
 
 
@@ -38,6 +40,48 @@ def _parse_masks(specs: list[str] | None) -> dict[str, str]:
     return masks
 
 
+# The library's errors name Python arguments; the command's name its flags (a test runs each through the CLI).
+_CLI_TERMS = (
+    (r"pass overwrite=True", "pass --overwrite"),
+    (r"save the dataset with x=\.\.\. and y=\.\.\.", "partition it again with --features X.npy --labels Y.npy"),
+    (r"save the dataset with masks=\{[^}]*\}", "partition it again with --mask train=TRAIN.npy --mask val=VAL.npy --mask test=TEST.npy"),
+    (r"re-run (sagann\.)?(chunks\.)?save_dataset", "re-run sagann partition"),
+    (r"create it with (sagann\.)?(chunks\.)?save_dataset(\(\.\.\.\))?", "create it with sagann partition EDGES DIR"),
+    (r"write one with sagann\.profiler\.save_profile\([^)]*\)", "write one with sagann train DATASET --profile DIR"),
+    (r"re-run save_profile to rewrite it", "re-run sagann train --profile DIR to rewrite it"),
+    (r"device='(\w+)'", r"--device \1"),
+    (r"verify=False", "--no-verify"),
+    (r"give num_vertices=N \(or features=\.\.\.\)", "give --num-vertices N (or --features X.npy)"),
+)
+
+
+# Python names of a command's options that differ from its flags' (``DemoConfig.num_vertices`` is ``--vertices``)
+_ALIASES = {"demo": {"num_vertices": "--vertices"}}
+
+
+def in_cli_terms(message: str, options: dict[str, str] | None = None) -> str:
+    """``message`` with the Python arguments it names replaced by the command's flags.
+
+    ``options`` maps a command's Python names to its flags (``budget_fraction``
+    -> ``--budget-fraction``): a name with an underscore is replaced wherever
+    it stands, any name where it is given a value (``got epochs=0`` -> ``got
+    --epochs 0``).
+    """
+    for pattern, flag in _CLI_TERMS:
+        message = re.sub(pattern, flag, message)
+    for name, flag in (options or {}).items():
+        message = re.sub(rf"(?<![\w-]){name}=(?=\S)", f"{flag} ", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![\w.-]){name}\b(?!=)", flag, message)
+    return message
+
+
+def _options(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """The Python names of ``command``'s options (argparse's dest and the config's aliases) -> its flags."""
+    names = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.option_strings[-1].startswith("--") and a.dest != "help"}
+    return {**names, **_ALIASES.get(command, {})}
+
+
 def _json(obj) -> str:
     """JSON that strict parsers read: NaN (no vertex to measure, an undefined loss) becomes null."""
 
@@ -70,11 +114,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sagann.engine.train import TrainConfig, TrainingInterrupted, format_epoch, format_train_report, run_training
+    from sagann.scheduler.progress import PassProgress, watch
 
     config = TrainConfig(
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
         memory_budget=args.memory_budget or ("64MB" if args.device == "cpu" else None), host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
-        checkpoint=args.checkpoint, profile=args.profile, meter=args.json if args.meter is None else args.meter,
+        checkpoint=args.checkpoint, profile=args.profile, meter=args.json if args.meter is None else args.meter, verify=args.verify,
     )
     say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
 
@@ -83,12 +128,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         say(f"resumed from the checkpoint in {args.checkpoint} after epoch {done}; {left}")
 
     on_epoch = None if args.json else (lambda s: say(format_epoch(s, args.epochs)))
+    tty = sys.stderr.isatty()
+    # on a terminal the training loop draws bars (per epoch, per pass); elsewhere a plain line every few seconds
+    lines = watch(PassProgress(tty=False, every=args.progress_every)) if not tty else contextlib.nullcontext()
     try:
-        result = run_training(config, progress=not args.json and sys.stderr.isatty(), on_epoch=on_epoch, on_resume=resumed)
+        with lines:
+            result = run_training(config, progress=not args.json and tty, on_epoch=on_epoch, on_resume=resumed,
+                                  on_forecast=lambda f: [say(line) for line in f.lines("--memory-budget")])
     except TrainingInterrupted as exc:  # SIGTERM with --checkpoint: the last finished epoch is saved
         print(f"sagann train: {exc}", file=sys.stderr)
         return 143
-
     print(_json(result) if args.json else format_train_report(result))
     return 0
 
@@ -100,7 +149,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_dict() for s in summaries]))
     else:
-        print(profiler.format_table(summaries))
+        print(profiler.format_table(summaries, notes=True))
     return 0
 
 
@@ -122,7 +171,7 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     try:
         summary = _partition_input(args, config)
     except OSError as exc:  # disk full, permissions, ...: one line, no traceback
-        print(f"sagann partition: error: {exc}", file=sys.stderr)
+        print(f"sagann partition: error: {in_cli_terms(str(exc))}", file=sys.stderr)
         return 1
     print(json.dumps(summary.to_dict()) if args.json else summary.line())
     return 0
@@ -159,7 +208,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         with open(f"{args.dataset}/{MANIFEST}", encoding="utf-8") as f:
             m = json.load(f)
     except Exception as exc:  # anything wrong means "not a valid dataset": say why in one line
-        reason = str(exc).replace("\n", " ") or type(exc).__name__
+        reason = in_cli_terms(str(exc).replace("\n", " ")) or type(exc).__name__
         print(f"sagann verify: {args.dataset}: INVALID: {reason}", file=sys.stderr)
         return 1
     subs = m["files"]["chunk_index.npy"]["shape"][0]
@@ -206,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     train.add_argument("--meter", action=argparse.BooleanOptionalAction, default=None, help="measure device memory as torch allocates it (measured_device_peak_bytes); default on with --json; slows a CPU run")
+    train.add_argument("--no-verify", dest="verify", action="store_false",
+                       help="do not hash the dataset's files first (sizes, headers and the chunk index are still checked); "
+                            "without it, a dataset unchanged since a verified run (same sizes and mtimes) is not hashed again")
+    train.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS",
+                       help="when stderr is not a terminal, print the current pass's progress (chunks, bytes, ETA) this often (default 5)")
     train.set_defaults(run=_cmd_train)
     prof = sub.add_parser("profile", help="print a saved profile's per-epoch table (IO, compute, runtime, overlap, bytes)")
     prof.add_argument("directory", help="a directory written by --profile")
@@ -259,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, MemoryError, OSError) as exc:  # bad input, budgets, files: one line, no traceback
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = in_cli_terms(" ".join(str(exc).split()), _options(_subparser(parser, args.command), args.command)) or type(exc).__name__
         print(f"sagann {args.command}: error: {message}", file=sys.stderr)
         return 1
 

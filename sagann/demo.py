@@ -11,7 +11,7 @@ from sagann import profiler
 from sagann.chunks.synthetic import sbm
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GCN, MLP
-from sagann.engine.train import EpochStats, profiled, train_node_classifier
+from sagann.engine.train import EpochStats, format_profile, profiled, train_node_classifier
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice
 
@@ -104,5 +104,5 @@ def format_report(r: dict) -> str:
             f"epoch time (train step): median {np.median(sec):.3f} s, first {sec[0]:.3f} s",
             f"test accuracy: GCN out-of-core {r['accuracy']:.3f} vs MLP without edges {r['mlp_accuracy']:.3f}",
         ]
-        + ([f"profile written to {r['profile_dir']} (trace.json, timeline.png, summary.json):", profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]])] if "profile" in r else [])
+        + format_profile(r)
     )

@@ -221,7 +221,7 @@ CASES = [
     Case("mask-dtype", _save("train.npy", np.ones(N, np.int64)), _partition_argv("--mask", "train={d}/train.npy"), "mask 'train' must be bool, got dtype int64", "mask.astype(bool)",
          ((lambda d: _partition(d, masks={"train": "train.npy"}), ValueError), (lambda d: _save_api(d, masks={"train": "train.npy"}), ValueError))),
     Case("mask-spec", None, _partition_argv("--mask", "{d}/train.npy"), "--mask must be NAME=FILE.npy", "--mask train=train.npy"),
-    Case("dataset-without-masks", lambda d: _without_val_test(d / "ds"), TRAIN, "no val/test mask (masks found: train, valid)", "save the dataset with masks=",
+    Case("dataset-without-masks", lambda d: _without_val_test(d / "ds"), TRAIN, "no val/test mask (masks found: train, valid)", "--mask train=TRAIN.npy --mask val=VAL.npy --mask test=TEST.npy",
          ((_train_api, DatasetError),)),
     # options
     Case("budget-too-small", None, (*TRAIN, "--memory-budget", "2KB"), "no partition fits the memory budget of 2,000 bytes", "give the device at least",
@@ -251,7 +251,7 @@ DAMAGE = [
     ("flipped-byte", _flip_byte, "sha256 mismatch", "re-save the dataset or restore it from a backup"),
     ("newer-format", lambda ds: _edit_manifest(ds, lambda m: m.update(format_version=99)), "format_version 99 was written by a newer sagann", "upgrade sagann"),
     ("manifest-outside-dir", _point_outside, "lists file '../labels.npy', which is not a plain file name inside the dataset directory", "re-save the dataset"),
-    ("no-manifest", lambda ds: (ds / "manifest.json").unlink(), "manifest.json is missing", "re-run save_dataset"),
+    ("no-manifest", lambda ds: (ds / "manifest.json").unlink(), "manifest.json is missing", "re-run sagann partition"),
     ("not-a-dataset", lambda ds: shutil.rmtree(ds), "does not exist", "check the path"),
 ]
 for name, damage, problem, fix in DAMAGE:

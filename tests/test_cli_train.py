@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -131,3 +133,42 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(dataset, tmp_path):
     out, err = reference.communicate(timeout=120)
     assert reference.returncode == 0, err
     assert resumed["losses"] == _one_json(out)["losses"]  # bit for bit
+
+
+def test_progress_lines_inside_each_epoch_when_stderr_is_not_a_terminal(dataset):
+    """stderr to a pipe: plain lines (chunks done / total, bytes moved, ETA) while an epoch runs, before its epoch line."""
+    args = _cli(dataset, "--epochs", "2", "--memory-budget", "150KB", "--hidden", "16", "--progress-every", "0")
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    progress = [k for k, line in enumerate(lines) if re.match(r"^GCNConv (forward|backward): \d+/\d+ chunks \(\d+%\), .* moved, ", line)]
+    first_epoch = next(k for k, line in enumerate(lines) if line.startswith("epoch 1/2"))
+    assert progress and progress[0] < first_epoch, "progress is reported inside the first epoch"
+    assert any(re.search(r": 1/[2-9]\d* chunks .* ETA \d+ s$", lines[k]) for k in progress), "a line from the middle of a pass, with its ETA"
+
+
+def test_a_verified_dataset_is_not_hashed_again_and_no_verify_skips_it(tmp_path, capsys):
+    path = _save(tmp_path / "ds")
+    old = time.time() - 60  # written a while ago (a stamp never trusts files written in the last seconds)
+    for p in path.iterdir():
+        os.utime(p, (old, old))
+    common = ["train", str(path), "--epochs", "1", "--json", "--hidden", "4"]
+    seen = []
+    for extra in ([], [], ["--no-verify"]):
+        assert main(common + extra) == 0
+        seen.append(_one_json(capsys.readouterr().out)["verified"])
+    assert seen == ["sha256", "stamp", "skipped"]
+    assert main(["train", str(path), "--epochs", "1", "--hidden", "4", "--no-verify"]) == 0
+    assert "dataset not hashed (--no-verify)" in capsys.readouterr().out
+
+
+def test_train_forecasts_the_plan_before_training(dataset, capsys):
+    assert main(["train", dataset, "--epochs", "1", "--memory-budget", "40KB", "--hidden", "16"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    plan = next(k for k, line in enumerate(out) if line.startswith("plan: about P = "))
+    assert plan < next(k for k, line in enumerate(out) if line.startswith("epoch 1/1")), "the forecast comes before training"
+    assert "predicted training step" in out[plan] and "estimate" in out[plan]
+    assert any(line.startswith("predicted training step") and "measured median" in line for line in out)
+    assert main(["train", dataset, "--epochs", "1", "--memory-budget", "40KB", "--hidden", "16", "--json"]) == 0
+    f = _one_json(capsys.readouterr().out)["forecast"]
+    assert f["plan"]["budget"] == 40_000 and f["plan"]["num_chunks"] > 1 and [o["budget"] for o in f["larger"]][:1] == [80_000]

@@ -295,7 +295,9 @@ def _count(source: EdgeList, n_known: int | None, n_from: str, plan_for, progres
             total += len(blk)
             bar.update(len(blk))
     if n_known is None:
-        n = int(np.flatnonzero(in_deg + out_deg)[-1]) + 1 if total else 0
+        if not total:  # N would be 0: an empty or wrong file, not a graph
+            raise EdgeListError(f"{source.path} holds no edges, so it says nothing of the vertices; check the file, or give num_vertices=N (or features=...) for a graph without edges")
+        n = int(np.flatnonzero(in_deg + out_deg)[-1]) + 1
         in_deg, out_deg = in_deg[:n].copy(), out_deg[:n].copy()
     return in_deg, out_deg, total
 

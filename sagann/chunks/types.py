@@ -21,8 +21,8 @@ VertexId = int  # global vertex id, 0..N-1
 class ChunkId(NamedTuple):
     """Key of a sub-chunk: sources in interval ``i``, destinations in ``j``."""
 
-    i: Partition
-    j: Partition
+    i: int  # a Partition (interval index); plain int so the generated __init__'s annotations resolve
+    j: int
     sub: int = 0
 
     def __repr__(self) -> str:

@@ -256,17 +256,19 @@ def explain(layer: nn.Module, d_in: int | None = None, edge_dim: int | None = No
     """What sagann runs for ``layer``: hoisted per-vertex terms, per-edge matmuls, the kernel.
 
     Uses the plan of the layer's last call; without one, pass ``d_in`` (and
-    ``edge_dim`` if the layer reads edge features) to compile it now.
+    ``edge_dim`` if the layer reads edge features) to compile it now. With
+    neither, it says what tracing alone tells (the terms that would move to
+    once per vertex) and what needs the input width.
     """
     plans = layer.__dict__.get("_sagann_hoist", {})
     if plans:
         plan = list(plans.values())[-1][1]
     elif d_in is not None:
         plan = compile_layer(layer, d_in, edge_dim)[1]
+    elif isinstance(layer.apply_edge, (fn.MessageFn, fn.AttentionFn)):
+        plan = compile_layer(layer, 1, edge_dim)[1]  # a builtin: nothing depends on the width
     else:
-        plan = compile_layer(layer, 1, edge_dim)[1] if isinstance(layer.apply_edge, fn.MessageFn) else None
-        if plan is None:
-            raise ValueError(f"explain({type(layer).__name__}): call the layer once or pass d_in=<input width>")
+        return _preview(layer)
     builtin = plan.builtin or (layer.apply_edge if isinstance(layer.apply_edge, fn.MessageFn) else None)
     lines = [f"{plan.layer}: gather={layer.gather}"]
     if plan.traced:
@@ -284,3 +286,27 @@ def explain(layer: nn.Module, d_in: int | None = None, edge_dim: int | None = No
         lines.append("  kernel: per-edge ApplyEdge, then the reference gather")
     text = "\n".join(lines)
     return text
+
+
+def _preview(layer: nn.Module) -> str:
+    """``explain`` before the layer's first call: what tracing tells without the input width."""
+    name = type(layer).__name__
+    lines = [f"{name}: gather={layer.gather} (not called yet: input width unknown)"]
+    later = "  needs a call (or explain(layer, d_in=...)): "
+    if callable(getattr(layer, "apply_src", None)) or callable(getattr(layer, "apply_dst", None)):
+        return "\n".join(lines + ["  not rewritten: the layer defines its own apply_src/apply_dst hooks", later + "the kernel"])
+    try:
+        gm = fx.symbolic_trace(_EdgeFunction(layer))
+    except Exception as exc:  # data-dependent control flow, unsupported ops
+        return "\n".join(lines + [f"  not rewritten: tracing failed: {type(exc).__name__}", "  kernel: per-edge ApplyEdge, then the reference gather"])
+    modules = dict(gm.named_modules())
+    deps = _dependencies(gm.graph, modules)
+    src_terms, dst_terms = _frontier(gm.graph, deps, SRC), _frontier(gm.graph, deps, DST)
+    lines += [
+        "  apply_edge traced with torch.fx",
+        f"  per source vertex, if row-shaped (apply_src): {', '.join(_describe(n) for n in src_terms) or 'nothing'}",
+        f"  per destination vertex, if row-shaped (apply_dst): {', '.join(_describe(n) for n in dst_terms) or 'nothing'}",
+        f"  per-edge matmuls as written: {sum(1 for n in gm.graph.nodes if _is_matmul(n, modules))}",
+        later + "whether those terms are row-shaped (so hoisted), the per-edge matmuls left, the kernel",
+    ]
+    return "\n".join(lines)

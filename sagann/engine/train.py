@@ -11,9 +11,12 @@ import hashlib
 import json
 import random
 import signal
+import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -23,15 +26,18 @@ from tqdm.auto import tqdm
 
 from sagann import kernels, profiler
 from sagann.chunks.dataset import DatasetError, load_dataset
+from sagann.chunks.stamp import verify_once, write_stamp
 from sagann.engine.checkpoint import CheckpointError, Checkpointer
+from sagann.engine.foresight import Forecast, forecast_epoch
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice, Device
 from sagann.scheduler.host import AnonMeter, HostMemory
+from sagann.scheduler.progress import PassProgress, watch
 from sagann.units import format_bytes, parse_bytes
 
-__all__ = ["EpochStats", "TrainConfig", "TrainingInterrupted", "accuracy", "format_epoch", "format_train_report", "profiled", "run_training", "train_node_classifier"]
+__all__ = ["EpochStats", "TrainConfig", "TrainingInterrupted", "accuracy", "format_epoch", "format_profile", "format_train_report", "profiled", "run_training", "train_node_classifier"]
 
 SPLITS = ("train", "val", "test")
 
@@ -93,10 +99,32 @@ def profiled(profile_dir) -> Iterator[dict]:
         return
     with profiler.profile() as prof:
         yield result
-    result["profile"] = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
     calls = {b: sum(prof.counters(kernels.CALL_COUNTER + b).values()) for b in kernels.available_backends()}
     result["kernel_calls"] = {b: n for b, n in calls.items() if n}  # which kernel backend ran, and how often
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", profiler.NoPlotWarning)
+        result["profile"] = [s.to_dict() for s in profiler.save_profile(prof, profile_dir)]
     result["profile_dir"] = str(profile_dir)
+    result["profile_files"] = sorted(p.name for p in Path(profile_dir).iterdir() if p.name in PROFILE_FILES)
+    for w in caught:
+        if issubclass(w.category, profiler.NoPlotWarning):
+            result["profile_note"] = str(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+PROFILE_FILES = ("trace.json", "timeline.png", "summary.json")
+
+
+def format_profile(r: dict) -> list[str]:
+    """The report's lines on a profile: where it went, what is there (and how to get a missing PNG), the table."""
+    if "profile" not in r:
+        return []
+    files = ", ".join(r.get("profile_files", PROFILE_FILES))
+    lines = [f"profile written to {r['profile_dir']} ({files}):"]
+    if r.get("profile_note"):
+        lines.append(r["profile_note"])
+    return lines + [profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]], notes=True)]
 
 
 def _run_fingerprint(model: torch.nn.Module, g, x: torch.Tensor, masks: tuple[torch.Tensor, ...], lr: float, weight_decay: float) -> dict:
@@ -204,7 +232,8 @@ def train_node_classifier(
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False, initial=start, total=epochs)
     saved = start
     try:
-        with _stop_on_sigterm(ckpt is not None):
+        bars = watch(PassProgress(tty=True)) if progress and sys.stderr.isatty() else contextlib.nullcontext()  # a bar per pass
+        with _stop_on_sigterm(ckpt is not None), bars:
             for epoch in bar:
                 saved = _train_epoch(_Loop(model, g, x, y, (train_mask, val_mask, test_mask), opt, history, ckpt, bar, on_epoch), epoch, saved)
     except TrainingInterrupted:
@@ -319,6 +348,7 @@ class TrainConfig:
     checkpoint: str | None = None
     profile: str | None = None
     meter: bool = False  # measure device memory as allocated (measured_device_peak_bytes); slows a CPU run
+    verify: bool = True  # hash the dataset's files first, unless a stamp says they are unchanged since
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -341,14 +371,15 @@ def _make_device(config: TrainConfig) -> Device:
         from sagann.scheduler.cuda import CudaDevice, cuda_available
 
         if not cuda_available():
-            raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
+            raise ValueError("device='cuda': torch sees no CUDA GPU on this machine; use device='cpu'")
         return CudaDevice(config.memory_budget)
     return CpuDevice(config.memory_budget, meter=config.meter or None)  # None: SAGANN_METER decides
 
 
-def _open(path, host: HostMemory):
-    """Dataset, features (under the host budget), labels and the train/val/test masks as torch tensors."""
-    ds = load_dataset(path, mmap=True, verify=True)
+def _open(path, host: HostMemory, verify: bool = True):
+    """Dataset, features (under the host budget), labels and the train/val/test masks as torch tensors; and how it was verified."""
+    checked = verify_once(path) if verify else "skipped"
+    ds = load_dataset(path, mmap=True, verify=False)  # sizes, headers and the chunk index: always
     if ds.x is None or ds.y is None:
         missing = " and ".join(n for n, a in (("features.npy", ds.x), ("labels.npy", ds.y)) if a is None)
         raise DatasetError(f"{ds.path} has no {missing}; save the dataset with x=... and y=... to train on it")
@@ -364,7 +395,7 @@ def _open(path, host: HostMemory):
         x[lo : lo + step] = torch.from_numpy(np.array(ds.x[lo : lo + step], dtype=np.float32))
     y = torch.from_numpy(np.array(ds.y, dtype=np.int64))
     masks = tuple(torch.from_numpy(np.array(ds.masks[m], dtype=np.bool_)) for m in SPLITS)
-    return ds, x, y, masks
+    return ds, x, y, masks, checked
 
 
 def run_training(
@@ -372,16 +403,22 @@ def run_training(
     progress: bool = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_resume: Callable[[int], None] | None = None,
+    on_forecast: Callable[[Forecast], None] | None = None,
 ) -> dict:
-    """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``."""
+    """Train ``config.model`` on a dataset directory; the keys are a contract of ``sagann train --json``.
+
+    With ``on_forecast``, the plan's predicted epoch time (and any much
+    faster larger budget) is estimated before training and handed to it
+    (:mod:`sagann.engine.foresight`).
+    """
     with AnonMeter() as anon:
-        return _run_training(config, progress, on_epoch, on_resume, anon)
+        return _run_training(config, progress, on_epoch, on_resume, on_forecast, anon)
 
 
-def _run_training(config: TrainConfig, progress, on_epoch, on_resume, anon: AnonMeter) -> dict:
+def _run_training(config: TrainConfig, progress, on_epoch, on_resume, on_forecast, anon: AnonMeter) -> dict:
     device = _make_device(config)
     host = HostMemory(config.host_memory, config.spill_dir)
-    ds, x, y, masks = _open(config.dataset, host)
+    ds, x, y, masks, verified = _open(config.dataset, host, config.verify)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -395,6 +432,9 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, anon: Anon
         "hidden": config.hidden,
         "seed": config.seed,
     }
+    forecast = forecast_epoch(model, g, int(x.shape[1]), seed=config.seed) if on_forecast is not None else None
+    if forecast is not None:
+        on_forecast(forecast)
     resumed: list[int] = []
 
     def resume(epoch: int) -> None:
@@ -410,6 +450,8 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, anon: Anon
             checkpoint_dir=config.checkpoint, fingerprint=run_id, on_resume=resume,
         )
         seconds = time.perf_counter() - t0
+    if verified == "sha256":
+        write_stamp(ds.path)  # the next run skips the hashing while the files stay as they are
     last = history[-1]
     return {
         "dataset": str(ds.path),
@@ -432,6 +474,8 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, anon: Anon
         "train_seconds_total": seconds,
         "resumed_from_epoch": resumed[0] if resumed else None,
         "checkpoint": None if config.checkpoint is None else str(config.checkpoint),
+        "forecast": None if forecast is None else forecast.to_dict(),  # estimated before training
+        "verified": verified,  # sha256 (every file hashed), stamp (unchanged since a verified run) or skipped
         **prof,
     }
 
@@ -459,8 +503,10 @@ def format_train_report(r: dict) -> str:
     if r["host_memory_bytes"] is not None:
         lines.append(f"host memory budget {format_bytes(r['host_memory_bytes'])}: peak {format_bytes(r['peak_resident_bytes'])} of engine tensors in RAM, "
                      f"{format_bytes(r['spilled_bytes_total'])} spilled to {r['spill_files']} memory-mapped files")
+    if r.get("forecast"):
+        lines.append(f"predicted training step ~{r['forecast']['plan']['epoch_seconds']:.3g} s per epoch before training (an estimate), measured median {np.median(sec):.3g} s")
+    if r.get("verified") in ("stamp", "skipped"):
+        lines.append("dataset not hashed (--no-verify)" if r["verified"] == "skipped" else "dataset not hashed again: its files are unchanged since a verified run")
     if r["checkpoint"]:
         lines.append(f"checkpoint: {r['checkpoint']}")
-    if "profile" in r:
-        lines += [f"profile written to {r['profile_dir']} (trace.json, timeline.png, summary.json):", profiler.format_table([profiler.EpochSummary.from_dict(e) for e in r["profile"]])]
-    return "\n".join(lines)
+    return "\n".join(lines + format_profile(r))

@@ -16,6 +16,7 @@ timed with CUDA events); both cost one global check while profiling is off.
 This subpackage imports no other part of sagann.
 """
 from .export import (
+    NoPlotWarning,
     chrome_trace,
     format_table,
     load_summary,
@@ -44,6 +45,7 @@ __all__ = [
     "EpochSummary",
     "IO_KINDS",
     "KINDS",
+    "NoPlotWarning",
     "PHASES",
     "Recorder",
     "Span",

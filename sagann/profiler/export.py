@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO as FileIO
@@ -196,8 +197,9 @@ def _fmt_bytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def format_table(summaries: Iterable[EpochSummary]) -> str:
-    """The per-epoch table with NeuGraph's Table 2 columns, for a terminal."""
+def format_table(summaries: Iterable[EpochSummary], notes: bool = False) -> str:
+    """The per-epoch table with NeuGraph's Table 2 columns, for a terminal; ``notes`` adds what the columns mean."""
+    summaries = list(summaries)
     header = ("epoch", "IO s", "compute s", "runtime s", "overlap %", "bytes moved", "bytes full")
     rows = [
         (
@@ -217,7 +219,28 @@ def format_table(summaries: Iterable[EpochSummary]) -> str:
     out += [line(r) for r in rows]
     if not rows:
         out.append("(no spans recorded)")
-    return "\n".join(out)
+    return "\n".join(out + (table_notes(summaries) if notes else []))
+
+
+def table_notes(summaries: Sequence[EpochSummary]) -> list[str]:
+    """What the table's byte and overlap columns mean, and why they read as they do here."""
+    if not summaries:
+        return []
+    notes = [
+        "bytes moved: host-to-device bytes of the epoch's passes (source rows, edge rows, index arrays) as scheduled; "
+        "bytes full: the same passes with every chunk's source interval V_i sent whole (non-selective)"
+    ]
+    if any(s.bytes_moved_full is not None and s.bytes_moved > s.bytes_moved_full for s in summaries):
+        notes.append(
+            "bytes moved > bytes full: the budget left no room for whole blocks of V_i, so each sub-chunk sent its own "
+            "source rows, and rows that several sub-chunks read went more than once (a larger budget allows full blocks)"
+        )
+    if all(s.overlap == 0.0 for s in summaries):
+        notes.append(
+            "overlap 0%: loads and compute ran one after the other; a CPU device copies on the cores that compute, so "
+            "sagann does not prefetch there (a GPU's copy engine, or CpuDevice(link_bandwidth=...), runs loads beside compute)"
+        )
+    return notes
 
 
 def save_profile(
@@ -229,6 +252,8 @@ def save_profile(
     """Write ``trace.json``, ``timeline.png`` and ``summary.json`` into ``directory``.
 
     Creates the directory if needed and returns the per-epoch summaries.
+    Without matplotlib (the ``plot`` extra) the PNG is skipped with a
+    :class:`NoPlotWarning` that says how to get it.
     """
     spans = as_spans(recorder_or_spans)
     if bytes_moved_full is None and callable(getattr(recorder_or_spans, "counters", None)):
@@ -237,9 +262,19 @@ def save_profile(
     directory.mkdir(parents=True, exist_ok=True)
     summaries = summarize(spans, bytes_moved_full, wall_seconds)
     write_chrome_trace(spans, directory / TRACE_FILE)
-    write_timeline_png(spans, directory / TIMELINE_FILE)
     write_summary_json(summaries, directory / SUMMARY_FILE)
+    try:
+        write_timeline_png(spans, directory / TIMELINE_FILE)
+    except ImportError:  # matplotlib is the optional 'plot' extra: the trace and summary are written all the same
+        warnings.warn(PLOT_HINT, NoPlotWarning, stacklevel=2)
     return summaries
+
+
+class NoPlotWarning(UserWarning):
+    """The timeline PNG was not drawn: matplotlib is not installed."""
+
+
+PLOT_HINT = "timeline.png not drawn: matplotlib is missing; pip install 'sagann[plot]' (or pip install matplotlib) to get it"
 
 
 def load_summary(directory: PathLike) -> list[EpochSummary]:

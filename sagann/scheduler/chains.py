@@ -301,12 +301,27 @@ def resolve_devices(device) -> list[Device]:
             for m in range(k):
                 if devices[m] is d:
                     raise ValueError(f"device[{m}] and device[{k}] are the same device object; make one device per logical device")
+        _number_unnamed(devices)
         names = [d.name for d in devices]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"several devices are named {', '.join(map(repr, dup))}; give each its own name (e.g. CpuDevice(name='cpu1'))")
         return devices
     raise TypeError(f"device must be a sagann device such as sagann.CpuDevice('64MB'), or a list of them, got {device!r}")
+
+
+def _number_unnamed(devices: list[Device]) -> None:
+    """Devices left with a default name that another device of the list shares are numbered by position (cpu0, cpu1, ...)."""
+    names = [d.name for d in devices]
+    clashing = [d for d in devices if d.auto_named and names.count(d.name) > 1]
+    taken = {d.name for d in devices if d not in clashing}
+    for d in clashing:
+        stem = d.name.rstrip("0123456789") or "device"
+        k = 0
+        while f"{stem}{k}" in taken:
+            k += 1
+        d.rename(f"{stem}{k}")
+        taken.add(d.name)
 
 
 def resolve_chains(devices: Sequence[Device], topology) -> list[list[int]]:

@@ -234,7 +234,7 @@ class CudaDevice(Device):
                 memory_budget = int(free * FREE_MEMORY_SHARE)
         elif memory_budget is None:
             raise ValueError("CudaDevice(runtime=...) needs a memory_budget")
-        super().__init__(name or f"cuda{index}", parse_bytes(memory_budget))
+        super().__init__(name or f"cuda{index}", parse_bytes(memory_budget), auto_named=name is None)
         self.runtime = runtime
         self.torch_device = runtime.device
         self.index = index

@@ -139,8 +139,9 @@ class Device(abc.ABC):
 
     torch_device: torch.device
 
-    def __init__(self, name: str, memory_budget: int | str | None):
+    def __init__(self, name: str, memory_budget: int | str | None, *, auto_named: bool = False):
         self.name = name
+        self.auto_named = auto_named  # the name is a default: a device list may renumber it
         self.memory_budget = parse_bytes(memory_budget)
         self.ledger = MemoryLedger(self.memory_budget, name)
         self.bytes_in = 0  # bytes sent host -> device since creation
@@ -153,6 +154,11 @@ class Device(abc.ABC):
         self.min_measure_bytes = self.default_measure_bytes = 512 << 10
         self.max_measure_bytes = 4 << 20
         self.meter: Meter | None = None  # measures what the allocator hands out (measured_peak_bytes); None: off
+
+    def rename(self, name: str) -> None:
+        """Give the device another name (errors, traces, chains); it is then no longer a default."""
+        self.name = self.ledger.owner = name
+        self.auto_named = False
 
     def _count_in(self, nbytes: int) -> None:
         with self._counter_lock:
@@ -368,7 +374,9 @@ class CpuDevice(Device):
     Args:
         memory_budget: bytes as an int or a string such as ``"64MB"``;
             None (the default) means unlimited.
-        name: shown in errors and traces.
+        name: shown in errors and traces; default ``"cpu0"``, numbered
+            ``cpu0``, ``cpu1``, ... by position when several unnamed
+            devices form a list.
         link_bandwidth: bytes per second of an emulated host link (e.g.
             ``"2GB"`` for 2 GB/s); transfers then take at least
             bytes / bandwidth, sleeping (GIL released) for the rest, so a
@@ -390,13 +398,15 @@ class CpuDevice(Device):
     def __init__(
         self,
         memory_budget: int | str | None = None,
-        name: str = "cpu0",
+        name: str | None = None,
         link_bandwidth: int | str | None = None,
         copy_transfers: bool = False,
         peer_bandwidth: int | str | None = None,
         meter: bool | None = None,
     ):
-        super().__init__(name, memory_budget)
+        auto = name is None
+        name = "cpu0" if auto else name
+        super().__init__(name, memory_budget, auto_named=auto)
         if meter is None:
             meter = os.environ.get(METER_ENV, "") not in ("", "0")
         self.meter = CpuMeter() if meter else None

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sagann import profiler
+from sagann.scheduler import progress
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.cost_model import measured_step_costs, predict_seconds
@@ -230,8 +231,8 @@ class Strategy:
 class _Stream:
     """A pass's prefetching stream of :class:`ChunkInputs`; closing it also ends the strategy's part."""
 
-    def __init__(self, inner: Iterator[ChunkInputs], strategy: Strategy):
-        self._inner, self._strategy = inner, strategy
+    def __init__(self, inner: Iterator[ChunkInputs], strategy: Strategy, on_close: Callable[[], None] = lambda: None):
+        self._inner, self._strategy, self._on_close = inner, strategy, on_close
 
     def __iter__(self):
         return self
@@ -245,6 +246,7 @@ class _Stream:
             self._inner.close()
         finally:
             self._strategy.end()
+            self._on_close()
 
 
 class Executor:
@@ -293,7 +295,8 @@ class Executor:
         except BaseException:
             self.strategy.end()
             raise
-        return _Stream(inner, self.strategy)
+        progress.pass_began(self, plan)
+        return _Stream(inner, self.strategy, partial(progress.pass_ended, self))
 
     def _jobs(self, plan: PassPlan, fields: _Fields):
         """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
@@ -400,6 +403,7 @@ class Executor:
             load += inputs.load_seconds
             moved += inputs.loaded_bytes
         self.strategy.after_step(self, step, (load, busy), moved)
+        progress.step_done(self, moved)
         return load, busy, moved
 
     def record_pass(self, plan: PassPlan, times: dict, seconds: float, moved: int) -> None:

@@ -188,3 +188,26 @@ def test_model_zoo_trains_out_of_core(name):
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
     assert_measured_within(g.device, 150_000)
+
+
+def test_explain_before_the_first_call_says_what_needs_one():
+    """No call, no d_in: the terms tracing finds, and what only the input width decides."""
+    class Gated(sagann.Layer):
+        gather = "sum"
+
+        def __init__(self):
+            super().__init__()
+            self.A, self.B = torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False)
+
+        def apply_edge(self, e):
+            return torch.sigmoid(self.A(e.dst) + self.B(e.src)) * e.src
+
+        def apply_vertex(self, v, acc):
+            return acc
+
+    layer = Gated()
+    text = sagann.explain(layer)
+    assert "not called yet" in text and "B(src)" in text and "A(dst)" in text and "as written: 2" in text
+    assert "needs a call" in text and "d_in=" in text
+    after = sagann.explain(layer, d_in=8)
+    assert "per-edge matmuls: 2 -> 0" in after  # the width settles it

@@ -222,8 +222,8 @@ def test_bad_device_lists_and_chains():
     d0, d1 = sagann.CpuDevice(name="a"), sagann.CpuDevice(name="b")
     with pytest.raises(ValueError, match="same device object"):
         sagann.ChunkedGraph(ei, 3, device=[d0, d0])
-    with pytest.raises(ValueError, match="named 'cpu0'"):
-        sagann.ChunkedGraph(ei, 3, device=[sagann.CpuDevice(), sagann.CpuDevice()])
+    with pytest.raises(ValueError, match="named 'x'"):  # names the user gave are kept, so two equal ones are refused
+        sagann.ChunkedGraph(ei, 3, device=[sagann.CpuDevice(name="x"), sagann.CpuDevice(name="x")])
     with pytest.raises(ValueError, match="no device"):
         sagann.ChunkedGraph(ei, 3, device=[])
     with pytest.raises(TypeError, match=r"device\[1\]"):
@@ -280,3 +280,12 @@ def test_device_lists_and_chains_stream_out_of_core_like_one_device(num_devices,
     assert not g.replans
     assert torch.allclose(got, ref, rtol=1e-5, atol=0), (got, ref)
     assert all(0 < d.peak_bytes for d in g.devices)
+
+
+def test_unnamed_devices_in_a_list_are_numbered():
+    ei = np.array([[0, 1, 2], [1, 2, 0]])
+    g = sagann.ChunkedGraph(ei, 3, device=[sagann.CpuDevice("1MB"), sagann.CpuDevice("1MB", name="cpu1"), sagann.CpuDevice("1MB")])
+    assert [d.name for d in g.devices] == ["cpu0", "cpu1", "cpu2"]
+    assert "cpu2" in str(g.devices[2].ledger.owner)  # errors name the device by its number
+    x, layer = torch.randn(3, 4), sagann.nn.GCNConv(4, 2)
+    assert torch.allclose(layer(g, x), layer(sagann.ChunkedGraph(ei, 3), x), atol=1e-6)  # and they run as one device does

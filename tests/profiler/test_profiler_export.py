@@ -174,3 +174,18 @@ def test_atomic_write_uses_ordinary_file_mode(tmp_path):
     (tmp_path / "plain").write_text("x")
     path = write_summary_json([], tmp_path / "summary.json")
     assert path.stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_table_notes_say_what_the_columns_count_and_why():
+    """bytes moved above bytes full, and overlap 0 %, each come with the reason."""
+    from sagann.profiler.stats import EpochSummary
+
+    serial = EpochSummary(0, 1.0, 2.0, 3.0, 0.0, bytes_moved=900, bytes_moved_full=600)
+    text = format_table([serial], notes=True)
+    assert "bytes full: the same passes with every chunk's source interval V_i sent whole" in text
+    assert "bytes moved > bytes full: the budget left no room for whole blocks" in text
+    assert "overlap 0%: loads and compute ran one after the other; a CPU device" in text
+    overlapped = EpochSummary(0, 1.0, 2.0, 2.5, 0.5, bytes_moved=300, bytes_moved_full=600)
+    text = format_table([overlapped], notes=True)
+    assert "bytes moved > bytes full" not in text and "overlap 0%" not in text
+    assert len(format_table([overlapped]).splitlines()) == 3  # without notes: the table alone

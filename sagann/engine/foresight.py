@@ -1,0 +1,216 @@
+"""Before training: the epoch time a budget's plan predicts, and whether a slightly larger budget is much faster.
+
+A tight budget forces many chunks, and each sub-chunk costs a fixed
+overhead (a load, a kernel call, Python) beside its edges; at P in the
+hundreds that overhead, not the work, sets the epoch time. The forecast
+models an epoch as ``work per edge * E + overhead per sub-chunk * S(B)``:
+
+* both costs are measured on this machine by running the model (a copy,
+  on its own RNG) for a training step and an evaluation on a sample of the
+  graph, once as one chunk and once cut into many small sub-chunks; the
+  sample keeps the graph's average degree;
+* ``S(B)``, the sub-chunks one epoch streams under budget B, comes from
+  the planner's own rules for the layer shapes the sample run planned: the
+  smallest P whose resident vertex rows fit (the planner's lower bound, so
+  P may come out a little lower than the planner's), the sub-chunk size
+  for B, and the graph's real chunk sizes at that P.
+
+It is an estimate, labelled as one; after training the report puts the
+measured epoch time beside it.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, balanced_bounds
+from sagann.engine.graph import ChunkedGraph
+from sagann.scheduler.devices import CpuDevice
+from sagann.scheduler.memory_model import resident_lower_bound, sub_chunk_nnz_for, vertex_weight
+from sagann.scheduler.planner import MAX_CHUNKS, Planner
+
+__all__ = ["Forecast", "forecast_epoch"]
+
+SAMPLE_EDGES = 20_000
+FACTORS = (2, 4, 8, 16)  # larger budgets compared with the one given
+WORTH_IT = 3.0  # speed-up from which a larger budget is worth a warning
+
+
+def _size(n: int) -> str:
+    """Bytes as the command reads them back, in decimal units (``--memory-budget 1.02MB``)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n}B"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One budget's predicted plan."""
+
+    budget: int
+    num_chunks: int
+    sub_chunks: int  # streamed per epoch
+    epoch_seconds: float
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The plan a budget forces and its predicted epoch time (an estimate), with larger budgets beside it."""
+
+    plan: Option
+    larger: list[Option] = field(default_factory=list)
+    sample_edges: int = 0
+
+    def better(self) -> Option | None:
+        """The smallest larger budget that gets most (80 %) of the best speed-up, if that is at least WORTH_IT."""
+        if not self.larger:
+            return None
+        best = min(o.epoch_seconds for o in self.larger)
+        pick = next(o for o in self.larger if o.epoch_seconds <= best / 0.8 or o.epoch_seconds == best)
+        return pick if self.plan.epoch_seconds >= WORTH_IT * pick.epoch_seconds else None
+
+    def lines(self, flag: str = "budget") -> list[str]:
+        """The forecast for a report; ``flag`` names how the reader sets the budget (e.g. ``--memory-budget``)."""
+        p = self.plan
+        out = [f"plan: about P = {p.num_chunks} chunks per side under a {_size(p.budget)} budget, {p.sub_chunks:,} sub-chunks per epoch; "
+               f"predicted training step ~{p.epoch_seconds:.3g} s per epoch (an estimate from a {self.sample_edges:,}-edge sample)"]
+        b = self.better()
+        if b is not None:
+            out.append(f"warning: a {_size(b.budget)} {flag} would run ~{p.epoch_seconds / b.epoch_seconds:.0f}x faster "
+                       f"(P = {b.num_chunks}, ~{b.epoch_seconds:.3g} s per training step): the overhead of {p.sub_chunks:,} sub-chunks dominates this budget")
+        return out
+
+    def to_dict(self) -> dict:
+        b = self.better()
+        return {"plan": asdict(self.plan), "larger": [asdict(o) for o in self.larger], "sample_edges": self.sample_edges,
+                "faster_budget": None if b is None else b.budget}
+
+
+def forecast_epoch(model: torch.nn.Module, g: ChunkedGraph, in_features: int, *, sample_edges: int = SAMPLE_EDGES, seed: int = 0) -> Forecast | None:
+    """The predicted epoch of ``model`` on ``g`` under its device's budget, and under 2x..16x that budget.
+
+    None when there is nothing to predict (no budget, no edges, several
+    devices) and, for now, on a GPU: the calibration runs on a CPU device,
+    whose costs say nothing of a GPU's. The caller's model, graph and RNG
+    state are left as they were.
+    """
+    budget = g.memory_budget
+    if budget is None or g.num_edges == 0 or g.multi_device or not isinstance(g.device, CpuDevice):
+        return None
+    edges = g.partition.edge_index() if g.partition is not None else np.asarray(g.edge_index())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        per_edge, per_sub, calls, passes, e_s = _calibrate(model, edges, g.num_vertices, in_features, sample_edges, seed)
+    floor = g.partition.num_chunks if g.partition is not None else 1
+    options = []
+    for k in (1, *FACTORS):
+        option = _option(edges, g.num_vertices, g.in_degree, calls, budget * k, floor)
+        if option is not None:
+            options.append(Option(budget * k, option[0], option[1] * passes, per_edge * g.num_edges + per_sub * option[1] * passes))
+    if not options or options[0].budget != budget:
+        return None
+    return Forecast(options[0], options[1:], e_s)
+
+
+def _sample(edges: np.ndarray, n: int, sample_edges: int, seed: int) -> tuple[np.ndarray, int]:
+    """Edges drawn uniformly, their ids folded onto as many vertices as keep the average degree."""
+    e = edges.shape[1]
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(e, size=sample_edges, replace=False)) if e > sample_edges else np.arange(e)
+    n_s = max(2, int(np.ceil(n * len(take) / e)))
+    return np.asarray(edges[:, take], dtype=np.int64) % n_s, n_s
+
+
+def _epoch(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor) -> tuple[float, int]:
+    """Seconds and streamed passes of one training step (forward, backward); then an evaluation call, as the training loop makes one."""
+    before = len(g.pass_log)
+    t0 = time.perf_counter()
+    model.train()
+    model(g, x).square().mean().backward()
+    seconds, passes = time.perf_counter() - t0, len(g.pass_log) - before
+    model.eval()
+    with torch.no_grad():
+        model(g, x)
+    return seconds, passes
+
+
+def _calibrate(model, edges, n, in_features, sample_edges, seed):
+    """(seconds per edge, seconds per sub-chunk, planner calls, edge passes per training step, sample edges) measured on a sample."""
+    ei, n_s = _sample(edges, n, sample_edges, seed)
+    x = torch.randn(n_s, in_features)
+    e_s = ei.shape[1]
+    sub = max(16, e_s // 256)
+    runs = {}
+    for chunks, nnz in ((1, None), (8, sub)):
+        g = ChunkedGraph(ei, n_s, device=CpuDevice(), num_chunks=chunks, sub_chunk_nnz=nnz)
+        calls: list = []
+        m = copy.deepcopy(model).to(torch.device("cpu"))
+        with _recording_plans(calls):  # the layer shapes the model plans, for the budgets compared below
+            _epoch(m, g, x)  # compiles, plans, fills the constant-Gather caches: the steady state is the second epoch
+        seconds, passes = _epoch(m, g, x)
+        subs = sum(len(c) for c in calls[-1][3].chunks.values()) if calls else 0
+        runs[chunks] = (seconds, passes * subs, passes, [c[:3] for c in calls])
+    (t1, s1, passes, calls), (t8, s8, _, _) = runs[1], runs[8]
+    per_sub = max((t8 - t1) / max(s8 - s1, 1), 0.0)
+    per_edge = max(t1 - per_sub * s1, 0.0) / max(e_s, 1)
+    return per_edge, per_sub, calls, passes, e_s
+
+
+@contextlib.contextmanager
+def _recording_plans(calls: list):
+    """Record every ``Planner.partition_for`` call inside the block as (shape, fused, param_bytes, partition).
+
+    The layers plan on graphs they derive (a GCN's self loops), each with
+    its own planner, so the class's method is wrapped, for this block only.
+    """
+    real = Planner.partition_for
+
+    def record(self, shape, fused, param_bytes):
+        part = real(self, shape, fused, param_bytes)
+        calls.append((shape, fused, param_bytes, part))
+        return part
+
+    Planner.partition_for = record
+    try:
+        yield
+    finally:
+        Planner.partition_for = real
+
+
+def _option(edges, n, in_degree, calls, budget: int, floor: int) -> tuple[int, int] | None:
+    """(P, sub-chunks of one pass) the planner's rules give under ``budget``; None if no P fits."""
+    p, sub = floor, DEFAULT_SUB_CHUNK_NNZ
+    for shape, fused, param_bytes in calls:
+        weight = vertex_weight(shape, fused)
+        fits = lambda q: resident_lower_bound(balanced_bounds(in_degree, q, weight), shape, param_bytes) <= budget  # noqa: E731
+        q = _smallest(fits, p, min(max(n, 1), MAX_CHUNKS))
+        if q is None:
+            return None
+        p, sub = max(p, q), min(sub, sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ))
+    bounds = balanced_bounds(in_degree, p, vertex_weight(*calls[-1][:2]) if calls else 1.0)
+    src, dst = np.searchsorted(bounds, edges[0], "right") - 1, np.searchsorted(bounds, edges[1], "right") - 1
+    nnz = np.bincount(src * p + dst, minlength=p * p)
+    return p, int(np.ceil(nnz[nnz > 0] / sub).sum())
+
+
+def _smallest(fits, lo: int, hi: int) -> int | None:
+    """The smallest q in [lo, hi] with fits(q) (monotone), or None."""
+    if fits(lo):
+        return lo
+    step = lo
+    while step < hi and not fits(min(2 * step, hi)):
+        step = min(2 * step, hi)
+    if step >= hi:
+        return None
+    a, b = step, min(2 * step, hi)  # fits(b), not fits(a)
+    while b - a > 1:
+        mid = (a + b) // 2
+        a, b = (a, mid) if fits(mid) else (mid, b)
+    return b
