@@ -17,3 +17,10 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("ci", max_examples=40, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=2_500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# measured step costs are stored per machine (sagann.scheduler.calibration): keep the tests' store out of
+# the home directory, and shared by this run's subprocesses so that their plans agree with each other
+if "SAGANN_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["SAGANN_CACHE_DIR"] = tempfile.mkdtemp(prefix="sagann-test-cache-")

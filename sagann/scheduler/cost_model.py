@@ -28,6 +28,7 @@ import torch
 
 from sagann.chunks.partition import balanced_bounds, partition_graph
 from sagann.kernels import gspmm
+from sagann.scheduler import calibration
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight
 
 __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
@@ -64,7 +65,11 @@ def _kind(device) -> tuple:
 
 
 def measure_step_costs(device, repeats: int = 3) -> StepCosts:
-    """The device's :class:`StepCosts`, measured once per kind of device (a fraction of a second): plans compare alike within a process.
+    """The device's :class:`StepCosts`, measured once per kind of device and machine (a fraction of a second).
+
+    Kept in the process and on disk (:mod:`sagann.scheduler.calibration`), so
+    plans compare alike within a process and the same command plans alike in
+    the next.
 
     The fixed cost per step is ``(T_small - T_big) / (steps_small - steps_big)``
     of two passes that sum the same edges' source rows into their
@@ -73,14 +78,23 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     kernel, as a pass's step does. The bandwidth is a block copy of the
     calibration's rows to the device.
     """
-    known = _MEASURED.get(_kind(device))
+    kind = _kind(device)
+    known = _MEASURED.get(kind)
+    if known is None:
+        stored = calibration.load(kind)  # measured by an earlier process on this machine: the same plan again
+        if stored is not None:
+            try:
+                known = StepCosts(**stored)
+            except TypeError:
+                known = None
     if known is None:
         try:
             known = _measure_steps(device, repeats)
+            calibration.store(kind, known.to_dict())
         except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
             _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
             known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
-        _MEASURED[_kind(device)] = known
+    _MEASURED[kind] = known
     return known
 
 
