@@ -63,19 +63,47 @@ class TrainingInterrupted(RuntimeError):
         self.epochs_done = epochs_done
 
 
+class _SigtermStop:
+    """SIGTERM only sets a flag; the run stops at the next chunk step or epoch, never inside a write or a lock.
+
+    Raising from the signal handler itself would land at any bytecode: in a
+    checkpoint's atomic write, a prefetcher's cleanup, a lock's release. The
+    executor's progress hooks give safe points instead (a step of a pass is
+    a few milliseconds to seconds), and the epoch loop checks between epochs.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def check(self) -> None:
+        if self.requested and threading.current_thread() is threading.main_thread():
+            raise TrainingInterrupted("SIGTERM", -1)
+
+    def began(self, key: int, name: str, phase: str, steps: int) -> None:
+        self.check()
+
+    def stepped(self, key: int, nbytes: int) -> None:
+        self.check()
+
+    def ended(self, key: int) -> None:
+        pass  # a pass's cleanup: never raise there
+
+
 @contextlib.contextmanager
-def _stop_on_sigterm(active: bool) -> Iterator[None]:
-    """Inside, SIGTERM raises :class:`TrainingInterrupted` in the training loop (main thread only)."""
+def _stop_on_sigterm(active: bool) -> Iterator[_SigtermStop]:
+    """Inside, SIGTERM makes the training loop raise :class:`TrainingInterrupted` at its next safe point (main thread only)."""
+    stop = _SigtermStop()
     if not active or threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
-    def stop(signum, frame):
-        raise TrainingInterrupted("SIGTERM", -1)
+    def request(signum, frame):
+        stop.requested = True
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, request)
     try:
-        yield
+        with watch(stop):
+            yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -231,12 +259,17 @@ def train_node_classifier(
     start = len(history)
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False, initial=start, total=epochs)
     saved = start
+    stop = None
     try:
         bars = watch(PassProgress(tty=True)) if progress and sys.stderr.isatty() else contextlib.nullcontext()  # a bar per pass
-        with _stop_on_sigterm(ckpt is not None), bars:
+        with _stop_on_sigterm(ckpt is not None) as stop, bars:
             for epoch in bar:
+                stop.check()
                 saved = _train_epoch(_Loop(model, g, x, y, (train_mask, val_mask, test_mask), opt, history, ckpt, bar, on_epoch), epoch, saved)
-    except TrainingInterrupted:
+    except Exception:
+        # raised at a safe point, or wrapped on its way out (autograd, a device thread): the flag decides
+        if stop is None or not stop.requested:
+            raise
         if ckpt is not None and saved < len(history):  # an epoch finished but its save was cut short: save it now
             ckpt.save(model, opt, len(history), [s.to_dict() for s in history])
             saved = len(history)
