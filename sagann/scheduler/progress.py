@@ -181,5 +181,6 @@ class PassProgress:
 
     def _close_bar(self) -> None:
         if self._bar is not None:
+            self._bar.refresh()  # the pass's last state, even where it ran faster than tqdm redraws
             self._bar.close()
             self._bar = None

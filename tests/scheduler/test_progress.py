@@ -81,9 +81,25 @@ def test_a_bar_on_a_terminal():
 
 
 def test_devices_of_one_pass_count_into_one_line():
+    """Two devices' passes in flight at once are one line (driven by hand: threads may or may not overlap)."""
+    out = io.StringIO()
+    w = PassProgress(tty=False, every=0.0, stream=out)
+    w.began(1, "GCNConv", "forward", 10)
+    w.began(2, "GCNConv", "forward", 6)
+    w.stepped(1, 100)
+    w.stepped(2, 50)
+    assert out.getvalue().splitlines()[-1].startswith("GCNConv forward on 2 devices: 2/16 chunks")
+    w.ended(1)
+    w.ended(2)
+
+
+def test_every_step_of_a_two_device_pass_is_counted():
     devices = [sagann.CpuDevice("60KB", name=f"cpu{k}") for k in range(2)]
     g = sagann.ChunkedGraph(torch.randint(0, 300, (2, 3000)), 300, device=devices)
     out = io.StringIO()
     with watch(PassProgress(tty=False, every=0.0, stream=out)):
         sagann.nn.GCNConv(32, 32)(g, torch.randn(300, 32))
-    assert "on 2 devices" in out.getvalue()
+    steps = sum(r.steps for r in g.pass_log)
+    counts = [tuple(int(n.replace(",", "")) for n in line.split(": ")[1].split(" chunks")[0].split("/")) for line in out.getvalue().splitlines()]
+    assert max(t for _, t in counts) in (steps, max(r.steps for r in g.pass_log))  # joint when the passes overlapped
+    assert counts[-1][0] == counts[-1][1]  # the last line: a finished pass
