@@ -11,6 +11,7 @@ from sagann.chunks._sorting import chunk_order, compact_sources
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
+CHUNK_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm", "edge_ids")  # an EdgeChunk's index arrays
 
 
 def as_edge_index(edge_index, num_vertices: int) -> np.ndarray:
@@ -153,6 +154,39 @@ def split_chunk(
             )
         )
     return subs
+
+
+def pack_chunks(subs: list[EdgeChunk], alloc: Callable[[int], np.ndarray] | None = None) -> list[EdgeChunk]:
+    """The index arrays of ``subs`` (one chunk's sub-chunks) moved into one buffer; ``subs`` is returned.
+
+    A fine partition has thousands of arrays of a few KB: each its own
+    allocation, they land in malloc's heap between short-lived buffers and
+    pin its pages after those are freed. One buffer per chunk is one
+    allocation (its own mapping, returned whole). ``alloc(nbytes)`` makes
+    the uint8 buffer (default: RAM; the host budget passes a spill file).
+    Arrays already file-backed (a dataset's, memory-mapped) stay as they are.
+    """
+    arrays = [(c, name, getattr(c, name)) for c in subs for name in CHUNK_ARRAYS]
+    if all(file_backed(a) for _, _, a in arrays):
+        return subs
+    aligned = lambda n: (n + 63) // 64 * 64  # noqa: E731
+    total = sum(aligned(a.nbytes) for _, _, a in arrays)
+    if total:
+        store = np.empty(total, dtype=np.uint8) if alloc is None else alloc(total)
+        off = 0
+        for c, name, a in arrays:
+            view = store[off : off + a.nbytes].view(a.dtype).reshape(a.shape)
+            view[...] = a
+            object.__setattr__(c, name, view)  # a frozen dataclass: the arrays' values do not change
+            off += aligned(a.nbytes)
+    return subs
+
+
+def file_backed(a: np.ndarray) -> bool:
+    """Is ``a`` (or the array it views) a memory-mapped file?"""
+    while a is not None and not isinstance(a, np.memmap):
+        a = a.base if isinstance(a.base, np.ndarray) else None
+    return a is not None
 
 
 @dataclass

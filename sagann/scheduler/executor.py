@@ -34,7 +34,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.cost_model import measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
-from sagann.scheduler.host import is_spilled
+from sagann.scheduler.host import is_spilled, trim_freed_memory
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -421,6 +421,7 @@ class Executor:
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
         self.strategy.after_pass(self, plan, seconds)
+        trim_freed_memory()  # the pass's small buffers are freed: their pages go back to the OS, not to the next pass's peak
 
     def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
         """The time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.

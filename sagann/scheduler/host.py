@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import threading
 import weakref
@@ -27,14 +28,19 @@ import torch
 
 from sagann import profiler
 from sagann.chunks.files import check_fault
+from sagann.chunks.partition import pack_chunks
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["HOST_MEMORY_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows"]
+__all__ = ["HOST_MEMORY_SLACK", "OUT_OF_CORE_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows", "trim_freed_memory"]
 
 # what peak anonymous RSS may exceed interpreter + host budget + CPU device peak by:
 # compiled kernels (~65 MiB), one chunk of a partition being cut, spilled rows
 # staged in RAM on their way to the device, autograd's per-pass temporaries
 HOST_MEMORY_SLACK = 160 << 20
+
+# what an out-of-core run's peak anonymous RSS may exceed the same run's in memory by (no host budget):
+# its finer partition's index arrays (compact source rows per chunk) and the buffers of the sub-chunks in flight
+OUT_OF_CORE_SLACK = 48 << 20
 
 # data_ptr of every live spill mapping -> its size; module-wide, so a device's
 # loads can tell a spilled host tensor without knowing which HostMemory made it
@@ -133,30 +139,57 @@ class AnonMeter:
         self._sample()
 
 
+def _libc():
+    """glibc, or None where there is none (its malloc knobs are then left alone)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC or None
+
+
+_LIBC = None
+
+
 def _return_freed_memory() -> None:
     """Ask glibc to hand freed blocks back to the OS at once (no-op elsewhere).
 
     glibc raises its mmap threshold after each large free, up to 32 MiB, so
-    vertex-sized temporaries end up in the heap, and freed heap memory stays
-    resident: measured, 100 MB of anonymous RSS beyond the live tensors.
+    vertex-sized temporaries and the per-chunk buffers of an out-of-core
+    pass (loaded rows, partial aggregates: a few hundred KB each) end up in
+    the heap, and freed heap memory stays resident: measured, 55 MiB of
+    anonymous RSS beyond the live tensors in memory, more out of core.
     A fixed threshold (and trimming at every free) keeps large buffers in
     their own mappings, returned to the OS when freed.
     """
     global _MALLOC_TAMED
-    if _MALLOC_TAMED:
+    libc = _libc()
+    if _MALLOC_TAMED or libc is None:
         return
     _MALLOC_TAMED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: 64 KiB, fixed
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: 1 MiB
-    except (OSError, AttributeError):
-        pass
+    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: 64 KiB, fixed
+    libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: 1 MiB
 
 
 _MALLOC_TAMED = False
+
+
+def trim_freed_memory() -> None:
+    """Hand the free pages inside malloc's heaps back to the OS (glibc's ``malloc_trim``; no-op elsewhere).
+
+    Called after every pass: the small buffers a pass frees (below the mmap
+    threshold, thousands per out-of-core pass) leave free pages between
+    live blocks, which only trimming returns. A few milliseconds.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class HostMemory:
@@ -186,8 +219,7 @@ class HostMemory:
         self.peak_spilled_bytes = 0
         self._files = 0
         self._placed: set[int] = set()  # storage pointers of the RAM tensors this budget placed
-        if self.budget is not None:
-            _return_freed_memory()
+        _return_freed_memory()  # with or without a budget: out of core must not cost more RAM than in memory
 
     @property
     def enabled(self) -> bool:
@@ -300,20 +332,7 @@ class HostMemory:
         """
         if self.budget is None:
             return subs
-        arrays = [(c, name, getattr(c, name)) for c in subs for name in _CHUNK_ARRAYS]
-        if all(_file_backed(a) for _, _, a in arrays):
-            return subs
-        aligned = lambda n: (n + 63) // 64 * 64  # noqa: E731
-        total = sum(aligned(a.nbytes) for _, _, a in arrays)
-        if total:
-            store = self._spill((total,), torch.uint8, total, "partition index arrays").numpy()
-            off = 0
-            for c, name, a in arrays:
-                view = store[off : off + a.nbytes].view(a.dtype).reshape(a.shape)
-                view[...] = a
-                object.__setattr__(c, name, view)  # a frozen dataclass: the arrays' values do not change
-                off += aligned(a.nbytes)
-        return subs
+        return pack_chunks(subs, lambda n: self._spill((n,), torch.uint8, n, "partition index arrays").numpy())
 
     # ---- what autograd saves -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -358,15 +377,6 @@ class HostMemory:
     def __repr__(self) -> str:
         return (f"HostMemory(budget={format_bytes(self.budget)}, resident={format_bytes(self.resident_bytes)}, "
                 f"spilled={format_bytes(self.spilled_bytes)})")
-
-
-_CHUNK_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm", "edge_ids")
-
-
-def _file_backed(a: np.ndarray) -> bool:
-    while a is not None and not isinstance(a, np.memmap):
-        a = a.base if isinstance(a.base, np.ndarray) else None
-    return a is not None
 
 
 def _forget(ptr: int) -> None:

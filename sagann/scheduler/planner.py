@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, partition_graph
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, pack_chunks, partition_graph
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.cost_model import MARGIN, faster_partition, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
@@ -326,7 +326,7 @@ class Planner:
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
         # each chunk placed as it is cut: the search also holds its best candidate while it cuts the next
-        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place)
+        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
 
     def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
         """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
