@@ -76,6 +76,31 @@ def test_spill_dir_on_a_full_tmpfs_is_one_error_line_not_sigbus(dataset, tmp_pat
     assert "--spill-dir" in lines[0]
 
 
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="no unprivileged mount namespace here for a small tmpfs")
+def test_spill_dir_too_small_for_the_plan_is_refused_up_front(dataset, tmp_path):
+    """Features and logits beyond --host-memory (240 KB) cannot fit a 100 KB disk: refused before training, naming the flags."""
+    small = tmp_path / "small"
+    small.mkdir()
+    cmd = [sys.executable, "-m", "sagann.cli", "train", str(dataset), *TRAIN, "--host-memory", "1KB", "--spill-dir", str(small)]
+    script = f"mount -t tmpfs -o size=100k tmpfs {small} && exec " + " ".join(map(str, cmd))
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    lines = _error_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("sagann train: error: the run spills at least"), r.stderr
+    words = lines[0].replace(str(small), "DIR")
+    assert "--spill-dir" in words and "--host-memory" in words and "spill_dir" not in words and "host_memory" not in words, lines[0]
+    assert not any(line.startswith("plan: ") for line in r.stderr.splitlines())  # refused before planning, let alone training
+
+
+def test_spill_room_is_checked_in_python_terms(tmp_path):
+    from sagann.scheduler.host import HostMemory
+
+    HostMemory(None, tmp_path).check_disk_room(1 << 60, "everything")  # no budget: nothing spills, nothing to check
+    HostMemory("1MB", tmp_path).check_disk_room(1 << 20, "a layer")  # fits
+    with pytest.raises(OSError, match=r"spills at least .* spill_dir .* host_memory"):
+        HostMemory("1MB", tmp_path / "not" / "yet").check_disk_room(1 << 60, "everything")  # made on first spill: its parent's disk
+
+
 def test_injected_spill_enospc_is_one_error_line(dataset, tmp_path):
     r = _sagann("train", dataset, *TRAIN, "--host-memory", "1KB", "--spill-dir", tmp_path / "spill", env=_env(**{FAULT_ENV: "spill:5"}))
     assert r.returncode == 1, r.stderr

@@ -422,7 +422,10 @@ def _open(path, host: HostMemory, verify: bool = True):
             f"{ds.path} has no {'/'.join(missing)} mask (masks found: {', '.join(ds.masks) or 'none'}); "
             f"save the dataset with masks={{'train': ..., 'val': ..., 'test': ...}}"
         )
-    x = host.empty(tuple(ds.x.shape), torch.float32, "features")
+    n, f = (int(v) for v in ds.x.shape)
+    # features and the logits are alive together in every training step: at least what they take beyond the budget spills
+    host.check_disk_room(4 * n * (f + max(ds.num_classes, 1)) - (host.budget or 0), "the features and the model's output")
+    x = host.empty((n, f), torch.float32, "features")
     step = max(1, (64 << 20) // max(1, 4 * int(ds.x.shape[1])))  # 64 MiB of rows at a time
     for lo in range(0, int(ds.x.shape[0]), step):
         x[lo : lo + step] = torch.from_numpy(np.array(ds.x[lo : lo + step], dtype=np.float32))

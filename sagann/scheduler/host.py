@@ -233,6 +233,28 @@ class HostMemory:
         self._spill_dir.mkdir(parents=True, exist_ok=True)
         return self._spill_dir
 
+    def check_disk_room(self, spill_bytes: int, what: str) -> None:
+        """Refuse (OSError) a run whose plan spills ``spill_bytes`` at least when the spill directory's disk has less free.
+
+        Checked before anything is spilled, so that a disk too small is one
+        clear error at the start, not an ENOSPC an hour into training.
+        No-op without a budget (nothing spills).
+        """
+        if self.budget is None or spill_bytes <= 0:
+            return
+        where = self._spill_dir if self._spill_dir is not None else Path(tempfile.gettempdir())
+        probe = where
+        while not probe.exists() and probe != probe.parent:  # made on first spill: its disk is the nearest existing parent's
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            return  # nothing to measure: the spill itself reports a full disk
+        if spill_bytes > free:
+            raise OSError(f"the run spills at least {format_bytes(spill_bytes)} ({what}) beyond host_memory={format_bytes(self.budget)} "
+                          f"but the spill directory {where} has {format_bytes(free)} free on its disk; "
+                          f"pass a spill_dir on a disk with more room, free space there, or raise host_memory")
+
     # ---- allocation --------------------------------------------------------------------------
     def empty(self, shape, dtype: torch.dtype = torch.float32, what: str = "host tensor") -> torch.Tensor:
         """An uninitialised tensor, in RAM if it fits the budget, else in a spill file (zero-filled)."""
