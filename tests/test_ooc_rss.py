@@ -51,7 +51,7 @@ def test_out_of_core_peak_rss_is_the_in_memory_one_plus_a_constant(tmp_path):
     common = [str(ds), "--epochs", "3", "--hidden", str(HIDDEN), "--order", "natural", "--json"]
     whole, whole_peak = _run([*common, "--memory-budget", "100GB"])
     ooc, ooc_peak = _run([*common, "--memory-budget", "8MB"])
-    assert ooc["num_chunks"] >= 4 * whole["num_chunks"]  # really out of core: many more, smaller chunks
+    assert ooc["num_chunks"] >= 8 and ooc["num_chunks"] > whole["num_chunks"]  # really out of core: many more, smaller chunks
     assert ooc["losses"] == pytest.approx(whole["losses"], rel=1e-4)
     assert ooc_peak <= whole_peak + OUT_OF_CORE_SLACK, (
         f"out of core peaks at {ooc_peak >> 20} MiB anonymous, in memory at {whole_peak >> 20} MiB: "
