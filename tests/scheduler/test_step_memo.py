@@ -83,3 +83,20 @@ def test_kept_row_blocks_equal_fresh_ones_at_every_thread_count(seed):
             finally:
                 numba.set_num_threads(n)
         assert "_row_bounds" not in dataclasses.replace(g).__dict__  # a replaced copy starts afresh
+
+
+def test_layer_shape_hash_is_kept_and_agrees_with_equality():
+    import pickle
+
+    from sagann.scheduler.memory_model import LayerShape
+
+    base = LayerShape(d_in=8, d_edge=1, d_src_term=0, d_dst_term=0, d_msg=8, d_out=4, gather="sum", builtin=None,
+                      uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=True)
+    same = dataclasses.replace(base)
+    wider = dataclasses.replace(base, d_msg=base.d_msg + 1)
+    assert "_hash" not in same.__dict__
+    assert hash(base) == hash(same) and base == same and {base: 1}[same] == 1
+    assert hash(base) == hash(base) and "_hash" in base.__dict__  # kept after the first
+    assert wider != base and wider not in {base: 1} and dataclasses.replace(base, uses_dst=True) not in {base: 1}
+    back = pickle.loads(pickle.dumps(base))
+    assert "_hash" not in back.__dict__ and back == base and hash(back) == hash(base)
