@@ -437,9 +437,9 @@ class CpuDevice(Device):
     def chunk_index(self, chunk, source_major: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
         """The sub-chunk's index arrays, made once per sub-chunk and kept while the partition lives.
 
-        Here they are views of the host's arrays (no copy, as before), so
-        keeping them costs only the int64 source rows; remaking them every
-        step cost more Python than the step's kernel on small sub-chunks.
+        Here they are views of the host's arrays (no copy), so keeping them
+        costs only the int64 source rows (8 bytes a row); remade at every
+        step they cost more Python than a small sub-chunk's kernel.
         Chunks read from a memory-mapped dataset are not kept (their int64
         rows would sit in RAM beyond the host budget).
         """
