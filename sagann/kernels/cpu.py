@@ -57,6 +57,17 @@ def row_bounds(ptr: np.ndarray) -> np.ndarray:
     return K.balanced_bounds(ptr, max(1, min(rows, _BLOCKS_PER_THREAD * numba.get_num_threads())))
 
 
+def bounds_of(g: ChunkTensors, ptr: str) -> np.ndarray:
+    """:func:`row_bounds` of ``g.dst_ptr`` or ``g.src_ptr``, kept on ``g``: a device that keeps its
+    sub-chunks' index arrays across passes (``CpuDevice``) cuts each sub-chunk's blocks once."""
+    memo = g.__dict__.setdefault("_row_bounds", {})  # not a field: dataclasses.replace starts afresh
+    key = (ptr, numba.get_num_threads())
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = row_bounds(_idx(getattr(g, ptr)))
+    return found
+
+
 def _edge_bounds(nnz: int) -> np.ndarray:
     return K.even_bounds(nnz, max(1, min(nnz, _BLOCKS_PER_THREAD * numba.get_num_threads())))
 
@@ -131,9 +142,9 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
         else:
             out, rows = src_out.numpy(), _idx(src_rows)
         if source_major:  # destination rows and weights already in source-major order: no permutation
-            K.grad_src(code, mode, G, A, E, D, _idx(g.src_dst), src_ptr, np.empty(0, np.int32), row_bounds(src_ptr), rows, out)
+            K.grad_src(code, mode, G, A, E, D, _idx(g.src_dst), src_ptr, np.empty(0, np.int32), bounds_of(g, "src_ptr"), rows, out)
         else:
-            K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), row_bounds(src_ptr), rows, out)
+            K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), bounds_of(g, "src_ptr"), rows, out)
         d_src = torch.from_numpy(out) if src_out is None else None
     if needs_edge:
         out = filled(E.shape, dtype)
@@ -141,7 +152,7 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
         d_edge = torch.from_numpy(out).reshape(edge.shape)
     if needs_dst:
         out = filled(D.shape, dtype)
-        K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), row_bounds(_idx(g.dst_ptr)), out)
+        K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), bounds_of(g, "dst_ptr"), out)
         d_dst = torch.from_numpy(out)
     return d_src, d_edge, d_dst
 
@@ -170,12 +181,12 @@ class _GSpMM(torch.autograd.Function):
         # read the block in place: the kernel maps compact ids to block rows (src[src_rows[src_idx[e]]])
         rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
         dst_ptr = _idx(g.dst_ptr)
-        bounds = row_bounds(dst_ptr)
+        bounds = bounds_of(g, "dst_ptr")
         out = filled((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
         if reduce in ("sum", "mean"):
             deg = _degree(g, S.dtype) if reduce == "mean" else np.empty(0, S.dtype)
             K.spmm_sum(code, S, E, D, src_idx, dst_ptr, bounds, deg, out, rmap)
-            result = torch.from_numpy(out)
+            result = torch.from_numpy(out) if into is None else into
             arg = torch.empty(0, dtype=torch.long)
         else:
             arg_np = filled((g.num_dst, width), np.int64, -1)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
@@ -339,6 +340,10 @@ class Device(abc.ABC):
         return True
 
 
+def _memory_mapped(a: np.ndarray) -> bool:
+    return isinstance(a, np.memmap) or isinstance(getattr(a, "base", None), np.memmap)
+
+
 class EmulatedLink:
     """An emulated host link of ``bandwidth`` bytes/s; CpuDevices given the same one share it (a switch's uplink).
 
@@ -422,10 +427,32 @@ class CpuDevice(Device):
         # not when metered: a reused buffer is no new allocation, so the meter would not see the copy
         pooled = self.copy_transfers and self.memory_budget is not None and self.meter is None
         self._pool = BufferPool(2 * self.memory_budget) if pooled else None
+        # sub-chunk -> {source_major: chunk_index result}; see chunk_index
+        self._index_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @property
     def shares_host_memory(self) -> bool:
         return not self.copy_transfers
+
+    def chunk_index(self, chunk, source_major: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
+        """The sub-chunk's index arrays, made once per sub-chunk and kept while the partition lives.
+
+        Here they are views of the host's arrays (no copy), so keeping them
+        costs only the int64 source rows (8 bytes a row); remade at every
+        step they cost more Python than a small sub-chunk's kernel.
+        Chunks read from a memory-mapped dataset are not kept (their int64
+        rows would sit in RAM beyond the host budget).
+        """
+        if _memory_mapped(chunk.src_rows):
+            return super().chunk_index(chunk, source_major)
+        per = self._index_memo.get(chunk)
+        if per is None:
+            per = self._index_memo[chunk] = {}
+        key = bool(source_major)
+        made = per.get(key)
+        if made is None:
+            made = per[key] = super().chunk_index(chunk, key)
+        return made
 
     @property
     def kernel_backend(self) -> str:

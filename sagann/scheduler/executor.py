@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator
@@ -42,7 +43,7 @@ from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 from sagann.units import tensor_bytes
 
-__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "narrow", "widen"]
+__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "global_src_rows", "narrow", "widen"]
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
@@ -70,6 +71,24 @@ def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:
     wide = t.float()
     scope.charge(tensor_bytes(wide) - tensor_bytes(t), what)
     return wide
+
+
+_GLOBAL_ROWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # sub-chunk -> its global source rows
+
+
+def global_src_rows(c: EdgeChunk) -> torch.Tensor:
+    """The global ids (int64) of sub-chunk ``c``'s source rows: the host rows a selective transfer gathers.
+
+    Made once per sub-chunk, not at every step that sends them; not kept
+    for chunks read from a memory-mapped dataset (8 bytes a row of RAM
+    beyond the host budget).
+    """
+    rows = _GLOBAL_ROWS.get(c)
+    if rows is None:
+        rows = torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))
+        if not (isinstance(c.src_rows, np.memmap) or isinstance(getattr(c.src_rows, "base", None), np.memmap)):
+            _GLOBAL_ROWS[c] = rows
+    return rows
 
 
 class Block:
@@ -159,7 +178,7 @@ class ChunkInputs:
             t = s.adopt(block.index_select(0, self._src_local), lambda: f"{name} rows picked for {c.id!r}")
         else:
             if name in SRC_FIELDS:
-                t = s.load_rows(host, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)), lambda: f"{name} rows of {c.id!r}")
+                t = s.load_rows(host, global_src_rows(c), lambda: f"{name} rows of {c.id!r}")
             elif name == "data":  # edge data arrive in sub-chunk order: one slice
                 t = s.load(host[self._edge_offset : self._edge_offset + c.nnz], lambda: f"edge rows of {c.id!r}")
             else:  # destination-row fields, in backward

@@ -33,7 +33,7 @@ BudgetExceeded, never as a silent overrun.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -89,6 +89,17 @@ class LayerShape:
     # included), and recomputed under autograd with its gradients (what it saves, per-edge input gradients)
     edge_temp: int = 0
     edge_grad_temp: int = 0
+
+    def __hash__(self) -> int:
+        """The fields' hash, computed once: the planner's memo keys hash a shape per planned sub-chunk, every pass."""
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in fields(self) if (f.compare if f.hash is None else f.hash)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}  # string hashes differ between processes
 
     @property
     def loads_x_j(self) -> bool:
