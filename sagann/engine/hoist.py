@@ -190,6 +190,20 @@ class HoistedLayer(Face):
         return self.inner.apply_vertex(v, acc)
 
 
+def compiled(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None) -> nn.Module:
+    """The layer with per-vertex terms hoisted (compiled once per input shape, kept on the layer), or the layer itself."""
+    if not layer.hoist:
+        return layer
+    d_edge = None if edge_data is None else (1 if edge_data.dim() == 1 else int(edge_data.shape[1]))
+    cache = layer.__dict__.setdefault("_sagann_hoist", {})
+    if (d_in, d_edge) not in cache:
+        cache[(d_in, d_edge)] = compile_layer(layer, d_in, d_edge)
+    runner = cache[(d_in, d_edge)][0]
+    if runner is not layer and runner.training != layer.training:
+        runner.train(layer.training)
+    return runner
+
+
 def compile_layer(layer: nn.Module, d_in: int, d_edge: int | None) -> tuple[nn.Module, HoistPlan]:
     """``(layer to run, plan)``; the layer is the user's own when nothing can or need be hoisted."""
     name = type(layer).__name__

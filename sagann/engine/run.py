@@ -26,7 +26,7 @@ from sagann.units import tensor_bytes
 from sagann.scheduler.planner import LayerShape
 from sagann.scheduler.schedule import BACKWARD, FORWARD
 
-__all__ = ["check_call", "run_layer"]
+__all__ = ["check_call", "layer_shape", "run_layer"]
 
 _EDGE_ORDER_CACHE = "_sagann_edge_data_in_order"  # partition attribute: (weakref to input, its version, permuted)
 
@@ -64,6 +64,11 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     run.flags.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous(), g.host)
     return _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
+
+
+def layer_shape(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None, device) -> LayerShape:
+    """The probed :class:`LayerShape` of ``layer`` on inputs shaped as ``x`` and ``edge_data`` (cached on the layer)."""
+    return _shape(layer, x, edge_data, device)
 
 
 def _shape(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None, device) -> LayerShape:
