@@ -29,12 +29,13 @@ from torch import nn
 
 from sagann.engine.faces import Face, base_of, face_of
 from sagann.engine.hoist import compiled
+from sagann.engine.hoist import explain as hoist_explain
 from sagann.engine.pending import PendingRows
 from sagann.engine.probe import has_hook
 from sagann.engine.run import check_call, layer_shape, run_layer
 from sagann.fn import AttentionFn, MessageFn
 
-__all__ = ["ChainRecord", "OnTerms", "chain_blocker", "chained_call", "on_terms", "pre_transformed"]
+__all__ = ["ChainRecord", "OnTerms", "chain_blocker", "chained_call", "explain", "on_terms", "pre_transformed"]
 
 RECORD = "_sagann_chain"  # a layer's __dict__ key: its last call's ChainRecord
 
@@ -176,3 +177,96 @@ def _record(layer: nn.Module, x: PendingRows, width: int, reason: str) -> None:
     ops = tuple(op.name for op in x.sagann_ops)
     owner = getattr(src, "owner", None)
     base_of(layer).__dict__[RECORD] = ChainRecord(src.name, owner, ops, int(x.shape[1]), width, reason)
+
+
+def explain(target: nn.Module, d_in: int | None = None, edge_dim: int | None = None) -> str:
+    """What sagann runs for a layer, or for a module holding sagann layers: each layer, and which consecutive ones chain.
+
+    On a layer: the compiler's plan (:func:`sagann.engine.hoist.explain`)
+    and whether the layer can take its input pre-transformed. On any other
+    module: that for every sagann layer in it (registration order), then
+    each consecutive pair's link: chained on the last call (with the width
+    that crossed the link instead of the hidden width), not chained and
+    why, or, before a call, whether it can chain.
+    """
+    if _is_layer(target):
+        return hoist_explain(target, d_in, edge_dim) + "\n" + _input_line(target, d_in, edge_dim)
+    layers = _layers_in(target)
+    if not layers:
+        return f"{type(target).__name__}: no sagann layers inside"
+    lines = [f"{type(target).__name__}: {len(layers)} sagann layer{'s' if len(layers) != 1 else ''}"]
+    for k, (name, layer) in enumerate(layers):
+        text = explain(layer, d_in if k == 0 else None, edge_dim)
+        lines += [f"  [{name}] " + text.splitlines()[0]] + ["  " + line for line in text.splitlines()[1:]]
+    if len(layers) > 1:
+        lines.append("  links (one layer's ApplyVertex, the activations and the next layer's apply_src as one vertex pass):")
+        lines += [f"    {_link_line(a, b)}" for a, b in zip(layers, layers[1:])]
+    return "\n".join(lines)
+
+
+def _is_layer(m) -> bool:
+    return callable(getattr(m, "apply_vertex", None)) and isinstance(getattr(m, "gather", None), str)
+
+
+def _layers_in(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in module.named_modules():
+        if _is_layer(m) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name or type(m).__name__, m))
+    return found
+
+
+def _last_input(layer: nn.Module, d_in: int | None, edge_dim: int | None) -> tuple[int | None, torch.Tensor | None]:
+    """(input width, an edge-data example) of ``layer``'s last call; else ``d_in`` / its ``in_channels`` and ``edge_dim``."""
+    edge = None if edge_dim is None else torch.zeros(1, edge_dim)
+    # a conv's calls may run as its faces; those on pre-transformed rows take another width; the layer's own calls win
+    faces = [f for f in layer.__dict__.values() if isinstance(f, Face) and not isinstance(f, OnTerms)]
+    faces += [runner for runner, _ in layer.__dict__.get("_sagann_hoist", {}).values() if runner is not layer] + [layer]
+    for key in [k for f in faces for k in f.__dict__.get("_sagann_shape", {})]:
+        d_in, edge = int(key[0]), (None if key[1] is None else torch.zeros((1,) + tuple(key[1])))
+    if d_in is None:
+        d_in = getattr(layer, "in_channels", None)
+    if edge is None and isinstance(layer.apply_edge, MessageFn) and layer.apply_edge.uses_edge:
+        edge = torch.zeros(1)  # before a call: a builtin weighing by edge data is taken to get one weight per edge (GCN's)
+    return d_in, edge
+
+
+def _blocker(layer: nn.Module, d_in: int | None, edge_dim: int | None) -> tuple[str | None, int]:
+    """(why ``layer`` cannot take pre-transformed input, '' if it can, None if unknown before a call; its apply_src width)."""
+    width, edge = _last_input(layer, d_in, edge_dim)
+    if width is None:
+        return None, 0
+    device = next((p.device for p in layer.parameters()), torch.device("cpu"))
+    try:
+        runner = compiled(layer, int(width), edge)
+        shape = layer_shape(runner, torch.empty(0, int(width)), edge, device)
+    except Exception:  # e.g. edge data it needs and was not told of: the call itself says what is wrong
+        return None, 0
+    return chain_blocker(runner, shape), shape.d_src_term
+
+
+def _input_line(layer: nn.Module, d_in: int | None, edge_dim: int | None) -> str:
+    why, width = _blocker(layer, d_in, edge_dim)
+    if why is None:
+        return "  input: needs a call (or d_in=..., edge_dim=...) to tell whether it takes the layer before's output pre-transformed"
+    if why:
+        return f"  input: never chained: {why}"
+    return f"  input: read only through apply_src ({width} wide): the layer before's pending output is taken pre-transformed"
+
+
+def _link_line(a: tuple[str, nn.Module], b: tuple[str, nn.Module]) -> str:
+    (na, la), (nb, lb) = a, b
+    rec = lb.__dict__.get(RECORD)
+    ops = lambda r: f" ({', '.join(r.ops)} between)" if r.ops else ""  # noqa: E731
+    if rec is not None and rec.producer_layer is la and rec.width_link:
+        return (f"{na} -> {nb}: chained on the last call{ops(rec)}: {rec.width_link}-wide rows crossed the link "
+                f"instead of {rec.width_in}-wide ones ({na}'s output never reached the host)")
+    if rec is not None and rec.producer_layer is la:
+        return f"{na} -> {nb}: not chained on the last call: {rec.reason}"
+    why, width = _blocker(lb, None, None)
+    if why:
+        return f"{na} -> {nb}: does not chain: {nb}: {why}"
+    if why is None:
+        return f"{na} -> {nb}: unknown until a call"
+    return (f"{na} -> {nb}: can chain ({width}-wide rows cross the link): once {na} runs its ApplyVertex as a pass of its own "
+            f"(a cached Gather: from the third call with the same features) and only row-wise activations run between")

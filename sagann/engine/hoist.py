@@ -173,6 +173,7 @@ class HoistedLayer(Face):
     def __init__(self, layer: nn.Module, src_fn: fx.GraphModule | None, dst_fn: fx.GraphModule | None, rest: fx.GraphModule, plan: HoistPlan):
         super().__init__(layer)
         self.inner, self.gather, self.plan = layer, layer.gather, plan
+        self.apply_vertex_reads_v = getattr(layer, "apply_vertex_reads_v", True)  # the layer's promise holds for its compiled form
         self.src_fn, self.dst_fn, self.rest = src_fn, dst_fn, rest
         self._uses = {n.target for n in rest.graph.nodes if n.op == "placeholder" and n.users}
         if plan.builtin is not None:
