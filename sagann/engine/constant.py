@@ -26,7 +26,7 @@ from torch import nn
 from sagann.engine.faces import Face, base_of, face_of
 from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
 from sagann.engine.probe import unread_rows
-from sagann.engine.run import layer_shape, run_layer
+from sagann.engine.run import draw_seed, layer_shape, run_layer
 from sagann.fn import MessageFn
 
 __all__ = ["seen_gather", "note_gather", "reuses_gather", "has_cached_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
@@ -158,6 +158,8 @@ class CachedVertexPass(RowSource):
         self.layer, self.g, self.d_in, self.cached = layer, g, d_in, rows
         self.owner = base_of(layer)  # the user's layer, whatever face of it ran
         self.name = getattr(layer, "display_name", None) or type(layer).__name__
+        self.seed = draw_seed(self._face())  # drawn now, as the call would: the caller's stream moves as unchained
+        self.watch(self._face().parameters())
 
     def _face(self) -> "_OnGathered":
         face = face_of(self.layer, "_sagann_on_gathered", _OnGathered)
@@ -165,12 +167,13 @@ class CachedVertexPass(RowSource):
         return face
 
     def compute(self) -> torch.Tensor:
-        return _run(self._face(), self.g.without_edges(), self.cached)
+        return _run(self._face(), self.g.without_edges(), self.cached, seed=self.seed)
 
     def chained(self, then: torch.nn.Module) -> torch.Tensor:
         """``then(the layer's output)`` in the same ApplyVertex pass: the output itself never reaches the host."""
         chained = face_of(self._face(), f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
-        return _run(chained, self.g.without_edges(), self.cached)
+        self.check_unchanged()
+        return _run(chained, self.g.without_edges(), self.cached, seed=self.seed)
 
 
 def run_chained_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None, then: torch.nn.Module) -> torch.Tensor | None:
@@ -182,20 +185,15 @@ def run_chained_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data
     the host pass of whatever ``then`` computes. Only from the call after
     the one that cached acc; records nothing.
     """
-    found = _sighting(layer, g, x, edge_data)
-    if found is None or not found[2]:
+    if not has_cached_gather(layer, g, x, edge_data):
         return None
-    sightings, key, _ = found
-    rows = sightings[key].rows
-    if rows is None:
-        return None
-    chained = face_of(_on_gathered(layer, x), f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
-    return _run(chained, g.without_edges(), rows)
+    rows = g.cached(_CACHE, dict)[_key(layer, x, edge_data)].rows
+    return CachedVertexPass(layer, g, int(x.shape[1]), rows).chained(then)
 
 
-def _run(face: Face, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
+def _run(face: Face, g, x: torch.Tensor, edge_data: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
     """Run a face the engine made: its inputs are the engine's own, it caches nothing and is not compiled."""
-    return run_layer(face, g, x, edge_data, face.display_name)
+    return run_layer(face, g, x, edge_data, face.display_name, seed=seed)
 
 
 def _on_gathered(layer: nn.Module, x: torch.Tensor) -> "_OnGathered":

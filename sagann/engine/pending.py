@@ -62,6 +62,21 @@ class RowSource:
     def __init__(self, grad_enabled: bool):
         self.grad_enabled = grad_enabled  # the mode of the call that made the rows: they are computed in it
         self.value: torch.Tensor | None = None
+        self.name = type(self).__name__
+        self._watched: list[tuple[torch.Tensor, int]] = []
+
+    def watch(self, tensors) -> None:
+        """Tensors the rows are computed from (parameters, inputs): changed in place before then, computing raises."""
+        self._watched += [(t, t._version) for t in tensors]
+
+    def check_unchanged(self) -> None:
+        changed = [tuple(t.shape) for t, version in self._watched if t._version != version]
+        if changed:
+            raise RuntimeError(
+                f"sagann: {self.name}'s output was left pending (layer chaining) and a tensor it is computed from "
+                f"(shape {changed[0]}) changed in place since the call (an optimizer step?); read the output before "
+                "changing its inputs or parameters, or call the layer under sagann.chaining(False)"
+            )
 
     def compute(self) -> torch.Tensor:  # pragma: no cover - the engine's subclass
         raise NotImplementedError
@@ -73,6 +88,7 @@ class RowSource:
     def rows(self) -> torch.Tensor:
         """The layer's output rows, computed at the first need (once)."""
         if self.value is None:
+            self.check_unchanged()
             with torch.set_grad_enabled(self.grad_enabled):
                 self.value = self.compute()
         return self.value

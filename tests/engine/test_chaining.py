@@ -205,3 +205,40 @@ def test_gcn_chain_layers_false_turns_chaining_off_and_pending_rows_act_as_tenso
     assert str(outs[2]) == str(outs[2].value())
     assert type(outs[2] + 0) is torch.Tensor
     np.testing.assert_allclose(F.relu(outs[2]).numpy(), F.relu(outs[0]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pending_output_keeps_the_callers_random_stream_and_guards_its_inputs():
+    rng = np.random.default_rng(8)
+    n = 40
+    ei = awkward_graph(rng, n, 200)
+    x = torch.randn(n, 6)
+
+    class DrawsBetween(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = sagann.nn.GCNConv(6, 10), sagann.nn.GCNConv(10, 3)
+
+        def forward(self, g, x):
+            h = self.a(g, x)
+            noise = torch.rand(4)  # the caller's own draw between the two calls
+            return self.b(g, F.relu(h)), noise
+
+    runs = []
+    for on in (True, False):
+        torch.manual_seed(4)
+        model = DrawsBetween().train()
+        g = sagann.ChunkedGraph(ei, n, num_chunks=2)
+        with sagann.chaining(on):
+            for _ in range(3):
+                out, noise = model(g, x)
+        runs.append((out.detach(), noise, torch.rand(2)))
+        assert _chained(g) == on
+    (out_a, noise_a, after_a), (out_b, noise_b, after_b) = runs
+    assert torch.equal(noise_a, noise_b) and torch.equal(after_a, after_b), "the caller's stream moved as unchained"
+    assert_rel_close(out_a, out_b, what="output")
+    conv, g = sagann.nn.GCNConv(6, 4), sagann.ChunkedGraph(ei, n, num_chunks=2)
+    with torch.no_grad():
+        pending = [conv(g, x) for _ in range(3)][-1]
+        conv.lin.weight.mul_(2)  # an optimizer step before the output was read
+    with pytest.raises(RuntimeError, match="changed in place since the call"):
+        pending + 0
