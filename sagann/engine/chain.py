@@ -7,10 +7,13 @@ ApplyVertex, needs nothing of its input but ``apply_src(x)``. When that
 input is :class:`~sagann.engine.pending.PendingRows` (the layer before has
 not run its ApplyVertex yet, plus row-wise activations), the engine runs
 the layer before's ApplyVertex, the activations and this layer's
-``apply_src`` as one vertex pass and hands this layer the pre-transformed
-rows: the hidden rows never cross the link or sit on the host, and the
-hook pass over them goes. The layer then runs as :class:`OnTerms`, its
-edge stage reading those rows where it read ``e.src_term``.
+``apply_src`` as one ApplyVertex (of the layer before's cached-Gather pass,
+or of its streamed call: :class:`StreamedCall`) and hands this layer the
+pre-transformed rows: the hidden rows never cross the link or sit on the
+host, and the hook pass over them goes. The layer then runs as
+:class:`OnTerms`, its edge stage reading those rows where it read
+``e.src_term``. A streamed call waits only once its output was seen
+feeding such a layer (:func:`note_input`).
 
 Nothing here knows a model class: whether a layer chains is learnt from
 the compiler (:func:`sagann.engine.hoist.compiled`) and the probe
@@ -30,14 +33,20 @@ from torch import nn
 from sagann.engine.faces import Face, base_of, face_of
 from sagann.engine.hoist import compiled
 from sagann.engine.hoist import explain as hoist_explain
-from sagann.engine.pending import PendingRows
+from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
 from sagann.engine.probe import has_hook
-from sagann.engine.run import check_call, layer_shape, run_layer
+from sagann.engine.run import check_call, draw_seed, layer_shape, run_layer
 from sagann.fn import AttentionFn, MessageFn
 
-__all__ = ["ChainRecord", "OnTerms", "chain_blocker", "chained_call", "explain", "on_terms", "pre_transformed"]
+__all__ = ["ChainRecord", "OnTerms", "StreamedCall", "StreamedChained", "chain_blocker", "chained_call", "explain", "note_input", "on_terms", "pre_transformed", "run_streamed"]
 
 RECORD = "_sagann_chain"  # a layer's __dict__ key: its last call's ChainRecord
+DEFER = "_sagann_defer"  # a layer's __dict__ key: True: its streamed calls wait for a next layer to chain; False: never
+# autograd nodes of row-wise ops (and dropout, whose mask makes the rows be computed anyway) between two layers
+_ROW_WISE_NODES = {
+    "ReluBackward0", "LeakyReluBackward0", "LeakyReluBackward1", "EluBackward0", "GeluBackward0", "SiluBackward0",
+    "TanhBackward0", "SigmoidBackward0", "NativeDropoutBackward0", "MulBackward0", "_ReluBackward", "_DropoutBackward",
+}
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,97 @@ def chained_call(layer: nn.Module, g, x: PendingRows, edge_data: torch.Tensor | 
         return None
     face = on_terms(layer, int(x.shape[1]), edge_data)
     check_call(face, g, t, edge_data)
-    return run_layer(face, g, t, edge_data, face.display_name)
+    return run_streamed(face, g, t, edge_data)
+
+
+def run_streamed(runner: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
+    """``runner``'s streamed call: run now, or left pending where its output fed a layer that chains (learnt, :func:`note_input`)."""
+    name = getattr(runner, "display_name", None) or type(runner).__name__
+    owner = base_of(runner)
+    if not (chaining_enabled() and owner.__dict__.get(DEFER) is True) or getattr(g, "process_group", None) is not None:
+        return run_layer(runner, g, x, edge_data, name)
+    source = StreamedCall(runner, g, x, edge_data, name)
+    d_out = layer_shape(runner, x, edge_data, g.device.torch_device).d_out
+    grads = (x,) + (() if edge_data is None else (edge_data,)) + tuple(runner.parameters())
+    return PendingRows(source, (x.shape[0], d_out), torch.is_grad_enabled() and any(t.requires_grad for t in grads))
+
+
+def note_input(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> None:
+    """Learn from a plain input: if a sagann layer made it (through row-wise ops) and ``layer`` could have chained, that layer's next calls wait.
+
+    Read off the autograd graph (so only where grad is on): the nodes
+    between ``x`` and the producing layer call must be row-wise. A wrong
+    guess costs nothing but the wait: pending rows not chained are computed
+    at the first need, by the same single call.
+    """
+    if not (chaining_enabled() and torch.is_grad_enabled()) or x.grad_fn is None:
+        return
+    node = x.grad_fn
+    while node is not None and type(node).__name__ in _ROW_WISE_NODES:
+        node = node.next_functions[0][0] if node.next_functions else None
+    producer = getattr(node, "sagann_layer", None)
+    if producer is None or DEFER in producer.__dict__ or x.shape[0] != g.num_vertices:
+        return
+    runner = compiled(layer, int(x.shape[1]), edge_data)
+    if not chain_blocker(runner, layer_shape(runner, x, edge_data, g.device.torch_device)):
+        producer.__dict__[DEFER] = True
+
+
+class StreamedCall(RowSource):
+    """A streamed layer call not run yet: as it is (:meth:`compute`), or with the next layer's start in its ApplyVertex (:meth:`chained`)."""
+
+    def __init__(self, runner: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None, name: str):
+        super().__init__(torch.is_grad_enabled())
+        self.runner, self.g, self.x, self.edge_data, self.name = runner, g, x, edge_data, name
+        self.owner, self.chained_once = base_of(runner), False
+        self.seed = draw_seed(runner)  # drawn now, as the call would: the caller's stream moves as unchained
+        self.watch([t for t in (x, edge_data) if t is not None] + list(runner.parameters()))
+
+    def compute(self) -> torch.Tensor:
+        if self.chained_once:  # used besides the next layer: the edge stage would run twice; from now on this layer runs at once
+            self.owner.__dict__[DEFER] = False
+        return run_layer(self.runner, self.g, self.x, self.edge_data, self.name, seed=self.seed)
+
+    def chained(self, then: nn.Module) -> torch.Tensor:
+        face = face_of(self.runner, f"_sagann_then_{id(then)}", lambda base: StreamedChained(base, then))
+        self.check_unchanged()
+        self.chained_once = True
+        return run_layer(face, self.g, self.x, self.edge_data, face.display_name, seed=self.seed)
+
+
+class StreamedChained(Face):
+    """The base layer with ``then`` after its ApplyVertex: the same edge stage and hooks, over its parameters and ``then``'s."""
+
+    caches_gather = False
+
+    def __init__(self, base: nn.Module, then: nn.Module):
+        super().__init__(base)
+        self.__dict__["_then"] = then  # not a submodule: its parameters belong to the next layer
+        self.gather, self.apply_vertex_reads_v = base.gather, getattr(base, "apply_vertex_reads_v", True)
+        self.display_name = f"{self.display_name}+{then.display_name}"
+        if isinstance(base.apply_edge, (MessageFn, AttentionFn)):
+            self.apply_edge = base.apply_edge
+        for hook in ("apply_src", "apply_dst"):
+            if has_hook(base, hook):
+                setattr(self, hook, getattr(base, hook))
+
+    def apply_edge(self, e):
+        return self._base.apply_edge(e)
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        return self._then(self._base.apply_vertex(v, acc))
+
+    def named_parameters(self, *args, **kwargs):
+        seen = set()  # a parameter both use (tied weights) is one input of the call
+        for prefix, params in (("", self._base.named_parameters(*args, **kwargs)), ("then.", self._then.named_parameters(*args, **kwargs))):
+            for name, p in params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield prefix + name, p
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters():
+            yield p
 
 
 def _record(layer: nn.Module, x: PendingRows, width: int, reason: str) -> None:
@@ -268,5 +367,5 @@ def _link_line(a: tuple[str, nn.Module], b: tuple[str, nn.Module]) -> str:
         return f"{na} -> {nb}: does not chain: {nb}: {why}"
     if why is None:
         return f"{na} -> {nb}: unknown until a call"
-    return (f"{na} -> {nb}: can chain ({width}-wide rows cross the link): once {na} runs its ApplyVertex as a pass of its own "
-            f"(a cached Gather: from the third call with the same features) and only row-wise activations run between")
+    return (f"{na} -> {nb}: can chain ({width}-wide rows cross the link) where only row-wise activations run between: "
+            f"from the second training call ({na} on a cached Gather: from the third call with the same features)")

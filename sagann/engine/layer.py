@@ -9,10 +9,10 @@ from sagann.engine.constant import reuses_gather, run_on_cached_gather
 from sagann.engine.edges import EdgeBatch
 from sagann.engine.faces import Face, face_of
 from sagann.engine.pending import PendingRows
-from sagann.engine.chain import chained_call
+from sagann.engine.chain import chained_call, note_input, run_streamed
 from sagann.engine.hoist import compiled
 from sagann.engine.probe import probe_layer, unread_rows
-from sagann.engine.run import check_call, run_layer
+from sagann.engine.run import check_call
 
 __all__ = ["EdgeBatch", "Face", "Layer", "call_layer", "face_of", "probe_layer", "unread_rows"]
 
@@ -79,5 +79,5 @@ def call_layer(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | N
     check_call(layer, g, x, edge_data)
     if reuses_gather(layer, g, x, edge_data):  # a Gather over unchanged inputs that need no gradient: computed once
         return run_on_cached_gather(layer, g, x, edge_data)
-    name = getattr(layer, "display_name", None) or type(layer).__name__
-    return run_layer(compiled(layer, int(x.shape[1]), edge_data), g, x, edge_data, name)
+    note_input(layer, g, x, edge_data)
+    return run_streamed(compiled(layer, int(x.shape[1]), edge_data), g, x, edge_data)

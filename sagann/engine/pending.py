@@ -1,9 +1,9 @@
 """A layer's output rows computed when first read, so the next sagann layer can take them pre-transformed.
 
 Where a layer's ApplyVertex runs as a pass of its own (over a cached
-Gather), the engine hands back a :class:`PendingRows` instead of running
-it: a tensor with the output's shape, dtype and ``requires_grad`` but no
-values yet. Row-wise activations applied to it (``F.relu``, dropout in
+Gather), or its streamed output was seen feeding a layer that chains, the
+engine hands back a :class:`PendingRows` instead of running it: a tensor
+with the output's shape, dtype and ``requires_grad`` but no values yet. Row-wise activations applied to it (``F.relu``, dropout in
 eval, ...) are recorded, not run. If the next sagann layer reads its input
 only through a per-vertex pre-transform (its ``apply_src``: GCN's ``X W``),
 the engine runs this ApplyVertex, the activations and that pre-transform as

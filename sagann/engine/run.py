@@ -17,6 +17,7 @@ from torch import nn
 from sagann.chunks.partition import GraphPartition
 from sagann.engine.backward import backward_pass
 from sagann.engine.call import CallFlags, CallSpec, LayerCall
+from sagann.engine.faces import base_of
 from sagann.engine.forward import forward_pass
 from sagann.engine.graph import ChunkedGraph, check_features
 from sagann.engine.multi import make_multi_call
@@ -73,7 +74,10 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     run = make_multi_call(spec, g, partition) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
     run.flags.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous(), g.host)
-    return _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
+    out = _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
+    if out.grad_fn is not None:  # which layer made these rows: layer chaining reads it off a next layer's input
+        out.grad_fn.sagann_layer = base_of(layer)
+    return out
 
 
 def layer_shape(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None, device) -> LayerShape:

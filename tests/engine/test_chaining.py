@@ -90,8 +90,10 @@ def _chained(g) -> bool:
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graph=graphs(max_vertices=30, max_edges=120), p=st.integers(1, 6), first=st.sampled_from(["gcn", "mean"]), second=st.sampled_from(["gcn", "edge"]), skip=st.booleans())
-def test_chained_equals_unchained_on_random_graphs(graph, p, first, second, skip):
+@given(graph=graphs(max_vertices=30, max_edges=120), p=st.integers(1, 6), first=st.sampled_from(["gcn", "mean"]), second=st.sampled_from(["gcn", "edge"]), skip=st.booleans(), cache=st.booleans())
+def test_chained_equals_unchained_on_random_graphs(graph, p, first, second, skip, cache):
+    # cache: the first layer's ApplyVertex is a pass of its own (cached Gather); else its streamed call waits
+    # from the second call (the first shows the engine that its output feeds a layer that chains)
     n, ei = graph
     d, h, c = 5, 9, 3  # a GCN second layer (in 9 > out 3) multiplies first: it chains
     x = torch.randn(n, d)
@@ -100,11 +102,11 @@ def test_chained_equals_unchained_on_random_graphs(graph, p, first, second, skip
     for on in (True, False):
         torch.manual_seed(1)
         model = _model(first, second, d, h, c, also_skip=skip).eval()  # eval: the dropout between is the identity
-        g = sagann.ChunkedGraph(ei, n, num_chunks=min(p, n))
+        g = sagann.ChunkedGraph(ei, n, num_chunks=min(p, n), schedule=sagann.ScheduleConfig(cache_gather=cache))
         with sagann.chaining(on):
             runs.append(_run(model, g, x, w))
         assert _chained(g) == on, f"chaining {'on' if on else 'off'}: pass names {[r.layer for r in g.pass_log]}"
-    _same(*runs, what=f"P={min(p, n)} {first}->{second}{' +skip' if skip else ''}")
+    _same(*runs, what=f"P={min(p, n)} {first}->{second}{' +skip' if skip else ''}{'' if cache else ' streamed'}")
 
 
 def test_a_user_stack_chains_as_the_gcn_model_does_and_moves_fewer_bytes():
@@ -242,3 +244,51 @@ def test_a_pending_output_keeps_the_callers_random_stream_and_guards_its_inputs(
         conv.lin.weight.mul_(2)  # an optimizer step before the output was read
     with pytest.raises(RuntimeError, match="changed in place since the call"):
         pending + 0
+
+
+@pytest.mark.parametrize("layers,cache", [(2, False), (3, True), (3, False)])
+def test_streamed_layers_chain_from_the_second_call(layers, cache):
+    # a streamed layer whose output fed a layer that chains waits from then on: its ApplyVertex, the ReLU and
+    # the next layer's matmul run as one ApplyVertex at the end of its edge stage
+    rng = np.random.default_rng(9)
+    n, d, h, c = 150, 12, 24, 3
+    ei = awkward_graph(rng, n, 1000)
+    x, y = torch.randn(n, d), torch.randint(0, c, (n,))
+    runs = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = GCN(d, h, c, num_layers=layers, dropout=0.0)
+        dev = sagann.CpuDevice(copy_transfers=True)
+        fixed = sagann.ScheduleConfig(cache_gather=cache, transfer="selective", order="natural")
+        g = sagann.ChunkedGraph(ei, n, device=dev, num_chunks=3, schedule=fixed)
+        with sagann.chaining(on):
+            for _ in range(3):
+                model.zero_grad()
+                before = dev.bytes_in
+                F.cross_entropy(model(g, x), y).backward()
+        chained = [r.layer for r in g.pass_log if "+act+lin" in r.layer and r.phase == "forward"]
+        runs.append((model, dev.bytes_in - before, chained))
+    (m_on, bytes_on, chained_on), (m_off, bytes_off, chained_off) = runs
+    assert len(chained_on) >= layers - 1 and not chained_off
+    assert bytes_off - bytes_on >= (layers - 1) * n * h * 4, (bytes_on, bytes_off)  # each link: one hidden tensor less
+    for a, b in zip(m_on.parameters(), m_off.parameters()):
+        assert_rel_close(a.grad, b.grad, what="gradient", floor=1e-4)
+    text = sagann.explain(m_on)
+    assert text.count("chained on the last call") == layers - 1, text
+
+
+def test_a_streamed_layer_used_besides_the_next_one_stops_waiting():
+    rng = np.random.default_rng(10)
+    n = 60
+    ei = awkward_graph(rng, n, 300)
+    x = torch.randn(n, 5)
+    model = _model("gcn", "gcn", 5, 9, 3, also_skip=True).eval()  # eval: the dropout between is the identity
+    g = sagann.ChunkedGraph(ei, n, num_chunks=2, schedule=sagann.ScheduleConfig(cache_gather=False))
+    ref = _model("gcn", "gcn", 5, 9, 3, also_skip=True).eval()
+    ref.load_state_dict(model.state_dict())
+    for k in range(4):
+        got = _run(model, g, x, None, calls=1)
+        with sagann.chaining(False):
+            _same(got, _run(ref, g, x, None, calls=1), what=f"call {k}")
+    forward = [r.layer for r in g.pass_log if r.phase == "forward"]
+    assert sum("+act+lin" in name for name in forward) == 1, "chained once, then the layer runs at once (no second edge stage)"
