@@ -131,7 +131,8 @@ def run_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.
     the next sagann layer may take pre-transformed (:mod:`sagann.engine.chain`).
     """
     seen = g.cached(_CACHE, dict)[_key(layer, x, edge_data)]
-    if seen.rows is None:
+    filling = seen.rows is None  # this call propagates: its plan is a one-off, so it runs as it is, unchained
+    if filling:
         with torch.no_grad(), g.one_off_partition():  # a one-time pass at the input width: later passes keep their P
             acc = _run(face_of(layer, "_sagann_gather_only", _GatherOnly), g, x, edge_data)
         if layer.apply_vertex_reads_v:
@@ -142,7 +143,7 @@ def run_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.
         seen.rows = acc
         g.allow_coarser_partition()  # this layer's streamed calls, which may have set P, are over while x stays
     face = _on_gathered(layer, x)
-    if not chaining_enabled():
+    if filling or not chaining_enabled():
         return _run(face, g.without_edges(), seen.rows)
     source = CachedVertexPass(layer, g, int(x.shape[1]), seen.rows)
     d_out = layer_shape(face, seen.rows, None, g.device.torch_device).d_out

@@ -174,6 +174,10 @@ def _recorded(func, x: PendingRows, rest: tuple, kwargs: dict):
         return func(t, *rest, **kwargs)
 
     key = (func, rest, tuple(sorted(kwargs.items())))
+    try:
+        hash(key)
+    except TypeError:  # an argument that is no plain value: run it now
+        return None
     return x.then(RowOp(getattr(func, "__name__", "op"), key, run, run))
 
 
