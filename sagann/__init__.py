@@ -6,10 +6,11 @@ graph into chunks that fit the device and streams them through it.
 from sagann import fn, nn, profiler
 from sagann.version import __version__
 from sagann.engine import ChunkedGraph, EdgeBatch, Layer
-from sagann.engine.hoist import explain
+from sagann.engine.chain import explain
+from sagann.engine.pending import chaining
 from sagann.interop import ConversionError, GraphData, convert, from_dgl, from_pyg, from_scipy, save_dataset
 from sagann.profiler import profile
 from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, CudaDevice, Device, EmulatedLink, ScheduleConfig
 from sagann.scheduler.host import HostMemory
 
-__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "ConversionError", "GraphData", "convert", "from_dgl", "from_pyg", "from_scipy", "save_dataset", "CpuDevice", "CudaDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "explain", "fn", "nn", "profile", "profiler", "__version__"]
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "ConversionError", "GraphData", "convert", "from_dgl", "from_pyg", "from_scipy", "save_dataset", "CpuDevice", "CudaDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "chaining", "explain", "fn", "nn", "profile", "profiler", "__version__"]

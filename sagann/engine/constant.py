@@ -23,12 +23,13 @@ import weakref
 import torch
 from torch import nn
 
-from sagann.engine.faces import Face, face_of
+from sagann.engine.faces import Face, base_of, face_of
+from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
 from sagann.engine.probe import unread_rows
-from sagann.engine.run import run_layer
+from sagann.engine.run import draw_seed, layer_shape, run_layer
 from sagann.fn import MessageFn
 
-__all__ = ["seen_gather", "note_gather", "reuses_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
+__all__ = ["seen_gather", "note_gather", "reuses_gather", "has_cached_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
 
 _CACHE = "constant_gather"  # ChunkedGraph._derived key: {_key(...): _Sighting}
 
@@ -116,10 +117,22 @@ def reuses_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor 
     return seen
 
 
+def has_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> bool:
+    """Is this layer's acc over these very inputs already cached (so its call is an ApplyVertex pass alone)? Records nothing."""
+    found = _sighting(layer, g, x, edge_data)
+    return found is not None and found[2] and found[0][found[1]].rows is not None
+
+
 def run_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None) -> torch.Tensor:
-    """The layer's output from its cached acc (propagated now if this is the inputs' second call)."""
+    """The layer's output from its cached acc (propagated now if this is the inputs' second call).
+
+    With chaining on (:func:`sagann.chaining`), the ApplyVertex pass itself
+    waits: the result is :class:`~sagann.engine.pending.PendingRows`, which
+    the next sagann layer may take pre-transformed (:mod:`sagann.engine.chain`).
+    """
     seen = g.cached(_CACHE, dict)[_key(layer, x, edge_data)]
-    if seen.rows is None:
+    filling = seen.rows is None  # this call propagates: its plan is a one-off, so it runs as it is, unchained
+    if filling:
         with torch.no_grad(), g.one_off_partition():  # a one-time pass at the input width: later passes keep their P
             acc = _run(face_of(layer, "_sagann_gather_only", _GatherOnly), g, x, edge_data)
         if layer.apply_vertex_reads_v:
@@ -129,7 +142,39 @@ def run_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.
             acc = rows
         seen.rows = acc
         g.allow_coarser_partition()  # this layer's streamed calls, which may have set P, are over while x stays
-    return _run(_on_gathered(layer, x), g.without_edges(), seen.rows)
+    face = _on_gathered(layer, x)
+    if filling or not chaining_enabled():
+        return _run(face, g.without_edges(), seen.rows)
+    source = CachedVertexPass(layer, g, int(x.shape[1]), seen.rows)
+    d_out = layer_shape(face, seen.rows, None, g.device.torch_device).d_out
+    needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in face.parameters())
+    return PendingRows(source, (x.shape[0], d_out), needs_grad)
+
+
+class CachedVertexPass(RowSource):
+    """A layer's ApplyVertex over its cached acc, not run yet: alone (:meth:`compute`) or with the next layer's start (:meth:`chained`)."""
+
+    def __init__(self, layer: nn.Module, g, d_in: int, rows: torch.Tensor):
+        super().__init__(torch.is_grad_enabled())
+        self.layer, self.g, self.d_in, self.cached = layer, g, d_in, rows
+        self.owner = base_of(layer)  # the user's layer, whatever face of it ran
+        self.name = getattr(layer, "display_name", None) or type(layer).__name__
+        self.seed = draw_seed(self._face())  # drawn now, as the call would: the caller's stream moves as unchained
+        self.watch(self._face().parameters())
+
+    def _face(self) -> "_OnGathered":
+        face = face_of(self.layer, "_sagann_on_gathered", _OnGathered)
+        face.d_in = self.d_in
+        return face
+
+    def compute(self) -> torch.Tensor:
+        return _run(self._face(), self.g.without_edges(), self.cached, seed=self.seed)
+
+    def chained(self, then: torch.nn.Module) -> torch.Tensor:
+        """``then(the layer's output)`` in the same ApplyVertex pass: the output itself never reaches the host."""
+        chained = face_of(self._face(), f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
+        self.check_unchanged()
+        return _run(chained, self.g.without_edges(), self.cached, seed=self.seed)
 
 
 def run_chained_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None, then: torch.nn.Module) -> torch.Tensor | None:
@@ -141,20 +186,15 @@ def run_chained_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data
     the host pass of whatever ``then`` computes. Only from the call after
     the one that cached acc; records nothing.
     """
-    found = _sighting(layer, g, x, edge_data)
-    if found is None or not found[2]:
+    if not has_cached_gather(layer, g, x, edge_data):
         return None
-    sightings, key, _ = found
-    rows = sightings[key].rows
-    if rows is None:
-        return None
-    chained = face_of(_on_gathered(layer, x), f"_sagann_then_{id(then)}", lambda base: _Chained(base, then))
-    return _run(chained, g.without_edges(), rows)
+    rows = g.cached(_CACHE, dict)[_key(layer, x, edge_data)].rows
+    return CachedVertexPass(layer, g, int(x.shape[1]), rows).chained(then)
 
 
-def _run(face: Face, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
+def _run(face: Face, g, x: torch.Tensor, edge_data: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
     """Run a face the engine made: its inputs are the engine's own, it caches nothing and is not compiled."""
-    return run_layer(face, g, x, edge_data, face.display_name)
+    return run_layer(face, g, x, edge_data, face.display_name, seed=seed)
 
 
 def _on_gathered(layer: nn.Module, x: torch.Tensor) -> "_OnGathered":
@@ -211,10 +251,13 @@ class _Chained(Face):
         return self._then(self._base.apply_vertex(v, acc))
 
     def named_parameters(self, *args, **kwargs):
-        yield from self._base.named_parameters(*args, **kwargs)
-        for name, p in self._then.named_parameters(*args, **kwargs):
-            yield f"then.{name}", p
+        seen = set()  # a parameter both functions use (the same layer, tied weights) is one input of the pass
+        for prefix, params in (("", self._base.named_parameters(*args, **kwargs)), ("then.", self._then.named_parameters(*args, **kwargs))):
+            for name, p in params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield prefix + name, p
 
     def parameters(self, recurse: bool = True):
-        yield from self._base.parameters(recurse)
-        yield from self._then.parameters(recurse)
+        for _, p in self.named_parameters():
+            yield p

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sagann import fn
-from sagann.engine.constant import note_gather, run_chained_on_cached_gather, seen_gather
+from sagann.engine.chain import on_terms, pre_transformed
+from sagann.engine.constant import has_cached_gather, note_gather, seen_gather
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.layer import Face, Layer, call_layer, face_of
+from sagann.engine.pending import PendingRows, RowOp, chaining
 
 __all__ = ["GCNConv", "SAGEConv", "GINConv", "GATConv", "GatedGCNConv"]
 
@@ -85,13 +87,14 @@ class GCNConv(Layer):
     def chain_into(self, g: ChunkedGraph, x: torch.Tensor, nxt: "GCNConv", act) -> torch.Tensor | None:
         """``act(self(g, x)) @ nxt.lin.weight.T``, nxt's rows to propagate, in one vertex pass; None where that does not apply.
 
-        Applies where this layer runs on its cached ``Â X`` (from the third
-        call with the same constant features) and ``nxt`` multiplies before
-        propagating (:func:`aggregates_first`). The caller then finishes nxt
-        with :meth:`propagate_projected`. This layer's output and ``act``'s
-        never exist on the host: out of core, two of the seven feature-wide
-        transfers of a 2-layer GCN epoch go, and a third, the activation's
-        (autograd saves one tensor for ``act`` and the matmul, not two).
+        The engine's layer chaining (:mod:`sagann.engine.chain`) for an
+        explicit pair: it applies where this layer runs on its cached
+        ``Â X`` (from the third call with the same constant features) and
+        ``nxt`` multiplies before propagating (:func:`aggregates_first`);
+        ``act`` is trusted to be row-wise. The caller then finishes nxt with
+        :meth:`propagate_projected`. A plain ``nxt(g, act(self(g, x)))``
+        chains the same way by itself for the activations
+        :mod:`sagann.engine.pending` records.
         """
         if type(self) is not GCNConv or type(nxt) is not GCNConv or nxt.in_channels != self.out_channels:
             return None
@@ -100,15 +103,19 @@ class GCNConv(Layer):
         if _aggregates_first_for(nxt, grad_in, grad and any(p.requires_grad for p in nxt.parameters()), tie=False):
             return None
         graph, norm = self._graph_and_weights(g, None)
-        then = nxt.__dict__.get("_sagann_then")
-        if then is None or then.act is not act:
-            then = nxt.__dict__["_sagann_then"] = _ActThenLinear(act, nxt.lin)
-        return run_chained_on_cached_gather(face_of(self, "_aggregate_first", _GCNAggregateFirst), graph, x, norm, then)
+        face = face_of(self, "_aggregate_first", _GCNAggregateFirst)
+        if not has_cached_gather(face, graph, x, norm):
+            return None
+        with chaining(True):
+            h = call_layer(face, graph, x, norm)
+        if not isinstance(h, PendingRows):
+            return None
+        return pre_transformed(nxt, graph, h.then(RowOp(getattr(act, "__name__", "act"), (act,), act, act)))
 
     def propagate_projected(self, g: ChunkedGraph, xw: torch.Tensor) -> torch.Tensor:
         """``Â xw + b`` for rows already multiplied by this layer's weight (see :meth:`chain_into`)."""
         graph, norm = self._graph_and_weights(g, None)
-        return call_layer(face_of(self, "_propagate", _GCNPropagate), graph, xw, norm)
+        return call_layer(on_terms(self, self.in_channels, None), graph, xw, norm)
 
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
         fill = 2.0 if self.improved else 1.0
@@ -159,38 +166,6 @@ class _GCNAggregateFirst(Face):
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         return F.linear(acc, self._base.lin.weight, self._base.bias)  # one addmm: no N x d temporary for the bias
-
-
-class _GCNPropagate(Face):
-    """The same GCNConv on rows already multiplied by its weight: ``Â xw + b``, over the bias alone."""
-
-    gather = "sum"
-    apply_vertex_reads_v = False
-    apply_edge = fn.src_mul_edge
-    caches_gather = False  # xw changes with the weights every step
-
-    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        bias = self._base.bias
-        return acc if bias is None else acc + bias
-
-    def named_parameters(self, *args, **kwargs):
-        return iter(()) if self._base.bias is None else iter([("bias", self._base.bias)])
-
-    def parameters(self, recurse: bool = True):
-        return iter(()) if self._base.bias is None else iter([self._base.bias])
-
-
-class _ActThenLinear(nn.Module):
-    """``lin(act(h))``: the next GCNConv's per-vertex start, chained onto a vertex pass (its ``lin`` is that conv's)."""
-
-    display_name = "act+lin"
-
-    def __init__(self, act, lin: nn.Linear):
-        super().__init__()
-        self.act, self.lin = act, lin
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lin(self.act(h))
 
 
 def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["Face", "face_of"]
+__all__ = ["Face", "base_of", "face_of"]
 
 
 class Face(nn.Module):
@@ -52,3 +52,10 @@ def face_of(base: nn.Module, key: str, make: Callable[[nn.Module], "Face"]) -> "
         face = base.__dict__[key] = make(base)
     face.training = base.training
     return face
+
+
+def base_of(layer: nn.Module) -> nn.Module:
+    """The user's layer behind a face (or behind faces of faces); a layer itself otherwise."""
+    while isinstance(layer, Face):
+        layer = layer.__dict__["_base"]
+    return layer

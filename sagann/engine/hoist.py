@@ -173,6 +173,7 @@ class HoistedLayer(Face):
     def __init__(self, layer: nn.Module, src_fn: fx.GraphModule | None, dst_fn: fx.GraphModule | None, rest: fx.GraphModule, plan: HoistPlan):
         super().__init__(layer)
         self.inner, self.gather, self.plan = layer, layer.gather, plan
+        self.apply_vertex_reads_v = getattr(layer, "apply_vertex_reads_v", True)  # the layer's promise holds for its compiled form
         self.src_fn, self.dst_fn, self.rest = src_fn, dst_fn, rest
         self._uses = {n.target for n in rest.graph.nodes if n.op == "placeholder" and n.users}
         if plan.builtin is not None:
@@ -188,6 +189,20 @@ class HoistedLayer(Face):
 
     def apply_vertex(self, v, acc):
         return self.inner.apply_vertex(v, acc)
+
+
+def compiled(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None) -> nn.Module:
+    """The layer with per-vertex terms hoisted (compiled once per input shape, kept on the layer), or the layer itself."""
+    if not layer.hoist:
+        return layer
+    d_edge = None if edge_data is None else (1 if edge_data.dim() == 1 else int(edge_data.shape[1]))
+    cache = layer.__dict__.setdefault("_sagann_hoist", {})
+    if (d_in, d_edge) not in cache:
+        cache[(d_in, d_edge)] = compile_layer(layer, d_in, d_edge)
+    runner = cache[(d_in, d_edge)][0]
+    if runner is not layer and runner.training != layer.training:
+        runner.train(layer.training)
+    return runner
 
 
 def compile_layer(layer: nn.Module, d_in: int, d_edge: int | None) -> tuple[nn.Module, HoistPlan]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sagann.engine.pending import PendingRows, RowOp
 from sagann.scheduler.host import check_spill
 
 __all__ = ["dropout", "relu"]
@@ -82,7 +83,15 @@ class _Dropout(torch.autograd.Function):
 
 
 def relu(x: torch.Tensor, g=None) -> torch.Tensor:
-    """``F.relu(x)``; under ``g``'s host budget, output and gradient placed by the budget."""
+    """``F.relu(x)``; under ``g``'s host budget, output and gradient placed by the budget.
+
+    On pending layer rows (:mod:`sagann.engine.pending`) it is recorded, to
+    run inside the next layer's chained pass, or here when they are computed.
+    """
+    if isinstance(x, PendingRows):
+        if x.chainable():
+            return x.then(RowOp("relu", ("relu",), lambda t: relu(t, g), F.relu))
+        x = x.value()
     host = _host_of(g)
     if not _applies(host, x):
         return F.relu(x)
@@ -94,6 +103,10 @@ def relu(x: torch.Tensor, g=None) -> torch.Tensor:
 
 def dropout(x: torch.Tensor, p: float, training: bool, g=None) -> torch.Tensor:
     """``F.dropout(x, p, training)``; under ``g``'s host budget, mask, output and gradient placed by the budget."""
+    if isinstance(x, PendingRows):
+        if not training or p == 0:
+            return x  # the identity: pending rows stay pending
+        x = x.value()
     host = _host_of(g)
     if not training or p == 0 or not _applies(host, x) or not 0 < p < 1 or not x.is_floating_point():
         return F.dropout(x, p, training)

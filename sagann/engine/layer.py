@@ -8,9 +8,11 @@ from sagann.engine.arguments import sagann_order
 from sagann.engine.constant import reuses_gather, run_on_cached_gather
 from sagann.engine.edges import EdgeBatch
 from sagann.engine.faces import Face, face_of
-from sagann.engine.hoist import compile_layer
+from sagann.engine.pending import PendingRows
+from sagann.engine.chain import chained_call, note_input, run_streamed
+from sagann.engine.hoist import compiled
 from sagann.engine.probe import probe_layer, unread_rows
-from sagann.engine.run import check_call, run_layer
+from sagann.engine.run import check_call
 
 __all__ = ["EdgeBatch", "Face", "Layer", "call_layer", "face_of", "probe_layer", "unread_rows"]
 
@@ -63,23 +65,19 @@ class Layer(nn.Module):
 
 
 def call_layer(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | None = None) -> torch.Tensor:
-    """What ``layer(g, x, edge_data)`` runs (a :class:`Layer` or a face of one): checked, then cached or compiled and run."""
+    """What ``layer(g, x, edge_data)`` runs (a :class:`Layer` or a face of one): checked, then cached or compiled and run.
+
+    ``x`` pending rows of the layer before (:mod:`sagann.engine.pending`)
+    are taken pre-transformed where the layer allows it
+    (:func:`sagann.engine.chain.chained_call`), else computed first.
+    """
+    if isinstance(x, PendingRows):
+        out = chained_call(layer, g, x, edge_data)
+        if out is not None:
+            return out
+        x = x.value()
     check_call(layer, g, x, edge_data)
     if reuses_gather(layer, g, x, edge_data):  # a Gather over unchanged inputs that need no gradient: computed once
         return run_on_cached_gather(layer, g, x, edge_data)
-    name = getattr(layer, "display_name", None) or type(layer).__name__
-    return run_layer(_compiled(layer, int(x.shape[1]), edge_data), g, x, edge_data, name)
-
-
-def _compiled(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None) -> nn.Module:
-    """The layer with per-vertex terms hoisted (compiled once per input shape), or the layer itself."""
-    if not layer.hoist:
-        return layer
-    d_edge = None if edge_data is None else (1 if edge_data.dim() == 1 else int(edge_data.shape[1]))
-    cache = layer.__dict__.setdefault("_sagann_hoist", {})
-    if (d_in, d_edge) not in cache:
-        cache[(d_in, d_edge)] = compile_layer(layer, d_in, d_edge)
-    runner = cache[(d_in, d_edge)][0]
-    if runner is not layer and runner.training != layer.training:
-        runner.train(layer.training)
-    return runner
+    note_input(layer, g, x, edge_data)
+    return run_streamed(compiled(layer, int(x.shape[1]), edge_data), g, x, edge_data)

@@ -7,6 +7,7 @@ from torch import nn
 
 from sagann.engine import host_ops
 from sagann.engine.convs import GATConv, GatedGCNConv, GCNConv, GINConv, SAGEConv
+from sagann.engine.pending import chaining, chaining_enabled
 
 __all__ = ["GCN", "GraphSAGE", "GIN", "GAT", "GGCN", "MLP", "MODELS", "build_model"]
 
@@ -14,10 +15,11 @@ __all__ = ["GCN", "GraphSAGE", "GIN", "GAT", "GGCN", "MLP", "MODELS", "build_mod
 class _Stack(nn.Module):
     """Layers with ReLU and dropout between them (on the host rows, under the graph's host budget).
 
-    ``chain_layers``: where a layer offers ``chain_into`` (GCNConv on a
-    cached Gather) and no dropout runs before the next layer, the layer,
-    the ReLU and the next layer's matmul run as one vertex pass (see
-    ``GCNConv.chain_into``). The same function, up to fp32 rounding.
+    Called as a user's own module would call its layers: the engine chains
+    them where it can (:mod:`sagann.engine.chain`: a GCNConv on its cached
+    Gather, the ReLU and the next GCNConv's matmul as one vertex pass).
+    ``chain_layers = False`` runs every layer on its own
+    (``sagann.chaining(False)`` inside this model's forward).
     """
 
     chain_layers = True
@@ -28,22 +30,14 @@ class _Stack(nn.Module):
         self.dropout = dropout
 
     def forward(self, g, x: torch.Tensor) -> torch.Tensor:
-        last, k = len(self.layers) - 1, 0
-        while k <= last:
-            layer = self.layers[k]
-            x = host_ops.dropout(x, self.dropout, self.training, g)  # F.dropout, under g's host budget
-            xw = None
-            if k < last and self.chain_layers and (self.dropout == 0 or not self.training) and hasattr(layer, "chain_into"):
-                xw = layer.chain_into(g, x, self.layers[k + 1], F.relu)
-            if xw is not None:
-                k += 1
-                x = self.layers[k].propagate_projected(g, xw)
-            else:
+        with chaining(self.chain_layers and chaining_enabled()):
+            last = len(self.layers) - 1
+            for k, layer in enumerate(self.layers):
+                x = host_ops.dropout(x, self.dropout, self.training, g)  # F.dropout, under g's host budget
                 x = layer(g, x)
-            if k < last:
-                x = host_ops.relu(x, g)
-            k += 1
-        return x
+                if k < last:
+                    x = host_ops.relu(x, g)
+            return x
 
 
 def _widths(in_channels: int, hidden: int, out_channels: int, num_layers: int) -> list[tuple[int, int]]:

@@ -17,6 +17,7 @@ from torch import nn
 from sagann.chunks.partition import GraphPartition
 from sagann.engine.backward import backward_pass
 from sagann.engine.call import CallFlags, CallSpec, LayerCall
+from sagann.engine.faces import base_of
 from sagann.engine.forward import forward_pass
 from sagann.engine.graph import ChunkedGraph, check_features
 from sagann.engine.multi import make_multi_call
@@ -26,7 +27,7 @@ from sagann.units import tensor_bytes
 from sagann.scheduler.planner import LayerShape
 from sagann.scheduler.schedule import BACKWARD, FORWARD
 
-__all__ = ["check_call", "run_layer"]
+__all__ = ["check_call", "draw_seed", "layer_shape", "run_layer"]
 
 _EDGE_ORDER_CACHE = "_sagann_edge_data_in_order"  # partition attribute: (weakref to input, its version, permuted)
 
@@ -47,8 +48,18 @@ def check_call(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | N
             raise ValueError(f"{type(layer).__name__}.{name} is on {p.device} but the graph's device computes on {device.torch_device}; move the layer there")
 
 
-def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None, name: str) -> torch.Tensor:
-    """Plan and run the chunked autograd function of ``layer`` (already compiled and checked) on ``g``."""
+def draw_seed(layer: nn.Module) -> int:
+    """The one draw a layer call takes from the caller's random stream (its functions' streams derive from it); 0 in eval."""
+    return int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
+
+
+def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: torch.Tensor | None, name: str, *, seed: int | None = None) -> torch.Tensor:
+    """Plan and run the chunked autograd function of ``layer`` (already compiled and checked) on ``g``.
+
+    ``seed``: the call's draw made earlier (:func:`draw_seed`), for a call
+    run later than the user made it, so the caller's stream is where an
+    immediate call would have left it.
+    """
     device = g.device
     params = [p for p in layer.parameters() if p.requires_grad]
     shape = _shape(layer, x, edge_data, device.torch_device)
@@ -58,12 +69,20 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
     shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes)
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if layer.training else 0
+    seed = draw_seed(layer) if seed is None else seed
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
     run = make_multi_call(spec, g, partition) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
     run.flags.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous(), g.host)
-    return _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
+    out = _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
+    if out.grad_fn is not None:  # which layer made these rows: layer chaining reads it off a next layer's input
+        out.grad_fn.sagann_layer = base_of(layer)
+    return out
+
+
+def layer_shape(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None, device) -> LayerShape:
+    """The probed :class:`LayerShape` of ``layer`` on inputs shaped as ``x`` and ``edge_data`` (cached on the layer)."""
+    return _shape(layer, x, edge_data, device)
 
 
 def _shape(layer: nn.Module, x: torch.Tensor, edge_data: torch.Tensor | None, device) -> LayerShape:
