@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sagann import profiler
+from sagann.chunks.partition import file_backed
 from sagann.kernels.graph import ChunkTensors, declare_rows_bound
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.meter import CpuMeter, Meter
@@ -340,10 +341,6 @@ class Device(abc.ABC):
         return True
 
 
-def _memory_mapped(a: np.ndarray) -> bool:
-    return isinstance(a, np.memmap) or isinstance(getattr(a, "base", None), np.memmap)
-
-
 class EmulatedLink:
     """An emulated host link of ``bandwidth`` bytes/s; CpuDevices given the same one share it (a switch's uplink).
 
@@ -435,24 +432,27 @@ class CpuDevice(Device):
         return not self.copy_transfers
 
     def chunk_index(self, chunk, source_major: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
-        """The sub-chunk's index arrays, made once per sub-chunk and kept while the partition lives.
+        """The sub-chunk's index arrays: views of the host's arrays, made once per sub-chunk and kept while it lives.
 
-        Here they are views of the host's arrays (no copy), so keeping them
-        costs only the int64 source rows (8 bytes a row); remade at every
-        step they cost more Python than a small sub-chunk's kernel.
-        Chunks read from a memory-mapped dataset are not kept (their int64
-        rows would sit in RAM beyond the host budget).
+        Views cost no memory, so keeping them costs none either; remade at
+        every step they cost more Python than a small sub-chunk's kernel.
+        The int64 source rows (8 bytes a row) are made at each step: kept
+        for every sub-chunk of a fine partition they would make out of core
+        cost more host memory than in memory. With ``copy_transfers`` every
+        step copies, as a GPU's would.
         """
-        if _memory_mapped(chunk.src_rows):
+        if self.copy_transfers or file_backed(chunk.src_rows):
             return super().chunk_index(chunk, source_major)
         per = self._index_memo.get(chunk)
         if per is None:
             per = self._index_memo[chunk] = {}
         key = bool(source_major)
-        made = per.get(key)
-        if made is None:
-            made = per[key] = super().chunk_index(chunk, key)
-        return made
+        ct = per.get(key)
+        if ct is None:
+            ct = per[key] = self.chunk_tensors(chunk, key)
+        rows = torch.from_numpy(chunk.src_rows.astype(np.int64))
+        declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)
+        return ct, rows, ct.nbytes
 
     @property
     def kernel_backend(self) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator
@@ -73,22 +72,14 @@ def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:
     return wide
 
 
-_GLOBAL_ROWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # sub-chunk -> its global source rows
-
-
 def global_src_rows(c: EdgeChunk) -> torch.Tensor:
     """The global ids (int64) of sub-chunk ``c``'s source rows: the host rows a selective transfer gathers.
 
-    Made once per sub-chunk, not at every step that sends them; not kept
-    for chunks read from a memory-mapped dataset (8 bytes a row of RAM
-    beyond the host budget).
+    Made at each step that sends them, not kept: 8 bytes a row for every
+    sub-chunk of a fine partition would make out of core cost more host
+    memory than in memory.
     """
-    rows = _GLOBAL_ROWS.get(c)
-    if rows is None:
-        rows = torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))
-        if not (isinstance(c.src_rows, np.memmap) or isinstance(getattr(c.src_rows, "base", None), np.memmap)):
-            _GLOBAL_ROWS[c] = rows
-    return rows
+    return torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))
 
 
 class Block:
