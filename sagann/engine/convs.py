@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +13,7 @@ from torch import nn
 from sagann import fn
 from sagann.engine.chain import on_terms, pre_transformed
 from sagann.engine.constant import has_cached_gather, note_gather, seen_gather
+from sagann.engine.gcn_norm import gcn_norm, loop_weights, unit_gcn_norm
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.layer import Face, Layer, call_layer, face_of
 from sagann.engine.pending import PendingRows, RowOp, chaining
@@ -128,9 +128,9 @@ class GCNConv(Layer):
             graph, kept = g, None
         if edge_weight is None:
             key = f"gcn_norm(fill={fill}, loops={self.add_self_loops})"
-            return graph, graph.cached(key, lambda: _kept_on_host(graph, _gcn_norm(graph, torch.ones(graph.num_edges) if kept is None else _loop_weights(g, kept, None, fill))))
-        w = edge_weight if kept is None else _loop_weights(g, kept, edge_weight, fill)
-        return graph, _gcn_norm(graph, w)
+            return graph, graph.cached(key, lambda: unit_gcn_norm(g, graph, kept, fill))
+        w = edge_weight if kept is None else loop_weights(g, kept, edge_weight, fill)
+        return graph, gcn_norm(graph, w)
 
 
 def aggregates_first(conv: Layer, x: torch.Tensor, edge_data: torch.Tensor | None = None, tie: bool = False) -> bool:
@@ -166,31 +166,6 @@ class _GCNAggregateFirst(Face):
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         return F.linear(acc, self._base.lin.weight, self._base.bias)  # one addmm: no N x d temporary for the bias
-
-
-def _loop_weights(g: ChunkedGraph, kept: np.ndarray, edge_weight: torch.Tensor | None, fill: float) -> torch.Tensor:
-    """Weights of the self-loop graph: kept edges' weights (``kept``: a mask over g's edges), then one loop per vertex."""
-    n = g.num_vertices
-    if edge_weight is None:  # unit weights: an existing self loop keeps weight 1
-        edge_weight = torch.ones(g.num_edges)
-    ei = g.edge_index()
-    is_loop = ei[0] == ei[1]
-    loop_w = torch.full((n,), fill, dtype=edge_weight.dtype)
-    if is_loop.any():  # an existing self loop keeps its weight
-        loop_w = loop_w.index_put((torch.from_numpy(ei[0][is_loop]),), edge_weight[torch.from_numpy(is_loop)])
-    return torch.cat([edge_weight[torch.from_numpy(kept)], loop_w])
-
-
-def _kept_on_host(graph: ChunkedGraph, t: torch.Tensor) -> torch.Tensor:
-    """``t``, kept for the graph's lifetime, placed under its host budget (a spill file past it)."""
-    return graph.host.copy(t, "GCN edge weights") if graph.host.enabled else t
-
-
-def _gcn_norm(graph: ChunkedGraph, w: torch.Tensor) -> torch.Tensor:
-    ei = torch.from_numpy(graph.edge_index())
-    deg = torch.zeros(graph.num_vertices, dtype=w.dtype).index_add(0, ei[1], w)
-    dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0)
-    return dinv[ei[0]] * w * dinv[ei[1]]
 
 
 class SAGEConv(Layer):

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, balanced_bounds
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds
+from sagann.chunks.recut import edges_at
 from sagann.engine.graph import ChunkedGraph
+from sagann.scheduler.cost_model import chunk_nnz
 from sagann.scheduler.devices import CpuDevice
 from sagann.scheduler.memory_model import resident_lower_bound, sub_chunk_nnz_for, vertex_weight
 from sagann.scheduler.planner import MAX_CHUNKS, Planner
@@ -104,7 +106,8 @@ def forecast_epoch(model: torch.nn.Module, g: ChunkedGraph, in_features: int, *,
     budget = g.memory_budget
     if budget is None or g.num_edges == 0 or g.multi_device or not isinstance(g.device, CpuDevice):
         return None
-    edges = g.partition.edge_index() if g.partition is not None else np.asarray(g.edge_index())
+    edges = g.edges_in_chunks()  # a dataset's edges are read chunk by chunk: no [2, E] list in RAM
+    edges = edges if edges is not None else np.asarray(g.edge_index())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         per_edge, per_sub, calls, passes, e_s = _calibrate(model, edges, g.num_vertices, in_features, sample_edges, seed)
@@ -119,13 +122,14 @@ def forecast_epoch(model: torch.nn.Module, g: ChunkedGraph, in_features: int, *,
     return Forecast(options[0], options[1:], e_s)
 
 
-def _sample(edges: np.ndarray, n: int, sample_edges: int, seed: int) -> tuple[np.ndarray, int]:
+def _sample(edges: np.ndarray | GraphPartition, n: int, sample_edges: int, seed: int) -> tuple[np.ndarray, int]:
     """Edges drawn uniformly, their ids folded onto as many vertices as keep the average degree."""
-    e = edges.shape[1]
+    e = edges.num_edges if isinstance(edges, GraphPartition) else edges.shape[1]
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(e, size=sample_edges, replace=False)) if e > sample_edges else np.arange(e)
     n_s = max(2, int(np.ceil(n * len(take) / e)))
-    return np.asarray(edges[:, take], dtype=np.int64) % n_s, n_s
+    picked = edges_at(edges, take) if isinstance(edges, GraphPartition) else edges[:, take]
+    return np.asarray(picked, dtype=np.int64) % n_s, n_s
 
 
 def _epoch(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor) -> tuple[float, int]:
@@ -195,8 +199,7 @@ def _option(edges, n, in_degree, calls, budget: int, floor: int) -> tuple[int, i
             return None
         p, sub = max(p, q), min(sub, sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ))
     bounds = balanced_bounds(in_degree, p, vertex_weight(*calls[-1][:2]) if calls else 1.0)
-    src, dst = np.searchsorted(bounds, edges[0], "right") - 1, np.searchsorted(bounds, edges[1], "right") - 1
-    nnz = np.bincount(src * p + dst, minlength=p * p)
+    nnz = chunk_nnz(edges, bounds).ravel()
     return p, int(np.ceil(nnz[nnz > 0] / sub).sum())
 
 

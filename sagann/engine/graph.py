@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sagann.chunks.partition import GraphPartition, as_edge_index
+from sagann.chunks.partition import GraphPartition, as_edge_index, pack_chunks
+from sagann.chunks.recut import remaining_self_loops
 from sagann.kernels import backend_names
 from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
 from sagann.scheduler.config import ScheduleConfig
@@ -92,6 +93,7 @@ class ChunkedGraph:
         distributed=False,
         host_memory: "int | str | HostMemory | None" = None,
         _partition: GraphPartition | None = None,
+        _source: GraphPartition | None = None,
     ):
         self.devices = resolve_devices(device)
         self._device_list = isinstance(device, (list, tuple))  # a list, even of one, runs the multi-device path
@@ -111,10 +113,12 @@ class ChunkedGraph:
         self.costs = CostTable()
         self.pass_log: list[PassRecord] = []
         self.replans: list[Replan] = []  # re-plans after running out of device memory, oldest first
-        if _partition is not None:
+        self._source = _source  # a partition holding the edges, to cut from (an engine-derived graph before its first call)
+        if _partition is not None or _source is not None:
+            given = _partition if _partition is not None else _source
             self._edge_index = None
-            self.num_vertices, self.num_edges = _partition.num_vertices, _partition.num_edges
-            self.in_degree = _partition.in_degree
+            self.num_vertices, self.num_edges = given.num_vertices, given.num_edges
+            self.in_degree = given.in_degree
         else:
             self._edge_index = compact_ids(as_edge_index(_edge_list_of(edge_index), num_vertices), num_vertices)
             self.num_vertices, self.num_edges = int(num_vertices), int(self._edge_index.shape[1])
@@ -129,7 +133,7 @@ class ChunkedGraph:
         self.backend = backend
         self._derived: dict[str, object] = {}
         self.planner = Planner(
-            self.edge_index, self.num_vertices, self.in_degree, self.devices, self.schedule,
+            self._edges_to_cut, self.num_vertices, self.in_degree, self.devices, self.schedule,
             host_spills=self.host.enabled, partition=_partition, num_chunks=num_chunks, sub_chunk_nnz=sub_chunk_nnz,
             place=self.host.place_chunks if self.host.enabled else None,
         )
@@ -189,8 +193,26 @@ class ChunkedGraph:
             return self._edge_index
         if self._derived_edges is not None:  # an engine-made graph's list is rebuilt when asked, not kept
             return self._derived_edges()
-        self._edge_index = compact_ids(self.partition.edge_index(), self.num_vertices)
+        part = self.partition if self.partition is not None else self._source
+        self._edge_index = compact_ids(part.edge_index(), self.num_vertices)
         return self._edge_index
+
+    def edges_in_chunks(self) -> GraphPartition | None:
+        """The partition holding this graph's edges when its ``[2, E]`` list is not kept in RAM, else None.
+
+        A dataset's graph (and the graphs the engine derives from it, such as
+        GCN's self loops) reads its edges chunk by chunk from here: under a
+        host budget the list (16 bytes an edge) would be the largest array
+        of the run.
+        """
+        if self._edge_index is not None or self._derived_edges is not None:
+            return None
+        return self.partition if self.partition is not None else self._source
+
+    def _edges_to_cut(self):
+        """What the planner cuts a new partition from: the chunks where the list is not in RAM, else the list."""
+        part = self.edges_in_chunks()
+        return part if part is not None else self.edge_index()
 
     def plan(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
         """The partition for a layer call (``Planner.partition_for``): the current one if it fits, else a finer one."""
@@ -230,6 +252,12 @@ class ChunkedGraph:
         this graph's edges, True for the ones that are its first ``E' - N``
         edges (in order); the last N edges are the loops.
         """
+        part = self.edges_in_chunks()
+        if "self_loops" not in self._derived and part is not None:  # derived chunk by chunk: no edge list in RAM
+            loops, loop_ids, _ = remaining_self_loops(part, place=self.host.place_chunks if self.host.enabled else pack_chunks)
+            kept = np.ones(self.num_edges, dtype=bool)
+            kept[loop_ids] = False
+            self._derived["self_loops"] = (self._derive(None, self.planner.fixed_chunks, self.planner.fixed_sub_chunk_nnz, source=loops), kept)
         if "self_loops" not in self._derived:
             kept = self.edge_index()[0] != self.edge_index()[1]
             derived = self._derive(_with_self_loops(self.edge_index, kept, self.num_vertices), self.planner.fixed_chunks, self.planner.fixed_sub_chunk_nnz)
@@ -252,12 +280,12 @@ class ChunkedGraph:
             self._derived["no_edges"] = self._derive(np.zeros((2, 0), dtype=np.int64), None, None)
         return self._derived["no_edges"]
 
-    def _derive(self, edge_index, num_chunks: int | None, sub_chunk_nnz: int | None) -> "ChunkedGraph":
+    def _derive(self, edge_index, num_chunks: int | None, sub_chunk_nnz: int | None, source: GraphPartition | None = None) -> "ChunkedGraph":
         """A graph over these vertices with other edges: same devices, chains, ranks, host memory and schedule, and this graph's logs."""
         devices = self.devices if self._device_list else self.device
         derived = ChunkedGraph(
             edge_index, self.num_vertices, num_chunks, devices, sub_chunk_nnz, self.backend, self.schedule,
-            topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host,
+            topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host, _source=source,
         )
         derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
         derived.step_log, derived.call_log = self.step_log, self.call_log

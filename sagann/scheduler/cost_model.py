@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sagann.chunks.partition import balanced_bounds, partition_graph
+from sagann.chunks.partition import GraphPartition, balanced_bounds, partition_graph
+from sagann.chunks.recut import chunk_nnz_of
 from sagann.kernels import gspmm
 from sagann.scheduler import calibration
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight
@@ -159,8 +160,14 @@ class PartitionEstimate:
         return predict_seconds(costs, self.bytes, self.steps)
 
 
-def chunk_nnz(edges: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """``[P, P]`` edges of each chunk E_ij (sources in V_i, destinations in V_j) for interval ``bounds``."""
+def chunk_nnz(edges: np.ndarray | GraphPartition, bounds: np.ndarray) -> np.ndarray:
+    """``[P, P]`` edges of each chunk E_ij (sources in V_i, destinations in V_j) for interval ``bounds``.
+
+    ``edges``: the ``[2, E]`` list, or a partition (counted chunk by chunk
+    when the list is not kept in RAM).
+    """
+    if isinstance(edges, GraphPartition):
+        return chunk_nnz_of(edges, bounds)
     p = len(bounds) - 1
     i = np.searchsorted(bounds, edges[0], side="right") - 1
     j = np.searchsorted(bounds, edges[1], side="right") - 1
@@ -202,7 +209,7 @@ def _sub_for_room(room: int, in_flight: int, shape: LayerShape, fused: bool, def
     return sub_chunk_nnz_for(max(0, 2 * room // max(1, in_flight)), shape, fused, default)
 
 
-def faster_partition(edges: np.ndarray, in_degree: np.ndarray, chosen, job: dict, costs: StepCosts, max_chunks: int) -> tuple[int, int] | None:
+def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, chosen, job: dict, costs: StepCosts, max_chunks: int) -> tuple[int, int] | None:
     """(P, sub-chunk edges) of a larger P the time model predicts faster than ``chosen`` (the smallest P that fits, widened), or None.
 
     At the smallest P the resident rows leave little room, so sub-chunks are

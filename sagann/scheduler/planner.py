@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, pack_chunks, partition_graph
+from sagann.chunks.recut import recut
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.cost_model import MARGIN, faster_partition, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
@@ -151,7 +152,8 @@ class Planner:
     """Chooses a graph's partition per layer call and the plan of each pass, within the devices' budgets.
 
     Args:
-        edges: returns the graph's ``[2, E]`` edge list (called only to cut a new partition).
+        edges: returns the graph's ``[2, E]`` edge list, or a partition of
+            it when the list is not kept in RAM (called only to cut a new partition).
         num_vertices: N.
         in_degree: in-edges per vertex (bounds a P's resident rows before it is cut).
         devices: the devices sharing the partition: P fits the smallest
@@ -326,7 +328,10 @@ class Planner:
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
         # each chunk placed as it is cut: the search also holds its best candidate while it cuts the next
-        return partition_graph(self._edges(), self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
+        edges = self._edges()
+        if isinstance(edges, GraphPartition):  # the list is not in RAM: re-cut the chunks a row at a time
+            return recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
+        return partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
 
     def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
         """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.

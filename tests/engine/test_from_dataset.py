@@ -37,3 +37,62 @@ def test_corrupt_dataset_refused(tmp_path):
         f.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(DatasetError, match="src_idx.npy"):
         sagann.ChunkedGraph.from_dataset(path)
+
+
+@pytest.fixture
+def no_edge_list(monkeypatch):
+    """Fail any rebuild of a whole [2, E] edge list from a partition."""
+    def refuse(self):
+        raise AssertionError("the [2, E] edge list was rebuilt in RAM")
+
+    monkeypatch.setattr(sagann.chunks.partition.GraphPartition, "edge_index", refuse)
+
+
+@pytest.mark.parametrize("model", ["gcn", "gat"])
+@pytest.mark.parametrize("host_memory", [None, "4KB"])
+def test_dataset_graph_trains_without_its_edge_list(tmp_path, no_edge_list, model, host_memory):
+    """Self loops, GCN weights, re-cuts to the device budget's P and the forecast all read chunks."""
+    rng = np.random.default_rng(3)
+    n, ei = 80, awkward_graph(rng, 80, 600)
+    path = save_dataset(tmp_path / "ds", partition_graph(ei, n, 2, 64))
+    make = (lambda: sagann.nn.GCNConv(6, 4)) if model == "gcn" else (lambda: sagann.nn.GATConv(6, 2, heads=2))
+    torch.manual_seed(0)
+    layer = make()
+    torch.manual_seed(0)
+    twin = make()
+    x = torch.randn(n, 6, requires_grad=True)
+    on_disk = sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("24KB"), host_memory=host_memory)
+    out = layer(on_disk, x)
+    (grad,) = torch.autograd.grad(out.square().sum(), [x])
+    assert on_disk.with_remaining_self_loops()[0].partition.num_chunks != 2, "the self-loop graph was re-cut to the budget's P"
+    assert on_disk.edges_in_chunks() is not None
+    in_ram = sagann.ChunkedGraph(ei, n, num_chunks=1)
+    want = twin(in_ram, x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), [x])
+    assert_rel_close(out, want)
+    assert_rel_close(grad, want_grad)
+
+
+def test_weighted_gcn_on_a_dataset_graph_reads_chunks(tmp_path, no_edge_list):
+    rng = np.random.default_rng(4)
+    n, ei = 50, awkward_graph(rng, 50, 300)
+    path = save_dataset(tmp_path / "ds", partition_graph(ei, n, 3, 32))
+    w = torch.rand(ei.shape[1]) + 0.1
+    torch.manual_seed(0)
+    layer = sagann.nn.GCNConv(3, 2)
+    x = torch.randn(n, 3)
+    got = layer(sagann.ChunkedGraph.from_dataset(path), x, w)
+    want = layer(sagann.ChunkedGraph(ei, n), x, w)
+    assert_rel_close(got, want)
+
+
+def test_forecast_of_a_dataset_graph_reads_chunks(tmp_path, no_edge_list):
+    from sagann.engine.foresight import forecast_epoch
+    from sagann.engine.models import build_model
+
+    rng = np.random.default_rng(5)
+    n, ei = 400, awkward_graph(rng, 400, 3000)
+    path = save_dataset(tmp_path / "ds", partition_graph(ei, n, 2))
+    model = build_model("gcn", 8, 8, 3)
+    forecast = forecast_epoch(model, sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("64KB")), 8, sample_edges=500)
+    assert forecast is not None and forecast.plan.epoch_seconds > 0

@@ -1,0 +1,179 @@
+"""Partitions made from partitions, a chunk row at a time: the edge list is never rebuilt in RAM.
+
+A dataset's partition is memory-mapped; under a host budget its graph's
+``[2, E]`` edge list (16 bytes an edge, more while it is sorted) is the
+largest array a run would otherwise build. Re-cutting at another P, adding
+self loops and reading a few edges all go through the existing chunks
+instead, and give exactly what :func:`~sagann.chunks.partition.partition_graph`
+gives on the rebuilt list (same intervals, sub-chunks and edge order).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, split_chunk
+from sagann.chunks.types import EdgeChunk
+
+__all__ = ["edges_at", "chunk_nnz_of", "recut", "remaining_self_loops"]
+
+Place = Callable[[list[EdgeChunk]], list[EdgeChunk]]
+
+
+def _row_edges(part: GraphPartition, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, edge id) of every edge whose source is in ``[lo, hi)``, in ascending edge id."""
+    srcs, dsts, ids = [], [], []
+    for i in range(part.num_chunks):
+        a, b = part.interval(i)
+        if b <= lo or a >= hi:
+            continue
+        for c in part.row(i):
+            s = c.global_src()
+            keep = (s >= lo) & (s < hi)
+            if keep.all():
+                srcs.append(s)
+                dsts.append(c.global_dst())
+                ids.append(np.asarray(c.edge_ids))
+            elif keep.any():
+                srcs.append(s[keep])
+                dsts.append(c.global_dst()[keep])
+                ids.append(np.asarray(c.edge_ids)[keep])
+    if not ids:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    src, dst, eid = (np.concatenate(a).astype(np.int64, copy=False) for a in (srcs, dsts, ids))
+    order = np.argsort(eid, kind="stable")
+    return src[order], dst[order], eid[order]
+
+
+def _cut_row(i: int, bounds: np.ndarray, src, dst, eid, max_nnz: int, place: Place | None) -> dict[tuple[int, int], list[EdgeChunk]]:
+    """The chunks (i, j) of one row from its edges (ascending ids): sorted by (j, destination), ties by id."""
+    p = bounds.shape[0] - 1
+    j = np.searchsorted(bounds, dst, side="right") - 1
+    order = np.lexsort((dst, j))  # stable: equal (j, dst) keep ascending edge ids
+    src, dst, eid, j = src[order], dst[order], eid[order], j[order]
+    starts = np.searchsorted(j, np.arange(p + 1))
+    out = {}
+    for jj in range(p):
+        a, b = int(starts[jj]), int(starts[jj + 1])
+        if b > a:
+            subs = split_chunk(i, jj, bounds, dst[a:b] - bounds[jj], src[a:b] - bounds[i], eid[a:b], max_nnz)
+            out[(i, jj)] = subs if place is None else place(subs)
+    return out
+
+
+def recut(
+    part: GraphPartition,
+    num_chunks: int,
+    sub_chunk_nnz: int | None = None,
+    bounds: np.ndarray | None = None,
+    vertex_weight: float = 1.0,
+    place: Place | None = None,
+) -> GraphPartition:
+    """``part``'s graph cut into ``num_chunks`` intervals, one new chunk row at a time.
+
+    Equal to ``partition_graph(part.edge_index(), ...)`` with the same
+    arguments; holds one new row's edges (about E / P of them) at a time.
+    """
+    if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
+        raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
+    max_nnz = DEFAULT_SUB_CHUNK_NNZ if sub_chunk_nnz is None else int(sub_chunk_nnz)
+    if max_nnz < 1:
+        raise ValueError(f"sub_chunk_nnz must be >= 1, got {sub_chunk_nnz}")
+    n = part.num_vertices
+    bounds = balanced_bounds(part.in_degree, int(num_chunks), vertex_weight) if bounds is None else np.asarray(bounds, dtype=np.int64)
+    if bounds.shape != (num_chunks + 1,) or bounds[0] != 0 or bounds[-1] != n or np.any(np.diff(bounds) < 0):
+        raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {n}")
+    if part.num_chunks == num_chunks and part.sub_chunk_nnz == max_nnz and np.array_equal(part.bounds, bounds):
+        return part  # already this cut
+    chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
+    for i in range(int(num_chunks)):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if hi > lo:
+            chunks.update(_cut_row(i, bounds, *_row_edges(part, lo, hi), max_nnz, place))
+    return GraphPartition(num_vertices=n, num_edges=part.num_edges, bounds=bounds, chunks=chunks, in_degree=part.in_degree, sub_chunk_nnz=max_nnz)
+
+
+def _loops(part: GraphPartition) -> tuple[np.ndarray, np.ndarray]:
+    """(edge ids, vertices) of the self loops, by ascending edge id (only diagonal chunks hold any)."""
+    ids, verts = [], []
+    for i in range(part.num_chunks):
+        for c in part.chunks.get((i, i), ()):
+            s = c.global_src()
+            hit = s == c.global_dst()
+            if hit.any():
+                ids.append(np.asarray(c.edge_ids)[hit])
+                verts.append(s[hit].astype(np.int64))
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    eid, v = np.concatenate(ids), np.concatenate(verts)
+    order = np.argsort(eid, kind="stable")
+    return eid[order], v[order]
+
+
+def remaining_self_loops(part: GraphPartition, place: Place | None = None) -> tuple[GraphPartition, np.ndarray, np.ndarray]:
+    """``part``'s graph with every self loop replaced by exactly one per vertex, at the same intervals.
+
+    The edge order is PyG's: the other edges in their order, then the loop
+    of vertex ``v`` at ``E' - N + v``. Off-diagonal chunks are reused as
+    they are (their edge ids shifted past removed loops, if any); only the
+    diagonal chunks are rebuilt. Returns the partition, and the removed
+    loops' edge ids and vertices (ascending ids).
+    """
+    loop_ids, loop_vertices = _loops(part)
+    n, kept_edges = part.num_vertices, part.num_edges - loop_ids.shape[0]
+    shift = (lambda ids: ids - np.searchsorted(loop_ids, ids)) if loop_ids.shape[0] else None
+    chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
+    for (i, j), subs in part.chunks.items():
+        if i == j:
+            continue
+        if shift is None:
+            chunks[(i, j)] = subs
+        else:
+            new = [replace(c, edge_ids=shift(np.asarray(c.edge_ids))) for c in subs]
+            chunks[(i, j)] = new if place is None else place(new)
+    for i, lo, hi in part.intervals():
+        src, dst, eid = [], [], []
+        for c in part.chunks.get((i, i), ()):
+            s, d = c.global_src(), c.global_dst()
+            keep = s != d
+            src.append(s[keep])
+            dst.append(d[keep])
+            eid.append(np.asarray(c.edge_ids)[keep])
+        v = np.arange(lo, hi, dtype=np.int64)
+        src, dst = np.concatenate([*src, v]).astype(np.int64), np.concatenate([*dst, v]).astype(np.int64)
+        old = np.concatenate(eid).astype(np.int64) if eid else np.zeros(0, dtype=np.int64)
+        ids = np.concatenate([old if shift is None else shift(old), kept_edges + v])
+        order = np.argsort(ids, kind="stable")
+        row = _cut_row(i, part.bounds, src[order], dst[order], ids[order], part.sub_chunk_nnz, place)
+        chunks[(i, i)] = row[(i, i)]
+    in_degree = part.in_degree - np.bincount(loop_vertices, minlength=n) + 1
+    out = GraphPartition(num_vertices=n, num_edges=kept_edges + n, bounds=part.bounds, chunks=dict(sorted(chunks.items())), in_degree=in_degree.astype(np.int64), sub_chunk_nnz=part.sub_chunk_nnz)
+    return out, loop_ids, loop_vertices
+
+
+def edges_at(part: GraphPartition, ids: np.ndarray) -> np.ndarray:
+    """The ``[2, len(ids)]`` (source, destination) of the edges ``ids`` (sorted, unique), read chunk by chunk."""
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.empty((2, ids.shape[0]), dtype=np.int64)
+    for c in part.sub_chunks():
+        eid = np.asarray(c.edge_ids)
+        pos = np.searchsorted(ids, eid)
+        hit = (pos < ids.shape[0]) & (ids[np.minimum(pos, ids.shape[0] - 1)] == eid) if ids.shape[0] else np.zeros(eid.shape, bool)
+        if hit.any():
+            out[0, pos[hit]] = c.global_src()[hit]
+            out[1, pos[hit]] = c.global_dst()[hit]
+    return out
+
+
+def chunk_nnz_of(part: GraphPartition, bounds: np.ndarray) -> np.ndarray:
+    """``[P, P]`` edges of each chunk under interval ``bounds``, counted chunk by chunk."""
+    p = len(bounds) - 1
+    counts = np.zeros(p * p, dtype=np.int64)
+    for c in part.sub_chunks():
+        i = np.searchsorted(bounds, c.global_src(), side="right") - 1
+        j = np.searchsorted(bounds, c.global_dst(), side="right") - 1
+        counts += np.bincount(i * p + j, minlength=p * p)
+    return counts.reshape(p, p)
