@@ -246,9 +246,12 @@ class GraphPartition:
         random gather by ``edge_ids`` in every pass.
         """
         subs = list(self.sub_chunks())
-        order = np.concatenate([c.edge_ids for c in subs]) if subs else np.zeros(0, dtype=np.int64)
-        if self.num_edges <= np.iinfo(np.int32).max:  # an index for index_select: int32 is enough, and half the memory
-            order = order.astype(np.int32)
+        # an index for index_select: int32 is enough where it fits, and half the memory; filled in place, no E-long int64 temporary
+        order = np.empty(sum(c.nnz for c in subs), dtype=np.int32 if self.num_edges <= np.iinfo(np.int32).max else np.int64)
+        at = 0
+        for c in subs:
+            order[at : at + c.nnz] = c.edge_ids
+            at += c.nnz
         starts = np.concatenate([[0], np.cumsum([c.nnz for c in subs])[:-1]]).astype(np.int64) if subs else []
         return order, {c.id: int(o) for c, o in zip(subs, starts)}
 

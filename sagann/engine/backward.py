@@ -347,17 +347,18 @@ def _edges_source_major(call: LayerCall, edata: torch.Tensor) -> torch.Tensor:
     """Chunk-ordered edge data with each sub-chunk's rows in source-major order (``rows[src_perm]``).
 
     Every sub-chunk keeps its slice; only the order inside it changes.
+    Only for data without a gradient (written in place, slice by slice).
     Cached on the partition while ``edata`` lives unchanged (a GCN's
     normalisation: once per training run, not per pass).
     """
     hit = call.p.__dict__.get(_SOURCE_MAJOR_CACHE)
     if hit is not None and hit[0]() is edata and hit[1] == edata._version:
         return hit[2]
-    perm = np.arange(edata.shape[0], dtype=np.int64)
+    host = call.g.host  # written a sub-chunk at a time under the host budget: no E-long index or copy in RAM
+    out = host.empty(tuple(edata.shape), edata.dtype, "edge data in source-major order") if host.enabled else torch.empty_like(edata)
     for c in call.p.sub_chunks():
         off = call.edge_offset(c)
-        perm[off : off + c.nnz] = off + c.src_perm
-    out = edata.index_select(0, torch.from_numpy(perm))
+        out[off : off + c.nnz] = edata[off : off + c.nnz].index_select(0, torch.from_numpy(c.src_perm.astype(np.int64)))
     call.p.__dict__[_SOURCE_MAJOR_CACHE] = (weakref.ref(edata), edata._version, out)
     return out
 
