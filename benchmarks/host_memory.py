@@ -17,7 +17,7 @@ imports (sagann, torch, numba) and compiles nothing; each row's
 virtual device's memory is host RAM too): what the budgets do not cover,
 to compare with ``HOST_MEMORY_SLACK``.
 
-Run: python benchmarks/host_memory.py [--vertices 400000] [--degree 8] [--features 64] [--epochs 3] [--fractions 0.5 0.25 0.125]
+Run: python benchmarks/host_memory.py [--vertices 400000] [--degree 8] [--features 64] [--epochs 3] [--fractions 0.5 0.25 0.125 | --budgets 256MB]
 Appends one JSON line to benchmarks/results.jsonl.
 """
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--memory-budget", default="64MB")
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.5, 0.25, 0.125])
+    ap.add_argument("--budgets", nargs="*", default=None, help="explicit --host-memory values (e.g. 256MB) instead of fractions; no unlimited run")
     ap.add_argument("--interval", type=float, default=0.01, help="RSS sampling interval, seconds")
     ap.add_argument("--work", default="/tmp/sagann-host-memory")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results.jsonl")
@@ -155,19 +156,26 @@ def main() -> None:
     print(f"dataset {dataset}: {graph}", flush=True)
     base = interpreter_footprint(args.interval)
     print(f"interpreter (sagann, torch, numba imported): {base / 2**20:.1f} MiB anonymous", flush=True)
-    rows = [train(dataset, args, None, work / "spill")]
-    if "error" in rows[0]:
-        raise SystemExit(f"the unlimited run failed: {rows[0]['error']}")
-    top = rows[0]["peak_anon_bytes"]
-    rows += [train(dataset, args, int(top * f), work / "spill") for f in args.fractions]
+    if args.budgets:
+        from sagann.units import parse_bytes
+
+        labels = args.budgets
+        rows = [train(dataset, args, parse_bytes(b), work / "spill") for b in args.budgets]
+    else:
+        rows = [train(dataset, args, None, work / "spill")]
+        if "error" in rows[0]:
+            raise SystemExit(f"the unlimited run failed: {rows[0]['error']}")
+        top = rows[0]["peak_anon_bytes"]
+        rows += [train(dataset, args, int(top * f), work / "spill") for f in args.fractions]
+        labels = [None, *(f"1/{round(1 / f)}" for f in args.fractions)]
     mib = lambda b: "-" if b is None else f"{b / 2**20:.0f} MiB"  # noqa: E731
     print("| host memory | peak anon RSS | over interp.+budget+device | peak RSS | spilled | epoch | losses equal |")
-    for f, r in zip([None, *args.fractions], rows):
+    for f, r in zip(labels, rows):
         if "error" in r:
             print(f"| {f} | FAILED: {r['error'].splitlines()[-1]} |")
             continue
         over = None if r["host_memory_bytes"] is None else r["peak_anon_bytes"] - base - r["host_memory_bytes"] - (r["peak_device_bytes"] or 0)
-        label = "none" if f is None else f"1/{round(1 / f)} = {mib(r['host_memory_bytes'])}"
+        label = "none" if f is None else f"{f} = {mib(r['host_memory_bytes'])}"
         print(f"| {label} | {mib(r['peak_anon_bytes'])} | {mib(over)} | {mib(r['peak_rss_bytes'])} | {mib(r['spilled_bytes_total'])} | "
               f"{r['epoch_seconds_median']:.2f} s | {r['losses'] == rows[0]['losses']} |", flush=True)
     result = {"graph": {"name": name, **graph}, "args": vars(args), "interpreter_anon_bytes": base, "rows": rows}
