@@ -1,7 +1,7 @@
 """2D partition of an edge list into P vertex intervals and P x P edge chunks."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterator
 
@@ -199,6 +199,8 @@ class GraphPartition:
     chunks: dict[tuple[int, int], list[EdgeChunk]]
     in_degree: np.ndarray  # int64 [N]
     sub_chunk_nnz: int
+    # makes the E-long arrays derived per partition (``edge_order``): numpy's default, or the host budget's (a spill file past it)
+    alloc: Callable[[int, np.dtype], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_chunks(self) -> int:
@@ -247,7 +249,8 @@ class GraphPartition:
         """
         subs = list(self.sub_chunks())
         # an index for index_select: int32 is enough where it fits, and half the memory; filled in place, no E-long int64 temporary
-        order = np.empty(sum(c.nnz for c in subs), dtype=np.int32 if self.num_edges <= np.iinfo(np.int32).max else np.int64)
+        dtype = np.dtype(np.int32 if self.num_edges <= np.iinfo(np.int32).max else np.int64)
+        order = np.empty(sum(c.nnz for c in subs), dtype=dtype) if self.alloc is None else self.alloc(sum(c.nnz for c in subs), dtype)
         at = 0
         for c in subs:
             order[at : at + c.nnz] = c.edge_ids

@@ -217,6 +217,9 @@ class ChunkedGraph:
     def plan(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
         """The partition for a layer call (``Planner.partition_for``): the current one if it fits, else a finer one."""
         part = self.planner.partition_for(shape, fused, param_bytes)
+        if self.host.enabled and part.alloc is None:  # the partition's E-long edge order goes under the host budget too
+            host = self.host
+            part.alloc = lambda n, dtype: host.array(n, dtype, "edge order")
         if self._derived_edges is not None:  # nobody else holds this list, and it can be rebuilt
             self._edge_index = None
         return part
@@ -255,7 +258,8 @@ class ChunkedGraph:
         part = self.edges_in_chunks()
         if "self_loops" not in self._derived and part is not None:  # derived chunk by chunk: no edge list in RAM
             loops, loop_ids, _ = remaining_self_loops(part, place=self.host.place_chunks if self.host.enabled else pack_chunks)
-            kept = np.ones(self.num_edges, dtype=bool)
+            kept = self.host.array(self.num_edges, np.bool_, "kept-edge mask") if self.host.enabled else np.empty(self.num_edges, dtype=bool)
+            kept[:] = True
             kept[loop_ids] = False
             self._derived["self_loops"] = (self._derive(None, self.planner.fixed_chunks, self.planner.fixed_sub_chunk_nnz, source=loops), kept)
         if "self_loops" not in self._derived:

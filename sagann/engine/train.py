@@ -21,7 +21,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sagann import kernels, profiler
@@ -30,6 +29,7 @@ from sagann.chunks.stamp import verify_once, write_stamp
 from sagann.engine.checkpoint import CheckpointError, Checkpointer
 from sagann.engine.foresight import Forecast, forecast_epoch
 from sagann.engine.graph import ChunkedGraph
+from sagann.engine.loss import masked_accuracy, masked_cross_entropy
 from sagann.engine.models import MODELS, build_model
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice, Device
@@ -109,9 +109,8 @@ def _stop_on_sigterm(active: bool) -> Iterator[_SigtermStop]:
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
-    if int(mask.sum()) == 0:
-        return float("nan")
-    return float((logits[mask].argmax(-1) == y[mask]).float().mean())
+    """The fraction of masked rows predicted right (a block of rows at a time: no copy of the masked logits)."""
+    return masked_accuracy(logits, y, mask)
 
 
 @contextlib.contextmanager
@@ -305,7 +304,7 @@ def _train_epoch(loop: _Loop, epoch: int, saved: int) -> int:
     opt.zero_grad()
     with _saved_under_host_budget(g):
         logits = model(g, x)
-        loss = F.cross_entropy(logits[train_mask], y[train_mask]) if bool(train_mask.any()) else None
+        loss = masked_cross_entropy(logits, y, train_mask, g.host) if bool(train_mask.any()) else None
     if loss is not None:
         loss.backward()
         opt.step()
@@ -425,13 +424,20 @@ def _open(path, host: HostMemory, verify: bool = True):
     n, f = (int(v) for v in ds.x.shape)
     # features and the logits are alive together in every training step: at least what they take beyond the budget spills
     host.check_disk_room(4 * n * (f + max(ds.num_classes, 1)) - (host.budget or 0), "the features and the model's output")
-    x = host.empty((n, f), torch.float32, "features")
-    step = max(1, (64 << 20) // max(1, 4 * int(ds.x.shape[1])))  # 64 MiB of rows at a time
-    for lo in range(0, int(ds.x.shape[0]), step):
-        x[lo : lo + step] = torch.from_numpy(np.array(ds.x[lo : lo + step], dtype=np.float32))
-    y = torch.from_numpy(np.array(ds.y, dtype=np.int64))
-    masks = tuple(torch.from_numpy(np.array(ds.masks[m], dtype=np.bool_)) for m in SPLITS)
+    x = _load_rows(host, ds.x, np.float32, "features")
+    y = _load_rows(host, ds.y, np.int64, "labels")
+    masks = tuple(_load_rows(host, ds.masks[m], np.bool_, f"{m} mask") for m in SPLITS)
     return ds, x, y, masks, checked
+
+
+def _load_rows(host: HostMemory, a: np.ndarray, dtype, what: str) -> torch.Tensor:
+    """A dataset array (memory-mapped) copied into a tensor under the host budget, 64 MiB of rows at a time."""
+    out = host.empty(tuple(a.shape), torch.from_numpy(np.empty(0, dtype=dtype)).dtype, what)
+    row = max(1, np.dtype(dtype).itemsize * int(np.prod(a.shape[1:], dtype=np.int64)))
+    step = max(1, (64 << 20) // row)
+    for lo in range(0, int(a.shape[0]), step):
+        out[lo : lo + step] = torch.from_numpy(np.array(a[lo : lo + step], dtype=dtype))
+    return out
 
 
 def run_training(

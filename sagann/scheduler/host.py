@@ -274,6 +274,10 @@ class HostMemory:
             return t
         return self._spill(shape, dtype, nbytes, what)
 
+    def array(self, n: int, dtype, what: str = "host array") -> np.ndarray:
+        """A 1-D numpy array of ``n`` items of ``dtype`` placed as :meth:`empty` places a tensor (it keeps the tensor alive)."""
+        return self.empty((int(n),), torch.from_numpy(np.empty(0, dtype=dtype)).dtype, what).numpy()
+
     def zeros(self, shape, dtype: torch.dtype = torch.float32, what: str = "host tensor") -> torch.Tensor:
         t = self.empty(shape, dtype, what)
         if not is_spilled(t):  # spill files start zero-filled
