@@ -304,7 +304,7 @@ def _train_epoch(loop: _Loop, epoch: int, saved: int) -> int:
     opt.zero_grad()
     with _saved_under_host_budget(g):
         logits = model(g, x)
-        loss = masked_cross_entropy(logits, y, train_mask, g.host) if bool(train_mask.any()) else None
+        loss = masked_cross_entropy(logits, y, train_mask, getattr(g, "host", None)) if bool(train_mask.any()) else None
     if loss is not None:
         loss.backward()
         opt.step()
