@@ -22,24 +22,28 @@ __all__ = ["edges_at", "chunk_nnz_of", "recut", "remaining_self_loops"]
 Place = Callable[[list[EdgeChunk]], list[EdgeChunk]]
 
 
-def _row_edges(part: GraphPartition, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(src, dst, edge id) of every edge whose source is in ``[lo, hi)``, in ascending edge id."""
+def _overlapping(part: GraphPartition, lo: int, hi: int) -> list[int]:
+    """The intervals of ``part`` that meet ``[lo, hi)``."""
+    return [p for p in range(part.num_chunks) if part.bounds[p] < hi and part.bounds[p + 1] > lo and part.bounds[p + 1] > part.bounds[p]]
+
+
+def _block_edges(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, edge id) of every edge with its source in ``rows`` and destination in ``cols`` (half-open ranges), in ascending edge id."""
+    (lo, hi), (dlo, dhi) = rows, cols
     srcs, dsts, ids = [], [], []
-    for i in range(part.num_chunks):
-        a, b = part.interval(i)
-        if b <= lo or a >= hi:
-            continue
-        for c in part.row(i):
-            s = c.global_src()
-            keep = (s >= lo) & (s < hi)
-            if keep.all():
-                srcs.append(s)
-                dsts.append(c.global_dst())
-                ids.append(np.asarray(c.edge_ids))
-            elif keep.any():
-                srcs.append(s[keep])
-                dsts.append(c.global_dst()[keep])
-                ids.append(np.asarray(c.edge_ids)[keep])
+    for a in _overlapping(part, lo, hi):
+        for b in _overlapping(part, dlo, dhi):
+            for c in part.chunks.get((a, b), ()):
+                s, d = c.global_src(), c.global_dst()
+                keep = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
+                if keep.all():
+                    srcs.append(s)
+                    dsts.append(d)
+                    ids.append(np.asarray(c.edge_ids))
+                elif keep.any():
+                    srcs.append(s[keep])
+                    dsts.append(d[keep])
+                    ids.append(np.asarray(c.edge_ids)[keep])
     if not ids:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
@@ -48,17 +52,29 @@ def _row_edges(part: GraphPartition, lo: int, hi: int) -> tuple[np.ndarray, np.n
     return src[order], dst[order], eid[order]
 
 
+def _column_groups(old_bounds: np.ndarray, new_bounds: np.ndarray) -> list[tuple[int, int]]:
+    """Runs ``[j0, j1)`` of new columns, one per old column they start in.
+
+    A new chunk is never split between runs (its sub-chunks depend on all
+    its rows), and each run reads about one old column: a row is cut a
+    run at a time, so it holds about ``E / (P_new * P_old)`` edges, not ``E / P_new``.
+    """
+    p = new_bounds.shape[0] - 1
+    owner = np.searchsorted(old_bounds, new_bounds[:-1], side="right") - 1
+    cuts = [0, *(np.flatnonzero(np.diff(owner)) + 1).tolist(), p]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
 def _cut_row(i: int, bounds: np.ndarray, src, dst, eid, max_nnz: int, place: Place | None) -> dict[tuple[int, int], list[EdgeChunk]]:
-    """The chunks (i, j) of one row from its edges (ascending ids): sorted by (j, destination), ties by id."""
-    p = bounds.shape[0] - 1
+    """The chunks (i, j) of one row (or part of one) from its edges (ascending ids): sorted by (j, destination), ties by id."""
     j = np.searchsorted(bounds, dst, side="right") - 1
     order = np.lexsort((dst, j))  # stable: equal (j, dst) keep ascending edge ids
     src, dst, eid, j = src[order], dst[order], eid[order], j[order]
-    starts = np.searchsorted(j, np.arange(p + 1))
+    cuts = [0, *(np.flatnonzero(np.diff(j)) + 1).tolist(), j.shape[0]]
     out = {}
-    for jj in range(p):
-        a, b = int(starts[jj]), int(starts[jj + 1])
+    for a, b in zip(cuts[:-1], cuts[1:]):
         if b > a:
+            jj = int(j[a])
             subs = split_chunk(i, jj, bounds, dst[a:b] - bounds[jj], src[a:b] - bounds[i], eid[a:b], max_nnz)
             out[(i, jj)] = subs if place is None else place(subs)
     return out
@@ -72,10 +88,12 @@ def recut(
     vertex_weight: float = 1.0,
     place: Place | None = None,
 ) -> GraphPartition:
-    """``part``'s graph cut into ``num_chunks`` intervals, one new chunk row at a time.
+    """``part``'s graph cut into ``num_chunks`` intervals, a run of new chunks at a time.
 
     Equal to ``partition_graph(part.edge_index(), ...)`` with the same
-    arguments; holds one new row's edges (about E / P of them) at a time.
+    arguments; holds the edges of one new row's chunks that start in one
+    old column at a time (about ``E / (P * P_old)``), and reads each old
+    chunk about twice per new row that meets it.
     """
     if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
         raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
@@ -89,11 +107,13 @@ def recut(
     if part.num_chunks == num_chunks and part.sub_chunk_nnz == max_nnz and np.array_equal(part.bounds, bounds):
         return part  # already this cut
     chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
+    groups = _column_groups(part.bounds, bounds)
     for i in range(int(num_chunks)):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
-        if hi > lo:
-            chunks.update(_cut_row(i, bounds, *_row_edges(part, lo, hi), max_nnz, place))
-    return GraphPartition(num_vertices=n, num_edges=part.num_edges, bounds=bounds, chunks=chunks, in_degree=part.in_degree, sub_chunk_nnz=max_nnz)
+        for j0, j1 in groups if hi > lo else ():
+            if bounds[j1] > bounds[j0]:
+                chunks.update(_cut_row(i, bounds, *_block_edges(part, (lo, hi), (int(bounds[j0]), int(bounds[j1]))), max_nnz, place))
+    return GraphPartition(num_vertices=n, num_edges=part.num_edges, bounds=bounds, chunks=dict(sorted(chunks.items())), in_degree=part.in_degree, sub_chunk_nnz=max_nnz)
 
 
 def _loops(part: GraphPartition) -> tuple[np.ndarray, np.ndarray]:
