@@ -213,6 +213,9 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
                     "sub_chunk_nnz": ooc["sub_chunk_nnz"], "steps": ooc["steps"], "bytes_moved": ooc["bytes_moved"], "bytes_lower_bound": ooc["bytes_lower_bound"],
                     "peak_device_bytes": ooc["peak_device_bytes"], "pass_model_seconds": ooc["pass_model_seconds"], "pass_achieved_seconds": ooc["pass_achieved_seconds"]})
         row.update(_cell(mem, ooc, measure_step_costs(run.g.device)))
+        model, achieved = ooc["pass_model_seconds"], ooc["pass_achieved_seconds"]
+        # the planner's own prediction of each pass (g.pass_log), against the pass's measured time
+        row["pass_prediction_error"] = model / achieved - 1 if model and achieved else None
     return rows
 
 
@@ -232,9 +235,12 @@ def summarise_cells(cells: list[dict]) -> dict:
         ratios = [c["ratio"] for c in cells if "ratio" in c and keep(c)]
         best = [c["best_ratio"] for c in cells if "ratio" in c and keep(c)]
         errors = [abs(c["prediction_error"]) for c in cells if "ratio" in c and keep(c)]
+        passes = [abs(c["pass_prediction_error"]) for c in cells if "ratio" in c and keep(c) and c.get("pass_prediction_error") is not None]
         if ratios:
             out[name] = {"cells": len(ratios), "median_ratio": statistics.median(ratios), "worst_ratio": max(ratios), "median_best_ratio": statistics.median(best),
-                         "median_abs_prediction_error": statistics.median(errors), "worst_abs_prediction_error": max(errors)}
+                         "median_abs_prediction_error": statistics.median(errors), "worst_abs_prediction_error": max(errors),
+                         "median_abs_pass_prediction_error": statistics.median(passes) if passes else None,
+                         "worst_abs_pass_prediction_error": max(passes) if passes else None}
     out["failed"] = sum("error" in c for c in cells)
     return out
 
@@ -261,6 +267,8 @@ def format_sweep(r: dict) -> str:
     for name, s in r["summary"].items():
         if isinstance(s, dict):
             lines.append(f"{name}: {s['cells']} cells, median ratio {s['median_ratio']:.2f} (of best epochs {s['median_best_ratio']:.2f}), worst {s['worst_ratio']:.2f}; "
-                         f"prediction error median {100 * s['median_abs_prediction_error']:.0f}%, worst {100 * s['worst_abs_prediction_error']:.0f}%")
+                         f"prediction error median {100 * s['median_abs_prediction_error']:.0f}%, worst {100 * s['worst_abs_prediction_error']:.0f}%"
+                         + (f"; pass-log prediction error median {100 * s['median_abs_pass_prediction_error']:.0f}%, worst {100 * s['worst_abs_pass_prediction_error']:.0f}%"
+                            if s.get("median_abs_pass_prediction_error") is not None else ""))
     lines.append(f"{r['summary']['failed']} cells failed; {r['seconds']:.0f} s")
     return "\n".join(lines)
