@@ -68,7 +68,7 @@ def interval_of(bounds: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     return np.searchsorted(bounds, vertices, side="right") - 1
 
 
-def _sub_chunk_ranges(dst_ptr: np.ndarray, max_nnz: int) -> list[tuple[int, int, int, int]]:
+def sub_chunk_ranges(dst_ptr: np.ndarray, max_nnz: int) -> list[tuple[int, int, int, int]]:
     """Cut a chunk's edges into runs of exactly ``max_nnz`` (the last shorter): ``(e0, e1, r0, r1)``.
 
     A run may start or end inside a destination row: every reducer merges
@@ -140,7 +140,7 @@ def split_chunk(
     dst_ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(dst_local, minlength=rows), out=dst_ptr[1:])
     subs = []
-    for sub, (e0, e1, r0, r1) in enumerate(_sub_chunk_ranges(dst_ptr, max_nnz)):
+    for sub, (e0, e1, r0, r1) in enumerate(sub_chunk_ranges(dst_ptr, max_nnz)):
         subs.append(
             make_sub_chunk(
                 ChunkId(i, j, sub),

@@ -14,42 +14,21 @@ from typing import Callable
 
 import numpy as np
 
-from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, split_chunk
-from sagann.chunks.types import EdgeChunk
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, make_sub_chunk, split_chunk, sub_chunk_ranges
+from sagann.chunks.types import ChunkId, EdgeChunk
 
 __all__ = ["edges_at", "chunk_nnz_of", "recut", "remaining_self_loops"]
 
 Place = Callable[[list[EdgeChunk]], list[EdgeChunk]]
+Gather = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+# a run of more edges than this is built a sub-chunk at a time (its edges read once more to count them first)
+DIRECT_EDGES = 1 << 20
 
 
 def _overlapping(part: GraphPartition, lo: int, hi: int) -> list[int]:
     """The intervals of ``part`` that meet ``[lo, hi)``."""
     return [p for p in range(part.num_chunks) if part.bounds[p] < hi and part.bounds[p + 1] > lo and part.bounds[p + 1] > part.bounds[p]]
-
-
-def _block_edges(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(src, dst, edge id) of every edge with its source in ``rows`` and destination in ``cols`` (half-open ranges), in ascending edge id."""
-    (lo, hi), (dlo, dhi) = rows, cols
-    srcs, dsts, ids = [], [], []
-    for a in _overlapping(part, lo, hi):
-        for b in _overlapping(part, dlo, dhi):
-            for c in part.chunks.get((a, b), ()):
-                s, d = c.global_src(), c.global_dst()
-                keep = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
-                if keep.all():
-                    srcs.append(s)
-                    dsts.append(d)
-                    ids.append(np.asarray(c.edge_ids))
-                elif keep.any():
-                    srcs.append(s[keep])
-                    dsts.append(d[keep])
-                    ids.append(np.asarray(c.edge_ids)[keep])
-    if not ids:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    src, dst, eid = (np.concatenate(a).astype(np.int64, copy=False) for a in (srcs, dsts, ids))
-    order = np.argsort(eid, kind="stable")
-    return src[order], dst[order], eid[order]
 
 
 def _column_groups(old_bounds: np.ndarray, new_bounds: np.ndarray) -> list[tuple[int, int]]:
@@ -77,6 +56,75 @@ def _cut_row(i: int, bounds: np.ndarray, src, dst, eid, max_nnz: int, place: Pla
             jj = int(j[a])
             subs = split_chunk(i, jj, bounds, dst[a:b] - bounds[jj], src[a:b] - bounds[i], eid[a:b], max_nnz)
             out[(i, jj)] = subs if place is None else place(subs)
+    return out
+
+
+def _windowed_chunk(i: int, j: int, bounds: np.ndarray, counts: np.ndarray, gather: Gather, max_nnz: int, place: Place | None) -> list[EdgeChunk]:
+    """Chunk (i, j) built a sub-chunk at a time, as :func:`split_chunk` cuts it.
+
+    ``counts``: its edges per destination row of V_j; ``gather(r0, r1)``:
+    (src, dst, edge id) of its edges in local rows ``[r0, r1)``, any order.
+    Each sub-chunk is placed as soon as it is built, so the chunk is never
+    in RAM whole.
+    """
+    dst_ptr = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=dst_ptr[1:])
+    subs = []
+    for sub, (e0, e1, r0, r1) in enumerate(sub_chunk_ranges(dst_ptr, max_nnz)):
+        src, dst, eid = gather(r0, r1)
+        base = int(dst_ptr[r0])
+        take = np.lexsort((eid, dst))[e0 - base : e1 - base]  # chunk order: destination, then edge id
+        made = [make_sub_chunk(ChunkId(i, j, sub), int(bounds[i]), int(bounds[j]), r0, np.clip(dst_ptr[r0 : r1 + 1] - e0, 0, e1 - e0),
+                               src[take] - bounds[i], eid[take], int(bounds[i + 1] - bounds[i]))]
+        subs += made if place is None else place(made)
+    return subs
+
+
+def _edges_of(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, edge id) with the source in ``rows`` and the destination in ``cols``, any order; old sub-chunks outside ``cols`` are skipped unread."""
+    (lo, hi), (dlo, dhi) = rows, cols
+    srcs, dsts, ids = [], [], []
+    for a in _overlapping(part, lo, hi):
+        for b in _overlapping(part, dlo, dhi):
+            for c in part.chunks.get((a, b), ()):
+                first = c.dst_start + c.dst_offset
+                if first >= dhi or first + c.num_dst <= dlo:
+                    continue
+                s, d = c.global_src(), c.global_dst()
+                hit = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
+                if keep is not None:
+                    hit &= keep(s, d)
+                srcs.append(s[hit])
+                dsts.append(d[hit])
+                ids.append(np.asarray(c.edge_ids)[hit])
+    if not ids:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return tuple(np.concatenate(a).astype(np.int64, copy=False) for a in (srcs, dsts, ids))
+
+
+def _cut_run(part: GraphPartition, i: int, cols: tuple[int, int], bounds: np.ndarray, max_nnz: int, place: Place | None) -> dict[tuple[int, int], list[EdgeChunk]]:
+    """The new chunks (i, j0..j1-1): at once when the run is small, else a sub-chunk at a time."""
+    lo, hi = int(bounds[i]), int(bounds[i + 1])
+    dlo, dhi = int(bounds[cols[0]]), int(bounds[cols[1]])
+    upper = sum(c.nnz for a in _overlapping(part, lo, hi) for b in _overlapping(part, dlo, dhi) for c in part.chunks.get((a, b), ()))
+    if upper <= DIRECT_EDGES:
+        src, dst, eid = _edges_of(part, (lo, hi), (dlo, dhi))
+        order = np.argsort(eid, kind="stable")
+        return _cut_row(i, bounds, src[order], dst[order], eid[order], max_nnz, place)
+    counts = np.zeros(dhi - dlo, dtype=np.int64)
+    for a in _overlapping(part, lo, hi):  # a first pass counts each destination row's edges
+        for b in _overlapping(part, dlo, dhi):
+            for c in part.chunks.get((a, b), ()):
+                s, d = c.global_src(), c.global_dst()
+                hit = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
+                counts += np.bincount(d[hit] - dlo, minlength=dhi - dlo)
+    out = {}
+    for j in range(*cols):
+        jlo, jhi = int(bounds[j]), int(bounds[j + 1])
+        rows = counts[jlo - dlo : jhi - dlo]
+        if jhi > jlo and rows.any():
+            out[(i, j)] = _windowed_chunk(i, j, bounds, rows, lambda r0, r1, jlo=jlo: _edges_of(part, (lo, hi), (jlo + r0, jlo + r1)), max_nnz, place)
     return out
 
 
@@ -112,7 +160,7 @@ def recut(
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         for j0, j1 in groups if hi > lo else ():
             if bounds[j1] > bounds[j0]:
-                chunks.update(_cut_row(i, bounds, *_block_edges(part, (lo, hi), (int(bounds[j0]), int(bounds[j1]))), max_nnz, place))
+                chunks.update(_cut_run(part, i, (j0, j1), bounds, max_nnz, place))
     return GraphPartition(num_vertices=n, num_edges=part.num_edges, bounds=bounds, chunks=dict(sorted(chunks.items())), in_degree=part.in_degree, sub_chunk_nnz=max_nnz)
 
 
@@ -155,6 +203,9 @@ def remaining_self_loops(part: GraphPartition, place: Place | None = None) -> tu
             new = [replace(c, edge_ids=shift(np.asarray(c.edge_ids))) for c in subs]
             chunks[(i, j)] = new if place is None else place(new)
     for i, lo, hi in part.intervals():
+        if sum(c.nnz for c in part.chunks.get((i, i), ())) > DIRECT_EDGES:
+            chunks[(i, i)] = _windowed_diagonal(part, i, loop_vertices, shift, kept_edges, place)
+            continue
         src, dst, eid = [], [], []
         for c in part.chunks.get((i, i), ()):
             s, d = c.global_src(), c.global_dst()
@@ -172,6 +223,23 @@ def remaining_self_loops(part: GraphPartition, place: Place | None = None) -> tu
     in_degree = part.in_degree - np.bincount(loop_vertices, minlength=n) + 1
     out = GraphPartition(num_vertices=n, num_edges=kept_edges + n, bounds=part.bounds, chunks=dict(sorted(chunks.items())), in_degree=in_degree.astype(np.int64), sub_chunk_nnz=part.sub_chunk_nnz)
     return out, loop_ids, loop_vertices
+
+
+def _windowed_diagonal(part: GraphPartition, i: int, loop_vertices: np.ndarray, shift, kept_edges: int, place: Place | None) -> list[EdgeChunk]:
+    """Chunk (i, i) of the self-loop graph, a sub-chunk at a time: the old one's edges less its loops, plus one loop per vertex."""
+    lo, hi = part.interval(i)
+    counts = np.zeros(hi - lo, dtype=np.int64)
+    for c in part.chunks[(i, i)]:
+        counts[c.dst_offset : c.dst_offset + c.num_dst] += np.diff(c.dst_ptr.astype(np.int64))
+    inside = loop_vertices[(loop_vertices >= lo) & (loop_vertices < hi)]
+    counts += 1 - np.bincount(inside - lo, minlength=hi - lo)
+
+    def gather(r0: int, r1: int):
+        src, dst, eid = _edges_of(part, (lo, hi), (lo + r0, lo + r1), keep=lambda s, d: s != d)
+        v = np.arange(lo + r0, lo + r1, dtype=np.int64)
+        return np.concatenate([src, v]), np.concatenate([dst, v]), np.concatenate([eid if shift is None else shift(eid), kept_edges + v])
+
+    return _windowed_chunk(i, i, part.bounds, counts, gather, part.sub_chunk_nnz, place)
 
 
 def edges_at(part: GraphPartition, ids: np.ndarray) -> np.ndarray:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from sagann.chunks.partition import CHUNK_ARRAYS, balanced_bounds, pack_chunks, partition_graph
+from sagann.chunks import recut as recut_mod
 from sagann.chunks.recut import chunk_nnz_of, edges_at, recut, remaining_self_loops
 from tests.engine.graphs import graphs
 
@@ -27,17 +29,25 @@ def with_self_loops(ei: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([ei[:, ei[0] != ei[1]], np.stack([loops, loops])], axis=1)
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.fixture(params=["direct", "windowed"])
+def windowed(request, monkeypatch):
+    """Both ways of building a chunk: whole (small runs), and a sub-chunk at a time (large ones)."""
+    if request.param == "windowed":
+        monkeypatch.setattr(recut_mod, "DIRECT_EDGES", 0)
+    return request.param
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # the fixture only sets a constant
 @given(graph=graphs(max_vertices=60, max_edges=300), p_from=st.integers(1, 9), p_to=st.integers(1, 12), sub=st.sampled_from([1, 3, 50, None]), weight=st.sampled_from([1.0, 4.0]))
-def test_recut_equals_cutting_the_edge_list(graph, p_from, p_to, sub, weight):
+def test_recut_equals_cutting_the_edge_list(windowed, graph, p_from, p_to, sub, weight):
     n, ei = graph
     old = partition_graph(ei, n, p_from, 5)
     assert_same_partition(recut(old, p_to, sub, vertex_weight=weight), partition_graph(ei, n, p_to, sub, vertex_weight=weight))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(graph=graphs(max_vertices=60, max_edges=300), p=st.integers(1, 9), sub=st.sampled_from([1, 3, 50, None]), packed=st.booleans())
-def test_self_loops_equal_cutting_the_edge_list(graph, p, sub, packed):
+def test_self_loops_equal_cutting_the_edge_list(windowed, graph, p, sub, packed):
     n, ei = graph
     part = partition_graph(ei, n, p, sub)
     got, loop_ids, loop_vertices = remaining_self_loops(part, place=pack_chunks if packed else None)
