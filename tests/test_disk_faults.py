@@ -62,14 +62,19 @@ def _can_mount_tmpfs() -> bool:
 TRAIN = ["--epochs", "3", "--hidden", "16", "--memory-budget", "150KB", "--order", "natural", "--json"]
 
 
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="no unprivileged mount namespace here for a small tmpfs")
-def test_spill_dir_on_a_full_tmpfs_is_one_error_line_not_sigbus(dataset, tmp_path):
-    """Spill files larger than the disk: before space was reserved with posix_fallocate, this died of SIGBUS (exit 135)."""
+def _train_on_tmpfs(dataset, tmp_path, size: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``sagann train --host-memory 1KB`` spilling into a fresh tmpfs of ``size`` (a mount namespace of its own)."""
     small = tmp_path / "small"
     small.mkdir()
     cmd = [sys.executable, "-m", "sagann.cli", "train", str(dataset), *TRAIN, "--host-memory", "1KB", "--spill-dir", str(small)]
-    script = f"mount -t tmpfs -o size=400k tmpfs {small} && exec " + " ".join(map(str, cmd))
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+    script = f"mount -t tmpfs -o size={size} tmpfs {small} && exec " + " ".join(map(str, cmd))
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT), small
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="no unprivileged mount namespace here for a small tmpfs")
+def test_spill_dir_on_a_full_tmpfs_is_one_error_line_not_sigbus(dataset, tmp_path):
+    """Spill files larger than the disk: before space was reserved with posix_fallocate, this died of SIGBUS (exit 135)."""
+    r, _ = _train_on_tmpfs(dataset, tmp_path, "400k")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     lines = _error_lines(r.stderr)
     assert len(lines) == 1 and lines[0].startswith("sagann train: error: cannot create a") and "No space left on device" in lines[0], r.stderr
@@ -79,11 +84,7 @@ def test_spill_dir_on_a_full_tmpfs_is_one_error_line_not_sigbus(dataset, tmp_pat
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="no unprivileged mount namespace here for a small tmpfs")
 def test_spill_dir_too_small_for_the_plan_is_refused_up_front(dataset, tmp_path):
     """Features and logits beyond --host-memory (240 KB) cannot fit a 100 KB disk: refused before training, naming the flags."""
-    small = tmp_path / "small"
-    small.mkdir()
-    cmd = [sys.executable, "-m", "sagann.cli", "train", str(dataset), *TRAIN, "--host-memory", "1KB", "--spill-dir", str(small)]
-    script = f"mount -t tmpfs -o size=100k tmpfs {small} && exec " + " ".join(map(str, cmd))
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+    r, small = _train_on_tmpfs(dataset, tmp_path, "100k")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     lines = _error_lines(r.stderr)
     assert len(lines) == 1 and lines[0].startswith("sagann train: error: the run spills at least"), r.stderr
