@@ -178,6 +178,7 @@ def main() -> None:
         label = "none" if f is None else f"{f} = {mib(r['host_memory_bytes'])}"
         print(f"| {label} | {mib(r['peak_anon_bytes'])} | {mib(over)} | {mib(r['peak_rss_bytes'])} | {mib(r['spilled_bytes_total'])} | "
               f"{r['epoch_seconds_median']:.2f} s | {r['losses'] == rows[0]['losses']} |", flush=True)
+        print(f"losses: {r['losses']}", flush=True)
     result = {"graph": {"name": name, **graph}, "args": vars(args), "interpreter_anon_bytes": base, "rows": rows}
     if not args.no_record:
         sys.path.insert(0, str(ROOT))
