@@ -32,7 +32,7 @@ from sagann.kernels import gspmm
 from sagann.scheduler import calibration
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight
 
-__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
+__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
 
 _LOG = logging.getLogger("sagann")
 _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
@@ -97,6 +97,30 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
             known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
     _MEASURED[kind] = known
     return known
+
+
+_IN_PASS: dict = {}  # device kind -> what a step costs inside a pass beyond the calibrated fixed cost, learned from the pass log
+
+
+def in_pass_step_seconds(device) -> float:
+    """What a step has cost inside the passes that ran, beyond the calibrated fixed cost (0.0 before any).
+
+    The calibration times a bare loop (index arrays, a row gather, one
+    kernel); inside a pass a step also pays the prefetcher's hand-offs,
+    the ledger and the profiler, several times that on a loaded CPU. Only
+    the pass log's predictions read this; the planner plans with the
+    stored calibration, so the same command plans alike in every run.
+    """
+    return _IN_PASS.get(_kind(device), 0.0)
+
+
+def learn_in_pass_step(device, base_seconds: float, achieved_seconds: float, steps: int) -> None:
+    """Fold one pass's time beyond its calibrated prediction, per step, into :func:`in_pass_step_seconds` (an even mix with the earlier passes')."""
+    if steps <= 0 or base_seconds != base_seconds:  # nothing predicted (NaN): nothing to learn
+        return
+    kind, extra = _kind(device), (achieved_seconds - base_seconds) / steps
+    old = _IN_PASS.get(kind)
+    _IN_PASS[kind] = extra if old is None else 0.5 * (old + extra)
 
 
 def measured_step_costs(device) -> StepCosts | None:

@@ -31,7 +31,7 @@ from sagann import profiler
 from sagann.scheduler import progress
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
-from sagann.scheduler.cost_model import measured_step_costs, predict_seconds
+from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
 from sagann.scheduler.host import is_spilled, trim_freed_memory
@@ -421,7 +421,9 @@ class Executor:
         phase = plan.phase
         full = moved - plan.bytes_moved + plan.bytes_full
         steps = sum(len(s.subs) for s in plan.steps())
-        model = self._model_seconds(plan, steps, moved)
+        base = self._model_seconds(plan, steps, moved)
+        model = max(0.0, base + steps * in_pass_step_seconds(self.device)) if base == base else base  # what steps cost in the passes before this one
+        learn_in_pass_step(self.device, base, seconds, steps)
         for key, (load, busy) in times.items():
             self.log.costs.update((self.log.key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
@@ -434,7 +436,10 @@ class Executor:
         trim_freed_memory()  # the pass's small buffers are freed: their pages go back to the OS, not to the next pass's peak
 
     def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
-        """The time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.
+        """The calibrated time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.
+
+        ``record_pass`` adds what steps cost inside the earlier passes
+        beyond it (:func:`~sagann.scheduler.cost_model.in_pass_step_seconds`).
 
         Edge work: the compute the cost table holds for the plan's chunks from
         earlier runs, less their fixed cost per step; NaN before every chunk

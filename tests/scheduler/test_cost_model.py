@@ -148,3 +148,24 @@ def test_a_device_that_cannot_run_the_calibration_plans_by_bytes(caplog):
     costs = measure_step_costs(Broken(copy_transfers=True))
     assert costs.seconds_per_step == 0 and costs.seconds_per_byte > 0
     assert "fixed cost per step" in caplog.text
+
+
+def test_the_pass_log_learns_what_a_step_costs_inside_a_pass_and_the_planner_does_not():
+    dev = sagann.CpuDevice("1MB")
+    kind = cost_model._kind(dev)
+    saved = cost_model._IN_PASS.pop(kind, None)
+    try:
+        assert cost_model.in_pass_step_seconds(dev) == 0.0
+        cost_model.learn_in_pass_step(dev, float("nan"), 1.0, 10)  # nothing predicted: nothing learned
+        assert cost_model.in_pass_step_seconds(dev) == 0.0
+        cost_model.learn_in_pass_step(dev, 1.0, 2.0, 100)  # 1 s beyond the prediction over 100 steps
+        assert cost_model.in_pass_step_seconds(dev) == pytest.approx(0.01)
+        cost_model.learn_in_pass_step(dev, 1.0, 1.0, 100)  # an exact pass halves it
+        assert cost_model.in_pass_step_seconds(dev) == pytest.approx(0.005)
+        before = cost_model.measure_step_costs(dev)
+        assert cost_model.measure_step_costs(dev) == before, "the planner's calibration is not what the log learns"
+    finally:
+        cost_model._IN_PASS.pop(kind, None)
+        if saved is not None:
+            cost_model._IN_PASS[kind] = saved
+
