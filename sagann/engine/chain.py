@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sagann.engine.faces import Face, base_of, face_of
+from sagann.engine.faces import Face, ThenFace, base_of, face_of
 from sagann.engine.hoist import compiled
 from sagann.engine.hoist import explain as hoist_explain
 from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
@@ -236,16 +236,14 @@ class StreamedCall(RowSource):
         return run_layer(face, self.g, self.x, self.edge_data, face.display_name, seed=self.seed)
 
 
-class StreamedChained(Face):
+class StreamedChained(ThenFace):
     """The base layer with ``then`` after its ApplyVertex: the same edge stage and hooks, over its parameters and ``then``'s."""
 
     caches_gather = False
 
     def __init__(self, base: nn.Module, then: nn.Module):
-        super().__init__(base)
-        self.__dict__["_then"] = then  # not a submodule: its parameters belong to the next layer
+        super().__init__(base, then)
         self.gather, self.apply_vertex_reads_v = base.gather, getattr(base, "apply_vertex_reads_v", True)
-        self.display_name = f"{self.display_name}+{then.display_name}"
         if isinstance(base.apply_edge, (MessageFn, AttentionFn)):
             self.apply_edge = base.apply_edge
         for hook in ("apply_src", "apply_dst"):
@@ -254,21 +252,6 @@ class StreamedChained(Face):
 
     def apply_edge(self, e):
         return self._base.apply_edge(e)
-
-    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        return self._then(self._base.apply_vertex(v, acc))
-
-    def named_parameters(self, *args, **kwargs):
-        seen = set()  # a parameter both use (tied weights) is one input of the call
-        for prefix, params in (("", self._base.named_parameters(*args, **kwargs)), ("then.", self._then.named_parameters(*args, **kwargs))):
-            for name, p in params:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    yield prefix + name, p
-
-    def parameters(self, recurse: bool = True):
-        for _, p in self.named_parameters():
-            yield p
 
 
 def _record(layer: nn.Module, x: PendingRows, width: int, reason: str) -> None:

@@ -23,7 +23,7 @@ import weakref
 import torch
 from torch import nn
 
-from sagann.engine.faces import Face, base_of, face_of
+from sagann.engine.faces import Face, ThenFace, base_of, face_of
 from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
 from sagann.engine.probe import unread_rows
 from sagann.engine.run import draw_seed, layer_shape, run_layer
@@ -236,28 +236,9 @@ class _OnGathered(Face):
         return base.apply_vertex(v[:, : self.d_in], v[:, self.d_in:])
 
 
-class _Chained(Face):
+class _Chained(ThenFace):
     """A face's ApplyVertex followed by ``then``, as one ApplyVertex: over the face's parameters and ``then``'s."""
-
-    def __init__(self, base: Face, then: torch.nn.Module):
-        super().__init__(base)
-        self.__dict__["_then"] = then  # not a submodule: its parameters belong to the next layer
-        self.display_name = f"{base.display_name}+{getattr(then, 'display_name', type(then).__name__)}"
 
     def apply_edge(self, e):
         return e.src[:, :1]  # never runs (no edges), as _OnGathered
 
-    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        return self._then(self._base.apply_vertex(v, acc))
-
-    def named_parameters(self, *args, **kwargs):
-        seen = set()  # a parameter both functions use (the same layer, tied weights) is one input of the pass
-        for prefix, params in (("", self._base.named_parameters(*args, **kwargs)), ("then.", self._then.named_parameters(*args, **kwargs))):
-            for name, p in params:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    yield prefix + name, p
-
-    def parameters(self, recurse: bool = True):
-        for _, p in self.named_parameters():
-            yield p

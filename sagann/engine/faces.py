@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["Face", "base_of", "face_of"]
+__all__ = ["Face", "ThenFace", "base_of", "face_of"]
 
 
 class Face(nn.Module):
@@ -43,6 +43,30 @@ class Face(nn.Module):
 
     def apply_vertex(self, v, acc):
         return acc
+
+
+class ThenFace(Face):
+    """A face whose ApplyVertex is followed by ``then`` (an activation, the next layer's per-vertex step), over the base's parameters and ``then``'s."""
+
+    def __init__(self, base: nn.Module, then: nn.Module):
+        super().__init__(base)
+        self.__dict__["_then"] = then  # not a submodule: its parameters belong to the next layer
+        self.display_name = f"{self.display_name}+{getattr(then, 'display_name', type(then).__name__)}"
+
+    def apply_vertex(self, v, acc):
+        return self._then(self._base.apply_vertex(v, acc))
+
+    def named_parameters(self, *args, **kwargs):
+        seen = set()  # a parameter both use (the same layer, tied weights) is one input of the pass
+        for prefix, params in (("", self._base.named_parameters(*args, **kwargs)), ("then.", self._then.named_parameters(*args, **kwargs))):
+            for name, p in params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield prefix + name, p
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters():
+            yield p
 
 
 def face_of(base: nn.Module, key: str, make: Callable[[nn.Module], "Face"]) -> "Face":
