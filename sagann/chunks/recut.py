@@ -80,10 +80,9 @@ def _windowed_chunk(i: int, j: int, bounds: np.ndarray, counts: np.ndarray, gath
     return subs
 
 
-def _edges_of(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(src, dst, edge id) with the source in ``rows`` and the destination in ``cols``, any order; old sub-chunks outside ``cols`` are skipped unread."""
+def _pieces(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], keep=None):
+    """Per old sub-chunk, (src, dst, edge id) of its edges with the source in ``rows`` and the destination in ``cols``; sub-chunks outside ``cols`` are skipped unread."""
     (lo, hi), (dlo, dhi) = rows, cols
-    srcs, dsts, ids = [], [], []
     for a in _overlapping(part, lo, hi):
         for b in _overlapping(part, dlo, dhi):
             for c in part.chunks.get((a, b), ()):
@@ -94,13 +93,16 @@ def _edges_of(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int]
                 hit = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
                 if keep is not None:
                     hit &= keep(s, d)
-                srcs.append(s[hit])
-                dsts.append(d[hit])
-                ids.append(np.asarray(c.edge_ids)[hit])
-    if not ids:
+                yield s[hit], d[hit], np.asarray(c.edge_ids)[hit]
+
+
+def _edges_of(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, edge id) of :func:`_pieces`, concatenated, any order."""
+    pieces = list(_pieces(part, rows, cols, keep))
+    if not pieces:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    return tuple(np.concatenate(a).astype(np.int64, copy=False) for a in (srcs, dsts, ids))
+    return tuple(np.concatenate(a).astype(np.int64, copy=False) for a in zip(*pieces))
 
 
 def _cut_run(part: GraphPartition, i: int, cols: tuple[int, int], bounds: np.ndarray, max_nnz: int, place: Place | None) -> dict[tuple[int, int], list[EdgeChunk]]:
@@ -113,12 +115,8 @@ def _cut_run(part: GraphPartition, i: int, cols: tuple[int, int], bounds: np.nda
         order = np.argsort(eid, kind="stable")
         return _cut_row(i, bounds, src[order], dst[order], eid[order], max_nnz, place)
     counts = np.zeros(dhi - dlo, dtype=np.int64)
-    for a in _overlapping(part, lo, hi):  # a first pass counts each destination row's edges
-        for b in _overlapping(part, dlo, dhi):
-            for c in part.chunks.get((a, b), ()):
-                s, d = c.global_src(), c.global_dst()
-                hit = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
-                counts += np.bincount(d[hit] - dlo, minlength=dhi - dlo)
+    for _, d, _ in _pieces(part, (lo, hi), (dlo, dhi)):  # a first pass counts each destination row's edges
+        counts += np.bincount(d - dlo, minlength=dhi - dlo)
     out = {}
     for j in range(*cols):
         jlo, jhi = int(bounds[j]), int(bounds[j + 1])
@@ -203,43 +201,31 @@ def remaining_self_loops(part: GraphPartition, place: Place | None = None) -> tu
             new = [replace(c, edge_ids=shift(np.asarray(c.edge_ids))) for c in subs]
             chunks[(i, j)] = new if place is None else place(new)
     for i, lo, hi in part.intervals():
+
+        def gather(r0: int, r1: int, lo=lo, hi=hi):  # the old diagonal's edges in local rows [r0, r1) less its loops, then one loop per vertex
+            src, dst, eid = _edges_of(part, (lo, hi), (lo + r0, lo + r1), keep=lambda s, d: s != d)
+            v = np.arange(lo + r0, lo + r1, dtype=np.int64)
+            return np.concatenate([src, v]), np.concatenate([dst, v]), np.concatenate([eid if shift is None else shift(eid), kept_edges + v])
+
         if sum(c.nnz for c in part.chunks.get((i, i), ())) > DIRECT_EDGES:
-            chunks[(i, i)] = _windowed_diagonal(part, i, loop_vertices, shift, kept_edges, place)
-            continue
-        src, dst, eid = [], [], []
-        for c in part.chunks.get((i, i), ()):
-            s, d = c.global_src(), c.global_dst()
-            keep = s != d
-            src.append(s[keep])
-            dst.append(d[keep])
-            eid.append(np.asarray(c.edge_ids)[keep])
-        v = np.arange(lo, hi, dtype=np.int64)
-        src, dst = np.concatenate([*src, v]).astype(np.int64), np.concatenate([*dst, v]).astype(np.int64)
-        old = np.concatenate(eid).astype(np.int64) if eid else np.zeros(0, dtype=np.int64)
-        ids = np.concatenate([old if shift is None else shift(old), kept_edges + v])
-        order = np.argsort(ids, kind="stable")
-        row = _cut_row(i, part.bounds, src[order], dst[order], ids[order], part.sub_chunk_nnz, place)
-        chunks[(i, i)] = row[(i, i)]
+            chunks[(i, i)] = _windowed_chunk(i, i, part.bounds, _diagonal_counts(part, i, loop_vertices), gather, part.sub_chunk_nnz, place)
+        else:
+            src, dst, ids = gather(0, hi - lo)
+            order = np.argsort(ids, kind="stable")
+            chunks[(i, i)] = _cut_row(i, part.bounds, src[order], dst[order], ids[order], part.sub_chunk_nnz, place)[(i, i)]
     in_degree = part.in_degree - np.bincount(loop_vertices, minlength=n) + 1
     out = GraphPartition(num_vertices=n, num_edges=kept_edges + n, bounds=part.bounds, chunks=dict(sorted(chunks.items())), in_degree=in_degree.astype(np.int64), sub_chunk_nnz=part.sub_chunk_nnz)
     return out, loop_ids, loop_vertices
 
 
-def _windowed_diagonal(part: GraphPartition, i: int, loop_vertices: np.ndarray, shift, kept_edges: int, place: Place | None) -> list[EdgeChunk]:
-    """Chunk (i, i) of the self-loop graph, a sub-chunk at a time: the old one's edges less its loops, plus one loop per vertex."""
+def _diagonal_counts(part: GraphPartition, i: int, loop_vertices: np.ndarray) -> np.ndarray:
+    """Edges per destination row of the self-loop graph's chunk (i, i): the old chunk's, less its loops, plus one."""
     lo, hi = part.interval(i)
     counts = np.zeros(hi - lo, dtype=np.int64)
     for c in part.chunks[(i, i)]:
         counts[c.dst_offset : c.dst_offset + c.num_dst] += np.diff(c.dst_ptr.astype(np.int64))
     inside = loop_vertices[(loop_vertices >= lo) & (loop_vertices < hi)]
-    counts += 1 - np.bincount(inside - lo, minlength=hi - lo)
-
-    def gather(r0: int, r1: int):
-        src, dst, eid = _edges_of(part, (lo, hi), (lo + r0, lo + r1), keep=lambda s, d: s != d)
-        v = np.arange(lo + r0, lo + r1, dtype=np.int64)
-        return np.concatenate([src, v]), np.concatenate([dst, v]), np.concatenate([eid if shift is None else shift(eid), kept_edges + v])
-
-    return _windowed_chunk(i, i, part.bounds, counts, gather, part.sub_chunk_nnz, place)
+    return counts + 1 - np.bincount(inside - lo, minlength=hi - lo)
 
 
 def edges_at(part: GraphPartition, ids: np.ndarray) -> np.ndarray:
