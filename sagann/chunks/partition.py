@@ -250,13 +250,14 @@ class GraphPartition:
         subs = list(self.sub_chunks())
         # an index for index_select: int32 is enough where it fits, and half the memory; filled in place, no E-long int64 temporary
         dtype = np.dtype(np.int32 if self.num_edges <= np.iinfo(np.int32).max else np.int64)
-        order = np.empty(sum(c.nnz for c in subs), dtype=dtype) if self.alloc is None else self.alloc(sum(c.nnz for c in subs), dtype)
-        at = 0
+        total = sum(c.nnz for c in subs)
+        order = np.empty(total, dtype=dtype) if self.alloc is None else self.alloc(total, dtype)
+        starts, at = {}, 0
         for c in subs:
+            starts[c.id] = at
             order[at : at + c.nnz] = c.edge_ids
             at += c.nnz
-        starts = np.concatenate([[0], np.cumsum([c.nnz for c in subs])[:-1]]).astype(np.int64) if subs else []
-        return order, {c.id: int(o) for c, o in zip(subs, starts)}
+        return order, starts
 
     def edge_index(self) -> np.ndarray:
         """Rebuild the ``[2, E]`` edge list in the original edge order."""

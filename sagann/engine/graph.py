@@ -259,9 +259,7 @@ class ChunkedGraph:
         if "self_loops" not in self._derived and part is not None:  # derived chunk by chunk: no edge list in RAM
             loops, loop_ids, _ = remaining_self_loops(part, place=self.host.place_chunks if self.host.enabled else pack_chunks)
             if self.host.enabled:  # its own in-degrees (N int64) go under the budget too
-                kept_degrees = self.host.array(self.num_vertices, np.int64, "in-degrees")
-                kept_degrees[:] = loops.in_degree
-                loops.in_degree = kept_degrees
+                loops.in_degree = self.host.copy(torch.from_numpy(loops.in_degree), "in-degrees").numpy()
             kept = self.host.array(self.num_edges, np.bool_, "kept-edge mask") if self.host.enabled else np.empty(self.num_edges, dtype=bool)
             kept[:] = True
             kept[loop_ids] = False

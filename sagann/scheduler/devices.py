@@ -290,9 +290,13 @@ class Device(abc.ABC):
     def chunk_index(self, chunk, source_major: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
         """A sub-chunk's index arrays, its source rows within V_i (a loader job), and the device bytes they take."""
         ct = self.chunk_tensors(chunk, source_major)
+        return ct, self._source_rows(chunk), ct.nbytes
+
+    def _source_rows(self, chunk) -> torch.Tensor:
+        """The sub-chunk's source rows within V_i as int64 on this device, their bound declared (no host sync to find it)."""
         rows = torch.from_numpy(chunk.src_rows.astype(np.int64)).to(self.torch_device)
         declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)
-        return ct, rows, ct.nbytes
+        return rows
 
     def span(self, kind: str, track: str, chunk=None, nbytes: int = 0, layer: str | None = None, phase: str = "forward"):
         """A profiler span of device work on ``track`` (wall clock here; CUDA events on a GPU)."""
@@ -424,7 +428,7 @@ class CpuDevice(Device):
         # not when metered: a reused buffer is no new allocation, so the meter would not see the copy
         pooled = self.copy_transfers and self.memory_budget is not None and self.meter is None
         self._pool = BufferPool(2 * self.memory_budget) if pooled else None
-        # sub-chunk -> {source_major: chunk_index result}; see chunk_index
+        # sub-chunk -> {source_major: its ChunkTensors (views)}; see chunk_index
         self._index_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @property
@@ -450,9 +454,7 @@ class CpuDevice(Device):
         ct = per.get(key)
         if ct is None:
             ct = per[key] = self.chunk_tensors(chunk, key)
-        rows = torch.from_numpy(chunk.src_rows.astype(np.int64))
-        declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)
-        return ct, rows, ct.nbytes
+        return ct, self._source_rows(chunk), ct.nbytes
 
     @property
     def kernel_backend(self) -> str:
