@@ -23,4 +23,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 if "SAGANN_CACHE_DIR" not in os.environ:
     import tempfile
 
+    import atexit
+    import shutil
+
     os.environ["SAGANN_CACHE_DIR"] = tempfile.mkdtemp(prefix="sagann-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SAGANN_CACHE_DIR"], True)

@@ -230,6 +230,8 @@ class HostMemory:
     def spill_dir(self) -> Path:
         if self._spill_dir is None:
             self._spill_dir = Path(tempfile.mkdtemp(prefix="sagann-spill-"))
+            # spill files are unlinked once mapped, so the directory it made is empty: remove it with the budget
+            weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
         self._spill_dir.mkdir(parents=True, exist_ok=True)
         return self._spill_dir
 

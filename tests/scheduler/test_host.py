@@ -27,6 +27,20 @@ def test_within_budget_stays_in_ram_and_past_it_spills(tmp_path):
     assert h.resident_bytes == 0
 
 
+def test_a_spill_directory_it_made_itself_goes_with_the_budget():
+    h = HostMemory("1MB")
+    b = h.empty((1000, 1000))  # spilled into a temporary directory of its own
+    where = h.spill_dir
+    assert is_spilled(b) and where.is_dir()
+    b[:] = 1.0
+    del h  # its tensors keep it alive: the directory goes with the last of them
+    gc.collect()
+    assert b.sum().item() == 1e6 and where.is_dir()
+    del b
+    gc.collect()
+    assert not where.exists()
+
+
 def test_spilled_zeros_and_copies_hold_their_values(tmp_path):
     h = HostMemory(1, tmp_path)  # everything spills
     z = h.zeros((50, 7), torch.float32)
