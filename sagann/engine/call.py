@@ -33,6 +33,7 @@ from sagann.scheduler.schedule import FORWARD, PassPlan
 __all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved"]
 
 _SEED_MASK = (1 << 63) - 1
+PERMUTE_BLOCK = 1 << 22  # edges permuted at a time after a re-plan: a bounded temporary however many edges
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,7 @@ class LayerCall:
         call = copy.copy(self)
         call.p, call.hook_graphs, call.vertex_graphs, call._fits_recompute = partition, {}, {}, None
         call.executor = call._executor(partition)
-        order = partition.edge_order[0]
-        given = np.empty_like(self._given_order)
-        given[self._given_order] = np.arange(len(self._given_order), dtype=given.dtype)
-        call._data_perm = torch.from_numpy(given[order].astype(np.int64))  # index_copy_ wants int64
+        call._data_perm = _data_permutation(self.g.host, self._given_order, partition.edge_order[0])
         return call
 
     @property
@@ -144,13 +142,16 @@ class LayerCall:
         """Edge data (given in the first partition's order) in this partition's sub-chunk order."""
         if edata is None or self._data_perm is None:
             return edata
-        return edata.index_select(0, self._data_perm)
+        out, perm, edata = self.g.host.empty(tuple(edata.shape), edata.dtype, "edge data in a re-plan's order"), self._data_perm, edata.detach()
+        for lo in range(0, len(perm), PERMUTE_BLOCK):
+            torch.index_select(edata, 0, perm[lo : lo + PERMUTE_BLOCK], out=out[lo : lo + PERMUTE_BLOCK])
+        return out
 
     def edges_in_given_order(self, ge: torch.Tensor | None) -> torch.Tensor | None:
         """An edge gradient in this partition's order, put back in the order the edge data were given."""
         if ge is None or self._data_perm is None:
             return ge
-        return torch.empty_like(ge).index_copy_(0, self._data_perm, ge)
+        return self.g.host.empty(tuple(ge.shape), ge.dtype, "edge gradient in the given order").index_copy_(0, self._data_perm, ge)
 
     def edge_offset(self, c: EdgeChunk) -> int:
         """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data."""
@@ -236,3 +237,19 @@ class LayerCall:
         for acc, g in zip(gparams, grads):
             if g is not None:
                 acc.add_(g)
+
+
+def _data_permutation(host, given: np.ndarray, order: np.ndarray) -> torch.Tensor:
+    """For each slot of ``order``, where that edge's row sits in data laid out in ``given`` order (int64: ``index_copy_`` wants it).
+
+    Edge-sized, so made under the host budget a block at a time, without
+    the whole-length temporaries of ``inverse[order]``.
+    """
+    n = len(given)
+    where = host.array(n, np.int64, "edge positions of the given edge data")
+    for lo in range(0, n, PERMUTE_BLOCK):
+        where[given[lo : lo + PERMUTE_BLOCK]] = np.arange(lo, min(lo + PERMUTE_BLOCK, n), dtype=np.int64)
+    perm = host.array(n, np.int64, "edge data permutation of a re-plan")
+    for lo in range(0, n, PERMUTE_BLOCK):
+        perm[lo : lo + PERMUTE_BLOCK] = where[order[lo : lo + PERMUTE_BLOCK]]
+    return torch.from_numpy(perm)

@@ -241,3 +241,29 @@ def test_edge_data_follow_a_replan(edges, where):
     assert_rel_close(out, ref_out, what="output vs in-memory")
     assert_grads_close(grads, ref_grads)
     assert dev.current_bytes == 0
+
+
+def test_edge_data_of_a_replan_are_permuted_under_the_host_budget(edges, monkeypatch):
+    """The permutation and the permuted edge data (and gradient) are edge-sized: placed by the host
+    budget, spilled past it, and made a block at a time; results as in memory."""
+    import sagann.engine.call as call_module
+    from sagann.scheduler.host import is_spilled
+
+    monkeypatch.setattr(call_module, "PERMUTE_BLOCK", 7)
+    made = []
+    real = call_module._data_permutation
+    monkeypatch.setattr(call_module, "_data_permutation", lambda *a: made.append(real(*a)) or made[-1])
+    torch.manual_seed(0)
+    layer = HookLayer(D, 8, 2, "sum")
+    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    free = sagann.ChunkedGraph(edges, N)
+    layer(free, torch.randn(N, D), ed.detach())
+    dev = sagann.CpuDevice(int(free.working_set.peak_bytes * 0.3))
+    g = sagann.ChunkedGraph(edges, N, device=dev, schedule=sagann.ScheduleConfig(transfer="selective"), host_memory=1)  # everything spills
+    state = _fail_once(dev, "edge rows of E[")
+    x = _x()
+    out, grads = outputs_and_grads(layer, lambda a, b: layer(g, a, b), x, ed)
+    assert state["failed"] == 1 and len(g.replans) == 1 and made and all(is_spilled(p) for p in made)
+    ref_out, ref_grads = outputs_and_grads(layer, lambda a, b: whole_graph_layer(layer, edges, a, b), x, ed)
+    assert_rel_close(out, ref_out, what="output vs in-memory")
+    assert_grads_close(grads, ref_grads)
