@@ -189,7 +189,7 @@ class Planner:
         self._scope: _DeviceScope | None = None  # set on a device's view (for_device)
         self._working_set: WorkingSet | None = None
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
-        self._resident_ok = True  # may a pass hold source intervals resident (off after an out-of-memory re-plan)
+        self._resident_ok = True  # may a pass hold source intervals resident or tile its columns (off after an out-of-memory re-plan)
         self._may_coarsen = False  # the call that set P no longer streams here: the next call may pick a smaller P
         self._refined = False  # refine() made the partition finer: the model's plan is not trusted to coarsen
         self._prefetch_cache: dict = {}
@@ -458,7 +458,8 @@ class Planner:
             if budget is None or peak <= budget:
                 best = (plan, peak, room)
         if best is None:
-            tiles = [cfg.tile or 1] if phase != FORWARD or cfg.tile is not None or budget is None else tile_candidates(partition.num_chunks)
+            # after an out-of-memory re-plan the spare room is not to be trusted: no tile fills it either
+            tiles = [cfg.tile or 1] if phase != FORWARD or cfg.tile is not None or budget is None or not self._resident_ok else tile_candidates(partition.num_chunks)
             for tile in tiles:
                 room = None if spare is None else spare - tile_extra_bytes(partition, shape, tile)
                 if best is not None and room < 0:
