@@ -75,7 +75,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
         v = vin = h = kept = None  # the last interval's tensors go before this one's load
         with call.device.scope() as s:
             v = s.load(x[lo:hi], f"input rows V_{q}")
-            s.charge(vertex_scratch_bytes(hi - lo, width), f"{hook} temporaries V_{q}")
+            s.charge(vertex_scratch_bytes(hi - lo, width, call.shape.hook_temp), f"{hook} temporaries V_{q}")
             kept = KeptGraph(call.params) if mode == "offload" else None
             vin = v.detach().requires_grad_(call.need_x) if mode else v  # a kept graph's input leaf
             saving = kept.hooks() if kept is not None else contextlib.nullcontext()
@@ -183,7 +183,7 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
     shape, dev, s, j, lo, hi = call.shape, call.device, col.scope, col.j, col.lo, col.hi
     acc, win, sm = col.acc, col.win, col.sm
     _finalise(call, acc, win, lo, hi, sm)
-    s.charge(vertex_scratch_bytes(hi - lo, shape.d_out), f"apply_vertex temporaries V_{j}")
+    s.charge(vertex_scratch_bytes(hi - lo, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j}")
     with call.span("apply_vertex", FORWARD, (j,)), call.rng("vertex", j):
         out_j, kept = _apply_vertex_forward(call, j, col.xj, acc, keep_mode)
         s.adopt(out_j, f"output rows V_{j}")

@@ -14,7 +14,7 @@ from sagann.scheduler.meter import allocated_peak
 from sagann.scheduler.planner import LayerShape
 from sagann.units import storage_ptr, tensor_bytes
 
-__all__ = ["check_layer", "edge_bytes_per_edge", "has_hook", "probe_layer", "saved_bytes_per_row", "unread_rows"]
+__all__ = ["check_layer", "edge_bytes_per_edge", "has_hook", "probe_layer", "saved_bytes_per_row", "temp_bytes_per_row", "unread_rows"]
 
 
 def unread_rows(rows: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -113,6 +113,8 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
         params = list(layer.parameters())
         vertex_saved = saved_bytes_per_row(layer.apply_vertex, (d_in, d_msg), params, device)
         hook_saved = max([saved_bytes_per_row(getattr(layer, h), (d_in,), params, device) for h in ("apply_src", "apply_dst") if has_hook(layer, h)], default=0)
+        vertex_temp = temp_bytes_per_row(layer.apply_vertex, (d_in, d_msg), device)
+        hook_temp = max([temp_bytes_per_row(getattr(layer, h), (d_in,), device) for h in ("apply_src", "apply_dst") if has_hook(layer, h)], default=0)
     return LayerShape(
         d_in=d_in,
         d_edge=d_edge,
@@ -132,6 +134,8 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
         vertex_reads_x=bool(getattr(layer, "apply_vertex_reads_v", True)),
         vertex_saved=vertex_saved,
         hook_saved=hook_saved,
+        vertex_temp=vertex_temp,
+        hook_temp=hook_temp,
         edge_temp=edge_temp[0],
         edge_grad_temp=edge_temp[1],
     )
@@ -169,6 +173,31 @@ def edge_bytes_per_edge(apply_edge, widths: dict[str, int], params: list[torch.T
             return tuple(max(0, -(-(peak(64, grad) - peak(32, grad)) // 32)) for grad in (False, True))
         except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
             return (0, 0)
+
+
+def temp_bytes_per_row(fn, widths: tuple[int, ...], device: torch.device) -> int:
+    """Bytes per vertex row ``fn`` holds at once beyond its inputs and its output, run as a kept graph runs it (under autograd).
+
+    The memory model's row-sized scratch counts output-wide temporaries;
+    a per-vertex function may hold wider ones at once (an activation and a
+    dropout mask before a narrowing matmul, an MLP's hidden layer, what its
+    graph saves): measured with :func:`~sagann.scheduler.meter.allocated_peak`
+    as the growth from 32 to 64 rows of random inputs, the output's bytes
+    taken off. 0 where the function fails on random inputs (the real call raises).
+    """
+    def peak(rows: int) -> tuple[int, int]:
+        with torch.enable_grad():
+            args = [torch.randn(rows, w, device=device, requires_grad=True).clone() for w in widths]  # not leaves, as in the engine
+            out = []
+            held = allocated_peak(lambda: out.append(fn(*args)) or out[-1])
+        return held, tensor_bytes(out[0]) if out and isinstance(out[0], torch.Tensor) else 0
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            (small, small_out), (big, big_out) = peak(32), peak(64)
+        except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
+            return 0
+    return max(0, -(-((big - big_out) - (small - small_out)) // 32))
 
 
 def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor], device: torch.device) -> int:

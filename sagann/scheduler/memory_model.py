@@ -24,7 +24,8 @@ Temporaries inside user functions cannot be seen from outside, so they are
 modelled by :func:`edge_scratch_bytes` (per-edge inputs gathered for a user
 ``apply_edge``, the messages and ``EDGE_SCRATCH`` message-sized temporaries;
 the reference max/min gather's index tensors) and :func:`vertex_scratch_bytes`
-(``VERTEX_SCRATCH`` row-sized temporaries of ApplyVertex and the hooks). The
+(``VERTEX_SCRATCH`` row-sized temporaries of ApplyVertex and the hooks, or
+what the probe measured them to hold per row, whichever is more). The
 passes charge the ledger with these same functions and with the exact
 size of every tensor it creates, so the planner predicts the ledger's peak
 (held to it by a test) and a mis-estimate surfaces as a clear
@@ -89,6 +90,10 @@ class LayerShape:
     # included), and recomputed under autograd with its gradients (what it saves, per-edge input gradients)
     edge_temp: int = 0
     edge_grad_temp: int = 0
+    # bytes per row ApplyVertex / a hook holds at once in forward beyond its inputs and output, measured
+    # by the probe under autograd (as a kept graph runs it): an activation, a dropout mask, a hidden layer
+    vertex_temp: int = 0
+    hook_temp: int = 0
 
     def __hash__(self) -> int:
         """The fields' hash, computed once: the planner's memo keys hash a shape per planned sub-chunk, every pass."""
@@ -180,9 +185,14 @@ def merge_scratch_bytes(rows: int, shape: LayerShape, fused: bool, backward: boo
     return rows * DOUBLE * MERGE_TEMPS * shape.d_msg if fused and shape.attention is not None else 0
 
 
-def vertex_scratch_bytes(rows: int, width: int) -> int:
-    """Temporaries of ApplyVertex or a hook over ``rows`` rows producing ``width`` columns."""
-    return rows * FLOAT * VERTEX_SCRATCH * width
+def vertex_scratch_bytes(rows: int, width: int, measured: int = 0) -> int:
+    """Temporaries of ApplyVertex or a hook over ``rows`` rows producing ``width`` columns.
+
+    ``measured``: the bytes per row the probe saw the function hold beyond
+    its inputs and output (``LayerShape.vertex_temp`` / ``hook_temp``); the
+    model's ``VERTEX_SCRATCH`` output-sized rows where that is more.
+    """
+    return rows * max(FLOAT * VERTEX_SCRATCH * width, int(measured))
 
 
 def _row_bytes(shape: LayerShape) -> dict[str, int]:
@@ -195,7 +205,7 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
     xv = int(shape.vertex_reads_x)
     return {
         # x_j, dst terms, accumulator (+ winners / softmax state), output rows, ApplyVertex scratch
-        "forward": FLOAT * (shape.d_in * shape.loads_x_j + shape.d_dst_term + shape.d_msg + shape.d_out) + win + FLOAT * VERTEX_SCRATCH * shape.d_out,
+        "forward": FLOAT * (shape.d_in * shape.loads_x_j + shape.d_dst_term + shape.d_msg + shape.d_out) + win + vertex_scratch_bytes(1, shape.d_out, shape.vertex_temp),
         # source gradient accumulators of V_i
         "backward": FLOAT * (shape.d_in * shape.uses_src + shape.d_src_term * shape.uses_src_term) if shape.backward_edges else 0,
         # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
@@ -206,7 +216,7 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
         else 0,
         # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
         # what the hooks' graphs saved and its gradients (backward)
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + FLOAT * VERTEX_SCRATCH * hook + 2 * shape.hook_saved * shape.backward if hook else 0,
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + vertex_scratch_bytes(1, hook, shape.hook_temp) + 2 * shape.hook_saved * shape.backward if hook else 0,
     }
 
 
@@ -354,7 +364,7 @@ def tile_resident_bytes(rows: Sequence[int], shape: LayerShape) -> int:
     """
     if not rows:
         return 0
-    apply_row = FLOAT * (1 + VERTEX_SCRATCH) * shape.d_out
+    apply_row = FLOAT * shape.d_out + vertex_scratch_bytes(1, shape.d_out, shape.vertex_temp)
     held_row = _row_bytes(shape)["forward"] - apply_row
     return int(sum(rows)) * held_row + int(max(rows)) * apply_row
 

@@ -61,7 +61,7 @@ def test_dataset_graph_trains_without_its_edge_list(tmp_path, no_edge_list, mode
     torch.manual_seed(0)
     twin = make()
     x = torch.randn(n, 6, requires_grad=True)
-    on_disk = sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("24KB"), host_memory=host_memory)
+    on_disk = sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("16KB"), host_memory=host_memory)
     out = layer(on_disk, x)
     (grad,) = torch.autograd.grad(out.square().sum(), [x])
     assert on_disk.with_remaining_self_loops()[0].partition.num_chunks != 2, "the self-loop graph was re-cut to the budget's P"

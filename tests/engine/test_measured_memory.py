@@ -43,6 +43,24 @@ class WideTemporary(sagann.Layer):
         return self.lin(acc)
 
 
+class WideVertex(sagann.Layer):
+    """A user ApplyVertex whose temporary is ``K`` times wider than its output (the zoo's GCN chained into an MLP is one)."""
+
+    gather = "sum"
+    K = 64
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = torch.nn.Linear(d_in, d_out)
+
+    def apply_edge(self, e):
+        return e.src
+
+    def apply_vertex(self, v, acc):
+        wide = acc.repeat(1, self.K).mul(2.0)  # two [n, K * d] tensors at once, neither saved for backward
+        return self.lin(wide.view(wide.shape[0], self.K, -1).mean(1))
+
+
 MODELS = {
     "gcn": lambda: sagann.nn.GCNConv(D, D),
     "sage": lambda: sagann.nn.SAGEConv(D, D),
@@ -50,6 +68,7 @@ MODELS = {
     "gat": lambda: sagann.nn.GATConv(D, 4, heads=4),
     "ggcn": lambda: sagann.nn.GatedGCNConv(D, D),
     "wide-temporary": lambda: WideTemporary(D, D),
+    "wide-vertex": lambda: WideVertex(D, D),
 }
 
 
@@ -94,6 +113,21 @@ def test_the_check_fails_when_the_planner_is_told_a_smaller_scratch_factor(monke
     budget, (fwd, fwd_ledger), (bwd, bwd_ledger) = _measure(MODELS["wide-temporary"], 3)
     assert fwd_ledger <= budget and bwd_ledger <= budget, "the ledger cannot see it: it charges the planner's model"
     assert max(fwd, bwd) > budget * (1 + MARGIN), f"measured {fwd:,} / {bwd:,} B within {budget:,} B: the check cannot fail"
+
+
+def test_the_check_fails_when_the_planner_is_not_told_apply_vertexs_temporaries(monkeypatch):
+    """Only the output-sized scratch of the model for a wide ApplyVertex: the ledger holds, the meter does not."""
+    monkeypatch.setattr(probe, "temp_bytes_per_row", lambda *args: 0)  # the probe's measurement, unseen
+    budget, (fwd, fwd_ledger), _ = _measure(MODELS["wide-vertex"], 1)
+    assert fwd_ledger <= budget, "the ledger cannot see it: it charges the planner's model"
+    assert fwd > budget * (1 + MARGIN), f"measured {fwd:,} B within {budget:,} B: the check cannot fail"
+
+
+def test_the_probe_measures_a_user_apply_vertexs_temporaries():
+    shape = probe.probe_layer(WideVertex(D, D), D, None, torch.device("cpu"))
+    wide = 4 * WideVertex.K * D  # bytes per row of one [n, K * d] tensor
+    assert shape.vertex_temp >= 2 * wide - 4 * D, "the repeat and the product are alive at once (beyond the output)"
+    assert probe.temp_bytes_per_row(lambda v, acc: acc * 2, (D, D), torch.device("cpu")) == 0, "an output-sized op holds nothing more"
 
 
 def test_the_probe_measures_a_user_apply_edges_temporaries():
