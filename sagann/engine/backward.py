@@ -29,7 +29,7 @@ from sagann.kernels import attention
 from sagann.scheduler.devices import Scope
 from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
-from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs
+from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs, narrow, widen
 from sagann.scheduler.planner import edge_scratch_bytes, merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import BACKWARD
 
@@ -176,13 +176,15 @@ def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[b
     # kernel backward paths read plain tensors; only autograd's recompute needs leaves
     kernel_only = direct is not None or (call.fused and shape.attention is not None)
     held = Scope(dev)
+    host = narrow(host, call.executor.transfer_dtype)  # 16-bit rows, once: the held rows and the stream's
     try:
         if plan.dst_rows_bytes:  # every destination row sent once, not once per chunk of its column
             names = [f for f in fields if f not in SRC_FIELDS and f != "data" and host.get(f) is not None]
             for j in sorted({step.key[1] for step in plan.steps()}):
                 lo, hi = p.interval(j)
-                call.executor.dst_rows[j] = {f: held.load(host[f][lo:hi], f"{f} rows of V_{j} (held through the pass)") for f in names}
-                moved += sum(tensor_bytes(t) for t in call.executor.dst_rows[j].values())
+                sent = {f: held.load(host[f][lo:hi], f"{f} rows of V_{j} (held through the pass)") for f in names}
+                moved += sum(tensor_bytes(t) for t in sent.values())
+                call.executor.dst_rows[j] = {f: widen(held, t, f"{f} rows of V_{j} widened to float32") for f, t in sent.items()}
         stream = call.executor.stream(plan, host, {} if kernel_only else wants, fields)
     except BaseException:
         call.executor.dst_rows = {}

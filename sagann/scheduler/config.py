@@ -54,13 +54,14 @@ class ScheduleConfig:
             smallest P that fits, as NeuGraph.
         transfer_dtype: None (default): rows cross the link as they are on
             the host; ``torch.bfloat16`` or ``torch.float16``: a pass's
-            float32 input rows (sources, destinations and their terms) are
-            rounded to 16 bits once on the host, cross the link in 16 bits
-            (half the bytes) and are widened to float32 on arrival, so every
-            kernel reads and accumulates in float32. Results then differ from
-            float32 transfers by the inputs' rounding (bfloat16: about 2^-8
+            float32 vertex rows (sources, destinations and their terms; in
+            backward the gradient rows of the aggregates) are rounded to 16
+            bits once on the host, cross the link in 16 bits (half the
+            bytes) and are widened to float32 on arrival, so every kernel
+            reads and accumulates in float32. Results then differ from
+            float32 transfers by that rounding (bfloat16: about 2^-8
             relative per element; float16: 2^-11, within its range);
-            gradients stay float32.
+            gradients are computed and kept in float32.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth

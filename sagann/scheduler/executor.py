@@ -46,8 +46,8 @@ __all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "P
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
-# vertex-row inputs that cross the link in ScheduleConfig.transfer_dtype (gradients stay float32)
-NARROW_FIELDS = ("src", "src_term", "dst", "dst_term")
+# vertex rows that cross the link in ScheduleConfig.transfer_dtype: inputs, and in backward the gradient rows of acc
+NARROW_FIELDS = ("src", "src_term", "dst", "dst_term", "g_rows")
 
 
 def narrow(host: dict, dtype: torch.dtype | None) -> dict:
