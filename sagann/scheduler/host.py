@@ -34,8 +34,9 @@ from sagann.units import format_bytes, parse_bytes, tensor_bytes
 __all__ = ["HOST_MEMORY_SLACK", "OUT_OF_CORE_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows", "trim_freed_memory"]
 
 # what peak anonymous RSS may exceed interpreter + host budget + CPU device peak by:
-# compiled kernels (~65 MiB), one chunk of a partition being cut, spilled rows
-# staged in RAM on their way to the device, autograd's per-pass temporaries
+# compiled kernels (~65 MiB), torch._dynamo (68 MiB, imported by torch.optim's first step),
+# one chunk of a partition being cut, spilled rows staged in RAM on their way to the device,
+# autograd's per-pass temporaries
 HOST_MEMORY_SLACK = 160 << 20
 
 # what an out-of-core run's peak anonymous RSS may exceed the same run's in memory by (no host budget):
