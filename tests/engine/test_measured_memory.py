@@ -43,15 +43,10 @@ class WideTemporary(sagann.Layer):
         return self.lin(acc)
 
 
-class WideVertex(sagann.Layer):
+class WideVertex(WideTemporary):
     """A user ApplyVertex whose temporary is ``K`` times wider than its output (the zoo's GCN chained into an MLP is one)."""
 
-    gather = "sum"
     K = 64
-
-    def __init__(self, d_in, d_out):
-        super().__init__()
-        self.lin = torch.nn.Linear(d_in, d_out)
 
     def apply_edge(self, e):
         return e.src
