@@ -5,6 +5,8 @@ the errors a user's layer can cause are raised here, before any pass runs.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -168,11 +170,7 @@ def edge_bytes_per_edge(apply_edge, widths: dict[str, int], params: list[torch.T
         with torch.set_grad_enabled(grad):
             return allocated_peak(lambda: run(edges, grad))
 
-    with torch.random.fork_rng(devices=[]):
-        try:
-            return tuple(max(0, -(-(peak(64, grad) - peak(32, grad)) // 32)) for grad in (False, True))
-        except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
-            return (0, 0)
+    return tuple(_growth_per_item(lambda edges, grad=grad: peak(edges, grad)) for grad in (False, True))
 
 
 def temp_bytes_per_row(fn, widths: tuple[int, ...], device: torch.device) -> int:
@@ -185,19 +183,27 @@ def temp_bytes_per_row(fn, widths: tuple[int, ...], device: torch.device) -> int
     as the growth from 32 to 64 rows of random inputs, the output's bytes
     taken off. 0 where the function fails on random inputs (the real call raises).
     """
-    def peak(rows: int) -> tuple[int, int]:
+    def beyond_output(rows: int) -> int:
         with torch.enable_grad():
             args = [torch.randn(rows, w, device=device, requires_grad=True).clone() for w in widths]  # not leaves, as in the engine
             out = []
             held = allocated_peak(lambda: out.append(fn(*args)) or out[-1])
-        return held, tensor_bytes(out[0]) if out and isinstance(out[0], torch.Tensor) else 0
+        return held - (tensor_bytes(out[0]) if out and isinstance(out[0], torch.Tensor) else 0)
 
+    return _growth_per_item(beyond_output)
+
+
+def _growth_per_item(measure: Callable[[int], int], small: int = 32, big: int = 64) -> int:
+    """What ``measure(n)`` grows by per item from ``small`` to ``big`` items, rounded up (per-call constants drop out; 0 if it shrinks).
+
+    Under its own random stream; 0 where ``measure`` raises: a measurement
+    only, the layer's real call raises its own error, with the engine's context.
+    """
     with torch.random.fork_rng(devices=[]):
         try:
-            (small, small_out), (big, big_out) = peak(32), peak(64)
-        except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
+            return max(0, -(-(measure(big) - measure(small)) // (big - small)))
+        except Exception:
             return 0
-    return max(0, -(-((big - big_out) - (small - small_out)) // 32))
 
 
 def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor], device: torch.device) -> int:
