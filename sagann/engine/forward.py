@@ -19,7 +19,6 @@ from functools import partial
 
 import torch
 
-from sagann.chunks.types import EdgeChunk
 from sagann.engine.call import LayerCall, Saved
 from sagann.engine.host_grad import owns_storage
 from sagann.engine.messages import gather_partial, softmax_partials
@@ -167,7 +166,8 @@ def _forward_chunk(call: LayerCall, inputs: ChunkInputs, col: "_Column") -> None
     inputs.set_resident({"dst": col.xj, "dst_term": col.dj})
     if col.sm is not None:
         inputs.scope.charge(merge_scratch_bytes(inputs.c.num_dst, call.shape, call.fused, False), lambda: f"softmax merge of {inputs.c.id!r}")
-        _merge_softmax(call, inputs.c, col.acc, col.sm, *softmax_partials(call, inputs))
+        rows = slice(inputs.c.dst_offset, inputs.c.dst_offset + inputs.c.num_dst)
+        softmax_partials(call, inputs, into=(col.sm[0][rows], col.sm[1][rows], col.acc[rows]))
         return
     if call.fused and call.reduce == "sum":  # the kernel adds into V_j's accumulator itself
         c = inputs.c
@@ -251,19 +251,6 @@ def _merge(call: LayerCall, inputs: ChunkInputs, acc, win, partial_acc, arg) -> 
     better = (arg >= 0) & (beats | ((partial_acc == cur) & (gid < cur_win)))
     acc[rows] = torch.where(better, partial_acc, cur)
     win[rows] = torch.where(better, gid, cur_win)
-
-
-def _merge_softmax(call: LayerCall, c: EdgeChunk, acc, sm, m_c, l_c, a_c) -> None:
-    """Online softmax: rescale the running sums to the new running max, then add the chunk's."""
-    rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
-    m_old, l_old = sm[0][rows], sm[1][rows]
-    m_new = torch.maximum(m_old, m_c)
-    finite = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows no chunk has reached yet
-    keep, add = torch.exp(m_old - finite), torch.exp(m_c - finite)
-    per_feature = call.shape.d_msg // call.shape.d_score
-    acc[rows] = acc[rows] * keep.repeat_interleave(per_feature, dim=1) + a_c * add.repeat_interleave(per_feature, dim=1)
-    sm[1][rows] = l_old * keep + l_c * add
-    sm[0][rows] = m_new
 
 
 def _finalise(call: LayerCall, acc, win, lo: int, hi: int, sm=None) -> None:

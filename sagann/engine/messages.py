@@ -70,16 +70,32 @@ def messages(call: LayerCall, inputs: ChunkInputs, phase: str):
     return msg
 
 
-def softmax_partials(call: LayerCall, inputs: ChunkInputs):
-    """Forward: this chunk's max, sum of exp(score - max) and weighted message sum per row and head."""
+def softmax_partials(call: LayerCall, inputs: ChunkInputs, into=None):
+    """Forward: this chunk's max, sum of exp(score - max) and weighted message sum per row and head.
+
+    ``into``: the running ``(max, sum, accumulator)`` rows of the chunk's
+    destinations, merged with the chunk's partials in place (returns None).
+    """
     ct, h = inputs.ct, call.shape.d_score
     if call.fused and call.shape.attention is not None:  # no per-edge tensors
         rows = inputs.src_local_rows() if inputs.block_in_place else None
         with call.span("kernel", FORWARD, inputs.c.id):
-            parts = attention.attention_partials(ct, inputs.get("src_term"), inputs.get("dst_term"), h, call.shape.attention.negative_slope, src_rows=rows, backend=call.backend)
+            parts = attention.attention_partials(ct, inputs.get("src_term"), inputs.get("dst_term"), h, call.shape.attention.negative_slope, src_rows=rows, backend=call.backend, into=into)
+        if into is not None:
+            return None
         for t in parts:
             inputs.scope.adopt(t, lambda: f"softmax partials of {inputs.c.id!r}")
         return parts
+    parts = _reference_partials(call, inputs)
+    if into is not None:
+        with call.span("gather_reduce", FORWARD, inputs.c.id):
+            attention.merge_partials(into, parts)
+        return None
+    return parts
+
+
+def _reference_partials(call: LayerCall, inputs: ChunkInputs):
+    ct, h = inputs.ct, call.shape.d_score
     scores, msg = messages(call, inputs, FORWARD)
     with call.span("gather_reduce", FORWARD, inputs.c.id):
         dst = ct.dst_idx.long()

@@ -57,6 +57,67 @@ def partials(src, dst_term, src_idx, dst_ptr, bounds, heads, slope, rmap, m, l, 
 
 
 @njit(**_PJIT)
+def partials_into(src, dst_term, src_idx, dst_ptr, bounds, heads, slope, rmap, m, l, a):
+    """:func:`partials` merged online into running ``(m, l, a)`` of earlier chunks, in place.
+
+    Only the rows this sub-chunk reaches are read or written: a chunk of a
+    P-way partition has an interval's rows and, on a sparse graph, few
+    edges, so merging every row (as torch ops on the partials would) costs
+    P times the in-memory pass. Per row and head the running max becomes
+    ``max(m, chunk max)`` (a NaN stays), the running sums are rescaled to it
+    and the chunk's terms added with ``exp(score - new max)``.
+    """
+    width = a.shape[1]
+    d = width // heads
+    has_map = rmap.shape[0] > 0
+    for b in prange(bounds.shape[0] - 1):
+        for r in range(bounds[b], bounds[b + 1]):
+            lo, hi = dst_ptr[r], dst_ptr[r + 1]
+            if hi == lo:
+                continue
+            for h in range(heads):
+                t = dst_term[r, h]
+                top = -np.inf
+                for e in range(lo, hi):
+                    s = rmap[src_idx[e]] if has_map else src_idx[e]
+                    sc = _leaky(src[s, width + h] + t, slope)
+                    if sc > top or sc != sc:
+                        top = sc
+                old = m[r, h]
+                new = top if (top > old or top != top) else old
+                base = h * d
+                if new != old:  # rescale what earlier chunks summed (old = -inf: they summed nothing)
+                    scale = np.exp(old - new)
+                    l[r, h] *= scale
+                    for k in range(d):
+                        a[r, base + k] *= scale
+                total = 0.0
+                for e in range(lo, hi):
+                    s = rmap[src_idx[e]] if has_map else src_idx[e]
+                    w = np.exp(_leaky(src[s, width + h] + t, slope) - new)
+                    total += w
+                    for k in range(d):
+                        a[r, base + k] += w * src[s, base + k]
+                m[r, h] = new
+                l[r, h] += total
+
+
+@njit(**_PJIT)
+def row_dots(grad, out, dst_ptr, bounds, heads, corr):
+    """``corr[r, h] = grad[r] . out[r]`` over head h's columns, in float64, for the rows with edges only (no other is read)."""
+    d = grad.shape[1] // heads
+    for b in prange(bounds.shape[0] - 1):
+        for r in range(bounds[b], bounds[b + 1]):
+            if dst_ptr[r + 1] == dst_ptr[r]:
+                continue
+            for h in range(heads):
+                acc = 0.0
+                for k in range(h * d, (h + 1) * d):
+                    acc += np.float64(grad[r, k]) * np.float64(out[r, k])
+                corr[r, h] = acc
+
+
+@njit(**_PJIT)
 def grad_src(src, dst_term, grad, corr, m, l, dst_idx, src_ptr, src_perm, bounds, heads, slope, out_rows, out, dpre):
     """Source-major: the gradient of ``src = [z | s]`` into ``out[out_rows[s]]``, and each edge's score gradient.
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from sagann.kernels.backend import count_call
 from sagann.kernels.graph import ChunkTensors
 
-__all__ = ["attention_partials", "attention_backward"]
+__all__ = ["attention_partials", "attention_backward", "merge_partials"]
 
 _BACKENDS = ("reference", "cpu", "cuda")
 
@@ -57,6 +57,29 @@ def _check(where: str, g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.
     return width
 
 
+def _check_into(g: ChunkTensors, heads: int, width: int, into) -> None:
+    shapes = ((g.num_dst, heads), (g.num_dst, heads), (g.num_dst, width))
+    if not isinstance(into, (tuple, list)) or len(into) != 3:
+        raise ValueError("attention_partials: into must be a tuple (m, l, a) of running partials")
+    for name, t, shape in zip("mla", into, shapes):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous() or t.device != g.device:
+            raise ValueError(f"attention_partials: into's {name} must be a contiguous float32 {list(shape)} tensor on {g.device}, got {getattr(t, 'dtype', type(t))} {list(getattr(t, 'shape', []))}")
+
+
+def merge_partials(into: tuple[torch.Tensor, torch.Tensor, torch.Tensor], parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Online softmax: rescale the running ``(m, l, a)`` to the new running max and add a chunk's partials, in place."""
+    (m_old, l_old, acc), (m_c, l_c, a_c) = into, parts
+    heads = m_old.shape[1]
+    m_new = torch.maximum(m_old, m_c)
+    finite = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows no chunk has reached yet
+    keep, add = torch.exp(m_old - finite), torch.exp(m_c - finite)
+    per_feature = acc.shape[1] // heads
+    acc.copy_(acc * keep.repeat_interleave(per_feature, dim=1) + a_c * add.repeat_interleave(per_feature, dim=1))
+    l_old.copy_(l_old * keep + l_c * add)
+    m_old.copy_(m_new)
+    return into
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -70,18 +93,37 @@ def _scores(g: ChunkTensors, src: torch.Tensor, dst_term: torch.Tensor, width: i
 
 def attention_partials(
     g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, negative_slope: float = 0.2,
-    src_rows: torch.Tensor | None = None, backend: str = "reference",
+    src_rows: torch.Tensor | None = None, backend: str = "reference", into: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(m, l, a)`` of the sub-chunk: per row and head the max score, sum of exp(score - m), weighted messages.
 
     ``src_rows``: ``src_term`` is a block of V_i's rows read in place at
     ``src_rows[src_idx]``. Rows without edges get ``m = -inf``, ``l = 0``,
     ``a = 0``. No autograd (the engine's backward is :func:`attention_backward`).
+
+    ``into``: running ``(m, l, a)`` of earlier chunks (contiguous, float32,
+    ``[num_dst, heads]`` twice and ``[num_dst, heads * d]``), merged with
+    this sub-chunk's partials in place (:func:`merge_partials`) and
+    returned; the CPU kernel merges as it goes and touches only the rows
+    the sub-chunk reaches.
     """
     width = _check("attention_partials", g, src_term, dst_term, heads, src_rows, backend)
     count_call(backend)
     d = width // heads
+    if into is not None:
+        _check_into(g, heads, width, into)
+        if backend != "cpu":
+            return merge_partials(into, attention_partials(g, src_term, dst_term, heads, negative_slope, src_rows=src_rows, backend=backend))
     with torch.no_grad():
+        if backend == "cpu" and into is not None:
+            from sagann.kernels import _cpu_attention as K
+            from sagann.kernels.cpu import row_bounds, threads_for
+
+            rmap = np.empty(0, np.int32) if src_rows is None else src_rows.to(torch.int32).numpy()
+            ptr = g.dst_ptr.numpy()
+            with threads_for(g, width):
+                K.partials_into(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, row_bounds(ptr), heads, float(negative_slope), rmap, *(t.numpy() for t in into))
+            return into
         if backend == "cpu":
             from sagann.kernels import _cpu_attention as K
             from sagann.kernels.cpu import filled, row_bounds, threads_for
@@ -130,11 +172,13 @@ def attention_backward(
         raise ValueError(f"attention_backward: src_out needs src_rows [num_src={g.num_src}] and {width + heads} columns")
     d = width // heads
     if backend == "cpu":
-        corr = (grad.detach().double() * out.detach().double()).view(-1, heads, d).sum(-1)  # grad . out per row and head
         from sagann.kernels import _cpu_attention as K
         from sagann.kernels.cpu import filled, row_bounds, threads_for
 
         sptr, dptr = g.src_ptr.numpy(), g.dst_ptr.numpy()
+        corr = np.zeros((g.num_dst, heads))  # grad . out per row and head, of the rows with edges (float64)
+        with threads_for(g, width):
+            K.row_dots(_np(grad), _np(out), dptr, row_bounds(dptr), heads, corr)
         if src_out is None:
             d_src, rows = torch.zeros(g.num_src, width + heads), np.empty(0, np.int32)
         else:
@@ -142,7 +186,7 @@ def attention_backward(
         dpre = filled((g.nnz, heads), np.float32)
         d_dst = torch.zeros(g.num_dst, heads)
         with threads_for(g, width):
-            K.grad_src(_np(src_term), _np(dst_term), _np(grad), _np(corr), _np(m), _np(l),
+            K.grad_src(_np(src_term), _np(dst_term), _np(grad), corr, _np(m), _np(l),
                        g.dst_idx.numpy(), sptr, g.src_perm.numpy(), row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpre)
             K.grad_dst(dpre, dptr, row_bounds(dptr), d_dst.numpy())
         return (None if src_out is not None else d_src), d_dst

@@ -59,6 +59,38 @@ def test_partials_equal_the_oracle(case, block):
             _close(a.masked_fill(empty, 0), b.masked_fill(empty, 0), f"{backend} {name}")
 
 
+@given(case=chunks(), cuts=st.lists(st.integers(0, 40), max_size=3))
+@settings(max_examples=150, deadline=None)
+def test_partials_merged_into_running_sums_equal_the_whole_chunk(case, cuts):
+    """Edges split into sub-chunks (some empty), each merged online into running (m, l, a): the whole chunk's partials."""
+    g, heads, d, slope, seed = case
+    src, dst = _terms(g, heads, d, seed)
+    want = attention_partials(g, src, dst, heads, slope, backend="reference")
+    csc_src, csc_dst = g.src_idx.long().numpy(), g.dst_idx.long().numpy()
+    edges = np.arange(g.nnz)
+    bounds = sorted({0, g.nnz, *(min(c, g.nnz) for c in cuts)})
+    for backend in ("reference", "cpu"):
+        run = (torch.full((g.num_dst, heads), float("-inf")), torch.zeros(g.num_dst, heads), torch.zeros(g.num_dst, heads * d))
+        for lo, hi in zip(bounds, bounds[1:] or [0]):
+            part = edges[lo:hi]
+            sub = ChunkTensors.from_coo(csc_src[part], csc_dst[part], g.num_src, g.num_dst)[0]
+            assert attention_partials(sub, src, dst, heads, slope, backend=backend, into=run) is run
+        for name, a, b in zip("mla", run, want):
+            empty = torch.isinf(b)
+            assert torch.equal(empty, torch.isinf(a)), f"{backend} {name}: rows without edges"
+            _close(a.masked_fill(empty, 0), b.masked_fill(empty, 0), f"{backend} {name}")
+
+
+def test_partials_into_rejects_a_wrong_accumulator():
+    g = ChunkTensors.from_coo(np.array([0, 1]), np.array([1, 0]), 2, 2)[0]
+    src, dst = torch.randn(2, 6), torch.randn(2, 2)
+    good = (torch.full((2, 2), float("-inf")), torch.zeros(2, 2), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="into's a"):
+        attention_partials(g, src, dst, 2, backend="cpu", into=good[:2] + (torch.zeros(2, 4, dtype=torch.float64),))
+    with pytest.raises(ValueError, match="into must be a tuple"):
+        attention_partials(g, src, dst, 2, backend="cpu", into=good[:2])
+
+
 def _final(g, src, dst, heads, slope):
     """The whole chunk's softmax: final max, sum and normalised output (as the engine saves them)."""
     m, l, a = attention_partials(g, src, dst, heads, slope)
