@@ -58,3 +58,13 @@ def test_out_of_core_results_are_unchanged_with_every_copy_pooled(monkeypatch):
         assert_grads_close(grads, ref_grads)
     assert dev._pool.hits > 0 and g.num_chunks > 1
     assert dev.peak_bytes <= dev.memory_budget and dev.current_bytes == 0
+
+
+def test_size_classes_waste_at_most_an_eighth_and_absorb_small_variations():
+    from sagann.scheduler.pool import size_class
+
+    rng = np.random.default_rng(0)
+    for n in list(rng.integers(pool_mod.MIN_POOLED_BYTES, 1 << 30, 2000)) + [pool_mod.MIN_POOLED_BYTES, MB, MB + 1]:
+        c = size_class(int(n))
+        assert n <= c <= n * 1.125 + 4096 and c % 4096 == 0, (n, c)
+    assert size_class(690_000) == size_class(700_000), "a selective load's size varies by sub-chunk: one class serves both"
