@@ -30,7 +30,7 @@ from sagann.chunks.partition import GraphPartition, balanced_bounds, partition_g
 from sagann.chunks.recut import chunk_nnz_of
 from sagann.kernels import gspmm
 from sagann.scheduler import calibration
-from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_for, vertex_weight
+from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_in_room, vertex_weight
 
 __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
 
@@ -225,41 +225,44 @@ def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, 
 
 
 MARGIN = 0.05  # a larger P must be predicted this much faster: the model's noise must not flip the choice
-GROWTH = (1.5, 2.0, 3.0)  # larger P tried, as multiples of the smallest P that fits
+GROWTH = (1.25, 1.5, 2.0, 3.0)  # larger P tried, as multiples of the smallest P that fits
 
 
-def _sub_for_room(room: int, in_flight: int, shape: LayerShape, fused: bool, default: int) -> int:
-    """Edges per sub-chunk when ``in_flight`` sub-chunks share ``room`` bytes (``sub_chunk_nnz_for``'s per-edge bytes)."""
-    return sub_chunk_nnz_for(max(0, 2 * room // max(1, in_flight)), shape, fused, default)
+def _sub_for_room(room: int, in_flight: int, rows: int, shape: LayerShape, fused: bool, default: int) -> int:
+    """Edges per sub-chunk when ``in_flight`` sub-chunks share ``room`` bytes and read sources from intervals of at most ``rows`` rows."""
+    return sub_chunk_nnz_in_room(max(0, room // max(1, in_flight)), rows, shape, fused, default)
 
 
 def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, chosen, job: dict, costs: StepCosts, max_chunks: int) -> tuple[int, int] | None:
-    """(P, sub-chunk edges) of a larger P the time model predicts faster than ``chosen`` (the smallest P that fits, widened), or None.
+    """(P, sub-chunk edges) the time model predicts faster than ``chosen`` (the smallest P that fits, widened), or None.
 
     At the smallest P the resident rows leave little room, so sub-chunks are
     small and steps many; a larger P holds fewer rows and leaves room for
     bigger sub-chunks, at the price of more chunks and more re-sent rows.
-    Each candidate's largest sub-chunks are the room it leaves at the
-    per-edge bytes the planner budgets, scaled by how much wider ``chosen``
-    turned out (real sub-chunks reuse rows); bytes and steps come from
-    :func:`estimate_partition`. ``job``: shape, fused, param_bytes,
+    Each candidate (the smallest P itself, and larger ones) gets the
+    largest sub-chunks its room allows once a sub-chunk's source rows are
+    bounded by its interval (:func:`sub_chunk_nnz_in_room`); bytes and
+    steps come from :func:`estimate_partition`. The caller cuts the pick
+    and keeps it only if it fits. ``job``: shape, fused, param_bytes,
     budget, in_flight, default (the largest sub-chunk).
     """
     shape, fused, params, budget, in_flight, default = (job[k] for k in ("shape", "fused", "param_bytes", "budget", "in_flight", "default"))
     weight = vertex_weight(shape, fused)
 
     def sub_at(bounds) -> int:
-        return _sub_for_room(budget - resident_lower_bound(bounds, shape, params), in_flight, shape, fused, default)
+        rows = int(np.diff(bounds).max()) if len(bounds) > 1 else 0
+        return _sub_for_room(budget - resident_lower_bound(bounds, shape, params), in_flight, rows, shape, fused, default)
 
     p0 = chosen.num_chunks
-    widened = chosen.sub_chunk_nnz / max(1, sub_at(chosen.bounds))
     base = estimate_partition(chunk_nnz(edges, chosen.bounds), chosen.bounds, chosen.sub_chunk_nnz, shape).seconds(costs)
     best, best_seconds = None, base * (1 - MARGIN)
-    for p in sorted({min(max_chunks, int(math.ceil(p0 * g))) for g in GROWTH} - {p0}):
-        bounds = balanced_bounds(in_degree, p, weight)
+    for p in sorted({min(max_chunks, int(math.ceil(p0 * g))) for g in GROWTH} | {p0}):
+        bounds = chosen.bounds if p == p0 else balanced_bounds(in_degree, p, weight)
         if resident_lower_bound(bounds, shape, params) >= budget:
             continue
-        sub = int(min(default, max(1, sub_at(bounds) * widened)))
+        sub = max(chosen.sub_chunk_nnz, sub_at(bounds)) if p == p0 else sub_at(bounds)
+        if p == p0 and sub <= chosen.sub_chunk_nnz:
+            continue
         seconds = estimate_partition(chunk_nnz(edges, bounds), bounds, sub, shape).seconds(costs)
         if seconds < best_seconds:
             best, best_seconds = (p, sub), seconds

@@ -276,8 +276,9 @@ class Planner:
         except BudgetTooSmall:
             in_flight = 1
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, 1)
-        if current is None and budget is not None and self._fixed_sub_nnz is None:
-            part, ws = self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight), shape, fused, param_bytes, in_flight)
+        if budget is not None and self._fixed_sub_nnz is None:  # a re-plan too: sub-chunks no wider than the current ones
+            cap = DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz
+            part, ws = self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight, cap), shape, fused, param_bytes, in_flight, cap)
         return self._settle(part, ws)
 
     def allow_coarser(self) -> None:
@@ -354,11 +355,16 @@ class Planner:
             return None
         return self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight), shape, fused, param_bytes, in_flight)
 
-    def _by_time(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
-        """``part`` (the smallest P that fits, widened), or a larger P the time model predicts faster that fits too (``ScheduleConfig.partition_rule``)."""
+    def _by_time(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ):
+        """``part`` (the smallest P that fits, widened), or a partition the time model predicts faster that fits too (``ScheduleConfig.partition_rule``).
+
+        The candidates are the same P with wider sub-chunks and larger P
+        (:func:`~sagann.scheduler.cost_model.faster_partition`); none has
+        sub-chunks of more than ``cap`` edges.
+        """
         if self._schedule.partition_rule != "time":
             return part, ws
-        job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": DEFAULT_SUB_CHUNK_NNZ}
+        job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": cap}
         pick = faster_partition(self._edges(), self._in_degree, part, job, measure_step_costs(self._devices[0]), min(max(self._num_vertices, 1), MAX_CHUNKS))
         p, sub = pick or (0, 0)
         for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
@@ -377,8 +383,8 @@ class Planner:
         bound = lambda P: resident_lower_bound(balanced_bounds(self._in_degree, P, weight), shape, param_bytes)  # noqa: E731
         return choose_num_chunks(make, self._num_vertices, shape, fused, param_bytes, self.budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks)
 
-    def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
-        """The same P with the largest sub-chunks (up to the default) whose working set still fits.
+    def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ):
+        """The same P with the largest sub-chunks (up to ``cap``) whose working set still fits.
 
         The starting sub-chunk size assumes one new source row per edge; real
         chunks reuse rows, so bigger sub-chunks usually fit, and they re-send
@@ -386,8 +392,8 @@ class Planner:
         while the partition changes and fits.
         """
         budget, weight = self.budget, vertex_weight(shape, fused)
-        while part.sub_chunk_nnz < DEFAULT_SUB_CHUNK_NNZ and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
-            wider = self._cut(part.num_chunks, min(4 * part.sub_chunk_nnz, DEFAULT_SUB_CHUNK_NNZ), weight)
+        while part.sub_chunk_nnz < cap and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
+            wider = self._cut(part.num_chunks, min(4 * part.sub_chunk_nnz, cap), weight)
             w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
             if w.peak_bytes > budget:
                 break

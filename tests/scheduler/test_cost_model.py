@@ -169,3 +169,41 @@ def test_the_pass_log_learns_what_a_step_costs_inside_a_pass_and_the_planner_doe
         if saved is not None:
             cost_model._IN_PASS[kind] = saved
 
+
+
+def test_sub_chunks_sized_in_a_room_pay_each_source_row_once():
+    from sagann.scheduler.memory_model import FLOAT, edge_scratch_bytes, sub_chunk_nnz_for, sub_chunk_nnz_in_room
+
+    row, edge = 2 * FLOAT * SHAPE.d_src_side, 2 * (edge_scratch_bytes(1, SHAPE, False) + FLOAT * SHAPE.d_edge) + 24
+    room = 1 << 20
+    few_rows = sub_chunk_nnz_in_room(room, 100, SHAPE, False, 1 << 30)
+    assert few_rows > sub_chunk_nnz_for(2 * room, SHAPE, False, 1 << 30)  # the per-edge rule charges a row per edge
+    assert 100 * row + few_rows * edge <= room < 100 * row + (few_rows + 1) * edge
+    many_rows = sub_chunk_nnz_in_room(room, 10**6, SHAPE, False, 1 << 30)  # more rows than fit: a row per edge again
+    assert many_rows == room // (row + edge)
+    sizes = [sub_chunk_nnz_in_room(r, 500, SHAPE, False, 1 << 30) for r in range(1 << 16, 1 << 22, 1 << 16)]
+    assert sizes == sorted(sizes)
+    assert sub_chunk_nnz_in_room(room, 100, SHAPE, False, few_rows // 2) == few_rows // 2  # never past the default
+
+
+def test_a_later_layer_that_needs_a_finer_partition_keeps_wide_sub_chunks():
+    """Re-planned for a wider layer, the sub-chunks are widened again (past the per-edge rule), never past the first layer's."""
+    wide = LayerShape(
+        d_in=128, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=128, d_out=32, gather="sum", builtin=None,
+        uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=False,
+    )
+    free = _planner(None, "smallest")
+    free.partition_for(SHAPE, False, 1000)
+    planner = _planner(free.working_set.peak_bytes // 8, "time")
+    first = planner.partition_for(SHAPE, False, 1000)
+    second = planner.partition_for(wide, False, 1000)
+    assert second is not first  # the wide layer does not fit the first partition
+    assert sub_chunk_nnz_conservative(planner.budget, wide) < second.sub_chunk_nnz <= first.sub_chunk_nnz
+    assert planner.working_set.peak_bytes <= planner.budget
+
+
+def sub_chunk_nnz_conservative(budget: int, shape: LayerShape) -> int:
+    from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ
+    from sagann.scheduler.memory_model import sub_chunk_nnz_for
+
+    return sub_chunk_nnz_for(budget, shape, False, DEFAULT_SUB_CHUNK_NNZ)
