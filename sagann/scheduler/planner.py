@@ -356,12 +356,7 @@ class Planner:
         return self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight), shape, fused, param_bytes, in_flight)
 
     def _by_time(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ):
-        """``part`` (the smallest P that fits, widened), or a partition the time model predicts faster that fits too (``ScheduleConfig.partition_rule``).
-
-        The candidates are the same P with wider sub-chunks and larger P
-        (:func:`~sagann.scheduler.cost_model.faster_partition`); none has
-        sub-chunks of more than ``cap`` edges.
-        """
+        """``part`` (the smallest P that fits, widened), or a faster fit (``faster_partition``: wider sub-chunks, up to ``cap``, or larger P)."""
         if self._schedule.partition_rule != "time":
             return part, ws
         job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": cap}
