@@ -2,8 +2,8 @@
 
 GAT-style attention over one sub-chunk, per destination row and head:
 ``score_e = LeakyReLU(s[src_e, h] + t[r, h])``, ``m = max score``,
-``l = sum exp(score - m)``, ``a = sum exp(score - m) * z[src_e, h]``; the
-engine merges these partials across chunks (online softmax). ``src`` holds
+``l = sum exp(score - m)``, ``a = sum exp(score - m) * z[src_e, h]``,
+merged into the running sums of earlier chunks (online softmax). ``src`` holds
 ``[z | s]`` (``heads * d`` message columns, then ``heads`` score halves).
 No float atomics: the forward and the destination-side gradient are
 destination-parallel, the source-side gradient source-major.
@@ -22,43 +22,12 @@ def _leaky(x, slope):
 
 
 @njit(**_PJIT)
-def partials(src, dst_term, src_idx, dst_ptr, bounds, heads, slope, rmap, m, l, a):
-    """Per row and head: max score ``m``, ``l = sum exp(score - m)``, ``a = sum exp(score - m) z``.
-
-    Rows without edges keep what the caller put there (``-inf``, 0, 0).
-    Source rows are ``src[rmap[src_idx[e]]]`` (``rmap`` empty: no map).
-    """
-    width = a.shape[1]
-    d = width // heads
-    has_map = rmap.shape[0] > 0
-    for b in prange(bounds.shape[0] - 1):
-        for r in range(bounds[b], bounds[b + 1]):
-            lo, hi = dst_ptr[r], dst_ptr[r + 1]
-            if hi == lo:
-                continue
-            for h in range(heads):
-                t = dst_term[r, h]
-                top = -np.inf
-                for e in range(lo, hi):
-                    s = rmap[src_idx[e]] if has_map else src_idx[e]
-                    sc = _leaky(src[s, width + h] + t, slope)
-                    if sc > top or sc != sc:
-                        top = sc
-                total = 0.0
-                base = h * d
-                for e in range(lo, hi):
-                    s = rmap[src_idx[e]] if has_map else src_idx[e]
-                    w = np.exp(_leaky(src[s, width + h] + t, slope) - top)
-                    total += w
-                    for k in range(d):
-                        a[r, base + k] += w * src[s, base + k]
-                m[r, h] = top
-                l[r, h] = total
-
-
-@njit(**_PJIT)
 def partials_into(src, dst_term, src_idx, dst_ptr, bounds, heads, slope, rmap, m, l, a):
-    """:func:`partials` merged online into running ``(m, l, a)`` of earlier chunks, in place.
+    """Per row and head: max score ``m``, ``l = sum exp(score - m)``, ``a = sum exp(score - m) z``, merged online into the running ``(m, l, a)`` of earlier chunks, in place.
+
+    Running sums that start at ``(-inf, 0, 0)`` come out as the sub-chunk's
+    own partials (rows without edges keep them). Source rows are
+    ``src[rmap[src_idx[e]]]`` (``rmap`` empty: no map).
 
     Only the rows this sub-chunk reaches are read or written: a chunk of a
     P-way partition has an interval's rows and, on a sparse graph, few

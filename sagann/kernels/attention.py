@@ -115,27 +115,17 @@ def attention_partials(
         if backend != "cpu":
             return merge_partials(into, attention_partials(g, src_term, dst_term, heads, negative_slope, src_rows=src_rows, backend=backend))
     with torch.no_grad():
-        if backend == "cpu" and into is not None:
+        if backend == "cpu":  # one kernel: a chunk's own partials are a merge into sums that start empty
             from sagann.kernels import _cpu_attention as K
             from sagann.kernels.cpu import row_bounds, threads_for
 
+            if into is None:
+                into = (torch.full((g.num_dst, heads), float("-inf")), torch.zeros(g.num_dst, heads), torch.zeros(g.num_dst, width))
             rmap = np.empty(0, np.int32) if src_rows is None else src_rows.to(torch.int32).numpy()
             ptr = g.dst_ptr.numpy()
             with threads_for(g, width):
                 K.partials_into(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, row_bounds(ptr), heads, float(negative_slope), rmap, *(t.numpy() for t in into))
             return into
-        if backend == "cpu":
-            from sagann.kernels import _cpu_attention as K
-            from sagann.kernels.cpu import filled, row_bounds, threads_for
-
-            m = torch.full((g.num_dst, heads), float("-inf"))
-            l = torch.zeros(g.num_dst, heads)
-            a = torch.zeros(g.num_dst, width)
-            rmap = np.empty(0, np.int32) if src_rows is None else src_rows.to(torch.int32).numpy()
-            ptr = g.dst_ptr.numpy()
-            with threads_for(g, width):
-                K.partials(_np(src_term), _np(dst_term), g.src_idx.numpy(), ptr, row_bounds(ptr), heads, float(negative_slope), rmap, m.numpy(), l.numpy(), a.numpy())
-            return m, l, a
         if backend == "cuda":
             from sagann.kernels import cuda
 

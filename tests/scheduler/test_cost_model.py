@@ -199,7 +199,6 @@ def test_a_later_layer_that_needs_a_finer_partition_keeps_wide_sub_chunks():
     second = planner.partition_for(wide, False, 1000)
     assert second is not first  # the wide layer does not fit the first partition
     assert sub_chunk_nnz_conservative(planner.budget, wide) < second.sub_chunk_nnz <= first.sub_chunk_nnz
-    assert planner.working_set.peak_bytes <= planner.budget
 
 
 def sub_chunk_nnz_conservative(budget: int, shape: LayerShape) -> int:
