@@ -34,7 +34,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
-from sagann.scheduler.host import is_spilled, trim_freed_memory
+from sagann.scheduler.host import rounded_rows, trim_freed_memory
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -51,16 +51,12 @@ NARROW_FIELDS = ("src", "src_term", "dst", "dst_term", "g_rows")
 
 
 def narrow(host: dict, dtype: torch.dtype | None) -> dict:
-    """``host`` with its float32 input rows rounded to ``dtype`` once (a tensor under two names once); spilled ones stay."""
-    if dtype is None:
-        return host
-    done: dict[int, torch.Tensor] = {}
-    out = dict(host)
-    for name in NARROW_FIELDS:
-        t = host.get(name)
-        if t is not None and t.dtype == torch.float32 and not is_spilled(t):
-            out[name] = done.setdefault(id(t), t.detach().to(dtype))
-    return out
+    """``host`` with its float32 input rows rounded to ``dtype`` once (a tensor under two names once); spilled ones stay.
+
+    The rounded copies are host memory: made in :mod:`sagann.scheduler.host`,
+    so a CPU device's meter does not count them as the device's.
+    """
+    return host if dtype is None else rounded_rows(host, NARROW_FIELDS, dtype)
 
 
 def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:

@@ -140,6 +140,21 @@ class AnonMeter:
         self._sample()
 
 
+def rounded_rows(host: dict, names, dtype: torch.dtype) -> dict:
+    """``host`` with its float32 tensors under ``names`` rounded to ``dtype`` (each tensor once, whatever its names); spilled ones stay.
+
+    Host work: the copies are the host's RAM, not a device's (the CPU
+    meter counts ops called from this module as host allocations).
+    """
+    done: dict[int, torch.Tensor] = {}
+    out = dict(host)
+    for name in names:
+        t = host.get(name)
+        if t is not None and t.dtype == torch.float32 and not is_spilled(t):
+            out[name] = done.setdefault(id(t), t.detach().to(dtype))
+    return out
+
+
 def _libc():
     """glibc, or None where there is none (its malloc knobs are then left alone)."""
     global _LIBC

@@ -71,17 +71,17 @@ def _graph(seed: int = 0):
     return awkward_graph(np.random.default_rng(seed), N, E)
 
 
-def _measure(make, num_chunks: int, seed: int = 0):
+def _measure(make, num_chunks: int, seed: int = 0, schedule=None):
     """Budget = the plan's working set at ``num_chunks``; returns (budget, forward, backward) measured and ledger peaks."""
     ei = _graph(seed)
     torch.manual_seed(seed)
     layer = make()
     x = torch.randn(N, D, requires_grad=True)
-    free = sagann.ChunkedGraph(ei, N, num_chunks=num_chunks)
+    free = sagann.ChunkedGraph(ei, N, num_chunks=num_chunks, schedule=schedule)
     ref = layer(free, x)
     budget = free.working_set.peak_bytes
     dev = sagann.CpuDevice(budget, meter=True)
-    g = sagann.ChunkedGraph(ei, N, num_chunks=num_chunks, device=dev)
+    g = sagann.ChunkedGraph(ei, N, num_chunks=num_chunks, device=dev, schedule=schedule)
     out = layer(g, x)
     assert_rel_close(out, ref)  # metering changes no result
     fwd = (dev.measured_peak_bytes, dev.peak_bytes)
@@ -96,6 +96,16 @@ def _measure(make, num_chunks: int, seed: int = 0):
 @pytest.mark.parametrize("model", list(MODELS))
 def test_measured_peak_within_the_budget(model, num_chunks):
     budget, (fwd, fwd_ledger), (bwd, bwd_ledger) = _measure(MODELS[model], num_chunks)
+    limit = budget * (1 + MARGIN)
+    assert 0 < fwd <= limit, f"forward measured {fwd:,} B over the {budget:,} B budget (ledger {fwd_ledger:,})"
+    assert 0 < bwd <= limit, f"backward measured {bwd:,} B over the {budget:,} B budget (ledger {bwd_ledger:,})"
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage", "gat"])
+def test_measured_peak_within_the_budget_with_16_bit_transfers(model):
+    """The host's 16-bit copies of the rows a pass sends are host memory, not the device's."""
+    schedule = sagann.ScheduleConfig(transfer_dtype=torch.bfloat16)
+    budget, (fwd, fwd_ledger), (bwd, bwd_ledger) = _measure(MODELS[model], 8, schedule=schedule)
     limit = budget * (1 + MARGIN)
     assert 0 < fwd <= limit, f"forward measured {fwd:,} B over the {budget:,} B budget (ledger {fwd_ledger:,})"
     assert 0 < bwd <= limit, f"backward measured {bwd:,} B over the {budget:,} B budget (ledger {bwd_ledger:,})"
