@@ -260,8 +260,8 @@ def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, 
         bounds = chosen.bounds if p == p0 else balanced_bounds(in_degree, p, weight)
         if resident_lower_bound(bounds, shape, params) >= budget:
             continue
-        sub = max(chosen.sub_chunk_nnz, sub_at(bounds)) if p == p0 else sub_at(bounds)
-        if p == p0 and sub <= chosen.sub_chunk_nnz:
+        sub = sub_at(bounds)
+        if p == p0 and sub <= chosen.sub_chunk_nnz:  # the smallest P is a candidate only with wider sub-chunks
             continue
         seconds = estimate_partition(chunk_nnz(edges, bounds), bounds, sub, shape).seconds(costs)
         if seconds < best_seconds:
