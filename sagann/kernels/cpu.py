@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from sagann.kernels import _cpu_kernels as K
 from sagann.kernels._common import Frontend, GradCall, KernelCall, Placement, source_major_codes, validate
-from sagann.kernels.graph import ChunkTensors
+from sagann.kernels.graph import DERIVED, ChunkTensors
 
 __all__ = ["gspmm", "gsddmm", "gspmm_sum_backward"]
 
@@ -58,9 +58,9 @@ def row_bounds(ptr: np.ndarray) -> np.ndarray:
 
 
 def bounds_of(g: ChunkTensors, ptr: str) -> np.ndarray:
-    """:func:`row_bounds` of ``g.dst_ptr`` or ``g.src_ptr``, kept on ``g``: a device that keeps its
-    sub-chunks' index arrays across passes (``CpuDevice``) cuts each sub-chunk's blocks once."""
-    memo = g.__dict__.setdefault("_row_bounds", {})  # not a field: dataclasses.replace starts afresh
+    """:func:`row_bounds` of ``g.dst_ptr`` or ``g.src_ptr``, kept on ``g`` (and, for a copy of an
+    ``EdgeChunk``, on the chunk: see ``ChunkTensors.from_chunk``), so each sub-chunk's blocks are cut once."""
+    memo = g.__dict__.setdefault(DERIVED, {})  # not a field: dataclasses.replace starts afresh
     key = (ptr, numba.get_num_threads())
     found = memo.get(key)
     if found is None:

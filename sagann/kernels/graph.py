@@ -9,6 +9,10 @@ import torch
 
 from sagann.chunks.types import EdgeChunk
 
+# attribute (not a field) of a ChunkTensors and its EdgeChunk: values kernels derive from the index
+# arrays alone, shared by every device copy of one sub-chunk
+DERIVED = "_derived"
+
 # row-index tensors whose bound the maker knew on the host: id(tensor) -> (weak reference to it, bound)
 _ROW_BOUNDS: dict[int, tuple[weakref.ref, int]] = {}
 
@@ -76,7 +80,7 @@ class ChunkTensors:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
         src_dst = chunk.src_major_dst() if source_major else None
-        return cls(
+        ct = cls(
             dst_ptr=t(chunk.dst_ptr),
             dst_idx=t(chunk.dst_idx),
             src_idx=t(chunk.src_idx),
@@ -86,6 +90,10 @@ class ChunkTensors:
             num_dst=chunk.num_dst,
             src_dst=None if src_dst is None else t(src_dst),
         )
+        # what kernels derive from the pointers alone (row blocks per thread) is kept with the host's
+        # chunk: a copy made at every step then finds it cut already
+        ct.__dict__[DERIVED] = chunk.__dict__.setdefault(DERIVED, {})
+        return ct
 
     @classmethod
     def from_coo(

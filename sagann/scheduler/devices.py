@@ -293,8 +293,9 @@ class Device(abc.ABC):
         return ct, self._source_rows(chunk), ct.nbytes
 
     def _source_rows(self, chunk) -> torch.Tensor:
-        """The sub-chunk's source rows within V_i as int64 on this device, their bound declared (no host sync to find it)."""
-        rows = torch.from_numpy(chunk.src_rows.astype(np.int64)).to(self.torch_device)
+        """The sub-chunk's source rows within V_i as int32 on this device (as stored: the kernels read int32), their bound declared (no host sync to find it)."""
+        rows = chunk.src_rows if chunk.src_rows.flags.writeable else np.array(chunk.src_rows)  # a file's pages are read in
+        rows = torch.from_numpy(np.ascontiguousarray(rows)).to(self.torch_device)
         declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)
         return rows
 
@@ -440,10 +441,8 @@ class CpuDevice(Device):
 
         Views cost no memory, so keeping them costs none either; remade at
         every step they cost more Python than a small sub-chunk's kernel.
-        The int64 source rows (8 bytes a row) are made at each step: kept
-        for every sub-chunk of a fine partition they would make out of core
-        cost more host memory than in memory. With ``copy_transfers`` every
-        step copies, as a GPU's would.
+        The source rows are a view made at each step. With ``copy_transfers``
+        every step copies, as a GPU's would.
         """
         if self.copy_transfers or file_backed(chunk.src_rows):
             return super().chunk_index(chunk, source_major)

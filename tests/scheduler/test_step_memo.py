@@ -11,7 +11,7 @@ import sagann
 from sagann.chunks.partition import partition_graph
 from sagann.chunks.types import EdgeChunk
 from sagann.kernels import cpu as kcpu
-from sagann.kernels.graph import ChunkTensors, rows_bound
+from sagann.kernels.graph import DERIVED, ChunkTensors, rows_bound
 from sagann.scheduler.executor import global_src_rows
 
 
@@ -83,7 +83,9 @@ def test_kept_row_blocks_equal_fresh_ones_at_every_thread_count(seed):
                     assert np.array_equal(kept, kcpu.row_bounds(getattr(g, ptr).numpy()))
             finally:
                 numba.set_num_threads(n)
-        assert "_row_bounds" not in dataclasses.replace(g).__dict__  # a replaced copy starts afresh
+        assert DERIVED not in dataclasses.replace(g).__dict__  # a replaced copy starts afresh
+        again = ChunkTensors.from_chunk(c)  # a fresh copy of the chunk (a copying device's next step)
+        assert kcpu.bounds_of(again, "dst_ptr") is kcpu.bounds_of(g, "dst_ptr")
 
 
 def test_layer_shape_hash_is_kept_and_agrees_with_equality():
