@@ -29,6 +29,19 @@ class ChunkId(NamedTuple):
         return f"E[{self.i},{self.j}].{self.sub}"
 
 
+def sent_names(backward: bool, source_major: bool = False) -> tuple[str, ...]:
+    """The index arrays of a sub-chunk a pass's kernels read: what crosses the link with it.
+
+    Forward: destination pointers and source ids. Backward adds the
+    source-major order; a source-major backward reads only the pointers and
+    each edge's destination in source-major order (``src_dst``). A device
+    sends any other array when first read, or makes it (``kernels.graph.StreamedChunkTensors``).
+    """
+    if not backward:
+        return ("dst_ptr", "src_idx")
+    return ("dst_ptr", "src_ptr", "src_dst") if source_major else ("dst_ptr", "src_idx", "src_ptr", "src_perm")
+
+
 @dataclass(frozen=True, eq=False)
 class EdgeChunk:
     """One sub-chunk of E_ij in CSC-by-destination form with int32 local ids.
@@ -90,6 +103,23 @@ class EdgeChunk:
                 self.edge_ids,
             )
         )
+
+    def fits_16_bits(self, name: str) -> bool:
+        """Every value of index array ``name`` is below 2^15: source ids are bounded by num_src, destination rows
+        (``dst_idx``, ``src_dst``) by num_dst, pointers and the source-major order by nnz."""
+        bound = {"src_idx": self.num_src, "dst_idx": self.num_dst, "src_dst": self.num_dst}.get(name, self.nnz)
+        return bound < 1 << 15
+
+    def sent_index_bytes(self, backward: bool, narrow: bool = False, source_major: bool = False) -> int:
+        """Bytes of the index arrays a pass sends with this sub-chunk (``kernels.graph.sent_names``) and its source rows.
+
+        ``edge_ids`` cross only for max/min winners. ``narrow`` (16-bit
+        transfers): each array crosses in 16 bits where its values fit
+        (:meth:`fits_16_bits`).
+        """
+        sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
+        sent = sum(4 * sizes.get(n, self.nnz) // (2 if narrow and self.fits_16_bits(n) else 1) for n in sent_names(backward, source_major))
+        return sent + self.src_rows.nbytes
 
     def src_major_dst(self) -> np.ndarray | None:
         """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.

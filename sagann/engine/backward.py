@@ -29,7 +29,7 @@ from sagann.kernels import attention
 from sagann.scheduler.devices import Scope
 from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
-from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs, narrow, widen
+from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs, load_narrowed, narrow, widen
 from sagann.scheduler.planner import edge_scratch_bytes, merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import BACKWARD
 
@@ -105,19 +105,20 @@ def _backward_vertex(call: LayerCall, x, saved: Saved, grad_out, need_x, grads: 
     for j, lo, hi in p.intervals():
         go = kept = xj = acc = out_j = inputs = vgrads = g_acc = None  # the last interval's tensors go before this one's load
         with dev.scope() as s:
-            go = s.load(grad_out[lo:hi], f"output grad V_{j}")
+            narrow = call.g.schedule.transfer_dtype
+            go = load_narrowed(s, grad_out[lo:hi], narrow, f"output grad V_{j}")
             kept = graphs.pop(j, None)
             if isinstance(kept, KeptGraph):
-                kept.scope = s  # its saved tensors load into this scope as autograd unpacks them
+                kept.scope, kept.transfer_dtype = s, narrow  # its saved tensors load into this scope as autograd unpacks them
                 kept = (*kept.inputs, kept.handle)
             elif kept is not None:
                 s.charge(tensor_bytes(kept[0]) + tensor_bytes(kept[1]), f"input rows and accumulator V_{j} (kept from forward)")
             if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
                 xj, acc, out_j = kept  # the forward's graph: no recompute
             else:
-                xj = s.load(x[lo:hi], f"input rows V_{j}") if call.shape.vertex_reads_x else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
+                xj = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{j}") if call.shape.vertex_reads_x else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
                 xj = xj.requires_grad_(need_x)
-                acc = s.load(saved.acc[lo:hi], f"accumulator V_{j}").requires_grad_(need_acc)
+                acc = load_narrowed(s, saved.acc[lo:hi], narrow, f"accumulator V_{j}").requires_grad_(need_acc)
                 out_j = None
             with call.span("apply_vertex", BACKWARD, (j,)):
                 recompute = out_j is None
@@ -324,16 +325,17 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
     for q, lo, hi in p.intervals():
         gt = kept = v = h = hgrads = None  # the last interval's tensors go before this one's load
         with dev.scope() as s:
-            gt = s.load(g_term[lo:hi], f"{hook} grad V_{q}")
+            narrow = call.g.schedule.transfer_dtype
+            gt = load_narrowed(s, g_term[lo:hi], narrow, f"{hook} grad V_{q}")
             with call.span("apply_vertex", BACKWARD, (q,)):
                 kept = graphs.pop(q, None) if graphs is not None else None
                 if isinstance(kept, KeptGraph):  # the forward's graph, its saved tensors loaded as they are unpacked
-                    kept.scope = s
+                    kept.scope, kept.transfer_dtype = s, narrow
                     v, h = kept.inputs[0], kept.handle
                 elif kept is not None:  # the forward's graph: no recompute
                     v, h = kept
                 else:
-                    v = s.load(x[lo:hi], f"input rows V_{q}").requires_grad_(need_x)
+                    v = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{q}").requires_grad_(need_x)
                     with torch.enable_grad(), call.rng(hook, q):
                         h = getattr(call.layer, hook)(v)
                 saved_q = (hi - lo) * call.shape.hook_saved * (1 + (kept is None))  # their gradients; a recompute's saved tensors

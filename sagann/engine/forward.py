@@ -27,7 +27,7 @@ from sagann.engine.probe import unread_rows
 from sagann.scheduler.devices import Scope
 from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
-from sagann.scheduler.executor import ChunkInputs
+from sagann.scheduler.executor import ChunkInputs, load_narrowed
 from sagann.scheduler.planner import merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import FORWARD
 
@@ -73,7 +73,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     for q, lo, hi in call.p.intervals():
         v = vin = h = kept = None  # the last interval's tensors go before this one's load
         with call.device.scope() as s:
-            v = s.load(x[lo:hi], f"input rows V_{q}")
+            v = load_narrowed(s, x[lo:hi], call.g.schedule.transfer_dtype, f"input rows V_{q}")
             s.charge(vertex_scratch_bytes(hi - lo, width, call.shape.hook_temp), f"{hook} temporaries V_{q}")
             kept = KeptGraph(call.params) if mode == "offload" else None
             vin = v.detach().requires_grad_(call.need_x) if mode else v  # a kept graph's input leaf
@@ -148,8 +148,9 @@ def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init) 
     shape, (lo, hi) = call.shape, call.p.interval(j)
     s = Scope(call.device)
     try:
-        xj = s.load(x[lo:hi], f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
-        dj = s.load(dst_term[lo:hi], f"dst terms V_{j}") if dst_term is not None else None
+        narrow = call.g.schedule.transfer_dtype
+        xj = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
+        dj = load_narrowed(s, dst_term[lo:hi], narrow, f"dst terms V_{j}") if dst_term is not None else None
         acc, acc_shared = s.result_buffer(bufs.acc[lo:hi], init, f"accumulator V_{j}")
         win, win_shared = s.result_buffer(bufs.win[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
         sm = None

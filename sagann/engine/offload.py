@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from sagann.scheduler.devices import Scope
+from sagann.scheduler.executor import load_narrowed
 from sagann.units import storage_ptr as _storage_ptr, tensor_bytes
 
 
@@ -44,6 +45,7 @@ class KeptGraph:
         self._saved: list[_Saved] = []
         self._leaves: list[torch.Tensor] = []
         self.scope: Scope | None = None  # backward's scope: where unpacked tensors are loaded
+        self.transfer_dtype: torch.dtype | None = None  # backward's: float32 saved tensors cross the link in it
         self.handle = None  # the output's gradient edge (or the output)
         self.inputs: tuple[torch.Tensor, ...] = ()
         self.seconds = 0.0  # the forward call's time: what a recompute in backward would cost
@@ -64,7 +66,7 @@ class KeptGraph:
             raise RuntimeError("sagann internal error: a kept forward graph was used before it was sealed")
         if self.scope is None:
             raise RuntimeError("sagann internal error: a kept forward graph was unpacked outside a backward scope")
-        return self.scope.load(s.host, "saved tensor of a kept forward graph")
+        return load_narrowed(self.scope, s.host, self.transfer_dtype, "saved tensor of a kept forward graph")
 
     def keep_inputs(self, *leaves: torch.Tensor) -> None:
         """The graph's input leaves: gradients are asked for them in backward; their memory goes at sealing."""

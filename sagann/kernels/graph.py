@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sagann.chunks.types import EdgeChunk
+from sagann.chunks.types import EdgeChunk, sent_names
 
 # attribute (not a field) of a ChunkTensors and its EdgeChunk: values kernels derive from the index
 # arrays alone, shared by every device copy of one sub-chunk
@@ -69,8 +69,14 @@ class ChunkTensors:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.dst_ptr, self.dst_idx, self.src_idx, self.src_ptr, self.src_perm) + (() if self.src_dst is None else (self.src_dst,))
-        return sum(t.numel() * t.element_size() for t in arrays)
+        """Device bytes of the index arrays (all of them, as int32; arrays a streamed copy makes later included)."""
+        per_edge = 3 + (self.src_dst is not None)  # dst_idx, src_idx, src_perm (+ src_dst)
+        return 4 * (per_edge * self.nnz + self.num_dst + 1 + self.num_src + 1)
+
+    def present(self) -> list[torch.Tensor]:
+        """The arrays on the device now (a streamed copy's later ones not yet made are left out)."""
+        names = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")
+        return [t for t in (self.__dict__.get(n) for n in names) if t is not None]
 
     @classmethod
     def from_chunk(cls, chunk: EdgeChunk, device: torch.device | str = "cpu", source_major: bool = False) -> "ChunkTensors":
@@ -119,3 +125,103 @@ class ChunkTensors:
             return torch.from_numpy(a.astype(np.int32)).to(device)
 
         return cls(t(dst_ptr), t(d), t(s), t(src_ptr), t(src_perm), num_src, num_dst), torch.from_numpy(order).to(device)
+
+
+def expand_pointer(ptr: torch.Tensor, total: int) -> torch.Tensor:
+    """The row of each of a CSR/CSC pointer's ``total`` entries, int32 on ``ptr``'s device (``dst_idx`` from ``dst_ptr``)."""
+    rows = ptr.shape[0] - 1
+    if ptr.device.type == "cpu":
+        try:
+            from sagann.kernels._cpu_index import expand_pointer as kernel
+        except ImportError:  # no numba: torch's (slower on the CPU)
+            kernel = None
+        if kernel is not None:
+            out = torch.empty(total, dtype=torch.int32)
+            kernel(ptr.contiguous().numpy(), out.numpy())
+            return out
+    counts = ptr[1:] - ptr[:-1]
+    # output_size: no device-to-host read of the total on a GPU
+    return torch.repeat_interleave(torch.arange(rows, dtype=torch.int32, device=ptr.device), counts, output_size=total)
+
+
+_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")
+
+
+class StreamedChunkTensors(ChunkTensors):
+    """A sub-chunk's index arrays as a pass streams them: only what it reads crosses the link.
+
+    The arrays of :func:`sent_names` are sent with the sub-chunk; any other
+    is sent when first read, except ``dst_idx`` where ``derive`` says the
+    device makes it from ``dst_ptr`` (a GPU: cheaper than the link; on a CPU
+    a copy is cheaper than the loop). A device builds one with ``send`` (host array ->
+    device tensor, a transfer); ``sent_bytes`` counts what crossed.
+    """
+
+    def __init__(self, chunk: EdgeChunk, send, *, backward: bool, source_major: bool = False, sent: dict | None = None,
+                 narrow: bool = False, derive: bool = False, send_many=None):
+        """``sent``: arrays already on the device (a packed copy), by name; the others of the pass are sent here,
+        with ``send_many`` (host arrays -> device tensors, one transfer) if given.
+
+        ``narrow``: arrays cross in 16 bits where their values fit
+        (``EdgeChunk.fits_16_bits``) and are widened to int32 on the device.
+        """
+        d = self.__dict__
+        d.update(num_src=chunk.num_src, num_dst=chunk.num_dst, _chunk=chunk, _send=send, sent_bytes=0)
+        d.update(_narrow=bool(narrow), _derive=bool(derive), _source_major=bool(source_major))
+        d[DERIVED] = chunk.__dict__.setdefault(DERIVED, {})
+        sent = dict(sent or {})
+        missing = [n for n in sent_names(backward, source_major) if n not in sent]
+        hosts = [self._host(n) for n in missing]
+        if any(h is None for h in hosts):  # made on the device below
+            missing, hosts = [n for n, h in zip(missing, hosts) if h is not None], [h for h in hosts if h is not None]
+        for name, t in zip(missing, self._cross(hosts, send_many)):
+            sent[name] = t
+        d.update({("_src_dst" if k == "src_dst" else k): v for k, v in sent.items()})
+
+    def _host(self, name: str) -> np.ndarray | None:
+        """The host array of ``name`` as it crosses (16 bits where it fits); None for a file-backed chunk's ``src_dst``."""
+        host = self._chunk.src_major_dst() if name == "src_dst" else getattr(self._chunk, name)
+        return host.astype(np.int16) if host is not None and self._narrow and self._chunk.fits_16_bits(name) else host
+
+    def _cross(self, hosts: list, send_many=None) -> list[torch.Tensor]:
+        self.__dict__["sent_bytes"] += sum(h.nbytes for h in hosts)
+        out = send_many(hosts) if send_many is not None and len(hosts) > 1 else [self._send(h) for h in hosts]
+        return [t.to(torch.int32) if t.dtype != torch.int32 else t for t in out]
+
+    def _make(self, name: str) -> torch.Tensor:
+        if name == "dst_idx" and self._derive:
+            return expand_pointer(self.dst_ptr, self.nnz)
+        host = self._host(name)
+        if host is None:  # a file-backed chunk keeps no source-major destinations: made here
+            return self.dst_idx.index_select(0, self.src_perm)
+        return self._cross([host])[0]
+
+    def __getattr__(self, name: str):  # called only for an array not made yet
+        d = self.__dict__
+        if "_chunk" not in d or name not in _ARRAYS[:-1]:
+            raise AttributeError(name)
+        value = d[name] = self._make(name)
+        return value
+
+    @property
+    def src_dst(self) -> torch.Tensor | None:  # a property: the dataclass's default would hide a missing attribute
+        d = self.__dict__
+        if "_src_dst" not in d:
+            d["_src_dst"] = self._make("src_dst") if d["_source_major"] else None
+        return d["_src_dst"]
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * ((3 + self._source_major) * self.nnz + self.num_dst + 1 + self.num_src + 1)
+
+    def present(self) -> list[torch.Tensor]:
+        names = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "_src_dst")
+        return [t for t in (self.__dict__.get(n) for n in names) if t is not None]
+
+    @property
+    def nnz(self) -> int:
+        return int(self._chunk.nnz)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dst_ptr.device

@@ -37,7 +37,8 @@ __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", 
 _LOG = logging.getLogger("sagann")
 _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
 _SMALL_SUB, _BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
-INDEX_BYTES_PER_EDGE = 16  # a sub-chunk's CSC and source-major index arrays, per edge (int32 x 4)
+INDEX_BYTES_PER_EDGE = 4  # index arrays a pass sends per edge: source ids (int32); the device makes dst_idx
+INDEX_BYTES_BACKWARD = 4  # and backward's source-major order besides (EdgeChunk.sent_index_bytes)
 
 
 @dataclass(frozen=True)
@@ -213,13 +214,12 @@ def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, 
     per_sub = np.divide(m, subs, out=np.zeros_like(m), where=subs > 0)
     n_i = np.maximum(sizes[:, None], 1.0)
     rows = subs * n_i * -np.expm1(-per_sub / n_i)
-    index = m.sum() * INDEX_BYTES_PER_EDGE
-    forward = rows.sum() * src_row_bytes(shape) + index
+    forward = rows.sum() * src_row_bytes(shape) + m.sum() * INDEX_BYTES_PER_EDGE
     steps = int(subs.sum())
     total, passes = forward, steps
     if shape.backward_edges:
         dst = (subs * np.minimum(per_sub, sizes[None, :])).sum() * backward_dst_row_bytes(shape)
-        total += forward + dst + m.sum() * FLOAT * shape.d_edge
+        total += forward + m.sum() * INDEX_BYTES_BACKWARD + dst + m.sum() * FLOAT * shape.d_edge
         passes += steps
     return PartitionEstimate(len(bounds) - 1, int(sub_chunk_nnz), int(total), int(passes))
 
@@ -272,9 +272,10 @@ def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, 
 def measure_partition(partition, shape: LayerShape) -> PartitionEstimate:
     """A cut partition's bytes and steps for one training call, counted from its sub-chunks (what :func:`estimate_partition` predicts)."""
     subs = list(partition.sub_chunks())
-    forward = sum(c.nbytes + c.num_src * src_row_bytes(shape) for c in subs)
+    rows = sum(c.num_src for c in subs) * src_row_bytes(shape)
+    forward = rows + sum(c.sent_index_bytes(False) for c in subs)
     total, steps = forward, len(subs)
     if shape.backward_edges:
-        total += forward + sum(c.num_dst * backward_dst_row_bytes(shape) + c.nnz * FLOAT * shape.d_edge for c in subs)
+        total += rows + sum(c.sent_index_bytes(True) + c.num_dst * backward_dst_row_bytes(shape) + c.nnz * FLOAT * shape.d_edge for c in subs)
         steps *= 2
     return PartitionEstimate(partition.num_chunks, partition.sub_chunk_nnz, int(total), steps)

@@ -54,7 +54,8 @@ import numpy as np
 import torch
 
 from sagann import kernels, profiler
-from sagann.kernels.graph import ChunkTensors, declare_rows_bound
+from sagann.chunks.types import sent_names
+from sagann.kernels.graph import StreamedChunkTensors, declare_rows_bound
 from sagann.scheduler.cuda_runtime import Runtime, TorchRuntime
 from sagann.scheduler.devices import Device
 from sagann.scheduler.meter import CudaMeter
@@ -385,11 +386,20 @@ class CudaDevice(Device):
         shape = (int(index.numel()),) + tuple(host.shape[1:])
         return self._send_staged(shape, host.dtype, lambda view, lo, hi: torch.index_select(host, 0, index[lo:hi], out=view))
 
-    def chunk_index(self, chunk, source_major: bool = False):
-        """The sub-chunk's index arrays and its source rows within V_i, packed into one staging block, sent with one copy."""
-        src_dst = chunk.src_major_dst() if source_major else None
-        arrays = [chunk.dst_ptr, chunk.dst_idx, chunk.src_idx, chunk.src_ptr, chunk.src_perm, chunk.src_rows] + ([] if src_dst is None else [src_dst])
-        arrays = [np.ascontiguousarray(a) for a in arrays]
+    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False):
+        """The index arrays the pass reads and the sub-chunk's source rows within V_i, packed into one staging block, sent with one copy.
+
+        ``dst_idx`` is made on the GPU from ``dst_ptr`` when first read
+        (``StreamedChunkTensors``): the link never carries it. ``narrow``:
+        the arrays cross in 16 bits where they fit and are widened on the copy stream.
+        """
+        names = sent_names(backward, source_major)
+        if "src_dst" in names and chunk.src_major_dst() is None:  # a file-backed chunk: made on the GPU from these
+            names = sent_names(backward, False)
+        short = [narrow and chunk.fits_16_bits(n) for n in names]
+        host = [chunk.src_major_dst() if n == "src_dst" else getattr(chunk, n) for n in names]
+        arrays = [np.ascontiguousarray(a).astype(np.int16 if sh else np.int32, copy=False) for a, sh in zip(host, short)]
+        arrays.append(np.ascontiguousarray(chunk.src_rows))
         offsets, total = [], 0
         for a in arrays:
             offsets.append(total)
@@ -401,16 +411,21 @@ class CudaDevice(Device):
 
         packed = self._send_staged((max(total, _ALIGN),), torch.uint8, fill, split=False)
         views = [packed[off : off + a.nbytes].view(_torch_dtype(a)) for a, off in zip(arrays, offsets)]
-        ct = ChunkTensors(
-            dst_ptr=views[0], dst_idx=views[1], src_idx=views[2], src_ptr=views[3], src_perm=views[4],
-            num_src=chunk.num_src, num_dst=chunk.num_dst, src_dst=views[6] if src_dst is not None else None,
-        )
-        rows = views[5]
+        if any(short):
+            views[:-1] = [v.to(torch.int32) if sh else v for v, sh in zip(views[:-1], short)]  # on the loader's stream, after the copy
+            self._keep_for_compute([v for v, sh in zip(views, short) if sh])
+        ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, sent=dict(zip(names, views)), narrow=narrow, derive=True)
+        rows = views[-1]
         declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)  # known here: no device read to check it
-        return ct, rows, sum(a.nbytes for a in arrays)  # what the plan counts; the 8-byte padding is below the allocator's rounding
+        # what the plan counts (+ the 16-bit arrays, held with the rows in one block); the 8-byte padding is below the allocator's rounding
+        return ct, rows, ct.nbytes + rows.numel() * 4 + sum(a.nbytes for a, sh in zip(arrays, short) if sh)
 
     def chunk_tensors(self, chunk, source_major: bool = False):
         return self.chunk_index(chunk, source_major)[0]
+
+    def _send_index(self, a: np.ndarray) -> torch.Tensor:
+        """An index array a pass did not send with its sub-chunk, sent on the current stream when first read."""
+        return self.copy_in(torch.from_numpy(np.ascontiguousarray(a)))
 
     def _copy_on_device(self, t: torch.Tensor) -> torch.Tensor:
         """A copy of ``t`` (on a GPU, written on the caller's current stream) made on the current stream."""

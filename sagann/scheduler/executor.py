@@ -34,7 +34,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
-from sagann.scheduler.host import rounded_rows, trim_freed_memory
+from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_freed_memory
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -42,12 +42,13 @@ from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 from sagann.units import tensor_bytes
 
-__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "global_src_rows", "narrow", "widen"]
+__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "global_src_rows", "load_narrowed", "narrow", "widen"]
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
-# vertex rows that cross the link in ScheduleConfig.transfer_dtype: inputs, and in backward the gradient rows of acc
-NARROW_FIELDS = ("src", "src_term", "dst", "dst_term", "g_rows")
+# what crosses the link in ScheduleConfig.transfer_dtype in an edge stage: vertex inputs, edge data, and in backward
+# the gradient rows of acc (vertex passes send theirs through load_narrowed)
+NARROW_FIELDS = ("src", "src_term", "dst", "dst_term", "g_rows", "out_rows", "data")
 
 
 def narrow(host: dict, dtype: torch.dtype | None) -> dict:
@@ -57,6 +58,13 @@ def narrow(host: dict, dtype: torch.dtype | None) -> dict:
     so a CPU device's meter does not count them as the device's.
     """
     return host if dtype is None else rounded_rows(host, NARROW_FIELDS, dtype)
+
+
+def load_narrowed(scope: Scope, host: torch.Tensor | None, dtype: torch.dtype | None, what) -> torch.Tensor | None:
+    """``scope.load(host)``, float32 rows crossing in ``dtype`` (16-bit transfers) and widened back on the device."""
+    if dtype is None or host is None or host.dtype != torch.float32 or is_spilled(host):
+        return scope.load(host, what)
+    return widen(scope, scope.load(rounded(host, dtype), what), what)
 
 
 def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:
@@ -119,9 +127,13 @@ class ChunkInputs:
         self.load_seconds = 0.0
         self.started = self.ready = None  # the device's events around this sub-chunk's loads (None where loads are synchronous)
         # index arrays and the source rows within V_i, sent together by the loader (one copy on a GPU)
-        self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=ex.source_major and fields.phase == BACKWARD)
+        backward = fields.phase == BACKWARD
+        narrow = ex.transfer_dtype is not None  # 16-bit transfers: index arrays too, where they fit
+        source_major = ex.source_major and backward
+        self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=source_major, backward=backward, narrow=narrow)
         self.scope.charge(index_bytes, lambda: f"index arrays of {c.id!r}")
-        self.loaded_bytes += index_bytes
+        self.loaded_bytes += c.sent_index_bytes(backward, narrow, source_major)
+        self._sent_before = getattr(self.ct, "sent_bytes", 0)  # arrays first read in compute are sent then (counted at close)
 
     def src_local_rows(self) -> torch.Tensor:
         """The sub-chunk's source rows within V_i (an int tensor on the device, loaded with the index arrays)."""
@@ -129,8 +141,7 @@ class ChunkInputs:
 
     def device_tensors(self) -> list[torch.Tensor]:
         """The device tensors loaded so far (what the sub-chunk's kernels read)."""
-        ct = self.ct
-        found = [ct.dst_ptr, ct.dst_idx, ct.src_idx, ct.src_ptr, ct.src_perm, ct.src_dst, self._src_local]
+        found = self.ct.present() + [self._src_local]
         found += list(self._values.values()) + ([] if self._block is None else list(self._block.tensors.values()))
         return [t for t in found if t is not None]
 
@@ -181,6 +192,8 @@ class ChunkInputs:
         return {k: v for k, v in self._values.items() if v is not None and v.requires_grad and v.is_leaf}
 
     def close(self) -> None:
+        self.loaded_bytes += getattr(self.ct, "sent_bytes", 0) - self._sent_before
+        self._sent_before = getattr(self.ct, "sent_bytes", 0)
         self.scope.close()
         if self._block is not None:
             self._block.release()

@@ -140,6 +140,11 @@ class AnonMeter:
         self._sample()
 
 
+def rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``dtype`` copy of host rows about to be sent (host work, like :func:`rounded_rows`)."""
+    return t.detach().to(dtype)
+
+
 def rounded_rows(host: dict, names, dtype: torch.dtype) -> dict:
     """``host`` with its float32 tensors under ``names`` rounded to ``dtype`` (each tensor once, whatever its names); spilled ones stay.
 

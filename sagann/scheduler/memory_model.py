@@ -298,7 +298,8 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
     into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
-    b = c.nbytes + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
+    index = c.nbytes - c.edge_ids.nbytes  # every index array may be on the device; edge ids only for winners (below)
+    b = index + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
     if not backward:
         return int(b + scratch)

@@ -150,7 +150,7 @@ class PassPlan:
                 for c in step.subs:
                     rows = "load_rows" if step.transfer is Transfer.SELECTIVE else "pick_rows"
                     out.append(Action(rows, c.id))
-                    out.append(Action("load_edges", c.id, c.nbytes))
+                    out.append(Action("load_edges", c.id, c.sent_index_bytes(self.phase == BACKWARD)))
                     out.append(Action("compute", c.id))
                 if step.transfer is Transfer.FULL and not (k + 1 < len(steps) and steps[k + 1].shares_block):
                     out.append(Action("evict_block", step.key))

