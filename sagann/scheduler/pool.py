@@ -41,13 +41,15 @@ class BufferPool:
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = int(limit_bytes)
-        self._buffers: dict[int, list[torch.Tensor]] = {}
+        # size class -> [(buffer, its storage object, the storage's handle)]: the storage object is kept so that
+        # a check needs no new one (two uses: the buffer and the kept storage object; a third is a tensor using it)
+        self._buffers: dict[int, list[tuple[torch.Tensor, object, int]]] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     @staticmethod
-    def _is_free(buf: torch.Tensor) -> bool:
-        return _use_count(buf.untyped_storage()._cdata) <= 2  # the pool's tensor and this call's storage object
+    def _is_free(entry: tuple) -> bool:
+        return _use_count(entry[2]) <= 2
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """A contiguous tensor on a pooled buffer, or None (small, or pooling unavailable): the caller allocates."""
@@ -57,19 +59,21 @@ class BufferPool:
         size = size_class(nbytes)
         with self._lock:
             bucket = self._buffers.setdefault(size, [])
-            buf = next((b for b in bucket if self._is_free(b)), None)
-            if buf is None:
+            entry = next((e for e in bucket if _use_count(e[2]) <= 2), None)
+            if entry is None:
                 self.misses += 1
                 self._trim(size)
                 buf = torch.empty(size, dtype=torch.uint8)
-                bucket.append(buf)
+                storage = buf.untyped_storage()
+                entry = (buf, storage, storage._cdata)
+                bucket.append(entry)
             else:
                 self.hits += 1
-            return buf[:nbytes].view(dtype).view(tuple(shape))
+            return entry[0][:nbytes].view(dtype).view(shape)
 
     def _trim(self, incoming: int) -> None:
         """Drop free buffers while the pool would hold more than its limit."""
-        total = sum(b.numel() for bucket in self._buffers.values() for b in bucket) + incoming
+        total = sum(size * len(bucket) for size, bucket in self._buffers.items()) + incoming
         for size, bucket in self._buffers.items():
             if total <= self.limit_bytes:
                 return

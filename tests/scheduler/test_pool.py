@@ -38,7 +38,7 @@ def test_small_and_bool_tensors_are_not_pooled_and_the_limit_holds():
     del held
     for k in range(5):  # other sizes: the free 1 MiB buffers are dropped to stay under 3 MiB
         p.empty(((k + 2) * MB // 4,), torch.float32)
-        assert sum(b.numel() for bucket in p._buffers.values() for b in bucket) <= 3 * MB + (k + 2) * MB
+        assert sum(e[0].numel() for bucket in p._buffers.values() for e in bucket) <= 3 * MB + (k + 2) * MB
 
 
 def test_out_of_core_results_are_unchanged_with_every_copy_pooled(monkeypatch):
