@@ -13,6 +13,9 @@ from sagann.chunks.types import EdgeChunk, sent_names
 # arrays alone, shared by every device copy of one sub-chunk
 DERIVED = "_derived"
 
+# every index array of a ChunkTensors, as its fields are named
+ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")
+
 # row-index tensors whose bound the maker knew on the host: id(tensor) -> (weak reference to it, bound)
 _ROW_BOUNDS: dict[int, tuple[weakref.ref, int]] = {}
 
@@ -75,8 +78,7 @@ class ChunkTensors:
 
     def present(self) -> list[torch.Tensor]:
         """The arrays on the device now (a streamed copy's later ones not yet made are left out)."""
-        names = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")
-        return [t for t in (self.__dict__.get(n) for n in names) if t is not None]
+        return [t for t in (self.__dict__.get(n) for n in ARRAYS) if t is not None]
 
     @classmethod
     def from_chunk(cls, chunk: EdgeChunk, device: torch.device | str = "cpu", source_major: bool = False) -> "ChunkTensors":
@@ -144,9 +146,6 @@ def expand_pointer(ptr: torch.Tensor, total: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(rows, dtype=torch.int32, device=ptr.device), counts, output_size=total)
 
 
-_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")
-
-
 class StreamedChunkTensors(ChunkTensors):
     """A sub-chunk's index arrays as a pass streams them: only what it reads crosses the link.
 
@@ -198,7 +197,7 @@ class StreamedChunkTensors(ChunkTensors):
 
     def __getattr__(self, name: str):  # called only for an array not made yet
         d = self.__dict__
-        if "_chunk" not in d or name not in _ARRAYS[:-1]:
+        if "_chunk" not in d or name not in ARRAYS[:-1]:  # src_dst: the property below
             raise AttributeError(name)
         value = d[name] = self._make(name)
         return value
@@ -215,8 +214,7 @@ class StreamedChunkTensors(ChunkTensors):
         return 4 * ((3 + self._source_major) * self.nnz + self.num_dst + 1 + self.num_src + 1)
 
     def present(self) -> list[torch.Tensor]:
-        names = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "_src_dst")
-        return [t for t in (self.__dict__.get(n) for n in names) if t is not None]
+        return [t for t in (self.__dict__.get("_src_dst" if n == "src_dst" else n) for n in ARRAYS) if t is not None]
 
     @property
     def nnz(self) -> int:

@@ -9,9 +9,7 @@ from hypothesis import strategies as st
 
 from sagann.chunks.partition import partition_graph
 from sagann.chunks.types import sent_names
-from sagann.kernels.graph import ChunkTensors, StreamedChunkTensors, expand_pointer
-
-NAMES = ("dst_ptr", "dst_idx", "src_idx", "src_ptr", "src_perm", "src_dst")
+from sagann.kernels.graph import ARRAYS as NAMES, ChunkTensors, StreamedChunkTensors, expand_pointer
 
 
 def _subs(seed: int, n: int, e: int, p: int, sub: int):
