@@ -423,10 +423,6 @@ class CudaDevice(Device):
     def chunk_tensors(self, chunk, source_major: bool = False):
         return self.chunk_index(chunk, source_major)[0]
 
-    def _send_index(self, a: np.ndarray) -> torch.Tensor:
-        """An index array a pass did not send with its sub-chunk, sent on the current stream when first read."""
-        return self.copy_in(torch.from_numpy(np.ascontiguousarray(a)))
-
     def _copy_on_device(self, t: torch.Tensor) -> torch.Tensor:
         """A copy of ``t`` (on a GPU, written on the caller's current stream) made on the current stream."""
         rt, stream = self.runtime, self.runtime.current_stream()

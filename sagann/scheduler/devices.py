@@ -126,6 +126,11 @@ class Scope:
         self._held = 0
 
 
+def host_tensor(a: np.ndarray) -> torch.Tensor:
+    """A contiguous host array as a torch tensor (a view); a read-only one (a file's pages) is read into RAM first, as torch takes none."""
+    return torch.from_numpy(np.ascontiguousarray(a if a.flags.writeable else np.array(a)))
+
+
 class Device(abc.ABC):
     """One place that computes, with a memory budget every allocation is charged against.
 
@@ -304,7 +309,7 @@ class Device(abc.ABC):
 
     def _send_index(self, a: np.ndarray) -> torch.Tensor:
         """One host index array on this device (a transfer)."""
-        return self.copy_in(torch.from_numpy(np.ascontiguousarray(a if a.flags.writeable else np.array(a))))
+        return self.copy_in(host_tensor(a))
 
     def _send_indices(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
         """Several host index arrays on this device (one transfer where the device packs them)."""
@@ -312,8 +317,7 @@ class Device(abc.ABC):
 
     def _source_rows(self, chunk) -> torch.Tensor:
         """The sub-chunk's source rows within V_i as int32 on this device (as stored: the kernels read int32), their bound declared (no host sync to find it)."""
-        rows = chunk.src_rows if chunk.src_rows.flags.writeable else np.array(chunk.src_rows)  # a file's pages are read in
-        rows = torch.from_numpy(np.ascontiguousarray(rows)).to(self.torch_device)
+        rows = host_tensor(chunk.src_rows).to(self.torch_device)
         declare_rows_bound(rows, int(chunk.src_rows[-1]) + 1 if chunk.num_src else 0)
         return rows
 
@@ -506,7 +510,7 @@ class CpuDevice(Device):
         out, off = [], 0
         for a, size in zip(arrays, sizes):
             view = buf[off : off + a.nbytes].view(torch.from_numpy(a[:0]).dtype)
-            view.copy_(torch.from_numpy(a if a.flags.writeable else np.array(a)))
+            view.copy_(host_tensor(a))
             out.append(view)
             off += size
         self._throttle(t0, sum(a.nbytes for a in arrays))
