@@ -126,6 +126,10 @@ class Scope:
         self._held = 0
 
 
+# numpy type character -> torch dtype of the index arrays a device receives
+_TORCH_INDEX_DTYPES = {np.dtype(t).char: torch.from_numpy(np.zeros(0, t)).dtype for t in (np.int16, np.int32, np.int64)}
+
+
 def host_tensor(a: np.ndarray) -> torch.Tensor:
     """A contiguous host array as a torch tensor (a view); a read-only one (a file's pages) is read into RAM first, as torch takes none."""
     return torch.from_numpy(np.ascontiguousarray(a if a.flags.writeable else np.array(a)))
@@ -503,17 +507,20 @@ class CpuDevice(Device):
         if not self.copy_transfers:
             return super()._send_indices(arrays)
         t0 = time.perf_counter()
-        sizes = [-(-a.nbytes // 8) * 8 for a in arrays]
-        total = max(8, sum(sizes))
-        buf = self._pool.empty((total,), torch.uint8) if self._pool is not None else None
-        buf = torch.empty(total, dtype=torch.uint8) if buf is None else buf
-        out, off = [], 0
-        for a, size in zip(arrays, sizes):
-            view = buf[off : off + a.nbytes].view(torch.from_numpy(a[:0]).dtype)
-            view.copy_(host_tensor(a))
+        total = 0
+        for a in arrays:
+            total += -(-a.nbytes // 8) * 8
+        buf = self._pool.empty((total,), torch.uint8) if self._pool is not None and total else None
+        buf = torch.empty(max(8, total), dtype=torch.uint8) if buf is None else buf
+        out, off, sent = [], 0, 0
+        for a in arrays:
+            n = a.nbytes
+            view = buf[off : off + n].view(_TORCH_INDEX_DTYPES[a.dtype.char])
+            view.copy_(torch.from_numpy(a) if a.flags.writeable and a.flags.c_contiguous else host_tensor(a))
             out.append(view)
-            off += size
-        self._throttle(t0, sum(a.nbytes for a in arrays))
+            off += -(-n // 8) * 8
+            sent += n
+        self._throttle(t0, sent)
         return out
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:

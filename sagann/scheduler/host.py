@@ -72,7 +72,7 @@ def check_spill(t: torch.Tensor | None) -> None:
 
 def is_spilled(t: torch.Tensor | None) -> bool:
     """Is ``t`` (or the tensor it views) backed by a spill file?"""
-    if t is None or t.device.type != "cpu":
+    if not _SPILLED or t is None or t.device.type != "cpu":  # nothing spilled: the common case, on every load
         return False
     return t.untyped_storage().data_ptr() in _SPILLED
 

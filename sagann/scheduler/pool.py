@@ -22,6 +22,7 @@ import torch
 # mapping, page-faulted on first touch. A selective load of 2,700 rows of 64 floats (690 KB)
 # took 300 us so, against 15-30 us into a reused buffer (R-MAT 2^16 GraphSAGE out of core).
 MIN_POOLED_BYTES = 1 << 16
+_SIZE_MEMO = 4096  # distinct request sizes whose class is remembered
 _OCTAVE_SHIFT = 3  # eight size classes per power of two: at most 1/8 of a buffer unused
 
 
@@ -46,30 +47,48 @@ class BufferPool:
         self._buffers: dict[int, list[tuple[torch.Tensor, object, int]]] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self._sizes: dict[int, int] = {}  # bytes asked -> size class (sizes repeat: a pass asks for the same ones every epoch)
 
     @staticmethod
     def _is_free(entry: tuple) -> bool:
         return _use_count(entry[2]) <= 2
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-        """A contiguous tensor on a pooled buffer, or None (small, or pooling unavailable): the caller allocates."""
-        nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
-        if _use_count is None or nbytes < MIN_POOLED_BYTES or dtype == torch.bool:
+        """A contiguous tensor on a pooled buffer, or None (small, or pooling unavailable): the caller allocates.
+
+        On every step's path (a few calls per sub-chunk): plain loops, no
+        generators, and no views beyond the one the caller needs.
+        """
+        n = dtype.itemsize
+        for k in shape:
+            n *= k
+        nbytes = int(n)
+        if _use_count is None or nbytes < MIN_POOLED_BYTES or dtype is torch.bool:
             return None
-        size = size_class(nbytes)
+        size = self._sizes.get(nbytes)
+        if size is None:
+            size = size_class(nbytes)
+            if len(self._sizes) < _SIZE_MEMO:
+                self._sizes[nbytes] = size
         with self._lock:
-            bucket = self._buffers.setdefault(size, [])
-            entry = next((e for e in bucket if _use_count(e[2]) <= 2), None)
-            if entry is None:
+            bucket = self._buffers.get(size)
+            if bucket is None:
+                bucket = self._buffers[size] = []
+            for entry in bucket:
+                if _use_count(entry[2]) <= 2:
+                    self.hits += 1
+                    break
+            else:
                 self.misses += 1
                 self._trim(size)
                 buf = torch.empty(size, dtype=torch.uint8)
                 storage = buf.untyped_storage()
                 entry = (buf, storage, storage._cdata)
                 bucket.append(entry)
-            else:
-                self.hits += 1
-            return entry[0][:nbytes].view(dtype).view(shape)
+            flat = entry[0][:nbytes]
+        if dtype is torch.uint8 and len(shape) == 1:
+            return flat
+        return flat.view(dtype).view(shape)
 
     def _trim(self, incoming: int) -> None:
         """Drop free buffers while the pool would hold more than its limit."""
