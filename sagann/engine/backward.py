@@ -26,7 +26,7 @@ from sagann.engine.messages import gather_partial, softmax_surrogate
 from sagann.engine.offload import KeptGraph
 from sagann.engine.probe import unread_rows
 from sagann.kernels import attention
-from sagann.scheduler.devices import Scope
+from sagann.scheduler.devices import Scope, host_tensor
 from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import SRC_FIELDS, ChunkInputs, load_narrowed, narrow, widen
@@ -293,7 +293,7 @@ def _backward_chunk(call: LayerCall, inputs: ChunkInputs, saved, acc: tuple, gra
     cs.adopt(partial_acc, lambda: f"partial of {c.id!r}")
     g_rows = inputs.get("g_rows")
     if saved.winners is not None:
-        eids = cs.load(torch.from_numpy(c.edge_ids), lambda: f"edge ids of {c.id!r}")
+        eids = cs.load(host_tensor(c.edge_ids), lambda: f"edge ids of {c.id!r}")
         g_rows = g_rows * ((arg >= 0) & (eids[arg.clamp(min=0)] == inputs.get("won")))
     leaves = inputs.leaves()
     cs.charge(edge_scratch_bytes(c.nnz, call.shape, call.fused), lambda: f"gradient temporaries of {c.id!r}")

@@ -24,7 +24,7 @@ from sagann.engine.host_grad import owns_storage
 from sagann.engine.messages import gather_partial, softmax_partials
 from sagann.engine.offload import KeptGraph, graph_handle, own_version
 from sagann.engine.probe import unread_rows
-from sagann.scheduler.devices import Scope
+from sagann.scheduler.devices import Scope, host_tensor
 from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import ChunkInputs, load_narrowed
@@ -245,7 +245,7 @@ def _merge(call: LayerCall, inputs: ChunkInputs, acc, win, partial_acc, arg) -> 
     if win is None:
         acc[rows] += partial_acc
         return
-    eids = inputs.scope.load(torch.from_numpy(c.edge_ids), lambda: f"edge ids of {c.id!r}")
+    eids = inputs.scope.load(host_tensor(c.edge_ids), lambda: f"edge ids of {c.id!r}")
     gid = torch.where(arg >= 0, eids[arg.clamp(min=0)], -1)
     cur, cur_win = acc[rows], win[rows]
     beats = partial_acc > cur if call.reduce == "max" else partial_acc < cur

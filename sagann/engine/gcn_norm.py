@@ -15,6 +15,7 @@ import torch
 
 from sagann.chunks.recut import edges_at
 from sagann.engine.graph import ChunkedGraph
+from sagann.scheduler.devices import host_tensor
 
 __all__ = ["gcn_norm", "loop_weights", "unit_gcn_norm"]
 
@@ -69,9 +70,9 @@ def _by_chunks(graph: ChunkedGraph, part, weight: Callable[[torch.Tensor], torch
     """Two passes over the chunks: weighted in-degrees, then each edge's ``w / sqrt(deg_src deg_dst)`` into ``out``."""
     deg = torch.zeros(graph.num_vertices, dtype=out.dtype)
     for c in part.sub_chunks():
-        deg.index_add_(0, torch.from_numpy(c.global_dst()), weight(torch.from_numpy(np.asarray(c.edge_ids))))
+        deg.index_add_(0, torch.from_numpy(c.global_dst()), weight(host_tensor(c.edge_ids)))
     dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0)
     for c in part.sub_chunks():
-        ids = torch.from_numpy(np.asarray(c.edge_ids))
+        ids = host_tensor(c.edge_ids)
         out[ids] = dinv[torch.from_numpy(c.global_src())] * weight(ids) * dinv[torch.from_numpy(c.global_dst())]
     return out
