@@ -516,7 +516,7 @@ class CpuDevice(Device):
         for a in arrays:
             n = a.nbytes
             view = buf[off : off + n].view(_TORCH_INDEX_DTYPES[a.dtype.char])
-            view.copy_(torch.from_numpy(a) if a.flags.writeable and a.flags.c_contiguous else host_tensor(a))
+            view.copy_(host_tensor(a))
             out.append(view)
             off += -(-n // 8) * 8
             sent += n

@@ -75,7 +75,7 @@ class BufferPool:
             if bucket is None:
                 bucket = self._buffers[size] = []
             for entry in bucket:
-                if _use_count(entry[2]) <= 2:
+                if self._is_free(entry):
                     self.hits += 1
                     break
             else:
