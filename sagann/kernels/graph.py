@@ -36,6 +36,17 @@ def rows_bound(rows: torch.Tensor) -> int | None:
     return entry[1] if entry is not None and entry[0]() is rows else None
 
 
+def index_bytes(nnz: int, num_dst: int, num_src: int, source_major: bool) -> int:
+    """Device bytes of a sub-chunk's index arrays as int32: three per edge (+ ``src_dst`` when source-major) and both pointers."""
+    return 4 * ((3 + bool(source_major)) * nnz + num_dst + 1 + num_src + 1)
+
+
+def crossing_array(chunk: EdgeChunk, name: str, narrow: bool) -> np.ndarray | None:
+    """Host index array ``name`` as it crosses the link: 16 bits where ``narrow`` and its values fit; None for a file-backed chunk's ``src_dst``."""
+    host = chunk.src_major_dst() if name == "src_dst" else getattr(chunk, name)
+    return host.astype(np.int16) if host is not None and narrow and chunk.fits_16_bits(name) else host
+
+
 @dataclass(frozen=True, eq=False)
 class ChunkTensors:
     """Index arrays of one sub-chunk as int32 torch tensors on one device.
@@ -73,8 +84,7 @@ class ChunkTensors:
     @property
     def nbytes(self) -> int:
         """Device bytes of the index arrays (all of them, as int32; arrays a streamed copy makes later included)."""
-        per_edge = 3 + (self.src_dst is not None)  # dst_idx, src_idx, src_perm (+ src_dst)
-        return 4 * (per_edge * self.nnz + self.num_dst + 1 + self.num_src + 1)
+        return index_bytes(self.nnz, self.num_dst, self.num_src, self.src_dst is not None)
 
     def present(self) -> list[torch.Tensor]:
         """The arrays on the device now (a streamed copy's later ones not yet made are left out)."""
@@ -170,17 +180,12 @@ class StreamedChunkTensors(ChunkTensors):
         d[DERIVED] = chunk.__dict__.setdefault(DERIVED, {})
         sent = dict(sent or {})
         missing = [n for n in sent_names(backward, source_major) if n not in sent]
-        hosts = [self._host(n) for n in missing]
+        hosts = [crossing_array(chunk, n, narrow) for n in missing]
         if any(h is None for h in hosts):  # made on the device below
             missing, hosts = [n for n, h in zip(missing, hosts) if h is not None], [h for h in hosts if h is not None]
         for name, t in zip(missing, self._cross(hosts, send_many)):
             sent[name] = t
         d.update({("_src_dst" if k == "src_dst" else k): v for k, v in sent.items()})
-
-    def _host(self, name: str) -> np.ndarray | None:
-        """The host array of ``name`` as it crosses (16 bits where it fits); None for a file-backed chunk's ``src_dst``."""
-        host = self._chunk.src_major_dst() if name == "src_dst" else getattr(self._chunk, name)
-        return host.astype(np.int16) if host is not None and self._narrow and self._chunk.fits_16_bits(name) else host
 
     def _cross(self, hosts: list, send_many=None) -> list[torch.Tensor]:
         self.__dict__["sent_bytes"] += sum(h.nbytes for h in hosts)
@@ -190,7 +195,7 @@ class StreamedChunkTensors(ChunkTensors):
     def _make(self, name: str) -> torch.Tensor:
         if name == "dst_idx" and self._derive:
             return expand_pointer(self.dst_ptr, self.nnz)
-        host = self._host(name)
+        host = crossing_array(self._chunk, name, self._narrow)
         if host is None:  # a file-backed chunk keeps no source-major destinations: made here
             return self.dst_idx.index_select(0, self.src_perm)
         return self._cross([host])[0]
@@ -211,7 +216,7 @@ class StreamedChunkTensors(ChunkTensors):
 
     @property
     def nbytes(self) -> int:
-        return 4 * ((3 + self._source_major) * self.nnz + self.num_dst + 1 + self.num_src + 1)
+        return index_bytes(self.nnz, self.num_dst, self.num_src, self._source_major)  # src_dst counted unread: reading it would send it
 
     def present(self) -> list[torch.Tensor]:
         return [t for t in (self.__dict__.get("_src_dst" if n == "src_dst" else n) for n in ARRAYS) if t is not None]

@@ -55,7 +55,7 @@ import torch
 
 from sagann import kernels, profiler
 from sagann.chunks.types import sent_names
-from sagann.kernels.graph import StreamedChunkTensors, declare_rows_bound
+from sagann.kernels.graph import StreamedChunkTensors, crossing_array, declare_rows_bound
 from sagann.scheduler.cuda_runtime import Runtime, TorchRuntime
 from sagann.scheduler.devices import Device
 from sagann.scheduler.meter import CudaMeter
@@ -396,8 +396,8 @@ class CudaDevice(Device):
         names = sent_names(backward, source_major)
         if "src_dst" in names and chunk.src_major_dst() is None:  # a file-backed chunk: made on the GPU from these
             names = sent_names(backward, False)
-        short = [narrow and chunk.fits_16_bits(n) for n in names]
-        host = [chunk.src_major_dst() if n == "src_dst" else getattr(chunk, n) for n in names]
+        host = [crossing_array(chunk, n, narrow) for n in names]
+        short = [a.dtype == np.int16 for a in host]
         arrays = [np.ascontiguousarray(a).astype(np.int16 if sh else np.int32, copy=False) for a, sh in zip(host, short)]
         arrays.append(np.ascontiguousarray(chunk.src_rows))
         offsets, total = [], 0

@@ -22,7 +22,6 @@ import torch
 # mapping, page-faulted on first touch. A selective load of 2,700 rows of 64 floats (690 KB)
 # took 300 us so, against 15-30 us into a reused buffer (R-MAT 2^16 GraphSAGE out of core).
 MIN_POOLED_BYTES = 1 << 16
-_SIZE_MEMO = 4096  # distinct request sizes whose class is remembered
 _OCTAVE_SHIFT = 3  # eight size classes per power of two: at most 1/8 of a buffer unused
 
 
@@ -47,7 +46,6 @@ class BufferPool:
         self._buffers: dict[int, list[tuple[torch.Tensor, object, int]]] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
-        self._sizes: dict[int, int] = {}  # bytes asked -> size class (sizes repeat: a pass asks for the same ones every epoch)
 
     @staticmethod
     def _is_free(entry: tuple) -> bool:
@@ -65,11 +63,7 @@ class BufferPool:
         nbytes = int(n)
         if _use_count is None or nbytes < MIN_POOLED_BYTES or dtype is torch.bool:
             return None
-        size = self._sizes.get(nbytes)
-        if size is None:
-            size = size_class(nbytes)
-            if len(self._sizes) < _SIZE_MEMO:
-                self._sizes[nbytes] = size
+        size = size_class(nbytes)
         with self._lock:
             bucket = self._buffers.get(size)
             if bucket is None:
