@@ -105,10 +105,11 @@ class EdgeChunk:
         )
 
     def fits_16_bits(self, name: str) -> bool:
-        """Every value of index array ``name`` is below 2^15: source ids are bounded by num_src, destination rows
-        (``dst_idx``, ``src_dst``) by num_dst, pointers and the source-major order by nnz."""
+        """Every value of index array ``name`` is below 2^16 (it crosses as unsigned 16 bits): source ids are bounded
+        by num_src, destination rows (``dst_idx``, ``src_dst``) by num_dst, pointers (which reach nnz) and the
+        source-major order by nnz."""
         bound = {"src_idx": self.num_src, "dst_idx": self.num_dst, "src_dst": self.num_dst}.get(name, self.nnz)
-        return bound < 1 << 15
+        return bound < 1 << 16
 
     def sent_index_bytes(self, backward: bool, narrow: bool = False, source_major: bool = False) -> int:
         """Bytes of the index arrays a pass sends with this sub-chunk (``kernels.graph.sent_names``) and its source rows.

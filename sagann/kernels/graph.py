@@ -42,9 +42,18 @@ def index_bytes(nnz: int, num_dst: int, num_src: int, source_major: bool) -> int
 
 
 def crossing_array(chunk: EdgeChunk, name: str, narrow: bool) -> np.ndarray | None:
-    """Host index array ``name`` as it crosses the link: 16 bits where ``narrow`` and its values fit; None for a file-backed chunk's ``src_dst``."""
+    """Host index array ``name`` as it crosses the link: 16 bits where ``narrow`` and its values fit; None for a file-backed chunk's ``src_dst``.
+
+    The 16 bits are unsigned values (up to 65,535) carried as int16, the
+    type every backend copies and widens; :func:`widen_index` undoes it.
+    """
     host = chunk.src_major_dst() if name == "src_dst" else getattr(chunk, name)
-    return host.astype(np.int16) if host is not None and narrow and chunk.fits_16_bits(name) else host
+    return host.astype(np.uint16).view(np.int16) if host is not None and narrow and chunk.fits_16_bits(name) else host
+
+
+def widen_index(t: torch.Tensor) -> torch.Tensor:
+    """An index array as kernels read it (int32): a 16-bit one (:func:`crossing_array`) widened, its bits read as unsigned."""
+    return t if t.dtype == torch.int32 else t.to(torch.int32).bitwise_and_(0xFFFF) if t.dtype == torch.int16 else t.to(torch.int32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,7 +199,7 @@ class StreamedChunkTensors(ChunkTensors):
     def _cross(self, hosts: list, send_many=None) -> list[torch.Tensor]:
         self.__dict__["sent_bytes"] += sum(h.nbytes for h in hosts)
         out = send_many(hosts) if send_many is not None and len(hosts) > 1 else [self._send(h) for h in hosts]
-        return [t.to(torch.int32) if t.dtype != torch.int32 else t for t in out]
+        return [widen_index(t) for t in out]
 
     def _make(self, name: str) -> torch.Tensor:
         if name == "dst_idx" and self._derive:

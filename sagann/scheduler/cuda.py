@@ -55,7 +55,7 @@ import torch
 
 from sagann import kernels, profiler
 from sagann.chunks.types import sent_names
-from sagann.kernels.graph import StreamedChunkTensors, crossing_array, declare_rows_bound
+from sagann.kernels.graph import StreamedChunkTensors, crossing_array, declare_rows_bound, widen_index
 from sagann.scheduler.cuda_runtime import Runtime, TorchRuntime
 from sagann.scheduler.devices import Device
 from sagann.scheduler.meter import CudaMeter
@@ -412,7 +412,7 @@ class CudaDevice(Device):
         packed = self._send_staged((max(total, _ALIGN),), torch.uint8, fill, split=False)
         views = [packed[off : off + a.nbytes].view(_torch_dtype(a)) for a, off in zip(arrays, offsets)]
         if any(short):
-            views[:-1] = [v.to(torch.int32) if sh else v for v, sh in zip(views[:-1], short)]  # on the loader's stream, after the copy
+            views[:-1] = [widen_index(v) if sh else v for v, sh in zip(views[:-1], short)]  # on the loader's stream, after the copy
             self._keep_for_compute([v for v, sh in zip(views, short) if sh])
         ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, sent=dict(zip(names, views)), narrow=narrow, derive=True)
         rows = views[-1]

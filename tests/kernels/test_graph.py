@@ -57,9 +57,9 @@ def test_streamed_arrays_equal_the_chunks(seed, n, e, p, sub, backward, source_m
 
 
 def test_each_array_crosses_in_16_bits_where_its_values_fit():
-    """A dense chunk: source ids (below num_src) fit in 16 bits, positions among 40,000 edges do not."""
+    """A dense chunk: source ids (below num_src) fit in 16 bits, positions among 70,000 edges do not."""
     rng = np.random.default_rng(0)
-    ei = rng.integers(0, 100, (2, 40_000))
+    ei = rng.integers(0, 100, (2, 70_000))
     (c,) = partition_graph(ei, 100, 1, sub_chunk_nnz=1 << 20).sub_chunks()
     assert c.fits_16_bits("src_idx") and not c.fits_16_bits("src_perm") and not c.fits_16_bits("dst_ptr")
     link = _Link()
@@ -67,6 +67,20 @@ def test_each_array_crosses_in_16_bits_where_its_values_fit():
     assert link.sent == [c.dst_ptr.nbytes, c.src_idx.nbytes // 2, c.src_ptr.nbytes, c.src_perm.nbytes]
     ref = ChunkTensors.from_chunk(c)
     for name in NAMES[:-1]:
+        assert getattr(ct, name).dtype == torch.int32 and torch.equal(getattr(ct, name), getattr(ref, name)), name
+
+
+def test_positions_between_2_15_and_2_16_cross_unsigned():
+    """40,000 edges: pointers and the source-major order reach past 32,767, yet cross in 16 bits and come back exact."""
+    rng = np.random.default_rng(1)
+    ei = rng.integers(0, 100, (2, 40_000))
+    (c,) = partition_graph(ei, 100, 1, sub_chunk_nnz=1 << 20).sub_chunks()
+    assert c.src_perm.max() >= 1 << 15 and all(c.fits_16_bits(n) for n in ("dst_ptr", "src_idx", "src_ptr", "src_perm", "src_dst"))
+    link = _Link()
+    ct = StreamedChunkTensors(c, link, backward=True, source_major=True, narrow=True)
+    assert sum(link.sent) + c.src_rows.nbytes == c.sent_index_bytes(True, True, True)
+    ref = ChunkTensors.from_chunk(c, "cpu", source_major=True)
+    for name in NAMES:
         assert getattr(ct, name).dtype == torch.int32 and torch.equal(getattr(ct, name), getattr(ref, name)), name
 
 
