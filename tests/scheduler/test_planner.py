@@ -105,6 +105,30 @@ def test_pass_plans_fit_the_budget(transfer):
     assert p.working_set.peak_bytes <= p.planned_peak_bytes <= budget
 
 
+def test_without_prefetch_a_pass_keeps_its_plan_and_ignores_measured_times():
+    """Loads and compute run one after the other: no order shortens the pass, so the plan is built once, in natural order."""
+    p = planner(1162938, sagann.ScheduleConfig(prefetch=0, order="profile"))
+    natural = planner(1162938, sagann.ScheduleConfig(prefetch=0, order="natural"))
+    part = p.partition_for(SHAPE, False, PARAMS)
+    assert natural.partition_for(SHAPE, False, PARAMS).num_chunks == part.num_chunks > 1
+    times = {k: (1.0 / (n + 1), 1.0) for n, k in enumerate(sorted(part.chunks))}  # Johnson's rule would reorder these
+    for phase in (FORWARD, BACKWARD):
+        plan = p.plan_pass(part, SHAPE, False, PARAMS, phase, measured=times.get)
+        assert p.plan_pass(part, SHAPE, False, PARAMS, phase, measured=times.get) is plan, "the second pass reuses the plan, not a rebuild"
+        assert [s.key for s in plan.steps()] == [s.key for s in natural.plan_pass(part, SHAPE, False, PARAMS, phase).steps()]
+
+
+def test_with_prefetch_a_pass_orders_by_measured_times():
+    p = planner(1162938, sagann.ScheduleConfig(prefetch=1, order="profile", tile=1))
+    part = p.partition_for(SHAPE, False, PARAMS)
+    keys = [k for k, subs in sorted(part.chunks.items()) if subs and k[1] == 0]
+    assert len(keys) > 1
+    times = {k: (1.0 / (n + 1), 1.0) for n, k in enumerate(keys)}  # loads shorter than compute: shortest load first
+    plan = p.plan_pass(part, SHAPE, False, PARAMS, FORWARD, measured=lambda k: times.get(k, (1.0, 1.0)))
+    first = [s.key for s in plan.steps() if s.key[1] == 0]
+    assert first == sorted(keys, key=lambda k: times[k][0])
+
+
 def test_recompute_peak_joins_the_planned_peak():
     p = planner(1162938)
     p.partition_for(SHAPE, False, PARAMS)
