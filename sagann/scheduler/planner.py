@@ -49,77 +49,12 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     vertex_weight,
     working_set,
 )
+from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, choose_num_chunks
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
 
-MAX_CHUNKS = 1024
-
 Measured = Callable[[tuple[int, int]], "tuple[float, float] | None"]
-
-
-class BudgetTooSmall(ValueError):
-    """No partition of the graph fits the device's memory budget."""
-
-
-def choose_num_chunks(
-    make_partition: Callable[[int], GraphPartition],
-    num_vertices: int,
-    shape: LayerShape,
-    fused: bool,
-    param_bytes: int,
-    budget: int | None,
-    start: int = 1,
-    *,
-    in_flight: int = 1,
-    lower_bound: Callable[[int], int] | None = None,
-    max_chunks: int = MAX_CHUNKS,
-) -> tuple[GraphPartition, WorkingSet]:
-    """Smallest P in [start, max_chunks] whose working set fits the budget, as NeuGraph picks it.
-
-    Doubles P until the plan fits, then bisects back to the smallest fit.
-    ``lower_bound(P)`` (e.g. :func:`resident_lower_bound` of P's bounds)
-    rules a P out without partitioning when it already exceeds the budget.
-    Raises BudgetTooSmall naming the smallest budget seen to work.
-    """
-    if budget is None or lower_bound is None or lower_bound(start) <= budget:
-        first = make_partition(start)
-        ws = working_set(first, shape, fused, param_bytes, in_flight)
-        if budget is None or ws.peak_bytes <= budget:
-            return first, ws
-    else:
-        ws = WorkingSet(int(lower_bound(start)), "resident vertex rows (lower bound)")
-    limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS, max_chunks))
-    lo, hi, best = start, start, None
-
-    def fits(p: int):
-        """(partition, working set) for P = p if it fits, else None; and the bytes it needs (a bound if not built)."""
-        if lower_bound is not None:
-            bound = lower_bound(p)
-            if bound > budget:
-                return None, WorkingSet(int(bound), "resident vertex rows (lower bound)")
-        part = make_partition(p)
-        w = working_set(part, shape, fused, param_bytes, in_flight)
-        return ((part, w) if w.peak_bytes <= budget else None), w
-
-    while hi < limit:
-        lo, hi = hi, min(hi * 2, limit)
-        best, ws = fits(hi)
-        if best is not None:
-            break
-    if best is None:
-        raise BudgetTooSmall(
-            f"no partition fits the memory budget of {budget:,} bytes: even {hi} chunks need "
-            f"{ws.peak_bytes:,} bytes (in the {ws.phase}); give the device at least {ws.peak_bytes:,} bytes"
-        )
-    while hi - lo > 1:  # smallest fitting P in (lo, hi]
-        mid = (lo + hi) // 2
-        found, _ = fits(mid)
-        if found is not None:
-            hi, best = mid, found
-        else:
-            lo = mid
-    return best
 
 
 def _unmeasured(key: tuple[int, int]) -> None:

@@ -107,8 +107,9 @@ def test_pass_plans_fit_the_budget(transfer):
 
 def test_without_prefetch_a_pass_keeps_its_plan_and_ignores_measured_times():
     """Loads and compute run one after the other: no order shortens the pass, so the plan is built once, in natural order."""
-    p = planner(1162938, sagann.ScheduleConfig(prefetch=0, order="profile"))
-    natural = planner(1162938, sagann.ScheduleConfig(prefetch=0, order="natural"))
+    # full transfers and tile 1: no choice rests on transfer costs each device measures for itself
+    p = planner(1162938, sagann.ScheduleConfig(prefetch=0, order="profile", transfer="full", tile=1))
+    natural = planner(1162938, sagann.ScheduleConfig(prefetch=0, order="natural", transfer="full", tile=1))
     part = p.partition_for(SHAPE, False, PARAMS)
     assert natural.partition_for(SHAPE, False, PARAMS).num_chunks == part.num_chunks > 1
     times = {k: (1.0 / (n + 1), 1.0) for n, k in enumerate(sorted(part.chunks))}  # Johnson's rule would reorder these

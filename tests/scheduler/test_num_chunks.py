@@ -1,0 +1,43 @@
+"""The smallest-P search on its own: a fake working set that shrinks with P."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sagann.scheduler import num_chunks
+from sagann.scheduler.memory_model import WorkingSet
+from sagann.scheduler.num_chunks import BudgetTooSmall, choose_num_chunks
+
+
+@dataclasses.dataclass
+class _Part:
+    num_chunks: int
+
+
+@pytest.fixture
+def shrinking(monkeypatch):
+    """Working set 1000 // P bytes; every P tried is recorded."""
+    tried = []
+    monkeypatch.setattr(num_chunks, "working_set", lambda part, *a, **k: WorkingSet(1000 // part.num_chunks, "forward edge stage"))
+    return tried, lambda p: tried.append(p) or _Part(p)
+
+
+@pytest.mark.parametrize("budget,want", [(None, 1), (1000, 1), (500, 2), (90, 11), (34, 29)])
+def test_the_smallest_p_that_fits(shrinking, budget, want):
+    tried, make = shrinking
+    part, ws = choose_num_chunks(make, 10_000, None, False, 0, budget)
+    assert part.num_chunks == want and (budget is None or ws.peak_bytes <= budget)
+    assert all(1000 // p > budget for p in tried if p < want), "every smaller P tried did not fit"
+
+
+def test_a_lower_bound_rules_p_out_without_cutting_it(shrinking):
+    tried, make = shrinking
+    part, _ = choose_num_chunks(make, 10_000, None, False, 0, 100, lower_bound=lambda p: 1000 // p)
+    assert part.num_chunks == 10 and all(1000 // p <= 100 for p in tried)
+
+
+def test_no_p_fits_names_the_bytes_needed(shrinking):
+    _, make = shrinking
+    with pytest.raises(BudgetTooSmall, match="even 8 chunks need 125 bytes"):
+        choose_num_chunks(make, 8, None, False, 0, 10)
