@@ -53,7 +53,10 @@ def crossing_array(chunk: EdgeChunk, name: str, narrow: bool) -> np.ndarray | No
 
 def widen_index(t: torch.Tensor) -> torch.Tensor:
     """An index array as kernels read it (int32): a 16-bit one (:func:`crossing_array`) widened, its bits read as unsigned."""
-    return t if t.dtype == torch.int32 else t.to(torch.int32).bitwise_and_(0xFFFF) if t.dtype == torch.int16 else t.to(torch.int32)
+    if t.dtype == torch.int32:
+        return t
+    wide = t.to(torch.int32)
+    return wide.bitwise_and_(0xFFFF) if t.dtype == torch.int16 else wide
 
 
 @dataclass(frozen=True, eq=False)

@@ -398,7 +398,7 @@ class CudaDevice(Device):
             names = sent_names(backward, False)
         host = [crossing_array(chunk, n, narrow) for n in names]
         short = [a.dtype == np.int16 for a in host]
-        arrays = [np.ascontiguousarray(a).astype(np.int16 if sh else np.int32, copy=False) for a, sh in zip(host, short)]
+        arrays = [np.ascontiguousarray(a if sh else a.astype(np.int32, copy=False)) for a, sh in zip(host, short)]  # 16-bit ones already narrowed
         arrays.append(np.ascontiguousarray(chunk.src_rows))
         offsets, total = [], 0
         for a in arrays:
