@@ -204,13 +204,23 @@ class StreamedChunkTensors(ChunkTensors):
         out = send_many(hosts) if send_many is not None and len(hosts) > 1 else [self._send(h) for h in hosts]
         return [widen_index(t) for t in out]
 
+    def charge_later(self, scope) -> None:
+        """Charge ``scope`` (a device ledger's :class:`~sagann.scheduler.devices.Scope`) for each array made after this call."""
+        self.__dict__["_scope"] = scope
+
     def _make(self, name: str) -> torch.Tensor:
         if name == "dst_idx" and self._derive:
-            return expand_pointer(self.dst_ptr, self.nnz)
-        host = crossing_array(self._chunk, name, self._narrow)
-        if host is None:  # a file-backed chunk keeps no source-major destinations: made here
-            return self.dst_idx.index_select(0, self.src_perm)
-        return self._cross([host])[0]
+            made = expand_pointer(self.dst_ptr, self.nnz)
+        else:
+            host = crossing_array(self._chunk, name, self._narrow)
+            if host is None:  # a file-backed chunk keeps no source-major destinations: made here
+                made = self.dst_idx.index_select(0, self.src_perm)
+            else:
+                made = self._cross([host])[0]
+        scope = self.__dict__.get("_scope")
+        if scope is not None:
+            scope.charge(made.nbytes, lambda: f"{name} of {self._chunk.id!r}, read after its load")
+        return made
 
     def __getattr__(self, name: str):  # called only for an array not made yet
         d = self.__dict__
@@ -228,7 +238,8 @@ class StreamedChunkTensors(ChunkTensors):
 
     @property
     def nbytes(self) -> int:
-        return index_bytes(self.nnz, self.num_dst, self.num_src, self._source_major)  # src_dst counted unread: reading it would send it
+        """Device bytes of the arrays made so far: what the pass reads at once; an array read later is charged then (:meth:`charge_later`)."""
+        return sum(t.nbytes for t in self.present())
 
     def present(self) -> list[torch.Tensor]:
         return [t for t in (self.__dict__.get("_src_dst" if n == "src_dst" else n) for n in ARRAYS) if t is not None]

@@ -481,7 +481,8 @@ class CpuDevice(Device):
         if ct is None:  # views of every array: nothing is derived (that would hold new memory per sub-chunk)
             ct = per[key] = self.chunk_tensors(chunk, key)
         self._count_in(chunk.sent_index_bytes(backward, narrow, source_major) - chunk.src_rows.nbytes)  # what a copying device sends (as rows, the source rows are not counted)
-        return ct, self._source_rows(chunk), ct.nbytes
+        # charged as a copying device holds them: a forward's pointers and source ids (its kernels read no more), every array in backward
+        return ct, self._source_rows(chunk), ct.nbytes if backward else chunk.sent_index_bytes(False) - chunk.src_rows.nbytes
 
     @property
     def kernel_backend(self) -> str:

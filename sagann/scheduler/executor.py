@@ -31,6 +31,7 @@ from sagann import profiler
 from sagann.scheduler import progress
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
+from sagann.kernels.graph import StreamedChunkTensors
 from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope
@@ -132,6 +133,8 @@ class ChunkInputs:
         source_major = ex.source_major and backward
         self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=source_major, backward=backward, narrow=narrow)
         self.scope.charge(index_bytes, lambda: f"index arrays of {c.id!r}")
+        if isinstance(self.ct, StreamedChunkTensors):  # an array a kernel reads later is sent (or made) then, and charged then
+            self.ct.charge_later(self.scope)
         self.loaded_bytes += c.sent_index_bytes(backward, narrow, source_major)
         self._sent_before = getattr(self.ct, "sent_bytes", 0)  # arrays first read in compute are sent then (counted at close)
 

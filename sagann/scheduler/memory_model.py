@@ -44,6 +44,7 @@ from sagann.chunks.partition import GraphPartition
 
 FLOAT = 4  # bytes per fp32 element
 INDEX = 8  # bytes per int64 winner id
+INT32 = 4  # bytes per entry of a sub-chunk index array
 EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, beyond the messages
 VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
 DOUBLE = 8  # bytes per fp64 element
@@ -298,7 +299,10 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
     into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
-    index = c.nbytes - c.edge_ids.nbytes  # every index array may be on the device; edge ids only for winners (below)
+    if backward:  # every index array may be on the device; edge ids only for winners (below)
+        index = c.nbytes - c.edge_ids.nbytes
+    else:  # what a forward reads: the pointers, source ids and rows (sent_names), and each edge's row where not fused
+        index = INT32 * (c.nnz * (1 if fused else 2) + c.num_dst + 1) + c.src_rows.nbytes
     b = index + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
     if not backward:
@@ -396,8 +400,11 @@ def vertex_weight(shape: LayerShape, fused: bool) -> float:
 UNBUDGETED_SUB_CHUNK_BYTES = 256 << 20
 
 
-def _backward_sub_chunk_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
-    """A backward sub-chunk's bytes per source row (the row and its gradient) and per edge (index arrays, edge data, scratch)."""
+def _sub_chunk_unit_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
+    """The largest sub-chunk's bytes per source row and per edge: a backward's (the row and its gradient; index arrays,
+    edge data, scratch twice), or a forward's where the layer has no backward edge stage (its sub-chunks size for the forward alone)."""
+    if not shape.backward_edges:  # the row; source id (+ the row of each edge where not fused), edge data, scratch
+        return FLOAT * shape.d_src_side, INT32 * (1 if fused else 2) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
     return 2 * FLOAT * shape.d_src_side, 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * shape.d_edge) + 24
 
 
@@ -410,7 +417,7 @@ def sub_chunk_nnz_in_room(room: int, rows: int, shape: LayerShape, fused: bool, 
     (R-MAT 2^16 at degree 64, GCN width 64 under 1/8 of the in-memory
     device memory: 59,194 edges a sub-chunk at P = 14 instead of 14,757).
     """
-    row, edge = _backward_sub_chunk_bytes(shape, fused)
+    row, edge = _sub_chunk_unit_bytes(shape, fused)
     rows = max(0, int(rows))
     if rows * (row + edge) <= room:
         return int(min(default, max(64, rows + (room - rows * (row + edge)) // edge)))
@@ -418,14 +425,14 @@ def sub_chunk_nnz_in_room(room: int, rows: int, shape: LayerShape, fused: bool, 
 
 
 def sub_chunk_nnz_for(budget: int | None, shape: LayerShape, fused: bool, default: int) -> int:
-    """Edges per sub-chunk: a backward sub-chunk's per-edge bytes within half the budget.
+    """Edges per sub-chunk: the largest sub-chunk's per-edge bytes (:func:`_sub_chunk_unit_bytes`) within half the budget.
 
     The rest is left to the vertex-resident state; ``choose_num_chunks``
     then raises P until the whole working set fits. Without a budget, the
     default, or less for a layer with per-edge tensors (see
     ``UNBUDGETED_SUB_CHUNK_BYTES``).
     """
-    per_edge = sum(_backward_sub_chunk_bytes(shape, fused))  # a new source row for every edge
+    per_edge = sum(_sub_chunk_unit_bytes(shape, fused))  # a new source row for every edge
     if budget is None:
         return default if fused else int(min(default, max(4096, UNBUDGETED_SUB_CHUNK_BYTES // per_edge)))
     return int(min(default, max(64, budget // (2 * per_edge))))

@@ -43,7 +43,9 @@ def test_streamed_arrays_equal_the_chunks(seed, n, e, p, sub, backward, source_m
         assert sent_now + c.src_rows.nbytes == c.sent_index_bytes(backward, narrow, source_major)
         assert len(link.sent) == len(sent_names(backward, source_major))
         ref = ChunkTensors.from_chunk(c, "cpu", source_major=source_major)
-        assert ct.nbytes == ref.nbytes and ct.nnz == ref.nnz and (ct.num_src, ct.num_dst) == (ref.num_src, ref.num_dst)
+        sizes = {"dst_ptr": c.num_dst + 1, "src_ptr": c.num_src + 1}
+        assert ct.nbytes == sum(4 * sizes.get(m, c.nnz) for m in sent_names(backward, source_major))  # what is on the device now, as int32
+        assert ct.nnz == ref.nnz and (ct.num_src, ct.num_dst) == (ref.num_src, ref.num_dst)
         for name in NAMES:
             a, b = getattr(ct, name), getattr(ref, name)
             assert (a is None) == (b is None), name
@@ -54,6 +56,7 @@ def test_streamed_arrays_equal_the_chunks(seed, n, e, p, sub, backward, source_m
                     for m in ("dst_idx", "src_idx", "src_ptr", "src_perm") if m not in sent_names(backward, source_major) and not (m == "dst_idx" and derive))
         assert ct.sent_bytes == sum(link.sent) == sent_now + later
         assert [getattr(ct, m) for m in NAMES[:-1]] and ct.sent_bytes == sent_now + later  # a second read sends nothing
+        assert ct.nbytes == ref.nbytes  # every array read: all of them on the device
 
 
 def test_each_array_crosses_in_16_bits_where_its_values_fit():
@@ -99,3 +102,27 @@ def test_expand_pointer_gives_each_entrys_row(rows):
     ptr = torch.tensor(rows, dtype=torch.int32)
     want = torch.repeat_interleave(torch.arange(len(rows) - 1), (ptr[1:] - ptr[:-1]).long()).int()
     assert torch.equal(expand_pointer(ptr, rows[-1]), want)
+
+
+def test_an_array_read_after_the_load_is_charged_when_it_is_made():
+    """The ledger holds what is on the device: a forward charges pointers and source ids, and dst_idx only once a kernel reads it."""
+    from sagann.scheduler.devices import CpuDevice, BudgetExceeded
+
+    c = next(s for s in _subs(2, 50, 600, 2, 100) if s.nnz)
+    dev = CpuDevice(1 << 20, copy_transfers=True)
+    with dev.scope() as scope:
+        ct, _, nbytes = dev.chunk_index(c, backward=False)
+        scope.charge(nbytes, "index arrays")
+        ct.charge_later(scope)
+        assert nbytes == c.dst_ptr.nbytes + c.src_idx.nbytes == dev.current_bytes
+        ct.dst_idx
+        assert dev.current_bytes == nbytes + c.dst_idx.nbytes
+        ct.dst_idx  # made once, charged once
+        assert dev.current_bytes == nbytes + c.dst_idx.nbytes
+    tight = CpuDevice(c.dst_ptr.nbytes + c.src_idx.nbytes, copy_transfers=True)
+    with tight.scope() as scope:
+        ct, _, nbytes = tight.chunk_index(c, backward=False)
+        scope.charge(nbytes, "index arrays")
+        ct.charge_later(scope)
+        with pytest.raises(BudgetExceeded, match="dst_idx"):
+            ct.dst_idx

@@ -206,3 +206,23 @@ def sub_chunk_nnz_conservative(budget: int, shape: LayerShape) -> int:
     from sagann.scheduler.memory_model import sub_chunk_nnz_for
 
     return sub_chunk_nnz_for(budget, shape, False, DEFAULT_SUB_CHUNK_NNZ)
+
+
+def test_a_layer_with_no_backward_edge_stage_sizes_its_sub_chunks_for_the_forward():
+    """A first layer whose input needs no gradient never streams its edges backward: its sub-chunks need not fit a backward's bytes."""
+    from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ
+    from sagann.scheduler.memory_model import sub_chunk_nnz_for, sub_chunk_nnz_in_room, working_set
+
+    trained = SHAPE.with_grads(True, True, False)
+    assert trained.backward_edges and not FORWARD_ONLY.backward_edges
+    budget = 1 << 20
+    assert sub_chunk_nnz_for(budget, FORWARD_ONLY, False, 1 << 30) > 1.5 * sub_chunk_nnz_for(budget, trained, False, 1 << 30)
+    assert sub_chunk_nnz_in_room(budget, 500, FORWARD_ONLY, False, 1 << 30) > 1.5 * sub_chunk_nnz_in_room(budget, 500, trained, False, 1 << 30)
+    free = _planner(None, "smallest")
+    free.partition_for(trained, False, 1000)
+    limit = free.working_set.peak_bytes // 8
+    fwd, bwd = _planner(limit, "smallest"), _planner(limit, "smallest")
+    a, b = fwd.partition_for(FORWARD_ONLY, False, 1000), bwd.partition_for(trained, False, 1000)
+    assert a.num_sub_chunks < b.num_sub_chunks  # fewer steps for the layer that only streams forward
+    assert working_set(a, FORWARD_ONLY, False, 1000).peak_bytes <= limit  # and what it plans still fits
+    assert DEFAULT_SUB_CHUNK_NNZ >= a.sub_chunk_nnz
