@@ -285,6 +285,13 @@ def _winner_row_bytes(shape: LayerShape) -> int:
     return (INDEX * shape.d_msg if shape.winners else 0) + FLOAT * 2 * shape.d_score
 
 
+def forward_index_bytes(c, fused: bool) -> int:
+    """Device bytes of a forward sub-chunk's index arrays: the pointers, source ids and rows it reads (``sent_names``),
+    and each edge's row where the layer is not fused. With 16-bit transfers a GPU holds the 16-bit copies of the
+    pointers and ids beside the widened ones until compute: counted always, 2 bytes an edge."""
+    return INT32 * (c.nnz * (1 if fused else 2) + c.num_dst + 1) + (INT32 // 2) * (c.nnz + c.num_dst + 1) + c.src_rows.nbytes
+
+
 def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     """Device bytes of one sub-chunk in flight (selective transfer), as the passes charge them.
 
@@ -299,10 +306,8 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
     into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
-    if backward:  # every index array may be on the device; edge ids only for winners (below)
-        index = c.nbytes - c.edge_ids.nbytes
-    else:  # what a forward reads: the pointers, source ids and rows (sent_names), and each edge's row where not fused
-        index = INT32 * (c.nnz * (1 if fused else 2) + c.num_dst + 1) + c.src_rows.nbytes
+    # backward: every index array may be on the device; edge ids only for winners (below)
+    index = c.nbytes - c.edge_ids.nbytes if backward else forward_index_bytes(c, fused)
     b = index + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
     if not backward:
@@ -404,7 +409,7 @@ def _sub_chunk_unit_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
     """The largest sub-chunk's bytes per source row and per edge: a backward's (the row and its gradient; index arrays,
     edge data, scratch twice), or a forward's where the layer has no backward edge stage (its sub-chunks size for the forward alone)."""
     if not shape.backward_edges:  # the row; source id (+ the row of each edge where not fused), edge data, scratch
-        return FLOAT * shape.d_src_side, INT32 * (1 if fused else 2) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
+        return FLOAT * shape.d_src_side, INT32 * (1 if fused else 2) + INT32 // 2 + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
     return 2 * FLOAT * shape.d_src_side, 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * shape.d_edge) + 24
 
 

@@ -173,6 +173,7 @@ def test_packed_streamed_arrays_equal_the_chunks(backward, narrow):
     """What a pass sends (16-bit where it fits) and what the GPU makes from it equal the chunk's arrays."""
     from sagann.chunks.partition import partition_graph
     from sagann.kernels.graph import ChunkTensors
+    from sagann.scheduler.memory_model import forward_index_bytes
 
     ei, _ = _graph()
     dev = _fake()
@@ -192,6 +193,8 @@ def test_packed_streamed_arrays_equal_the_chunks(backward, narrow):
             b = getattr(ref, name)
             assert (a is None) == (b is None) and (a is None or (a.dtype == torch.int32 and torch.equal(a, b))), name
         assert nbytes + made_later >= ref.nbytes
+        if not backward:  # what the plan counts for a forward's index arrays covers what the GPU holds at the load
+            assert nbytes <= forward_index_bytes(c, fused=True)
     _no_violations(dev.runtime.hub)
 
 
