@@ -303,7 +303,8 @@ class Planner:
             if w.peak_bytes <= self.budget:  # kept if, counted, it takes fewer steps and is still predicted faster
                 costs, new, old = measure_step_costs(self._devices[0]), measure_partition(faster, shape), measure_partition(part, shape)
                 better = new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs)
-                return (faster, w) if better else (part, ws)
+                # the estimate sized the pick's sub-chunks from a model of their rows: widen them to what really fits
+                return self._widen(faster, w, shape, fused, param_bytes, in_flight, cap) if better else (part, ws)
         return part, ws
 
     def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):
@@ -319,14 +320,16 @@ class Planner:
         The starting sub-chunk size assumes one new source row per edge; real
         chunks reuse rows, so bigger sub-chunks usually fit, and they re-send
         fewer shared rows (selective bytes) and take fewer steps. Grows 4x
-        while the partition changes and fits.
+        while the partition changes and fits, then 2x while that fits.
         """
         budget, weight = self.budget, vertex_weight(shape, fused)
-        while part.sub_chunk_nnz < cap and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
-            wider = self._cut(part.num_chunks, min(4 * part.sub_chunk_nnz, cap), weight)
+        growth = 4
+        while growth > 1 and part.sub_chunk_nnz < cap and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
+            wider = self._cut(part.num_chunks, min(growth * part.sub_chunk_nnz, cap), weight)
             w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
             if w.peak_bytes > budget:
-                break
+                growth //= 2  # 4x does not fit: 2x may
+                continue
             part, ws = wider, w
         return part, ws
 
