@@ -285,11 +285,16 @@ def _winner_row_bytes(shape: LayerShape) -> int:
     return (INDEX * shape.d_msg if shape.winners else 0) + FLOAT * 2 * shape.d_score
 
 
+def _forward_index_bytes_per_entry(fused: bool) -> int:
+    """A forward's index bytes per edge (and per pointer): the source id (+ the edge's row where not fused) as int32,
+    and its 16-bit copy, which a GPU holds beside the widened one until compute with 16-bit transfers (counted always)."""
+    return INT32 * (1 if fused else 2) + INT32 // 2
+
+
 def forward_index_bytes(c, fused: bool) -> int:
     """Device bytes of a forward sub-chunk's index arrays: the pointers, source ids and rows it reads (``sent_names``),
-    and each edge's row where the layer is not fused. With 16-bit transfers a GPU holds the 16-bit copies of the
-    pointers and ids beside the widened ones until compute: counted always, 2 bytes an edge."""
-    return INT32 * (c.nnz * (1 if fused else 2) + c.num_dst + 1) + (INT32 // 2) * (c.nnz + c.num_dst + 1) + c.src_rows.nbytes
+    and each edge's row where the layer is not fused (:func:`_forward_index_bytes_per_entry`)."""
+    return _forward_index_bytes_per_entry(fused) * c.nnz + (INT32 + INT32 // 2) * (c.num_dst + 1) + c.src_rows.nbytes
 
 
 def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
@@ -409,7 +414,7 @@ def _sub_chunk_unit_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
     """The largest sub-chunk's bytes per source row and per edge: a backward's (the row and its gradient; index arrays,
     edge data, scratch twice), or a forward's where the layer has no backward edge stage (its sub-chunks size for the forward alone)."""
     if not shape.backward_edges:  # the row; source id (+ the row of each edge where not fused), edge data, scratch
-        return FLOAT * shape.d_src_side, INT32 * (1 if fused else 2) + INT32 // 2 + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
+        return FLOAT * shape.d_src_side, _forward_index_bytes_per_entry(fused) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
     return 2 * FLOAT * shape.d_src_side, 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * shape.d_edge) + 24
 
 
