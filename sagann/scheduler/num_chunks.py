@@ -38,6 +38,7 @@ def choose_num_chunks(
         ws = working_set(first, shape, fused, param_bytes, in_flight)
         if budget is None or ws.peak_bytes <= budget:
             return first, ws
+        first = None  # not held while larger P are cut: the search holds at most its best fit and one candidate
     else:
         ws = WorkingSet(int(lower_bound(start)), "resident vertex rows (lower bound)")
     limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS, max_chunks))
