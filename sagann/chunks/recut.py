@@ -24,6 +24,8 @@ Gather = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 # a run of more edges than this is built a sub-chunk at a time (its edges read once more to count them first)
 DIRECT_EDGES = 1 << 20
+# edges counted per slice when sizing a candidate partition (bounds planning's temporaries)
+COUNT_SLICE = 1 << 16
 
 
 def _overlapping(part: GraphPartition, lo: int, hi: int) -> list[int]:
@@ -243,11 +245,18 @@ def edges_at(part: GraphPartition, ids: np.ndarray) -> np.ndarray:
 
 
 def chunk_nnz_of(part: GraphPartition, bounds: np.ndarray) -> np.ndarray:
-    """``[P, P]`` edges of each chunk under interval ``bounds``, counted chunk by chunk."""
+    """``[P, P]`` edges of each chunk under interval ``bounds``, counted chunk by chunk.
+
+    Intervals are looked up once per kept row and per destination row, and
+    edges are counted a slice at a time: planning must not hold per-edge
+    64-bit copies of a whole chunk (host RSS).
+    """
     p = len(bounds) - 1
     counts = np.zeros(p * p, dtype=np.int64)
     for c in part.sub_chunks():
-        i = np.searchsorted(bounds, c.global_src(), side="right") - 1
-        j = np.searchsorted(bounds, c.global_dst(), side="right") - 1
-        counts += np.bincount(i * p + j, minlength=p * p)
+        src_iv = np.searchsorted(bounds, c.src_start + c.src_rows.astype(np.int64), side="right") - 1
+        dst_iv = np.searchsorted(bounds, c.dst_start + c.dst_offset + np.arange(c.num_dst, dtype=np.int64), side="right") - 1
+        for lo in range(0, c.nnz, COUNT_SLICE):
+            hi = min(lo + COUNT_SLICE, c.nnz)
+            counts += np.bincount(src_iv[c.src_idx[lo:hi]] * p + dst_iv[c.dst_idx[lo:hi]], minlength=p * p)
     return counts.reshape(p, p)

@@ -38,21 +38,31 @@ def choose_num_chunks(
         ws = working_set(first, shape, fused, param_bytes, in_flight)
         if budget is None or ws.peak_bytes <= budget:
             return first, ws
-        first = None  # not held while larger P are cut: the search holds at most its best fit and one candidate
+        first = None  # not held while larger P are cut: the search holds at most one partition
     else:
         ws = WorkingSet(int(lower_bound(start)), "resident vertex rows (lower bound)")
     limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS, max_chunks))
     lo, hi, best = start, start, None
+    held: list = []  # the one partition the search holds: the last one cut, while it is the best fit
 
     def fits(p: int):
-        """(partition, working set) for P = p if it fits, else None; and the bytes it needs (a bound if not built)."""
+        """The working set of P = p if it fits, else None; and the bytes it needs (a bound if not built).
+
+        The partition held before is dropped before P = p is cut (host
+        RSS: a caller may hold its current partition too); the best fit is
+        cut again at the end if a later candidate replaced it.
+        """
         if lower_bound is not None:
             bound = lower_bound(p)
             if bound > budget:
                 return None, WorkingSet(int(bound), "resident vertex rows (lower bound)")
+        held.clear()
         part = make_partition(p)
         w = working_set(part, shape, fused, param_bytes, in_flight)
-        return ((part, w) if w.peak_bytes <= budget else None), w
+        if w.peak_bytes > budget:
+            return None, w
+        held.append((p, part))
+        return w, w
 
     while hi < limit:
         lo, hi = hi, min(hi * 2, limit)
@@ -71,4 +81,7 @@ def choose_num_chunks(
             hi, best = mid, found
         else:
             lo = mid
-    return best
+    if held and held[0][0] == hi:
+        return held[0][1], best
+    held.clear()
+    return make_partition(hi), best

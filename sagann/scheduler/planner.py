@@ -213,7 +213,8 @@ class Planner:
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, 1)
         if budget is not None and self._fixed_sub_nnz is None:  # a re-plan too: sub-chunks no wider than the current ones
             cap = DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz
-            part, ws = self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight, cap), shape, fused, param_bytes, in_flight, cap)
+            fit, part = [part, ws], None  # only ``fit`` holds the partition: tuning may drop it while it cuts another
+            part, ws = self._tune(fit, shape, fused, param_bytes, in_flight, cap)
         return self._settle(part, ws)
 
     def allow_coarser(self) -> None:
@@ -263,7 +264,7 @@ class Planner:
         p = self._partition
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
-        # each chunk placed as it is cut: the search also holds its best candidate while it cuts the next
+        # each chunk placed as it is cut (a search holds the current partition and at most one candidate)
         edges = self._edges()
         if isinstance(edges, GraphPartition):  # the list is not in RAM: re-cut the chunks a row at a time
             return recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
@@ -288,24 +289,48 @@ class Planner:
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, 1, in_flight, max_chunks=p.num_chunks - 1)
         except BudgetTooSmall:
             return None
-        return self._by_time(*self._widen(part, ws, shape, fused, param_bytes, in_flight), shape, fused, param_bytes, in_flight)
+        fit, part = [part, ws], None  # only ``fit`` holds the partition: tuning may drop it while it cuts another
+        return self._tune(fit, shape, fused, param_bytes, in_flight)
 
-    def _by_time(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ):
-        """``part`` (the smallest P that fits, widened), or a faster fit (``faster_partition``: wider sub-chunks, up to ``cap``, or larger P)."""
+    def _tune(self, fit: list, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ):
+        """(partition, working set): the smallest fit ``fit`` = [partition, working set] widened (:meth:`_widen`), or a faster fit (:meth:`_by_time`).
+
+        ``fit`` is emptied: with the caller's reference gone, tuning holds one
+        candidate partition besides the current one (host RSS), and cuts a
+        dropped one again when it is the answer after all.
+        """
+        self._widen(fit, shape, fused, param_bytes, in_flight, cap)
+        self._by_time(fit, shape, fused, param_bytes, in_flight, cap)
+        return fit.pop(0), fit.pop(0)
+
+    def _by_time(self, fit: list, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int):
+        """Replace ``fit`` (the smallest P that fits, widened) by a faster fit (``faster_partition``: wider sub-chunks, up to ``cap``, or larger P)."""
         if self._schedule.partition_rule != "time":
-            return part, ws
+            return
+        part, ws = fit
         job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": cap}
-        pick = faster_partition(self._edges(), self._in_degree, part, job, measure_step_costs(self._devices[0]), min(max(self._num_vertices, 1), MAX_CHUNKS))
-        p, sub = pick or (0, 0)
+        costs = measure_step_costs(self._devices[0])
+        pick = faster_partition(self._edges(), self._in_degree, part, job, costs, min(max(self._num_vertices, 1), MAX_CHUNKS))
+        if pick is None:
+            return
+        p0, sub0, weight, old = part.num_chunks, part.sub_chunk_nnz, vertex_weight(shape, fused), measure_partition(part, shape)
+        fit.clear()
+        part = None
+        p, sub = pick
         for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
-            faster = self._cut(p, sub, vertex_weight(shape, fused))
+            faster = self._cut(p, sub, weight)
             w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight)
             if w.peak_bytes <= self.budget:  # kept if, counted, it takes fewer steps and is still predicted faster
-                costs, new, old = measure_step_costs(self._devices[0]), measure_partition(faster, shape), measure_partition(part, shape)
-                better = new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs)
-                # the estimate sized the pick's sub-chunks from a model of their rows: widen them to what really fits
-                return self._widen(faster, w, shape, fused, param_bytes, in_flight, cap) if better else (part, ws)
-        return part, ws
+                new = measure_partition(faster, shape)
+                if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs):
+                    fit[:] = [faster, w]
+                    # the estimate sized the pick's sub-chunks from a model of their rows: widen them to what really fits
+                    self._widen(fit, shape, fused, param_bytes, in_flight, cap)
+                    return
+                break
+            faster = None
+        faster = None
+        fit[:] = [self._cut(p0, sub0, weight), ws]
 
     def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):
         """``choose_num_chunks`` over this graph's partitions: P ruled out by its intervals' resident rows before it is cut."""
@@ -314,24 +339,33 @@ class Planner:
         bound = lambda P: resident_lower_bound(balanced_bounds(self._in_degree, P, weight), shape, param_bytes)  # noqa: E731
         return choose_num_chunks(make, self._num_vertices, shape, fused, param_bytes, self.budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks)
 
-    def _widen(self, part: GraphPartition, ws: WorkingSet, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ):
-        """The same P with the largest sub-chunks (up to ``cap``) whose working set still fits.
+    def _widen(self, fit: list, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ) -> None:
+        """Replace ``fit`` = [partition, working set] by the same P with the largest sub-chunks (up to ``cap``) that still fit.
 
         The starting sub-chunk size assumes one new source row per edge; real
         chunks reuse rows, so bigger sub-chunks usually fit, and they re-send
         fewer shared rows (selective bytes) and take fewer steps. Grows 4x
-        while the partition changes and fits, then 2x while that fits.
+        while the partition changes and fits, then 2x while that fits. The
+        last fit is dropped while a wider one is cut, and cut again if needed.
         """
         budget, weight = self.budget, vertex_weight(shape, fused)
+        part, ws = fit
+        p, sub, largest = part.num_chunks, part.sub_chunk_nnz, max((c.nnz for c in part.sub_chunks()), default=0)
         growth = 4
-        while growth > 1 and part.sub_chunk_nnz < cap and max((c.nnz for c in part.sub_chunks()), default=0) >= part.sub_chunk_nnz:
-            wider = self._cut(part.num_chunks, min(growth * part.sub_chunk_nnz, cap), weight)
+        while growth > 1 and sub < cap and largest >= sub:
+            fit.clear()
+            part = None
+            wider = self._cut(p, min(growth * sub, cap), weight)
             w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
             if w.peak_bytes > budget:
+                wider = None
                 growth //= 2  # 4x does not fit: 2x may
                 continue
-            part, ws = wider, w
-        return part, ws
+            part, ws, sub, largest = wider, w, wider.sub_chunk_nnz, max((c.nnz for c in wider.sub_chunks()), default=0)
+            fit[:] = [part, ws]
+            wider = None
+        if not fit:
+            fit[:] = [self._cut(p, sub, weight), ws]
 
     def _settle(self, part: GraphPartition, ws: WorkingSet) -> GraphPartition:
         """Make ``part`` the current partition and remember the largest working set planned on it."""

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 
@@ -41,3 +43,21 @@ def test_no_p_fits_names_the_bytes_needed(shrinking):
     _, make = shrinking
     with pytest.raises(BudgetTooSmall, match="even 8 chunks need 125 bytes"):
         choose_num_chunks(make, 8, None, False, 0, 10)
+
+
+@pytest.mark.parametrize("budget,want", [(1000, 1), (500, 2), (90, 11), (34, 29)])
+def test_the_search_holds_one_partition_at_a_time(shrinking, budget, want):
+    """Host RSS: while a P is cut, no earlier candidate is still alive (the best is cut again if it was dropped)."""
+    tried, make = shrinking
+    alive: list[weakref.ref] = []
+
+    def cut(p):
+        gc.collect()
+        held = sum(r() is not None for r in alive)
+        assert held == 0, f"{held} partition(s) still held while P = {p} is cut"
+        part = make(p)
+        alive.append(weakref.ref(part))
+        return part
+
+    part, _ = choose_num_chunks(cut, 10_000, None, False, 0, budget)
+    assert part.num_chunks == want

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import pathlib
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -166,3 +168,26 @@ def test_state_is_read_only_and_written_by_the_planner_alone():
     writes = re.compile(r"\.(planner\._\w+|_planned_peak|_working_set|_fixed_chunks|_fixed_sub_nnz|_plan_choices|_prefetch_cache|_resident_ok|_may_coarsen)\b")
     outside = [f"{path.relative_to(root)}: {line.strip()}" for path in root.rglob("*.py") if path.name != "planner.py" for line in path.read_text().splitlines() if writes.search(line)]
     assert not outside, "planner state touched outside the planner:\n" + "\n".join(outside)
+
+
+@pytest.mark.parametrize("rule", ["smallest", "time"])
+def test_planning_holds_one_candidate_partition_besides_the_current_one(monkeypatch, rule):
+    """Host RSS: searching, widening and the time rule's pick never keep two candidates alive while a third is cut."""
+    alive: list[weakref.ref] = []
+    cut = Planner._cut
+
+    def counted(self, num_chunks, sub_nnz, weight=1.0):
+        gc.collect()
+        held = [r() for r in alive if r() is not None and r() is not self._partition]
+        assert len(held) <= 1, f"{len(held)} candidate partitions held while P = {num_chunks} is cut"
+        part = cut(self, num_chunks, sub_nnz, weight)
+        alive.append(weakref.ref(part))
+        return part
+
+    monkeypatch.setattr(Planner, "_cut", counted)
+    p = planner(1162938, sagann.ScheduleConfig(partition_rule=rule))
+    for d in (16, 64, 128):
+        p.partition_for(widths(d), False, PARAMS)
+    p.allow_coarser()
+    p.partition_for(widths(16), False, PARAMS)
+    assert len(alive) >= 4 and p.working_set.peak_bytes <= 1162938
