@@ -226,6 +226,7 @@ def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, 
 
 MARGIN = 0.05  # a larger P must be predicted this much faster: the model's noise must not flip the choice
 GROWTH = (1.25, 1.5, 2.0, 3.0)  # larger P tried, as multiples of the smallest P that fits
+NEXT_P = 3  # and the next few P above it: where a sub-chunk can just hold a whole chunk, one more interval is often enough
 
 
 def _sub_for_room(room: int, in_flight: int, rows: int, shape: LayerShape, fused: bool, default: int) -> int:
@@ -256,7 +257,7 @@ def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, 
     p0 = chosen.num_chunks
     base = estimate_partition(chunk_nnz(edges, chosen.bounds), chosen.bounds, chosen.sub_chunk_nnz, shape).seconds(costs)
     best, best_seconds = None, base * (1 - MARGIN)
-    for p in sorted({min(max_chunks, int(math.ceil(p0 * g))) for g in GROWTH} | {p0}):
+    for p in sorted({min(max_chunks, int(math.ceil(p0 * g))) for g in GROWTH} | {min(max_chunks, p0 + k) for k in range(NEXT_P + 1)}):
         bounds = chosen.bounds if p == p0 else balanced_bounds(in_degree, p, weight)
         if resident_lower_bound(bounds, shape, params) >= budget:
             continue

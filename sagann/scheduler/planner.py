@@ -170,8 +170,9 @@ class Planner:
     def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
         """The partition for a layer call: the current one if it fits, else a finer one.
 
-        P and the sub-chunk size only ever grow finer, so a model whose layers
-        have different widths settles on one partition after its first pass.
+        P only ever grows, and at a given P the sub-chunks only narrow, so a
+        model whose layers have different widths settles on one partition
+        after its first pass.
         The first partition takes the smallest P that fits (as NeuGraph), then
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
@@ -211,8 +212,10 @@ class Planner:
         except BudgetTooSmall:
             in_flight = 1
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, 1)
-        if budget is not None and self._fixed_sub_nnz is None:  # a re-plan too: sub-chunks no wider than the current ones
-            cap = DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz
+        if budget is not None and self._fixed_sub_nnz is None:  # a re-plan too
+            # at the current P, sub-chunks no wider than the current ones (the plan only grows finer); a larger P's
+            # chunks are smaller, so its sub-chunks are widened afresh (else one layer's P caps another's sub-chunks)
+            cap = DEFAULT_SUB_CHUNK_NNZ if current is None or part.num_chunks > current.num_chunks else current.sub_chunk_nnz
             fit, part = [part, ws], None  # only ``fit`` holds the partition: tuning may drop it while it cuts another
             part, ws = self._tune(fit, shape, fused, param_bytes, in_flight, cap)
         return self._settle(part, ws)

@@ -72,6 +72,20 @@ def test_a_larger_p_is_picked_only_where_the_model_predicts_it_faster():
     assert faster_partition(EDGES, in_degree, smallest, _job(budget), StepCosts(1.0, 0.0, 0.0), smallest.num_chunks) is None  # no larger P allowed
 
 
+def test_the_next_few_p_above_the_smallest_are_candidates(monkeypatch):
+    """Where a whole chunk just fits a sub-chunk at P + 1, the growth factors alone (1.25 P, ...) would skip it for small P."""
+    free = _planner(None, "smallest")
+    free.partition_for(SHAPE, False, 1000)
+    budget = free.working_set.peak_bytes // 16
+    smallest = _planner(budget, "smallest").partition_for(SHAPE, False, 1000)
+    tried = []
+    estimate = cost_model.estimate_partition
+    monkeypatch.setattr(cost_model, "estimate_partition", lambda nnz, bounds, *a: tried.append(len(bounds) - 1) or estimate(nnz, bounds, *a))
+    faster_partition(EDGES, np.bincount(EDGES[1], minlength=N), smallest, _job(budget), StepCosts(1e-15, 1.0, 0.0), 1024)
+    p0 = smallest.num_chunks
+    assert {p0 + k for k in range(1, cost_model.NEXT_P + 1)} <= set(tried)
+
+
 def test_the_planner_takes_the_faster_p_when_it_fits(monkeypatch):
     free = _planner(None, "smallest")
     free.partition_for(SHAPE, False, 1000)
@@ -187,7 +201,7 @@ def test_sub_chunks_sized_in_a_room_pay_each_source_row_once():
 
 
 def test_a_later_layer_that_needs_a_finer_partition_keeps_wide_sub_chunks():
-    """Re-planned for a wider layer, the sub-chunks are widened again (past the per-edge rule), never past the first layer's."""
+    """Re-planned for a wider layer, the sub-chunks are widened again (past the per-edge rule); at the same P never past the first layer's."""
     wide = LayerShape(
         d_in=128, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=128, d_out=32, gather="sum", builtin=None,
         uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=False,
@@ -198,7 +212,8 @@ def test_a_later_layer_that_needs_a_finer_partition_keeps_wide_sub_chunks():
     first = planner.partition_for(SHAPE, False, 1000)
     second = planner.partition_for(wide, False, 1000)
     assert second is not first  # the wide layer does not fit the first partition
-    assert sub_chunk_nnz_conservative(planner.budget, wide) < second.sub_chunk_nnz <= first.sub_chunk_nnz
+    assert sub_chunk_nnz_conservative(planner.budget, wide) < second.sub_chunk_nnz
+    assert second.num_chunks > first.num_chunks or second.sub_chunk_nnz <= first.sub_chunk_nnz
 
 
 def sub_chunk_nnz_conservative(budget: int, shape: LayerShape) -> int:

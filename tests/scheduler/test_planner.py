@@ -191,3 +191,22 @@ def test_planning_holds_one_candidate_partition_besides_the_current_one(monkeypa
     p.allow_coarser()
     p.partition_for(widths(16), False, PARAMS)
     assert len(alive) >= 4 and p.working_set.peak_bytes <= 1162938
+
+
+@pytest.mark.parametrize("rule", ["smallest", "time"])
+def test_a_replan_to_a_larger_p_widens_its_sub_chunks_afresh(rule):
+    """A layer that needs more intervals than the one before gets sub-chunks as wide as its room allows, not the
+    narrow ones the other layer's smaller P left it; P still only grows and the plan settles."""
+    n, e = 1000, 200_000
+    rng = np.random.default_rng(1)
+    edges = np.stack([rng.integers(0, n, e), rng.integers(0, n, e)])
+    budget = 4_000_000
+    p = Planner(lambda: edges, n, np.bincount(edges[1], minlength=n), [sagann.CpuDevice(budget)], sagann.ScheduleConfig(partition_rule=rule))
+    wide_messages = dataclasses.replace(SHAPE, d_in=256, d_msg=256, d_out=16)
+    wide_output = dataclasses.replace(SHAPE, d_in=16, d_msg=16, d_out=4096)  # its vertex rows need a larger P
+    first = p.partition_for(wide_messages, False, PARAMS)
+    second = p.partition_for(wide_output, False, PARAMS)
+    assert second.num_chunks > first.num_chunks and second.sub_chunk_nnz >= 4 * first.sub_chunk_nnz
+    assert working_set(second, wide_output, False, PARAMS).peak_bytes <= budget
+    settled = [p.partition_for(s, False, PARAMS) for s in (wide_messages, wide_output)]
+    assert all(s.num_chunks >= second.num_chunks for s in settled) and settled[1] is p.partition_for(wide_messages, False, PARAMS)
