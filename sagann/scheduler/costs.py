@@ -8,10 +8,12 @@ SMOOTHING = 0.5  # weight of the newest measurement: drift is followed within a 
 
 
 class CostTable:
-    """Exponentially smoothed ``(load_seconds, compute_seconds)`` per (pass key, chunk key)."""
+    """Exponentially smoothed ``(load_seconds, compute_seconds)`` per (pass key, chunk key), and per pass key what a
+    step cost beyond the time model (the pass log's predictions add it)."""
 
     def __init__(self):
         self._table: dict[Hashable, dict[Hashable, tuple[float, float]]] = {}
+        self._residual: dict[Hashable, float] = {}
         self._lock = threading.Lock()
 
     def update(self, pass_key: Hashable, chunk_key: Hashable, load: float, compute: float) -> None:
@@ -27,6 +29,17 @@ class CostTable:
         with self._lock:
             return self._table.get(pass_key, {}).get(chunk_key)
 
+    def step_residual(self, pass_key: Hashable) -> float | None:
+        """Seconds a step of this pass cost beyond the model's prediction, smoothed; None before it ran once."""
+        with self._lock:
+            return self._residual.get(pass_key)
+
+    def learn_step_residual(self, pass_key: Hashable, seconds: float) -> None:
+        with self._lock:
+            old = self._residual.get(pass_key)
+            self._residual[pass_key] = seconds if old is None else SMOOTHING * seconds + (1 - SMOOTHING) * old
+
     def clear(self) -> None:
         with self._lock:
             self._table.clear()
+            self._residual.clear()

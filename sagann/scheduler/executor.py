@@ -434,8 +434,14 @@ class Executor:
         full = moved - plan.bytes_moved + plan.bytes_full
         steps = sum(len(s.subs) for s in plan.steps())
         base = self._model_seconds(plan, steps, moved)
-        model = max(0.0, base + steps * in_pass_step_seconds(self.device)) if base == base else base  # what steps cost in the passes before this one
+        # what a step cost beyond the model in this pass's earlier runs; before its first, in the device's other passes
+        # (a mix over layers, phases and graphs: the forward of a narrow layer must not be predicted from a GAT's backward)
+        pass_key = (self.log.key, phase)
+        per_step = self.log.costs.step_residual(pass_key)
+        model = max(0.0, base + steps * (in_pass_step_seconds(self.device) if per_step is None else per_step)) if base == base else base
         learn_in_pass_step(self.device, base, seconds, steps)
+        if base == base and steps > 0:
+            self.log.costs.learn_step_residual(pass_key, (seconds - base) / steps)
         for key, (load, busy) in times.items():
             self.log.costs.update((self.log.key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
@@ -450,8 +456,9 @@ class Executor:
     def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
         """The calibrated time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.
 
-        ``record_pass`` adds what steps cost inside the earlier passes
-        beyond it (:func:`~sagann.scheduler.cost_model.in_pass_step_seconds`).
+        ``record_pass`` adds what steps cost beyond it in this pass's earlier
+        runs (``CostTable.step_residual``), or before its first in the
+        device's other passes (:func:`~sagann.scheduler.cost_model.in_pass_step_seconds`).
 
         Edge work: the compute the cost table holds for the plan's chunks from
         earlier runs, less their fixed cost per step; NaN before every chunk
