@@ -126,6 +126,9 @@ class Planner:
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
         self._resident_ok = True  # may a pass hold source intervals resident or tile its columns (off after an out-of-memory re-plan)
         self._may_coarsen = False  # the call that set P no longer streams here: the next call may pick a smaller P
+        # (shape, fused, param_bytes) of the calls planned so far: a wider sub-chunk must fit them all, or the
+        # next call of another layer re-plans (a plan settling only in a later epoch re-cuts the graph mid-training)
+        self._calls: dict[tuple, None] = {}
         self._refined = False  # refine() made the partition finer: the model's plan is not trusted to coarsen
         self._prefetch_cache: dict = {}
         self._plan_choices: dict[tuple, tuple] = {}  # pass key -> (partition ref, tile, resident intervals, spare room, dst rows, the plan itself where its order is fixed)
@@ -177,6 +180,7 @@ class Planner:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.budget
+        self._calls[(shape, fused, param_bytes)] = None
         if budget is not None and self._partition is None:
             measure_step_costs(self._devices[0])  # once per kind of device, before any pass runs (the pass log's predictions read it)
         # a fixed depth is planned for; "as deep as fits" needs room for one. Not for disk reads: the
@@ -223,6 +227,7 @@ class Planner:
     def allow_coarser(self) -> None:
         """The next call may re-choose P from 1 (the layer whose calls set P stopped streaming: its Gather is cached)."""
         self._may_coarsen = True
+        self._calls = {}  # the calls that still stream register again
 
     def refine(self, shape: LayerShape, fused: bool) -> GraphPartition | None:
         """A strictly finer partition after the device ran out of memory, or None if there is none.
@@ -323,7 +328,7 @@ class Planner:
         for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
             faster = self._cut(p, sub, weight)
             w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight)
-            if w.peak_bytes <= self.budget:  # kept if, counted, it takes fewer steps and is still predicted faster
+            if w.peak_bytes <= self.budget and self._fits_the_others(faster, shape, fused, param_bytes, in_flight):  # kept if, counted, it takes fewer steps and is still predicted faster
                 new = measure_partition(faster, shape)
                 if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs):
                     fit[:] = [faster, w]
@@ -341,6 +346,14 @@ class Planner:
         make = lambda P: self._cut(P, sub, weight)  # noqa: E731
         bound = lambda P: resident_lower_bound(balanced_bounds(self._in_degree, P, weight), shape, param_bytes)  # noqa: E731
         return choose_num_chunks(make, self._num_vertices, shape, fused, param_bytes, self.budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks)
+
+    def _fits_the_others(self, part: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int) -> bool:
+        """``part`` also holds every other call planned so far (their working sets within the budget)."""
+        return all(
+            working_set(part, s, f, b, in_flight=in_flight).peak_bytes <= self.budget
+            for s, f, b in self._calls
+            if (s, f, b) != (shape, fused, param_bytes)
+        )
 
     def _widen(self, fit: list, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ) -> None:
         """Replace ``fit`` = [partition, working set] by the same P with the largest sub-chunks (up to ``cap``) that still fit.
@@ -360,7 +373,7 @@ class Planner:
             part = None
             wider = self._cut(p, min(growth * sub, cap), weight)
             w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
-            if w.peak_bytes > budget:
+            if w.peak_bytes > budget or not self._fits_the_others(wider, shape, fused, param_bytes, in_flight):
                 wider = None
                 growth //= 2  # 4x does not fit: 2x may
                 continue
