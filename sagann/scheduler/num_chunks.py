@@ -42,11 +42,11 @@ def choose_num_chunks(
     else:
         ws = WorkingSet(int(lower_bound(start)), "resident vertex rows (lower bound)")
     limit = max(start, min(max(num_vertices, 1), MAX_CHUNKS, max_chunks))
-    lo, hi, best = start, start, None
+    lo, hi, ok = start, start, False
     held: list = []  # the one partition the search holds: the last one cut, while it is the best fit
 
-    def fits(p: int):
-        """The working set of P = p if it fits, else None; and the bytes it needs (a bound if not built).
+    def fits(p: int) -> tuple[bool, WorkingSet]:
+        """Whether P = p fits, and the bytes it needs (a bound if not built).
 
         The partition held before is dropped before P = p is cut (host
         RSS: a caller may hold its current partition too); the best fit is
@@ -55,30 +55,31 @@ def choose_num_chunks(
         if lower_bound is not None:
             bound = lower_bound(p)
             if bound > budget:
-                return None, WorkingSet(int(bound), "resident vertex rows (lower bound)")
+                return False, WorkingSet(int(bound), "resident vertex rows (lower bound)")
         held.clear()
         part = make_partition(p)
         w = working_set(part, shape, fused, param_bytes, in_flight)
         if w.peak_bytes > budget:
-            return None, w
+            return False, w
         held.append((p, part))
-        return w, w
+        return True, w
 
     while hi < limit:
         lo, hi = hi, min(hi * 2, limit)
-        best, ws = fits(hi)
-        if best is not None:
+        ok, ws = fits(hi)
+        if ok:
             break
-    if best is None:
+    if not ok:
         raise BudgetTooSmall(
             f"no partition fits the memory budget of {budget:,} bytes: even {hi} chunks need "
             f"{ws.peak_bytes:,} bytes (in the {ws.phase}); give the device at least {ws.peak_bytes:,} bytes"
         )
+    best = ws
     while hi - lo > 1:  # smallest fitting P in (lo, hi]
         mid = (lo + hi) // 2
-        found, _ = fits(mid)
-        if found is not None:
-            hi, best = mid, found
+        ok, w = fits(mid)
+        if ok:
+            hi, best = mid, w
         else:
             lo = mid
     if held and held[0][0] == hi:
