@@ -18,9 +18,10 @@ import threading
 
 import torch
 
-# glibc's mmap threshold as sagann.scheduler.host fixes it: every block from here up is a fresh
-# mapping, page-faulted on first touch. A selective load of 2,700 rows of 64 floats (690 KB)
-# took 300 us so, against 15-30 us into a reused buffer (R-MAT 2^16 GraphSAGE out of core).
+# Below 64 KiB malloc reuses blocks at no cost. Above it a fresh block is page-faulted on first touch:
+# a fresh mapping beyond sagann.scheduler.host.HEAP_BLOCK_MAX, a heap block trimmed at a pass's end below.
+# A selective load of 2,700 rows of 64 floats (690 KB) into a fresh mapping took 300 us, against
+# 15-30 us into a reused buffer (R-MAT 2^16 GraphSAGE out of core); a pooled buffer stays faulted in.
 MIN_POOLED_BYTES = 1 << 16
 _OCTAVE_SHIFT = 3  # eight size classes per power of two: at most 1/8 of a buffer unused
 

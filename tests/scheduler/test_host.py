@@ -1,6 +1,7 @@
 """HostMemory: RAM within the budget, memory-mapped spill files past it, nothing left on disk."""
 import gc
 import os
+import sys
 
 import pytest
 import torch
@@ -97,3 +98,29 @@ def test_bad_budget_and_spill_dir_are_refused(tmp_path):
 
 def test_exported_at_top_level():
     assert sagann.HostMemory is HostMemory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's thresholds: Linux only")
+def test_a_passes_buffers_are_reused_inside_it_and_handed_back_at_its_end():
+    """A sub-chunk-sized buffer freed and allocated again at every step is not page-faulted in every time; the pass's end returns it."""
+    import resource
+
+    from sagann.scheduler.host import HEAP_BLOCK_MAX, anon_rss_bytes, trim_freed_memory
+
+    HostMemory()  # fixes glibc's thresholds for the process
+    rows = (HEAP_BLOCK_MAX // 2) // (64 * 4)  # half the largest heap block: [rows, 64] float32
+    pages = rows * 64 * 4 // 4096
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    trim_freed_memory()
+    before = faults()
+    for _ in range(20):  # a pass's steps
+        t = torch.empty(rows, 64)
+        t.fill_(1.0)
+        del t
+    assert faults() - before < 4 * pages, "each step's buffer was page-faulted in afresh"
+    held = anon_rss_bytes()
+    trim_freed_memory()  # the pass's end
+    assert anon_rss_bytes() <= held
