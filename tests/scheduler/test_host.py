@@ -120,7 +120,8 @@ def test_a_passes_buffers_are_reused_inside_it_and_handed_back_at_its_end():
         t = torch.empty(rows, 64)
         t.fill_(1.0)
         del t
-    assert faults() - before < 4 * pages, "each step's buffer was page-faulted in afresh"
+    # a fresh mapping per step faults all its pages 20 times; heap blocks fault once each (a fragmented heap may hand out a few)
+    assert faults() - before < 10 * pages, "each step's buffer was page-faulted in afresh"
     held = anon_rss_bytes()
     trim_freed_memory()  # the pass's end
     assert anon_rss_bytes() <= held
