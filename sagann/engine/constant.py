@@ -26,7 +26,7 @@ from torch import nn
 from sagann.engine.faces import Face, ThenFace, base_of, face_of
 from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
 from sagann.engine.probe import unread_rows
-from sagann.engine.run import draw_seed, layer_shape, run_layer
+from sagann.engine.run import call_owner, draw_seed, layer_shape, run_layer
 from sagann.fn import MessageFn
 
 __all__ = ["seen_gather", "note_gather", "reuses_gather", "has_cached_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
@@ -141,7 +141,7 @@ def run_on_cached_gather(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.
             rows[:, x.shape[1]:] = acc
             acc = rows
         seen.rows = acc
-        g.allow_coarser_partition()  # this layer's streamed calls, which may have set P, are over while x stays
+        g.allow_coarser_partition(call_owner(layer, x, edge_data))  # this layer's streamed calls on x, which may have set P, are over while x stays
     face = _on_gathered(layer, x)
     if filling or not chaining_enabled():
         return _run(face, g.without_edges(), seen.rows)

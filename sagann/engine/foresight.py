@@ -176,8 +176,8 @@ def _recording_plans(calls: list):
     """
     real = Planner.partition_for
 
-    def record(self, shape, fused, param_bytes):
-        part = real(self, shape, fused, param_bytes)
+    def record(self, shape, fused, param_bytes, owner=None):
+        part = real(self, shape, fused, param_bytes, owner)
         calls.append((shape, fused, param_bytes, part))
         return part
 

@@ -214,9 +214,12 @@ class ChunkedGraph:
         part = self.edges_in_chunks()
         return part if part is not None else self.edge_index()
 
-    def plan(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
-        """The partition for a layer call (``Planner.partition_for``): the current one if it fits, else a finer one."""
-        part = self.planner.partition_for(shape, fused, param_bytes)
+    def plan(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object = None) -> GraphPartition:
+        """The partition for a layer call (``Planner.partition_for``): the current one if it fits, else a finer one.
+
+        ``owner``: the call's layer and inputs (``sagann.engine.run.call_owner``).
+        """
+        part = self.planner.partition_for(shape, fused, param_bytes, owner)
         if self.host.enabled and part.alloc is None:  # the partition's E-long edge order goes under the host budget too
             host = self.host
             part.alloc = lambda n, dtype: host.array(n, dtype, "edge order")
@@ -236,17 +239,18 @@ class ChunkedGraph:
         """The schedule of one edge stage, checked against the budget before it runs (``Planner.plan_pass``)."""
         return self.planner.plan_pass(partition, shape, fused, param_bytes, phase, measured)
 
-    def allow_coarser_partition(self) -> None:
+    def allow_coarser_partition(self, owner: object = None) -> None:
         """A layer whose calls set P stops streaming on this graph (its Gather is now cached): let the next call re-choose P.
 
         P otherwise only grows, and the first epoch's propagation of the
         input features (602 columns on Reddit) would keep every later
         layer on the partition it needed. Once per cached Gather: the next
         layer call picks the smallest P that fits it, and the graph moves to
-        it where that is coarser (one partitioning).
+        it where that is coarser (one partitioning), if every other call
+        planned so far (not ``owner``'s) fits it too.
         """
         for g in self._graphs():
-            g.planner.allow_coarser()
+            g.planner.allow_coarser(owner)
 
     def with_remaining_self_loops(self) -> tuple["ChunkedGraph", np.ndarray]:
         """This graph with every self loop replaced by exactly one per vertex (PyG's GCN convention).

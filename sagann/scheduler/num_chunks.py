@@ -25,18 +25,20 @@ def choose_num_chunks(
     in_flight: int = 1,
     lower_bound: Callable[[int], int] | None = None,
     max_chunks: int = MAX_CHUNKS,
+    also: Callable[[GraphPartition], bool] | None = None,
 ) -> tuple[GraphPartition, WorkingSet]:
     """Smallest P in [start, max_chunks] whose working set fits the budget, as NeuGraph picks it.
 
     Doubles P until the plan fits, then bisects back to the smallest fit.
     ``lower_bound(P)`` (e.g. :func:`resident_lower_bound` of P's bounds)
-    rules a P out without partitioning when it already exceeds the budget.
+    rules a P out without partitioning when it already exceeds the budget;
+    ``also(partition)`` is a further test a fit must pass (other calls).
     Raises BudgetTooSmall naming the smallest budget seen to work.
     """
     if budget is None or lower_bound is None or lower_bound(start) <= budget:
         first = make_partition(start)
         ws = working_set(first, shape, fused, param_bytes, in_flight)
-        if budget is None or ws.peak_bytes <= budget:
+        if budget is None or (ws.peak_bytes <= budget and (also is None or also(first))):
             return first, ws
         first = None  # not held while larger P are cut: the search holds at most one partition
     else:
@@ -59,7 +61,7 @@ def choose_num_chunks(
         held.clear()
         part = make_partition(p)
         w = working_set(part, shape, fused, param_bytes, in_flight)
-        if w.peak_bytes > budget:
+        if w.peak_bytes > budget or (also is not None and not also(part)):
             return False, w
         held.append((p, part))
         return True, w

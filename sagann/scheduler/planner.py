@@ -126,9 +126,10 @@ class Planner:
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
         self._resident_ok = True  # may a pass hold source intervals resident or tile its columns (off after an out-of-memory re-plan)
         self._may_coarsen = False  # the call that set P no longer streams here: the next call may pick a smaller P
-        # (shape, fused, param_bytes) of the calls planned so far: a wider sub-chunk must fit them all, or the
-        # next call of another layer re-plans (a plan settling only in a later epoch re-cuts the graph mid-training)
-        self._calls: dict[tuple, None] = {}
+        # (shape, fused, param_bytes) of the calls planned so far -> the owner of the last (its layer and inputs): a wider
+        # sub-chunk, or a coarser P, must fit them all, or the next call of another layer re-plans (a plan settling only
+        # in a later epoch re-cuts the graph mid-training)
+        self._calls: dict[tuple, object] = {}
         self._refined = False  # refine() made the partition finer: the model's plan is not trusted to coarsen
         self._prefetch_cache: dict = {}
         self._plan_choices: dict[tuple, tuple] = {}  # pass key -> (partition ref, tile, resident intervals, spare room, dst rows, the plan itself where its order is fixed)
@@ -170,8 +171,11 @@ class Planner:
         return min(budgets) if budgets else None
 
     # ---- the partition ------------------------------------------------------------------------
-    def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int) -> GraphPartition:
+    def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object = None) -> GraphPartition:
         """The partition for a layer call: the current one if it fits, else a finer one.
+
+        ``owner``: what the call belongs to (its layer and inputs), so that
+        :meth:`allow_coarser` can forget the calls that stopped streaming.
 
         P only ever grows, and at a given P the sub-chunks only narrow, so a
         model whose layers have different widths settles on one partition
@@ -180,7 +184,7 @@ class Planner:
         the largest sub-chunks that still fit at that P (:meth:`_widen`).
         """
         budget = self.budget
-        self._calls[(shape, fused, param_bytes)] = None
+        self._calls[(shape, fused, param_bytes)] = owner
         if budget is not None and self._partition is None:
             measure_step_costs(self._devices[0])  # once per kind of device, before any pass runs (the pass log's predictions read it)
         # a fixed depth is planned for; "as deep as fits" needs room for one. Not for disk reads: the
@@ -224,10 +228,17 @@ class Planner:
             part, ws = self._tune(fit, shape, fused, param_bytes, in_flight, cap)
         return self._settle(part, ws)
 
-    def allow_coarser(self) -> None:
-        """The next call may re-choose P from 1 (the layer whose calls set P stopped streaming: its Gather is cached)."""
+    def allow_coarser(self, owner: object = None) -> None:
+        """The next call may re-choose P from 1 (the layer whose calls set P stopped streaming: its Gather is cached).
+
+        ``owner``: the calls that stopped (``partition_for``'s owner); the
+        other calls planned so far still stream, and a coarser P must fit
+        them too: a dropout's fresh input each epoch keeps a layer's
+        training calls streaming while its evaluation calls are cached.
+        None: every call registers again.
+        """
         self._may_coarsen = True
-        self._calls = {}  # the calls that still stream register again
+        self._calls = {} if owner is None else {k: o for k, o in self._calls.items() if o != owner}
 
     def refine(self, shape: LayerShape, fused: bool) -> GraphPartition | None:
         """A strictly finer partition after the device ran out of memory, or None if there is none.
@@ -293,8 +304,14 @@ class Planner:
         if not shape.backward:
             shape = shape.with_grads(True, True, False)
         sub = sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
+        others = lambda part: self._fits_the_others(part, shape, fused, param_bytes, in_flight)  # noqa: E731
+        if self._calls.keys() - {(shape, fused, param_bytes)}:  # a call still streaming that P - 1 does not hold: no smaller P does
+            probe = self._cut(p.num_chunks - 1, sub, vertex_weight(shape, fused))
+            held, probe = others(probe), None
+            if not held:
+                return None
         try:
-            part, ws = self._smallest_fit(shape, fused, param_bytes, sub, 1, in_flight, max_chunks=p.num_chunks - 1)
+            part, ws = self._smallest_fit(shape, fused, param_bytes, sub, 1, in_flight, max_chunks=p.num_chunks - 1, also=others)
         except BudgetTooSmall:
             return None
         fit, part = [part, ws], None  # only ``fit`` holds the partition: tuning may drop it while it cuts another
@@ -340,12 +357,13 @@ class Planner:
         faster = None
         fit[:] = [self._cut(p0, sub0, weight), ws]
 
-    def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS):
-        """``choose_num_chunks`` over this graph's partitions: P ruled out by its intervals' resident rows before it is cut."""
+    def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS,
+                      also: Callable[[GraphPartition], bool] | None = None):
+        """``choose_num_chunks`` over this graph's partitions: P ruled out by its intervals' resident rows before it is cut; ``also``: a further test a fit passes."""
         weight = vertex_weight(shape, fused)
         make = lambda P: self._cut(P, sub, weight)  # noqa: E731
         bound = lambda P: resident_lower_bound(balanced_bounds(self._in_degree, P, weight), shape, param_bytes)  # noqa: E731
-        return choose_num_chunks(make, self._num_vertices, shape, fused, param_bytes, self.budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks)
+        return choose_num_chunks(make, self._num_vertices, shape, fused, param_bytes, self.budget, start, in_flight=in_flight, lower_bound=bound, max_chunks=max_chunks, also=also)
 
     def _fits_the_others(self, part: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int) -> bool:
         """``part`` also holds every other call planned so far (their working sets within the budget)."""

@@ -190,6 +190,47 @@ def test_config_validates_cache_gather():
         sagann.ScheduleConfig(cache_gather="yes")
 
 
+def test_evaluation_calls_cached_beside_streamed_training_calls_leave_the_partition_settled(monkeypatch):
+    """Dropout gives the first layer a fresh input every epoch, so its training calls stream while its
+    evaluation calls (the same input each epoch) get cached: P must not coarsen for the cached ones and
+    grow back at the next training call, re-cutting the graph every epoch."""
+    from sagann.scheduler.planner import Planner
+
+    rng = np.random.default_rng(4)
+    n, d, classes = 1500, 64, 3
+    ei = awkward_graph(rng, n, 12000)
+    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
+    probe = _graph(ei, n, False)
+    torch.manual_seed(0)
+    _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
+    g = _graph(ei, n, True, device=sagann.CpuDevice(probe.working_set.peak_bytes // 6, copy_transfers=True))
+    cuts = [0]
+    real = Planner._cut
+
+    def counted(self, *a, **k):
+        part = real(self, *a, **k)
+        cuts[0] += part is not self._partition
+        return part
+
+    monkeypatch.setattr(Planner, "_cut", counted)
+    torch.manual_seed(0)
+    model = GCN(d, 8, classes, num_layers=2, dropout=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    per_epoch = []
+    for _ in range(5):
+        cuts[0] = 0
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(g, x), y).backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            model(g, x)
+        per_epoch.append(cuts[0])
+    assert g.num_chunks > 1
+    assert per_epoch[2:] == [0, 0, 0], f"partitions cut per epoch {per_epoch}"
+
+
 def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     """The first epoch streams the 64-wide features at the P they need; from the cached epoch on the
     8-wide second layer alone sets P, and the graph moves to the smaller P that fits it, training the same."""

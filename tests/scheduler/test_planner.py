@@ -72,6 +72,18 @@ def test_p_only_grows_until_allowed_to_coarsen():
     assert p.partition_for(widths(16), False, PARAMS).num_chunks == 2, "coarsening is once per allow_coarser"
 
 
+def test_a_coarser_p_must_hold_the_calls_that_still_stream():
+    """Only the calls whose Gather got cached stop streaming: the training calls of the same layer on a fresh
+    (dropout) input still need the finer P, so the graph does not coarsen below them and re-cut next epoch."""
+    p = planner(1162938)
+    assert p.partition_for(widths(128), False, PARAMS, owner="training").num_chunks == 8
+    p.partition_for(widths(64), False, PARAMS, owner="evaluation")
+    p.allow_coarser("evaluation")
+    assert p.partition_for(widths(16), False, PARAMS, owner="next layer").num_chunks == 8, "the training call still needs P = 8"
+    p.allow_coarser("training")  # now the wide calls are all over
+    assert p.partition_for(widths(16), False, PARAMS, owner="next layer").num_chunks == 2
+
+
 def test_refine_doubles_p_and_halves_sub_chunks_then_never_coarsens():
     p = planner(1162938)
     p.partition_for(widths(16), False, PARAMS)
