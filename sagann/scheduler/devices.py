@@ -363,6 +363,15 @@ class Device(abc.ABC):
         return False
 
     @property
+    def transfers_cost_alike(self) -> bool:
+        """Do a full block and a selective gather cost the same here, so that only their bytes tell them apart?
+
+        Where true, the planner chooses selective or full by bytes: timing
+        two equal costs would pick one by noise, and the device peak with it.
+        """
+        return False
+
+    @property
     def overlaps_transfers(self) -> bool:
         """Do transfers run beside compute (a copy engine, a link) rather than on the cores that compute?
 
@@ -483,6 +492,12 @@ class CpuDevice(Device):
         self._count_in(chunk.sent_index_bytes(backward, narrow, source_major) - chunk.src_rows.nbytes)  # what a copying device sends (as rows, the source rows are not counted)
         # charged as a copying device holds them: a forward's pointers and source ids (its kernels read no more), every array in backward
         return ct, self._source_rows(chunk), ct.nbytes if backward else chunk.sent_index_bytes(False) - chunk.src_rows.nbytes
+
+    @property
+    def transfers_cost_alike(self) -> bool:
+        # sharing host memory, a block 'transfer' is a view and a gather the same host index_select as a pick
+        # from the block; an emulated link, or costs set by hand, make them differ
+        return self.shares_host_memory and self.link is None and self._costs is None
 
     @property
     def kernel_backend(self) -> str:

@@ -551,13 +551,13 @@ class Planner:
         return (candidate, candidate_peak, room) if candidate_peak <= self._devices[0].memory_budget else best
 
     def _plan_costs(self, phase: str, fused: bool, block_bytes: int) -> TransferCosts | None:
-        """The device's transfer costs measured at the plan's block size, for the selective-or-full choice (None unless auto).
+        """The device's transfer costs measured at the plan's block size, for the selective-or-full choice (None: by bytes).
 
         A fused forward reads a full block of V_i in place (``gspmm(src_rows=)``):
         no rows are picked on the device, so a full transfer costs the block alone.
         """
-        if self._schedule.transfer is not TransferPolicy.AUTO:
-            return None
+        if self._schedule.transfer is not TransferPolicy.AUTO or self._devices[0].transfers_cost_alike:
+            return None  # None: by bytes
         costs = self._devices[0].transfer_costs(block_bytes)
         return dataclasses.replace(costs, compact=0.0) if phase == FORWARD and fused else costs
 
