@@ -23,6 +23,7 @@ from sagann.chunks.recut import recut
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.cost_model import MARGIN, faster_partition, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
+from sagann.scheduler.host import trim_freed_memory
 from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the planner's model)
     EDGE_SCRATCH,
     FLOAT,
@@ -239,6 +240,10 @@ class Planner:
         """
         self._may_coarsen = True
         self._calls = {} if owner is None else {k: o for k, o in self._calls.items() if o != owner}
+        # the passes' choices (tile, resident set, held rows, spare room) are made again, as on a re-cut partition:
+        # kept from before the Gather was cached, the passes after it peaked 50 MiB higher in host RSS (measured
+        # from outside on tests/test_ooc_rss.py's graph); re-making them costs each pass one re-plan
+        self._plan_choices = {}
 
     def refine(self, shape: LayerShape, fused: bool) -> GraphPartition | None:
         """A strictly finer partition after the device ran out of memory, or None if there is none.
@@ -286,8 +291,13 @@ class Planner:
         # each chunk placed as it is cut (a search holds the current partition and at most one candidate)
         edges = self._edges()
         if isinstance(edges, GraphPartition):  # the list is not in RAM: re-cut the chunks a row at a time
-            return recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
-        return partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
+            part = recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
+        else:
+            part = partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
+        # its chunk buffers are malloc heap blocks (below HEAP_BLOCK_MAX): freed, they would stay resident until the
+        # next pass's end; a dropped candidate or one-off partition (50 MB at 1.5M edges) hands them back at once
+        weakref.finalize(part, trim_freed_memory)
+        return part
 
     def _coarser(self, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int):
         """(partition, working set) of the smallest P below the current one that fits this call, trained; None if there is none.
