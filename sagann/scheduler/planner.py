@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -53,36 +52,8 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
 from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, choose_num_chunks
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy
+from sagann.scheduler.planning_records import DeviceScope, Measured, PassJob, largest_block, unmeasured
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
-
-Measured = Callable[[tuple[int, int]], "tuple[float, float] | None"]
-
-
-def _unmeasured(key: tuple[int, int]) -> None:
-    return None
-
-
-@dataclass(frozen=True, eq=False)
-class _Pass:
-    """One edge stage being planned: the call, the phase, and what the planner fixed for it (depth, transfer costs)."""
-
-    partition: GraphPartition
-    shape: LayerShape
-    fused: bool
-    param_bytes: int
-    phase: str
-    measured: Measured
-    depth: int
-    costs: TransferCosts | None
-
-
-@dataclass(frozen=True)
-class _DeviceScope:
-    """A device of a multi-device graph: the destination columns it owns; chained: its blocks come from a relay."""
-
-    owned: frozenset
-    chained: bool
-
 
 class Planner:
     """Chooses a graph's partition per layer call and the plan of each pass, within the devices' budgets.
@@ -122,7 +93,7 @@ class Planner:
         self._given_partition = partition is not None  # the caller's (a dataset's): never re-cut coarser
         self._fixed_chunks = None if num_chunks is None else int(num_chunks)
         self._fixed_sub_nnz = None if sub_chunk_nnz is None else int(sub_chunk_nnz)
-        self._scope: _DeviceScope | None = None  # set on a device's view (for_device)
+        self._scope: DeviceScope | None = None  # set on a device's view (for_device)
         self._working_set: WorkingSet | None = None
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
         self._resident_ok = True  # may a pass hold source intervals resident or tile its columns (off after an out-of-memory re-plan)
@@ -450,7 +421,7 @@ class Planner:
             self._prefetch_cache[key] = depth
         return self._prefetch_cache[key]
 
-    def plan_pass(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, measured: Measured = _unmeasured) -> PassPlan:
+    def plan_pass(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, measured: Measured = unmeasured) -> PassPlan:
         """The schedule of one edge stage, checked against the budget before it runs.
 
         Forward, the loop tiling is the planner's too: of the tiles that fit
@@ -458,7 +429,7 @@ class Planner:
         smallest on ties. On a device's view (:meth:`for_device`), the pass
         covers the device's owned columns.
         """
-        job = _Pass(partition, shape, fused, param_bytes, phase, measured, self.prefetch_depth(partition, shape, fused, param_bytes), self._plan_costs(phase, fused, _largest_block(partition, shape)))
+        job = PassJob(partition, shape, fused, param_bytes, phase, measured, self.prefetch_depth(partition, shape, fused, param_bytes), self._plan_costs(phase, fused, largest_block(partition, shape)))
         if self._scope is not None:
             return self._plan_owned(job)
         cfg, budget = self._schedule, self._devices[0].memory_budget
@@ -501,17 +472,17 @@ class Planner:
             )
         return plan
 
-    def _spare(self, job: _Pass) -> int | None:
+    def _spare(self, job: PassJob) -> int | None:
         """Budget left beside the edge stage's working set (None: no budget)."""
         budget = self._devices[0].memory_budget
         return None if budget is None else budget - edge_stage_bytes(job.partition, job.shape, job.fused, job.param_bytes, job.phase, in_flight=live_sub_chunks(job.depth))
 
-    def _order(self, job: _Pass) -> Order:
+    def _order(self, job: PassJob) -> Order:
         """The configured order, natural without prefetching: loads and compute then run one after the other, so
         Johnson's order (which overlaps them best) cannot shorten the pass, and a plan that never changes is built once."""
         return self._schedule.order if job.depth > 0 else Order.NATURAL
 
-    def _build(self, job: _Pass, room: int | None, resident=(), tile: int = 1, share_blocks: bool = True) -> PassPlan:
+    def _build(self, job: PassJob, room: int | None, resident=(), tile: int = 1, share_blocks: bool = True) -> PassPlan:
         cfg = self._schedule
         return build_plan(
             job.partition, job.shape, job.phase, job.depth, cfg.transfer,
@@ -519,11 +490,11 @@ class Planner:
         )
 
     @staticmethod
-    def _peak(job: _Pass, plan: PassPlan) -> int:
+    def _peak(job: PassJob, plan: PassPlan) -> int:
         """The plan's dry-run device peak, parameters and their gradients included."""
         return dry_run(plan, job.partition, job.shape, job.fused) + 2 * job.param_bytes
 
-    def _plan_for_tile(self, job: _Pass, spare: int | None, tile: int) -> tuple[PassPlan, int, int | None]:
+    def _plan_for_tile(self, job: PassJob, spare: int | None, tile: int) -> tuple[PassPlan, int, int | None]:
         """The plan with ``tile`` destination intervals per group, its dry-run peak and the spare room it was built with; resident intervals where they pay."""
         room = max(spare or 0, 0) if spare is not None else None
         plan = self._build(job, room, tile=tile)
@@ -532,7 +503,7 @@ class Planner:
             return self._with_resident_intervals(job, (plan, peak, room), spare)
         return plan, peak, room
 
-    def _with_resident_intervals(self, job: _Pass, streamed: tuple, spare: int) -> tuple[PassPlan, int, int | None]:
+    def _with_resident_intervals(self, job: PassJob, streamed: tuple, spare: int) -> tuple[PassPlan, int, int | None]:
         """``streamed`` (plan, peak, room) with the source intervals worth holding through the pass held (a cache of V's chunks), if any fit.
 
         Sends each held V_i once instead of once per chunk; the rest of the
@@ -550,7 +521,7 @@ class Planner:
             held.pop()  # the least worthwhile (choose_resident lists them best first); re-plan
         return streamed
 
-    def _with_dst_rows_held(self, job: _Pass, best: tuple) -> tuple:
+    def _with_dst_rows_held(self, job: PassJob, best: tuple) -> tuple:
         """A backward plan that sends every destination row once and holds it, where that fits and moves fewer bytes."""
         plan, peak, room = best
         held, saved = dst_rows_saving(plan, job.partition, job.shape)
@@ -586,10 +557,10 @@ class Planner:
         if chained:
             schedule = ScheduleConfig(prefetch=schedule.prefetch, transfer=TransferPolicy.FULL, order="natural")
         view = Planner(self._edges, self._num_vertices, self._in_degree, [device], schedule, partition=self._partition)
-        view._scope = _DeviceScope(frozenset(owned), bool(chained))
+        view._scope = DeviceScope(frozenset(owned), bool(chained))
         return view
 
-    def _plan_owned(self, job: _Pass) -> PassPlan:
+    def _plan_owned(self, job: PassJob) -> PassPlan:
         """As :meth:`plan_pass`, over the owned columns, with the chain's extra blocks budgeted.
 
         The room for full blocks is what the edge stage leaves (as on one
@@ -599,7 +570,7 @@ class Planner:
         device, chained = self._devices[0], self._scope.chained
         budget, spare = device.memory_budget, self._spare(job)  # as one device: the room this edge stage leaves
         if spare is not None and chained:
-            spare -= 2 * _largest_block(job.partition, job.shape)
+            spare -= 2 * largest_block(job.partition, job.shape)
         plan = self._build(job, max(spare or 0, 0) if budget is not None else None, share_blocks=not chained)
         if job.phase == FORWARD:
             plan = dataclasses.replace(plan, groups=tuple((j, steps) for j, steps in plan.groups if j in self._scope.owned))
@@ -614,9 +585,3 @@ class Planner:
                 f"use more chunks (num_chunks=...), a smaller prefetch, or raise the budget"
             )
         return plan
-
-
-def _largest_block(partition: GraphPartition, shape: LayerShape) -> int:
-    """Bytes of the biggest interval's source rows: one block of V_i as a chain relay holds it."""
-    sizes = partition.bounds[1:] - partition.bounds[:-1]
-    return int(sizes.max()) * src_row_bytes(shape) if sizes.size else 0
