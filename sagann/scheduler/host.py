@@ -196,9 +196,10 @@ def _return_freed_memory() -> None:
     It is fixed at :data:`HEAP_BLOCK_MAX`, not lower: each fresh mapping is
     page-faulted in at its first touch, and an out-of-core pass frees and
     allocates its sub-chunks' buffers at every step (at 64 KiB, an R-MAT
-    GCN epoch out of core took 63,000 minor faults against 23,000 in
-    memory; at 4 MiB, 27,000). :func:`trim_freed_memory` at every pass's end
-    hands what the heap holds free back to the OS.
+    GCN epoch out of core took 63,000 minor faults against 28,000 in
+    memory; at 4 MiB, 22,700-27,000 against 20,000-23,000).
+    :func:`trim_freed_memory` at every pass's end hands what the heap holds
+    free back to the OS.
     """
     global _MALLOC_TAMED
     libc = _libc()
