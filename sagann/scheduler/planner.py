@@ -286,11 +286,9 @@ class Planner:
             shape = shape.with_grads(True, True, False)
         sub = sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
         others = lambda part: self._fits_the_others(part, shape, fused, param_bytes, in_flight)  # noqa: E731
-        if self._calls.keys() - {(shape, fused, param_bytes)}:  # a call still streaming that P - 1 does not hold: no smaller P does
-            probe = self._cut(p.num_chunks - 1, sub, vertex_weight(shape, fused))
-            held, probe = others(probe), None
-            if not held:
-                return None
+        # a call still streaming that P - 1 does not hold: no smaller P does (the probe is dropped before the search)
+        if self._calls.keys() - {(shape, fused, param_bytes)} and not others(self._cut(p.num_chunks - 1, sub, vertex_weight(shape, fused))):
+            return None
         try:
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, 1, in_flight, max_chunks=p.num_chunks - 1, also=others)
         except BudgetTooSmall:
