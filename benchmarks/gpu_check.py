@@ -1,4 +1,4 @@
-"""Acceptance check of sagann's GPU path on one CUDA GPU: correctness first, then the figures. Fails loudly.
+"""Acceptance check of sagann's GPU path on one CUDA GPU: the figures with their checks, then the tests. Fails loudly.
 
 One command, from the repository root, on a machine with an NVIDIA GPU::
 
@@ -10,26 +10,16 @@ has them preinstalled but no network, nothing needs installing: the script
 puts the repository on ``sys.path``; missing wheels carried in a folder are
 installed first with ``--wheels DIR`` (``pip install --no-index --no-deps``).
 
-What it runs, in order, each with its time:
+What it runs, in order, each with its time (the figures first; the tests
+get the time that is left, spread over pytest-xdist workers where it is
+installed):
 
 1. **backend**: the GPU kernel backend must be ``cuda`` (numba-cuda on the
    GPU); a fallback to torch's ops (``reference``) is a failure, with its
    cause.
-2. **kernel cases on the GPU**: ``tests/kernels/cuda_cases.py`` without the
-   simulator (every op x reducer, gradients, winners, fused attention,
-   against the reference); any failure or skip fails.
-3. **device and pipeline tests**: ``tests/scheduler/test_cuda_device.py``,
-   the pipeline and stream tests of ``tests/scheduler``, the NVTX and CUDA
-   RNG checkpoint tests; a test skipped for want of a GPU fails.
-4. **ceilings**: device-to-device ``copy_`` bandwidth (bytes read + written)
+2. **ceilings**: device-to-device ``copy_`` bandwidth (bytes read + written)
    and pinned host-to-device bandwidth, with CUDA events.
-5. **fused gSpMM vs cuSPARSE**: ``copy_src . sum`` on an R-MAT graph against
-   ``torch.sparse.mm`` (CSR), checked equal, timed; GB/s count the bytes a
-   fused kernel must move (see ``benchmarks/gpu_kernels.py``) and are given
-   as a share of the copy bandwidth. The fused attention is checked against
-   the reference on the same graph and its extra device memory must stay
-   under one ``[edges, heads * d]`` tensor.
-6. **GCN epochs**: the 2-layer GCN (128 -> 128 -> 16) in memory (P = 1) and
+3. **GCN epochs**: the 2-layer GCN (128 -> 128 -> 16) in memory (P = 1) and
    out of core (a budget of 1/``--fraction`` of the in-memory peak). The
    out-of-core epoch is held against its **H2D floor**: the bytes one timed
    epoch sent host-to-device (warm-up epochs excluded) over the measured
@@ -39,6 +29,18 @@ What it runs, in order, each with its time:
    the budget; one more, profiled epoch must push an NVTX range of the same
    name for every span and run only ``cuda`` kernels. PyG's GCNConv on the
    GPU is timed beside it.
+4. **fused gSpMM vs cuSPARSE**: ``copy_src . sum`` on an R-MAT graph against
+   ``torch.sparse.mm`` (CSR), checked equal, timed; GB/s count the bytes a
+   fused kernel must move (see ``benchmarks/gpu_kernels.py``) and are given
+   as a share of the copy bandwidth. The fused attention is checked against
+   the reference on the same graph and its extra device memory must stay
+   under one ``[edges, heads * d]`` tensor.
+5. **kernel cases on the GPU**: ``tests/kernels/cuda_cases.py`` without the
+   simulator (every op x reducer, gradients, winners, fused attention,
+   against the reference); any failure or skip fails.
+6. **device and pipeline tests**: ``tests/scheduler/test_cuda_device.py``,
+   the pipeline and stream tests of ``tests/scheduler``, the NVTX and CUDA
+   RNG checkpoint tests; a test skipped for want of a GPU fails.
 
 Writes ``gpu_check.json`` (every figure), ``gpu_check.md`` (a section ready
 for ``docs/benchmarks.md``), ``gpu_check_tests.log`` (the pytest output) and
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import gc
 import glob
 import json
@@ -158,13 +161,18 @@ def pinned_h2d_gbps(nbytes: int = 512 << 20, reps: int = 5) -> float:
     return nbytes / (best * 1e-3) / 1e9
 
 
-def run_pytest(paths: list[str], log: Path, timeout_s: float, simulator: bool = False) -> tuple[int | None, str, list[str]]:
-    """(returncode or None on timeout, last summary line, skip reasons) of pytest over ``paths``; output appended to ``log``."""
+def run_pytest(paths: list[str], log: Path, timeout_s: float, simulator: bool = False, workers: int = 0) -> tuple[int | None, str, list[str]]:
+    """(returncode or None on timeout, last summary line, skip reasons) of pytest over ``paths``; output appended to ``log``.
+
+    ``workers`` > 0 spreads the tests over that many pytest-xdist processes:
+    on a GPU most of the kernel cases' time is numba compiling kernels, one
+    CPU core each.
+    """
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     if simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *paths]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *(["-n", str(workers)] if workers else []), *paths]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(timeout_s, 1))
         rc, out = proc.returncode, proc.stdout + proc.stderr
@@ -176,6 +184,15 @@ def run_pytest(paths: list[str], log: Path, timeout_s: float, simulator: bool = 
     lines = [line for line in out.strip().splitlines() if line.strip()]
     skips = [(SKIP_LINE.match(line) or re.match(r"(.*)", line)).group(1).strip() for line in lines if line.startswith("SKIPPED")]
     return rc, lines[-1] if lines else "(no output)", skips
+
+
+def default_workers() -> int:
+    """Half the cores, up to 8, where pytest-xdist is installed; else 0 (one process)."""
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def _versions() -> dict:
@@ -202,16 +219,16 @@ def check_backend(rep: Check) -> bool:
     return rep.check("backend", backend == "cuda", "the GPU runs the fused 'cuda' kernels" if why is None else f"fell back to '{backend}': {why}")
 
 
-def check_tests(rep: Check, log: Path) -> None:
-    budget = rep.time_left() - 240  # keep time for the figures
+def check_tests(rep: Check, log: Path, workers: int) -> None:
+    budget = rep.time_left() - 10  # the figures ran first; keep a little for the report
     t = time.perf_counter()
-    rc, summary, skips = run_pytest(["tests/kernels/cuda_cases.py"], log, budget * 0.6)
+    rc, summary, skips = run_pytest(["tests/kernels/cuda_cases.py"], log, budget * 0.6, workers=workers)
     bad = [s for s in skips if not ALLOWED_SKIP.search(s)]
     ok = rc == 0 and " passed" in summary and not bad
     rep.check("kernel cases on the GPU", ok, f"{summary} ({time.perf_counter() - t:.0f} s)" + (f"; skipped on a GPU: {bad[:3]}" if bad else ""))
     paths = sorted({p for pattern in DEVICE_TESTS for p in glob.glob(str(ROOT / pattern))})
     t = time.perf_counter()
-    rc, summary, skips = run_pytest([str(Path(p).relative_to(ROOT)) for p in paths], log, rep.time_left() - 240)
+    rc, summary, skips = run_pytest([str(Path(p).relative_to(ROOT)) for p in paths], log, rep.time_left() - 10, workers=workers)
     bad = [s for s in skips if not ALLOWED_SKIP.search(s)]
     detail = f"{summary} ({time.perf_counter() - t:.0f} s; {len(paths)} files)"
     rep.check("device and pipeline tests", rc == 0 and not bad and " passed" in summary, detail + (f"; skipped on a GPU: {bad[:3]}" if bad else ""))
@@ -544,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=20, help="timed kernel calls")
     p.add_argument("--skip-tests", action="store_true", help="figures only (the report says the tests did not run)")
     p.add_argument("--time-limit", type=float, default=460, help="seconds; sections that would start later fail as not run")
+    p.add_argument("--workers", type=int, default=default_workers(), help="pytest-xdist processes for the tests (0: one process)")
     args = p.parse_args(argv)
     if args.wheels:
         _install_wheels(args.wheels)
@@ -559,16 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     env = {"gpu": torch.cuda.get_device_name(0), "host": platform.node(), **_versions()}
     print(json.dumps(env), flush=True)
     command = "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    sections = [("backend", lambda: check_backend(rep))]
+    # the figures first: the tests take whatever time is left, and a slow compile cannot starve the epochs
+    sections = [
+        ("backend", lambda: check_backend(rep)),
+        ("ceilings", lambda: rep.data.update(copy_gbps=copy_gbps(), pinned_h2d_gbps=pinned_h2d_gbps())),
+        ("gcn", lambda: check_gcn(rep, args, out_dir)),
+        ("kernels", lambda: check_kernels(rep, args)),
+    ]
     if args.skip_tests:
         rep.check("tests", False, "not run (--skip-tests)")
     else:
-        sections.append(("tests", lambda: check_tests(rep, log)))
-    sections += [
-        ("ceilings", lambda: rep.data.update(copy_gbps=copy_gbps(), pinned_h2d_gbps=pinned_h2d_gbps())),
-        ("kernels", lambda: check_kernels(rep, args)),
-        ("gcn", lambda: check_gcn(rep, args, out_dir)),
-    ]
+        sections.append(("tests", lambda: check_tests(rep, log, args.workers)))
+    # a hang prints every thread's stack before the caller's timeout kills the run
+    faulthandler.dump_traceback_later(args.time_limit + 30, exit=False)
     try:
         for name, run in sections:
             if rep.time_left() <= 0:
@@ -583,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 traceback.print_exc()
             rep.data.setdefault("section_seconds", {})[name] = time.perf_counter() - t
+            write_report(rep, env, out_dir, command)  # what is done survives a later kill
     finally:
+        faulthandler.cancel_dump_traceback_later()
         report = write_report(rep, env, out_dir, command)
     failed = [c["name"] for c in rep.checks if not c["ok"]]
     missed = [t["name"] for t in rep.targets if not t["met"]]
