@@ -86,6 +86,7 @@ DEVICE_TESTS = (
 )
 # skips that are right on a GPU: checks of CPU-only machines and of the simulator; any other skip fails
 ALLOWED_SKIP = re.compile(r"on a machine without CUDA|the simulator's placement rule|there is a CUDA device")
+SUMMARY_LINE = re.compile(r"\d+ (passed|failed|errors?|skipped)\b.* in [\d.]+s")
 SKIP_LINE = re.compile(r"^SKIPPED \[\d+\] [^:]+(?::\d+)?: (.*)$")
 
 
@@ -182,8 +183,9 @@ def run_pytest(paths: list[str], log: Path, timeout_s: float, simulator: bool = 
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n{out}\n")
     lines = [line for line in out.strip().splitlines() if line.strip()]
+    summaries = [line for line in lines if SUMMARY_LINE.search(line)]  # warnings can follow pytest's summary
     skips = [(SKIP_LINE.match(line) or re.match(r"(.*)", line)).group(1).strip() for line in lines if line.startswith("SKIPPED")]
-    return rc, lines[-1] if lines else "(no output)", skips
+    return rc, (summaries or lines or ["(no output)"])[-1], skips
 
 
 def default_workers() -> int:

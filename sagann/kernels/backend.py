@@ -143,7 +143,9 @@ def _gpu_backend_status() -> tuple[str, str | None]:
     try:
         if not cuda.is_available():
             return "reference", "numba sees no CUDA driver or GPU (numba.cuda.is_available() is False); pip install 'sagann[cuda]' (numba-cuda with its CUDA libraries)"
-        get_backend("cuda")
+        probe = getattr(get_backend("cuda"), "probe", None)
+        if probe is not None:
+            probe()  # one small kernel compiled and run: a toolchain that loads but cannot compile falls back here
     except Exception as exc:  # noqa: BLE001 - any failure to load means the same fallback, reported with its cause
         return "reference", f"the cuda kernel backend failed to load ({type(exc).__name__}: {exc}); pip install 'sagann[cuda]'"
     return "cuda", None

@@ -34,12 +34,15 @@ from torch.autograd.function import once_differentiable
 from sagann.kernels import _cuda_attention as KA
 from sagann.kernels import _cuda_kernels as K
 from sagann.kernels._common import SCALAR_CODES, Frontend, GradCall, Placement, validate
+from sagann.kernels._numba_compat import restore_removed_numpy_aliases
 from sagann.kernels.graph import ChunkTensors
 
 __all__ = ["gspmm", "gsddmm", "attention_partials", "attention_backward", "SIMULATOR"]
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 """True when numba runs CUDA kernels in its Python simulator (inputs are then CPU tensors)."""
+
+restore_removed_numpy_aliases()  # numba-cuda compiles lazily: this runs before its first kernel
 
 # Most edges one thread folds for one feature before a row is split (see _cuda_kernels).
 # R-MAT's average in-degree is ~16, so nearly every row is one segment and needs no atomics.
@@ -343,3 +346,21 @@ def attention_backward(
     if not direct:
         src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src.to(device=src_out.device, dtype=src_out.dtype))
     return None, d_dst
+
+
+def probe() -> None:
+    """Compile and run one small fused Gather and check it against torch's ops; raise when it fails or disagrees.
+
+    A GPU's backend is chosen once per process (``gpu_kernel_backend``): a
+    toolchain that loads but cannot compile (a numba-cuda that does not
+    know this numpy, a missing libnvvm) then falls back to ``reference``
+    with its cause, instead of failing in the middle of an epoch.
+    """
+    device = "cpu" if SIMULATOR else "cuda"
+    src, dst = np.array([0, 1, 2, 2, 0], np.int64), np.array([1, 2, 0, 1, 1], np.int64)
+    g = ChunkTensors.from_coo(src, dst, 3, 3, device)[0]
+    x = torch.arange(6, dtype=torch.float32, device=device).view(3, 2)
+    got, _ = gspmm(g, "copy_src", "sum", src=x)
+    want = torch.zeros(3, 2, device=device).index_add_(0, torch.from_numpy(dst).to(device), x[torch.from_numpy(src).to(device)])
+    if not torch.equal(got, want):
+        raise RuntimeError(f"the fused Gather computed {got.tolist()} where torch's ops give {want.tolist()}")

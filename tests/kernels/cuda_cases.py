@@ -125,6 +125,10 @@ def fixed_graph() -> ChunkTensors:
     return _graph(FIXED_SRC, FIXED_DST, 8, 8)
 
 
+def test_the_backend_probe_compiles_and_agrees():
+    backend.probe()
+
+
 @pytest.mark.parametrize("seg", [2, DEFAULT_SEGMENT])
 @pytest.mark.parametrize("kind", ["normal", "grid"])
 @pytest.mark.parametrize("reduce", REDUCERS)

@@ -97,3 +97,16 @@ def test_attention_calls_are_counted_too():
     with profiler.profile(nvtx=False) as prof:
         attention_partials(g, torch.randn(2, 6), torch.randn(2, 2), 2, backend="cpu")
     assert prof.counters(kernels.CALL_COUNTER + "cpu") == {0: 1}
+
+
+def test_a_backend_that_loads_but_cannot_compile_is_a_reported_fallback(fresh, monkeypatch):
+    import numba.cuda
+
+    def probe():
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    monkeypatch.setattr(numba.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(registry, "_LOADERS", {**registry._LOADERS, "cuda": lambda: types.SimpleNamespace(probe=probe)})
+    monkeypatch.setattr(registry, "_LOADED", {k: v for k, v in registry._LOADED.items() if k != "cuda"})
+    with pytest.warns(kernels.BackendFallbackWarning, match="AttributeError.*row_stack"):
+        assert kernels.gpu_kernel_backend() == "reference"
