@@ -74,6 +74,25 @@ MIN_MEASURE_BYTES, MAX_MEASURE_BYTES = 4 << 20, 64 << 20
 _ALIGN = 8  # each array of a packed index block starts on an 8-byte boundary (int64 views need it)
 
 
+def warm_math_libraries(runtime: TorchRuntime, streams) -> None:
+    """Make cuBLAS and cuBLASLt allocate their workspaces for ``streams`` now, outside every pass and its budget.
+
+    torch gives each (handle, stream) its own workspace from the caching
+    allocator on the first matrix product there: 32 MiB for cuBLAS on a
+    Hopper GPU, more than a small budget. Left to the first pass, it lands
+    inside that pass's measured peak although it is no tensor of sagann's
+    and is never freed; taken here, it is part of what the GPU held before
+    sagann ran, like the CUDA context.
+    """
+    with torch.no_grad():
+        a = torch.ones(8, 8, device=runtime.device)
+        for stream in streams:
+            with runtime.use_stream(stream):
+                torch.nn.functional.linear(a, a, a[0])  # addmm with a bias: cuBLASLt
+                a @ a  # cuBLAS
+    torch.cuda.synchronize(runtime.device)
+
+
 def cuda_available() -> bool:
     """Is there a CUDA GPU torch can use (a CPU build of torch says no)?"""
     return bool(torch.cuda.is_available())
@@ -230,17 +249,19 @@ class CudaDevice(Device):
     def __init__(self, memory_budget: int | str | None = None, index: int = 0, name: str | None = None, *, runtime: Runtime | None = None, staging_buffers: int = STAGING_BUFFERS):
         if runtime is None:
             runtime = self._torch_runtime(index)
+        elif memory_budget is None:
+            raise ValueError("CudaDevice(runtime=...) needs a memory_budget")
+        copy_stream, compute_stream = runtime.new_stream("copy"), runtime.new_stream("compute")
+        if isinstance(runtime, TorchRuntime):
+            warm_math_libraries(runtime, (compute_stream, runtime.current_stream()))
             if memory_budget is None:
                 free, _ = torch.cuda.mem_get_info(runtime.device)
                 memory_budget = int(free * FREE_MEMORY_SHARE)
-        elif memory_budget is None:
-            raise ValueError("CudaDevice(runtime=...) needs a memory_budget")
         super().__init__(name or f"cuda{index}", parse_bytes(memory_budget), auto_named=name is None)
         self.runtime = runtime
         self.torch_device = runtime.device
         self.index = index
-        self.copy_stream = runtime.new_stream("copy")
-        self.compute_stream = runtime.new_stream("compute")
+        self.copy_stream, self.compute_stream = copy_stream, compute_stream
         self._ring = StagingRing(runtime, staging_buffers)
         self._events = _EventSpans(self)
         # measured_peak_bytes: the allocator's peak around every pass (a stand-in runtime allocates nothing real)

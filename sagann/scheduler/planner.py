@@ -427,9 +427,28 @@ class Planner:
         smallest on ties. On a device's view (:meth:`for_device`), the pass
         covers the device's owned columns.
         """
-        job = PassJob(partition, shape, fused, param_bytes, phase, measured, self.prefetch_depth(partition, shape, fused, param_bytes), self._plan_costs(phase, fused, largest_block(partition, shape)))
-        if self._scope is not None:
-            return self._plan_owned(job)
+        shallower = (id(partition), shape, fused, param_bytes, phase)  # this phase's depth, where its dry run needed less than the model's
+        depth = self._prefetch_cache.get(shallower, self.prefetch_depth(partition, shape, fused, param_bytes))
+        costs, budget = self._plan_costs(phase, fused, largest_block(partition, shape)), self._devices[0].memory_budget
+        while True:
+            job = PassJob(partition, shape, fused, param_bytes, phase, measured, depth, costs)
+            if self._scope is not None:
+                return self._plan_owned(job)
+            plan, peak = self._best_plan(job)
+            if budget is None or peak <= budget or depth == 0 or self._pipelined() is not None:
+                break
+            depth = self._prefetch_cache[shallower] = depth - 1  # the model's depth missed the dry run: one sub-chunk fewer in flight
+        self._planned_peak = max(self._planned_peak, peak)
+        if budget is not None and peak > budget:
+            raise BudgetTooSmall(
+                f"the {phase} plan with prefetch {job.depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} needs {peak:,} device bytes but {self._devices[0].name} has {budget:,}; "
+                f"use a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''} or raise the budget"
+            )
+        return plan
+
+    def _best_plan(self, job: PassJob) -> tuple[PassPlan, int]:
+        """The plan of ``job`` and its dry-run peak: over the budget only when nothing at this depth fits."""
+        partition, shape, fused, param_bytes, phase = job.partition, job.shape, job.fused, job.param_bytes, job.phase
         cfg, budget = self._schedule, self._devices[0].memory_budget
         # room for resident intervals: what this edge stage leaves, not the whole call's peak (its other phases are over)
         spare = self._spare(job)
@@ -461,14 +480,7 @@ class Planner:
                 best = self._with_dst_rows_held(job, best)
             fixed = self._order(job) is Order.NATURAL and (budget is None or best[1] <= budget)
             self._plan_choices[key] = (weakref.ref(partition), best[0].tile, best[0].resident, best[2], best[0].dst_rows_bytes, best if fixed else None)
-        plan, peak, _ = best
-        self._planned_peak = max(self._planned_peak, peak)
-        if budget is not None and peak > budget:
-            raise BudgetTooSmall(
-                f"the {phase} plan with prefetch {job.depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} needs {peak:,} device bytes but {self._devices[0].name} has {budget:,}; "
-                f"use a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''} or raise the budget"
-            )
-        return plan
+        return best[0], best[1]
 
     def _spare(self, job: PassJob) -> int | None:
         """Budget left beside the edge stage's working set (None: no budget)."""

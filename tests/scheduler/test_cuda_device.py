@@ -55,26 +55,57 @@ def _run(make, device, ei, x, ed, budget_fraction=None):
     return out.detach(), [torch.zeros_like(t).cpu() if gr is None else gr.cpu() for t, gr in zip(leaves, grads)], g
 
 
+def _budget_forcing_chunks(device) -> int:
+    """A twelfth of an in-memory run's ledger peak on ``device``: out of core for every layer here.
+
+    Not a third: without a budget a layer keeps what it could recompute (the
+    hook layer's per-edge messages), so its in-memory peak is far above what
+    one chunk needs.
+    """
+    return max(1, device.peak_bytes // 12)
+
+
 @gpu
 @pytest.mark.parametrize("name", list(_layers()))
-@pytest.mark.parametrize("budget", [None, "600KB"])
-def test_layers_on_a_gpu_equal_the_cpu_device(name, budget):
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_layers_on_a_gpu_equal_the_cpu_device(name, out_of_core):
     ei = awkward_graph(np.random.default_rng(1), N, E)
     x = torch.randn(N, D, generator=torch.Generator().manual_seed(2))
     ed = torch.randn(E, 2, generator=torch.Generator().manual_seed(3)) if name == "hook-max" else None
     make = _layers()[name]
     ref_out, ref_grads, _ = _run(make, sagann.CpuDevice(), ei, x, ed)
-    dev = CudaDevice(budget)
+    dev = CudaDevice()
+    if out_of_core:
+        _run(make, dev, ei, x, ed)
+        dev = CudaDevice(_budget_forcing_chunks(dev))
     out, grads, g = _run(make, dev, ei, x, ed)
     assert out.device.type == "cpu", "layers return host tensors"
     assert_rel_close(out, ref_out, what=f"{name} output on {dev.name}")
     assert_grads_close(grads, ref_grads)
     assert dev.current_bytes == 0 and dev.bytes_in > 0
     assert dev.measured_peak_bytes > 0, "torch's allocator peak, measured around every pass"
-    if budget is not None:  # the budget forced an out-of-core run, and held as torch's allocator measured it
+    if out_of_core:  # the budget forced an out-of-core run, and held as torch's allocator measured it
         ran_on = g.with_remaining_self_loops()[0] if name in ("gcn", "gat") else g
         assert ran_on.num_chunks > 1
         assert_measured_within(dev)
+
+
+def test_the_gpu_tests_budget_forces_chunks_on_the_cpu_device_too():
+    """The GPU test's budget rule, where it can run everywhere: every layer of it goes out of core and still fits."""
+    ei = awkward_graph(np.random.default_rng(1), N, E)
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(2))
+    ed = torch.randn(E, 2, generator=torch.Generator().manual_seed(3))
+    for name, make in _layers().items():
+        edata = ed if name == "hook-max" else None
+        ref_out, _, _ = _run(make, sagann.CpuDevice(), ei, x, edata)
+        probe = sagann.CpuDevice()
+        _run(make, probe, ei, x, edata)
+        dev = sagann.CpuDevice(_budget_forcing_chunks(probe))
+        out, _, g = _run(make, dev, ei, x, edata)
+        ran_on = g.with_remaining_self_loops()[0] if name in ("gcn", "gat") else g
+        assert ran_on.num_chunks > 1, name
+        assert dev.peak_bytes <= dev.memory_budget, name
+        assert_rel_close(out, ref_out, what=f"{name} output out of core")
 
 
 @gpu

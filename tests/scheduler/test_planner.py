@@ -225,3 +225,32 @@ def test_a_replan_to_a_larger_p_widens_its_sub_chunks_afresh(rule):
     assert any(working_set(twice, s, False, PARAMS).peak_bytes > budget for s in (wide_messages, wide_output)), "as wide as the room allows"
     assert working_set(second, wide_messages, False, PARAMS).peak_bytes <= budget, "wider sub-chunks must fit the first layer too"
     assert p.partition_for(wide_messages, False, PARAMS) is second and p.partition_for(wide_output, False, PARAMS) is second, "settled in one pass"
+
+
+def test_a_pipeline_too_deep_for_its_dry_run_runs_one_sub_chunk_shallower(monkeypatch):
+    """The working-set model picks the depth; where one phase's dry run needs a little more, that phase runs shallower, not out of memory."""
+    p = planner(1162938, sagann.ScheduleConfig(prefetch="max", partition_rule="smallest"))
+    part = p.partition_for(SHAPE, False, PARAMS)
+    deepest = p.prefetch_depth(part, SHAPE, False, PARAMS)
+    assert deepest >= 1
+    peak, tried = Planner._peak, []
+
+    def dry_run_over_at_the_deepest(job, plan):
+        tried.append(job.depth)
+        return peak(job, plan) + (p.budget if job.depth == deepest else 0)
+
+    monkeypatch.setattr(Planner, "_peak", staticmethod(dry_run_over_at_the_deepest))
+    plan = p.plan_pass(part, SHAPE, False, PARAMS, BACKWARD)
+    assert plan.prefetch == deepest - 1 and deepest in tried
+    tried.clear()
+    assert p.plan_pass(part, SHAPE, False, PARAMS, BACKWARD).prefetch == deepest - 1
+    assert deepest not in tried, "the shallower depth is remembered for this phase"
+
+
+def test_a_configured_depth_that_does_not_fit_is_an_error_naming_it(monkeypatch):
+    p = planner(1162938, sagann.ScheduleConfig(prefetch=2, partition_rule="smallest"))
+    part = p.partition_for(SHAPE, False, PARAMS)
+    peak = Planner._peak
+    monkeypatch.setattr(Planner, "_peak", staticmethod(lambda job, plan: peak(job, plan) + p.budget))
+    with pytest.raises(sagann.BudgetTooSmall, match=r"backward plan with prefetch 2 .*ScheduleConfig\(prefetch=\.\.\.\)"):
+        p.plan_pass(part, SHAPE, False, PARAMS, BACKWARD)
