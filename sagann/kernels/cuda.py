@@ -131,16 +131,20 @@ def _launch(kernel, items: int, width: int, device: torch.device, *args, tiled: 
         kernel[grid, (tx, ty), stream](*(_array(a) if isinstance(a, torch.Tensor) else a for a in args))
 
 
-def _segments(ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, int]:
-    """``seg_ptr`` (int32 ``[rows + 1]``) cutting rows into runs of <= ``seg`` positions, and a bound on the runs.
+def _segments(ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``seg_ptr`` (int32 ``[rows + 1]``) cutting rows into runs of <= ``seg`` positions, each run's row, and a bound on the runs.
 
-    The bound, ``min(nnz, nnz // seg + rows)``, needs no device-to-host sync.
+    The bound, ``min(nnz, nnz // seg + rows)``, needs no device-to-host sync;
+    ``seg_row`` has that many entries, the first ``seg_ptr[rows]`` written.
     """
     rows = ptr.shape[0] - 1
     counts = (ptr[1:] - ptr[:-1] + (seg - 1)) // seg
     seg_ptr = torch.zeros(rows + 1, dtype=torch.int32, device=ptr.device)
     seg_ptr[1:] = torch.cumsum(counts, 0, dtype=torch.int32)
-    return seg_ptr, min(nnz, nnz // seg + rows)
+    bound = min(nnz, nnz // seg + rows)
+    seg_row = torch.empty(max(bound, 1), dtype=torch.int32, device=ptr.device)
+    _launch(K.segment_rows, rows, 1, ptr.device, seg_ptr, seg_row)
+    return seg_ptr, seg_row, bound
 
 
 def _part_ptr(seg_ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, int]:
@@ -194,8 +198,8 @@ def _grads(call: GradCall, seg: int):
     if needs_src:
         src_shape = src.shape if src is not None else (g.num_src, grad.shape[1])  # a sum's src grad never reads src
         d_src = torch.zeros(src_shape, dtype=dtype, device=device)
-        seg_ptr, bound = _segments(g.src_ptr, g.nnz, seg)
-        args = (grad, A, E, D, g.dst_idx, g.src_ptr, g.src_perm, seg_ptr, seg, d_src)
+        seg_ptr, seg_row, bound = _segments(g.src_ptr, g.nnz, seg)
+        args = (grad, A, E, D, g.dst_idx, g.src_ptr, g.src_perm, seg_ptr, seg_row, seg, d_src)
         _launch(K.grad_src(code, mode, dt), bound, src_shape[1], device, *args)
     if needs_edge:
         if code in SCALAR_CODES:  # one value per edge: reduce over the features
@@ -209,8 +213,8 @@ def _grads(call: GradCall, seg: int):
         d_edge = out.reshape(edge.shape)
     if needs_dst:
         d_dst = torch.zeros(dst.shape, dtype=dtype, device=device)
-        seg_ptr, bound = _segments(g.dst_ptr, g.nnz, seg)
-        args = (grad, A, S, g.src_idx, g.dst_ptr, seg_ptr, seg, d_dst)
+        seg_ptr, seg_row, bound = _segments(g.dst_ptr, g.nnz, seg)
+        args = (grad, A, S, g.src_idx, g.dst_ptr, seg_ptr, seg_row, seg, d_dst)
         _launch(K.grad_dst(code, mode, dt), bound, dst.shape[1], device, *args)
     return d_src, d_edge, d_dst
 
@@ -228,10 +232,10 @@ class _GSpMM(torch.autograd.Function):
         device, seg = g.device, _SEGMENT
         S, E, D = _operands(src, edge, dst, dtype, device)
         out = torch.zeros((g.num_dst, width), dtype=dtype, device=device)
-        seg_ptr, bound = _segments(g.dst_ptr, g.nnz, seg)
+        seg_ptr, seg_row, bound = _segments(g.dst_ptr, g.nnz, seg)
         if reduce in ("sum", "mean"):
             kernel = K.spmm_sum(code, reduce == "mean", _np_dtype(dtype))
-            _launch(kernel, bound, width, device, S, E, D, g.src_idx, g.dst_ptr, seg_ptr, seg, out)
+            _launch(kernel, bound, width, device, S, E, D, g.src_idx, g.dst_ptr, seg_ptr, seg_row, seg, out)
             arg = torch.empty(0, dtype=torch.long, device=device)
         else:
             is_max = reduce == "max"
@@ -239,7 +243,7 @@ class _GSpMM(torch.autograd.Function):
             part_ptr, parts = _part_ptr(seg_ptr, g.nnz, seg)
             part_val = torch.empty((parts, width), dtype=dtype, device=device)
             part_arg = torch.empty((parts, width), dtype=torch.int32, device=device)
-            args = (S, E, D, g.src_idx, g.dst_ptr, seg_ptr, seg, part_ptr, part_val, part_arg, out, arg)
+            args = (S, E, D, g.src_idx, g.dst_ptr, seg_ptr, seg_row, seg, part_ptr, part_val, part_arg, out, arg)
             _launch(K.spmm_arg(code, is_max), bound, width, device, *args)
             if parts:  # some row may have several segments
                 _launch(K.combine_arg(is_max), g.num_dst, width, device, part_ptr, part_val, part_arg, out, arg)
