@@ -41,6 +41,24 @@ def test_small_and_bool_tensors_are_not_pooled_and_the_limit_holds():
         assert sum(e[0].numel() for bucket in p._buffers.values() for e in bucket) <= 3 * MB + (k + 2) * MB
 
 
+def test_a_free_larger_buffer_serves_a_request_up_to_half_its_size():
+    """Loads come in many sizes: a free buffer of a larger class is reused rather than a new one made, within 2x."""
+    p = BufferPool(64 * MB)
+    big = p.empty((MB // 4,), torch.float32)  # 1 MiB
+    ptr = big.untyped_storage().data_ptr()
+    del big
+    smaller = p.empty((3 * MB // 16,), torch.float32)  # 0.75 MiB: fits the free 1 MiB buffer
+    assert smaller.untyped_storage().data_ptr() == ptr and smaller.shape == (3 * MB // 16,)
+    assert (p.hits, p.misses) == (1, 1)
+    del smaller
+    tiny = p.empty((MB // 16,), torch.float32)  # 0.25 MiB: a 1 MiB buffer would waste three quarters
+    assert tiny.untyped_storage().data_ptr() != ptr
+    assert (p.hits, p.misses) == (1, 2)
+    taken = p.empty((3 * MB // 16,), torch.float32)
+    also = p.empty((3 * MB // 16,), torch.float32)  # the 1 MiB buffer is taken: a new one
+    assert taken.untyped_storage().data_ptr() == ptr and also.untyped_storage().data_ptr() != ptr
+
+
 def test_out_of_core_results_are_unchanged_with_every_copy_pooled(monkeypatch):
     monkeypatch.setattr(pool_mod, "MIN_POOLED_BYTES", 0)  # pool every copy and gather of this small graph
     rng = np.random.default_rng(0)
