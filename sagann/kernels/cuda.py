@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -43,6 +44,10 @@ SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 """True when numba runs CUDA kernels in its Python simulator (inputs are then CPU tensors)."""
 
 restore_removed_numpy_aliases()  # numba-cuda compiles lazily: this runs before its first kernel
+# a sub-chunk of a few hundred rows is a small grid by design: numba's low-occupancy warning on every such
+# launch says nothing a user can act on (the planner sizes sub-chunks; the profiler shows the kernels' time)
+# (numba-cuda has its own NumbaPerformanceWarning class, not numba's: matched by its text)
+warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
 # Most edges one thread folds for one feature before a row is split (see _cuda_kernels).
 # R-MAT's average in-degree is ~16, so nearly every row is one segment and needs no atomics.
