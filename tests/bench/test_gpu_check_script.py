@@ -130,3 +130,19 @@ def test_tests_skipped_for_want_of_a_gpu_are_not_accepted(gpu_check, tmp_path):
     bad = [s for s in skips if not gpu_check.ALLOWED_SKIP.search(s)]
     assert bad and all("needs a CUDA GPU" in s for s in bad), skips
     assert "test_cuda_device.py" in log.read_text()
+
+
+def test_bf16_transfers_halve_the_bytes_and_are_held_against_their_floor(gpu_check, graph):
+    import argparse
+
+    ei, n, x, y = graph
+    mem, _ = gpu_check.gcn_run(ei, n, x, y, sagann.CpuDevice(), reps=1, sync=lambda: None, num_chunks=1)
+    fp32, _ = gpu_check.gcn_run(ei, n, x, y, sagann.CpuDevice(max(1, mem["ledger_peak_bytes"] // 6)), reps=2, sync=lambda: None)
+    rep = gpu_check.Check(60)
+    rep.data["pinned_h2d_gbps"] = 10.0  # an input of this test, not a measurement
+    bf = gpu_check._bf16_run(rep, ei, n, x, y, fp32, argparse.Namespace(epochs=2), make_device=sagann.CpuDevice, sync=lambda: None)
+    assert bf["num_chunks"] > 1 and bf["h2d_bytes_per_epoch"] > 0
+    share = {t["name"]: t for t in rep.targets}["bf16 transfers: bytes over float32's"]
+    assert share["measured"] == pytest.approx(bf["h2d_bytes_per_epoch"] / fp32["h2d_bytes_per_epoch"])
+    assert share["met"], share["detail"]
+    assert bf["epoch_over_floor"] is not None and bf["h2d_floor_s"] == pytest.approx(bf["h2d_bytes_per_epoch"] / 1e10)
