@@ -123,13 +123,14 @@ def test_every_kernel_compiles_for_a_real_gpu(monkeypatch):
     codes = sorted({c for spec in kernels.OPS.values() for c in spec.codes()} - {K.DOT_DST})
     arg, part_arg = arr(np.int64, 2), arr(np.int32, 2)
     # Every op and mode in float32; float64 where the dtype is more than a type parameter (zeros, shared memory).
+    compile_ptx(K.segment_rows, (idx, idx))
     for dt in (np.float32, np.float64):
         F, full = arr(dt, 2), dt == np.float32
         for op in codes if full else [K.MUL_SCALAR]:
             for mean in (False, True):
-                compile_ptx(K.spmm_sum(op, mean, dt), (F, F, F, idx, idx, idx, i64, F))
+                compile_ptx(K.spmm_sum(op, mean, dt), (F, F, F, idx, idx, idx, idx, i64, F))
             for is_max in (False, True):
-                compile_ptx(K.spmm_arg(op, is_max), (F, F, F, idx, idx, idx, i64, idx, F, part_arg, F, arg))
+                compile_ptx(K.spmm_arg(op, is_max), (F, F, F, idx, idx, idx, idx, i64, idx, F, part_arg, F, arg))
             compile_ptx(K.sddmm(op), (F, F, F, idx, idx, F))
         for is_max in (False, True):
             compile_ptx(K.combine_arg(is_max), (idx, F, part_arg, F, arg))
@@ -140,9 +141,9 @@ def test_every_kernel_compiles_for_a_real_gpu(monkeypatch):
                     compile_ptx(K.edge_reduce(op, mode, dt, tx, 128 // tx), (F, F, F, arg, idx, idx, F))
         for mode in (K.ROW, K.ARG, K.EDGE) if full else (K.ARG,):
             for op in codes + [K.DOT_DST] if full else [K.MUL_EDGE]:
-                compile_ptx(K.grad_src(op, mode, dt), (F, arg, F, F, idx, idx, idx, idx, i64, F))
+                compile_ptx(K.grad_src(op, mode, dt), (F, arg, F, F, idx, idx, idx, idx, idx, i64, F))
             for op in (K.ADD_DST, K.SUB_DST, K.MUL_DST, K.DOT_DST) if full else (K.MUL_DST,):
-                compile_ptx(K.grad_dst(op, mode, dt), (F, arg, F, idx, idx, idx, i64, F))
+                compile_ptx(K.grad_dst(op, mode, dt), (F, arg, F, idx, idx, idx, idx, i64, F))
             for op in (K.COPY_EDGE, K.MUL_EDGE, K.ADD_EDGE):
                 compile_ptx(K.grad_edge(op, mode, dt), (F, arg, F, idx, idx, F))
 
