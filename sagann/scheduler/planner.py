@@ -432,17 +432,17 @@ class Planner:
         costs, budget = self._plan_costs(phase, fused, largest_block(partition, shape)), self._devices[0].memory_budget
         while True:
             job = PassJob(partition, shape, fused, param_bytes, phase, measured, depth, costs)
-            if self._scope is not None:
-                return self._plan_owned(job)
-            plan, peak = self._best_plan(job)
+            plan, peak = self._plan_owned(job) if self._scope is not None else self._best_plan(job)
             if budget is None or peak <= budget or depth == 0 or self._pipelined() is not None:
                 break
             depth = self._prefetch_cache[shallower] = depth - 1  # the model's depth missed the dry run: one sub-chunk fewer in flight
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None and peak > budget:
+            device, chained = self._devices[0], self._scope is not None and self._scope.chained
             raise BudgetTooSmall(
-                f"the {phase} plan with prefetch {job.depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} needs {peak:,} device bytes but {self._devices[0].name} has {budget:,}; "
-                f"use a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''} or raise the budget"
+                f"the {phase} plan{f' of {device.name}' if self._scope is not None else ''} with prefetch {job.depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} "
+                f"needs {peak:,} device bytes{' (with two blocks of V_i in the chain relay)' if chained else ''} but {device.name} has {budget:,} ({format_bytes(budget)}); "
+                f"use more chunks (num_chunks=...), a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''}, or raise the budget"
             )
         return plan
 
@@ -570,8 +570,8 @@ class Planner:
         view._scope = DeviceScope(frozenset(owned), bool(chained))
         return view
 
-    def _plan_owned(self, job: PassJob) -> PassPlan:
-        """As :meth:`plan_pass`, over the owned columns, with the chain's extra blocks budgeted.
+    def _plan_owned(self, job: PassJob) -> tuple[PassPlan, int]:
+        """As :meth:`_best_plan`, over the owned columns, with the chain's extra blocks budgeted.
 
         The room for full blocks is what the edge stage leaves (as on one
         device), not what the whole call's working set leaves: the call's
@@ -587,11 +587,4 @@ class Planner:
         peak = self._peak(job, plan)
         if chained:  # one block waiting in the relay's inbox, one being forwarded
             peak += 2 * max((s.block_bytes for s in plan.steps() if s.transfer is Transfer.FULL), default=0)
-        self._planned_peak = max(self._planned_peak, peak)
-        if budget is not None and peak > budget:
-            raise BudgetTooSmall(
-                f"the {job.phase} plan of {device.name} with prefetch {job.depth} needs {peak:,} device bytes"
-                f"{' (with two blocks of V_i in the chain relay)' if chained else ''} but its budget is {budget:,} ({format_bytes(budget)}); "
-                f"use more chunks (num_chunks=...), a smaller prefetch, or raise the budget"
-            )
-        return plan
+        return plan, peak

@@ -289,3 +289,28 @@ def test_unnamed_devices_in_a_list_are_numbered():
     assert "cpu2" in str(g.devices[2].ledger.owner)  # errors name the device by its number
     x, layer = torch.randn(3, 4), sagann.nn.GCNConv(4, 2)
     assert torch.allclose(layer(g, x), layer(sagann.ChunkedGraph(ei, 3), x), atol=1e-6)  # and they run as one device does
+
+
+@pytest.mark.parametrize("chains", [None, [[0, 1]]])
+def test_a_device_whose_dry_run_misses_the_models_depth_runs_shallower(monkeypatch, chains):
+    """Each device plans its owned columns; where the dry run needs more than the working-set model said, it prefetches less."""
+    from sagann.scheduler.planner import Planner
+
+    rng = np.random.default_rng(7)
+    n, e = 70, 420
+    ei = awkward_graph(rng, n, e)
+    x = torch.randn(n, 6, generator=torch.Generator().manual_seed(2))
+    make, with_edges = LAYERS["gcn"]
+    ref_out, ref_grads, _ = outputs_and_grads(lambda: make(6, 4), with_edges, ei, n, x, None, sagann.CpuDevice())
+    peak, depths = Planner._peak, []
+
+    def deeper_than_one_misses(job, plan):
+        depths.append(job.depth)
+        return peak(job, plan) + (1 << 40 if job.depth > 1 else 0)
+
+    monkeypatch.setattr(Planner, "_peak", staticmethod(deeper_than_one_misses))
+    devices = cpus(2, memory_budget="1MB")
+    out, grads, g = outputs_and_grads(lambda: make(6, 4), with_edges, ei, n, x, None, devices, topology=chains, schedule=sagann.ScheduleConfig(prefetch="max"))
+    assert max(depths) > 1 and 1 in depths, "the deepest pipeline was tried, then one that fits"
+    assert_rel_close(out, ref_out, what="output")
+    assert_grads_close(grads, ref_grads)
