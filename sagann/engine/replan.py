@@ -23,6 +23,7 @@ import torch
 
 from sagann.engine.graph import Replan
 from sagann.scheduler.devices import BudgetExceeded
+from sagann.scheduler.num_chunks import PassPlanTooLarge
 from sagann.scheduler.planner import BudgetTooSmall
 from sagann.units import format_bytes
 
@@ -33,11 +34,15 @@ _CUDA_OOM = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "Out
 
 
 def device_oom(exc: BaseException) -> BaseException | None:
-    """The out-of-memory error behind ``exc`` (itself, or a cause such as a loader's), or None."""
+    """The out-of-memory error behind ``exc`` (itself, or a cause such as a loader's), or None.
+
+    A pass plan whose dry run does not fit (:class:`PassPlanTooLarge`) counts
+    too: the budget would be exceeded, only found before the pass runs.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, BudgetExceeded) or (_CUDA_OOM is not None and isinstance(exc, _CUDA_OOM)):
+        if isinstance(exc, (BudgetExceeded, PassPlanTooLarge)) or (_CUDA_OOM is not None and isinstance(exc, _CUDA_OOM)):
             return exc
         exc = exc.__cause__
     return None

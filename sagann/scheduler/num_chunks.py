@@ -13,6 +13,16 @@ class BudgetTooSmall(ValueError):
     """No partition of the graph fits the device's memory budget."""
 
 
+class PassPlanTooLarge(BudgetTooSmall):
+    """A pass's plan, dry-run, needs more than the budget on the partition chosen for it; a finer partition may fit.
+
+    The partition is chosen from a model of each call's working set; the
+    dry run of a pass's actual schedule can need more (a configured
+    prefetch depth, rows held through the pass). A single device's pass
+    then re-plans on a finer partition, as after an out-of-memory error.
+    """
+
+
 def choose_num_chunks(
     make_partition: Callable[[int], GraphPartition],
     num_vertices: int,

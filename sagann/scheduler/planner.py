@@ -49,7 +49,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     vertex_weight,
     working_set,
 )
-from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, choose_num_chunks
+from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, PassPlanTooLarge, choose_num_chunks
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy
 from sagann.scheduler.planning_records import DeviceScope, Measured, PassJob, largest_block, unmeasured
@@ -439,7 +439,7 @@ class Planner:
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None and peak > budget:
             device, chained = self._devices[0], self._scope is not None and self._scope.chained
-            raise BudgetTooSmall(
+            raise PassPlanTooLarge(
                 f"the {phase} plan{f' of {device.name}' if self._scope is not None else ''} with prefetch {job.depth}{f' and tile {plan.tile}' if plan.tile > 1 else ''} "
                 f"needs {peak:,} device bytes{' (with two blocks of V_i in the chain relay)' if chained else ''} but {device.name} has {budget:,} ({format_bytes(budget)}); "
                 f"use more chunks (num_chunks=...), a smaller prefetch (ScheduleConfig(prefetch=...)){' or tile' if plan.tile > 1 else ''}, or raise the budget"

@@ -267,3 +267,30 @@ def test_edge_data_of_a_replan_are_permuted_under_the_host_budget(edges, monkeyp
     ref_out, ref_grads = outputs_and_grads(layer, lambda a, b: whole_graph_layer(layer, edges, a, b), x, ed)
     assert_rel_close(out, ref_out, what="output vs in-memory")
     assert_grads_close(grads, ref_grads)
+
+
+def test_a_pass_plan_over_the_budget_replans_finer_and_equals_that_p(edges, monkeypatch, caplog):
+    """The partition comes from a model; where a pass's dry run needs more, the pass re-plans as after an out-of-memory error."""
+    from sagann.scheduler.planner import Planner
+
+    torch.manual_seed(0)
+    layer = GatedGCN(D, 8)
+    budget = _budget(edges, layer)
+    g = sagann.ChunkedGraph(edges, N, device=sagann.CpuDevice(budget), schedule=sagann.ScheduleConfig(prefetch=1))
+    layer(g, torch.randn(N, D))
+    p0 = g.partition.num_chunks
+    assert p0 > 1
+    peak = Planner._peak
+
+    def backward_on_the_first_partition_misses(job, plan):
+        return peak(job, plan) + (budget if job.phase == "backward" and job.partition.num_chunks == p0 else 0)
+
+    monkeypatch.setattr(Planner, "_peak", staticmethod(backward_on_the_first_partition_misses))
+    x = _x()
+    with caplog.at_level(logging.WARNING, logger="sagann"):
+        out = layer(g, x)
+        out.sum().backward()
+    assert [(r.phase, r.chunks[0]) for r in g.replans] == [("backward", p0)] and g.partition.num_chunks > p0
+    assert "backward plan with prefetch 1 needs" in g.replans[0].reason
+    monkeypatch.setattr(Planner, "_peak", staticmethod(peak))
+    _assert_equals_a_run_on(g, layer, x, edges, budget)
