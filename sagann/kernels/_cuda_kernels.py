@@ -59,12 +59,29 @@ from sagann.kernels._common import (  # noqa: F401  (codes re-exported for the l
 # ---------------------------------------------------------------- device functions
 
 
+@cuda.jit(device=True)
+def _row_of(seg_ptr, seg_row, w):
+    """The row ``r`` with ``seg_ptr[r] <= w < seg_ptr[r + 1]``: read from ``seg_row`` where it was filled, else a binary search."""
+    if seg_row.shape[0] > 0:
+        return seg_row[w]
+    lo = 0
+    hi = seg_ptr.shape[0] - 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if seg_ptr[mid] <= w:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 @cuda.jit
 def segment_rows(seg_ptr, seg_row):
-    """``seg_row[w] = r`` for every segment ``w`` of row ``r``: the kernels find a work item's row with one load.
+    """``seg_row[w] = r`` for every segment ``w`` of row ``r``: the kernels then find a work item's row with one load.
 
-    A binary search over ``seg_ptr`` instead costs each work item about
-    log2(rows) dependent loads (20 on a million rows) before its first edge.
+    A binary search over ``seg_ptr`` costs each work item about log2(rows)
+    dependent loads (20 on a million rows) before its first edge; on a
+    sub-chunk of a few thousand rows this kernel's launch costs more.
     """
     r = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
     if cuda.threadIdx.x != 0 or r >= seg_ptr.shape[0] - 1:
@@ -142,7 +159,7 @@ def spmm_sum(op: int, mean: bool, dt):
         w = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
         if k >= out.shape[1] or w >= seg_ptr[seg_ptr.shape[0] - 1]:
             return
-        r = seg_row[w]
+        r = _row_of(seg_ptr, seg_row, w)
         lo = dst_ptr[r] + (w - seg_ptr[r]) * seg
         hi = _segment_end(lo, seg, dst_ptr[r + 1])
         acc = dt(0)
@@ -174,7 +191,7 @@ def spmm_arg(op: int, is_max: bool):
         w = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
         if k >= out.shape[1] or w >= seg_ptr[seg_ptr.shape[0] - 1]:
             return
-        r = seg_row[w]
+        r = _row_of(seg_ptr, seg_row, w)
         j = w - seg_ptr[r]
         lo = dst_ptr[r] + j * seg
         hi = _segment_end(lo, seg, dst_ptr[r + 1])
@@ -302,7 +319,7 @@ def grad_src(op: int, mode: int, dt):
         w = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
         if k >= out.shape[1] or w >= seg_ptr[seg_ptr.shape[0] - 1]:
             return
-        s = seg_row[w]
+        s = _row_of(seg_ptr, seg_row, w)
         lo = src_ptr[s] + (w - seg_ptr[s]) * seg
         hi = _segment_end(lo, seg, src_ptr[s + 1])
         zero = dt(0)
@@ -345,7 +362,7 @@ def grad_dst(op: int, mode: int, dt):
         w = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
         if k >= out.shape[1] or w >= seg_ptr[seg_ptr.shape[0] - 1]:
             return
-        r = seg_row[w]
+        r = _row_of(seg_ptr, seg_row, w)
         lo = dst_ptr[r] + (w - seg_ptr[r]) * seg
         hi = _segment_end(lo, seg, dst_ptr[r + 1])
         zero = dt(0)

@@ -49,6 +49,12 @@ restore_removed_numpy_aliases()  # numba-cuda compiles lazily: this runs before 
 # (numba-cuda has its own NumbaPerformanceWarning class, not numba's: matched by its text)
 warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
+# From this many rows, a call fills each run's row into an array (one more launch) instead of every
+# work item binary-searching the run offsets (log2(rows) dependent loads): a whole graph's million rows
+# take 20 loads each, a sub-chunk's few hundred take 8, fewer than the launch costs. A prediction
+# from a latency count: benchmarks/gpu_check.py times both on the GPU.
+ROW_ARRAY_MIN_ROWS = 1 << 14
+
 # Most edges one thread folds for one feature before a row is split (see _cuda_kernels).
 # R-MAT's average in-degree is ~16, so nearly every row is one segment and needs no atomics.
 _SEGMENT = 128
@@ -140,13 +146,16 @@ def _segments(ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, torc
     """``seg_ptr`` (int32 ``[rows + 1]``) cutting rows into runs of <= ``seg`` positions, each run's row, and a bound on the runs.
 
     The bound, ``min(nnz, nnz // seg + rows)``, needs no device-to-host sync;
-    ``seg_row`` has that many entries, the first ``seg_ptr[rows]`` written.
+    ``seg_row`` has that many entries, the first ``seg_ptr[rows]`` written,
+    or none below ``ROW_ARRAY_MIN_ROWS`` rows.
     """
     rows = ptr.shape[0] - 1
     counts = (ptr[1:] - ptr[:-1] + (seg - 1)) // seg
     seg_ptr = torch.zeros(rows + 1, dtype=torch.int32, device=ptr.device)
     seg_ptr[1:] = torch.cumsum(counts, 0, dtype=torch.int32)
     bound = min(nnz, nnz // seg + rows)
+    if rows < ROW_ARRAY_MIN_ROWS:  # empty: the kernels search seg_ptr
+        return seg_ptr, torch.empty(0, dtype=torch.int32, device=ptr.device), bound
     seg_row = torch.empty(max(bound, 1), dtype=torch.int32, device=ptr.device)
     _launch(K.segment_rows, rows, 1, ptr.device, seg_ptr, seg_row)
     return seg_ptr, seg_row, bound

@@ -42,6 +42,12 @@ EDGE_OPS = tuple(op for op in MESSAGE_OPS if "edge" in op_spec(op).operands)
 CONFIGS = [(op, es) for op in MESSAGE_OPS for es in (EDGE_SHAPES if op in EDGE_OPS else ("col",))]
 
 
+@pytest.fixture(autouse=True)
+def row_array(monkeypatch):
+    """Every case fills the run-row array (graphs here are tiny; the real threshold would leave it unused)."""
+    monkeypatch.setattr(backend, "ROW_ARRAY_MIN_ROWS", 0)
+
+
 @pytest.fixture
 def segment(monkeypatch):
     """Set the backend's segment length (edges per work item) for one test."""
@@ -127,6 +133,15 @@ def fixed_graph() -> ChunkTensors:
 
 def test_the_backend_probe_compiles_and_agrees():
     backend.probe()
+
+
+@pytest.mark.parametrize("reduce", REDUCERS)
+@pytest.mark.parametrize("op,edge_shape", [("copy_src", "col"), ("src_mul_dst", "col"), ("src_add_edge", "full")])
+def test_a_call_below_the_row_array_threshold_searches_its_rows(fixed_graph, segment, monkeypatch, op, edge_shape, reduce):
+    """Small sub-chunks skip the row array: the kernels' binary search gives the same values, winners and gradients."""
+    monkeypatch.setattr(backend, "ROW_ARRAY_MIN_ROWS", 1 << 30)
+    segment(2)
+    _check(fixed_graph, op, reduce, _inputs(fixed_graph, 3, edge_shape, "grid", seed=11))
 
 
 @pytest.mark.parametrize("seg", [2, DEFAULT_SEGMENT])
