@@ -100,7 +100,7 @@ class BufferPool:
             if sizes[k] > 2 * size:
                 return None
             for entry in self._buffers[sizes[k]]:
-                if _use_count(entry[2]) <= 2:
+                if self._is_free(entry):
                     return entry
         return None
 
