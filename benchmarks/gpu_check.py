@@ -25,8 +25,8 @@ installed):
    epoch sent host-to-device (warm-up epochs excluded) over the measured
    pinned bandwidth (the median over timed epochs of time / floor; the
    bytes can differ between epochs as the profile-guided order changes).
-   ``torch.cuda.max_memory_allocated`` must stay within
-   the budget; one more, profiled epoch must push an NVTX range of the same
+   ``torch.cuda.max_memory_allocated`` over the timed epochs, less what was
+   allocated before them, must stay within the budget (+5%, the tests' margin); one more, profiled epoch must push an NVTX range of the same
    name for every span and run only ``cuda`` kernels. The same out-of-core
    run with ``ScheduleConfig(transfer_dtype=torch.bfloat16)`` must send at
    most 0.55x float32's bytes, and is held against its own floor. PyG's
@@ -37,6 +37,8 @@ installed):
    as a share of the copy bandwidth. The fused attention is checked against
    the reference on the same graph and its extra device memory must stay
    under one ``[edges, heads * d]`` tensor.
+   **launch**: the host time of one fused call on a 16-vertex sub-chunk,
+   per backend (``benchmarks/gpu_profile.py`` breaks it down).
 5. **kernel cases on the GPU**: ``tests/kernels/cuda_cases.py`` without the
    simulator (every op x reducer, gradients, winners, fused attention,
    against the reference); any failure or skip fails.
@@ -127,6 +129,10 @@ class Check:
 
 def _sync() -> None:
     torch.cuda.synchronize()
+
+
+# torch's allocator may exceed the budget by this share: the tests' margin (tests/measured.py) for what the memory model leaves out
+MEMORY_MARGIN = 0.05
 
 
 def time_ms(fn, reps: int) -> tuple[float, float]:
@@ -237,6 +243,15 @@ def check_tests(rep: Check, log: Path, workers: int) -> None:
     bad = [s for s in skips if not ALLOWED_SKIP.search(s)]
     detail = f"{summary} ({time.perf_counter() - t:.0f} s; {len(paths)} files)"
     rep.check("device and pipeline tests", rc == 0 and not bad and " passed" in summary, detail + (f"; skipped on a GPU: {bad[:3]}" if bad else ""))
+
+
+def launch_costs(rep: Check) -> None:
+    """Microseconds of one fused call on a 16-vertex sub-chunk, per backend: the fixed cost a streamed step pays per kernel call."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_profile import launch_cost
+
+    rep.data["launch_us"] = launch_cost()
+    print(f"  one gspmm call on 16 vertices: {rep.data['launch_us']}", flush=True)
 
 
 def check_kernels(rep: Check, args) -> None:
@@ -382,6 +397,11 @@ def gcn_run(ei, n, x, y, device, *, reps: int, sync, num_chunks=None, schedule=N
 
     step()  # warm-up
     sync()
+    start = len(g.pass_log)
+    cuda = device.torch_device.type == "cuda"
+    if cuda:  # the allocator's peak over the timed epochs, everything included, less what was live before them
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     times, moved = [], []
     for _ in range(reps):
         before = device.bytes_in
@@ -392,9 +412,17 @@ def gcn_run(ei, n, x, y, device, *, reps: int, sync, num_chunks=None, schedule=N
         times.append(time.perf_counter() - t0)
         moved.append(device.bytes_in - before)
     loops = g.with_remaining_self_loops()[0]
+    records = g.pass_log[start:]
+    known = [r for r in records if r.model_seconds == r.model_seconds]  # passes the time model could predict (not NaN)
     return {"epoch_s": float(np.median(times)), "epochs_s": times, "num_chunks": loops.num_chunks,
             "h2d_bytes_epochs": moved, "h2d_bytes_per_epoch": float(np.mean(moved)), "ledger_peak_bytes": device.peak_bytes,
-            "budget_bytes": device.memory_budget}, step
+            "budget_bytes": device.memory_budget, "measured_peak_bytes": device.measured_peak_bytes,
+            "allocated_peak_bytes": torch.cuda.max_memory_allocated() - base if cuda else None,
+            # the streamed edge stages as g.pass_log saw them: steps (the unit of the fixed cost) and the time model against the wall time
+            "steps_per_epoch": sum(r.steps for r in records) / reps,
+            "pass_seconds_per_epoch": sum(r.seconds for r in records) / reps,
+            "pass_model_seconds_per_epoch": sum(r.model_seconds for r in known) / reps if known else None,
+            "pass_achieved_seconds_per_epoch": sum(r.seconds for r in known) / reps if known else None}, step
 
 
 def over_floor(run: dict, gbps: float) -> tuple[float, float | None]:
@@ -436,16 +464,20 @@ def check_gcn(rep: Check, args, out_dir: Path) -> None:
     print(f"  GCN in memory: {mem['epoch_s']:.3f} s/epoch, P = {mem['num_chunks']}", flush=True)
     del step  # its graph, model and device memory go before the out-of-core peak is measured
     _free_device_memory()
-    torch.cuda.reset_peak_memory_stats()
     dev = CudaDevice(max(1, mem["ledger_peak_bytes"] // args.fraction))
     ooc, step = gcn_run(ei, n, x, y, dev, reps=args.epochs, sync=_sync)
-    ooc["max_memory_allocated"] = torch.cuda.max_memory_allocated()
     floor, ooc["epoch_over_floor"] = over_floor(ooc, rep.data["pinned_h2d_gbps"])
     ooc["h2d_floor_s"] = floor
+    ooc["over_in_memory"] = ooc["epoch_s"] / mem["epoch_s"]
     rep.data["gcn_out_of_core"] = ooc
+    print(f"  GCN out of core: {ooc['epoch_s']:.3f} s/epoch ({ooc['over_in_memory']:.2f}x in memory), P = {ooc['num_chunks']}, "
+          f"{ooc['steps_per_epoch']:.0f} steps, {ooc['h2d_bytes_per_epoch'] / 1e9:.2f} GB, floor {floor:.3f} s", flush=True)
     rep.check("out of core: P > 1", ooc["num_chunks"] > 1, f"P = {ooc['num_chunks']} under a {ooc['budget_bytes'] / 2**20:.1f} MiB budget")
-    rep.check("max_memory_allocated <= budget", ooc["max_memory_allocated"] <= ooc["budget_bytes"],
-              f"torch peak {ooc['max_memory_allocated'] / 2**20:.1f} MiB, sagann's ledger {ooc['ledger_peak_bytes'] / 2**20:.1f} MiB, budget {ooc['budget_bytes'] / 2**20:.1f} MiB")
+    limit = ooc["budget_bytes"] * (1 + MEMORY_MARGIN)
+    rep.check("max_memory_allocated <= budget", ooc["allocated_peak_bytes"] <= limit,
+              f"torch's allocator over the timed epochs: {ooc['allocated_peak_bytes'] / 2**20:.1f} MiB beyond what was live before them; "
+              f"in passes (meter) {ooc['measured_peak_bytes'] / 2**20:.1f} MiB; sagann's ledger {ooc['ledger_peak_bytes'] / 2**20:.1f} MiB; "
+              f"budget {ooc['budget_bytes'] / 2**20:.1f} MiB (+{MEMORY_MARGIN:.0%})")
     rep.target("out-of-core epoch over its H2D floor", ooc["epoch_over_floor"], TARGETS["epoch_over_h2d_floor"], "lower",
                f"{ooc['epoch_s']:.3f} s/epoch vs floor {floor:.3f} s ({ooc['h2d_bytes_per_epoch'] / 1e9:.2f} GB at {rep.data['pinned_h2d_gbps']:.1f} GB/s)"
                + (f" = {ooc['epoch_over_floor']:.2f}x" if ooc["epoch_over_floor"] else ""))
@@ -558,6 +590,10 @@ def markdown(report: dict) -> str:
                   f"(torch ops {att['forward_reference_ms']:.3f} ms), backward {att['backward_ms']:.3f} ms (torch ops {att['backward_reference_ms']:.3f} ms); "
                   f"extra device memory {att['forward_extra_bytes'] / 2**20:.0f} / {att['backward_extra_bytes'] / 2**20:.0f} MiB against "
                   f"{att['edge_tensor_bytes'] / 2**20:.0f} MiB for one `[edges, heads * d]` tensor."]
+    launch = data.get("launch_us")
+    if launch:
+        lines += ["", "One `gspmm` call on a 16-vertex sub-chunk (host time, the fixed cost per kernel call): "
+                  + ", ".join(f"{k.replace('_us_per_call', '')} {v:.0f} µs" for k, v in launch.items()) + "."]
     mem, ooc, pyg = data.get("gcn_in_memory"), data.get("gcn_out_of_core"), data.get("pyg") or {}
     if mem and ooc:
         lines += ["", "2-layer GCN (128 -> 128 -> 16), median epoch after one warm-up:", "",
@@ -565,7 +601,7 @@ def markdown(report: dict) -> str:
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
                   f"| sagann in memory | {mem['num_chunks']} | {mem['epoch_s']:.3f} | {mem['h2d_bytes_per_epoch'] / 1e9:.2f} | | | | {_f(mem['budget_bytes'], '.0f', 2**20)} |",
                   f"| sagann out of core | {ooc['num_chunks']} | {ooc['epoch_s']:.3f} | {ooc['h2d_bytes_per_epoch'] / 1e9:.2f} | {ooc['h2d_floor_s']:.3f} | "
-                  f"{_f(ooc['epoch_over_floor'], '.2f')} | {_f(ooc['max_memory_allocated'], '.1f', 2**20)} | {_f(ooc['budget_bytes'], '.1f', 2**20)} |"]
+                  f"{_f(ooc['epoch_over_floor'], '.2f')} | {_f(ooc.get('allocated_peak_bytes'), '.1f', 2**20)} | {_f(ooc['budget_bytes'], '.1f', 2**20)} |"]
         bf = data.get("gcn_out_of_core_bf16")
         if bf:
             lines.append(f"| sagann out of core, bf16 transfers | {bf['num_chunks']} | {bf['epoch_s']:.3f} | {bf['h2d_bytes_per_epoch'] / 1e9:.2f} | {bf['h2d_floor_s']:.3f} | "
@@ -635,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ceilings", lambda: rep.data.update(copy_gbps=copy_gbps(), pinned_h2d_gbps=pinned_h2d_gbps())),
         ("gcn", lambda: check_gcn(rep, args, out_dir)),
         ("kernels", lambda: check_kernels(rep, args)),
+        ("launch", lambda: launch_costs(rep)),
     ]
     if args.skip_tests:
         rep.check("tests", False, "not run (--skip-tests)")

@@ -49,6 +49,22 @@ restore_removed_numpy_aliases()  # numba-cuda compiles lazily: this runs before 
 # (numba-cuda has its own NumbaPerformanceWarning class, not numba's: matched by its text)
 warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
+
+def _skip_occupancy_check() -> None:
+    """Turn off the check behind that warning: on every launch it looks up the context and builds the warning (tens of µs)."""
+    import importlib
+
+    for name in ("numba.core.config", "numba.cuda.core.config"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "CUDA_LOW_OCCUPANCY_WARNINGS"):
+            module.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
+
+_skip_occupancy_check()
+
 # From this many rows, a call fills each run's row into an array (one more launch) instead of every
 # work item binary-searching the run offsets (log2(rows) dependent loads): a whole graph's million rows
 # take 20 loads each, a sub-chunk's few hundred take 8, fewer than the launch costs. A prediction
@@ -91,14 +107,34 @@ def _on(device: torch.device):
     return cuda.gpus[device.index if device.index is not None else torch.cuda.current_device()]
 
 
+# empty operands (an op's unused src/edge/dst, a call without a run-row array) are never read: one
+# device array per (GPU, shape, dtype) serves every launch, instead of a numba allocation call each
+_EMPTY: dict = {}
+# numba's handle of each torch stream launched on: made once, not per launch (torch's streams live as long as the process)
+_STREAMS: dict = {}
+
+
 def _array(t: torch.Tensor):
     """A kernel argument viewing ``t``: numpy under the simulator, a zero-copy device array on a GPU."""
     t = t.detach().contiguous()
     if SIMULATOR:
         return t.numpy()
     if t.numel() == 0:  # no pointer to export; never read, since empty launches are skipped
-        return cuda.device_array(tuple(t.shape), dtype=_np_dtype(t.dtype))
+        key = (t.device.index, tuple(t.shape), t.dtype)
+        empty = _EMPTY.get(key)
+        if empty is None:
+            empty = _EMPTY[key] = cuda.device_array(tuple(t.shape), dtype=_np_dtype(t.dtype))
+        return empty
     return cuda.as_cuda_array(t, sync=False)  # ordered by torch's stream, which we launch on
+
+
+def _numba_stream(device: torch.device):
+    """numba's handle of torch's current stream on ``device``."""
+    handle = torch.cuda.current_stream(device).cuda_stream
+    stream = _STREAMS.get(handle)
+    if stream is None:
+        stream = _STREAMS[handle] = cuda.external_stream(handle)
+    return stream
 
 
 def _np_dtype(dtype: torch.dtype) -> type:
@@ -138,8 +174,7 @@ def _launch(kernel, items: int, width: int, device: torch.device, *args, tiled: 
             kernel[grid, (tx, ty)](*(_array(a) if isinstance(a, torch.Tensor) else a for a in args))
         return
     with _on(device):
-        stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
-        kernel[grid, (tx, ty), stream](*(_array(a) if isinstance(a, torch.Tensor) else a for a in args))
+        kernel[grid, (tx, ty), _numba_stream(device)](*(_array(a) if isinstance(a, torch.Tensor) else a for a in args))
 
 
 def _segments(ptr: torch.Tensor, nnz: int, seg: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -18,6 +18,7 @@ be weighed before one is cut.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -91,7 +92,9 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
                 known = None
     if known is None:
         try:
-            known = _measure_steps(device, repeats)
+            unmetered = getattr(device, "unmetered", contextlib.nullcontext)
+            with unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
+                known = _measure_steps(device, repeats)
             calibration.store(kind, known.to_dict())
         except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
             _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)

@@ -82,14 +82,16 @@ def warm_math_libraries(runtime: TorchRuntime, streams) -> None:
     Hopper GPU, more than a small budget. Left to the first pass, it lands
     inside that pass's measured peak although it is no tensor of sagann's
     and is never freed; taken here, it is part of what the GPU held before
-    sagann ran, like the CUDA context.
+    sagann ran, like the CUDA context. The workspaces stay with their
+    stream; torch hands streams out from a fixed pool, so they stay bounded
+    however many devices are made.
     """
-    with torch.no_grad():
-        a = torch.ones(8, 8, device=runtime.device)
-        for stream in streams:
-            with runtime.use_stream(stream):
-                torch.nn.functional.linear(a, a, a[0])  # addmm with a bias: cuBLASLt
-                a @ a  # cuBLAS
+    a = torch.ones(8, 8, device=runtime.device, requires_grad=True)
+    for stream in streams:
+        with runtime.use_stream(stream):
+            # addmm with a bias (cuBLASLt) and a product (cuBLAS) in this thread; their backward runs in
+            # autograd's thread for the GPU, whose handle has workspaces of its own
+            (torch.nn.functional.linear(a, a, a[0]) @ a).sum().backward()
     torch.cuda.synchronize(runtime.device)
 
 

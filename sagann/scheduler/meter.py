@@ -82,22 +82,48 @@ class Meter:
 
 
 class CudaMeter(Meter):
-    """torch's CUDA allocator statistics around each pass (the whole GPU: logical devices sharing it share them)."""
+    """torch's CUDA allocator statistics around each pass (the whole GPU: logical devices sharing it share them).
+
+    :meth:`paused` leaves a window out of the pass's peak (a transfer-cost
+    measurement the planner makes inside the pass): the peak reached before
+    the window is kept, and the allocator's peak statistic restarts after
+    it, once the window's buffers are freed. The statistic is the whole
+    GPU's, so the window must be synchronous, as measurements are.
+    """
 
     def __init__(self, torch_device: torch.device):
         super().__init__()
         self.torch_device = torch_device
+        self._open: list[int] | None = None  # [bytes allocated when the pass began, its peak before the last pause]
+
+    def _peak_so_far(self, base: int) -> int:
+        torch.cuda.synchronize(self.torch_device)
+        return torch.cuda.max_memory_allocated(self.torch_device) - base
 
     @contextmanager
     def _pass(self) -> Iterator[None]:
         torch.cuda.synchronize(self.torch_device)
         base = torch.cuda.memory_allocated(self.torch_device)
         torch.cuda.reset_peak_memory_stats(self.torch_device)
+        self._open = [base, 0]
+        try:
+            yield
+        finally:
+            state, self._open = self._open, None
+            self._record(max(state[1], self._peak_so_far(base)))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        state = self._open
+        if state is None:  # no pass is being measured
+            yield
+            return
+        state[1] = max(state[1], self._peak_so_far(state[0]))
         try:
             yield
         finally:
             torch.cuda.synchronize(self.torch_device)
-            self._record(torch.cuda.max_memory_allocated(self.torch_device) - base)
+            torch.cuda.reset_peak_memory_stats(self.torch_device)  # the window's own peak is not the pass's
 
 
 # Code in these modules allocates host memory (HostMemory's buffers, rows read back from spill files):

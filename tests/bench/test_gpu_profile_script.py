@@ -1,0 +1,63 @@
+"""benchmarks/gpu_profile.py: the parts that run without a GPU (the trace analysis, the host gather rate, the refusal)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gpu_profile():
+    spec = importlib.util.spec_from_file_location("gpu_profile", ROOT / "benchmarks" / "gpu_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _frame(path: str, line: int, name: str) -> dict:
+    return {"filename": path, "line": line, "name": name}
+
+
+LINEAR = _frame("/venv/torch/nn/functional.py", 10, "linear")
+ENGINE = _frame("/repo/sagann/engine/forward.py", 90, "hook_pass")
+LOADER = _frame("/repo/sagann/scheduler/cuda_runtime.py", 140, "empty")
+
+
+def test_site_prefers_the_innermost_sagann_frame(gpu_profile):
+    assert gpu_profile.site_of([LINEAR, ENGINE]) == "engine/forward.py:90 hook_pass -> linear"
+    assert gpu_profile.site_of([LOADER, ENGINE]) == "scheduler/cuda_runtime.py:140 empty"
+    assert gpu_profile.site_of([LINEAR]) == "/venv/torch/nn/functional.py:10 linear"
+    assert gpu_profile.site_of([]).startswith("(no Python frame")
+
+
+def test_live_blocks_at_the_peak_grouped_by_site(gpu_profile):
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": [LOADER]},
+        {"action": "alloc", "addr": 2, "size": 300, "frames": [LINEAR, ENGINE]},
+        {"action": "alloc", "addr": 3, "size": 50, "frames": [LOADER]},  # the peak: 450 live
+        {"action": "free_requested", "addr": 2, "size": 300},
+        {"action": "free_completed", "addr": 2, "size": 300},  # counted once
+        {"action": "alloc", "addr": 4, "size": 200, "frames": []},  # 350 live: below the peak
+        {"action": "free_completed", "addr": 1, "size": 100},  # a free without its request still frees
+        {"action": "segment_alloc", "addr": 9, "size": 10**6},  # the allocator's own segments are not tensors
+    ]
+    peak, sites = gpu_profile.live_at_peak(trace)
+    assert peak == 450
+    assert sites == {"engine/forward.py:90 hook_pass -> linear": 300, "scheduler/cuda_runtime.py:140 empty": 150}
+    assert list(sites) == sorted(sites, key=lambda k: -sites[k]), "largest site first"
+
+
+def test_host_gather_reports_rates(gpu_profile):
+    out = gpu_profile.host_gather(rows=1 << 12, width=16, picked=1 << 10)
+    assert out["bytes"] == (1 << 10) * 16 * 4
+    assert out["gather_gbps"] > 0 and out["gather_gbps_one_thread"] > 0 and out["copy_gbps"] > 0
+    assert ("h2d_gbps" in out) == torch.cuda.is_available()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_without_a_gpu_it_refuses_with_status_2(gpu_profile, tmp_path):
+    assert gpu_profile.main(["--out", str(tmp_path)]) == 2
