@@ -13,16 +13,18 @@ It measures, each printed and written to ``gpu_profile.json``:
    slower than the link.
 2. **launch cost**: one fused ``gspmm`` call on a 16-vertex sub-chunk, per
    backend, in microseconds: the fixed cost every streamed step pays at least once.
-3. **allocation sites**: the small out-of-core layer runs of
+3. **allocation sites**: the out-of-core layer runs of
    ``tests/scheduler/test_cuda_device.py`` and the gpu_check GCN, each
    under torch's allocation history; at the allocator's peak, the live
-   blocks grouped by the Python line that allocated them. Memory that the
+   blocks grouped by the Python line that allocated them, and the same
+   within the pass whose measured peak was highest. Memory that the
    ledger does not count shows up here with its cause.
 4. **cProfile** of one out-of-core GCN epoch: the host's time per function.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import io
@@ -95,6 +97,33 @@ def allocation_sites(fn, top: int = 12) -> dict:
     peak, sites = live_at_peak(snap["device_traces"][dev])
     return {"allocated_before": before, "max_allocated": torch.cuda.max_memory_allocated(), "trace_peak": peak,
             "sites": dict(list(sites.items())[:top])}
+
+
+@contextlib.contextmanager
+def pass_windows():
+    """Inside: each pass a CUDA meter measures adds (its peak, its live blocks by site) over that pass's own allocations.
+
+    The allocation history must be recording. A site here is what the meter
+    counted in that pass; :func:`allocation_sites` sees the whole run.
+    """
+    from sagann.scheduler import meter
+
+    windows: list[tuple[int, dict[str, int]]] = []
+    original = meter.CudaMeter._pass
+    dev = torch.cuda.current_device()
+
+    @contextlib.contextmanager
+    def watched_pass(self):
+        start = len(torch.cuda.memory._snapshot()["device_traces"][dev])
+        with original(self):
+            yield
+        windows.append(live_at_peak(torch.cuda.memory._snapshot()["device_traces"][dev][start:]))
+
+    meter.CudaMeter._pass = watched_pass
+    try:
+        yield windows
+    finally:
+        meter.CudaMeter._pass = original
 
 
 def _gbps(fn, nbytes: int, reps: int = 5, cuda: bool = False) -> float:
@@ -229,12 +258,20 @@ def test_layer_sites() -> dict:
         dev = CudaDevice(_budget_forcing_chunks(probe))
         _run(make, dev, ei, x, None)  # the first run measures transfer costs and steps (outside the meter)
         dev.reset_peak()
-        res = allocation_sites(lambda: _run(make, dev, ei, x, None))  # the second: the passes' own allocations
+        with pass_windows() as windows:
+            res = allocation_sites(lambda: _run(make, dev, ei, x, None))  # the second: the passes' own allocations
         res.update(budget=dev.memory_budget, ledger_peak=dev.peak_bytes, measured_peak=dev.measured_peak_bytes)
+        if windows:  # the pass with the highest peak, as the meter saw it
+            peak, sites = max(windows, key=lambda w: w[0])
+            res["worst_pass"] = {"peak": peak, "passes": len(windows), "sites": dict(list(sites.items())[:12])}
         out[name] = res
         print(f"  {name}: budget {dev.memory_budget:,} B, ledger {dev.peak_bytes:,} B, measured {dev.measured_peak_bytes:,} B", flush=True)
         for site, b in res["sites"].items():
             print(f"      {b:>14,} B  {site}", flush=True)
+        if windows:
+            print(f"    its highest pass ({res['worst_pass']['peak']:,} B at its peak, of {len(windows)} passes):", flush=True)
+            for site, b in res["worst_pass"]["sites"].items():
+                print(f"      {b:>14,} B  {site}", flush=True)
     return out
 
 

@@ -61,3 +61,25 @@ def test_host_gather_reports_rates(gpu_profile):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_without_a_gpu_it_refuses_with_status_2(gpu_profile, tmp_path):
     assert gpu_profile.main(["--out", str(tmp_path)]) == 2
+
+
+def test_pass_windows_give_each_pass_its_own_allocations(gpu_profile, monkeypatch):
+    """The wrapper around CudaMeter's pass, over a stand-in allocation trace (no GPU): blocks made before a pass are not its own."""
+    from sagann.scheduler.meter import CudaMeter
+
+    trace: list[dict] = []
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: {"device_traces": [list(trace)]})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for name, value in (("synchronize", None), ("memory_allocated", 0), ("max_memory_allocated", 0), ("reset_peak_memory_stats", None)):
+        monkeypatch.setattr(torch.cuda, name, lambda device=None, value=value: value)
+    original = CudaMeter._pass
+    meter = CudaMeter(torch.device("cuda", 0))
+    trace.append({"action": "alloc", "addr": 1, "size": 1000, "frames": [LOADER]})  # before any pass
+    with gpu_profile.pass_windows() as windows:
+        with meter.measure():
+            trace.append({"action": "alloc", "addr": 2, "size": 300, "frames": [LINEAR, ENGINE]})
+            trace.append({"action": "free_requested", "addr": 1, "size": 1000})
+        with meter.measure():
+            trace.append({"action": "alloc", "addr": 3, "size": 50, "frames": [LOADER]})
+    assert windows == [(300, {"engine/forward.py:90 hook_pass -> linear": 300}), (50, {"scheduler/cuda_runtime.py:140 empty": 50})]
+    assert CudaMeter._pass is original, "the meter is restored"
