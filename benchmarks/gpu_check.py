@@ -422,7 +422,11 @@ def gcn_run(ei, n, x, y, device, *, reps: int, sync, num_chunks=None, schedule=N
             "steps_per_epoch": sum(r.steps for r in records) / reps,
             "pass_seconds_per_epoch": sum(r.seconds for r in records) / reps,
             "pass_model_seconds_per_epoch": sum(r.model_seconds for r in known) / reps if known else None,
-            "pass_achieved_seconds_per_epoch": sum(r.seconds for r in known) / reps if known else None}, step
+            "pass_achieved_seconds_per_epoch": sum(r.seconds for r in known) / reps if known else None,
+            # the last epoch's passes as planned and run: depth 0 means loads and compute took turns
+            "last_epoch_passes": [{"layer": r.layer, "phase": r.phase, "steps": r.steps, "prefetch": r.prefetch, "tile": r.tile,
+                                   "seconds": r.seconds, "model_seconds": r.model_seconds, "bytes_moved": r.bytes_moved}
+                                  for r in records[len(records) - len(records) // reps:]] if records else []}, step
 
 
 def over_floor(run: dict, gbps: float) -> tuple[float, float | None]:

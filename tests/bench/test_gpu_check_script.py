@@ -64,6 +64,9 @@ def test_gcn_run_out_of_core_on_the_cpu(gpu_check, graph):
     assert mem["steps_per_epoch"] < ooc["steps_per_epoch"], "streaming splits the epoch into more steps"
     # two epochs after the first re-plan: the time model may not know every chunk yet (None), and says so
     known = ooc["pass_achieved_seconds_per_epoch"]
+    last = ooc["last_epoch_passes"]
+    assert last and {r["phase"] for r in last} == {"forward", "backward"} and all(r["prefetch"] >= 0 for r in last)
+    assert sum(r["steps"] for r in last) > 0
     assert known is None or (ooc["pass_model_seconds_per_epoch"] > 0 and 0 < known <= ooc["pass_seconds_per_epoch"])
 
 
