@@ -126,6 +126,16 @@ def pass_windows():
         meter.CudaMeter._pass = original
 
 
+def _profile_text(prof: cProfile.Profile, by_own_time: int, by_cumulative: int) -> dict:
+    """The profile's top functions by their own time and by cumulative time, as text."""
+    out = {}
+    for key, order, count in (("cprofile_tottime", "tottime", by_own_time), ("cprofile_cumulative", "cumulative", by_cumulative)):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(count)
+        out[key] = buf.getvalue()
+    return out
+
+
 def _gbps(fn, nbytes: int, reps: int = 5, cuda: bool = False) -> float:
     fn()
     times = []
@@ -229,12 +239,7 @@ def launch_breakdown(calls: int = 200) -> dict:
         gspmm(g, "copy_src", "sum", src=t, backend="cuda")
     prof.disable()
     torch.cuda.synchronize()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
-    out["cprofile_tottime"] = buf.getvalue()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
-    out["cprofile_cumulative"] = buf.getvalue()
+    out.update(_profile_text(prof, 25, 40))
     print({k: round(v, 1) for k, v in out.items() if k.endswith("_us")}, flush=True)
     print(out["cprofile_tottime"][-6000:], flush=True)
     print(out["cprofile_cumulative"][-7000:], flush=True)
@@ -330,12 +335,7 @@ def gcn_sites(args) -> dict:
     t = time.perf_counter()
     step()
     out["epoch_s"] = time.perf_counter() - t
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(35)
-    out["cprofile_tottime"] = buf.getvalue()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(45)
-    out["cprofile_cumulative"] = buf.getvalue()
+    out.update(_profile_text(prof, 35, 45))
     print(f"  epoch {out['epoch_s']:.3f} s, under cProfile {out['profiled_epoch_s']:.3f} s", flush=True)
     print(out["cprofile_tottime"][-9000:], flush=True)
     return out

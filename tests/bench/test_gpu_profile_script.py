@@ -83,3 +83,15 @@ def test_pass_windows_give_each_pass_its_own_allocations(gpu_profile, monkeypatc
             trace.append({"action": "alloc", "addr": 3, "size": 50, "frames": [LOADER]})
     assert windows == [(300, {"engine/forward.py:90 hook_pass -> linear": 300}), (50, {"scheduler/cuda_runtime.py:140 empty": 50})]
     assert CudaMeter._pass is original, "the meter is restored"
+
+
+def test_profile_text_orders_by_own_and_cumulative_time(gpu_profile):
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    sorted(range(1000), key=lambda v: -v)
+    prof.disable()
+    text = gpu_profile._profile_text(prof, 5, 7)
+    assert "Ordered by: internal time" in text["cprofile_tottime"]
+    assert "Ordered by: cumulative time" in text["cprofile_cumulative"]
