@@ -18,7 +18,6 @@ be weighed before one is cut.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -92,8 +91,7 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
                 known = None
     if known is None:
         try:
-            unmetered = getattr(device, "unmetered", contextlib.nullcontext)
-            with unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
+            with device.unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
                 known = _measure_steps(device, repeats)
             calibration.store(kind, known.to_dict())
         except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
