@@ -168,41 +168,46 @@ def host_gather(rows: int = 1 << 18, width: int = 128, picked: int = 1 << 16) ->
     return out
 
 
-def launch_cost(backends=("cuda", "reference"), calls: int = 300) -> dict:
-    from sagann.kernels import ChunkTensors, gspmm
+def _us_per_call(fn, calls: int) -> float:
+    """Host microseconds per call of ``fn`` after one warm-up call, the GPU drained before and after."""
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e6
+
+
+def _tiny_chunk():
+    """A 16-vertex, 32-edge sub-chunk on the GPU: a call on it costs its fixed cost only."""
+    from sagann.kernels import ChunkTensors
 
     src = torch.arange(32) % 16
     dst = (torch.arange(32) * 7) % 16
-    g, _ = ChunkTensors.from_coo(src, dst, 16, 16, device="cuda")
-    x = torch.randn(16, 64, device="cuda")
-    out = {}
-    for b in backends:
-        gspmm(g, "copy_src", "sum", src=x, backend=b)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(calls):
-            gspmm(g, "copy_src", "sum", src=x, backend=b)
-        torch.cuda.synchronize()
-        out[f"{b}_us_per_call"] = (time.perf_counter() - t) / calls * 1e6
-    return out
+    return ChunkTensors.from_coo(src, dst, 16, 16, device="cuda")[0]
+
+
+def launch_cost(backends=("cuda", "reference"), calls: int = 300) -> dict:
+    from sagann.kernels import gspmm
+
+    g, x = _tiny_chunk(), torch.randn(16, 64, device="cuda")
+    return {f"{b}_us_per_call": _us_per_call(lambda b=b: gspmm(g, "copy_src", "sum", src=x, backend=b), calls) for b in backends}
 
 
 def launch_breakdown(calls: int = 200) -> dict:
     """Microseconds per piece of one numba launch from torch tensors, and a cProfile of ``calls`` gspmm calls."""
     from numba import cuda
 
-    from sagann.kernels import ChunkTensors, gspmm
     from sagann.kernels import cuda as backend
+    from sagann.kernels import gspmm
+    from sagann.kernels._common import op_code
 
     t = torch.randn(16, 64, device="cuda")
     ptr = torch.cuda.current_stream().cuda_stream
 
-    def us(fn, n=calls):
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - t0) / n * 1e6
+    def us(fn):
+        return _us_per_call(fn, calls)
 
     def enter_gpu():
         with cuda.gpus[0]:
@@ -214,14 +219,10 @@ def launch_breakdown(calls: int = 200) -> dict:
            "current_context_us": us(lambda: cuda.current_context()),
            "cuda_array_interface_us": us(lambda: t.__cuda_array_interface__),
            "zeros_us": us(lambda: torch.zeros(16, 64, device="cuda"))}
-    src = torch.arange(32) % 16
-    dst = (torch.arange(32) * 7) % 16
-    g, _ = ChunkTensors.from_coo(src, dst, 16, 16, device="cuda")
+    g = _tiny_chunk()
     out["gspmm_us"] = us(lambda: gspmm(g, "copy_src", "sum", src=t, backend="cuda"))
     seg_ptr, seg_row, bound = backend._segments(g.dst_ptr, g.nnz, backend._SEGMENT)
     out["segments_us"] = us(lambda: backend._segments(g.dst_ptr, g.nnz, backend._SEGMENT))
-    from sagann.kernels._common import op_code
-
     kernel = backend.K.spmm_sum(op_code("copy_src", None, 64), False, np.float32)
     S, E, D = backend._operands(t, None, None, torch.float32, t.device)
     res = torch.zeros(16, 64, device="cuda")
