@@ -271,7 +271,8 @@ def check_kernels(rep: Check, args) -> None:
     for d in args.dims:
         x = torch.randn(n, d, device="cuda")
         want = torch.sparse.mm(csr, x)
-        fused_call = lambda: gspmm(g, "copy_src", "sum", src=x, backend="cuda")  # noqa: E731
+        sagann_call = lambda: gspmm(g, "copy_src", "sum", src=x, backend="cuda")  # noqa: E731
+        fused_call = _numba(sagann_call)  # the numba Gather itself, not the CSR product the backend runs by default
         got, _ = fused_call()
         err = float(((got - want).abs() - 1e-4 * torch.sparse.mm(csr, x.abs())).max())
         if not rep.check(f"gspmm d={d} equals cuSPARSE", err <= 1e-5, f"max excess error {err:.3g}"):
@@ -281,11 +282,13 @@ def check_kernels(rep: Check, args) -> None:
         with _row_array_from(1 << 62):  # the same kernel with every work item searching its row (as small sub-chunks do)
             searched, _ = time_ms(fused_call, args.reps)
         sparse, sparse_med = time_ms(lambda: torch.sparse.mm(csr, x), args.reps)
+        product, _ = time_ms(sagann_call, args.reps)
         gbps = nbytes / (fused * 1e-3) / 1e9
         rows.append({"d": d, "nnz": nnz, "n": n, "bytes": nbytes, "fused_ms": fused, "fused_ms_median": fused_med,
                      "cusparse_ms": sparse, "cusparse_ms_median": sparse_med, "fused_gbps": gbps, "share_of_copy": gbps / copy,
-                     "fused_row_search_ms": searched})
-        print(f"  gspmm d={d}: rows read from the run-row array {fused:.3f} ms, searched {searched:.3f} ms", flush=True)
+                     "fused_row_search_ms": searched, "sagann_csr_product_ms": product})
+        print(f"  gspmm d={d}: numba, rows from the run-row array {fused:.3f} ms, searched {searched:.3f} ms; "
+              f"sagann's call (CSR product) {product:.3f} ms; cuSPARSE {sparse:.3f} ms", flush=True)
         rep.target(f"gspmm d={d} vs cuSPARSE", sparse / fused, TARGETS["fused_vs_cusparse"], "higher",
                    f"fused {fused:.3f} ms, cuSPARSE {sparse:.3f} ms ({sparse / fused:.2f}x)")
         rep.target(f"gspmm d={d} share of copy bandwidth", gbps / copy, TARGETS["fused_share_of_copy"], "higher",
@@ -298,6 +301,18 @@ def check_kernels(rep: Check, args) -> None:
 
 
 @contextlib.contextmanager
+def _numba(call):
+    """``call`` with the cuda backend's numba kernels instead of its CSR product."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_profile import csr_product
+
+    def run():
+        with csr_product(False):
+            return call()
+
+    return run
+
+
 def _row_array_from(rows: int):
     """Set the CUDA backend's ``ROW_ARRAY_MIN_ROWS`` for the block (an A/B of the run-row array against the search)."""
     from sagann.kernels import cuda as backend
@@ -468,7 +483,9 @@ def check_gcn(rep: Check, args, out_dir: Path) -> None:
     print(f"  GCN in memory: {mem['epoch_s']:.3f} s/epoch, P = {mem['num_chunks']}", flush=True)
     del step  # its graph, model and device memory go before the out-of-core peak is measured
     _free_device_memory()
-    dev = CudaDevice(max(1, mem["ledger_peak_bytes"] // args.fraction))
+    budget = max(1, mem["ledger_peak_bytes"] // args.fraction)
+    rep.data["gcn_numba_kernels"] = _numba_epochs(ei, n, x, y, budget, args)
+    dev = CudaDevice(budget)
     ooc, step = gcn_run(ei, n, x, y, dev, reps=args.epochs, sync=_sync)
     floor, ooc["epoch_over_floor"] = over_floor(ooc, rep.data["pinned_h2d_gbps"])
     ooc["h2d_floor_s"] = floor
@@ -490,6 +507,24 @@ def check_gcn(rep: Check, args, out_dir: Path) -> None:
     _free_device_memory()
     rep.data["gcn_out_of_core_bf16"] = _bf16_run(rep, ei, n, x, y, ooc, args)
     rep.data["pyg"] = _pyg_gcn(ei, n, x, y, args.epochs)
+
+
+def _numba_epochs(ei, n, x, y, budget: int, args) -> dict:
+    """The A/B: the GCN epoch in memory and out of core with the numba kernels instead of the CSR product."""
+    from sagann.scheduler.cuda import CudaDevice
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_profile import csr_product
+
+    out = {}
+    with csr_product(False):
+        for name, device in (("in_memory", lambda: CudaDevice()), ("out_of_core", lambda: CudaDevice(budget))):
+            run, step = gcn_run(ei, n, x, y, device(), reps=args.epochs, sync=_sync, num_chunks=1 if name == "in_memory" else None)
+            out[name] = {k: run[k] for k in ("epoch_s", "epochs_s", "num_chunks", "steps_per_epoch", "h2d_bytes_per_epoch", "allocated_peak_bytes")}
+            print(f"  GCN {name.replace('_', ' ')}, numba kernels: {run['epoch_s']:.3f} s/epoch, P = {run['num_chunks']}", flush=True)
+            del step
+            _free_device_memory()
+    return out
 
 
 def _free_device_memory() -> None:
@@ -610,6 +645,9 @@ def markdown(report: dict) -> str:
         if bf:
             lines.append(f"| sagann out of core, bf16 transfers | {bf['num_chunks']} | {bf['epoch_s']:.3f} | {bf['h2d_bytes_per_epoch'] / 1e9:.2f} | {bf['h2d_floor_s']:.3f} | "
                          f"{_f(bf['epoch_over_floor'], '.2f')} | | {_f(bf['budget_bytes'], '.1f', 2**20)} |")
+        for name, run in (data.get("gcn_numba_kernels") or {}).items():
+            lines.append(f"| sagann {name.replace('_', ' ')}, numba kernels (no CSR product) | {run['num_chunks']} | {run['epoch_s']:.3f} | "
+                         f"{run['h2d_bytes_per_epoch'] / 1e9:.2f} | | | {_f(run.get('allocated_peak_bytes'), '.1f', 2**20)} | |")
         lines.append(f"| PyG GCNConv | 1 | {pyg['epoch_s']:.3f} | | | | | |" if "epoch_s" in pyg else f"| PyG GCNConv | | {pyg.get('error', 'not run')} | | | | | |")
     return "\n".join(lines) + "\n"
 

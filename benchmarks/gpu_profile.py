@@ -188,11 +188,27 @@ def _tiny_chunk():
     return ChunkTensors.from_coo(src, dst, 16, 16, device="cuda")[0]
 
 
+@contextlib.contextmanager
+def csr_product(on: bool):
+    """Run the cuda backend's sums as torch's sparse CSR product (``on``, the default) or with the numba kernels (an A/B)."""
+    from sagann.kernels import cuda as backend
+
+    old, backend.CSR_PRODUCT = backend.CSR_PRODUCT, on
+    try:
+        yield
+    finally:
+        backend.CSR_PRODUCT = old
+
+
 def launch_cost(backends=("cuda", "reference"), calls: int = 300) -> dict:
+    """Host µs of one gspmm call on a 16-vertex sub-chunk per backend; ``cuda_numba``: the cuda backend without the CSR product."""
     from sagann.kernels import gspmm
 
     g, x = _tiny_chunk(), torch.randn(16, 64, device="cuda")
-    return {f"{b}_us_per_call": _us_per_call(lambda b=b: gspmm(g, "copy_src", "sum", src=x, backend=b), calls) for b in backends}
+    out = {f"{b}_us_per_call": _us_per_call(lambda b=b: gspmm(g, "copy_src", "sum", src=x, backend=b), calls) for b in backends}
+    with csr_product(False):
+        out["cuda_numba_us_per_call"] = _us_per_call(lambda: gspmm(g, "copy_src", "sum", src=x, backend="cuda"), calls)
+    return out
 
 
 def launch_breakdown(calls: int = 200) -> dict:
@@ -220,7 +236,9 @@ def launch_breakdown(calls: int = 200) -> dict:
            "cuda_array_interface_us": us(lambda: t.__cuda_array_interface__),
            "zeros_us": us(lambda: torch.zeros(16, 64, device="cuda"))}
     g = _tiny_chunk()
-    out["gspmm_us"] = us(lambda: gspmm(g, "copy_src", "sum", src=t, backend="cuda"))
+    out["gspmm_us"] = us(lambda: gspmm(g, "copy_src", "sum", src=t, backend="cuda"))  # the CSR product
+    with csr_product(False):
+        out["gspmm_numba_us"] = us(lambda: gspmm(g, "copy_src", "sum", src=t, backend="cuda"))
     seg_ptr, seg_row, bound = backend._segments(g.dst_ptr, g.nnz, backend._SEGMENT)
     out["segments_us"] = us(lambda: backend._segments(g.dst_ptr, g.nnz, backend._SEGMENT))
     kernel = backend.K.spmm_sum(op_code("copy_src", None, 64), False, np.float32)

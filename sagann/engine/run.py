@@ -9,11 +9,13 @@ partition and run again (:mod:`sagann.engine.replan`).
 """
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import torch
 from torch import nn
 
+from sagann import kernels
 from sagann.chunks.partition import GraphPartition
 from sagann.engine.backward import backward_pass
 from sagann.engine.call import CallFlags, CallSpec, LayerCall
@@ -64,6 +66,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     params = [p for p in layer.parameters() if p.requires_grad]
     shape = _shape(layer, x, edge_data, device.torch_device)
     backend = _backend_for(g, shape)
+    shape = _with_kernel_scratch(shape, backend)
     param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
     fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
     grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
@@ -106,6 +109,13 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
     if shape.builtin is None and shape.attention is None:
         return "reference"
     return g.device.kernel_backend
+
+
+def _with_kernel_scratch(shape: LayerShape, backend: str) -> LayerShape:
+    """``shape`` with the per-edge bytes ``backend``'s kernels hold beyond a builtin op's operands, for the memory model."""
+    scratch = getattr(kernels.get_backend(backend), "scratch_bytes_per_edge", None) if shape.builtin is not None else None
+    per_edge = int(scratch(shape.builtin.op, shape.d_edge)) if scratch is not None else 0
+    return dataclasses.replace(shape, kernel_scratch=per_edge) if per_edge != shape.kernel_scratch else shape
 
 
 def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor, host=None) -> torch.Tensor:

@@ -44,6 +44,10 @@ class KernelBackend(Protocol):
     Shapes and semantics are those of :func:`sagann.kernels.gspmm`,
     :func:`~sagann.kernels.gsddmm` and :func:`~sagann.kernels.gspmm_sum_backward`,
     held equal to the reference backend by the tests.
+
+    Optional: ``scratch_bytes_per_edge(op, d_edge) -> int``, the device
+    bytes per edge a call of builtin ``op`` holds beyond its operands; the
+    memory model charges them (none where it is absent).
     """
 
     def gspmm(

@@ -32,9 +32,10 @@ from numba import cuda
 from numba.core import config as _numba_config
 from torch.autograd.function import once_differentiable
 
+from sagann.kernels import _csr_product as CSR
 from sagann.kernels import _cuda_attention as KA
 from sagann.kernels import _cuda_kernels as K
-from sagann.kernels._common import SCALAR_CODES, Frontend, GradCall, Placement, validate
+from sagann.kernels._common import NATIVE, SCALAR_CODES, Frontend, GradCall, KernelCall, Placement, validate
 from sagann.kernels._numba_compat import restore_removed_numpy_aliases
 from sagann.kernels.graph import ChunkTensors
 
@@ -64,6 +65,11 @@ def _skip_occupancy_check() -> None:
 
 
 _skip_occupancy_check()
+
+# Sums of copy_src and of src_mul_edge with one weight per edge run torch's sparse CSR product (cuSPARSE)
+# on a GPU: faster on the device, and a fraction of the host time of a numba launch (see _csr_product).
+# Under the simulator the numba kernels run (they are what it checks); tests set this to check both paths.
+CSR_PRODUCT = not SIMULATOR
 
 # From this many rows, a call fills each run's row into an array (one more launch) instead of every
 # work item binary-searching the run offsets (log2(rows) dependent loads): a whole graph's million rows
@@ -224,27 +230,39 @@ def _backward(ctx, mode: int, grad: torch.Tensor, arg: torch.Tensor | None):
     return grads(GradCall(ctx.g, ctx.code, mode, grad, arg, src, edge, dst, (ctx.needs_src, ctx.needs_edge, ctx.needs_dst)), seg=ctx.seg)
 
 
-def grads(call: GradCall, src_out=None, src_rows=None, seg: int | None = None):
+def grads(call: GradCall, src_out=None, src_rows=None, seg: int | None = None, source_major: bool = False):
     """The backward kernels; with ``src_out`` the src gradient is added into ``src_out[src_rows]`` (rows unique) and None returned for it.
 
     ``seg``: the segment length (default ``_SEGMENT`` as it is now).
+    ``source_major``: ``call.edge`` is ``edge[src_perm]`` (only the src
+    gradient is asked for, of a code in :data:`SOURCE_MAJOR_CODES`).
     """
-    d_src, d_edge, d_dst = _grads(call, _SEGMENT if seg is None else seg)
+    d_src, d_edge, d_dst = _grads(call, _SEGMENT if seg is None else seg, source_major)
     if src_out is not None and d_src is not None:
         src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src)
         d_src = None
     return d_src, d_edge, d_dst
 
 
-def _grads(call: GradCall, seg: int):
+def _product(code: int, reduce: str, dtype: torch.dtype) -> bool:
+    """Does this gSpMM (or its src gradient) run as the sparse CSR product?"""
+    return CSR_PRODUCT and CSR.eligible(code, reduce, dtype)
+
+
+def _grads(call: GradCall, seg: int, source_major: bool = False):
     g, code, mode, grad, arg, src, edge, dst = call.g, call.code, call.mode, call.grad, call.arg, call.src, call.edge, call.dst
     needs_src, needs_edge, needs_dst = call.needs
     dtype, device = grad.dtype, g.device
     dt = _np_dtype(dtype)
     A = arg if arg is not None else torch.empty((0, 0), dtype=torch.int64, device=device)
+    product = needs_src and mode == K.ROW and _product(code, "sum", dtype)
+    if source_major and not product and edge is not None:  # the numba kernels read edge weights in CSC order
+        edge = torch.empty_like(edge).index_copy_(0, g.src_perm.long(), edge)
     S, E, D = _operands(src, edge, dst, dtype, device)
     d_src = d_edge = d_dst = None
-    if needs_src:
+    if product:
+        d_src = CSR.src_grad(g, code, grad, edge, source_major=source_major)
+    elif needs_src:
         src_shape = src.shape if src is not None else (g.num_src, grad.shape[1])  # a sum's src grad never reads src
         d_src = torch.zeros(src_shape, dtype=dtype, device=device)
         seg_ptr, seg_row, bound = _segments(g.src_ptr, g.nnz, seg)
@@ -279,6 +297,15 @@ class _GSpMM(torch.autograd.Function):
     def forward(ctx, g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
         dtype = next(t for t in (src, edge, dst) if t is not None).dtype
         device, seg = g.device, _SEGMENT
+        if _product(code, reduce, dtype):
+            out = CSR.forward_sum(g, code, src.detach(), None if edge is None else edge.detach())
+            if reduce == "mean":
+                out = out / _degree(g, dtype).unsqueeze(-1)
+            arg = torch.empty(0, dtype=torch.long, device=device)
+            ctx.reduce = reduce
+            _save(ctx, g, code, src, edge, dst, arg)
+            ctx.mark_non_differentiable(arg)
+            return out, arg
         S, E, D = _operands(src, edge, dst, dtype, device)
         out = torch.zeros((g.num_dst, width), dtype=dtype, device=device)
         seg_ptr, seg_row, bound = _segments(g.dst_ptr, g.nnz, seg)
@@ -336,8 +363,34 @@ class _GSDDMM(torch.autograd.Function):
 
 
 
+def _block_spmm(call: KernelCall, reduce: str, src_rows, into=None):
+    """gSpMM without autograd (the front-end ensures none is needed): ``src`` rows ``src_rows[src_idx]``, a sum added into ``into``.
+
+    The CSR product reads the block in place and adds into ``into`` itself;
+    the numba kernels read compact rows, picked here.
+    """
+    if _product(call.code, reduce, call.src.dtype):
+        out = CSR.forward_sum(call.g, call.code, call.src, call.edge, src_rows=src_rows, into=into if reduce == "sum" else None)
+        if reduce == "mean":
+            out = out / _degree(call.g, out.dtype).unsqueeze(-1)
+        return out, None
+    src = call.src if src_rows is None else call.src.index_select(0, src_rows.long())
+    out, arg = _GSpMM.apply(call.g, call.code, reduce, call.width, src, call.edge, call.dst)
+    if into is not None:
+        return into.add_(out), None
+    return out, arg
+
+
+def scratch_bytes_per_edge(op: str, d_edge: int) -> int:
+    """Device bytes per edge a call of ``op`` holds beyond its operands (the memory model charges them): the CSR product's arrays."""
+    return CSR.scratch_bytes_per_edge(op, d_edge) if CSR_PRODUCT else 0
+
+
+# src gradients that read edge weights source-major (``edge[src_perm]``, ``g.src_dst``): the CSR product's
+SOURCE_MAJOR_CODES = CSR.CODES
+
 # the public API: checks, operand selection and casting shared with the other fused backend
-_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads)
+_FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads, _block_spmm, source_major_codes=SOURCE_MAJOR_CODES)
 gspmm = _FRONTEND.gspmm
 gsddmm = _FRONTEND.gsddmm
 gspmm_sum_backward = _FRONTEND.gspmm_sum_backward

@@ -73,6 +73,9 @@ class LayerShape:
     uses_dst_term: bool
     uses_edge: bool
     d_score: int = 0  # attention heads of a softmax gather (scores per edge)
+    # bytes per edge the kernel backend holds beyond a builtin op's operands (KernelBackend.scratch_bytes_per_edge):
+    # the cuda backend's sparse CSR product keeps unit weights and column ids; filled in per call (run_layer)
+    kernel_scratch: int = 0
     attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
     # what backward will compute, known when the call is planned (autograd mode, requires_grad):
     # the probe leaves all True (the most memory); run_layer fills them in per call
@@ -161,7 +164,7 @@ def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
     """Temporaries of one sub-chunk's edge stage that the passes cannot see (forward)."""
     if fused:  # fused attention keeps one score gradient per edge and head in backward; a builtin op its record's scratch
         columns = shape.d_score if shape.attention is not None else (shape.builtin.spec.scratch if shape.builtin is not None else 0)
-        return nnz * FLOAT * columns
+        return nnz * (FLOAT * columns + shape.kernel_scratch)
     gathered = FLOAT * (shape.d_src_side + shape.d_dst_side)  # e.src, e.dst, e.src_term, e.dst_term rows
     # the messages and their temporaries: a model's guess, or what the probe measured where that is more;
     # a backward sub-chunk is charged this twice (recompute, then gradients)

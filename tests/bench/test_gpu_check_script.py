@@ -104,7 +104,8 @@ def test_report_and_markdown(gpu_check, graph, tmp_path):
     ooc["h2d_floor_s"], ooc["epoch_over_floor"] = gpu_check.over_floor(ooc, link_gbps)
     ooc["allocated_peak_bytes"] = ooc["ledger_peak_bytes"]
     rep = gpu_check.Check(60)
-    rep.data.update(kernel_backend="cpu", gcn_in_memory=mem, gcn_out_of_core=ooc, pyg={"error": "not run"})
+    numba = {"in_memory": {**mem, "epoch_s": 0.5}}  # the A/B row's figures: inputs of this test
+    rep.data.update(kernel_backend="cpu", gcn_in_memory=mem, gcn_out_of_core=ooc, pyg={"error": "not run"}, gcn_numba_kernels=numba)
     rep.check("something right", True, "fine")
     rep.check("something wrong", False, "broken")
     rep.target("epoch over floor", ooc["epoch_over_floor"], 1.15, "lower", "as measured")
@@ -115,6 +116,7 @@ def test_report_and_markdown(gpu_check, graph, tmp_path):
     md = (tmp_path / "gpu_check.md").read_text()
     assert md.startswith("## GPU acceptance run") and "| something wrong | **FAIL** | broken |" in md
     assert f"| sagann out of core | {ooc['num_chunks']} |" in md and "| PyG GCNConv | | not run |" in md
+    assert "| sagann in memory, numba kernels (no CSR product) | 1 | 0.500 |" in md
 
 
 def test_status_codes(gpu_check):

@@ -95,3 +95,14 @@ def test_profile_text_orders_by_own_and_cumulative_time(gpu_profile):
     text = gpu_profile._profile_text(prof, 5, 7)
     assert "Ordered by: internal time" in text["cprofile_tottime"]
     assert "Ordered by: cumulative time" in text["cprofile_cumulative"]
+
+
+def test_csr_product_toggle_restores_the_backend_setting(gpu_profile):
+    from sagann.kernels import cuda as backend
+
+    before = backend.CSR_PRODUCT
+    with pytest.raises(RuntimeError, match="inside"):
+        with gpu_profile.csr_product(not before):
+            assert backend.CSR_PRODUCT is (not before)
+            raise RuntimeError("inside")
+    assert backend.CSR_PRODUCT is before

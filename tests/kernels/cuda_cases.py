@@ -397,6 +397,59 @@ def test_direct_sum_backward_matches_autograd(case, into_buffer):
             torch.testing.assert_close(value.cpu(), want, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad of {name}: {m}")
 
 
+# ---------------------------------------------------------------- sparse CSR product
+
+PRODUCT_CONFIGS = [("copy_src", "col"), ("src_mul_edge", "vec"), ("src_mul_edge", "col"), ("src_mul_edge", "full")]
+
+
+@pytest.mark.parametrize("product", [True, False])
+@pytest.mark.parametrize("reduce", REDUCERS)
+@pytest.mark.parametrize("op,edge_shape", PRODUCT_CONFIGS)
+def test_csr_product_and_numba_kernels_agree_with_the_reference(fixed_graph, monkeypatch, op, edge_shape, reduce, product):
+    """Sums of copy_src and scalar src_mul_edge take the CSR product where it is on; the rest keep the numba kernels."""
+    monkeypatch.setattr(backend, "CSR_PRODUCT", product)
+    _check(fixed_graph, op, reduce, _inputs(fixed_graph, 3, edge_shape, "normal", seed=5))
+
+
+@given(case=cases(), product=st.booleans(), into=st.booleans(), source_major=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_block_reads_accumulation_and_source_major_weights(case, product, into, source_major):
+    """``gspmm(src_rows=, out=)`` and ``gspmm_sum_backward(edge_order='source_major')`` through both paths."""
+    g, _, _, inputs, seed, _ = case
+    op = "src_mul_edge" if seed % 2 else "copy_src"
+    gen = torch.Generator().manual_seed(seed)
+    edge = torch.randn(g.nnz, generator=gen)  # one weight per edge (the cases may draw wider edge rows)
+    rows = torch.randperm(g.num_src + 2, generator=gen)[: g.num_src]
+    block = torch.randn(g.num_src + 2, inputs["src"].shape[1], generator=gen)
+    block[rows] = inputs["src"]
+    want, _ = kernels.gspmm(g, op, "sum", src=inputs["src"], edge=edge, backend="reference")
+    acc = torch.randn(want.shape, generator=gen) if into else None
+    expected = want + acc if into else want
+    old = backend.CSR_PRODUCT
+    backend.CSR_PRODUCT = product  # not monkeypatch: hypothesis runs many examples per test call
+    try:
+        dg = _on(g, DEVICE)
+        with torch.no_grad():
+            got, _ = kernels.gspmm(dg, op, "sum", src=block.to(DEVICE), edge=edge.to(DEVICE), src_rows=rows.to(DEVICE), out=None if acc is None else acc.to(DEVICE), backend="cuda")
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-6)
+        grad = torch.randn(want.shape, generator=gen)
+        leaf = inputs["src"].clone().requires_grad_()
+        out, _ = kernels.gspmm(g, op, "sum", src=leaf, edge=edge, backend="reference")
+        if out.requires_grad:
+            out.backward(grad)
+        want_src = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        perm = g.src_perm.long()
+        if source_major:
+            dg = ChunkTensors(dg.dst_ptr, dg.dst_idx, dg.src_idx, dg.src_ptr, dg.src_perm, g.num_src, g.num_dst, src_dst=dg.dst_idx[dg.src_perm.long()])
+        weights = edge[perm] if source_major else edge
+        d_src, _, _ = kernels.gspmm_sum_backward(
+            dg, op, grad.to(DEVICE), edge=weights.to(DEVICE), needs=("src",), backend="cuda", edge_order="source_major" if source_major else "csc"
+        )
+        torch.testing.assert_close(d_src.cpu(), want_src, rtol=1e-5, atol=1e-6)
+    finally:
+        backend.CSR_PRODUCT = old
+
+
 # ---------------------------------------------------------------- fused attention
 
 
