@@ -300,7 +300,6 @@ def check_kernels(rep: Check, args) -> None:
     rep.data["attention"] = _attention(rep, g, args)
 
 
-@contextlib.contextmanager
 def _numba(call):
     """``call`` with the cuda backend's numba kernels instead of its CSR product."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -313,6 +312,7 @@ def _numba(call):
     return run
 
 
+@contextlib.contextmanager
 def _row_array_from(rows: int):
     """Set the CUDA backend's ``ROW_ARRAY_MIN_ROWS`` for the block (an A/B of the run-row array against the search)."""
     from sagann.kernels import cuda as backend

@@ -22,7 +22,7 @@ import torch
 from sagann.kernels.graph import ChunkTensors
 from sagann.kernels.ops import OPS
 
-__all__ = ["CODES", "UNIT_CODE", "eligible", "scratch_bytes_per_edge", "forward_sum", "src_grad"]
+__all__ = ["CODES", "UNIT_CODE", "eligible", "fits", "scratch_bytes_per_edge", "forward_sum", "src_grad"]
 
 UNIT_CODE = OPS["copy_src"].code
 """``copy_src``: every edge weighs 1."""
@@ -36,6 +36,11 @@ warnings.filterwarnings("ignore", message=r"Sparse CSR tensor support is in beta
 def eligible(code: int, reduce: str, dtype: torch.dtype) -> bool:
     """Can a gSpMM of kernel ``code`` and ``reduce`` on ``dtype`` operands run as the CSR product?"""
     return code in CODES and reduce in ("sum", "mean") and dtype in (torch.float32, torch.float64)
+
+
+def fits(nnz: int, rows: int, cols: int) -> bool:
+    """Can a ``rows`` x ``cols`` CSR matrix hold ``nnz`` entries? cuSPARSE refuses more (multi-edges in a tiny chunk); the numba kernels take those."""
+    return nnz <= rows * cols
 
 
 def scratch_bytes_per_edge(op: str, d_edge: int) -> int:

@@ -244,9 +244,9 @@ def grads(call: GradCall, src_out=None, src_rows=None, seg: int | None = None, s
     return d_src, d_edge, d_dst
 
 
-def _product(code: int, reduce: str, dtype: torch.dtype) -> bool:
-    """Does this gSpMM (or its src gradient) run as the sparse CSR product?"""
-    return CSR_PRODUCT and CSR.eligible(code, reduce, dtype)
+def _product(code: int, reduce: str, dtype: torch.dtype, g: ChunkTensors, rows: int, cols: int) -> bool:
+    """Does this gSpMM (or its src gradient), over a ``rows`` x ``cols`` matrix, run as the sparse CSR product?"""
+    return CSR_PRODUCT and CSR.eligible(code, reduce, dtype) and CSR.fits(g.nnz, rows, cols)
 
 
 def _grads(call: GradCall, seg: int, source_major: bool = False):
@@ -255,7 +255,7 @@ def _grads(call: GradCall, seg: int, source_major: bool = False):
     dtype, device = grad.dtype, g.device
     dt = _np_dtype(dtype)
     A = arg if arg is not None else torch.empty((0, 0), dtype=torch.int64, device=device)
-    product = needs_src and mode == K.ROW and _product(code, "sum", dtype)
+    product = needs_src and mode == K.ROW and _product(code, "sum", dtype, g, g.num_src, g.num_dst)
     if source_major and not product and edge is not None:  # the numba kernels read edge weights in CSC order
         edge = torch.empty_like(edge).index_copy_(0, g.src_perm.long(), edge)
     S, E, D = _operands(src, edge, dst, dtype, device)
@@ -297,7 +297,7 @@ class _GSpMM(torch.autograd.Function):
     def forward(ctx, g: ChunkTensors, code: int, reduce: str, width: int, src, edge, dst):
         dtype = next(t for t in (src, edge, dst) if t is not None).dtype
         device, seg = g.device, _SEGMENT
-        if _product(code, reduce, dtype):
+        if _product(code, reduce, dtype, g, g.num_dst, g.num_src):
             out = CSR.forward_sum(g, code, src.detach(), None if edge is None else edge.detach())
             if reduce == "mean":
                 out = out / _degree(g, dtype).unsqueeze(-1)
@@ -369,7 +369,7 @@ def _block_spmm(call: KernelCall, reduce: str, src_rows, into=None):
     The CSR product reads the block in place and adds into ``into`` itself;
     the numba kernels read compact rows, picked here.
     """
-    if _product(call.code, reduce, call.src.dtype):
+    if _product(call.code, reduce, call.src.dtype, call.g, call.g.num_dst, call.src.shape[0]):
         out = CSR.forward_sum(call.g, call.code, call.src, call.edge, src_rows=src_rows, into=into if reduce == "sum" else None)
         if reduce == "mean":
             out = out / _degree(call.g, out.dtype).unsqueeze(-1)

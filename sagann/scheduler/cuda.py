@@ -45,6 +45,7 @@ sees a GPU (``benchmarks/gpu_check.py``).
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from contextlib import contextmanager
@@ -269,6 +270,10 @@ class CudaDevice(Device):
         # measured_peak_bytes: the allocator's peak around every pass (a stand-in runtime allocates nothing real)
         self.meter = CudaMeter(self.torch_device) if isinstance(runtime, TorchRuntime) else None
         self.min_measure_bytes, self.default_measure_bytes, self.max_measure_bytes = MIN_MEASURE_BYTES, 2 * MIN_MEASURE_BYTES, MAX_MEASURE_BYTES
+        # released scopes whose kernels may still run: (event on the compute stream, bytes), oldest first
+        self._pending: collections.deque = collections.deque()
+        self._pending_lock = threading.Lock()
+        self.ledger.settle = self._settle
 
     @staticmethod
     def _torch_runtime(index) -> TorchRuntime:
@@ -344,16 +349,75 @@ class CudaDevice(Device):
 
     def synchronize(self) -> None:
         """Wait for this device's compute stream (an event): not for queued prefetch copies or another device."""
+        done = self._pending_count()
         event = self.runtime.new_event()
         self.runtime.record(event, self.compute_stream)
         self.runtime.host_wait(event)
+        self._refund_oldest(done)
 
     def drain(self) -> None:
         """Wait for every stream this device queues work on (measuring; never on the hot path)."""
+        done = self._pending_count()
         for stream in (self.runtime.current_stream(), self.copy_stream, self.compute_stream):
             event = self.runtime.new_event()
             self.runtime.record(event, stream)
             self.runtime.host_wait(event)
+        self._refund_oldest(done)
+
+    # ---- releases that complete on the GPU -----------------------------------------------------
+    def release(self, nbytes: int) -> None:
+        """Refund a closed scope when the compute stream has run what was queued so far, not now.
+
+        The host queues kernels ahead of the GPU. A load read on the compute
+        stream goes back to torch's allocator only when that stream has run
+        past its last reader (``record_stream``), so a host far ahead holds
+        many steps' loads at once. Until then the ledger keeps the bytes,
+        and a charge over the budget waits for them (:class:`MemoryLedger`):
+        the budget bounds what the allocator holds, not only what the host
+        still names.
+        """
+        if nbytes <= 0:
+            self.ledger.refund(nbytes)
+            return
+        event = self.runtime.new_event()
+        self.runtime.record(event, self.compute_stream)
+        with self._pending_lock:
+            self._pending.append((event, nbytes))
+
+    def _pending_count(self) -> int:
+        with self._pending_lock:
+            return len(self._pending)
+
+    def _refund_oldest(self, count: int) -> None:
+        """Refund the ``count`` oldest releases: their events were recorded before one the host has waited for."""
+        for _ in range(count):
+            with self._pending_lock:
+                if not self._pending:
+                    return
+                _, nbytes = self._pending.popleft()
+            self.ledger.refund(nbytes)
+
+    @property
+    def current_bytes(self) -> int:
+        """Bytes held now: releases the GPU has completed are refunded first."""
+        self._settle(False)
+        return self.ledger.current
+
+    def _settle(self, block: bool) -> bool:
+        """Refund the releases whose kernels have run; with ``block``, wait for the oldest first. Did any get refunded?"""
+        refunded = False
+        while True:
+            with self._pending_lock:
+                if not self._pending:
+                    return refunded
+                event, nbytes = self._pending[0]
+                if not (block and not refunded) and not self.runtime.query(event):
+                    return refunded
+                self._pending.popleft()
+            if block and not refunded:
+                self.runtime.host_wait(event)
+            self.ledger.refund(nbytes)
+            refunded = True
 
     # ---- loads ---------------------------------------------------------------------------------
     def _send_staged(self, shape, dtype: torch.dtype, fill, split: bool = True) -> torch.Tensor:

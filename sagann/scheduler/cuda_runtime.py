@@ -63,6 +63,9 @@ class Runtime(Protocol):
     def host_wait(self, event) -> None:
         """Block the calling thread until ``event`` completes."""
 
+    def query(self, event) -> bool:
+        """Has ``event`` (recorded) completed? The host does not block."""
+
     def elapsed(self, start, end) -> float:
         """Seconds between two completed timing events."""
 
@@ -131,6 +134,9 @@ class TorchRuntime:
 
     def host_wait(self, event) -> None:
         event.synchronize()
+
+    def query(self, event) -> bool:
+        return event.query()
 
     def elapsed(self, start, end) -> float:
         return start.elapsed_time(end) / 1e3

@@ -31,7 +31,14 @@ class BudgetExceeded(MemoryError):
 
 
 class MemoryLedger:
-    """Thread-safe byte accounting against a budget; remembers the peak."""
+    """Thread-safe byte accounting against a budget; remembers the peak.
+
+    ``settle`` (set by a device whose frees complete later than the host
+    makes them, see :meth:`Device.release`): ``settle(block)`` refunds the
+    releases that have completed, or with ``block`` waits for the oldest
+    one; it returns whether anything was refunded. A charge over the budget
+    first waits for pending releases, and fails only when none is left.
+    """
 
     def __init__(self, budget: int | None, owner: str):
         self.budget = budget
@@ -39,19 +46,27 @@ class MemoryLedger:
         self.current = 0
         self.peak = 0
         self._lock = threading.Lock()
+        self.settle: Callable[[bool], bool] | None = None
 
     def charge(self, nbytes: int, what: str | Callable[[], str]) -> None:
         """Account ``nbytes``; ``what`` (text, or a function making it) names them in the error."""
-        with self._lock:
-            new = self.current + nbytes
-            if self.budget is not None and new > self.budget:
-                what = what() if callable(what) else what
-                raise BudgetExceeded(
-                    f"{self.owner}: allocating {format_bytes(nbytes)} for {what} would use {format_bytes(new)} "
-                    f"of its {format_bytes(self.budget)} budget; raise the budget or use more chunks"
-                )
-            self.current = new
-            self.peak = max(self.peak, new)
+        settle = self.settle
+        if settle is not None:
+            settle(False)
+        while True:
+            with self._lock:
+                new = self.current + nbytes
+                if self.budget is None or new <= self.budget:
+                    self.current = new
+                    self.peak = max(self.peak, new)
+                    return
+            if settle is None or not settle(True):
+                break
+        what = what() if callable(what) else what
+        raise BudgetExceeded(
+            f"{self.owner}: allocating {format_bytes(nbytes)} for {what} would use {format_bytes(new)} "
+            f"of its {format_bytes(self.budget)} budget; raise the budget or use more chunks"
+        )
 
     def refund(self, nbytes: int) -> None:
         with self._lock:
@@ -122,7 +137,7 @@ class Scope:
         return self.full(tuple(host.shape), 0 if fill is None else fill, host.dtype, what), False
 
     def close(self) -> None:
-        self.device.ledger.refund(self._held)
+        self.device.release(self._held)
         self._held = 0
 
 
@@ -256,6 +271,10 @@ class Device(abc.ABC):
         self.ledger.reset_peak()
         if self.meter is not None:
             self.meter.reset_peak()
+
+    def release(self, nbytes: int) -> None:
+        """A closed scope's bytes are free: at once here; a GPU refunds them when the kernels queued so far have run."""
+        self.ledger.refund(nbytes)
 
     @contextmanager
     def scope(self) -> Iterator[Scope]:

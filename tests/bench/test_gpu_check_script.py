@@ -155,3 +155,10 @@ def test_bf16_transfers_halve_the_bytes_and_are_held_against_their_floor(gpu_che
     assert share["measured"] == pytest.approx(bf["h2d_bytes_per_epoch"] / fp32["h2d_bytes_per_epoch"])
     assert share["met"], share["detail"]
     assert bf["epoch_over_floor"] is not None and bf["h2d_floor_s"] == pytest.approx(bf["h2d_bytes_per_epoch"] / 1e10)
+
+
+def test_the_numba_a_b_runs_its_call_without_the_csr_product(gpu_check):
+    from sagann.kernels import cuda as backend
+
+    assert gpu_check._numba(lambda: backend.CSR_PRODUCT)() is False
+    assert backend.CSR_PRODUCT is True  # restored: off a GPU and outside the simulator the product is the default

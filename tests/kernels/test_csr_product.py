@@ -113,6 +113,10 @@ def test_which_calls_are_eligible():
     assert not CSR.eligible(CSR.UNIT_CODE, "sum", torch.float16)
 
 
+def test_more_entries_than_the_matrix_has_cells_go_to_the_numba_kernels():
+    assert CSR.fits(4, 2, 2) and not CSR.fits(4, 1, 3) and CSR.fits(0, 0, 5)
+
+
 def test_scratch_is_charged_for_exactly_the_product_ops():
     assert CSR.scratch_bytes_per_edge("copy_src", 0) == 8
     assert CSR.scratch_bytes_per_edge("src_mul_edge", 1) == 8

@@ -363,6 +363,17 @@ class RecordingRuntime:
             hub._join(hub._clock(("host", hub._thread())), event.stamp.clock)
             hub.note_in_flight(op)
 
+    def query(self, event: Event) -> bool:
+        """Everything here has completed once recorded: True, and the host now knows what happened before the event."""
+        hub = self.hub
+        with hub.lock:
+            op = hub.host_op("query", event.name)
+            if event.stamp is None:
+                hub.flag("query of an unrecorded event", op, f"the host queries {event.name}, never recorded")
+                return False
+            hub._join(hub._clock(("host", hub._thread())), event.stamp.clock)
+        return True
+
     def elapsed(self, start: Event, end: Event) -> float:
         return end.wall - start.wall  # wall clock of the records: the stand-in runs nothing asynchronously
 

@@ -403,3 +403,41 @@ def test_the_planner_measures_costs_at_its_block_size():
     dev = _fake("64MB")
     _check_run("gcn", dev, num_chunks=2, schedule=ScheduleConfig(transfer="auto"))
     assert dev._measured and min(dev._measured) >= MIN_MEASURE_BYTES
+
+
+class _BusyGpu(RecordingRuntime):
+    """A stand-in whose GPU is always behind: an event completes only when the host waits for it."""
+
+    def query(self, event) -> bool:
+        return False
+
+
+def test_released_bytes_stay_charged_until_the_gpu_has_run_past_them():
+    dev = CudaDevice("1MB", runtime=_BusyGpu())
+    with dev.scope() as s:
+        s.charge(600_000, "a step's loads")
+    assert dev.current_bytes == 600_000, "refunded before the kernels reading them have run"
+    waits = sum(op.kind == "host_wait" for op in dev.runtime.hub.log)
+    with dev.scope() as s:
+        s.charge(600_000, "the next step's loads")  # over the budget with the first still pending: waits for it
+        assert dev.current_bytes == 600_000
+    assert sum(op.kind == "host_wait" for op in dev.runtime.hub.log) == waits + 1
+    assert dev.peak_bytes == 600_000
+    dev.synchronize()  # every event has completed once the compute stream is waited for
+    assert dev.current_bytes == 0 and not dev._pending
+    _no_violations(dev.runtime.hub)
+
+
+def test_a_charge_over_the_budget_with_nothing_pending_still_fails():
+    dev = CudaDevice("1MB", runtime=_BusyGpu())
+    with dev.scope() as s:
+        s.charge(600_000, "a step's loads")
+        with pytest.raises(sagann.BudgetExceeded, match="the next step's loads"):
+            s.charge(600_000, "the next step's loads")
+
+
+def test_a_layer_runs_with_releases_that_complete_late():
+    dev = CudaDevice("1MB", runtime=_BusyGpu(kernel_backend="reference"))
+    _check_run("gcn", dev, num_chunks=3, schedule=ScheduleConfig(prefetch=2))
+    _no_violations(dev.runtime.hub)
+    assert dev.peak_bytes <= dev.memory_budget
