@@ -58,10 +58,15 @@ def source_major_backward(backend: str, op: str, d_edge: int) -> bool:
     source-major order (``edge_order="source_major"``) saves a random read
     per edge; elsewhere it would only add a permutation. The op table says
     which ops (``MessageOp.source_major``; ``scalar_source_major`` for one
-    edge value per edge) the CPU backend runs that way.
+    edge value per edge) the CPU backend runs that way; another backend says
+    so itself (``reads_source_major(op, d_edge)``: the cuda backend's CSR
+    product, whose transposed matrix is exactly the source-major arrays).
     """
     spec = op_spec(op)
-    return backend == "cpu" and (spec.source_major or (spec.scalar_source_major and d_edge == 1))
+    if backend == "cpu":
+        return spec.source_major or (spec.scalar_source_major and d_edge == 1)
+    reads = getattr(get_backend(backend), "reads_source_major", None) if backend in available_backends() else None
+    return bool(reads(op, d_edge)) if reads is not None else False
 
 
 def gspmm(

@@ -22,7 +22,7 @@ import torch
 from sagann.kernels.graph import ChunkTensors
 from sagann.kernels.ops import OPS
 
-__all__ = ["CODES", "UNIT_CODE", "eligible", "fits", "scratch_bytes_per_edge", "forward_sum", "src_grad"]
+__all__ = ["CODES", "UNIT_CODE", "eligible", "fits", "takes", "scratch_bytes_per_edge", "forward_sum", "src_grad"]
 
 UNIT_CODE = OPS["copy_src"].code
 """``copy_src``: every edge weighs 1."""
@@ -43,14 +43,24 @@ def fits(nnz: int, rows: int, cols: int) -> bool:
     return nnz <= rows * cols
 
 
+def takes(op: str, d_edge: int) -> bool:
+    """Do the sums of builtin ``op`` with ``d_edge`` edge columns run as the product?"""
+    return op == "copy_src" or (op == "src_mul_edge" and d_edge == 1)
+
+
 def scratch_bytes_per_edge(op: str, d_edge: int) -> int:
     """Device bytes per edge one call holds beyond its operands (0 for an op that never runs as the product).
 
-    At most two int32/float32 arrays of ``nnz``: the unit weights of
-    ``copy_src`` or the column ids of a block read in place (forward); the
-    transposed column ids and the weights in their order (backward).
+    Forward: the column ids of a block read in place (int32), and the unit
+    weights of ``copy_src``. Backward reads the source-major arrays the
+    engine sends (``src_dst``, edge weights in ``src_perm`` order): only
+    ``copy_src``'s unit weights. A backward given CSC-order weights instead
+    permutes them and the column ids (8 bytes; ``gspmm_sum_backward``'s own
+    callers, not the engine's passes).
     """
-    return 8 if op == "copy_src" or (op == "src_mul_edge" and d_edge == 1) else 0
+    if not takes(op, d_edge):
+        return 0
+    return 8 if op == "copy_src" else 4
 
 
 def _weights(g: ChunkTensors, code: int, edge: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

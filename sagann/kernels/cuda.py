@@ -386,6 +386,15 @@ def scratch_bytes_per_edge(op: str, d_edge: int) -> int:
     return CSR.scratch_bytes_per_edge(op, d_edge) if CSR_PRODUCT else 0
 
 
+def reads_source_major(op: str, d_edge: int) -> bool:
+    """Does the src gradient of ``op``'s sum read source-major arrays (``g.src_dst``, ``edge[src_perm]``)?
+
+    The CSR product's: the transposed matrix is those arrays, so with them
+    its backward makes nothing per edge.
+    """
+    return CSR_PRODUCT and CSR.takes(op, d_edge)
+
+
 # src gradients that read edge weights source-major (``edge[src_perm]``, ``g.src_dst``): the CSR product's
 SOURCE_MAJOR_CODES = CSR.CODES
 

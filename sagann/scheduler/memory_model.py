@@ -174,6 +174,13 @@ def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
     return nnz * (gathered + messages + winners + attention)
 
 
+def backward_scratch_times(shape: LayerShape, fused: bool) -> int:
+    """How many times a backward sub-chunk holds its edge scratch: twice (the recompute, then the gradients), once
+    for a fused sum whose backward kernels need no recompute (``LayerCall.direct_backward``)."""
+    direct = fused and shape.builtin is not None and shape.gather == "sum" and not shape.softmax and shape.builtin.spec.sum_backward
+    return 1 if direct else 2
+
+
 def merge_scratch_bytes(rows: int, shape: LayerShape, fused: bool, backward: bool) -> int:
     """Row-sized temporaries of a softmax sub-chunk over ``rows`` destination rows (0 for other reducers).
 
@@ -324,7 +331,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     rows = c.num_dst * backward_dst_row_bytes(shape)  # dst, dst_term and acc's gradient rows (softmax: also the output rows)
     grads = src + edge + dst
     src_dst = 4 * c.nnz if fused else 0  # a fused backward may read destination ids source-major (ChunkTensors.src_dst)
-    return int(b + rows + grads + 2 * scratch + src_dst)
+    return int(b + rows + grads + backward_scratch_times(shape, fused) * scratch + src_dst)
 
 
 def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:
@@ -418,7 +425,8 @@ def _sub_chunk_unit_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
     edge data, scratch twice), or a forward's where the layer has no backward edge stage (its sub-chunks size for the forward alone)."""
     if not shape.backward_edges:  # the row; source id (+ the row of each edge where not fused), edge data, scratch
         return FLOAT * shape.d_src_side, _forward_index_bytes_per_entry(fused) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
-    return 2 * FLOAT * shape.d_src_side, 2 * (edge_scratch_bytes(1, shape, fused) + FLOAT * shape.d_edge) + 24
+    scratch = backward_scratch_times(shape, fused) * edge_scratch_bytes(1, shape, fused)
+    return 2 * FLOAT * shape.d_src_side, scratch + 2 * FLOAT * shape.d_edge + 24
 
 
 def sub_chunk_nnz_in_room(room: int, rows: int, shape: LayerShape, fused: bool, default: int) -> int:

@@ -119,7 +119,7 @@ def test_more_entries_than_the_matrix_has_cells_go_to_the_numba_kernels():
 
 def test_scratch_is_charged_for_exactly_the_product_ops():
     assert CSR.scratch_bytes_per_edge("copy_src", 0) == 8
-    assert CSR.scratch_bytes_per_edge("src_mul_edge", 1) == 8
+    assert CSR.scratch_bytes_per_edge("src_mul_edge", 1) == 4
     assert CSR.scratch_bytes_per_edge("src_mul_edge", 4) == 0
     assert CSR.scratch_bytes_per_edge("src_add_dst", 0) == 0
 
@@ -137,7 +137,10 @@ def test_the_cuda_backend_declares_its_scratch_and_the_memory_model_charges_it(m
     )
     charged = _with_kernel_scratch(shape, "cuda")
     assert charged.kernel_scratch == 8
+    assert kernels.source_major_backward("cuda", "copy_src", 0) and kernels.source_major_backward("cuda", "src_mul_edge", 1)
+    assert not kernels.source_major_backward("cuda", "src_mul_edge", 4) and not kernels.source_major_backward("cuda", "src_add_dst", 0)
     assert edge_scratch_bytes(100, charged, fused=True) == edge_scratch_bytes(100, shape, fused=True) + 800
     assert _with_kernel_scratch(shape, "cpu").kernel_scratch == 0  # the numba CPU kernels hold nothing per edge
     monkeypatch.setattr(cuda, "CSR_PRODUCT", False)
     assert _with_kernel_scratch(charged, "cuda").kernel_scratch == 0
+    assert not kernels.source_major_backward("cuda", "copy_src", 0)  # the numba kernels read CSC order

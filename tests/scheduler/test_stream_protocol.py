@@ -108,7 +108,8 @@ def test_a_chain_of_two_logical_devices_on_one_gpu_keeps_the_protocol():
 def test_a_failure_mid_pass_leaves_no_violation_and_nothing_held():
     dev = _fake()
     ei, x = _graph()
-    dev.runtime.fail_copy_at = 25
+    _run(LAYERS["gcn"], dev, ei, x, num_chunks=3, schedule=ScheduleConfig(prefetch=3))  # measures transfer costs and steps first
+    dev.runtime.fail_copy_at = dev.runtime._copies + 25  # a copy in the middle of the next run's passes
     with pytest.raises(Exception, match="injected failure"):
         _run(LAYERS["gcn"], dev, ei, x, num_chunks=3, schedule=ScheduleConfig(prefetch=3))
     _no_violations(dev.runtime.hub)
