@@ -47,7 +47,10 @@ class KernelBackend(Protocol):
 
     Optional: ``scratch_bytes_per_edge(op, d_edge) -> int``, the device
     bytes per edge a call of builtin ``op`` holds beyond its operands; the
-    memory model charges them (none where it is absent).
+    memory model charges them (none where it is absent). And
+    ``reads_source_major(op, d_edge) -> bool``: the src gradient of ``op``'s
+    sum reads source-major arrays, which the engine then sends
+    (:func:`sagann.kernels.source_major_backward`).
     """
 
     def gspmm(

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from sagann.kernels import _csr_product as CSR
 from sagann.kernels import _cuda_attention as KA
 from sagann.kernels import _cuda_kernels as K
-from sagann.kernels._common import NATIVE, SCALAR_CODES, Frontend, GradCall, KernelCall, Placement, validate
+from sagann.kernels._common import SCALAR_CODES, Frontend, GradCall, KernelCall, Placement, validate
 from sagann.kernels._numba_compat import restore_removed_numpy_aliases
 from sagann.kernels.graph import ChunkTensors
 
