@@ -636,19 +636,19 @@ def markdown(report: dict) -> str:
     mem, ooc, pyg = data.get("gcn_in_memory"), data.get("gcn_out_of_core"), data.get("pyg") or {}
     if mem and ooc:
         lines += ["", "2-layer GCN (128 -> 128 -> 16), median epoch after one warm-up:", "",
-                  "| run | P | epoch s | H2D GB / epoch | H2D floor s | epoch / floor | peak allocated MiB | budget MiB |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-                  f"| sagann in memory | {mem['num_chunks']} | {mem['epoch_s']:.3f} | {mem['h2d_bytes_per_epoch'] / 1e9:.2f} | | | | {_f(mem['budget_bytes'], '.0f', 2**20)} |",
-                  f"| sagann out of core | {ooc['num_chunks']} | {ooc['epoch_s']:.3f} | {ooc['h2d_bytes_per_epoch'] / 1e9:.2f} | {ooc['h2d_floor_s']:.3f} | "
+                  "| run | P | steps / epoch | epoch s | H2D GB / epoch | H2D floor s | epoch / floor | peak allocated MiB | budget MiB |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                  f"| sagann in memory | {mem['num_chunks']} | {_f(mem.get('steps_per_epoch'), '.0f')} | {mem['epoch_s']:.3f} | {mem['h2d_bytes_per_epoch'] / 1e9:.2f} | | | | {_f(mem['budget_bytes'], '.0f', 2**20)} |",
+                  f"| sagann out of core | {ooc['num_chunks']} | {_f(ooc.get('steps_per_epoch'), '.0f')} | {ooc['epoch_s']:.3f} | {ooc['h2d_bytes_per_epoch'] / 1e9:.2f} | {ooc['h2d_floor_s']:.3f} | "
                   f"{_f(ooc['epoch_over_floor'], '.2f')} | {_f(ooc.get('allocated_peak_bytes'), '.1f', 2**20)} | {_f(ooc['budget_bytes'], '.1f', 2**20)} |"]
         bf = data.get("gcn_out_of_core_bf16")
         if bf:
-            lines.append(f"| sagann out of core, bf16 transfers | {bf['num_chunks']} | {bf['epoch_s']:.3f} | {bf['h2d_bytes_per_epoch'] / 1e9:.2f} | {bf['h2d_floor_s']:.3f} | "
+            lines.append(f"| sagann out of core, bf16 transfers | {bf['num_chunks']} | {_f(bf.get('steps_per_epoch'), '.0f')} | {bf['epoch_s']:.3f} | {bf['h2d_bytes_per_epoch'] / 1e9:.2f} | {bf['h2d_floor_s']:.3f} | "
                          f"{_f(bf['epoch_over_floor'], '.2f')} | | {_f(bf['budget_bytes'], '.1f', 2**20)} |")
         for name, run in (data.get("gcn_numba_kernels") or {}).items():
-            lines.append(f"| sagann {name.replace('_', ' ')}, numba kernels (no CSR product) | {run['num_chunks']} | {run['epoch_s']:.3f} | "
+            lines.append(f"| sagann {name.replace('_', ' ')}, numba kernels (no CSR product) | {run['num_chunks']} | {_f(run.get('steps_per_epoch'), '.0f')} | {run['epoch_s']:.3f} | "
                          f"{run['h2d_bytes_per_epoch'] / 1e9:.2f} | | | {_f(run.get('allocated_peak_bytes'), '.1f', 2**20)} | |")
-        lines.append(f"| PyG GCNConv | 1 | {pyg['epoch_s']:.3f} | | | | | |" if "epoch_s" in pyg else f"| PyG GCNConv | | {pyg.get('error', 'not run')} | | | | | |")
+        lines.append(f"| PyG GCNConv | 1 | | {pyg['epoch_s']:.3f} | | | | | |" if "epoch_s" in pyg else f"| PyG GCNConv | | | {pyg.get('error', 'not run')} | | | | | |")
     return "\n".join(lines) + "\n"
 
 

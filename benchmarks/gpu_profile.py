@@ -265,6 +265,23 @@ def launch_breakdown(calls: int = 200) -> dict:
     return out
 
 
+def plan_facts(g) -> dict:
+    """What a layer's run was planned as: its partition, re-plans, and each pass's depth, tile, held rows and steps.
+
+    A measured excess that comes with some plans and not others (see the
+    GAT layer in docs/benchmarks.md) is found by comparing these.
+    """
+    loops = g.with_remaining_self_loops()[0]
+    graph = loops if loops.pass_log else g  # GCN and GAT run on the self-loop graph
+    return {
+        "num_chunks": graph.num_chunks,
+        "sub_chunk_nnz": getattr(graph.partition, "sub_chunk_nnz", None),
+        "replans": len(graph.replans),
+        "passes": [{"phase": r.phase, "steps": r.steps, "prefetch": r.prefetch, "tile": r.tile, "resident_bytes": r.resident_bytes,
+                    "dst_rows_bytes": r.dst_rows_bytes, "bytes_moved": r.bytes_moved} for r in graph.pass_log],
+    }
+
+
 def test_layer_sites() -> dict:
     """The GPU device tests' out-of-core layer runs, each under the allocation history."""
     import sagann
@@ -282,14 +299,16 @@ def test_layer_sites() -> dict:
         dev = CudaDevice(_budget_forcing_chunks(probe))
         _run(make, dev, ei, x, None)  # the first run measures transfer costs and steps (outside the meter)
         dev.reset_peak()
+        ran = []
         with pass_windows() as windows:
-            res = allocation_sites(lambda: _run(make, dev, ei, x, None))  # the second: the passes' own allocations
+            res = allocation_sites(lambda: ran.append(_run(make, dev, ei, x, None)))  # the second: the passes' own allocations
         res.update(budget=dev.memory_budget, ledger_peak=dev.peak_bytes, measured_peak=dev.measured_peak_bytes)
+        res["plan"] = plan_facts(ran[0][2])
         if windows:  # the pass with the highest peak, as the meter saw it
             peak, sites = max(windows, key=lambda w: w[0])
             res["worst_pass"] = {"peak": peak, "passes": len(windows), "sites": dict(list(sites.items())[:12])}
         out[name] = res
-        print(f"  {name}: budget {dev.memory_budget:,} B, ledger {dev.peak_bytes:,} B, measured {dev.measured_peak_bytes:,} B", flush=True)
+        print(f"  {name}: budget {dev.memory_budget:,} B, ledger {dev.peak_bytes:,} B, measured {dev.measured_peak_bytes:,} B; plan {res['plan']}", flush=True)
         for site, b in res["sites"].items():
             print(f"      {b:>14,} B  {site}", flush=True)
         if windows:

@@ -106,3 +106,23 @@ def test_csr_product_toggle_restores_the_backend_setting(gpu_profile):
             assert backend.CSR_PRODUCT is (not before)
             raise RuntimeError("inside")
     assert backend.CSR_PRODUCT is before
+
+
+def test_plan_facts_name_the_partition_and_each_pass(gpu_profile):
+    import numpy as np
+    import torch
+
+    import sagann
+    from tests.engine.graphs import awkward_graph
+
+    n = 200
+    ei = awkward_graph(np.random.default_rng(1), n, 1500)
+    g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice("60KB"), num_chunks=3)
+    layer = sagann.nn.GATConv(8, 4, heads=2)
+    x = torch.randn(n, 8, requires_grad=True)
+    layer(g, x).sum().backward()
+    facts = gpu_profile.plan_facts(g)
+    loops = g.with_remaining_self_loops()[0]
+    assert facts["num_chunks"] == loops.num_chunks > 1 and facts["sub_chunk_nnz"] == loops.partition.sub_chunk_nnz
+    assert facts["replans"] == len(loops.replans)
+    assert [p["phase"] for p in facts["passes"]] == [r.phase for r in loops.pass_log] and "forward" in [p["phase"] for p in facts["passes"]]
