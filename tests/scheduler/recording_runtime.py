@@ -353,26 +353,26 @@ class RecordingRuntime:
                 return
             hub._join(hub._clock(stream), event.stamp.clock)
 
-    def host_wait(self, event: Event) -> None:
+    def _host_learns(self, event: Event, kind: str, what: str, verb: str):
+        """The host learns that ``event`` completed (it waited, or asked): the Op, or None (flagged) if it was never recorded."""
         hub = self.hub
-        with hub.lock:
-            op = hub.host_op("host_wait", event.name)
-            if event.stamp is None:
-                hub.flag("wait on an unrecorded event", op, f"the host waits on {event.name}, never recorded")
-                return
-            hub._join(hub._clock(("host", hub._thread())), event.stamp.clock)
-            hub.note_in_flight(op)
+        op = hub.host_op(kind, event.name)
+        if event.stamp is None:
+            hub.flag(f"{what} an unrecorded event", op, f"the host {verb} {event.name}, never recorded")
+            return None
+        hub._join(hub._clock(("host", hub._thread())), event.stamp.clock)
+        return op
+
+    def host_wait(self, event: Event) -> None:
+        with self.hub.lock:
+            op = self._host_learns(event, "host_wait", "wait on", "waits on")
+            if op is not None:
+                self.hub.note_in_flight(op)
 
     def query(self, event: Event) -> bool:
         """Everything here has completed once recorded: True, and the host now knows what happened before the event."""
-        hub = self.hub
-        with hub.lock:
-            op = hub.host_op("query", event.name)
-            if event.stamp is None:
-                hub.flag("query of an unrecorded event", op, f"the host queries {event.name}, never recorded")
-                return False
-            hub._join(hub._clock(("host", hub._thread())), event.stamp.clock)
-        return True
+        with self.hub.lock:
+            return self._host_learns(event, "query", "query of", "queries") is not None
 
     def elapsed(self, start: Event, end: Event) -> float:
         return end.wall - start.wall  # wall clock of the records: the stand-in runs nothing asynchronously
