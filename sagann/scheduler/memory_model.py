@@ -177,7 +177,8 @@ def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
 def backward_scratch_times(shape: LayerShape, fused: bool) -> int:
     """How many times a backward sub-chunk holds its edge scratch: twice (the recompute, then the gradients), once
     for a fused sum whose backward kernels need no recompute (``LayerCall.direct_backward``)."""
-    direct = fused and shape.builtin is not None and shape.gather == "sum" and not shape.softmax and shape.builtin.spec.sum_backward
+    # a mean runs as a sum scaled by the whole in-degree (LayerCall.reduce), so its backward is direct too
+    direct = fused and shape.builtin is not None and shape.gather in ("sum", "mean") and not shape.softmax and shape.builtin.spec.sum_backward
     return 1 if direct else 2
 
 

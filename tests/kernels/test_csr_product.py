@@ -144,3 +144,16 @@ def test_the_cuda_backend_declares_its_scratch_and_the_memory_model_charges_it(m
     monkeypatch.setattr(cuda, "CSR_PRODUCT", False)
     assert _with_kernel_scratch(charged, "cuda").kernel_scratch == 0
     assert not kernels.source_major_backward("cuda", "copy_src", 0)  # the numba kernels read CSC order
+
+
+def test_a_fused_sum_or_mean_backward_holds_its_scratch_once():
+    """Its backward kernels run without a recompute (a mean is a sum scaled by the in-degree): the scratch once, not twice."""
+    from sagann import fn
+    from sagann.scheduler.memory_model import LayerShape, backward_scratch_times
+
+    base = dict(d_in=8, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=8, d_out=8, builtin=fn.copy_src,
+                uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=False)
+    assert backward_scratch_times(LayerShape(gather="sum", **base), fused=True) == 1
+    assert backward_scratch_times(LayerShape(gather="mean", **base), fused=True) == 1
+    assert backward_scratch_times(LayerShape(gather="max", **base), fused=True) == 2  # recomputed under autograd
+    assert backward_scratch_times(LayerShape(gather="sum", **base), fused=False) == 2
