@@ -27,7 +27,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.offload import KeptGraph
 from sagann.scheduler.executor import Executor, PassLog, Strategy
-from sagann.scheduler.planner import LayerShape, recompute_bytes
+from sagann.scheduler.planner import LayerShape, direct_sum_backward, recompute_bytes
 from sagann.scheduler.schedule import FORWARD, PassPlan
 
 __all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved"]
@@ -108,10 +108,8 @@ class LayerCall:
         self._given_order = partition.edge_order[0]
         self._data_perm: torch.Tensor | None = None
         self.executor = self._executor(partition)
-        # sum is linear: its backward kernels need the operands and the output gradient only,
-        # so a fused sum layer skips the per-chunk forward recompute and autograd in backward
-        builtin = shape.builtin
-        self.direct_backward = spec.fused and self.reduce == "sum" and not shape.softmax and builtin is not None and builtin.spec.sum_backward
+        # a fused sum (or mean) layer skips the per-chunk forward recompute and autograd in backward
+        self.direct_backward = direct_sum_backward(shape, spec.fused)
 
     def _executor(self, partition: GraphPartition) -> Executor:
         key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)

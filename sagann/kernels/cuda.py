@@ -249,6 +249,12 @@ def _product(code: int, reduce: str, dtype: torch.dtype, g: ChunkTensors, rows: 
     return CSR_PRODUCT and CSR.eligible(code, reduce, dtype) and CSR.fits(g.nnz, rows, cols)
 
 
+def _product_gather(g: ChunkTensors, code: int, reduce: str, src, edge, src_rows=None, into=None) -> torch.Tensor:
+    """A sum or mean as the CSR product (no autograd): a mean divides by the rows' in-degrees; ``into`` (sums only) is added into."""
+    out = CSR.forward_sum(g, code, src, edge, src_rows=src_rows, into=into if reduce == "sum" else None)
+    return out / _degree(g, out.dtype).unsqueeze(-1) if reduce == "mean" else out
+
+
 def _grads(call: GradCall, seg: int, source_major: bool = False):
     g, code, mode, grad, arg, src, edge, dst = call.g, call.code, call.mode, call.grad, call.arg, call.src, call.edge, call.dst
     needs_src, needs_edge, needs_dst = call.needs
@@ -298,9 +304,7 @@ class _GSpMM(torch.autograd.Function):
         dtype = next(t for t in (src, edge, dst) if t is not None).dtype
         device, seg = g.device, _SEGMENT
         if _product(code, reduce, dtype, g, g.num_dst, g.num_src):
-            out = CSR.forward_sum(g, code, src.detach(), None if edge is None else edge.detach())
-            if reduce == "mean":
-                out = out / _degree(g, dtype).unsqueeze(-1)
+            out = _product_gather(g, code, reduce, src.detach(), None if edge is None else edge.detach())
             arg = torch.empty(0, dtype=torch.long, device=device)
             ctx.reduce = reduce
             _save(ctx, g, code, src, edge, dst, arg)
@@ -370,10 +374,7 @@ def _block_spmm(call: KernelCall, reduce: str, src_rows, into=None):
     the numba kernels read compact rows, picked here.
     """
     if _product(call.code, reduce, call.src.dtype, call.g, call.g.num_dst, call.src.shape[0]):
-        out = CSR.forward_sum(call.g, call.code, call.src, call.edge, src_rows=src_rows, into=into if reduce == "sum" else None)
-        if reduce == "mean":
-            out = out / _degree(call.g, out.dtype).unsqueeze(-1)
-        return out, None
+        return _product_gather(call.g, call.code, reduce, call.src, call.edge, src_rows, into), None
     src = call.src if src_rows is None else call.src.index_select(0, src_rows.long())
     out, arg = _GSpMM.apply(call.g, call.code, reduce, call.width, src, call.edge, call.dst)
     if into is not None:

@@ -407,14 +407,15 @@ class CudaDevice(Device):
         """Refund the releases whose kernels have run; with ``block``, wait for the oldest first. Did any get refunded?"""
         refunded = False
         while True:
+            wait = block and not refunded  # the oldest release is waited for; the others only if already done
             with self._pending_lock:
                 if not self._pending:
                     return refunded
                 event, nbytes = self._pending[0]
-                if not (block and not refunded) and not self.runtime.query(event):
+                if not wait and not self.runtime.query(event):
                     return refunded
                 self._pending.popleft()
-            if block and not refunded:
+            if wait:
                 self.runtime.host_wait(event)
             self.ledger.refund(nbytes)
             refunded = True

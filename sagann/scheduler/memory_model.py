@@ -174,12 +174,20 @@ def edge_scratch_bytes(nnz: int, shape: LayerShape, fused: bool) -> int:
     return nnz * (gathered + messages + winners + attention)
 
 
+def direct_sum_backward(shape: LayerShape, fused: bool) -> bool:
+    """Does the layer's backward run the fused sum's backward kernels alone, with no recompute and no autograd?
+
+    Sum is linear: those kernels need the operands and the output gradient
+    only. A mean runs as a sum scaled by the whole in-degree, so its
+    backward is direct too.
+    """
+    return fused and shape.builtin is not None and shape.gather in ("sum", "mean") and not shape.softmax and shape.builtin.spec.sum_backward
+
+
 def backward_scratch_times(shape: LayerShape, fused: bool) -> int:
     """How many times a backward sub-chunk holds its edge scratch: twice (the recompute, then the gradients), once
-    for a fused sum whose backward kernels need no recompute (``LayerCall.direct_backward``)."""
-    # a mean runs as a sum scaled by the whole in-degree (LayerCall.reduce), so its backward is direct too
-    direct = fused and shape.builtin is not None and shape.gather in ("sum", "mean") and not shape.softmax and shape.builtin.spec.sum_backward
-    return 1 if direct else 2
+    where the backward is direct (:func:`direct_sum_backward`)."""
+    return 1 if direct_sum_backward(shape, fused) else 2
 
 
 def merge_scratch_bytes(rows: int, shape: LayerShape, fused: bool, backward: bool) -> int:

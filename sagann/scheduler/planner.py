@@ -33,6 +33,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     WorkingSet,
     backward_dst_row_bytes,
     canonical,
+    direct_sum_backward,
     edge_scratch_bytes,
     edge_stage_bytes,
     merge_scratch_bytes,
