@@ -58,7 +58,6 @@ epoch <= 1.15x its H2D floor; bf16 bytes <= 0.55x float32's); 2 no usable GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import faulthandler
 import gc
@@ -83,6 +82,9 @@ sys.path.insert(0, str(ROOT))
 
 # torch's allocator may exceed the budget by the tests' margin: what the memory model leaves out
 from tests.measured import MARGIN as MEMORY_MARGIN  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_profile  # noqa: E402  (its launch timing and the backend A/B switches)
 
 TARGETS = {"fused_vs_cusparse": 1.0, "fused_share_of_copy": 0.5, "epoch_over_h2d_floor": 1.15, "bf16_bytes_share": 0.55}
 DEVICE_TESTS = (
@@ -247,10 +249,7 @@ def check_tests(rep: Check, log: Path, workers: int) -> None:
 
 def launch_costs(rep: Check) -> None:
     """Microseconds of one fused call on a 16-vertex sub-chunk, per backend: the fixed cost a streamed step pays per kernel call."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_profile import launch_cost
-
-    rep.data["launch_us"] = launch_cost()
+    rep.data["launch_us"] = gpu_profile.launch_cost()
     print(f"  one gspmm call on 16 vertices: {rep.data['launch_us']}", flush=True)
 
 
@@ -302,26 +301,17 @@ def check_kernels(rep: Check, args) -> None:
 
 def _numba(call):
     """``call`` with the cuda backend's numba kernels instead of its CSR product."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_profile import csr_product
 
     def run():
-        with csr_product(False):
+        with gpu_profile.csr_product(False):
             return call()
 
     return run
 
 
-@contextlib.contextmanager
 def _row_array_from(rows: int):
     """Set the CUDA backend's ``ROW_ARRAY_MIN_ROWS`` for the block (an A/B of the run-row array against the search)."""
-    from sagann.kernels import cuda as backend
-
-    old, backend.ROW_ARRAY_MIN_ROWS = backend.ROW_ARRAY_MIN_ROWS, rows
-    try:
-        yield
-    finally:
-        backend.ROW_ARRAY_MIN_ROWS = old
+    return gpu_profile.backend_setting("ROW_ARRAY_MIN_ROWS", rows)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -513,11 +503,8 @@ def _numba_epochs(ei, n, x, y, budget: int, args) -> dict:
     """The A/B: the GCN epoch in memory and out of core with the numba kernels instead of the CSR product."""
     from sagann.scheduler.cuda import CudaDevice
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_profile import csr_product
-
     out = {}
-    with csr_product(False):
+    with gpu_profile.csr_product(False):
         for name, device in (("in_memory", lambda: CudaDevice()), ("out_of_core", lambda: CudaDevice(budget))):
             run, step = gcn_run(ei, n, x, y, device(), reps=args.epochs, sync=_sync, num_chunks=1 if name == "in_memory" else None)
             out[name] = {k: run[k] for k in ("epoch_s", "epochs_s", "num_chunks", "steps_per_epoch", "h2d_bytes_per_epoch", "allocated_peak_bytes")}

@@ -189,15 +189,21 @@ def _tiny_chunk():
 
 
 @contextlib.contextmanager
-def csr_product(on: bool):
-    """Run the cuda backend's sums as torch's sparse CSR product (``on``, the default) or with the numba kernels (an A/B)."""
+def backend_setting(name: str, value):
+    """Set the cuda backend's module constant ``name`` to ``value`` for the block (an A/B), and put it back after."""
     from sagann.kernels import cuda as backend
 
-    old, backend.CSR_PRODUCT = backend.CSR_PRODUCT, on
+    old = getattr(backend, name)
+    setattr(backend, name, value)
     try:
         yield
     finally:
-        backend.CSR_PRODUCT = old
+        setattr(backend, name, old)
+
+
+def csr_product(on: bool):
+    """Run the cuda backend's sums as torch's sparse CSR product (``on``, the default) or with the numba kernels (an A/B)."""
+    return backend_setting("CSR_PRODUCT", on)
 
 
 def launch_cost(backends=("cuda", "reference"), calls: int = 300) -> dict:
