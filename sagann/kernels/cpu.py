@@ -81,8 +81,11 @@ SERIAL_WORK = 1 << 18
 @contextmanager
 def threads_for(g: ChunkTensors, width: int):
     """Run the kernels inside on one numba thread when the chunk is small (see SERIAL_WORK)."""
+    if (g.nnz + g.num_dst + g.num_src) * max(width, 1) >= SERIAL_WORK:  # checked first: no numba call on a big chunk's path
+        yield
+        return
     n = numba.get_num_threads()
-    if n == 1 or (g.nnz + g.num_dst + g.num_src) * max(width, 1) >= SERIAL_WORK:
+    if n == 1:
         yield
         return
     numba.set_num_threads(1)  # per calling thread: the engine's other threads keep theirs

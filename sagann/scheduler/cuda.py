@@ -323,6 +323,8 @@ class CudaDevice(Device):
     def seconds_between(self, start, end) -> float | None:
         return None if start is None or end is None else self.runtime.elapsed(start, end)
 
+    computing_reads = True
+
     @contextmanager
     def computing(self, ready=None, reads=()):
         """Run the caller's kernels on the compute stream, after ``ready`` (a :meth:`loads_ready`) and the caller's stream."""

@@ -311,6 +311,10 @@ class Device(abc.ABC):
         """Seconds between two completed :meth:`loads_ready` events (None without events)."""
         return None
 
+    # does computing() use its ``reads`` (tensors the compute stream must keep alive)? Listing them is a
+    # per-step cost that a device computing in line with its loads need not pay
+    computing_reads = False
+
     def computing(self, ready=None, reads=()):
         """A context running one sub-chunk's compute after its loads ``ready`` (a GPU: on its compute stream)."""
         return contextlib.nullcontext()
