@@ -43,7 +43,11 @@ from sagann.scheduler.records import PassRecord
 from sagann.scheduler.schedule import BACKWARD, FORWARD, ChunkStep, PassPlan
 from sagann.units import tensor_bytes
 
-__all__ = ["NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "global_src_rows", "load_narrowed", "narrow", "widen"]
+# A pass of fewer sub-chunk steps frees a few large buffers, which malloc maps and unmaps itself: trimming
+# after it only costs the walk over the heaps and the next pass's page faults (8 % of an in-memory GCN epoch)
+TRIM_MIN_STEPS = 16
+
+__all__ = ["TRIM_MIN_STEPS", "NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "global_src_rows", "load_narrowed", "narrow", "widen"]
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
@@ -451,7 +455,8 @@ class Executor:
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
         self.strategy.after_pass(self, plan, seconds)
-        trim_freed_memory()  # the pass's small buffers are freed: their pages go back to the OS, not to the next pass's peak
+        if steps >= TRIM_MIN_STEPS:  # the pass's small buffers are freed: their pages go back to the OS, not to the next pass's peak
+            trim_freed_memory()
 
     def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
         """The calibrated time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.

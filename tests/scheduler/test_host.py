@@ -125,3 +125,23 @@ def test_a_passes_buffers_are_reused_inside_it_and_handed_back_at_its_end():
     held = anon_rss_bytes()
     trim_freed_memory()  # the pass's end
     assert anon_rss_bytes() <= held
+
+
+def test_only_passes_of_many_steps_trim_the_heap(monkeypatch):
+    """A pass of a few large steps leaves nothing for malloc_trim to return; one of many small sub-chunks does."""
+    from sagann.chunks.synthetic import rmat
+    from sagann.scheduler import executor
+    from sagann.scheduler.devices import CpuDevice
+
+    trims = []
+    monkeypatch.setattr(executor, "trim_freed_memory", lambda: trims.append(1))
+    n = 256
+    ei, x = rmat(n, 8 * n, seed=1), torch.randn(n, 8)
+    layer = sagann.nn.GCNConv(8, 8)
+    for num_chunks, trimmed in ((1, False), (8, True)):
+        trims.clear()
+        g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=CpuDevice(copy_transfers=True))
+        layer(g, x).sum().backward()
+        steps = [r.steps for r in g.pass_log]
+        assert bool(trims) == trimmed, (num_chunks, steps)
+        assert len(trims) == sum(s >= executor.TRIM_MIN_STEPS for s in steps)
