@@ -34,7 +34,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.kernels.graph import StreamedChunkTensors
 from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
-from sagann.scheduler.devices import Device, Scope
+from sagann.scheduler.devices import Device, Scope, host_tensor
 from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_freed_memory
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
@@ -47,7 +47,7 @@ from sagann.units import tensor_bytes
 # after it only costs the walk over the heaps and the next pass's page faults (8 % of an in-memory GCN epoch)
 TRIM_MIN_STEPS = 16
 
-__all__ = ["TRIM_MIN_STEPS", "NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "global_src_rows", "load_narrowed", "narrow", "widen"]
+__all__ = ["TRIM_MIN_STEPS", "NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "src_row_gather", "load_narrowed", "narrow", "widen"]
 
 # host fields indexed by source row: sent selectively or as V_i's block
 SRC_FIELDS = ("src", "src_term")
@@ -81,14 +81,15 @@ def widen(scope: Scope, t: torch.Tensor | None, what) -> torch.Tensor | None:
     return wide
 
 
-def global_src_rows(c: EdgeChunk) -> torch.Tensor:
-    """The global ids (int64) of sub-chunk ``c``'s source rows: the host rows a selective transfer gathers.
+def src_row_gather(host: torch.Tensor, c: EdgeChunk) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-chunk ``c``'s source rows as a gather: the host rows from V_i's start, and ``c``'s rows within V_i (int32).
 
-    Made at each step that sends them, not kept: 8 bytes a row for every
-    sub-chunk of a fine partition would make out of core cost more host
-    memory than in memory.
+    Gathering from that view by the chunk's own int32 rows reads the rows
+    that global int64 ids would, with no id array made per step (8 bytes a
+    row): 2,500 rows of 64 floats in 11.9 us against 14.2 us, 6,000 in 25
+    against 33 us (medians, one core).
     """
-    return torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))
+    return host[c.src_start :], host_tensor(c.src_rows)
 
 
 class Block:
@@ -183,7 +184,7 @@ class ChunkInputs:
             t = s.adopt(block.index_select(0, self._src_local), lambda: f"{name} rows picked for {c.id!r}")
         else:
             if name in SRC_FIELDS:
-                t = s.load_rows(host, global_src_rows(c), lambda: f"{name} rows of {c.id!r}")
+                t = s.load_rows(*src_row_gather(host, c), lambda: f"{name} rows of {c.id!r}")
             elif name == "data":  # edge data arrive in sub-chunk order: one slice
                 t = s.load(host[self._edge_offset : self._edge_offset + c.nnz], lambda: f"edge rows of {c.id!r}")
             else:  # destination-row fields, in backward
@@ -413,7 +414,7 @@ class Executor:
             assert inputs.c is c, f"pipeline out of order: expected {c.id!r}, got {inputs.c.id!r}"
             try:
                 t0 = time.perf_counter()
-                with self.device.computing(inputs.ready, inputs.device_tensors()):
+                with self.device.computing(inputs.ready, inputs.device_tensors() if self.device.computing_reads else ()):
                     compute(inputs)
                 # on a GPU: wait for the launched kernels, so the measured compute is real (it feeds the
                 # ordering) and the ledger frees this sub-chunk's bytes only when the device has

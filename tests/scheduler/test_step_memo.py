@@ -12,7 +12,7 @@ from sagann.chunks.partition import partition_graph
 from sagann.chunks.types import EdgeChunk
 from sagann.kernels import cpu as kcpu
 from sagann.kernels.graph import DERIVED, ChunkTensors, rows_bound
-from sagann.scheduler.executor import global_src_rows
+from sagann.scheduler.executor import src_row_gather
 
 
 def _chunks(seed: int, p: int, sub: int):
@@ -56,15 +56,19 @@ def test_memory_mapped_chunks_are_not_kept(tmp_path):
     assert dev.chunk_index(c)[0] is not dev.chunk_index(c)[0]
     copying = sagann.CpuDevice("1MB", copy_transfers=True)  # copies are device memory: made per step, as on a GPU
     assert copying.chunk_index(subs[0])[0] is not copying.chunk_index(subs[0])[0]
-    assert torch.equal(global_src_rows(c), torch.from_numpy(c.src_start + np.asarray(c.src_rows).astype(np.int64)))
+    host = torch.randn(c.src_start + int(c.src_rows[-1]) + 1, 3)
+    view, rows = src_row_gather(host, c)  # a file's rows are read into RAM for the gather
+    assert torch.equal(view.index_select(0, rows), host[c.src_start + np.asarray(c.src_rows).astype(np.int64)])
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_global_src_rows_are_the_sub_chunks_host_rows(seed):
-    _, subs = _chunks(seed, 3, 5)
+def test_a_selective_gather_reads_the_sub_chunks_host_rows(seed):
+    n, subs = _chunks(seed, 3, 5)
+    host = torch.randn(n, 4)
     for c in subs:
-        rows = global_src_rows(c)
-        assert rows.dtype == torch.int64 and torch.equal(rows, torch.from_numpy(c.src_start + c.src_rows.astype(np.int64)))
+        view, rows = src_row_gather(host, c)
+        assert rows.dtype == torch.int32 and view.data_ptr() == host[c.src_start :].data_ptr()  # no host copy, no int64 ids
+        assert torch.equal(view.index_select(0, rows), host[torch.from_numpy(c.src_start + c.src_rows.astype(np.int64))])
 
 
 @pytest.mark.parametrize("seed", range(4))
