@@ -429,6 +429,7 @@ class Executor:
                 inputs.close()
             load += inputs.load_seconds
             moved += inputs.loaded_bytes
+            inputs = None  # its tensors go now, not when the next sub-chunk's loads are made
         self.strategy.after_step(self, step, (load, busy), moved)
         progress.step_done(self, moved)
         return load, busy, moved

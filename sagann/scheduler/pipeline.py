@@ -107,6 +107,7 @@ class Prefetcher(Generic[T]):
                     except Exception as exc:
                         raise LoaderError(f"loading {label} failed: {exc}") from exc
                     yield item
+                    item = None  # the consumer is done with it: its tensors go before the next load
                 self._close_jobs()
                 return
             while True:
@@ -121,6 +122,7 @@ class Prefetcher(Generic[T]):
                 if isinstance(item, _Failed):
                     raise LoaderError(f"loading {item.label} failed: {item.exc}") from item.exc
                 yield item
+                item = None
         finally:
             self.close()
 

@@ -123,6 +123,31 @@ def test_live_items_never_exceed_the_planned_count(depth):
     assert peak[0] <= live_sub_chunks(depth)
 
 
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_an_item_the_consumer_dropped_is_freed_before_the_next_load(depth):
+    """The prefetcher keeps no reference to what it handed out: a sub-chunk's memory goes when its consumer is done, not after
+    the next sub-chunk has loaded (with depth 0 that made two sub-chunks' loads live where the plan counts one)."""
+    import weakref
+
+    from sagann.scheduler.pipeline import live_sub_chunks
+
+    class Item:
+        pass
+
+    alive, peak = weakref.WeakSet(), [0]
+
+    def make():
+        peak[0] = max(peak[0], len(alive) + 1)  # the items alive while this one is made, and this one
+        item = Item()
+        alive.add(item)
+        return item
+
+    for item in Prefetcher([(str(k), make) for k in range(30)], depth):
+        time.sleep(0.002)  # a slow consumer lets a loader thread fill everything it may
+        del item
+    assert peak[0] <= live_sub_chunks(depth)
+
+
 def test_closing_before_the_first_item_stops_the_loader_and_releases():
     """A consumer that fails before its first next() (e.g. out of memory on its own buffers) still stops the loader."""
     released = []
