@@ -102,54 +102,68 @@ def _backward_vertex(call: LayerCall, x, saved: Saved, grad_out, need_x, grads: 
     """
     p, dev = call.p, call.device
     graphs, call.vertex_graphs = call.vertex_graphs, {}
-    for j, lo, hi in p.intervals():
-        go = kept = xj = acc = out_j = inputs = vgrads = g_acc = None  # the last interval's tensors go before this one's load
-        with dev.scope() as s:
-            narrow = call.g.schedule.transfer_dtype
-            go = load_narrowed(s, grad_out[lo:hi], narrow, f"output grad V_{j}")
-            kept = graphs.pop(j, None)
-            if isinstance(kept, KeptGraph):
-                kept.scope, kept.transfer_dtype = s, narrow  # its saved tensors load into this scope as autograd unpacks them
-                kept = (*kept.inputs, kept.handle)
-            elif kept is not None:
-                s.charge(tensor_bytes(kept[0]) + tensor_bytes(kept[1]), f"input rows and accumulator V_{j} (kept from forward)")
-            if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
-                xj, acc, out_j = kept  # the forward's graph: no recompute
-            else:
-                xj = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{j}") if call.shape.vertex_reads_x else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
-                xj = xj.requires_grad_(need_x)
-                acc = load_narrowed(s, saved.acc[lo:hi], narrow, f"accumulator V_{j}").requires_grad_(need_acc)
-                out_j = None
-            with call.span("apply_vertex", BACKWARD, (j,)):
-                recompute = out_j is None
-                if recompute:
-                    with torch.enable_grad(), call.rng("vertex", j):
-                        out_j = call.layer.apply_vertex(xj, acc)
-                # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
-                saved_j = (hi - lo) * call.shape.vertex_saved * recompute  # a kept graph's are charged as they load
-                saved_j += (hi - lo) * call.shape.vertex_saved  # autograd's gradients of the saved activations (measured)
-                s.charge(2 * tensor_bytes(go) * recompute + saved_j + vertex_scratch_bytes(hi - lo, call.shape.d_out), f"apply_vertex backward V_{j}")
-                inputs = [acc] + ([xj] if need_x else []) + call.params
-                if not need_acc:  # keep the positions below: a None in acc's place
-                    vgrads = [None] + list(call.grad(out_j, inputs[1:], go))
-                else:
-                    vgrads = call.grad(out_j, inputs, go)
-                s.charge(tensor_bytes(saved.acc[lo:hi]) * need_acc + (tensor_bytes(x[lo:hi]) if need_x and call.shape.vertex_reads_x else 0), f"apply_vertex gradients V_{j}")
-            if need_x and vgrads[1] is not None:
-                grads.x.add(dev, vgrads[1], lo, hi)
-            call.add_param_grads(vgrads[1 + need_x :], grads.params)
-            if not need_acc:
-                continue
-            g_acc = vgrads[0] if vgrads[0] is not None else torch.zeros((hi - lo, call.shape.d_msg), dtype=saved.acc.dtype, device=go.device)
-            if call.inv_degree is not None:
-                g_acc = g_acc * call.inv_degree[lo:hi].to(g_acc.device)
-            if grad_acc is None:  # the one interval's gradient is the whole of it: no copy
-                grad_acc = g_acc.detach().contiguous()
-            else:
-                dev.copy_out(g_acc, grad_acc[lo:hi])
+    for j, lo_j, hi_j in p.intervals():
+        blocks = call.vertex_blocks(lo_j, hi_j)
+        if len(blocks) > 1 and grad_acc is None and need_acc:  # the gradient is made block by block: a host buffer for all of it
+            grad_acc = call.g.host.empty((call.g.num_vertices, call.shape.d_msg), what="aggregate gradient")
+        for lo, hi in blocks:
+            grad_acc = _backward_vertex_rows(call, (x, saved, grad_out), grads, grad_acc, (need_x, need_acc), graphs, (j, lo, hi, len(blocks)))
     if not need_acc:
         return None
     return grad_acc if grad_acc is not None else torch.zeros(call.g.num_vertices, call.shape.d_msg)
+
+
+def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_acc, need: tuple[bool, bool], graphs: dict, where: tuple) -> torch.Tensor | None:
+    """ApplyVertex's backward on rows ``lo:hi`` of V_j (the interval, or one of its blocks); returns ``grad_acc`` (made here for a whole single interval).
+
+    ``tensors``: (x, saved, grad_out); ``need``: (need_x, need_acc); ``where``: (j, lo, hi, the interval's number of blocks).
+    """
+    (x, saved, grad_out), (need_x, need_acc), (j, lo, hi, blocks) = tensors, need, where
+    dev = call.device
+    with dev.scope() as s:
+        narrow = call.g.schedule.transfer_dtype
+        go = load_narrowed(s, grad_out[lo:hi], narrow, f"output grad V_{j}")
+        kept = graphs.pop(j, None) if blocks == 1 else None  # blocks: no graph was kept
+        if isinstance(kept, KeptGraph):
+            kept.scope, kept.transfer_dtype = s, narrow  # its saved tensors load into this scope as autograd unpacks them
+            kept = (*kept.inputs, kept.handle)
+        elif kept is not None:
+            s.charge(tensor_bytes(kept[0]) + tensor_bytes(kept[1]), f"input rows and accumulator V_{j} (kept from forward)")
+        if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
+            xj, acc, out_j = kept  # the forward's graph: no recompute
+        else:
+            xj = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{j}") if call.shape.vertex_reads_x else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
+            xj = xj.requires_grad_(need_x)
+            acc = load_narrowed(s, saved.acc[lo:hi], narrow, f"accumulator V_{j}").requires_grad_(need_acc)
+            out_j = None
+        with call.span("apply_vertex", BACKWARD, (j,)):
+            recompute = out_j is None
+            if recompute:
+                with torch.enable_grad(), call.vertex_rng(j, lo, blocks):
+                    out_j = call.layer.apply_vertex(xj, acc)
+            # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
+            saved_j = (hi - lo) * call.shape.vertex_saved * recompute  # a kept graph's are charged as they load
+            saved_j += (hi - lo) * call.shape.vertex_saved  # autograd's gradients of the saved activations (measured)
+            s.charge(2 * tensor_bytes(go) * recompute + saved_j + vertex_scratch_bytes(hi - lo, call.shape.d_out), f"apply_vertex backward V_{j}")
+            inputs = [acc] + ([xj] if need_x else []) + call.params
+            if not need_acc:  # keep the positions below: a None in acc's place
+                vgrads = [None] + list(call.grad(out_j, inputs[1:], go))
+            else:
+                vgrads = call.grad(out_j, inputs, go)
+            s.charge(tensor_bytes(saved.acc[lo:hi]) * need_acc + (tensor_bytes(x[lo:hi]) if need_x and call.shape.vertex_reads_x else 0), f"apply_vertex gradients V_{j}")
+        if need_x and vgrads[1] is not None:
+            grads.x.add(dev, vgrads[1], lo, hi)
+        call.add_param_grads(vgrads[1 + need_x :], grads.params)
+        if not need_acc:
+            return grad_acc
+        g_acc = vgrads[0] if vgrads[0] is not None else torch.zeros((hi - lo, call.shape.d_msg), dtype=saved.acc.dtype, device=go.device)
+        if call.inv_degree is not None:
+            g_acc = g_acc * call.inv_degree[lo:hi].to(g_acc.device)
+        if grad_acc is None:  # the one interval's gradient is the whole of it: no copy
+            grad_acc = g_acc.detach().contiguous()
+        else:
+            dev.copy_out(g_acc, grad_acc[lo:hi])
+    return grad_acc
 
 
 def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[bool, bool], grads: "Grads") -> None:
@@ -322,13 +336,13 @@ def _backward_chunk(call: LayerCall, inputs: ChunkInputs, saved, acc: tuple, gra
 def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads") -> None:
     p, dev = call.p, call.device
     graphs = call.hook_graphs.pop(hook, None)
-    for q, lo, hi in p.intervals():
-        gt = kept = v = h = hgrads = None  # the last interval's tensors go before this one's load
+    for q, lo, hi, blocks in ((q, b0, b1, n) for q, lo_q, hi_q in p.intervals() for n in [len(call.hook_blocks(lo_q, hi_q))] for b0, b1 in call.hook_blocks(lo_q, hi_q)):
+        gt = kept = v = h = hgrads = None  # the last block's tensors go before this one's load
         with dev.scope() as s:
             narrow = call.g.schedule.transfer_dtype
             gt = load_narrowed(s, g_term[lo:hi], narrow, f"{hook} grad V_{q}")
             with call.span("apply_vertex", BACKWARD, (q,)):
-                kept = graphs.pop(q, None) if graphs is not None else None
+                kept = graphs.pop(q, None) if graphs is not None and blocks == 1 else None
                 if isinstance(kept, KeptGraph):  # the forward's graph, its saved tensors loaded as they are unpacked
                     kept.scope, kept.transfer_dtype = s, narrow
                     v, h = kept.inputs[0], kept.handle
@@ -336,7 +350,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
                     v, h = kept
                 else:
                     v = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{q}").requires_grad_(need_x)
-                    with torch.enable_grad(), call.rng(hook, q):
+                    with torch.enable_grad(), (call.rng(hook, q) if blocks == 1 else call.rng(hook, q, lo)):
                         h = getattr(call.layer, hook)(v)
                 saved_q = (hi - lo) * call.shape.hook_saved * (1 + (kept is None))  # their gradients; a recompute's saved tensors
                 s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape

@@ -27,7 +27,7 @@ from sagann.chunks.types import EdgeChunk
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.offload import KeptGraph
 from sagann.scheduler.executor import Executor, PassLog, Strategy
-from sagann.scheduler.planner import LayerShape, direct_sum_backward, recompute_bytes
+from sagann.scheduler.planner import LayerShape, direct_sum_backward, hook_block_rows, recompute_bytes, vertex_block_rows
 from sagann.scheduler.schedule import FORWARD, PassPlan
 
 __all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved"]
@@ -85,6 +85,9 @@ class LayerCall:
 
     def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None, rng_lock: threading.RLock | None = None):
         self.spec, self.g, self.p = spec, g, partition
+        self._vertex_block: tuple | None = None  # (partition, rows per ApplyVertex block on it)
+        self._hook_block: tuple | None = None  # (partition, rows per hook block on it)
+        self.apply_cap: int | None = None  # the forward's block where its edge stage's loads leave less room (kept for backward's replay)
         self.layer, self.shape, self.name = spec.layer, spec.shape, spec.name
         self.backend, self.fused, self.param_bytes = spec.backend, spec.fused, spec.param_bytes
         self.device = g.device
@@ -156,6 +159,41 @@ class LayerCall:
         return self.executor.edge_offset(c)
 
     # ---- helpers the passes share ------------------------------------------------------------
+    def vertex_blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The rows ``lo:hi`` of an interval in the blocks ApplyVertex runs in, forward and backward alike.
+
+        One block where the biggest interval's vertex phases fit the budget;
+        else blocks of :func:`~sagann.scheduler.memory_model.vertex_block_rows`
+        rows, sized for a recomputing backward (the larger of the two) and
+        capped by the forward's room (``apply_cap``), so the ledger stays
+        within what the plan counted.
+        """
+        if self._vertex_block is None or self._vertex_block[0] is not self.p:
+            sizes = np.diff(self.p.bounds)
+            biggest = int(sizes.max()) if sizes.size else 0
+            shape = dataclasses.replace(self.shape, recomputes=True)
+            self._vertex_block = (self.p, vertex_block_rows(biggest, shape, self.param_bytes, self.device.memory_budget))
+        block = max(1, self._vertex_block[1] if self.apply_cap is None else min(self._vertex_block[1], self.apply_cap))
+        if hi - lo <= block:
+            return [(lo, hi)]
+        return [(b, min(hi, b + block)) for b in range(lo, hi, block)]
+
+    def hook_blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The rows ``lo:hi`` of an interval in the blocks the hooks run in, forward and backward alike (:func:`hook_block_rows`)."""
+        if self._hook_block is None or self._hook_block[0] is not self.p:
+            sizes = np.diff(self.p.bounds)
+            biggest = int(sizes.max()) if sizes.size else 0
+            shape = dataclasses.replace(self.shape, recomputes=True)
+            self._hook_block = (self.p, hook_block_rows(biggest, shape, self.param_bytes, self.device.memory_budget))
+        block = max(1, self._hook_block[1])
+        if hi - lo <= block:
+            return [(lo, hi)]
+        return [(b, min(hi, b + block)) for b in range(lo, hi, block)]
+
+    def vertex_rng(self, j: int, b0: int, blocks: int) -> contextlib.AbstractContextManager:
+        """:meth:`rng` of ApplyVertex on V_j's block starting at row ``b0`` (of ``blocks``): the interval's key where it is one block."""
+        return self.rng("vertex", j) if blocks == 1 else self.rng("vertex", j, b0)
+
     def rng(self, *key) -> contextlib.AbstractContextManager:
         """Run a user function under the seed of this call and position ``key`` (training only)."""
         if not self.layer.training:
@@ -209,7 +247,7 @@ class LayerCall:
         if nbytes and self._recompute_fits():
             costs = self.device.transfer_costs()
             if 2 * (nbytes * costs.block + costs.latency) > seconds:
-                self.g.planner.note_recompute_peak(recompute_bytes(self.p, self.shape, self.param_bytes))
+                self.g.planner.note_recompute_peak(recompute_bytes(self.p, self.shape, self.param_bytes, self.device.memory_budget))
                 return False
         with self.span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
             kept.seal(aliases, self.device, self.g.host)
@@ -218,7 +256,7 @@ class LayerCall:
     def _recompute_fits(self) -> bool:
         if self._fits_recompute is None:
             budget = self.device.memory_budget
-            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes) <= budget
+            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes, self.device.memory_budget) <= budget
         return self._fits_recompute
 
     def edge_stage_has_grads(self, need_x: bool, need_e: bool) -> bool:

@@ -28,7 +28,8 @@ from sagann.scheduler.devices import Scope, host_tensor
 from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import ChunkInputs, load_narrowed
-from sagann.scheduler.planner import merge_scratch_bytes, vertex_scratch_bytes
+from sagann.scheduler.pipeline import live_sub_chunks
+from sagann.scheduler.planner import apply_block_rows, merge_scratch_bytes, recompute_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import FORWARD
 
 __all__ = ["HostOutputs", "forward_pass", "hook_pass"]
@@ -70,15 +71,17 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     out = call.g.host.empty((call.g.num_vertices, width), what=f"{hook} rows")
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
-    for q, lo, hi in call.p.intervals():
-        v = vin = h = kept = None  # the last interval's tensors go before this one's load
+    for q, lo, hi, blocks in ((q, b0, b1, n) for q, lo_q, hi_q in call.p.intervals() for n in [len(call.hook_blocks(lo_q, hi_q))] for b0, b1 in call.hook_blocks(lo_q, hi_q)):
+        v = vin = h = kept = None  # the last block's tensors go before this one's load
+        keep = mode if blocks == 1 else None  # blocks: backward recomputes them
         with call.device.scope() as s:
             v = load_narrowed(s, x[lo:hi], call.g.schedule.transfer_dtype, f"input rows V_{q}")
             s.charge(vertex_scratch_bytes(hi - lo, width, call.shape.hook_temp), f"{hook} temporaries V_{q}")
-            kept = KeptGraph(call.params) if mode == "offload" else None
-            vin = v.detach().requires_grad_(call.need_x) if mode else v  # a kept graph's input leaf
+            kept = KeptGraph(call.params) if keep == "offload" else None
+            vin = v.detach().requires_grad_(call.need_x) if keep else v  # a kept graph's input leaf
             saving = kept.hooks() if kept is not None else contextlib.nullcontext()
-            with call.span("apply_vertex", FORWARD, (q,)), call.rng(hook, q), torch.set_grad_enabled(mode is not None), saving:
+            rng = call.rng(hook, q) if blocks == 1 else call.rng(hook, q, lo)
+            with call.span("apply_vertex", FORWARD, (q,)), rng, torch.set_grad_enabled(keep is not None), saving:
                 t0 = time.perf_counter()
                 h = s.adopt(getattr(call.layer, hook)(vin), f"{hook} rows V_{q}")
                 seconds = time.perf_counter() - t0
@@ -89,8 +92,10 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                 kept.handle = graph_handle(h)
                 if call.seal(kept, [(v, x[lo:hi]), (h, out[lo:hi])], seconds, (q,)):
                     graphs[q] = kept
-            elif mode:
+            elif keep:
                 graphs[q] = (vin, graph_handle(h))
+            elif mode:  # a graph would have been kept: the plan counts backward's recompute of the blocks
+                call.g.planner.note_recompute_peak(recompute_bytes(call.p, call.shape, call.param_bytes, call.device.memory_budget))
     return out
 
 
@@ -110,6 +115,8 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
     init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[call.reduce]
     plan = call.plan(FORWARD)
     keep_mode = call.keep_mode()
+    if dev.memory_budget is not None:  # ApplyVertex's blocks leave room for what the edge stage may still hold
+        call.apply_cap = apply_block_rows(p, shape, call.fused, call.param_bytes, dev.memory_budget, live_sub_chunks(plan.prefetch))
     times: dict[tuple[int, int], tuple[float, float]] = {}
     moved, t_pass = 0, time.perf_counter()
     with dev.scope() as params_scope:
@@ -184,13 +191,20 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
     shape, dev, s, j, lo, hi = call.shape, call.device, col.scope, col.j, col.lo, col.hi
     acc, win, sm = col.acc, col.win, col.sm
     _finalise(call, acc, win, lo, hi, sm)
-    s.charge(vertex_scratch_bytes(hi - lo, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j}")
-    with call.span("apply_vertex", FORWARD, (j,)), call.rng("vertex", j):
-        out_j, kept = _apply_vertex_forward(call, j, col.xj, acc, keep_mode)
-        s.adopt(out_j, f"output rows V_{j}")
-    call.check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
+    blocks = call.vertex_blocks(lo, hi)
+    out_j = kept = None
+    if len(blocks) > 1:  # the budget holds the column but not its output rows and scratch at once
+        _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode)
+    else:
+        s.charge(vertex_scratch_bytes(hi - lo, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j}")
+        with call.span("apply_vertex", FORWARD, (j,)), call.rng("vertex", j):
+            out_j, kept = _apply_vertex_forward(call, j, col.xj, acc, keep_mode)
+            s.adopt(out_j, f"output rows V_{j}")
+        call.check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
     with call.span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
-        if whole and owns_storage(out_j, x, bufs.acc):
+        if out_j is None:
+            pass  # written block by block
+        elif whole and owns_storage(out_j, x, bufs.acc):
             bufs.out = out_j.contiguous()
         else:
             if bufs.out is None:
@@ -206,6 +220,30 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
     aliases = [(col.xj, x[lo:hi])] if shape.loads_x_j else []
     if kept is not None and call.seal(kept, aliases + [(acc, bufs.acc[lo:hi])], kept.seconds, (j,)):
         call.vertex_graphs[j] = kept
+
+
+def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[int, int]], bufs: HostOutputs, keep_mode: str | None) -> None:
+    """ApplyVertex of V_j block by block: the column's state stays whole, each block's output rows and scratch come and go.
+
+    No graph is kept: backward recomputes the same blocks under the same
+    seeds, and the planned peak counts that recompute where a plan that
+    kept graphs did not.
+    """
+    shape, dev, j, lo = call.shape, call.device, col.j, col.lo
+    if keep_mode is not None:
+        call.g.planner.note_recompute_peak(recompute_bytes(call.p, shape, call.param_bytes, dev.memory_budget))
+    if bufs.out is None:
+        bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
+    for b0, b1 in blocks:
+        with dev.scope() as bs:
+            bs.charge(vertex_scratch_bytes(b1 - b0, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j} rows {b0}:{b1}")
+            with call.span("apply_vertex", FORWARD, (j,)), call.vertex_rng(j, b0, len(blocks)):
+                out_b = call.layer.apply_vertex(col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo])
+            call.check_rows(out_b, b1 - b0, shape.d_out, "apply_vertex")
+            bs.adopt(out_b, f"output rows V_{j} rows {b0}:{b1}")
+            with call.span("d2h", FORWARD, (j,), tensor_bytes(out_b)):
+                dev.copy_out(out_b, bufs.out[b0:b1])
+            out_b = None  # gone with its scope
 
 
 def _apply_vertex_forward(call: LayerCall, j: int, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:

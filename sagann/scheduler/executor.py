@@ -330,11 +330,15 @@ class Executor:
         self._resident_copies = {}  # the pass's resident intervals (plan.resident), each sent by its first job
         holder: dict[str, Block] = {}  # the run's full block of V_i, while its steps share it
         try:
-            for step in plan.steps():
+            steps = list(plan.steps())
+            for n, step in enumerate(steps):
                 if "block" in holder and not step.shares_block:
                     holder.pop("block").release()  # the loader's own reference; the chunks using it hold theirs
+                # the block's last reader: the loader lets go with its load, so the block goes with that sub-chunk
+                # (not when the next step loads, after a column's ApplyVertex)
+                last = n + 1 == len(steps) or not steps[n + 1].shares_block
                 for k, c in enumerate(step.subs):
-                    load = watched(self.device.meter, partial(self._load, step, k, fields, holder))
+                    load = watched(self.device.meter, partial(self._load, step, k, fields, holder, last and k + 1 == len(step.subs)))
                     yield repr(c.id), partial(profiler.nvtx_call, "h2d", c.id, load)  # Nsight names it like its span
         finally:
             if "block" in holder:
@@ -343,9 +347,12 @@ class Executor:
                 copy_i.release()  # the loader's reference; the last chunk using it frees it
             self._resident_copies = {}
 
-    def _load(self, step: ChunkStep, k: int, fields: _Fields, holder: dict) -> ChunkInputs:
+    def _load(self, step: ChunkStep, k: int, fields: _Fields, holder: dict, last_reader: bool = False) -> ChunkInputs:
         with self.device.loading():  # a GPU queues these copies on its copy stream; compute waits for inputs.ready
-            return self._load_inputs(step, k, fields, holder)
+            inputs = self._load_inputs(step, k, fields, holder)
+        if last_reader and "block" in holder:
+            holder.pop("block").release()
+        return inputs
 
     def _load_inputs(self, step: ChunkStep, k: int, fields: _Fields, holder: dict) -> ChunkInputs:
         t0 = time.perf_counter()

@@ -48,6 +48,7 @@ INT32 = 4  # bytes per entry of a sub-chunk index array
 EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, beyond the messages
 VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
 DOUBLE = 8  # bytes per fp64 element
+BLOCK_HEADROOM = 2  # ApplyVertex blocks are sized for this many times the per-row bytes modelled
 MERGE_TEMPS = 3  # row-sized temporaries alive at once in a softmax merge (forward) or correction (fused backward)
 
 
@@ -245,24 +246,86 @@ def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
     return rows * _row_bytes(shape)[phase]
 
 
-def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: int) -> int:
-    """Peak device bytes of backward's vertex phases if they recompute (a kept graph dropped)."""
+def _apply_row_bytes(shape: LayerShape) -> int:
+    """Forward bytes per row that exist only while ApplyVertex runs: its output rows and scratch."""
+    return FLOAT * shape.d_out + vertex_scratch_bytes(1, shape.d_out, shape.vertex_temp)
+
+
+def _held_row_bytes(shape: LayerShape) -> int:
+    """Forward bytes per row a destination column holds through its edge stage (input rows, terms, accumulator)."""
+    return _row_bytes(shape)["forward"] - _apply_row_bytes(shape)
+
+
+def vertex_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: int | None, window: int = 0) -> int:
+    """Rows per ApplyVertex block of an interval of ``rows`` rows: all of them where they fit, else as many as fit (at least one).
+
+    ApplyVertex is per vertex, so an interval's rows may run in blocks.
+    Forward, the column's edge-stage state (accumulator, input rows, terms)
+    stays whole and only the output rows and scratch are per block;
+    backward (recompute and gradients), everything is per block. Without
+    blocks the vertex phases, which hold several row-sized tensors at once,
+    set P for most layers; with them the edge stages do. One size serves
+    forward and backward, so that a random ApplyVertex (dropout) recomputes
+    the blocks the forward drew. ``window``: what the edge stage may still
+    hold while the forward's ApplyVertex runs (the last step's loads, the
+    next group's prefetched sub-chunks).
+    """
+    rows = max(0, int(rows))
+    if budget is None or rows == 0:
+        return rows
+    room = budget - 2 * param_bytes
+
+    def fit(headroom: int) -> int:
+        fits = [(room - rows * _held_row_bytes(shape) - window) // max(1, headroom * _apply_row_bytes(shape))]
+        if shape.backward:
+            fits.append(room // max(1, headroom * _row_bytes(shape)["backward apply_vertex"]))
+        return min(fits)
+
+    if fit(1) >= rows:
+        return rows
+    # in blocks, each sized for twice the temporaries modelled: a block fills what room is left, so a
+    # function holding more per row than the probe saw would overrun the budget, not a margin
+    return int(max(1, min(rows, fit(BLOCK_HEADROOM))))
+
+
+def hook_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: int | None) -> int:
+    """Rows per block of the hook pre-pass (``apply_src``/``apply_dst``) over an interval of ``rows`` rows: all where they fit.
+
+    The hooks are per vertex, as ApplyVertex (:func:`vertex_block_rows`):
+    blocks of at least one row, sized for ``BLOCK_HEADROOM`` times the
+    modelled bytes per row, so the hooks never set P.
+    """
+    rows = max(0, int(rows))
+    per_row = _row_bytes(shape)["hook pre-pass"]
+    if budget is None or rows == 0 or per_row == 0:
+        return rows
+    room = budget - 2 * param_bytes
+    if room // per_row >= rows:
+        return rows
+    return int(max(1, min(rows, room // (BLOCK_HEADROOM * per_row))))
+
+
+def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: int, budget: int | None = None) -> int:
+    """Peak device bytes of backward's vertex phases if they recompute (a kept graph dropped); ApplyVertex in blocks under ``budget``."""
     sizes = np.diff(partition.bounds)
     biggest = int(sizes.max()) if sizes.size else 0
     s = replace(shape, recomputes=True)
-    return max(resident_bytes(biggest, s, "backward apply_vertex"), resident_bytes(biggest, s, "hook pre-pass")) + 2 * param_bytes
+    block, hook_block = vertex_block_rows(biggest, s, param_bytes, budget), hook_block_rows(biggest, s, param_bytes, budget)
+    return max(resident_bytes(block, s, "backward apply_vertex"), resident_bytes(hook_block, s, "hook pre-pass")) + 2 * param_bytes
 
 
 def resident_lower_bound(bounds: np.ndarray, shape: LayerShape, param_bytes: int) -> int:
     """The working set's vertex part alone: a lower bound on it that needs interval bounds, not a partition.
 
-    Every phase of :func:`working_set` holds at least the resident rows of
-    the biggest interval (plus the parameters); the planner skips a P whose
-    bound already exceeds the budget instead of partitioning for it.
+    The edge stages hold the resident rows of the biggest interval (plus
+    the parameters); ApplyVertex and the hooks may run in blocks
+    (:func:`vertex_block_rows`, :func:`hook_block_rows`). The planner skips a P whose bound already
+    exceeds the budget instead of partitioning for it.
     """
     sizes = np.diff(np.asarray(bounds))
     biggest = int(sizes.max()) if sizes.size else 0
-    return max(resident_bytes(biggest, shape, phase) for phase in _row_bytes(shape)) + 2 * param_bytes
+    per_row = max(_held_row_bytes(shape), _row_bytes(shape)["backward"])
+    return biggest * per_row + 2 * param_bytes
 
 
 def src_row_bytes(shape: LayerShape) -> int:
@@ -343,18 +406,19 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     return int(b + rows + grads + backward_scratch_times(shape, fused) * scratch + src_dst)
 
 
-def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1) -> WorkingSet:
+def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1, budget: int | None = None) -> WorkingSet:
     """Largest device footprint of one forward + backward layer call (see module docstring).
 
     ``in_flight`` sub-chunks are counted at once: 1 without prefetching,
-    ``prefetch + 1`` with it (bounded by the largest sub-chunks).
+    ``prefetch + 1`` with it (bounded by the largest sub-chunks). Under a
+    ``budget`` ApplyVertex runs in the blocks :func:`vertex_block_rows` sizes.
     """
-    phases = _phase_bytes(partition, shape, fused, in_flight)
+    phases = _phase_bytes(partition, shape, fused, in_flight, param_bytes, budget)
     phase = max(phases, key=phases.get)
     return WorkingSet(int(phases[phase] + 2 * param_bytes), phase)
 
 
-def edge_stage_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, in_flight: int = 1) -> int:
+def edge_stage_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, phase: str, in_flight: int = 1, budget: int | None = None) -> int:
     """Device bytes of one edge stage (``phase``: forward or backward) before any interval is held resident.
 
     The room a pass's plan may fill with resident intervals is the budget
@@ -362,21 +426,51 @@ def edge_stage_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, 
     phases (a hook pre-pass over wide input rows, say) have given their
     memory back by the time its edge stage runs.
     """
-    return int(_phase_bytes(partition, shape, fused, in_flight)[f"{phase} edge stage"] + 2 * param_bytes)
+    phases = _phase_bytes(partition, shape, fused, in_flight, param_bytes, budget)
+    stage = phases[f"{phase} edge stage"]
+    if phase == "forward":  # a column's ApplyVertex runs while the pass's resident copies are still held
+        stage = max(stage, phases["forward apply_vertex"])
+    return int(stage + 2 * param_bytes)
 
 
-def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int) -> dict[str, int]:
+def _apply_window(window: int, in_flight: int) -> int:
+    """Edge-stage bytes alive while a column's ApplyVertex runs: none without prefetching (the loader lets go of a
+    block with its last reader, and a step's loads go when it closes), else the sub-chunks prefetched meanwhile.
+
+    Without prefetching the block size is so a function of the interval's rows alone, not of the sub-chunks:
+    a resumed run, whose planner may see the calls in another order, runs the same blocks (bit-exact resume).
+    """
+    return 0 if in_flight <= 1 else window
+
+
+def apply_block_rows(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, budget: int | None, in_flight: int = 1) -> int:
+    """Rows of a forward ApplyVertex block on ``partition``: the block :func:`working_set` counts (the engine runs the same)."""
+    sizes = np.diff(partition.bounds)
+    biggest = int(sizes.max()) if sizes.size else 0
+    if budget is None:
+        return biggest
+    shape = canonical(shape)
+    window = sum(sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)[:in_flight]) if in_flight > 1 else 0
+    return vertex_block_rows(biggest, shape, param_bytes, budget, _apply_window(window, in_flight))
+
+
+def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int, param_bytes: int = 0, budget: int | None = None) -> dict[str, int]:
     sizes = np.diff(partition.bounds)
     shape = canonical(shape)
     fwd_sub = sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)
     bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
     biggest = int(sizes.max()) if sizes.size else 0
+    window = sum(fwd_sub[:in_flight])
+    during = _apply_window(window, in_flight)
+    block = vertex_block_rows(biggest, shape, param_bytes, budget, during)
+    held = biggest * _held_row_bytes(shape)
     return {
-        "forward edge stage": resident_bytes(biggest, shape, "forward") + sum(fwd_sub[:in_flight]),
-        "forward apply_vertex": resident_bytes(biggest, shape, "forward"),
+        "forward edge stage": held + window,
+        # ApplyVertex's output rows and scratch (a block of them), beside what prefetching holds of the next column's loads
+        "forward apply_vertex": held + during + block * _apply_row_bytes(shape),
         "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),  # 0 without a pass
-        "backward apply_vertex": resident_bytes(biggest, shape, "backward apply_vertex"),
-        "hook pre-pass": resident_bytes(biggest, shape, "hook pre-pass"),
+        "backward apply_vertex": resident_bytes(block, shape, "backward apply_vertex"),
+        "hook pre-pass": resident_bytes(hook_block_rows(biggest, shape, param_bytes, budget), shape, "hook pre-pass"),
     }
 
 
@@ -389,18 +483,19 @@ def tile_candidates(num_chunks: int) -> list[int]:
     return tiles + ([num_chunks] if num_chunks > 1 else [])
 
 
-def tile_resident_bytes(rows: Sequence[int], shape: LayerShape) -> int:
-    """Forward bytes a tile of destination intervals of ``rows`` rows each keeps on the device.
+def tile_resident_bytes(rows: Sequence[int], shape: LayerShape, apply_rows: int | None = None) -> int:
+    """Forward bytes a tile of destination intervals of ``rows`` rows each keeps on the device through its edge stage.
 
     Each holds its input rows, destination terms and accumulator through the
-    tile; ApplyVertex then runs one interval at a time, so only the biggest's
-    output rows and scratch count. One interval: :func:`resident_bytes`.
+    tile; ApplyVertex then runs one interval at a time while the last
+    step's loads may still be held, so the biggest's output rows and
+    scratch count too: ``apply_rows`` of them where ApplyVertex runs in
+    blocks (:func:`apply_block_rows`), else the whole interval's.
     """
     if not rows:
         return 0
-    apply_row = FLOAT * shape.d_out + vertex_scratch_bytes(1, shape.d_out, shape.vertex_temp)
-    held_row = _row_bytes(shape)["forward"] - apply_row
-    return int(sum(rows)) * held_row + int(max(rows)) * apply_row
+    applied = int(max(rows)) if apply_rows is None else min(int(max(rows)), int(apply_rows))
+    return int(sum(rows)) * _held_row_bytes(shape) + applied * _apply_row_bytes(shape)
 
 
 def tile_extra_bytes(partition: GraphPartition, shape: LayerShape, tile: int) -> int:

@@ -47,7 +47,7 @@ def choose_num_chunks(
     """
     if budget is None or lower_bound is None or lower_bound(start) <= budget:
         first = make_partition(start)
-        ws = working_set(first, shape, fused, param_bytes, in_flight)
+        ws = working_set(first, shape, fused, param_bytes, in_flight, budget)
         if budget is None or (ws.peak_bytes <= budget and (also is None or also(first))):
             return first, ws
         first = None  # not held while larger P are cut: the search holds at most one partition
@@ -70,7 +70,7 @@ def choose_num_chunks(
                 return False, WorkingSet(int(bound), "resident vertex rows (lower bound)")
         held.clear()
         part = make_partition(p)
-        w = working_set(part, shape, fused, param_bytes, in_flight)
+        w = working_set(part, shape, fused, param_bytes, in_flight, budget)
         if w.peak_bytes > budget or (also is not None and not also(part)):
             return False, w
         held.append((p, part))

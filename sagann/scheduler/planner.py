@@ -31,6 +31,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     VERTEX_SCRATCH,
     LayerShape,
     WorkingSet,
+    apply_block_rows,
     backward_dst_row_bytes,
     canonical,
     direct_sum_backward,
@@ -46,6 +47,8 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     tile_candidates,
     tile_extra_bytes,
     tile_resident_bytes,
+    hook_block_rows,
+    vertex_block_rows,
     vertex_scratch_bytes,
     vertex_weight,
     working_set,
@@ -171,7 +174,7 @@ class Planner:
                 return self._settle(*coarser)
         current = self._partition
         if current is not None and self._fixed_chunks is None and self._fixed_sub_nnz is None and budget is not None:
-            ws = working_set(current, shape, fused, param_bytes, in_flight=in_flight)
+            ws = working_set(current, shape, fused, param_bytes, in_flight=in_flight, budget=budget)
             if ws.peak_bytes <= budget:  # this layer fits the partition the others use: keep it
                 return self._settle(current, ws)
         sub = self._fixed_sub_nnz or sub_chunk_nnz_for(budget, shape, fused, DEFAULT_SUB_CHUNK_NNZ)
@@ -179,7 +182,7 @@ class Planner:
             sub = min(sub, current.sub_chunk_nnz)
         if self._fixed_chunks is not None:
             part = self._cut(self._fixed_chunks, sub)
-            ws = working_set(part, shape, fused, param_bytes)
+            ws = working_set(part, shape, fused, param_bytes, budget=budget)
             if budget is not None and ws.peak_bytes > budget:
                 raise BudgetTooSmall(
                     f"num_chunks={self._fixed_chunks} needs {ws.peak_bytes:,} device bytes (in the {ws.phase}) "
@@ -324,7 +327,7 @@ class Planner:
         p, sub = pick
         for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
             faster = self._cut(p, sub, weight)
-            w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight)
+            w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight, budget=self.budget)
             if w.peak_bytes <= self.budget and self._fits_the_others(faster, shape, fused, param_bytes, in_flight):  # kept if, counted, it takes fewer steps and is still predicted faster
                 new = measure_partition(faster, shape)
                 if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs):
@@ -348,7 +351,7 @@ class Planner:
     def _fits_the_others(self, part: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int) -> bool:
         """``part`` also holds every other call planned so far (their working sets within the budget)."""
         return all(
-            working_set(part, s, f, b, in_flight=in_flight).peak_bytes <= self.budget
+            working_set(part, s, f, b, in_flight=in_flight, budget=self.budget).peak_bytes <= self.budget
             for s, f, b in self._calls
             if (s, f, b) != (shape, fused, param_bytes)
         )
@@ -370,7 +373,7 @@ class Planner:
             fit.clear()
             part = None
             wider = self._cut(p, min(growth * sub, cap), weight)
-            w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight)
+            w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight, budget=budget)
             if w.peak_bytes > budget or not self._fits_the_others(wider, shape, fused, param_bytes, in_flight):
                 wider = None
                 growth //= 2  # 4x does not fit: 2x may
@@ -414,7 +417,7 @@ class Planner:
         if key not in self._prefetch_cache:
             depth = 0
             for k in range(1, MAX_PREFETCH + 1):
-                if working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(k)).peak_bytes > budget:
+                if working_set(partition, shape, fused, param_bytes, in_flight=live_sub_chunks(k), budget=budget).peak_bytes > budget:
                     break
                 depth = k
             self._prefetch_cache[key] = depth
@@ -432,7 +435,7 @@ class Planner:
         depth = self._prefetch_cache.get(shallower, self.prefetch_depth(partition, shape, fused, param_bytes))
         costs, budget = self._plan_costs(phase, fused, largest_block(partition, shape)), self._devices[0].memory_budget
         while True:
-            job = PassJob(partition, shape, fused, param_bytes, phase, measured, depth, costs)
+            job = PassJob(partition, shape, fused, param_bytes, phase, measured, depth, costs, self.budget)
             plan, peak = self._plan_owned(job) if self._scope is not None else self._best_plan(job)
             if budget is None or peak <= budget or depth == 0 or self._pipelined() is not None:
                 break
@@ -486,7 +489,7 @@ class Planner:
     def _spare(self, job: PassJob) -> int | None:
         """Budget left beside the edge stage's working set (None: no budget)."""
         budget = self._devices[0].memory_budget
-        return None if budget is None else budget - edge_stage_bytes(job.partition, job.shape, job.fused, job.param_bytes, job.phase, in_flight=live_sub_chunks(job.depth))
+        return None if budget is None else budget - edge_stage_bytes(job.partition, job.shape, job.fused, job.param_bytes, job.phase, in_flight=live_sub_chunks(job.depth), budget=budget)
 
     def _order(self, job: PassJob) -> Order:
         """The configured order, natural without prefetching: loads and compute then run one after the other, so
@@ -502,8 +505,9 @@ class Planner:
 
     @staticmethod
     def _peak(job: PassJob, plan: PassPlan) -> int:
-        """The plan's dry-run device peak, parameters and their gradients included."""
-        return dry_run(plan, job.partition, job.shape, job.fused) + 2 * job.param_bytes
+        """The plan's dry-run device peak, parameters and their gradients included; ApplyVertex in the working set's blocks."""
+        apply_rows = apply_block_rows(job.partition, job.shape, job.fused, job.param_bytes, job.budget, live_sub_chunks(job.depth)) if job.phase == FORWARD else None
+        return dry_run(plan, job.partition, job.shape, job.fused, apply_rows) + 2 * job.param_bytes
 
     def _plan_for_tile(self, job: PassJob, spare: int | None, tile: int) -> tuple[PassPlan, int, int | None]:
         """The plan with ``tile`` destination intervals per group, its dry-run peak and the spare room it was built with; resident intervals where they pay."""

@@ -27,6 +27,7 @@ class PassJob:
     measured: Measured
     depth: int
     costs: TransferCosts | None
+    budget: int | None = None  # the device budget the plan must fit (ApplyVertex's blocks are sized by it)
 
 
 @dataclass(frozen=True)

@@ -196,22 +196,27 @@ def validate(plan: PassPlan, partition: GraphPartition) -> None:
                 raise ScheduleError(f"chunk E{list(step.key)} shares a block no previous step of its run loaded\n{plan.format()}")
 
 
-def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused: bool) -> int:
+def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused: bool, apply_rows: int | None = None) -> int:
     """Peak device bytes of the edge stage, as the pipeline would hold them.
 
     At any moment the device holds the current group's resident state and
     ``live_sub_chunks(prefetch)`` sub-chunks (possibly from the next group),
     plus the full blocks of the chunks those belong to, plus the copies of
-    the intervals the plan holds resident.
+    the intervals the plan holds resident. ``apply_rows``: the rows of a
+    forward ApplyVertex block (None: whole intervals).
     """
     backward = plan.phase == BACKWARD
     dst_held = backward and plan.dst_rows_bytes > 0
     sizes = partition.bounds[1:] - partition.bounds[:-1]
     shape = canonical(shape)
+    applying = {}  # forward, without prefetching: a column's ApplyVertex, after its loads have gone
     if backward:
         held = {g: resident_bytes(int(sizes[g]), shape, "backward") for g, _ in plan.groups}
-    else:  # a tile's accumulators
-        held = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape) for g, _ in plan.groups}
+    elif plan.prefetch > 0:  # a tile's accumulators, and ApplyVertex beside the next column's prefetched loads
+        held = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape, apply_rows) for g, _ in plan.groups}
+    else:
+        held = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape, 0) for g, _ in plan.groups}
+        applying = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape, apply_rows) for g, _ in plan.groups}
     seq: list[tuple[int, int, tuple | None, int]] = []  # (group, bytes, block (one per run), block bytes)
     run = 0
     for g, steps in plan.groups:
@@ -220,7 +225,7 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
             run += not step.shares_block
             for c in step.subs:
                 seq.append((g, sub_chunk_bytes(c, shape, fused, backward, dst_held), run if full else None, step.block_bytes if full else 0))
-    peak = max(held.values(), default=0)
+    peak = max([*held.values(), *applying.values()], default=0)
     window = live_sub_chunks(plan.prefetch)
     for k in range(len(seq)):
         live = seq[k : k + window]

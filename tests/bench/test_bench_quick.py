@@ -44,8 +44,7 @@ def _check_ooc(r: dict) -> None:
 def test_gcn_quick_result_keys():
     r = gcn.run(quick=True)
     _check_epoch_bench(r, gcn.CONFIGS[:-1])
-    _check_ooc(r)
-    assert r["results"]["sagann_ooc"]["num_chunks"] > 1
+    _check_ooc(r)  # out of core by its peak: at most half the in-memory one
     assert r["graph"]["edges_with_self_loops"] == _peers.QUICK_GRAPH.num_edges + _peers.QUICK_GRAPH.num_vertices, "gcn keeps R-MAT's duplicate edges"
 
 

@@ -26,7 +26,7 @@ def _train(model_name: str, epochs: int, checkpoint=None, hidden: int = 8, lr: f
     """A fresh process-like run: seed, build the model and a graph under a budget that forces P > 1."""
     torch.manual_seed(0)
     model = build_model(model_name, DATA.x.shape[1], hidden, DATA.num_classes, **model_kw)
-    g = sagann.ChunkedGraph(DATA.edge_index, 300, device=sagann.CpuDevice("40KB"), schedule=sagann.ScheduleConfig(order="natural"))
+    g = sagann.ChunkedGraph(DATA.edge_index, 300, device=sagann.CpuDevice("20KB"), schedule=sagann.ScheduleConfig(order="natural"))
     masks = [torch.from_numpy(m) for m in (DATA.train_mask, DATA.val_mask, DATA.test_mask)]
     history = train_node_classifier(
         model, g, torch.from_numpy(DATA.x), torch.from_numpy(DATA.y), *masks, epochs=epochs, lr=lr, progress=False,

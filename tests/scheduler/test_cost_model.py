@@ -69,7 +69,8 @@ def test_a_larger_p_is_picked_only_where_the_model_predicts_it_faster():
     if pick is not None:
         bounds = balanced_bounds(in_degree, pick[0], vertex_weight(SHAPE, False))
         assert estimate_partition(chunk_nnz(EDGES, bounds), bounds, pick[1], SHAPE).bytes < (1 - cost_model.MARGIN) * base.bytes
-    assert faster_partition(EDGES, in_degree, smallest, _job(budget), StepCosts(1.0, 0.0, 0.0), smallest.num_chunks) is None  # no larger P allowed
+    same = faster_partition(EDGES, in_degree, smallest, _job(budget), StepCosts(1.0, 0.0, 0.0), smallest.num_chunks)
+    assert same is None or same[0] == smallest.num_chunks  # no larger P allowed (wider sub-chunks at the same P may be)
 
 
 def test_the_next_few_p_above_the_smallest_are_candidates(monkeypatch):
@@ -270,5 +271,5 @@ def test_a_layer_with_no_backward_edge_stage_sizes_its_sub_chunks_for_the_forwar
     fwd, bwd = _planner(limit, "smallest"), _planner(limit, "smallest")
     a, b = fwd.partition_for(FORWARD_ONLY, False, 1000), bwd.partition_for(trained, False, 1000)
     assert a.num_sub_chunks < b.num_sub_chunks  # fewer steps for the layer that only streams forward
-    assert working_set(a, FORWARD_ONLY, False, 1000).peak_bytes <= limit  # and what it plans still fits
+    assert working_set(a, FORWARD_ONLY, False, 1000, budget=limit).peak_bytes <= limit  # and what it plans still fits
     assert DEFAULT_SUB_CHUNK_NNZ >= a.sub_chunk_nnz

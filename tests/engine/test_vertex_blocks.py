@@ -1,0 +1,123 @@
+"""ApplyVertex and the hooks in row blocks: the same values and gradients as whole intervals, dropout replayed, within the budget."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sagann
+from sagann.engine import call as call_module
+from sagann.scheduler.memory_model import _row_bytes, vertex_block_rows
+from tests.engine.graphs import awkward_graph
+from tests.engine.layers import Builtin, GatedGCN, HookLayer
+from tests.engine.test_out_of_core import check_layer, make_inputs
+
+
+@pytest.fixture
+def blocks_of_three(monkeypatch):
+    """Every interval's ApplyVertex in blocks of at most 3 rows; counts the intervals that ran in several."""
+    split = []
+    monkeypatch.setattr(call_module, "vertex_block_rows", lambda rows, *a, **k: min(rows, 3))
+    monkeypatch.setattr(call_module, "hook_block_rows", lambda rows, *a, **k: min(rows, 4))
+    whole = call_module.LayerCall.vertex_blocks
+
+    def counted(self, lo, hi):
+        blocks = whole(self, lo, hi)
+        split.append(len(blocks) > 1)
+        return blocks
+
+    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", counted)
+    return split
+
+
+CASES = {
+    "gcn-like": (lambda: Builtin("src_mul_edge", "sum", 5, hooks=True), "src_mul_edge"),
+    "sage": (lambda: sagann.nn.SAGEConv(5, 4), None),
+    "max": (lambda: Builtin("copy_src", "max", 5), None),
+    "gated-gcn": (lambda: GatedGCN(5, 4), None),
+    "hooks": (lambda: HookLayer(5, 4, 3, "mean"), "edges"),
+}
+
+
+@pytest.mark.parametrize("num_chunks", [1, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocks_equal_whole_intervals(blocks_of_three, case, num_chunks):
+    make, edges = CASES[case]
+    rng = np.random.default_rng(2)
+    n, ei = 40, awkward_graph(rng, 40, 160)
+    torch.manual_seed(0)
+    layer = make()
+    x, ed = make_inputs(n, ei.shape[1], 5, edges if edges != "edges" else None)
+    check_layer(layer, ei, n, x, ed if edges else None, num_chunks, None)
+    assert any(blocks_of_three), "no interval ran in blocks"
+
+
+def test_dropout_in_blocked_apply_vertex_is_replayed_in_backward(blocks_of_three):
+    """Backward recomputes each block under the forward's seed: a central difference matches the gradient."""
+
+    class Dropped(sagann.Layer):
+        gather = "sum"
+        apply_edge = sagann.fn.copy_src
+
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4, bias=False)
+
+        def apply_vertex(self, v, acc):
+            return torch.nn.functional.dropout(self.lin(acc), 0.5, self.training)
+
+    rng = np.random.default_rng(0)
+    n, ei = 20, awkward_graph(rng, 20, 100)
+    layer = Dropped().train()
+    g = sagann.ChunkedGraph(ei, n, num_chunks=2, device=sagann.CpuDevice("1MB"))
+    x = torch.randn(n, 4, requires_grad=True)
+    w, direction = torch.randn(n, 4), torch.randn(n, 4)
+
+    def f(inp):
+        torch.manual_seed(5)
+        return (layer(g, inp) * w).sum()
+
+    (gx,) = torch.autograd.grad(f(x), [x])
+    assert any(blocks_of_three)
+    h = 0.5
+    with torch.no_grad():
+        fd = (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+    assert abs(fd.item() - (gx * direction).sum().item()) <= 1e-4 * max(1.0, abs(fd.item()))
+
+
+def test_block_rows_fit_the_budget_and_cover_the_interval_where_it_fits():
+    from sagann.engine.layer import probe_layer
+    from tests.engine.test_budget import _WideMLP
+
+    shape = probe_layer(_WideMLP(), 4, None, torch.device("cpu"))
+    rows, params = 1000, 2_000
+    row_bytes = _row_bytes(shape)["backward apply_vertex"]
+    assert vertex_block_rows(rows, shape, params, None) == rows
+    assert vertex_block_rows(rows, shape, params, rows * 10 * row_bytes) == rows
+    blocks = [vertex_block_rows(rows, shape, params, budget) for budget in (1_000, 60_000, 200_000, 400_000)]
+    assert blocks[0] == 1 and blocks == sorted(blocks) and blocks[-1] < rows  # at least a row; more as the budget grows
+    for budget, block in zip((60_000, 200_000, 400_000), blocks[1:]):
+        assert block * row_bytes + 2 * params <= budget  # the recompute and gradients of a block fit
+
+
+def test_a_budget_where_only_blocks_fit_trains_within_it(monkeypatch):
+    """A GIN whose MLP holds wide hidden rows: the budget fits its edge stages, not whole intervals' ApplyVertex."""
+    from sagann.chunks.synthetic import rmat
+
+    split = []
+    whole = call_module.LayerCall.vertex_blocks
+    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: split.append(len(whole(self, lo, hi)) > 1) or whole(self, lo, hi))
+    n = 512
+    ei = rmat(n, 8 * n, seed=3)
+    torch.manual_seed(0)
+    layer = sagann.nn.GINConv(torch.nn.Sequential(torch.nn.Linear(8, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8)))
+    x = torch.randn(n, 8, requires_grad=True)
+    ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x)
+    (ref_gx,) = torch.autograd.grad((ref * ref).sum(), [x])
+    device = sagann.CpuDevice("120KB")
+    g = sagann.ChunkedGraph(ei, n, device=device)
+    out = layer(g, x)
+    (gx,) = torch.autograd.grad((out * out).sum(), [x])
+    assert any(split), "the budget did not need blocks: lower it"
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and torch.allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
+    assert device.peak_bytes <= g.planned_peak_bytes <= device.memory_budget
