@@ -7,7 +7,7 @@ import torch
 
 import sagann
 from sagann.engine import call as call_module
-from sagann.scheduler.memory_model import _row_bytes, vertex_block_rows
+from sagann.scheduler.memory_model import BLOCK_HEADROOM, MAX_BLOCKS, _row_bytes, vertex_block_rows
 from tests.engine.graphs import awkward_graph
 from tests.engine.layers import Builtin, GatedGCN, HookLayer
 from tests.engine.test_out_of_core import check_layer, make_inputs
@@ -94,10 +94,12 @@ def test_block_rows_fit_the_budget_and_cover_the_interval_where_it_fits():
     row_bytes = _row_bytes(shape)["backward apply_vertex"]
     assert vertex_block_rows(rows, shape, params, None) == rows
     assert vertex_block_rows(rows, shape, params, rows * 10 * row_bytes) == rows
-    blocks = [vertex_block_rows(rows, shape, params, budget) for budget in (1_000, 60_000, 200_000, 400_000)]
-    assert blocks[0] == 1 and blocks == sorted(blocks) and blocks[-1] < rows  # at least a row; more as the budget grows
-    for budget, block in zip((60_000, 200_000, 400_000), blocks[1:]):
-        assert block * row_bytes + 2 * params <= budget  # the recompute and gradients of a block fit
+    budgets = [int(rows * row_bytes * f) for f in (0.02, 0.3, 0.6, 0.9)]
+    blocks = [vertex_block_rows(rows, shape, params, budget) for budget in budgets]
+    assert blocks[0] == rows, "more than MAX_BLOCKS blocks: the whole interval, which does not fit (the planner takes a larger P)"
+    assert blocks[1:] == sorted(blocks[1:]) and blocks[-1] < rows  # more rows a block as the budget grows
+    for budget, block in zip(budgets[1:], blocks[1:]):
+        assert block * MAX_BLOCKS >= rows and BLOCK_HEADROOM * block * row_bytes + 2 * params <= budget  # a block's recompute and gradients fit, twice
 
 
 def test_a_budget_where_only_blocks_fit_trains_within_it(monkeypatch):
