@@ -139,7 +139,7 @@ def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_
         with call.span("apply_vertex", BACKWARD, (j,)):
             recompute = out_j is None
             if recompute:
-                with torch.enable_grad(), call.vertex_rng(j, lo, blocks):
+                with torch.enable_grad(), call.block_rng("vertex", j, lo, blocks):
                     out_j = call.layer.apply_vertex(xj, acc)
             # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
             saved_j = (hi - lo) * call.shape.vertex_saved * recompute  # a kept graph's are charged as they load
@@ -336,7 +336,7 @@ def _backward_chunk(call: LayerCall, inputs: ChunkInputs, saved, acc: tuple, gra
 def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads") -> None:
     p, dev = call.p, call.device
     graphs = call.hook_graphs.pop(hook, None)
-    for q, lo, hi, blocks in ((q, b0, b1, n) for q, lo_q, hi_q in p.intervals() for n in [len(call.hook_blocks(lo_q, hi_q))] for b0, b1 in call.hook_blocks(lo_q, hi_q)):
+    for q, lo, hi, blocks in call.hook_rows():
         gt = kept = v = h = hgrads = None  # the last block's tensors go before this one's load
         with dev.scope() as s:
             narrow = call.g.schedule.transfer_dtype
@@ -350,7 +350,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
                     v, h = kept
                 else:
                     v = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{q}").requires_grad_(need_x)
-                    with torch.enable_grad(), (call.rng(hook, q) if blocks == 1 else call.rng(hook, q, lo)):
+                    with torch.enable_grad(), call.block_rng(hook, q, lo, blocks):
                         h = getattr(call.layer, hook)(v)
                 saved_q = (hi - lo) * call.shape.hook_saved * (1 + (kept is None))  # their gradients; a recompute's saved tensors
                 s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape

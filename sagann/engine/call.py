@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,8 +86,7 @@ class LayerCall:
 
     def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None, rng_lock: threading.RLock | None = None):
         self.spec, self.g, self.p = spec, g, partition
-        self._vertex_block: tuple | None = None  # (partition, rows per ApplyVertex block on it)
-        self._hook_block: tuple | None = None  # (partition, rows per hook block on it)
+        self._block_memo: dict[str, tuple] = {}  # "vertex" / "hook" -> (partition, rows per block on it)
         self.apply_cap: int | None = None  # the forward's block where its edge stage's loads leave less room (kept for backward's replay)
         self.layer, self.shape, self.name = spec.layer, spec.shape, spec.name
         self.backend, self.fused, self.param_bytes = spec.backend, spec.fused, spec.param_bytes
@@ -168,31 +168,31 @@ class LayerCall:
         capped by the forward's room (``apply_cap``), so the ledger stays
         within what the plan counted.
         """
-        if self._vertex_block is None or self._vertex_block[0] is not self.p:
+        block = self._block_rows("vertex", vertex_block_rows)
+        return _split(lo, hi, block if self.apply_cap is None else max(1, min(block, self.apply_cap)))
+
+    def hook_rows(self) -> Iterator[tuple[int, int, int, int]]:
+        """``(q, lo, hi, blocks)`` of every block the hooks run in (:func:`~sagann.scheduler.memory_model.hook_block_rows`):
+        interval ``q``'s rows ``lo:hi`` and how many blocks cover ``q``, forward and backward alike."""
+        for q, lo_q, hi_q in self.p.intervals():
+            blocks = _split(lo_q, hi_q, self._block_rows("hook", hook_block_rows))
+            for lo, hi in blocks:
+                yield q, lo, hi, len(blocks)
+
+    def _block_rows(self, kind: str, rows_for) -> int:
+        """Rows per block of ``kind`` on this call's partition (``rows_for``: the memory model's rule), for a recomputing backward."""
+        hit = self._block_memo.get(kind)
+        if hit is None or hit[0] is not self.p:
             sizes = np.diff(self.p.bounds)
             biggest = int(sizes.max()) if sizes.size else 0
             shape = dataclasses.replace(self.shape, recomputes=True)
-            self._vertex_block = (self.p, vertex_block_rows(biggest, shape, self.param_bytes, self.device.memory_budget))
-        block = max(1, self._vertex_block[1] if self.apply_cap is None else min(self._vertex_block[1], self.apply_cap))
-        if hi - lo <= block:
-            return [(lo, hi)]
-        return [(b, min(hi, b + block)) for b in range(lo, hi, block)]
+            hit = self._block_memo[kind] = (self.p, rows_for(biggest, shape, self.param_bytes, self.device.memory_budget))
+        return max(1, hit[1])
 
-    def hook_blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """The rows ``lo:hi`` of an interval in the blocks the hooks run in, forward and backward alike (:func:`hook_block_rows`)."""
-        if self._hook_block is None or self._hook_block[0] is not self.p:
-            sizes = np.diff(self.p.bounds)
-            biggest = int(sizes.max()) if sizes.size else 0
-            shape = dataclasses.replace(self.shape, recomputes=True)
-            self._hook_block = (self.p, hook_block_rows(biggest, shape, self.param_bytes, self.device.memory_budget))
-        block = max(1, self._hook_block[1])
-        if hi - lo <= block:
-            return [(lo, hi)]
-        return [(b, min(hi, b + block)) for b in range(lo, hi, block)]
-
-    def vertex_rng(self, j: int, b0: int, blocks: int) -> contextlib.AbstractContextManager:
-        """:meth:`rng` of ApplyVertex on V_j's block starting at row ``b0`` (of ``blocks``): the interval's key where it is one block."""
-        return self.rng("vertex", j) if blocks == 1 else self.rng("vertex", j, b0)
+    def block_rng(self, kind: str, q: int, lo: int, blocks: int) -> contextlib.AbstractContextManager:
+        """:meth:`rng` of a per-vertex function (``kind``: "vertex" or a hook) on interval ``q``'s block from row ``lo``
+        (of ``blocks``): the interval's own key where it is one block."""
+        return self.rng(kind, q) if blocks == 1 else self.rng(kind, q, lo)
 
     def rng(self, *key) -> contextlib.AbstractContextManager:
         """Run a user function under the seed of this call and position ``key`` (training only)."""
@@ -289,3 +289,10 @@ def _data_permutation(host, given: np.ndarray, order: np.ndarray) -> torch.Tenso
     for lo in range(0, n, PERMUTE_BLOCK):
         perm[lo : lo + PERMUTE_BLOCK] = where[order[lo : lo + PERMUTE_BLOCK]]
     return torch.from_numpy(perm)
+
+
+def _split(lo: int, hi: int, block: int) -> list[tuple[int, int]]:
+    """Rows ``lo:hi`` in consecutive blocks of at most ``block`` rows (one where they fit)."""
+    if hi - lo <= block:
+        return [(lo, hi)]
+    return [(b, min(hi, b + block)) for b in range(lo, hi, block)]

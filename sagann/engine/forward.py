@@ -71,7 +71,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     out = call.g.host.empty((call.g.num_vertices, width), what=f"{hook} rows")
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
-    for q, lo, hi, blocks in ((q, b0, b1, n) for q, lo_q, hi_q in call.p.intervals() for n in [len(call.hook_blocks(lo_q, hi_q))] for b0, b1 in call.hook_blocks(lo_q, hi_q)):
+    for q, lo, hi, blocks in call.hook_rows():
         v = vin = h = kept = None  # the last block's tensors go before this one's load
         keep = mode if blocks == 1 else None  # blocks: backward recomputes them
         with call.device.scope() as s:
@@ -80,7 +80,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
             kept = KeptGraph(call.params) if keep == "offload" else None
             vin = v.detach().requires_grad_(call.need_x) if keep else v  # a kept graph's input leaf
             saving = kept.hooks() if kept is not None else contextlib.nullcontext()
-            rng = call.rng(hook, q) if blocks == 1 else call.rng(hook, q, lo)
+            rng = call.block_rng(hook, q, lo, blocks)
             with call.span("apply_vertex", FORWARD, (q,)), rng, torch.set_grad_enabled(keep is not None), saving:
                 t0 = time.perf_counter()
                 h = s.adopt(getattr(call.layer, hook)(vin), f"{hook} rows V_{q}")
@@ -237,7 +237,7 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
     for b0, b1 in blocks:
         with dev.scope() as bs:
             bs.charge(vertex_scratch_bytes(b1 - b0, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j} rows {b0}:{b1}")
-            with call.span("apply_vertex", FORWARD, (j,)), call.vertex_rng(j, b0, len(blocks)):
+            with call.span("apply_vertex", FORWARD, (j,)), call.block_rng("vertex", j, b0, len(blocks)):
                 out_b = call.layer.apply_vertex(col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo])
             call.check_rows(out_b, b1 - b0, shape.d_out, "apply_vertex")
             bs.adopt(out_b, f"output rows V_{j} rows {b0}:{b1}")

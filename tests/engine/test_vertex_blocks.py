@@ -11,6 +11,7 @@ from sagann.scheduler.memory_model import BLOCK_HEADROOM, MAX_BLOCKS, _row_bytes
 from tests.engine.graphs import awkward_graph
 from tests.engine.layers import Builtin, GatedGCN, HookLayer
 from tests.engine.test_out_of_core import check_layer, make_inputs
+from tests.measured import assert_measured_within
 
 
 @pytest.fixture
@@ -116,10 +117,11 @@ def test_a_budget_where_only_blocks_fit_trains_within_it(monkeypatch):
     x = torch.randn(n, 8, requires_grad=True)
     ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x)
     (ref_gx,) = torch.autograd.grad((ref * ref).sum(), [x])
-    device = sagann.CpuDevice("120KB")
+    device = sagann.CpuDevice("120KB", meter=True)
     g = sagann.ChunkedGraph(ei, n, device=device)
     out = layer(g, x)
     (gx,) = torch.autograd.grad((out * out).sum(), [x])
     assert any(split), "the budget did not need blocks: lower it"
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and torch.allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
     assert device.peak_bytes <= g.planned_peak_bytes <= device.memory_budget
+    assert_measured_within(device)  # what torch allocated, not only what the ledger counted
