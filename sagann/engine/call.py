@@ -256,7 +256,7 @@ class LayerCall:
     def _recompute_fits(self) -> bool:
         if self._fits_recompute is None:
             budget = self.device.memory_budget
-            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes, self.device.memory_budget) <= budget
+            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes, budget) <= budget
         return self._fits_recompute
 
     def edge_stage_has_grads(self, need_x: bool, need_e: bool) -> bool:

@@ -71,6 +71,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     out = call.g.host.empty((call.g.num_vertices, width), what=f"{hook} rows")
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
+    blocked = False  # a block whose graph would have been kept: backward recomputes it
     for q, lo, hi, blocks in call.hook_rows():
         v = vin = h = kept = None  # the last block's tensors go before this one's load
         keep = mode if blocks == 1 else None  # blocks: backward recomputes them
@@ -94,8 +95,9 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                     graphs[q] = kept
             elif keep:
                 graphs[q] = (vin, graph_handle(h))
-            elif mode:  # a graph would have been kept: the plan counts backward's recompute of the blocks
-                call.g.planner.note_recompute_peak(recompute_bytes(call.p, call.shape, call.param_bytes, call.device.memory_budget))
+            blocked = blocked or (mode is not None and blocks > 1)
+    if blocked:  # the plan counts backward's recompute of the blocks
+        call.g.planner.note_recompute_peak(recompute_bytes(call.p, call.shape, call.param_bytes, call.device.memory_budget))
     return out
 
 
