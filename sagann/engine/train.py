@@ -340,16 +340,23 @@ def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tens
     its first at least once: replaying ``min(2, epochs_done)`` calls reaches
     the same state (a second sighting in the resumed epoch itself comes
     before anything that depends on it, as it did in the uninterrupted
-    run). Output discarded; no RNG is drawn in eval mode (and the
-    checkpoint's RNG state is restored after it).
+    run). First one training-mode call under autograd (no backward): the
+    planner narrows its sub-chunks for the calls whose backward needs more
+    room when it first sees them, as the uninterrupted run did in its first
+    epoch; without it the resumed epoch's first layers would run on the
+    wider sub-chunks an evaluation call allows. Output discarded; the
+    checkpoint's RNG state is restored after the replay (a dropout's draws
+    are undone).
     """
-    if not g.schedule.cache_gather:
-        return
     was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for _ in range(min(2, epochs_done)):
-            model(g, x)
+    model.train()
+    with torch.enable_grad():
+        model(g, x)
+    if g.schedule.cache_gather:
+        model.eval()
+        with torch.no_grad():
+            for _ in range(min(2, epochs_done)):
+                model(g, x)
     model.train(was_training)
 
 
