@@ -216,7 +216,7 @@ class LayerCall:
 
     def plan(self, phase: str, reads_src: bool = True) -> PassPlan:
         """The pass's plan; ``reads_src=False``: the pass sends no source rows (a sum's source gradient), so plan none."""
-        shape = self.shape if reads_src else dataclasses.replace(self.shape, uses_src=False, uses_src_term=False)
+        shape = self.shape if reads_src else dataclasses.replace(self.shape, sends_src=False)
         return self.g.pass_plan(self.p, shape, self.fused, self.param_bytes, phase, self.executor.measured(phase))
 
     def keep_mode(self) -> str | None:

@@ -66,11 +66,11 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     params = [p for p in layer.parameters() if p.requires_grad]
     shape = _shape(layer, x, edge_data, device.torch_device)
     backend = _backend_for(g, shape)
-    shape = _with_kernel_scratch(shape, backend)
     param_bytes = sum(tensor_bytes(p) for p in layer.parameters())
     fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
     grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
     shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
+    shape = _with_kernel_scratch(shape, backend)  # after with_grads: what the backward holds depends on them
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes, owner=call_owner(layer, x, edge_data))
     seed = draw_seed(layer) if seed is None else seed
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
@@ -113,9 +113,14 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
 
 def _with_kernel_scratch(shape: LayerShape, backend: str) -> LayerShape:
     """``shape`` with the per-edge bytes ``backend``'s kernels hold beyond a builtin op's operands, for the memory model."""
-    scratch = getattr(kernels.get_backend(backend), "scratch_bytes_per_edge", None) if shape.builtin is not None else None
+    impl = kernels.get_backend(backend)
+    scratch = getattr(impl, "scratch_bytes_per_edge", None) if shape.builtin is not None else None
     per_edge = int(scratch(shape.builtin.op, shape.d_edge)) if scratch is not None else 0
-    return dataclasses.replace(shape, kernel_scratch=per_edge) if per_edge != shape.kernel_scratch else shape
+    held = getattr(impl, "sum_backward_bytes_per_edge", None) if shape.builtin is not None else None
+    backward = int(held(shape.builtin.op, shape.d_edge, shape.grad_edge)) if held is not None else 0
+    if (per_edge, backward) == (shape.kernel_scratch, shape.sum_backward_edge):
+        return shape
+    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward)
 
 
 def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor, host=None) -> torch.Tensor:

@@ -50,7 +50,11 @@ class KernelBackend(Protocol):
     memory model charges them (none where it is absent). And
     ``reads_source_major(op, d_edge) -> bool``: the src gradient of ``op``'s
     sum reads source-major arrays, which the engine then sends
-    (:func:`sagann.kernels.source_major_backward`).
+    (:func:`sagann.kernels.source_major_backward`). And
+    ``sum_backward_bytes_per_edge(op, d_edge, grad_edge) -> int``: the
+    device bytes per edge its ``gspmm_sum_backward`` holds (index arrays
+    read, edge data, edge gradient); without it the memory model counts
+    every index array of a sub-chunk.
     """
 
     def gspmm(

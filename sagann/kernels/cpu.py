@@ -239,3 +239,14 @@ _FRONTEND = Frontend(_validate, _GSpMM, _GSDDMM, grads, _block_spmm, source_majo
 gspmm = _FRONTEND.gspmm
 gsddmm = _FRONTEND.gsddmm
 gspmm_sum_backward = _FRONTEND.gspmm_sum_backward
+
+
+def sum_backward_bytes_per_edge(op: str, d_edge: int, grad_edge: bool) -> int:
+    """Device bytes per edge of a direct sum backward here (:func:`_grads`), for the memory model.
+
+    In CSC order the kernels read ``src_idx``, ``src_perm`` and
+    ``dst_idx``; source-major, ``src_dst`` alone (a file-backed chunk makes
+    it from the first two): at most three int32 per edge. Then the edge
+    data and, when asked for, its gradient, in float32.
+    """
+    return 3 * 4 + 4 * int(d_edge) * (2 if grad_edge else 1)

@@ -81,6 +81,11 @@ class LayerShape:
     # bytes per edge the kernel backend holds beyond a builtin op's operands (KernelBackend.scratch_bytes_per_edge):
     # the cuda backend's sparse CSR product keeps unit weights and column ids; filled in per call (run_layer)
     kernel_scratch: int = 0
+    # bytes per edge a direct sum backward holds on the backend (KernelBackend.sum_backward_bytes_per_edge): the index
+    # arrays its kernels read, the edge data and their gradient; 0 where unknown (every index array is counted)
+    sum_backward_edge: int = 0
+    # False for a sum's source gradient, which reads no source rows (its accumulator over V_i is still held)
+    sends_src: bool = True
     attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
     # what backward will compute, known when the call is planned (autograd mode, requires_grad):
     # the probe leaves all True (the most memory); run_layer fills them in per call
@@ -146,7 +151,7 @@ class LayerShape:
     @property
     def d_src_side(self) -> int:
         """Columns of source-side rows an edge stage transfers."""
-        return self.d_in * self.uses_src + self.d_src_term * self.uses_src_term
+        return self.d_in * self.uses_src + self.d_src_term * self.uses_src_term if self.sends_src else 0
 
     @property
     def d_dst_side(self) -> int:
@@ -408,6 +413,8 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
     # backward: every index array may be on the device; edge ids only for winners (below)
+    if backward and shape.sum_backward_edge and direct_sum_backward(shape, fused):
+        return _direct_backward_bytes(c, shape, src, partial)
     index = c.nbytes - c.edge_ids.nbytes if backward else forward_index_bytes(c, fused)
     b = index + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
@@ -418,6 +425,15 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     grads = src + edge + dst
     src_dst = 4 * c.nnz if fused else 0  # a fused backward may read destination ids source-major (ChunkTensors.src_dst)
     return int(b + rows + grads + backward_scratch_times(shape, fused) * scratch + src_dst)
+
+
+def _direct_backward_bytes(c, shape: LayerShape, src: int, partial: int) -> int:
+    """A direct sum backward's sub-chunk where the backend says what it holds per edge (``shape.sum_backward_edge``), not
+    "every index array may be on the device" (twice what the CPU kernels hold): pointers, rows and their gradients, scratch once."""
+    pointers = INT32 * (c.num_dst + 1 + c.num_src + 1) + c.src_rows.nbytes
+    dst = FLOAT * c.num_dst * shape.d_dst_side
+    rows = c.num_dst * backward_dst_row_bytes(shape)
+    return int(pointers + c.nnz * shape.sum_backward_edge + 2 * src + partial + rows + dst + edge_scratch_bytes(c.nnz, shape, True))
 
 
 def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1, budget: int | None = None) -> WorkingSet:
@@ -547,6 +563,9 @@ def _sub_chunk_unit_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
     if not shape.backward_edges:  # the row; source id (+ the row of each edge where not fused), edge data, scratch
         return FLOAT * shape.d_src_side, _forward_index_bytes_per_entry(fused) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
     scratch = backward_scratch_times(shape, fused) * edge_scratch_bytes(1, shape, fused)
+    if shape.sum_backward_edge and direct_sum_backward(shape, fused):  # what the backend's kernels hold, or the forward's
+        forward = _forward_index_bytes_per_entry(fused) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
+        return 2 * FLOAT * shape.d_src_side, max(forward, scratch + shape.sum_backward_edge)
     return 2 * FLOAT * shape.d_src_side, scratch + 2 * FLOAT * shape.d_edge + 24
 
 

@@ -59,6 +59,9 @@ from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPoli
 from sagann.scheduler.planning_records import DeviceScope, Measured, PassJob, largest_block, unmeasured
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
 
+WIDEN_STEPS = (4, 2, 1.5, 1.25)  # Planner._widen grows sub-chunks by the first factor while it fits, then by the next
+
+
 class Planner:
     """Chooses a graph's partition per layer call and the plan of each pass, within the devices' budgets.
 
@@ -361,22 +364,24 @@ class Planner:
 
         The starting sub-chunk size assumes one new source row per edge; real
         chunks reuse rows, so bigger sub-chunks usually fit, and they re-send
-        fewer shared rows (selective bytes) and take fewer steps. Grows 4x
-        while the partition changes and fits, then 2x while that fits. The
-        last fit is dropped while a wider one is cut, and cut again if needed.
+        fewer shared rows (selective bytes) and take fewer steps. Grows by
+        each of :data:`WIDEN_STEPS` in turn while it fits (where 2x does not,
+        1.25x may still save a step a chunk). The last fit is dropped while
+        a wider one is cut, and cut again if needed.
         """
         budget, weight = self.budget, vertex_weight(shape, fused)
         part, ws = fit
         p, sub, largest = part.num_chunks, part.sub_chunk_nnz, max((c.nnz for c in part.sub_chunks()), default=0)
-        growth = 4
-        while growth > 1 and sub < cap and largest >= sub:
+        steps = iter(WIDEN_STEPS)
+        growth = next(steps)
+        while growth is not None and sub < cap and largest >= sub:
             fit.clear()
             part = None
-            wider = self._cut(p, min(growth * sub, cap), weight)
+            wider = self._cut(p, min(max(sub + 1, int(growth * sub)), cap), weight)
             w = working_set(wider, shape, fused, param_bytes, in_flight=in_flight, budget=budget)
             if w.peak_bytes > budget or not self._fits_the_others(wider, shape, fused, param_bytes, in_flight):
                 wider = None
-                growth //= 2  # 4x does not fit: 2x may
+                growth = next(steps, None)  # this growth does not fit: a smaller one may
                 continue
             part, ws, sub, largest = wider, w, wider.sub_chunk_nnz, max((c.nnz for c in wider.sub_chunks()), default=0)
             fit[:] = [part, ws]

@@ -45,8 +45,8 @@ def widths(d: int) -> LayerShape:
 @pytest.mark.parametrize(
     "fraction,chunks,sub,bounds",
     [
-        (20, 2, 448, [0, 2000, 4000]),
-        (40, 3, 224, [0, 1333, 2666, 4000]),
+        (20, 2, 672, [0, 2000, 4000]),
+        (40, 3, 336, [0, 1333, 2666, 4000]),
         (80, 5, 112, [0, 799, 1599, 2399, 3200, 4000]),
     ],
 )
@@ -66,9 +66,9 @@ def test_picks_the_partition_the_graph_picked(fraction, chunks, sub, bounds):
 def test_p_only_grows_until_allowed_to_coarsen():
     p = planner(1162938)
     seen = [(p.partition_for(widths(d), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) for d in (16, 64, 128, 32)]
-    assert seen == [(1, 875), (3, 225), (5, 113), (5, 113)], "a narrower call keeps the finer partition"
+    assert seen == [(1, 1312), (3, 337), (5, 141), (5, 141)], "a narrower call keeps the finer partition"
     p.allow_coarser()
-    assert (p.partition_for(widths(16), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) == (1, 875)
+    assert (p.partition_for(widths(16), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) == (1, 1312)
     assert p.partition_for(widths(16), False, PARAMS).num_chunks == 1, "coarsening is once per allow_coarser"
 
 
@@ -88,7 +88,7 @@ def test_refine_doubles_p_and_halves_sub_chunks_then_never_coarsens():
     p = planner(1162938)
     p.partition_for(widths(16), False, PARAMS)
     finer = p.refine(widths(16), False)
-    assert (finer.num_chunks, finer.sub_chunk_nnz) == (2, 437) and p.partition is finer
+    assert (finer.num_chunks, finer.sub_chunk_nnz) == (2, 656) and p.partition is finer
     p.allow_coarser()
     assert p.partition_for(widths(16), False, PARAMS) is finer, "after running out of memory the model is not trusted to coarsen"
 
