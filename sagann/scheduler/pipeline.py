@@ -103,11 +103,12 @@ class Prefetcher(Generic[T]):
             if self._thread is None:
                 for label, job in self._jobs:
                     try:
-                        item = job()
+                        held = [job()]
                     except Exception as exc:
                         raise LoaderError(f"loading {label} failed: {exc}") from exc
-                    yield item
-                    item = None  # the consumer is done with it: its tensors go before the next load
+                    # handed over, not kept: this frame waits at the yield until the consumer asks for the next
+                    # item, which may be after it has opened the next column; what it holds stays alive till then
+                    yield held.pop()
                 self._close_jobs()
                 return
             while True:
@@ -121,8 +122,8 @@ class Prefetcher(Generic[T]):
                     return
                 if isinstance(item, _Failed):
                     raise LoaderError(f"loading {item.label} failed: {item.exc}") from item.exc
-                yield item
-                item = None
+                held, item = [item], None
+                yield held.pop()
         finally:
             self.close()
 

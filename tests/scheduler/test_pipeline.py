@@ -148,6 +148,25 @@ def test_an_item_the_consumer_dropped_is_freed_before_the_next_load(depth):
     assert peak[0] <= live_sub_chunks(depth)
 
 
+@pytest.mark.parametrize("depth", [0, 2])
+def test_the_stream_holds_no_item_between_two_next_calls(depth):
+    """Between handing an item out and the consumer's next ``next()``, the prefetcher keeps no reference to it: a column's last
+    sub-chunk (and the column's rows its inputs point at) goes when the consumer drops it, even if the consumer then opens the
+    next column before asking for more (a 35 % overrun of the budget, measured, while the generator sat at its yield)."""
+    import gc
+    import weakref
+
+    class Item:
+        pass
+
+    stream = iter(Prefetcher([(str(k), Item) for k in range(4)], depth))
+    for _ in range(3):
+        ref = weakref.ref(next(stream))
+        gc.collect()
+        assert ref() is None, "the stream kept the item it handed out"
+    stream.close()
+
+
 def test_closing_before_the_first_item_stops_the_loader_and_releases():
     """A consumer that fails before its first next() (e.g. out of memory on its own buffers) still stops the loader."""
     released = []
