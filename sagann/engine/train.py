@@ -327,7 +327,7 @@ def _train_epoch(loop: _Loop, epoch: int, saved: int) -> int:
 
 
 def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor, epochs_done: int) -> None:
-    """Evaluation calls on x, so a resumed run computes what the uninterrupted one did.
+    """A training-mode call and evaluation calls on x, so a resumed run computes what the uninterrupted one did.
 
     The uninterrupted run had called the model on x before this epoch, so
     its first layer ran on a cached Gather (``sagann.engine.constant``: from
