@@ -77,3 +77,24 @@ def test_a_training_step_sends_about_half_the_bytes(model_cls):
         model(g, x).square().mean().backward()
         sent[dtype] = dev.bytes_in - before
     assert sent[torch.bfloat16] <= 0.55 * sent[None], sent
+
+
+def test_16_bit_rows_are_widened_piece_by_piece():
+    """An interval's 16-bit rows cross in pieces into its float32 rows: one piece of 16-bit rows is alive beside them, not
+    all (the model counts the float32 rows alone). Measured by what torch allocated; the values are the rounded rows."""
+    from sagann.scheduler.executor import WIDEN_PIECES, load_narrowed
+    from sagann.scheduler.meter import allocated_peak
+
+    dev = sagann.CpuDevice(copy_transfers=True)
+    host = torch.randn(4096, 32)
+    out = []
+
+    def load():
+        with dev.scope() as scope:
+            out.append(load_narrowed(scope, host, torch.bfloat16, "rows"))
+
+    peak = allocated_peak(load)
+    wide, piece = host.numel() * 4, host.numel() * 2 // WIDEN_PIECES
+    assert wide <= peak <= wide + piece
+    assert torch.equal(out[0], host.to(torch.bfloat16).float())
+    assert dev.bytes_in == host.numel() * 2  # what crossed: the 16-bit rows
