@@ -77,13 +77,23 @@ def load_narrowed(scope: Scope, host: torch.Tensor | None, dtype: torch.dtype | 
     if dtype is None or host is None or host.dtype != torch.float32 or is_spilled(host):
         return scope.load(host, what)
     narrow = rounded(host, dtype)
-    rows = narrow.shape[0] if narrow.dim() else 0
-    if rows < 2 * WIDEN_PIECES or narrow.dtype == torch.float32:
+    if not in_pieces(narrow, narrow.shape[0] if narrow.dim() else 0):
         return widen(scope, scope.load(narrow, what), what)
-    wide = scope.adopt(torch.empty(tuple(narrow.shape), dtype=torch.float32, device=scope.device.torch_device), what)
-    piece = -(-rows // WIDEN_PIECES)
-    for lo in range(0, rows, piece):
-        wide[lo : lo + piece].copy_(scope.device.copy_in(narrow[lo : lo + piece]))
+    return widened_in_pieces(scope, narrow.shape, what, lambda lo, hi: scope.device.copy_in(narrow[lo:hi]))
+
+
+def in_pieces(host: torch.Tensor, rows: int) -> bool:
+    """Do ``rows`` rows of ``host`` cross in 16 bits, enough of them to cross in :data:`WIDEN_PIECES` pieces?"""
+    return host.dtype in (torch.bfloat16, torch.float16) and rows >= 2 * WIDEN_PIECES
+
+
+def widened_in_pieces(scope: Scope, shape: tuple, what, piece: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """float32 rows of ``shape``, charged to ``scope``, filled from the 16-bit rows ``piece(lo, hi)`` sends (a transfer each)."""
+    rows = shape[0]
+    wide = scope.adopt(torch.empty(tuple(shape), dtype=torch.float32, device=scope.device.torch_device), what)
+    step = -(-rows // WIDEN_PIECES)
+    for lo in range(0, rows, step):
+        wide[lo : lo + step].copy_(piece(lo, min(rows, lo + step)))
     return wide
 
 
@@ -198,14 +208,21 @@ class ChunkInputs:
                 return block
             t = s.adopt(block.index_select(0, self._src_local), lambda: f"{name} rows picked for {c.id!r}")
         else:
+            dev, what = s.device, (lambda: f"{name} rows of {c.id!r}")
             if name in SRC_FIELDS:
-                t = s.load_rows(*src_row_gather(host, c), lambda: f"{name} rows of {c.id!r}")
-            elif name == "data":  # edge data arrive in sub-chunk order: one slice
-                t = s.load(host[self._edge_offset : self._edge_offset + c.nnz], lambda: f"edge rows of {c.id!r}")
-            else:  # destination-row fields, in backward
-                lo = c.dst_start + c.dst_offset
-                t = s.load(host[lo : lo + c.num_dst], lambda: f"{name} rows of {c.id!r}")
-            self.loaded_bytes += tensor_bytes(t)
+                rows, index = src_row_gather(host, c)
+                if in_pieces(rows, c.num_src):  # 16-bit rows: gathered and widened a piece at a time
+                    t = widened_in_pieces(s, (c.num_src, *rows.shape[1:]), what, lambda lo, hi: dev.gather_in(rows, index[lo:hi]))
+                else:
+                    t = s.load_rows(rows, index, what)
+            else:  # edge data arrive in sub-chunk order (one slice); destination-row fields, in backward
+                lo = self._edge_offset if name == "data" else c.dst_start + c.dst_offset
+                part = host[lo : lo + (c.nnz if name == "data" else c.num_dst)]
+                if in_pieces(part, part.shape[0] if part.dim() else 0):
+                    t = widened_in_pieces(s, tuple(part.shape), what, lambda a, b: dev.copy_in(part[a:b]))
+                else:
+                    t = s.load(part, what)
+            self.loaded_bytes += t.numel() * host.element_size()
         t = widen(s, t, lambda: f"{name} rows of {c.id!r} widened to float32")
         if self._grad.get(name):
             t.requires_grad_(True)

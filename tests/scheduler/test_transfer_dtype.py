@@ -98,3 +98,24 @@ def test_16_bit_rows_are_widened_piece_by_piece():
     assert wide <= peak <= wide + piece
     assert torch.equal(out[0], host.to(torch.bfloat16).float())
     assert dev.bytes_in == host.numel() * 2  # what crossed: the 16-bit rows
+
+
+def test_16_bit_source_rows_are_gathered_and_widened_piece_by_piece():
+    """A sub-chunk's 16-bit source rows, gathered a piece at a time into its float32 rows (ChunkInputs): one piece alive beside them."""
+    from sagann.scheduler.executor import WIDEN_PIECES, in_pieces, widened_in_pieces
+    from sagann.scheduler.meter import allocated_peak
+
+    dev = sagann.CpuDevice(copy_transfers=True)
+    host = torch.randn(5000, 32).to(torch.bfloat16)
+    index = torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:3000].to(torch.int32)
+    assert in_pieces(host, index.numel()) and not in_pieces(host.float(), index.numel()) and not in_pieces(host, 2 * WIDEN_PIECES - 1)
+    out = []
+
+    def load():
+        with dev.scope() as scope:
+            out.append(widened_in_pieces(scope, (index.numel(), 32), "rows", lambda lo, hi: dev.gather_in(host, index[lo:hi])))
+
+    peak = allocated_peak(load)
+    wide, piece = index.numel() * 32 * 4, -(-index.numel() // WIDEN_PIECES) * 32 * 2
+    assert wide <= peak <= wide + piece
+    assert torch.equal(out[0], host[index.long()].float())
