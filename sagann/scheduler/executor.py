@@ -208,7 +208,7 @@ class ChunkInputs:
                 return block
             t = s.adopt(block.index_select(0, self._src_local), lambda: f"{name} rows picked for {c.id!r}")
         else:
-            dev, what = s.device, (lambda: f"{name} rows of {c.id!r}")
+            dev, what = s.device, (lambda: f"{'edge' if name == 'data' else name} rows of {c.id!r}")
             if name in SRC_FIELDS:
                 rows, index = src_row_gather(host, c)
                 if in_pieces(rows, c.num_src):  # 16-bit rows: gathered and widened a piece at a time
