@@ -70,7 +70,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
     grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
     shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
-    shape = _with_kernel_scratch(shape, backend)  # after with_grads: what the backward holds depends on them
+    shape = _with_backend_bytes(shape, backend)  # after with_grads: what the backward holds depends on them
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes, owner=call_owner(layer, x, edge_data))
     seed = draw_seed(layer) if seed is None else seed
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
@@ -111,8 +111,9 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
     return g.device.kernel_backend
 
 
-def _with_kernel_scratch(shape: LayerShape, backend: str) -> LayerShape:
-    """``shape`` with the per-edge bytes ``backend``'s kernels hold beyond a builtin op's operands, for the memory model."""
+def _with_backend_bytes(shape: LayerShape, backend: str) -> LayerShape:
+    """``shape`` with what ``backend``'s kernels hold per edge, for the memory model: beyond a builtin op's operands
+    (``kernel_scratch``), and in a sum's backward (``sum_backward_edge``)."""
     impl = kernels.get_backend(backend)
     scratch = getattr(impl, "scratch_bytes_per_edge", None) if shape.builtin is not None else None
     per_edge = int(scratch(shape.builtin.op, shape.d_edge)) if scratch is not None else 0

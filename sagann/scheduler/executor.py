@@ -45,8 +45,8 @@ from sagann.units import tensor_bytes
 
 # A pass of fewer sub-chunk steps frees a few large buffers, which malloc maps and unmaps itself: trimming
 # after it only costs the walk over the heaps and the next pass's page faults (8 % of an in-memory GCN epoch)
-WIDEN_PIECES = 16  # rows sent in 16 bits cross in this many pieces, each widened into the float32 rows (load_narrowed)
 TRIM_MIN_STEPS = 16
+WIDEN_PIECES = 16  # rows sent in 16 bits cross in this many pieces, each widened into the float32 rows (load_in_pieces)
 
 __all__ = ["TRIM_MIN_STEPS", "NARROW_FIELDS", "SRC_FIELDS", "Block", "ChunkInputs", "Executor", "PassLog", "Strategy", "src_row_gather", "load_narrowed", "narrow", "widen"]
 
@@ -76,10 +76,14 @@ def load_narrowed(scope: Scope, host: torch.Tensor | None, dtype: torch.dtype | 
     """
     if dtype is None or host is None or host.dtype != torch.float32 or is_spilled(host):
         return scope.load(host, what)
-    narrow = rounded(host, dtype)
-    if not in_pieces(narrow, narrow.shape[0] if narrow.dim() else 0):
-        return widen(scope, scope.load(narrow, what), what)
-    return widened_in_pieces(scope, narrow.shape, what, lambda lo, hi: scope.device.copy_in(narrow[lo:hi]))
+    return widen(scope, load_in_pieces(scope, rounded(host, dtype), what), what)
+
+
+def load_in_pieces(scope: Scope, host: torch.Tensor, what) -> torch.Tensor:
+    """``scope.load(host)``; 16-bit rows enough for :data:`WIDEN_PIECES` pieces arrive widened, a piece at a time."""
+    if not in_pieces(host, host.shape[0] if host.dim() else 0):
+        return scope.load(host, what)
+    return widened_in_pieces(scope, tuple(host.shape), what, lambda lo, hi: scope.device.copy_in(host[lo:hi]))
 
 
 def in_pieces(host: torch.Tensor, rows: int) -> bool:
@@ -208,20 +212,16 @@ class ChunkInputs:
                 return block
             t = s.adopt(block.index_select(0, self._src_local), lambda: f"{name} rows picked for {c.id!r}")
         else:
-            dev, what = s.device, (lambda: f"{'edge' if name == 'data' else name} rows of {c.id!r}")
+            what = lambda: f"{'edge' if name == 'data' else name} rows of {c.id!r}"  # noqa: E731
             if name in SRC_FIELDS:
                 rows, index = src_row_gather(host, c)
                 if in_pieces(rows, c.num_src):  # 16-bit rows: gathered and widened a piece at a time
-                    t = widened_in_pieces(s, (c.num_src, *rows.shape[1:]), what, lambda lo, hi: dev.gather_in(rows, index[lo:hi]))
+                    t = widened_in_pieces(s, (c.num_src, *rows.shape[1:]), what, lambda lo, hi: s.device.gather_in(rows, index[lo:hi]))
                 else:
                     t = s.load_rows(rows, index, what)
             else:  # edge data arrive in sub-chunk order (one slice); destination-row fields, in backward
                 lo = self._edge_offset if name == "data" else c.dst_start + c.dst_offset
-                part = host[lo : lo + (c.nnz if name == "data" else c.num_dst)]
-                if in_pieces(part, part.shape[0] if part.dim() else 0):
-                    t = widened_in_pieces(s, tuple(part.shape), what, lambda a, b: dev.copy_in(part[a:b]))
-                else:
-                    t = s.load(part, what)
+                t = load_in_pieces(s, host[lo : lo + (c.nnz if name == "data" else c.num_dst)], what)
             self.loaded_bytes += t.numel() * host.element_size()
         t = widen(s, t, lambda: f"{name} rows of {c.id!r} widened to float32")
         if self._grad.get(name):

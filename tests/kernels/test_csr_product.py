@@ -126,7 +126,7 @@ def test_scratch_is_charged_for_exactly_the_product_ops():
 
 def test_the_cuda_backend_declares_its_scratch_and_the_memory_model_charges_it(monkeypatch):
     from sagann import fn
-    from sagann.engine.run import _with_kernel_scratch
+    from sagann.engine.run import _with_backend_bytes
     from sagann.scheduler.memory_model import LayerShape, edge_scratch_bytes
 
     cuda = kernels.get_backend("cuda")  # importable without a GPU; its kernels then refuse to run
@@ -135,14 +135,14 @@ def test_the_cuda_backend_declares_its_scratch_and_the_memory_model_charges_it(m
         d_in=8, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=8, d_out=8, gather="sum", builtin=fn.copy_src,
         uses_src=True, uses_dst=False, uses_src_term=False, uses_dst_term=False, uses_edge=False,
     )
-    charged = _with_kernel_scratch(shape, "cuda")
+    charged = _with_backend_bytes(shape, "cuda")
     assert charged.kernel_scratch == 8
     assert kernels.source_major_backward("cuda", "copy_src", 0) and kernels.source_major_backward("cuda", "src_mul_edge", 1)
     assert not kernels.source_major_backward("cuda", "src_mul_edge", 4) and not kernels.source_major_backward("cuda", "src_add_dst", 0)
     assert edge_scratch_bytes(100, charged, fused=True) == edge_scratch_bytes(100, shape, fused=True) + 800
-    assert _with_kernel_scratch(shape, "cpu").kernel_scratch == 0  # the numba CPU kernels hold nothing per edge
+    assert _with_backend_bytes(shape, "cpu").kernel_scratch == 0  # the numba CPU kernels hold nothing per edge
     monkeypatch.setattr(cuda, "CSR_PRODUCT", False)
-    assert _with_kernel_scratch(charged, "cuda").kernel_scratch == 0
+    assert _with_backend_bytes(charged, "cuda").kernel_scratch == 0
     assert not kernels.source_major_backward("cuda", "copy_src", 0)  # the numba kernels read CSC order
 
 
