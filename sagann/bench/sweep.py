@@ -133,6 +133,8 @@ class _Run:
             "sub_chunk_nnz": g.partition.sub_chunk_nnz if g.partition is not None else None,
             "steps": round(sum(r.steps for r in records) * per),
             "bytes_moved": round(sent * per),
+            # what crossed as real copies: a device whose loads are views of host memory (in memory) copies nothing
+            "bytes_copied": 0 if g.device.shares_host_memory else round(sent * per),
             # the epoch's bytes with every edge stage's source rows at its plan's lower bound
             "bytes_lower_bound": round((sent - sum(r.bytes_moved - r.bytes_lower_bound for r in records)) * per),
             "peak_device_bytes": g.device.peak_bytes,
@@ -143,10 +145,12 @@ class _Run:
 
 def _cell(mem: dict, ooc: dict, costs) -> dict:
     """The time model's figures for one out-of-core cell against its in-memory run."""
-    extra_bytes = max(0, ooc["bytes_moved"] - mem["bytes_moved"])
+    # an in-memory run "moves" its chunks as views of host memory: they cost nothing, so every byte the
+    # out-of-core run copies is extra (counting only the difference priced a dense graph's edges at zero)
+    extra_bytes = max(0, ooc["bytes_copied"] - mem["bytes_copied"])
     extra_steps = ooc["steps"] - mem["steps"]
     extra_time = ooc["epoch_seconds"] - mem["epoch_seconds"]
-    least_bytes = max(0, ooc["bytes_lower_bound"] - mem["bytes_moved"])
+    least_bytes = max(0, (ooc["bytes_lower_bound"] if ooc["bytes_copied"] else 0) - mem["bytes_copied"])
     predicted = mem["epoch_seconds"] + extra_bytes * costs.seconds_per_byte + extra_steps * costs.seconds_per_step
     return {
         "ratio": ooc["epoch_seconds"] / mem["epoch_seconds"],
