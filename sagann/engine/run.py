@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sagann import kernels
-from sagann.chunks.partition import GraphPartition
+from sagann.chunks.partition import GraphPartition, file_backed
 from sagann.engine.backward import backward_pass
 from sagann.engine.call import CallFlags, CallSpec, LayerCall
 from sagann.engine.faces import base_of
@@ -70,7 +70,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
     grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
     shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
-    shape = _with_backend_bytes(shape, backend)  # after with_grads: what the backward holds depends on them
+    shape = _with_backend_bytes(shape, backend, _keeps_source_major(g))  # after with_grads: what the backward holds depends on them
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes, owner=call_owner(layer, x, edge_data))
     seed = draw_seed(layer) if seed is None else seed
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
@@ -111,17 +111,45 @@ def _backend_for(g: ChunkedGraph, shape: LayerShape) -> str:
     return g.device.kernel_backend
 
 
-def _with_backend_bytes(shape: LayerShape, backend: str) -> LayerShape:
+def _with_backend_bytes(shape: LayerShape, backend: str, host_source_major: bool = False) -> LayerShape:
     """``shape`` with what ``backend``'s kernels hold per edge, for the memory model: beyond a builtin op's operands
-    (``kernel_scratch``), and in a sum's backward (``sum_backward_edge``)."""
+    (``kernel_scratch``), and in a sum's backward (``sum_backward_edge``).
+
+    ``host_source_major``: the partition's chunks keep each edge's destination in source-major order on the host
+    (chunks in RAM), so a backward that computes the source gradient alone sends that one array
+    (``sagann.engine.backward``: the executor's ``source_major``).
+    """
     impl = kernels.get_backend(backend)
     scratch = getattr(impl, "scratch_bytes_per_edge", None) if shape.builtin is not None else None
     per_edge = int(scratch(shape.builtin.op, shape.d_edge)) if scratch is not None else 0
     held = getattr(impl, "sum_backward_bytes_per_edge", None) if shape.builtin is not None else None
-    backward = int(held(shape.builtin.op, shape.d_edge, shape.grad_edge)) if held is not None else 0
+    backward = 0
+    if held is not None:
+        b = shape.builtin
+        # mirrors the backward's choice: only the source gradient (no edge or destination one), an op the backend
+        # reads source-major, and the destinations in that order on the host
+        src_only = not b.uses_dst and not (b.uses_edge and shape.grad_edge)
+        source_major = host_source_major and src_only and kernels.source_major_backward(backend, b.op, shape.d_edge)
+        backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=source_major) if source_major else held(b.op, shape.d_edge, shape.grad_edge))
     if (per_edge, backward) == (shape.kernel_scratch, shape.sum_backward_edge):
         return shape
     return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward)
+
+
+def _keeps_source_major(g) -> bool:
+    """Do the graph's chunks keep source-major destinations on the host (``EdgeChunk.src_major_dst``)? Not a file-backed dataset's.
+
+    Decided once per graph, at its first layer call, from the partition it
+    was given (before that call the planner has cut none): the sizing must
+    not change when the planner re-cuts, or a resumed run would plan
+    differently from the run it resumes.
+    """
+    known = g.__dict__.get("_sagann_source_major")
+    if known is None:
+        part = g.partition
+        first = None if part is None else next(iter(part.sub_chunks()), None)
+        known = g.__dict__["_sagann_source_major"] = first is None or not file_backed(first.src_perm)
+    return known
 
 
 def _in_chunk_order(partition: GraphPartition, edge_data: torch.Tensor, host=None) -> torch.Tensor:

@@ -241,12 +241,16 @@ gsddmm = _FRONTEND.gsddmm
 gspmm_sum_backward = _FRONTEND.gspmm_sum_backward
 
 
-def sum_backward_bytes_per_edge(op: str, d_edge: int, grad_edge: bool) -> int:
+def sum_backward_bytes_per_edge(op: str, d_edge: int, grad_edge: bool, source_major: bool = False) -> int:
     """Device bytes per edge of a direct sum backward here (:func:`_grads`), for the memory model.
 
     In CSC order the kernels read ``src_idx``, ``src_perm`` and
-    ``dst_idx``; source-major, ``src_dst`` alone (a file-backed chunk makes
-    it from the first two): at most three int32 per edge. Then the edge
-    data and, when asked for, its gradient, in float32.
+    ``dst_idx``: three int32 per edge. ``source_major``: the pass computes
+    the source gradient alone from source-major arrays, and the host keeps
+    each edge's destination in that order (``EdgeChunk.src_major_dst``, not
+    for a file-backed chunk): ``src_dst`` alone crosses, one int32. Then the
+    edge data and, when asked for, its gradient, in float32.
     """
+    if source_major and not grad_edge:
+        return 4 + 4 * int(d_edge)
     return 3 * 4 + 4 * int(d_edge) * (2 if grad_edge else 1)

@@ -22,6 +22,7 @@ from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.pool import BufferPool
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
+CALIBRATION_TWIN_BUDGET = 1 << 34  # far above the few MiB the step calibration holds
 METER_ENV = "SAGANN_METER"  # "1": CpuDevices made without meter=... are metered
 
 __all__ = ["METER_ENV", "BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
@@ -494,6 +495,10 @@ class CpuDevice(Device):
     def shares_host_memory(self) -> bool:
         return not self.copy_transfers
 
+    def calibration_twin(self) -> "CpuDevice":
+        """A device of this kind for the step calibration; a budget none reaches, so copies pool as a budgeted pass's do."""
+        return CpuDevice(CALIBRATION_TWIN_BUDGET, f"{self.name} (calibration)", self.link_bandwidth, self.copy_transfers, self.peer_bandwidth, meter=False)
+
     def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
         """The sub-chunk's index arrays: views of the host's arrays, made once per sub-chunk and kept while it lives.
 
@@ -513,8 +518,8 @@ class CpuDevice(Device):
         if ct is None:  # views of every array: nothing is derived (that would hold new memory per sub-chunk)
             ct = per[key] = self.chunk_tensors(chunk, key)
         self._count_in(chunk.sent_index_bytes(backward, narrow, source_major) - chunk.src_rows.nbytes)  # what a copying device sends (as rows, the source rows are not counted)
-        # charged as a copying device holds them: a forward's pointers and source ids (its kernels read no more), every array in backward
-        return ct, self._source_rows(chunk), ct.nbytes if backward else chunk.sent_index_bytes(False) - chunk.src_rows.nbytes
+        # charged as a copying device holds them: what a forward or a source-major backward sends (its kernels read no more), all arrays in another backward
+        return ct, self._source_rows(chunk), ct.nbytes if backward and not source_major else chunk.sent_index_bytes(backward, False, source_major) - chunk.src_rows.nbytes
 
     @property
     def transfers_cost_alike(self) -> bool:

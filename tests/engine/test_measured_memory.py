@@ -203,7 +203,7 @@ def test_metering_is_off_unless_asked(monkeypatch):
     assert sagann.CpuDevice("1MB").meter is not None
 
 
-def _streamed_run(model: str, monkeypatch=None, conservative: bool = False):
+def _streamed_run(model: str, monkeypatch=None, conservative: bool = False, csc_only: bool = False):
     """One training call under 1/8 of the in-memory peak (the planner's choice of P and sub-chunks), metered.
 
     Average degree 100: the edges, not the rows, fill the budget (as on the Reddit-shaped graph)."""
@@ -216,6 +216,9 @@ def _streamed_run(model: str, monkeypatch=None, conservative: bool = False):
     if conservative:  # the backend no longer says what its sum backward holds: every index array is counted
         from sagann.kernels import cpu
         monkeypatch.delattr(cpu, "sum_backward_bytes_per_edge")
+    if csc_only:  # sized as if the chunks kept no source-major destinations (a file-backed partition's)
+        from sagann.engine import run
+        monkeypatch.setattr(run, "_keeps_source_major", lambda g: False)
     dev = sagann.CpuDevice(free.working_set.peak_bytes // 8, copy_transfers=True, meter=True)
     g = sagann.ChunkedGraph(ei, N, device=dev)
     layer(g, x).sum().backward()
@@ -249,3 +252,39 @@ def test_a_sum_backward_that_reads_no_source_rows_still_plans_their_gradient(cap
     layer(g, x).sum().backward()
     assert g.num_chunks > 1 and "ran out of memory" not in caplog.text
     assert_measured_within(dev)
+
+
+@pytest.mark.parametrize("model", ["gcn", "gin"])
+def test_a_source_major_backward_is_sized_by_the_one_array_it_sends(model, monkeypatch, caplog):
+    """A backward that computes the source gradient alone sends each edge's destination in source-major order and
+    nothing else per edge: sized so, it takes fewer steps than sized for the three CSC arrays, and the meter still
+    finds the device within the budget."""
+    g, dev = _streamed_run(model)
+    assert "ran out of memory" not in caplog.text
+    assert_measured_within(dev)
+    assert any(r.phase == "backward" and r.steps for r in g.pass_log)
+    csc, csc_dev = _streamed_run(model, monkeypatch, csc_only=True)
+    assert_measured_within(csc_dev)
+    assert sum(r.steps for r in g.pass_log) < sum(r.steps for r in csc.pass_log)
+
+
+def test_the_backward_sizing_mirrors_the_backwards_source_major_choice():
+    """Counted at one array per edge only where the backward really runs source-major: the source gradient alone
+    (an op that reads destinations needs theirs too), and destinations kept in that order on the host."""
+    from sagann import fn
+    from sagann.engine import run
+
+    class AddDst(sagann.Layer):
+        gather = "sum"
+        apply_edge = fn.src_add_dst
+
+        def apply_vertex(self, v, acc):
+            return acc
+
+    dev = torch.device("cpu")
+    x = torch.randn(4, 8)
+    gin = run.layer_shape(sagann.nn.GINConv(torch.nn.Linear(8, 8)), x, None, dev).with_grads(True, True, False)
+    assert run._with_backend_bytes(gin, "cpu", True).sum_backward_edge == 4
+    assert run._with_backend_bytes(gin, "cpu", False).sum_backward_edge == 12
+    add_dst = run.layer_shape(AddDst(), x, None, dev).with_grads(True, True, False)
+    assert run._with_backend_bytes(add_dst, "cpu", True).sum_backward_edge == 12

@@ -231,3 +231,13 @@ def test_source_major_edges_refuse_an_edge_gradient():
             kernels.gspmm_sum_backward(g, "src_mul_edge", torch.randn(2, 4), src=torch.randn(2, 4), edge=torch.randn(3), backend=backend, edge_order="source_major")
         with pytest.raises(ValueError, match="edge_order must be"):
             kernels.gspmm_sum_backward(g, "copy_src", torch.randn(2, 4), src=torch.randn(2, 4), backend=backend, edge_order="csr")
+
+
+def test_the_cpu_backend_counts_one_array_per_edge_for_a_source_major_backward():
+    from sagann.kernels import cpu
+
+    assert cpu.sum_backward_bytes_per_edge("copy_src", 0, False) == 12  # src_idx, src_perm, dst_idx
+    assert cpu.sum_backward_bytes_per_edge("copy_src", 0, False, source_major=True) == 4  # src_dst alone
+    assert cpu.sum_backward_bytes_per_edge("src_mul_edge", 1, False, source_major=True) == 8  # and the edge weight
+    # an edge gradient reads the edges in CSC order: the three arrays, the data and its gradient
+    assert cpu.sum_backward_bytes_per_edge("src_mul_edge", 1, True, source_major=True) == 20
