@@ -16,6 +16,7 @@ a fresh measurement.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ __all__ = ["CACHE_ENV", "RECALIBRATE_ENV", "cache_path", "load", "store"]
 CACHE_ENV = "SAGANN_CACHE_DIR"
 RECALIBRATE_ENV = "SAGANN_CALIBRATE"  # "1": measure again and overwrite the stored rates
 _FILE = "step_costs.json"
+METHOD = 2  # how the rates are measured; stored rates of another method are measured again
 _LOG = logging.getLogger("sagann")
 
 
@@ -40,7 +42,7 @@ def _machine_key(kind: tuple) -> str:
     import numba
     import torch
 
-    return json.dumps([*map(str, kind), platform.node(), os.cpu_count(), torch.__version__, numba.__version__])
+    return json.dumps([*map(str, kind), platform.node(), os.cpu_count(), torch.__version__, numba.__version__, f"method {METHOD}"])
 
 
 def _read() -> dict:
@@ -63,20 +65,48 @@ def load(kind: tuple) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
-def store(kind: tuple, rates: dict) -> None:
-    """Keep ``rates`` for this device kind (atomically: a reader sees the old file or the new, never half)."""
+def store(kind: tuple, rates: dict) -> dict:
+    """Keep ``rates`` for this device kind, unless another process stored its own first; returns the rates in effect.
+
+    The first process to store wins (under a lock on the cache directory),
+    so processes that measured at the same time, each slowed by the other,
+    all plan with one set of rates: a run and its resumed run in parallel
+    with a reference plan alike. ``SAGANN_CALIBRATE=1`` overwrites.
+    Atomic: a reader sees the old file or the new, never half.
+    """
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read()
-        data[_machine_key(kind)] = rates
-        fd, tmp = tempfile.mkstemp(prefix=".step_costs.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with _locked(path.parent / ".step_costs.lock"):
+            data = _read()
+            first = data.get(_machine_key(kind))
+            if isinstance(first, dict) and os.environ.get(RECALIBRATE_ENV, "") in ("", "0"):
+                return first
+            data[_machine_key(kind)] = rates
+            fd, tmp = tempfile.mkstemp(prefix=".step_costs.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f, indent=1, sort_keys=True)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
     except OSError as exc:
         _LOG.warning("sagann: could not store the measured step costs in %s (%s); the next process measures again", path, exc)
+    return rates
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` between processes (fcntl; none where it is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the last writer wins
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -18,6 +18,8 @@ be weighed before one is cut.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +34,7 @@ from sagann.kernels import gspmm
 from sagann.scheduler import calibration
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_in_room, vertex_weight
 
-__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds"]
+__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
 
 _LOG = logging.getLogger("sagann")
 _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
@@ -77,8 +79,9 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     of two passes that sum the same edges' source rows into their
     destinations, one cut into sub-chunks of ``_SMALL_SUB`` edges, one of
     ``_BIG_SUB``: each step loads its index arrays and its rows and runs one
-    kernel, as a pass's step does. The bandwidth is a block copy of the
-    calibration's rows to the device.
+    kernel, as a pass's step does; or, where more, the same measured on the
+    engine's own passes (:func:`sagann.engine.calibrate.engine_step_seconds`). The bandwidth is a
+    block copy of the calibration's rows to the device.
     """
     kind = _kind(device)
     known = _MEASURED.get(kind)
@@ -93,7 +96,20 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
         try:
             with device.unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
                 known = _measure_steps(device, repeats)
-            calibration.store(kind, known.to_dict())
+            _MEASURED[kind] = known  # what the engine calibration's own planner reads (a twin is of the same kind)
+            try:
+                in_engine = _ENGINE_STEP_TIMER(device, repeats) if _ENGINE_STEP_TIMER is not None else None
+            except Exception as exc:  # the bare loop's figure stands
+                _LOG.warning("sagann: could not time the engine's steps on %s (%s); planning with the bare loop's cost per step", device.name, exc)
+                in_engine = None
+            if in_engine is not None and in_engine > known.seconds_per_step:
+                known = dataclasses.replace(known, seconds_per_step=in_engine)
+            stored = calibration.store(kind, known.to_dict())  # another process's, where it stored first
+            if stored != known.to_dict():
+                try:
+                    known = StepCosts(**stored)
+                except TypeError:
+                    pass
         except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
             _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
             known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
@@ -101,7 +117,30 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     return known
 
 
+_ENGINE_STEP_TIMER = None  # (device, repeats) -> seconds a step costs in the engine's passes, or None; set by sagann.engine.calibrate
+
+
+def set_engine_step_timer(timer) -> None:
+    """Register how to time a step on the engine's own passes: the engine is a layer above this module."""
+    global _ENGINE_STEP_TIMER
+    _ENGINE_STEP_TIMER = timer
+
+
 _IN_PASS: dict = {}  # device kind -> what a step costs inside a pass beyond the calibrated fixed cost, learned from the pass log
+
+
+@contextlib.contextmanager
+def unlearned(device):
+    """Passes run inside teach the pass log nothing about ``device``'s kind (the step calibration's own passes)."""
+    kind = _kind(device)
+    learned = _IN_PASS.get(kind)
+    try:
+        yield
+    finally:
+        if learned is None:
+            _IN_PASS.pop(kind, None)
+        else:
+            _IN_PASS[kind] = learned
 
 
 def in_pass_step_seconds(device) -> float:

@@ -41,6 +41,7 @@ def test_rates_survive_the_round_trip_and_recalibration_measures_again(store_dir
     measured = cost_model.measure_step_costs(device)
     monkeypatch.setattr(cost_model, "_MEASURED", {})
     planted = cost_model.StepCosts(1.0, 2.0, 3.0)
+    (store_dir / "step_costs.json").unlink()  # the first rates stored win: plant them in an empty store
     calibration.store(cost_model._kind(device), planted.to_dict())
     assert cost_model.measure_step_costs(device) == planted  # read back, not measured
     monkeypatch.setattr(cost_model, "_MEASURED", {})
@@ -67,3 +68,21 @@ def test_an_unwritable_store_warns_and_planning_goes_on(tmp_path, monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="sagann"):
         costs = cost_model.measure_step_costs(sagann.CpuDevice(copy_transfers=True))
     assert costs.seconds_per_byte > 0 and "could not store" in caplog.text
+
+
+def test_the_first_rates_stored_win_so_processes_measuring_at_once_plan_alike(tmp_path, store_dir, monkeypatch):
+    kind = cost_model._kind(sagann.CpuDevice(copy_transfers=True))
+    first, second = {"seconds_per_byte": 1.0, "seconds_per_step": 2.0, "seconds_per_edge_column": 3.0}, {"seconds_per_byte": 9.0, "seconds_per_step": 9.0, "seconds_per_edge_column": 9.0}
+    assert calibration.store(kind, first) == first
+    assert calibration.store(kind, second) == first, "a later process takes the rates stored first"
+    assert calibration.load(kind) == first
+    monkeypatch.setenv(calibration.RECALIBRATE_ENV, "1")
+    assert calibration.store(kind, second) == second  # asked to measure again: overwritten
+    # two real processes measuring at the same time, each slowing the other: one set of rates for both
+    env = {**__import__("os").environ, calibration.CACHE_ENV: str(tmp_path / "race")}
+    env.pop(calibration.RECALIBRATE_ENV, None)
+    runs = [subprocess.Popen([sys.executable, "-c", PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [r.communicate(timeout=300) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [err for _, err in outs]
+    a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    assert a == b

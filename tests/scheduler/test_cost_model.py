@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import sagann
 from sagann.chunks.partition import balanced_bounds, partition_graph
 from sagann.chunks.synthetic import rmat
+from sagann.engine import calibrate
 from sagann.scheduler import cost_model, planner as planner_module
 from sagann.scheduler.cost_model import StepCosts, chunk_nnz, estimate_partition, faster_partition, measure_step_costs, predict_seconds
 from sagann.scheduler.memory_model import LayerShape, src_row_bytes, vertex_weight
@@ -273,3 +274,43 @@ def test_a_layer_with_no_backward_edge_stage_sizes_its_sub_chunks_for_the_forwar
     assert a.num_sub_chunks < b.num_sub_chunks  # fewer steps for the layer that only streams forward
     assert working_set(a, FORWARD_ONLY, False, 1000, budget=limit).peak_bytes <= limit  # and what it plans still fits
     assert DEFAULT_SUB_CHUNK_NNZ >= a.sub_chunk_nnz
+
+
+def test_the_step_calibration_times_the_engines_own_passes_on_a_twin():
+    """The bare loop misses what a pass's step does besides (loader, ledger, hand-over, front-end): the engine's
+    passes are timed too, on a twin of the same kind, leaving no trace, no learned residual and no ledger charge."""
+    dev = sagann.CpuDevice("1MB", copy_transfers=True)
+    twin = dev.calibration_twin()
+    assert cost_model._kind(twin) == cost_model._kind(dev) and twin.memory_budget is not None and twin.meter is None
+    kind = cost_model._kind(dev)
+    saved = cost_model._IN_PASS.pop(kind, None)
+    try:
+        with sagann.profiler.profile(nvtx=False) as rec:
+            seconds = calibrate.engine_step_seconds(dev, repeats=2)
+        assert seconds > 0
+        assert not rec.spans(), "the calibration's passes are not the user's trace"
+        assert kind not in cost_model._IN_PASS, "the calibration's passes teach the pass log nothing"
+        assert dev.bytes_in == 0 and dev.current_bytes == 0
+    finally:
+        cost_model._IN_PASS.pop(kind, None)
+        if saved is not None:
+            cost_model._IN_PASS[kind] = saved
+
+
+def test_the_engines_step_cost_replaces_the_bare_loops_where_it_is_more(monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("SAGANN_CACHE_DIR", str(tmp_path))
+    dev = sagann.CpuDevice(copy_transfers=True, link_bandwidth="50GB")  # a kind no other test measures
+    kind = cost_model._kind(dev)
+    monkeypatch.delitem(cost_model._MEASURED, kind, raising=False)
+    monkeypatch.setattr(cost_model, "_ENGINE_STEP_TIMER", lambda device, repeats: 1.0)
+    assert measure_step_costs(dev).seconds_per_step == 1.0
+
+    def broken(device, repeats):
+        raise RuntimeError("no twin today")
+
+    monkeypatch.setattr(cost_model, "_ENGINE_STEP_TIMER", broken)
+    monkeypatch.delitem(cost_model._MEASURED, kind)
+    monkeypatch.setenv("SAGANN_CALIBRATE", "1")
+    costs = measure_step_costs(dev)
+    assert 0 < costs.seconds_per_step < 1.0, "the bare loop's figure stands"
+    assert "could not time the engine's steps" in caplog.text

@@ -1,0 +1,87 @@
+"""The step calibration's second half: what a sub-chunk step costs inside the engine's own passes.
+
+The scheduler's time model (:mod:`sagann.scheduler.cost_model`) measures a
+bare loop of loads and kernels; the engine registers this timer with it
+(``set_engine_step_timer``) as the engine sits a layer above the scheduler.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+
+import numpy as np
+import torch
+
+from sagann import fn
+from sagann.engine.graph import ChunkedGraph
+from sagann.engine.layer import Layer
+from sagann.profiler import profile
+from sagann.scheduler import cost_model
+
+__all__ = ["engine_step_seconds"]
+
+CALIBRATION_VERTICES, CALIBRATION_WIDTH = 2048, 32
+ENGINE_EDGES = 4096  # edges of the calibration call: 128 tiny sub-chunks a pass
+SMALL_SUB, BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration calls, as the bare loop's
+
+
+class _Sum(Layer):
+    gather = "sum"
+    apply_edge = fn.copy_src
+
+    def apply_vertex(self, v, acc):
+        return acc
+
+
+def engine_step_seconds(device, repeats: int) -> float | None:
+    """What a step costs inside the engine's own passes, or None where the device makes no twin to run them on.
+
+    A pass's step does more than the bare loop of loads and a kernel that
+    :func:`~sagann.scheduler.cost_model.measure_step_costs` times: the
+    loader builds the sub-chunk's inputs and charges the ledger, the
+    executor hands them over and times them, the kernel front-end checks
+    its operands, and the backward does it all again. The bare loop alone
+    priced a step at a quarter to a sixth of what the sweep's passes
+    measured, so the planner undervalued fewer steps. Measured alike: a sum
+    layer's training call (its forward and backward passes) over the same
+    edges cut into tiny and into big sub-chunks, on a twin of the device
+    (``device.calibration_twin()``), outside any trace.
+    """
+    make = getattr(device, "calibration_twin", None)
+    twin = make() if make is not None else None
+    if twin is None:
+        return None
+    gen = np.random.default_rng(1)  # never the caller's RNG
+    n, e, d = CALIBRATION_VERTICES, ENGINE_EDGES, CALIBRATION_WIDTH
+    edges = torch.from_numpy(gen.integers(0, n, (2, e)))
+    x = torch.from_numpy(gen.standard_normal((n, d), dtype=np.float32)).requires_grad_(True)
+    layer = _Sum()
+
+    def call(sub: int) -> tuple[float, int]:
+        g = ChunkedGraph(edges, n, num_chunks=1, sub_chunk_nnz=sub, device=twin)
+        best, steps = math.inf, 0
+        for k in range(repeats + 1):  # the first call compiles and plans
+            start = len(g.pass_log)
+            t0 = time.perf_counter()
+            layer(g, x).sum().backward()
+            twin.synchronize()
+            if k:
+                best, steps = min(best, time.perf_counter() - t0), sum(r.steps for r in g.pass_log[start:])
+        return best, steps
+
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection of the caller's garbage inside one timing took 40-90 ms: it is not a step's cost
+    try:
+        # a user's trace does not show the calibration's passes, the pass log learns nothing from them, and the
+        # caller's random stream does not move (each call draws a seed)
+        with torch.enable_grad(), profile(nvtx=False), cost_model.unlearned(twin), torch.random.fork_rng(devices=[]):
+            (small, n_small), (big, n_big) = call(SMALL_SUB), call(BIG_SUB)
+    finally:
+        if collecting:
+            gc.enable()
+    return max(0.0, (small - big) / max(1, n_small - n_big))
+
+
+cost_model.set_engine_step_timer(engine_step_seconds)
