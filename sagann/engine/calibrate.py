@@ -21,9 +21,7 @@ from sagann.scheduler import cost_model
 
 __all__ = ["engine_step_seconds"]
 
-CALIBRATION_VERTICES, CALIBRATION_WIDTH = 2048, 32
-ENGINE_EDGES = 4096  # edges of the calibration call: 128 tiny sub-chunks a pass
-SMALL_SUB, BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration calls, as the bare loop's
+ENGINE_EDGES = 4096  # edges of the calibration call: 128 tiny sub-chunks a pass (vertices, width and sub-chunk sizes: the bare loop's)
 
 
 class _Sum(Layer):
@@ -53,7 +51,7 @@ def engine_step_seconds(device, repeats: int) -> float | None:
     if twin is None:
         return None
     gen = np.random.default_rng(1)  # never the caller's RNG
-    n, e, d = CALIBRATION_VERTICES, ENGINE_EDGES, CALIBRATION_WIDTH
+    n, e, d = cost_model.CALIBRATION_VERTICES, ENGINE_EDGES, cost_model.CALIBRATION_WIDTH
     edges = torch.from_numpy(gen.integers(0, n, (2, e)))
     x = torch.from_numpy(gen.standard_normal((n, d), dtype=np.float32)).requires_grad_(True)
     layer = _Sum()
@@ -77,7 +75,7 @@ def engine_step_seconds(device, repeats: int) -> float | None:
         # a user's trace does not show the calibration's passes, the pass log learns nothing from them, and the
         # caller's random stream does not move (each call draws a seed)
         with torch.enable_grad(), profile(nvtx=False), cost_model.unlearned(twin), torch.random.fork_rng(devices=[]):
-            (small, n_small), (big, n_big) = call(SMALL_SUB), call(BIG_SUB)
+            (small, n_small), (big, n_big) = call(cost_model.SMALL_SUB), call(cost_model.BIG_SUB)
     finally:
         if collecting:
             gc.enable()

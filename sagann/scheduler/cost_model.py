@@ -37,8 +37,8 @@ from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_by
 __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
 
 _LOG = logging.getLogger("sagann")
-_CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH = 2048, 16384, 32
-_SMALL_SUB, _BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
+CALIBRATION_VERTICES, CALIBRATION_EDGES, CALIBRATION_WIDTH = 2048, 16384, 32
+SMALL_SUB, BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
 INDEX_BYTES_PER_EDGE = 4  # index arrays a pass sends per edge: source ids (int32); the device makes dst_idx
 INDEX_BYTES_BACKWARD = 4  # and backward's source-major order besides (EdgeChunk.sent_index_bytes)
 
@@ -77,8 +77,8 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
 
     The fixed cost per step is ``(T_small - T_big) / (steps_small - steps_big)``
     of two passes that sum the same edges' source rows into their
-    destinations, one cut into sub-chunks of ``_SMALL_SUB`` edges, one of
-    ``_BIG_SUB``: each step loads its index arrays and its rows and runs one
+    destinations, one cut into sub-chunks of ``SMALL_SUB`` edges, one of
+    ``BIG_SUB``: each step loads its index arrays and its rows and runs one
     kernel, as a pass's step does; or, where more, the same measured on the
     engine's own passes (:func:`sagann.engine.calibrate.engine_step_seconds`). The bandwidth is a
     block copy of the calibration's rows to the device.
@@ -171,10 +171,10 @@ def measured_step_costs(device) -> StepCosts | None:
 
 def _measure_steps(device, repeats: int) -> StepCosts:
     gen = np.random.default_rng(0)  # never the caller's RNG
-    n, e, d = _CALIBRATION_VERTICES, _CALIBRATION_EDGES, _CALIBRATION_WIDTH
+    n, e, d = CALIBRATION_VERTICES, CALIBRATION_EDGES, CALIBRATION_WIDTH
     edges = gen.integers(0, n, (2, e))
     x = torch.from_numpy(gen.standard_normal((n, d), dtype=np.float32))
-    passes = {sub: list(partition_graph(edges, n, 1, sub).sub_chunks()) for sub in (_SMALL_SUB, _BIG_SUB)}
+    passes = {sub: list(partition_graph(edges, n, 1, sub).sub_chunks()) for sub in (SMALL_SUB, BIG_SUB)}
 
     def run(subs) -> float:
         best = math.inf
@@ -203,10 +203,10 @@ def _measure_steps(device, repeats: int) -> StepCosts:
         return best
 
     count = device.bytes_in
-    run(passes[_SMALL_SUB][:8]), run(passes[_BIG_SUB])  # compile and warm up the kernel's paths
-    small, big, block = run(passes[_SMALL_SUB]), run(passes[_BIG_SUB]), copy()
+    run(passes[SMALL_SUB][:8]), run(passes[BIG_SUB])  # compile and warm up the kernel's paths
+    small, big, block = run(passes[SMALL_SUB]), run(passes[BIG_SUB]), copy()
     device.bytes_in = count  # measurements are not traffic
-    n_small, n_big = len(passes[_SMALL_SUB]), len(passes[_BIG_SUB])
+    n_small, n_big = len(passes[SMALL_SUB]), len(passes[BIG_SUB])
     per_step = max(0.0, (small - big) / max(1, n_small - n_big))
     per_edge_column = max(0.0, big - n_big * per_step) / (e * d)
     return StepCosts(block / (n * d * FLOAT), per_step, per_edge_column)
