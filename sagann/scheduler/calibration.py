@@ -57,9 +57,14 @@ def _read() -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _recalibrating() -> bool:
+    """Has the user asked to measure again (``SAGANN_CALIBRATE=1``)?"""
+    return os.environ.get(RECALIBRATE_ENV, "") not in ("", "0")
+
+
 def load(kind: tuple) -> dict | None:
     """The rates stored for this device kind on this machine, or None (none stored, or a re-measure asked for)."""
-    if os.environ.get(RECALIBRATE_ENV, "") not in ("", "0"):
+    if _recalibrating():
         return None
     entry = _read().get(_machine_key(kind))
     return entry if isinstance(entry, dict) else None
@@ -80,7 +85,7 @@ def store(kind: tuple, rates: dict) -> dict:
         with _locked(path.parent / ".step_costs.lock"):
             data = _read()
             first = data.get(_machine_key(kind))
-            if isinstance(first, dict) and os.environ.get(RECALIBRATE_ENV, "") in ("", "0"):
+            if isinstance(first, dict) and not _recalibrating():
                 return first
             data[_machine_key(kind)] = rates
             fd, tmp = tempfile.mkstemp(prefix=".step_costs.", dir=path.parent)

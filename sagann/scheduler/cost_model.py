@@ -86,12 +86,7 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     kind = _kind(device)
     known = _MEASURED.get(kind)
     if known is None:
-        stored = calibration.load(kind)  # measured by an earlier process on this machine: the same plan again
-        if stored is not None:
-            try:
-                known = StepCosts(**stored)
-            except TypeError:
-                known = None
+        known = _stored_costs(calibration.load(kind))  # measured by an earlier process on this machine: the same plan again
     if known is None:
         try:
             with device.unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
@@ -104,17 +99,20 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
                 in_engine = None
             if in_engine is not None and in_engine > known.seconds_per_step:
                 known = dataclasses.replace(known, seconds_per_step=in_engine)
-            stored = calibration.store(kind, known.to_dict())  # another process's, where it stored first
-            if stored != known.to_dict():
-                try:
-                    known = StepCosts(**stored)
-                except TypeError:
-                    pass
+            known = _stored_costs(calibration.store(kind, known.to_dict())) or known  # another process's, where it stored first
         except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
             _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
             known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
     _MEASURED[kind] = known
     return known
+
+
+def _stored_costs(stored: dict | None) -> StepCosts | None:
+    """Stored rates as :class:`StepCosts`; None where there are none or they are of another shape (measured again)."""
+    try:
+        return None if stored is None else StepCosts(**stored)
+    except TypeError:
+        return None
 
 
 _ENGINE_STEP_TIMER = None  # (device, repeats) -> seconds a step costs in the engine's passes, or None; set by sagann.engine.calibrate
