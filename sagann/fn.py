@@ -31,6 +31,8 @@ __all__ = [
     "src_add_edge",
     "REDUCERS",
     "GATHERS",
+    "SYM_MESSAGES",
+    "SUM_GATHERS",
 ]
 
 REDUCERS = ("sum", "mean", "max", "min")
@@ -38,7 +40,13 @@ REDUCERS = ("sum", "mean", "max", "min")
 # apply_edge returns (scores [E, heads], messages [E, heads * d]); the softmax of the
 # scores over each destination's in-edges weighs the messages (computed online, exactly,
 # across chunks)
-GATHERS = REDUCERS + ("softmax",)
+# "sym": GCN's symmetric normalisation of a sum, D^-1/2 A D^-1/2 (degrees: in-degrees):
+# each message is scaled by its source's deg^-1/2 and each sum by its destination's,
+# with no per-edge weight (and for the builtins copy_src / src_mul_edge only, whose
+# messages are linear in the source row: scaling the source rows scales the message)
+GATHERS = REDUCERS + ("softmax", "sym")
+SYM_MESSAGES = ("copy_src", "src_mul_edge")
+SUM_GATHERS = ("sum", "mean", "sym")  # what the kernels run as a sum; the engine scales by degrees around it
 
 
 @dataclass(frozen=True)

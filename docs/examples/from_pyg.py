@@ -47,7 +47,7 @@ def main():
 
     model = GCN(64, 32, classes)
     twin = sagann.convert(model)  # 1: the same weights in sagann layers
-    ooc = sagann.from_pyg(data, device=sagann.CpuDevice("500KB"))  # 2: the graph split to fit a 500 KB device
+    ooc = sagann.from_pyg(data, device=sagann.CpuDevice("300KB"))  # 2: the graph split to fit a 300 KB device
 
     pyg_losses = train(model, data)
     sagann_losses = train(twin, ooc)

@@ -21,6 +21,7 @@ import torch
 
 from sagann import kernels
 from sagann.engine.call import LayerCall, Saved
+from sagann.engine.forward import scaled_sources
 from sagann.engine.host_grad import HostGrad
 from sagann.engine.messages import gather_partial, softmax_surrogate
 from sagann.engine.offload import KeptGraph
@@ -80,6 +81,11 @@ def backward_edges(call: LayerCall, x, edata, saved: Saved, grad_out, need_x: bo
         grad_acc = _backward_vertex(call, x, saved, grad_out, need_x, grads, grad_acc, need_acc=edges)
         if edges:
             _edge_stage(call, x, edata, saved, grad_acc, (need_x, need_e), grads)
+            if call.src_scale is not None:  # a sym gather scaled its sources: so is their gradient (the vertex stage's is not x's: probe_layer)
+                if grads.src_term is not None:
+                    grads.src_term.mul_(call.src_scale.to(grads.src_term.dtype))
+                elif grads.x is not None and call.shape.uses_src:
+                    grads.x.scale_rows(call.src_scale)
     return grads
 
 
@@ -157,8 +163,8 @@ def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_
         if not need_acc:
             return grad_acc
         g_acc = vgrads[0] if vgrads[0] is not None else torch.zeros((hi - lo, call.shape.d_msg), dtype=saved.acc.dtype, device=go.device)
-        if call.inv_degree is not None:
-            g_acc = g_acc * call.inv_degree[lo:hi].to(g_acc.device)
+        if call.dst_scale is not None:
+            g_acc = g_acc * call.dst_scale[lo:hi].to(g_acc.device)
         if grad_acc is None:  # the one interval's gradient is the whole of it: no copy
             grad_acc = g_acc.detach().contiguous()
         else:
@@ -179,6 +185,8 @@ def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[b
     reads_src = direct is None or _direct_reads_src(call, direct)
     if not reads_src:
         uses.update(src=False, src_term=False)  # a sum's source gradient never reads the sources: do not send them
+    elif shape.uses_src:
+        host["src"] = scaled_sources(call, x)  # as the forward's messages read them (a sym gather)
     # only the sources' gradient, by a kernel that reads source-major arrays in sequence: edge rows
     # source-major too (the same slice per sub-chunk), destination ids from the chunk's src_dst
     call.executor.source_major = direct == ("src",) and kernels.source_major_backward(call.backend, shape.builtin.op, shape.d_edge) and (edata is None or not edata.requires_grad)

@@ -27,11 +27,12 @@ from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import EdgeChunk
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.offload import KeptGraph
+from sagann.fn import SUM_GATHERS
 from sagann.scheduler.executor import Executor, PassLog, Strategy
 from sagann.scheduler.planner import LayerShape, direct_sum_backward, hook_block_rows, recompute_bytes, vertex_block_rows
 from sagann.scheduler.schedule import FORWARD, PassPlan
 
-__all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved"]
+__all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved", "degree_scales"]
 
 _SEED_MASK = (1 << 63) - 1
 PERMUTE_BLOCK = 1 << 22  # edges permuted at a time after a re-plan: a bounded temporary however many edges
@@ -94,9 +95,8 @@ class LayerCall:
         self.strategy, self.rng_lock = strategy, rng_lock
         self.params = [p for p in spec.layer.parameters() if p.requires_grad]
         shape = spec.shape
-        self.reduce = "sum" if shape.gather in ("sum", "mean") else shape.gather
-        deg = torch.from_numpy(np.asarray(partition.in_degree, dtype=np.float32)).clamp(min=1)  # a copy: dataset arrays are read-only maps
-        self.inv_degree = (1.0 / deg).unsqueeze(-1) if shape.gather == "mean" else None
+        self.reduce = "sum" if shape.gather in SUM_GATHERS else shape.gather
+        self.src_scale, self.dst_scale = degree_scales(shape.gather, partition.in_degree)
         self.flags = flags or CallFlags()
         # several devices share the call: the hook terms every device reads, and the host outputs it writes into
         self.terms: dict[str, torch.Tensor] = {}
@@ -273,6 +273,22 @@ class LayerCall:
         for acc, g in zip(gparams, grads):
             if g is not None:
                 acc.add_(g)
+
+
+def degree_scales(gather: str, in_degree) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Row scales ``[N, 1]`` at the sources and at the destinations of a gather the kernels run as a sum; None: unscaled.
+
+    mean: ``1 / max(deg, 1)`` at destinations. sym: ``deg^-1/2`` at both
+    ends, 0 for a vertex without in-edges (PyG's ``gcn_norm``: its
+    out-edges then carry weight 0).
+    """
+    if gather not in ("mean", "sym"):
+        return None, None
+    deg = torch.from_numpy(np.array(in_degree, dtype=np.float32))  # a copy: dataset arrays are read-only maps
+    if gather == "mean":
+        return None, (1.0 / deg.clamp(min=1)).unsqueeze(-1)
+    dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0).unsqueeze(-1)
+    return dinv, dinv
 
 
 def _data_permutation(host, given: np.ndarray, order: np.ndarray) -> torch.Tensor:

@@ -272,7 +272,8 @@ def explain(target: nn.Module, d_in: int | None = None, edge_dim: int | None = N
     why, or, before a call, whether it can chain.
     """
     if _is_layer(target):
-        return hoist_explain(target, d_in, edge_dim) + "\n" + _input_line(target, d_in, edge_dim)
+        notes = target.sagann_notes() if callable(getattr(target, "sagann_notes", None)) else []  # how a layer runs besides its own form
+        return "\n".join([hoist_explain(target, d_in, edge_dim), *notes, _input_line(target, d_in, edge_dim)])
     layers = _layers_in(target)
     if not layers:
         return f"{type(target).__name__}: no sagann layers inside"

@@ -65,7 +65,7 @@ def _constant(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | No
     """Is the layer's acc a function of inputs that need no gradient (and so a constant while they are unchanged)?"""
     if not (g.schedule.cache_gather and getattr(layer, "caches_gather", True)) or g.process_group is not None:
         return False
-    if not isinstance(layer.apply_edge, MessageFn) or layer.gather not in ("sum", "mean", "max", "min"):
+    if not isinstance(layer.apply_edge, MessageFn) or layer.gather not in ("sum", "mean", "sym", "max", "min"):
         return False
     if callable(getattr(layer, "apply_src", None)) or callable(getattr(layer, "apply_dst", None)):
         return False

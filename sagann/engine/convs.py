@@ -77,12 +77,17 @@ class GCNConv(Layer):
     def forward(self, g: ChunkedGraph, x: torch.Tensor, edge_weight: torch.Tensor | None = None) -> torch.Tensor:
         if edge_weight is not None and (edge_weight.dim() != 1 or edge_weight.shape[0] != g.num_edges):
             raise ValueError(f"GCNConv: edge_weight must have shape [num_edges={g.num_edges}], got {list(edge_weight.shape)}")
-        graph, norm = self._graph_and_weights(g, edge_weight)
-        aggregate_first = face_of(self, "_aggregate_first", _GCNAggregateFirst)
+        graph, norm, aggregate_first, multiply_first = self._graph_and_faces(g, edge_weight)
         if seen_gather(aggregate_first, graph, x, norm) or aggregates_first(self, x, norm):  # seen: Â X is cached
             return call_layer(aggregate_first, graph, x, norm)
         note_gather(aggregate_first, graph, x, norm)  # the next call with this x propagates it once and caches Â X
-        return super().forward(graph, x, norm)
+        return call_layer(multiply_first, graph, x, norm)
+
+    def sagann_notes(self) -> list[str]:
+        """For :func:`sagann.explain`: what runs when no edge weights are given."""
+        if not self.normalize or self.improved:
+            return []
+        return ["  without edge_weight: gather=sym (D^-1/2 A D^-1/2 from the degrees), fused gSpMM copy_src x sum: no weight per edge"]
 
     def chain_into(self, g: ChunkedGraph, x: torch.Tensor, nxt: "GCNConv", act) -> torch.Tensor | None:
         """``act(self(g, x)) @ nxt.lin.weight.T``, nxt's rows to propagate, in one vertex pass; None where that does not apply.
@@ -102,20 +107,35 @@ class GCNConv(Layer):
         grad_in = grad and any(p.requires_grad for p in self.parameters())  # nxt's input: this layer's output
         if _aggregates_first_for(nxt, grad_in, grad and any(p.requires_grad for p in nxt.parameters()), tie=False):
             return None
-        graph, norm = self._graph_and_weights(g, None)
-        face = face_of(self, "_aggregate_first", _GCNAggregateFirst)
+        graph, norm, face, _ = self._graph_and_faces(g, None)
         if not has_cached_gather(face, graph, x, norm):
             return None
         with chaining(True):
             h = call_layer(face, graph, x, norm)
         if not isinstance(h, PendingRows):
             return None
-        return pre_transformed(nxt, graph, h.then(RowOp(getattr(act, "__name__", "act"), (act,), act, act)))
+        nxt_runner = nxt._graph_and_faces(g, None)[3]
+        return pre_transformed(nxt_runner, graph, h.then(RowOp(getattr(act, "__name__", "act"), (act,), act, act)))
 
     def propagate_projected(self, g: ChunkedGraph, xw: torch.Tensor) -> torch.Tensor:
         """``Â xw + b`` for rows already multiplied by this layer's weight (see :meth:`chain_into`)."""
-        graph, norm = self._graph_and_weights(g, None)
-        return call_layer(on_terms(self, self.in_channels, None), graph, xw, norm)
+        graph, norm, _, runner = self._graph_and_faces(g, None)
+        return call_layer(on_terms(runner, self.in_channels, None), graph, xw, norm)
+
+    def _graph_and_faces(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
+        """``(graph, edge weights, aggregate-first face, multiply-first runner)`` of a call.
+
+        With unit edge weights normalised (the default), ``Â`` is
+        ``D^-1/2 A D^-1/2`` on the self-loop graph: a 'sym' gather scales
+        the sources and the sums by ``deg^-1/2`` (DGL's ``norm='both'``),
+        so no weight per edge is made, kept in RAM or sent. Given weights
+        (or ``improved``'s loops of weight 2) are normalised per edge.
+        """
+        if edge_weight is None and self.normalize and not self.improved:
+            graph = g.with_remaining_self_loops()[0] if self.add_self_loops else g
+            return graph, None, face_of(self, "_sym_aggregate_first", _GCNSymAggregateFirst), face_of(self, "_sym", _GCNSym)
+        graph, norm = self._graph_and_weights(g, edge_weight)
+        return graph, norm, face_of(self, "_aggregate_first", _GCNAggregateFirst), self
 
     def _graph_and_weights(self, g: ChunkedGraph, edge_weight: torch.Tensor | None):
         fill = 2.0 if self.improved else 1.0
@@ -166,6 +186,32 @@ class _GCNAggregateFirst(Face):
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         return F.linear(acc, self._base.lin.weight, self._base.bias)  # one addmm: no N x d temporary for the bias
+
+
+class _GCNSym(Face):
+    """The same GCNConv with unit edge weights: ``X W`` per vertex, the 'sym' gather (no per-edge weight), then ``+ b``."""
+
+    gather = "sym"
+    apply_vertex_reads_v = False
+    apply_edge = fn.copy_src
+
+    def apply_src(self, v: torch.Tensor) -> torch.Tensor:
+        return self._base.lin(v)
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        bias = self._base.bias
+        return acc if bias is None else acc + bias
+
+
+class _GCNSymAggregateFirst(Face):
+    """The same GCNConv with unit edge weights as ``(Â X) W + b``, ``Â X`` by the 'sym' gather (cacheable: no hook)."""
+
+    gather = "sym"
+    apply_vertex_reads_v = False
+    apply_edge = fn.copy_src
+
+    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        return F.linear(acc, self._base.lin.weight, self._base.bias)
 
 
 class SAGEConv(Layer):

@@ -32,7 +32,7 @@ from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.planner import apply_block_rows, merge_scratch_bytes, recompute_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import FORWARD
 
-__all__ = ["HostOutputs", "forward_pass", "hook_pass"]
+__all__ = ["HostOutputs", "forward_pass", "hook_pass", "scaled_sources"]
 
 
 @dataclass
@@ -88,6 +88,8 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                 seconds = time.perf_counter() - t0
             call.check_rows(h, hi - lo, width, hook)
             call.device.copy_out(h.detach(), out[lo:hi])
+            if hook == "apply_src" and call.src_scale is not None:  # a sym gather's messages: sources scaled once per vertex
+                out[lo:hi].mul_(call.src_scale[lo:hi])
             if kept is not None:
                 kept.keep_inputs(vin)
                 kept.handle = graph_handle(h)
@@ -112,7 +114,7 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
     # one interval on a device sharing host memory: V_0's output rows are the output, no copy
     whole = dev.shares_host_memory and p.num_chunks == 1 and call.buffers is None
     bufs = call.buffers if call.buffers is not None else _host_buffers(call, n)
-    host = {"src": x, "src_term": src_term, "data": edata}
+    host = {"src": scaled_sources(call, x), "src_term": src_term, "data": edata}
     fields = tuple(f for f, used in (("src", shape.uses_src), ("src_term", shape.uses_src_term), ("data", shape.uses_edge)) if used)
     init = {"sum": 0.0, "max": float("-inf"), "min": float("inf"), "softmax": 0.0}[call.reduce]
     plan = call.plan(FORWARD)
@@ -279,6 +281,21 @@ def _host_buffers(call: LayerCall, n: int) -> "HostOutputs":
     return HostOutputs(None, acc_all, win_all, sm_max, sm_sum)
 
 
+def scaled_sources(call: LayerCall, x: torch.Tensor) -> torch.Tensor:
+    """The input rows as a sym gather's messages read them, scaled by their source's ``deg^-1/2``; ``x`` itself elsewhere.
+
+    A host copy under the budget, made a block of rows at a time; a layer
+    with ``apply_src`` has its terms scaled in :func:`hook_pass` instead.
+    """
+    if call.src_scale is None or not call.shape.uses_src:
+        return x
+    out = call.g.host.empty(tuple(x.shape), x.dtype, "source rows scaled by degree")
+    step = max(1, (8 << 20) // max(1, x[:1].numel() * x.element_size()))
+    for lo in range(0, x.shape[0], step):
+        torch.mul(x[lo : lo + step].detach(), call.src_scale[lo : lo + step].to(x.dtype), out=out[lo : lo + step])
+    return out
+
+
 def _merge(call: LayerCall, inputs: ChunkInputs, acc, win, partial_acc, arg) -> None:
     c = inputs.c
     rows = slice(c.dst_offset, c.dst_offset + c.num_dst)
@@ -299,8 +316,8 @@ def _finalise(call: LayerCall, acc, win, lo: int, hi: int, sm=None) -> None:
         total = sm[1].repeat_interleave(call.shape.d_msg // call.shape.d_score, dim=1)
         acc.div_(torch.where(total > 0, total, torch.ones_like(total)))
         sm[0].masked_fill_(torch.isinf(sm[0]), 0.0)
-    if call.inv_degree is not None:
-        acc.mul_(call.inv_degree[lo:hi].to(acc.device))
+    if call.dst_scale is not None:
+        acc.mul_(call.dst_scale[lo:hi].to(acc.device))
     if win is not None:
         acc.masked_fill_(win < 0, 0.0)
 

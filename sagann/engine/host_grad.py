@@ -64,6 +64,11 @@ class HostGrad:
             return
         dev.add_out(t, self.rows(lo, hi))
 
+    def scale_rows(self, scale: torch.Tensor) -> None:
+        """Multiply every row by ``scale`` (``[N, 1]``), in place: a sym gather's source scaling (rows not written stay zero)."""
+        if self._t is not None:
+            self._t.mul_(scale.to(self._t.dtype))
+
     def tensor(self) -> torch.Tensor:
         if self._t is None:
             return self._host.zeros_like(self._like, self._what)

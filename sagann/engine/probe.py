@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sagann.engine.edges import EdgeBatch
-from sagann.fn import GATHERS, AttentionFn, MessageFn
+from sagann.fn import GATHERS, SYM_MESSAGES, AttentionFn, MessageFn
 from sagann.scheduler.meter import allocated_peak
 from sagann.scheduler.planner import LayerShape
 from sagann.units import storage_ptr, tensor_bytes
@@ -37,6 +37,14 @@ def check_layer(layer: nn.Module) -> None:
         raise TypeError(f"{name}.apply_edge must be a method or a sagann.fn builtin, got {ae!r}")
     if isinstance(ae, MessageFn) and layer.gather == "softmax":
         raise ValueError(f"{name}: gather='softmax' needs an apply_edge that returns (scores, messages), not the builtin {ae!r}")
+    if layer.gather == "sym":
+        if not (isinstance(ae, MessageFn) and ae.op in SYM_MESSAGES):
+            raise ValueError(f"{name}: gather='sym' scales each message by its source's degree, so apply_edge must be one of "
+                             f"{', '.join('sagann.fn.' + op for op in SYM_MESSAGES)} (linear in the source row); got {ae!r}. "
+                             "Use gather='sum' with GCN-normalised edge weights otherwise")
+        if not has_hook(layer, "apply_src") and getattr(layer, "apply_vertex_reads_v", True):
+            raise ValueError(f"{name}: gather='sym' on the raw input rows needs apply_vertex_reads_v = False (the input's gradient is "
+                             "scaled at the sources), or an apply_src hook for the rows it sends")
     if isinstance(ae, AttentionFn):
         if layer.gather != "softmax":
             raise ValueError(f"{name}: {ae!r} weighs messages by a softmax; set gather = 'softmax' (got {layer.gather!r})")

@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sagann.fn import AttentionFn, MessageFn
+from sagann.fn import SUM_GATHERS, AttentionFn, MessageFn
 from sagann.chunks.partition import GraphPartition
 
 FLOAT = 4  # bytes per fp32 element
@@ -191,7 +191,7 @@ def direct_sum_backward(shape: LayerShape, fused: bool) -> bool:
     only. A mean runs as a sum scaled by the whole in-degree, so its
     backward is direct too.
     """
-    return fused and shape.builtin is not None and shape.gather in ("sum", "mean") and not shape.softmax and shape.builtin.spec.sum_backward
+    return fused and shape.builtin is not None and shape.gather in SUM_GATHERS and not shape.softmax and shape.builtin.spec.sum_backward
 
 
 def backward_scratch_times(shape: LayerShape, fused: bool) -> int:
@@ -410,7 +410,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     src = FLOAT * c.num_src * shape.d_src_side
     edge = FLOAT * c.nnz * shape.d_edge
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
-    into_acc = fused and not backward and shape.builtin is not None and shape.gather in ("sum", "mean")
+    into_acc = fused and not backward and shape.builtin is not None and shape.gather in SUM_GATHERS
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
     # backward: every index array may be on the device; edge ids only for winners (below)
     if backward and shape.sum_backward_edge and direct_sum_backward(shape, fused):
