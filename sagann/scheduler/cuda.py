@@ -288,6 +288,12 @@ class CudaDevice(Device):
             raise ValueError(f"CudaDevice index must be an int in [0, {count}) on this machine, got {index!r}")
         return TorchRuntime(index)
 
+    def calibration_twin(self) -> "CudaDevice | None":
+        """A device on the same GPU for the step calibration's engine passes (own streams and ledger); None on a stand-in runtime."""
+        if not isinstance(self.runtime, TorchRuntime):
+            return None
+        return CudaDevice(self.memory_budget, self.index, f"{self.name} (calibration)")
+
     # ---- properties the engine reads -----------------------------------------------------------
     @property
     def shares_host_memory(self) -> bool:

@@ -157,6 +157,25 @@ def test_a_device_over_another_runtime_needs_a_budget():
         CudaDevice("1MB", runtime=RecordingRuntime(), staging_buffers=0)
 
 
+def test_a_stand_in_runtime_makes_no_calibration_twin():
+    """The engine-timed step calibration needs real kernels: over a recording runtime it is skipped (the bare loop's figure stands)."""
+    from tests.scheduler.recording_runtime import RecordingRuntime
+
+    assert CudaDevice("1MB", runtime=RecordingRuntime()).calibration_twin() is None
+
+
+@gpu
+def test_the_engine_timed_step_calibration_runs_on_a_gpu_twin():
+    from sagann.engine.calibrate import engine_step_seconds
+
+    dev = CudaDevice("2GB")
+    twin = dev.calibration_twin()
+    assert twin is not None and twin is not dev and twin.torch_device == dev.torch_device
+    seconds = engine_step_seconds(dev, repeats=2)
+    assert seconds is not None and 0 < seconds < 0.1, seconds
+    assert dev.bytes_in == 0 and dev.peak_bytes == 0  # the twin ran the passes, not the device
+
+
 @gpu
 def test_staged_pieces_index_blocks_and_write_backs_on_a_gpu():
     from sagann.chunks.partition import partition_graph
