@@ -196,11 +196,10 @@ class _GCNSym(Face):
     apply_edge = fn.copy_src
 
     def apply_src(self, v: torch.Tensor) -> torch.Tensor:
-        return self._base.lin(v)
+        return self._base.apply_src(v)
 
     def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        bias = self._base.bias
-        return acc if bias is None else acc + bias
+        return self._base.apply_vertex(v, acc)
 
 
 class _GCNSymAggregateFirst(Face):

@@ -21,6 +21,7 @@ import torch
 
 from sagann.engine.call import LayerCall, Saved
 from sagann.engine.host_grad import owns_storage
+from sagann.engine.host_ops import BLOCK_BYTES
 from sagann.engine.messages import gather_partial, softmax_partials
 from sagann.engine.offload import KeptGraph, graph_handle, own_version
 from sagann.engine.probe import unread_rows
@@ -290,7 +291,7 @@ def scaled_sources(call: LayerCall, x: torch.Tensor) -> torch.Tensor:
     if call.src_scale is None or not call.shape.uses_src:
         return x
     out = call.g.host.empty(tuple(x.shape), x.dtype, "source rows scaled by degree")
-    step = max(1, (8 << 20) // max(1, x[:1].numel() * x.element_size()))
+    step = max(1, BLOCK_BYTES // max(1, x[:1].numel() * x.element_size()))
     for lo in range(0, x.shape[0], step):
         torch.mul(x[lo : lo + step].detach(), call.src_scale[lo : lo + step].to(x.dtype), out=out[lo : lo + step])
     return out
