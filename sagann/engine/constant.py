@@ -27,7 +27,7 @@ from sagann.engine.faces import Face, ThenFace, base_of, face_of
 from sagann.engine.pending import PendingRows, RowSource, chaining_enabled
 from sagann.engine.probe import unread_rows
 from sagann.engine.run import call_owner, draw_seed, layer_shape, run_layer
-from sagann.fn import MessageFn
+from sagann.fn import SUM_GATHERS, MessageFn
 
 __all__ = ["seen_gather", "note_gather", "reuses_gather", "has_cached_gather", "run_on_cached_gather", "run_chained_on_cached_gather"]
 
@@ -65,7 +65,7 @@ def _constant(layer: nn.Module, g, x: torch.Tensor, edge_data: torch.Tensor | No
     """Is the layer's acc a function of inputs that need no gradient (and so a constant while they are unchanged)?"""
     if not (g.schedule.cache_gather and getattr(layer, "caches_gather", True)) or g.process_group is not None:
         return False
-    if not isinstance(layer.apply_edge, MessageFn) or layer.gather not in ("sum", "mean", "sym", "max", "min"):
+    if not isinstance(layer.apply_edge, MessageFn) or layer.gather not in (*SUM_GATHERS, "max", "min"):
         return False
     if callable(getattr(layer, "apply_src", None)) or callable(getattr(layer, "apply_dst", None)):
         return False
