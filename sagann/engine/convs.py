@@ -202,15 +202,11 @@ class _GCNSym(Face):
         return self._base.apply_vertex(v, acc)
 
 
-class _GCNSymAggregateFirst(Face):
+class _GCNSymAggregateFirst(_GCNAggregateFirst):
     """The same GCNConv with unit edge weights as ``(Â X) W + b``, ``Â X`` by the 'sym' gather (cacheable: no hook)."""
 
     gather = "sym"
-    apply_vertex_reads_v = False
     apply_edge = fn.copy_src
-
-    def apply_vertex(self, v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        return F.linear(acc, self._base.lin.weight, self._base.bias)
 
 
 class SAGEConv(Layer):
