@@ -148,8 +148,9 @@ def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_
                 with torch.enable_grad(), call.block_rng("vertex", j, lo, blocks):
                     out_j = call.layer.apply_vertex(xj, acc)
             # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
-            saved_j = (hi - lo) * call.shape.vertex_saved * recompute  # a kept graph's are charged as they load
-            saved_j += (hi - lo) * call.shape.vertex_saved  # autograd's gradients of the saved activations (measured)
+            saved_row = call.shape.saved_row_bytes(False, recompute)
+            saved_j = (hi - lo) * saved_row * recompute  # a kept graph's are charged as they load
+            saved_j += (hi - lo) * saved_row  # autograd's gradients of the saved activations (measured)
             s.charge(2 * tensor_bytes(go) * recompute + saved_j + vertex_scratch_bytes(hi - lo, call.shape.d_out), f"apply_vertex backward V_{j}")
             inputs = [acc] + ([xj] if need_x else []) + call.params
             if not need_acc:  # keep the positions below: a None in acc's place
@@ -363,7 +364,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
                     v = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{q}").requires_grad_(need_x)
                     with torch.enable_grad(), call.block_rng(hook, q, lo, blocks):
                         h = getattr(call.layer, hook)(v)
-                saved_q = (hi - lo) * call.shape.hook_saved * (1 + (kept is None))  # their gradients; a recompute's saved tensors
+                saved_q = (hi - lo) * call.shape.saved_row_bytes(True, kept is None) * (1 + (kept is None))  # their gradients; a recompute's saved tensors
                 s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
                 hgrads = call.grad(h, ([v] if need_x else []) + call.params, gt)
                 s.charge(tensor_bytes(x[lo:hi]) if need_x else 0, f"{hook} input gradient V_{q}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import threading
 import zlib
 from collections.abc import Iterator
@@ -168,7 +169,7 @@ class LayerCall:
         capped by the forward's room (``apply_cap``), so the ledger stays
         within what the plan counted.
         """
-        block = self._block_rows("vertex", vertex_block_rows)
+        block = self._block_rows("vertex", functools.partial(vertex_block_rows, edgeless=self.p.num_edges == 0))
         return _split(lo, hi, block if self.apply_cap is None else max(1, min(block, self.apply_cap)))
 
     def hook_rows(self) -> Iterator[tuple[int, int, int, int]]:

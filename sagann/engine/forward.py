@@ -62,6 +62,7 @@ class _Column:
     win: torch.Tensor | None
     win_shared: bool
     sm: tuple[torch.Tensor, torch.Tensor] | None
+    init: float = 0.0  # the accumulator's fill; a deferred column (``xj`` None) opens each block with it
 
 
 @metered_pass
@@ -133,7 +134,7 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
                 for j in plan.members(g):  # the tile's accumulators, open together while its sources stream
                     lo, hi = p.interval(j)
                     if hi > lo:
-                        columns[j] = _open_column(call, j, x, dst_term, bufs, init)
+                        columns[j] = _open_column(call, j, x, dst_term, bufs, init, defer=p.num_edges == 0 and len(call.vertex_blocks(lo, hi)) > 1)
                 for step in steps:
                     load, busy, b = call.executor.run_step(stream, step, partial(_forward_chunk, call, col=columns[step.key[1]]))
                     times[step.key] = (load, busy)
@@ -155,10 +156,18 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
     return out, Saved(src_term, dst_term, bufs.acc, bufs.win, bufs.sm_max, bufs.sm_sum)
 
 
-def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init) -> "_Column":
-    """V_j's resident forward state: its input and destination-term rows and its accumulator."""
-    shape, (lo, hi) = call.shape, call.p.interval(j)
+def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init, rows: tuple[int, int] | None = None, defer: bool = False) -> "_Column":
+    """V_j's resident forward state (``rows``: of its rows lo:hi only): its input and destination-term rows and its accumulator.
+
+    ``defer``: nothing yet. A pass with no edges has no edge stage to hold
+    the column through, so its ApplyVertex blocks each load their own rows
+    (:func:`_apply_vertex_in_blocks`): a block then fills the room the whole
+    column's rows would have held.
+    """
+    shape, (lo, hi) = call.shape, rows or call.p.interval(j)
     s = Scope(call.device)
+    if defer:
+        return _Column(j, lo, hi, s, None, None, None, False, None, False, None, init)
     try:
         narrow = call.g.schedule.transfer_dtype
         xj = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
@@ -171,7 +180,7 @@ def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init) 
     except BaseException:
         s.close()
         raise
-    return _Column(j, lo, hi, s, xj, dj, acc, acc_shared, win, win_shared, sm)
+    return _Column(j, lo, hi, s, xj, dj, acc, acc_shared, win, win_shared, sm, init)
 
 
 def _forward_chunk(call: LayerCall, inputs: ChunkInputs, col: "_Column") -> None:
@@ -194,9 +203,12 @@ def _forward_chunk(call: LayerCall, inputs: ChunkInputs, col: "_Column") -> None
 def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: bool, keep_mode) -> None:
     """Finish V_j: ApplyVertex on its accumulator, its rows back to the host (``bufs.out`` made at the first need)."""
     shape, dev, s, j, lo, hi = call.shape, call.device, col.scope, col.j, col.lo, col.hi
+    blocks = call.vertex_blocks(lo, hi)
+    if col.xj is None:  # deferred: every block loads its own rows
+        _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode, x)
+        return
     acc, win, sm = col.acc, col.win, col.sm
     _finalise(call, acc, win, lo, hi, sm)
-    blocks = call.vertex_blocks(lo, hi)
     out_j = kept = None
     if len(blocks) > 1:  # the budget holds the column but not its output rows and scratch at once
         _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode)
@@ -215,20 +227,27 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
             if bufs.out is None:
                 bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
             dev.copy_out(out_j, bufs.out[lo:hi])
-        if not col.acc_shared:
-            dev.copy_out(acc, bufs.acc[lo:hi])
-        if win is not None and not col.win_shared:
-            dev.copy_out(win, bufs.win[lo:hi])
-        if sm is not None:
-            dev.copy_out(sm[0], bufs.sm_max[lo:hi])
-            dev.copy_out(sm[1], bufs.sm_sum[lo:hi])
+        _state_out(call, col, bufs)
     aliases = [(col.xj, x[lo:hi])] if shape.loads_x_j else []
     if kept is not None and call.seal(kept, aliases + [(acc, bufs.acc[lo:hi])], kept.seconds, (j,)):
         call.vertex_graphs[j] = kept
 
 
-def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[int, int]], bufs: HostOutputs, keep_mode: str | None) -> None:
-    """ApplyVertex of V_j block by block: the column's state stays whole, each block's output rows and scratch come and go.
+def _state_out(call: LayerCall, col: "_Column", bufs: HostOutputs) -> None:
+    """The column's accumulator (and max/min winners, softmax sums) to the host, where backward reads them."""
+    dev, lo, hi = call.device, col.lo, col.hi
+    if not col.acc_shared:
+        dev.copy_out(col.acc, bufs.acc[lo:hi])
+    if col.win is not None and not col.win_shared:
+        dev.copy_out(col.win, bufs.win[lo:hi])
+    if col.sm is not None:
+        dev.copy_out(col.sm[0], bufs.sm_max[lo:hi])
+        dev.copy_out(col.sm[1], bufs.sm_sum[lo:hi])
+
+
+def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[int, int]], bufs: HostOutputs, keep_mode: str | None, x=None) -> None:
+    """ApplyVertex of V_j block by block: the column's state stays whole (a deferred column: each block loads its
+    own, from ``x``), each block's output rows and scratch come and go.
 
     No graph is kept: backward recomputes the same blocks under the same
     seeds, and the planned peak counts that recompute where a plan that
@@ -240,15 +259,28 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
     if bufs.out is None:
         bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
     for b0, b1 in blocks:
-        with dev.scope() as bs:
-            bs.charge(vertex_scratch_bytes(b1 - b0, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j} rows {b0}:{b1}")
-            with call.span("apply_vertex", FORWARD, (j,)), call.block_rng("vertex", j, b0, len(blocks)):
-                out_b = call.layer.apply_vertex(col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo])
-            call.check_rows(out_b, b1 - b0, shape.d_out, "apply_vertex")
-            bs.adopt(out_b, f"output rows V_{j} rows {b0}:{b1}")
-            with call.span("d2h", FORWARD, (j,), tensor_bytes(out_b)):
-                dev.copy_out(out_b, bufs.out[b0:b1])
-            out_b = None  # gone with its scope
+        block = _open_column(call, j, x, None, bufs, col.init, (b0, b1)) if col.xj is None else None
+        try:
+            if block is not None:
+                _finalise(call, block.acc, block.win, b0, b1, block.sm)  # no edges: the accumulator's fill, finished
+                xb, accb = block.xj, block.acc
+            else:
+                xb, accb = col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo]
+            with dev.scope() as bs:
+                bs.charge(vertex_scratch_bytes(b1 - b0, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j} rows {b0}:{b1}")
+                with call.span("apply_vertex", FORWARD, (j,)), call.block_rng("vertex", j, b0, len(blocks)):
+                    out_b = call.layer.apply_vertex(xb, accb)
+                call.check_rows(out_b, b1 - b0, shape.d_out, "apply_vertex")
+                bs.adopt(out_b, f"output rows V_{j} rows {b0}:{b1}")
+                with call.span("d2h", FORWARD, (j,), tensor_bytes(out_b)):
+                    dev.copy_out(out_b, bufs.out[b0:b1])
+                out_b = None  # gone with its scope
+            if block is not None:
+                _state_out(call, block, bufs)
+        finally:
+            if block is not None:
+                block.scope.close()
+            block = xb = accb = None
 
 
 def _apply_vertex_forward(call: LayerCall, j: int, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:

@@ -122,7 +122,8 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
             raise ValueError(f"{name}.apply_vertex must return one row per vertex ([n, d_out]); got {getattr(out, 'shape', type(out))}")
         params = list(layer.parameters())
         vertex_saved = saved_bytes_per_row(layer.apply_vertex, (d_in, d_msg), params, device)
-        hook_saved = max([saved_bytes_per_row(getattr(layer, h), (d_in,), params, device) for h in ("apply_src", "apply_dst") if has_hook(layer, h)], default=0)
+        hooks = [saved_bytes_per_row(getattr(layer, h), (d_in,), params, device) for h in ("apply_src", "apply_dst") if has_hook(layer, h)]
+        hook_saved = tuple(max(counts, default=0) for counts in zip(*hooks)) if hooks else (0, 0)
         vertex_temp = temp_bytes_per_row(layer.apply_vertex, (d_in, d_msg), device)
         hook_temp = max([temp_bytes_per_row(getattr(layer, h), (d_in,), device) for h in ("apply_src", "apply_dst") if has_hook(layer, h)], default=0)
     return LayerShape(
@@ -142,8 +143,10 @@ def probe_layer(layer: nn.Module, d_in: int, edge_data: torch.Tensor | None, dev
         uses_dst_term="dst_term" in used,
         uses_edge="data" in used,
         vertex_reads_x=bool(getattr(layer, "apply_vertex_reads_v", True)),
-        vertex_saved=vertex_saved,
-        hook_saved=hook_saved,
+        vertex_saved=vertex_saved[0],
+        vertex_saved_distinct=vertex_saved[1],
+        hook_saved=hook_saved[0],
+        hook_saved_distinct=hook_saved[1],
         vertex_temp=vertex_temp,
         hook_temp=hook_temp,
         edge_temp=edge_temp[0],
@@ -214,36 +217,41 @@ def _growth_per_item(measure: Callable[[int], int], small: int = 32, big: int = 
             return 0
 
 
-def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor], device: torch.device) -> int:
-    """Bytes per vertex row that ``fn``'s autograd graph saves beyond its inputs and the parameters.
+def saved_bytes_per_row(fn, widths: tuple[int, ...], params: list[torch.Tensor], device: torch.device) -> tuple[int, int]:
+    """Bytes per vertex row that ``fn``'s autograd graph saves beyond its inputs and the parameters: (every save, distinct storages).
 
     Backward holds them on the device (a kept graph loads them there; a
     recompute rebuilds them), and the planner cannot see inside a user
     function: an MLP's hidden activations, a dropout mask. Measured as the
-    growth from 4 to 8 rows of random inputs (constants drop out); every
-    save counts, as a kept graph copies each.
+    growth from 4 to 8 rows of random inputs (constants drop out). A kept
+    graph copies every save, so a tensor saved twice (a ReLU's output, by
+    the ReLU and the next Linear) counts twice; a recompute's graph shares
+    it, as autograd does, so the second count takes each storage once.
     """
-    def saved(rows: int) -> int:
+    def saved(rows: int) -> tuple[int, int]:
         with torch.enable_grad():  # the probe runs under no_grad: inputs made there would need no gradient, and save nothing
             args = [torch.randn(rows, w, device=device, requires_grad=True).clone() for w in widths]  # not leaves, as in the engine
         skip = {storage_ptr(t) for t in [*params, *args]}
-        total = 0
+        total, distinct = 0, {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
             nonlocal total
             if storage_ptr(t) not in skip:
                 total += tensor_bytes(t)
+                distinct[storage_ptr(t)] = max(distinct.get(storage_ptr(t), 0), tensor_bytes(t))
             return t
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(*args)
-        return total
+        return total, sum(distinct.values())
 
     with torch.random.fork_rng(devices=[]):
         try:
-            return max(0, (saved(8) - saved(4)) // 4)
+            (every_8, distinct_8), (every_4, distinct_4) = saved(8), saved(4)
         except Exception:  # a measurement only: the layer's real call raises its own error, with the engine's context
-            return 0
+            return 0, 0
+    every = max(0, (every_8 - every_4) // 4)
+    return every, min(every, max(0, (distinct_8 - distinct_4) // 4))
 
 
 def _check_attention(name: str, out) -> tuple[torch.Tensor, int]:

@@ -37,13 +37,14 @@ BudgetExceeded, never as a silent overrun.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 
-from sagann.fn import SUM_GATHERS, AttentionFn, MessageFn
+from sagann.fn import SUM_GATHERS
 from sagann.chunks.partition import GraphPartition
+from sagann.scheduler.layer_shape import LayerShape
 
 FLOAT = 4  # bytes per fp32 element
 INDEX = 8  # bytes per int64 winner id
@@ -54,112 +55,6 @@ DOUBLE = 8  # bytes per fp64 element
 BLOCK_HEADROOM = 2  # ApplyVertex blocks are sized for this many times the per-row bytes modelled
 MAX_BLOCKS = 8  # blocks an interval may run in; more: a larger P instead
 MERGE_TEMPS = 3  # row-sized temporaries alive at once in a softmax merge (forward) or correction (fused backward)
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """What a layer call reads and writes, learned by a probe on one fake edge.
-
-    Widths are feature columns; the ``uses_*`` flags say which inputs the
-    edge stage must bring to the device.
-    """
-
-    d_in: int
-    d_edge: int  # 0 without edge data
-    d_src_term: int  # 0 without apply_src
-    d_dst_term: int  # 0 without apply_dst
-    d_msg: int
-    d_out: int
-    gather: str
-    builtin: MessageFn | None
-    uses_src: bool  # raw input rows at sources
-    uses_dst: bool  # raw input rows at destinations
-    uses_src_term: bool
-    uses_dst_term: bool
-    uses_edge: bool
-    d_score: int = 0  # attention heads of a softmax gather (scores per edge)
-    # bytes per edge the kernel backend holds beyond a builtin op's operands (KernelBackend.scratch_bytes_per_edge):
-    # the cuda backend's sparse CSR product keeps unit weights and column ids; filled in per call (run_layer)
-    kernel_scratch: int = 0
-    # bytes per edge a direct sum backward holds on the backend (KernelBackend.sum_backward_bytes_per_edge): the index
-    # arrays its kernels read, the edge data and their gradient; 0 where unknown (every index array is counted)
-    sum_backward_edge: int = 0
-    # False for a sum's source gradient, which reads no source rows (its accumulator over V_i is still held)
-    sends_src: bool = True
-    attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
-    # what backward will compute, known when the call is planned (autograd mode, requires_grad):
-    # the probe leaves all True (the most memory); run_layer fills them in per call
-    backward: bool = True  # any backward at all
-    grad_x: bool = True  # the input rows need a gradient
-    grad_edge: bool = True  # the edge data need a gradient
-    # backward recomputes ApplyVertex and the hooks instead of using their kept forward graphs
-    # (sagann.engine.offload): the recomputed output and its graph's copy are extra rows
-    recomputes: bool = False
-    vertex_reads_x: bool = True  # apply_vertex reads its input rows v (Layer.apply_vertex_reads_v)
-    # bytes per row that ApplyVertex's / the hooks' autograd graphs save beyond their inputs and parameters
-    # (an MLP's activations), measured by the probe: backward holds them on the device
-    vertex_saved: int = 0
-    hook_saved: int = 0
-    # bytes per edge a user ApplyEdge holds at once, measured by the probe: in forward (its messages
-    # included), and recomputed under autograd with its gradients (what it saves, per-edge input gradients)
-    edge_temp: int = 0
-    edge_grad_temp: int = 0
-    # bytes per row ApplyVertex / a hook holds at once in forward beyond its inputs and output, measured
-    # by the probe under autograd (as a kept graph runs it): an activation, a dropout mask, a hidden layer
-    vertex_temp: int = 0
-    hook_temp: int = 0
-
-    def __hash__(self) -> int:
-        """The fields' hash, computed once: the planner's memo keys hash a shape per planned sub-chunk, every pass."""
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash(tuple(getattr(self, f.name) for f in fields(self) if (f.compare if f.hash is None else f.hash)))
-            object.__setattr__(self, "_hash", h)
-        return h
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_hash"}  # string hashes differ between processes
-
-    @property
-    def loads_x_j(self) -> bool:
-        """Does a destination interval's pass need its input rows on the device?"""
-        return self.vertex_reads_x or self.uses_dst
-
-    def with_grads(self, backward: bool, grad_x: bool, grad_edge: bool) -> "LayerShape":
-        return replace(self, backward=backward, grad_x=grad_x and backward, grad_edge=grad_edge and backward)
-
-    def edge_grads(self, grad_x: bool, grad_edge: bool) -> bool:
-        """Does a gradient flow through the edge stage (and so through ``acc``)?
-
-        Not for a builtin message without hooks whose inputs need no gradient
-        (e.g. a first layer on raw features that aggregates before its
-        matmul): backward is then ApplyVertex's alone, no pass over the edges.
-        """
-        if self.builtin is None or self.d_src_term or self.d_dst_term:  # a user apply_edge or hook may hold parameters
-            return True
-        return (grad_x and (self.uses_src or self.uses_dst)) or (grad_edge and self.uses_edge)
-
-    @property
-    def backward_edges(self) -> bool:
-        """Does backward make a pass over the edges?"""
-        return self.backward and self.edge_grads(self.grad_x, self.grad_edge)
-
-    @property
-    def softmax(self) -> bool:
-        return self.gather == "softmax"
-
-    @property
-    def d_src_side(self) -> int:
-        """Columns of source-side rows an edge stage transfers."""
-        return self.d_in * self.uses_src + self.d_src_term * self.uses_src_term if self.sends_src else 0
-
-    @property
-    def d_dst_side(self) -> int:
-        return self.d_in * self.uses_dst + self.d_dst_term * self.uses_dst_term
-
-    @property
-    def winners(self) -> bool:
-        return self.gather in ("max", "min")
 
 
 @dataclass(frozen=True)
@@ -241,12 +136,12 @@ def _row_bytes(shape: LayerShape) -> dict[str, int]:
         # x_j and acc (or what a kept graph saved of them), output grad (+ recomputed output, x2),
         # grads of acc and x_j where they are needed, scratch (a kept graph's unpacked temporaries),
         # what the graph saved and autograd's gradients of it (the hidden activations' gradients)
-        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + 2 * shape.vertex_saved
+        "backward apply_vertex": FLOAT * ((1 + gx) * xv * shape.d_in + (1 + gacc) * shape.d_msg + out * shape.d_out) + FLOAT * VERTEX_SCRATCH * shape.d_out + 2 * shape.saved_row_bytes(False, shape.recomputes)
         if shape.backward
         else 0,
         # x rows, hook output (forward) or its grad (+ recomputed output, x2), grad of x where needed, scratch,
         # what the hooks' graphs saved and its gradients (backward)
-        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + vertex_scratch_bytes(1, hook, shape.hook_temp) + 2 * shape.hook_saved * shape.backward if hook else 0,
+        "hook pre-pass": FLOAT * ((1 + gx) * shape.d_in + out * hook) + vertex_scratch_bytes(1, hook, shape.hook_temp) + 2 * shape.saved_row_bytes(True, shape.recomputes) * shape.backward if hook else 0,
     }
 
 
@@ -265,7 +160,7 @@ def _held_row_bytes(shape: LayerShape) -> int:
     return _row_bytes(shape)["forward"] - _apply_row_bytes(shape)
 
 
-def vertex_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: int | None, window: int = 0) -> int:
+def vertex_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: int | None, window: int = 0, edgeless: bool = False) -> int:
     """Rows per ApplyVertex block of an interval of ``rows`` rows: all of them where they fit, else as many as fit
     twice over, as long as at most ``MAX_BLOCKS`` blocks cover the interval (else all of them: it does not fit).
 
@@ -278,24 +173,27 @@ def vertex_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: in
     forward and backward, so that a random ApplyVertex (dropout) recomputes
     the blocks the forward drew. ``window``: what the edge stage may still
     hold while the forward's ApplyVertex runs (the last step's loads, the
-    next group's prefetched sub-chunks).
+    next group's prefetched sub-chunks). ``edgeless``: a pass with no edges,
+    whose blocks each load their own rows (no column is held whole).
     """
     rows = max(0, int(rows))
     if budget is None or rows == 0:
         return rows
     room = budget - 2 * param_bytes
 
-    def fit(headroom: int) -> int:
-        fits = [(room - rows * _held_row_bytes(shape) - window) // max(1, headroom * _apply_row_bytes(shape))]
+    def fit(headroom: int, shape: LayerShape) -> int:
+        held = _held_row_bytes(shape)
+        fits = [(room - window - rows * held * (not edgeless)) // max(1, headroom * (_apply_row_bytes(shape) + held * edgeless))]
         if shape.backward:
             fits.append(room // max(1, headroom * _row_bytes(shape)["backward apply_vertex"]))
         return min(fits)
 
-    if fit(1) >= rows:
+    if fit(1, shape) >= rows:
         return rows
     # in blocks, each sized for twice the temporaries modelled: a block fills what room is left, so a
-    # function holding more per row than the probe saw would overrun the budget, not a margin
-    return _blocks_or_whole(rows, fit(BLOCK_HEADROOM))
+    # function holding more per row than the probe saw would overrun the budget, not a margin;
+    # backward recomputes blocks (no graph is kept), so their saved tensors are held as autograd shares them
+    return _blocks_or_whole(rows, fit(BLOCK_HEADROOM, replace(shape, recomputes=True)))
 
 
 def _blocks_or_whole(rows: int, block: int) -> int:
@@ -321,7 +219,7 @@ def hook_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: int 
     room = budget - 2 * param_bytes
     if room // per_row >= rows:
         return rows
-    return _blocks_or_whole(rows, room // (BLOCK_HEADROOM * per_row))
+    return _blocks_or_whole(rows, room // (BLOCK_HEADROOM * _row_bytes(replace(shape, recomputes=True))["hook pre-pass"]))  # blocks recompute
 
 
 def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: int, budget: int | None = None) -> int:
@@ -329,7 +227,7 @@ def recompute_bytes(partition: GraphPartition, shape: LayerShape, param_bytes: i
     sizes = np.diff(partition.bounds)
     biggest = int(sizes.max()) if sizes.size else 0
     s = replace(shape, recomputes=True)
-    block, hook_block = vertex_block_rows(biggest, s, param_bytes, budget), hook_block_rows(biggest, s, param_bytes, budget)
+    block, hook_block = vertex_block_rows(biggest, s, param_bytes, budget, edgeless=partition.num_edges == 0), hook_block_rows(biggest, s, param_bytes, budget)
     return max(resident_bytes(block, s, "backward apply_vertex"), resident_bytes(hook_block, s, "hook pre-pass")) + 2 * param_bytes
 
 
@@ -480,7 +378,7 @@ def apply_block_rows(partition: GraphPartition, shape: LayerShape, fused: bool, 
     if budget is None:
         return biggest
     window = _forward_window(partition, canonical(shape), fused, in_flight) if in_flight > 1 else 0
-    return vertex_block_rows(biggest, shape, param_bytes, budget, _apply_window(window, in_flight))
+    return vertex_block_rows(biggest, shape, param_bytes, budget, _apply_window(window, in_flight), partition.num_edges == 0)
 
 
 def _forward_window(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int) -> int:
@@ -495,8 +393,9 @@ def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_f
     biggest = int(sizes.max()) if sizes.size else 0
     window = _forward_window(partition, shape, fused, in_flight)
     during = _apply_window(window, in_flight)
-    block = vertex_block_rows(biggest, shape, param_bytes, budget, during)
-    held = biggest * _held_row_bytes(shape)
+    edgeless = partition.num_edges == 0
+    block = vertex_block_rows(biggest, shape, param_bytes, budget, during, edgeless)
+    held = (block if edgeless else biggest) * _held_row_bytes(shape)  # no edges: each block holds its own rows
     return {
         "forward edge stage": held + window,
         # ApplyVertex's output rows and scratch (a block of them), beside what prefetching holds of the next column's loads
@@ -516,18 +415,21 @@ def tile_candidates(num_chunks: int) -> list[int]:
     return tiles + ([num_chunks] if num_chunks > 1 else [])
 
 
-def tile_resident_bytes(rows: Sequence[int], shape: LayerShape, apply_rows: int | None = None) -> int:
+def tile_resident_bytes(rows: Sequence[int], shape: LayerShape, apply_rows: int | None = None, edgeless: bool = False) -> int:
     """Forward bytes a tile of destination intervals of ``rows`` rows each keeps on the device through its edge stage.
 
     Each holds its input rows, destination terms and accumulator through the
     tile; ApplyVertex then runs one interval at a time while the last
     step's loads may still be held, so the biggest's output rows and
     scratch count too: ``apply_rows`` of them where ApplyVertex runs in
-    blocks (:func:`apply_block_rows`), else the whole interval's.
+    blocks (:func:`apply_block_rows`), else the whole interval's. With no
+    edges, an interval in blocks holds nothing but the block it applies.
     """
     if not rows:
         return 0
     applied = int(max(rows)) if apply_rows is None else min(int(max(rows)), int(apply_rows))
+    if edgeless and applied < max(rows):
+        return applied * (_held_row_bytes(shape) + _apply_row_bytes(shape))
     return int(sum(rows)) * _held_row_bytes(shape) + applied * _apply_row_bytes(shape)
 
 

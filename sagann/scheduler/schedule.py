@@ -21,6 +21,7 @@ source order, so a tiled pass adds in the same order as an untiled one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Collection, Iterator
 
 from sagann.chunks.partition import GraphPartition
@@ -210,13 +211,14 @@ def dry_run(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused:
     sizes = partition.bounds[1:] - partition.bounds[:-1]
     shape = canonical(shape)
     applying = {}  # forward, without prefetching: a column's ApplyVertex, after its loads have gone
+    tile_bytes = partial(tile_resident_bytes, shape=shape, edgeless=partition.num_edges == 0)
     if backward:
         held = {g: resident_bytes(int(sizes[g]), shape, "backward") for g, _ in plan.groups}
     elif plan.prefetch > 0:  # a tile's accumulators, and ApplyVertex beside the next column's prefetched loads
-        held = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape, apply_rows) for g, _ in plan.groups}
+        held = {g: tile_bytes([int(sizes[m]) for m in plan.members(g)], apply_rows=apply_rows) for g, _ in plan.groups}
     else:
-        held = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape, 0) for g, _ in plan.groups}
-        applying = {g: tile_resident_bytes([int(sizes[m]) for m in plan.members(g)], shape, apply_rows) for g, _ in plan.groups}
+        held = {g: tile_bytes([int(sizes[m]) for m in plan.members(g)], apply_rows=0) for g, _ in plan.groups}
+        applying = {g: tile_bytes([int(sizes[m]) for m in plan.members(g)], apply_rows=apply_rows) for g, _ in plan.groups}
     seq: list[tuple[int, int, tuple | None, int]] = []  # (group, bytes, block (one per run), block bytes)
     run = 0
     for g, steps in plan.groups:

@@ -135,7 +135,8 @@ def test_the_probe_measures_what_apply_vertex_saves_per_row():
 
     shape = probe_layer(_WideMLP(), 4, None, torch.device("cpu"))
     assert shape.vertex_saved == 2 * 64 * 4, "ReLU's output, saved by ReLU and by the second Linear; inputs and weights not counted"
-    assert shape.hook_saved == 0
+    assert shape.vertex_saved_distinct == 64 * 4, "a recompute's graph holds that one storage once"
+    assert shape.hook_saved == shape.hook_saved_distinct == 0
 
 
 @pytest.mark.parametrize("copy_cost", [0.0, 1.0])  # kept graphs (their saved tensors loaded in backward) or recomputed

@@ -146,7 +146,7 @@ def test_the_probe_measures_what_a_parameter_free_hook_saves():
     """Under the probe's no_grad, inputs made without grad saved nothing: tanh's output was not counted."""
     with torch.no_grad():
         per_row = probe.saved_bytes_per_row(lambda v: torch.tanh(v.repeat(1, 8)), (4,), [], torch.device("cpu"))
-    assert per_row == 4 * 8 * 4
+    assert per_row == (4 * 8 * 4, 4 * 8 * 4), "tanh's output, saved once: every save and the distinct storages agree"
 
 
 def test_allocated_peak_counts_what_is_alive_at_once():

@@ -1,8 +1,11 @@
 """ApplyVertex and the hooks in row blocks: the same values and gradients as whole intervals, dropout replayed, within the budget."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+
 import torch
 
 import sagann
@@ -99,8 +102,10 @@ def test_block_rows_fit_the_budget_and_cover_the_interval_where_it_fits():
     blocks = [vertex_block_rows(rows, shape, params, budget) for budget in budgets]
     assert blocks[0] == rows, "more than MAX_BLOCKS blocks: the whole interval, which does not fit (the planner takes a larger P)"
     assert blocks[1:] == sorted(blocks[1:]) and blocks[-1] < rows  # more rows a block as the budget grows
+    recomputed = _row_bytes(dataclasses.replace(shape, recomputes=True))["backward apply_vertex"]  # blocks recompute: no kept graph
+    assert recomputed < row_bytes, "a recompute holds the ReLU output its graph saves twice once"
     for budget, block in zip(budgets[1:], blocks[1:]):
-        assert block * MAX_BLOCKS >= rows and BLOCK_HEADROOM * block * row_bytes + 2 * params <= budget  # a block's recompute and gradients fit, twice
+        assert block * MAX_BLOCKS >= rows and BLOCK_HEADROOM * block * recomputed + 2 * params <= budget  # a block's recompute and gradients fit, twice
 
 
 def test_a_budget_where_only_blocks_fit_trains_within_it(monkeypatch):
@@ -125,3 +130,41 @@ def test_a_budget_where_only_blocks_fit_trains_within_it(monkeypatch):
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and torch.allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
     assert device.peak_bytes <= g.planned_peak_bytes <= device.memory_budget
     assert_measured_within(device)  # what torch allocated, not only what the ledger counted
+
+
+def test_a_pass_with_no_edges_loads_each_block_alone(monkeypatch):
+    """No edge stage holds the column, so each ApplyVertex block loads its own rows: larger blocks, the same values, within the budget."""
+    from sagann.engine import forward
+
+    deferred = []
+    opened = forward._open_column
+    monkeypatch.setattr(forward, "_open_column", lambda *a, **k: deferred.append(k.get("defer", False)) or opened(*a, **k))
+    n = 2048
+    ei = np.zeros((2, 0), dtype=np.int64)
+    torch.manual_seed(0)
+    layer = sagann.nn.GINConv(torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)))
+    x = torch.randn(n, 8, requires_grad=True)
+    ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x)
+    ref_grads = torch.autograd.grad((ref * ref).sum(), [x, *layer.parameters()])
+    device = sagann.CpuDevice("160KB", meter=True)
+    g = sagann.ChunkedGraph(ei, n, device=device)
+    out = layer(g, x)
+    grads = torch.autograd.grad((out * out).sum(), [x, *layer.parameters()])
+    assert any(deferred), "no interval ran in blocks: lower the budget"
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(grads, ref_grads))
+    assert device.peak_bytes <= g.planned_peak_bytes <= device.memory_budget
+    assert_measured_within(device)
+
+
+def test_blocks_of_a_pass_with_no_edges_fill_the_room_a_held_column_took():
+    from sagann.engine.layer import probe_layer
+    from sagann.scheduler.memory_model import _apply_row_bytes, _held_row_bytes
+
+    shape = probe_layer(sagann.nn.SAGEConv(64, 64), 64, None, torch.device("cpu"))
+    rows, params, budget = 10_000, 40_000, 8_000_000  # the held column's rows bind the forward's blocks
+    held_whole, edgeless = vertex_block_rows(rows, shape, params, budget), vertex_block_rows(rows, shape, params, budget, edgeless=True)
+    assert rows > edgeless > held_whole, "each block holds only its own rows"
+    per_row = _held_row_bytes(shape) + _apply_row_bytes(shape)
+    assert BLOCK_HEADROOM * edgeless * per_row + 2 * params <= budget, "a block's own rows, output and scratch fit, twice"
+    assert vertex_block_rows(rows, shape, params, 10**9, edgeless=True) == rows, "one block where the interval fits"
