@@ -97,7 +97,8 @@ class LayerCall:
         self.params = [p for p in spec.layer.parameters() if p.requires_grad]
         shape = spec.shape
         self.reduce = "sum" if shape.gather in SUM_GATHERS else shape.gather
-        self.src_scale, self.dst_scale = degree_scales(shape.gather, partition.in_degree)
+        # per vertex, the same for every partition of the graph: made once per graph and gather
+        self.src_scale, self.dst_scale = g.cached(f"degree_scales_{shape.gather}", lambda: degree_scales(shape.gather, partition.in_degree))
         self.flags = flags or CallFlags()
         # several devices share the call: the hook terms every device reads, and the host outputs it writes into
         self.terms: dict[str, torch.Tensor] = {}
