@@ -30,6 +30,7 @@ from sagann.engine.graph import ChunkedGraph
 from sagann.engine.offload import KeptGraph
 from sagann.fn import SUM_GATHERS
 from sagann.scheduler.executor import Executor, PassLog, Strategy
+from sagann.scheduler.memory_model import cache_block_rows
 from sagann.scheduler.planner import LayerShape, direct_sum_backward, hook_block_rows, recompute_bytes, vertex_block_rows
 from sagann.scheduler.schedule import FORWARD, PassPlan
 
@@ -187,8 +188,10 @@ class LayerCall:
         if hit is None or hit[0] is not self.p:
             sizes = np.diff(self.p.bounds)
             biggest = int(sizes.max()) if sizes.size else 0
-            shape = dataclasses.replace(self.shape, recomputes=True)
-            hit = self._block_memo[kind] = (self.p, rows_for(biggest, shape, self.param_bytes, self.device.memory_budget))
+            shape, budget = dataclasses.replace(self.shape, recomputes=True), self.device.memory_budget
+            rows = rows_for(biggest, shape, self.param_bytes, budget)
+            cached = cache_block_rows(shape, kind != "vertex", getattr(self.device, "vertex_block_bytes", None)) if budget is not None else None
+            hit = self._block_memo[kind] = (self.p, rows if cached is None else min(rows, cached))  # blocks the caches hold
         return max(1, hit[1])
 
     def block_rng(self, kind: str, q: int, lo: int, blocks: int) -> contextlib.AbstractContextManager:

@@ -327,13 +327,15 @@ class Device(abc.ABC):
         pass sends no source-major order; no pass sends what the device can
         make from the pointers); ``narrow``: in 16 bits where they fit.
         """
-        ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, narrow=narrow, derive=self.derives_index,
-                                  send_many=self._send_indices)
+        ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, narrow=narrow, derive=self.derives_index, send_many=self._send_indices)
         return ct, self._source_rows(chunk), ct.nbytes
 
     # make dst_idx from dst_ptr on the device rather than send it: where a loop over the device's memory is
     # cheaper than the link (a GPU); on a CPU the copy is the cheaper (24 us against 5 for 40,000 edges)
     derives_index = False
+    # under a budget, ApplyVertex and hook blocks of at most this many modelled bytes, however many the budget
+    # would allow (None: no such bound); a CPU device's whole wide intervals fall out of its caches
+    vertex_block_bytes: int | None = None
 
     def _send_index(self, a: np.ndarray) -> torch.Tensor:
         """One host index array on this device (a transfer)."""
@@ -461,15 +463,8 @@ class CpuDevice(Device):
             environment sets ``SAGANN_METER=1``.
     """
 
-    def __init__(
-        self,
-        memory_budget: int | str | None = None,
-        name: str | None = None,
-        link_bandwidth: int | str | None = None,
-        copy_transfers: bool = False,
-        peer_bandwidth: int | str | None = None,
-        meter: bool | None = None,
-    ):
+    def __init__(self, memory_budget: int | str | None = None, name: str | None = None, link_bandwidth: int | str | None = None,
+                 copy_transfers: bool = False, peer_bandwidth: int | str | None = None, meter: bool | None = None):
         auto = name is None
         name = "cpu0" if auto else name
         super().__init__(name, memory_budget, auto_named=auto)
@@ -534,6 +529,8 @@ class CpuDevice(Device):
         except ImportError:
             return "reference"
         return "cpu"
+
+    vertex_block_bytes = 8 << 20  # measured: 4 MiB and 16 MiB blocks were slower (docs/benchmarks.md, "Blocks that fit the caches")
 
     @property
     def overlaps_transfers(self) -> bool:

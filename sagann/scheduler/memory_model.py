@@ -196,6 +196,20 @@ def vertex_block_rows(rows: int, shape: LayerShape, param_bytes: int, budget: in
     return _blocks_or_whole(rows, fit(BLOCK_HEADROOM, replace(shape, recomputes=True)))
 
 
+def cache_block_rows(shape: LayerShape, hook: bool, block_bytes: int | None) -> int | None:
+    """Rows of an ApplyVertex (``hook``: a hook) block whose modelled bytes fit ``block_bytes`` (None: no such bound).
+
+    Blocks recompute, so they are counted as :func:`vertex_block_rows` sizes
+    them; fewer rows than the budget allows only save memory, so a plan
+    stays within what it counted.
+    """
+    if block_bytes is None:
+        return None
+    s = replace(shape, recomputes=True)
+    per_row = _row_bytes(s)["hook pre-pass"] if hook else max(_row_bytes(s)["backward apply_vertex"], _held_row_bytes(s) + _apply_row_bytes(s))
+    return max(1, block_bytes // max(1, per_row))
+
+
 def _blocks_or_whole(rows: int, block: int) -> int:
     """``block`` rows where at most ``MAX_BLOCKS`` cover the interval, else the whole interval (which then does not fit:
     the planner takes a larger P). Each block costs a call and its bookkeeping (~0.1 ms): 41 blocks of 95 rows an

@@ -168,3 +168,52 @@ def test_blocks_of_a_pass_with_no_edges_fill_the_room_a_held_column_took():
     per_row = _held_row_bytes(shape) + _apply_row_bytes(shape)
     assert BLOCK_HEADROOM * edgeless * per_row + 2 * params <= budget, "a block's own rows, output and scratch fit, twice"
     assert vertex_block_rows(rows, shape, params, 10**9, edgeless=True) == rows, "one block where the interval fits"
+
+
+def test_blocks_the_caches_hold_where_the_budget_allows_whole_intervals(monkeypatch):
+    """A device's ``vertex_block_bytes`` caps ApplyVertex and hook blocks below what the budget allows: same values, fewer bytes held."""
+    from sagann.scheduler.memory_model import cache_block_rows
+
+    class SmallCaches(sagann.CpuDevice):
+        vertex_block_bytes = 8 << 10
+
+    split = []
+    whole = call_module.LayerCall.vertex_blocks
+    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: split.append(len(whole(self, lo, hi))) or whole(self, lo, hi))
+    rng = np.random.default_rng(4)
+    n, ei = 300, awkward_graph(rng, 300, 1500)
+    torch.manual_seed(0)
+    layer = HookLayer(6, 5, 4, "sum")
+    x, ed = torch.randn(n, 6, requires_grad=True), torch.randn(ei.shape[1], 4)
+    ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x, ed)
+    ref_grads = torch.autograd.grad((ref * ref).sum(), [x, *layer.parameters()])
+    roomy, capped = sagann.CpuDevice("64MB"), SmallCaches("64MB")
+    outs = []
+    for device in (roomy, capped):
+        split.clear()
+        g = sagann.ChunkedGraph(ei, n, num_chunks=2, device=device)
+        out = layer(g, x, ed)
+        grads = torch.autograd.grad((out * out).sum(), [x, *layer.parameters()])
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(grads, ref_grads))
+        outs.append((max(split), device.peak_bytes))
+    (roomy_blocks, roomy_peak), (capped_blocks, capped_peak) = outs
+    assert roomy_blocks == 1, "64MB holds every interval whole"
+    assert capped_blocks > 1, "the cap splits what the budget would hold whole"
+    assert capped_peak <= roomy_peak
+
+
+def test_cache_block_rows_fit_the_bytes_given():
+    from sagann.engine.layer import probe_layer
+    from sagann.scheduler.memory_model import cache_block_rows
+    from tests.engine.test_budget import _WideMLP
+
+    shape = probe_layer(_WideMLP(), 4, None, torch.device("cpu"))
+    per_row = _row_bytes(dataclasses.replace(shape, recomputes=True))["backward apply_vertex"]
+    assert cache_block_rows(shape, False, None) is None
+    assert cache_block_rows(shape, False, 100 * per_row) == 100
+    assert cache_block_rows(shape, False, 1) == 1, "at least a row"
+
+
+def test_only_a_cpu_device_bounds_its_blocks_by_its_caches():
+    assert sagann.CpuDevice().vertex_block_bytes == 8 << 20
+    assert sagann.scheduler.devices.Device.vertex_block_bytes is None  # a GPU's blocks are as large as its budget allows
