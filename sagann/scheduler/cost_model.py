@@ -34,7 +34,7 @@ from sagann.kernels import gspmm
 from sagann.scheduler import calibration
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_in_room, vertex_weight
 
-__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
+__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "faster_partitions", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
 
 _LOG = logging.getLogger("sagann")
 CALIBRATION_VERTICES, CALIBRATION_EDGES, CALIBRATION_WIDTH = 2048, 16384, 32
@@ -265,6 +265,7 @@ def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, 
 MARGIN = 0.05  # a larger P must be predicted this much faster: the model's noise must not flip the choice
 GROWTH = (1.25, 1.5, 2.0, 3.0)  # larger P tried, as multiples of the smallest P that fits
 NEXT_P = 3  # and the next few P above it: where a sub-chunk can just hold a whole chunk, one more interval is often enough
+MAX_PICKS = 3  # candidates the planner cuts in turn, fastest first, where one does not fit once cut (each cut costs a pass over the edges)
 
 
 def _sub_for_room(room: int, in_flight: int, rows: int, shape: LayerShape, fused: bool, default: int) -> int:
@@ -273,7 +274,13 @@ def _sub_for_room(room: int, in_flight: int, rows: int, shape: LayerShape, fused
 
 
 def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, chosen, job: dict, costs: StepCosts, max_chunks: int) -> tuple[int, int] | None:
-    """(P, sub-chunk edges) the time model predicts faster than ``chosen`` (the smallest P that fits, widened), or None.
+    """The fastest of :func:`faster_partitions`, or None."""
+    picks = faster_partitions(edges, in_degree, chosen, job, costs, max_chunks)
+    return picks[0] if picks else None
+
+
+def faster_partitions(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, chosen, job: dict, costs: StepCosts, max_chunks: int) -> list[tuple[int, int]]:
+    """Every (P, sub-chunk edges) the time model predicts faster than ``chosen`` (the smallest P that fits, widened), fastest first.
 
     At the smallest P the resident rows leave little room, so sub-chunks are
     small and steps many; a larger P holds fewer rows and leaves room for
@@ -281,9 +288,12 @@ def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, 
     Each candidate (the smallest P itself, and larger ones) gets the
     largest sub-chunks its room allows once a sub-chunk's source rows are
     bounded by its interval (:func:`sub_chunk_nnz_in_room`); bytes and
-    steps come from :func:`estimate_partition`. The caller cuts the pick
-    and keeps it only if it fits. ``job``: shape, fused, param_bytes,
-    budget, in_flight, default (the largest sub-chunk).
+    steps come from :func:`estimate_partition`. The caller cuts the picks
+    in turn and keeps the first that fits: the estimate counts a
+    sub-chunk's source rows, not the destination rows a sparse chunk's
+    backward sub-chunk also loads, so the fastest may not fit once cut.
+    ``job``: shape, fused, param_bytes, budget, in_flight, default (the
+    largest sub-chunk).
     """
     shape, fused, params, budget, in_flight, default = (job[k] for k in ("shape", "fused", "param_bytes", "budget", "in_flight", "default"))
     weight = vertex_weight(shape, fused)
@@ -294,7 +304,7 @@ def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, 
 
     p0 = chosen.num_chunks
     base = estimate_partition(chunk_nnz(edges, chosen.bounds), chosen.bounds, chosen.sub_chunk_nnz, shape).seconds(costs)
-    best, best_seconds = None, base * (1 - MARGIN)
+    picks = []
     for p in sorted({min(max_chunks, int(math.ceil(p0 * g))) for g in GROWTH} | {min(max_chunks, p0 + k) for k in range(NEXT_P + 1)}):
         bounds = chosen.bounds if p == p0 else balanced_bounds(in_degree, p, weight)
         if resident_lower_bound(bounds, shape, params) >= budget:
@@ -303,9 +313,9 @@ def faster_partition(edges: np.ndarray | GraphPartition, in_degree: np.ndarray, 
         if p == p0 and sub <= chosen.sub_chunk_nnz:  # the smallest P is a candidate only with wider sub-chunks
             continue
         seconds = estimate_partition(chunk_nnz(edges, bounds), bounds, sub, shape).seconds(costs)
-        if seconds < best_seconds:
-            best, best_seconds = (p, sub), seconds
-    return best
+        if seconds < base * (1 - MARGIN):
+            picks.append((seconds, p, sub))
+    return [(p, sub) for _, p, sub in sorted(picks)]
 
 
 def measure_partition(partition, shape: LayerShape) -> PartitionEstimate:

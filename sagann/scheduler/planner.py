@@ -20,7 +20,7 @@ import numpy as np
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, pack_chunks, partition_graph
 from sagann.chunks.recut import recut
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
-from sagann.scheduler.cost_model import MARGIN, faster_partition, measure_partition, measure_step_costs
+from sagann.scheduler.cost_model import MARGIN, MAX_PICKS, faster_partitions, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import trim_freed_memory
 from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the planner's model)
@@ -321,25 +321,25 @@ class Planner:
         part, ws = fit
         job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": cap}
         costs = measure_step_costs(self._devices[0])
-        pick = faster_partition(self._edges(), self._in_degree, part, job, costs, min(max(self._num_vertices, 1), MAX_CHUNKS))
-        if pick is None:
+        picks = faster_partitions(self._edges(), self._in_degree, part, job, costs, min(max(self._num_vertices, 1), MAX_CHUNKS))
+        if not picks:
             return
         p0, sub0, weight, old = part.num_chunks, part.sub_chunk_nnz, vertex_weight(shape, fused), measure_partition(part, shape)
         fit.clear()
         part = None
-        p, sub = pick
-        for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
-            faster = self._cut(p, sub, weight)
-            w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight, budget=self.budget)
-            if w.peak_bytes <= self.budget and self._fits_the_others(faster, shape, fused, param_bytes, in_flight):  # kept if, counted, it takes fewer steps and is still predicted faster
-                new = measure_partition(faster, shape)
-                if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs):
-                    fit[:] = [faster, w]
-                    # the estimate sized the pick's sub-chunks from a model of their rows: widen them to what really fits
-                    self._widen(fit, shape, fused, param_bytes, in_flight, cap)
-                    return
-                break
-            faster = None
+        for p, sub in picks[:MAX_PICKS]:  # fastest first: the next where one does not fit once cut
+            for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
+                faster = self._cut(p, sub, weight)
+                w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight, budget=self.budget)
+                if w.peak_bytes <= self.budget and self._fits_the_others(faster, shape, fused, param_bytes, in_flight):  # kept if, counted, it takes fewer steps and is still predicted faster
+                    new = measure_partition(faster, shape)
+                    if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs):
+                        fit[:] = [faster, w]
+                        # the estimate sized the pick's sub-chunks from a model of their rows: widen them to what really fits
+                        self._widen(fit, shape, fused, param_bytes, in_flight, cap)
+                        return
+                    break
+                faster = None
         faster = None
         fit[:] = [self._cut(p0, sub0, weight), ws]
 

@@ -97,7 +97,13 @@ def test_the_planner_takes_the_faster_p_when_it_fits(monkeypatch):
     timed = _planner(budget, "time")
     part = timed.partition_for(SHAPE, False, 1000)
     assert part.num_chunks > smallest.num_chunks and timed.working_set.peak_bytes <= budget
-    monkeypatch.setattr(planner_module, "faster_partition", lambda *args: None)  # the model sees nothing faster: the smallest P stays
+    real = cost_model.faster_partitions
+    picks = real(EDGES, np.bincount(EDGES[1], minlength=N), smallest, _job(budget), StepCosts(1e-15, 1.0, 0.0), 1024)
+    # the fastest predicted does not fit once cut, even with its sub-chunks halved twice: the next is cut instead
+    unfit = (smallest.num_chunks, 64 * smallest.sub_chunk_nnz)
+    monkeypatch.setattr(planner_module, "faster_partitions", lambda *args: [unfit, *picks])
+    assert _planner(budget, "time").partition_for(SHAPE, False, 1000).num_chunks == part.num_chunks
+    monkeypatch.setattr(planner_module, "faster_partitions", lambda *args: [])  # the model sees nothing faster: the smallest P stays
     assert _planner(budget, "time").partition_for(SHAPE, False, 1000).num_chunks == smallest.num_chunks
 
 
