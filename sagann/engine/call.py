@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import threading
 import zlib
 from collections.abc import Iterator
@@ -171,7 +170,7 @@ class LayerCall:
         capped by the forward's room (``apply_cap``), so the ledger stays
         within what the plan counted.
         """
-        block = self._block_rows("vertex", functools.partial(vertex_block_rows, edgeless=self.p.num_edges == 0))
+        block = self._block_rows("vertex", vertex_block_rows)
         return _split(lo, hi, block if self.apply_cap is None else max(1, min(block, self.apply_cap)))
 
     def hook_rows(self) -> Iterator[tuple[int, int, int, int]]:
@@ -189,7 +188,8 @@ class LayerCall:
             sizes = np.diff(self.p.bounds)
             biggest = int(sizes.max()) if sizes.size else 0
             shape, budget = dataclasses.replace(self.shape, recomputes=True), self.device.memory_budget
-            rows = rows_for(biggest, shape, self.param_bytes, budget)
+            edgeless = {"edgeless": self.p.num_edges == 0} if kind == "vertex" else {}  # a pass with no edges loads each block alone
+            rows = rows_for(biggest, shape, self.param_bytes, budget, **edgeless)
             cached = cache_block_rows(shape, kind != "vertex", getattr(self.device, "vertex_block_bytes", None)) if budget is not None else None
             hit = self._block_memo[kind] = (self.p, rows if cached is None else min(rows, cached))  # blocks the caches hold
         return max(1, hit[1])
