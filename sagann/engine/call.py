@@ -86,7 +86,8 @@ class LayerCall:
             compute in threads (``fork_rng`` acts on the one global generator).
     """
 
-    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None, rng_lock: threading.RLock | None = None):
+    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None,
+                 rng_lock: threading.RLock | None = None, given: tuple[np.ndarray, torch.Tensor] | None = None):
         self.spec, self.g, self.p = spec, g, partition
         self._block_memo: dict[str, tuple] = {}  # "vertex" / "hook" -> (partition, rows per block on it)
         self.apply_cap: int | None = None  # the forward's block where its edge stage's loads leave less room (kept for backward's replay)
@@ -108,10 +109,9 @@ class LayerCall:
         # j -> (x rows, acc, output) or a KeptGraph for ApplyVertex
         self.hook_graphs: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor] | KeptGraph]] = {}
         self.vertex_graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | KeptGraph] = {}
-        # edge data arrive permuted into this first partition's sub-chunk order;
-        # after a re-plan, where each slot of the new order is in them (None: the same order)
-        self._given_order = partition.edge_order[0]
-        self._data_perm: torch.Tensor | None = None
+        # edge data arrive permuted into the first partition's sub-chunk order (``given``: a re-plan's
+        # call, that order and where each slot of this partition's order is in it; None: the same order)
+        self._given_order, self._data_perm = (partition.edge_order[0], None) if given is None else given
         self.executor = self._executor(partition)
         # a fused sum (or mean) layer skips the per-chunk forward recompute and autograd in backward
         self.direct_backward = direct_sum_backward(shape, spec.fused)
@@ -126,8 +126,12 @@ class LayerCall:
         call = copy.copy(self)
         call.p, call.hook_graphs, call.vertex_graphs, call._fits_recompute = partition, {}, {}, None
         call.executor = call._executor(partition)
-        call._data_perm = _data_permutation(self.g.host, self._given_order, partition.edge_order[0])
+        call._given_order, call._data_perm = self.given_order_on(partition)
         return call
+
+    def given_order_on(self, partition: GraphPartition) -> tuple[np.ndarray, torch.Tensor]:
+        """The order the edge data arrive in, and where each slot of ``partition``'s order is in it (a re-plan's ``given``)."""
+        return self._given_order, _data_permutation(self.g.host, self._given_order, partition.edge_order[0])
 
     @property
     def need_x(self) -> bool:

@@ -196,6 +196,7 @@ def run_on_devices(devices: Sequence[Device], jobs: Sequence[Callable[[], object
     if failed:
         k, exc = next(((k, e) for k, e in failed if not _is_abort(e)), failed[0])
         exc.add_note(f"on device {devices[k].name} (device {k} of {len(devices)})")
+        exc.sagann_device = devices[k]  # a re-plan's message names it (sagann.engine.replan)
         raise exc
     return results
 
@@ -231,20 +232,36 @@ def _numba_safe_for_threads(backend: str, num_devices: int) -> None:
 class MultiDeviceCall:
     """One layer call on several devices: one :class:`LayerCall` per device, each over its own columns."""
 
-    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition):
+    def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, *, flags: CallFlags | None = None, given=None):
+        """``flags`` and ``given``: a re-plan's call keeps the first call's autograd flags and edge data order (``LayerCall``)."""
         _numba_safe_for_threads(spec.backend, len(g.devices))
-        self.g, self.shape, self.name, self.partition = g, spec.shape, spec.name, partition
+        self.spec, self.g, self.shape, self.name, self.partition = spec, g, spec.shape, spec.name, partition
+        self.fused = spec.fused
         self.layout = layout_for(g, partition)
         self.devices = list(g.devices)
         g.calls_made += 1
         self.call_no = g.calls_made
         self.shares = [SharedPass(g.link, g.step_log, self.call_no) for _ in self.devices]
-        self.flags = CallFlags()  # one set for every device's call
+        self.flags = flags or CallFlags()  # one set for every device's call
         self.calls = [
-            LayerCall(spec, view, part, strategy=share, flags=self.flags, rng_lock=_RNG_LOCK)
+            LayerCall(spec, view, part, strategy=share, flags=self.flags, rng_lock=_RNG_LOCK, given=given)
             for view, part, share in zip(self.layout.views, self.layout.partitions, self.shares)
         ]
         self.params = self.calls[0].params
+
+    @property
+    def p(self) -> GraphPartition:
+        return self.partition
+
+    @property
+    def device(self) -> Device:
+        """The device with the least memory: the one a re-plan's message names where the failing one is unknown."""
+        budgets = [d.memory_budget if d.memory_budget is not None else float("inf") for d in self.devices]
+        return self.devices[budgets.index(min(budgets))]
+
+    def on_partition(self, partition: GraphPartition) -> "MultiDeviceCall":
+        """This call on a finer partition (a re-plan after a device ran out of memory): every device's columns re-laid out on it."""
+        return MultiDeviceCall(self.spec, self.g, partition, flags=self.flags, given=self.calls[0].given_order_on(partition))
 
     def _relays(self, phase: str) -> list[ChainRelay]:
         relays = []
@@ -308,6 +325,7 @@ class MultiDeviceCall:
     def backward(self, x, edata, saved: Saved, grad_out, need: tuple[bool, bool]):
         need_x, need_e = need
         relays = self._relays(BACKWARD)
+        edata = self.calls[0].edges_in_partition_order(edata)  # after a re-plan: this partition's order (one copy for every device)
         parts: list[Grads] = self._run(self._timed(BACKWARD, [partial(backward_edges, c, x, edata, saved, grad_out, need_x, need_e) for c in self.calls]), relays)
         g_src_term, g_dst_term = _sum([p.src_term for p in parts]), _sum([p.dst_term for p in parts])
         if g_src_term is not None or g_dst_term is not None:
@@ -315,7 +333,7 @@ class MultiDeviceCall:
                 p.src_term, p.dst_term = g_src_term, g_dst_term
             self._run(self._timed(BACKWARD, [partial(backward_hooks, c, x, parts[k], need_x) for k, c in enumerate(self.calls)], edges=False))
         gparams = [_sum([p.params[q] for p in parts]) for q in range(len(self.params))]
-        return _sum([None if p.x is None else p.x.tensor() for p in parts]), _sum([p.edge for p in parts]), gparams
+        return _sum([None if p.x is None else p.x.tensor() for p in parts]), self.calls[0].edges_in_given_order(_sum([p.edge for p in parts])), gparams
 
 
 def _shared_outputs(shape: LayerShape, n: int) -> HostOutputs:

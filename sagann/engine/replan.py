@@ -58,9 +58,9 @@ def run_with_replans(call, phase: str, attempt: Callable[[object], T]) -> tuple[
     ``call`` is a ``_LayerCall``; returns the call that succeeded (it may run
     on a finer partition than the one given) and what ``attempt`` returned.
     """
-    if not hasattr(call, "on_partition"):  # several devices or ranks: one partition for all, not re-planned yet
+    if not hasattr(call, "on_partition"):  # ranks of a process group: one rank cannot re-plan alone
         return call, attempt(call)
-    g, budget_note = call.g, format_bytes(call.device.memory_budget)
+    g = call.g
     first_p, first_sub = call.p.num_chunks, call.p.sub_chunk_nnz
     tries = 0
     while True:
@@ -70,13 +70,14 @@ def run_with_replans(call, phase: str, attempt: Callable[[object], T]) -> tuple[
             oom = device_oom(exc)
             if oom is None:
                 raise
+            device = getattr(exc, "sagann_device", None) or call.device  # several devices: the one that failed
             if tries >= g.schedule.max_replans:
                 if tries == 0:
                     raise
                 raise BudgetTooSmall(
-                    f"{call.device.name} ran out of memory in the {phase} of {call.name} even after {tries} re-plans "
+                    f"{device.name} ran out of memory in the {phase} of {call.name} even after {tries} re-plans "
                     f"(P {first_p} -> {call.p.num_chunks}, sub-chunks of at most {first_sub:,} -> {call.p.sub_chunk_nnz:,} edges; "
-                    f"{_first_line(oom)}); raise the memory budget ({budget_note}) or ScheduleConfig(max_replans=...)"
+                    f"{_first_line(oom)}); raise the memory budget ({format_bytes(device.memory_budget)}) or ScheduleConfig(max_replans=...)"
                 ) from exc
             finer = g.planner.refine(call.shape, call.fused)
             if finer is None:
@@ -92,7 +93,7 @@ def run_with_replans(call, phase: str, attempt: Callable[[object], T]) -> tuple[
             g.replans.append(record)
             log.warning(
                 "sagann: %s ran out of memory in the %s of %s with P=%d (%s); re-planning with P=%d and sub-chunks of at most %d edges (re-plan %d of at most %d)",
-                call.device.name, phase, call.name, record.chunks[0], record.reason, finer.num_chunks, finer.sub_chunk_nnz, tries, g.schedule.max_replans,
+                device.name, phase, call.name, record.chunks[0], record.reason, finer.num_chunks, finer.sub_chunk_nnz, tries, g.schedule.max_replans,
             )
             call = call.on_partition(finer)
 

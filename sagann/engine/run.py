@@ -74,7 +74,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes, owner=call_owner(layer, x, edge_data))
     seed = draw_seed(layer) if seed is None else seed
     spec = CallSpec(layer, shape, backend, fused, param_bytes, seed, name)
-    run = make_multi_call(spec, g, partition) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
+    run = MultiDeviceRun(make_multi_call(spec, g, partition)) if g.multi_device else OneDeviceRun(LayerCall(spec, g, partition))
     run.flags.keep_graphs = torch.is_grad_enabled()  # inside the autograd Function's forward it is always off
     edge_data = None if edge_data is None else _in_chunk_order(partition, edge_data.contiguous(), g.host)
     out = _SagaFunction.apply(run, x.contiguous(), edge_data, *params)
@@ -186,6 +186,18 @@ class OneDeviceRun:
 
     def backward(self, x, edata, saved, grad_out, need: tuple[bool, bool]):
         self.call, result = run_with_replans(self.call, BACKWARD, lambda c: backward_pass(c, x, edata, saved, grad_out, *need))
+        return result
+
+
+class MultiDeviceRun(OneDeviceRun):
+    """A layer call on several devices (or this rank): the same re-plans, where the call can make them (local devices)."""
+
+    def forward(self, x: torch.Tensor, edata: torch.Tensor | None):
+        self.call, result = run_with_replans(self.call, FORWARD, lambda c: c.forward(x, edata))
+        return result
+
+    def backward(self, x, edata, saved, grad_out, need: tuple[bool, bool]):
+        self.call, result = run_with_replans(self.call, BACKWARD, lambda c: c.backward(x, edata, saved, grad_out, need))
         return result
 
 

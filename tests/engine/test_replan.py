@@ -294,3 +294,61 @@ def test_a_pass_plan_over_the_budget_replans_finer_and_equals_that_p(edges, monk
     assert "backward plan with prefetch 1 needs" in g.replans[0].reason
     monkeypatch.setattr(Planner, "_peak", staticmethod(peak))
     _assert_equals_a_run_on(g, layer, x, edges, budget)
+
+
+@pytest.mark.parametrize("chains", [None, [[0, 1]]], ids=["device-list", "chain"])
+@pytest.mark.parametrize("where, phase", [("accumulator V_", "forward"), ("gradient temporaries of E[", "backward")], ids=["forward", "backward"])
+def test_several_devices_replan_like_one(edges, caplog, chains, where, phase):
+    """A device of a list (or a chain) that runs out of memory, in its own thread, re-plans the whole
+    call: every device's columns are laid out again on the finer partition, edge data follow, and
+    the results are those of memory."""
+    torch.manual_seed(0)
+    layer = HookLayer(D, 8, 2, "sum")
+    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    free = sagann.ChunkedGraph(edges, N)
+    layer(free, torch.randn(N, D), ed.detach())
+    budget = int(free.working_set.peak_bytes * 0.3)
+    devices = [sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)]
+    g = sagann.ChunkedGraph(edges, N, device=devices, topology=chains)
+    layer(g, torch.randn(N, D), ed.detach())  # plans P; not injected
+    p0 = g.partition.num_chunks
+    state = _fail_once(devices[1], where)  # the second device runs in a thread of its own
+    x = _x()
+    with caplog.at_level(logging.WARNING, logger="sagann"):
+        out, grads = outputs_and_grads(layer, lambda a, b: layer(g, a, b), x, ed)
+    assert state["failed"] == 1
+    assert [(r.phase, r.chunks[0]) for r in g.replans] == [(phase, p0)] and g.partition.num_chunks > p0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sagann"]
+    assert len(warnings) == 1 and warnings[0].startswith("sagann: cpu1 ran out of memory"), warnings
+    assert all(d.current_bytes == 0 for d in devices), "every device released what the failed attempt held"
+    ref_out, ref_grads = outputs_and_grads(layer, lambda a, b: whole_graph_layer(layer, edges, a, b), x, ed)
+    assert_rel_close(out, ref_out, what="output vs in-memory")
+    assert_grads_close(grads, ref_grads)
+
+
+def test_several_devices_with_less_memory_than_planned_train_on(edges):
+    """Both devices of a list enforce 60% of the peak the plan reaches: training re-plans, stays within
+    the real memory, and its losses are those of one device on the final partition."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((N, D)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, N))
+    masks = [torch.from_numpy(rng.random(N) < 0.5) for _ in range(3)]
+    cfg = sagann.ScheduleConfig(order="natural")
+
+    def train(g):
+        torch.manual_seed(0)
+        model = build_model("sage", D, 8, 3)
+        return [s.loss for s in train_node_classifier(model, g, x, y, *masks, epochs=3, progress=False)]
+
+    budget = _budget(edges, sagann.nn.SAGEConv(D, 8), 0.5)
+    honest = sagann.ChunkedGraph(edges, N, device=[sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)], schedule=cfg)
+    train(honest)
+    devices = [sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)]
+    real = int(0.6 * min(d.peak_bytes for d in honest.devices))
+    for d in devices:
+        d.ledger.budget = real
+    g = sagann.ChunkedGraph(edges, N, device=devices, schedule=cfg)
+    losses = train(g)
+    assert g.replans and all(d.peak_bytes <= real and d.current_bytes == 0 for d in devices)
+    ref = sagann.ChunkedGraph.from_partition(g.partition, device=sagann.CpuDevice(budget), schedule=cfg)
+    np.testing.assert_allclose(losses, train(ref), rtol=1e-5)
