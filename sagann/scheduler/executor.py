@@ -35,7 +35,7 @@ from sagann.kernels.graph import StreamedChunkTensors
 from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope, host_tensor
-from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_freed_memory
+from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_after_pass
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -321,8 +321,10 @@ class Executor:
     """
 
     def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None,
-                 transfer_dtype: torch.dtype | None = None):
+                 transfer_dtype: torch.dtype | None = None, host_budget: bool = False):
+        """``host_budget``: the graph's host memory has a budget, bound on RSS: every pass of many steps trims the heaps."""
         self.device, self.partition, self.log, self.name = device, partition, log, name
+        self.host_budget = host_budget
         self.transfer_dtype = transfer_dtype  # ScheduleConfig.transfer_dtype: input rows cross the link in 16 bits
         self.fused = fused
         self.strategy = strategy or Strategy()
@@ -497,7 +499,7 @@ class Executor:
         self.device.flush_spans()
         self.strategy.after_pass(self, plan, seconds)
         if steps >= TRIM_MIN_STEPS:  # the pass's small buffers are freed: their pages go back to the OS, not to the next pass's peak
-            trim_freed_memory()
+            trim_after_pass(always=self.host_budget)
 
     def _model_seconds(self, plan: PassPlan, steps: int, moved: int) -> float:
         """The calibrated time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.

@@ -31,7 +31,7 @@ from sagann.chunks.files import check_fault
 from sagann.chunks.partition import pack_chunks
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
-__all__ = ["HOST_MEMORY_SLACK", "OUT_OF_CORE_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows", "trim_freed_memory"]
+__all__ = ["HOST_MEMORY_SLACK", "OUT_OF_CORE_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "is_spilled", "stage", "stage_rows", "trim_after_pass", "trim_freed_memory"]
 
 # what peak anonymous RSS may exceed interpreter + host budget + CPU device peak by:
 # compiled kernels (~65 MiB), torch._dynamo (68 MiB, imported by torch.optim's first step),
@@ -198,8 +198,8 @@ def _return_freed_memory() -> None:
     allocates its sub-chunks' buffers at every step (at 64 KiB, an R-MAT
     GCN epoch out of core took 63,000 minor faults against 28,000 in
     memory; at 4 MiB, 22,700-27,000 against 20,000-23,000).
-    :func:`trim_freed_memory` at every pass's end hands what the heap holds
-    free back to the OS.
+    A pass's end hands what the heap holds free back to the OS
+    (:func:`trim_after_pass`).
     """
     global _MALLOC_TAMED
     libc = _libc()
@@ -213,10 +213,38 @@ def _return_freed_memory() -> None:
 _MALLOC_TAMED = False
 
 
+# Without a host budget, a pass's end trims the heaps only where anonymous RSS stands this far above where the last
+# trim left it. A pass that reuses the free blocks its predecessors left keeps them: trimming them cost their page
+# faults again in the next pass (R-MAT 2^16 GCN out of core: 10 ms of an 85 ms epoch). A pass that left more behind
+# (a heap fragmented by differently sized passes) hands it back. Two thirds of OUT_OF_CORE_SLACK: 16 MiB trimmed
+# after most passes still (an out-of-core GCN's forward leaves 24 MiB), and at 32 MiB the out-of-core peak on
+# tests/test_ooc_rss.py's graph stayed below the in-memory one, as it did when every pass trimmed
+TRIM_RSS_GROWTH = 32 << 20
+_TRIM_LOCK = threading.Lock()
+_trim_floor: int | None = None  # anonymous RSS where the last trim left it, lowered as passes end lower
+
+
+def trim_after_pass(always: bool = False) -> bool:
+    """At a pass's end: :func:`trim_freed_memory` where anonymous RSS grew :data:`TRIM_RSS_GROWTH` beyond the last trim's level.
+
+    ``always``: trim whatever RSS says (a host budget: its bound is on RSS).
+    Returns whether it trimmed. The level is per process, as the heaps are.
+    """
+    global _trim_floor
+    rss = None if always else anon_rss_bytes()
+    with _TRIM_LOCK:
+        if rss is not None and _trim_floor is not None and rss <= _trim_floor + TRIM_RSS_GROWTH:
+            _trim_floor = min(_trim_floor, rss)
+            return False
+        trim_freed_memory()
+        _trim_floor = anon_rss_bytes()
+        return True
+
+
 def trim_freed_memory() -> None:
     """Hand the free pages inside malloc's heaps back to the OS (glibc's ``malloc_trim``; no-op elsewhere).
 
-    Called after every pass: the buffers a pass frees (below the mmap
+    Called at a pass's end (:func:`trim_after_pass`): the buffers a pass frees (below the mmap
     threshold, thousands per out-of-core pass) leave free pages between
     live blocks and at the heap's top, which only trimming returns. A few
     milliseconds, and the next pass faults its buffers in once.

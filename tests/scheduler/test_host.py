@@ -2,6 +2,7 @@
 import gc
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,7 +135,7 @@ def test_only_passes_of_many_steps_trim_the_heap(monkeypatch):
     from sagann.scheduler.devices import CpuDevice
 
     trims = []
-    monkeypatch.setattr(executor, "trim_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(executor, "trim_after_pass", lambda always=False: trims.append(1))
     n = 256
     ei, x = rmat(n, 8 * n, seed=1), torch.randn(n, 8)
     layer = sagann.nn.GCNConv(8, 8)
@@ -145,3 +146,44 @@ def test_only_passes_of_many_steps_trim_the_heap(monkeypatch):
         steps = [r.steps for r in g.pass_log]
         assert bool(trims) == trimmed, (num_chunks, steps)
         assert len(trims) == sum(s >= executor.TRIM_MIN_STEPS for s in steps)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RssAnon")
+def test_a_pass_end_trims_only_where_rss_grew(monkeypatch):
+    """Without a host budget the heaps are trimmed where anonymous RSS grew past the last trim's level by
+    TRIM_RSS_GROWTH, and the level follows RSS down; with one (``always``) at every pass's end."""
+    from sagann.scheduler import host
+
+    rss, trims = {"now": 100 << 20}, []
+    monkeypatch.setattr(host, "anon_rss_bytes", lambda: rss["now"])
+    monkeypatch.setattr(host, "trim_freed_memory", lambda: trims.append(rss["now"]))
+    monkeypatch.setattr(host, "_trim_floor", None)
+    grow = host.TRIM_RSS_GROWTH
+    assert host.trim_after_pass() and len(trims) == 1, "the first pass's end sets the level"
+    rss["now"] += grow  # a pass that reused what the one before left
+    assert not host.trim_after_pass()
+    rss["now"] -= grow + grow // 2  # a pass ending below the level lowers it
+    assert not host.trim_after_pass()
+    rss["now"] += grow  # above the lowered level by the growth allowed, no more
+    assert not host.trim_after_pass()
+    rss["now"] += 1
+    assert host.trim_after_pass() and len(trims) == 2
+    assert host.trim_after_pass(always=True) and len(trims) == 3
+
+
+def test_a_host_budget_trims_after_every_pass_of_many_steps(monkeypatch):
+    """The host budget bounds RSS: its graph's passes of many steps trim whatever RSS says."""
+    from sagann.chunks.synthetic import rmat
+    from sagann.scheduler import executor
+    from sagann.scheduler.devices import CpuDevice
+
+    calls = []
+    monkeypatch.setattr(executor, "trim_after_pass", lambda always=False: calls.append(always))
+    n = 256
+    ei, x = rmat(n, 8 * n, seed=1), torch.randn(n, 8)
+    layer = sagann.nn.GCNConv(8, 8)
+    for host_memory, always in ((None, False), ("1GB", True)):
+        calls.clear()
+        g = sagann.ChunkedGraph(ei, n, num_chunks=8, device=CpuDevice(copy_transfers=True), host_memory=host_memory)
+        layer(g, x).sum().backward()
+        assert calls and set(calls) == {always}, (host_memory, calls)
