@@ -128,18 +128,23 @@ def test_a_device_with_less_memory_than_planned_for(edges):
     _assert_equals_a_run_on(g, layer, x, edges, budget)
 
 
-def test_training_continues_and_equals_a_run_at_the_final_p(edges):
+def _sage_training():
+    """Three epochs of a GraphSAGE node classifier on fixed random data, from one seed: its losses on a given graph."""
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((N, D)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 3, N))
     masks = [torch.from_numpy(rng.random(N) < 0.5) for _ in range(3)]
-    cfg = sagann.ScheduleConfig(order="natural")
 
     def train(g):
         torch.manual_seed(0)
         model = build_model("sage", D, 8, 3)
         return [s.loss for s in train_node_classifier(model, g, x, y, *masks, epochs=3, progress=False)]
 
+    return train
+
+
+def test_training_continues_and_equals_a_run_at_the_final_p(edges):
+    cfg, train = sagann.ScheduleConfig(order="natural"), _sage_training()
     budget = _budget(edges, sagann.nn.SAGEConv(D, 8), 0.5)
     honest = sagann.ChunkedGraph(edges, N, device=sagann.CpuDevice(budget), schedule=cfg)
     train(honest)
@@ -329,17 +334,7 @@ def test_several_devices_replan_like_one(edges, caplog, chains, where, phase):
 def test_several_devices_with_less_memory_than_planned_train_on(edges):
     """Both devices of a list enforce 60% of the peak the plan reaches: training re-plans, stays within
     the real memory, and its losses are those of one device on the final partition."""
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((N, D)).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, 3, N))
-    masks = [torch.from_numpy(rng.random(N) < 0.5) for _ in range(3)]
-    cfg = sagann.ScheduleConfig(order="natural")
-
-    def train(g):
-        torch.manual_seed(0)
-        model = build_model("sage", D, 8, 3)
-        return [s.loss for s in train_node_classifier(model, g, x, y, *masks, epochs=3, progress=False)]
-
+    cfg, train = sagann.ScheduleConfig(order="natural"), _sage_training()
     budget = _budget(edges, sagann.nn.SAGEConv(D, 8), 0.5)
     honest = sagann.ChunkedGraph(edges, N, device=[sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)], schedule=cfg)
     train(honest)
