@@ -298,7 +298,7 @@ class ChunkedGraph:
             topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host, _source=source,
         )
         derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
-        derived.step_log, derived.call_log = self.step_log, self.call_log
+        derived.step_log, derived.call_log, derived.replans = self.step_log, self.call_log, self.replans
         return derived
 
     def _chain_spec(self):

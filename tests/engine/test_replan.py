@@ -347,3 +347,21 @@ def test_several_devices_with_less_memory_than_planned_train_on(edges):
     assert g.replans and all(d.peak_bytes <= real and d.current_bytes == 0 for d in devices)
     ref = sagann.ChunkedGraph.from_partition(g.partition, device=sagann.CpuDevice(budget), schedule=cfg)
     np.testing.assert_allclose(losses, train(ref), rtol=1e-5)
+
+
+def test_a_replan_on_a_derived_graph_is_the_users(edges):
+    """GATConv runs on the graph with self loops sagann derives: its re-plans are in the user's graph's log."""
+    torch.manual_seed(0)
+    layer = sagann.nn.GATConv(D, 8, heads=2)
+    free = sagann.ChunkedGraph(edges, N)
+    layer(free, torch.randn(N, D))
+    dev = sagann.CpuDevice(int(free.working_set.peak_bytes * 0.15))
+    g = sagann.ChunkedGraph(edges, N, device=dev)
+    layer(g, torch.randn(N, D))
+    state = _fail_once(dev, "index arrays of E[")
+    x = _x()
+    out, grads = outputs_and_grads(layer, lambda a, b: layer(g, a, b), x, None)
+    assert state["failed"] == 1 and len(g.replans) == 1 and g.replans[0].layer == "GATConv"
+    ref_out, ref_grads = outputs_and_grads(layer, lambda a, b: layer(free, a, b), x, None)
+    assert_rel_close(out, ref_out, what="output vs in-memory")
+    assert_grads_close(grads, ref_grads)
