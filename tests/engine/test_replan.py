@@ -22,6 +22,7 @@ from tests.engine.graphs import awkward_graph
 from tests.engine.layers import GatedGCN, HookLayer
 from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
 from tests.engine.whole_graph import whole_graph_layer
+from tests.measured import assert_measured_within
 
 N, E, D = 240, 2400, 16
 
@@ -338,13 +339,15 @@ def test_several_devices_with_less_memory_than_planned_train_on(edges):
     budget = _budget(edges, sagann.nn.SAGEConv(D, 8), 0.5)
     honest = sagann.ChunkedGraph(edges, N, device=[sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)], schedule=cfg)
     train(honest)
-    devices = [sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)]
+    devices = [sagann.CpuDevice(budget, name=f"cpu{k}", meter=True) for k in range(2)]
     real = int(0.6 * min(d.peak_bytes for d in honest.devices))
     for d in devices:
         d.ledger.budget = real
     g = sagann.ChunkedGraph(edges, N, device=devices, schedule=cfg)
     losses = train(g)
-    assert g.replans and all(d.peak_bytes <= real and d.current_bytes == 0 for d in devices)
+    assert g.replans and all(d.current_bytes == 0 for d in devices)
+    for d in devices:  # as allocated, not as the ledger that enforces it counts
+        assert_measured_within(d, real)
     ref = sagann.ChunkedGraph.from_partition(g.partition, device=sagann.CpuDevice(budget), schedule=cfg)
     np.testing.assert_allclose(losses, train(ref), rtol=1e-5)
 
