@@ -227,16 +227,21 @@ def test_out_of_memory_on_a_full_block_chunk_leaks_nothing(edges):
     assert g.device.current_bytes == 0
 
 
+def _edge_data_layer(edges):
+    """A layer with edge data (needing their gradient) and a budget of 30% of its in-memory peak: P > 1."""
+    layer = HookLayer(D, 8, 2, "sum")
+    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    free = sagann.ChunkedGraph(edges, N)
+    layer(free, torch.randn(N, D), ed.detach())
+    return layer, ed, int(free.working_set.peak_bytes * 0.3)
+
+
 @pytest.mark.parametrize("where", ["edge rows of E[", "gradient temporaries of E["], ids=["forward", "backward"])
 def test_edge_data_follow_a_replan(edges, where):
     """Edge data arrive in the first partition's sub-chunk order; a re-plan reads (and returns the
     gradient of) each edge row at its place in the finer partition."""
     torch.manual_seed(0)
-    layer = HookLayer(D, 8, 2, "sum")
-    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
-    free = sagann.ChunkedGraph(edges, N)
-    layer(free, torch.randn(N, D), ed.detach())
-    budget = int(free.working_set.peak_bytes * 0.3)
+    layer, ed, budget = _edge_data_layer(edges)
     dev = sagann.CpuDevice(budget)
     g = sagann.ChunkedGraph(edges, N, device=dev, schedule=sagann.ScheduleConfig(transfer="selective"))
     state = _fail_once(dev, where)
@@ -260,11 +265,8 @@ def test_edge_data_of_a_replan_are_permuted_under_the_host_budget(edges, monkeyp
     real = call_module._data_permutation
     monkeypatch.setattr(call_module, "_data_permutation", lambda *a: made.append(real(*a)) or made[-1])
     torch.manual_seed(0)
-    layer = HookLayer(D, 8, 2, "sum")
-    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
-    free = sagann.ChunkedGraph(edges, N)
-    layer(free, torch.randn(N, D), ed.detach())
-    dev = sagann.CpuDevice(int(free.working_set.peak_bytes * 0.3))
+    layer, ed, budget = _edge_data_layer(edges)
+    dev = sagann.CpuDevice(budget)
     g = sagann.ChunkedGraph(edges, N, device=dev, schedule=sagann.ScheduleConfig(transfer="selective"), host_memory=1)  # everything spills
     state = _fail_once(dev, "edge rows of E[")
     x = _x()
@@ -309,11 +311,7 @@ def test_several_devices_replan_like_one(edges, caplog, chains, where, phase):
     call: every device's columns are laid out again on the finer partition, edge data follow, and
     the results are those of memory."""
     torch.manual_seed(0)
-    layer = HookLayer(D, 8, 2, "sum")
-    ed = torch.randn(edges.shape[1], 2, generator=torch.Generator().manual_seed(4), requires_grad=True)
-    free = sagann.ChunkedGraph(edges, N)
-    layer(free, torch.randn(N, D), ed.detach())
-    budget = int(free.working_set.peak_bytes * 0.3)
+    layer, ed, budget = _edge_data_layer(edges)
     devices = [sagann.CpuDevice(budget, name=f"cpu{k}") for k in range(2)]
     g = sagann.ChunkedGraph(edges, N, device=devices, topology=chains)
     layer(g, torch.randn(N, D), ed.detach())  # plans P; not injected
