@@ -11,6 +11,6 @@ from sagann.engine.pending import chaining
 from sagann.interop import ConversionError, GraphData, convert, from_dgl, from_pyg, from_scipy, save_dataset
 from sagann.profiler import profile
 from sagann.scheduler import BudgetExceeded, BudgetTooSmall, CpuDevice, CudaDevice, Device, EmulatedLink, ScheduleConfig
-from sagann.scheduler.host import HostMemory
+from sagann.scheduler.host import HostMemory, host_heap, set_host_heap
 
-__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "ConversionError", "GraphData", "convert", "from_dgl", "from_pyg", "from_scipy", "save_dataset", "CpuDevice", "CudaDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "chaining", "explain", "fn", "nn", "profile", "profiler", "__version__"]
+__all__ = ["BudgetExceeded", "BudgetTooSmall", "ChunkedGraph", "ConversionError", "GraphData", "convert", "from_dgl", "from_pyg", "from_scipy", "save_dataset", "CpuDevice", "CudaDevice", "Device", "EdgeBatch", "EmulatedLink", "HostMemory", "Layer", "ScheduleConfig", "chaining", "explain", "fn", "host_heap", "nn", "profile", "profiler", "set_host_heap", "__version__"]

@@ -187,3 +187,105 @@ def test_a_host_budget_trims_after_every_pass_of_many_steps(monkeypatch):
         g = sagann.ChunkedGraph(ei, n, num_chunks=8, device=CpuDevice(copy_transfers=True), host_memory=host_memory)
         layer(g, x).sum().backward()
         assert calls and set(calls) == {always}, (host_memory, calls)
+
+
+class _FakeLibc:
+    """glibc's malloc knobs, recorded: the policy's calls without changing this process's heap."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.fixture
+def fake_heap(monkeypatch):
+    import weakref
+
+    from sagann.scheduler import host
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(host, "_libc", lambda: libc)
+    monkeypatch.setattr(host, "_heap_applied", None)
+    monkeypatch.setattr(host, "_heap_chosen", None)
+    monkeypatch.setattr(host, "_budgeted", weakref.WeakSet())
+    monkeypatch.delenv(host.HEAP_ENV, raising=False)
+    return libc
+
+
+def test_the_heap_keeps_freed_memory_unless_a_host_budget_bounds_rss(fake_heap):
+    import gc
+
+    from sagann.scheduler import host
+
+    HostMemory()
+    assert sagann.host_heap() == "keep"
+    assert ("mallopt", -3, host.KEPT_BLOCK_MAX) in fake_heap.calls
+    fake_heap.calls.clear()
+    budgeted = HostMemory("1GB")
+    assert sagann.host_heap() == "return"
+    assert fake_heap.calls == [("mallopt", -3, host.HEAP_BLOCK_MAX), ("mallopt", -1, host.HEAP_TOP_KEPT), ("malloc_trim", 0)]
+    assert sagann.set_host_heap("keep") == "return", "a live host budget keeps the heap returning memory"
+    del budgeted
+    gc.collect()
+    assert sagann.set_host_heap(None) == "keep"
+    assert sagann.set_host_heap("return") == "return"
+    HostMemory()
+    assert sagann.host_heap() == "return", "the user's choice holds for later graphs"
+
+
+def test_the_heap_policy_is_validated(fake_heap, monkeypatch):
+    from sagann.scheduler import host
+
+    with pytest.raises(ValueError, match="one of"):
+        sagann.set_host_heap("cache")
+    monkeypatch.setenv(host.HEAP_ENV, "return")
+    HostMemory()
+    assert sagann.host_heap() == "return"
+    monkeypatch.setenv(host.HEAP_ENV, "sometimes")
+    with pytest.raises(ValueError, match=host.HEAP_ENV):
+        HostMemory()
+
+
+_FAULTS_PER_EPOCH = """
+import resource, sys, torch, sagann
+from sagann.chunks.synthetic import rmat
+from sagann.engine.models import GraphSAGE
+n = 20_000  # vertex-sized temporaries of 5 MiB: above the returning heap's largest block
+ei, x, y = rmat(n, 8 * n, seed=2), torch.randn(n, 64), torch.randint(0, 4, (n,))
+g = sagann.ChunkedGraph(ei, n)
+model = GraphSAGE(64, 64, 4)
+opt = torch.optim.Adam(model.parameters())
+counts = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(g, x), y).backward()
+    opt.step()
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sagann.host_heap(), min(counts[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's thresholds: Linux only")
+def test_a_kept_heap_does_not_fault_an_epochs_temporaries_in_again():
+    """Measured by the kernel's fault count: in memory, an epoch after the first page-faults a fraction of what it does
+    when freed temporaries go back to the OS."""
+    import os
+    import subprocess
+
+    faults = {}
+    for policy in ("keep", "return"):
+        env = {**os.environ, "SAGANN_HOST_HEAP": policy}
+        out = subprocess.run([sys.executable, "-c", _FAULTS_PER_EPOCH], env=env, capture_output=True, text=True, timeout=300, check=True)
+        applied, count = out.stdout.split()
+        assert applied == policy
+        faults[policy] = int(count)
+    assert faults["return"] > 1000, f"the returning heap should fault its temporaries in at every epoch: {faults}"
+    assert faults["keep"] * 4 < faults["return"], faults
