@@ -90,12 +90,14 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                 seconds = time.perf_counter() - t0
             call.check_rows(h, hi - lo, width, hook)
             call.device.copy_out(h.detach(), out[lo:hi])
-            if hook == "apply_src" and call.src_scale is not None:  # a sym gather's messages: sources scaled once per vertex
+            scaled = hook == "apply_src" and call.src_scale is not None
+            if scaled:  # a sym gather's messages: sources scaled once per vertex
                 out[lo:hi].mul_(call.src_scale[lo:hi])
             if kept is not None:
                 kept.keep_inputs(vin)
                 kept.handle = graph_handle(h)
-                if call.seal(kept, [(v, x[lo:hi]), (h, out[lo:hi])], seconds, (q,)):
+                aliases = [(v, x[lo:hi])] + ([] if scaled else [(h, out[lo:hi])])  # scaled host rows no longer hold h
+                if call.seal(kept, aliases, seconds, (q,)):
                     graphs[q] = kept
             elif keep:
                 graphs[q] = (vin, graph_handle(h))

@@ -198,3 +198,37 @@ def test_alias_maps_views_to_the_same_view_of_host_rows():
     assert torch.equal(_alias(dev.t(), [(dev, host)]), host.t())
     assert _alias(dev.clone(), [(dev, host)]) is None  # other memory: not an alias
     assert _alias(dev.double(), [(dev, host)]) is None
+
+
+class _SymTanh(sagann.Layer):
+    """A 'sym' gather whose source hook saves its own output (tanh): the host rows it writes are then scaled."""
+
+    gather = "sym"
+    apply_vertex_reads_v = False
+    apply_edge = sagann.fn.copy_src
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+
+    def apply_src(self, v):
+        return torch.tanh(self.lin(v))
+
+    def apply_vertex(self, v, acc):
+        return acc
+
+
+def test_a_kept_hook_graph_of_a_sym_gather_does_not_read_its_scaled_rows():
+    """The host rows of a sym gather's source hook are scaled after the hook ran: its kept graph must not take them
+    for the output tanh saved. The gradients equal the in-memory run's."""
+    n, ei = _graph(3)
+    torch.manual_seed(0)
+    layer = _SymTanh(3, 4)
+    x = torch.randn(n, 3, requires_grad=True)
+    ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x_), x, None)
+    device = sagann.CpuDevice(200_000, copy_transfers=True)
+    device._costs = TransferCosts(gather=0.0, block=0.0, compact=0.0)  # copying is free: always keep
+    g = sagann.ChunkedGraph(ei, n, num_chunks=3, device=device)
+    out, grads = outputs_and_grads(layer, lambda x_, e_: layer(g, x_), x, None)
+    assert_rel_close(out, ref_out, what="output")
+    assert_grads_close(grads, ref_grads)
