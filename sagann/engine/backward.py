@@ -129,7 +129,7 @@ def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_
     with dev.scope() as s:
         narrow = call.g.schedule.transfer_dtype
         go = load_narrowed(s, grad_out[lo:hi], narrow, f"output grad V_{j}")
-        kept = graphs.pop(j, None) if blocks == 1 else None  # blocks: no graph was kept
+        kept = graphs.pop(j if blocks == 1 else (j, lo), None)  # what forward kept of these rows, if anything
         if isinstance(kept, KeptGraph):
             kept.scope, kept.transfer_dtype = s, narrow  # its saved tensors load into this scope as autograd unpacks them
             kept = (*kept.inputs, kept.handle)
@@ -354,7 +354,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
             narrow = call.g.schedule.transfer_dtype
             gt = load_narrowed(s, g_term[lo:hi], narrow, f"{hook} grad V_{q}")
             with call.span("apply_vertex", BACKWARD, (q,)):
-                kept = graphs.pop(q, None) if graphs is not None and blocks == 1 else None
+                kept = graphs.pop(q if blocks == 1 else (q, lo), None) if graphs is not None else None
                 if isinstance(kept, KeptGraph):  # the forward's graph, its saved tensors loaded as they are unpacked
                     kept.scope, kept.transfer_dtype = s, narrow
                     v, h = kept.inputs[0], kept.handle

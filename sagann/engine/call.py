@@ -52,6 +52,9 @@ class CallSpec:
     name: str
 
 
+_BLOCKS_KEEP = "_sagann_blocks_keep"  # layer attribute: training mode -> do its ApplyVertex blocks keep graphs
+
+
 @dataclass
 class CallFlags:
     """What the autograd context asks of a call, set once per call and read by every device's passes."""
@@ -101,6 +104,8 @@ class LayerCall:
         # per vertex, the same for every partition of the graph: made once per graph and gather
         self.src_scale, self.dst_scale = g.cached(f"degree_scales_{shape.gather}", lambda: degree_scales(shape.gather, partition.in_degree))
         self.flags = flags or CallFlags()
+        # do ApplyVertex blocks keep their graphs? None: not yet tried (learned once per layer and mode: forward.py)
+        self.blocks_keep: bool | None = self.layer.__dict__.get(_BLOCKS_KEEP, {}).get(self.layer.training)
         # several devices share the call: the hook terms every device reads, and the host outputs it writes into
         self.terms: dict[str, torch.Tensor] = {}
         self.buffers: tuple | None = None
@@ -198,6 +203,12 @@ class LayerCall:
             cached = cache_block_rows(shape, kind != "vertex", getattr(self.device, "vertex_block_bytes", None)) if budget is not None else None
             hit = self._block_memo[kind] = (self.p, rows if cached is None else min(rows, cached))  # blocks the caches hold
         return max(1, hit[1])
+
+    def learn_blocks_keep(self, keep: bool) -> None:
+        """Whether this layer's ApplyVertex blocks keep their graphs (they save no rows to copy), for its later calls too:
+        a graph built only to be dropped cost a block's worth of work at every call."""
+        self.blocks_keep = keep
+        self.layer.__dict__.setdefault(_BLOCKS_KEEP, {})[self.layer.training] = keep
 
     def block_rng(self, kind: str, q: int, lo: int, blocks: int) -> contextlib.AbstractContextManager:
         """:meth:`rng` of a per-vertex function (``kind``: "vertex" or a hook) on interval ``q``'s block from row ``lo``

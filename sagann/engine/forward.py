@@ -74,9 +74,10 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
     blocked = False  # a block whose graph would have been kept: backward recomputes it
+    blocks_keep = None  # do blocks keep their graphs? Those that save only host rows and parameters do (no copy)
     for q, lo, hi, blocks in call.hook_rows():
         v = vin = h = kept = None  # the last block's tensors go before this one's load
-        keep = mode if blocks == 1 else None  # blocks: backward recomputes them
+        keep = mode if blocks == 1 or blocks_keep is not False else None
         with call.device.scope() as s:
             v = load_narrowed(s, x[lo:hi], call.g.schedule.transfer_dtype, f"input rows V_{q}")
             s.charge(vertex_scratch_bytes(hi - lo, width, call.shape.hook_temp), f"{hook} temporaries V_{q}")
@@ -93,15 +94,18 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
             scaled = hook == "apply_src" and call.src_scale is not None
             if scaled:  # a sym gather's messages: sources scaled once per vertex
                 out[lo:hi].mul_(call.src_scale[lo:hi])
+            key = q if blocks == 1 else (q, lo)
             if kept is not None:
                 kept.keep_inputs(vin)
                 kept.handle = graph_handle(h)
                 aliases = [(v, x[lo:hi])] + ([] if scaled else [(h, out[lo:hi])])  # scaled host rows no longer hold h
-                if call.seal(kept, aliases, seconds, (q,)):
-                    graphs[q] = kept
+                if blocks > 1:
+                    blocks_keep = kept.copy_bytes(aliases) == 0
+                if (blocks == 1 or blocks_keep) and call.seal(kept, aliases, seconds, (q,)):
+                    graphs[key] = kept
             elif keep:
-                graphs[q] = (vin, graph_handle(h))
-            blocked = blocked or (mode is not None and blocks > 1)
+                graphs[key] = (vin, graph_handle(h))
+            blocked = blocked or (mode is not None and key not in graphs)
     if blocked:  # the plan counts backward's recompute of the blocks
         call.g.planner.note_recompute_peak(recompute_bytes(call.p, call.shape, call.param_bytes, call.device.memory_budget))
     return out
@@ -213,7 +217,7 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
     _finalise(call, acc, win, lo, hi, sm)
     out_j = kept = None
     if len(blocks) > 1:  # the budget holds the column but not its output rows and scratch at once
-        _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode)
+        _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode, x)
     else:
         s.charge(vertex_scratch_bytes(hi - lo, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j}")
         with call.span("apply_vertex", FORWARD, (j,)), call.rng("vertex", j):
@@ -247,13 +251,15 @@ def _state_out(call: LayerCall, col: "_Column", bufs: HostOutputs) -> None:
         dev.copy_out(col.sm[1], bufs.sm_sum[lo:hi])
 
 
-def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[int, int]], bufs: HostOutputs, keep_mode: str | None, x=None) -> None:
+def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[int, int]], bufs: HostOutputs, keep_mode: str | None, x) -> None:
     """ApplyVertex of V_j block by block: the column's state stays whole (a deferred column: each block loads its
     own, from ``x``), each block's output rows and scratch come and go.
 
-    No graph is kept: backward recomputes the same blocks under the same
-    seeds, and the planned peak counts that recompute where a plan that
-    kept graphs did not.
+    A block's graph is kept where it saves only rows the host holds (its
+    input rows, its aggregates) and parameters: sealing copies nothing, and
+    backward skips that block's recompute. Where the first block's graph
+    would need copies, it is dropped and the layer's later blocks (in this
+    mode) build none; backward recomputes them under the same seeds.
     """
     shape, dev, j, lo = call.shape, call.device, col.j, col.lo
     if keep_mode is not None:
@@ -268,15 +274,22 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
                 xb, accb = block.xj, block.acc
             else:
                 xb, accb = col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo]
+            mode = keep_mode if call.blocks_keep is not False else None
             with dev.scope() as bs:
                 bs.charge(vertex_scratch_bytes(b1 - b0, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j} rows {b0}:{b1}")
                 with call.span("apply_vertex", FORWARD, (j,)), call.block_rng("vertex", j, b0, len(blocks)):
-                    out_b = call.layer.apply_vertex(xb, accb)
+                    out_b, kept = _apply_vertex_forward(call, (j, b0), xb, accb, mode)
                 call.check_rows(out_b, b1 - b0, shape.d_out, "apply_vertex")
                 bs.adopt(out_b, f"output rows V_{j} rows {b0}:{b1}")
                 with call.span("d2h", FORWARD, (j,), tensor_bytes(out_b)):
                     dev.copy_out(out_b, bufs.out[b0:b1])
                 out_b = None  # gone with its scope
+                if kept is not None:
+                    aliases = ([(xb, x[b0:b1])] if shape.loads_x_j else []) + [(accb, bufs.acc[b0:b1])]
+                    call.learn_blocks_keep(kept.copy_bytes(aliases) == 0)
+                    if call.blocks_keep and call.seal(kept, aliases, kept.seconds, (j,)):
+                        call.vertex_graphs[(j, b0)] = kept
+                    kept = None
             if block is not None:
                 _state_out(call, block, bufs)
         finally:
@@ -285,8 +298,8 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
             block = xb = accb = None
 
 
-def _apply_vertex_forward(call: LayerCall, j: int, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:
-    """ApplyVertex of V_j, its autograd graph kept for backward as ``mode`` says (no recompute there).
+def _apply_vertex_forward(call: LayerCall, j, xj: torch.Tensor, acc: torch.Tensor, mode: str | None) -> tuple[torch.Tensor, KeptGraph | None]:
+    """ApplyVertex of V_j (``j``: the interval, or ``(j, first row)`` of a block), its autograd graph kept for backward as ``mode`` says (no recompute there).
 
     ``"offload"``: the graph comes back unsealed, to seal once V_j's rows are on the host.
     """

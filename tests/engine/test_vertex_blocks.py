@@ -217,3 +217,59 @@ def test_cache_block_rows_fit_the_bytes_given():
 def test_only_a_cpu_device_bounds_its_blocks_by_its_caches():
     assert sagann.CpuDevice().vertex_block_bytes == 8 << 20
     assert sagann.scheduler.devices.Device.vertex_block_bytes is None  # a GPU's blocks are as large as its budget allows
+
+
+class _TwoMaps(sagann.Layer):
+    """An ApplyVertex that saves only its inputs and parameters (two linear maps, as GraphSAGE's); counts its calls."""
+
+    gather = "sum"
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = torch.nn.Linear(d_in, d_out)
+        self.root = torch.nn.Linear(d_in, d_out, bias=False)
+        self.calls = {"apply_vertex": 0}
+
+    def apply_edge(self, e):
+        return e.src
+
+    def apply_vertex(self, v, acc):
+        self.calls["apply_vertex"] += 1
+        return self.lin(acc) + self.root(v)
+
+
+@pytest.mark.parametrize("copy_transfers", [True, False])
+def test_blocks_keep_the_graphs_that_save_only_host_rows(blocks_of_three, copy_transfers):
+    """A block whose graph saves its input rows and aggregates alone is kept (no copy): backward runs no ApplyVertex
+    for it; so is a source hook's that saves only its input. One that saves hidden activations (an MLP) is
+    recomputed, block by block. All equal whole intervals."""
+    from tests.engine.test_offload import Counted
+    from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
+    from tests.engine.whole_graph import whole_graph_layer
+
+    rng = np.random.default_rng(4)
+    n, ei = 40, awkward_graph(rng, 40, 160)
+    # which functions backward must not call again: all of _TwoMaps'; Counted's hook (a Linear), not its MLP
+    for make, kept in ((lambda: _TwoMaps(3, 4), {"apply_vertex": True}), (lambda: Counted(3, 4), {"apply_src": True, "apply_vertex": False})):
+        torch.manual_seed(0)
+        layer = make()
+        x = torch.randn(n, 3, requires_grad=True)
+        ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: whole_graph_layer(layer, ei, x_), x, None)
+        device = sagann.CpuDevice(200_000, copy_transfers=copy_transfers, meter=True)
+        g = sagann.ChunkedGraph(ei, n, num_chunks=3, device=device, backend="reference")
+        blocks_of_three.clear()
+        seen = {}
+
+        def forward(x_, e_):
+            out = layer(g, x_)
+            seen.update(layer.calls)
+            return out
+
+        out, grads = outputs_and_grads(layer, forward, x, None)
+        assert any(blocks_of_three), "no interval ran in blocks"
+        assert_rel_close(out, ref_out, what="output")
+        assert_grads_close(grads, ref_grads)
+        recomputed = {k: layer.calls[k] - seen[k] for k in kept}
+        assert {k: n == 0 for k, n in recomputed.items()} == kept, (type(layer).__name__, recomputed)
+        assert device.peak_bytes <= g.planned_peak_bytes
+        assert_measured_within(device)
