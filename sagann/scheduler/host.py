@@ -203,7 +203,7 @@ def set_host_heap(policy: str | None) -> str:
     ``"keep"`` (the default where no :class:`HostMemory` has a budget):
     freed blocks stay in the process and serve the next allocation, so an
     epoch's temporaries are not page-faulted in again at every use
-    (in-memory R-MAT epochs 28-39 % faster); RSS stays at its high-water
+    (in-memory R-MAT epochs 8-39 % faster); RSS stays at its high-water
     mark (peak RSS 1-7 % higher on the overlap grid's graphs, 42 % on R-MAT
     2^18 GraphSAGE in memory). ``"return"``: blocks above
     :data:`HEAP_BLOCK_MAX` are mappings of their own, unmapped when freed,
@@ -256,7 +256,7 @@ def _apply_heap_policy() -> str:
         libc.mallopt(-3, KEPT_BLOCK_MAX if keep else HEAP_BLOCK_MAX)  # M_MMAP_THRESHOLD, fixed
         libc.mallopt(-1, KEPT_BLOCK_MAX if keep else HEAP_TOP_KEPT)  # M_TRIM_THRESHOLD
         if not keep and _heap_applied == "keep":
-            libc.malloc_trim(0)
+            trim_freed_memory()
         _heap_applied = policy
         return policy
 
@@ -269,7 +269,7 @@ def _apply_heap_policy() -> str:
 # tests/test_ooc_rss.py's graph stayed below the in-memory one, as it did when every pass trimmed
 TRIM_RSS_GROWTH = 32 << 20
 _TRIM_LOCK = threading.Lock()
-_trim_floor: int | None = None  # anonymous RSS where the last trim left it, lowered as passes end lower
+_trim_floor: int | None = None  # the level trim_after_pass compares anonymous RSS with (set by the last trim)
 
 
 def trim_after_pass(always: bool = False) -> bool:

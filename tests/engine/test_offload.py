@@ -46,7 +46,7 @@ def _graph(seed=0, n=40, e=200):
     return n, awkward_graph(rng, n, e)
 
 
-def _run(layer, ei, n, x, device, num_chunks):
+def run_counting(layer, ei, n, x, device, num_chunks):
     """Outputs and gradients, and how many calls of each function backward added (0: nothing recomputed)."""
     g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=device, sub_chunk_nnz=17, backend="reference")
     seen = {}
@@ -70,7 +70,7 @@ def test_no_recompute_and_same_gradients(copy_transfers):
     ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: whole_graph_layer(layer, ei, x_), x, None)
     device = sagann.CpuDevice(200_000, copy_transfers=copy_transfers, meter=True)
     device._costs = TransferCosts(gather=0.0, block=0.0, compact=0.0)  # copying is free: always keep
-    out, grads, recomputed = _run(layer, ei, n, x, device, num_chunks=4)
+    out, grads, recomputed = run_counting(layer, ei, n, x, device, num_chunks=4)
     assert_rel_close(out, ref_out, what="output")
     assert_grads_close(grads, ref_grads)
     assert recomputed == {"apply_src": 0, "apply_vertex": 0}
@@ -86,7 +86,7 @@ def test_recomputes_where_the_round_trip_costs_more():
     ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: whole_graph_layer(layer, ei, x_), x, None)
     device = sagann.CpuDevice(200_000, copy_transfers=True)
     device._costs = TransferCosts(gather=1.0, block=1.0, compact=1.0)  # a second per byte
-    out, grads, recomputed = _run(layer, ei, n, x, device, num_chunks=4)
+    out, grads, recomputed = run_counting(layer, ei, n, x, device, num_chunks=4)
     assert_rel_close(out, ref_out, what="output")
     assert_grads_close(grads, ref_grads)
     # the hook saves only its input rows (an alias: free) and stays kept; the MLP is recomputed per interval
@@ -104,7 +104,7 @@ def test_dropout_mask_of_a_kept_graph_is_the_forwards():
         device = sagann.CpuDevice(200_000, copy_transfers=True)
         device._costs = TransferCosts(gather=block, block=block, compact=block)
         torch.manual_seed(5)
-        out, grads, recomputed = _run(layer, ei, n, x, device, num_chunks=3)
+        out, grads, recomputed = run_counting(layer, ei, n, x, device, num_chunks=3)
         assert recomputed["apply_vertex"] == (0 if block == 0.0 else 3)
         results.append((out, grads))
     (out_a, grads_a), (out_b, grads_b) = results
