@@ -276,25 +276,20 @@ def trim_after_pass(always: bool = False) -> bool:
     """At a pass's end: :func:`trim_freed_memory` where anonymous RSS grew :data:`TRIM_RSS_GROWTH` beyond the last trim's level.
 
     ``always``: trim whatever RSS says (a host budget: its bound is on RSS).
-    Returns whether it trimmed. The level is per process, as the heaps are.
-    A returning heap's level is where the last trim left RSS, lowered as
-    passes end lower. A kept heap's (:func:`set_host_heap`) is the RSS the
-    last trim found, its high-water mark: the passes of every later epoch
-    grow back to it, and trimming each time handed back what the next
-    epoch faulted in again (an R-MAT 2^16 GraphSAGE epoch out of core
-    trimmed twice, 5.6 ms of 173); only a heap that keeps growing past it
-    is trimmed.
+    Returns whether it trimmed. The level is per process, as the heaps are:
+    where the last trim left RSS, lowered as passes end lower. (A kept
+    heap's high-water mark as the level trimmed less often, but let the
+    out-of-core peak exceed the in-memory one by more than
+    ``OUT_OF_CORE_SLACK`` in one run of five of ``tests/test_ooc_rss.py``.)
     """
     global _trim_floor
     rss = None if always else anon_rss_bytes()
-    kept = _heap_applied == "keep"
     with _TRIM_LOCK:
         if rss is not None and _trim_floor is not None and rss <= _trim_floor + TRIM_RSS_GROWTH:
-            if not kept:
-                _trim_floor = min(_trim_floor, rss)
+            _trim_floor = min(_trim_floor, rss)
             return False
         trim_freed_memory()
-        _trim_floor = rss if kept and rss is not None else anon_rss_bytes()
+        _trim_floor = anon_rss_bytes()
         return True
 
 

@@ -158,7 +158,6 @@ def test_a_pass_end_trims_only_where_rss_grew(monkeypatch):
     monkeypatch.setattr(host, "anon_rss_bytes", lambda: rss["now"])
     monkeypatch.setattr(host, "trim_freed_memory", lambda: trims.append(rss["now"]))
     monkeypatch.setattr(host, "_trim_floor", None)
-    monkeypatch.setattr(host, "_heap_applied", "return")
     grow = host.TRIM_RSS_GROWTH
     assert host.trim_after_pass() and len(trims) == 1, "the first pass's end sets the level"
     rss["now"] += grow  # a pass that reused what the one before left
@@ -170,35 +169,6 @@ def test_a_pass_end_trims_only_where_rss_grew(monkeypatch):
     rss["now"] += 1
     assert host.trim_after_pass() and len(trims) == 2
     assert host.trim_after_pass(always=True) and len(trims) == 3
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RssAnon")
-def test_a_kept_heap_is_trimmed_only_past_its_high_water_mark(monkeypatch):
-    """A kept heap's level is the RSS a trim found: the epochs after it grow back to it untrimmed, and the level
-    does not follow RSS down (that would trim every epoch); a heap that keeps growing is trimmed at each new step."""
-    from sagann.scheduler import host
-
-    rss, trims = {"now": 100 << 20}, []
-    monkeypatch.setattr(host, "anon_rss_bytes", lambda: rss["now"])
-
-    def trim():
-        trims.append(rss["now"])
-        rss["now"] -= 40 << 20  # a trim hands free pages back
-
-    monkeypatch.setattr(host, "trim_freed_memory", trim)
-    monkeypatch.setattr(host, "_trim_floor", None)
-    monkeypatch.setattr(host, "_heap_applied", "keep")
-    grow = host.TRIM_RSS_GROWTH
-    assert host.trim_after_pass() and trims == [100 << 20]
-    assert host._trim_floor == 100 << 20, "the level is what the trim found, not what it left"
-    for _ in range(3):  # later epochs grow back to the high-water mark, and below it
-        rss["now"] = 100 << 20
-        assert not host.trim_after_pass()
-        rss["now"] = 50 << 20
-        assert not host.trim_after_pass()
-    rss["now"] = (100 << 20) + grow + 1
-    assert host.trim_after_pass() and len(trims) == 2
-    assert host._trim_floor == (100 << 20) + grow + 1
 
 
 def test_a_host_budget_trims_after_every_pass_of_many_steps(monkeypatch):
