@@ -219,13 +219,14 @@ def fake_heap(monkeypatch):
     return libc
 
 
-def test_the_heap_keeps_freed_memory_unless_a_host_budget_bounds_rss(fake_heap):
+def test_the_heap_keeps_freed_memory_on_request_unless_a_host_budget_bounds_rss(fake_heap):
     import gc
 
     from sagann.scheduler import host
 
     HostMemory()
-    assert sagann.host_heap() == "keep"
+    assert sagann.host_heap() == "return", "returning is the default"
+    assert sagann.set_host_heap("keep") == "keep"
     assert ("mallopt", -3, host.KEPT_BLOCK_MAX) in fake_heap.calls
     fake_heap.calls.clear()
     budgeted = HostMemory("1GB")
@@ -234,10 +235,9 @@ def test_the_heap_keeps_freed_memory_unless_a_host_budget_bounds_rss(fake_heap):
     assert sagann.set_host_heap("keep") == "return", "a live host budget keeps the heap returning memory"
     del budgeted
     gc.collect()
-    assert sagann.set_host_heap(None) == "keep"
-    assert sagann.set_host_heap("return") == "return"
     HostMemory()
-    assert sagann.host_heap() == "return", "the user's choice holds for later graphs"
+    assert sagann.host_heap() == "keep", "the user's choice is back for graphs made once no budget lives"
+    assert sagann.set_host_heap(None) == "return"
 
 
 def test_the_heap_policy_is_validated(fake_heap, monkeypatch):
