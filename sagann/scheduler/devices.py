@@ -114,21 +114,19 @@ class Scope:
         return self.device.gather_in(host, index) if staged is None else self.device.copy_in(staged)
 
     def zeros(self, shape, dtype: torch.dtype, what: str) -> torch.Tensor:
-        t = torch.zeros(shape, dtype=dtype, device=self.device.torch_device)
-        return self.adopt(t, what)
+        return self.full(shape, 0, dtype, what)
 
     def full(self, shape, value, dtype: torch.dtype, what: str) -> torch.Tensor:
-        t = torch.full(shape, value, dtype=dtype, device=self.device.torch_device)
+        """A filled device tensor, on a reused buffer where the device keeps some (its accumulators: no fresh pages per pass)."""
+        t = self.device.reused_buffer(tuple(shape), dtype)
+        t = torch.full(shape, value, dtype=dtype, device=self.device.torch_device) if t is None else t.fill_(value)
         return self.adopt(t, what)
 
     def result_buffer(self, host: torch.Tensor, fill, what: str) -> tuple[torch.Tensor, bool]:
-        """A device buffer whose contents end up in ``host``; True if it *is* ``host``.
+        """A device buffer whose contents end up in ``host``; True if it *is* ``host``. Charged either way (a GPU would hold it).
 
-        Where the device shares host memory, ``host`` itself (filled with
-        ``fill``, or kept as it is when ``fill`` is None, to accumulate onto):
-        no copy back. Elsewhere a new device tensor (``fill``, or zeros when
-        None) that the caller copies or adds back. Charged either way: a GPU
-        would hold it.
+        Where the device shares host memory, ``host`` itself (filled with ``fill``, or kept as it is when ``fill``
+        is None, to accumulate onto): no copy back. Elsewhere a device tensor (``fill``, or zeros) the caller copies or adds back.
         """
         if self.device.shares_host_memory and host.device == self.device.torch_device:
             self.charge(tensor_bytes(host), what)
@@ -198,10 +196,8 @@ class Device(abc.ABC):
     def transfer_costs(self, nbytes: int | None = None) -> TransferCosts:
         """Seconds per byte of gather-and-send, block send and on-device row picking; measured once per payload size.
 
-        ``nbytes``: the size of the transfers the plan will make (a block of
-        V_i); measured at that size (rounded up to a power of two, at least
-        :attr:`min_measure_bytes`, at most :attr:`max_measure_bytes`), since
-        per-byte costs of small copies measure latency, not bandwidth.
+        ``nbytes``: the size of the plan's transfers (a block of V_i), rounded up to a power of two within
+        [:attr:`min_measure_bytes`, :attr:`max_measure_bytes`]: small copies measure latency, not bandwidth.
         """
         payload = max(self.min_measure_bytes, self.default_measure_bytes if nbytes is None else int(nbytes), 1)
         payload = min(1 << (payload - 1).bit_length(), self.max_measure_bytes)
@@ -336,6 +332,10 @@ class Device(abc.ABC):
     # under a budget, ApplyVertex and hook blocks of at most this many modelled bytes, however many the budget
     # would allow (None: no such bound); a CPU device's whole wide intervals fall out of its caches
     vertex_block_bytes: int | None = None
+
+    def reused_buffer(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:
+        """An uninitialised tensor on memory the device keeps for reuse, or None: the caller allocates (as on a GPU)."""
+        return None
 
     def _send_index(self, a: np.ndarray) -> torch.Tensor:
         """One host index array on this device (a transfer)."""
@@ -563,6 +563,9 @@ class CpuDevice(Device):
             sent += n
         self._throttle(t0, sent)
         return out
+
+    def reused_buffer(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:
+        return self._pool.empty(shape, dtype) if self._pool is not None else None
 
     def copy_in(self, host: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()

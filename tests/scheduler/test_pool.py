@@ -59,6 +59,28 @@ def test_a_free_larger_buffer_serves_a_request_up_to_half_its_size():
     assert taken.untyped_storage().data_ptr() == ptr and also.untyped_storage().data_ptr() != ptr
 
 
+def test_a_copying_devices_accumulators_reuse_its_buffers_and_are_filled():
+    """Accumulators made per pass (``Scope.zeros``/``full``) come from the pool: no fresh pages each pass, still filled."""
+    from sagann.scheduler.devices import Scope
+
+    dev = sagann.CpuDevice(64 * MB, copy_transfers=True)
+    first = Scope(dev)
+    acc = first.zeros((1000, 64), torch.float32, "accumulator")
+    assert torch.all(acc == 0) and dev.current_bytes == acc.numel() * 4
+    ptr = acc.untyped_storage().data_ptr()
+    acc.fill_(5.0)
+    del acc
+    first.close()
+    second = Scope(dev)
+    again = second.full((1000, 64), float("-inf"), torch.float32, "softmax max")
+    assert again.untyped_storage().data_ptr() == ptr and (dev._pool.hits, dev._pool.misses) == (1, 1), "the released buffer is reused"
+    assert torch.all(again == float("-inf")), "a reused buffer is filled like a fresh one"
+    second.close()
+    assert dev.current_bytes == 0
+    plain = Scope(sagann.CpuDevice(64 * MB))  # no copies, no pool: a fresh tensor
+    assert torch.all(plain.zeros((1000, 64), torch.float32, "accumulator") == 0)
+
+
 def test_out_of_core_results_are_unchanged_with_every_copy_pooled(monkeypatch):
     monkeypatch.setattr(pool_mod, "MIN_POOLED_BYTES", 0)  # pool every copy and gather of this small graph
     rng = np.random.default_rng(0)
