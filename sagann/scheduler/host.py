@@ -260,6 +260,7 @@ def _apply_heap_policy() -> str:
         if not keep and _heap_applied == "keep":
             trim_freed_memory()
         _heap_applied = policy
+        _reset_trim_level()  # a level set under the other policy does not apply
         return policy
 
 
@@ -274,24 +275,37 @@ _TRIM_LOCK = threading.Lock()
 _trim_floor: int | None = None  # the level trim_after_pass compares anonymous RSS with (set by the last trim)
 
 
+def _reset_trim_level() -> None:
+    global _trim_floor
+    with _TRIM_LOCK:
+        _trim_floor = None
+
+
 def trim_after_pass(always: bool = False) -> bool:
     """At a pass's end: :func:`trim_freed_memory` where anonymous RSS grew :data:`TRIM_RSS_GROWTH` beyond the last trim's level.
 
     ``always``: trim whatever RSS says (a host budget: its bound is on RSS).
-    Returns whether it trimmed. The level is per process, as the heaps are:
-    where the last trim left RSS, lowered as passes end lower. (A kept
-    heap's high-water mark as the level trimmed less often, but let the
-    out-of-core peak exceed the in-memory one by more than
-    ``OUT_OF_CORE_SLACK`` in one run of five of ``tests/test_ooc_rss.py``.)
+    Returns whether it trimmed. The level is per process, as the heaps are.
+    A returning heap's is where the last trim left RSS, lowered as passes
+    end lower. A kept heap's (``set_host_heap("keep")``, asked for RSS
+    traded for speed) is the RSS the last trim found, its high-water mark:
+    every later epoch grows back to it, and trimming there handed back what
+    the next pass faulted in again (R-MAT 2^16 GraphSAGE out of core: three
+    trims, 19,000 page faults an epoch); only a heap growing past it is
+    trimmed. (As the default, that level let the out-of-core peak exceed
+    the in-memory one by more than ``OUT_OF_CORE_SLACK`` in one run of five
+    of ``tests/test_ooc_rss.py``; the default heap returns memory.)
     """
     global _trim_floor
     rss = None if always else anon_rss_bytes()
+    kept = _heap_applied == "keep"
     with _TRIM_LOCK:
         if rss is not None and _trim_floor is not None and rss <= _trim_floor + TRIM_RSS_GROWTH:
-            _trim_floor = min(_trim_floor, rss)
+            if not kept:
+                _trim_floor = min(_trim_floor, rss)
             return False
         trim_freed_memory()
-        _trim_floor = anon_rss_bytes()
+        _trim_floor = rss if kept and rss is not None else anon_rss_bytes()
         return True
 
 

@@ -171,6 +171,33 @@ def test_a_pass_end_trims_only_where_rss_grew(monkeypatch):
     assert host.trim_after_pass(always=True) and len(trims) == 3
 
 
+def test_a_kept_heaps_pass_ends_trim_only_past_its_high_water_mark(fake_heap, monkeypatch):
+    """Asked to keep freed memory, the level is the RSS a trim found: epochs growing back to it are not trimmed,
+    a heap growing past it is; switching policy forgets the level."""
+    from sagann.scheduler import host
+
+    rss, trims = {"now": 300 << 20}, []
+    monkeypatch.setattr(host, "anon_rss_bytes", lambda: rss["now"])
+    monkeypatch.setattr(host, "trim_freed_memory", lambda: trims.append(rss["now"]))
+    monkeypatch.setattr(host, "_trim_floor", None)
+    grow = host.TRIM_RSS_GROWTH
+    sagann.set_host_heap("keep")
+    assert host.trim_after_pass() and len(trims) == 1, "the first pass's end sets the level: 300 MiB"
+    rss["now"] = 100 << 20  # the trim handed most back ...
+    assert not host.trim_after_pass()
+    rss["now"] = (300 << 20) + grow  # ... and the next epoch grew back to the high-water mark: kept
+    assert not host.trim_after_pass() and len(trims) == 1
+    rss["now"] += 1
+    assert host.trim_after_pass() and len(trims) == 2, "past the high-water mark by the growth allowed: trimmed"
+    sagann.set_host_heap("return")
+    assert host._trim_floor is None and len(trims) == 3, "switching to returning trims at once"
+    rss["now"] = 100 << 20
+    assert host.trim_after_pass() and len(trims) == 4
+    rss["now"] += grow + 1  # a returning heap's level is where the trim left RSS
+    assert host.trim_after_pass() and len(trims) == 5
+    sagann.set_host_heap(None)
+
+
 def test_a_host_budget_trims_after_every_pass_of_many_steps(monkeypatch):
     """The host budget bounds RSS: its graph's passes of many steps trim whatever RSS says."""
     from sagann.chunks.synthetic import rmat
