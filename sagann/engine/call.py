@@ -105,7 +105,9 @@ class LayerCall:
         self.src_scale, self.dst_scale = g.cached(f"degree_scales_{shape.gather}", lambda: degree_scales(shape.gather, partition.in_degree))
         self.flags = flags or CallFlags()
         # do ApplyVertex blocks keep their graphs? None: not yet tried (learned once per layer and mode: forward.py)
-        self.blocks_keep: bool | None = self.layer.__dict__.get(_BLOCKS_KEEP, {}).get(self.layer.training)
+        # under a host budget none do: kept, they took the budgeted run's RSS 20-40 MiB up, past its bound (tests/test_host_rss.py)
+        self.block_graphs_allowed = g.host.budget is None
+        self.blocks_keep: bool | None = self.layer.__dict__.get(_BLOCKS_KEEP, {}).get(self.layer.training) if self.block_graphs_allowed else False
         # several devices share the call: the hook terms every device reads, and the host outputs it writes into
         self.terms: dict[str, torch.Tensor] = {}
         self.buffers: tuple | None = None

@@ -74,7 +74,8 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     mode = call.keep_mode()
     graphs = call.hook_graphs.setdefault(hook, {}) if mode else None
     blocked = False  # a block whose graph would have been kept: backward recomputes it
-    blocks_keep = None  # do blocks keep their graphs? Those that save only host rows and parameters do (no copy)
+    # do blocks keep their graphs? Those that save only host rows and parameters do (no copy), where allowed
+    blocks_keep = None if call.block_graphs_allowed else False
     for q, lo, hi, blocks in call.hook_rows():
         v = vin = h = kept = None  # the last block's tensors go before this one's load
         keep = mode if blocks == 1 or blocks_keep is not False else None

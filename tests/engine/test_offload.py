@@ -46,9 +46,9 @@ def _graph(seed=0, n=40, e=200):
     return n, awkward_graph(rng, n, e)
 
 
-def run_counting(layer, ei, n, x, device, num_chunks):
+def run_counting(layer, ei, n, x, device, num_chunks, host_memory=None):
     """Outputs and gradients, and how many calls of each function backward added (0: nothing recomputed)."""
-    g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=device, sub_chunk_nnz=17, backend="reference")
+    g = sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=device, sub_chunk_nnz=17, backend="reference", host_memory=host_memory)
     seen = {}
 
     def forward(x_, e_):

@@ -263,3 +263,26 @@ def test_blocks_keep_the_graphs_that_save_only_host_rows(blocks_of_three, copy_t
         assert_grads_close(grads, ref_grads)
         assert {k: recomputed[k] == 0 for k in kept} == kept, (type(layer).__name__, recomputed)
         assert_measured_within(device)
+
+
+def test_under_a_host_budget_blocks_recompute(blocks_of_three):
+    """A host budget bounds RSS, and kept block graphs took it past that bound: there every block is recomputed,
+    copy-free or not, with the same results."""
+    from tests.engine.test_offload import Counted, run_counting
+    from tests.engine.test_out_of_core import assert_grads_close, assert_rel_close, outputs_and_grads
+    from tests.engine.whole_graph import whole_graph_layer
+
+    rng = np.random.default_rng(4)
+    n, ei = 40, awkward_graph(rng, 40, 160)
+    for make, names in ((lambda: _TwoMaps(3, 4), ("apply_vertex",)), (lambda: Counted(3, 4), ("apply_src", "apply_vertex"))):
+        torch.manual_seed(0)
+        layer = make()
+        x = torch.randn(n, 3, requires_grad=True)
+        ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: whole_graph_layer(layer, ei, x_), x, None)
+        blocks_of_three.clear()
+        device = sagann.CpuDevice(200_000, copy_transfers=True)
+        out, grads, recomputed = run_counting(layer, ei, n, x, device, num_chunks=3, host_memory="1GB")
+        assert any(blocks_of_three), "no interval ran in blocks"
+        assert_rel_close(out, ref_out, what="output")
+        assert_grads_close(grads, ref_grads)
+        assert all(recomputed[k] > 0 for k in names), (type(layer).__name__, recomputed)
