@@ -62,6 +62,12 @@ class ScheduleConfig:
             float32 transfers by that rounding (bfloat16: about 2^-8
             relative per element; float16: 2^-11, within its range);
             gradients are computed and kept in float32.
+        narrow_index: None (default): as ``transfer_dtype`` (set: on);
+            True: a sub-chunk's index arrays cross the link in 16 bits
+            where their values fit (a chunk's local ids and pointers below
+            65,536) and are widened to int32 on arrival, with float32 rows;
+            lossless, so results are bit for bit those of int32 arrays, for
+            a conversion per array on each side. False: never.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
@@ -72,6 +78,7 @@ class ScheduleConfig:
     tile: int | None = None
     partition_rule: str = "time"
     transfer_dtype: torch.dtype | None = None
+    narrow_index: bool | None = None
 
     def __post_init__(self):
         if self.prefetch not in (None, "max") and (isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0):
@@ -82,9 +89,16 @@ class ScheduleConfig:
             raise ValueError(f"tile must be None or an int >= 1, got {self.tile!r}")
         if self.transfer_dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"transfer_dtype must be None, torch.bfloat16 or torch.float16, got {self.transfer_dtype!r}")
+        if not (self.narrow_index is None or isinstance(self.narrow_index, bool)):
+            raise ValueError(f"narrow_index must be None, True or False, got {self.narrow_index!r}")
         if self.partition_rule not in ("time", "smallest"):
             raise ValueError(f"partition_rule must be 'time' or 'smallest', got {self.partition_rule!r}")
         if not isinstance(self.cache_gather, bool):
             raise ValueError(f"cache_gather must be True or False, got {self.cache_gather!r}")
         object.__setattr__(self, "transfer", _enum(TransferPolicy, self.transfer, "transfer policy"))
         object.__setattr__(self, "order", _enum(Order, self.order, "order"))
+
+    @property
+    def narrows_index(self) -> bool:
+        """Do index arrays cross in 16 bits where they fit (``narrow_index``; None: with ``transfer_dtype``)?"""
+        return self.transfer_dtype is not None if self.narrow_index is None else self.narrow_index
