@@ -163,7 +163,7 @@ class ChunkInputs:
         self.started = self.ready = None  # the device's events around this sub-chunk's loads (None where loads are synchronous)
         # index arrays and the source rows within V_i, sent together by the loader (one copy on a GPU)
         backward = fields.phase == BACKWARD
-        narrow = ex.narrow_index  # index arrays in 16 bits, where they fit
+        narrow = ex.narrow_index  # 16-bit index arrays, where they fit
         source_major = ex.source_major and backward
         self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=source_major, backward=backward, narrow=narrow)
         self.scope.charge(index_bytes, lambda: f"index arrays of {c.id!r}")
@@ -321,13 +321,13 @@ class Executor:
     """
 
     def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None,
-                 transfer_dtype: torch.dtype | None = None, host_budget: bool = False, narrow_index: bool | None = None):
+                 transfer_dtype: torch.dtype | None = None, host_budget: bool = False, narrow_index: bool = False):
         """``host_budget``: the graph's host memory has a budget, bound on RSS: every pass of many steps trims the heaps.
-        ``narrow_index``: index arrays cross in 16 bits where they fit (``ScheduleConfig.narrows_index``; None: with ``transfer_dtype``)."""
+        ``narrow_index``: index arrays cross in 16 bits where they fit (``ScheduleConfig.narrows_index``)."""
         self.device, self.partition, self.log, self.name = device, partition, log, name
         self.host_budget = host_budget
         self.transfer_dtype = transfer_dtype  # ScheduleConfig.transfer_dtype: input rows cross the link in 16 bits
-        self.narrow_index = transfer_dtype is not None if narrow_index is None else bool(narrow_index)
+        self.narrow_index = narrow_index
         self.fused = fused
         self.strategy = strategy or Strategy()
         self.source_major = False  # this backward pass reads edges source-major (set by the pass)
