@@ -130,7 +130,7 @@ class _Run:
             "best_epoch_seconds": min(self.times),
             "epoch_seconds_all": self.times,
             "num_chunks": g.num_chunks,
-            "sub_chunk_nnz": g.partition.sub_chunk_nnz if g.partition is not None else None,
+            "sub_chunk_nnz": g.sub_chunk_nnz,
             "steps": round(sum(r.steps for r in records) * per),
             "bytes_moved": round(sent * per),
             # what crossed as real copies: a device whose loads are views of host memory (in memory) copies nothing

@@ -177,6 +177,12 @@ class ChunkedGraph:
         return max(ps) if ps else None
 
     @property
+    def sub_chunk_nnz(self) -> int | None:
+        """Edges per sub-chunk of the partition with the largest P so far (a derived graph's too, e.g. GCN's self loops)."""
+        parts = [g.partition for g in self._graphs() if g.partition is not None]
+        return max(parts, key=lambda p: p.num_chunks).sub_chunk_nnz if parts else None
+
+    @property
     def planned_peak_bytes(self) -> int:
         """The plans' own prediction of the device peak: working set or dry-run, whichever is larger."""
         return max(g.planner.planned_peak_bytes for g in self._graphs())
