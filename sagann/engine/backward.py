@@ -134,7 +134,8 @@ def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_
             kept.scope, kept.transfer_dtype = s, narrow  # its saved tensors load into this scope as autograd unpacks them
             kept = (*kept.inputs, kept.handle)
         elif kept is not None:
-            s.charge(tensor_bytes(kept[0]) + tensor_bytes(kept[1]), f"input rows and accumulator V_{j} (kept from forward)")
+            # input rows only where ApplyVertex reads them (else forward kept an unread stand-in: no memory), as the plan counts
+            s.charge(tensor_bytes(kept[0]) * call.shape.vertex_reads_x + tensor_bytes(kept[1]), f"input rows and accumulator V_{j} (kept from forward)")
         if kept is not None and kept[0].requires_grad == need_x and kept[1].requires_grad == need_acc:
             xj, acc, out_j = kept  # the forward's graph: no recompute
         else:
