@@ -42,6 +42,13 @@ def sent_names(backward: bool, source_major: bool = False) -> tuple[str, ...]:
     return ("dst_ptr", "src_ptr", "src_dst") if source_major else ("dst_ptr", "src_idx", "src_ptr", "src_perm")
 
 
+def native_16(name: str, backward: bool) -> bool:
+    """May kernels read index array ``name`` in 16 bits, unwidened (``kernels.graph.kernel_index``)? A forward's source
+    ids and a source-major backward's destination rows: below 2^16 wherever an interval has at most 65,536 rows
+    (pointers and the source-major order reach nnz and stay int32)."""
+    return name == ("src_dst" if backward else "src_idx")
+
+
 @dataclass(frozen=True, eq=False)
 class EdgeChunk:
     """One sub-chunk of E_ij in CSC-by-destination form with int32 local ids.
@@ -104,6 +111,10 @@ class EdgeChunk:
             )
         )
 
+    def crosses_short(self, name: str, backward: bool, narrow: bool, native: bool) -> bool:
+        """Does index array ``name`` cross in 16 bits: it fits, and every array is narrowed or kernels read it so (:func:`native_16`)?"""
+        return (narrow or (native and native_16(name, backward))) and self.fits_16_bits(name)
+
     def fits_16_bits(self, name: str) -> bool:
         """Every value of index array ``name`` is below 2^16 (it crosses as unsigned 16 bits): source ids are bounded
         by num_src, destination rows (``dst_idx``, ``src_dst``) by num_dst, pointers (which reach nnz) and the
@@ -111,15 +122,16 @@ class EdgeChunk:
         bound = {"src_idx": self.num_src, "dst_idx": self.num_dst, "src_dst": self.num_dst}.get(name, self.nnz)
         return bound < 1 << 16
 
-    def sent_index_bytes(self, backward: bool, narrow: bool = False, source_major: bool = False) -> int:
+    def sent_index_bytes(self, backward: bool, narrow: bool = False, source_major: bool = False, native: bool = False) -> int:
         """Bytes of the index arrays a pass sends with this sub-chunk (``kernels.graph.sent_names``) and its source rows.
 
         ``edge_ids`` cross only for max/min winners. ``narrow`` (16-bit
         transfers): each array crosses in 16 bits where its values fit
-        (:meth:`fits_16_bits`).
+        (:meth:`fits_16_bits`); ``native``: the arrays of :func:`native_16`
+        do, for kernels that read them so.
         """
         sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
-        sent = sum(4 * sizes.get(n, self.nnz) // (2 if narrow and self.fits_16_bits(n) else 1) for n in sent_names(backward, source_major))
+        sent = sum(4 * sizes.get(n, self.nnz) // (2 if self.crosses_short(n, backward, narrow, native) else 1) for n in sent_names(backward, source_major))
         return sent + self.src_rows.nbytes
 
     def src_major_dst(self) -> np.ndarray | None:

@@ -127,7 +127,8 @@ class LayerCall:
         key = (id(self.layer), self.shape, partition.num_chunks, partition.sub_chunk_nnz)
         log = PassLog(self.g.costs, self.g.pass_log, key)
         return Executor(self.device, partition, log, self.name, fused=self.fused, strategy=self.strategy, transfer_dtype=self.g.schedule.transfer_dtype,
-                        host_budget=self.g.host.enabled, narrow_index=self.g.schedule.narrows_index)
+                        host_budget=self.g.host.enabled, narrow_index=self.g.schedule.narrows_index,
+                        native_index=self.shape.narrow_src_ids)
 
     def on_partition(self, partition: GraphPartition) -> "LayerCall":
         """This call on a finer partition (a re-plan after running out of memory): same layer, seed and flags."""

@@ -70,6 +70,7 @@ def run_layer(layer: nn.Module, g: ChunkedGraph, x: torch.Tensor, edge_data: tor
     fused = backend != "reference" and (shape.builtin is not None or shape.attention is not None)
     grad_x, grad_e = x.requires_grad, edge_data is not None and edge_data.requires_grad
     shape = shape.with_grads(torch.is_grad_enabled() and (grad_x or grad_e or bool(params)), grad_x, grad_e)  # plan what backward computes
+    shape = _with_index_forms(shape, g, backend)
     shape = _with_backend_bytes(shape, backend, _keeps_source_major(g))  # after with_grads: what the backward holds depends on them
     partition = g.plan(shape, fused=fused, param_bytes=param_bytes, owner=call_owner(layer, x, edge_data))
     seed = draw_seed(layer) if seed is None else seed
@@ -117,23 +118,39 @@ def _with_backend_bytes(shape: LayerShape, backend: str, host_source_major: bool
 
     ``host_source_major``: the partition's chunks keep each edge's destination in source-major order on the host
     (chunks in RAM), so a backward that computes the source gradient alone sends that one array
-    (``sagann.engine.backward``: the executor's ``source_major``).
+    (``sagann.engine.backward``: the executor's ``source_major``), in 16 bits where the kernels read the forward's
+    source ids so (``narrow_src_ids``, set before: :func:`_with_index_forms`).
     """
     impl = kernels.get_backend(backend)
     scratch = getattr(impl, "scratch_bytes_per_edge", None) if shape.builtin is not None else None
     per_edge = int(scratch(shape.builtin.op, shape.d_edge)) if scratch is not None else 0
     held = getattr(impl, "sum_backward_bytes_per_edge", None) if shape.builtin is not None else None
-    backward = 0
+    backward, narrow_dst = 0, False
     if held is not None:
         b = shape.builtin
         # mirrors the backward's choice: only the source gradient (no edge or destination one), an op the backend
         # reads source-major, and the destinations in that order on the host
         src_only = not b.uses_dst and not (b.uses_edge and shape.grad_edge)
         source_major = host_source_major and src_only and kernels.source_major_backward(backend, b.op, shape.d_edge)
-        backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=source_major) if source_major else held(b.op, shape.d_edge, shape.grad_edge))
-    if (per_edge, backward) == (shape.kernel_scratch, shape.sum_backward_edge):
+        narrow_dst = source_major and shape.narrow_src_ids  # the same kernels read src_dst in 16 bits
+        extra = {"narrow_ids": True} if narrow_dst else {}
+        backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=True, **extra) if source_major else held(b.op, shape.d_edge, shape.grad_edge))
+    if (per_edge, backward, narrow_dst) == (shape.kernel_scratch, shape.sum_backward_edge, shape.narrow_dst_ids):
         return shape
-    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward)
+    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward, narrow_dst_ids=narrow_dst)
+
+
+def _with_index_forms(shape: LayerShape, g: ChunkedGraph, backend: str) -> LayerShape:
+    """``shape`` saying how a forward holds index arrays the schedule narrows to 16 bits: beside their widened copies
+    (a GPU keeps both until compute), or read as they are (the CPU kernels of a direct gSpMM read 16-bit source ids).
+    Elsewhere neither: a plan charged for copies it does not hold would cut sub-chunks a third smaller."""
+    copies = g.schedule.narrows_index and any(getattr(d, "holds_narrow_index_copies", True) for d in g.devices)
+    b = shape.builtin
+    native = g.schedule.narrows_source_ids and backend == "cpu" and b is not None and shape.attention is None and b.spec.direct_spmm
+    native = native and all(getattr(d, "keeps_native_index", False) for d in g.devices)
+    if (copies, native) == (shape.narrow_index_copies, shape.narrow_src_ids):
+        return shape
+    return dataclasses.replace(shape, narrow_index_copies=copies, narrow_src_ids=native)
 
 
 def _keeps_source_major(g) -> bool:

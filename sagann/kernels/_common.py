@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sagann.kernels.graph import ChunkTensors, rows_bound
+from sagann.kernels.graph import ChunkTensors, kernel_index, rows_bound
 from sagann.kernels.ops import OPS as _TABLE
 from sagann.kernels.ops import op_spec
 from sagann.kernels.reference import check_reducer
@@ -240,7 +240,8 @@ class Frontend:
         src, edge, dst, grad = (cast(t, compute) for t in (src, edge, dst, grad))
         code = op_code(op, edge, width)
         if source_major:
-            if g.src_dst is not None and code in self._source_major_codes and need == (need[0], False, False):
+            # kernel_index: a src_dst kept in 16 bits is not widened by the test
+            if kernel_index(g, "src_dst") is not None and code in self._source_major_codes and need == (need[0], False, False):
                 d = self._grads(GradCall(g, code, ROW, grad, None, src, edge, dst, need), src_out if need[0] else None, src_rows, source_major=True)
                 return tuple(None if t is None else t.to(dtype) for t in d)
             if edge is not None:

@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from sagann.kernels import _cpu_kernels as K
 from sagann.kernels._common import Frontend, GradCall, KernelCall, Placement, source_major_codes, validate
-from sagann.kernels.graph import DERIVED, ChunkTensors
+from sagann.kernels.graph import DERIVED, ChunkTensors, kernel_index
 
 __all__ = ["gspmm", "gsddmm", "gspmm_sum_backward"]
 
@@ -49,7 +49,9 @@ def filled(shape, dtype: np.dtype, fill=0) -> np.ndarray:
 
 
 def _idx(t: torch.Tensor) -> np.ndarray:
-    return t.contiguous().numpy()
+    """An index tensor as the kernels read it: int32, or 16 bits read as unsigned (``kernels.graph.kernel_index``)."""
+    a = t.contiguous().numpy()
+    return a.view(np.uint16) if a.dtype == np.int16 else a
 
 
 def row_bounds(ptr: np.ndarray) -> np.ndarray:
@@ -145,7 +147,7 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
         else:
             out, rows = src_out.numpy(), _idx(src_rows)
         if source_major:  # destination rows and weights already in source-major order: no permutation
-            K.grad_src(code, mode, G, A, E, D, _idx(g.src_dst), src_ptr, np.empty(0, np.int32), bounds_of(g, "src_ptr"), rows, out)
+            K.grad_src(code, mode, G, A, E, D, _idx(kernel_index(g, "src_dst")), src_ptr, np.empty(0, np.int32), bounds_of(g, "src_ptr"), rows, out)
         else:
             K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), bounds_of(g, "src_ptr"), rows, out)
         d_src = torch.from_numpy(out) if src_out is None else None
@@ -180,7 +182,7 @@ class _GSpMM(torch.autograd.Function):
     def _kernel(call: KernelCall, reduce: str, src_rows=None, into=None):
         g, code, width = call.g, call.code, call.width
         S, E, D = _operands(call.src, call.edge, call.dst)
-        src_idx = _idx(g.src_idx)
+        src_idx = _idx(kernel_index(g, "src_idx"))  # 16 bits where a stream kept them so
         # read the block in place: the kernel maps compact ids to block rows (src[src_rows[src_idx[e]]])
         rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
         dst_ptr = _idx(g.dst_ptr)
@@ -241,7 +243,7 @@ gsddmm = _FRONTEND.gsddmm
 gspmm_sum_backward = _FRONTEND.gspmm_sum_backward
 
 
-def sum_backward_bytes_per_edge(op: str, d_edge: int, grad_edge: bool, source_major: bool = False) -> int:
+def sum_backward_bytes_per_edge(op: str, d_edge: int, grad_edge: bool, source_major: bool = False, narrow_ids: bool = False) -> int:
     """Device bytes per edge of a direct sum backward here (:func:`_grads`), for the memory model.
 
     In CSC order the kernels read ``src_idx``, ``src_perm`` and
@@ -249,8 +251,10 @@ def sum_backward_bytes_per_edge(op: str, d_edge: int, grad_edge: bool, source_ma
     the source gradient alone from source-major arrays, and the host keeps
     each edge's destination in that order (``EdgeChunk.src_major_dst``, not
     for a file-backed chunk): ``src_dst`` alone crosses, one int32. Then the
-    edge data and, when asked for, its gradient, in float32.
+    edge data and, when asked for, its gradient, in float32. ``narrow_ids``:
+    ``src_dst`` in 16 bits, read so (``kernels.graph.kernel_index``); the
+    memory model adds 2 bytes an edge back for a chunk whose ids do not fit.
     """
     if source_major and not grad_edge:
-        return 4 + 4 * int(d_edge)
+        return (2 if narrow_ids else 4) + 4 * int(d_edge)
     return 3 * 4 + 4 * int(d_edge) * (2 if grad_edge else 1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sagann.chunks.types import EdgeChunk, sent_names
+from sagann.chunks.types import EdgeChunk, native_16, sent_names
 
 # attribute (not a field) of a ChunkTensors and its EdgeChunk: values kernels derive from the index
 # arrays alone, shared by every device copy of one sub-chunk
@@ -47,8 +47,25 @@ def crossing_array(chunk: EdgeChunk, name: str, narrow: bool) -> np.ndarray | No
     The 16 bits are unsigned values (up to 65,535) carried as int16, the
     type every backend copies and widens; :func:`widen_index` undoes it.
     """
-    host = chunk.src_major_dst() if name == "src_dst" else getattr(chunk, name)
-    return host.astype(np.uint16).view(np.int16) if host is not None and narrow and chunk.fits_16_bits(name) else host
+    host = host_array(chunk, name)
+    return narrowed(host) if host is not None and narrow and chunk.fits_16_bits(name) else host
+
+
+def host_array(chunk: EdgeChunk, name: str) -> np.ndarray | None:
+    """Host index array ``name`` of ``chunk``; ``src_dst``: its source-major destinations (None for a file-backed chunk)."""
+    return chunk.src_major_dst() if name == "src_dst" else getattr(chunk, name)
+
+
+def narrowed(a: np.ndarray) -> np.ndarray:
+    """An index array whose values are below 2^16 in 16 bits: unsigned values carried as int16 (a copy)."""
+    return a.astype(np.uint16).view(np.int16)
+
+
+def kernel_index(g: "ChunkTensors", name: str) -> torch.Tensor:
+    """Index array ``name`` as a kernel that reads 16-bit ids (unsigned, as :func:`crossing_array` makes them) takes it:
+    the 16-bit copy a stream kept unwidened (``StreamedChunkTensors(native=True)``), else the int32 array."""
+    kept = g.__dict__.get("_narrow")
+    return kept[name] if kept and name in kept else getattr(g, name)
 
 
 def widen_index(t: torch.Tensor) -> torch.Tensor:
@@ -179,44 +196,56 @@ class StreamedChunkTensors(ChunkTensors):
     """
 
     def __init__(self, chunk: EdgeChunk, send, *, backward: bool, source_major: bool = False, sent: dict | None = None,
-                 narrow: bool = False, derive: bool = False, send_many=None):
+                 narrow: bool = False, derive: bool = False, send_many=None, native: bool = False):
         """``sent``: arrays already on the device (a packed copy), by name; the others of the pass are sent here,
         with ``send_many`` (host arrays -> device tensors, one transfer) if given.
 
         ``narrow``: arrays cross in 16 bits where their values fit
         (``EdgeChunk.fits_16_bits``) and are widened to int32 on the device.
+        ``native``: the pass's kernels read the arrays of ``native_16`` in
+        16 bits (:func:`kernel_index`): those cross so where they fit (narrow
+        or not) and stay so, widened only if something reads the int32 attribute.
         """
         d = self.__dict__
-        d.update(num_src=chunk.num_src, num_dst=chunk.num_dst, _chunk=chunk, _send=send, sent_bytes=0)
-        d.update(_narrow=bool(narrow), _derive=bool(derive), _source_major=bool(source_major))
+        d.update(num_src=chunk.num_src, num_dst=chunk.num_dst, _chunk=chunk, _send=send, sent_bytes=0, _narrow={})
+        d.update(_narrows=bool(narrow), _derive=bool(derive), _source_major=bool(source_major))
         d[DERIVED] = chunk.__dict__.setdefault(DERIVED, {})
         sent = dict(sent or {})
         missing = [n for n in sent_names(backward, source_major) if n not in sent]
-        hosts = [crossing_array(chunk, n, narrow) for n in missing]
+        hosts = [host_array(chunk, n) for n in missing]
         if any(h is None for h in hosts):  # made on the device below
             missing, hosts = [n for n, h in zip(missing, hosts) if h is not None], [h for h in hosts if h is not None]
-        for name, t in zip(missing, self._cross(hosts, send_many)):
-            sent[name] = t
+        shorts = [chunk.crosses_short(n, backward, narrow, native) for n in missing]
+        for name, t in zip(missing, self._cross(hosts, shorts, send_many)):
+            if native and native_16(name, backward) and t.dtype == torch.int16:
+                d["_narrow"][name] = t
+            else:
+                sent[name] = widen_index(t)
         d.update({("_src_dst" if k == "src_dst" else k): v for k, v in sent.items()})
 
-    def _cross(self, hosts: list, send_many=None) -> list[torch.Tensor]:
-        self.__dict__["sent_bytes"] += sum(h.nbytes for h in hosts)
-        out = send_many(hosts) if send_many is not None and len(hosts) > 1 else [self._send(h) for h in hosts]
-        return [widen_index(t) for t in out]
+    def _cross(self, hosts: list, shorts: list, send_many=None) -> list[torch.Tensor]:
+        """The host arrays on the device as they cross: in 16 bits where ``shorts`` says so (unwidened).
+        ``send_many(hosts, shorts)`` may narrow within its copy; one array at a time is narrowed on the host first."""
+        self.__dict__["sent_bytes"] += sum(h.nbytes // (2 if short else 1) for h, short in zip(hosts, shorts))
+        if send_many is not None and len(hosts) > 1:
+            return send_many(hosts, shorts)
+        return [self._send(narrowed(h) if short else h) for h, short in zip(hosts, shorts)]
 
     def charge_later(self, scope) -> None:
         """Charge ``scope`` (a device ledger's :class:`~sagann.scheduler.devices.Scope`) for each array made after this call."""
         self.__dict__["_scope"] = scope
 
     def _make(self, name: str) -> torch.Tensor:
-        if name == "dst_idx" and self._derive:
+        if name in self._narrow:  # kept in 16 bits for the kernels that read them so; something wants int32
+            made = widen_index(self._narrow.pop(name))
+        elif name == "dst_idx" and self._derive:
             made = expand_pointer(self.dst_ptr, self.nnz)
         else:
-            host = crossing_array(self._chunk, name, self._narrow)
+            host = host_array(self._chunk, name)
             if host is None:  # a file-backed chunk keeps no source-major destinations: made here
                 made = self.dst_idx.index_select(0, self.src_perm)
             else:
-                made = self._cross([host])[0]
+                made = widen_index(self._cross([host], [self._narrows and self._chunk.fits_16_bits(name)])[0])
         scope = self.__dict__.get("_scope")
         if scope is not None:
             scope.charge(made.nbytes, lambda: f"{name} of {self._chunk.id!r}, read after its load")
@@ -242,7 +271,8 @@ class StreamedChunkTensors(ChunkTensors):
         return sum(t.nbytes for t in self.present())
 
     def present(self) -> list[torch.Tensor]:
-        return [t for t in (self.__dict__.get("_src_dst" if n == "src_dst" else n) for n in ARRAYS) if t is not None]
+        d = self.__dict__
+        return [t for t in (d.get("_src_dst" if n == "src_dst" else n) for n in ARRAYS) if t is not None] + list(d["_narrow"].values())
 
     @property
     def nnz(self) -> int:

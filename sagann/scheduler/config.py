@@ -62,12 +62,16 @@ class ScheduleConfig:
             float32 transfers by that rounding (bfloat16: about 2^-8
             relative per element; float16: 2^-11, within its range);
             gradients are computed and kept in float32.
-        narrow_index: None (default): as ``transfer_dtype`` (set: on);
-            True: a sub-chunk's index arrays cross the link in 16 bits
-            where their values fit (a chunk's local ids and pointers below
-            65,536) and are widened to int32 on arrival, with float32 rows;
-            lossless, so results are bit for bit those of int32 arrays, for
-            a conversion per array on each side. False: never.
+        narrow_index: None (default): as ``transfer_dtype`` (set: on),
+            and unset, only a forward's source ids where its kernels read
+            them in 16 bits (the CPU backend's gSpMM: no conversion on
+            arrival, two bytes an edge fewer to hold, so larger sub-chunks
+            under a budget); True: a sub-chunk's index arrays cross the link
+            in 16 bits where their values fit (a chunk's local ids and
+            pointers below 65,536), widened to int32 on arrival unless the
+            kernels read them so, with float32 rows; lossless, so results
+            are bit for bit those of int32 arrays, for a conversion per
+            array on each side. False: never.
     """
 
     prefetch: int | str | None = None  # None, "max" or a depth
@@ -102,3 +106,8 @@ class ScheduleConfig:
     def narrows_index(self) -> bool:
         """Do index arrays cross in 16 bits where they fit (``narrow_index``; None: with ``transfer_dtype``)?"""
         return self.transfer_dtype is not None if self.narrow_index is None else self.narrow_index
+
+    @property
+    def narrows_source_ids(self) -> bool:
+        """May a forward's source ids cross in 16 bits for kernels that read them so (``narrow_index`` not False)?"""
+        return self.narrow_index is not False

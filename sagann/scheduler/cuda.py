@@ -249,6 +249,9 @@ class CudaDevice(Device):
             driver); use :class:`~sagann.CpuDevice` there.
     """
 
+    holds_narrow_index_copies = True  # widened on the copy stream, the 16-bit arrays kept until compute (chunk_index)
+    keeps_native_index = False  # the CUDA kernels read int32 index arrays
+
     def __init__(self, memory_budget: int | str | None = None, index: int = 0, name: str | None = None, *, runtime: Runtime | None = None, staging_buffers: int = STAGING_BUFFERS):
         if runtime is None:
             runtime = self._torch_runtime(index)
@@ -482,12 +485,13 @@ class CudaDevice(Device):
         shape = (int(index.numel()),) + tuple(host.shape[1:])
         return self._send_staged(shape, host.dtype, lambda view, lo, hi: torch.index_select(host, 0, index[lo:hi], out=view))
 
-    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False):
+    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False, native: bool = False):
         """The index arrays the pass reads and the sub-chunk's source rows within V_i, packed into one staging block, sent with one copy.
 
         ``dst_idx`` is made on the GPU from ``dst_ptr`` when first read
         (``StreamedChunkTensors``): the link never carries it. ``narrow``:
-        the arrays cross in 16 bits where they fit and are widened on the copy stream.
+        the arrays cross in 16 bits where they fit and are widened on the copy stream (``native``
+        is ignored: the CUDA kernels read int32).
         """
         names = sent_names(backward, source_major)
         if "src_dst" in names and chunk.src_major_dst() is None:  # a file-backed chunk: made on the GPU from these

@@ -15,7 +15,7 @@ import torch
 
 from sagann import profiler
 from sagann.chunks.partition import file_backed
-from sagann.kernels.graph import ChunkTensors, StreamedChunkTensors, declare_rows_bound
+from sagann.kernels.graph import ChunkTensors, StreamedChunkTensors, declare_rows_bound, narrowed
 from sagann.scheduler.host import stage, stage_rows
 from sagann.scheduler.meter import CpuMeter, Meter
 from sagann.scheduler.policy import TransferCosts
@@ -316,18 +316,19 @@ class Device(abc.ABC):
         """A context running one sub-chunk's compute after its loads ``ready`` (a GPU: on its compute stream)."""
         return contextlib.nullcontext()
 
-    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
+    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False, native: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
         """A sub-chunk's index arrays as a pass streams them, its source rows within V_i (a loader job), and the device bytes they may take.
 
         Only what a pass reads is sent (``StreamedChunkTensors``: a forward
         pass sends no source-major order; no pass sends what the device can
-        make from the pointers); ``narrow``: in 16 bits where they fit.
+        make from the pointers); ``narrow``: in 16 bits where they fit; ``native``: kernels read source ids so.
         """
-        ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, narrow=narrow, derive=self.derives_index, send_many=self._send_indices)
+        ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, narrow=narrow, derive=self.derives_index, send_many=self._send_indices, native=native)
         return ct, self._source_rows(chunk), ct.nbytes
 
-    # make dst_idx from dst_ptr on the device rather than send it: where a loop over the device's memory is
-    # cheaper than the link (a GPU); on a CPU the copy is the cheaper (24 us against 5 for 40,000 edges)
+    holds_narrow_index_copies = False  # 16-bit index arrays kept beside their widened copies until compute (a GPU)
+    keeps_native_index = True  # chunk_index(native=True) leaves 16-bit source ids unwidened (not a GPU's)
+    # make dst_idx from dst_ptr on the device, not send it, where that beats the link (a GPU; a CPU copies: 5 us against 24)
     derives_index = False
     # under a budget, ApplyVertex and hook blocks of at most this many modelled bytes, however many the budget
     # would allow (None: no such bound); a CPU device's whole wide intervals fall out of its caches
@@ -341,9 +342,9 @@ class Device(abc.ABC):
         """One host index array on this device (a transfer)."""
         return self.copy_in(host_tensor(a))
 
-    def _send_indices(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        """Several host index arrays on this device (one transfer where the device packs them)."""
-        return [self._send_index(a) for a in arrays]
+    def _send_indices(self, arrays: list[np.ndarray], shorts: list[bool]) -> list[torch.Tensor]:
+        """Several host index arrays on this device, in 16 bits where ``shorts`` says (one transfer where the device packs them)."""
+        return [self._send_index(narrowed(a) if short else a) for a, short in zip(arrays, shorts)]
 
     def _source_rows(self, chunk) -> torch.Tensor:
         """The sub-chunk's source rows within V_i as int32 on this device (as stored: the kernels read int32), their bound declared (no host sync to find it)."""
@@ -494,7 +495,7 @@ class CpuDevice(Device):
         """A device of this kind for the step calibration; a budget none reaches, so copies pool as a budgeted pass's do."""
         return CpuDevice(CALIBRATION_TWIN_BUDGET, f"{self.name} (calibration)", self.link_bandwidth, self.copy_transfers, self.peer_bandwidth, meter=False)
 
-    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
+    def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False, native: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
         """The sub-chunk's index arrays: views of the host's arrays, made once per sub-chunk and kept while it lives.
 
         Views cost no memory, so keeping them costs none either; remade at
@@ -504,7 +505,7 @@ class CpuDevice(Device):
         every step copies what the pass reads, as a GPU's would.
         """
         if self.copy_transfers or file_backed(chunk.src_rows):
-            return super().chunk_index(chunk, source_major, backward, narrow)
+            return super().chunk_index(chunk, source_major, backward, narrow, native)
         per = self._index_memo.get(chunk)
         if per is None:
             per = self._index_memo[chunk] = {}
@@ -512,9 +513,10 @@ class CpuDevice(Device):
         ct = per.get(key)
         if ct is None:  # views of every array: nothing is derived (that would hold new memory per sub-chunk)
             ct = per[key] = self.chunk_tensors(chunk, key)
-        self._count_in(chunk.sent_index_bytes(backward, narrow, source_major) - chunk.src_rows.nbytes)  # what a copying device sends (as rows, the source rows are not counted)
+        self._count_in(chunk.sent_index_bytes(backward, narrow, source_major, native) - chunk.src_rows.nbytes)  # what a copying device sends (as rows, the source rows are not counted)
         # charged as a copying device holds them: what a forward or a source-major backward sends (its kernels read no more), all arrays in another backward
-        return ct, self._source_rows(chunk), ct.nbytes if backward and not source_major else chunk.sent_index_bytes(backward, False, source_major) - chunk.src_rows.nbytes
+        # kernels reading 16-bit ids (native): charged as the copying device's copies, as planned
+        return ct, self._source_rows(chunk), ct.nbytes if backward and not source_major else chunk.sent_index_bytes(backward, False, source_major, native) - chunk.src_rows.nbytes
 
     @property
     def transfers_cost_alike(self) -> bool:
@@ -543,20 +545,18 @@ class CpuDevice(Device):
         if self.link is not None:
             self.link.occupy(nbytes, time.perf_counter() - t0)
 
-    def _send_indices(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        """Copying: the arrays packed into one buffer (8-byte aligned), one pool allocation and one count for all."""
+    def _send_indices(self, arrays: list[np.ndarray], shorts: list[bool]) -> list[torch.Tensor]:
+        """Copying: the arrays packed into one buffer (8-byte aligned), one pool allocation and one count for all; 16-bit ones narrowed by the copy."""
         if not self.copy_transfers:
-            return super()._send_indices(arrays)
+            return super()._send_indices(arrays, shorts)
         t0 = time.perf_counter()
-        total = 0
-        for a in arrays:
-            total += -(-a.nbytes // 8) * 8
+        sizes = [a.size * 2 if short else a.nbytes for a, short in zip(arrays, shorts)]
+        total = sum(-(-n // 8) * 8 for n in sizes)
         buf = self._pool.empty((total,), torch.uint8) if self._pool is not None and total else None
         buf = torch.empty(max(8, total), dtype=torch.uint8) if buf is None else buf
         out, off, sent = [], 0, 0
-        for a in arrays:
-            n = a.nbytes
-            view = buf[off : off + n].view(_TORCH_INDEX_DTYPES[a.dtype.char])
+        for a, short, n in zip(arrays, shorts, sizes):
+            view = buf[off : off + n].view(torch.int16 if short else _TORCH_INDEX_DTYPES[a.dtype.char])  # int32 -> int16 keeps the low 16 bits
             view.copy_(host_tensor(a))
             out.append(view)
             off += -(-n // 8) * 8

@@ -165,11 +165,12 @@ class ChunkInputs:
         backward = fields.phase == BACKWARD
         narrow = ex.narrow_index  # 16-bit index arrays, where they fit
         source_major = ex.source_major and backward
-        self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=source_major, backward=backward, narrow=narrow)
+        native = ex.native_index  # kernels that read a forward's source ids (a source-major backward's rows) in 16 bits
+        self.ct, self._src_local, index_bytes = ex.device.chunk_index(c, source_major=source_major, backward=backward, narrow=narrow, native=native)
         self.scope.charge(index_bytes, lambda: f"index arrays of {c.id!r}")
         if isinstance(self.ct, StreamedChunkTensors):  # an array a kernel reads later is sent (or made) then, and charged then
             self.ct.charge_later(self.scope)
-        self.loaded_bytes += c.sent_index_bytes(backward, narrow, source_major)
+        self.loaded_bytes += c.sent_index_bytes(backward, narrow, source_major, native)
         self._sent_before = getattr(self.ct, "sent_bytes", 0)  # arrays first read in compute are sent then (counted at close)
 
     def src_local_rows(self) -> torch.Tensor:
@@ -321,13 +322,15 @@ class Executor:
     """
 
     def __init__(self, device: Device, partition: GraphPartition, log: PassLog, name: str, *, fused: bool = False, strategy: Strategy | None = None,
-                 transfer_dtype: torch.dtype | None = None, host_budget: bool = False, narrow_index: bool = False):
+                 transfer_dtype: torch.dtype | None = None, host_budget: bool = False, narrow_index: bool = False, native_index: bool = False):
         """``host_budget``: the graph's host memory has a budget, bound on RSS: every pass of many steps trims the heaps.
-        ``narrow_index``: index arrays cross in 16 bits where they fit (``ScheduleConfig.narrows_index``)."""
+        ``narrow_index``: index arrays cross in 16 bits where they fit (``ScheduleConfig.narrows_index``);
+        ``native_index``: a forward's source ids do, for kernels that read them so (``LayerShape.narrow_src_ids``)."""
         self.device, self.partition, self.log, self.name = device, partition, log, name
         self.host_budget = host_budget
         self.transfer_dtype = transfer_dtype  # ScheduleConfig.transfer_dtype: input rows cross the link in 16 bits
         self.narrow_index = narrow_index
+        self.native_index = native_index
         self.fused = fused
         self.strategy = strategy or Strategy()
         self.source_major = False  # this backward pass reads edges source-major (set by the pass)

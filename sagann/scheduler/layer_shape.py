@@ -36,6 +36,16 @@ class LayerShape:
     # bytes per edge a direct sum backward holds on the backend (KernelBackend.sum_backward_bytes_per_edge): the index
     # arrays its kernels read, the edge data and their gradient; 0 where unknown (every index array is counted)
     sum_backward_edge: int = 0
+    # a forward's index arrays also held in 16 bits beside their widened copies until compute (a GPU with
+    # ScheduleConfig.narrows_index, Device.holds_narrow_index_copies): 2 more bytes an edge. True (the most
+    # memory) until run_layer knows the device and the schedule
+    narrow_index_copies: bool = True
+    # a forward's fused kernels read source ids in 16 bits, unwidened (the CPU backend with narrowed index arrays):
+    # 2 bytes an edge where the chunk's ids fit (EdgeChunk.fits_16_bits)
+    narrow_src_ids: bool = False
+    # and a source-major sum backward reads each edge's destination row (src_dst) so: sum_backward_edge counts 2
+    # bytes for it, and a chunk whose rows do not fit in 16 bits 2 more
+    narrow_dst_ids: bool = False
     # False for a sum's source gradient, which reads no source rows (its accumulator over V_i is still held)
     sends_src: bool = True
     attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)

@@ -298,16 +298,20 @@ def _winner_row_bytes(shape: LayerShape) -> int:
     return (INDEX * shape.d_msg if shape.winners else 0) + FLOAT * 2 * shape.d_score
 
 
-def _forward_index_bytes_per_entry(fused: bool) -> int:
+def _forward_index_bytes_per_entry(fused: bool, narrow_copies: bool = True) -> int:
     """A forward's index bytes per edge (and per pointer): the source id (+ the edge's row where not fused) as int32,
-    and its 16-bit copy, which a GPU holds beside the widened one until compute with 16-bit transfers (counted always)."""
-    return INT32 * (1 if fused else 2) + INT32 // 2
+    and, with ``narrow_copies``, its 16-bit copy, which a GPU holds beside the widened one until compute with 16-bit
+    index arrays (``LayerShape.narrow_index_copies``)."""
+    return INT32 * (1 if fused else 2) + (INT32 // 2 if narrow_copies else 0)
 
 
-def forward_index_bytes(c, fused: bool) -> int:
+def forward_index_bytes(c, fused: bool, narrow_copies: bool = True, narrow_src_ids: bool = False) -> int:
     """Device bytes of a forward sub-chunk's index arrays: the pointers, source ids and rows it reads (``sent_names``),
-    and each edge's row where the layer is not fused (:func:`_forward_index_bytes_per_entry`)."""
-    return _forward_index_bytes_per_entry(fused) * c.nnz + (INT32 + INT32 // 2) * (c.num_dst + 1) + c.src_rows.nbytes
+    and each edge's row where the layer is not fused (:func:`_forward_index_bytes_per_entry`); ``narrow_src_ids``:
+    the kernels read source ids in 16 bits where they fit (``LayerShape.narrow_src_ids``)."""
+    per_pointer = INT32 + (INT32 // 2 if narrow_copies else 0)
+    short = INT32 // 2 * c.nnz if narrow_src_ids and c.fits_16_bits("src_idx") else 0
+    return _forward_index_bytes_per_entry(fused, narrow_copies) * c.nnz + per_pointer * (c.num_dst + 1) + c.src_rows.nbytes - short
 
 
 def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
@@ -327,7 +331,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
     # backward: every index array may be on the device; edge ids only for winners (below)
     if backward and shape.sum_backward_edge and direct_sum_backward(shape, fused):
         return _direct_backward_bytes(c, shape, src, partial)
-    index = c.nbytes - c.edge_ids.nbytes if backward else forward_index_bytes(c, fused)
+    index = c.nbytes - c.edge_ids.nbytes if backward else forward_index_bytes(c, fused, shape.narrow_index_copies, shape.narrow_src_ids)
     b = index + src + edge + partial + (c.nnz * INDEX if shape.winners else 0) + merge_scratch_bytes(c.num_dst, shape, fused, backward)
     scratch = edge_scratch_bytes(c.nnz, shape, fused)
     if not backward:
@@ -345,7 +349,8 @@ def _direct_backward_bytes(c, shape: LayerShape, src: int, partial: int) -> int:
     pointers = INT32 * (c.num_dst + 1 + c.num_src + 1) + c.src_rows.nbytes
     dst = FLOAT * c.num_dst * shape.d_dst_side
     rows = c.num_dst * backward_dst_row_bytes(shape)
-    return int(pointers + c.nnz * shape.sum_backward_edge + 2 * src + partial + rows + dst + edge_scratch_bytes(c.nnz, shape, True))
+    wide = 2 * c.nnz if shape.narrow_dst_ids and not c.fits_16_bits("src_dst") else 0  # rows past 16 bits cross as int32
+    return int(pointers + c.nnz * shape.sum_backward_edge + wide + 2 * src + partial + rows + dst + edge_scratch_bytes(c.nnz, shape, True))
 
 
 def working_set(partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int = 1, budget: int | None = None) -> WorkingSet:
@@ -477,10 +482,10 @@ def _sub_chunk_unit_bytes(shape: LayerShape, fused: bool) -> tuple[int, int]:
     """The largest sub-chunk's bytes per source row and per edge: a backward's (the row and its gradient; index arrays,
     edge data, scratch twice), or a forward's where the layer has no backward edge stage (its sub-chunks size for the forward alone)."""
     if not shape.backward_edges:  # the row; source id (+ the row of each edge where not fused), edge data, scratch
-        return FLOAT * shape.d_src_side, _forward_index_bytes_per_entry(fused) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
+        return FLOAT * shape.d_src_side, _forward_index_bytes_per_entry(fused, shape.narrow_index_copies) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
     scratch = backward_scratch_times(shape, fused) * edge_scratch_bytes(1, shape, fused)
     if shape.sum_backward_edge and direct_sum_backward(shape, fused):  # what the backend's kernels hold, or the forward's
-        forward = _forward_index_bytes_per_entry(fused) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
+        forward = _forward_index_bytes_per_entry(fused, shape.narrow_index_copies) + FLOAT * shape.d_edge + edge_scratch_bytes(1, shape, fused)
         return 2 * FLOAT * shape.d_src_side, max(forward, scratch + shape.sum_backward_edge)
     return 2 * FLOAT * shape.d_src_side, scratch + 2 * FLOAT * shape.d_edge + 24
 

@@ -85,7 +85,7 @@ class SharedPass(Strategy):
     def after_step(self, ex: Executor, step: ChunkStep, times: tuple[float, float], moved: int) -> None:
         host_block, block = self._block_bytes.pop(step.key, (0, 0))
         backward = self._phase == BACKWARD
-        index = sum(c.sent_index_bytes(backward, ex.narrow_index, ex.source_major and backward) for c in step.subs)
+        index = sum(c.sent_index_bytes(backward, ex.narrow_index, ex.source_major and backward, ex.native_index) for c in step.subs)
         nnz = sum(c.nnz for c in step.subs)
         self.step_log.append(StepRecord(self.call_no, self._phase, ex.device.name, step.key, nnz, block, moved - host_block - index, index, *times))
 

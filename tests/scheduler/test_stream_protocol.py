@@ -291,7 +291,7 @@ def test_bug_staging_reuse_without_waiting_for_the_copy(monkeypatch, bug):
     assert any(v.startswith("reuse before read") and "pinned" in v for v in dev.runtime.hub.violations) == bug
 
 
-def _old_chunk_index(self, chunk, source_major=False, backward=True, narrow=False):
+def _old_chunk_index(self, chunk, source_major=False, backward=True, narrow=False, native=False):
     """The old path: each index array its own copy, the source rows a pageable copy later."""
     from sagann.kernels.graph import ChunkTensors
 
