@@ -265,7 +265,7 @@ def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, 
 MARGIN = 0.05  # a larger P must be predicted this much faster: the model's noise must not flip the choice
 GROWTH = (1.25, 1.5, 2.0, 3.0)  # larger P tried, as multiples of the smallest P that fits
 NEXT_P = 3  # and the next few P above it: where a sub-chunk can just hold a whole chunk, one more interval is often enough
-MAX_PICKS = 3  # candidates the planner cuts in turn, fastest first, where one does not fit once cut (each cut costs a pass over the edges)
+MAX_PICKS = 3  # candidates the planner cuts and widens, keeping the fastest that fits (each cut costs a pass over the edges)
 
 
 def _sub_for_room(room: int, in_flight: int, rows: int, shape: LayerShape, fused: bool, default: int) -> int:
@@ -288,10 +288,11 @@ def faster_partitions(edges: np.ndarray | GraphPartition, in_degree: np.ndarray,
     Each candidate (the smallest P itself, and larger ones) gets the
     largest sub-chunks its room allows once a sub-chunk's source rows are
     bounded by its interval (:func:`sub_chunk_nnz_in_room`); bytes and
-    steps come from :func:`estimate_partition`. The caller cuts the picks
-    in turn and keeps the first that fits: the estimate counts a
-    sub-chunk's source rows, not the destination rows a sparse chunk's
-    backward sub-chunk also loads, so the fastest may not fit once cut.
+    steps come from :func:`estimate_partition`. The caller cuts the picks,
+    widens each that fits and keeps the fastest counted: the estimate
+    counts a sub-chunk's source rows, not the destination rows a sparse
+    chunk's backward sub-chunk also loads, so the fastest may not fit once
+    cut, and its sub-chunks may be smaller than what fits.
     ``job``: shape, fused, param_bytes, budget, in_flight, default (the
     largest sub-chunk).
     """

@@ -322,26 +322,26 @@ class Planner:
         job = {"shape": shape, "fused": fused, "param_bytes": param_bytes, "budget": self.budget, "in_flight": in_flight, "default": cap}
         costs = measure_step_costs(self._devices[0])
         picks = faster_partitions(self._edges(), self._in_degree, part, job, costs, min(max(self._num_vertices, 1), MAX_CHUNKS))
-        if not picks:
+        if not picks:  # the smallest P, widened, is predicted fastest
             return
         p0, sub0, weight, old = part.num_chunks, part.sub_chunk_nnz, vertex_weight(shape, fused), measure_partition(part, shape)
         fit.clear()
-        part = None
-        for p, sub in picks[:MAX_PICKS]:  # fastest first: the next where one does not fit once cut
+        part, best = None, (None, p0, sub0)  # (predicted seconds, P, widened sub-chunk size): one candidate partition lives at a time
+        for p, sub in picks[:MAX_PICKS]:  # each pick that fits, widened, then the fastest of them
             for sub in (s for s in (sub, sub // 2, sub // 4) if s >= 1):  # the estimate's sub-chunks may not fit once cut: halve them
-                faster = self._cut(p, sub, weight)
-                w = working_set(faster, shape, fused, param_bytes, in_flight=in_flight, budget=self.budget)
-                if w.peak_bytes <= self.budget and self._fits_the_others(faster, shape, fused, param_bytes, in_flight):  # kept if, counted, it takes fewer steps and is still predicted faster
-                    new = measure_partition(faster, shape)
-                    if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs):
-                        fit[:] = [faster, w]
-                        # the estimate sized the pick's sub-chunks from a model of their rows: widen them to what really fits
-                        self._widen(fit, shape, fused, param_bytes, in_flight, cap)
-                        return
+                fit[:] = [self._cut(p, sub, weight), None]
+                fit[1] = w = working_set(fit[0], shape, fused, param_bytes, in_flight=in_flight, budget=self.budget)
+                if w.peak_bytes <= self.budget and self._fits_the_others(fit[0], shape, fused, param_bytes, in_flight):
+                    # the estimate's sub-chunks (a model of their rows) may split chunks that fit whole: widened, then
+                    # kept if, counted, it takes fewer steps and is still predicted faster (and faster than other picks)
+                    self._widen(fit, shape, fused, param_bytes, in_flight, cap)
+                    new = measure_partition(fit[0], shape)
+                    if new.steps < old.steps and new.seconds(costs) < (1 - MARGIN) * old.seconds(costs) and (best[0] is None or new.seconds(costs) < best[0]):
+                        best = (new.seconds(costs), p, fit[0].sub_chunk_nnz)
                     break
-                faster = None
-        faster = None
-        fit[:] = [self._cut(p0, sub0, weight), ws]
+            fit.clear()
+        part = self._cut(best[1], best[2], weight)
+        fit[:] = [part, ws if best[0] is None else working_set(part, shape, fused, param_bytes, in_flight=in_flight, budget=self.budget)]
 
     def _smallest_fit(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, start: int, in_flight: int, max_chunks: int = MAX_CHUNKS,
                       also: Callable[[GraphPartition], bool] | None = None):

@@ -107,6 +107,30 @@ def test_the_planner_takes_the_faster_p_when_it_fits(monkeypatch):
     assert _planner(budget, "time").partition_for(SHAPE, False, 1000).num_chunks == smallest.num_chunks
 
 
+def test_the_planner_compares_picks_after_widening_them(monkeypatch):
+    """The estimate's sub-chunks may split chunks that fit whole once cut: each pick is widened before the fastest is
+    kept, so the order the estimate gave them in does not decide."""
+    free = _planner(None, "smallest")
+    free.partition_for(SHAPE, False, 1000)
+    budget = free.working_set.peak_bytes // 24
+    smallest = _planner(budget, "smallest").partition_for(SHAPE, False, 1000)
+    costs = StepCosts(1e-15, 1.0, 0.0)  # steps decide
+    monkeypatch.setattr(planner_module, "measure_step_costs", lambda device: costs)
+    p0 = smallest.num_chunks
+    picks = [(p0 + 2, 64), (p0 + 1, 64)]  # sub-chunks far below what fits (more steps than the smallest P): widening sets them
+    alone = []
+    for pick in picks:
+        monkeypatch.setattr(planner_module, "faster_partitions", lambda *args, pick=pick: [pick])
+        part = _planner(budget, "time").partition_for(SHAPE, False, 1000)
+        alone.append((cost_model.measure_partition(part, SHAPE).seconds(costs), part.num_chunks, part.sub_chunk_nnz))
+        assert part.num_chunks == pick[0] and part.sub_chunk_nnz > 64  # taken, widened
+    want = min(alone)
+    for order in (picks, picks[::-1]):
+        monkeypatch.setattr(planner_module, "faster_partitions", lambda *args, order=order: list(order))
+        part = _planner(budget, "time").partition_for(SHAPE, False, 1000)
+        assert (part.num_chunks, part.sub_chunk_nnz) == want[1:]
+
+
 def test_unknown_partition_rule_is_an_error():
     with pytest.raises(ValueError, match="partition_rule"):
         sagann.ScheduleConfig(partition_rule="fastest")
