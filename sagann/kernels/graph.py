@@ -245,7 +245,7 @@ class StreamedChunkTensors(ChunkTensors):
             if host is None:  # a file-backed chunk keeps no source-major destinations: made here
                 made = self.dst_idx.index_select(0, self.src_perm)
             else:
-                made = widen_index(self._cross([host], [self._narrows and self._chunk.fits_16_bits(name)])[0])
+                made = widen_index(self._cross([host], [self._chunk.crosses_short(name, True, self._narrows, False)])[0])
         scope = self.__dict__.get("_scope")
         if scope is not None:
             scope.charge(made.nbytes, lambda: f"{name} of {self._chunk.id!r}, read after its load")

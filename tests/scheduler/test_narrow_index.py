@@ -7,6 +7,7 @@ import torch
 
 import sagann
 from sagann.engine.models import GAT, GCN, GIN, GraphSAGE
+from tests.measured import assert_measured_within
 
 N = 500
 EDGES = np.random.default_rng(5).integers(0, N, (2, 5000))
@@ -95,12 +96,12 @@ def test_16_bit_source_ids_let_a_budget_hold_larger_sub_chunks():
     for narrow in (False, None):
         torch.manual_seed(0)
         model = GCN(16, 16, 4, dropout=0.0)
-        dev = sagann.CpuDevice(budget, copy_transfers=True)
+        dev = sagann.CpuDevice(budget, copy_transfers=True, meter=True)
         g = sagann.ChunkedGraph(edges, n, device=dev, schedule=sagann.ScheduleConfig(cache_gather=False, narrow_index=narrow))
         x = torch.randn(n, 16, generator=torch.Generator().manual_seed(1))
         out = model(g, x)
         out.square().mean().backward()
-        assert dev.peak_bytes <= budget
+        assert_measured_within(dev, budget)  # what the allocator handed out, not the ledger's own count
         runs[narrow] = (out.detach(), sum(r.steps for r in g.pass_log if r.phase == "forward"))
     torch.testing.assert_close(runs[None][0], runs[False][0], rtol=1e-5, atol=1e-6)  # other sub-chunks: another summation order
     assert runs[None][1] < runs[False][1]
