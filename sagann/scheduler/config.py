@@ -63,10 +63,10 @@ class ScheduleConfig:
             relative per element; float16: 2^-11, within its range);
             gradients are computed and kept in float32.
         narrow_index: None (default): as ``transfer_dtype`` (set: on),
-            and unset, only a forward's source ids where its kernels read
-            them in 16 bits (the CPU backend's gSpMM: no conversion on
-            arrival, two bytes an edge fewer to hold, so larger sub-chunks
-            under a budget); True: a sub-chunk's index arrays cross the link
+            and unset, only the ids the CPU backend's fused kernels read in
+            16 bits (a forward's source ids, a source-major backward's
+            destination rows: no conversion on arrival, two bytes an edge
+            fewer to hold, so larger sub-chunks under a budget); True: a sub-chunk's index arrays cross the link
             in 16 bits where their values fit (a chunk's local ids and
             pointers below 65,536), widened to int32 on arrival unless the
             kernels read them so, with float32 rows; lossless, so results

@@ -321,13 +321,13 @@ class Device(abc.ABC):
 
         Only what a pass reads is sent (``StreamedChunkTensors``: a forward
         pass sends no source-major order; no pass sends what the device can
-        make from the pointers); ``narrow``: in 16 bits where they fit; ``native``: kernels read source ids so.
+        make from the pointers); ``narrow``: in 16 bits where they fit; ``native``: the ids kernels read so (``native_16``).
         """
         ct = StreamedChunkTensors(chunk, self._send_index, backward=backward, source_major=source_major, narrow=narrow, derive=self.derives_index, send_many=self._send_indices, native=native)
         return ct, self._source_rows(chunk), ct.nbytes
 
     holds_narrow_index_copies = False  # 16-bit index arrays kept beside their widened copies until compute (a GPU)
-    keeps_native_index = True  # chunk_index(native=True) leaves 16-bit source ids unwidened (not a GPU's)
+    keeps_native_index = True  # chunk_index(native=True) leaves the 16-bit ids of native_16 unwidened (not a GPU)
     # make dst_idx from dst_ptr on the device, not send it, where that beats the link (a GPU; a CPU copies: 5 us against 24)
     derives_index = False
     # under a budget, ApplyVertex and hook blocks of at most this many modelled bytes, however many the budget
