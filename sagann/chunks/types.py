@@ -111,8 +111,9 @@ class EdgeChunk:
             )
         )
 
-    def crosses_short(self, name: str, backward: bool, narrow: bool, native: bool) -> bool:
-        """Does index array ``name`` cross in 16 bits: it fits, and every array is narrowed or kernels read it so (:func:`native_16`)?"""
+    def crosses_short(self, name: str, narrow: bool, native: bool = False, backward: bool = False) -> bool:
+        """Does index array ``name`` cross in 16 bits: it fits, and every array is narrowed (``narrow``) or kernels
+        read it so (``native``: :func:`native_16` of the pass, forward or ``backward``)?"""
         return (narrow or (native and native_16(name, backward))) and self.fits_16_bits(name)
 
     def fits_16_bits(self, name: str) -> bool:
@@ -131,7 +132,7 @@ class EdgeChunk:
         do, for kernels that read them so.
         """
         sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
-        sent = sum(4 * sizes.get(n, self.nnz) // (2 if self.crosses_short(n, backward, narrow, native) else 1) for n in sent_names(backward, source_major))
+        sent = sum(4 * sizes.get(n, self.nnz) // (2 if self.crosses_short(n, narrow, native, backward) else 1) for n in sent_names(backward, source_major))
         return sent + self.src_rows.nbytes
 
     def src_major_dst(self) -> np.ndarray | None:

@@ -48,7 +48,7 @@ def crossing_array(chunk: EdgeChunk, name: str, narrow: bool) -> np.ndarray | No
     type every backend copies and widens; :func:`widen_index` undoes it.
     """
     host = host_array(chunk, name)
-    return narrowed(host) if host is not None and narrow and chunk.fits_16_bits(name) else host
+    return narrowed(host) if host is not None and chunk.crosses_short(name, narrow) else host
 
 
 def host_array(chunk: EdgeChunk, name: str) -> np.ndarray | None:
@@ -215,9 +215,9 @@ class StreamedChunkTensors(ChunkTensors):
         hosts = [host_array(chunk, n) for n in missing]
         if any(h is None for h in hosts):  # made on the device below
             missing, hosts = [n for n, h in zip(missing, hosts) if h is not None], [h for h in hosts if h is not None]
-        shorts = [chunk.crosses_short(n, backward, narrow, native) for n in missing]
-        for name, t in zip(missing, self._cross(hosts, shorts, send_many)):
-            if native and native_16(name, backward) and t.dtype == torch.int16:
+        shorts = [chunk.crosses_short(n, narrow, native, backward) for n in missing]
+        for name, short, t in zip(missing, shorts, self._cross(hosts, shorts, send_many)):
+            if short and native and native_16(name, backward):
                 d["_narrow"][name] = t
             else:
                 sent[name] = widen_index(t)
@@ -245,7 +245,7 @@ class StreamedChunkTensors(ChunkTensors):
             if host is None:  # a file-backed chunk keeps no source-major destinations: made here
                 made = self.dst_idx.index_select(0, self.src_perm)
             else:
-                made = widen_index(self._cross([host], [self._chunk.crosses_short(name, True, self._narrows, False)])[0])
+                made = widen_index(self._cross([host], [self._chunk.crosses_short(name, self._narrows)])[0])
         scope = self.__dict__.get("_scope")
         if scope is not None:
             scope.charge(made.nbytes, lambda: f"{name} of {self._chunk.id!r}, read after its load")
