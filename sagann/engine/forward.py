@@ -77,7 +77,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
     # do blocks keep their graphs? Those that save only host rows and parameters do (no copy), where allowed
     blocks_keep = None if call.block_graphs_allowed else False
     for q, lo, hi, blocks in call.hook_rows():
-        v = vin = h = kept = None  # the last block's tensors go before this one's load
+        v = vin = h = kept = aliases = None  # the last block's tensors go before this one's load
         keep = mode if blocks == 1 or blocks_keep is not False else None
         with call.device.scope() as s:
             v = load_narrowed(s, x[lo:hi], call.g.schedule.transfer_dtype, f"input rows V_{q}")
@@ -104,6 +104,8 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                     blocks_keep = kept.copy_bytes(aliases) == 0
                 if (blocks == 1 or blocks_keep) and call.seal(kept, aliases, seconds, (q,)):
                     graphs[key] = kept
+                else:
+                    kept.drop()
             elif keep:
                 graphs[key] = (vin, graph_handle(h))
             blocked = blocked or (mode is not None and key not in graphs)
@@ -236,8 +238,11 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
             dev.copy_out(out_j, bufs.out[lo:hi])
         _state_out(call, col, bufs)
     aliases = [(col.xj, x[lo:hi])] if shape.loads_x_j else []
-    if kept is not None and call.seal(kept, aliases + [(acc, bufs.acc[lo:hi])], kept.seconds, (j,)):
-        call.vertex_graphs[j] = kept
+    if kept is not None:
+        if call.seal(kept, aliases + [(acc, bufs.acc[lo:hi])], kept.seconds, (j,)):
+            call.vertex_graphs[j] = kept
+        else:
+            kept.drop()
 
 
 def _state_out(call: LayerCall, col: "_Column", bufs: HostOutputs) -> None:
@@ -290,7 +295,9 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
                     call.learn_blocks_keep(kept.copy_bytes(aliases) == 0)
                     if call.blocks_keep and call.seal(kept, aliases, kept.seconds, (j,)):
                         call.vertex_graphs[(j, b0)] = kept
-                    kept = None
+                    else:
+                        kept.drop()
+                    kept = aliases = None  # the aliases hold the block's loads: they go with its scope
             if block is not None:
                 _state_out(call, block, bufs)
         finally:

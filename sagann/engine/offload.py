@@ -101,6 +101,20 @@ class KeptGraph:
         return copied
 
 
+    def drop(self) -> None:
+        """Let go of an unsealed graph's device tensors now (backward recomputes it instead).
+
+        The graph and this object reference each other (its saved tensors are
+        packed here, its gradient edge is ``handle``): left to the garbage
+        collector, the cycle held the saved device tensors past the block
+        that made them, beside the next block's loads (measured: 1.3 times
+        a device's budget).
+        """
+        for s in self._saved:
+            s.t = None
+        self._saved, self._leaves, self.inputs, self.handle = [], [], (), None
+
+
 def _alias(t: torch.Tensor, aliases: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
     """The host view holding ``t``'s values, if ``t`` is (a view of) one of the aliased device tensors."""
     ptr = _storage_ptr(t)

@@ -133,8 +133,7 @@ def _with_backend_bytes(shape: LayerShape, backend: str, host_source_major: bool
         src_only = not b.uses_dst and not (b.uses_edge and shape.grad_edge)
         source_major = host_source_major and src_only and kernels.source_major_backward(backend, b.op, shape.d_edge)
         narrow_dst = source_major and shape.narrow_src_ids  # the same kernels read src_dst in 16 bits
-        extra = {"narrow_ids": True} if narrow_dst else {}
-        backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=True, **extra) if source_major else held(b.op, shape.d_edge, shape.grad_edge))
+        backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=source_major, narrow_ids=narrow_dst))
     if (per_edge, backward, narrow_dst) == (shape.kernel_scratch, shape.sum_backward_edge, shape.narrow_dst_ids):
         return shape
     return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward, narrow_dst_ids=narrow_dst)

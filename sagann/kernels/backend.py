@@ -51,10 +51,12 @@ class KernelBackend(Protocol):
     ``reads_source_major(op, d_edge) -> bool``: the src gradient of ``op``'s
     sum reads source-major arrays, which the engine then sends
     (:func:`sagann.kernels.source_major_backward`). And
-    ``sum_backward_bytes_per_edge(op, d_edge, grad_edge) -> int``: the
-    device bytes per edge its ``gspmm_sum_backward`` holds (index arrays
-    read, edge data, edge gradient); without it the memory model counts
-    every index array of a sub-chunk.
+    ``sum_backward_bytes_per_edge(op, d_edge, grad_edge, source_major=False,
+    narrow_ids=False) -> int``: the device bytes per edge its
+    ``gspmm_sum_backward`` holds (index arrays read, edge data, edge
+    gradient), with ``source_major`` for the source-major source gradient
+    and ``narrow_ids`` where that pass reads its destination ids in 16 bits;
+    without it the memory model counts every index array of a sub-chunk.
     """
 
     def gspmm(

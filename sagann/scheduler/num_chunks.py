@@ -82,9 +82,11 @@ def choose_num_chunks(
         if ok:
             break
     if not ok:
+        # parameters and their gradients stay whole at any P: name them where they alone overrun the budget
+        params = f"; the layer's parameters and their gradients alone take {2 * param_bytes:,} of them" if 2 * param_bytes > budget else ""
         raise BudgetTooSmall(
             f"no partition fits the memory budget of {budget:,} bytes: even {hi} chunks need "
-            f"{ws.peak_bytes:,} bytes (in the {ws.phase}); give the device at least {ws.peak_bytes:,} bytes"
+            f"{ws.peak_bytes:,} bytes (in the {ws.phase}{params}); give the device at least {ws.peak_bytes:,} bytes"
         )
     best = ws
     while hi - lo > 1:  # smallest fitting P in (lo, hi]

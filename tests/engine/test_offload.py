@@ -1,6 +1,8 @@
 """Kept forward graphs on a budgeted device: no recompute in backward, the same gradients, nothing left on the device."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,87 @@ def test_sealed_graph_holds_host_tensors_only():
     got = torch.autograd.grad(kept.handle, [leaf, w], torch.ones(6, 4))
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert sorted(loads) == [torch.Size([6, 3]), torch.Size([6, 4])]
+
+
+def test_a_dropped_graph_lets_go_of_its_saved_tensors_without_the_garbage_collector():
+    """The graph and its KeptGraph reference each other: dropped, the saved device tensors go at once."""
+    import gc
+    import weakref
+
+    w = nn.Parameter(torch.randn(4, 3))
+    kept = KeptGraph([w])
+    leaf = torch.randn(6, 3).requires_grad_()
+    kept.keep_inputs(leaf)
+    with torch.enable_grad(), kept.hooks():
+        hidden = torch.nn.functional.linear(leaf, w)
+        out = torch.tanh(hidden)  # saves its output: a device tensor only the graph holds once ``out`` goes
+    kept.handle = torch.autograd.graph.get_gradient_edge(out)
+    saved = weakref.ref(next(s.t for s in kept._saved if s.t is not None and s.t.shape == (6, 4)))
+    del out, hidden, leaf
+    gc.disable()
+    try:
+        kept.drop()
+        assert saved() is None, "a dropped graph still holds a saved device tensor"
+    finally:
+        gc.enable()
+
+
+def test_graphs_recomputed_in_backward_leave_nothing_behind(monkeypatch):
+    """A kept graph whose round trip costs more is dropped: every tensor it saved is freed, at every call."""
+    import weakref
+
+    saved = []
+    real = KeptGraph._pack
+
+    def pack(self, t):
+        saved.append(weakref.ref(t))
+        return real(self, t)
+
+    monkeypatch.setattr(KeptGraph, "_pack", pack)
+    n, ei = _graph(1)
+    torch.manual_seed(0)
+    layer = Counted(3, 4)
+    x = torch.randn(n, 3, requires_grad=True)
+    device = sagann.CpuDevice(200_000, copy_transfers=True)
+    device._costs = TransferCosts(gather=1.0, block=1.0, compact=1.0)  # a second per byte: the MLP's graphs are dropped
+    g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=device, backend="reference")
+    for _ in range(2):
+        layer(g, x).sum().backward()
+    assert saved
+    alive = [w() for w in saved if w() is not None and not isinstance(w(), nn.Parameter) and w().numel() > 0]
+    assert not alive, f"{len(alive)} tensor(s) saved by dropped or used graphs are still alive: {[tuple(t.shape) for t in alive]}"
+
+
+def test_a_hook_pass_lets_go_of_each_blocks_rows_before_the_next_loads(monkeypatch):
+    """Each interval's loaded input rows are gone before the next interval's load: one interval's rows at a time."""
+    import weakref
+
+    from sagann.engine import forward
+
+    n, ei = _graph(3, n=60, e=300)
+    torch.manual_seed(0)
+    layer = Counted(3, 4)
+    x = torch.randn(n, 3, requires_grad=True)
+    held, loads = [], 0
+    real = forward.load_narrowed
+
+    def load(scope, rows, dtype, what):
+        nonlocal loads
+        if sys._getframe(1).f_code.co_name != "hook_pass":
+            return real(scope, rows, dtype, what)
+        alive = [w for w in held if w() is not None]
+        assert not alive, f"{len(alive)} earlier block(s) of the hook pass still held while {what} loads"
+        t = real(scope, rows, dtype, what)
+        held.append(weakref.ref(t))
+        loads += 1
+        return t
+
+    monkeypatch.setattr(forward, "load_narrowed", load)
+    device = sagann.CpuDevice(200_000, copy_transfers=True)
+    device._costs = TransferCosts(gather=0.0, block=0.0, compact=0.0)  # copying is free: every graph is kept
+    g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=device, backend="reference")
+    layer(g, x).sum().backward()
+    assert loads >= 4
 
 
 def test_unpack_before_seal_or_outside_backward_is_an_error():

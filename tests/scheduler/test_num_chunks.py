@@ -45,6 +45,15 @@ def test_no_p_fits_names_the_bytes_needed(shrinking):
         choose_num_chunks(make, 8, None, False, 0, 10)
 
 
+def test_no_p_fits_names_parameters_that_alone_overrun_the_budget(shrinking):
+    _, make = shrinking
+    with pytest.raises(BudgetTooSmall, match="parameters and their gradients alone take 40 of them"):
+        choose_num_chunks(make, 8, None, False, 20, 30)
+    with pytest.raises(BudgetTooSmall) as small:  # parameters that fit are not blamed
+        choose_num_chunks(make, 8, None, False, 2, 10)
+    assert "parameters" not in str(small.value)
+
+
 @pytest.mark.parametrize("budget,want", [(1000, 1), (500, 2), (90, 11), (34, 29)])
 def test_the_search_holds_one_partition_at_a_time(shrinking, budget, want):
     """Host RSS: while a P is cut, no earlier candidate is still alive (the best is cut again if it was dropped)."""
