@@ -83,6 +83,22 @@ def chunk_order(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, num_vertic
 
 
 @njit(**_JIT)
+def _chunk_counts(src, dst, table, num_chunks):
+    count = np.zeros(num_chunks * num_chunks, np.int64)
+    for k in range(dst.shape[0]):
+        count[table[src[k]] * num_chunks + table[dst[k]]] += 1
+    return count
+
+
+def chunk_counts(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``[P, P]`` edges of each chunk for interval ``bounds`` (ids below ``bounds[-1]``): one pass, no sort."""
+    bounds = np.asarray(bounds, np.int64)
+    p = int(bounds.shape[0] - 1)
+    table = _interval_table(bounds, int(bounds[-1]))
+    return _chunk_counts(np.ascontiguousarray(src), np.ascontiguousarray(dst), table, p).reshape(p, p)
+
+
+@njit(**_JIT)
 def _compact_sources(src_local, num_rows):
     """Sorted unique sources, each edge's index into them, and the source-major CSR (pointer, stable permutation)."""
     n = src_local.shape[0]

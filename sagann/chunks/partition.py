@@ -1,13 +1,14 @@
 """2D partition of an edge list into P vertex intervals and P x P edge chunks."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterator
 
 import numpy as np
 
-from sagann.chunks._sorting import chunk_order, compact_sources
+from sagann.chunks._sorting import chunk_counts, chunk_order, compact_sources  # noqa: F401  (chunk_counts: re-exported)
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
@@ -268,6 +269,65 @@ class GraphPartition:
         return out
 
 
+@dataclass(frozen=True)
+class ChunkOrder:
+    """An edge list grouped by the chunks of one set of bounds, each chunk by destination: the part of a cut
+    that does not depend on the sub-chunk size, kept while a search cuts one P with several sizes.
+
+    ``edge_ids[starts[k] : starts[k + 1]]`` are chunk ``k``'s edges (``k = i * P + j``), ``src`` and ``dst`` their
+    global ids in that order; int32 where ids and positions fit (12 bytes an edge).
+    """
+
+    bounds: np.ndarray
+    starts: np.ndarray
+    edge_ids: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    in_degree: np.ndarray
+
+
+def order_edges(edge_index, num_vertices: int, bounds: np.ndarray) -> ChunkOrder:
+    """``edge_index`` (``[2, E]``, numpy or torch) grouped for ``bounds`` (:class:`ChunkOrder`)."""
+    ei = as_edge_index(edge_index, num_vertices)
+    src, dst = ei[0], ei[1]
+    bounds = np.asarray(bounds, dtype=np.int64)
+    order, starts = chunk_order(src, dst, bounds, int(num_vertices))
+    narrow = np.int32 if max(int(num_vertices), order.shape[0]) < 2**31 else np.int64
+    in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
+    return ChunkOrder(bounds, starts, order.astype(narrow), src[order].astype(narrow), dst[order].astype(narrow), in_degree)
+
+
+class OrderCache:
+    """The :class:`ChunkOrder` of the last bounds a search cut, while :meth:`searching` (a planner's search re-cuts
+    one P with growing sub-chunks: grouping the edges again each time was two thirds of a cut)."""
+
+    def __init__(self):
+        self._on, self._hit = False, None
+
+    @contextlib.contextmanager
+    def searching(self):
+        self._on = True
+        try:
+            yield
+        finally:
+            self._on, self._hit = False, None  # its 12 bytes an edge go with the search
+
+    def ordered(self, edges: Callable[[], object], num_vertices: int, in_degree: np.ndarray, num_chunks: int, vertex_weight: float) -> ChunkOrder | None:
+        """The grouping ``partition_graph`` would make for these bounds, kept for the next cut; None outside a search
+        or where ``edges()`` (called only to group anew: a derived graph rebuilds its list) is not an edge list in RAM."""
+        if not self._on:
+            return None
+        bounds = balanced_bounds(in_degree, int(num_chunks), vertex_weight)
+        if self._hit is None or not np.array_equal(self._hit.bounds, bounds):
+            self._hit = None  # the last one goes before the next is made
+            edge_index = edges()
+            if isinstance(edge_index, GraphPartition):  # a file-backed graph is re-cut chunk by chunk instead
+                self._on = False
+                return None
+            self._hit = order_edges(edge_index, num_vertices, bounds)
+        return self._hit
+
+
 def partition_graph(
     edge_index,
     num_vertices: int,
@@ -276,6 +336,7 @@ def partition_graph(
     bounds: np.ndarray | None = None,
     vertex_weight: float = 1.0,
     place: Callable[[list[EdgeChunk]], list[EdgeChunk]] | None = None,
+    ordered: ChunkOrder | None = None,
 ) -> GraphPartition:
     """Split a graph into ``num_chunks`` intervals and its P x P edge chunks.
 
@@ -290,15 +351,21 @@ def partition_graph(
         place: called on each chunk's sub-chunks as soon as they are built
             (e.g. to move their arrays into a file), so the whole partition
             is never in RAM at once.
+        ordered: the edges already grouped (:func:`order_edges`): its
+            edges and bounds are used, ``edge_index`` may be None. The
+            same partition.
     """
-    ei = as_edge_index(edge_index, num_vertices)
     if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
         raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
     max_nnz = DEFAULT_SUB_CHUNK_NNZ if sub_chunk_nnz is None else int(sub_chunk_nnz)
     if max_nnz < 1:
         raise ValueError(f"sub_chunk_nnz must be >= 1, got {sub_chunk_nnz}")
-    src, dst = ei[0], ei[1]
-    in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
+    if ordered is None:
+        ei = as_edge_index(edge_index, num_vertices)
+        src, dst = ei[0], ei[1]
+        in_degree, num_edges = np.bincount(dst, minlength=num_vertices).astype(np.int64), int(ei.shape[1])
+    else:  # the edges are the grouping's (``edge_index`` may be None)
+        bounds, in_degree, num_edges = ordered.bounds, ordered.in_degree, int(ordered.edge_ids.shape[0])
     if bounds is None:
         bounds = balanced_bounds(in_degree, int(num_chunks), vertex_weight)
     bounds = np.asarray(bounds, dtype=np.int64)
@@ -306,16 +373,21 @@ def partition_graph(
         raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {num_vertices}")
     P = int(num_chunks)
     # sort by (chunk, destination); stable, so each row keeps ascending edge ids
-    order, starts = chunk_order(src, dst, bounds, int(num_vertices))
+    if ordered is None:
+        order, starts = chunk_order(src, dst, bounds, int(num_vertices))
+    else:
+        order, starts = ordered.edge_ids, ordered.starts
     chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
     for k in np.flatnonzero(np.diff(starts)):
         i, j = divmod(int(k), P)
-        seg = order[starts[k] : starts[k + 1]]
-        subs = split_chunk(i, j, bounds, dst[seg] - bounds[j], src[seg] - bounds[i], seg, max_nnz)
+        a, z = starts[k], starts[k + 1]
+        seg = order[a:z]
+        s_k, d_k = (src[seg], dst[seg]) if ordered is None else (ordered.src[a:z], ordered.dst[a:z])
+        subs = split_chunk(i, j, bounds, d_k - bounds[j], s_k - bounds[i], seg, max_nnz)
         chunks[(i, j)] = subs if place is None else place(subs)
     return GraphPartition(
         num_vertices=int(num_vertices),
-        num_edges=int(ei.shape[1]),
+        num_edges=num_edges,
         bounds=bounds,
         chunks=chunks,
         in_degree=in_degree,

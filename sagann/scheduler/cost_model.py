@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sagann.chunks.partition import GraphPartition, balanced_bounds, partition_graph
+from sagann.chunks.partition import GraphPartition, balanced_bounds, chunk_counts, partition_graph
 from sagann.chunks.recut import chunk_nnz_of
 from sagann.kernels import gspmm
 from sagann.scheduler import calibration
@@ -231,10 +231,7 @@ def chunk_nnz(edges: np.ndarray | GraphPartition, bounds: np.ndarray) -> np.ndar
     """
     if isinstance(edges, GraphPartition):
         return chunk_nnz_of(edges, bounds)
-    p = len(bounds) - 1
-    i = np.searchsorted(bounds, edges[0], side="right") - 1
-    j = np.searchsorted(bounds, edges[1], side="right") - 1
-    return np.bincount(i * p + j, minlength=p * p).reshape(p, p)
+    return chunk_counts(edges[0], edges[1], bounds)
 
 
 def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, shape: LayerShape) -> PartitionEstimate:

@@ -17,41 +17,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, pack_chunks, partition_graph
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, OrderCache, balanced_bounds, pack_chunks, partition_graph
 from sagann.chunks.recut import recut
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.cost_model import MARGIN, MAX_PICKS, faster_partitions, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
 from sagann.scheduler.host import trim_freed_memory
 from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the planner's model)
-    EDGE_SCRATCH,
-    FLOAT,
-    INDEX,
-    UNBUDGETED_SUB_CHUNK_BYTES,
-    VERTEX_SCRATCH,
-    LayerShape,
-    WorkingSet,
-    apply_block_rows,
-    backward_dst_row_bytes,
-    canonical,
-    direct_sum_backward,
-    edge_scratch_bytes,
-    edge_stage_bytes,
-    hook_block_rows,
-    merge_scratch_bytes,
-    recompute_bytes,
-    resident_bytes,
-    resident_lower_bound,
-    src_row_bytes,
-    sub_chunk_bytes,
-    sub_chunk_nnz_for,
-    tile_candidates,
-    tile_extra_bytes,
-    tile_resident_bytes,
-    vertex_block_rows,
-    vertex_scratch_bytes,
-    vertex_weight,
-    working_set,
+    EDGE_SCRATCH, FLOAT, INDEX, UNBUDGETED_SUB_CHUNK_BYTES, VERTEX_SCRATCH, LayerShape, WorkingSet,
+    apply_block_rows, backward_dst_row_bytes, canonical, direct_sum_backward, edge_scratch_bytes, edge_stage_bytes,
+    hook_block_rows, merge_scratch_bytes, recompute_bytes, resident_bytes, resident_lower_bound, src_row_bytes,
+    sub_chunk_bytes, sub_chunk_nnz_for, tile_candidates, tile_extra_bytes, tile_resident_bytes, vertex_block_rows,
+    vertex_scratch_bytes, vertex_weight, working_set,
 )
 from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, PassPlanTooLarge, choose_num_chunks
 from sagann.scheduler.pipeline import live_sub_chunks
@@ -95,6 +72,7 @@ class Planner:
     ):
         self._edges, self._num_vertices, self._in_degree = edges, int(num_vertices), in_degree
         self._place = place  # where the arrays of each chunk the planner cuts go (the host budget's spill files)
+        self._orders = OrderCache()  # during a search, the edges grouped for the last P cut (not under a host budget)
         self._devices, self._schedule, self._host_spills = tuple(devices), schedule, bool(host_spills)
         self._partition = partition
         self._given_partition = partition is not None  # the caller's (a dataset's): never re-cut coarser
@@ -151,6 +129,11 @@ class Planner:
 
     # ---- the partition ------------------------------------------------------------------------
     def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object = None) -> GraphPartition:
+        """The partition for a layer call: the current one if it fits, else a finer one (:meth:`_choose_partition`)."""
+        with self._orders.searching():  # the search re-cuts one P with growing sub-chunks: its grouping is kept meanwhile
+            return self._choose_partition(shape, fused, param_bytes, owner)
+
+    def _choose_partition(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object) -> GraphPartition:
         """The partition for a layer call: the current one if it fits, else a finer one.
 
         ``owner``: what the call belongs to (its layer and inputs), so that
@@ -267,11 +250,12 @@ class Planner:
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
         # each chunk placed as it is cut (a search holds the current partition and at most one candidate)
-        edges = self._edges()
+        ordered = None if self._place is not None else self._orders.ordered(self._edges, self._num_vertices, self._in_degree, num_chunks, weight)
+        edges = None if ordered is not None else self._edges()
         if isinstance(edges, GraphPartition):  # the list is not in RAM: re-cut the chunks a row at a time
             part = recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
         else:
-            part = partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks)
+            part = partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=self._place or pack_chunks, ordered=ordered)
         # its chunk buffers are malloc heap blocks (below HEAP_BLOCK_MAX): freed, they would stay resident until the
         # next pass's end; a dropped candidate or one-off partition (50 MB at 1.5M edges) hands them back at once
         weakref.finalize(part, trim_freed_memory)

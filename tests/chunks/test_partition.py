@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sagann.chunks.partition import as_edge_index, balanced_bounds, partition_graph
+from sagann.chunks.partition import CHUNK_ARRAYS, OrderCache, chunk_counts, as_edge_index, balanced_bounds, order_edges, partition_graph
 from tests.engine.graphs import graphs
 
 
@@ -30,6 +30,51 @@ def test_partition_invariants(graph, num_chunks, sub):
             seen[c.edge_ids] += 1
     assert np.all(seen == 1)
     assert np.array_equal(p.edge_index(), ei)
+
+
+def _same_partition(a, b):
+    assert np.array_equal(a.bounds, b.bounds) and a.chunks.keys() == b.chunks.keys() and a.sub_chunk_nnz == b.sub_chunk_nnz
+    for key, subs in a.chunks.items():
+        assert [c.id for c in subs] == [c.id for c in b.chunks[key]]
+        for x, y in zip(subs, b.chunks[key]):
+            for name in CHUNK_ARRAYS:
+                u, v = getattr(x, name), getattr(y, name)
+                assert u.dtype == v.dtype and np.array_equal(u, v), f"{x.id} {name}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(graph=graphs(max_vertices=60, max_edges=300), num_chunks=st.integers(1, 9), weight=st.sampled_from([1.0, 3.5]),
+       subs=st.lists(st.sampled_from([1, 2, 7, 50, None]), min_size=1, max_size=3))
+def test_a_kept_chunk_order_cuts_the_same_partition(graph, num_chunks, weight, subs):
+    """Edges grouped once for a P's bounds, then cut at several sub-chunk sizes: each cut equals a cut from scratch."""
+    n, ei = graph
+    cache = OrderCache()
+    in_degree = np.bincount(ei[1], minlength=n).astype(np.int64)
+    assert cache.ordered(lambda: ei, n, in_degree, num_chunks, weight) is None  # outside a search nothing is kept
+    with cache.searching():
+        first = cache.ordered(lambda: ei, n, in_degree, num_chunks, weight)
+        for sub in subs:
+            ordered = cache.ordered(lambda: ei, n, in_degree, num_chunks, weight)
+            assert ordered is first  # the same bounds: grouped once
+            _same_partition(partition_graph(ei, n, num_chunks, sub, vertex_weight=weight, ordered=ordered), partition_graph(ei, n, num_chunks, sub, vertex_weight=weight))
+        if num_chunks > 1 and n > num_chunks:
+            other = cache.ordered(lambda: ei, n, in_degree, num_chunks - 1, weight)
+            assert np.array_equal(other.bounds, balanced_bounds(in_degree, num_chunks - 1, weight))
+    assert cache._hit is None  # dropped with the search
+    assert np.array_equal(order_edges(ei, n, first.bounds).edge_ids, first.edge_ids)
+    assert np.array_equal(partition_graph(None, n, num_chunks, 7, ordered=first).edge_index(), partition_graph(ei, n, num_chunks, 7, vertex_weight=weight).edge_index())
+
+
+@settings(max_examples=40, deadline=None)
+@given(graph=graphs(max_vertices=60, max_edges=300), num_chunks=st.integers(1, 9))
+def test_chunk_counts_are_each_chunks_edges(graph, num_chunks):
+    n, ei = graph
+    bounds = balanced_bounds(np.bincount(ei[1], minlength=n), num_chunks)
+    p = partition_graph(ei, n, num_chunks)
+    want = np.zeros((num_chunks, num_chunks), dtype=np.int64)
+    for (i, j), subs in p.chunks.items():
+        want[i, j] = sum(c.nnz for c in subs)
+    assert np.array_equal(chunk_counts(ei[0], ei[1], bounds), want)
 
 
 def test_bounds_balance_in_edges():

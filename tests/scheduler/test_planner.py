@@ -63,6 +63,28 @@ def test_picks_the_partition_the_graph_picked(fraction, chunks, sub, bounds):
     assert p.working_set == working_set(part, SHAPE, False, PARAMS, budget=budget)
 
 
+@pytest.mark.parametrize("rule", ["time", "smallest"])
+def test_a_search_groups_the_edges_once_per_p_and_picks_what_it_picked_without(rule, monkeypatch):
+    """The kept grouping (``OrderCache``) saves work, not choices: the same partition, fewer groupings, none kept after."""
+    from sagann.chunks import partition as partition_module
+
+    schedule = sagann.ScheduleConfig(partition_rule=rule)
+    budget = working_set(planner().partition_for(SHAPE, False, PARAMS), SHAPE, False, PARAMS).peak_bytes // 6
+    grouped = []
+    real = partition_module.chunk_order
+    monkeypatch.setattr(partition_module, "chunk_order", lambda *a: grouped.append(1) or real(*a))
+    cached = planner(budget, schedule)
+    part = cached.partition_for(SHAPE, False, PARAMS)
+    with_cache = len(grouped)
+    assert cached._orders._hit is None  # the grouping goes with the search
+    monkeypatch.setattr(partition_module.OrderCache, "ordered", lambda self, *a: None)
+    grouped.clear()
+    plain = planner(budget, schedule).partition_for(SHAPE, False, PARAMS)
+    assert np.array_equal(part.bounds, plain.bounds) and part.sub_chunk_nnz == plain.sub_chunk_nnz
+    assert [c.nnz for c in part.sub_chunks()] == [c.nnz for c in plain.sub_chunks()]
+    assert with_cache < len(grouped), f"grouped {with_cache} times with the cache, {len(grouped)} without"
+
+
 def test_p_only_grows_until_allowed_to_coarsen():
     p = planner(1162938)
     seen = [(p.partition_for(widths(d), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) for d in (16, 64, 128, 32)]
