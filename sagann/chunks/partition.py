@@ -183,6 +183,13 @@ def pack_chunks(subs: list[EdgeChunk], alloc: Callable[[int], np.ndarray] | None
     return subs
 
 
+def pack_partition(part: "GraphPartition") -> "GraphPartition":
+    """Every chunk's index arrays packed (:func:`pack_chunks`): a search's candidates are packed only once chosen."""
+    for subs in part.chunks.values():
+        pack_chunks(subs)
+    return part
+
+
 def file_backed(a: np.ndarray) -> bool:
     """Is ``a`` (or the array it views) a memory-mapped file?"""
     while a is not None and not isinstance(a, np.memmap):
@@ -303,6 +310,11 @@ class OrderCache:
 
     def __init__(self):
         self._on, self._hit = False, None
+
+    @property
+    def active(self) -> bool:
+        """Is a search on?"""
+        return self._on
 
     @contextlib.contextmanager
     def searching(self):

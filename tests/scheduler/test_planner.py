@@ -85,6 +85,28 @@ def test_a_search_groups_the_edges_once_per_p_and_picks_what_it_picked_without(r
     assert with_cache < len(grouped), f"grouped {with_cache} times with the cache, {len(grouped)} without"
 
 
+def test_a_search_packs_only_the_partition_it_settles_on(monkeypatch):
+    """Candidates are cut unpacked (most are dropped at once); the chosen one's chunks each sit in one buffer."""
+    from sagann.chunks import partition as partition_module
+    from sagann.scheduler import planner as planner_module
+
+    packed = []
+    real = partition_module.pack_chunks
+    monkeypatch.setattr(planner_module, "pack_chunks", lambda subs: packed.append(1) or real(subs))
+    budget = working_set(planner().partition_for(SHAPE, False, PARAMS), SHAPE, False, PARAMS).peak_bytes // 6
+    part = planner(budget, sagann.ScheduleConfig()).partition_for(SHAPE, False, PARAMS)
+    assert len(list(part.sub_chunks())) > 1 and not packed  # no candidate was packed as it was cut
+
+    def root(a):
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    for subs in part.chunks.values():
+        roots = {id(root(getattr(c, name))) for c in subs for name in partition_module.CHUNK_ARRAYS if getattr(c, name).size}
+        assert len(roots) == 1, "a chunk's arrays share one buffer"
+
+
 def test_p_only_grows_until_allowed_to_coarsen():
     p = planner(1162938)
     seen = [(p.partition_for(widths(d), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) for d in (16, 64, 128, 32)]
