@@ -82,6 +82,23 @@ def chunk_order(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, num_vertic
     return _by_destination(order, starts, dst, bounds, p), starts
 
 
+@njit(parallel=True, **_JIT)
+def _gather_ids(order, src, dst, ids, src_out, dst_out):
+    for t in prange(order.shape[0]):
+        k = order[t]
+        ids[t] = k
+        src_out[t] = src[k]
+        dst_out[t] = dst[k]
+
+
+def ordered_ids(order: np.ndarray, src: np.ndarray, dst: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, src[order], dst[order])`` as ``dtype``, in one parallel pass."""
+    n = order.shape[0]
+    ids, s, d = np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype)
+    _gather_ids(order, np.ascontiguousarray(src), np.ascontiguousarray(dst), ids, s, d)
+    return ids, s, d
+
+
 @njit(**_JIT)
 def _chunk_counts(src, dst, table, num_chunks):
     count = np.zeros(num_chunks * num_chunks, np.int64)

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from sagann.chunks._sorting import chunk_counts, chunk_order, compact_sources  # noqa: F401  (chunk_counts: re-exported)
+from sagann.chunks._sorting import chunk_counts, chunk_order, compact_sources, ordered_ids  # noqa: F401  (chunk_counts: re-exported)
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
@@ -301,7 +301,7 @@ def order_edges(edge_index, num_vertices: int, bounds: np.ndarray) -> ChunkOrder
     order, starts = chunk_order(src, dst, bounds, int(num_vertices))
     narrow = np.int32 if max(int(num_vertices), order.shape[0]) < 2**31 else np.int64
     in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
-    return ChunkOrder(bounds, starts, order.astype(narrow), src[order].astype(narrow), dst[order].astype(narrow), in_degree)
+    return ChunkOrder(bounds, starts, *ordered_ids(order, src, dst, narrow), in_degree)
 
 
 class OrderCache:
