@@ -18,9 +18,10 @@ sends / bandwidth), and the fixed cost per step the epoch itself shows
 roofline (:mod:`sagann.bench.roofline`) puts each in-memory epoch against
 the machine's floor.
 
-``quick`` is a small grid (scale-12 R-MAT, a 0.2 % Reddit shape, two
-widths, one budget) that runs in well under 3 minutes: a smoke test of the
-tooling whose ratios are dominated by fixed costs, not the measurement.
+``quick`` is a subset of the full grid that runs in under 3 minutes: its
+smallest R-MAT (2^16 at degree 64) and the Reddit shape, width 64, every
+model, budget 1/8, the cache on and off (14 cells). ``SMOKE`` is a tiny
+grid for checking the tooling, whose ratios fixed costs dominate.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.cost_model import measure_step_costs
 from sagann.scheduler.devices import CpuDevice
 
-__all__ = ["FULL", "QUICK", "Grid", "GraphSpec", "run_sweep", "format_sweep"]
+__all__ = ["FULL", "QUICK", "SMOKE", "Grid", "GraphSpec", "run_sweep", "format_sweep"]
 
 MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "gat": GAT}
 CLASSES = 16
@@ -85,6 +86,10 @@ FULL = Grid(
     widths=(16, 64, 128, 256), models=("gcn", "sage", "gin", "gat"), budgets=(4, 8, 16), caches=(True, False), warmup=2, reps=3,
 )
 QUICK = Grid(
+    graphs=(GraphSpec("rmat", 16, 64), GraphSpec("reddit", 0.05)),
+    widths=(64,), models=("gcn", "sage", "gin", "gat"), budgets=(8,), caches=(True, False), warmup=2, reps=2,
+)
+SMOKE = Grid(
     graphs=(GraphSpec("rmat", 12, 16), GraphSpec("reddit", 0.002)),
     widths=(16, 64), models=("gcn", "sage", "gin", "gat"), budgets=(8,), caches=(True, False), warmup=2, reps=2,
 )
