@@ -100,15 +100,13 @@ class KeptGraph:
         self._leaves = []
         return copied
 
-
     def drop(self) -> None:
         """Let go of an unsealed graph's device tensors now (backward recomputes it instead).
 
         The graph and this object reference each other (its saved tensors are
-        packed here, its gradient edge is ``handle``): left to the garbage
-        collector, the cycle held the saved device tensors past the block
-        that made them, beside the next block's loads (measured: 1.3 times
-        a device's budget).
+        packed here, its gradient edge is ``handle``), and torch's garbage
+        collector does not traverse that cycle: unbroken, every tensor the
+        graph saved stayed alive for the rest of the process.
         """
         for s in self._saved:
             s.t = None
