@@ -293,14 +293,16 @@ class ChunkOrder:
     in_degree: np.ndarray
 
 
-def order_edges(edge_index, num_vertices: int, bounds: np.ndarray) -> ChunkOrder:
-    """``edge_index`` (``[2, E]``, numpy or torch) grouped for ``bounds`` (:class:`ChunkOrder`)."""
+def order_edges(edge_index, num_vertices: int, bounds: np.ndarray, in_degree: np.ndarray | None = None) -> ChunkOrder:
+    """``edge_index`` (``[2, E]``, numpy or torch) grouped for ``bounds`` (:class:`ChunkOrder`); ``in_degree``: its
+    destinations' counts where the caller has them (else counted here)."""
     ei = as_edge_index(edge_index, num_vertices)
     src, dst = ei[0], ei[1]
     bounds = np.asarray(bounds, dtype=np.int64)
     order, starts = chunk_order(src, dst, bounds, int(num_vertices))
     narrow = np.int32 if max(int(num_vertices), order.shape[0]) < 2**31 else np.int64
-    in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
+    if in_degree is None:
+        in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
     return ChunkOrder(bounds, starts, *ordered_ids(order, src, dst, narrow), in_degree)
 
 
@@ -336,7 +338,7 @@ class OrderCache:
             if isinstance(edge_index, GraphPartition):  # a file-backed graph is re-cut chunk by chunk instead
                 self._on = False
                 return None
-            self._hit = order_edges(edge_index, num_vertices, bounds)
+            self._hit = order_edges(edge_index, num_vertices, bounds, in_degree)
         return self._hit
 
 
