@@ -87,14 +87,15 @@ def row_dots(grad, out, dst_ptr, bounds, heads, corr):
 
 
 @njit(**_PJIT)
-def grad_src(src, dst_term, grad, corr, m, l, dst_idx, src_ptr, src_perm, bounds, heads, slope, out_rows, out, dpre):
+def grad_src(src, dst_term, grad, corr, m, l, dst_idx, src_ptr, src_perm, bounds, heads, slope, out_rows, out, dpos):
     """Source-major: the gradient of ``src = [z | s]`` into ``out[out_rows[s]]``, and each edge's score gradient.
 
     With ``p = exp(score - m) / l`` (the final normaliser of the edge's
     destination), ``dz += p * grad`` and ``ds += dpre``, where ``dpre =
     p * (grad . z - corr) * LeakyReLU'`` and ``corr = grad . out`` per
-    destination row and head. ``dpre`` ([nnz, heads], CSC order) feeds the
-    destination-side gradient.
+    destination row and head. ``dpos`` ([nnz, heads], CSC order) keeps
+    ``dpre`` of the edges on the LeakyReLU's positive side (0 elsewhere):
+    the destination-side gradient is summed from those alone (:func:`grad_dst`).
     """
     width = grad.shape[1]
     d = width // heads
@@ -115,18 +116,29 @@ def grad_src(src, dst_term, grad, corr, m, l, dst_idx, src_ptr, src_perm, bounds
                         dot += g * src[s, base + k]
                         out[o, base + k] += p * g
                     dp = p * (dot - corr[r, h])
-                    if not pre > 0:
+                    if pre > 0:
+                        dpos[e, h] = dp
+                    else:
+                        dpos[e, h] = 0.0
                         dp *= slope
-                    dpre[e, h] = dp
                     out[o, width + h] += dp
 
 
 @njit(**_PJIT)
-def grad_dst(dpre, dst_ptr, bounds, out):
-    """Destination-parallel: ``out[r, h] += sum of dpre[e, h]`` over row r's edges."""
+def grad_dst(dpos, dst_ptr, bounds, slope, out):
+    """Destination-parallel: ``out[r, h] += (1 - slope) * sum of dpos[e, h]`` over row r's edges.
+
+    The score gradients of a row sum to ``sum_e p_e c_e * LeakyReLU'_e``
+    with ``sum_e p_e c_e = 0`` (the softmax's gradient is centred), so the
+    sum equals ``(1 - slope)`` times its positive side's. Summed in full,
+    its terms cancel to a residue of their rounding, which differs with the
+    order the chunks add them in; the positive side alone does not cancel.
+    """
     heads = out.shape[1]
     for b in prange(bounds.shape[0] - 1):
         for r in range(bounds[b], bounds[b + 1]):
-            for e in range(dst_ptr[r], dst_ptr[r + 1]):
-                for h in range(heads):
-                    out[r, h] += dpre[e, h]
+            for h in range(heads):
+                acc = 0.0
+                for e in range(dst_ptr[r], dst_ptr[r + 1]):
+                    acc += np.float64(dpos[e, h])
+                out[r, h] += (1.0 - slope) * acc

@@ -24,8 +24,10 @@ gradient), as on the CPU.
 * :func:`grad_src`: source-major (``src_ptr`` / ``src_perm``), one item per
   source, one lane per column of ``[z | s]``: ``dz += p * grad``, ``ds +=
   dpre``; added into ``out[rows[s]]`` (``rows`` empty: ``out[s]``).
-* :func:`grad_dst`: destination-parallel, one lane per head: the sum of the
-  row's ``dpre``.
+* :func:`grad_dst`: destination-parallel, one lane per head: ``(1 -
+  slope)`` times the sum of the row's ``dpre`` on the LeakyReLU's positive
+  side, which equals the sum of all of them without its cancellation (the
+  softmax's gradient is centred: see ``_cpu_attention.grad_dst``).
 
 No float atomics anywhere, so results are reproducible run to run; a row
 (or source) is walked by one item whatever its degree (no segments here).
@@ -151,13 +153,19 @@ def grad_src(grad, p, dpre, dst_idx, src_ptr, src_perm, out_rows, out):
 
 
 @cuda.jit
-def grad_dst(dpre, dst_ptr, out):
-    """Destination-parallel: ``out[r, h] += sum of dpre[e, h]`` over row r's edges. Items: ``num_dst``; columns: ``heads``."""
+def grad_dst(dpre, src, dst_term, src_idx, dst_ptr, slope, out):
+    """Destination-parallel: ``out[r, h] += (1 - slope) * sum of dpre[e, h]`` over row r's edges whose score is positive.
+
+    Items: ``num_dst``; columns: ``heads``.
+    """
     h = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
     r = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
     if h >= out.shape[1] or r >= out.shape[0]:
         return
-    acc = np.float32(0)
+    width = src.shape[1] - out.shape[1]
+    t = np.float64(dst_term[r, h])
+    acc = np.float64(0)
     for e in range(dst_ptr[r], dst_ptr[r + 1]):
-        acc += dpre[e, h]
-    out[r, h] += acc
+        if np.float64(src[src_idx[e], width + h]) + t > 0:  # as edge_terms tests it
+            acc += np.float64(dpre[e, h])
+    out[r, h] += (1.0 - np.float64(slope)) * acc

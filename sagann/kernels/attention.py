@@ -173,12 +173,12 @@ def attention_backward(
             d_src, rows = torch.zeros(g.num_src, width + heads), np.empty(0, np.int32)
         else:
             d_src, rows = src_out, src_rows.to(torch.int32).numpy()
-        dpre = filled((g.nnz, heads), np.float32)
+        dpos = filled((g.nnz, heads), np.float32)
         d_dst = torch.zeros(g.num_dst, heads)
         with threads_for(g, width):
             K.grad_src(_np(src_term), _np(dst_term), _np(grad), corr, _np(m), _np(l),
-                       g.dst_idx.numpy(), sptr, g.src_perm.numpy(), row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpre)
-            K.grad_dst(dpre, dptr, row_bounds(dptr), d_dst.numpy())
+                       g.dst_idx.numpy(), sptr, g.src_perm.numpy(), row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpos)
+            K.grad_dst(dpos, dptr, row_bounds(dptr), float(negative_slope), d_dst.numpy())
         return (None if src_out is not None else d_src), d_dst
     if backend == "cuda":
         from sagann.kernels import cuda
@@ -187,16 +187,18 @@ def attention_backward(
             return cuda.attention_backward(g, grad, out, m, l, src_term, dst_term, heads, negative_slope=negative_slope, src_out=src_out, src_rows=src_rows)
     with torch.enable_grad():
         s_leaf = src_term.detach().requires_grad_(True)
-        t_leaf = dst_term.detach().requires_grad_(True)
-        z, score = _scores(g, s_leaf, t_leaf, width, negative_slope)
+        z, score = _scores(g, s_leaf, dst_term.detach(), width, negative_slope)
         d_idx = g.dst_idx.long()
         p = torch.exp(score - m.index_select(0, d_idx)) / l.index_select(0, d_idx)
         centred = z.view(-1, heads, d) - out.view(-1, heads, d).index_select(0, d_idx)
         # the surrogate: its gradient w.r.t. z is p, w.r.t. the score p (grad . z - grad . out)
         surrogate = z.new_zeros(g.num_dst, heads, d).index_add(0, d_idx, p.unsqueeze(-1) * centred).view(g.num_dst, width)
-        d_src, d_dst = torch.autograd.grad(surrogate, [s_leaf, t_leaf], grad, allow_unused=True)
+        (d_src,) = torch.autograd.grad(surrogate, [s_leaf], grad, allow_unused=True)
     d_src = torch.zeros_like(src_term) if d_src is None else d_src
-    d_dst = torch.zeros_like(dst_term) if d_dst is None else d_dst
+    with torch.no_grad():  # a row's score gradients from its positive side alone (see _cpu_attention.grad_dst)
+        pre = s_leaf.detach()[g.src_idx.long(), width:] + dst_term.index_select(0, d_idx)
+        c = (grad.view(-1, heads, d).index_select(0, d_idx) * centred.detach()).sum(-1)
+        d_dst = torch.zeros_like(dst_term).index_add_(0, d_idx, (1.0 - negative_slope) * torch.where(pre > 0, p.detach() * c, 0.0))
     if src_out is not None:
         src_out.index_add_(0, src_rows.to(device=src_out.device, dtype=torch.long), d_src.to(src_out.dtype))
         return None, d_dst

@@ -456,7 +456,7 @@ def attention_backward(
         d_src, rows = torch.zeros(g.num_src, width + heads, device=device), _attention_rows(None, device)
     _launch(KA.grad_src, g.num_src, width + heads, device, grad, p, dpre, g.dst_idx, g.src_ptr, g.src_perm, rows, d_src)
     d_dst = torch.zeros(g.num_dst, heads, device=device)
-    _launch(KA.grad_dst, g.num_dst, heads, device, dpre, g.dst_ptr, d_dst)
+    _launch(KA.grad_dst, g.num_dst, heads, device, dpre, src_term, dst_term, g.src_idx, g.dst_ptr, float(negative_slope), d_dst)
     if src_out is None:
         return d_src, d_dst
     if not direct:

@@ -133,6 +133,47 @@ def test_backward_equals_autograd_through_the_softmax(case, into):
         _close(got_dst, want_dst, f"{backend} d_dst_term", floor=float(want_src.abs().max()) if want_src.numel() else 0.0)
 
 
+@given(case=chunks())
+@settings(max_examples=60, deadline=None)
+def test_a_linear_score_leaves_no_destination_gradient(case):
+    """Slope 1: the score is linear in the destination term, which then shifts a row's scores alike, and softmax
+    ignores shifts: its gradient is exactly zero, not a residue of cancelling terms."""
+    g, heads, d, _, seed = case
+    src, dst = _terms(g, heads, d, seed)
+    m, l, out = _final(g, src, dst, heads, 1.0)
+    grad = torch.randn(g.num_dst, heads * d, generator=torch.Generator().manual_seed(seed + 1))
+    for backend in ("reference", "cpu"):
+        _, got_dst = attention_backward(g, grad, out, m, l, src, dst, heads, negative_slope=1.0, backend=backend)
+        assert torch.equal(got_dst, torch.zeros_like(dst)), backend
+
+
+def test_the_destination_gradient_of_a_saturated_row_is_accurate():
+    """Rows of a thousand edges, whose score gradients sum to nearly zero: within 1e-5 of float64 autograd."""
+    torch.manual_seed(0)
+    heads, d, slope, num_src, num_dst, degree = 4, 16, 0.2, 2000, 40, 1000
+    src_ids = torch.randint(0, num_src, (num_dst * degree,)).numpy()
+    g = ChunkTensors.from_coo(src_ids, np.repeat(np.arange(num_dst), degree), num_src, num_dst)[0]
+    src, dst = _terms(g, heads, d, 1)
+    m, l, out = _final(g, src, dst, heads, slope)
+    grad = torch.randn(g.num_dst, heads * d)
+
+    def autograd_dst(dtype):
+        s, t = src.to(dtype), dst.to(dtype).requires_grad_(True)
+        w, s_idx, d_idx = heads * d, g.src_idx.long(), g.dst_idx.long()
+        score = torch.nn.functional.leaky_relu(s[s_idx, w:] + t[d_idx], slope)
+        top = score.new_full((num_dst, heads), float("-inf")).scatter_reduce(0, d_idx.unsqueeze(-1).expand(-1, heads), score, "amax")
+        e = torch.exp(score - top[d_idx])
+        alpha = e / e.new_zeros(num_dst, heads).index_add(0, d_idx, e)[d_idx]
+        outs = e.new_zeros(num_dst, heads, d).index_add(0, d_idx, alpha.unsqueeze(-1) * s[s_idx, :w].view(-1, heads, d))
+        return torch.autograd.grad(outs.view(num_dst, w), t, grad.to(dtype))[0]
+
+    truth = autograd_dst(torch.float64)
+    error = lambda got: float((got.double() - truth).abs().max() / truth.abs().max())  # noqa: E731
+    for backend in ("reference", "cpu"):
+        _, got = attention_backward(g, grad, out, m, l, src, dst, heads, negative_slope=slope, backend=backend)
+        assert error(got) < 1e-5, (backend, error(got))
+
+
 def test_bad_calls_name_the_problem():
     g = ChunkTensors.from_coo(np.array([0, 1]), np.array([1, 0]), 2, 2)[0]
     src, dst = torch.randn(2, 6), torch.randn(2, 2)

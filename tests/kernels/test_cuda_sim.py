@@ -169,7 +169,7 @@ def test_attention_kernels_compile_for_a_real_gpu(monkeypatch):
         "partials": compile_ptx(KA.partials, (F, F, idx, idx, numba.int64, numba.float32, idx, F, F, F)),
         "edge_terms": compile_ptx(KA.edge_terms, (F, F, F, F64, F, F, idx, idx, numba.float64, F, F)),
         "grad_src": compile_ptx(KA.grad_src, (F, F, F, idx, idx, idx, idx, F)),
-        "grad_dst": compile_ptx(KA.grad_dst, (F, idx, F)),
+        "grad_dst": compile_ptx(KA.grad_dst, (F, F, F, idx, idx, numba.float64, F)),
     }
     # forward runs in float32: its exp is the single-precision one, and no double arithmetic is issued
     forward = ptx["partials"][0]
