@@ -115,7 +115,7 @@ class _Run:
             self.epoch()
         self.warm_peak = g.device.peak_bytes  # the in-memory device peak a budget is a fraction of
         g.device.reset_peak()
-        self.start, self.bytes0, self.times = len(g.pass_log), g.device.bytes_in, []
+        self.start, self.bytes0, self.vertex0, self.times = len(g.pass_log), g.device.bytes_in, g.vertex_steps.total, []
 
     def epoch(self) -> None:
         t0 = time.perf_counter()
@@ -137,6 +137,7 @@ class _Run:
             "num_chunks": g.num_chunks,
             "sub_chunk_nnz": g.sub_chunk_nnz,
             "steps": round(sum(r.steps for r in records) * per),
+            "vertex_steps": round((g.vertex_steps.total - self.vertex0) * per),
             "bytes_moved": round(sent * per),
             # what crossed as real copies: a device whose loads are views of host memory (in memory) copies nothing
             "bytes_copied": 0 if g.device.shares_host_memory else round(sent * per),
@@ -154,9 +155,11 @@ def _cell(mem: dict, ooc: dict, costs) -> dict:
     # out-of-core run copies is extra (counting only the difference priced a dense graph's edges at zero)
     extra_bytes = max(0, ooc["bytes_copied"] - mem["bytes_copied"])
     extra_steps = ooc["steps"] - mem["steps"]
+    extra_vertex = ooc.get("vertex_steps", 0) - mem.get("vertex_steps", 0)  # ApplyVertex and hooks in blocks
     extra_time = ooc["epoch_seconds"] - mem["epoch_seconds"]
     least_bytes = max(0, (ooc["bytes_lower_bound"] if ooc["bytes_copied"] else 0) - mem["bytes_copied"])
     predicted = mem["epoch_seconds"] + extra_bytes * costs.seconds_per_byte + extra_steps * costs.seconds_per_step
+    predicted += extra_vertex * costs.seconds_per_vertex_step
     return {
         "ratio": ooc["epoch_seconds"] / mem["epoch_seconds"],
         "predicted_seconds": predicted,
@@ -164,6 +167,7 @@ def _cell(mem: dict, ooc: dict, costs) -> dict:
         "lower_bound_seconds": mem["epoch_seconds"] + least_bytes * costs.seconds_per_byte,
         "step_overhead_us": 1e6 * (extra_time - extra_bytes * costs.seconds_per_byte) / extra_steps if extra_steps > 0 else None,
         "model_step_us": 1e6 * costs.seconds_per_step,
+        "model_vertex_step_us": 1e6 * costs.seconds_per_vertex_step,
         "bandwidth_gbs": 1e-9 / costs.seconds_per_byte if costs.seconds_per_byte > 0 else None,
     }
 
@@ -212,14 +216,14 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
     mem = mem_run.result()
     floor = roofline.epoch_floor(model_name, n, ei.shape[1] + n, width, width, CLASSES, rates, cached=cached)
     for row in rows:
-        row.update({"in_memory_seconds": mem["epoch_seconds"], "in_memory_steps": mem["steps"], "in_memory_bytes_moved": mem["bytes_moved"],
+        row.update({"in_memory_seconds": mem["epoch_seconds"], "in_memory_steps": mem["steps"], "in_memory_vertex_steps": mem["vertex_steps"], "in_memory_bytes_moved": mem["bytes_moved"],
                     "floor_seconds": floor, "floor_fraction": floor / mem["epoch_seconds"]})
         run = row.pop("run", None)
         if run is None:
             continue
         ooc = run.result()
         row.update({"out_of_core_seconds": ooc["epoch_seconds"], "best_ratio": ooc["best_epoch_seconds"] / mem["best_epoch_seconds"], "num_chunks": ooc["num_chunks"],
-                    "sub_chunk_nnz": ooc["sub_chunk_nnz"], "steps": ooc["steps"], "bytes_moved": ooc["bytes_moved"], "bytes_lower_bound": ooc["bytes_lower_bound"],
+                    "sub_chunk_nnz": ooc["sub_chunk_nnz"], "steps": ooc["steps"], "vertex_steps": ooc["vertex_steps"], "bytes_moved": ooc["bytes_moved"], "bytes_lower_bound": ooc["bytes_lower_bound"],
                     "peak_device_bytes": ooc["peak_device_bytes"], "pass_model_seconds": ooc["pass_model_seconds"], "pass_achieved_seconds": ooc["pass_achieved_seconds"]})
         row.update(_cell(mem, ooc, measure_step_costs(run.g.device)))
         model, achieved = ooc["pass_model_seconds"], ooc["pass_achieved_seconds"]
@@ -259,12 +263,12 @@ def _line(c: dict) -> str:
     if "error" in c:
         return f"{head}  {c['error']}"
     us = lambda v: f"{v:8.0f}" if v is not None else f"{'-':>8s}"  # noqa: E731
-    return (f"{head} {c['in_memory_seconds']:7.3f} {c['out_of_core_seconds']:7.3f} {c['ratio']:6.2f} {c['num_chunks']:4d} {c['steps']:6d} "
+    return (f"{head} {c['in_memory_seconds']:7.3f} {c['out_of_core_seconds']:7.3f} {c['ratio']:6.2f} {c['num_chunks']:4d} {c['steps']:6d} {c.get('vertex_steps', 0):6d} "
             f"{c['bytes_moved'] / 2**20:9.1f} {c['lower_bound_seconds']:7.3f} {c['predicted_seconds']:7.3f} {100 * c['prediction_error']:+6.0f}% "
             f"{us(c['step_overhead_us'])} {c['model_step_us']:7.0f} {100 * c['floor_fraction']:5.0f}%")
 
 
-HEADER = (f"{'graph':15s} {'model':4s} {'width':>4s} {'budg':>5s} {'gc '} {'rule':4s} {'mem s':>7s} {'ooc s':>7s} {'ratio':>6s} {'P':>4s} {'steps':>6s} "
+HEADER = (f"{'graph':15s} {'model':4s} {'width':>4s} {'budg':>5s} {'gc '} {'rule':4s} {'mem s':>7s} {'ooc s':>7s} {'ratio':>6s} {'P':>4s} {'steps':>6s} {'vsteps':>6s} "
           f"{'MiB sent':>9s} {'floor s':>7s} {'pred s':>7s} {'err':>7s} {'us/step':>8s} {'model':>7s} {'roof':>6s}")
 
 

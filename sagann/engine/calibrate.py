@@ -19,7 +19,7 @@ from sagann.engine.layer import Layer
 from sagann.profiler import profile
 from sagann.scheduler import cost_model
 
-__all__ = ["engine_step_seconds"]
+__all__ = ["engine_step_seconds", "engine_vertex_step_seconds"]
 
 ENGINE_EDGES = 4096  # edges of the calibration call: 128 tiny sub-chunks a pass (vertices, width and sub-chunk sizes: the bare loop's)
 
@@ -82,4 +82,66 @@ def engine_step_seconds(device, repeats: int) -> float | None:
     return max(0.0, (small - big) / max(1, n_small - n_big))
 
 
-cost_model.set_engine_step_timer(engine_step_seconds)
+class _Dense(Layer):
+    """ApplyVertex a Linear-ReLU of the input rows plus the aggregate: a vertex step with parameters and autograd."""
+
+    gather = "sum"
+    apply_edge = fn.copy_src
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.lin = torch.nn.Linear(width, width)
+
+    def apply_vertex(self, v, acc):
+        return torch.relu(self.lin(v)) + acc
+
+
+VERTEX_INTERVALS = 64  # intervals of the vertex-step calibration (32 rows each)
+
+
+def engine_vertex_step_seconds(device, repeats: int) -> float | None:
+    """What a vertex step (ApplyVertex on one interval or block, forward and backward) costs in the engine, or None
+    where the device makes no twin.
+
+    The bare loop's figure (:func:`~sagann.scheduler.cost_model.measure_step_costs`)
+    leaves out what the engine adds to each: a scope and its charges, the
+    rows' loads, the random stream's seed, the gradient's write-out. Measured
+    as the difference between a graph without edges cut into
+    ``VERTEX_INTERVALS`` intervals and into one, a training call of a
+    Linear-ReLU layer each, per vertex step the engine counted.
+    """
+    make = getattr(device, "calibration_twin", None)
+    twin = make() if make is not None else None
+    if twin is None:
+        return None
+    gen = np.random.default_rng(2)
+    n, d = cost_model.CALIBRATION_VERTICES, cost_model.CALIBRATION_WIDTH
+    x = torch.from_numpy(gen.standard_normal((n, d), dtype=np.float32)).requires_grad_(True)
+    torch.manual_seed(0)
+    layer = _Dense(d).to(twin.torch_device)
+
+    def call(num_chunks: int) -> tuple[float, int]:
+        g = ChunkedGraph(torch.zeros((2, 0), dtype=torch.int64), n, num_chunks=num_chunks, device=twin)
+        best, steps = math.inf, 0
+        for k in range(repeats + 1):  # the first call probes and plans
+            start = g.vertex_steps.total
+            t0 = time.perf_counter()
+            layer(g, x).sum().backward()
+            twin.synchronize()
+            if k:
+                best, steps = min(best, time.perf_counter() - t0), g.vertex_steps.total - start
+        return best, steps
+
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.enable_grad(), profile(nvtx=False), cost_model.unlearned(twin), torch.random.fork_rng(devices=[]):
+            (many, n_many), (one, n_one) = call(VERTEX_INTERVALS), call(1)
+    finally:
+        if collecting:
+            gc.enable()
+    return max(0.0, (many - one) / max(1, n_many - n_one))
+
+
+cost_model.set_engine_step_timer(engine_step_seconds, engine_vertex_step_seconds)

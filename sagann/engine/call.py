@@ -232,6 +232,8 @@ class LayerCall:
         return stack
 
     def span(self, kind: str, phase: str, chunk=None, nbytes: int = 0, track: str = "compute"):
+        if kind == "apply_vertex":  # every per-vertex function's run on an interval or block is one vertex step
+            self.g.vertex_steps.add(self.name, phase)
         return self.device.span(kind, track, chunk=chunk, nbytes=nbytes, layer=self.name, phase=phase)
 
     def check_rows(self, t: torch.Tensor, rows: int, width: int, fn: str) -> None:

@@ -18,7 +18,7 @@ from sagann.scheduler.devices import Device
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.planner import LayerShape, Planner, WorkingSet
 from sagann.scheduler.schedule import PassPlan
-from sagann.scheduler.records import PassRecord
+from sagann.scheduler.records import PassRecord, VertexSteps
 
 BACKENDS = backend_names("auto")  # "auto" and every registered kernel backend, read at each check
 
@@ -129,6 +129,7 @@ class ChunkedGraph:
         self.link = LinkCounter()  # V_i blocks of multi-device passes: host-link and device-to-device bytes
         self.step_log: list = []  # multi-device passes: one scheduler.records.StepRecord per chunk (the simulator's calibration)
         self.call_log: list = []  # multi-device passes: one scheduler.records.CallRecord per phase and device
+        self.vertex_steps = VertexSteps()  # ApplyVertex and hooks run, per interval or block
         self.calls_made = 0
         self.backend = backend
         self._derived: dict[str, object] = {}
@@ -305,6 +306,7 @@ class ChunkedGraph:
         )
         derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
         derived.step_log, derived.call_log, derived.replans = self.step_log, self.call_log, self.replans
+        derived.vertex_steps = self.vertex_steps
         return derived
 
     def _chain_spec(self):

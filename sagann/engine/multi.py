@@ -84,7 +84,7 @@ class DeviceGraph(ChunkedGraph):
         super().__init__(None, parent.num_vertices, None, device, None, parent.backend, planner.schedule, _partition=parent.partition)
         self.planner = planner
         self.costs, self.pass_log, self.link = parent.costs, parent.pass_log, parent.link
-        self.step_log, self.call_log = parent.step_log, parent.call_log
+        self.step_log, self.call_log, self.vertex_steps = parent.step_log, parent.call_log, parent.vertex_steps
         self.owned = frozenset(owned)
         self.chained = chained
 

@@ -29,7 +29,7 @@ __all__ = ["CACHE_ENV", "RECALIBRATE_ENV", "cache_path", "load", "store"]
 CACHE_ENV = "SAGANN_CACHE_DIR"
 RECALIBRATE_ENV = "SAGANN_CALIBRATE"  # "1": measure again and overwrite the stored rates
 _FILE = "step_costs.json"
-METHOD = 2  # how the rates are measured; stored rates of another method are measured again
+METHOD = 3  # how the rates are measured; stored rates of another method are measured again
 _LOG = logging.getLogger("sagann")
 
 

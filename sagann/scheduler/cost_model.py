@@ -39,20 +39,23 @@ __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", 
 _LOG = logging.getLogger("sagann")
 CALIBRATION_VERTICES, CALIBRATION_EDGES, CALIBRATION_WIDTH = 2048, 16384, 32
 SMALL_SUB, BIG_SUB = 32, 16384  # edges per sub-chunk of the two calibration passes
+VERTEX_BLOCKS = 64  # blocks of the calibration's vertex steps (32 rows each)
 INDEX_BYTES_PER_EDGE = 4  # index arrays a pass sends per edge: source ids (int32); the device makes dst_idx
 INDEX_BYTES_BACKWARD = 4  # and backward's source-major order besides (EdgeChunk.sent_index_bytes)
 
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Measured rates of one device: seconds per byte sent, per sub-chunk step, per edge x column of kernel work."""
+    """Measured rates of one device: seconds per byte sent, per sub-chunk step, per edge x column of kernel work,
+    and per vertex step (a per-vertex function run on one interval or block of rows, forward and backward)."""
 
     seconds_per_byte: float
     seconds_per_step: float
     seconds_per_edge_column: float
+    seconds_per_vertex_step: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"seconds_per_byte": self.seconds_per_byte, "seconds_per_step": self.seconds_per_step, "seconds_per_edge_column": self.seconds_per_edge_column}
+        return dataclasses.asdict(self)
 
 
 def predict_seconds(costs: StepCosts, nbytes: float, steps: float, edge_columns: float = 0.0) -> float:
@@ -81,7 +84,9 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     ``BIG_SUB``: each step loads its index arrays and its rows and runs one
     kernel, as a pass's step does; or, where more, the same measured on the
     engine's own passes (:func:`sagann.engine.calibrate.engine_step_seconds`). The bandwidth is a
-    block copy of the calibration's rows to the device.
+    block copy of the calibration's rows to the device. A vertex step's fixed
+    cost is measured alike: a Linear-ReLU's forward and backward in blocks
+    against whole, or where more, in the engine's own calls.
     """
     kind = _kind(device)
     known = _MEASURED.get(kind)
@@ -99,6 +104,13 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
                 in_engine = None
             if in_engine is not None and in_engine > known.seconds_per_step:
                 known = dataclasses.replace(known, seconds_per_step=in_engine)
+            try:
+                in_engine = _ENGINE_VERTEX_TIMER(device, repeats) if _ENGINE_VERTEX_TIMER is not None else None
+            except Exception as exc:
+                _LOG.warning("sagann: could not time the engine's vertex steps on %s (%s); using the bare loop's", device.name, exc)
+                in_engine = None
+            if in_engine is not None and in_engine > known.seconds_per_vertex_step:
+                known = dataclasses.replace(known, seconds_per_vertex_step=in_engine)
             known = _stored_costs(calibration.store(kind, known.to_dict())) or known  # another process's, where it stored first
         except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
             _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
@@ -116,12 +128,13 @@ def _stored_costs(stored: dict | None) -> StepCosts | None:
 
 
 _ENGINE_STEP_TIMER = None  # (device, repeats) -> seconds a step costs in the engine's passes, or None; set by sagann.engine.calibrate
+_ENGINE_VERTEX_TIMER = None  # the same for a vertex step
 
 
-def set_engine_step_timer(timer) -> None:
-    """Register how to time a step on the engine's own passes: the engine is a layer above this module."""
-    global _ENGINE_STEP_TIMER
-    _ENGINE_STEP_TIMER = timer
+def set_engine_step_timer(timer, vertex_timer=None) -> None:
+    """Register how to time a step (and a vertex step) on the engine's own passes: the engine is a layer above this module."""
+    global _ENGINE_STEP_TIMER, _ENGINE_VERTEX_TIMER
+    _ENGINE_STEP_TIMER, _ENGINE_VERTEX_TIMER = timer, vertex_timer
 
 
 _IN_PASS: dict = {}  # device kind -> what a step costs inside a pass beyond the calibrated fixed cost, learned from the pass log
@@ -203,11 +216,43 @@ def _measure_steps(device, repeats: int) -> StepCosts:
     count = device.bytes_in
     run(passes[SMALL_SUB][:8]), run(passes[BIG_SUB])  # compile and warm up the kernel's paths
     small, big, block = run(passes[SMALL_SUB]), run(passes[BIG_SUB]), copy()
+    per_vertex_step = _vertex_step_seconds(device, x, repeats)
     device.bytes_in = count  # measurements are not traffic
     n_small, n_big = len(passes[SMALL_SUB]), len(passes[BIG_SUB])
     per_step = max(0.0, (small - big) / max(1, n_small - n_big))
     per_edge_column = max(0.0, big - n_big * per_step) / (e * d)
-    return StepCosts(block / (n * d * FLOAT), per_step, per_edge_column)
+    return StepCosts(block / (n * d * FLOAT), per_step, per_edge_column, per_vertex_step)
+
+
+def _vertex_step_seconds(device, x: torch.Tensor, repeats: int) -> float:
+    """The fixed cost of a vertex step: ``(T_blocks - T_whole) / (blocks - 1)`` of a Linear-ReLU's forward and backward
+    over ``x``'s rows, in ``VERTEX_BLOCKS`` blocks and whole. Each block loads its rows, runs the function under
+    autograd, takes its gradients and writes the rows' gradient out, as the engine's ApplyVertex blocks do."""
+    n, d = x.shape
+    gen = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(d, d).to(device.torch_device)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(d, d, generator=gen) / d**0.5)
+    grad_out, grad_x = torch.randn(n, d, generator=gen), torch.empty(n, d)
+
+    def run(blocks: int) -> float:
+        best, rows = math.inf, -(-n // blocks)
+        for _ in range(repeats):
+            device.synchronize()
+            t0 = time.perf_counter()
+            for lo in range(0, n, rows):
+                v = device.copy_in(x[lo : lo + rows]).requires_grad_(True)
+                with torch.enable_grad():
+                    out = torch.relu(lin(v))
+                grads = torch.autograd.grad(out, [v, lin.weight, lin.bias], device.copy_in(grad_out[lo : lo + rows]))
+                device.copy_out(grads[0], grad_x[lo : lo + rows])
+                del v, out, grads
+            device.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    run(1), run(VERTEX_BLOCKS)  # warm up
+    return max(0.0, (run(VERTEX_BLOCKS) - run(1)) / (VERTEX_BLOCKS - 1))
 
 
 @dataclass(frozen=True)

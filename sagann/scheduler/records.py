@@ -1,4 +1,4 @@
-"""What ran: one record per streamed pass, per chunk of a multi-device pass, and per device phase.
+"""What ran: one record per streamed pass, per chunk of a multi-device pass, and per device phase; vertex steps counted.
 
 ``PassRecord``s put the plan's prediction next to what happened
 (``ChunkedGraph.pass_log``); ``StepRecord``s and ``CallRecord``s are the
@@ -6,9 +6,11 @@ simulator's calibration (``ChunkedGraph.step_log`` / ``call_log``).
 """
 from __future__ import annotations
 
+import collections
+import threading
 from dataclasses import dataclass
 
-__all__ = ["CallRecord", "PassRecord", "StepRecord"]
+__all__ = ["CallRecord", "PassRecord", "StepRecord", "VertexSteps"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,29 @@ class CallRecord:
     bounds: tuple[int, ...]  # interval bounds of the call's partition
     edge_stage: bool = True  # False: the hook pre-pass or the hooks' backward only
     host_bytes: int = 0  # bytes the device received over its host link during the phase (Device.bytes_in)
+
+
+class VertexSteps:
+    """Vertex steps run (``ChunkedGraph.vertex_steps``): ApplyVertex or a hook on one interval or block of rows.
+
+    Each has a fixed cost, as a sub-chunk step has (``StepCosts.seconds_per_vertex_step``):
+    a budget that cuts ApplyVertex into blocks pays it once a block. Counted per
+    (layer, phase); devices of a multi-device pass count from their threads.
+    """
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+
+    def add(self, layer: str, phase: str) -> None:
+        with self._lock:
+            self._counts[(layer, phase)] += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)

@@ -47,11 +47,11 @@ def test_an_in_memory_runs_views_cost_nothing_so_every_copied_byte_is_extra():
     """A dense graph's in-memory run 'moves' as many bytes as out of core, as views: the copies must still be priced."""
     from sagann.scheduler.cost_model import StepCosts
 
-    costs = StepCosts(seconds_per_byte=1e-9, seconds_per_step=1e-4, seconds_per_edge_column=0.0)
-    mem = {"bytes_moved": 1000, "bytes_copied": 0, "steps": 2, "epoch_seconds": 1.0}
-    ooc = {"bytes_moved": 1000, "bytes_copied": 1000, "bytes_lower_bound": 800, "steps": 12, "epoch_seconds": 1.1}
+    costs = StepCosts(seconds_per_byte=1e-9, seconds_per_step=1e-4, seconds_per_edge_column=0.0, seconds_per_vertex_step=1e-3)
+    mem = {"bytes_moved": 1000, "bytes_copied": 0, "steps": 2, "vertex_steps": 4, "epoch_seconds": 1.0}
+    ooc = {"bytes_moved": 1000, "bytes_copied": 1000, "bytes_lower_bound": 800, "steps": 12, "vertex_steps": 10, "epoch_seconds": 1.1}
     cell = sweep._cell(mem, ooc, costs)
-    assert cell["predicted_seconds"] == pytest.approx(1.0 + 1000e-9 + 10e-4)
+    assert cell["predicted_seconds"] == pytest.approx(1.0 + 1000e-9 + 10e-4 + 6e-3)  # and the ApplyVertex blocks' steps
     assert cell["lower_bound_seconds"] == pytest.approx(1.0 + 800e-9)
     views = dict(ooc, bytes_copied=0)  # out of core with loads as views: nothing to price either
     assert sweep._cell(mem, views, costs)["lower_bound_seconds"] == pytest.approx(1.0)

@@ -286,3 +286,16 @@ def test_under_a_host_budget_blocks_recompute(blocks_of_three):
         assert_rel_close(out, ref_out, what="output")
         assert_grads_close(grads, ref_grads)
         assert all(recomputed[k] > 0 for k in names), (type(layer).__name__, recomputed)
+
+
+def test_every_interval_and_block_counts_as_a_vertex_step(blocks_of_three):
+    """``g.vertex_steps`` counts ApplyVertex runs, forward and backward: one an interval, one a block where they split."""
+    n, ei = 40, awkward_graph(np.random.default_rng(3), 40, 160)
+    x = torch.randn(n, 5, requires_grad=True)
+    layer = Builtin("copy_src", "sum", 5)  # no hooks: ApplyVertex alone runs per vertex
+    g = sagann.ChunkedGraph(ei, n, num_chunks=2, device=sagann.CpuDevice(copy_transfers=True))
+    layer(g, x).sum().backward()
+    per_phase = {phase: count for (_, phase), count in g.vertex_steps.counts().items()}
+    blocks = sum(-(-(hi - lo) // 3) for _, lo, hi in g.partition.intervals())
+    assert per_phase == {"forward": blocks, "backward": blocks}
+    assert g.vertex_steps.total == 2 * blocks

@@ -86,3 +86,4 @@ def test_the_first_rates_stored_win_so_processes_measuring_at_once_plan_alike(tm
     assert all(r.returncode == 0 for r in runs), [err for _, err in outs]
     a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     assert a == b
+

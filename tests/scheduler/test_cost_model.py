@@ -333,14 +333,29 @@ def test_the_engines_step_cost_replaces_the_bare_loops_where_it_is_more(monkeypa
     kind = cost_model._kind(dev)
     monkeypatch.delitem(cost_model._MEASURED, kind, raising=False)
     monkeypatch.setattr(cost_model, "_ENGINE_STEP_TIMER", lambda device, repeats: 1.0)
-    assert measure_step_costs(dev).seconds_per_step == 1.0
+    monkeypatch.setattr(cost_model, "_ENGINE_VERTEX_TIMER", lambda device, repeats: 2.0)
+    costs = measure_step_costs(dev)
+    assert (costs.seconds_per_step, costs.seconds_per_vertex_step) == (1.0, 2.0)
 
     def broken(device, repeats):
         raise RuntimeError("no twin today")
 
     monkeypatch.setattr(cost_model, "_ENGINE_STEP_TIMER", broken)
+    monkeypatch.setattr(cost_model, "_ENGINE_VERTEX_TIMER", broken)
     monkeypatch.delitem(cost_model._MEASURED, kind)
     monkeypatch.setenv("SAGANN_CALIBRATE", "1")
     costs = measure_step_costs(dev)
     assert 0 < costs.seconds_per_step < 1.0, "the bare loop's figure stands"
-    assert "could not time the engine's steps" in caplog.text
+    assert 0 < costs.seconds_per_vertex_step < 2.0, "the bare loop's figure stands"
+    assert "could not time the engine's steps" in caplog.text and "could not time the engine's vertex steps" in caplog.text
+
+
+def test_the_vertex_step_calibration_times_the_engine_on_a_twin_and_leaves_no_trace():
+    """A vertex step (ApplyVertex on an interval or block) costs more in the engine than the bare loop of a
+    Linear-ReLU: measured on a twin, outside the user's trace, the device untouched."""
+    dev = sagann.CpuDevice("1MB", copy_transfers=True)
+    with sagann.profiler.profile(nvtx=False) as rec:
+        seconds = calibrate.engine_vertex_step_seconds(dev, repeats=2)
+    assert seconds > 0
+    assert not rec.spans()
+    assert dev.bytes_in == 0 and dev.current_bytes == 0
