@@ -165,3 +165,95 @@ def compact_sources(src_local: np.ndarray, num_rows: int) -> tuple[np.ndarray, n
         np.cumsum(np.bincount(idx, minlength=rows.shape[0]), out=ptr[1:])
         return rows.astype(np.int32), idx, ptr, perm
     return _compact_sources(np.ascontiguousarray(src_local), int(num_rows))
+
+
+@njit(**_JIT)
+def _sub_chunks(dst_local, src_local, rows_i, max_nnz):
+    """Every sub-chunk of one chunk, its arrays concatenated sub-chunk after sub-chunk (see :func:`sub_chunk_arrays`).
+
+    ``dst_local`` ascending (CSC order). The sources of a sub-chunk are
+    compacted with per-chunk scratch that only the sub-chunk's rows touch,
+    their sorted list read off the interval or, for a few edges of a big
+    interval, sorted from the rows seen (``compact_sources``'s rule).
+    """
+    nnz = dst_local.shape[0]
+    n_sub = (nnz + max_nnz - 1) // max_nnz
+    meta = np.empty((n_sub, 3), np.int64)  # first destination row, destination rows, source rows
+    ptr_len = 0
+    for k in range(n_sub):
+        e0, e1 = k * max_nnz, min((k + 1) * max_nnz, nnz)
+        meta[k, 0] = dst_local[e0]
+        meta[k, 1] = dst_local[e1 - 1] + 1 - dst_local[e0]
+        ptr_len += meta[k, 1] + 1
+    dst_ptr = np.empty(ptr_len, np.int32)
+    dst_idx = np.empty(nnz, np.int32)
+    src_idx = np.empty(nnz, np.int32)
+    src_perm = np.empty(nnz, np.int32)
+    src_rows = np.empty(nnz, np.int32)
+    src_ptr = np.empty(nnz + n_sub, np.int32)
+    count = np.zeros(rows_i, np.int32)  # edges per source row of the current sub-chunk (reset after it)
+    remap = np.empty(rows_i, np.int32)
+    seen = np.empty(min(max_nnz, nnz), np.int32)
+    fill = np.empty(min(max_nnz, nnz), np.int32)
+    p, rows_at, ptr_at = 0, 0, 0
+    for k in range(n_sub):
+        e0, e1 = k * max_nnz, min((k + 1) * max_nnz, nnz)
+        r0, nd = meta[k, 0], meta[k, 1]
+        for t in range(nd + 1):
+            dst_ptr[p + t] = -1
+        dst_ptr[p] = 0
+        for e in range(e0, e1):  # each row's end: where its last edge leaves off
+            r = dst_local[e] - r0
+            dst_idx[e] = r
+            dst_ptr[p + r + 1] = e - e0 + 1
+        for t in range(1, nd + 1):  # a row without edges ends where the row before it does
+            if dst_ptr[p + t] < 0:
+                dst_ptr[p + t] = dst_ptr[p + t - 1]
+        p += nd + 1
+        m = 0
+        for e in range(e0, e1):
+            s = src_local[e]
+            if count[s] == 0:
+                seen[m] = s
+                m += 1
+            count[s] += 1
+        rows = src_rows[rows_at : rows_at + m]
+        if rows_i <= 8 * (e1 - e0) + 1024:  # as compact_sources: reading the interval's rows off beats sorting them
+            q = 0
+            for r in range(rows_i):
+                if count[r] > 0:
+                    rows[q] = r
+                    q += 1
+        else:
+            rows[:] = np.sort(seen[:m])
+        ptr = src_ptr[ptr_at : ptr_at + m + 1]
+        ptr[0] = 0
+        for q in range(m):
+            r = rows[q]
+            ptr[q + 1] = ptr[q] + count[r]
+            fill[q] = ptr[q]  # the row's next slot in the source-major order
+            remap[r] = q
+            count[r] = 0  # clean for the next sub-chunk
+        for e in range(e0, e1):
+            q = remap[src_local[e]]
+            src_idx[e] = q
+            src_perm[e0 + fill[q]] = e - e0
+            fill[q] += 1
+        meta[k, 2] = m
+        rows_at += m
+        ptr_at += m + 1
+    return meta, dst_ptr, dst_idx, src_idx, src_rows[:rows_at], src_ptr[:ptr_at], src_perm
+
+
+def sub_chunk_arrays(dst_local: np.ndarray, src_local: np.ndarray, rows_i: int, max_nnz: int) -> tuple:
+    """One chunk's sub-chunks of ``max_nnz`` edges (the last shorter), built in one pass.
+
+    ``dst_local``/``src_local``: the chunk's edges, local to their
+    intervals, ascending by destination. Returns ``(meta, dst_ptr, dst_idx,
+    src_idx, src_rows, src_ptr, src_perm)`` (int32): ``meta[k]`` is
+    sub-chunk k's first destination row, destination rows and source rows;
+    the arrays hold every sub-chunk's in turn (``dst_ptr`` and ``src_ptr``
+    one entry longer each), as ``partition.make_sub_chunk`` makes them one
+    at a time (``compact_sources``).
+    """
+    return _sub_chunks(np.ascontiguousarray(dst_local), np.ascontiguousarray(src_local), int(rows_i), int(max_nnz))

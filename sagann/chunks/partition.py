@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from sagann.chunks._sorting import chunk_counts, chunk_order, compact_sources, ordered_ids  # noqa: F401  (chunk_counts: re-exported)
+from sagann.chunks._sorting import chunk_counts, chunk_order, compact_sources, ordered_ids, sub_chunk_arrays  # noqa: F401  (chunk_counts: re-exported)
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
@@ -136,24 +136,20 @@ def split_chunk(
     edge_ids: np.ndarray,
     max_nnz: int,
 ) -> list[EdgeChunk]:
-    """Cut the edges of E_ij (already sorted by destination, then edge id) into sub-chunks."""
-    rows = int(bounds[j + 1] - bounds[j])
-    dst_ptr = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(dst_local, minlength=rows), out=dst_ptr[1:])
-    subs = []
-    for sub, (e0, e1, r0, r1) in enumerate(sub_chunk_ranges(dst_ptr, max_nnz)):
-        subs.append(
-            make_sub_chunk(
-                ChunkId(i, j, sub),
-                int(bounds[i]),
-                int(bounds[j]),
-                r0,
-                np.clip(dst_ptr[r0 : r1 + 1] - e0, 0, e1 - e0),
-                src_local[e0:e1],
-                edge_ids[e0:e1],
-                int(bounds[i + 1] - bounds[i]),
-            )
-        )
+    """Cut the edges of E_ij (already sorted by destination, then edge id) into sub-chunks, built in one pass
+    (:func:`~sagann.chunks._sorting.sub_chunk_arrays`); each sub-chunk's arrays view the chunk's."""
+    meta, dst_ptr, dst_idx, src_idx, src_rows, src_ptr, src_perm = sub_chunk_arrays(dst_local, src_local, int(bounds[i + 1] - bounds[i]), max_nnz)
+    ids = np.ascontiguousarray(edge_ids, dtype=np.int64)
+    src_start, dst_start, nnz = int(bounds[i]), int(bounds[j]), int(ids.shape[0])
+    subs, p, rows_at = [], 0, 0
+    for k, (r0, nd, m) in enumerate(meta.tolist()):
+        e0, e1 = k * max_nnz, min((k + 1) * max_nnz, nnz)
+        subs.append(EdgeChunk(
+            ChunkId(i, j, k), src_start, dst_start, r0, dst_ptr[p : p + nd + 1], dst_idx[e0:e1], src_idx[e0:e1],
+            src_rows[rows_at : rows_at + m], src_ptr[rows_at + k : rows_at + k + m + 1],  # each earlier sub-chunk's pointer is one entry longer
+            src_perm[e0:e1], ids[e0:e1],
+        ))
+        p, rows_at = p + nd + 1, rows_at + m
     return subs
 
 

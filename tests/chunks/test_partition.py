@@ -6,7 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sagann.chunks.partition import CHUNK_ARRAYS, OrderCache, chunk_counts, as_edge_index, balanced_bounds, order_edges, partition_graph
+from sagann.chunks.partition import CHUNK_ARRAYS, OrderCache, make_sub_chunk, sub_chunk_ranges, chunk_counts, as_edge_index, balanced_bounds, order_edges, partition_graph
+from sagann.chunks.types import ChunkId
 from tests.engine.graphs import graphs
 
 
@@ -63,6 +64,30 @@ def test_a_kept_chunk_order_cuts_the_same_partition(graph, num_chunks, weight, s
     assert cache._hit is None  # dropped with the search
     assert np.array_equal(order_edges(ei, n, first.bounds).edge_ids, first.edge_ids)
     assert np.array_equal(partition_graph(None, n, num_chunks, 7, ordered=first).edge_index(), partition_graph(ei, n, num_chunks, 7, vertex_weight=weight).edge_index())
+
+
+@settings(max_examples=80, deadline=None)
+@given(graph=graphs(max_vertices=80, max_edges=400), num_chunks=st.integers(1, 6), sub=st.sampled_from([1, 2, 3, 7, 50, 10**6]))
+def test_sub_chunks_built_in_one_pass_equal_those_built_one_at_a_time(graph, num_chunks, sub):
+    """``split_chunk`` builds a chunk's sub-chunks in one numba pass: the same arrays, dtypes and ids as
+    ``make_sub_chunk`` over ``sub_chunk_ranges`` (sparse and dense sub-chunks alike: both ways of compacting sources)."""
+    n, ei = graph
+    p = partition_graph(ei, n, num_chunks, sub)
+    for (i, j), subs in p.chunks.items():
+        edges = np.concatenate([c.edge_ids for c in subs])
+        rows_j = int(p.bounds[j + 1] - p.bounds[j])
+        dst_local, src_local = ei[1, edges] - p.bounds[j], ei[0, edges] - p.bounds[i]
+        ptr = np.zeros(rows_j + 1, np.int64)
+        np.cumsum(np.bincount(dst_local, minlength=rows_j), out=ptr[1:])
+        want = [make_sub_chunk(ChunkId(i, j, k), int(p.bounds[i]), int(p.bounds[j]), r0, np.clip(ptr[r0 : r1 + 1] - e0, 0, e1 - e0),
+                               src_local[e0:e1], edges[e0:e1], int(p.bounds[i + 1] - p.bounds[i]))
+                for k, (e0, e1, r0, r1) in enumerate(sub_chunk_ranges(ptr, sub))]
+        assert [c.id for c in subs] == [c.id for c in want]
+        for got, ref in zip(subs, want):
+            assert (got.src_start, got.dst_start, got.dst_offset) == (ref.src_start, ref.dst_start, ref.dst_offset)
+            for name in CHUNK_ARRAYS:
+                u, v = getattr(got, name), getattr(ref, name)
+                assert u.dtype == v.dtype and np.array_equal(u, v), f"{got.id} {name}"
 
 
 @settings(max_examples=40, deadline=None)
