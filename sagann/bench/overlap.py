@@ -56,8 +56,9 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(warmup):
         _epoch(model, g, x, y, opt)
-    start, bytes0 = len(g.pass_log), g.device.bytes_in
+    start, bytes0, vertex0 = len(g.pass_log), g.device.bytes_in, g.vertex_steps.total
     times = [_epoch(model, g, x, y, opt) for _ in range(repeats)]
+    vertex_steps = round((g.vertex_steps.total - vertex0) / repeats)
     records = g.pass_log[start:]
     last = records[-4:]  # one epoch: 2 layers x (forward, backward)
     with profiler.profile() as prof:
@@ -75,6 +76,7 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
         "edge_stage_seconds": sum(r.seconds for r in last),
         "edge_stage_predicted_seconds": sum(r.predicted_seconds for r in last),
         "steps": round(sum(r.steps for r in records) / repeats),
+        "vertex_steps": vertex_steps,
         "bytes_in": round((g.device.bytes_in - bytes0) / repeats),
         "overlap": None if summary is None else summary.overlap,
         "io_seconds": None if summary is None else summary.io_seconds,
@@ -126,10 +128,12 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
 
 
 def _step_overhead(row: dict, memory: dict, costs) -> None:
-    """The fixed cost per step the run shows: what the extra bytes leave of the extra time, per extra step (µs)."""
+    """The fixed cost per step the run shows: what the extra bytes and vertex steps (at their calibrated cost) leave
+    of the extra time, per extra step (µs)."""
     extra_steps = row["steps"] - memory["steps"]
     extra_bytes = max(0, row["bytes_in"] - memory["bytes_in"])
-    extra = row["epoch_seconds"] - memory["epoch_seconds"] - extra_bytes * costs.seconds_per_byte
+    extra_vertex = row.get("vertex_steps", 0) - memory.get("vertex_steps", 0)
+    extra = row["epoch_seconds"] - memory["epoch_seconds"] - extra_bytes * costs.seconds_per_byte - extra_vertex * costs.seconds_per_vertex_step
     row["step_overhead_us"] = 1e6 * extra / extra_steps if extra_steps > 0 else None
     row["model_step_us"] = 1e6 * costs.seconds_per_step
 

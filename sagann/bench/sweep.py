@@ -165,7 +165,7 @@ def _cell(mem: dict, ooc: dict, costs) -> dict:
         "predicted_seconds": predicted,
         "prediction_error": predicted / ooc["epoch_seconds"] - 1,
         "lower_bound_seconds": mem["epoch_seconds"] + least_bytes * costs.seconds_per_byte,
-        "step_overhead_us": 1e6 * (extra_time - extra_bytes * costs.seconds_per_byte) / extra_steps if extra_steps > 0 else None,
+        "step_overhead_us": 1e6 * (extra_time - extra_bytes * costs.seconds_per_byte - extra_vertex * costs.seconds_per_vertex_step) / extra_steps if extra_steps > 0 else None,
         "model_step_us": 1e6 * costs.seconds_per_step,
         "model_vertex_step_us": 1e6 * costs.seconds_per_vertex_step,
         "bandwidth_gbs": 1e-9 / costs.seconds_per_byte if costs.seconds_per_byte > 0 else None,
@@ -274,7 +274,7 @@ HEADER = (f"{'graph':15s} {'model':4s} {'width':>4s} {'budg':>5s} {'gc '} {'rule
 
 def format_sweep(r: dict) -> str:
     lines = ["out-of-core / in-memory epoch per cell (one process, copying transfers); timings on a shared machine are noisy",
-             "us/step: (extra time - extra bytes / bandwidth) / extra steps, measured; model: the fixed cost per step the planner measured",
+             "us/step: (extra time - extra bytes / bandwidth - extra vertex steps x their calibrated cost) / extra steps, measured; model: the fixed cost per step the planner measured",
              "floor s: in-memory epoch + least extra bytes / bandwidth; roof: the roofline floor / the in-memory epoch", HEADER]
     lines += [_line(c) for c in r["cells"]]
     for name, s in r["summary"].items():

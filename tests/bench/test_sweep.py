@@ -52,6 +52,7 @@ def test_an_in_memory_runs_views_cost_nothing_so_every_copied_byte_is_extra():
     ooc = {"bytes_moved": 1000, "bytes_copied": 1000, "bytes_lower_bound": 800, "steps": 12, "vertex_steps": 10, "epoch_seconds": 1.1}
     cell = sweep._cell(mem, ooc, costs)
     assert cell["predicted_seconds"] == pytest.approx(1.0 + 1000e-9 + 10e-4 + 6e-3)  # and the ApplyVertex blocks' steps
+    assert cell["step_overhead_us"] == pytest.approx(1e6 * (0.1 - 1000e-9 - 6e-3) / 10)  # what bytes and vertex steps leave
     assert cell["lower_bound_seconds"] == pytest.approx(1.0 + 800e-9)
     views = dict(ooc, bytes_copied=0)  # out of core with loads as views: nothing to price either
     assert sweep._cell(mem, views, costs)["lower_bound_seconds"] == pytest.approx(1.0)
