@@ -179,13 +179,6 @@ def pack_chunks(subs: list[EdgeChunk], alloc: Callable[[int], np.ndarray] | None
     return subs
 
 
-def pack_partition(part: "GraphPartition") -> "GraphPartition":
-    """Every chunk's index arrays packed (:func:`pack_chunks`): a search's candidates are packed only once chosen."""
-    for subs in part.chunks.values():
-        pack_chunks(subs)
-    return part
-
-
 def file_backed(a: np.ndarray) -> bool:
     """Is ``a`` (or the array it views) a memory-mapped file?"""
     while a is not None and not isinstance(a, np.memmap):
@@ -321,6 +314,11 @@ class OrderCache:
             yield
         finally:
             self._on, self._hit = False, None  # its 12 bytes an edge go with the search
+
+    def for_bounds(self, bounds: np.ndarray) -> ChunkOrder | None:
+        """The grouping kept, if it is for ``bounds``."""
+        hit = self._hit
+        return hit if hit is not None and np.array_equal(hit.bounds, bounds) else None
 
     def ordered(self, edges: Callable[[], object], num_vertices: int, in_degree: np.ndarray, num_chunks: int, vertex_weight: float) -> ChunkOrder | None:
         """The grouping ``partition_graph`` would make for these bounds, kept for the next cut; None outside a search

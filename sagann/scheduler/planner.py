@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, OrderCache, balanced_bounds, pack_chunks, pack_partition, partition_graph
+from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, OrderCache, balanced_bounds, pack_chunks, partition_graph
+from sagann.chunks.sketch import is_sketch, sketch_partition
 from sagann.chunks.recut import recut
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.cost_model import MARGIN, MAX_PICKS, faster_partitions, measure_partition, measure_step_costs
@@ -73,7 +74,6 @@ class Planner:
         self._edges, self._num_vertices, self._in_degree = edges, int(num_vertices), in_degree
         self._place = place  # where the arrays of each chunk the planner cuts go (the host budget's spill files)
         self._orders = OrderCache()  # during a search, the edges grouped for the last P cut (not under a host budget)
-        self._unpacked: set[int] = set()  # ids of this search's candidates cut unpacked: packed once settled on
         self._devices, self._schedule, self._host_spills = tuple(devices), schedule, bool(host_spills)
         self._partition = partition
         self._given_partition = partition is not None  # the caller's (a dataset's): never re-cut coarser
@@ -131,11 +131,8 @@ class Planner:
     # ---- the partition ------------------------------------------------------------------------
     def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object = None) -> GraphPartition:
         """The partition for a layer call: the current one if it fits, else a finer one (:meth:`_choose_partition`)."""
-        try:
-            with self._orders.searching():  # the search re-cuts one P with growing sub-chunks: its grouping is kept meanwhile
-                return self._choose_partition(shape, fused, param_bytes, owner)
-        finally:
-            self._unpacked.clear()
+        with self._orders.searching():  # the search re-cuts one P with growing sub-chunks: its grouping is kept meanwhile
+            return self._choose_partition(shape, fused, param_bytes, owner)
 
     def _choose_partition(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object) -> GraphPartition:
         """The partition for a layer call: the current one if it fits, else a finer one.
@@ -255,14 +252,19 @@ class Planner:
             return p
         # each chunk placed as it is cut (a search holds the current partition and at most one candidate)
         ordered = None if self._place is not None else self._orders.ordered(self._edges, self._num_vertices, self._in_degree, num_chunks, weight)
+        if ordered is not None:  # a search's candidate: its sizes judge it; the one settled on is cut (_settle)
+            return sketch_partition(ordered, self._num_vertices, sub_nnz)
+        return self._cut_edges(num_chunks, sub_nnz, weight)
+
+    def _cut_edges(self, num_chunks: int, sub_nnz: int, weight: float = 1.0, bounds: np.ndarray | None = None) -> GraphPartition:
+        """A partition with its arrays, each chunk placed as it is cut; ``bounds``: those intervals (else balanced)."""
+        ordered = None if self._place is not None or bounds is None else self._orders.for_bounds(bounds)
         edges = None if ordered is not None else self._edges()
-        place = self._place or (None if self._orders.active else pack_chunks)  # a search packs only the partition it settles on
+        place = self._place or pack_chunks
         if isinstance(edges, GraphPartition):  # the list is not in RAM: re-cut the chunks a row at a time
             part = recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=place)
         else:
-            part = partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, vertex_weight=weight, place=place, ordered=ordered)
-        if place is None:
-            self._unpacked.add(id(part))
+            part = partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, bounds=None if ordered is not None else bounds, vertex_weight=weight, place=place, ordered=ordered)
         # its chunk buffers are malloc heap blocks (below HEAP_BLOCK_MAX): freed, they would stay resident until the
         # next pass's end; a dropped candidate or one-off partition (50 MB at 1.5M edges) hands them back at once
         weakref.finalize(part, trim_freed_memory)
@@ -384,8 +386,9 @@ class Planner:
         """Make ``part`` the current partition and remember the largest working set planned on it."""
         if part is not self._partition:
             self._plan_choices = {}
-        self._partition = pack_partition(part) if id(part) in self._unpacked else part
-        self._unpacked.discard(id(part))
+        if is_sketch(part):  # a search's candidate, sizes only: cut now, into the same sub-chunks
+            part = self._cut_edges(part.num_chunks, part.sub_chunk_nnz, bounds=part.bounds)
+        self._partition = part
         if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
             self._working_set = ws
         return part

@@ -85,17 +85,20 @@ def test_a_search_groups_the_edges_once_per_p_and_picks_what_it_picked_without(r
     assert with_cache < len(grouped), f"grouped {with_cache} times with the cache, {len(grouped)} without"
 
 
-def test_a_search_packs_only_the_partition_it_settles_on(monkeypatch):
-    """Candidates are cut unpacked (most are dropped at once); the chosen one's chunks each sit in one buffer."""
+def test_a_search_cuts_only_the_partition_it_settles_on(monkeypatch):
+    """Candidates are judged by their sub-chunks' sizes (``sketch_partition``); only the chosen one is cut, packed:
+    each chunk's arrays sit in one buffer."""
     from sagann.chunks import partition as partition_module
     from sagann.scheduler import planner as planner_module
 
-    packed = []
-    real = partition_module.pack_chunks
-    monkeypatch.setattr(planner_module, "pack_chunks", lambda subs: packed.append(1) or real(subs))
+    cuts, sketches = [], []
+    real_cut, real_sketch = planner_module.partition_graph, planner_module.sketch_partition
+    monkeypatch.setattr(planner_module, "partition_graph", lambda *a, **k: cuts.append(1) or real_cut(*a, **k))
+    monkeypatch.setattr(planner_module, "sketch_partition", lambda *a, **k: sketches.append(1) or real_sketch(*a, **k))
     budget = working_set(planner().partition_for(SHAPE, False, PARAMS), SHAPE, False, PARAMS).peak_bytes // 6
+    cuts.clear()
     part = planner(budget, sagann.ScheduleConfig()).partition_for(SHAPE, False, PARAMS)
-    assert len(list(part.sub_chunks())) > 1 and not packed  # no candidate was packed as it was cut
+    assert len(list(part.sub_chunks())) > 1 and len(sketches) > 1 and len(cuts) == 1, (len(sketches), len(cuts))
 
     def root(a):
         while isinstance(a.base, np.ndarray):
