@@ -115,56 +115,20 @@ def chunk_counts(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray) -> np.nda
     return _chunk_counts(np.ascontiguousarray(src), np.ascontiguousarray(dst), table, p).reshape(p, p)
 
 
-@njit(**_JIT)
-def _compact_sources(src_local, num_rows):
-    """Sorted unique sources, each edge's index into them, and the source-major CSR (pointer, stable permutation)."""
-    n = src_local.shape[0]
-    count = np.zeros(num_rows, np.int32)
-    for e in range(n):
-        count[src_local[e]] += 1
-    m = 0
-    for r in range(num_rows):
-        if count[r] > 0:
-            m += 1
-    rows = np.empty(m, np.int32)
-    ptr = np.zeros(m + 1, np.int32)
-    remap = count  # reused: row -> compact index (only rows with edges are read back)
-    k = 0
-    for r in range(num_rows):
-        c = count[r]
-        if c > 0:
-            rows[k] = r
-            ptr[k + 1] = ptr[k] + c
-            remap[r] = k
-            k += 1
-    idx = np.empty(n, np.int32)
-    perm = np.empty(n, np.int32)
-    fill = ptr[:-1].copy()
-    for e in range(n):
-        s = remap[src_local[e]]
-        idx[e] = s
-        perm[fill[s]] = e
-        fill[s] += 1
-    return rows, idx, ptr, perm
-
-
 def compact_sources(src_local: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(src_rows, src_idx, src_ptr, src_perm)`` of a sub-chunk's sources (all int32).
+    """``(src_rows, src_idx, src_ptr, src_perm)`` of one sub-chunk's sources (all int32).
 
     ``src_rows`` = ``np.unique(src_local)``, ``src_idx`` its inverse,
     ``src_perm`` = ``np.argsort(src_idx, kind="stable")``, ``src_ptr`` the
-    CSR pointer. Counting (linear in edges + ``num_rows``, the interval's
-    size) where that is cheaper than sorting the edges; sorting otherwise.
+    CSR pointer: :func:`sub_chunk_arrays`'s compaction of a sub-chunk of
+    these edges (their destinations do not enter it).
     """
     n = int(src_local.shape[0])
-    if num_rows > 8 * n + 1024:  # a few edges of a big interval: sort them instead of scanning every row
-        rows, idx = np.unique(src_local, return_inverse=True)
-        idx = idx.astype(np.int32)
-        perm = np.argsort(idx, kind="stable").astype(np.int32)
-        ptr = np.zeros(rows.shape[0] + 1, dtype=np.int32)
-        np.cumsum(np.bincount(idx, minlength=rows.shape[0]), out=ptr[1:])
-        return rows.astype(np.int32), idx, ptr, perm
-    return _compact_sources(np.ascontiguousarray(src_local), int(num_rows))
+    if n == 0:
+        empty = np.empty(0, np.int32)
+        return empty, empty, np.zeros(1, np.int32), empty
+    _, _, _, idx, rows, ptr, perm = _sub_chunks(np.zeros(n, np.int32), np.ascontiguousarray(src_local), int(num_rows), n)
+    return rows, idx, ptr, perm
 
 
 @njit(**_JIT)
@@ -174,7 +138,7 @@ def _sub_chunks(dst_local, src_local, rows_i, max_nnz):
     ``dst_local`` ascending (CSC order). The sources of a sub-chunk are
     compacted with per-chunk scratch that only the sub-chunk's rows touch,
     their sorted list read off the interval or, for a few edges of a big
-    interval, sorted from the rows seen (``compact_sources``'s rule).
+    interval, sorted from the rows seen.
     """
     nnz = dst_local.shape[0]
     n_sub = (nnz + max_nnz - 1) // max_nnz
@@ -218,7 +182,7 @@ def _sub_chunks(dst_local, src_local, rows_i, max_nnz):
                 m += 1
             count[s] += 1
         rows = src_rows[rows_at : rows_at + m]
-        if rows_i <= 8 * (e1 - e0) + 1024:  # as compact_sources: reading the interval's rows off beats sorting them
+        if rows_i <= 8 * (e1 - e0) + 1024:  # reading the interval's rows off beats sorting the few seen
             q = 0
             for r in range(rows_i):
                 if count[r] > 0:
@@ -254,7 +218,7 @@ def sub_chunk_arrays(dst_local: np.ndarray, src_local: np.ndarray, rows_i: int, 
     sub-chunk k's first destination row, destination rows and source rows;
     the arrays hold every sub-chunk's in turn (``dst_ptr`` and ``src_ptr``
     one entry longer each), as ``partition.make_sub_chunk`` makes them one
-    at a time (``compact_sources``).
+    at a time.
     """
     return _sub_chunks(np.ascontiguousarray(dst_local), np.ascontiguousarray(src_local), int(rows_i), int(max_nnz))
 
