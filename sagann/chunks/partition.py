@@ -302,11 +302,6 @@ class OrderCache:
     def __init__(self):
         self._on, self._hit = False, None
 
-    @property
-    def active(self) -> bool:
-        """Is a search on?"""
-        return self._on
-
     @contextlib.contextmanager
     def searching(self):
         self._on = True

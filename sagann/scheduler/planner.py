@@ -250,14 +250,14 @@ class Planner:
         p = self._partition
         if p is not None and p.num_chunks == num_chunks and p.sub_chunk_nnz == sub_nnz:
             return p
-        # each chunk placed as it is cut (a search holds the current partition and at most one candidate)
         ordered = None if self._place is not None else self._orders.ordered(self._edges, self._num_vertices, self._in_degree, num_chunks, weight)
         if ordered is not None:  # a search's candidate: its sizes judge it; the one settled on is cut (_settle)
             return sketch_partition(ordered, self._num_vertices, sub_nnz)
         return self._cut_edges(num_chunks, sub_nnz, weight)
 
     def _cut_edges(self, num_chunks: int, sub_nnz: int, weight: float = 1.0, bounds: np.ndarray | None = None) -> GraphPartition:
-        """A partition with its arrays, each chunk placed as it is cut; ``bounds``: those intervals (else balanced)."""
+        """A partition with its arrays, each chunk placed as it is cut (a search holds the current partition and at most
+        the one it settles on); ``bounds``: those intervals (else balanced)."""
         ordered = None if self._place is not None or bounds is None else self._orders.for_bounds(bounds)
         edges = None if ordered is not None else self._edges()
         place = self._place or pack_chunks
