@@ -5,7 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sagann.chunks._sorting import compact_sources
+from sagann.chunks._sorting import COMPARE_INTERVALS, compact_sources, destination_major, regroup
+from sagann.chunks.partition import balanced_bounds, order_edges
 
 
 @settings(max_examples=80, deadline=None)
@@ -19,3 +20,23 @@ def test_compact_sources_is_unique_inverse_and_a_stable_source_major_order(num_r
     assert np.array_equal(perm, np.argsort(want_idx.reshape(-1), kind="stable"))
     assert np.array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(want_idx.reshape(-1), minlength=len(want_rows)))]))
     assert all(a.dtype == np.int32 for a in (rows, idx, ptr, perm))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_vertices=st.integers(1, 120),
+    pairs=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=400),
+    num_chunks=st.integers(1, 2 * COMPARE_INTERVALS + 8),
+)
+def test_regrouping_the_destination_order_equals_grouping_the_list(num_vertices, pairs, num_chunks):
+    """A search regroups one CSC order per P: the grouping must be the list's own (order, ids, and both id arrays),
+    with empty intervals, multi-edges and self loops, on both sides of the per-vertex table's threshold."""
+    n = num_vertices
+    edges = np.asarray([(s % n, d % n if d % 3 else s % n) for s, d in pairs], np.int64).reshape(-1, 2).T  # a third self loops
+    in_degree = np.bincount(edges[1], minlength=n)
+    bounds = balanced_bounds(in_degree, num_chunks)  # more intervals than vertices: some empty
+    want = order_edges(edges, n, bounds, in_degree)
+    starts, ids, src, dst = regroup(*destination_major(edges[0], edges[1], n, np.int32), bounds)
+    assert np.array_equal(starts, want.starts)
+    for got, expected in ((ids, want.edge_ids), (src, want.src), (dst, want.dst)):
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
