@@ -317,35 +317,46 @@ def sub_chunk_arrays(dst_local: np.ndarray, src_local: np.ndarray, rows_i: int, 
     return _sub_chunks(np.ascontiguousarray(dst_local), np.ascontiguousarray(src_local), int(rows_i), int(max_nnz))
 
 
-@njit(**_JIT)
-def _sub_chunk_sizes(starts, src, dst, bounds, num_chunks, max_nnz):
-    total = 0
-    for c in range(num_chunks * num_chunks):
-        total += (starts[c + 1] - starts[c] + max_nnz - 1) // max_nnz
+@njit(parallel=True, **_JIT)
+def _sub_chunk_sizes(starts, src, dst, bounds, num_chunks, max_nnz, blocks):
+    chunks = num_chunks * num_chunks
+    first = np.zeros(chunks + 1, np.int64)  # each chunk's first sub-chunk
+    for c in range(chunks):
+        first[c + 1] = first[c] + (starts[c + 1] - starts[c] + max_nnz - 1) // max_nnz
     widest = 0
     for p in range(num_chunks):
         widest = max(widest, bounds[p + 1] - bounds[p])
-    out = np.empty((total, 4), np.int64)
-    stamp = np.full(max(widest, 1), -1, np.int64)  # the last sub-chunk that saw each source row
-    k = 0
-    for c in range(num_chunks * num_chunks):
-        lo = bounds[c // num_chunks]
-        for e0 in range(starts[c], starts[c + 1], max_nnz):
-            e1 = min(e0 + max_nnz, starts[c + 1])
-            rows = 0
-            for e in range(e0, e1):
-                s = src[e] - lo
-                if stamp[s] != k:
-                    stamp[s] = k
-                    rows += 1
-            out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
-            k += 1
+    out = np.empty((first[chunks], 4), np.int64)
+    for b in prange(blocks):  # chunks in blocks of about equal edges, each block with its own stamps
+        stamp = np.full(max(widest, 1), -1, np.int64)  # the last sub-chunk that saw each source row
+        begin = np.searchsorted(starts[:chunks], b * starts[chunks] // blocks) if b else 0  # first chunk starting at or after
+        end = np.searchsorted(starts[:chunks], (b + 1) * starts[chunks] // blocks) if b + 1 < blocks else chunks
+        for c in range(begin, end):
+            lo = bounds[c // num_chunks]
+            k = first[c]
+            for e0 in range(starts[c], starts[c + 1], max_nnz):
+                e1 = min(e0 + max_nnz, starts[c + 1])
+                rows = 0
+                for e in range(e0, e1):
+                    s = src[e] - lo
+                    if stamp[s] != k:
+                        stamp[s] = k
+                        rows += 1
+                out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
+                k += 1
     return out
 
 
-def sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, max_nnz: int) -> np.ndarray:
+def sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, max_nnz: int, blocks: int | None = None) -> np.ndarray:
     """``[S, 4]`` int64: each sub-chunk's chunk ``i * P + j``, edges, destination rows and source rows, in the order
     ``partition_graph`` cuts them, from edges grouped by chunk and destination (``src``/``dst`` global ids in that
-    order, ``starts`` the chunks' first positions): the sizes alone, no arrays built."""
+    order, ``starts`` the chunks' first positions): the sizes alone, no arrays built.
+
+    The chunks are counted in ``blocks`` runs of about equal edges, in
+    parallel (default: a few per thread, none under 64K edges).
+    """
     bounds = np.asarray(bounds, np.int64)
-    return _sub_chunk_sizes(np.asarray(starts, np.int64), np.ascontiguousarray(src), np.ascontiguousarray(dst), bounds, int(bounds.shape[0] - 1), int(max_nnz))
+    p = int(bounds.shape[0] - 1)
+    if blocks is None:
+        blocks = min(p * p, 4 * numba.get_num_threads(), int(src.shape[0]) // (1 << 16))
+    return _sub_chunk_sizes(np.asarray(starts, np.int64), np.ascontiguousarray(src), np.ascontiguousarray(dst), bounds, p, int(max_nnz), max(1, int(blocks)))

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sagann.chunks._sorting import COMPARE_INTERVALS, compact_sources, destination_major, regroup
+from sagann.chunks._sorting import COMPARE_INTERVALS, compact_sources, destination_major, regroup, sub_chunk_sizes
 from sagann.chunks.partition import balanced_bounds, order_edges
 
 
@@ -40,3 +40,21 @@ def test_regrouping_the_destination_order_equals_grouping_the_list(num_vertices,
     assert np.array_equal(starts, want.starts)
     for got, expected in ((ids, want.edge_ids), (src, want.src), (dst, want.dst)):
         assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_vertices=st.integers(1, 80),
+    pairs=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=300),
+    num_chunks=st.integers(1, 7),
+    max_nnz=st.sampled_from([1, 2, 5, 40, 10**6]),
+    blocks=st.integers(2, 9),
+)
+def test_sub_chunk_sizes_counted_in_parallel_runs_equal_one_run(num_vertices, pairs, num_chunks, max_nnz, blocks):
+    """Runs of chunks split anywhere (empty chunks at the seams, more runs than chunks) count what one run counts."""
+    n = num_vertices
+    edges = np.asarray([(s % n, d % n) for s, d in pairs], np.int64).reshape(-1, 2).T
+    order = order_edges(edges, n, balanced_bounds(np.bincount(edges[1], minlength=n), num_chunks))
+    one = sub_chunk_sizes(order.starts, order.src, order.dst, order.bounds, max_nnz, blocks=1)
+    assert one.shape[0] == sum(-(-int(m) // max_nnz) for m in np.diff(order.starts))
+    assert np.array_equal(sub_chunk_sizes(order.starts, order.src, order.dst, order.bounds, max_nnz, blocks=blocks), one)
