@@ -131,9 +131,14 @@ class EdgeChunk:
         (:meth:`fits_16_bits`); ``native``: the arrays of :func:`native_16`
         do, for kernels that read them so.
         """
-        sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
-        sent = sum(4 * sizes.get(n, self.nnz) // (2 if self.crosses_short(n, narrow, native, backward) else 1) for n in sent_names(backward, source_major))
-        return sent + self.src_rows.nbytes
+        key = (bool(backward), bool(narrow), bool(source_major), bool(native))
+        memo = self.__dict__.setdefault("_sent_index_bytes", {})  # every step asks; the sizes never change
+        found = memo.get(key)
+        if found is None:
+            sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
+            sent = sum(4 * sizes.get(n, self.nnz) // (2 if self.crosses_short(n, narrow, native, backward) else 1) for n in sent_names(backward, source_major))
+            found = memo[key] = sent + self.src_rows.nbytes
+        return found
 
     def src_major_dst(self) -> np.ndarray | None:
         """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.

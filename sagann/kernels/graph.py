@@ -76,6 +76,25 @@ def widen_index(t: torch.Tensor) -> torch.Tensor:
     return wide.bitwise_and_(0xFFFF) if t.dtype == torch.int16 else wide
 
 
+def crossing(chunk: EdgeChunk, backward: bool, source_major: bool, narrow: bool, native: bool) -> tuple[tuple, tuple, tuple]:
+    """``(names, shorts, kept)``: the index arrays a pass sends with ``chunk`` (:func:`sent_names`), whether each
+    crosses in 16 bits, and whether the kernels keep it so (``native``); worked out once per sub-chunk and pass kind.
+
+    At every step this cost more Python than a small sub-chunk's copies.
+    Only names and flags are kept on the chunk, never its arrays: a chunk
+    whose arrays move (into a spill file) must not keep the old ones alive.
+    """
+    key = (backward, source_major, narrow, native)
+    memo = chunk.__dict__.setdefault("_crossing", {})
+    found = memo.get(key)
+    if found is None:
+        names = sent_names(backward, source_major)
+        shorts = tuple(chunk.crosses_short(n, narrow, native, backward) for n in names)
+        kept = tuple(short and native and native_16(n, backward) for n, short in zip(names, shorts))
+        found = memo[key] = (names, shorts, kept)
+    return found
+
+
 @dataclass(frozen=True, eq=False)
 class ChunkTensors:
     """Index arrays of one sub-chunk as int32 torch tensors on one device.
@@ -210,18 +229,18 @@ class StreamedChunkTensors(ChunkTensors):
         d.update(num_src=chunk.num_src, num_dst=chunk.num_dst, _chunk=chunk, _send=send, sent_bytes=0, _narrow={})
         d.update(_narrows=bool(narrow), _derive=bool(derive), _source_major=bool(source_major))
         d[DERIVED] = chunk.__dict__.setdefault(DERIVED, {})
-        sent = dict(sent or {})
-        missing = [n for n in sent_names(backward, source_major) if n not in sent]
-        hosts = [host_array(chunk, n) for n in missing]
-        if any(h is None for h in hosts):  # made on the device below
-            missing, hosts = [n for n, h in zip(missing, hosts) if h is not None], [h for h in hosts if h is not None]
-        shorts = [chunk.crosses_short(n, narrow, native, backward) for n in missing]
-        for name, short, t in zip(missing, shorts, self._cross(hosts, shorts, send_many)):
-            if short and native and native_16(name, backward):
+        names, shorts, kept = crossing(chunk, bool(backward), bool(source_major), bool(narrow), bool(native))
+        hosts = [host_array(chunk, n) for n in names]
+        if sent or any(h is None for h in hosts):  # some already there, or made on the device later (a file-backed chunk's src_dst)
+            rows = [r for r in zip(names, shorts, kept, hosts) if r[0] not in (sent or ()) and r[3] is not None]
+            names, shorts, kept, hosts = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+        for name, keep, t in zip(names, kept, self._cross(hosts, shorts, send_many)):
+            if keep:
                 d["_narrow"][name] = t
             else:
-                sent[name] = widen_index(t)
-        d.update({("_src_dst" if k == "src_dst" else k): v for k, v in sent.items()})
+                d["_src_dst" if name == "src_dst" else name] = widen_index(t)
+        for k, v in (sent or {}).items():
+            d["_src_dst" if k == "src_dst" else k] = v
 
     def _cross(self, hosts: list, shorts: list, send_many=None) -> list[torch.Tensor]:
         """The host arrays on the device as they cross: in 16 bits where ``shorts`` says so (unwidened).
