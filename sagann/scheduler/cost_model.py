@@ -93,30 +93,38 @@ def measure_step_costs(device, repeats: int = 3) -> StepCosts:
     if known is None:
         known = _stored_costs(calibration.load(kind))  # measured by an earlier process on this machine: the same plan again
     if known is None:
-        try:
-            with device.unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
-                known = _measure_steps(device, repeats)
-            _MEASURED[kind] = known  # what the engine calibration's own planner reads (a twin is of the same kind)
-            try:
-                in_engine = _ENGINE_STEP_TIMER(device, repeats) if _ENGINE_STEP_TIMER is not None else None
-            except Exception as exc:  # the bare loop's figure stands
-                _LOG.warning("sagann: could not time the engine's steps on %s (%s); planning with the bare loop's cost per step", device.name, exc)
-                in_engine = None
-            if in_engine is not None and in_engine > known.seconds_per_step:
-                known = dataclasses.replace(known, seconds_per_step=in_engine)
-            try:
-                in_engine = _ENGINE_VERTEX_TIMER(device, repeats) if _ENGINE_VERTEX_TIMER is not None else None
-            except Exception as exc:
-                _LOG.warning("sagann: could not time the engine's vertex steps on %s (%s); using the bare loop's", device.name, exc)
-                in_engine = None
-            if in_engine is not None and in_engine > known.seconds_per_vertex_step:
-                known = dataclasses.replace(known, seconds_per_vertex_step=in_engine)
-            known = _stored_costs(calibration.store(kind, known.to_dict())) or known  # another process's, where it stored first
-        except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
-            _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
-            known = StepCosts(device.transfer_costs().block, 0.0, 0.0)
+        # the caller's random stream must not move: a first call that measures would otherwise draw other dropout
+        # masks than the calls after it (a Linear's initialisation here reads the default generator)
+        with torch.random.fork_rng(devices=[]):
+            known = _measure_all(device, kind, repeats)
     _MEASURED[kind] = known
     return known
+
+
+def _measure_all(device, kind: tuple, repeats: int) -> StepCosts:
+    """The bare loop's rates, raised to the engine's own where those are more, stored for the next process."""
+    try:
+        with device.unmetered():  # the calibration's buffers are not a pass's, even when a pass plans inside its meter
+            known = _measure_steps(device, repeats)
+        _MEASURED[kind] = known  # what the engine calibration's own planner reads (a twin is of the same kind)
+        try:
+            in_engine = _ENGINE_STEP_TIMER(device, repeats) if _ENGINE_STEP_TIMER is not None else None
+        except Exception as exc:  # the bare loop's figure stands
+            _LOG.warning("sagann: could not time the engine's steps on %s (%s); planning with the bare loop's cost per step", device.name, exc)
+            in_engine = None
+        if in_engine is not None and in_engine > known.seconds_per_step:
+            known = dataclasses.replace(known, seconds_per_step=in_engine)
+        try:
+            in_engine = _ENGINE_VERTEX_TIMER(device, repeats) if _ENGINE_VERTEX_TIMER is not None else None
+        except Exception as exc:
+            _LOG.warning("sagann: could not time the engine's vertex steps on %s (%s); using the bare loop's", device.name, exc)
+            in_engine = None
+        if in_engine is not None and in_engine > known.seconds_per_vertex_step:
+            known = dataclasses.replace(known, seconds_per_vertex_step=in_engine)
+        return _stored_costs(calibration.store(kind, known.to_dict())) or known  # another process's, where it stored first
+    except Exception as exc:  # a device whose kernels cannot run the calibration still trains: bytes alone decide
+        _LOG.warning("sagann: could not measure the fixed cost per step on %s (%s); planning by bytes alone", device.name, exc)
+        return StepCosts(device.transfer_costs().block, 0.0, 0.0)
 
 
 def _stored_costs(stored: dict | None) -> StepCosts | None:

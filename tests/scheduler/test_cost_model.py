@@ -359,3 +359,16 @@ def test_the_vertex_step_calibration_times_the_engine_on_a_twin_and_leaves_no_tr
     assert seconds > 0
     assert not rec.spans()
     assert dev.bytes_in == 0 and dev.current_bytes == 0
+
+
+def test_measuring_the_step_costs_leaves_the_callers_random_stream_where_it_was(monkeypatch, tmp_path):
+    """The first call that plans under a budget measures the rates: were the default generator to move, its dropout
+    masks (drawn from a seed each call takes from the stream) would differ from every later call's."""
+    monkeypatch.setenv("SAGANN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SAGANN_CALIBRATE", "1")
+    dev = sagann.CpuDevice(copy_transfers=True, link_bandwidth="40GB")  # a kind no other test measures
+    monkeypatch.delitem(cost_model._MEASURED, cost_model._kind(dev), raising=False)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    measure_step_costs(dev)
+    assert torch.equal(torch.get_rng_state(), before)
