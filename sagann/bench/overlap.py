@@ -27,6 +27,7 @@ from sagann.engine.models import GCN
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.cost_model import measure_step_costs
 from sagann.scheduler.devices import CpuDevice
+from sagann.scheduler.records import recompute_seconds, work_since
 
 def _streamed(**options) -> ScheduleConfig:
     """A schedule whose layers stream their edges every epoch (no cached Gather)."""
@@ -56,9 +57,10 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(warmup):
         _epoch(model, g, x, y, opt)
-    start, bytes0, vertex0 = len(g.pass_log), g.device.bytes_in, g.vertex_steps.total
+    start, bytes0, vertex0, work0 = len(g.pass_log), g.device.bytes_in, g.vertex_steps.total, g.vertex_steps.work()
     times = [_epoch(model, g, x, y, opt) for _ in range(repeats)]
     vertex_steps = round((g.vertex_steps.total - vertex0) / repeats)
+    work = work_since(g.vertex_steps.work(), work0, 1 / repeats)
     records = g.pass_log[start:]
     last = records[-4:]  # one epoch: 2 layers x (forward, backward)
     with profiler.profile() as prof:
@@ -77,6 +79,7 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
         "edge_stage_predicted_seconds": sum(r.predicted_seconds for r in last),
         "steps": round(sum(r.steps for r in records) / repeats),
         "vertex_steps": vertex_steps,
+        "vertex_work": work,
         "bytes_in": round((g.device.bytes_in - bytes0) / repeats),
         "overlap": None if summary is None else summary.overlap,
         "io_seconds": None if summary is None else summary.io_seconds,
@@ -105,6 +108,8 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
         g = ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=cfg)
         rows.append(_measure(name, g, x, y, dims, warmup, repeats))
         _step_overhead(rows[-1], memory, measure_step_costs(g.device))
+    for row in rows:
+        row.pop("vertex_work")  # keyed by (layer, function): read above, not for the JSON
     rates = roofline.machine_rates()
     floor = roofline.epoch_floor("gcn", n, e + n, dims[0], dims[1], dims[2], rates, cached=False)
     best = rows[-1]
@@ -133,7 +138,9 @@ def _step_overhead(row: dict, memory: dict, costs) -> None:
     extra_steps = row["steps"] - memory["steps"]
     extra_bytes = max(0, row["bytes_in"] - memory["bytes_in"])
     extra_vertex = row.get("vertex_steps", 0) - memory.get("vertex_steps", 0)
-    extra = row["epoch_seconds"] - memory["epoch_seconds"] - extra_bytes * costs.seconds_per_byte - extra_vertex * costs.seconds_per_vertex_step
+    recompute = recompute_seconds(row["vertex_work"], row["vertex_work"]) if "vertex_work" in row else 0.0  # at its own forward's rate
+    extra = row["epoch_seconds"] - memory["epoch_seconds"] - extra_bytes * costs.seconds_per_byte - extra_vertex * costs.seconds_per_vertex_step - recompute
+    row["recompute_seconds"] = recompute
     row["step_overhead_us"] = 1e6 * extra / extra_steps if extra_steps > 0 else None
     row["model_step_us"] = 1e6 * costs.seconds_per_step
 

@@ -43,6 +43,7 @@ from sagann.engine.models import GAT, GCN, GIN, GraphSAGE
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.cost_model import measure_step_costs
 from sagann.scheduler.devices import CpuDevice
+from sagann.scheduler.records import recompute_seconds, work_since
 
 __all__ = ["FULL", "QUICK", "SMOKE", "Grid", "GraphSpec", "run_sweep", "format_sweep"]
 
@@ -118,6 +119,7 @@ class _Run:
         self.warm_peak = g.device.peak_bytes  # the in-memory device peak a budget is a fraction of
         g.device.reset_peak()
         self.start, self.bytes0, self.vertex0, self.times = len(g.pass_log), g.device.bytes_in, g.vertex_steps.total, []
+        self.work0 = g.vertex_steps.work()
 
     def epoch(self) -> None:
         t0 = time.perf_counter()
@@ -140,6 +142,7 @@ class _Run:
             "sub_chunk_nnz": g.sub_chunk_nnz,
             "steps": round(sum(r.steps for r in records) * per),
             "vertex_steps": round((g.vertex_steps.total - self.vertex0) * per),
+            "vertex_work": work_since(g.vertex_steps.work(), self.work0, per),  # per-vertex functions' rows and seconds
             "bytes_moved": round(sent * per),
             # what crossed as real copies: a device whose loads are views of host memory (in memory) copies nothing
             "bytes_copied": 0 if g.device.shares_host_memory else round(sent * per),
@@ -160,14 +163,20 @@ def _cell(mem: dict, ooc: dict, costs) -> dict:
     extra_vertex = ooc.get("vertex_steps", 0) - mem.get("vertex_steps", 0)  # ApplyVertex and hooks in blocks
     extra_time = ooc["epoch_seconds"] - mem["epoch_seconds"]
     least_bytes = max(0, (ooc["bytes_lower_bound"] if ooc["bytes_copied"] else 0) - mem["bytes_copied"])
+    # rows whose per-vertex function backward evaluates again (the in-memory run keeps its graphs), at the rate the
+    # same run's forward evaluated them: the same blocks (the in-memory forward's whole intervals, fresh pages for every
+    # output, priced R-MAT GIN's recompute at twice the time it took)
+    recompute = recompute_seconds(ooc["vertex_work"], ooc["vertex_work"]) if "vertex_work" in ooc else 0.0
     predicted = mem["epoch_seconds"] + extra_bytes * costs.seconds_per_byte + extra_steps * costs.seconds_per_step
-    predicted += extra_vertex * costs.seconds_per_vertex_step
+    predicted += extra_vertex * costs.seconds_per_vertex_step + recompute
+    explained = extra_bytes * costs.seconds_per_byte + extra_vertex * costs.seconds_per_vertex_step + recompute
     return {
         "ratio": ooc["epoch_seconds"] / mem["epoch_seconds"],
         "predicted_seconds": predicted,
         "prediction_error": predicted / ooc["epoch_seconds"] - 1,
         "lower_bound_seconds": mem["epoch_seconds"] + least_bytes * costs.seconds_per_byte,
-        "step_overhead_us": 1e6 * (extra_time - extra_bytes * costs.seconds_per_byte - extra_vertex * costs.seconds_per_vertex_step) / extra_steps if extra_steps > 0 else None,
+        "recompute_seconds": recompute,
+        "step_overhead_us": 1e6 * (extra_time - explained) / extra_steps if extra_steps > 0 else None,
         "model_step_us": 1e6 * costs.seconds_per_step,
         "model_vertex_step_us": 1e6 * costs.seconds_per_vertex_step,
         "bandwidth_gbs": 1e-9 / costs.seconds_per_byte if costs.seconds_per_byte > 0 else None,

@@ -148,6 +148,7 @@ def _backward_vertex_rows(call: LayerCall, tensors: tuple, grads: "Grads", grad_
             if recompute:
                 with torch.enable_grad(), call.block_rng("vertex", j, lo, blocks):
                     out_j = call.layer.apply_vertex(xj, acc)
+                call.g.vertex_steps.recomputed(call.name, "apply_vertex", hi - lo)
             # the recomputed output and its graph's copy (go: out_j's shape) and saved tensors, and autograd's temporaries
             saved_row = call.shape.saved_row_bytes(False, recompute)
             saved_j = (hi - lo) * saved_row * recompute  # a kept graph's are charged as they load
@@ -365,6 +366,7 @@ def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads"
                     v = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{q}").requires_grad_(need_x)
                     with torch.enable_grad(), call.block_rng(hook, q, lo, blocks):
                         h = getattr(call.layer, hook)(v)
+                    call.g.vertex_steps.recomputed(call.name, hook, hi - lo)
                 saved_q = (hi - lo) * call.shape.saved_row_bytes(True, kept is None) * (1 + (kept is None))  # their gradients; a recompute's saved tensors
                 s.charge(2 * tensor_bytes(gt) * (kept is None) + saved_q + vertex_scratch_bytes(hi - lo, gt.shape[1]), f"{hook} backward V_{q}")  # gt: h's shape
                 hgrads = call.grad(h, ([v] if need_x else []) + call.params, gt)

@@ -90,6 +90,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                 t0 = time.perf_counter()
                 h = s.adopt(getattr(call.layer, hook)(vin), f"{hook} rows V_{q}")
                 seconds = time.perf_counter() - t0
+            call.g.vertex_steps.evaluated(call.name, hook, hi - lo, seconds)
             call.check_rows(h, hi - lo, width, hook)
             call.device.copy_out(h.detach(), out[lo:hi])
             scaled = hook == "apply_src" and call.src_scale is not None
@@ -312,13 +313,17 @@ def _apply_vertex_forward(call: LayerCall, j, xj: torch.Tensor, acc: torch.Tenso
     ``"offload"``: the graph comes back unsealed, to seal once V_j's rows are on the host.
     """
     if mode is None:
-        return call.layer.apply_vertex(xj, acc), None
+        t0 = time.perf_counter()
+        out_j = call.layer.apply_vertex(xj, acc)
+        call.g.vertex_steps.evaluated(call.name, "apply_vertex", acc.shape[0], time.perf_counter() - t0)
+        return out_j, None
     xin = xj.detach().requires_grad_(call.need_x)
     ain = own_version(acc).requires_grad_(call.edge_stage_has_grads(call.need_x, call.need_e))
     kept = KeptGraph(call.params) if mode == "offload" else None
     t0 = time.perf_counter()
     with torch.enable_grad(), kept.hooks() if kept is not None else contextlib.nullcontext():
         out_j = call.layer.apply_vertex(xin, ain)
+    call.g.vertex_steps.evaluated(call.name, "apply_vertex", acc.shape[0], time.perf_counter() - t0)
     if kept is None:
         call.vertex_graphs[j] = (xin, ain, graph_handle(out_j))
     else:

@@ -10,7 +10,7 @@ import collections
 import threading
 from dataclasses import dataclass
 
-__all__ = ["CallRecord", "PassRecord", "StepRecord", "VertexSteps"]
+__all__ = ["CallRecord", "PassRecord", "StepRecord", "VertexSteps", "recompute_seconds", "work_since"]
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,31 @@ class VertexSteps:
     def __init__(self) -> None:
         self._counts: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
+        # (layer, function) -> rows a forward evaluated and the seconds it took, and rows a backward evaluated again
+        self._forward_rows: collections.Counter = collections.Counter()
+        self._forward_seconds: collections.Counter = collections.Counter()
+        self._recomputed: collections.Counter = collections.Counter()
 
     def add(self, layer: str, phase: str) -> None:
         with self._lock:
             self._counts[(layer, phase)] += 1
+
+    def evaluated(self, layer: str, fn: str, rows: int, seconds: float) -> None:
+        """A forward ran ``fn`` (ApplyVertex or a hook) of ``layer`` over ``rows`` rows in ``seconds`` (wall clock:
+        on a device that queues its work, the time to queue it)."""
+        with self._lock:
+            self._forward_rows[(layer, fn)] += int(rows)
+            self._forward_seconds[(layer, fn)] += float(seconds)
+
+    def recomputed(self, layer: str, fn: str, rows: int) -> None:
+        """A backward ran ``fn`` of ``layer`` again over ``rows`` rows (no graph kept from the forward)."""
+        with self._lock:
+            self._recomputed[(layer, fn)] += int(rows)
+
+    def work(self) -> dict:
+        """What :meth:`evaluated` and :meth:`recomputed` counted so far, for :func:`recompute_seconds`."""
+        with self._lock:
+            return {"forward_rows": dict(self._forward_rows), "forward_seconds": dict(self._forward_seconds), "recomputed_rows": dict(self._recomputed)}
 
     @property
     def total(self) -> int:
@@ -93,3 +114,20 @@ class VertexSteps:
     def counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self._counts)
+
+
+def work_since(now: dict, before: dict, per: float = 1.0) -> dict:
+    """The counts of :meth:`VertexSteps.work` between ``before`` and ``now``, times ``per`` (1 / epochs: per epoch)."""
+    return {kind: {k: (v - before[kind].get(k, 0)) * per for k, v in counts.items()} for kind, counts in now.items()}
+
+
+def recompute_seconds(recomputing: dict, reference: dict) -> float:
+    """What ``recomputing``'s backward recomputes (rows per function) costs at ``reference``'s forward rate per row
+    (both :func:`work_since` figures; the benchmarks pass the same run twice: its forward ran the same blocks).
+    A function the reference never ran forward costs nothing here."""
+    total = 0.0
+    for key, rows in recomputing["recomputed_rows"].items():
+        ran = reference["forward_rows"].get(key, 0)
+        if rows and ran:
+            total += rows * reference["forward_seconds"][key] / ran
+    return total

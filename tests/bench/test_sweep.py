@@ -56,3 +56,19 @@ def test_an_in_memory_runs_views_cost_nothing_so_every_copied_byte_is_extra():
     assert cell["lower_bound_seconds"] == pytest.approx(1.0 + 800e-9)
     views = dict(ooc, bytes_copied=0)  # out of core with loads as views: nothing to price either
     assert sweep._cell(mem, views, costs)["lower_bound_seconds"] == pytest.approx(1.0)
+
+
+def test_a_prediction_prices_the_rows_backward_recomputes_at_the_forward_rate():
+    """Out of core, a backward evaluates ApplyVertex again where no graph was kept; in memory it never does. The
+    prediction adds those rows at what the same run's forward spent per row on them, per function."""
+    from sagann.scheduler.cost_model import StepCosts
+
+    costs = StepCosts(seconds_per_byte=0.0, seconds_per_step=0.0, seconds_per_edge_column=0.0)
+    work = lambda fwd, secs, again: {"forward_rows": fwd, "forward_seconds": secs, "recomputed_rows": again}  # noqa: E731
+    a, b = ("conv1", "apply_vertex"), ("conv2", "apply_src")
+    mem = {"bytes_copied": 0, "steps": 2, "epoch_seconds": 1.0, "vertex_work": work({a: 100, b: 100}, {a: 0.2, b: 0.05}, {})}
+    ooc = {"bytes_copied": 0, "bytes_lower_bound": 0, "steps": 12, "epoch_seconds": 1.5, "vertex_work": work({a: 100, b: 100}, {a: 0.3, b: 0.1}, {a: 100, b: 50})}
+    cell = sweep._cell(mem, ooc, costs)
+    assert cell["recompute_seconds"] == pytest.approx(0.3 + 0.05)
+    assert cell["predicted_seconds"] == pytest.approx(1.0 + 0.35)
+    assert cell["step_overhead_us"] == pytest.approx(1e6 * (0.5 - 0.35) / 10)

@@ -299,3 +299,23 @@ def test_every_interval_and_block_counts_as_a_vertex_step(blocks_of_three):
     blocks = sum(-(-(hi - lo) // 3) for _, lo, hi in g.partition.intervals())
     assert per_phase == {"forward": blocks, "backward": blocks}
     assert g.vertex_steps.total == 2 * blocks
+
+
+def test_the_rows_a_backward_evaluates_again_are_counted_with_the_forward_rows(blocks_of_three):
+    """``g.vertex_steps.work()``: every row ApplyVertex and the hook ran forward (with its time), and in backward the
+    rows recomputed, as many as the functions were called on again; in memory (graphs kept) none are."""
+    from tests.engine.test_offload import Counted
+
+    rng = np.random.default_rng(4)
+    n, ei = 40, awkward_graph(rng, 40, 160)
+    x = torch.randn(n, 3, requires_grad=True)
+    for device, host_memory, recomputes in ((sagann.CpuDevice(), None, False), (sagann.CpuDevice(200_000, copy_transfers=True), "1GB", True)):
+        torch.manual_seed(0)
+        layer = Counted(3, 4)
+        g = sagann.ChunkedGraph(ei, n, num_chunks=3, device=device, host_memory=host_memory)
+        layer(g, x).sum().backward()
+        work = g.vertex_steps.work()
+        for fn in ("apply_vertex", "apply_src"):
+            (key,) = [k for k in work["forward_rows"] if k[1] == fn]  # (the layer's name, fn)
+            assert work["forward_rows"][key] == n and work["forward_seconds"][key] > 0
+            assert work["recomputed_rows"].get(key, 0) == (n if recomputes else 0), (fn, work)
