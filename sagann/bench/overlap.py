@@ -138,7 +138,7 @@ def _step_overhead(row: dict, memory: dict, costs) -> None:
     extra_steps = row["steps"] - memory["steps"]
     extra_bytes = max(0, row["bytes_in"] - memory["bytes_in"])
     extra_vertex = row.get("vertex_steps", 0) - memory.get("vertex_steps", 0)
-    recompute = recompute_seconds(row["vertex_work"], row["vertex_work"]) if "vertex_work" in row else 0.0  # at its own forward's rate
+    recompute = recompute_seconds(row["vertex_work"]) if "vertex_work" in row else 0.0  # at its own forward's rate
     extra = row["epoch_seconds"] - memory["epoch_seconds"] - extra_bytes * costs.seconds_per_byte - extra_vertex * costs.seconds_per_vertex_step - recompute
     row["recompute_seconds"] = recompute
     row["step_overhead_us"] = 1e6 * extra / extra_steps if extra_steps > 0 else None

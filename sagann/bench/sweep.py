@@ -166,7 +166,7 @@ def _cell(mem: dict, ooc: dict, costs) -> dict:
     # rows whose per-vertex function backward evaluates again (the in-memory run keeps its graphs), at the rate the
     # same run's forward evaluated them: the same blocks (the in-memory forward's whole intervals, fresh pages for every
     # output, priced R-MAT GIN's recompute at twice the time it took)
-    recompute = recompute_seconds(ooc["vertex_work"], ooc["vertex_work"]) if "vertex_work" in ooc else 0.0
+    recompute = recompute_seconds(ooc["vertex_work"]) if "vertex_work" in ooc else 0.0
     predicted = mem["epoch_seconds"] + extra_bytes * costs.seconds_per_byte + extra_steps * costs.seconds_per_step
     predicted += extra_vertex * costs.seconds_per_vertex_step + recompute
     explained = extra_bytes * costs.seconds_per_byte + extra_vertex * costs.seconds_per_vertex_step + recompute

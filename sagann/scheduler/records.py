@@ -121,13 +121,12 @@ def work_since(now: dict, before: dict, per: float = 1.0) -> dict:
     return {kind: {k: (v - before[kind].get(k, 0)) * per for k, v in counts.items()} for kind, counts in now.items()}
 
 
-def recompute_seconds(recomputing: dict, reference: dict) -> float:
-    """What ``recomputing``'s backward recomputes (rows per function) costs at ``reference``'s forward rate per row
-    (both :func:`work_since` figures; the benchmarks pass the same run twice: its forward ran the same blocks).
-    A function the reference never ran forward costs nothing here."""
+def recompute_seconds(work: dict) -> float:
+    """What a run's backward recomputes (rows per function, :func:`work_since`) costs at the seconds per row the same
+    run's forward spent on that function: the same blocks. A function no forward ran costs nothing here."""
     total = 0.0
-    for key, rows in recomputing["recomputed_rows"].items():
-        ran = reference["forward_rows"].get(key, 0)
+    for key, rows in work["recomputed_rows"].items():
+        ran = work["forward_rows"].get(key, 0)
         if rows and ran:
-            total += rows * reference["forward_seconds"][key] / ran
+            total += rows * work["forward_seconds"][key] / ran
     return total
