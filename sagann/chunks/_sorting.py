@@ -2,9 +2,11 @@
 
 Partitioning sorts every edge by (chunk, destination) and every sub-chunk's
 edges by source; these keys are small integers, so counting sorts do it in
-two linear passes and give exactly the stable order the argsorts gave (ties
-keep ascending positions). The planner partitions a graph once per P it
-tries, which made the sorts the bulk of an out-of-core run's first epoch.
+linear passes and give exactly the stable order the argsorts gave (ties
+keep ascending positions). The edges are sorted by destination once
+(:func:`destination_major`); each set of interval bounds then splits
+that order by source interval (:func:`regroup`), as a planner's search
+does for every P it tries.
 """
 from __future__ import annotations
 
@@ -22,65 +24,6 @@ def _interval_table(bounds, n):
         for v in range(bounds[p], bounds[p + 1]):
             table[v] = p
     return table
-
-
-@njit(**_JIT)
-def _by_chunk(src, dst, table, num_chunks):
-    """Pass 1: edge positions grouped by chunk ``i * P + j`` (stable), and the chunk starts."""
-    e = dst.shape[0]
-    start = np.zeros(num_chunks * num_chunks + 1, np.int64)
-    key = np.empty(e, np.int32)
-    for k in range(e):
-        c = table[src[k]] * num_chunks + table[dst[k]]
-        key[k] = c
-        start[c + 1] += 1
-    for c in range(num_chunks * num_chunks):
-        start[c + 1] += start[c]
-    fill = start[:-1].copy()
-    order = np.empty(e, np.int64)
-    for k in range(e):
-        c = key[k]
-        order[fill[c]] = k
-        fill[c] += 1
-    return order, start
-
-
-@njit(parallel=True, **_JIT)
-def _by_destination(order, start, dst, bounds, num_chunks):
-    """Pass 2: within each chunk, positions sorted by destination (stable: ties keep their order)."""
-    out = np.empty_like(order)
-    for c in prange(num_chunks * num_chunks):
-        a, b = start[c], start[c + 1]
-        if b == a:
-            continue
-        j = c % num_chunks
-        lo = bounds[j]
-        rows = bounds[j + 1] - lo
-        fill = np.zeros(rows + 1, np.int64)
-        for t in range(a, b):
-            fill[dst[order[t]] - lo + 1] += 1
-        fill[0] = a
-        for r in range(rows):
-            fill[r + 1] += fill[r]
-        for t in range(a, b):
-            k = order[t]
-            r = dst[k] - lo
-            out[fill[r]] = k
-            fill[r] += 1
-    return out
-
-
-def chunk_order(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, starts)``: edges grouped by chunk ``(i, j)`` (row-major), each chunk by destination, ties by position.
-
-    ``order[starts[i * P + j] : starts[i * P + j + 1]]`` are the positions of
-    E_ij's edges. Equal to ``np.argsort((pi * P + pj) * N + dst, kind="stable")``.
-    """
-    p = int(bounds.shape[0] - 1)
-    bounds = np.asarray(bounds, np.int64)
-    src, dst = np.ascontiguousarray(src), np.ascontiguousarray(dst)
-    order, starts = _by_chunk(src, dst, _interval_table(bounds, int(num_vertices)), p)
-    return _by_destination(order, starts, dst, bounds, p), starts
 
 
 @njit(**_JIT)
@@ -152,7 +95,9 @@ def _regroup(ids_csc, src_csc, ptr, bounds, table, num_chunks, starts, ids, src,
 
 
 def regroup(ptr: np.ndarray, ids_csc: np.ndarray, src_csc: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(starts, ids, src, dst)`` of :func:`chunk_order` and :func:`ordered_ids` from :func:`destination_major`'s CSC order.
+    """The edges grouped by chunk ``i * P + j`` of ``bounds`` and by destination within each, ties by position, from
+    :func:`destination_major`'s CSC order: ``(starts, ids, src, dst)``, the chunks' first positions and each grouped
+    edge's position, source and destination (the ids' dtype). Equal to ``np.argsort((pi * P + pj) * N + dst, kind="stable")``.
 
     Each destination interval is already in (destination, position) order
     in CSC, so grouping it by source interval keeps that order within each
@@ -170,23 +115,6 @@ def regroup(ptr: np.ndarray, ids_csc: np.ndarray, src_csc: np.ndarray, bounds: n
     ids, src, dst = np.empty(n, ids_csc.dtype), np.empty(n, ids_csc.dtype), np.empty(n, ids_csc.dtype)
     _regroup(ids_csc, src_csc, ptr, bounds, table, p, starts, ids, src, dst)
     return starts, ids, src, dst
-
-
-@njit(parallel=True, **_JIT)
-def _gather_ids(order, src, dst, ids, src_out, dst_out):
-    for t in prange(order.shape[0]):
-        k = order[t]
-        ids[t] = k
-        src_out[t] = src[k]
-        dst_out[t] = dst[k]
-
-
-def ordered_ids(order: np.ndarray, src: np.ndarray, dst: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(order, src[order], dst[order])`` as ``dtype``, in one parallel pass."""
-    n = order.shape[0]
-    ids, s, d = np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype)
-    _gather_ids(order, np.ascontiguousarray(src), np.ascontiguousarray(dst), ids, s, d)
-    return ids, s, d
 
 
 @njit(parallel=True, **_JIT)

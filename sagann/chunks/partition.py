@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from sagann.chunks._sorting import chunk_counts, chunk_order, compact_sources, destination_major, ordered_ids, regroup, sub_chunk_arrays  # noqa: F401  (chunk_counts: re-exported)
+from sagann.chunks._sorting import chunk_counts, compact_sources, destination_major, regroup, sub_chunk_arrays  # noqa: F401  (chunk_counts: re-exported)
 from sagann.chunks.types import ChunkId, EdgeChunk, Partition
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
@@ -284,15 +284,19 @@ class ChunkOrder:
 
 def order_edges(edge_index, num_vertices: int, bounds: np.ndarray, in_degree: np.ndarray | None = None) -> ChunkOrder:
     """``edge_index`` (``[2, E]``, numpy or torch) grouped for ``bounds`` (:class:`ChunkOrder`); ``in_degree``: its
-    destinations' counts where the caller has them (else counted here)."""
+    destinations' counts where the caller has them (else counted here).
+
+    The edges in destination order (:func:`destination_major`), split by
+    source interval (:func:`regroup`): the order a stable sort by (chunk,
+    destination) gives, each row's edges in ascending position.
+    """
     ei = as_edge_index(edge_index, num_vertices)
-    src, dst = ei[0], ei[1]
-    bounds = np.asarray(bounds, dtype=np.int64)
-    order, starts = chunk_order(src, dst, bounds, int(num_vertices))
-    narrow = _id_dtype(num_vertices, order.shape[0])
     if in_degree is None:
-        in_degree = np.bincount(dst, minlength=num_vertices).astype(np.int64)
-    return ChunkOrder(bounds, starts, *ordered_ids(order, src, dst, narrow), in_degree)
+        in_degree = np.bincount(ei[1], minlength=num_vertices).astype(np.int64)
+    csc = destination_major(ei[0], ei[1], num_vertices, _id_dtype(num_vertices, ei.shape[1]))
+    del ei  # a copy where the caller's list was not int64 numpy: it goes before the grouping is made
+    bounds = np.asarray(bounds, dtype=np.int64)
+    return ChunkOrder(bounds, *regroup(*csc, bounds), in_degree)
 
 
 class OrderCache:
@@ -338,9 +342,14 @@ class OrderCache:
                 ei = as_edge_index(edge_index, num_vertices)
                 self._csc = destination_major(ei[0], ei[1], num_vertices, _id_dtype(num_vertices, ei.shape[1]))
                 del edge_index, ei
-            starts, ids, src, dst = regroup(*self._csc, bounds)
-            self._hit = ChunkOrder(np.asarray(bounds, np.int64), starts, ids, src, dst, in_degree)
+            self._hit = ChunkOrder(np.asarray(bounds, np.int64), *regroup(*self._csc, bounds), in_degree)
         return self._hit
+
+
+def _check_bounds(bounds, num_chunks: int, num_vertices: int) -> None:
+    b = np.asarray(bounds)
+    if b.shape != (num_chunks + 1,) or b[0] != 0 or b[-1] != num_vertices or np.any(np.diff(b) < 0):
+        raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {num_vertices}")
 
 
 def _id_dtype(num_vertices: int, num_edges: int):
@@ -382,28 +391,20 @@ def partition_graph(
         raise ValueError(f"sub_chunk_nnz must be >= 1, got {sub_chunk_nnz}")
     if ordered is None:
         ei = as_edge_index(edge_index, num_vertices)
-        src, dst = ei[0], ei[1]
-        in_degree, num_edges = np.bincount(dst, minlength=num_vertices).astype(np.int64), int(ei.shape[1])
-    else:  # the edges are the grouping's (``edge_index`` may be None)
-        bounds, in_degree, num_edges = ordered.bounds, ordered.in_degree, int(ordered.edge_ids.shape[0])
-    if bounds is None:
-        bounds = balanced_bounds(in_degree, int(num_chunks), vertex_weight)
-    bounds = np.asarray(bounds, dtype=np.int64)
-    if bounds.shape != (num_chunks + 1,) or bounds[0] != 0 or bounds[-1] != num_vertices or np.any(np.diff(bounds) < 0):
-        raise ValueError(f"bounds must be a non-decreasing array of {num_chunks + 1} ints from 0 to {num_vertices}")
-    P = int(num_chunks)
-    # sort by (chunk, destination); stable, so each row keeps ascending edge ids
-    if ordered is None:
-        order, starts = chunk_order(src, dst, bounds, int(num_vertices))
-    else:
-        order, starts = ordered.edge_ids, ordered.starts
+        in_degree = np.bincount(ei[1], minlength=num_vertices).astype(np.int64)
+        if bounds is None:
+            bounds = balanced_bounds(in_degree, int(num_chunks), vertex_weight)
+        _check_bounds(bounds, num_chunks, num_vertices)
+        ordered = order_edges(ei, num_vertices, bounds, in_degree)  # by (chunk, destination), each row's edges ascending
+        del ei
+    _check_bounds(ordered.bounds, num_chunks, num_vertices)
+    bounds, in_degree, num_edges, P = ordered.bounds, ordered.in_degree, int(ordered.edge_ids.shape[0]), int(num_chunks)
+    starts = ordered.starts
     chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
     for k in np.flatnonzero(np.diff(starts)):
         i, j = divmod(int(k), P)
         a, z = starts[k], starts[k + 1]
-        seg = order[a:z]
-        s_k, d_k = (src[seg], dst[seg]) if ordered is None else (ordered.src[a:z], ordered.dst[a:z])
-        subs = split_chunk(i, j, bounds, d_k - bounds[j], s_k - bounds[i], seg, max_nnz)
+        subs = split_chunk(i, j, bounds, ordered.dst[a:z] - bounds[j], ordered.src[a:z] - bounds[i], ordered.edge_ids[a:z], max_nnz)
         chunks[(i, j)] = subs if place is None else place(subs)
     return GraphPartition(
         num_vertices=int(num_vertices),

@@ -28,18 +28,22 @@ def test_compact_sources_is_unique_inverse_and_a_stable_source_major_order(num_r
     pairs=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=400),
     num_chunks=st.integers(1, 2 * COMPARE_INTERVALS + 8),
 )
-def test_regrouping_the_destination_order_equals_grouping_the_list(num_vertices, pairs, num_chunks):
-    """A search regroups one CSC order per P: the grouping must be the list's own (order, ids, and both id arrays),
-    with empty intervals, multi-edges and self loops, on both sides of the per-vertex table's threshold."""
+def test_regrouping_the_destination_order_is_the_stable_sort_by_chunk_and_destination(num_vertices, pairs, num_chunks):
+    """Every cut groups the edges by regrouping one CSC order: it must be numpy's stable argsort by (chunk,
+    destination), with empty intervals, multi-edges and self loops, on both sides of the per-vertex table's threshold."""
     n = num_vertices
     edges = np.asarray([(s % n, d % n if d % 3 else s % n) for s, d in pairs], np.int64).reshape(-1, 2).T  # a third self loops
     in_degree = np.bincount(edges[1], minlength=n)
     bounds = balanced_bounds(in_degree, num_chunks)  # more intervals than vertices: some empty
-    want = order_edges(edges, n, bounds, in_degree)
+    interval = np.searchsorted(bounds, np.arange(n), side="right") - 1  # each vertex's interval (empty ones skipped)
+    chunk = interval[edges[0]] * num_chunks + interval[edges[1]]
+    want = np.argsort(chunk * n + edges[1], kind="stable")  # by chunk, then destination, ties by position
     starts, ids, src, dst = regroup(*destination_major(edges[0], edges[1], n, np.int32), bounds)
-    assert np.array_equal(starts, want.starts)
-    for got, expected in ((ids, want.edge_ids), (src, want.src), (dst, want.dst)):
-        assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert np.array_equal(starts, np.concatenate([[0], np.cumsum(np.bincount(chunk, minlength=num_chunks * num_chunks))]))
+    for got, expected in ((ids, want), (src, edges[0, want]), (dst, edges[1, want])):
+        assert got.dtype == np.int32 and np.array_equal(got, expected)
+    ordered = order_edges(edges, n, bounds, in_degree)
+    assert np.array_equal(ordered.edge_ids, want) and np.array_equal(ordered.starts, starts)
 
 
 @settings(max_examples=40, deadline=None)

@@ -70,9 +70,9 @@ def test_a_search_groups_the_edges_once_per_p_and_picks_what_it_picked_without(r
 
     schedule = sagann.ScheduleConfig(partition_rule=rule)
     budget = working_set(planner().partition_for(SHAPE, False, PARAMS), SHAPE, False, PARAMS).peak_bytes // 6
-    grouped = []
-    real = partition_module.chunk_order
-    monkeypatch.setattr(partition_module, "chunk_order", lambda *a: grouped.append(1) or real(*a))
+    grouped = []  # sorts of the edge list by destination: one a search with the cache, one a cut without
+    real = partition_module.destination_major
+    monkeypatch.setattr(partition_module, "destination_major", lambda *a: grouped.append(1) or real(*a))
     cached = planner(budget, schedule)
     part = cached.partition_for(SHAPE, False, PARAMS)
     with_cache = len(grouped)
