@@ -293,10 +293,15 @@ def order_edges(edge_index, num_vertices: int, bounds: np.ndarray, in_degree: np
     ei = as_edge_index(edge_index, num_vertices)
     if in_degree is None:
         in_degree = np.bincount(ei[1], minlength=num_vertices).astype(np.int64)
-    csc = destination_major(ei[0], ei[1], num_vertices, _id_dtype(num_vertices, ei.shape[1]))
+    csc = _destination_order(ei, num_vertices)
     del ei  # a copy where the caller's list was not int64 numpy: it goes before the grouping is made
     bounds = np.asarray(bounds, dtype=np.int64)
     return ChunkOrder(bounds, *regroup(*csc, bounds), in_degree)
+
+
+def _destination_order(ei: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`destination_major` of a validated edge list (:func:`as_edge_index`), int32 ids where they fit."""
+    return destination_major(ei[0], ei[1], num_vertices, _id_dtype(num_vertices, ei.shape[1]))
 
 
 class OrderCache:
@@ -339,9 +344,8 @@ class OrderCache:
                 if isinstance(edge_index, GraphPartition):  # a file-backed graph is re-cut chunk by chunk instead
                     self._on = False
                     return None
-                ei = as_edge_index(edge_index, num_vertices)
-                self._csc = destination_major(ei[0], ei[1], num_vertices, _id_dtype(num_vertices, ei.shape[1]))
-                del edge_index, ei
+                self._csc = _destination_order(as_edge_index(edge_index, num_vertices), num_vertices)
+                del edge_index
             self._hit = ChunkOrder(np.asarray(bounds, np.int64), *regroup(*self._csc, bounds), in_degree)
         return self._hit
 
@@ -397,7 +401,8 @@ def partition_graph(
         _check_bounds(bounds, num_chunks, num_vertices)
         ordered = order_edges(ei, num_vertices, bounds, in_degree)  # by (chunk, destination), each row's edges ascending
         del ei
-    _check_bounds(ordered.bounds, num_chunks, num_vertices)
+    else:
+        _check_bounds(ordered.bounds, num_chunks, num_vertices)
     bounds, in_degree, num_edges, P = ordered.bounds, ordered.in_degree, int(ordered.edge_ids.shape[0]), int(num_chunks)
     starts = ordered.starts
     chunks: dict[tuple[int, int], list[EdgeChunk]] = {}
