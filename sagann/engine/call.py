@@ -36,6 +36,38 @@ from sagann.scheduler.schedule import FORWARD, PassPlan
 __all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved", "degree_scales"]
 
 _SEED_MASK = (1 << 63) - 1
+
+
+class SeededCpuStream:
+    """The CPU generator seeded with ``seed`` inside, its state restored on leaving (``torch.random.fork_rng(devices=[])``
+    with the seed set, at a fifth of its cost: it runs around every ApplyVertex block, 24-36 us an entry measured in situ).
+
+    Only the CPU generator: ``torch.manual_seed`` would also (lazily, slowly) seed every accelerator.
+    ``lock``: held inside, where several devices' threads share the generator.
+    """
+
+    __slots__ = ("seed", "lock", "state")
+
+    def __init__(self, seed: int, lock: threading.RLock | None):
+        self.seed, self.lock, self.state = seed, lock, None
+
+    def __enter__(self) -> None:
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            self.state = torch.default_generator.get_state()
+            torch.default_generator.manual_seed(self.seed)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            torch.default_generator.set_state(self.state)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 PERMUTE_BLOCK = 1 << 22  # edges permuted at a time after a re-plan: a bounded temporary however many edges
 
 
@@ -86,18 +118,19 @@ class LayerCall:
         strategy: how the executor gets V_i's blocks (default: from the host).
         flags: the call's autograd flags, shared with the other devices of the call.
         rng_lock: held around seeded user-function calls when several devices
-            compute in threads (``fork_rng`` acts on the one global generator).
+            compute in threads (``the seeded stream is the one global generator).
     """
 
     def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None,
                  rng_lock: threading.RLock | None = None, given: tuple[np.ndarray, torch.Tensor] | None = None):
         self.spec, self.g, self.p = spec, g, partition
-        self._block_memo: dict[str, tuple] = {}  # "vertex" / "hook" -> (partition, rows per block on it)
+        self._block_memo: dict[str, tuple] = {}  # "vertex" / "hook" -> (partition, rows per block on it); "recompute" -> (partition, budget, bytes)
         self.apply_cap: int | None = None  # the forward's block where its edge stage's loads leave less room (kept for backward's replay)
         self.layer, self.shape, self.name = spec.layer, spec.shape, spec.name
         self.backend, self.fused, self.param_bytes = spec.backend, spec.fused, spec.param_bytes
         self.device = g.device
         self.strategy, self.rng_lock = strategy, rng_lock
+        self._seeds: dict[tuple, int] = {}  # rng key -> its seed under this call's spec
         self.params = [p for p in spec.layer.parameters() if p.requires_grad]
         shape = spec.shape
         self.reduce = "sum" if shape.gather in SUM_GATHERS else shape.gather
@@ -222,14 +255,10 @@ class LayerCall:
         """Run a user function under the seed of this call and position ``key`` (training only)."""
         if not self.layer.training:
             return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        if self.rng_lock is not None:
-            stack.enter_context(self.rng_lock)
-        stack.enter_context(torch.random.fork_rng(devices=[]))
-        # a stable hash: the same call replays the same stream in any process. Only the CPU
-        # generator: torch.manual_seed would also (lazily, slowly) seed every accelerator.
-        torch.default_generator.manual_seed((self.spec.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK)
-        return stack
+        seed = self._seeds.get(key)
+        if seed is None:  # a stable hash: the same call replays the same stream in any process
+            seed = self._seeds[key] = (self.spec.seed * 1_000_003 + zlib.crc32(repr(key).encode())) & _SEED_MASK
+        return SeededCpuStream(seed, self.rng_lock)
 
     def span(self, kind: str, phase: str, chunk=None, nbytes: int = 0, track: str = "compute"):
         if kind == "apply_vertex":  # every per-vertex function's run on an interval or block is one vertex step
@@ -273,7 +302,7 @@ class LayerCall:
         if nbytes and self._recompute_fits():
             costs = self.device.transfer_costs()
             if 2 * (nbytes * costs.block + costs.latency) > seconds:
-                self.g.planner.note_recompute_peak(recompute_bytes(self.p, self.shape, self.param_bytes, self.device.memory_budget))
+                self.g.planner.note_recompute_peak(self.recompute_bytes())
                 return False
         with self.span("d2h", FORWARD, chunk, nbytes) if nbytes else contextlib.nullcontext():
             kept.seal(aliases, self.device, self.g.host)
@@ -282,8 +311,17 @@ class LayerCall:
     def _recompute_fits(self) -> bool:
         if self._fits_recompute is None:
             budget = self.device.memory_budget
-            self._fits_recompute = budget is None or recompute_bytes(self.p, self.shape, self.param_bytes, budget) <= budget
+            self._fits_recompute = budget is None or self.recompute_bytes() <= budget
         return self._fits_recompute
+
+    def recompute_bytes(self) -> int:
+        """:func:`~sagann.scheduler.memory_model.recompute_bytes` of this call on its partition, worked out once per
+        partition (200 us of shape arithmetic, asked at every blocked interval's ApplyVertex)."""
+        budget = self.device.memory_budget
+        hit = self._block_memo.get("recompute")
+        if hit is None or hit[0] is not self.p or hit[1] != budget:
+            hit = self._block_memo["recompute"] = (self.p, budget, recompute_bytes(self.p, self.shape, self.param_bytes, budget))
+        return hit[2]
 
     def edge_stage_has_grads(self, need_x: bool, need_e: bool) -> bool:
         """Does any gradient flow through the edge stage (and so through ``acc``)? (``LayerShape.edge_grads``)"""

@@ -30,7 +30,7 @@ from sagann.units import tensor_bytes
 from sagann.scheduler.meter import metered_pass
 from sagann.scheduler.executor import ChunkInputs, load_narrowed
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.planner import apply_block_rows, merge_scratch_bytes, recompute_bytes, vertex_scratch_bytes
+from sagann.scheduler.planner import apply_block_rows, merge_scratch_bytes, vertex_scratch_bytes
 from sagann.scheduler.schedule import FORWARD
 
 __all__ = ["HostOutputs", "forward_pass", "hook_pass", "scaled_sources"]
@@ -111,7 +111,7 @@ def hook_pass(call: LayerCall, hook: str, x: torch.Tensor, width: int) -> torch.
                 graphs[key] = (vin, graph_handle(h))
             blocked = blocked or (mode is not None and key not in graphs)
     if blocked:  # the plan counts backward's recompute of the blocks
-        call.g.planner.note_recompute_peak(recompute_bytes(call.p, call.shape, call.param_bytes, call.device.memory_budget))
+        call.g.planner.note_recompute_peak(call.recompute_bytes())
     return out
 
 
@@ -270,7 +270,7 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
     """
     shape, dev, j, lo = call.shape, call.device, col.j, col.lo
     if keep_mode is not None:
-        call.g.planner.note_recompute_peak(recompute_bytes(call.p, shape, call.param_bytes, dev.memory_budget))
+        call.g.planner.note_recompute_peak(call.recompute_bytes())
     if bufs.out is None:
         bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
     for b0, b1 in blocks:
