@@ -193,6 +193,8 @@ def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[b
     # only the sources' gradient, by a kernel that reads source-major arrays in sequence: edge rows
     # source-major too (the same slice per sub-chunk), destination ids from the chunk's src_dst
     call.executor.source_major = direct == ("src",) and kernels.source_major_backward(call.backend, shape.builtin.op, shape.d_edge) and (edata is None or not edata.requires_grad)
+    if call.fused and shape.attention is not None and not shape.uses_edge:  # the fused attention's backward: its kernels say
+        call.executor.source_major = attention.reads_source_major(call.backend)
     if call.executor.source_major and edata is not None and shape.uses_edge:
         host["data"] = _edges_source_major(call, edata)
     fields = tuple(f for f, used in uses.items() if used)

@@ -29,11 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from sagann.kernels.backend import count_call
-from sagann.kernels.graph import ChunkTensors
+from sagann.kernels.graph import ChunkTensors, kernel_index
 
-__all__ = ["attention_partials", "attention_backward", "merge_partials"]
+__all__ = ["attention_partials", "attention_backward", "merge_partials", "reads_source_major"]
 
 _BACKENDS = ("reference", "cpu", "cuda")
+
+
+def reads_source_major(backend: str) -> bool:
+    """Does ``backend``'s attention backward read each edge's destination in source-major order
+    (``ChunkTensors.src_dst``)? Then a pass sends that array and neither the source ids nor the permutation."""
+    return backend == "cpu"
 
 
 def _check(where: str, g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, src_rows, backend: str) -> int:
@@ -163,9 +169,9 @@ def attention_backward(
     d = width // heads
     if backend == "cpu":
         from sagann.kernels import _cpu_attention as K
-        from sagann.kernels.cpu import filled, row_bounds, threads_for
+        from sagann.kernels.cpu import filled, idx_array, row_bounds, threads_for
 
-        sptr, dptr = g.src_ptr.numpy(), g.dst_ptr.numpy()
+        sptr, dptr = idx_array(g.src_ptr), idx_array(g.dst_ptr)
         corr = np.zeros((g.num_dst, heads))  # grad . out per row and head, of the rows with edges (float64)
         with threads_for(g, width):
             K.row_dots(_np(grad), _np(out), dptr, row_bounds(dptr), heads, corr)
@@ -175,10 +181,13 @@ def attention_backward(
             d_src, rows = src_out, src_rows.to(torch.int32).numpy()
         dpos = filled((g.nnz, heads), np.float32)
         d_dst = torch.zeros(g.num_dst, heads)
+        # each edge's destination in source-major order: the chunk's src_dst where it came along, else through src_perm
+        src_dst = kernel_index(g, "src_dst")
+        dst, perm = (idx_array(src_dst), np.empty(0, np.int32)) if src_dst is not None else (idx_array(g.dst_idx), idx_array(g.src_perm))
+        slope = float(negative_slope)
         with threads_for(g, width):
-            K.grad_src(_np(src_term), _np(dst_term), _np(grad), corr, _np(m), _np(l),
-                       g.dst_idx.numpy(), sptr, g.src_perm.numpy(), row_bounds(sptr), heads, float(negative_slope), rows, d_src.numpy(), dpos)
-            K.grad_dst(dpos, dptr, row_bounds(dptr), float(negative_slope), d_dst.numpy())
+            K.grad_src(_np(src_term), _np(dst_term), _np(grad), corr, _np(m), _np(l), dst, sptr, perm, row_bounds(sptr), heads, slope, rows, d_src.numpy(), dpos)
+            K.grad_dst(dpos, dst, perm, slope, corr.reshape(heads, g.num_dst), d_dst.numpy())  # corr is read: its memory sums the destinations' terms
         return (None if src_out is not None else d_src), d_dst
     if backend == "cuda":
         from sagann.kernels import cuda

@@ -48,7 +48,7 @@ def filled(shape, dtype: np.dtype, fill=0) -> np.ndarray:
     return torch.full(tuple(shape), fill, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).numpy()
 
 
-def _idx(t: torch.Tensor) -> np.ndarray:
+def idx_array(t: torch.Tensor) -> np.ndarray:
     """An index tensor as the kernels read it: int32, or 16 bits read as unsigned (``kernels.graph.kernel_index``)."""
     a = t.contiguous().numpy()
     return a.view(np.uint16) if a.dtype == np.int16 else a
@@ -66,7 +66,7 @@ def bounds_of(g: ChunkTensors, ptr: str) -> np.ndarray:
     key = (ptr, numba.get_num_threads())
     found = memo.get(key)
     if found is None:
-        found = memo[key] = row_bounds(_idx(getattr(g, ptr)))
+        found = memo[key] = row_bounds(idx_array(getattr(g, ptr)))
     return found
 
 
@@ -104,7 +104,7 @@ def _validate(fn: str, g: ChunkTensors, op: str, src, edge, dst) -> tuple[int, t
 
 def _degree(g: ChunkTensors, dtype: np.dtype) -> np.ndarray:
     """max(in-degree within the chunk, 1) of each destination row, ``[num_dst]``."""
-    ptr = _idx(g.dst_ptr)
+    ptr = idx_array(g.dst_ptr)
     return np.maximum(ptr[1:] - ptr[:-1], 1).astype(dtype)
 
 
@@ -135,29 +135,29 @@ def _grads(call: GradCall, src_out, src_rows, source_major=False):
     needs_src, needs_edge, needs_dst = call.needs
     G = call.grad.contiguous().numpy()
     # int32 winners halve the bytes that the per-(edge, feature) winner test reads.
-    A = np.empty((0, 0), np.int32) if arg is None else _idx(arg.to(torch.int32))
+    A = np.empty((0, 0), np.int32) if arg is None else idx_array(arg.to(torch.int32))
     S, E, D = _operands(src, edge, dst, G.dtype)
     dtype = G.dtype
     d_src = d_edge = d_dst = None
     if needs_src:
-        src_ptr = _idx(g.src_ptr)
+        src_ptr = idx_array(g.src_ptr)
         if src_out is None:
             shape = S.shape if src is not None else (g.num_src, G.shape[1])  # a sum's src grad never reads src
             out, rows = filled(shape, dtype), np.empty(0, np.int32)
         else:
-            out, rows = src_out.numpy(), _idx(src_rows)
+            out, rows = src_out.numpy(), idx_array(src_rows)
         if source_major:  # destination rows and weights already in source-major order: no permutation
-            K.grad_src(code, mode, G, A, E, D, _idx(kernel_index(g, "src_dst")), src_ptr, np.empty(0, np.int32), bounds_of(g, "src_ptr"), rows, out)
+            K.grad_src(code, mode, G, A, E, D, idx_array(kernel_index(g, "src_dst")), src_ptr, np.empty(0, np.int32), bounds_of(g, "src_ptr"), rows, out)
         else:
-            K.grad_src(code, mode, G, A, E, D, _idx(g.dst_idx), src_ptr, _idx(g.src_perm), bounds_of(g, "src_ptr"), rows, out)
+            K.grad_src(code, mode, G, A, E, D, idx_array(g.dst_idx), src_ptr, idx_array(g.src_perm), bounds_of(g, "src_ptr"), rows, out)
         d_src = torch.from_numpy(out) if src_out is None else None
     if needs_edge:
         out = filled(E.shape, dtype)
-        K.grad_edge(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
+        K.grad_edge(code, mode, G, A, S, idx_array(g.src_idx), idx_array(g.dst_idx), _edge_bounds(g.nnz), out)
         d_edge = torch.from_numpy(out).reshape(edge.shape)
     if needs_dst:
         out = filled(D.shape, dtype)
-        K.grad_dst(code, mode, G, A, S, _idx(g.src_idx), _idx(g.dst_ptr), bounds_of(g, "dst_ptr"), out)
+        K.grad_dst(code, mode, G, A, S, idx_array(g.src_idx), idx_array(g.dst_ptr), bounds_of(g, "dst_ptr"), out)
         d_dst = torch.from_numpy(out)
     return d_src, d_edge, d_dst
 
@@ -182,10 +182,10 @@ class _GSpMM(torch.autograd.Function):
     def _kernel(call: KernelCall, reduce: str, src_rows=None, into=None):
         g, code, width = call.g, call.code, call.width
         S, E, D = _operands(call.src, call.edge, call.dst)
-        src_idx = _idx(kernel_index(g, "src_idx"))  # 16 bits where a stream kept them so
+        src_idx = idx_array(kernel_index(g, "src_idx"))  # 16 bits where a stream kept them so
         # read the block in place: the kernel maps compact ids to block rows (src[src_rows[src_idx[e]]])
-        rmap = np.empty(0, np.int32) if src_rows is None else _idx(src_rows.to(torch.int32))
-        dst_ptr = _idx(g.dst_ptr)
+        rmap = np.empty(0, np.int32) if src_rows is None else idx_array(src_rows.to(torch.int32))
+        dst_ptr = idx_array(g.dst_ptr)
         bounds = bounds_of(g, "dst_ptr")
         out = filled((g.num_dst, width), S.dtype) if into is None else into.numpy()  # the sum kernel adds into out
         if reduce in ("sum", "mean"):
@@ -218,7 +218,7 @@ class _GSDDMM(torch.autograd.Function):
         S, E, D = _operands(src, edge, dst)
         out = filled((g.nnz, width), S.dtype)
         with threads_for(g, S.shape[1]):
-            K.sddmm(code, S, E, D, _idx(g.src_idx), _idx(g.dst_idx), _edge_bounds(g.nnz), out)
+            K.sddmm(code, S, E, D, idx_array(g.src_idx), idx_array(g.dst_idx), _edge_bounds(g.nnz), out)
         _save(ctx, g, code, src, edge, dst)
         return torch.from_numpy(out)
 

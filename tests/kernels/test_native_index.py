@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sagann import kernels
+from sagann.kernels import attention
 from sagann.chunks.partition import partition_graph
 from sagann.kernels.graph import ChunkTensors, StreamedChunkTensors, kernel_index
 from sagann.scheduler.devices import CpuDevice
@@ -105,3 +106,28 @@ def test_a_source_major_backward_reads_16_bit_rows_as_int32_ones(seed, n, e, p, 
         assert torch.equal(got[0], want[0])
         assert kernel_index(ct, "src_dst").dtype == (torch.int16 if short else torch.int32)
         assert "dst_idx" not in vars(ct), "the source-major kernels ran (the CSC ones read dst_idx)"
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.sampled_from([1, 7, 300, 70_000]), e=st.integers(0, 3000), p=st.integers(1, 4),
+       sub=st.integers(1, 2000), heads=st.sampled_from([1, 3]))
+def test_an_attention_backward_reads_source_major_rows_in_16_bits(seed, n, e, p, sub, heads):
+    """The fused attention's gradients from ``src_dst`` alone (16-bit where it fits) equal those read through the
+    permutation, bit for bit (the same edges in the same order), and neither the permutation nor ``dst_idx`` is sent."""
+    gen = torch.Generator().manual_seed(seed)
+    d = 4
+    for c in _chunks(seed, n, e, min(p, n), sub):
+        ct = StreamedChunkTensors(c, _send, backward=True, source_major=True, native=True)
+        ref = ChunkTensors.from_chunk(c)
+        assert ref.src_dst is None
+        src = torch.randn(c.num_src, heads * d + heads, generator=gen)
+        dst = torch.randn(c.num_dst, heads, generator=gen)
+        m, l, a = attention.attention_partials(ref, src, dst, heads, 0.2, backend="cpu")
+        m = m.masked_fill(torch.isinf(m), 0.0)
+        out = (a.view(-1, heads, d) / l.clamp(min=1e-30).unsqueeze(-1)).view(a.shape)
+        grad = torch.randn(c.num_dst, heads * d, generator=gen)
+        got = attention.attention_backward(ct, grad, out, m, l, src, dst, heads, negative_slope=0.2, backend="cpu")
+        want = attention.attention_backward(ref, grad, out, m, l, src, dst, heads, negative_slope=0.2, backend="cpu")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert kernel_index(ct, "src_dst").dtype == (torch.int16 if c.fits_16_bits("src_dst") else torch.int32)
+        assert "dst_idx" not in vars(ct) and "src_perm" not in vars(ct), "the permuted arrays were read"
