@@ -36,11 +36,12 @@ from sagann.scheduler.schedule import FORWARD, PassPlan
 __all__ = ["CallFlags", "CallSpec", "LayerCall", "Saved", "degree_scales"]
 
 _SEED_MASK = (1 << 63) - 1
+PERMUTE_BLOCK = 1 << 22  # edges permuted at a time after a re-plan: a bounded temporary however many edges
 
 
 class SeededCpuStream:
-    """The CPU generator seeded with ``seed`` inside, its state restored on leaving (``torch.random.fork_rng(devices=[])``
-    with the seed set, at a fifth of its cost: it runs around every ApplyVertex block, 24-36 us an entry measured in situ).
+    """The CPU generator seeded with ``seed`` inside, its state restored on leaving: ``torch.random.fork_rng(devices=[])``
+    with the seed set, at under half its cost (it runs around every ApplyVertex block: 24-36 us a use in situ, 11-16 now).
 
     Only the CPU generator: ``torch.manual_seed`` would also (lazily, slowly) seed every accelerator.
     ``lock``: held inside, where several devices' threads share the generator.
@@ -68,7 +69,6 @@ class SeededCpuStream:
         finally:
             if self.lock is not None:
                 self.lock.release()
-PERMUTE_BLOCK = 1 << 22  # edges permuted at a time after a re-plan: a bounded temporary however many edges
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class LayerCall:
         strategy: how the executor gets V_i's blocks (default: from the host).
         flags: the call's autograd flags, shared with the other devices of the call.
         rng_lock: held around seeded user-function calls when several devices
-            compute in threads (``the seeded stream is the one global generator).
+            compute in threads (the seeded stream is the one global generator).
     """
 
     def __init__(self, spec: CallSpec, g: ChunkedGraph, partition: GraphPartition, strategy: Strategy | None = None, *, flags: CallFlags | None = None,
