@@ -373,9 +373,9 @@ def _merge(call: LayerCall, inputs: ChunkInputs, acc, win, partial_acc, arg) -> 
 
 
 def _finalise(call: LayerCall, acc, win, lo: int, hi: int, sm=None) -> None:
-    if sm is not None:
-        total = sm[1].repeat_interleave(call.shape.d_msg // call.shape.d_score, dim=1)
-        acc.div_(torch.where(total > 0, total, torch.ones_like(total)))
+    if sm is not None:  # each head's columns over its sum, in place: row-sized temporaries here went uncharged
+        total = sm[1]
+        acc.view(acc.shape[0], call.shape.d_score, -1).div_(torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1))
         sm[0].masked_fill_(torch.isinf(sm[0]), 0.0)
     if call.dst_scale is not None:
         acc.mul_(call.dst_scale[lo:hi].to(acc.device))
