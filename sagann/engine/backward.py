@@ -195,6 +195,9 @@ def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[b
     call.executor.source_major = direct == ("src",) and kernels.source_major_backward(call.backend, shape.builtin.op, shape.d_edge) and (edata is None or not edata.requires_grad)
     if call.fused and shape.attention is not None and not shape.uses_edge:  # the fused attention's backward: its kernels say
         call.executor.source_major = attention.reads_source_major(call.backend)
+    if call.fused and shape.softmax_corrections:  # each row's correction, made once, crosses in place of its output row
+        host["corr"] = attention.output_corrections(grad_acc, saved.acc, shape.d_score)
+        uses.update(out_rows=False, corr=True)
     if call.executor.source_major and edata is not None and shape.uses_edge:
         host["data"] = _edges_source_major(call, edata)
     fields = tuple(f for f, used in uses.items() if used)
@@ -302,9 +305,10 @@ def _backward_chunk_attention(call: LayerCall, inputs: ChunkInputs, acc_term, g_
     cs.charge(edge_scratch_bytes(c.nnz, shape, True) + merge_scratch_bytes(c.num_dst, shape, True, True), lambda: f"gradient temporaries of {c.id!r}")
     with call.span("kernel", BACKWARD, c.id):
         _, d_dst = attention.attention_backward(
-            inputs.ct, inputs.get("g_rows"), inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),
+            inputs.ct, inputs.get("g_rows"), None if shape.softmax_corrections else inputs.get("out_rows"), inputs.get("sm_max"), inputs.get("sm_sum"),
             inputs.get("src_term"), inputs.get("dst_term"), shape.d_score, negative_slope=shape.attention.negative_slope,
             src_out=acc_term, src_rows=inputs.src_local_rows(), backend=call.backend,
+            corrections=inputs.get("corr") if shape.softmax_corrections else None,
         )
     lo = c.dst_start + c.dst_offset
     call.device.add_out(d_dst, g_dst_term[lo : lo + c.num_dst])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sagann import kernels
+from sagann.kernels import attention
 from sagann.chunks.partition import GraphPartition, file_backed
 from sagann.engine.backward import backward_pass
 from sagann.engine.call import CallFlags, CallSpec, LayerCall
@@ -134,9 +135,11 @@ def _with_backend_bytes(shape: LayerShape, backend: str, host_source_major: bool
         source_major = host_source_major and src_only and kernels.source_major_backward(backend, b.op, shape.d_edge)
         narrow_dst = source_major and shape.narrow_src_ids  # the same kernels read src_dst in 16 bits
         backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=source_major, narrow_ids=narrow_dst))
-    if (per_edge, backward, narrow_dst) == (shape.kernel_scratch, shape.sum_backward_edge, shape.narrow_dst_ids):
+    # the fused attention's backward reads each row's corrections where the backend takes them (sagann.engine.backward)
+    corrections = shape.attention is not None and shape.softmax and attention.takes_corrections(backend)
+    if (per_edge, backward, narrow_dst, corrections) == (shape.kernel_scratch, shape.sum_backward_edge, shape.narrow_dst_ids, shape.softmax_corrections):
         return shape
-    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward, narrow_dst_ids=narrow_dst)
+    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward, narrow_dst_ids=narrow_dst, softmax_corrections=corrections)
 
 
 def _with_index_forms(shape: LayerShape, g: ChunkedGraph, backend: str) -> LayerShape:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from sagann.kernels.backend import count_call
 from sagann.kernels.graph import ChunkTensors, kernel_index
 
-__all__ = ["attention_partials", "attention_backward", "merge_partials", "reads_source_major"]
+__all__ = ["attention_partials", "attention_backward", "merge_partials", "output_corrections", "reads_source_major", "takes_corrections"]
 
 _BACKENDS = ("reference", "cpu", "cuda")
 
@@ -40,6 +40,31 @@ def reads_source_major(backend: str) -> bool:
     """Does ``backend``'s attention backward read each edge's destination in source-major order
     (``ChunkTensors.src_dst``)? Then a pass sends that array and neither the source ids nor the permutation."""
     return backend == "cpu"
+
+
+def takes_corrections(backend: str) -> bool:
+    """Does ``backend``'s :func:`attention_backward` take the rows' corrections (:func:`output_corrections`) in place of
+    the output rows? A pass then sends ``heads`` doubles a destination row instead of ``heads * d`` floats."""
+    return backend == "cpu"
+
+
+def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int) -> torch.Tensor:
+    """``grad . out`` per row and head (``[rows, heads]``, float64): the softmax backward's correction of each row.
+
+    It depends on the row alone, so a pass makes it once for all the rows
+    instead of once per sub-chunk of every row's column (the same float64
+    sums, by the same kernel, as :func:`attention_backward` makes).
+    """
+    if grad.shape != out.shape or grad.dim() != 2 or grad.shape[1] % heads:
+        raise ValueError(f"output_corrections: grad and out must be the same [rows, heads * d] (heads={heads}), got {list(grad.shape)} and {list(out.shape)}")
+    from sagann.kernels import _cpu_attention as K
+    from sagann.kernels.cpu import row_bounds
+
+    rows = grad.shape[0]
+    corr = torch.zeros(rows, heads, dtype=torch.float64)
+    every = np.arange(rows + 1, dtype=np.int32)  # every row "has edges": each gets its dot
+    K.row_dots(_np(grad.float()), _np(out.float()), every, row_bounds(every), heads, corr.numpy())
+    return corr
 
 
 def _check(where: str, g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, src_rows, backend: str) -> int:
@@ -147,9 +172,10 @@ def attention_partials(
 
 
 def attention_backward(
-    g: ChunkTensors, grad: torch.Tensor, out: torch.Tensor, m: torch.Tensor, l: torch.Tensor,
+    g: ChunkTensors, grad: torch.Tensor, out: torch.Tensor | None, m: torch.Tensor, l: torch.Tensor,
     src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, *, negative_slope: float = 0.2,
     src_out: torch.Tensor | None = None, src_rows: torch.Tensor | None = None, backend: str = "reference",
+    corrections: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradients ``(d_src_term, d_dst_term)`` of the attention output, given ``grad`` of the output rows.
 
@@ -158,12 +184,20 @@ def attention_backward(
     an edge is ``exp(score - m) / l``. With ``src_out`` the source-term
     gradient is added into ``src_out[src_rows]`` (unique rows) and None is
     returned for it; ``src_term`` has one row per source of the chunk.
+    ``corrections``: the rows' :func:`output_corrections`, made once for all
+    of a pass's sub-chunks, in place of ``out`` (the backends that
+    :func:`takes_corrections`; ``out`` may then be None).
     """
     width = _check("attention_backward", g, src_term, dst_term, heads, None, backend)
     count_call(backend)
-    for name, t, shape in (("grad", grad, (g.num_dst, width)), ("out", out, (g.num_dst, width)), ("m", m, (g.num_dst, heads)), ("l", l, (g.num_dst, heads))):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"attention_backward: {name} must be {list(shape)}, got {list(t.shape)}")
+    if corrections is not None and not takes_corrections(backend):
+        raise ValueError(f"attention_backward: the {backend!r} backend reads the output rows, not corrections: pass out=")
+    given = [("corrections", corrections, (g.num_dst, heads))] if corrections is not None else [("out", out, (g.num_dst, width))]
+    for name, t, shape in (("grad", grad, (g.num_dst, width)), *given, ("m", m, (g.num_dst, heads)), ("l", l, (g.num_dst, heads))):
+        if t is None or tuple(t.shape) != shape:
+            raise ValueError(f"attention_backward: {name} must be {list(shape)}, got {None if t is None else list(t.shape)}")
+    if corrections is not None and corrections.dtype != torch.float64:
+        raise ValueError(f"attention_backward: corrections must be float64 (output_corrections), got {corrections.dtype}")
     if src_out is not None and (src_rows is None or src_rows.shape != (g.num_src,) or src_out.shape[1] != width + heads):
         raise ValueError(f"attention_backward: src_out needs src_rows [num_src={g.num_src}] and {width + heads} columns")
     d = width // heads
@@ -173,8 +207,11 @@ def attention_backward(
 
         sptr, dptr = idx_array(g.src_ptr), idx_array(g.dst_ptr)
         corr = np.zeros((g.num_dst, heads))  # grad . out per row and head, of the rows with edges (float64)
-        with threads_for(g, width):
-            K.row_dots(_np(grad), _np(out), dptr, row_bounds(dptr), heads, corr)
+        if corrections is not None:
+            corr[:] = _np(corrections)  # a copy: grad_dst sums into corr's memory once grad_src has read it
+        else:
+            with threads_for(g, width):
+                K.row_dots(_np(grad), _np(out), dptr, row_bounds(dptr), heads, corr)
         if src_out is None:
             d_src, rows = torch.zeros(g.num_src, width + heads), np.empty(0, np.int32)
         else:

@@ -49,6 +49,9 @@ class LayerShape:
     # False for a sum's source gradient, which reads no source rows (its accumulator over V_i is still held)
     sends_src: bool = True
     attention: AttentionFn | None = None  # a builtin attention ApplyEdge (fused softmax kernels)
+    # a fused attention's backward reads each destination row's corrections (heads doubles: kernels.attention.
+    # output_corrections) in place of its output rows (heads * d floats)
+    softmax_corrections: bool = False
     # what backward will compute, known when the call is planned (autograd mode, requires_grad):
     # the probe leaves all True (the most memory); run_layer fills them in per call
     backward: bool = True  # any backward at all

@@ -289,8 +289,10 @@ def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held:
 
 
 def backward_dst_row_bytes(shape: LayerShape) -> int:
-    """Bytes of one destination row a backward sub-chunk loads: its input and term rows, acc's gradient (+ winners, softmax state and output rows)."""
-    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg * (2 if shape.softmax else 1) + _winner_row_bytes(shape)
+    """Bytes of one destination row a backward sub-chunk loads: its input and term rows, acc's gradient (+ winners, softmax
+    state and output rows, or the output's corrections: ``LayerShape.softmax_corrections``)."""
+    output = (2 * FLOAT * shape.d_score if shape.softmax_corrections else FLOAT * shape.d_msg) if shape.softmax else 0
+    return FLOAT * shape.d_dst_side + FLOAT * shape.d_msg + output + _winner_row_bytes(shape)
 
 
 def _winner_row_bytes(shape: LayerShape) -> int:

@@ -140,3 +140,26 @@ def test_softmax_gather_rejects_a_builtin_and_a_bad_return():
         Builtin()(g, torch.randn(3, 2))
     with pytest.raises(ValueError, match=r"must return \(scores \[E, heads\], messages"):
         NoScores()(g, torch.randn(3, 2))
+
+
+def test_the_backward_sends_each_rows_corrections_not_its_output_row(monkeypatch):
+    """Out of core, the fused backward's destination rows carry ``heads`` doubles of correction in place of
+    ``heads * d`` output floats: fewer bytes, the same gradients."""
+    from sagann.kernels import attention
+
+    ei, n = awkward_graph(np.random.default_rng(3), 300, 4000), 300
+    torch.manual_seed(0)
+    layer = sagann.nn.GATConv(16, 16, heads=4)
+    x = torch.randn(n, 16, requires_grad=True)
+
+    def run(corrections: bool):
+        monkeypatch.setattr(attention, "takes_corrections", lambda backend: corrections and backend == "cpu")
+        lay, xx = copy.deepcopy(layer), x.detach().clone().requires_grad_(True)
+        g = sagann.ChunkedGraph(ei, n, num_chunks=4, sub_chunk_nnz=300, device=sagann.CpuDevice(copy_transfers=True))
+        lay(g, xx).square().sum().backward()
+        sent = sum(r.bytes_moved for r in g.pass_log if r.phase == "backward")
+        return sent, xx.grad, [p.grad for p in lay.parameters()]
+
+    (sent, gx, gp), (sent_rows, gx_rows, gp_rows) = run(True), run(False)
+    assert sent < sent_rows
+    assert torch.equal(gx, gx_rows) and all(torch.equal(a, b) for a, b in zip(gp, gp_rows))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sagann.kernels import ChunkTensors
-from sagann.kernels.attention import attention_backward, attention_partials
+from sagann.kernels.attention import attention_backward, attention_partials, output_corrections
 
 
 @st.composite
@@ -190,3 +190,36 @@ def test_bad_calls_name_the_problem():
         attention_partials(g, src, dst, 2, backend="tpu")
     with pytest.raises(ValueError, match="float32"):
         attention_partials(g, src.double(), dst.double(), 2)
+
+
+@given(case=chunks())
+@settings(max_examples=80, deadline=None)
+def test_backward_from_corrections_equals_backward_from_output_rows(case):
+    """The rows' corrections made once (as a pass makes them for all its sub-chunks) give the very gradients that the
+    output rows give, bit for bit: the same float64 dot per row and head."""
+    g, heads, d, slope, seed = case
+    src, dst = _terms(g, heads, d, seed)
+    m, l, out = _final(g, src, dst, heads, slope)
+    grad = torch.randn(g.num_dst, heads * d, generator=torch.Generator().manual_seed(seed + 1))
+    corr = output_corrections(grad, out, heads)
+    per_head = (grad.double() * out.double()).view(-1, heads, d).sum(-1)
+    torch.testing.assert_close(corr, per_head, rtol=1e-12, atol=1e-12)
+    want = attention_backward(g, grad, out, m, l, src, dst, heads, negative_slope=slope, backend="cpu")
+    got = attention_backward(g, grad, None, m, l, src, dst, heads, negative_slope=slope, backend="cpu", corrections=corr)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(corr, output_corrections(grad, out, heads)), "the corrections were overwritten"
+
+
+def test_corrections_are_refused_where_the_backend_reads_output_rows():
+    g = ChunkTensors.from_coo(np.array([0, 1]), np.array([1, 0]), 2, 2)[0]
+    src, dst = torch.randn(2, 6), torch.randn(2, 2)
+    grad, m, l = torch.randn(2, 4), torch.zeros(2, 2), torch.ones(2, 2)
+    corr = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="reads the output rows"):
+        attention_backward(g, grad, None, m, l, src, dst, 2, backend="reference", corrections=corr)
+    with pytest.raises(ValueError, match="float64"):
+        attention_backward(g, grad, None, m, l, src, dst, 2, backend="cpu", corrections=corr.float())
+    with pytest.raises(ValueError, match="out must be"):
+        attention_backward(g, grad, None, m, l, src, dst, 2, backend="cpu")
+    with pytest.raises(ValueError, match="corrections must be"):
+        attention_backward(g, grad, None, m, l, src, dst, 2, backend="cpu", corrections=corr[:1])
