@@ -216,7 +216,7 @@ def attention_backward(
             d_src, rows = torch.zeros(g.num_src, width + heads), np.empty(0, np.int32)
         else:
             d_src, rows = src_out, src_rows.to(torch.int32).numpy()
-        dpos = filled((g.nnz, heads), np.float32)
+        dpos = filled((g.nnz, heads), np.float32, fill=None)  # grad_src writes every edge's entry
         d_dst = torch.zeros(g.num_dst, heads)
         # each edge's destination in source-major order: the chunk's src_dst where it came along, else through src_perm
         src_dst = kernel_index(g, "src_dst")

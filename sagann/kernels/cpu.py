@@ -44,8 +44,10 @@ def _operands(src, edge, dst, dtype: np.dtype | None = None) -> tuple[np.ndarray
 
 
 def filled(shape, dtype: np.dtype, fill=0) -> np.ndarray:
-    """A kernel's output array on memory torch allocates (not numpy): the device meter counts it."""
-    return torch.full(tuple(shape), fill, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).numpy()
+    """A kernel's output array on memory torch allocates (not numpy): the device meter counts it.
+    ``fill=None``: left uninitialised, for a kernel that writes every entry."""
+    dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+    return (torch.empty(tuple(shape), dtype=dtype) if fill is None else torch.full(tuple(shape), fill, dtype=dtype)).numpy()
 
 
 def idx_array(t: torch.Tensor) -> np.ndarray:
