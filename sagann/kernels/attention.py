@@ -44,8 +44,9 @@ def reads_source_major(backend: str) -> bool:
 
 def takes_corrections(backend: str) -> bool:
     """Does ``backend``'s :func:`attention_backward` take the rows' corrections (:func:`output_corrections`) in place of
-    the output rows? A pass then sends ``heads`` doubles a destination row instead of ``heads * d`` floats."""
-    return backend == "cpu"
+    the output rows? A pass then sends ``heads`` doubles a destination row instead of ``heads * d`` floats.
+    The reference builds its surrogate from the output rows: not it."""
+    return backend in ("cpu", "cuda")
 
 
 def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int) -> torch.Tensor:
@@ -57,10 +58,12 @@ def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int) -> tor
     """
     if grad.shape != out.shape or grad.dim() != 2 or grad.shape[1] % heads:
         raise ValueError(f"output_corrections: grad and out must be the same [rows, heads * d] (heads={heads}), got {list(grad.shape)} and {list(out.shape)}")
+    rows = grad.shape[0]
+    if grad.device.type != "cpu" or out.device.type != "cpu":  # rows on a GPU: its own float64 sums
+        return (grad.detach().double() * out.detach().double()).view(rows, heads, -1).sum(-1)
     from sagann.kernels import _cpu_attention as K
     from sagann.kernels.cpu import row_bounds
 
-    rows = grad.shape[0]
     corr = torch.zeros(rows, heads, dtype=torch.float64)
     every = np.arange(rows + 1, dtype=np.int32)  # every row "has edges": each gets its dot
     K.row_dots(_np(grad.float()), _np(out.float()), every, row_bounds(every), heads, corr.numpy())
@@ -230,7 +233,8 @@ def attention_backward(
         from sagann.kernels import cuda
 
         with torch.no_grad():
-            return cuda.attention_backward(g, grad, out, m, l, src_term, dst_term, heads, negative_slope=negative_slope, src_out=src_out, src_rows=src_rows)
+            return cuda.attention_backward(g, grad, out, m, l, src_term, dst_term, heads, negative_slope=negative_slope, src_out=src_out, src_rows=src_rows,
+                                           corrections=corrections)
     with torch.enable_grad():
         s_leaf = src_term.detach().requires_grad_(True)
         z, score = _scores(g, s_leaf, dst_term.detach(), width, negative_slope)

@@ -28,7 +28,7 @@ from numba import cuda
 from sagann import kernels
 from sagann.kernels import MESSAGE_OPS, REDUCERS, ChunkTensors, op_spec
 from sagann.kernels import cuda as backend
-from sagann.kernels.attention import attention_backward, attention_partials
+from sagann.kernels.attention import attention_backward, attention_partials, output_corrections
 
 if not (backend.SIMULATOR or cuda.is_available()):
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
@@ -513,6 +513,11 @@ def _check_attention(g, heads, d, slope, seed, block):
     floor = float(ref_src.abs().max()) if ref_src.numel() else 0.0
     _attention_close(got_src, ref_src, "d_src_term")
     _attention_close(got_dst, ref_dst, "d_dst_term", floor=floor)  # a row's score gradients sum to ~0
+    # the rows' corrections made once on the host (as a pass makes them) in place of the output rows
+    corr = output_corrections(grad, out, heads)
+    got_src, got_dst = attention_backward(gd, on(grad), None, on(m), on(l), on(src), on(dst), heads, negative_slope=slope, backend="cuda", corrections=on(corr))
+    _attention_close(got_src, ref_src, "d_src_term (corrections)")
+    _attention_close(got_dst, ref_dst, "d_dst_term (corrections)", floor=floor)
     into_rows = torch.randperm(g.num_src + 2, generator=torch.Generator().manual_seed(seed + 3))[: g.num_src]
     buffer = torch.randn(g.num_src + 2, heads * d + heads, generator=torch.Generator().manual_seed(seed + 2))
     expected = buffer.clone()
