@@ -233,8 +233,8 @@ def attention_backward(
         from sagann.kernels import cuda
 
         with torch.no_grad():
-            return cuda.attention_backward(g, grad, out, m, l, src_term, dst_term, heads, negative_slope=negative_slope, src_out=src_out, src_rows=src_rows,
-                                           corrections=corrections)
+            corrections = output_corrections(grad, out, heads) if corrections is None else corrections
+            return cuda.attention_backward(g, grad, corrections, m, l, src_term, dst_term, heads, negative_slope=negative_slope, src_out=src_out, src_rows=src_rows)
     with torch.enable_grad():
         s_leaf = src_term.detach().requires_grad_(True)
         z, score = _scores(g, s_leaf, dst_term.detach(), width, negative_slope)

@@ -431,23 +431,19 @@ def attention_partials(g: ChunkTensors, src_term: torch.Tensor, dst_term: torch.
 
 
 def attention_backward(
-    g: ChunkTensors, grad: torch.Tensor, out: torch.Tensor, m: torch.Tensor, l: torch.Tensor,
+    g: ChunkTensors, grad: torch.Tensor, corrections: torch.Tensor, m: torch.Tensor, l: torch.Tensor,
     src_term: torch.Tensor, dst_term: torch.Tensor, heads: int, *, negative_slope: float,
-    src_out: torch.Tensor | None = None, src_rows: torch.Tensor | None = None, corrections: torch.Tensor | None = None,
+    src_out: torch.Tensor | None = None, src_rows: torch.Tensor | None = None,
 ):
-    """``(d_src_term or None, d_dst_term)``: the arguments and results of :func:`sagann.kernels.attention.attention_backward`.
+    """``(d_src_term or None, d_dst_term)``: the arguments and results of :func:`sagann.kernels.attention.attention_backward`,
+    the output rows given as their ``corrections`` (``grad . out`` per row and head, float64).
 
     Per-edge scratch is ``[nnz, heads]`` (weights and score gradients), never ``[nnz, heads * d]``.
-    ``corrections``: ``grad . out`` per row and head, made once for a pass (``out`` unread, may be None).
     """
     _require_device()
     device = g.device
     width = grad.shape[1]
-    d = width // heads
-    if corrections is not None:
-        corr = corrections.detach().to(device=device, dtype=torch.float64)
-    else:
-        corr = (grad.detach().double() * out.detach().double()).view(-1, heads, d).sum(-1)  # grad . out per row and head
+    corr = corrections.detach().to(device=device, dtype=torch.float64)
     p = torch.empty(g.nnz, heads, device=device)
     dpre = torch.empty(g.nnz, heads, device=device)
     args = (src_term, dst_term, grad, corr, m, l, g.src_idx, g.dst_idx, float(negative_slope), p, dpre)
