@@ -196,7 +196,8 @@ def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[b
     if call.fused and shape.attention is not None and not shape.uses_edge:  # the fused attention's backward: its kernels say
         call.executor.source_major = attention.reads_source_major(call.backend)
     if call.fused and shape.softmax_corrections:  # each row's correction, made once, crosses in place of its output row
-        host["corr"] = attention.output_corrections(grad_acc, saved.acc, shape.d_score)
+        into = call.g.host.empty((call.g.num_vertices, shape.d_score), torch.float64, what="softmax output corrections")
+        host["corr"] = attention.output_corrections(grad_acc, saved.acc, shape.d_score, into=into)
         uses.update(out_rows=False, corr=True)
     if call.executor.source_major and edata is not None and shape.uses_edge:
         host["data"] = _edges_source_major(call, edata)

@@ -49,22 +49,26 @@ def takes_corrections(backend: str) -> bool:
     return backend in ("cpu", "cuda")
 
 
-def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int) -> torch.Tensor:
+def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int, into: torch.Tensor | None = None) -> torch.Tensor:
     """``grad . out`` per row and head (``[rows, heads]``, float64): the softmax backward's correction of each row.
 
     It depends on the row alone, so a pass makes it once for all the rows
     instead of once per sub-chunk of every row's column (the same float64
     sums, by the same kernel, as :func:`attention_backward` makes).
+    ``into``: a contiguous ``[rows, heads]`` float64 tensor on the rows' device to write (memory the caller accounts for).
     """
     if grad.shape != out.shape or grad.dim() != 2 or grad.shape[1] % heads:
         raise ValueError(f"output_corrections: grad and out must be the same [rows, heads * d] (heads={heads}), got {list(grad.shape)} and {list(out.shape)}")
     rows = grad.shape[0]
+    corr = torch.zeros(rows, heads, dtype=torch.float64, device=grad.device) if into is None else into
+    if tuple(corr.shape) != (rows, heads) or corr.dtype != torch.float64 or not corr.is_contiguous() or corr.device != grad.device:
+        raise ValueError(f"output_corrections: into must be a contiguous float64 [{rows}, {heads}] tensor on {grad.device}, got {corr.dtype} {list(corr.shape)} on {corr.device}")
     if grad.device.type != "cpu" or out.device.type != "cpu":  # rows on a GPU: its own float64 sums
-        return (grad.detach().double() * out.detach().double()).view(rows, heads, -1).sum(-1)
+        return corr.copy_((grad.detach().double() * out.detach().double()).view(rows, heads, -1).sum(-1))
     from sagann.kernels import _cpu_attention as K
     from sagann.kernels.cpu import row_bounds
 
-    corr = torch.zeros(rows, heads, dtype=torch.float64)
+    corr.zero_()
     every = np.arange(rows + 1, dtype=np.int32)  # every row "has edges": each gets its dot
     K.row_dots(_np(grad.float()), _np(out.float()), every, row_bounds(every), heads, corr.numpy())
     return corr

@@ -208,6 +208,8 @@ def test_backward_from_corrections_equals_backward_from_output_rows(case):
     got = attention_backward(g, grad, None, m, l, src, dst, heads, negative_slope=slope, backend="cpu", corrections=corr)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert torch.equal(corr, output_corrections(grad, out, heads)), "the corrections were overwritten"
+    into = torch.full((g.num_dst, heads), float("nan"), dtype=torch.float64)
+    assert output_corrections(grad, out, heads, into=into) is into and torch.equal(into, corr)
 
 
 def test_corrections_are_refused_where_the_backend_reads_output_rows():
@@ -223,3 +225,5 @@ def test_corrections_are_refused_where_the_backend_reads_output_rows():
         attention_backward(g, grad, None, m, l, src, dst, 2, backend="cpu")
     with pytest.raises(ValueError, match="corrections must be"):
         attention_backward(g, grad, None, m, l, src, dst, 2, backend="cpu", corrections=corr[:1])
+    with pytest.raises(ValueError, match="into must be"):
+        output_corrections(grad, grad, 2, into=torch.zeros(2, 2))
