@@ -58,6 +58,7 @@ class SubChunkSizes:
 
     fits_16_bits = EdgeChunk.fits_16_bits
     crosses_short = EdgeChunk.crosses_short
+    crossing_arrays = EdgeChunk.crossing_arrays
     sent_index_bytes = EdgeChunk.sent_index_bytes
 
 

@@ -123,6 +123,21 @@ class EdgeChunk:
         bound = {"src_idx": self.num_src, "dst_idx": self.num_dst, "src_dst": self.num_dst}.get(name, self.nnz)
         return bound < 1 << 16
 
+    def crossing_arrays(self, backward: bool, narrow: bool = False, source_major: bool = False, native: bool = False) -> tuple[tuple, tuple]:
+        """``(names, shorts)``: the index arrays a pass sends with this sub-chunk (:func:`sent_names`) and whether each
+        crosses in 16 bits (:meth:`crosses_short`); worked out once per pass kind (every step asks, the answer never changes).
+
+        Only names and flags are kept, never arrays: a chunk whose arrays move
+        (into a spill file) must not keep the old ones alive.
+        """
+        key = (bool(backward), bool(narrow), bool(source_major), bool(native))
+        memo = self.__dict__.setdefault("_crossing_arrays", {})
+        found = memo.get(key)
+        if found is None:
+            names = sent_names(backward, source_major)
+            found = memo[key] = (names, tuple(self.crosses_short(n, narrow, native, backward) for n in names))
+        return found
+
     def sent_index_bytes(self, backward: bool, narrow: bool = False, source_major: bool = False, native: bool = False) -> int:
         """Bytes of the index arrays a pass sends with this sub-chunk (``kernels.graph.sent_names``) and its source rows.
 
@@ -131,14 +146,9 @@ class EdgeChunk:
         (:meth:`fits_16_bits`); ``native``: the arrays of :func:`native_16`
         do, for kernels that read them so.
         """
-        key = (bool(backward), bool(narrow), bool(source_major), bool(native))
-        memo = self.__dict__.setdefault("_sent_index_bytes", {})  # every step asks; the sizes never change
-        found = memo.get(key)
-        if found is None:
-            sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
-            sent = sum(4 * sizes.get(n, self.nnz) // (2 if self.crosses_short(n, narrow, native, backward) else 1) for n in sent_names(backward, source_major))
-            found = memo[key] = sent + self.src_rows.nbytes
-        return found
+        names, shorts = self.crossing_arrays(backward, narrow, source_major, native)
+        sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
+        return sum(4 * sizes.get(n, self.nnz) // (2 if short else 1) for n, short in zip(names, shorts)) + self.src_rows.nbytes
 
     def src_major_dst(self) -> np.ndarray | None:
         """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.

@@ -77,22 +77,11 @@ def widen_index(t: torch.Tensor) -> torch.Tensor:
 
 
 def crossing(chunk: EdgeChunk, backward: bool, source_major: bool, narrow: bool, native: bool) -> tuple[tuple, tuple, tuple]:
-    """``(names, shorts, kept)``: the index arrays a pass sends with ``chunk`` (:func:`sent_names`), whether each
-    crosses in 16 bits, and whether the kernels keep it so (``native``); worked out once per sub-chunk and pass kind.
-
-    At every step this cost more Python than a small sub-chunk's copies.
-    Only names and flags are kept on the chunk, never its arrays: a chunk
-    whose arrays move (into a spill file) must not keep the old ones alive.
-    """
-    key = (backward, source_major, narrow, native)
-    memo = chunk.__dict__.setdefault("_crossing", {})
-    found = memo.get(key)
-    if found is None:
-        names = sent_names(backward, source_major)
-        shorts = tuple(chunk.crosses_short(n, narrow, native, backward) for n in names)
-        kept = tuple(short and native and native_16(n, backward) for n, short in zip(names, shorts))
-        found = memo[key] = (names, shorts, kept)
-    return found
+    """``(names, shorts, kept)``: the index arrays a pass sends with ``chunk`` and whether each crosses in 16 bits
+    (``EdgeChunk.crossing_arrays``, worked out once per sub-chunk and pass kind), and whether the kernels keep it so
+    (``native``)."""
+    names, shorts = chunk.crossing_arrays(backward, narrow, source_major, native)
+    return names, shorts, tuple(short and native and native_16(n, backward) for n, short in zip(names, shorts))
 
 
 @dataclass(frozen=True, eq=False)
