@@ -29,6 +29,7 @@ import torch
 from sagann import profiler
 from sagann.chunks.files import check_fault
 from sagann.chunks.partition import pack_chunks
+from sagann.scheduler.pool import HostBuffers
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
 
 __all__ = ["HEAP_POLICIES", "HOST_MEMORY_SLACK", "OUT_OF_CORE_SLACK", "AnonMeter", "HostMemory", "SpillCorrupted", "anon_rss_bytes", "check_spill", "host_heap", "is_spilled", "set_host_heap", "stage", "stage_rows", "trim_after_pass", "trim_freed_memory"]
@@ -184,6 +185,8 @@ _LIBC = None
 HEAP_BLOCK_MAX = 4 << 20
 # free bytes the heap's top keeps between frees inside a pass (a pass's end trims everything free)
 HEAP_TOP_KEPT = 8 << 20
+# engine host tensors at least this large are kept for reuse once freed (HostMemory without a budget)
+REUSED_MIN_BYTES = 1 << 20
 
 
 # "keep": freed blocks up to this size stay in the heap for the next allocation, as a GPU's caching allocator keeps
@@ -349,6 +352,8 @@ class HostMemory:
         self.peak_spilled_bytes = 0
         self._files = 0
         self._placed: set[int] = set()  # storage pointers of the RAM tensors this budget placed
+        # without a budget, freed vertex-sized tensors are kept for the next request of their size (a budget's bound is on RSS)
+        self._reused = HostBuffers(REUSED_MIN_BYTES) if self.budget is None else None
         if self.budget is not None:
             _budgeted.add(self)
         _apply_heap_policy()
@@ -400,7 +405,8 @@ class HostMemory:
                 self.resident_bytes += nbytes
                 self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
         if not spill:
-            t = torch.empty(shape, dtype=dtype)
+            t = self._reused.empty(shape, dtype) if self._reused is not None else None
+            t = torch.empty(shape, dtype=dtype) if t is None else t
             ptr = t.untyped_storage().data_ptr()
             if ptr:
                 self._placed.add(ptr)  # already under the budget: autograd's saved-tensor hook leaves it be

@@ -108,3 +108,44 @@ def test_size_classes_waste_at_most_an_eighth_and_absorb_small_variations():
         c = size_class(int(n))
         assert n <= c <= n * 1.125 + 4096 and c % 4096 == 0, (n, c)
     assert size_class(690_000) == size_class(700_000), "a selective load's size varies by sub-chunk: one class serves both"
+
+
+def test_host_buffers_are_reused_at_their_exact_size_once_free():
+    p = pool_mod.HostBuffers(MB)
+    assert p.empty((10,), torch.float32) is None and p.empty((4 * MB,), torch.bool) is None
+    a = p.empty((MB // 4, 2), torch.float32)
+    assert a.shape == (MB // 4, 2) and a.untyped_storage().nbytes() == 2 * MB, "exact: a saved tensor carries no spare bytes"
+    rows = a[5:9]
+    ptr = a.untyped_storage().data_ptr()
+    del a
+    b = p.empty((MB // 4, 2), torch.float32)
+    assert b.untyped_storage().data_ptr() != ptr, "a live view keeps its buffer taken"
+    del rows
+    c = p.empty((MB // 2,), torch.float32)  # the same bytes in another shape
+    assert c.untyped_storage().data_ptr() == ptr and c.shape == (MB // 2,)
+    assert (p.hits, p.misses) == (1, 2)
+
+
+def test_host_buffers_hold_no_more_than_were_ever_in_use_at_once():
+    p = pool_mod.HostBuffers(MB)
+    held = [p.empty((MB // 4,), torch.float32) for _ in range(3)]  # 3 MiB in use at once
+    del held
+    for k in range(2, 9):  # one at a time, other sizes: the free ones make room
+        t = p.empty((k * MB // 4,), torch.float32)
+        total = sum(size * len(b) for size, b in p._buffers.items())
+        assert total <= max(3 * MB, k * MB), (k, total)
+        del t
+    assert p.free_bytes <= 8 * MB
+
+
+def test_host_memory_without_a_budget_reuses_freed_tensors_and_with_one_allocates_fresh():
+    free = sagann.HostMemory()
+    a = free.empty((MB,), torch.float32, "layer output")
+    ptr = a.data_ptr()
+    del a
+    b = free.empty((MB,), torch.float32, "layer output")
+    assert b.data_ptr() == ptr and free.resident_bytes == 4 * MB
+    del b
+    assert free.resident_bytes == 0, "the ledger counts tensors, not kept buffers"
+    bounded = sagann.HostMemory("1GB")
+    assert bounded._reused is None, "a budget bounds RSS: nothing is kept beyond what is alive"
