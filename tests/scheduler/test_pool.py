@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import sagann
@@ -149,3 +150,54 @@ def test_host_memory_without_a_budget_reuses_freed_tensors_and_with_one_allocate
     assert free.resident_bytes == 0, "the ledger counts tensors, not kept buffers"
     bounded = sagann.HostMemory("1GB")
     assert bounded._reused is None, "a budget bounds RSS: nothing is kept beyond what is alive"
+
+
+@pytest.mark.parametrize("model,cache", [("gcn", True), ("gcn", False), ("sage", True), ("gin", False), ("gat", False)])
+def test_kept_host_tensors_handed_out_full_of_nan_change_no_result(monkeypatch, model, cache):
+    """Reused host tensors come back uninitialised, as ``torch.empty``'s do; a fresh mapping's zeros hid any reader
+    of an unwritten row. Every reused tensor is poisoned here: three epochs in memory and out of core still match
+    a run that reuses nothing."""
+    from sagann.engine.models import build_model
+    from sagann.scheduler import host as host_mod
+
+    real = pool_mod.HostBuffers.empty
+
+    def poisoned(self, shape, dtype):
+        hits = self.hits
+        t = real(self, shape, dtype)
+        if t is not None and self.hits > hits and dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+
+    rng = np.random.default_rng(1)
+    n, ei = 600, awkward_graph(rng, 600, 7000)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 16, generator=gen), torch.randint(0, 5, (n,), generator=gen)
+    schedule = sagann.ScheduleConfig(cache_gather=cache)
+
+    def epochs(make_graph):
+        torch.manual_seed(0)
+        net = build_model(model, 16, 16, 5, dropout=0.0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        g, seen = make_graph(), []
+        for _ in range(3):
+            opt.zero_grad()
+            out = net(g, x)
+            torch.nn.functional.cross_entropy(out, y).backward()
+            seen.append((out.detach().clone(), [p.grad.clone() for p in net.parameters()]))
+            opt.step()
+        return g, seen
+
+    plain = sagann.ChunkedGraph(ei, n, num_chunks=1, schedule=schedule)
+    peak = epochs(lambda: plain)[0].device.peak_bytes
+    _, ref = epochs(lambda: sagann.ChunkedGraph(ei, n, num_chunks=1, schedule=schedule))
+    monkeypatch.setattr(host_mod, "REUSED_MIN_BYTES", 0)  # keep every engine host tensor of this small graph
+    monkeypatch.setattr(pool_mod.HostBuffers, "empty", poisoned)
+    whole, in_memory = epochs(lambda: sagann.ChunkedGraph(ei, n, num_chunks=1, schedule=schedule))
+    dev = sagann.CpuDevice(max(1, peak // 8), copy_transfers=True)
+    ooc, out_of_core = epochs(lambda: sagann.ChunkedGraph(ei, n, device=dev, schedule=schedule))
+    assert ooc.num_chunks > 1 and ooc.host._reused.hits > 0 and whole.host._reused.hits > 0
+    for run in (in_memory, out_of_core):
+        for (out, grads), (ref_out, ref_grads) in zip(run, ref):
+            assert_rel_close(out, ref_out)
+            assert_grads_close(grads, ref_grads)
