@@ -169,6 +169,9 @@ def forward_pass(call: LayerCall, x: torch.Tensor, edata: torch.Tensor | None) -
 def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init, rows: tuple[int, int] | None = None, defer: bool = False) -> "_Column":
     """V_j's resident forward state (``rows``: of its rows lo:hi only): its input and destination-term rows and its accumulator.
 
+    Input rows only where the edge stage reads them (``LayerShape.holds_x_j``);
+    rows that only ApplyVertex reads are loaded at the column's close, a
+    block at a time, so the edge stage's sub-chunks get their room.
     ``defer``: nothing yet. A pass with no edges has no edge stage to hold
     the column through, so its ApplyVertex blocks each load their own rows
     (:func:`_apply_vertex_in_blocks`): a block then fills the room the whole
@@ -180,7 +183,7 @@ def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init, 
         return _Column(j, lo, hi, s, None, None, None, False, None, False, None, init)
     try:
         narrow = call.g.schedule.transfer_dtype
-        xj = load_narrowed(s, x[lo:hi], narrow, f"input rows V_{j}") if shape.loads_x_j else unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
+        xj = _input_rows(call, s, x, lo, hi) if shape.holds_x_j or not shape.loads_x_j else None  # None: loaded at the close
         dj = load_narrowed(s, dst_term[lo:hi], narrow, f"dst terms V_{j}") if dst_term is not None else None
         acc, acc_shared = s.result_buffer(bufs.acc[lo:hi], init, f"accumulator V_{j}")
         win, win_shared = s.result_buffer(bufs.win[lo:hi], -1, f"winners V_{j}") if shape.winners else (None, False)
@@ -191,6 +194,13 @@ def _open_column(call: LayerCall, j: int, x, dst_term, bufs: HostOutputs, init, 
         s.close()
         raise
     return _Column(j, lo, hi, s, xj, dj, acc, acc_shared, win, win_shared, sm, init)
+
+
+def _input_rows(call: LayerCall, s: Scope, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo:hi`` of ``x`` on the device, in ``s`` (a stand-in holding no memory where the pass never reads them)."""
+    if not call.shape.loads_x_j:
+        return unread_rows(hi - lo, x.shape[1], x.dtype, call.device.torch_device)
+    return load_narrowed(s, x[lo:hi], call.g.schedule.transfer_dtype, f"input rows {lo}:{hi}")
 
 
 def _forward_chunk(call: LayerCall, inputs: ChunkInputs, col: "_Column") -> None:
@@ -214,18 +224,19 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
     """Finish V_j: ApplyVertex on its accumulator, its rows back to the host (``bufs.out`` made at the first need)."""
     shape, dev, s, j, lo, hi = call.shape, call.device, col.scope, col.j, col.lo, col.hi
     blocks = call.vertex_blocks(lo, hi)
-    if col.xj is None:  # deferred: every block loads its own rows
+    if col.acc is None:  # deferred: every block loads its own rows
         _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode, x)
         return
     acc, win, sm = col.acc, col.win, col.sm
     _finalise(call, acc, win, lo, hi, sm)
-    out_j = kept = None
+    out_j = kept = xj = None
     if len(blocks) > 1:  # the budget holds the column but not its output rows and scratch at once
         _apply_vertex_in_blocks(call, col, blocks, bufs, keep_mode, x)
     else:
+        xj = col.xj if col.xj is not None else _input_rows(call, s, x, lo, hi)
         s.charge(vertex_scratch_bytes(hi - lo, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j}")
         with call.span("apply_vertex", FORWARD, (j,)), call.rng("vertex", j):
-            out_j, kept = _apply_vertex_forward(call, j, col.xj, acc, keep_mode)
+            out_j, kept = _apply_vertex_forward(call, j, xj, acc, keep_mode)
             s.adopt(out_j, f"output rows V_{j}")
         call.check_rows(out_j, hi - lo, shape.d_out, "apply_vertex")
     with call.span("d2h", FORWARD, (j,), tensor_bytes(out_j) + tensor_bytes(acc)):
@@ -238,7 +249,7 @@ def _close_column(call: LayerCall, col: "_Column", x, bufs: HostOutputs, whole: 
                 bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
             dev.copy_out(out_j, bufs.out[lo:hi])
         _state_out(call, col, bufs)
-    aliases = [(col.xj, x[lo:hi])] if shape.loads_x_j else []
+    aliases = [(xj, x[lo:hi])] if shape.loads_x_j else []
     if kept is not None:
         if call.seal(kept, aliases + [(acc, bufs.acc[lo:hi])], kept.seconds, (j,)):
             call.vertex_graphs[j] = kept
@@ -274,15 +285,17 @@ def _apply_vertex_in_blocks(call: LayerCall, col: "_Column", blocks: list[tuple[
     if bufs.out is None:
         bufs.out = call.g.host.empty((call.g.num_vertices, shape.d_out), what="layer output")
     for b0, b1 in blocks:
-        block = _open_column(call, j, x, None, bufs, col.init, (b0, b1)) if col.xj is None else None
+        block = _open_column(call, j, x, None, bufs, col.init, (b0, b1)) if col.acc is None else None
         try:
             if block is not None:
                 _finalise(call, block.acc, block.win, b0, b1, block.sm)  # no edges: the accumulator's fill, finished
                 xb, accb = block.xj, block.acc
             else:
-                xb, accb = col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo]
+                xb, accb = None if col.xj is None else col.xj[b0 - lo : b1 - lo], col.acc[b0 - lo : b1 - lo]
             mode = keep_mode if call.blocks_keep is not False else None
             with dev.scope() as bs:
+                if xb is None:  # rows only ApplyVertex reads: this block's, loaded now
+                    xb = _input_rows(call, bs, x, b0, b1)
                 bs.charge(vertex_scratch_bytes(b1 - b0, shape.d_out, shape.vertex_temp), f"apply_vertex temporaries V_{j} rows {b0}:{b1}")
                 with call.span("apply_vertex", FORWARD, (j,)), call.block_rng("vertex", j, b0, len(blocks)):
                     out_b, kept = _apply_vertex_forward(call, (j, b0), xb, accb, mode)

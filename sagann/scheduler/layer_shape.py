@@ -93,6 +93,12 @@ class LayerShape:
         """Does a destination interval's pass need its input rows on the device?"""
         return self.vertex_reads_x or self.uses_dst
 
+    @property
+    def holds_x_j(self) -> bool:
+        """Does a destination column hold its input rows through its edge stage? Only where the edge stage reads
+        them; rows only ApplyVertex reads are loaded at the column's close, a block at a time."""
+        return self.uses_dst
+
     def saved_row_bytes(self, hook: bool, recompute: bool) -> int:
         """Bytes per row of ApplyVertex's (``hook``: the hooks') saved tensors in backward: every save where a kept
         graph loads its copies, each storage once where ``recompute`` rebuilds the graph (autograd shares them)."""

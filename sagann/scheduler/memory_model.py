@@ -151,8 +151,10 @@ def resident_bytes(rows: int, shape: LayerShape, phase: str) -> int:
 
 
 def _apply_row_bytes(shape: LayerShape) -> int:
-    """Forward bytes per row that exist only while ApplyVertex runs: its output rows and scratch."""
-    return FLOAT * shape.d_out + vertex_scratch_bytes(1, shape.d_out, shape.vertex_temp)
+    """Forward bytes per row that exist only while ApplyVertex runs: its output rows and scratch, and its input rows
+    where the edge stage does not read them (``LayerShape.holds_x_j``): the column loads those at its close."""
+    late_x = FLOAT * shape.d_in * (shape.loads_x_j and not shape.holds_x_j)
+    return FLOAT * shape.d_out + vertex_scratch_bytes(1, shape.d_out, shape.vertex_temp) + late_x
 
 
 def _held_row_bytes(shape: LayerShape) -> int:

@@ -61,7 +61,7 @@ def test_budget_too_small_names_the_minimum():
 def test_fixed_chunks_over_budget_says_what_to_do():
     rng = np.random.default_rng(3)
     n, ei = 100, awkward_graph(rng, 100, 800)
-    g = sagann.ChunkedGraph(ei, n, num_chunks=1, device=sagann.CpuDevice("20KB"))
+    g = sagann.ChunkedGraph(ei, n, num_chunks=1, device=sagann.CpuDevice("12KB"))
     with pytest.raises(sagann.BudgetTooSmall, match="num_chunks=None"):
         sagann.nn.SAGEConv(16, 16)(g, torch.randn(n, 16))
 
@@ -104,15 +104,16 @@ def test_planner_predicts_the_ledger(make):
     torch.manual_seed(0)
     layer = make()
     x = torch.randn(n, 24, requires_grad=True)
-    for budget in (None, "300KB"):
+    for budget in (None, "300KB", "150KB"):
         for prefetch in (None, 0):
             g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget), schedule=sagann.ScheduleConfig(prefetch=prefetch))
             layer(g, x).sum().backward()
             planned, measured = g.planned_peak_bytes, g.device.peak_bytes
             assert measured <= planned, f"ledger peak {measured:,} above the plan's {planned:,}"
-            # the model's tightness where it decides P (under a budget); a pipeline seldom fills its
-            # worst-case window, and in memory kept graphs hold host rows the ledger does not charge
-            if prefetch == 0 and budget is not None:
+            # the model's tightness where it decides P (under a budget, past P = 1: an estimate there wastes
+            # no P); a pipeline seldom fills its worst-case window, and in memory kept graphs hold host rows
+            # the ledger does not charge
+            if prefetch == 0 and budget is not None and g.num_chunks > 1:
                 assert planned <= 1.6 * measured, f"plan {planned:,} is {planned / measured:.2f}x the measured {measured:,}"
 
 

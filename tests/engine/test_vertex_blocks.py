@@ -161,8 +161,9 @@ def test_blocks_of_a_pass_with_no_edges_fill_the_room_a_held_column_took():
     from sagann.engine.layer import probe_layer
     from sagann.scheduler.memory_model import _apply_row_bytes, _held_row_bytes
 
-    shape = probe_layer(sagann.nn.SAGEConv(64, 64), 64, None, torch.device("cpu"))
-    rows, params, budget = 10_000, 40_000, 8_000_000  # the held column's rows bind the forward's blocks
+    # a call without backward (inference): the forward's blocks alone, which the held column's rows (its accumulator) bind
+    shape = dataclasses.replace(probe_layer(sagann.nn.SAGEConv(64, 64), 64, None, torch.device("cpu")), backward=False)
+    rows, params, budget = 10_000, 40_000, 8_000_000
     held_whole, edgeless = vertex_block_rows(rows, shape, params, budget), vertex_block_rows(rows, shape, params, budget, edgeless=True)
     assert rows > edgeless > held_whole, "each block holds only its own rows"
     per_row = _held_row_bytes(shape) + _apply_row_bytes(shape)

@@ -45,9 +45,9 @@ def widths(d: int) -> LayerShape:
 @pytest.mark.parametrize(
     "fraction,chunks,sub,bounds",
     [
-        (20, 2, 672, [0, 2000, 4000]),
-        (40, 3, 336, [0, 1333, 2666, 4000]),
-        (80, 5, 112, [0, 799, 1599, 2399, 3200, 4000]),
+        (20, 1, 448, [0, 4000]),
+        (40, 2, 224, [0, 2000, 4000]),
+        (80, 4, 112, [0, 999, 2000, 3000, 4000]),
     ],
 )
 def test_picks_the_partition_the_graph_picked(fraction, chunks, sub, bounds):
@@ -113,7 +113,7 @@ def test_a_search_cuts_only_the_partition_it_settles_on(monkeypatch):
 def test_p_only_grows_until_allowed_to_coarsen():
     p = planner(1162938)
     seen = [(p.partition_for(widths(d), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) for d in (16, 64, 128, 32)]
-    assert seen == [(1, 1312), (3, 337), (5, 141), (5, 141)], "a narrower call keeps the finer partition"
+    assert seen == [(1, 1312), (2, 225), (4, 113), (4, 113)], "a narrower call keeps the finer partition"
     p.allow_coarser()
     assert (p.partition_for(widths(16), False, PARAMS).num_chunks, p.partition.sub_chunk_nnz) == (1, 1312)
     assert p.partition_for(widths(16), False, PARAMS).num_chunks == 1, "coarsening is once per allow_coarser"
@@ -123,10 +123,10 @@ def test_a_coarser_p_must_hold_the_calls_that_still_stream():
     """Only the calls whose Gather got cached stop streaming: the training calls of the same layer on a fresh
     (dropout) input still need the finer P, so the graph does not coarsen below them and re-cut next epoch."""
     p = planner(1162938)
-    assert p.partition_for(widths(128), False, PARAMS, owner="training").num_chunks == 5
+    assert p.partition_for(widths(128), False, PARAMS, owner="training").num_chunks == 4
     p.partition_for(widths(64), False, PARAMS, owner="evaluation")
     p.allow_coarser("evaluation")
-    assert p.partition_for(widths(16), False, PARAMS, owner="next layer").num_chunks == 5, "the training call still needs P = 5"
+    assert p.partition_for(widths(16), False, PARAMS, owner="next layer").num_chunks == 4, "the training call still needs P = 4"
     p.allow_coarser("training")  # now the wide calls are all over
     assert p.partition_for(widths(16), False, PARAMS, owner="next layer").num_chunks == 1
 
@@ -204,7 +204,7 @@ def test_recompute_peak_joins_the_planned_peak():
 
 
 def test_a_chained_device_plans_full_blocks_over_its_columns():
-    budget = 2 * 1162938
+    budget = 1162938
     p = planner(budget)
     part = p.partition_for(SHAPE, False, PARAMS)
     owned = [0, 1]
