@@ -55,14 +55,14 @@ class _Column:
     lo: int
     hi: int
     scope: Scope
-    xj: torch.Tensor
+    xj: torch.Tensor | None  # None: rows only ApplyVertex reads, loaded at the close
     dj: torch.Tensor | None
     acc: torch.Tensor
     acc_shared: bool
     win: torch.Tensor | None
     win_shared: bool
     sm: tuple[torch.Tensor, torch.Tensor] | None
-    init: float = 0.0  # the accumulator's fill; a deferred column (``xj`` None) opens each block with it
+    init: float = 0.0  # the accumulator's fill; a deferred column (``acc`` None) opens each block with it
 
 
 @metered_pass

@@ -38,6 +38,26 @@ except AttributeError:  # pragma: no cover - a torch without it: no pooling
     _use_count = None
 
 
+def _is_free(entry: tuple) -> bool:
+    """A kept (buffer, storage object, storage handle) that no tensor uses: two uses, the buffer and the storage object."""
+    return _use_count(entry[2]) <= 2
+
+
+def _drop_free(buffers: dict[int, list[tuple]], limit: int, incoming: int = 0) -> None:
+    """Drop free buffers of ``buffers`` (size -> entries) while they and ``incoming`` bytes take more than ``limit``."""
+    total = sum(size * len(bucket) for size, bucket in buffers.items()) + incoming
+    for size, bucket in buffers.items():
+        if total <= limit:
+            return
+        keep = []
+        for b in bucket:
+            if total > limit and _is_free(b):
+                total -= size  # dropped: its memory goes back to malloc
+            else:
+                keep.append(b)
+        bucket[:] = keep
+
+
 class BufferPool:
     """Byte buffers by size class; at most ``limit_bytes`` of free ones are kept."""
 
@@ -49,10 +69,6 @@ class BufferPool:
         self._sizes: list[int] = []  # the size classes of _buffers, ascending
         self._lock = threading.Lock()
         self.hits = self.misses = 0
-
-    @staticmethod
-    def _is_free(entry: tuple) -> bool:
-        return _use_count(entry[2]) <= 2
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """A contiguous tensor on a pooled buffer, or None (small, or pooling unavailable): the caller allocates.
@@ -100,23 +116,13 @@ class BufferPool:
             if sizes[k] > 2 * size:
                 return None
             for entry in self._buffers[sizes[k]]:
-                if self._is_free(entry):
+                if _is_free(entry):
                     return entry
         return None
 
     def _trim(self, incoming: int) -> None:
         """Drop free buffers while the pool would hold more than its limit."""
-        total = sum(size * len(bucket) for size, bucket in self._buffers.items()) + incoming
-        for size, bucket in self._buffers.items():
-            if total <= self.limit_bytes:
-                return
-            keep = []
-            for b in bucket:
-                if total > self.limit_bytes and self._is_free(b):
-                    total -= size  # dropped: its memory goes back to malloc
-                else:
-                    keep.append(b)
-            bucket[:] = keep
+        _drop_free(self._buffers, self.limit_bytes, incoming)
 
 
 class HostBuffers:
@@ -150,36 +156,22 @@ class HostBuffers:
             return None
         with self._lock:
             bucket = self._buffers.setdefault(nbytes, [])
-            entry = next((e for e in bucket if _use_count(e[2]) <= 2), None)
+            entry = next((e for e in bucket if _is_free(e)), None)
             if entry is not None:
                 self.hits += 1
             else:
                 self.misses += 1
-                in_use = sum(size * sum(_use_count(e[2]) > 2 for e in b) for size, b in self._buffers.items()) + nbytes
+                in_use = sum(size * sum(not _is_free(e) for e in b) for size, b in self._buffers.items()) + nbytes
                 self._peak_in_use = max(self._peak_in_use, in_use)
-                self._drop_free(self._peak_in_use - nbytes)
+                _drop_free(self._buffers, self._peak_in_use, nbytes)
                 buf = torch.empty(nbytes, dtype=torch.uint8)
                 storage = buf.untyped_storage()
                 entry = (buf, storage, storage._cdata)
                 bucket.append(entry)
         return entry[0].view(dtype).view(shape)
 
-    def _drop_free(self, limit: int) -> None:
-        """Drop free buffers while all of them together take more than ``limit`` bytes."""
-        total = sum(size * len(b) for size, b in self._buffers.items())
-        for size, bucket in self._buffers.items():
-            if total <= limit:
-                return
-            keep = []
-            for e in bucket:
-                if total > limit and _use_count(e[2]) <= 2:
-                    total -= size
-                else:
-                    keep.append(e)
-            bucket[:] = keep
-
     @property
     def free_bytes(self) -> int:
         """Bytes of kept buffers no tensor uses now."""
         with self._lock:
-            return sum(size * sum(_use_count(e[2]) <= 2 for e in b) for size, b in self._buffers.items())
+            return sum(size * sum(_is_free(e) for e in b) for size, b in self._buffers.items())
