@@ -146,9 +146,14 @@ class EdgeChunk:
         (:meth:`fits_16_bits`); ``native``: the arrays of :func:`native_16`
         do, for kernels that read them so.
         """
-        names, shorts = self.crossing_arrays(backward, narrow, source_major, native)
-        sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
-        return sum(4 * sizes.get(n, self.nnz) // (2 if short else 1) for n, short in zip(names, shorts)) + self.src_rows.nbytes
+        key = (bool(backward), bool(narrow), bool(source_major), bool(native))
+        memo = self.__dict__.setdefault("_sent_index_bytes", {})  # every step asks (twice on a CPU device); the sizes never change
+        found = memo.get(key)
+        if found is None:
+            names, shorts = self.crossing_arrays(*key)
+            sizes = {"dst_ptr": self.num_dst + 1, "src_ptr": self.num_src + 1}
+            found = memo[key] = sum(4 * sizes.get(n, self.nnz) // (2 if short else 1) for n, short in zip(names, shorts)) + self.src_rows.nbytes
+        return found
 
     def src_major_dst(self) -> np.ndarray | None:
         """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.

@@ -60,7 +60,7 @@ def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int, into: 
     if grad.shape != out.shape or grad.dim() != 2 or grad.shape[1] % heads:
         raise ValueError(f"output_corrections: grad and out must be the same [rows, heads * d] (heads={heads}), got {list(grad.shape)} and {list(out.shape)}")
     rows = grad.shape[0]
-    corr = torch.zeros(rows, heads, dtype=torch.float64, device=grad.device) if into is None else into
+    corr = torch.empty(rows, heads, dtype=torch.float64, device=grad.device) if into is None else into  # written below
     if tuple(corr.shape) != (rows, heads) or corr.dtype != torch.float64 or not corr.is_contiguous() or corr.device != grad.device:
         raise ValueError(f"output_corrections: into must be a contiguous float64 [{rows}, {heads}] tensor on {grad.device}, got {corr.dtype} {list(corr.shape)} on {corr.device}")
     if grad.device.type != "cpu" or out.device.type != "cpu":  # rows on a GPU: its own float64 sums
