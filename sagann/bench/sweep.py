@@ -138,6 +138,10 @@ class _Run:
             "epoch_seconds": statistics.median(self.times),
             "best_epoch_seconds": min(self.times),
             "epoch_seconds_all": self.times,
+            "mean_epoch_seconds": statistics.fmean(self.times),
+            # the edge stages' sub-chunks, summed per epoch: their loads and their compute, as measured
+            "edge_load_seconds": sum(r.load_seconds for r in records) * per,
+            "edge_compute_seconds": sum(r.compute_seconds for r in records) * per,
             "num_chunks": g.num_chunks,
             "sub_chunk_nnz": g.sub_chunk_nnz,
             "steps": round(sum(r.steps for r in records) * per),
@@ -180,7 +184,20 @@ def _cell(mem: dict, ooc: dict, costs) -> dict:
         "model_step_us": 1e6 * costs.seconds_per_step,
         "model_vertex_step_us": 1e6 * costs.seconds_per_vertex_step,
         "bandwidth_gbs": 1e-9 / costs.seconds_per_byte if costs.seconds_per_byte > 0 else None,
+        **gap_split(mem, ooc),
     }
+
+
+def gap_split(mem: dict, ooc: dict) -> dict:
+    """Where the out-of-core epoch's extra time went, measured (mean epochs; the three add up to the gap): the edge
+    stages' loads, their compute (smaller sub-chunks, partial rows), and everything outside their steps (ApplyVertex and
+    hook blocks and their recompute, columns opened and closed, outputs copied back)."""
+    if "edge_load_seconds" not in mem or "edge_load_seconds" not in ooc:
+        return {}
+    loads = ooc["edge_load_seconds"] - mem["edge_load_seconds"]
+    compute = ooc["edge_compute_seconds"] - mem["edge_compute_seconds"]
+    gap = ooc["mean_epoch_seconds"] - mem["mean_epoch_seconds"]
+    return {"extra_load_seconds": loads, "extra_edge_compute_seconds": compute, "extra_other_seconds": gap - loads - compute}
 
 
 def run_sweep(grid: Grid = QUICK, progress=None) -> dict:
@@ -227,13 +244,13 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
     mem = mem_run.result()
     floor = roofline.epoch_floor(model_name, n, ei.shape[1] + n, width, width, CLASSES, rates, cached=cached)
     for row in rows:
-        row.update({"in_memory_seconds": mem["epoch_seconds"], "in_memory_steps": mem["steps"], "in_memory_vertex_steps": mem["vertex_steps"], "in_memory_bytes_moved": mem["bytes_moved"],
+        row.update({"in_memory_seconds": mem["epoch_seconds"], "in_memory_mean_seconds": mem["mean_epoch_seconds"], "in_memory_steps": mem["steps"], "in_memory_vertex_steps": mem["vertex_steps"], "in_memory_bytes_moved": mem["bytes_moved"],
                     "floor_seconds": floor, "floor_fraction": floor / mem["epoch_seconds"]})
         run = row.pop("run", None)
         if run is None:
             continue
         ooc = run.result()
-        row.update({"out_of_core_seconds": ooc["epoch_seconds"], "best_ratio": ooc["best_epoch_seconds"] / mem["best_epoch_seconds"], "num_chunks": ooc["num_chunks"],
+        row.update({"out_of_core_seconds": ooc["epoch_seconds"], "out_of_core_mean_seconds": ooc["mean_epoch_seconds"], "best_ratio": ooc["best_epoch_seconds"] / mem["best_epoch_seconds"], "num_chunks": ooc["num_chunks"],
                     "sub_chunk_nnz": ooc["sub_chunk_nnz"], "steps": ooc["steps"], "vertex_steps": ooc["vertex_steps"], "bytes_moved": ooc["bytes_moved"], "bytes_lower_bound": ooc["bytes_lower_bound"],
                     "peak_device_bytes": ooc["peak_device_bytes"], "pass_model_seconds": ooc["pass_model_seconds"], "pass_achieved_seconds": ooc["pass_achieved_seconds"]})
         row.update(_cell(mem, ooc, measure_step_costs(run.g.device)))
@@ -276,17 +293,24 @@ def _line(c: dict) -> str:
     us = lambda v: f"{v:8.0f}" if v is not None else f"{'-':>8s}"  # noqa: E731
     return (f"{head} {c['in_memory_seconds']:7.3f} {c['out_of_core_seconds']:7.3f} {c['ratio']:6.2f} {c['num_chunks']:4d} {c['steps']:6d} {c.get('vertex_steps', 0):6d} "
             f"{c['bytes_moved'] / 2**20:9.1f} {c['lower_bound_seconds']:7.3f} {c['predicted_seconds']:7.3f} {100 * c['prediction_error']:+6.0f}% "
-            f"{us(c['step_overhead_us'])} {c['model_step_us']:7.0f} {100 * c['floor_fraction']:5.0f}%")
+            f"{us(c['step_overhead_us'])} {c['model_step_us']:7.0f} {100 * c['floor_fraction']:5.0f}%{_split(c)}")
+
+
+def _split(c: dict) -> str:
+    if "extra_load_seconds" not in c:
+        return ""
+    return "".join(f" {1e3 * c[k]:+7.1f}" for k in ("extra_load_seconds", "extra_edge_compute_seconds", "extra_other_seconds"))
 
 
 HEADER = (f"{'graph':15s} {'model':4s} {'width':>4s} {'budg':>5s} {'gc '} {'rule':4s} {'mem s':>7s} {'ooc s':>7s} {'ratio':>6s} {'P':>4s} {'steps':>6s} {'vsteps':>6s} "
-          f"{'MiB sent':>9s} {'floor s':>7s} {'pred s':>7s} {'err':>7s} {'us/step':>8s} {'model':>7s} {'roof':>6s}")
+          f"{'MiB sent':>9s} {'floor s':>7s} {'pred s':>7s} {'err':>7s} {'us/step':>8s} {'model':>7s} {'roof':>6s} {'+load':>7s} {'+kern':>7s} {'+rest':>7s}")
 
 
 def format_sweep(r: dict) -> str:
     lines = ["out-of-core / in-memory epoch per cell (one process, copying transfers); timings on a shared machine are noisy",
              "us/step: (extra time - extra bytes / bandwidth - extra vertex steps x their calibrated cost) / extra steps, measured; model: the fixed cost per step the planner measured",
-             "floor s: in-memory epoch + least extra bytes / bandwidth; roof: the roofline floor / the in-memory epoch", HEADER]
+             "floor s: in-memory epoch + least extra bytes / bandwidth; roof: the roofline floor / the in-memory epoch",
+             "+load, +kern, +rest: the extra ms of a mean epoch, measured: edge-stage loads, edge-stage compute, all else (vertex blocks, recompute, columns)", HEADER]
     lines += [_line(c) for c in r["cells"]]
     for name, s in r["summary"].items():
         if isinstance(s, dict):

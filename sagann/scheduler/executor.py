@@ -499,7 +499,8 @@ class Executor:
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
         record = PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes)
         least = moved - plan.bytes_moved + plan.bytes_lower_bound
-        self.log.records.append(dataclasses.replace(record, bytes_lower_bound=least, steps=steps, model_seconds=model))
+        loads, busy = sum(t[0] for t in times.values()), sum(t[1] for t in times.values())
+        self.log.records.append(dataclasses.replace(record, bytes_lower_bound=least, steps=steps, model_seconds=model, load_seconds=loads, compute_seconds=busy))
         profiler.count("bytes_moved_full", full)
         self.device.flush_spans()
         self.strategy.after_pass(self, plan, seconds)

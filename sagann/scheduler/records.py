@@ -34,6 +34,10 @@ class PassRecord:
     # steps x measured fixed cost per step + the edge work measured on the previous run of this pass
     # (NaN on a pass's first run, whose edge work is not known yet)
     model_seconds: float = float("nan")
+    # summed over the pass's sub-chunks, as measured: their loads (on the critical path where the pass does not
+    # prefetch; beside compute where it does) and their compute (kernels and per-edge functions)
+    load_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

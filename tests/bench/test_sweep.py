@@ -24,10 +24,13 @@ def test_sweep_rows_cover_the_grid_and_serialise():
         assert c["floor_seconds"] > 0
         assert c["sub_chunk_nnz"] >= 1, "GCN's partition is its self-loop graph's: still reported"
         assert c["pass_prediction_error"] == pytest.approx(c["pass_model_seconds"] / c["pass_achieved_seconds"] - 1)
+        split = c["extra_load_seconds"] + c["extra_edge_compute_seconds"] + c["extra_other_seconds"]
+        assert split == pytest.approx(c["out_of_core_mean_seconds"] - c["in_memory_mean_seconds"]), "the split is the whole gap"
+        assert c["extra_load_seconds"] > 0, "copying loads cost time that views did not"
     assert r["summary"]["all"]["cells"] == 3 and r["summary"]["failed"] == 0
     assert r["summary"]["all"]["median_abs_pass_prediction_error"] >= 0 and "pass-log prediction error" in r["report"]
     json.dumps(r, allow_nan=True)
-    assert "us/step" in r["report"]
+    assert "us/step" in r["report"] and "+load" in r["report"]
 
 
 def test_roofline_floor_grows_with_the_work_and_the_cache_lowers_it():
@@ -72,3 +75,13 @@ def test_a_prediction_prices_the_rows_backward_recomputes_at_the_forward_rate():
     assert cell["recompute_seconds"] == pytest.approx(0.3 + 0.05)
     assert cell["predicted_seconds"] == pytest.approx(1.0 + 0.35)
     assert cell["step_overhead_us"] == pytest.approx(1e6 * (0.5 - 0.35) / 10)
+
+
+def test_the_gap_splits_into_loads_edge_compute_and_the_rest():
+    mem = {"mean_epoch_seconds": 1.0, "edge_load_seconds": 0.01, "edge_compute_seconds": 0.5}
+    ooc = {"mean_epoch_seconds": 1.6, "edge_load_seconds": 0.21, "edge_compute_seconds": 0.6}
+    split = sweep.gap_split(mem, ooc)
+    assert split["extra_load_seconds"] == pytest.approx(0.2)
+    assert split["extra_edge_compute_seconds"] == pytest.approx(0.1)
+    assert split["extra_other_seconds"] == pytest.approx(0.3)
+    assert sweep.gap_split({"mean_epoch_seconds": 1.0}, ooc) == {}, "a run without the sums splits nothing"

@@ -414,3 +414,14 @@ def test_property_resident_plans_equal_streamed_ones(graph, num_chunks, room):
     (a, ga), (b, gb) = results
     assert_rel_close(a, b)
     assert_grads_close(ga, gb)
+
+
+def test_a_pass_record_sums_its_sub_chunks_loads_and_compute():
+    """What the sweep splits an epoch's extra time by: the measured loads and compute of a pass's steps, within its wall time."""
+    torch.manual_seed(0)
+    g = sagann.ChunkedGraph(torch.randint(0, 400, (2, 6000)), 400, device=sagann.CpuDevice("60KB", copy_transfers=True))
+    sagann.nn.GCNConv(16, 16)(g, torch.randn(400, 16, requires_grad=True)).sum().backward()
+    assert g.num_chunks > 1 and {r.phase for r in g.pass_log} == {"forward", "backward"}
+    for r in g.pass_log:
+        assert r.steps > 1 and r.load_seconds > 0 and r.compute_seconds > 0
+        assert r.load_seconds + r.compute_seconds <= r.seconds, "loads in line and compute, one after the other, inside the pass"
