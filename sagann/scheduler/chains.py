@@ -43,6 +43,7 @@ import torch
 
 from sagann import profiler
 from sagann.scheduler.devices import Device, Scope
+from sagann.scheduler.executor import load_in_pieces, widen
 from sagann.units import tensor_bytes
 
 POLL_SECONDS = 0.05
@@ -239,8 +240,11 @@ class ChainRelay:
                 try:
                     with dev.loading():  # a GPU queues the relay's copies on its copy stream, like the loader's
                         if prev is None:  # the head's loader reports these bytes in its own h2d span
-                            tensors = {n: scope.load(self._host[n][lo:hi], f"{n} block V_{i} (chain head)") for n in self._names}
-                            nbytes = sum(tensor_bytes(t) for t in tensors.values())
+                            # 16-bit rows (ScheduleConfig.transfer_dtype) cross the host link so and are widened here,
+                            # once: the chain forwards float32 rows, as every device's kernels read them
+                            rows = {n: self._host[n][lo:hi] for n in self._names}
+                            tensors = {n: widen(scope, load_in_pieces(scope, t, f"{n} block V_{i} (chain head)"), f"{n} block V_{i} widened") for n, t in rows.items()}
+                            nbytes = sum(tensor_bytes(t) for t in rows.values())
                             item = Delivery(key, scope, tensors, nbytes, 0)
                             self.host_bytes += nbytes
                         else:

@@ -569,8 +569,8 @@ class Planner:
         device (its graph view keeps no host memory budget).
         """
         schedule = self._schedule
-        if chained:
-            schedule = ScheduleConfig(prefetch=schedule.prefetch, transfer=TransferPolicy.FULL, order="natural")
+        if chained:  # the rest of the user's schedule stands (16-bit rows and ids, replans, the partition rule)
+            schedule = dataclasses.replace(schedule, transfer=TransferPolicy.FULL, order="natural", tile=None)
         view = Planner(self._edges, self._num_vertices, self._in_degree, [device], schedule, partition=self._partition)
         view._scope = DeviceScope(frozenset(owned), bool(chained))
         return view

@@ -339,3 +339,26 @@ def test_a_device_whose_dry_run_misses_the_models_depth_runs_shallower(monkeypat
     assert max(depths) > 1 and 1 in depths, "the deepest pipeline was tried, then one that fits"
     assert_rel_close(out, ref_out, what="output")
     assert_grads_close(grads, ref_grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_chain_sends_16_bit_rows_over_the_host_link_and_forwards_them_widened(dtype):
+    """transfer_dtype holds on chained devices as on lone ones: half the host-link row bytes, the lone devices' results."""
+    n = 64
+    ei = _uniform_graph(n, 12)
+    x = torch.randn(n, 16, generator=torch.Generator().manual_seed(0))
+
+    def run(topology, transfer_dtype):
+        schedule = sagann.ScheduleConfig(transfer="full", order="natural", transfer_dtype=transfer_dtype, max_replans=1)
+        out, grads, g = outputs_and_grads(lambda: GatedGCN(16, 4), False, ei, n, x, None, cpus(2, copy_transfers=True), topology, num_chunks=4, schedule=schedule)
+        return out, grads, g
+
+    out32, _, g32 = run([[0, 1]], None)
+    out16, grads16, g16 = run([[0, 1]], dtype)
+    lone16, lone_grads16, _ = run(None, dtype)
+    assert g16.link.peer_bytes > 0, "the chain forwarded blocks"
+    assert g16.link.host_bytes * 2 == g32.link.host_bytes, "the blocks crossed the host link in 16 bits"
+    assert g16.link.peer_bytes == g32.link.peer_bytes, "and went down the chain widened, as float32"
+    assert not torch.equal(out16, out32), "the rows were rounded"
+    assert_rel_close(out16, lone16, 1e-5)
+    assert_grads_close(grads16, lone_grads16)

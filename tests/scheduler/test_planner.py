@@ -8,6 +8,7 @@ import re
 import weakref
 
 import numpy as np
+import torch
 import pytest
 
 import sagann
@@ -214,6 +215,14 @@ def test_a_chained_device_plans_full_blocks_over_its_columns():
     assert {j for j, _ in plan.groups} == set(owned)
     assert all(s.transfer is Transfer.FULL and not s.shares_block for s in plan.steps())
     assert 0 < view.planned_peak_bytes <= 4 * budget and p.planned_peak_bytes == p.working_set.peak_bytes, "a view's plans are its own"
+
+
+def test_a_chained_device_keeps_the_rest_of_the_users_schedule():
+    user = sagann.ScheduleConfig(partition_rule="smallest", transfer_dtype=torch.bfloat16, narrow_index=False, max_replans=1, tile=2, cache_gather=False)
+    view = planner(1162938, user).for_device(sagann.CpuDevice(4 * 1162938), [0, 1], chained=True)
+    kept = view.schedule
+    assert (kept.transfer, kept.order, kept.tile) == (TransferPolicy.FULL, Order.NATURAL, None), "what a chain's relay needs"
+    assert (kept.transfer_dtype, kept.narrow_index, kept.max_replans, kept.partition_rule, kept.cache_gather) == (torch.bfloat16, False, 1, "smallest", False)
 
 
 def test_state_is_read_only_and_written_by_the_planner_alone():
