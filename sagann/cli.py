@@ -98,11 +98,10 @@ def _json(obj) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
     from sagann.demo import DemoConfig, format_report, run_demo
+    from sagann.engine.train import TRANSFER_DTYPES
 
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.transfer_dtype]
+    dtype = TRANSFER_DTYPES[args.transfer_dtype]
     config = DemoConfig(epochs=args.epochs, num_vertices=args.vertices, budget_fraction=args.budget_fraction, seed=args.seed, transfer_dtype=dtype,
                         meter=args.json if args.meter is None else args.meter)
     result = run_demo(config, progress=not args.json and sys.stderr.isatty(), profile_dir=args.profile)
@@ -120,6 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
         memory_budget=args.memory_budget or ("64MB" if args.device == "cpu" else None), host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
         checkpoint=args.checkpoint, profile=args.profile, meter=args.json if args.meter is None else args.meter, verify=args.verify,
+        transfer_dtype=args.transfer_dtype,
     )
     say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
 
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--spill-dir", default=None, help="directory for spill files (default: a temporary directory); put it on a fast local disk")
     train.add_argument("--order", default=None, help="chunk order: profile (Johnson's rule on measured times; float sums vary run to run) or natural (bit-reproducible); default natural with --checkpoint, else profile")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--transfer-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                       help="rows cross the host link in this type (16 bits: half the bytes; kernels compute in float32)")
     train.add_argument("--checkpoint", metavar="DIR", default=None, help="save a checkpoint into DIR after every epoch and resume from it if present")
     train.add_argument("--profile", metavar="DIR", default=None, help="profile training; write trace.json, timeline.png, summary.json into DIR")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the report")

@@ -16,6 +16,7 @@ from sagann.chunks import partition_graph, save_dataset
 from sagann.chunks.synthetic import sbm
 from sagann.cli import build_parser, main
 from sagann.engine.checkpoint import CHECKPOINT_NAME
+from sagann.engine.train import TrainConfig
 
 TRAIN_KEYS = {"accuracy", "num_chunks", "memory_budget_bytes", "peak_device_bytes", "measured_device_peak_bytes", "epoch_seconds", "losses", "resumed_from_epoch"}
 
@@ -101,6 +102,18 @@ def test_checkpoint_of_another_model_is_refused(dataset, tmp_path, capsys):
     capsys.readouterr()
     err = _error(capsys, ["train", dataset, "--epochs", "2", "--model", "gin", "--checkpoint", str(tmp_path)])
     assert "different run" in err and "model_name 'gcn' there vs 'gin' here" in err
+
+
+def test_16_bit_transfers_train_and_resume_only_their_own_checkpoints(dataset, tmp_path, capsys):
+    assert main(["train", dataset, "--epochs", "8", "--json", "--memory-budget", "150KB", "--hidden", "16", "--transfer-dtype", "bfloat16", "--checkpoint", str(tmp_path)]) == 0
+    r = _one_json(capsys.readouterr().out)
+    assert r["transfer_dtype"] == "bfloat16" and r["num_chunks"] > 1 and r["losses"][-1] < r["losses"][0] and r["accuracy"] > 0.5
+    err = _error(capsys, ["train", dataset, "--epochs", "9", "--memory-budget", "150KB", "--hidden", "16", "--checkpoint", str(tmp_path)])
+    assert "different run" in err and "--transfer-dtype 'bfloat16' there" in err, "a float32 run does not resume a bfloat16 run's checkpoint"
+    assert main(["train", dataset, "--epochs", "1", "--memory-budget", "150KB", "--hidden", "16", "--transfer-dtype", "float16"]) == 0
+    assert "rows crossed the host link in float16" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown transfer dtype 'int8'"):
+        TrainConfig(dataset, transfer_dtype="int8")
 
 
 def test_profile_writes_trace_timeline_summary(dataset, tmp_path, capsys):

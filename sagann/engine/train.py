@@ -361,6 +361,9 @@ def _replay_earlier_calls(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tens
 
 
 # ---------------------------------------------------------------- sagann train
+TRANSFER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by the names the CLI takes
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of ``sagann train``; validated on construction.
@@ -388,6 +391,7 @@ class TrainConfig:
     profile: str | None = None
     meter: bool = False  # measure device memory as allocated (measured_device_peak_bytes); slows a CPU run
     verify: bool = True  # hash the dataset's files first, unless a stamp says they are unchanged since
+    transfer_dtype: str = "float32"  # rows cross the link in float32, bfloat16 or float16 (ScheduleConfig.transfer_dtype)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -402,7 +406,12 @@ class TrainConfig:
         parse_bytes(self.host_memory)
         if self.order is None:
             object.__setattr__(self, "order", "natural" if self.checkpoint is not None else "profile")
-        ScheduleConfig(order=self.order)
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            raise ValueError(f"unknown transfer dtype {self.transfer_dtype!r}; known: {', '.join(TRANSFER_DTYPES)}")
+        self.schedule()
+
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(order=self.order, transfer_dtype=TRANSFER_DTYPES[self.transfer_dtype])
 
 
 def _make_device(config: TrainConfig) -> Device:
@@ -474,13 +483,15 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, on_forecas
     check_training_inputs(None, x, y, masks, ds.num_classes)
     # a graph without vertices has no classes; one output keeps the model well formed
     model = build_model(config.model, int(x.shape[1]), config.hidden, max(ds.num_classes, 1)).to(device.torch_device)
-    g = ChunkedGraph.from_partition(ds.partition, device=device, schedule=ScheduleConfig(order=config.order), host_memory=host)
+    g = ChunkedGraph.from_partition(ds.partition, device=device, schedule=config.schedule(), host_memory=host)
     run_id = {
         "dataset": hashlib.sha256(json.dumps(ds.manifest["files"], sort_keys=True).encode()).hexdigest()[:16],
         "model_name": config.model,
         "hidden": config.hidden,
         "seed": config.seed,
     }
+    if config.transfer_dtype != "float32":  # 16-bit rows round differently: a checkpoint resumes only its own kind (float32 ones as before)
+        run_id["transfer_dtype"] = config.transfer_dtype
     forecast = forecast_epoch(model, g, int(x.shape[1]), seed=config.seed) if on_forecast is not None else None
     if forecast is not None:
         on_forecast(forecast)
@@ -510,6 +521,7 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, on_forecas
         "num_edges": ds.partition.num_edges,
         "num_chunks": g.num_chunks if g.num_chunks is not None else ds.partition.num_chunks,
         "memory_budget_bytes": device.memory_budget,
+        "transfer_dtype": config.transfer_dtype,
         "kernel_backend": device.kernel_backend if g.backend == "auto" else g.backend,
         **host.stats(),  # host_memory_bytes, peak_resident_bytes, spilled_bytes_total, ...
         "peak_host_anon_bytes": anon.read(),  # sampled from /proc since the start: what the OS charged
@@ -549,6 +561,8 @@ def format_train_report(r: dict) -> str:
         f"epoch time (train step) median {np.median(sec):.3f} s",
         f"test accuracy {r['accuracy']:.3f} (val {r['val_accuracy']:.3f}, train {r['train_accuracy']:.3f}) after the last epoch",
     ]
+    if r.get("transfer_dtype", "float32") != "float32":
+        lines.append(f"rows crossed the host link in {r['transfer_dtype']} (kernels computed in float32)")
     if r["host_memory_bytes"] is not None:
         lines.append(f"host memory budget {format_bytes(r['host_memory_bytes'])}: peak {format_bytes(r['peak_resident_bytes'])} of engine tensors in RAM, "
                      f"{format_bytes(r['spilled_bytes_total'])} spilled to {r['spill_files']} memory-mapped files")
