@@ -110,7 +110,7 @@ def forecast_epoch(model: torch.nn.Module, g: ChunkedGraph, in_features: int, *,
     edges = edges if edges is not None else np.asarray(g.edge_index())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        per_edge, per_sub, calls, passes, e_s = _calibrate(model, edges, g.num_vertices, in_features, sample_edges, seed)
+        per_edge, per_sub, calls, passes, e_s = _calibrate(model, edges, g.num_vertices, in_features, sample_edges, seed, g.schedule)
     floor = g.partition.num_chunks if g.partition is not None else 1
     options = []
     for k in (1, *FACTORS):
@@ -138,22 +138,24 @@ def _epoch(model: torch.nn.Module, g: ChunkedGraph, x: torch.Tensor) -> tuple[fl
     t0 = time.perf_counter()
     model.train()
     model(g, x).square().mean().backward()
-    seconds, passes = time.perf_counter() - t0, len(g.pass_log) - before
+    seconds = time.perf_counter() - t0
+    passes = sum(1 for r in g.pass_log[before:] if r.steps)  # streamed ones: a cached Gather's edgeless pass has no sub-chunks
     model.eval()
     with torch.no_grad():
         model(g, x)
     return seconds, passes
 
 
-def _calibrate(model, edges, n, in_features, sample_edges, seed):
-    """(seconds per edge, seconds per sub-chunk, planner calls, edge passes per training step, sample edges) measured on a sample."""
+def _calibrate(model, edges, n, in_features, sample_edges, seed, schedule=None):
+    """(seconds per edge, seconds per sub-chunk, planner calls, edge passes per training step, sample edges) measured on a sample,
+    under the graph's own ``schedule`` (a cached Gather, or not, plans other layers)."""
     ei, n_s = _sample(edges, n, sample_edges, seed)
     x = torch.randn(n_s, in_features)
     e_s = ei.shape[1]
     sub = max(16, e_s // 256)
     runs = {}
     for chunks, nnz in ((1, None), (8, sub)):
-        g = ChunkedGraph(ei, n_s, device=CpuDevice(), num_chunks=chunks, sub_chunk_nnz=nnz)
+        g = ChunkedGraph(ei, n_s, device=CpuDevice(), num_chunks=chunks, sub_chunk_nnz=nnz, schedule=schedule)
         calls: list = []
         m = copy.deepcopy(model).to(torch.device("cpu"))
         with _recording_plans(calls):  # the layer shapes the model plans, for the budgets compared below

@@ -5,7 +5,7 @@ import torch
 
 import sagann
 from sagann.chunks.synthetic import sbm
-from sagann.engine.foresight import Forecast, Option, forecast_epoch
+from sagann.engine.foresight import Forecast, Option, _calibrate, forecast_epoch
 from sagann.engine.models import build_model
 
 
@@ -49,3 +49,15 @@ def test_warning_names_the_larger_budget_and_the_speedup():
     assert lines[1].startswith("warning: a 8MB --memory-budget would run ~19x faster (P = 50")
     close = Forecast(slow, [Option(2_000_000, 300, 800_000, 150.0)], 20_000)
     assert close.better() is None and len(close.lines()) == 1  # under 3x: no warning
+
+
+
+def test_the_forecast_plans_under_the_graphs_own_schedule():
+    """With the cached Gather a GCN (no dropout on its input) streams only its second layer: two streamed passes a
+    training step, not three; the sample runs under the graph's own schedule."""
+    d = sbm(3000, 3, 12.0, 16, seed=0)
+    passes = {}
+    for cache in (True, False):
+        schedule = sagann.ScheduleConfig(cache_gather=cache)
+        passes[cache] = _calibrate(build_model("gcn", 16, 32, 3, dropout=0.0), d.edge_index, d.num_vertices, 16, 5000, 0, schedule)[3]
+    assert passes == {True: 2, False: 3}
