@@ -255,7 +255,15 @@ class ChunkedGraph:
         layer call picks the smallest P that fits it, and the graph moves to
         it where that is coarser (one partitioning), if every other call
         planned so far (not ``owner``'s) fits it too.
+
+        Not under a host budget: a coarser partition is cut in RAM beside the
+        current one, outside the budget (a whole-graph chunk at P = 1 put a
+        GCN run 3-13 MiB over its anonymous-RSS bound, measured from
+        outside), and where host memory is what binds, the partition in hand
+        is the one to keep.
         """
+        if self.host.budget is not None:
+            return
         for g in self._graphs():
             g.planner.allow_coarser(owner)
 

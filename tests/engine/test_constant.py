@@ -306,3 +306,34 @@ def test_chaining_waits_for_no_dropout_and_runs_in_eval():
         chained = model(g, x)
     assert any("+act+lin" in r.layer for r in g.pass_log)
     assert_rel_close(chained, plain, what="eval output")
+
+
+def test_under_a_host_budget_the_partition_in_hand_is_kept():
+    """A coarser partition would be cut in RAM outside the host budget: with one, the graph keeps its P after the
+    first layer's Gather is cached, and trains the same."""
+    rng = np.random.default_rng(4)
+    n, d, classes = 1500, 64, 3
+    ei = awkward_graph(rng, n, 12000)
+    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
+    probe = _graph(ei, n, False)
+    torch.manual_seed(0)
+    _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
+    budget = probe.working_set.peak_bytes // 10
+    runs = {}
+    for host in (None, "64MB"):
+        g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget), host_memory=host)
+        torch.manual_seed(0)
+        model = GCN(d, 8, classes, num_layers=2, dropout=0.0)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        chunks, losses = [], []
+        for _ in range(4):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(g, x), y)
+            loss.backward()
+            opt.step()
+            chunks.append(g.num_chunks)
+            losses.append(loss.detach())
+        runs[host] = chunks, torch.stack(losses)
+    assert runs[None][0][-1] < runs[None][0][0], "without a host budget the graph coarsens"
+    assert runs["64MB"][0] == [runs["64MB"][0][0]] * 4 and runs["64MB"][0][0] > 1, f"P per epoch {runs['64MB'][0]}"
+    assert_rel_close(runs["64MB"][1], runs[None][1], what="losses")
