@@ -119,7 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.dataset, model=args.model, epochs=args.epochs, hidden=args.hidden, lr=args.lr, device=args.device,
         memory_budget=args.memory_budget or ("64MB" if args.device == "cpu" else None), host_memory=args.host_memory, spill_dir=args.spill_dir, order=args.order, seed=args.seed,
         checkpoint=args.checkpoint, profile=args.profile, meter=args.json if args.meter is None else args.meter, verify=args.verify,
-        transfer_dtype=args.transfer_dtype,
+        transfer_dtype=args.transfer_dtype, dropout=args.dropout,
     )
     say = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: tqdm.write(m, file=sys.stdout))  # noqa: E731
 
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--spill-dir", default=None, help="directory for spill files (default: a temporary directory); put it on a fast local disk")
     train.add_argument("--order", default=None, help="chunk order: profile (Johnson's rule on measured times; float sums vary run to run) or natural (bit-reproducible); default natural with --checkpoint, else profile")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dropout", type=float, default=0.5, help="dropout on the features and between the layers (default 0.5); "
+                       "0 lets the first layer's aggregate be computed once and reused every epoch")
     train.add_argument("--transfer-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                        help="rows cross the host link in this type (16 bits: half the bytes; kernels compute in float32)")
     train.add_argument("--checkpoint", metavar="DIR", default=None, help="save a checkpoint into DIR after every epoch and resume from it if present")

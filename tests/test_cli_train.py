@@ -114,6 +114,8 @@ def test_16_bit_transfers_train_and_resume_only_their_own_checkpoints(dataset, t
     assert "rows crossed the host link in float16" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown transfer dtype 'int8'"):
         TrainConfig(dataset, transfer_dtype="int8")
+    with pytest.raises(ValueError, match="dropout must be in"):
+        TrainConfig(dataset, dropout=1.0)
 
 
 def test_profile_writes_trace_timeline_summary(dataset, tmp_path, capsys):

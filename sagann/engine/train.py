@@ -392,6 +392,7 @@ class TrainConfig:
     meter: bool = False  # measure device memory as allocated (measured_device_peak_bytes); slows a CPU run
     verify: bool = True  # hash the dataset's files first, unless a stamp says they are unchanged since
     transfer_dtype: str = "float32"  # rows cross the link in float32, bfloat16 or float16 (ScheduleConfig.transfer_dtype)
+    dropout: float = 0.5  # on the features and between the layers; 0 lets the first layer's Gather be cached in training
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -406,6 +407,8 @@ class TrainConfig:
         parse_bytes(self.host_memory)
         if self.order is None:
             object.__setattr__(self, "order", "natural" if self.checkpoint is not None else "profile")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
             raise ValueError(f"unknown transfer dtype {self.transfer_dtype!r}; known: {', '.join(TRANSFER_DTYPES)}")
         self.schedule()
@@ -482,7 +485,7 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, on_forecas
     torch.manual_seed(config.seed)
     check_training_inputs(None, x, y, masks, ds.num_classes)
     # a graph without vertices has no classes; one output keeps the model well formed
-    model = build_model(config.model, int(x.shape[1]), config.hidden, max(ds.num_classes, 1)).to(device.torch_device)
+    model = build_model(config.model, int(x.shape[1]), config.hidden, max(ds.num_classes, 1), dropout=config.dropout).to(device.torch_device)
     g = ChunkedGraph.from_partition(ds.partition, device=device, schedule=config.schedule(), host_memory=host)
     run_id = {
         "dataset": hashlib.sha256(json.dumps(ds.manifest["files"], sort_keys=True).encode()).hexdigest()[:16],
@@ -492,6 +495,8 @@ def _run_training(config: TrainConfig, progress, on_epoch, on_resume, on_forecas
     }
     if config.transfer_dtype != "float32":  # 16-bit rows round differently: a checkpoint resumes only its own kind (float32 ones as before)
         run_id["transfer_dtype"] = config.transfer_dtype
+    if config.dropout != 0.5:  # another dropout draws other masks (the default's checkpoints keep their fingerprint)
+        run_id["dropout"] = config.dropout
     forecast = forecast_epoch(model, g, int(x.shape[1]), seed=config.seed) if on_forecast is not None else None
     if forecast is not None:
         on_forecast(forecast)
