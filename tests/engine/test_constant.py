@@ -231,6 +231,20 @@ def test_evaluation_calls_cached_beside_streamed_training_calls_leave_the_partit
     assert per_epoch[2:] == [0, 0, 0], f"partitions cut per epoch {per_epoch}"
 
 
+def _train_watching_p(model, g, x, y, epochs=4):
+    """P after each of a few Adam epochs, and their losses (the caller seeds the model's initial weights)."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    chunks, losses = [], []
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(g, x), y)
+        loss.backward()
+        opt.step()
+        chunks.append(g.num_chunks)
+        losses.append(loss.detach())
+    return chunks, torch.stack(losses)
+
+
 def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     """The first epoch streams the 64-wide features at the P they need; from the cached epoch on the
     8-wide second layer alone sets P, and the graph moves to the smaller P that fits it, training the same."""
@@ -248,18 +262,10 @@ def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     g = _graph(ei, n, True, device=dev)
     torch.manual_seed(0)
     model = GCN(d, 8, classes, num_layers=2, dropout=0.0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    chunks, losses = [], []
-    for _ in range(4):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(g, x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-        chunks.append(g.num_chunks)
+    chunks, losses = _train_watching_p(model, g, x, y)
     assert chunks[0] > 1 and chunks[-1] < chunks[0], f"P per epoch {chunks}"
     assert chunks[1:] == [chunks[1]] * 3, "one coarsening, then the graph settles"
-    assert_rel_close(torch.stack(losses), ref_losses, what="losses")
+    assert_rel_close(losses, ref_losses, what="losses")
     for a, b in zip(model.parameters(), ref_params):
         assert_rel_close(a.detach(), b, what="parameters")
     assert dev.current_bytes == 0
@@ -323,17 +329,8 @@ def test_under_a_host_budget_the_partition_in_hand_is_kept():
     for host in (None, "64MB"):
         g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget), host_memory=host)
         torch.manual_seed(0)
-        model = GCN(d, 8, classes, num_layers=2, dropout=0.0)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        chunks, losses = [], []
-        for _ in range(4):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(g, x), y)
-            loss.backward()
-            opt.step()
-            chunks.append(g.num_chunks)
-            losses.append(loss.detach())
-        runs[host] = chunks, torch.stack(losses)
+        chunks, losses = _train_watching_p(GCN(d, 8, classes, num_layers=2, dropout=0.0), g, x, y)
+        runs[host] = chunks, losses
     assert runs[None][0][-1] < runs[None][0][0], "without a host budget the graph coarsens"
     assert runs["64MB"][0] == [runs["64MB"][0][0]] * 4 and runs["64MB"][0][0] > 1, f"P per epoch {runs['64MB'][0]}"
     assert_rel_close(runs["64MB"][1], runs[None][1], what="losses")
