@@ -190,12 +190,9 @@ def test_config_validates_cache_gather():
         sagann.ScheduleConfig(cache_gather="yes")
 
 
-def test_evaluation_calls_cached_beside_streamed_training_calls_leave_the_partition_settled(monkeypatch):
-    """Dropout gives the first layer a fresh input every epoch, so its training calls stream while its
-    evaluation calls (the same input each epoch) get cached: P must not coarsen for the cached ones and
-    grow back at the next training call, re-cutting the graph every epoch."""
-    from sagann.scheduler.planner import Planner
-
+def _wide_first_layer():
+    """A graph whose 64-wide features set P (an 8-wide hidden layer after them), its data, and a 2-layer GCN's
+    in-memory working-set peak there: ``(ei, n, d, classes, x, y, peak)``."""
     rng = np.random.default_rng(4)
     n, d, classes = 1500, 64, 3
     ei = awkward_graph(rng, n, 12000)
@@ -203,7 +200,17 @@ def test_evaluation_calls_cached_beside_streamed_training_calls_leave_the_partit
     probe = _graph(ei, n, False)
     torch.manual_seed(0)
     _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
-    g = _graph(ei, n, True, device=sagann.CpuDevice(probe.working_set.peak_bytes // 6, copy_transfers=True))
+    return ei, n, d, classes, x, y, probe.working_set.peak_bytes
+
+
+def test_evaluation_calls_cached_beside_streamed_training_calls_leave_the_partition_settled(monkeypatch):
+    """Dropout gives the first layer a fresh input every epoch, so its training calls stream while its
+    evaluation calls (the same input each epoch) get cached: P must not coarsen for the cached ones and
+    grow back at the next training call, re-cutting the graph every epoch."""
+    from sagann.scheduler.planner import Planner
+
+    ei, n, d, classes, x, y, peak = _wide_first_layer()
+    g = _graph(ei, n, True, device=sagann.CpuDevice(peak // 6, copy_transfers=True))
     cuts = [0]
     real = Planner._cut
 
@@ -248,16 +255,10 @@ def _train_watching_p(model, g, x, y, epochs=4):
 def test_the_graph_coarsens_once_the_wide_first_layer_is_cached():
     """The first epoch streams the 64-wide features at the P they need; from the cached epoch on the
     8-wide second layer alone sets P, and the graph moves to the smaller P that fits it, training the same."""
-    rng = np.random.default_rng(4)
-    n, d, classes = 1500, 64, 3
-    ei = awkward_graph(rng, n, 12000)
-    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
+    ei, n, d, classes, x, y, peak = _wide_first_layer()
     torch.manual_seed(0)
     ref_losses, ref_params = _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), _graph(ei, n, False), x, y, epochs=4)
-    probe = _graph(ei, n, False)
-    torch.manual_seed(0)
-    _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
-    budget = probe.working_set.peak_bytes // 10
+    budget = peak // 10
     dev = sagann.CpuDevice(budget, copy_transfers=True, meter=True)
     g = _graph(ei, n, True, device=dev)
     torch.manual_seed(0)
@@ -317,14 +318,8 @@ def test_chaining_waits_for_no_dropout_and_runs_in_eval():
 def test_under_a_host_budget_the_partition_in_hand_is_kept():
     """A coarser partition would be cut in RAM outside the host budget: with one, the graph keeps its P after the
     first layer's Gather is cached, and trains the same."""
-    rng = np.random.default_rng(4)
-    n, d, classes = 1500, 64, 3
-    ei = awkward_graph(rng, n, 12000)
-    x, y = torch.randn(n, d), torch.randint(0, classes, (n,))
-    probe = _graph(ei, n, False)
-    torch.manual_seed(0)
-    _train(GCN(d, 8, classes, num_layers=2, dropout=0.0), probe, x, y, epochs=1)
-    budget = probe.working_set.peak_bytes // 10
+    ei, n, d, classes, x, y, peak = _wide_first_layer()
+    budget = peak // 10
     runs = {}
     for host in (None, "64MB"):
         g = sagann.ChunkedGraph(ei, n, device=sagann.CpuDevice(budget), host_memory=host)
