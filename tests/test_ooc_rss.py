@@ -15,7 +15,7 @@ N, F, HIDDEN = 150_000, 48, 32  # not the benchmark's graph (200,000 vertices, 6
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RssAnon")
 # without dropout the training calls run the first layer on its cached Gather
-@pytest.mark.parametrize("model,dropout,min_chunks", [("gcn", "0.5", 8), ("gcn", "0", 8), ("sage", "0.5", 6)])
+@pytest.mark.parametrize("model,dropout,min_chunks", [("gcn", "0.5", 8), ("gcn", "0", 8), ("sage", "0.5", 6), ("gin", "0", 10)])
 def test_out_of_core_peak_rss_is_the_in_memory_one_plus_a_constant(tmp_path, model, dropout, min_chunks):
     d = sbm(N, 8, 10.0, F, seed=3)
     ds = save_dataset(tmp_path / "ds", partition_graph(d.edge_index, N, 2), x=d.x, y=d.y, masks={"train": d.train_mask, "val": d.val_mask, "test": d.test_mask})

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sagann.chunks.partition import GraphPartition, as_edge_index, pack_chunks
+from sagann.chunks.partition import GraphPartition, as_edge_index, file_backed, pack_chunks
 from sagann.chunks.recut import remaining_self_loops
 from sagann.kernels import backend_names
 from sagann.scheduler.chains import LinkCounter, resolve_chains, resolve_devices
@@ -94,6 +94,7 @@ class ChunkedGraph:
         host_memory: "int | str | HostMemory | None" = None,
         _partition: GraphPartition | None = None,
         _source: GraphPartition | None = None,
+        _placement=None,
     ):
         self.devices = resolve_devices(device)
         self._device_list = isinstance(device, (list, tuple))  # a list, even of one, runs the multi-device path
@@ -133,11 +134,22 @@ class ChunkedGraph:
         self.calls_made = 0
         self.backend = backend
         self._derived: dict[str, object] = {}
+        # a derived graph's chunks go where its parent's do (a dataset's self-loop graph is cut from arrays the host placed)
+        self._placement = _placement or self._chunk_placement(_partition if _partition is not None else _source)
         self.planner = Planner(
             self._edges_to_cut, self.num_vertices, self.in_degree, self.devices, self.schedule,
             host_spills=self.host.enabled, partition=_partition, num_chunks=num_chunks, sub_chunk_nnz=sub_chunk_nnz,
-            place=self.host.place_chunks if self.host.enabled else None,
+            place=self._placement,
         )
+
+    def _chunk_placement(self, part: GraphPartition | None):
+        """Where the arrays of the partitions cut from ``part`` (this graph's edges; None: a list in RAM) go: the host
+        budget's spill files under one; memory-mapped files for a dataset's chunks (file-backed, and so stay the partitions
+        cut from them); else RAM (None)."""
+        if self.host.enabled:
+            return self.host.place_chunks
+        first = None if part is None else next(iter(part.sub_chunks()), None)
+        return self.host.map_chunks if first is not None and file_backed(first.src_perm) else None
 
     @property
     def partition(self) -> GraphPartition | None:
@@ -279,7 +291,7 @@ class ChunkedGraph:
         """
         part = self.edges_in_chunks()
         if "self_loops" not in self._derived and part is not None:  # derived chunk by chunk: no edge list in RAM
-            loops, loop_ids, _ = remaining_self_loops(part, place=self.host.place_chunks if self.host.enabled else pack_chunks)
+            loops, loop_ids, _ = remaining_self_loops(part, place=self._placement or pack_chunks)
             if self.host.enabled:  # its own in-degrees (N int64) go under the budget too
                 loops.in_degree = self.host.copy(torch.from_numpy(loops.in_degree), "in-degrees").numpy()
             kept = self.host.array(self.num_edges, np.bool_, "kept-edge mask") if self.host.enabled else np.empty(self.num_edges, dtype=bool)
@@ -313,7 +325,7 @@ class ChunkedGraph:
         devices = self.devices if self._device_list else self.device
         derived = ChunkedGraph(
             edge_index, self.num_vertices, num_chunks, devices, sub_chunk_nnz, self.backend, self.schedule,
-            topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host, _source=source,
+            topology=self._chain_spec(), distributed=False if self.process_group is None else self.process_group, host_memory=self.host, _source=source, _placement=self._placement,
         )
         derived.costs, derived.pass_log, derived.link = self.costs, self.pass_log, self.link  # one log for the user's graph
         derived.step_log, derived.call_log, derived.replans = self.step_log, self.call_log, self.replans

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 import weakref
 from pathlib import Path
 
@@ -351,6 +352,7 @@ class HostMemory:
         self.spilled_total_bytes = 0  # everything ever spilled
         self.peak_spilled_bytes = 0
         self._files = 0
+        self._warned_map = False  # map_chunks fell back to RAM (warned once)
         self._placed: set[int] = set()  # storage pointers of the RAM tensors this budget placed
         # without a budget, freed vertex-sized tensors are kept for the next request of their size (a budget's bound is on RSS)
         self._reused = HostBuffers(REUSED_MIN_BYTES) if self.budget is None else None
@@ -499,6 +501,24 @@ class HostMemory:
         if self.budget is None:
             return subs
         return pack_chunks(subs, lambda n: self._spill((n,), torch.uint8, n, "partition index arrays").numpy())
+
+    def map_chunks(self, subs: list) -> list:
+        """The index arrays of ``subs`` (one chunk's sub-chunks) in one memory-mapped file, budget or not; ``subs`` is returned.
+
+        For a partition cut from a dataset's memory-mapped chunks: file-backed
+        as the chunks it is cut from, its pages are the OS's to drop, so a run
+        that re-cuts the dataset finer holds no more anonymous RAM than one
+        reading the dataset's own partition. Where the spill directory has no
+        room the arrays stay in RAM (with a warning): without a budget, RAM is
+        allowed to hold them.
+        """
+        try:
+            return pack_chunks(subs, lambda n: self._spill((n,), torch.uint8, n, "partition index arrays").numpy())
+        except OSError as exc:
+            if not self._warned_map:
+                self._warned_map = True
+                warnings.warn(f"{exc}; the partition's index arrays stay in RAM", RuntimeWarning, stacklevel=2)
+            return pack_chunks(subs)
 
     # ---- what autograd saves -------------------------------------------------------------------
     @contextlib.contextmanager

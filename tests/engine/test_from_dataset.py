@@ -7,6 +7,9 @@ import torch
 
 import sagann
 from sagann.chunks import DatasetError, partition_graph, save_dataset
+from sagann.chunks.files import FAULT_ENV
+from sagann.chunks.partition import CHUNK_ARRAYS
+from sagann.scheduler.host import is_spilled
 from tests.engine.graphs import awkward_graph
 from tests.engine.test_out_of_core import assert_rel_close
 
@@ -97,3 +100,46 @@ def test_forecast_of_a_dataset_graph_reads_chunks(tmp_path, no_edge_list):
     model = build_model("gcn", 8, 8, 3)
     forecast = forecast_epoch(model, sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("64KB")), 8, sample_edges=500)
     assert forecast is not None and forecast.plan.epoch_seconds > 0
+
+
+def _mapped(a) -> bool:
+    """Is ``a`` a view of a memory-mapped file: the dataset's, or a spill file's (reached through its torch tensor)?"""
+    while isinstance(a, np.ndarray) and not isinstance(a, np.memmap):
+        a = a.base
+    return isinstance(a, np.memmap) or (isinstance(a, torch.Tensor) and is_spilled(a))
+
+
+def _file_backed_everywhere(part) -> bool:
+    return all(_mapped(getattr(c, name)) for c in part.sub_chunks() for name in CHUNK_ARRAYS)
+
+
+@pytest.mark.parametrize("model", ["gcn", "gin"])
+def test_partitions_cut_from_a_dataset_are_file_backed(tmp_path, model):
+    """Without a host budget too: re-cut in RAM, they would hold anonymous memory a run reading the dataset's own partition does not."""
+    rng = np.random.default_rng(4)
+    n, ei = 80, awkward_graph(rng, 80, 600)
+    path = save_dataset(tmp_path / "ds", partition_graph(ei, n, 2, 64))
+    torch.manual_seed(0)
+    layer = sagann.nn.GCNConv(32, 4) if model == "gcn" else sagann.nn.GINConv(torch.nn.Linear(32, 4))
+    x = torch.randn(n, 32)
+    on_disk = sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("6KB"))
+    out = layer(on_disk, x)
+    g = on_disk.with_remaining_self_loops()[0] if model == "gcn" else on_disk
+    assert (g.partition.num_chunks, g.partition.sub_chunk_nnz) != (2, 64), "re-cut to the budget's plan"
+    assert _file_backed_everywhere(g.partition)
+    assert_rel_close(out, layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x))
+
+
+def test_partitions_cut_from_a_dataset_stay_in_ram_when_the_disk_is_full(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    n, ei = 80, awkward_graph(rng, 80, 600)
+    path = save_dataset(tmp_path / "ds", partition_graph(ei, n, 2, 64))
+    monkeypatch.setenv(FAULT_ENV, "spill:1")
+    layer = sagann.nn.GINConv(torch.nn.Linear(32, 4))
+    x = torch.randn(n, 32)
+    on_disk = sagann.ChunkedGraph.from_dataset(path, device=sagann.CpuDevice("6KB"))
+    with pytest.warns(RuntimeWarning, match="stay in RAM"):
+        out = layer(on_disk, x)
+    assert (on_disk.partition.num_chunks, on_disk.partition.sub_chunk_nnz) != (2, 64)
+    assert not any(_mapped(c.src_perm) for c in on_disk.partition.sub_chunks())
+    assert_rel_close(out, layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x))
