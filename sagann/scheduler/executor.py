@@ -35,7 +35,7 @@ from sagann.kernels.graph import StreamedChunkTensors
 from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step, measured_step_costs, predict_seconds
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope, host_tensor
-from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_after_pass
+from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_after_pass, trim_if_grown
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -477,6 +477,8 @@ class Executor:
             moved += inputs.loaded_bytes
             inputs = None  # its tensors go now, not when the next sub-chunk's loads are made
         self.strategy.after_step(self, step, (load, busy), moved)
+        if self.host_budget:  # its bound is on RSS: the heap's freed buffers go back within the pass
+            trim_if_grown()
         progress.step_done(self, moved)
         return load, busy, moved
 

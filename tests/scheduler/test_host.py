@@ -216,6 +216,52 @@ def test_a_host_budget_trims_after_every_pass_of_many_steps(monkeypatch):
         assert calls and set(calls) == {always}, (host_memory, calls)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RssAnon")
+def test_within_a_pass_the_heap_is_trimmed_where_rss_grew(monkeypatch):
+    """Under a host budget a pass trims as it goes, where RSS grew TRIM_IN_PASS_GROWTH past the last trim's level,
+    reading RSS at most every TRIM_CHECK_SECONDS; the level is what the trim left."""
+    from sagann.scheduler import host
+
+    rss, trims, clock, reads = {"now": 100 << 20}, [], {"t": 1000.0}, []
+    monkeypatch.setattr(host, "anon_rss_bytes", lambda: reads.append(1) or rss["now"])
+    monkeypatch.setattr(host, "trim_freed_memory", lambda: trims.append(rss["now"]))
+    monkeypatch.setattr(host.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(host, "_trim_floor", None)
+    monkeypatch.setattr(host, "_next_trim_check", 0.0)
+    grow, every = host.TRIM_IN_PASS_GROWTH, host.TRIM_CHECK_SECONDS
+    assert not host.trim_if_grown() and host._trim_floor == 100 << 20, "the first check sets the level"
+    rss["now"] += grow + 1
+    assert not host.trim_if_grown() and len(reads) == 1, "checked again only after TRIM_CHECK_SECONDS"
+    clock["t"] += every
+    assert host.trim_if_grown() and len(trims) == 1
+    assert host._trim_floor == rss["now"], "the level is what the pass holds after the trim"
+    clock["t"] += every
+    rss["now"] += grow
+    assert not host.trim_if_grown() and len(trims) == 1
+    clock["t"] += every
+    rss["now"] += 1
+    assert host.trim_if_grown() and len(trims) == 2
+
+
+def test_only_a_host_budgets_steps_check_the_heap(monkeypatch):
+    from sagann.chunks.synthetic import rmat
+    from sagann.scheduler import executor
+    from sagann.scheduler.devices import CpuDevice
+
+    checks = []
+    monkeypatch.setattr(executor, "trim_if_grown", lambda: checks.append(1))
+    n = 256
+    ei, x = rmat(n, 8 * n, seed=1), torch.randn(n, 8)
+    layer = sagann.nn.GCNConv(8, 8)
+    for host_memory, checked in ((None, False), ("1GB", True)):
+        checks.clear()
+        g = sagann.ChunkedGraph(ei, n, num_chunks=8, device=CpuDevice(copy_transfers=True), host_memory=host_memory)
+        layer(g, x).sum().backward()
+        assert bool(checks) == checked
+        if checked:
+            assert len(checks) == sum(r.chunks for r in g.pass_log), "once a step"
+
+
 class _FakeLibc:
     """glibc's malloc knobs, recorded: the policy's calls without changing this process's heap."""
 
