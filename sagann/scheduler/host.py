@@ -467,7 +467,8 @@ class HostMemory:
         out.copy_(t.detach())
         return out
 
-    def _spill(self, shape, dtype: torch.dtype, nbytes: int, what: str) -> torch.Tensor:
+    def _spill(self, shape, dtype: torch.dtype, nbytes: int, what: str, counted: bool = True) -> torch.Tensor:
+        """A tensor in a fresh spill file; ``counted`` False: not in the spill figures (a file-backed copy of file-backed data, not RAM spilled)."""
         if dtype not in _NP_DTYPES:
             raise TypeError(f"cannot spill {what} of dtype {dtype}; spillable dtypes: {', '.join(map(str, _NP_DTYPES))}")
         fd, path = tempfile.mkstemp(prefix="spill-", suffix=".bin", dir=self.spill_dir)
@@ -490,15 +491,16 @@ class HostMemory:
         array = whole[SPILL_HEADER_BYTES:].view(_NP_DTYPES[dtype]).reshape(shape)
         t = torch.from_numpy(array)
         ptr = t.untyped_storage().data_ptr()
-        with self._lock:
-            self.spilled_bytes += nbytes
-            self.spilled_total_bytes += nbytes
-            self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)
-            self._files += 1
         with _SPILLED_LOCK:
             _SPILLED[ptr] = (nbytes, head, seal)
         weakref.finalize(array, _forget, ptr)  # the mapping lives as long as any view of it
-        weakref.finalize(t, self._release, nbytes, True)
+        if counted:
+            with self._lock:
+                self.spilled_bytes += nbytes
+                self.spilled_total_bytes += nbytes
+                self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)
+                self._files += 1
+            weakref.finalize(t, self._release, nbytes, True)
         return t
 
     def _release(self, nbytes: int, spilled: bool, ptr: int = 0) -> None:
@@ -545,7 +547,7 @@ class HostMemory:
         allowed to hold them.
         """
         try:
-            return pack_chunks(subs, lambda n: self._spill((n,), torch.uint8, n, "partition index arrays").numpy())
+            return pack_chunks(subs, lambda n: self._spill((n,), torch.uint8, n, "partition index arrays", counted=False).numpy())
         except OSError as exc:
             if not self._warned_map:
                 self._warned_map = True

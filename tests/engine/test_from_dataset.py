@@ -127,6 +127,7 @@ def test_partitions_cut_from_a_dataset_are_file_backed(tmp_path, model):
     g = on_disk.with_remaining_self_loops()[0] if model == "gcn" else on_disk
     assert (g.partition.num_chunks, g.partition.sub_chunk_nnz) != (2, 64), "re-cut to the budget's plan"
     assert _file_backed_everywhere(g.partition)
+    assert on_disk.host.stats()["spilled_bytes_total"] == 0, "nothing spilled: the arrays were never RAM's to hold"
     assert_rel_close(out, layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x))
 
 
