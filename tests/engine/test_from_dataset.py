@@ -9,7 +9,7 @@ import sagann
 from sagann.chunks import DatasetError, partition_graph, save_dataset
 from sagann.chunks.files import FAULT_ENV
 from sagann.chunks.partition import CHUNK_ARRAYS
-from sagann.scheduler.host import is_spilled
+from sagann.scheduler.host import mapped
 from tests.engine.graphs import awkward_graph
 from tests.engine.test_out_of_core import assert_rel_close
 
@@ -102,15 +102,8 @@ def test_forecast_of_a_dataset_graph_reads_chunks(tmp_path, no_edge_list):
     assert forecast is not None and forecast.plan.epoch_seconds > 0
 
 
-def _mapped(a) -> bool:
-    """Is ``a`` a view of a memory-mapped file: the dataset's, or a spill file's (reached through its torch tensor)?"""
-    while isinstance(a, np.ndarray) and not isinstance(a, np.memmap):
-        a = a.base
-    return isinstance(a, np.memmap) or (isinstance(a, torch.Tensor) and is_spilled(a))
-
-
 def _file_backed_everywhere(part) -> bool:
-    return all(_mapped(getattr(c, name)) for c in part.sub_chunks() for name in CHUNK_ARRAYS)
+    return all(mapped(getattr(c, name)) for c in part.sub_chunks() for name in CHUNK_ARRAYS)
 
 
 @pytest.mark.parametrize("model", ["gcn", "gin"])
@@ -142,5 +135,5 @@ def test_partitions_cut_from_a_dataset_stay_in_ram_when_the_disk_is_full(tmp_pat
     with pytest.warns(RuntimeWarning, match="stay in RAM"):
         out = layer(on_disk, x)
     assert (on_disk.partition.num_chunks, on_disk.partition.sub_chunk_nnz) != (2, 64)
-    assert not any(_mapped(c.src_perm) for c in on_disk.partition.sub_chunks())
+    assert not any(mapped(c.src_perm) for c in on_disk.partition.sub_chunks())
     assert_rel_close(out, layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x))

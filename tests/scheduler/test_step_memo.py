@@ -109,3 +109,25 @@ def test_layer_shape_hash_is_kept_and_agrees_with_equality():
     assert wider != base and wider not in {base: 1} and dataclasses.replace(base, uses_dst=True) not in {base: 1}
     back = pickle.loads(pickle.dumps(base))
     assert "_hash" not in back.__dict__ and back == base and hash(back) == hash(base)
+
+
+def test_a_spill_files_chunks_are_not_kept(tmp_path):
+    from sagann.scheduler.host import HostMemory
+
+    _, subs = _chunks(2, 2, 50)
+    HostMemory(spill_dir=tmp_path).map_chunks(subs)
+    c = next(s for s in subs if s.num_src)
+    dev = sagann.CpuDevice()
+    assert dev.chunk_index(c)[0] is not dev.chunk_index(c)[0]
+
+
+def test_at_most_so_many_sub_chunks_are_kept(monkeypatch):
+    from sagann.scheduler import devices
+
+    monkeypatch.setattr(devices, "INDEX_MEMO_SUB_CHUNKS", 2)
+    _, subs = _chunks(3, 3, 5)
+    subs = [s for s in subs if s.num_src]
+    assert len(subs) > 2
+    dev = sagann.CpuDevice()
+    kept = [dev.chunk_index(c)[0] is dev.chunk_index(c)[0] for c in subs]
+    assert kept[:2] == [True, True] and not any(kept[2:])
