@@ -328,8 +328,9 @@ SLAB_MAX_BYTES = 64 << 20
 # Under a host budget a pass also trims as it goes, where anonymous RSS grew this far past the last trim's level:
 # the heap keeps what a pass frees and does not always reuse it (blocks of other sizes, other threads' arenas);
 # a gated-GCN pass (per-edge autograd in every step) grew it by 250 MiB before its end's trim, 161 MiB beyond
-# its bound (tests/test_host_rss.py's graph). Checked at most every TRIM_CHECK_SECONDS (reading RSS: ~13 us).
-TRIM_IN_PASS_GROWTH = 32 << 20
+# its bound (tests/test_host_rss.py's graph); at 32 MiB a GIN 256 wide came within 3 MiB of its bound (16: 14-17
+# MiB under). Checked at most every TRIM_CHECK_SECONDS (reading RSS: ~13 us).
+TRIM_IN_PASS_GROWTH = 16 << 20
 TRIM_CHECK_SECONDS = 0.005
 _next_trim_check = 0.0
 
