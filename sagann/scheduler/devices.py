@@ -16,6 +16,7 @@ import torch
 from sagann import profiler
 from sagann.kernels.graph import ChunkTensors, StreamedChunkTensors, declare_rows_bound, narrowed
 from sagann.scheduler.host import mapped, stage, stage_rows
+from sagann.scheduler.link import EmulatedLink
 from sagann.scheduler.meter import CpuMeter, Meter
 from sagann.scheduler.policy import TransferCosts
 from sagann.scheduler.pool import BufferPool
@@ -405,30 +406,6 @@ class Device(abc.ABC):
         same cores as the kernels, a loader thread only competes with them.
         """
         return True
-
-
-class EmulatedLink:
-    """An emulated host link of ``bandwidth`` bytes/s; CpuDevices given the same one share it (a switch's uplink).
-
-    A transfer holds the link for bytes / bandwidth (sleeping, GIL
-    released, for what its copy did not already take), so transfers of
-    devices sharing a link queue behind each other.
-    """
-
-    def __init__(self, bandwidth: int | str, name: str = "link"):
-        self.bandwidth = parse_bytes(bandwidth)
-        self.name = name
-        self._lock = threading.Lock()
-
-    def occupy(self, nbytes: int, spent: float) -> None:
-        """Hold the link for ``nbytes`` of transfer, ``spent`` seconds of which the copy already took."""
-        with self._lock:
-            rest = nbytes / self.bandwidth - spent
-            if rest > 0:
-                time.sleep(rest)
-
-    def __repr__(self) -> str:
-        return f"EmulatedLink({self.name!r}, {format_bytes(self.bandwidth)}/s)"
 
 
 # sub-chunks whose index views a non-copying CPU device keeps (CpuDevice.chunk_index): at most ~6 MiB of objects
