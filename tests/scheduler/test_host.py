@@ -198,22 +198,26 @@ def test_a_kept_heaps_pass_ends_trim_only_past_its_high_water_mark(fake_heap, mo
     sagann.set_host_heap(None)
 
 
-def test_a_host_budget_trims_after_every_pass_of_many_steps(monkeypatch):
-    """The host budget bounds RSS: its graph's passes of many steps trim whatever RSS says."""
+def test_a_host_budget_trims_after_every_pass_of_many_steps_and_checks_after_every_step(monkeypatch):
+    """The host budget bounds RSS: its graph's passes of many steps trim whatever RSS says, and each step checks
+    whether RSS grew (``trim_if_grown``); without a budget neither."""
     from sagann.chunks.synthetic import rmat
     from sagann.scheduler import executor
     from sagann.scheduler.devices import CpuDevice
 
-    calls = []
+    calls, checks = [], []
     monkeypatch.setattr(executor, "trim_after_pass", lambda always=False: calls.append(always))
+    monkeypatch.setattr(executor, "trim_if_grown", lambda: checks.append(1))
     n = 256
     ei, x = rmat(n, 8 * n, seed=1), torch.randn(n, 8)
     layer = sagann.nn.GCNConv(8, 8)
-    for host_memory, always in ((None, False), ("1GB", True)):
+    for host_memory, budgeted in ((None, False), ("1GB", True)):
         calls.clear()
+        checks.clear()
         g = sagann.ChunkedGraph(ei, n, num_chunks=8, device=CpuDevice(copy_transfers=True), host_memory=host_memory)
         layer(g, x).sum().backward()
-        assert calls and set(calls) == {always}, (host_memory, calls)
+        assert calls and set(calls) == {budgeted}, (host_memory, calls)
+        assert len(checks) == budgeted * sum(r.chunks for r in g.pass_log), "once a step, under a budget only"
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RssAnon")
@@ -241,25 +245,6 @@ def test_within_a_pass_the_heap_is_trimmed_where_rss_grew(monkeypatch):
     clock["t"] += every
     rss["now"] += 1
     assert host.trim_if_grown() and len(trims) == 2
-
-
-def test_only_a_host_budgets_steps_check_the_heap(monkeypatch):
-    from sagann.chunks.synthetic import rmat
-    from sagann.scheduler import executor
-    from sagann.scheduler.devices import CpuDevice
-
-    checks = []
-    monkeypatch.setattr(executor, "trim_if_grown", lambda: checks.append(1))
-    n = 256
-    ei, x = rmat(n, 8 * n, seed=1), torch.randn(n, 8)
-    layer = sagann.nn.GCNConv(8, 8)
-    for host_memory, checked in ((None, False), ("1GB", True)):
-        checks.clear()
-        g = sagann.ChunkedGraph(ei, n, num_chunks=8, device=CpuDevice(copy_transfers=True), host_memory=host_memory)
-        layer(g, x).sum().backward()
-        assert bool(checks) == checked
-        if checked:
-            assert len(checks) == sum(r.chunks for r in g.pass_log), "once a step"
 
 
 class _FakeLibc:
