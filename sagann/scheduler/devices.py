@@ -489,11 +489,10 @@ class CpuDevice(Device):
         The source rows are a view made at each step. With ``copy_transfers``
         every step copies what the pass reads, as a GPU's would.
         """
-        if self.copy_transfers or mapped(chunk.src_rows):
-            return super().chunk_index(chunk, source_major, backward, narrow, native)
-        per = self._index_memo.get(chunk)
+        per = None if self.copy_transfers else self._index_memo.get(chunk)  # a kept sub-chunk is neither copied nor mapped
         if per is None:
-            if len(self._index_memo) >= INDEX_MEMO_SUB_CHUNKS:  # a fine partition's others are remade at every step
+            # a fine partition's others are remade at every step
+            if self.copy_transfers or mapped(chunk.src_rows) or len(self._index_memo) >= INDEX_MEMO_SUB_CHUNKS:
                 return super().chunk_index(chunk, source_major, backward, narrow, native)
             per = self._index_memo[chunk] = {}
         key = bool(source_major)
