@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from sagann.chunks._sorting import chunk_counts, compact_sources, destination_major, regroup, sub_chunk_arrays  # noqa: F401  (chunk_counts: re-exported)
-from sagann.chunks.types import ChunkId, EdgeChunk, Partition
+from sagann.chunks.types import ChunkId, EdgeChunk, Partition, memory_owner
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
 CHUNK_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm", "edge_ids")  # an EdgeChunk's index arrays
@@ -181,9 +181,7 @@ def pack_chunks(subs: list[EdgeChunk], alloc: Callable[[int], np.ndarray] | None
 
 def file_backed(a: np.ndarray) -> bool:
     """Is ``a`` (or the array it views) a memory-mapped file?"""
-    while a is not None and not isinstance(a, np.memmap):
-        a = a.base if isinstance(a.base, np.ndarray) else None
-    return a is not None
+    return isinstance(memory_owner(a), np.memmap)
 
 
 @dataclass

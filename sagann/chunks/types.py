@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 Partition = int  # index of a vertex interval, 0..P-1
 VertexId = int  # global vertex id, 0..N-1
@@ -47,6 +48,13 @@ def native_16(name: str, backward: bool) -> bool:
     ids and a source-major backward's destination rows: below 2^16 wherever an interval has at most 65,536 rows
     (pointers and the source-major order reach nnz and stay int32)."""
     return name == ("src_dst" if backward else "src_idx")
+
+
+def memory_owner(a: np.ndarray) -> object:
+    """What holds ``a``'s memory: the ``np.memmap`` or RAM array it views, or the foreign object it was made from (a torch tensor)."""
+    while not isinstance(a, np.memmap) and isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,13 +169,19 @@ class EdgeChunk:
         A source-major backward reads its edges' destination rows through
         this array in sequence instead of ``dst_idx[src_perm[p]]`` at random.
         None for memory-mapped chunks (a dataset on disk): caching would put
-        4 bytes per edge in RAM beyond the host budget.
+        4 bytes per edge in RAM beyond the host budget. Made afresh at each
+        call, not cached, where the arrays view a tensor's memory (a host
+        budget's spill file): 4 bytes an edge for one step, not for the
+        whole run.
         """
-        if isinstance(self.src_perm, np.memmap) or isinstance(getattr(self.src_perm, "base", None), np.memmap):
+        owner = memory_owner(self.src_perm)
+        if isinstance(owner, np.memmap):
             return None
         cached = self.__dict__.get("_src_major_dst")
         if cached is None:
-            cached = self.__dict__["_src_major_dst"] = np.ascontiguousarray(self.dst_idx[self.src_perm])
+            cached = np.ascontiguousarray(self.dst_idx[self.src_perm])
+            if not isinstance(owner, torch.Tensor):  # not kept for a tensor's memory (a host budget's spill file)
+                self.__dict__["_src_major_dst"] = cached
         return cached
 
     def global_src(self) -> np.ndarray:

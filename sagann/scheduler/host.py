@@ -31,6 +31,7 @@ import torch
 from sagann import profiler
 from sagann.chunks.files import check_fault
 from sagann.chunks.partition import pack_chunks
+from sagann.chunks.types import memory_owner
 from sagann.scheduler.pool import HostBuffers
 from sagann.scheduler.rss import AnonMeter, anon_rss_bytes
 from sagann.units import format_bytes, parse_bytes, tensor_bytes
@@ -83,9 +84,8 @@ def is_spilled(t: torch.Tensor | None) -> bool:
 
 def mapped(a: np.ndarray) -> bool:
     """Is ``a`` a view of a memory-mapped file: a dataset's (``np.memmap``), or a spill file's (reached through its tensor)?"""
-    while isinstance(a, np.ndarray) and not isinstance(a, np.memmap):
-        a = a.base
-    return isinstance(a, np.memmap) or (isinstance(a, torch.Tensor) and is_spilled(a))
+    owner = memory_owner(a)
+    return isinstance(owner, np.memmap) or (isinstance(owner, torch.Tensor) and is_spilled(owner))
 
 
 def stage(t: torch.Tensor, chunk=None) -> torch.Tensor:
