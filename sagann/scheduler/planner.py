@@ -31,7 +31,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     sub_chunk_bytes, sub_chunk_nnz_for, tile_candidates, tile_extra_bytes, tile_resident_bytes, vertex_block_rows,
     vertex_scratch_bytes, vertex_weight, working_set,
 )
-from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, PassPlanTooLarge, choose_num_chunks
+from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, PassPlanTooLarge, choose_num_chunks, warn_if_fine
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy
 from sagann.scheduler.planning_records import DeviceScope, Measured, PassJob, largest_block, unmeasured
@@ -89,6 +89,7 @@ class Planner:
         # in a later epoch re-cuts the graph mid-training)
         self._calls: dict[tuple, object] = {}
         self._refined = False  # refine() made the partition finer: the model's plan is not trusted to coarsen
+        self._warned_fine = False  # warn_if_fine has told the user once
         self._prefetch_cache: dict = {}
         self._plan_choices: dict[tuple, tuple] = {}  # pass key -> (partition ref, tile, resident intervals, spare room, dst rows, the plan itself where its order is fixed)
 
@@ -388,6 +389,8 @@ class Planner:
             self._plan_choices = {}
         if is_sketch(part):  # a search's candidate, sizes only: cut now, into the same sub-chunks
             part = self._cut_edges(part.num_chunks, part.sub_chunk_nnz, bounds=part.bounds)
+        if part is not self._partition and not self._warned_fine:
+            self._warned_fine = warn_if_fine(part, self.budget)
         self._partition = part
         if self._working_set is None or ws.peak_bytes > self._working_set.peak_bytes:
             self._working_set = ws

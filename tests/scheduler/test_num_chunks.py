@@ -70,3 +70,47 @@ def test_the_search_holds_one_partition_at_a_time(shrinking, budget, want):
 
     part, _ = choose_num_chunks(cut, 10_000, None, False, 0, budget)
     assert part.num_chunks == want
+
+
+def _random_partition(num_chunks: int, sub: int):
+    import numpy as np
+
+    from sagann.chunks.partition import partition_graph
+
+    edges = np.random.default_rng(0).integers(0, 2000, size=(2, 6000))
+    return partition_graph(edges, 2000, num_chunks, sub)
+
+
+def test_a_partition_of_many_small_sub_chunks_warns_once_it_is_chosen(monkeypatch):
+    fine = _random_partition(40, 4)  # 1,600 chunks of ~4 edges
+    monkeypatch.setattr(num_chunks, "FINE_SUB_CHUNKS", 1000)
+    with pytest.warns(num_chunks.FinePartitionWarning, match=r"P = 40 intervals and [\d,]+ sub-chunks a pass, \d edges each"):
+        assert num_chunks.warn_if_fine(fine, 1 << 20)
+    assert not num_chunks.warn_if_fine(fine, None)  # no budget chose it: nothing to raise
+    assert not num_chunks.warn_if_fine(_random_partition(4, 1 << 20), 1 << 20)  # few, large sub-chunks
+
+
+def test_the_planner_warns_of_a_fine_partition_once(monkeypatch):
+    import warnings
+
+    import torch
+
+    import sagann
+
+    monkeypatch.setattr(num_chunks, "FINE_SUB_CHUNKS", 50)
+    monkeypatch.setattr(num_chunks, "FINE_EDGES", 10_000)
+    edges = torch.randint(0, 600, (2, 3000), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(600, 32)
+    layer = sagann.nn.GCNConv(32, 32)
+    g = sagann.ChunkedGraph(edges, 600, device=sagann.CpuDevice("96KB"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            layer(g, x).sum().backward()
+    fine = [w for w in caught if issubclass(w.category, num_chunks.FinePartitionWarning)]
+    assert g.num_chunks > 1 and len(fine) == 1, [str(w.message) for w in caught]
+    unbudgeted = sagann.ChunkedGraph(edges, 600, device=sagann.CpuDevice())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(unbudgeted, x).sum().backward()
+    assert not [w for w in caught if issubclass(w.category, num_chunks.FinePartitionWarning)]
