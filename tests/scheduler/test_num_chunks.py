@@ -97,12 +97,12 @@ def test_the_planner_warns_of_a_fine_partition_once(monkeypatch):
 
     import sagann
 
-    monkeypatch.setattr(num_chunks, "FINE_SUB_CHUNKS", 50)
+    monkeypatch.setattr(num_chunks, "FINE_SUB_CHUNKS", 400)  # above the step calibration's 128
     monkeypatch.setattr(num_chunks, "FINE_EDGES", 10_000)
     edges = torch.randint(0, 600, (2, 3000), generator=torch.Generator().manual_seed(0))
     x = torch.randn(600, 32)
     layer = sagann.nn.GCNConv(32, 32)
-    g = sagann.ChunkedGraph(edges, 600, device=sagann.CpuDevice("96KB"))
+    g = sagann.ChunkedGraph(edges, 600, num_chunks=8, sub_chunk_nnz=4, device=sagann.CpuDevice("8MB"))  # fixed: no timing decides it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
