@@ -163,6 +163,10 @@ class EdgeChunk:
             found = memo[key] = sum(4 * sizes.get(n, self.nnz) // (2 if short else 1) for n, short in zip(names, shorts)) + self.src_rows.nbytes
         return found
 
+    def keeps_src_major_dst(self) -> bool:
+        """Does :meth:`src_major_dst` give an array (not None: a memory-mapped chunk's)? Asks without making one."""
+        return not isinstance(memory_owner(self.src_perm), np.memmap)
+
     def src_major_dst(self) -> np.ndarray | None:
         """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.
 

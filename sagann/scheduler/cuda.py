@@ -494,7 +494,7 @@ class CudaDevice(Device):
         is ignored: the CUDA kernels read int32).
         """
         names = sent_names(backward, source_major)
-        if "src_dst" in names and chunk.src_major_dst() is None:  # a file-backed chunk: made on the GPU from these
+        if "src_dst" in names and not chunk.keeps_src_major_dst():  # a file-backed chunk: made on the GPU from these
             names = sent_names(backward, False)
         host = [crossing_array(chunk, n, narrow) for n in names]
         short = [a.dtype == np.int16 for a in host]

@@ -18,7 +18,7 @@ def test_a_chunk_in_ram_keeps_its_source_major_destinations():
     c = _chunks()[0]
     first = c.src_major_dst()
     np.testing.assert_array_equal(first, c.dst_idx[c.src_perm])
-    assert c.src_major_dst() is first
+    assert c.src_major_dst() is first and c.keeps_src_major_dst()
 
 
 def test_a_chunk_in_a_tensors_memory_makes_them_afresh():
@@ -29,6 +29,7 @@ def test_a_chunk_in_a_tensors_memory_makes_them_afresh():
         np.testing.assert_array_equal(c.src_major_dst(), c.dst_idx[c.src_perm])
         assert "_src_major_dst" not in c.__dict__
         assert c.src_major_dst() is not c.src_major_dst()
+        assert c.keeps_src_major_dst()  # asked without making one
 
 
 def test_a_memory_mapped_chunk_has_none(tmp_path):
@@ -37,4 +38,4 @@ def test_a_memory_mapped_chunk_has_none(tmp_path):
 
     subs = pack_chunks(_chunks(), mapped)
     assert all(isinstance(memory_owner(c.src_perm), np.memmap) for c in subs)
-    assert all(c.src_major_dst() is None for c in subs)
+    assert all(c.src_major_dst() is None and not c.keeps_src_major_dst() for c in subs)
