@@ -178,15 +178,16 @@ class EdgeChunk:
         budget's spill file): 4 bytes an edge for one step, not for the
         whole run.
         """
+        cached = self.__dict__.get("_src_major_dst")
+        if cached is not None:  # the per-step call: no walk of the arrays' owners
+            return cached
         owner = memory_owner(self.src_perm)
         if isinstance(owner, np.memmap):
             return None
-        cached = self.__dict__.get("_src_major_dst")
-        if cached is None:
-            cached = np.ascontiguousarray(self.dst_idx[self.src_perm])
-            if not isinstance(owner, torch.Tensor):  # not kept for a tensor's memory (a host budget's spill file)
-                self.__dict__["_src_major_dst"] = cached
-        return cached
+        made = np.ascontiguousarray(self.dst_idx[self.src_perm])
+        if not isinstance(owner, torch.Tensor):  # not kept for a tensor's memory (a host budget's spill file)
+            self.__dict__["_src_major_dst"] = made
+        return made
 
     def global_src(self) -> np.ndarray:
         """Global source id of each CSC edge (int64)."""
