@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from sagann.chunks._sorting import chunk_counts, compact_sources, destination_major, regroup, sub_chunk_arrays  # noqa: F401  (chunk_counts: re-exported)
-from sagann.chunks.types import ChunkId, EdgeChunk, Partition, memory_owner
+from sagann.chunks.types import ChunkId, EdgeChunk, Partition, file_backed  # noqa: F401  (file_backed: re-exported)
 
 DEFAULT_SUB_CHUNK_NNZ = 1 << 20
 CHUNK_ARRAYS = ("dst_ptr", "dst_idx", "src_idx", "src_rows", "src_ptr", "src_perm", "edge_ids")  # an EdgeChunk's index arrays
@@ -177,11 +177,6 @@ def pack_chunks(subs: list[EdgeChunk], alloc: Callable[[int], np.ndarray] | None
             object.__setattr__(c, name, view)  # a frozen dataclass: the arrays' values do not change
             off += aligned(a.nbytes)
     return subs
-
-
-def file_backed(a: np.ndarray) -> bool:
-    """Is ``a`` (or the array it views) a memory-mapped file?"""
-    return isinstance(memory_owner(a), np.memmap)
 
 
 @dataclass

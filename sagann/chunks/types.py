@@ -57,6 +57,11 @@ def memory_owner(a: np.ndarray) -> object:
     return a
 
 
+def file_backed(a: np.ndarray) -> bool:
+    """Is ``a`` (or the array it views) a memory-mapped file?"""
+    return isinstance(memory_owner(a), np.memmap)
+
+
 @dataclass(frozen=True, eq=False)
 class EdgeChunk:
     """One sub-chunk of E_ij in CSC-by-destination form with int32 local ids.
@@ -165,7 +170,7 @@ class EdgeChunk:
 
     def keeps_src_major_dst(self) -> bool:
         """Does :meth:`src_major_dst` give an array (not None: a memory-mapped chunk's)? Asks without making one."""
-        return not isinstance(memory_owner(self.src_perm), np.memmap)
+        return not file_backed(self.src_perm)
 
     def src_major_dst(self) -> np.ndarray | None:
         """``dst_idx[src_perm]``: each edge's destination row in source-major order (cached), or None.
