@@ -162,6 +162,32 @@ def test_allocated_peak_counts_what_is_alive_at_once():
     assert allocated_peak(lambda: torch.ones(10).view(2, 5)[0]) == 40, "views share their base's storage"
 
 
+def test_results_in_tuples_and_lists_and_out_arguments():
+    """Every tensor an op returns is found, in a tuple or from a list argument; an ``out=`` result or a view is no new storage."""
+
+    def sort():
+        a = torch.rand(1000)  # 4000 B
+        return torch.sort(a)  # values 4000 B and int64 indices 8000 B
+
+    def cat():
+        a, b = torch.ones(100), torch.ones(200)  # 400 + 800 B
+        return torch.cat([a, b])  # 1200 B
+
+    def into():
+        a, c = torch.ones(100), torch.empty(100)  # 400 + 400 B
+        return torch.add(a, a, out=c)
+
+    def stacked():
+        a = torch.ones(10)  # 40 B
+        return torch.stack(tensors=[a, a], dim=0)  # 80 B, its list a keyword argument
+
+    assert allocated_peak(sort) == 16000
+    assert allocated_peak(cat) == 2400
+    assert allocated_peak(into) == 800
+    assert allocated_peak(lambda: torch.split(torch.ones(1000), 100)) == 4000, "split's pieces are views"
+    assert allocated_peak(stacked) == 120
+
+
 def test_storages_that_outlive_a_pass_are_the_hosts():
     meter, kept = CpuMeter(), []
     with meter.measure():
