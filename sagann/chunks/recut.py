@@ -83,7 +83,14 @@ def _windowed_chunk(i: int, j: int, bounds: np.ndarray, counts: np.ndarray, gath
 
 
 def _pieces(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], keep=None):
-    """Per old sub-chunk, (src, dst, edge id) of its edges with the source in ``rows`` and the destination in ``cols``; sub-chunks outside ``cols`` are skipped unread."""
+    """Per old sub-chunk, (src, dst, edge id) of its edges with the source in ``rows`` and the destination in ``cols``
+    (in source order); sub-chunks outside ``cols`` are skipped unread.
+
+    Only the edges leaving ``rows`` are read, through the sub-chunk's
+    source-major index (``src_rows``, ``src_ptr``, ``src_perm``): a fine
+    re-cut meets each old sub-chunk once per new row, and reading all of its
+    edges each time made cutting P = 219 from a 2-way dataset a minute.
+    """
     (lo, hi), (dlo, dhi) = rows, cols
     for a in _overlapping(part, lo, hi):
         for b in _overlapping(part, dlo, dhi):
@@ -91,11 +98,16 @@ def _pieces(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], 
                 first = c.dst_start + c.dst_offset
                 if first >= dhi or first + c.num_dst <= dlo:
                     continue
-                s, d = c.global_src(), c.global_dst()
-                hit = (s >= lo) & (s < hi) & (d >= dlo) & (d < dhi)
+                s0, s1 = np.searchsorted(c.src_rows, (lo - c.src_start, hi - c.src_start))
+                if s1 == s0:
+                    continue
+                at = np.asarray(c.src_perm[int(c.src_ptr[s0]) : int(c.src_ptr[s1])])  # CSC positions of the edges leaving rows
+                s = c.src_start + np.asarray(c.src_rows)[np.asarray(c.src_idx)[at]].astype(np.int64)
+                d = (c.dst_start + c.dst_offset) + np.asarray(c.dst_idx)[at].astype(np.int64)
+                hit = (d >= dlo) & (d < dhi)
                 if keep is not None:
                     hit &= keep(s, d)
-                yield s[hit], d[hit], np.asarray(c.edge_ids)[hit]
+                yield s[hit], d[hit], np.asarray(c.edge_ids)[at[hit]]
 
 
 def _edges_of(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
