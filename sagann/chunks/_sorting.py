@@ -288,3 +288,30 @@ def sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, bounds
     if blocks is None:
         blocks = min(p * p, 4 * numba.get_num_threads(), int(src.shape[0]) // (1 << 16))
     return _sub_chunk_sizes(np.asarray(starts, np.int64), np.ascontiguousarray(src), np.ascontiguousarray(dst), bounds, p, int(max_nnz), max(1, int(blocks)))
+
+
+@njit(**_JIT)
+def _run_sizes(starts, src, dst, lo, width, max_nnz):
+    subs = 0
+    for c in range(starts.shape[0] - 1):
+        subs += (starts[c + 1] - starts[c] + max_nnz - 1) // max_nnz
+    out = np.empty((subs, 4), np.int64)
+    stamp = np.full(max(width, 1), -1, np.int64)  # the last sub-chunk that saw each source row
+    k = 0
+    for c in range(starts.shape[0] - 1):
+        for e0 in range(starts[c], starts[c + 1], max_nnz):
+            e1 = min(e0 + max_nnz, starts[c + 1])
+            rows = 0
+            for e in range(e0, e1):
+                if stamp[src[e] - lo] != k:
+                    stamp[src[e] - lo] = k
+                    rows += 1
+            out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
+            k += 1
+    return out
+
+
+def run_sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, lo: int, width: int, max_nnz: int) -> np.ndarray:
+    """``[S, 4]`` int64 as :func:`sub_chunk_sizes` gives, for the chunks of one source interval (``[lo, lo + width)``)
+    alone: each sub-chunk's chunk (its place in ``starts``), edges, destination rows and source rows."""
+    return _run_sizes(np.asarray(starts, np.int64), np.ascontiguousarray(src), np.ascontiguousarray(dst), int(lo), int(width), int(max_nnz))

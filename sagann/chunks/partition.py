@@ -310,14 +310,15 @@ class OrderCache:
 
     def __init__(self):
         self._on, self._hit, self._csc = False, None, None
+        self.in_search = False  # inside searching(), whether or not the edges could be grouped in RAM
 
     @contextlib.contextmanager
     def searching(self):
-        self._on = True
+        self._on = self.in_search = True
         try:
             yield
         finally:
-            self._on, self._hit, self._csc = False, None, None  # their 20 bytes an edge go with the search
+            self._on, self._hit, self._csc, self.in_search = False, None, None, False  # their 20 bytes an edge go with the search
 
     def for_bounds(self, bounds: np.ndarray) -> ChunkOrder | None:
         """The grouping kept, if it is for ``bounds``."""

@@ -14,7 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from sagann.chunks._sorting import run_sub_chunk_sizes
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, balanced_bounds, make_sub_chunk, split_chunk, sub_chunk_ranges
+from sagann.chunks.sketch import SubChunkSizes
 from sagann.chunks.types import ChunkId, EdgeChunk
 
 __all__ = ["edges_at", "chunk_nnz_of", "recut", "remaining_self_loops"]
@@ -46,18 +48,33 @@ def _column_groups(old_bounds: np.ndarray, new_bounds: np.ndarray) -> list[tuple
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def _cut_row(i: int, bounds: np.ndarray, src, dst, eid, max_nnz: int, place: Place | None) -> dict[tuple[int, int], list[EdgeChunk]]:
-    """The chunks (i, j) of one row (or part of one) from its edges (ascending ids): sorted by (j, destination), ties by id."""
+def _cut_row(i: int, bounds: np.ndarray, src, dst, eid, max_nnz: int, place: Place | None, sketch: bool = False) -> dict[tuple[int, int], list[EdgeChunk]]:
+    """The chunks (i, j) of one row (or part of one) from its edges (any order): sorted by (j, destination), ties by id.
+    ``sketch``: their sub-chunks' sizes only (:func:`_row_sizes`)."""
     j = np.searchsorted(bounds, dst, side="right") - 1
-    order = np.lexsort((dst, j))  # stable: equal (j, dst) keep ascending edge ids
+    order = np.lexsort((eid, dst, j))
     src, dst, eid, j = src[order], dst[order], eid[order], j[order]
     cuts = [0, *(np.flatnonzero(np.diff(j)) + 1).tolist(), j.shape[0]]
+    if sketch:
+        return _row_sizes(i, bounds, src, dst, j, np.asarray(cuts, dtype=np.int64), max_nnz)
     out = {}
     for a, b in zip(cuts[:-1], cuts[1:]):
         if b > a:
             jj = int(j[a])
             subs = split_chunk(i, jj, bounds, dst[a:b] - bounds[jj], src[a:b] - bounds[i], eid[a:b], max_nnz)
             out[(i, jj)] = subs if place is None else place(subs)
+    return out
+
+
+def _row_sizes(i: int, bounds: np.ndarray, src, dst, j, cuts: np.ndarray, max_nnz: int) -> dict[tuple[int, int], list[SubChunkSizes]]:
+    """The sizes of the sub-chunks :func:`split_chunk` would cut from one row's chunks (``src``/``dst``/``j``: the
+    row's edges in chunk order, ``cuts`` the chunks' first positions and the end)."""
+    out: dict[tuple[int, int], list[SubChunkSizes]] = {}
+    lo, width = int(bounds[i]), int(bounds[i + 1] - bounds[i])
+    for c, nnz, num_dst, num_src in run_sub_chunk_sizes(cuts, src, dst, lo, width, max_nnz).tolist():
+        jj = int(j[cuts[c]])
+        subs = out.setdefault((i, jj), [])
+        subs.append(SubChunkSizes(ChunkId(i, jj, len(subs)), nnz, num_dst, num_src))
     return out
 
 
@@ -119,15 +136,16 @@ def _edges_of(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int]
     return tuple(np.concatenate(a).astype(np.int64, copy=False) for a in zip(*pieces))
 
 
-def _cut_run(part: GraphPartition, i: int, cols: tuple[int, int], bounds: np.ndarray, max_nnz: int, place: Place | None) -> dict[tuple[int, int], list[EdgeChunk]]:
-    """The new chunks (i, j0..j1-1): at once when the run is small, else a sub-chunk at a time."""
+def _cut_run(part: GraphPartition, i: int, cols: tuple[int, int], bounds: np.ndarray, max_nnz: int, place: Place | None,
+             sketch: bool = False) -> dict[tuple[int, int], list[EdgeChunk]]:
+    """The new chunks (i, j0..j1-1): at once when the run is small, else a sub-chunk at a time; ``sketch``: sizes only."""
     lo, hi = int(bounds[i]), int(bounds[i + 1])
     dlo, dhi = int(bounds[cols[0]]), int(bounds[cols[1]])
     upper = sum(c.nnz for a in _overlapping(part, lo, hi) for b in _overlapping(part, dlo, dhi) for c in part.chunks.get((a, b), ()))
     if upper <= DIRECT_EDGES:
-        src, dst, eid = _edges_of(part, (lo, hi), (dlo, dhi))
-        order = np.argsort(eid, kind="stable")
-        return _cut_row(i, bounds, src[order], dst[order], eid[order], max_nnz, place)
+        return _cut_row(i, bounds, *_edges_of(part, (lo, hi), (dlo, dhi)), max_nnz, place, sketch)
+    if sketch:  # a large run: its sub-chunks built one at a time as below, and only their sizes kept
+        place = lambda subs: [SubChunkSizes(c.id, c.nnz, c.num_dst, c.num_src) for c in subs]  # noqa: E731
     counts = np.zeros(dhi - dlo, dtype=np.int64)
     for _, d, _ in _pieces(part, (lo, hi), (dlo, dhi)):  # a first pass counts each destination row's edges
         counts += np.bincount(d - dlo, minlength=dhi - dlo)
@@ -147,6 +165,7 @@ def recut(
     bounds: np.ndarray | None = None,
     vertex_weight: float = 1.0,
     place: Place | None = None,
+    sketch: bool = False,
 ) -> GraphPartition:
     """``part``'s graph cut into ``num_chunks`` intervals, a run of new chunks at a time.
 
@@ -154,6 +173,12 @@ def recut(
     arguments; holds the edges of one new row's chunks that start in one
     old column at a time (about ``E / (P * P_old)``), and reads each old
     chunk about twice per new row that meets it.
+
+    ``sketch``: the sub-chunks as their sizes alone
+    (:class:`~sagann.chunks.sketch.SubChunkSizes`, as
+    :func:`~sagann.chunks.sketch.sketch_partition` gives them for an edge
+    list in RAM), for a planner's search to judge a candidate by; ``place``
+    is not used.
     """
     if isinstance(num_chunks, bool) or not isinstance(num_chunks, (int, np.integer)) or num_chunks < 1:
         raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
@@ -172,7 +197,7 @@ def recut(
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         for j0, j1 in groups if hi > lo else ():
             if bounds[j1] > bounds[j0]:
-                chunks.update(_cut_run(part, i, (j0, j1), bounds, max_nnz, place))
+                chunks.update(_cut_run(part, i, (j0, j1), bounds, max_nnz, place, sketch))
     return GraphPartition(num_vertices=n, num_edges=part.num_edges, bounds=bounds, chunks=dict(sorted(chunks.items())), in_degree=part.in_degree, sub_chunk_nnz=max_nnz)
 
 

@@ -1,11 +1,9 @@
 """The planner: how many chunks, how big the sub-chunks, and the schedule of every pass within the budget.
 
-:class:`Planner` owns the search — P, the sub-chunk size, the prefetch
-depth, the loop tiling, the source intervals held resident, the
-destination rows held through a backward pass — and all the state it
-memoises between layer calls. It reads a graph's facts (edge list, N,
-in-degrees), its devices and the schedule config; it never holds the
-graph. The device bytes it plans against come from the memory model
+:class:`Planner` owns the search (P, the sub-chunk size, the prefetch depth, the loop tiling, the source
+intervals held resident, the destination rows held through a backward pass) and all the state it memoises
+between layer calls. It reads a graph's facts (edge list, N, in-degrees), its devices and the schedule
+config; it never holds the graph. The device bytes it plans against come from the memory model
 (``sagann.scheduler.memory_model``, re-exported here).
 """
 from __future__ import annotations
@@ -254,16 +252,19 @@ class Planner:
         ordered = None if self._place is not None else self._orders.ordered(self._edges, self._num_vertices, self._in_degree, num_chunks, weight)
         if ordered is not None:  # a search's candidate: its sizes judge it; the one settled on is cut (_settle)
             return sketch_partition(ordered, self._num_vertices, sub_nnz)
-        return self._cut_edges(num_chunks, sub_nnz, weight)
+        edges = self._edges() if self._orders.in_search else None
+        if isinstance(edges, GraphPartition):  # a dataset's candidate: sized from its chunks a row at a time, cut when settled on
+            return recut(edges, num_chunks, sub_nnz, vertex_weight=weight, sketch=True)
+        return self._cut_edges(num_chunks, sub_nnz, weight, edges=edges)
 
-    def _cut_edges(self, num_chunks: int, sub_nnz: int, weight: float = 1.0, bounds: np.ndarray | None = None) -> GraphPartition:
+    def _cut_edges(self, num_chunks: int, sub_nnz: int, weight: float = 1.0, bounds: np.ndarray | None = None, edges=None) -> GraphPartition:
         """A partition with its arrays, each chunk placed as it is cut (a search holds the current partition and at most
-        the one it settles on); ``bounds``: those intervals (else balanced)."""
+        the one it settles on); ``bounds``: those intervals (else balanced); ``edges``: ``self._edges()`` if already made."""
         ordered = None if self._place is not None or bounds is None else self._orders.for_bounds(bounds)
-        edges = None if ordered is not None else self._edges()
+        edges = None if ordered is not None else edges if edges is not None else self._edges()
         place = self._place or pack_chunks
         if isinstance(edges, GraphPartition):  # the list is not in RAM: re-cut the chunks a row at a time
-            part = recut(edges, num_chunks, sub_nnz, vertex_weight=weight, place=place)
+            part = recut(edges, num_chunks, sub_nnz, bounds=bounds, vertex_weight=weight, place=place)
         else:
             part = partition_graph(edges, self._num_vertices, num_chunks, sub_nnz, bounds=None if ordered is not None else bounds, vertex_weight=weight, place=place, ordered=ordered)
         # its chunk buffers are malloc heap blocks (below HEAP_BLOCK_MAX): freed, they would stay resident until the

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sagann.chunks.partition import CHUNK_ARRAYS, balanced_bounds, pack_chunks, partition_graph
 from sagann.chunks import recut as recut_mod
 from sagann.chunks.recut import chunk_nnz_of, edges_at, recut, remaining_self_loops
+from sagann.chunks.sketch import is_sketch
 from tests.engine.graphs import graphs
 
 
@@ -43,6 +44,19 @@ def test_recut_equals_cutting_the_edge_list(windowed, graph, p_from, p_to, sub, 
     n, ei = graph
     old = partition_graph(ei, n, p_from, 5)
     assert_same_partition(recut(old, p_to, sub, vertex_weight=weight), partition_graph(ei, n, p_to, sub, vertex_weight=weight))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs(max_vertices=60, max_edges=300), p_from=st.integers(1, 9), p_to=st.integers(1, 12), sub=st.sampled_from([1, 3, 50, None]), weight=st.sampled_from([1.0, 4.0]))
+def test_a_sketched_recut_has_the_sizes_of_the_real_one(windowed, graph, p_from, p_to, sub, weight):
+    """A planner's search judges a dataset's candidates by their sizes: the same sub-chunks, edges, destination and source rows."""
+    n, ei = graph
+    old = partition_graph(ei, n, p_from, 5)
+    real, sketch = recut(old, p_to, sub, vertex_weight=weight), recut(old, p_to, sub, vertex_weight=weight, sketch=True)
+    assert np.array_equal(real.bounds, sketch.bounds) and real.num_edges == sketch.num_edges and real.sub_chunk_nnz == sketch.sub_chunk_nnz
+    sizes = lambda part: {key: [(c.id, c.nnz, c.num_dst, c.num_src, c.nbytes) for c in subs] for key, subs in part.chunks.items()}  # noqa: E731
+    assert sizes(sketch) == sizes(real)
+    assert real is old or is_sketch(sketch) or not sketch.chunks
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
