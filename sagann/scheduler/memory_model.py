@@ -36,6 +36,7 @@ BudgetExceeded, never as a silent overrun.
 """
 from __future__ import annotations
 
+import heapq
 import weakref
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -44,6 +45,7 @@ import numpy as np
 
 from sagann.fn import SUM_GATHERS
 from sagann.chunks.partition import GraphPartition
+from sagann.chunks.sketch import is_sketch
 from sagann.scheduler.layer_shape import LayerShape
 
 FLOAT = 4  # bytes per fp32 element
@@ -406,13 +408,35 @@ def apply_block_rows(partition: GraphPartition, shape: LayerShape, fused: bool, 
 
 def _forward_window(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int) -> int:
     """Bytes of the ``in_flight`` largest forward sub-chunks (``shape``: :func:`canonical`)."""
-    return sum(sorted((sub_chunk_bytes(c, shape, fused, False) for c in partition.sub_chunks()), reverse=True)[:in_flight])
+    return _largest(partition, shape, fused, False, in_flight)
+
+
+def _largest(partition: GraphPartition, shape: LayerShape, fused: bool, backward: bool, count: int) -> int:
+    """Bytes of the ``count`` largest sub-chunks (:func:`sub_chunk_bytes`) together.
+
+    A sketch's sub-chunks (a search's candidate) are priced once per
+    distinct (edges, destination rows, source rows): their bytes are a
+    function of those alone, and a fine candidate's 40,000 sub-chunks
+    priced one by one were most of its search.
+    """
+    if not is_sketch(partition):
+        return sum(heapq.nlargest(count, (sub_chunk_bytes(c, shape, fused, backward) for c in partition.sub_chunks())))
+    priced: dict[tuple[int, int, int], int] = {}
+
+    def bytes_of(c) -> int:
+        key = (c.nnz, c.num_dst, c.num_src)
+        found = priced.get(key)
+        if found is None:
+            found = priced[key] = _sub_chunk_bytes(c, shape, fused, backward)
+        return found
+
+    return sum(heapq.nlargest(count, map(bytes_of, partition.sub_chunks())))
 
 
 def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_flight: int, param_bytes: int = 0, budget: int | None = None) -> dict[str, int]:
     sizes = np.diff(partition.bounds)
     shape = canonical(shape)
-    bwd_sub = sorted((sub_chunk_bytes(c, shape, fused, True) for c in partition.sub_chunks()), reverse=True) if shape.backward_edges else []
+    bwd_window = _largest(partition, shape, fused, True, in_flight) if shape.backward_edges else 0
     biggest = int(sizes.max()) if sizes.size else 0
     window = _forward_window(partition, shape, fused, in_flight)
     during = _apply_window(window, in_flight)
@@ -423,7 +447,7 @@ def _phase_bytes(partition: GraphPartition, shape: LayerShape, fused: bool, in_f
         "forward edge stage": held + window,
         # ApplyVertex's output rows and scratch (a block of them), beside what prefetching holds of the next column's loads
         "forward apply_vertex": held + during + block * _apply_row_bytes(shape),
-        "backward edge stage": resident_bytes(biggest, shape, "backward") + sum(bwd_sub[:in_flight]),  # 0 without a pass
+        "backward edge stage": resident_bytes(biggest, shape, "backward") + bwd_window,  # 0 without a pass
         "backward apply_vertex": resident_bytes(block, shape, "backward apply_vertex"),
         "hook pre-pass": resident_bytes(hook_block_rows(biggest, shape, param_bytes, budget), shape, "hook pre-pass"),
     }
