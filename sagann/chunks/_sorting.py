@@ -260,19 +260,24 @@ def _sub_chunk_sizes(starts, src, dst, bounds, num_chunks, max_nnz, blocks):
         begin = np.searchsorted(starts[:chunks], b * starts[chunks] // blocks) if b else 0  # first chunk starting at or after
         end = np.searchsorted(starts[:chunks], (b + 1) * starts[chunks] // blocks) if b + 1 < blocks else chunks
         for c in range(begin, end):
-            lo = bounds[c // num_chunks]
-            k = first[c]
-            for e0 in range(starts[c], starts[c + 1], max_nnz):
-                e1 = min(e0 + max_nnz, starts[c + 1])
-                rows = 0
-                for e in range(e0, e1):
-                    s = src[e] - lo
-                    if stamp[s] != k:
-                        stamp[s] = k
-                        rows += 1
-                out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
-                k += 1
+            _size_chunk(c, starts[c], starts[c + 1], src, dst, bounds[c // num_chunks], max_nnz, stamp, out, first[c])
     return out
+
+
+@njit(**_JIT)
+def _size_chunk(c, start, end, src, dst, lo, max_nnz, stamp, out, k):
+    """Rows ``k, k + 1, ...`` of ``out``: chunk ``c``'s sub-chunks (its edges ``start:end``, sources from ``lo``); the next ``k``."""
+    for e0 in range(start, end, max_nnz):
+        e1 = min(e0 + max_nnz, end)
+        rows = 0
+        for e in range(e0, e1):
+            s = src[e] - lo
+            if stamp[s] != k:  # the last sub-chunk that saw each source row
+                stamp[s] = k
+                rows += 1
+        out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
+        k += 1
+    return k
 
 
 def sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, max_nnz: int, blocks: int | None = None) -> np.ndarray:
@@ -296,18 +301,10 @@ def _run_sizes(starts, src, dst, lo, width, max_nnz):
     for c in range(starts.shape[0] - 1):
         subs += (starts[c + 1] - starts[c] + max_nnz - 1) // max_nnz
     out = np.empty((subs, 4), np.int64)
-    stamp = np.full(max(width, 1), -1, np.int64)  # the last sub-chunk that saw each source row
+    stamp = np.full(max(width, 1), -1, np.int64)
     k = 0
     for c in range(starts.shape[0] - 1):
-        for e0 in range(starts[c], starts[c + 1], max_nnz):
-            e1 = min(e0 + max_nnz, starts[c + 1])
-            rows = 0
-            for e in range(e0, e1):
-                if stamp[src[e] - lo] != k:
-                    stamp[src[e] - lo] = k
-                    rows += 1
-            out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
-            k += 1
+        k = _size_chunk(c, starts[c], starts[c + 1], src, dst, lo, max_nnz, stamp, out, k)
     return out
 
 

@@ -104,9 +104,9 @@ def _pieces(part: GraphPartition, rows: tuple[int, int], cols: tuple[int, int], 
     (in source order); sub-chunks outside ``cols`` are skipped unread.
 
     Only the edges leaving ``rows`` are read, through the sub-chunk's
-    source-major index (``src_rows``, ``src_ptr``, ``src_perm``): a fine
-    re-cut meets each old sub-chunk once per new row, and reading all of its
-    edges each time made cutting P = 219 from a 2-way dataset a minute.
+    source-major index (``src_rows``, ``src_ptr``, ``src_perm``): a re-cut
+    meets each old sub-chunk once per new row that overlaps it (about
+    P / P_old times), so a read of all its edges would grow with P.
     """
     (lo, hi), (dlo, dhi) = rows, cols
     for a in _overlapping(part, lo, hi):
