@@ -28,6 +28,13 @@ def live_sub_chunks(depth: int) -> int:
     return depth + 2 if depth > 0 else 1
 
 
+def planned_in_flight(prefetch: int | str | None, overlaps_transfers: bool) -> int:
+    """Sub-chunks a partition's working set first counts at once (``ScheduleConfig.prefetch``; a device whose transfers
+    overlap compute): a fixed depth's, one prefetched for "as deep as fits", none queued where loads cannot overlap."""
+    depth = (1 if overlaps_transfers else 0) if prefetch is None else 1 if prefetch == "max" else int(prefetch)
+    return live_sub_chunks(depth)
+
+
 class LoaderError(RuntimeError):
     """A load job failed in the loader thread; ``__cause__`` is the original exception."""
 

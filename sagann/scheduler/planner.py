@@ -30,7 +30,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     vertex_scratch_bytes, vertex_weight, working_set,
 )
 from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, PassPlanTooLarge, choose_num_chunks, warn_if_fine
-from sagann.scheduler.pipeline import live_sub_chunks
+from sagann.scheduler.pipeline import live_sub_chunks, planned_in_flight
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy
 from sagann.scheduler.planning_records import DeviceScope, Measured, PassJob, largest_block, unmeasured
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
@@ -151,8 +151,7 @@ class Planner:
             measure_step_costs(self._devices[0])  # once per kind of device, before any pass runs (the pass log's predictions read it)
         # a fixed depth is planned for; "as deep as fits" needs room for one. Not for disk reads: the
         # partition (and so every float sum) must not depend on whether a host budget is set
-        pipelined = self._pipelined(disk=False)
-        in_flight = live_sub_chunks(0 if pipelined is False else self._schedule.prefetch if pipelined is True else 1)
+        in_flight = planned_in_flight(self._schedule.prefetch, self._devices[0].overlaps_transfers)
         if self._may_coarsen:
             self._may_coarsen = False
             coarser = self._coarser(shape, fused, param_bytes, in_flight)
