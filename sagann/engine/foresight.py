@@ -42,7 +42,7 @@ from sagann.chunks.sketch import SubChunkSizes
 from sagann.chunks.types import ChunkId
 from sagann.chunks.recut import edges_at
 from sagann.engine.graph import ChunkedGraph
-from sagann.scheduler.cost_model import chunk_nnz
+from sagann.scheduler.cost_model import GROWTH, MARGIN, NEXT_P, chunk_nnz
 from sagann.scheduler.devices import CpuDevice
 from sagann.scheduler.layer_shape import LayerShape
 from sagann.scheduler.memory_model import (
@@ -56,9 +56,6 @@ __all__ = ["Forecast", "forecast_epoch"]
 SAMPLE_EDGES = 20_000
 FACTORS = (2, 4, 8, 16)  # larger budgets compared with the one given
 WORTH_IT = 3.0  # speed-up from which a larger budget is worth a warning
-P_GROWTH = 1.25  # the P compared: each this much larger than the last, from the smallest that fits
-P_SPAN = 4  # ... up to this many times the best so far
-MARGIN = 0.05  # a larger P must stream this many fewer sub-chunks (the planner's time rule's margin)
 
 
 def _size(n: int) -> str:
@@ -242,13 +239,14 @@ def _option(chunks: _ChunkSizes, n, calls, budget: int, floor: int, in_flight: i
         if q is None:
             return None
         p = max(p, q)
-    p = _smallest(lambda q: _sub_chunks_at(chunks, calls, budget, q, sub, in_flight) is not None, p, hi)
+    p0 = _smallest(lambda q: _sub_chunks_at(chunks, calls, budget, q, sub, in_flight) is not None, p, hi)
+    if p0 is None:
+        return None
     best = None
-    while p is not None and p <= hi and (best is None or p <= P_SPAN * best[0]):
-        subs = _sub_chunks_at(chunks, calls, budget, p, sub, in_flight)
+    for q in sorted({min(hi, int(np.ceil(p0 * g))) for g in GROWTH} | {min(hi, p0 + k) for k in range(NEXT_P + 1)}):  # the time rule's candidates
+        subs = _sub_chunks_at(chunks, calls, budget, q, sub, in_flight)
         if subs is not None and (best is None or subs < (1 - MARGIN) * best[1]):
-            best = (p, subs)
-        p = max(p + 1, int(np.ceil(p * P_GROWTH)))
+            best = (q, subs)
     return best
 
 
@@ -266,8 +264,9 @@ def _sub_chunks_at(chunks: _ChunkSizes, calls, budget: int, p: int, sub: int, in
     them; None where a sub-chunk of ``sub`` edges (or the whole chunk, if smaller) does not fit.
 
     A chunk of ``m`` edges into an interval of ``R_j`` rows, its sources in
-    one of ``R_i``: a sub-chunk of ``k`` of them spans about ``k R_j / m``
-    destination rows (at least one, at most ``R_j``) and reads about
+    one of ``R_i``: a sub-chunk of ``k`` of them spans about
+    ``1 + (k - 1) R_j / m`` destination rows (at most ``R_j``: ``k - 1``
+    gaps between edges spread evenly over the rows) and reads about
     ``R_i (1 - exp(-k / R_i))`` distinct sources (uniform draws, as
     :func:`~sagann.scheduler.cost_model.estimate_partition` counts them).
     """
@@ -276,6 +275,7 @@ def _sub_chunks_at(chunks: _ChunkSizes, calls, budget: int, p: int, sub: int, in
     span_per_edge = np.divide(rows[None, :], m, out=np.ones_like(m), where=m > 0)
     least, most = np.minimum(m, sub), np.minimum(m, DEFAULT_SUB_CHUNK_NNZ)
     biggest = rows.max()
+    in_flight = min(in_flight, int((m > 0).sum()) or 1)  # the working set counts the largest sub-chunks there are, at most this many
     for (shape, fused, param_bytes), backward in itertools.product(calls, (False, True)):
         if backward and not shape.backward_edges:
             continue
@@ -285,7 +285,7 @@ def _sub_chunks_at(chunks: _ChunkSizes, calls, budget: int, p: int, sub: int, in
         fixed, edge, dst, src = _sub_chunk_coefficients(shape, fused, backward)
 
         def need(k):
-            span = np.minimum(rows[None, :], np.maximum(1.0, k * span_per_edge))
+            span = np.minimum(rows[None, :], 1.0 + (k - 1) * span_per_edge)
             return fixed + edge * k + dst * span + src * rows[:, None] * -np.expm1(-k / rows[:, None])
 
         if (need(least) > room).any():
