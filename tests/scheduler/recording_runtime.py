@@ -98,6 +98,7 @@ class Buf:
     name: str
     kind: str  # "device" or "pinned"
     stream: Stream | None  # the stream a device block was allocated for
+    nbytes: int = 0
     last_write: Op | None = None
     reads: list = field(default_factory=list)
     kept_for: set = field(default_factory=set)  # streams named by keep_alive
@@ -113,6 +114,9 @@ class Hub:
         self.violations: list[str] = []
         self.buffers: dict[int, Buf] = {}  # storage data_ptr -> the buffer living there
         self.derived: set[int] = set()  # storages of tensors computed from device tensors inside launches
+        # device bytes alive (device blocks and tensors computed from them), as torch's memory_allocated counts them: a
+        # storage counts until the host drops its last reference; peak_bytes is the most at once since reset_peak()
+        self.live_bytes = self.peak_bytes = 0
         self.pools: dict[Stream, list[tuple[Buf, dict]]] = {}
         self.handoffs: dict[int, dict] = {}  # pinned block -> clock of the host's last hand-over of it  # freed device blocks per stream, with their free clocks
         self._ids = itertools.count()
@@ -190,10 +194,22 @@ class Hub:
         if not ptr:
             return
         self.buffers[ptr] = b
+        if b.kind == "device":
+            b.nbytes = int(t.untyped_storage().nbytes())
+            self._alive(b.nbytes)
         weakref.finalize(t.untyped_storage(), self._freed, ptr, b)
+
+    def _alive(self, nbytes: int) -> None:
+        self.live_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+
+    def reset_peak(self) -> None:
+        with self.lock:
+            self.peak_bytes = self.live_bytes
 
     def _freed(self, ptr: int, b: Buf) -> None:
         with self.lock:
+            self.live_bytes -= b.nbytes
             if self.buffers.get(ptr) is b:
                 del self.buffers[ptr]
             if b.kind == "device":  # torch's allocator: reusable on its stream, after the kept-for streams' queued work
@@ -217,7 +233,14 @@ class Hub:
             if ptr and ptr not in self.buffers:
                 if ptr not in self.derived:
                     self.derived.add(ptr)
-                    weakref.finalize(t.untyped_storage(), self.derived.discard, ptr)
+                    nbytes = int(t.untyped_storage().nbytes())
+                    self._alive(nbytes)
+                    weakref.finalize(t.untyped_storage(), self._underived, ptr, nbytes)
+
+    def _underived(self, ptr: int, nbytes: int) -> None:
+        with self.lock:
+            self.live_bytes -= nbytes
+            self.derived.discard(ptr)
 
     def ops(self, kind: str) -> list[Op]:
         return [op for op in self.log if op.kind == kind]
