@@ -42,7 +42,7 @@ from sagann.chunks.sketch import SubChunkSizes
 from sagann.chunks.types import ChunkId
 from sagann.chunks.recut import edges_at
 from sagann.engine.graph import ChunkedGraph
-from sagann.scheduler.cost_model import GROWTH, MARGIN, NEXT_P, chunk_nnz
+from sagann.scheduler.cost_model import GROWTH, MARGIN, NEXT_P, chunk_nnz, distinct_rows
 from sagann.scheduler.devices import CpuDevice
 from sagann.scheduler.layer_shape import LayerShape
 from sagann.scheduler.memory_model import (
@@ -267,8 +267,8 @@ def _sub_chunks_at(chunks: _ChunkSizes, calls, budget: int, p: int, sub: int, in
     one of ``R_i``: a sub-chunk of ``k`` of them spans about
     ``1 + (k - 1) R_j / m`` destination rows (at most ``R_j``: ``k - 1``
     gaps between edges spread evenly over the rows) and reads about
-    ``R_i (1 - exp(-k / R_i))`` distinct sources (uniform draws, as
-    :func:`~sagann.scheduler.cost_model.estimate_partition` counts them).
+    ``R_i (1 - exp(-k / R_i))`` distinct sources (uniform draws,
+    :func:`~sagann.scheduler.cost_model.distinct_rows`, as the planner's estimate counts them).
     """
     bounds, m = chunks.at(p)  # m: edges of chunk [i, j]
     rows = np.maximum(np.diff(bounds).astype(np.float64), 1.0)
@@ -286,7 +286,7 @@ def _sub_chunks_at(chunks: _ChunkSizes, calls, budget: int, p: int, sub: int, in
 
         def need(k):
             span = np.minimum(rows[None, :], 1.0 + (k - 1) * span_per_edge)
-            return fixed + edge * k + dst * span + src * rows[:, None] * -np.expm1(-k / rows[:, None])
+            return fixed + edge * k + dst * span + src * distinct_rows(k, rows[:, None])
 
         if (need(least) > room).any():
             return None

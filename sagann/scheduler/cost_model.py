@@ -34,7 +34,7 @@ from sagann.kernels import gspmm
 from sagann.scheduler import calibration
 from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_in_room, vertex_weight
 
-__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "estimate_partition", "faster_partition", "faster_partitions", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
+__all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "distinct_rows", "estimate_partition", "faster_partition", "faster_partitions", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
 
 _LOG = logging.getLogger("sagann")
 CALIBRATION_VERTICES, CALIBRATION_EDGES, CALIBRATION_WIDTH = 2048, 16384, 32
@@ -287,6 +287,11 @@ def chunk_nnz(edges: np.ndarray | GraphPartition, bounds: np.ndarray) -> np.ndar
     return chunk_counts(edges[0], edges[1], bounds)
 
 
+def distinct_rows(draws, rows):
+    """Distinct rows about ``draws`` uniform draws over ``rows`` rows hit: ``rows (1 - exp(-draws / rows))`` (arrays broadcast)."""
+    return rows * -np.expm1(-draws / rows)
+
+
 def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, shape: LayerShape) -> PartitionEstimate:
     """Bytes and steps of a partition with chunk sizes ``nnz`` (:func:`chunk_nnz`), without cutting it.
 
@@ -300,8 +305,7 @@ def estimate_partition(nnz: np.ndarray, bounds: np.ndarray, sub_chunk_nnz: int, 
     m = nnz.astype(np.float64)
     subs = np.ceil(m / max(1, sub_chunk_nnz))
     per_sub = np.divide(m, subs, out=np.zeros_like(m), where=subs > 0)
-    n_i = np.maximum(sizes[:, None], 1.0)
-    rows = subs * n_i * -np.expm1(-per_sub / n_i)
+    rows = subs * distinct_rows(per_sub, np.maximum(sizes[:, None], 1.0))
     forward = rows.sum() * src_row_bytes(shape) + m.sum() * INDEX_BYTES_PER_EDGE
     steps = int(subs.sum())
     total, passes = forward, steps

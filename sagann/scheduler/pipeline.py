@@ -28,11 +28,21 @@ def live_sub_chunks(depth: int) -> int:
     return depth + 2 if depth > 0 else 1
 
 
-def planned_in_flight(prefetch: int | str | None, overlaps_transfers: bool) -> int:
-    """Sub-chunks a partition's working set first counts at once (``ScheduleConfig.prefetch``; a device whose transfers
-    overlap compute): a fixed depth's, one prefetched for "as deep as fits", none queued where loads cannot overlap."""
-    depth = (1 if overlaps_transfers else 0) if prefetch is None else 1 if prefetch == "max" else int(prefetch)
-    return live_sub_chunks(depth)
+def pipelining(prefetch: int | str | None, overlaps: bool) -> bool | None:
+    """Does a pass prefetch (``ScheduleConfig.prefetch``; ``overlaps``: its loads can run beside compute)? False: no;
+    True: a fixed depth > 0; None: as deep as the budget allows."""
+    if prefetch is None:
+        return None if overlaps else False
+    if prefetch == "max":
+        return None
+    return prefetch > 0
+
+
+def planned_in_flight(prefetch: int | str | None, overlaps: bool) -> int:
+    """Sub-chunks a partition's working set first counts at once (:func:`pipelining`): a fixed depth's, one
+    prefetched for "as deep as fits", none queued where loads cannot overlap."""
+    pipelined = pipelining(prefetch, overlaps)
+    return live_sub_chunks(0 if pipelined is False else prefetch if pipelined is True else 1)
 
 
 class LoaderError(RuntimeError):

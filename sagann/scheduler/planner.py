@@ -30,7 +30,7 @@ from sagann.scheduler.memory_model import (  # noqa: F401  (re-exported: the pla
     vertex_scratch_bytes, vertex_weight, working_set,
 )
 from sagann.scheduler.num_chunks import MAX_CHUNKS, BudgetTooSmall, PassPlanTooLarge, choose_num_chunks, warn_if_fine
-from sagann.scheduler.pipeline import live_sub_chunks, planned_in_flight
+from sagann.scheduler.pipeline import live_sub_chunks, pipelining, planned_in_flight
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy
 from sagann.scheduler.planning_records import DeviceScope, Measured, PassJob, largest_block, unmeasured
 from sagann.scheduler.schedule import FORWARD, PassPlan, build_plan, choose_resident, dry_run, dst_rows_saving
@@ -398,13 +398,8 @@ class Planner:
 
     # ---- the passes ---------------------------------------------------------------------------
     def _pipelined(self, disk: bool = True) -> bool | None:
-        """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows."""
-        pf = self._schedule.prefetch
-        if pf is None:  # disk reads wait on I/O, beside compute, like a link
-            return None if self._devices[0].overlaps_transfers or (disk and self._host_spills) else False
-        if pf == "max":
-            return None
-        return pf > 0
+        """False: no prefetching; True: a fixed depth > 0; None: as deep as the budget allows (disk reads wait on I/O, beside compute, like a link)."""
+        return pipelining(self._schedule.prefetch, self._devices[0].overlaps_transfers or (disk and self._host_spills))
 
     def prefetch_depth(self, partition: GraphPartition, shape: LayerShape, fused: bool, param_bytes: int) -> int:
         """The configured depth, 0 where transfers cannot overlap compute, or the deepest (up to MAX_PREFETCH) that fits."""
