@@ -42,8 +42,8 @@ def _best_val_test(history: list[EpochStats]) -> float:
 
 
 def in_memory_working_set(data, model: torch.nn.Module) -> int:
-    """Device bytes one training step of ``model`` needs with the whole graph resident (P=1)."""
-    device = CpuDevice(None, name="in-memory")
+    """Device bytes one training step of ``model`` needs with the whole graph resident (P=1, ApplyVertex on whole intervals)."""
+    device = CpuDevice(None, name="in-memory", vertex_block_bytes=None)
     g = ChunkedGraph(data.edge_index, data.num_vertices, num_chunks=1, device=device)
     x = torch.from_numpy(data.x)
     model.train()

@@ -236,7 +236,7 @@ class LayerCall:
             shape, budget = dataclasses.replace(self.shape, recomputes=True), self.device.memory_budget
             edgeless = {"edgeless": self.p.num_edges == 0} if kind == "vertex" else {}  # a pass with no edges loads each block alone
             rows = rows_for(biggest, shape, self.param_bytes, budget, **edgeless)
-            cached = cache_block_rows(shape, kind != "vertex", getattr(self.device, "vertex_block_bytes", None)) if budget is not None else None
+            cached = cache_block_rows(shape, kind != "vertex", getattr(self.device, "vertex_block_bytes", None))
             hit = self._block_memo[kind] = (self.p, rows if cached is None else min(rows, cached))  # blocks the caches hold
         return max(1, hit[1])
 

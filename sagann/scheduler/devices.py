@@ -25,7 +25,7 @@ from sagann.units import format_bytes, parse_bytes, tensor_bytes
 CALIBRATION_TWIN_BUDGET = 1 << 34  # far above the few MiB the step calibration holds
 METER_ENV = "SAGANN_METER"  # "1": CpuDevices made without meter=... are metered
 
-__all__ = ["METER_ENV", "BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
+__all__ = ["CACHE_BLOCK_BYTES", "METER_ENV", "BudgetExceeded", "CpuDevice", "Device", "MemoryLedger", "Scope", "format_bytes", "parse_bytes", "tensor_bytes"]
 
 class BudgetExceeded(MemoryError):
     """An allocation would exceed a device's memory budget: a planning bug or a too-small budget."""
@@ -330,8 +330,8 @@ class Device(abc.ABC):
     keeps_native_index = True  # chunk_index(native=True) leaves the 16-bit ids of native_16 unwidened (not a GPU)
     # make dst_idx from dst_ptr on the device, not send it, where that beats the link (a GPU; a CPU copies: 5 us against 24)
     derives_index = False
-    # under a budget, ApplyVertex and hook blocks of at most this many modelled bytes, however many the budget
-    # would allow (None: no such bound); a CPU device's whole wide intervals fall out of its caches
+    # ApplyVertex and hook blocks of at most this many modelled bytes, however many the budget would allow
+    # (None: no such bound); a CPU device's whole wide intervals fall out of its caches
     vertex_block_bytes: int | None = None
 
     def reused_buffer(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:
@@ -408,6 +408,10 @@ class Device(abc.ABC):
         return True
 
 
+# a CPU device's ApplyVertex and hook blocks, in modelled bytes; measured: 4 MiB and 16 MiB blocks were slower
+# (docs/benchmarks.md, "Blocks that fit the caches"), and whole intervals slower in memory too ("Blocks in memory")
+CACHE_BLOCK_BYTES = 8 << 20
+
 # sub-chunks whose index views a non-copying CPU device keeps (CpuDevice.chunk_index): at most ~6 MiB of objects
 INDEX_MEMO_SUB_CHUNKS = 1024
 
@@ -442,10 +446,17 @@ class CpuDevice(Device):
             (:attr:`measured_peak_bytes`); it costs time on every torch op,
             so it is off unless asked for. None (the default): on when the
             environment sets ``SAGANN_METER=1``.
+        vertex_block_bytes: the modelled bytes an ApplyVertex or hook block
+            may hold, with or without a budget (default
+            :data:`CACHE_BLOCK_BYTES`): whole wide intervals fall out of the
+            caches, so blocks are faster even where everything fits. None:
+            as large as the budget allows (whole intervals without one), as
+            a whole-graph in-memory epoch runs.
     """
 
     def __init__(self, memory_budget: int | str | None = None, name: str | None = None, link_bandwidth: int | str | None = None,
-                 copy_transfers: bool = False, peer_bandwidth: int | str | None = None, meter: bool | None = None):
+                 copy_transfers: bool = False, peer_bandwidth: int | str | None = None, meter: bool | None = None,
+                 vertex_block_bytes: int | str | None = CACHE_BLOCK_BYTES):
         auto = name is None
         name = "cpu0" if auto else name
         super().__init__(name, memory_budget, auto_named=auto)
@@ -460,6 +471,10 @@ class CpuDevice(Device):
         self.link_bandwidth = None if self.link is None else self.link.bandwidth
         self.peer_bandwidth = parse_bytes(peer_bandwidth)
         self.copy_transfers = bool(copy_transfers)
+        try:
+            self.vertex_block_bytes = parse_bytes(vertex_block_bytes)
+        except ValueError as exc:
+            raise ValueError(f"vertex_block_bytes: {exc}; or None for blocks as large as the budget allows") from None
         # copies land in reused buffers, as a GPU's caching allocator keeps device memory (sagann.scheduler.pool);
         # not when metered: a reused buffer is no new allocation, so the meter would not see the copy
         pooled = self.copy_transfers and self.memory_budget is not None and self.meter is None
@@ -473,7 +488,8 @@ class CpuDevice(Device):
 
     def calibration_twin(self) -> "CpuDevice":
         """A device of this kind for the step calibration; a budget none reaches, so copies pool as a budgeted pass's do."""
-        return CpuDevice(CALIBRATION_TWIN_BUDGET, f"{self.name} (calibration)", self.link_bandwidth, self.copy_transfers, self.peer_bandwidth, meter=False)
+        return CpuDevice(CALIBRATION_TWIN_BUDGET, f"{self.name} (calibration)", self.link_bandwidth, self.copy_transfers, self.peer_bandwidth, meter=False,
+                         vertex_block_bytes=self.vertex_block_bytes)
 
     def chunk_index(self, chunk, source_major: bool = False, backward: bool = True, narrow: bool = False, native: bool = False) -> tuple[ChunkTensors, torch.Tensor, int]:
         """The sub-chunk's index arrays: views of the host's arrays, made once per sub-chunk and kept while it lives.
@@ -517,8 +533,6 @@ class CpuDevice(Device):
         except ImportError:
             return "reference"
         return "cpu"
-
-    vertex_block_bytes = 8 << 20  # measured: 4 MiB and 16 MiB blocks were slower (docs/benchmarks.md, "Blocks that fit the caches")
 
     @property
     def overlaps_transfers(self) -> bool:

@@ -27,6 +27,8 @@ def test_sweep_rows_cover_the_grid_and_serialise():
         split = c["extra_load_seconds"] + c["extra_edge_compute_seconds"] + c["extra_other_seconds"]
         assert split == pytest.approx(c["out_of_core_mean_seconds"] - c["in_memory_mean_seconds"]), "the split is the whole gap"
         assert c["extra_load_seconds"] > 0, "copying loads cost time that views did not"
+        # a budget is a fraction of a whole-graph epoch's peak, which the in-memory run's blocks never exceed
+        assert c["budget_bytes"] == c["whole_graph_peak_bytes"] // 4 and 0 < c["in_memory_peak_bytes"] <= c["whole_graph_peak_bytes"]
     assert r["summary"]["all"]["cells"] == 3 and r["summary"]["failed"] == 0
     assert r["summary"]["all"]["median_abs_pass_prediction_error"] >= 0 and "pass-log prediction error" in r["report"]
     json.dumps(r, allow_nan=True)

@@ -175,9 +175,6 @@ def test_blocks_the_caches_hold_where_the_budget_allows_whole_intervals(monkeypa
     """A device's ``vertex_block_bytes`` caps ApplyVertex and hook blocks below what the budget allows: same values, fewer bytes held."""
     from sagann.scheduler.memory_model import cache_block_rows
 
-    class SmallCaches(sagann.CpuDevice):
-        vertex_block_bytes = 8 << 10
-
     split = []
     whole = call_module.LayerCall.vertex_blocks
     monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: split.append(len(whole(self, lo, hi))) or whole(self, lo, hi))
@@ -188,7 +185,7 @@ def test_blocks_the_caches_hold_where_the_budget_allows_whole_intervals(monkeypa
     x, ed = torch.randn(n, 6, requires_grad=True), torch.randn(ei.shape[1], 4)
     ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x, ed)
     ref_grads = torch.autograd.grad((ref * ref).sum(), [x, *layer.parameters()])
-    roomy, capped = sagann.CpuDevice("64MB"), SmallCaches("64MB")
+    roomy, capped = sagann.CpuDevice("64MB"), sagann.CpuDevice("64MB", vertex_block_bytes=8 << 10)
     outs = []
     for device in (roomy, capped):
         split.clear()
@@ -201,6 +198,35 @@ def test_blocks_the_caches_hold_where_the_budget_allows_whole_intervals(monkeypa
     assert roomy_blocks == 1, "64MB holds every interval whole"
     assert capped_blocks > 1, "the cap splits what the budget would hold whole"
     assert capped_peak <= roomy_peak
+
+
+def test_blocks_the_caches_hold_without_a_budget_too(monkeypatch):
+    """In memory (no budget) a CPU device runs ApplyVertex and the hooks in cache-sized blocks as well: the same values
+    and gradients as whole intervals (``vertex_block_bytes=None``), no more device bytes at the peak."""
+    split = []
+    whole = call_module.LayerCall.vertex_blocks
+    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: split.append(len(whole(self, lo, hi))) or whole(self, lo, hi))
+    rng = np.random.default_rng(5)
+    n, ei = 400, awkward_graph(rng, 400, 2000)
+    torch.manual_seed(0)
+    layer = HookLayer(6, 5, 4, "sum")
+    x, ed = torch.randn(n, 6, requires_grad=True), torch.randn(ei.shape[1], 4)
+    runs = []
+    for device in (sagann.CpuDevice(vertex_block_bytes=None), sagann.CpuDevice(vertex_block_bytes=8 << 10)):
+        split.clear()
+        out = layer(sagann.ChunkedGraph(ei, n, num_chunks=1, device=device), x, ed)
+        grads = torch.autograd.grad((out * out).sum(), [x, *layer.parameters()])
+        runs.append((out, grads, max(split), device.peak_bytes))
+    (ref, ref_grads, whole_blocks, whole_peak), (out, grads, blocks, peak) = runs
+    assert whole_blocks == 1 and blocks > 1, "no budget: whole intervals only where blocks are unbounded"
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(grads, ref_grads))
+    assert peak <= whole_peak
+
+
+def test_vertex_block_bytes_must_be_positive():
+    with pytest.raises(ValueError, match="vertex_block_bytes"):
+        sagann.CpuDevice(vertex_block_bytes=0)
+    assert sagann.CpuDevice(vertex_block_bytes="1MiB").vertex_block_bytes == 1 << 20
 
 
 def test_cache_block_rows_fit_the_bytes_given():
