@@ -1,7 +1,8 @@
 """`sagann bench overlap`: what each scheduling feature buys, in one run on one graph.
 
 A 2-layer GCN epoch (forward + backward + Adam step) on an R-MAT graph,
-in memory and out-of-core under 1/8 of the in-memory working set, adding
+in memory and out-of-core under 1/8 of a whole-graph epoch's working set
+(ApplyVertex on whole intervals, as in the sweep), adding
 the scheduler's features one at a time: pipelining, selective transfers,
 profile-guided ordering. Each configuration gets warm-up epochs (which also
 give the ordering its measurements), then timed epochs, then one profiled
@@ -49,6 +50,19 @@ def _epoch(model, g, x, y, opt) -> float:
     F.cross_entropy(model(g, x), y).backward()
     opt.step()
     return time.perf_counter() - t0
+
+
+def _whole_graph_peak(ei, n, x, y, dims, epochs: int) -> int:
+    """The device peak of in-memory epochs with ApplyVertex on whole intervals (as PyG and DGL run it): the working set
+    the budget is a fraction of, as in the sweep (the in-memory row's cache-sized blocks hold less). Over as many epochs
+    as the in-memory row's warm-up: the second epoch's peak can be higher than the first's."""
+    g = ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="whole graph", vertex_block_bytes=None), schedule=_streamed())
+    torch.manual_seed(0)
+    model = GCN(*dims, dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(max(2, epochs)):
+        _epoch(model, g, x, y, opt)
+    return g.device.peak_bytes
 
 
 def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
@@ -101,7 +115,7 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
     y = torch.randint(0, dims[2], (n,), generator=gen)
 
     memory = _measure("in-memory", ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="in-memory"), schedule=_streamed()), x, y, dims, warmup, repeats)
-    working_set = memory["peak_device_bytes"]
+    working_set = _whole_graph_peak(ei, n, x, y, dims, warmup + repeats)
     budget = int(working_set * budget_fraction)
     rows = [memory]
     for name, cfg in CONFIGS:
@@ -150,7 +164,7 @@ def _report(r: dict) -> str:
     g = r["graph"]
     lines = [
         f"2-layer GCN {'-'.join(map(str, g['dims']))} on R-MAT ({g['num_vertices']:,} vertices, {g['num_edges']:,} edges); "
-        f"budget {mib(r['memory_budget_bytes'])} MiB = 1/{r['working_set_bytes'] / r['memory_budget_bytes']:.0f} of the in-memory working set",
+        f"budget {mib(r['memory_budget_bytes'])} MiB = 1/{r['working_set_bytes'] / r['memory_budget_bytes']:.0f} of a whole-graph epoch's working set",
         f"roofline: floor {r['floor_seconds']:.3f} s (bytes / {r['machine_rates']['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s + FLOPs / {r['machine_rates']['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s); "
         f"in memory achieves {100 * r['floor_fraction']:.0f}% of it",
         f"{'configuration':28s} {'epoch s':>8s} {'x in-mem':>8s} {'P':>3s} {'pf':>3s} {'moved MiB':>10s} {'full MiB':>9s} {'overlap':>8s} {'pred/achieved':>14s} {'steps':>6s} {'us/step':>8s}",

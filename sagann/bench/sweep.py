@@ -4,7 +4,7 @@ The grid: graphs (R-MAT at scales 16-19 with average degrees 64 to 8, all
 about 4M edges, and the Reddit-shaped SBM), widths (features = hidden),
 models (GCN, GraphSAGE, GIN, GAT), budgets (a fraction of a whole-graph
 in-memory epoch's device peak: ApplyVertex on whole intervals, as PyG and
-DGL run it, measured over one epoch) and the cached Gather on or off. Per graph, width, model and
+DGL run it, measured over the warm-up epochs) and the cached Gather on or off. Per graph, width, model and
 cache setting the in-memory epoch (P = 1, no copies) is measured once, then
 each budget out of core (``CpuDevice(budget, copy_transfers=True)``), in
 one process, each configuration after its warm-up epochs.
@@ -225,9 +225,9 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
     """The rows of one graph, width, model and cache setting: in memory once, each budget out of core, epochs alternating."""
     (ei, n), schedule = graph, ScheduleConfig(cache_gather=cache)
     # budgets are fractions of a whole-graph epoch's device peak (ApplyVertex on whole intervals, as PyG and DGL run
-    # it), not of the in-memory run's, whose cache-sized blocks hold a fraction of that: one warm-up epoch measures it
+    # it), not of the in-memory run's, whose cache-sized blocks hold a fraction of that; over the same warm-up epochs
     whole = CpuDevice(name="whole graph", vertex_block_bytes=None)
-    peak = _Run(ChunkedGraph(ei, n, num_chunks=1, device=whole, schedule=schedule), model_name, width, data, 1).warm_peak
+    peak = _Run(ChunkedGraph(ei, n, num_chunks=1, device=whole, schedule=schedule), model_name, width, data, grid.warmup).warm_peak
     mem_run = _Run(ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="in-memory"), schedule=schedule), model_name, width, data, grid.warmup)
     cached = cache and model_name in CACHEABLE
     rows, runs = [], [mem_run]

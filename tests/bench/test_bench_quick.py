@@ -110,3 +110,16 @@ def test_cli_bench_json_is_one_object(capsys, tmp_path):
     assert len(lines) == 1 and "rows" in json.loads(lines[0])
     row = json.loads(out.read_text().splitlines()[0])
     assert row["bench"] == "kernels" and "machine" in row and "report" not in row
+
+
+def test_overlap_quick_budget_is_a_fraction_of_a_whole_graph_epoch():
+    """`sagann bench overlap --quick`: out of core under 1/8 of a whole-interval epoch's peak, within it; the blocked
+    in-memory row holds no more than that epoch."""
+    from sagann.bench import overlap
+
+    r = overlap.run(quick=True)
+    memory, *ooc = r["configs"]
+    assert memory["config"] == "in-memory" and memory["num_chunks"] == 1
+    assert r["memory_budget_bytes"] == int(r["working_set_bytes"] / 8) and memory["peak_device_bytes"] <= r["working_set_bytes"]
+    assert ooc and all(row["peak_device_bytes"] <= r["memory_budget_bytes"] for row in ooc)
+    assert "of a whole-graph epoch's working set" in r["report"]
