@@ -49,7 +49,7 @@ def summarise(rs: list[dict]) -> dict:
         "torch": ok[0].get("torch"),
         "runs": ok,
     }
-    for key in ("num_chunks", "peak_device_bytes", "memory_budget_bytes", "dgl"):
+    for key in ("num_chunks", "peak_device_bytes", "whole_graph_peak_bytes", "memory_budget_bytes", "dgl"):
         if key in ok[0]:
             out[key] = ok[0][key]
     if errors:

@@ -15,7 +15,9 @@ Configurations, each in a fresh subprocess so peak RSS (``ru_maxrss``) is
 its own:
 
 * ``sagann_p1``: ``sagann.engine.models.GCN`` on a ChunkedGraph with P=1 on
-  an unlimited CpuDevice (its peak device bytes = the in-memory working set);
+  an unlimited CpuDevice; its worker then measures the in-memory working
+  set of a whole-graph epoch (the device peak with ApplyVertex on whole
+  intervals, as PyG and DGL run it: ``whole_graph_peak_bytes``);
 * ``sagann_ooc``: the same with a CpuDevice budget of 1/8 of that working
   set (1/2 with ``quick``), P chosen by the planner;
 * ``sagann_streamed``: ``sagann_p1`` with ``ScheduleConfig(cache_gather=False)``:

@@ -13,7 +13,8 @@ Configurations (each a fresh subprocess):
 
 * ``sagann_p1`` / ``sagann_ooc``: ``sagann.engine.models.GraphSAGE`` in
   memory (P=1) and out of core (a CpuDevice budget of 1/8 of the P=1 working
-  set, every transfer a real copy);
+  set of a whole-graph epoch, ApplyVertex on whole intervals; every
+  transfer a real copy);
 * ``sagann_streamed``: ``sagann_p1`` with ``ScheduleConfig(cache_gather=False)``
   (the first layer aggregates the features every epoch); ``sagann_ooc_streamed``:
   the same out of core, under 1/8 of ``sagann_streamed``'s working set;

@@ -38,7 +38,9 @@ def _check_ooc(r: dict) -> None:
     p1, ooc = r["results"]["sagann_p1"], r["results"]["sagann_ooc"]
     assert p1["num_chunks"] == 1
     assert r["ooc_budget_fraction"] == "1/2"
-    assert ooc["peak_device_bytes"] <= ooc["memory_budget_bytes"] <= p1["peak_device_bytes"] // 2
+    # a fraction of a whole-interval epoch's peak, which the blocked in-memory run's never exceeds
+    whole = p1["whole_graph_peak_bytes"]
+    assert ooc["peak_device_bytes"] <= ooc["memory_budget_bytes"] == whole // 2 and p1["peak_device_bytes"] <= whole
 
 
 def test_gcn_quick_result_keys():
