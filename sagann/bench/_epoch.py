@@ -44,10 +44,12 @@ import psutil
 import torch
 
 from sagann.bench import _peers, roofline
+from sagann.bench.graph_files import GRAPHS, QUICK_REDDIT_SCALE, REDDIT_SCALE, RMAT_CLASSES, RMAT_FEATURES, GraphFiles, prepare_graph, rmat_features
 from sagann.bench._results import ratios, summarise
 from sagann.units import parse_bytes
 
-__all__ = ["Bench", "EpochOptions", "GraphFiles", "prepare_graph", "run_epochs", "runner", "worker_main", "format_report", "rmat_features"]
+__all__ = ["GRAPHS", "QUICK_REDDIT_SCALE", "REDDIT_SCALE", "RMAT_CLASSES", "RMAT_FEATURES", "Bench", "EpochOptions", "GraphFiles", "prepare_graph", "run_epochs",
+           "runner", "worker_main", "format_report", "rmat_features"]
 
 REPS, WARMUP, ROUNDS = 5, 1, 2
 QUICK_REPS = 2  # --quick is a smoke test of every path, not a measurement
@@ -56,9 +58,6 @@ BUDGET_FRACTION = 8  # sagann_ooc's budget = a whole-graph epoch's in-memory wor
 # makes the planner pick P > 100 (thousands of sub-chunks): a smoke test must be quick.
 QUICK_BUDGET_FRACTION = 2
 WORKER_TIMEOUT_S, QUICK_WORKER_TIMEOUT_S = 1800, 300
-GRAPHS = ("rmat", "reddit")
-REDDIT_SCALE, QUICK_REDDIT_SCALE = 0.05, 0.002
-RMAT_FEATURES, RMAT_CLASSES = 128, 16
 LR = 0.01
 DGL_HINT = "not run: no DGL environment (create it with `bash benchmarks/dgl_env.sh`, or set SAGANN_DGL_PYTHON)"
 
@@ -104,106 +103,6 @@ class Bench:
         return f"{layers}, dropout 0, Adam(lr={LR:g}), cross-entropy over all vertices"
 
 
-# ----------------------------------------------------------------------------- graphs
-@dataclass(frozen=True)
-class GraphFiles:
-    """The ``.npy`` files of one benchmark graph and its JSON description (``info``)."""
-
-    edges: Path
-    features: Path
-    labels: Path
-    info: dict
-
-    @property
-    def num_vertices(self) -> int:
-        return self.info["num_vertices"]
-
-
-def rmat_features(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """R-MAT's features and labels from numpy (the same bits in every environment, DGL's too)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, RMAT_FEATURES), dtype=np.float32)
-    y = rng.integers(0, RMAT_CLASSES, n)
-    return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def simple_edges(edge_index: np.ndarray, n: int) -> np.ndarray:
-    """``edge_index`` without self loops and duplicates, sorted by (source, destination)."""
-    keep = edge_index[0] != edge_index[1]
-    keys = np.unique(edge_index[0, keep] * n + edge_index[1, keep])
-    return np.stack([keys // n, keys % n])
-
-
-def _write_once(directory: Path, stem: str, make: Callable[[], tuple[dict, dict]]) -> GraphFiles:
-    """``make() -> (arrays, info)`` saved as ``stem_<name>.npy`` + ``stem.json``; later calls reuse them.
-
-    The JSON is written last, so a graph whose writing was interrupted is made again.
-    """
-    meta = directory / f"{stem}.json"
-    paths = {name: directory / f"{stem}_{name}.npy" for name in ("edges", "x", "y")}
-    if meta.exists():
-        info = json.loads(meta.read_text())
-    else:
-        arrays, info = make()
-        for name, array in arrays.items():
-            tmp = paths[name].with_suffix(".tmp.npy")
-            np.save(tmp, array)
-            tmp.rename(paths[name])
-        meta.with_suffix(".tmp").write_text(json.dumps(info))
-        meta.with_suffix(".tmp").rename(meta)
-    return GraphFiles(paths["edges"], paths["x"], paths["y"], info)
-
-
-def _rmat(directory: Path, quick: bool, simple: bool) -> GraphFiles:
-    spec = _peers.QUICK_GRAPH if quick else _peers.FULL_GRAPH
-    n = spec.num_vertices
-
-    def make():
-        ei = spec.edge_index()
-        info = {"name": "rmat", **spec.to_dict(), "features": RMAT_FEATURES, "classes": RMAT_CLASSES, "simple": simple}
-        if simple:
-            drawn = ei.shape[1]
-            ei = simple_edges(ei, n)
-            info.update(generator="sagann.chunks.synthetic.rmat(self_loops=False), duplicate edges removed, + one self loop per vertex",
-                        duplicates_removed=drawn - ei.shape[1], edges_with_self_loops=ei.shape[1] + n)
-        x, y = rmat_features(n)
-        return {"edges": ei, "x": x.numpy(), "y": y.numpy()}, info
-
-    stem = f"rmat_{n}_{spec.num_edges}_{spec.seed}" + ("_simple" if simple else "")
-    return _write_once(directory, stem, make)
-
-
-def _reddit(directory: Path, scale: float) -> GraphFiles:
-    from sagann.chunks.synthetic import PRESETS, preset_graph
-
-    def make():
-        g = preset_graph("reddit", scale, seed=0)
-        ei = simple_edges(g.edge_index, g.num_vertices)
-        n, shape = g.num_vertices, PRESETS["reddit"]
-        info = {
-            "name": g.name, "generator": f"sagann.chunks.synthetic.preset_graph('reddit', {scale:g}) (SBM), self loops and duplicate edges removed, + one self loop per vertex",
-            "scale": scale, "num_vertices": n, "sbm_edges": g.num_edges, "duplicates_and_loops_removed": g.num_edges - ei.shape[1],
-            "edges_with_self_loops": ei.shape[1] + n, "avg_in_degree": round((ei.shape[1] + n) / n, 1), "reddit_avg_degree": round(shape.avg_degree, 1),
-            "features": g.num_features, "classes": g.num_classes, "seed": 0, "simple": True,
-        }
-        return {"edges": ei, "x": g.x, "y": g.y}, info
-
-    return _write_once(directory, f"reddit_{scale:g}_0", make)
-
-
-def prepare_graph(directory: str | os.PathLike, graph: str = "rmat", scale: float | None = None, quick: bool = False, simple: bool = True) -> GraphFiles:
-    """Write the benchmark graph's files into ``directory`` once (``simple``: R-MAT without duplicates)."""
-    if graph not in GRAPHS:
-        raise ValueError(f"unknown graph {graph!r}; use one of: {', '.join(GRAPHS)}")
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    if graph == "rmat":
-        if scale is not None:
-            raise ValueError("--scale applies to --graph reddit only (the R-MAT graph has a fixed size; --quick makes it small)")
-        return _rmat(Path(directory), quick, simple)
-    scale = (QUICK_REDDIT_SCALE if quick else REDDIT_SCALE) if scale is None else float(scale)
-    return _reddit(Path(directory), scale)
-
-
 # ----------------------------------------------------------------------------- initial weights
 def _canonical(key: str) -> str:
     """sagann's ``layers.0.lin.weight`` -> PyG's ``conv1.lin.weight`` (the names in the init file)."""
@@ -230,8 +129,9 @@ def load_init(model: torch.nn.Module, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- workers
-def _sagann(bench: Bench, ei: np.ndarray, n: int, in_channels: int, classes: int, budget: int | None, num_chunks: int | None, cache_gather: bool = True,
+def _sagann(bench: Bench, ei: np.ndarray, n: int, dims: tuple[int, int], budget: int | None, num_chunks: int | None, cache_gather: bool = True,
             whole_intervals: bool = False) -> Built:
+    """sagann's model on a CpuDevice; ``dims``: (input features, classes)."""
     from sagann.engine.graph import ChunkedGraph
     from sagann.scheduler.config import ScheduleConfig
     from sagann.scheduler.devices import CACHE_BLOCK_BYTES, CpuDevice
@@ -239,7 +139,7 @@ def _sagann(bench: Bench, ei: np.ndarray, n: int, in_channels: int, classes: int
     # out of core, every transfer is a real copy (as to a GPU); in memory the rows are already resident
     device = CpuDevice(budget, copy_transfers=budget is not None, vertex_block_bytes=None if whole_intervals else CACHE_BLOCK_BYTES)
     g = ChunkedGraph(ei, n, num_chunks=num_chunks, device=device, schedule=ScheduleConfig(cache_gather=cache_gather))
-    model = bench.sagann_model(in_channels, classes)
+    model = bench.sagann_model(*dims)
 
     def info() -> dict:
         return {"num_chunks": g.num_chunks, "peak_device_bytes": device.peak_bytes, "memory_budget_bytes": budget}
@@ -283,13 +183,13 @@ def build(bench: Bench, config: str, ei: np.ndarray, n: int, in_channels: int, c
     if not bench.adds_self_loops:
         ei = _peers.with_self_loops(ei, n)
     if config == "sagann_p1":
-        return _sagann(bench, ei, n, in_channels, classes, None, 1, whole_intervals=whole_intervals)
+        return _sagann(bench, ei, n, (in_channels, classes), None, 1, whole_intervals=whole_intervals)
     if config == "sagann_ooc":
-        return _sagann(bench, ei, n, in_channels, classes, budget, None)
+        return _sagann(bench, ei, n, (in_channels, classes), budget, None)
     if config == "sagann_streamed":  # sagann_p1 without the cached first-layer Gather: every layer streams its edges
-        return _sagann(bench, ei, n, in_channels, classes, None, 1, cache_gather=False, whole_intervals=whole_intervals)
+        return _sagann(bench, ei, n, (in_channels, classes), None, 1, cache_gather=False, whole_intervals=whole_intervals)
     if config == "sagann_ooc_streamed":  # sagann_ooc likewise, under 1/8 of sagann_streamed's working set
-        return _sagann(bench, ei, n, in_channels, classes, budget, None, cache_gather=False)
+        return _sagann(bench, ei, n, (in_channels, classes), budget, None, cache_gather=False)
     if config in ("pyg_edge_index", "pyg_csr"):
         return _pyg(bench, ei, n, in_channels, classes, csr=config == "pyg_csr")
     if config in bench.extra:
