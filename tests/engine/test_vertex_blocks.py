@@ -171,56 +171,51 @@ def test_blocks_of_a_pass_with_no_edges_fill_the_room_a_held_column_took():
     assert vertex_block_rows(rows, shape, params, 10**9, edgeless=True) == rows, "one block where the interval fits"
 
 
-def test_blocks_the_caches_hold_where_the_budget_allows_whole_intervals(monkeypatch):
-    """A device's ``vertex_block_bytes`` caps ApplyVertex and hook blocks below what the budget allows: same values, fewer bytes held."""
-    from sagann.scheduler.memory_model import cache_block_rows
-
-    split = []
+@pytest.fixture
+def block_counts(monkeypatch):
+    """How many blocks each ``vertex_blocks`` call cut (a test clears it between runs)."""
+    counts = []
     whole = call_module.LayerCall.vertex_blocks
-    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: split.append(len(whole(self, lo, hi))) or whole(self, lo, hi))
-    rng = np.random.default_rng(4)
-    n, ei = 300, awkward_graph(rng, 300, 1500)
+    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: counts.append(len(whole(self, lo, hi))) or whole(self, lo, hi))
+    return counts
+
+
+def _hook_layer_runs(runs: list, n: int, seed: int, counts: list) -> list:
+    """A hook layer's output and gradients for each ``(device, num_chunks)``, with the most blocks an interval took and the peak."""
+    ei = awkward_graph(np.random.default_rng(seed), n, 5 * n)
     torch.manual_seed(0)
     layer = HookLayer(6, 5, 4, "sum")
     x, ed = torch.randn(n, 6, requires_grad=True), torch.randn(ei.shape[1], 4)
-    ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x, ed)
-    ref_grads = torch.autograd.grad((ref * ref).sum(), [x, *layer.parameters()])
-    roomy, capped = sagann.CpuDevice("64MB"), sagann.CpuDevice("64MB", vertex_block_bytes=8 << 10)
-    outs = []
-    for device in (roomy, capped):
-        split.clear()
-        g = sagann.ChunkedGraph(ei, n, num_chunks=2, device=device)
-        out = layer(g, x, ed)
-        grads = torch.autograd.grad((out * out).sum(), [x, *layer.parameters()])
-        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(grads, ref_grads))
-        outs.append((max(split), device.peak_bytes))
-    (roomy_blocks, roomy_peak), (capped_blocks, capped_peak) = outs
-    assert roomy_blocks == 1, "64MB holds every interval whole"
-    assert capped_blocks > 1, "the cap splits what the budget would hold whole"
-    assert capped_peak <= roomy_peak
+    out = []
+    for device, num_chunks in runs:
+        counts.clear()
+        y = layer(sagann.ChunkedGraph(ei, n, num_chunks=num_chunks, device=device), x, ed)
+        grads = torch.autograd.grad((y * y).sum(), [x, *layer.parameters()])
+        out.append((y, grads, max(counts), device.peak_bytes))
+    return out
 
 
-def test_blocks_the_caches_hold_without_a_budget_too(monkeypatch):
+def _same(run, ref) -> bool:
+    return torch.allclose(run[0], ref[0], rtol=1e-5, atol=1e-5) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(run[1], ref[1]))
+
+
+def test_blocks_the_caches_hold_where_the_budget_allows_whole_intervals(block_counts):
+    """A device's ``vertex_block_bytes`` caps ApplyVertex and hook blocks below what the budget allows: same values, fewer bytes held."""
+    devices = [(sagann.CpuDevice(), 1), (sagann.CpuDevice("64MB"), 2), (sagann.CpuDevice("64MB", vertex_block_bytes=8 << 10), 2)]
+    ref, roomy, capped = _hook_layer_runs(devices, 300, 4, block_counts)
+    assert _same(roomy, ref) and _same(capped, ref)
+    assert roomy[2] == 1, "64MB holds every interval whole"
+    assert capped[2] > 1, "the cap splits what the budget would hold whole"
+    assert capped[3] <= roomy[3]
+
+
+def test_blocks_the_caches_hold_without_a_budget_too(block_counts):
     """In memory (no budget) a CPU device runs ApplyVertex and the hooks in cache-sized blocks as well: the same values
     and gradients as whole intervals (``vertex_block_bytes=None``), no more device bytes at the peak."""
-    split = []
-    whole = call_module.LayerCall.vertex_blocks
-    monkeypatch.setattr(call_module.LayerCall, "vertex_blocks", lambda self, lo, hi: split.append(len(whole(self, lo, hi))) or whole(self, lo, hi))
-    rng = np.random.default_rng(5)
-    n, ei = 400, awkward_graph(rng, 400, 2000)
-    torch.manual_seed(0)
-    layer = HookLayer(6, 5, 4, "sum")
-    x, ed = torch.randn(n, 6, requires_grad=True), torch.randn(ei.shape[1], 4)
-    runs = []
-    for device in (sagann.CpuDevice(vertex_block_bytes=None), sagann.CpuDevice(vertex_block_bytes=8 << 10)):
-        split.clear()
-        out = layer(sagann.ChunkedGraph(ei, n, num_chunks=1, device=device), x, ed)
-        grads = torch.autograd.grad((out * out).sum(), [x, *layer.parameters()])
-        runs.append((out, grads, max(split), device.peak_bytes))
-    (ref, ref_grads, whole_blocks, whole_peak), (out, grads, blocks, peak) = runs
-    assert whole_blocks == 1 and blocks > 1, "no budget: whole intervals only where blocks are unbounded"
-    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(grads, ref_grads))
-    assert peak <= whole_peak
+    whole, blocked = _hook_layer_runs([(sagann.CpuDevice(vertex_block_bytes=None), 1), (sagann.CpuDevice(vertex_block_bytes=8 << 10), 1)], 400, 5, block_counts)
+    assert whole[2] == 1 and blocked[2] > 1, "no budget: whole intervals only where blocks are unbounded"
+    assert _same(blocked, whole)
+    assert blocked[3] <= whole[3]
 
 
 def test_vertex_block_bytes_must_be_positive():
