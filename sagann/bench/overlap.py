@@ -55,7 +55,7 @@ def _epoch(model, g, x, y, opt) -> float:
 def _whole_graph_peak(ei, n, x, y, dims, epochs: int) -> int:
     """The device peak of in-memory epochs with ApplyVertex on whole intervals (as PyG and DGL run it): the working set
     the budget is a fraction of, as in the sweep (the in-memory row's cache-sized blocks hold less). Over as many epochs
-    as the in-memory row's warm-up: the second epoch's peak can be higher than the first's."""
+    as the in-memory row runs (at least two): the second epoch's peak can be higher than the first's."""
     g = ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="whole graph", vertex_block_bytes=None), schedule=_streamed())
     torch.manual_seed(0)
     model = GCN(*dims, dropout=0.0)
