@@ -46,7 +46,7 @@ import torch
 from sagann.bench import _peers, roofline
 from sagann.bench.graph_files import GRAPHS, QUICK_REDDIT_SCALE, REDDIT_SCALE, RMAT_CLASSES, RMAT_FEATURES, GraphFiles, prepare_graph, rmat_features
 from sagann.bench._results import ratios, summarise
-from sagann.units import parse_bytes
+from sagann.units import format_bytes, parse_bytes
 
 __all__ = ["GRAPHS", "QUICK_REDDIT_SCALE", "REDDIT_SCALE", "RMAT_CLASSES", "RMAT_FEATURES", "Bench", "EpochOptions", "GraphFiles", "prepare_graph", "run_epochs",
            "runner", "worker_main", "format_report", "rmat_features"]
@@ -496,11 +496,11 @@ def format_report(r: dict) -> str:
             continue
         notes = []
         if "num_chunks" in x:
-            notes.append(f"P={x['num_chunks']}, peak device {gib(x['peak_device_bytes'])}")
+            notes.append(f"P={x['num_chunks']}, peak device {format_bytes(x['peak_device_bytes'])}")
             if x.get("whole_graph_peak_bytes"):
-                notes.append(f"whole intervals {gib(x['whole_graph_peak_bytes'])}")
+                notes.append(f"whole intervals {format_bytes(x['whole_graph_peak_bytes'])}")
             if x.get("memory_budget_bytes"):
-                notes.append(f"budget {gib(x['memory_budget_bytes'])}")
+                notes.append(f"budget {format_bytes(x['memory_budget_bytes'])}")
         if c in r["ratios"]:
             notes.append(f"{r['ratios'][c]['time']:.2f}x sagann_p1's time, {r['ratios'][c]['peak_rss']:.2f}x its RSS")
         if c in r.get("roofline", {}).get("fraction_of_floor", {}):
