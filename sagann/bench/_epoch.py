@@ -256,13 +256,15 @@ def worker(bench: Bench, args: argparse.Namespace) -> dict:
         phase = "the epochs"
         times, loss = train(model, forward, x, y, args.reps, args.warmup)
         peak_rss = _peers.peak_rss_bytes()  # before the whole-graph epochs below, which hold more
-        extra = {}
-        if args.worker in OUT_OF_CORE.values():
-            phase = "the whole-graph epochs"
-            del model, forward
-            extra["whole_graph_peak_bytes"] = whole_graph_peak(bench, args, x, y, classes)
     except Exception as exc:  # out of memory, a bad plan, a peer's limitation: a row, not a crash
         return failure(args.worker, phase, exc)
+    extra = {}
+    if args.whole_graph_peak:  # an out-of-core configuration's budget still needs it
+        del model, forward
+        try:
+            extra["whole_graph_peak_bytes"] = whole_graph_peak(bench, args, x, y, classes)
+        except Exception as exc:  # the timed epochs stand; only the budget they would set is missing
+            extra["whole_graph_peak_error"] = failure(args.worker, "the whole-graph epochs", exc)["error"]
     return {
         "config": args.worker,
         "epoch_seconds": times[args.warmup :],
@@ -304,6 +306,7 @@ def worker_main(bench: Bench, argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=REPS)
     p.add_argument("--warmup", type=int, default=WARMUP)
     p.add_argument("--budget", type=int, default=None, help="device budget in bytes (sagann_ooc)")
+    p.add_argument("--whole-graph-peak", action="store_true", help="after the timed epochs, measure a whole-graph epoch's device peak (an out-of-core budget's base)")
     args = p.parse_args(argv)
     if (args.features is None) != (args.labels is None):
         p.error("give --features and --labels together")
@@ -322,8 +325,8 @@ def _dgl_python() -> str | None:
     return None
 
 
-def _command(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int, warmup: int, budget: int | None) -> list[str] | None:
-    """The worker's command line; None where DGL's environment is missing."""
+def _command(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int, warmup: int, budget: int | None, whole: bool = False) -> list[str] | None:
+    """The worker's command line; None where DGL's environment is missing. ``whole``: measure a whole-graph epoch's peak too."""
     common = [
         "--graph", str(files.edges), "--num-vertices", str(files.num_vertices), "--features", str(files.features), "--labels", str(files.labels),
         "--classes", str(files.info["classes"]), "--init", str(init), "--reps", str(reps), "--warmup", str(warmup),
@@ -333,20 +336,22 @@ def _command(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int
         if py is None or root is None:
             return None
         return [py, str(root / "benchmarks" / "dgl_epoch.py"), "--model", bench.name, "--hidden", str(bench.hidden), "--heads", str(bench.heads), *common]
-    cmd = [sys.executable, "-m", f"sagann.bench.{bench.name}", "--worker", config, *common]
+    cmd = [sys.executable, "-m", f"sagann.bench.{bench.name}", "--worker", config, *common] + (["--whole-graph-peak"] if whole else [])
     return cmd if budget is None else cmd + ["--budget", str(budget)]
 
 
 OUT_OF_CORE = {"sagann_ooc": "sagann_p1", "sagann_ooc_streamed": "sagann_streamed"}  # whose whole-graph working set sets the budget
 
 
-def _run_config(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int, budget: int | None, timeout: float) -> dict:
-    """One worker run; every failure (missing peer, OOM, kill, timeout) is a row naming it and the graph's size."""
+def _run_config(bench: Bench, config: str, files: GraphFiles, init: Path, reps: int, budget: int | None, timeout: float, whole: bool = False) -> dict:
+    """One worker run; every failure (missing peer, OOM, kill, timeout) is a row naming it and the graph's size.
+    ``whole``: the worker also measures a whole-graph epoch's peak, which an out-of-core budget still waits for."""
     if config in OUT_OF_CORE and budget is None:
         base = OUT_OF_CORE[config]
-        r = {"error": f"not run: {config}'s budget is a fraction of {base}'s working set; run {base} first (it failed or was left out) or give ooc_budget"}
+        r = {"error": f"not run: {config}'s budget is a fraction of {base}'s whole-graph working set; run {base} first (it, or its whole-graph "
+                      "epochs, failed or it was left out) or give ooc_budget"}
     else:
-        cmd = _command(bench, config, files, init, reps, WARMUP, budget if config in OUT_OF_CORE else None)
+        cmd = _command(bench, config, files, init, reps, WARMUP, budget if config in OUT_OF_CORE else None, whole)
         r = {"error": DGL_HINT} if cmd is None else _peers.run_worker(cmd, timeout)
     r["load_average_after"] = _peers.load_average()
     if "error" in r:
@@ -406,7 +411,8 @@ def run_epochs(bench: Bench, options: EpochOptions) -> dict:
         budgets = {c: fixed_budget for c in OUT_OF_CORE}
         for _ in range(rounds):
             for config in configs:
-                r = _run_config(bench, config, files, init, reps, budgets.get(config), timeout)
+                waiting = any(budgets[ooc] is None and ooc in configs for ooc, base in OUT_OF_CORE.items() if base == config)
+                r = _run_config(bench, config, files, init, reps, budgets.get(config), timeout, waiting)
                 runs[config].append(r)
                 for ooc, base in OUT_OF_CORE.items():
                     if config == base and budgets[ooc] is None and "whole_graph_peak_bytes" in r:

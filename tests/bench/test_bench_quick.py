@@ -75,6 +75,7 @@ def test_reddit_graph_is_shared_and_simple(tmp_path):
     g = r["graph"]
     assert (g["features"], g["classes"], g["scale"]) == (602, 41, _epoch.QUICK_REDDIT_SCALE)
     assert "602->128->41" in r["model"]
+    assert "whole_graph_peak_bytes" not in r["results"]["sagann_p1"], "no out-of-core configuration waits for it: not measured"
     files = _epoch.prepare_graph(tmp_path, "reddit", quick=True)  # written once: read back, not drawn again
     assert files.info == g and files.edges.exists() and files.features.exists() and files.labels.exists()
 
