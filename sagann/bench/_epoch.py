@@ -283,7 +283,7 @@ def worker(bench: Bench, args: argparse.Namespace) -> dict:
 def whole_graph_peak(bench: Bench, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, classes: int) -> int:
     """The device peak of in-memory epochs with ApplyVertex on whole intervals, as PyG and DGL run them: the out-of-core
     budgets are a fraction of it (as in ``sagann bench overlap --sweep``), not of the blocked in-memory run's own peak."""
-    ei = _load(args)[0]
+    ei = np.load(args.graph)  # the worker freed its copy for the timed epochs; the features and labels it still holds
     torch.manual_seed(0)
     model, forward, info = build(bench, args.worker, ei, args.num_vertices, x.shape[1], classes, None, whole_intervals=True)
     del ei
