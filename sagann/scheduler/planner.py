@@ -158,7 +158,7 @@ class Planner:
             if coarser is not None:
                 return self._settle(*coarser)
         current = self._partition
-        if current is not None and self._fixed_chunks is None and self._fixed_sub_nnz is None and budget is not None:
+        if current is not None and self._fixed_sub_nnz is None and budget is not None:
             ws = working_set(current, shape, fused, param_bytes, in_flight=in_flight, budget=budget)
             if ws.peak_bytes <= budget:  # this layer fits the partition the others use: keep it
                 return self._settle(current, ws)
@@ -174,6 +174,12 @@ class Planner:
                     f"but {self._devices[0].name} has a budget of {budget:,} ({format_bytes(budget)}); "
                     f"pass num_chunks=None to let sagann choose, or raise the budget"
                 )
+            if budget is not None and self._fixed_sub_nnz is None:
+                # the starting size charges a new source row per edge: at a fixed P too, the widest sub-chunks that fit (up
+                # to the current ones: at a given P they only narrow), else a dense graph's fixed P took 70x the steps
+                fit, part = [part, ws], None
+                self._widen(fit, shape, fused, param_bytes, 1, DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz, weight=1.0)
+                part, ws = fit
             return self._settle(part, ws)
         start = 1 if current is None else current.num_chunks
         try:  # room for one sub-chunk loading while one computes, if any P allows it
@@ -353,7 +359,7 @@ class Planner:
             if (s, f, b) != (shape, fused, param_bytes)
         )
 
-    def _widen(self, fit: list, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ) -> None:
+    def _widen(self, fit: list, shape: LayerShape, fused: bool, param_bytes: int, in_flight: int, cap: int = DEFAULT_SUB_CHUNK_NNZ, weight: float | None = None) -> None:
         """Replace ``fit`` = [partition, working set] by the same P with the largest sub-chunks (up to ``cap``) that still fit.
 
         The starting sub-chunk size assumes one new source row per edge; real
@@ -361,9 +367,10 @@ class Planner:
         fewer shared rows (selective bytes) and take fewer steps. Grows by
         each of :data:`WIDEN_STEPS` in turn while it fits (where 2x does not,
         1.25x may still save a step a chunk). The last fit is dropped while
-        a wider one is cut, and cut again if needed.
+        a wider one is cut, and cut again if needed. ``weight``: the vertex
+        weight the partition's intervals were cut with (else this call's).
         """
-        budget, weight = self.budget, vertex_weight(shape, fused)
+        budget, weight = self.budget, vertex_weight(shape, fused) if weight is None else weight
         part, ws = fit
         p, sub, largest = part.num_chunks, part.sub_chunk_nnz, max((c.nnz for c in part.sub_chunks()), default=0)
         steps = iter(WIDEN_STEPS)

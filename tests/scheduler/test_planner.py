@@ -12,8 +12,8 @@ import torch
 import pytest
 
 import sagann
-from sagann.scheduler.memory_model import vertex_weight
-from sagann.scheduler.planner import LayerShape, Planner, working_set
+from sagann.scheduler.memory_model import sub_chunk_nnz_for, vertex_weight
+from sagann.scheduler.planner import DEFAULT_SUB_CHUNK_NNZ, LayerShape, Planner, working_set
 from sagann.scheduler.policy import Order, Transfer, TransferPolicy
 from sagann.scheduler.schedule import BACKWARD, FORWARD, dry_run
 
@@ -145,6 +145,22 @@ def test_refine_gives_nothing_when_p_is_fixed():
     p = planner(10**9, num_chunks=3)
     assert p.fixed_chunks == 3 and p.partition_for(SHAPE, False, PARAMS).num_chunks == 3
     assert p.refine(SHAPE, False) is None and p.partition.num_chunks == 3
+
+
+def test_a_fixed_p_gets_the_widest_sub_chunks_that_fit():
+    """``num_chunks=`` fixes P, not the sub-chunks: on a dense graph (sources shared by many edges) they widen from the
+    one-new-row-per-edge start as a chosen P's do (a dense graph's fixed P took 70x the steps), and still fit."""
+    n, e, budget = 1000, 200_000, 4_000_000
+    rng = np.random.default_rng(1)
+    edges = np.stack([rng.integers(0, n, e), rng.integers(0, n, e)])
+    fixed = Planner(lambda: edges, n, np.bincount(edges[1], minlength=n), [sagann.CpuDevice(budget)], sagann.ScheduleConfig(), num_chunks=2)
+    part = fixed.partition_for(widths(128), False, PARAMS)
+    start = sub_chunk_nnz_for(budget, widths(128), False, DEFAULT_SUB_CHUNK_NNZ)
+    assert part.num_chunks == 2 and part.sub_chunk_nnz >= 2 * start
+    assert fixed.working_set.peak_bytes <= budget
+    wider = fixed._cut(2, int(1.25 * part.sub_chunk_nnz) + 1)
+    assert working_set(wider, widths(128), False, PARAMS, budget=budget).peak_bytes > budget, "as wide as the room allows"
+    assert fixed.partition_for(widths(16), False, PARAMS) is part, "a call the partition holds keeps it"
 
 
 def test_one_off_partition_is_not_kept():
