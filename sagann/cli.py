@@ -156,7 +156,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sagann.bench import run_bench
 
-    result = run_bench(args.what, quick=args.quick, out=args.out, graph=args.graph, scale=args.scale, sweep=args.sweep or None)
+    result = run_bench(args.what, quick=args.quick, out=args.out, graph=args.graph, scale=args.scale, sweep=args.sweep or None, budget_basis=args.budget_basis)
     print(json.dumps(result) if args.json else result.get("report", json.dumps(result, indent=2)))
     return 0
 
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--graph", default=None, choices=("rmat", "reddit"), help="gcn, gat, sage: the R-MAT graph (default) or preset_graph('reddit', --scale), an SBM with Reddit's degree, 602 features, 41 classes")
     bench.add_argument("--scale", type=float, default=None, help=f"with --graph reddit: vertices and edges as a fraction of Reddit's (default {REDDIT_SCALE:g}; {QUICK_REDDIT_SCALE:g} with --quick)")
     bench.add_argument("--sweep", action="store_true", help="overlap: out-of-core / in-memory over a grid of graphs, widths, models, budgets and cache settings (--quick: a subset under 3 minutes)")
+    bench.add_argument("--budget-basis", default=None, choices=("graph", "vertices"),
+                       help="overlap: budgets are fractions of a whole-graph epoch's device peak with the graph's index arrays (graph, the default) or without them (vertices)")
     bench.set_defaults(run=_cmd_bench)
     part = sub.add_parser("partition", help="partition an edge list (.npy [2, E] / [E, 2] or 'src dst' text), a saved PyG Data or an OGB directory into a dataset directory, out of core")
     part.add_argument("input", help="the edge list: a .npy int array [2, E] or [E, 2], or text with one 'src dst' per line (# comments); "

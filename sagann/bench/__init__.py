@@ -26,8 +26,13 @@ def run_bench(name: str, quick: bool = False, out: str | None = None, **options)
     wrong = sorted(set(options) - takes)
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        raise ValueError(f"sagann bench {name} does not take {flags}; leave it out (the gcn, gat and sage benches take it)")
+        takers = [b for b in ("kernels", "gcn", "gat", "sage", "overlap") if set(wrong) <= set(inspect.signature(importlib.import_module(f"sagann.bench.{b}").run).parameters)]
+        raise ValueError(f"sagann bench {name} does not take {flags}; leave it out" + (f" (sagann bench {_listed(takers)} take{'s' if len(takers) == 1 else ''} it)" if takers else ""))
     result = module.run(quick=quick, **options)
     if out is not None:
         append_result(out, name, result)
     return result
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

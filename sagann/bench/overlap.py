@@ -13,6 +13,7 @@ scheduler only the second layer to schedule.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from sagann import profiler
 from sagann.bench import roofline
-from sagann.bench.sweep import FULL, QUICK, run_sweep
+from sagann.bench.sweep import FULL, QUICK, graph_index_bytes, run_sweep
 from sagann.chunks.synthetic import rmat
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GCN
@@ -53,16 +54,17 @@ def _epoch(model, g, x, y, opt) -> float:
 
 
 def _whole_graph_peak(ei, n, x, y, dims, epochs: int) -> int:
-    """The device peak of in-memory epochs with ApplyVertex on whole intervals (as PyG and DGL run it): the working set
-    the budget is a fraction of, as in the sweep (the in-memory row's cache-sized blocks hold less). Over as many epochs
-    as the in-memory row runs (at least two): the second epoch's peak can be higher than the first's."""
+    """The device peak of in-memory epochs with ApplyVertex on whole intervals (as PyG and DGL run it), with the graph's
+    index arrays (``sweep.graph_index_bytes``): the working set the budget is a fraction of, as in the sweep (the
+    in-memory row's cache-sized blocks hold less). Over as many epochs as the in-memory row runs (at least two): the
+    second epoch's peak can be higher than the first's."""
     g = ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="whole graph", vertex_block_bytes=None), schedule=_streamed())
     torch.manual_seed(0)
     model = GCN(*dims, dropout=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(max(2, epochs)):
         _epoch(model, g, x, y, opt)
-    return g.device.peak_bytes
+    return g.device.peak_bytes + graph_index_bytes(int(ei.shape[1]), n)
 
 
 def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
@@ -101,10 +103,17 @@ def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
     }
 
 
-def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | None = None, budget_fraction: float = 1 / 8, sweep: bool = False) -> dict:
-    """The features one by one on one graph; ``sweep``: the grid of :mod:`sagann.bench.sweep` instead (``quick``: its small grid)."""
+def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | None = None, budget_fraction: float = 1 / 8, sweep: bool = False,
+        budget_basis: str = "graph") -> dict:
+    """The features one by one on one graph; ``sweep``: the grid of :mod:`sagann.bench.sweep` instead (``quick``: its small grid).
+
+    ``budget_basis``: "graph", budgets are fractions of a whole-graph epoch's device peak with the graph's index arrays;
+    "vertices", without them (``sweep.Grid.budget_basis``).
+    """
+    if budget_basis not in ("graph", "vertices"):
+        raise ValueError(f"budget_basis must be 'graph' or 'vertices', not {budget_basis!r}")
     if sweep:
-        return run_sweep(QUICK if quick else FULL)
+        return run_sweep(dataclasses.replace(QUICK if quick else FULL, budget_basis=budget_basis))
     n = num_vertices or (2**11 if quick else 2**17)
     e = num_edges or (2**15 if quick else 2**21)
     dims = (64, 64, 16) if quick else (128, 128, 16)
@@ -115,7 +124,7 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
     y = torch.randint(0, dims[2], (n,), generator=gen)
 
     memory = _measure("in-memory", ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="in-memory"), schedule=_streamed()), x, y, dims, warmup, repeats)
-    working_set = _whole_graph_peak(ei, n, x, y, dims, warmup + repeats)
+    working_set = _whole_graph_peak(ei, n, x, y, dims, warmup + repeats) - (graph_index_bytes(int(ei.shape[1]), n) if budget_basis == "vertices" else 0)
     budget = int(working_set * budget_fraction)
     rows = [memory]
     for name, cfg in CONFIGS:

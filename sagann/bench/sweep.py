@@ -83,6 +83,9 @@ class Grid:
     warmup: int
     reps: int
     rules: tuple[str, ...] = ("time",)  # ScheduleConfig.partition_rule of the out-of-core runs; several: A/B in one run
+    # what a budget is a fraction of: "graph", the whole-graph epoch's peak with the graph's index arrays on the
+    # device (as any in-memory GPU epoch holds them); "vertices", that peak without them (see graph_index_bytes)
+    budget_basis: str = "graph"
 
 
 FULL = Grid(
@@ -118,6 +121,11 @@ class _Run:
         for _ in range(warmup):
             self.epoch()
         self.warm_peak = g.device.peak_bytes  # over the warm-up epochs
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the epochs timed so far: the next :meth:`result` covers the epochs after this call."""
+        g = self.g
         g.device.reset_peak()
         self.start, self.bytes0, self.vertex0, self.times = len(g.pass_log), g.device.bytes_in, g.vertex_steps.total, []
         self.work0 = g.vertex_steps.work()
@@ -221,39 +229,53 @@ def run_sweep(grid: Grid = QUICK, progress=None) -> dict:
     return result
 
 
+def graph_index_bytes(num_edges: int, num_vertices: int) -> int:
+    """The graph's index arrays as an in-memory device holds them for a whole epoch: CSC for the Gather and CSR for its
+    backward, int32 (PyG and DGL hold int64 edge lists and more). The whole-graph CPU run reads the host's arrays in
+    place and charges none of them, so its ledger's peak alone leaves them out."""
+    return 4 * 2 * (num_edges + num_vertices + 1)
+
+
 def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: int, cache: bool, grid: Grid, rates: dict) -> list[dict]:
-    """The rows of one graph, width, model and cache setting: in memory once, each budget out of core, epochs alternating."""
+    """The rows of one graph, width, model and cache setting: each budget out of core, its epochs alternating with the in-memory run's.
+
+    One out-of-core run is alive at a time beside the in-memory one (a
+    group's runs all alive at once took wide GIN and GAT on 2^19 vertices
+    past 23 GiB of host memory), and each row's ratio is against the
+    in-memory epochs timed beside it.
+    """
     (ei, n), schedule = graph, ScheduleConfig(cache_gather=cache)
     # budgets are fractions of a whole-graph epoch's device peak (ApplyVertex on whole intervals, as PyG and DGL run
     # it), not of the in-memory run's, whose cache-sized blocks hold a fraction of that; over the same warm-up epochs
     whole = CpuDevice(name="whole graph", vertex_block_bytes=None)
-    peak = _Run(ChunkedGraph(ei, n, num_chunks=1, device=whole, schedule=schedule), model_name, width, data, grid.warmup).warm_peak
+    vertex_peak = _Run(ChunkedGraph(ei, n, num_chunks=1, device=whole, schedule=schedule), model_name, width, data, grid.warmup).warm_peak
+    structure = graph_index_bytes(int(ei.shape[1]), n)
+    if grid.budget_basis not in ("graph", "vertices"):
+        raise ValueError(f"budget_basis must be 'graph' or 'vertices', not {grid.budget_basis!r}")
+    peak = vertex_peak + (structure if grid.budget_basis == "graph" else 0)
     mem_run = _Run(ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="in-memory"), schedule=schedule), model_name, width, data, grid.warmup)
     cached = cache and model_name in CACHEABLE
-    rows, runs = [], [mem_run]
+    floor = roofline.epoch_floor(model_name, n, ei.shape[1] + n, width, width, CLASSES, rates, cached=cached)
+    rows = []
     for denom, rule in itertools.product(grid.budgets, grid.rules):
         budget = max(1, peak // denom)
         row = {"graph": spec.name, "num_vertices": n, "num_edges": int(ei.shape[1]), "avg_degree": round(ei.shape[1] / n, 1), "width": width, "model": model_name,
-               "budget_fraction": f"1/{denom}", "budget_bytes": budget, "whole_graph_peak_bytes": peak, "in_memory_peak_bytes": mem_run.warm_peak, "cache_gather": cached, "partition_rule": rule}
+               "budget_fraction": f"1/{denom}", "budget_bytes": budget, "budget_basis": grid.budget_basis, "whole_graph_peak_bytes": peak, "vertex_peak_bytes": vertex_peak,
+               "graph_index_bytes": structure, "in_memory_peak_bytes": mem_run.warm_peak, "cache_gather": cached, "partition_rule": rule}
+        rows.append(row)
         try:
             ooc_schedule = ScheduleConfig(cache_gather=cache, partition_rule=rule)
-            runs.append(_Run(ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=ooc_schedule), model_name, width, data, grid.warmup))
-            row["run"] = runs[-1]
+            run = _Run(ChunkedGraph(ei, n, device=CpuDevice(budget, copy_transfers=True), schedule=ooc_schedule), model_name, width, data, grid.warmup)
         except Exception as exc:  # a budget no plan fits: a row naming it, the sweep goes on
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        rows.append(row)
-    for _ in range(grid.reps):
-        for run in runs:
+            continue
+        mem_run.restart()
+        for _ in range(grid.reps):
+            mem_run.epoch()
             run.epoch()
-    mem = mem_run.result()
-    floor = roofline.epoch_floor(model_name, n, ei.shape[1] + n, width, width, CLASSES, rates, cached=cached)
-    for row in rows:
+        mem, ooc = mem_run.result(), run.result()
         row.update({"in_memory_seconds": mem["epoch_seconds"], "in_memory_mean_seconds": mem["mean_epoch_seconds"], "in_memory_steps": mem["steps"], "in_memory_vertex_steps": mem["vertex_steps"], "in_memory_bytes_moved": mem["bytes_moved"],
                     "floor_seconds": floor, "floor_fraction": floor / mem["epoch_seconds"]})
-        run = row.pop("run", None)
-        if run is None:
-            continue
-        ooc = run.result()
         row.update({"out_of_core_seconds": ooc["epoch_seconds"], "out_of_core_mean_seconds": ooc["mean_epoch_seconds"], "best_ratio": ooc["best_epoch_seconds"] / mem["best_epoch_seconds"], "num_chunks": ooc["num_chunks"],
                     "sub_chunk_nnz": ooc["sub_chunk_nnz"], "steps": ooc["steps"], "vertex_steps": ooc["vertex_steps"], "bytes_moved": ooc["bytes_moved"], "bytes_lower_bound": ooc["bytes_lower_bound"],
                     "peak_device_bytes": ooc["peak_device_bytes"], "pass_model_seconds": ooc["pass_model_seconds"], "pass_achieved_seconds": ooc["pass_achieved_seconds"]})
@@ -261,12 +283,13 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
         model, achieved = ooc["pass_model_seconds"], ooc["pass_achieved_seconds"]
         # the planner's own prediction of each pass (g.pass_log), against the pass's measured time
         row["pass_prediction_error"] = model / achieved - 1 if model and achieved else None
+        del run  # before the next budget's run is built
     return rows
 
 
 def _grid_dict(grid: Grid) -> dict:
     return {"graphs": [s.name for s in grid.graphs], "widths": list(grid.widths), "models": list(grid.models), "budgets": [f"1/{b}" for b in grid.budgets],
-            "cache_gather": list(grid.caches), "warmup": grid.warmup, "reps": grid.reps, "partition_rules": list(grid.rules)}
+            "cache_gather": list(grid.caches), "warmup": grid.warmup, "reps": grid.reps, "partition_rules": list(grid.rules), "budget_basis": grid.budget_basis}
 
 
 def summarise_cells(cells: list[dict]) -> dict:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sagann.bench import _epoch, _peers, gcn, kernels, sage
+from sagann.bench import _epoch, _peers, gcn, kernels, run_bench, sage
 from sagann.cli import main
 
 
@@ -104,6 +104,10 @@ def test_bench_options_are_checked():
     with pytest.raises(ValueError, match="unknown configuration"):
         sage.run(quick=True, configs=("torch_sparse",))
     assert main(["bench", "kernels", "--quick", "--graph", "reddit"]) == 1
+    with pytest.raises(ValueError, match=r"does not take --budget-basis; leave it out \(sagann bench overlap takes it\)"):
+        run_bench("gcn", quick=True, budget_basis="vertices")
+    with pytest.raises(ValueError, match="budget_basis must be"):
+        run_bench("overlap", quick=True, budget_basis="edges")
 
 
 def test_cli_bench_json_is_one_object(capsys, tmp_path):

@@ -29,6 +29,9 @@ def test_sweep_rows_cover_the_grid_and_serialise():
         assert c["extra_load_seconds"] > 0, "copying loads cost time that views did not"
         # a budget is a fraction of a whole-graph epoch's peak, which the in-memory run's blocks never exceed
         assert c["budget_bytes"] == c["whole_graph_peak_bytes"] // 4 and 0 < c["in_memory_peak_bytes"] <= c["whole_graph_peak_bytes"]
+        # ... with the graph's index arrays, which an in-memory device holds and the whole-graph CPU run reads in place
+        assert c["graph_index_bytes"] == sweep.graph_index_bytes(c["num_edges"], c["num_vertices"]) > 8 * c["num_edges"]
+        assert c["whole_graph_peak_bytes"] == c["vertex_peak_bytes"] + c["graph_index_bytes"] and c["budget_basis"] == "graph"
     assert r["summary"]["all"]["cells"] == 3 and r["summary"]["failed"] == 0
     assert r["summary"]["all"]["median_abs_pass_prediction_error"] >= 0 and "pass-log prediction error" in r["report"]
     json.dumps(r, allow_nan=True)
@@ -87,3 +90,12 @@ def test_the_gap_splits_into_loads_edge_compute_and_the_rest():
     assert split["extra_edge_compute_seconds"] == pytest.approx(0.1)
     assert split["extra_other_seconds"] == pytest.approx(0.3)
     assert sweep.gap_split({"mean_epoch_seconds": 1.0}, ooc) == {}, "a run without the sums splits nothing"
+
+
+def test_a_budget_may_be_a_fraction_of_the_vertex_rows_alone():
+    grid = sweep.Grid(graphs=TINY.graphs, widths=(8,), models=("gcn",), budgets=(4,), caches=(False,), warmup=1, reps=1, budget_basis="vertices")
+    (c,) = sweep.run_sweep(grid)["cells"]
+    assert c["budget_basis"] == "vertices" and c["whole_graph_peak_bytes"] == c["vertex_peak_bytes"]
+    assert c["budget_bytes"] == c["vertex_peak_bytes"] // 4 and "error" not in c
+    with pytest.raises(ValueError, match="budget_basis"):
+        sweep.run_sweep(sweep.Grid(graphs=TINY.graphs, widths=(8,), models=("gcn",), budgets=(4,), caches=(False,), warmup=1, reps=1, budget_basis="edges"))
