@@ -99,3 +99,24 @@ def test_a_budget_may_be_a_fraction_of_the_vertex_rows_alone():
     assert c["budget_bytes"] == c["vertex_peak_bytes"] // 4 and "error" not in c
     with pytest.raises(ValueError, match="budget_basis"):
         sweep.run_sweep(sweep.Grid(graphs=TINY.graphs, widths=(8,), models=("gcn",), budgets=(4,), caches=(False,), warmup=1, reps=1, budget_basis="edges"))
+
+
+def test_one_out_of_core_run_is_alive_at_a_time(monkeypatch):
+    """A group's runs all alive at once took wide models on large graphs past the host's memory: each budget's run is
+    dropped before the next is built, and each row is timed against in-memory epochs of its own."""
+    import weakref
+
+    alive, most = weakref.WeakSet(), []
+
+    class Counted(sweep._Run):
+        def __init__(self, g, *args, **kwargs):
+            if g.device.memory_budget is not None:
+                most.append(len(alive))
+                alive.add(self)
+            super().__init__(g, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "_Run", Counted)
+    grid = sweep.Grid(graphs=TINY.graphs, widths=(8,), models=("gcn",), budgets=(4, 8, 16), caches=(False,), warmup=1, reps=2)
+    cells = sweep.run_sweep(grid)["cells"]
+    assert len(most) == 3 and max(most) == 0, f"out-of-core runs alive when the next was built: {most}"
+    assert all(c["in_memory_steps"] > 0 and c["in_memory_seconds"] > 0 for c in cells)
