@@ -220,9 +220,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("kernels", "gcn", "gat", "sage", "overlap")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sagann", description="Full-graph GNN training larger than device memory.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -269,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("directory", help="a directory written by --profile")
     prof.add_argument("--json", action="store_true")
     prof.set_defaults(run=_cmd_profile)
-    from sagann.bench import QUICK_REDDIT_SCALE, REDDIT_SCALE
+    from sagann.bench import BENCHES, QUICK_REDDIT_SCALE, REDDIT_SCALE
 
     bench = sub.add_parser("bench", help="measure sagann side by side with its peers on this machine")
     bench.add_argument("what", choices=BENCHES)

@@ -7,7 +7,9 @@ import inspect
 from sagann.bench._epoch import QUICK_REDDIT_SCALE, REDDIT_SCALE
 from sagann.bench._results import append_result
 
-__all__ = ["QUICK_REDDIT_SCALE", "REDDIT_SCALE", "append_result", "run_bench"]
+__all__ = ["BENCHES", "QUICK_REDDIT_SCALE", "REDDIT_SCALE", "append_result", "run_bench"]
+
+BENCHES = ("kernels", "gcn", "gat", "sage", "overlap")  # the modules `sagann bench NAME` runs
 
 
 def run_bench(name: str, quick: bool = False, out: str | None = None, **options) -> dict:
@@ -26,7 +28,7 @@ def run_bench(name: str, quick: bool = False, out: str | None = None, **options)
     wrong = sorted(set(options) - takes)
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        takers = [b for b in ("kernels", "gcn", "gat", "sage", "overlap") if set(wrong) <= set(inspect.signature(importlib.import_module(f"sagann.bench.{b}").run).parameters)]
+        takers = [b for b in BENCHES if set(wrong) <= set(inspect.signature(importlib.import_module(f"sagann.bench.{b}").run).parameters)]
         raise ValueError(f"sagann bench {name} does not take {flags}; leave it out" + (f" (sagann bench {_listed(takers)} take{'s' if len(takers) == 1 else ''} it)" if takers else ""))
     result = module.run(quick=quick, **options)
     if out is not None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sagann import profiler
 from sagann.bench import roofline
-from sagann.bench.sweep import FULL, QUICK, graph_index_bytes, run_sweep
+from sagann.bench.sweep import FULL, QUICK, check_budget_basis, graph_index_bytes, run_sweep
 from sagann.chunks.synthetic import rmat
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GCN
@@ -53,9 +53,9 @@ def _epoch(model, g, x, y, opt) -> float:
     return time.perf_counter() - t0
 
 
-def _whole_graph_peak(ei, n, x, y, dims, epochs: int) -> int:
+def _whole_graph_peak(ei, n, x, y, dims, epochs: int, with_graph: bool = True) -> int:
     """The device peak of in-memory epochs with ApplyVertex on whole intervals (as PyG and DGL run it), with the graph's
-    index arrays (``sweep.graph_index_bytes``): the working set the budget is a fraction of, as in the sweep (the
+    index arrays unless ``with_graph`` is False (``sweep.graph_index_bytes``): the working set the budget is a fraction of, as in the sweep (the
     in-memory row's cache-sized blocks hold less). Over as many epochs as the in-memory row runs (at least two): the
     second epoch's peak can be higher than the first's."""
     g = ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="whole graph", vertex_block_bytes=None), schedule=_streamed())
@@ -64,7 +64,7 @@ def _whole_graph_peak(ei, n, x, y, dims, epochs: int) -> int:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(max(2, epochs)):
         _epoch(model, g, x, y, opt)
-    return g.device.peak_bytes + graph_index_bytes(int(ei.shape[1]), n)
+    return g.device.peak_bytes + (graph_index_bytes(int(ei.shape[1]), n) if with_graph else 0)
 
 
 def _measure(name, g, x, y, dims, warmup, repeats) -> dict:
@@ -110,8 +110,7 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
     ``budget_basis``: "graph", budgets are fractions of a whole-graph epoch's device peak with the graph's index arrays;
     "vertices", without them (``sweep.Grid.budget_basis``).
     """
-    if budget_basis not in ("graph", "vertices"):
-        raise ValueError(f"budget_basis must be 'graph' or 'vertices', not {budget_basis!r}")
+    check_budget_basis(budget_basis)
     if sweep:
         return run_sweep(dataclasses.replace(QUICK if quick else FULL, budget_basis=budget_basis))
     n = num_vertices or (2**11 if quick else 2**17)
@@ -124,7 +123,7 @@ def run(quick: bool = False, num_vertices: int | None = None, num_edges: int | N
     y = torch.randint(0, dims[2], (n,), generator=gen)
 
     memory = _measure("in-memory", ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="in-memory"), schedule=_streamed()), x, y, dims, warmup, repeats)
-    working_set = _whole_graph_peak(ei, n, x, y, dims, warmup + repeats) - (graph_index_bytes(int(ei.shape[1]), n) if budget_basis == "vertices" else 0)
+    working_set = _whole_graph_peak(ei, n, x, y, dims, warmup + repeats, with_graph=budget_basis == "graph")
     budget = int(working_set * budget_fraction)
     rows = [memory]
     for name, cfg in CONFIGS:

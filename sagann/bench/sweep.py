@@ -46,7 +46,7 @@ from sagann.scheduler.cost_model import measure_step_costs
 from sagann.scheduler.devices import CpuDevice
 from sagann.scheduler.records import recompute_seconds, work_since
 
-__all__ = ["FULL", "QUICK", "SMOKE", "Grid", "GraphSpec", "run_sweep", "format_sweep"]
+__all__ = ["FULL", "QUICK", "SMOKE", "Grid", "GraphSpec", "check_budget_basis", "graph_index_bytes", "run_sweep", "format_sweep"]
 
 MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "gat": GAT}
 CLASSES = 16
@@ -86,6 +86,14 @@ class Grid:
     # what a budget is a fraction of: "graph", the whole-graph epoch's peak with the graph's index arrays on the
     # device (as any in-memory GPU epoch holds them); "vertices", that peak without them (see graph_index_bytes)
     budget_basis: str = "graph"
+
+    def __post_init__(self):
+        check_budget_basis(self.budget_basis)
+
+
+def check_budget_basis(basis: str) -> None:
+    if basis not in ("graph", "vertices"):
+        raise ValueError(f"budget_basis must be 'graph' or 'vertices', not {basis!r}")
 
 
 FULL = Grid(
@@ -250,8 +258,6 @@ def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: i
     whole = CpuDevice(name="whole graph", vertex_block_bytes=None)
     vertex_peak = _Run(ChunkedGraph(ei, n, num_chunks=1, device=whole, schedule=schedule), model_name, width, data, grid.warmup).warm_peak
     structure = graph_index_bytes(int(ei.shape[1]), n)
-    if grid.budget_basis not in ("graph", "vertices"):
-        raise ValueError(f"budget_basis must be 'graph' or 'vertices', not {grid.budget_basis!r}")
     peak = vertex_peak + (structure if grid.budget_basis == "graph" else 0)
     mem_run = _Run(ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="in-memory"), schedule=schedule), model_name, width, data, grid.warmup)
     cached = cache and model_name in CACHEABLE
