@@ -44,9 +44,9 @@ import psutil
 import torch
 
 from sagann.bench import _peers, roofline
+from sagann.bench.roofline import graph_index_bytes
 from sagann.bench.graph_files import GRAPHS, QUICK_REDDIT_SCALE, REDDIT_SCALE, RMAT_CLASSES, RMAT_FEATURES, GraphFiles, prepare_graph, rmat_features
 from sagann.bench._results import ratios, summarise
-from sagann.bench.sweep import graph_index_bytes
 from sagann.units import format_bytes, parse_bytes
 
 __all__ = ["GRAPHS", "QUICK_REDDIT_SCALE", "REDDIT_SCALE", "RMAT_CLASSES", "RMAT_FEATURES", "Bench", "EpochOptions", "GraphFiles", "prepare_graph", "run_epochs",
@@ -283,7 +283,7 @@ def worker(bench: Bench, args: argparse.Namespace) -> dict:
 
 def whole_graph_peak(bench: Bench, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, classes: int) -> int:
     """The device peak of in-memory epochs with ApplyVertex on whole intervals, as PyG and DGL run them, and the graph's
-    index arrays (``sweep.graph_index_bytes``, which the whole-graph CPU run reads in place): the out-of-core budgets
+    index arrays (``roofline.graph_index_bytes``, which the whole-graph CPU run reads in place): the out-of-core budgets
     are a fraction of it (as in ``sagann bench overlap --sweep``), not of the blocked in-memory run's own peak."""
     ei = np.load(args.graph)  # the worker freed its copy for the timed epochs; the features and labels it still holds
     structure = graph_index_bytes(int(ei.shape[1]), args.num_vertices)

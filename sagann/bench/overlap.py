@@ -55,7 +55,7 @@ def _epoch(model, g, x, y, opt) -> float:
 
 def _whole_graph_peak(ei, n, x, y, dims, epochs: int, with_graph: bool = True) -> int:
     """The device peak of in-memory epochs with ApplyVertex on whole intervals (as PyG and DGL run it), with the graph's
-    index arrays unless ``with_graph`` is False (``sweep.graph_index_bytes``): the working set the budget is a fraction of, as in the sweep (the
+    index arrays unless ``with_graph`` is False (``roofline.graph_index_bytes``): the working set the budget is a fraction of, as in the sweep (the
     in-memory row's cache-sized blocks hold less). Over as many epochs as the in-memory row runs (at least two): the
     second epoch's peak can be higher than the first's."""
     g = ChunkedGraph(ei, n, num_chunks=1, device=CpuDevice(name="whole graph", vertex_block_bytes=None), schedule=_streamed())

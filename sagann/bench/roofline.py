@@ -20,7 +20,7 @@ import time
 
 import torch
 
-__all__ = ["epoch_floor", "machine_rates"]
+__all__ = ["epoch_floor", "graph_index_bytes", "machine_rates"]
 
 _RATES: dict = {}
 FLOAT = 4
@@ -89,3 +89,10 @@ def epoch_floor(model: str, n: int, e: int, d_in: int, hidden: int, classes: int
         flops += gemm * (2 if k == 0 else 3)  # forward, weight gradient (+ input gradient past the first layer)
         nbytes += 2 * FLOAT * n * (a + b)  # the dense products read their input and write their output once
     return nbytes / rates["bandwidth_bytes_per_s"] + flops / rates["gemm_flops_per_s"]
+
+
+def graph_index_bytes(num_edges: int, num_vertices: int) -> int:
+    """The graph's index arrays as an in-memory device holds them for a whole epoch: CSC for the Gather and CSR for its
+    backward, int32 (PyG and DGL hold int64 edge lists and more). The whole-graph CPU run reads the host's arrays in
+    place and charges none of them, so its ledger's peak alone leaves them out."""
+    return 4 * 2 * (num_edges + num_vertices + 1)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sagann.bench import roofline
+from sagann.bench.roofline import graph_index_bytes
 from sagann.chunks.synthetic import preset_graph, rmat
 from sagann.engine.graph import ChunkedGraph
 from sagann.engine.models import GAT, GCN, GIN, GraphSAGE
@@ -235,13 +236,6 @@ def run_sweep(grid: Grid = QUICK, progress=None) -> dict:
     result = {"grid": _grid_dict(grid), "seconds": time.perf_counter() - t_start, "machine_rates": rates, "cells": cells, "summary": summarise_cells(cells)}
     result["report"] = format_sweep(result)
     return result
-
-
-def graph_index_bytes(num_edges: int, num_vertices: int) -> int:
-    """The graph's index arrays as an in-memory device holds them for a whole epoch: CSC for the Gather and CSR for its
-    backward, int32 (PyG and DGL hold int64 edge lists and more). The whole-graph CPU run reads the host's arrays in
-    place and charges none of them, so its ledger's peak alone leaves them out."""
-    return 4 * 2 * (num_edges + num_vertices + 1)
 
 
 def _cells(spec: GraphSpec, graph: tuple, data: tuple, model_name: str, width: int, cache: bool, grid: Grid, rates: dict) -> list[dict]:
