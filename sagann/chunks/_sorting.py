@@ -254,7 +254,7 @@ def _sub_chunk_sizes(starts, src, dst, bounds, num_chunks, max_nnz, blocks):
     widest = 0
     for p in range(num_chunks):
         widest = max(widest, bounds[p + 1] - bounds[p])
-    out = np.empty((first[chunks], 4), np.int64)
+    out = np.empty((first[chunks], 5), np.int64)
     for b in prange(blocks):  # chunks in blocks of about equal edges, each block with its own stamps
         stamp = np.full(max(widest, 1), -1, np.int64)  # the last sub-chunk that saw each source row
         begin = np.searchsorted(starts[:chunks], b * starts[chunks] // blocks) if b else 0  # first chunk starting at or after
@@ -270,18 +270,22 @@ def _size_chunk(c, start, end, src, dst, lo, max_nnz, stamp, out, k):
     for e0 in range(start, end, max_nnz):
         e1 = min(e0 + max_nnz, end)
         rows = 0
+        reached = 1  # destination rows with an edge: the edges go by destination
         for e in range(e0, e1):
             s = src[e] - lo
             if stamp[s] != k:  # the last sub-chunk that saw each source row
                 stamp[s] = k
                 rows += 1
-        out[k, 0], out[k, 1], out[k, 2], out[k, 3] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows
+            if e > e0 and dst[e] != dst[e - 1]:
+                reached += 1
+        out[k, 0], out[k, 1], out[k, 2], out[k, 3], out[k, 4] = c, e1 - e0, dst[e1 - 1] - dst[e0] + 1, rows, reached
         k += 1
     return k
 
 
 def sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, max_nnz: int, blocks: int | None = None) -> np.ndarray:
-    """``[S, 4]`` int64: each sub-chunk's chunk ``i * P + j``, edges, destination rows and source rows, in the order
+    """``[S, 5]`` int64: each sub-chunk's chunk ``i * P + j``, edges, destination rows, source rows and destination rows
+    with an edge, in the order
     ``partition_graph`` cuts them, from edges grouped by chunk and destination (``src``/``dst`` global ids in that
     order, ``starts`` the chunks' first positions): the sizes alone, no arrays built.
 
@@ -300,7 +304,7 @@ def _run_sizes(starts, src, dst, lo, width, max_nnz):
     subs = 0
     for c in range(starts.shape[0] - 1):
         subs += (starts[c + 1] - starts[c] + max_nnz - 1) // max_nnz
-    out = np.empty((subs, 4), np.int64)
+    out = np.empty((subs, 5), np.int64)
     stamp = np.full(max(width, 1), -1, np.int64)
     k = 0
     for c in range(starts.shape[0] - 1):
@@ -309,6 +313,6 @@ def _run_sizes(starts, src, dst, lo, width, max_nnz):
 
 
 def run_sub_chunk_sizes(starts: np.ndarray, src: np.ndarray, dst: np.ndarray, lo: int, width: int, max_nnz: int) -> np.ndarray:
-    """``[S, 4]`` int64 as :func:`sub_chunk_sizes` gives, for the chunks of one source interval (``[lo, lo + width)``)
-    alone: each sub-chunk's chunk (its place in ``starts``), edges, destination rows and source rows."""
+    """``[S, 5]`` int64 as :func:`sub_chunk_sizes` gives, for the chunks of one source interval (``[lo, lo + width)``)
+    alone: each sub-chunk's chunk (its place in ``starts``), edges, destination rows, source rows and rows with an edge."""
     return _run_sizes(np.asarray(starts, np.int64), np.ascontiguousarray(src), np.ascontiguousarray(dst), int(lo), int(width), int(max_nnz))

@@ -71,10 +71,10 @@ def _row_sizes(i: int, bounds: np.ndarray, src, dst, j, cuts: np.ndarray, max_nn
     row's edges in chunk order, ``cuts`` the chunks' first positions and the end)."""
     out: dict[tuple[int, int], list[SubChunkSizes]] = {}
     lo, width = int(bounds[i]), int(bounds[i + 1] - bounds[i])
-    for c, nnz, num_dst, num_src in run_sub_chunk_sizes(cuts, src, dst, lo, width, max_nnz).tolist():
+    for c, nnz, num_dst, num_src, reached in run_sub_chunk_sizes(cuts, src, dst, lo, width, max_nnz).tolist():
         jj = int(j[cuts[c]])
         subs = out.setdefault((i, jj), [])
-        subs.append(SubChunkSizes(ChunkId(i, jj, len(subs)), nnz, num_dst, num_src))
+        subs.append(SubChunkSizes(ChunkId(i, jj, len(subs)), nnz, num_dst, num_src, with_edges=reached))
     return out
 
 
@@ -145,7 +145,7 @@ def _cut_run(part: GraphPartition, i: int, cols: tuple[int, int], bounds: np.nda
     if upper <= DIRECT_EDGES:
         return _cut_row(i, bounds, *_edges_of(part, (lo, hi), (dlo, dhi)), max_nnz, place, sketch)
     if sketch:  # a large run: its sub-chunks built one at a time as below, and only their sizes kept
-        place = lambda subs: [SubChunkSizes(c.id, c.nnz, c.num_dst, c.num_src) for c in subs]  # noqa: E731
+        place = lambda subs: [SubChunkSizes(c.id, c.nnz, c.num_dst, c.num_src, with_edges=c.rows_with_edges) for c in subs]  # noqa: E731
     counts = np.zeros(dhi - dlo, dtype=np.int64)
     for _, d, _ in _pieces(part, (lo, hi), (dlo, dhi)):  # a first pass counts each destination row's edges
         counts += np.bincount(d - dlo, minlength=dhi - dlo)

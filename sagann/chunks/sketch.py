@@ -42,6 +42,12 @@ class SubChunkSizes:
     nnz: int
     num_dst: int
     num_src: int
+    dst_rows_bytes: int = 0  # a compacted sub-chunk's row list (memory_model.backward_chunk)
+    with_edges: int | None = None  # destination rows with an edge (None: not counted, taken as all)
+
+    @property
+    def rows_with_edges(self) -> int:
+        return self.num_dst if self.with_edges is None else self.with_edges
 
     @property
     def src_rows(self) -> _Size:
@@ -54,7 +60,7 @@ class SubChunkSizes:
     @property
     def nbytes(self) -> int:
         """As ``EdgeChunk.nbytes``: dst_ptr, dst_idx, src_idx, src_rows, src_ptr, src_perm (int32), edge_ids (int64)."""
-        return INT32 * (self.num_dst + 1 + 3 * self.nnz + 2 * self.num_src + 1) + INT64 * self.nnz
+        return INT32 * (self.num_dst + 1 + 3 * self.nnz + 2 * self.num_src + 1) + INT64 * self.nnz + self.dst_rows_bytes
 
     fits_16_bits = EdgeChunk.fits_16_bits
     crosses_short = EdgeChunk.crosses_short
@@ -66,9 +72,9 @@ def sketch_partition(ordered: ChunkOrder, num_vertices: int, sub_chunk_nnz: int)
     """The partition ``partition_graph(..., sub_chunk_nnz, ordered=ordered)`` would cut, its sub-chunks as sizes only."""
     bounds, p = ordered.bounds, int(ordered.bounds.shape[0] - 1)
     chunks: dict[tuple[int, int], list] = {}
-    for c, nnz, num_dst, num_src in sub_chunk_sizes(ordered.starts, ordered.src, ordered.dst, bounds, sub_chunk_nnz).tolist():
+    for c, nnz, num_dst, num_src, reached in sub_chunk_sizes(ordered.starts, ordered.src, ordered.dst, bounds, sub_chunk_nnz).tolist():
         subs = chunks.setdefault(divmod(c, p), [])
-        subs.append(SubChunkSizes(ChunkId(c // p, c % p, len(subs)), nnz, num_dst, num_src))
+        subs.append(SubChunkSizes(ChunkId(c // p, c % p, len(subs)), nnz, num_dst, num_src, with_edges=reached))
     return GraphPartition(num_vertices=int(num_vertices), num_edges=int(ordered.edge_ids.shape[0]), bounds=bounds, chunks=chunks,
                           in_degree=ordered.in_degree, sub_chunk_nnz=int(sub_chunk_nnz))
 

@@ -292,9 +292,8 @@ def _backward_chunk_direct(call: LayerCall, inputs: ChunkInputs, needs: tuple[st
             src_out=src_acc, src_rows=inputs.src_local_rows(), backend=call.backend,
             edge_order="source_major" if call.executor.source_major else "csc",
         )
-    lo = c.dst_start + c.dst_offset
     if d_dst is not None:
-        dev.add_out(d_dst, grads.x.rows(lo, lo + c.num_dst) if dst_name == "dst" else grads.dst_term[lo : lo + c.num_dst])
+        _add_dst_rows(dev, d_dst, grads.x.rows if dst_name == "dst" else partial(_rows_of, grads.dst_term), c)
     if d_edge is not None:
         off = call.edge_offset(c)
         dev.add_out(d_edge, grads.edge[off : off + c.nnz])
@@ -311,15 +310,13 @@ def _backward_chunk_attention(call: LayerCall, inputs: ChunkInputs, acc_term, g_
             src_out=acc_term, src_rows=inputs.src_local_rows(), backend=call.backend,
             corrections=inputs.get("corr") if shape.softmax_corrections else None,
         )
-    lo = c.dst_start + c.dst_offset
-    call.device.add_out(d_dst, g_dst_term[lo : lo + c.num_dst])
+    _add_dst_rows(call.device, d_dst, partial(_rows_of, g_dst_term), c)
 
 
 def _backward_chunk(call: LayerCall, inputs: ChunkInputs, saved, acc: tuple, grads: "Grads") -> None:
     """Backward of one sub-chunk by recomputing its ApplyEdge and Gather under autograd."""
     dev, c, cs = call.device, inputs.c, inputs.scope
     acc_src, acc_term = acc
-    lo = c.dst_start + c.dst_offset
     with torch.enable_grad():
         if call.shape.softmax:
             partial_acc, arg = softmax_surrogate(call, inputs), None
@@ -345,13 +342,28 @@ def _backward_chunk(call: LayerCall, inputs: ChunkInputs, saved, acc: tuple, gra
             # unique rows: index_put_ avoids torch's slow multi-threaded CPU index_add_
             (acc_src if name == "src" else acc_term).index_put_((local_src,), g, accumulate=True)
         elif name == "dst":
-            dev.add_out(g, grads.x.rows(lo, lo + c.num_dst))
+            _add_dst_rows(dev, g, grads.x.rows, c)
         elif name == "dst_term":
-            dev.add_out(g, grads.dst_term[lo : lo + c.num_dst])
+            _add_dst_rows(dev, g, partial(_rows_of, grads.dst_term), c)
         elif name == "data":
             off = call.edge_offset(c)
             dev.add_out(g, grads.edge[off : off + c.nnz])
     call.add_param_grads(cgrads[len(leaves) :], grads.params)
+
+
+def _rows_of(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    return t[lo:hi]
+
+
+def _add_dst_rows(dev, g: torch.Tensor, rows_of, c) -> None:
+    """Add a sub-chunk's destination-row gradients ``g`` into host rows (``rows_of(lo, hi)``): its rows, or a compacted
+    sub-chunk's rows with edges (``c.dst_rows``) within the span they cover."""
+    lo = c.dst_start + c.dst_offset
+    if c.dst_rows is None:
+        dev.add_out(g, rows_of(lo, lo + c.num_dst))
+    elif c.num_dst:
+        out = rows_of(lo, lo + int(c.dst_rows[-1]) + 1)
+        out.index_put_((host_tensor(c.dst_rows),), g.to(out.device), accumulate=True)  # unique rows: no slow CPU index_add_
 
 
 def _backward_hook(call: LayerCall, hook: str, x, g_term, need_x, grads: "Grads") -> None:

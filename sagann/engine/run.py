@@ -137,9 +137,11 @@ def _with_backend_bytes(shape: LayerShape, backend: str, host_source_major: bool
         backward = int(held(b.op, shape.d_edge, shape.grad_edge, source_major=source_major, narrow_ids=narrow_dst))
     # the fused attention's backward reads each row's corrections where the backend takes them (sagann.engine.backward)
     corrections = shape.attention is not None and shape.softmax and attention.takes_corrections(backend)
-    if (per_edge, backward, narrow_dst, corrections) == (shape.kernel_scratch, shape.sum_backward_edge, shape.narrow_dst_ids, shape.softmax_corrections):
+    in_place = shape.attention is not None and shape.softmax and attention.merges_in_place(backend)  # and its forward merges so
+    found = (per_edge, backward, narrow_dst, corrections, in_place)
+    if found == (shape.kernel_scratch, shape.sum_backward_edge, shape.narrow_dst_ids, shape.softmax_corrections, shape.merges_in_place):
         return shape
-    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward, narrow_dst_ids=narrow_dst, softmax_corrections=corrections)
+    return dataclasses.replace(shape, kernel_scratch=per_edge, sum_backward_edge=backward, narrow_dst_ids=narrow_dst, softmax_corrections=corrections, merges_in_place=in_place)
 
 
 def _with_index_forms(shape: LayerShape, g: ChunkedGraph, backend: str) -> LayerShape:

@@ -49,6 +49,12 @@ def takes_corrections(backend: str) -> bool:
     return backend in ("cpu", "cuda")
 
 
+def merges_in_place(backend: str) -> bool:
+    """Does ``backend``'s :func:`attention_partials` merge into the running sums (``into=``) in place, holding no
+    partial rows of its own? The CPU kernel does, row by row; the others make the sub-chunk's partials, then merge."""
+    return backend == "cpu"
+
+
 def output_corrections(grad: torch.Tensor, out: torch.Tensor, heads: int, into: torch.Tensor | None = None) -> torch.Tensor:
     """``grad . out`` per row and head (``[rows, heads]``, float64): the softmax backward's correction of each row.
 

@@ -36,6 +36,7 @@ from sagann.scheduler.cost_model import in_pass_step_seconds, learn_in_pass_step
 from sagann.scheduler.costs import CostTable
 from sagann.scheduler.devices import Device, Scope, host_tensor
 from sagann.scheduler.host import is_spilled, rounded, rounded_rows, trim_after_pass, trim_if_grown
+from sagann.scheduler.memory_model import backward_chunk
 from sagann.scheduler.meter import watched
 from sagann.scheduler.pipeline import Prefetcher
 from sagann.scheduler.policy import Transfer, two_stage_makespan
@@ -119,6 +120,17 @@ def src_row_gather(host: torch.Tensor, c: EdgeChunk) -> tuple[torch.Tensor, torc
     against 33 us (medians, one core).
     """
     return host[c.src_start :], host_tensor(c.src_rows)
+
+
+def _dst_rows(scope: Scope, host: torch.Tensor, c: EdgeChunk, what) -> torch.Tensor:
+    """Sub-chunk ``c``'s destination rows of ``host`` on the device: a slice, or a compacted sub-chunk's rows (``c.dst_rows``) gathered."""
+    lo = c.dst_start + c.dst_offset
+    if c.dst_rows is None:
+        return load_in_pieces(scope, host[lo : lo + c.num_dst], what)
+    rows, index = host[lo:], host_tensor(c.dst_rows)
+    if in_pieces(rows, c.num_dst):  # 16-bit rows: gathered and widened a piece at a time
+        return widened_in_pieces(scope, (c.num_dst, *rows.shape[1:]), what, lambda a, b: scope.device.gather_in(rows, index[a:b]))
+    return scope.load_rows(rows, index, what)
 
 
 class Block:
@@ -220,9 +232,10 @@ class ChunkInputs:
                     t = widened_in_pieces(s, (c.num_src, *rows.shape[1:]), what, lambda lo, hi: s.device.gather_in(rows, index[lo:hi]))
                 else:
                     t = s.load_rows(rows, index, what)
-            else:  # edge data arrive in sub-chunk order (one slice); destination-row fields, in backward
-                lo = self._edge_offset if name == "data" else c.dst_start + c.dst_offset
-                t = load_in_pieces(s, host[lo : lo + (c.nnz if name == "data" else c.num_dst)], what)
+            elif name == "data":  # edge data arrive in sub-chunk order (one slice)
+                t = load_in_pieces(s, host[self._edge_offset : self._edge_offset + c.nnz], what)
+            else:  # destination-row fields, in backward: the sub-chunk's rows, or a compacted one's rows with edges
+                t = _dst_rows(s, host, c, what)
             self.loaded_bytes += t.numel() * host.element_size()
         t = widen(s, t, lambda: f"{name} rows of {c.id!r} widened to float32")
         if self._grad.get(name):
@@ -397,6 +410,8 @@ class Executor:
         t0 = time.perf_counter()
         started = self.device.loads_ready()  # on a GPU: the copies of this job run between this event and inputs.ready
         c = step.subs[k]
+        if fields.phase == BACKWARD and not self.dst_rows:  # over its rows with edges where few have one (rows held: slices of them)
+            c = backward_chunk(c)
         block_bytes = 0
         if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:
             holder["block"], block_bytes = self.strategy.block(self, step, fields.host, fields.src_names)
@@ -457,7 +472,7 @@ class Executor:
         moved = 0
         for c in step.subs:
             inputs = next(stream)
-            assert inputs.c is c, f"pipeline out of order: expected {c.id!r}, got {inputs.c.id!r}"
+            assert inputs.c.id == c.id, f"pipeline out of order: expected {c.id!r}, got {inputs.c.id!r}"
             try:
                 t0 = time.perf_counter()
                 with self.device.computing(inputs.ready, inputs.device_tensors() if self.device.computing_reads else ()):

@@ -52,6 +52,9 @@ class LayerShape:
     # a fused attention's backward reads each destination row's corrections (heads doubles: kernels.attention.
     # output_corrections) in place of its output rows (heads * d floats)
     softmax_corrections: bool = False
+    # a fused attention's forward merges each sub-chunk into its column's running sums in place, touching only the
+    # rows it reaches (the CPU kernel): no partial rows, no merge temporaries. False (the most memory) until run_layer
+    merges_in_place: bool = False
     # what backward will compute, known when the call is planned (autograd mode, requires_grad):
     # the probe leaves all True (the most memory); run_layer fills them in per call
     backward: bool = True  # any backward at all

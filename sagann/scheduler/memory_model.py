@@ -45,7 +45,7 @@ import numpy as np
 
 from sagann.fn import SUM_GATHERS
 from sagann.chunks.partition import GraphPartition
-from sagann.chunks.sketch import is_sketch
+from sagann.chunks.sketch import SubChunkSizes, is_sketch
 from sagann.scheduler.layer_shape import LayerShape
 
 FLOAT = 4  # bytes per fp32 element
@@ -55,6 +55,7 @@ EDGE_SCRATCH = 2  # message-sized per-edge temporaries of a user apply_edge, bey
 VERTEX_SCRATCH = 1  # row-sized temporaries of ApplyVertex / hooks, beyond their outputs
 DOUBLE = 8  # bytes per fp64 element
 BLOCK_HEADROOM = 2  # ApplyVertex blocks are sized for this many times the per-row bytes modelled
+COMPACT_FRACTION = 2  # a backward sub-chunk runs over its rows with edges alone where at most 1/this of its rows have one
 MAX_BLOCKS = 8  # blocks an interval may run in; more: a larger P instead
 MERGE_TEMPS = 3  # row-sized temporaries alive at once in a softmax merge (forward) or correction (fused backward)
 
@@ -101,15 +102,19 @@ def merge_scratch_bytes(rows: int, shape: LayerShape, fused: bool, backward: boo
     """Row-sized temporaries of a softmax sub-chunk over ``rows`` destination rows (0 for other reducers).
 
     Forward: the online merge rescales the running sums (the old rows, the
-    rescaled old rows, the weighted new ones: three at once). A fused
+    rescaled old rows, the weighted new ones: three at once); none where
+    the kernel merges in place (``LayerShape.merges_in_place``). A fused
     backward: the per-row correction grad . out is summed in float64 (both
-    operands and their product).
+    operands and their product), or, given (``softmax_corrections``), copied.
     """
     if not shape.softmax:
         return 0
     if not backward:
-        return rows * FLOAT * MERGE_TEMPS * shape.d_msg
-    return rows * DOUBLE * MERGE_TEMPS * shape.d_msg if fused and shape.attention is not None else 0
+        return 0 if fused and shape.attention is not None and shape.merges_in_place else rows * FLOAT * MERGE_TEMPS * shape.d_msg
+    if not (fused and shape.attention is not None):
+        return 0
+    # given each row's corrections (made once a pass), the kernels copy them: heads doubles a row
+    return rows * DOUBLE * (shape.d_score if shape.softmax_corrections else MERGE_TEMPS * shape.d_msg)
 
 
 def vertex_scratch_bytes(rows: int, width: int, measured: int = 0) -> int:
@@ -287,9 +292,31 @@ def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held:
     """
     cache = _SUB_CHUNK_BYTES.setdefault(c, {})
     key = (shape, fused, backward, dst_held)
-    if key not in cache:
-        cache[key] = _sub_chunk_bytes(c, shape, fused, backward) - (c.num_dst * backward_dst_row_bytes(shape) if backward and dst_held else 0)
+    if key not in cache:  # held rows: the sub-chunk runs whole (its rows are slices of the held ones)
+        held = backward and dst_held
+        cache[key] = _sub_chunk_bytes(c, shape, fused, backward, compact=not held) - (c.num_dst * backward_dst_row_bytes(shape) if held else 0)
     return cache[key]
+
+
+def backward_chunk(c):
+    """What a backward pass streams of sub-chunk ``c`` (its destination rows not held): ``c``, or, where at most
+    1/:data:`COMPACT_FRACTION` of its rows have an edge, ``c`` over those rows alone (:meth:`EdgeChunk.compacted`).
+
+    A sparse chunk's sub-chunk spans its interval's rows and reaches few
+    of them (13-28 % on R-MAT at the P a budget sets), yet each backward
+    step sent all of its destination rows (acc's gradient, terms, softmax
+    state) and sized its row scratch by them: those bytes set P for GAT
+    under tight budgets, and were most of what a narrow GCN's backward
+    sent. Where most rows have edges, a contiguous copy beats a gather.
+    A search's sizes-only sub-chunk: its sizes so compacted (rows counted
+    as the cut one's are: the planner's candidates are priced as cut).
+    """
+    k = c.rows_with_edges
+    if k * COMPACT_FRACTION > c.num_dst or getattr(c, "dst_rows", None) is not None:
+        return c
+    if isinstance(c, SubChunkSizes):
+        return SubChunkSizes(c.id, c.nnz, k, c.num_src, dst_rows_bytes=INT32 * k, with_edges=k)
+    return c.compacted()
 
 
 def backward_dst_row_bytes(shape: LayerShape) -> int:
@@ -320,19 +347,23 @@ def forward_index_bytes(c, fused: bool, narrow_copies: bool = True, narrow_src_i
     return _forward_index_bytes_per_entry(fused, narrow_copies) * c.nnz + per_pointer * (c.num_dst + 1) + c.src_rows.nbytes - short
 
 
-def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool) -> int:
+def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, compact: bool = True) -> int:
     """Device bytes of one sub-chunk in flight (selective transfer), as the passes charge them.
 
     Forward: index arrays, source rows, edge rows, partial rows (+ winner
     positions and edge ids for max/min), scratch. Backward adds destination
     rows, the gradient rows of ``acc`` (+ winners), the leaves' gradients and
-    the scratch of the autograd recomputation.
+    the scratch of the autograd recomputation; over the rows with edges
+    alone where :func:`backward_chunk` compacts it (``compact``).
     """
+    if backward and compact:
+        c = backward_chunk(c)
     win = _winner_row_bytes(shape)
     src = FLOAT * c.num_src * shape.d_src_side
     edge = FLOAT * c.nnz * shape.d_edge
     # per-sub-chunk partial rows, except a fused sum's forward: its kernel adds into V_j's accumulator
     into_acc = fused and not backward and shape.builtin is not None and shape.gather in SUM_GATHERS
+    into_acc = into_acc or (fused and not backward and shape.attention is not None and shape.merges_in_place)  # merged in place
     partial = 0 if into_acc else c.num_dst * (FLOAT * shape.d_msg + win)
     # backward: every index array may be on the device; edge ids only for winners (below)
     if backward and shape.sum_backward_edge and direct_sum_backward(shape, fused):
@@ -415,16 +446,16 @@ def _largest(partition: GraphPartition, shape: LayerShape, fused: bool, backward
     """Bytes of the ``count`` largest sub-chunks (:func:`sub_chunk_bytes`) together.
 
     A sketch's sub-chunks (a search's candidate) are priced once per
-    distinct (edges, destination rows, source rows): their bytes are a
+    distinct (edges, destination rows, source rows, rows with edges): their bytes are a
     function of those alone, and a fine candidate's 40,000 sub-chunks
     priced one by one were most of its search.
     """
     if not is_sketch(partition):
         return sum(heapq.nlargest(count, (sub_chunk_bytes(c, shape, fused, backward) for c in partition.sub_chunks())))
-    priced: dict[tuple[int, int, int], int] = {}
+    priced: dict[tuple[int, int, int, int], int] = {}
 
     def bytes_of(c) -> int:
-        key = (c.nnz, c.num_dst, c.num_src)
+        key = (c.nnz, c.num_dst, c.num_src, c.rows_with_edges)
         found = priced.get(key)
         if found is None:
             found = priced[key] = _sub_chunk_bytes(c, shape, fused, backward)

@@ -37,8 +37,8 @@ def test_sizes_equal_the_cut_partitions_and_so_do_the_plans(graph, num_chunks, s
     assert is_sketch(sketch) == bool(cut.chunks) and not is_sketch(cut)
     assert np.array_equal(sketch.bounds, cut.bounds) and sketch.chunks.keys() == cut.chunks.keys() and sketch.num_edges == cut.num_edges
     for key, subs in cut.chunks.items():
-        sizes = [(c.id, c.nnz, c.num_dst, c.num_src, c.nbytes, c.src_rows.nbytes, c.edge_ids.nbytes) for c in subs]
-        assert [(c.id, c.nnz, c.num_dst, c.num_src, c.nbytes, c.src_rows.nbytes, c.edge_ids.nbytes) for c in sketch.chunks[key]] == sizes
+        sizes = [(c.id, c.nnz, c.num_dst, c.num_src, c.rows_with_edges, c.nbytes, c.src_rows.nbytes, c.edge_ids.nbytes) for c in subs]
+        assert [(c.id, c.nnz, c.num_dst, c.num_src, c.rows_with_edges, c.nbytes, c.src_rows.nbytes, c.edge_ids.nbytes) for c in sketch.chunks[key]] == sizes
         for a, b in zip(sketch.chunks[key], subs):
             for backward in (False, True):
                 assert a.sent_index_bytes(backward, narrow=True) == b.sent_index_bytes(backward, narrow=True)
