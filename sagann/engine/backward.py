@@ -193,6 +193,7 @@ def _edge_stage(call: LayerCall, x, edata, saved: Saved, grad_acc, need: tuple[b
     # only the sources' gradient, by a kernel that reads source-major arrays in sequence: edge rows
     # source-major too (the same slice per sub-chunk), destination ids from the chunk's src_dst
     call.executor.source_major = direct == ("src",) and kernels.source_major_backward(call.backend, shape.builtin.op, shape.d_edge) and (edata is None or not edata.requires_grad)
+    call.executor.compact_dst = shape.compact_dst_rows  # sparse sub-chunks over their rows with edges, as planned
     if call.fused and shape.attention is not None and not shape.uses_edge:  # the fused attention's backward: its kernels say
         call.executor.source_major = attention.reads_source_major(call.backend)
     if call.fused and shape.softmax_corrections:  # each row's correction, made once, crosses in place of its output row

@@ -147,14 +147,16 @@ def _with_backend_bytes(shape: LayerShape, backend: str, host_source_major: bool
 def _with_index_forms(shape: LayerShape, g: ChunkedGraph, backend: str) -> LayerShape:
     """``shape`` saying how a forward holds index arrays the schedule narrows to 16 bits: beside their widened copies
     (a GPU keeps both until compute), or read as they are (the CPU kernels of a direct gSpMM read 16-bit source ids).
-    Elsewhere neither: a plan charged for copies it does not hold would cut sub-chunks a third smaller."""
+    Elsewhere neither: a plan charged for copies it does not hold would cut sub-chunks a third smaller. And whether
+    a backward runs sparse sub-chunks over their rows with edges: where every device copies what it loads."""
     copies = g.schedule.narrows_index and any(getattr(d, "holds_narrow_index_copies", True) for d in g.devices)
     b = shape.builtin
     native = g.schedule.narrows_source_ids and backend == "cpu" and b is not None and shape.attention is None and b.spec.direct_spmm
     native = native and all(getattr(d, "keeps_native_index", False) for d in g.devices)
-    if (copies, native) == (shape.narrow_index_copies, shape.narrow_src_ids):
+    compact = not any(d.shares_host_memory for d in g.devices)  # a backward's destination rows gathered, not viewed
+    if (copies, native, compact) == (shape.narrow_index_copies, shape.narrow_src_ids, shape.compact_dst_rows):
         return shape
-    return dataclasses.replace(shape, narrow_index_copies=copies, narrow_src_ids=native)
+    return dataclasses.replace(shape, narrow_index_copies=copies, narrow_src_ids=native, compact_dst_rows=compact)
 
 
 def _keeps_source_major(g) -> bool:

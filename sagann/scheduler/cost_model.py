@@ -32,7 +32,7 @@ from sagann.chunks.partition import GraphPartition, balanced_bounds, chunk_count
 from sagann.chunks.recut import chunk_nnz_of
 from sagann.kernels import gspmm
 from sagann.scheduler import calibration
-from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_chunk, backward_dst_row_bytes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_in_room, vertex_weight
+from sagann.scheduler.memory_model import FLOAT, LayerShape, backward_dst_row_bytes, backward_sizes, resident_lower_bound, src_row_bytes, sub_chunk_nnz_in_room, vertex_weight
 
 __all__ = ["PartitionEstimate", "StepCosts", "chunk_nnz", "distinct_rows", "estimate_partition", "faster_partition", "faster_partitions", "in_pass_step_seconds", "learn_in_pass_step", "measure_partition", "measure_step_costs", "measured_step_costs", "predict_seconds", "set_engine_step_timer", "unlearned"]
 
@@ -380,7 +380,7 @@ def measure_partition(partition, shape: LayerShape) -> PartitionEstimate:
     forward = rows + sum(c.sent_index_bytes(False) for c in subs)
     total, steps = forward, len(subs)
     if shape.backward_edges:
-        back = [backward_chunk(c) for c in subs]  # over their rows with edges where few have one
+        back = [backward_sizes(c, shape) for c in subs]  # over their rows with edges where few have one
         total += rows + sum(c.sent_index_bytes(True) + c.num_dst * backward_dst_row_bytes(shape) + c.nnz * FLOAT * shape.d_edge for c in back)
         steps *= 2
     return PartitionEstimate(partition.num_chunks, partition.sub_chunk_nnz, int(total), steps)

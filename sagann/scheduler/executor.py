@@ -347,6 +347,7 @@ class Executor:
         self.fused = fused
         self.strategy = strategy or Strategy()
         self.source_major = False  # this backward pass reads edges source-major (set by the pass)
+        self.compact_dst = False  # this backward pass runs sparse sub-chunks over their rows with edges (set by the pass)
         self.dst_rows: dict[int, dict[str, torch.Tensor]] = {}  # a backward pass's held destination rows, per V_j
         self._edge_offsets = partition.edge_order[1]
         self._resident_copies: dict[int, Block] = {}  # this pass's copies of its resident intervals' source rows
@@ -410,7 +411,7 @@ class Executor:
         t0 = time.perf_counter()
         started = self.device.loads_ready()  # on a GPU: the copies of this job run between this event and inputs.ready
         c = step.subs[k]
-        if fields.phase == BACKWARD and not self.dst_rows:  # over its rows with edges where few have one (rows held: slices of them)
+        if fields.phase == BACKWARD and self.compact_dst and not self.dst_rows:  # its rows with edges where few have one (held rows: slices)
             c = backward_chunk(c)
         block_bytes = 0
         if step.transfer is not Transfer.SELECTIVE and k == 0 and not step.shares_block:

@@ -55,6 +55,9 @@ class LayerShape:
     # a fused attention's forward merges each sub-chunk into its column's running sums in place, touching only the
     # rows it reaches (the CPU kernel): no partial rows, no merge temporaries. False (the most memory) until run_layer
     merges_in_place: bool = False
+    # backward runs a sparse sub-chunk over its rows with edges (memory_model.backward_chunk): on devices that copy
+    # what they load; where loads are views of host memory a gather would only cost. False (the most memory) until run_layer
+    compact_dst_rows: bool = False
     # what backward will compute, known when the call is planned (autograd mode, requires_grad):
     # the probe leaves all True (the most memory); run_layer fills them in per call
     backward: bool = True  # any backward at all

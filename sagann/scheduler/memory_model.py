@@ -294,13 +294,27 @@ def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held:
     key = (shape, fused, backward, dst_held)
     if key not in cache:  # held rows: the sub-chunk runs whole (its rows are slices of the held ones)
         held = backward and dst_held
-        cache[key] = _sub_chunk_bytes(c, shape, fused, backward, compact=not held) - (c.num_dst * backward_dst_row_bytes(shape) if held else 0)
+        cache[key] = _sub_chunk_bytes(c, shape, fused, backward, compact=shape.compact_dst_rows and not held) - (c.num_dst * backward_dst_row_bytes(shape) if held else 0)
     return cache[key]
 
 
+def compacts(c) -> bool:
+    """Does a backward pass run sub-chunk ``c`` over its rows with edges alone (:func:`backward_chunk`)?"""
+    return getattr(c, "dst_rows", None) is None and c.rows_with_edges * COMPACT_FRACTION <= c.num_dst
+
+
+def backward_sizes(c, shape: LayerShape):
+    """The sizes of what a backward pass with ``shape`` streams of sub-chunk ``c`` (:func:`backward_chunk` where the
+    shape's devices copy what they load, ``LayerShape.compact_dst_rows``), without making its arrays."""
+    if not (shape.compact_dst_rows and compacts(c)):
+        return c
+    k = c.rows_with_edges
+    return SubChunkSizes(c.id, c.nnz, k, c.num_src, dst_rows_bytes=INT32 * k, with_edges=k)
+
+
 def backward_chunk(c):
-    """What a backward pass streams of sub-chunk ``c`` (its destination rows not held): ``c``, or, where at most
-    1/:data:`COMPACT_FRACTION` of its rows have an edge, ``c`` over those rows alone (:meth:`EdgeChunk.compacted`).
+    """What a backward pass that compacts streams of sub-chunk ``c`` (its destination rows not held): ``c``, or, where
+    at most 1/:data:`COMPACT_FRACTION` of its rows have an edge, ``c`` over those rows alone (:meth:`EdgeChunk.compacted`).
 
     A sparse chunk's sub-chunk spans its interval's rows and reaches few
     of them (13-28 % on R-MAT at the P a budget sets), yet each backward
@@ -308,15 +322,10 @@ def backward_chunk(c):
     state) and sized its row scratch by them: those bytes set P for GAT
     under tight budgets, and were most of what a narrow GCN's backward
     sent. Where most rows have edges, a contiguous copy beats a gather.
-    A search's sizes-only sub-chunk: its sizes so compacted (rows counted
-    as the cut one's are: the planner's candidates are priced as cut).
+    The model prices the same sizes (:func:`backward_sizes`; a search's
+    sizes-only candidates count rows with edges as the cut ones do).
     """
-    k = c.rows_with_edges
-    if k * COMPACT_FRACTION > c.num_dst or getattr(c, "dst_rows", None) is not None:
-        return c
-    if isinstance(c, SubChunkSizes):
-        return SubChunkSizes(c.id, c.nnz, k, c.num_src, dst_rows_bytes=INT32 * k, with_edges=k)
-    return c.compacted()
+    return c.compacted() if compacts(c) else c
 
 
 def backward_dst_row_bytes(shape: LayerShape) -> int:
@@ -357,7 +366,7 @@ def _sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, compact:
     alone where :func:`backward_chunk` compacts it (``compact``).
     """
     if backward and compact:
-        c = backward_chunk(c)
+        c = backward_sizes(c, shape)
     win = _winner_row_bytes(shape)
     src = FLOAT * c.num_src * shape.d_src_side
     edge = FLOAT * c.nnz * shape.d_edge

@@ -27,7 +27,7 @@ from typing import Callable, Collection, Iterator
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.types import ChunkId, EdgeChunk
 from sagann.scheduler.pipeline import live_sub_chunks
-from sagann.scheduler.memory_model import LayerShape, backward_chunk, backward_dst_row_bytes, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
+from sagann.scheduler.memory_model import LayerShape, backward_dst_row_bytes, backward_sizes, canonical, resident_bytes, src_row_bytes, sub_chunk_bytes, tile_resident_bytes
 from sagann.scheduler.policy import Order, Transfer, TransferCosts, TransferPolicy, choose_transfer, johnson_order
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -344,7 +344,7 @@ def dst_rows_saving(plan: PassPlan, partition: GraphPartition, shape: LayerShape
     if plan.phase != BACKWARD:
         return 0, 0
     row = backward_dst_row_bytes(shape)
-    per_chunk = sum(backward_chunk(c).num_dst for c in plan.sub_chunks()) * row  # a compacted sub-chunk sends its rows with edges
+    per_chunk = sum(backward_sizes(c, shape).num_dst for c in plan.sub_chunks()) * row  # a compacted sub-chunk sends its rows with edges
     read = {s.key[1] for s in plan.steps()}
     held = sum(partition.interval_size(j) for j in read) * row
     return held, per_chunk - held

@@ -13,8 +13,9 @@ from sagann.scheduler.planner import LayerShape
 
 SUM = LayerShape(
     d_in=8, d_edge=0, d_src_term=0, d_dst_term=0, d_msg=8, d_out=4, gather="sum", builtin=None,
-    uses_src=True, uses_dst=True, uses_src_term=False, uses_dst_term=False, uses_edge=False,
+    uses_src=True, uses_dst=True, uses_src_term=False, uses_dst_term=False, uses_edge=False, compact_dst_rows=True,
 )
+VIEWS = dataclasses.replace(SUM, compact_dst_rows=False)
 GAT = dataclasses.replace(SUM, d_src_term=10, d_dst_term=2, d_msg=8, gather="softmax", d_score=2, uses_src=False, uses_dst=False,
                           uses_src_term=True, uses_dst_term=True, attention=AttentionFn())
 
@@ -34,8 +35,10 @@ def test_backward_runs_a_sub_chunk_compacted_only_where_few_of_its_rows_have_edg
                 assert sub_chunk_bytes(c, SUM, False, True) < whole
             else:
                 assert sub_chunk_bytes(c, SUM, False, True) == whole
-            # with every destination row held, a sub-chunk runs whole (its rows are slices of the held ones)
+            # with every destination row held, a sub-chunk runs whole (its rows are slices of the held ones), as on a
+            # device whose loads are views of host memory
             assert sub_chunk_bytes(c, SUM, False, True, dst_held=True) == whole - c.num_dst * backward_dst_row_bytes(SUM)
+            assert sub_chunk_bytes(c, VIEWS, False, True) == _sub_chunk_bytes(c, VIEWS, False, True, compact=False)
             seen.add(few)
     assert seen == {True, False}
 
