@@ -127,9 +127,13 @@ def _dst_rows(scope: Scope, host: torch.Tensor, c: EdgeChunk, what) -> torch.Ten
     lo = c.dst_start + c.dst_offset
     if c.dst_rows is None:
         return load_in_pieces(scope, host[lo : lo + c.num_dst], what)
-    rows, index = host[lo:], host_tensor(c.dst_rows)
-    if in_pieces(rows, c.num_dst):  # 16-bit rows: gathered and widened a piece at a time
-        return widened_in_pieces(scope, (c.num_dst, *rows.shape[1:]), what, lambda a, b: scope.device.gather_in(rows, index[a:b]))
+    return _gathered(scope, host[lo:], host_tensor(c.dst_rows), what)
+
+
+def _gathered(scope: Scope, rows: torch.Tensor, index: torch.Tensor, what) -> torch.Tensor:
+    """Rows ``index`` of host ``rows`` gathered and sent (a selective transfer); 16-bit rows gathered and widened a piece at a time."""
+    if in_pieces(rows, index.numel()):
+        return widened_in_pieces(scope, (index.numel(), *rows.shape[1:]), what, lambda a, b: scope.device.gather_in(rows, index[a:b]))
     return scope.load_rows(rows, index, what)
 
 
@@ -227,11 +231,7 @@ class ChunkInputs:
         else:
             what = lambda: f"{'edge' if name == 'data' else name} rows of {c.id!r}"  # noqa: E731
             if name in SRC_FIELDS:
-                rows, index = src_row_gather(host, c)
-                if in_pieces(rows, c.num_src):  # 16-bit rows: gathered and widened a piece at a time
-                    t = widened_in_pieces(s, (c.num_src, *rows.shape[1:]), what, lambda lo, hi: s.device.gather_in(rows, index[lo:hi]))
-                else:
-                    t = s.load_rows(rows, index, what)
+                t = _gathered(s, *src_row_gather(host, c), what)
             elif name == "data":  # edge data arrive in sub-chunk order (one slice)
                 t = load_in_pieces(s, host[self._edge_offset : self._edge_offset + c.nnz], what)
             else:  # destination-row fields, in backward: the sub-chunk's rows, or a compacted one's rows with edges
