@@ -42,7 +42,7 @@ class SubChunkSizes:
     nnz: int
     num_dst: int
     num_src: int
-    dst_rows_bytes: int = 0  # a compacted sub-chunk's row list (memory_model.backward_chunk)
+    dst_rows_bytes: int = 0  # a compacted sub-chunk's row list (memory_model.backward_sizes)
     with_edges: int | None = None  # destination rows with an edge (None: not counted, taken as all)
 
     @property

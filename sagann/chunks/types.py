@@ -209,7 +209,7 @@ class EdgeChunk:
 
         A sparse chunk's sub-chunk spans its interval's rows but reaches few
         of them (13-28 % on R-MAT at the P a budget sets): a backward pass
-        sends and computes over those alone (``memory_model.dst_rows_sent``).
+        sends and computes over those alone (``memory_model.backward_chunk``).
         Cached as :meth:`src_major_dst` is (not for memory-mapped or
         spilled arrays): 4 bytes an edge and a row.
         """
@@ -218,8 +218,9 @@ class EdgeChunk:
             return cached
         if self.dst_rows is not None:
             return self
-        rows = np.flatnonzero(np.diff(self.dst_ptr)).astype(np.int32)
-        counts = np.diff(self.dst_ptr)[rows]
+        per_row = np.diff(self.dst_ptr)
+        rows = np.flatnonzero(per_row).astype(np.int32)
+        counts = per_row[rows]
         ptr = np.zeros(rows.shape[0] + 1, dtype=np.int32)
         np.cumsum(counts, out=ptr[1:])
         made = dataclasses.replace(self, dst_ptr=ptr, dst_idx=np.repeat(np.arange(rows.shape[0], dtype=np.int32), counts), dst_rows=rows)

@@ -294,7 +294,7 @@ def sub_chunk_bytes(c, shape: LayerShape, fused: bool, backward: bool, dst_held:
     key = (shape, fused, backward, dst_held)
     if key not in cache:  # held rows: the sub-chunk runs whole (its rows are slices of the held ones)
         held = backward and dst_held
-        cache[key] = _sub_chunk_bytes(c, shape, fused, backward, compact=shape.compact_dst_rows and not held) - (c.num_dst * backward_dst_row_bytes(shape) if held else 0)
+        cache[key] = _sub_chunk_bytes(c, shape, fused, backward, compact=not held) - (c.num_dst * backward_dst_row_bytes(shape) if held else 0)
     return cache[key]
 
 

@@ -41,18 +41,19 @@ def assert_sub_chunks_near(f: Forecast, ran_on, passes: int, factor: float = 2.0
 
 
 def test_a_wide_attention_layer_under_a_tight_budget_is_forecast_fine_and_warned_of():
-    """A GAT 128 wide under 600 KB: its chunks have fewer edges than destination rows, and a backward sub-chunk carries
-    every row of its span (softmax, gradient and input rows), so the planner cuts thousands of sub-chunks at P = 60 or
-    so. Resident rows alone put P near 6 and a few hundred sub-chunks, and saw no larger budget worth a warning."""
+    """A GAT 128 wide under 400 KB: a backward sub-chunk carries its span's softmax, gradient and input rows, so the
+    planner cuts P = 45 or so, a sub-chunk a chunk (about 2,000 a pass). Resident rows alone put P near 6 and saw no
+    larger budget worth a warning. The budget is tight enough that the warning does not hang on timing noise: the
+    forecast's speed-up of the budget it names is about 6x against the 3x a warning needs (at 600 KB it was 3-4x)."""
     d = sbm(6000, 4, 8.0, 16, seed=0)
-    g = sagann.ChunkedGraph(d.edge_index, d.num_vertices, device=sagann.CpuDevice("600KB"))
+    g = sagann.ChunkedGraph(d.edge_index, d.num_vertices, device=sagann.CpuDevice("400KB"))
     torch.manual_seed(0)
     model = build_model("gat", 16, 128, 4)
     f = forecast_epoch(model, g, 16, sample_edges=5000)
     model(g, torch.from_numpy(d.x)).sum().backward()
     assert_sub_chunks_near(f, g.with_remaining_self_loops()[0], passes=4)
     better = f.better()
-    assert better is not None and better.budget > 600_000 and better.sub_chunks < f.plan.sub_chunks / 10
+    assert better is not None and better.budget > 400_000 and better.sub_chunks < f.plan.sub_chunks / 10
 
 
 def test_no_forecast_without_a_budget_or_edges():
