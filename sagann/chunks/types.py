@@ -28,6 +28,8 @@ class ChunkId(NamedTuple):
     sub: int = 0
 
     def __repr__(self) -> str:
+        if self.sub < 0:  # a merge of whole sub-chunks from source intervals i .. -sub - 1 (sagann.chunks.merge)
+            return f"E[{self.i}:{-self.sub},{self.j}]"
         return f"E[{self.i},{self.j}].{self.sub}"
 
 

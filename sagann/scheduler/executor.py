@@ -352,9 +352,10 @@ class Executor:
         self._edge_offsets = partition.edge_order[1]
         self._resident_copies: dict[int, Block] = {}  # this pass's copies of its resident intervals' source rows
 
-    def edge_offset(self, c: EdgeChunk) -> int:
-        """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data."""
-        return self._edge_offsets[c.id]
+    def edge_offset(self, c: EdgeChunk) -> int | None:
+        """Where sub-chunk ``c``'s rows start in the chunk-ordered edge data; None for a merged sub-chunk, whose edges
+        are not one slice of it (only passes without edge data merge: ``scheduler.batching``)."""
+        return self._edge_offsets.get(c.id)
 
     def measured(self, phase: str) -> Callable[[tuple[int, int]], tuple[float, float] | None]:
         """The smoothed (load, compute) seconds of each chunk in earlier passes: what the plan orders by."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import weakref
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from sagann.chunks.partition import DEFAULT_SUB_CHUNK_NNZ, GraphPartition, OrderCache, balanced_bounds, pack_chunks, partition_graph
 from sagann.chunks.sketch import is_sketch, sketch_partition
 from sagann.chunks.recut import recut
+from sagann.scheduler.batching import batched
 from sagann.scheduler.config import MAX_PREFETCH, ScheduleConfig
 from sagann.scheduler.cost_model import MARGIN, MAX_PICKS, faster_partitions, measure_partition, measure_step_costs
 from sagann.scheduler.devices import Device, format_bytes
@@ -44,13 +46,10 @@ class Planner:
     Args:
         edges: returns the graph's ``[2, E]`` edge list, or a partition of
             it when the list is not kept in RAM (called only to cut a new partition).
-        num_vertices: N.
-        in_degree: in-edges per vertex (bounds a P's resident rows before it is cut).
-        devices: the devices sharing the partition: P fits the smallest
-            budget; a pass is planned for the first.
+        num_vertices, in_degree: N; in-edges per vertex (bounds a P's resident rows before it is cut).
+        devices: the devices sharing the partition: P fits the smallest budget; a pass is planned for the first.
         schedule: the schedule config (prefetch, transfers, order, tile).
-        host_spills: host tensors may live in spill files (disk reads
-            overlap compute like a link: prefetch by default).
+        host_spills: host tensors may live in spill files (disk reads overlap compute like a link: prefetch by default).
         partition: a given partition (a dataset's): kept, never re-cut coarser.
         num_chunks, sub_chunk_nnz: P and the sub-chunk bound fixed by the caller.
     """
@@ -124,8 +123,7 @@ class Planner:
     @property
     def budget(self) -> int | None:
         """The smallest budget of the devices (all share one partition), None if all are unlimited."""
-        budgets = [d.memory_budget for d in self._devices if d.memory_budget is not None]
-        return min(budgets) if budgets else None
+        return min((d.memory_budget for d in self._devices if d.memory_budget is not None), default=None)
 
     # ---- the partition ------------------------------------------------------------------------
     def partition_for(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object = None) -> GraphPartition:
@@ -445,6 +443,8 @@ class Planner:
             if budget is None or peak <= budget or depth == 0 or self._pipelined() is not None:
                 break
             depth = self._prefetch_cache[shallower] = depth - 1  # the model's depth missed the dry run: one sub-chunk fewer in flight
+        if self._scope is None and (budget is None or peak <= budget):  # a column's small chunks carried by one step
+            plan, peak = batched(job, plan, peak, budget, partial(self._peak, job))
         self._planned_peak = max(self._planned_peak, peak)
         if budget is not None and peak > budget:
             device, chained = self._devices[0], self._scope is not None and self._scope.chained

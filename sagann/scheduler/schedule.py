@@ -47,6 +47,7 @@ class ChunkStep:
     selective_bytes: int  # source rows sent by selective transfers of all sub-chunks
     block_bytes: int  # V_i's rows as one block (what a full transfer, or a non-selective schedule, sends)
     shares_block: bool = False  # a full transfer reusing the block the previous step (same run) loaded
+    parts: tuple["ChunkStep", ...] = ()  # the chunks' own steps, where this step carries them merged (scheduler.batching)
 
     @property
     def moved_bytes(self) -> int:
@@ -102,6 +103,11 @@ class PassPlan:
         for step in self.steps():
             yield from step.subs
 
+    def chunk_steps(self) -> Iterator[ChunkStep]:
+        """One step per chunk E_ij, a merged step's chunks each on their own: what per-interval accounting reads."""
+        for step in self.steps():
+            yield from step.parts or (step,)
+
     @property
     def bytes_moved(self) -> int:
         """Source-row bytes this plan sends (edges and index arrays are the same for every plan)."""
@@ -119,14 +125,14 @@ class PassPlan:
         (Streaming, a chunk needs its used rows; held resident, V_i goes over once.)
         """
         streamed: dict[int, int] = {}
-        for s in self.steps():
+        for s in self.chunk_steps():
             streamed[s.key[0]] = streamed.get(s.key[0], 0) + min(s.selective_bytes, s.block_bytes)
         size = self.interval_bytes()
         return sum(min(b, size[i]) for i, b in streamed.items())
 
     def interval_bytes(self) -> dict[int, int]:
         """Source-row bytes of each interval some chunk of the pass reads (V_i's block)."""
-        return {s.key[0]: s.block_bytes for s in self.steps()}
+        return {s.key[0]: s.block_bytes for s in self.chunk_steps()}
 
     def _resident_copies(self) -> list[tuple[str, int]]:
         """(name, bytes) of each copy the pass holds: ``V`` when it holds every interval a chunk reads."""
@@ -176,11 +182,13 @@ class PassPlan:
 def validate(plan: PassPlan, partition: GraphPartition) -> None:
     """Raise ScheduleError unless the plan processes every non-empty sub-chunk exactly once, in its group."""
     seen: dict[ChunkId, int] = {}
+    carried = {c.id: [p.id for part in step.parts for p in part.subs] for step in plan.steps() if step.parts for c in step.subs}
     for k, a in enumerate(plan.actions()):
         if a.op == "compute":
-            if a.target in seen:
-                raise ScheduleError(f"sub-chunk {a.target!r} computed twice\n{plan.format(k)}")
-            seen[a.target] = k
+            for target in carried.get(a.target, [a.target]):  # a merged sub-chunk computes its chunks' sub-chunks
+                if target in seen:
+                    raise ScheduleError(f"sub-chunk {target!r} computed twice\n{plan.format(k)}")
+                seen[target] = k
     expected = {c.id for c in partition.sub_chunks()}
     missing = expected - set(seen)
     if missing:
@@ -322,7 +330,7 @@ def choose_resident(plan: PassPlan, spare_bytes: int) -> tuple[int, ...]:
     nothing never. Best first.
     """
     sent: dict[int, int] = {}
-    for s in plan.steps():
+    for s in plan.chunk_steps():
         sent[s.key[0]] = sent.get(s.key[0], 0) + s.moved_bytes
     size = plan.interval_bytes()
     worth = sorted((i for i in sent if sent[i] > size[i] > 0), key=lambda i: (sent[i] - size[i]) / size[i], reverse=True)

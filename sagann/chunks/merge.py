@@ -1,0 +1,68 @@
+"""Sub-chunks of one destination interval, from different source intervals, as one sub-chunk.
+
+A forward step may carry several small chunks of its column at once
+(:mod:`sagann.scheduler.batching`): their edges into the same rows, their
+source rows from several intervals gathered together. The merged sub-chunk is
+an ordinary :class:`EdgeChunk` whose source rows count from the first
+interval's start, so every loader and kernel reads it unchanged.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from sagann.chunks.types import ChunkId, EdgeChunk
+
+
+def merged_id(first: int, last: int, j: int) -> ChunkId:
+    """The id of a merge of the sub-chunks from source intervals ``first``..``last`` into ``j``: ``E[first:last+1,j]``."""
+    return ChunkId(first, j, -(last + 1))
+
+
+def merge_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
+    """One sub-chunk holding the edges of ``chunks`` (whole sub-chunks of one destination interval, each from another
+    source interval): every destination row's edges in ascending global edge order, as in any sub-chunk.
+
+    Source rows stay sorted and unique: the intervals are disjoint, and the
+    chunks are taken in source-interval order.
+    """
+    if not chunks:
+        raise ValueError("merge_chunks needs at least one sub-chunk")
+    chunks = sorted(chunks, key=lambda c: c.id.i)
+    first = chunks[0]
+    if any(c.id.j != first.id.j or c.dst_rows is not None for c in chunks):
+        raise ValueError(f"merge_chunks takes uncompacted sub-chunks of one destination interval, got {[c.id for c in chunks]}")
+    if len({c.id.i for c in chunks}) != len(chunks):
+        raise ValueError(f"merge_chunks takes one sub-chunk per source interval, got {[c.id for c in chunks]}")
+    lo = min(c.dst_offset for c in chunks)
+    num_dst = max(c.dst_offset + c.num_dst for c in chunks) - lo
+    rows = np.concatenate([c.dst_idx.astype(np.int64) + (c.dst_offset - lo) for c in chunks])
+    src_base = np.cumsum([0] + [c.num_src for c in chunks[:-1]])
+    src = np.concatenate([c.src_idx.astype(np.int64) + b for c, b in zip(chunks, src_base)])
+    eids = np.concatenate([c.edge_ids for c in chunks])
+    order = np.lexsort((eids, rows))
+    dst_idx = rows[order].astype(np.int32)
+    src_idx = src[order].astype(np.int32)
+    num_src = int(src_base[-1] + chunks[-1].num_src)
+    src_rows = np.concatenate([c.src_rows.astype(np.int64) + (c.src_start - first.src_start) for c in chunks]).astype(np.int32)
+    return EdgeChunk(
+        id=merged_id(first.id.i, chunks[-1].id.i, first.id.j),
+        src_start=first.src_start,
+        dst_start=first.dst_start,
+        dst_offset=lo,
+        dst_ptr=_pointer(dst_idx, num_dst),
+        dst_idx=dst_idx,
+        src_idx=src_idx,
+        src_rows=src_rows,
+        src_ptr=_pointer(src_idx, num_src),
+        src_perm=np.argsort(src_idx, kind="stable").astype(np.int32),
+        edge_ids=eids[order],
+    )
+
+
+def _pointer(ids: np.ndarray, n: int) -> np.ndarray:
+    """CSR pointers (int32 ``[n + 1]``) of ``ids`` grouped by value."""
+    ptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(ids, minlength=n), out=ptr[1:])
+    return ptr
