@@ -1,10 +1,13 @@
-"""Sub-chunks of one destination interval, from different source intervals, as one sub-chunk.
+"""Whole sub-chunks of one column, or of one source row, as one sub-chunk.
 
-A forward step may carry several small chunks of its column at once
-(:mod:`sagann.scheduler.batching`): their edges into the same rows, their
-source rows from several intervals gathered together. The merged sub-chunk is
-an ordinary :class:`EdgeChunk` whose source rows count from the first
-interval's start, so every loader and kernel reads it unchanged.
+A step may carry several small chunks at once (:mod:`sagann.scheduler.batching`).
+Forward, a column's chunks from several source intervals: their edges into
+the same rows, their source rows gathered together, counted from the first
+interval's start. Backward, a source row's chunks into several destination
+intervals: their source rows are one interval's, and their destination rows,
+those with an edge, are listed (``dst_rows``, as a compacted sub-chunk's) from
+the first interval's start. Either is an ordinary :class:`EdgeChunk`, so every
+loader and kernel reads it unchanged.
 """
 from __future__ import annotations
 
@@ -12,12 +15,17 @@ from typing import Sequence
 
 import numpy as np
 
-from sagann.chunks.types import ChunkId, EdgeChunk
+from sagann.chunks.types import ROW_MERGE, ChunkId, EdgeChunk
 
 
 def merged_id(first: int, last: int, j: int) -> ChunkId:
     """The id of a merge of the sub-chunks from source intervals ``first``..``last`` into ``j``: ``E[first:last+1,j]``."""
     return ChunkId(first, j, -(last + 1))
+
+
+def row_merged_id(i: int, first: int, last: int) -> ChunkId:
+    """The id of a merge of the sub-chunks of source interval ``i`` into ``first``..``last``: ``E[i,first:last+1]``."""
+    return ChunkId(i, first, -(last + 1) - ROW_MERGE)
 
 
 def merge_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
@@ -58,6 +66,42 @@ def merge_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
         src_ptr=_pointer(src_idx, num_src),
         src_perm=np.argsort(src_idx, kind="stable").astype(np.int32),
         edge_ids=eids[order],
+    )
+
+
+def merge_row_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
+    """One sub-chunk holding the edges of ``chunks`` (whole sub-chunks of one source interval, each into another
+    destination interval) over their destination rows with an edge (``dst_rows``, from the first interval's start):
+    every row's edges in ascending global edge order."""
+    if not chunks:
+        raise ValueError("merge_row_chunks needs at least one sub-chunk")
+    chunks = sorted(chunks, key=lambda c: c.id.j)
+    first = chunks[0]
+    if any(c.id.i != first.id.i or c.dst_rows is not None for c in chunks):
+        raise ValueError(f"merge_row_chunks takes uncompacted sub-chunks of one source interval, got {[c.id for c in chunks]}")
+    if len({c.id.j for c in chunks}) != len(chunks):
+        raise ValueError(f"merge_row_chunks takes one sub-chunk per destination interval, got {[c.id for c in chunks]}")
+    rows = np.concatenate([c.dst_idx.astype(np.int64) + (c.dst_start + c.dst_offset - first.dst_start) for c in chunks])
+    src_rows = np.unique(np.concatenate([c.src_rows for c in chunks]))  # one interval's rows: a union
+    src = np.concatenate([np.searchsorted(src_rows, c.src_rows)[c.src_idx] for c in chunks])
+    eids = np.concatenate([c.edge_ids for c in chunks])
+    order = np.lexsort((eids, rows))
+    with_edges, dst_idx = np.unique(rows[order], return_inverse=True)  # the rows with an edge, each edge's among them
+    dst_idx = dst_idx.astype(np.int32)
+    src_idx = src[order].astype(np.int32)
+    return EdgeChunk(
+        id=row_merged_id(first.id.i, first.id.j, chunks[-1].id.j),
+        src_start=first.src_start,
+        dst_start=first.dst_start,
+        dst_offset=0,
+        dst_ptr=_pointer(dst_idx, with_edges.shape[0]),
+        dst_idx=dst_idx,
+        src_idx=src_idx,
+        src_rows=src_rows.astype(np.int32),
+        src_ptr=_pointer(src_idx, src_rows.shape[0]),
+        src_perm=np.argsort(src_idx, kind="stable").astype(np.int32),
+        edge_ids=eids[order],
+        dst_rows=with_edges.astype(np.int32),
     )
 
 

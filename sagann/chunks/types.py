@@ -27,10 +27,15 @@ class ChunkId(NamedTuple):
     j: int
     sub: int = 0
 
-    def __repr__(self) -> str:
-        if self.sub < 0:  # a merge of whole sub-chunks from source intervals i .. -sub - 1 (sagann.chunks.merge)
+    def __repr__(self) -> str:  # a negative sub: a merge of whole sub-chunks (sagann.chunks.merge)
+        if self.sub <= -ROW_MERGE:  # of source interval i into destination intervals j .. -sub - ROW_MERGE - 1
+            return f"E[{self.i},{self.j}:{-self.sub - ROW_MERGE}]"
+        if self.sub < 0:  # from source intervals i .. -sub - 1 into j
             return f"E[{self.i}:{-self.sub},{self.j}]"
         return f"E[{self.i},{self.j}].{self.sub}"
+
+
+ROW_MERGE = 1 << 30  # ChunkId.sub of a source row's merged sub-chunks: below -ROW_MERGE (a column's: in -ROW_MERGE..-1)
 
 
 def sent_names(backward: bool, source_major: bool = False) -> tuple[str, ...]:
