@@ -15,8 +15,10 @@ within the plan; the step count falls.
 
 Only where a merge cannot change what a pass computes: a builtin message
 whose Gather is a sum (every edge is added into its row; merged, the same
-edges are added), with no edge data (which arrive in sub-chunk order) and
-no attention (its softmax merges per sub-chunk); only selective steps (a
+edges are added) or a builtin attention (a sub-chunk's softmax terms merge
+into its rows' running maxima and sums, whichever edges it holds; backward
+reads those per row), with no edge data (which arrive in sub-chunk order);
+only selective steps (a
 block of V_i is per source interval); only sub-chunks whose arrays live in
 RAM (a merge copies them: not for a dataset read from disk or a host
 budget's spill file). Backward, only where the pass gathers destination rows
@@ -47,7 +49,8 @@ _MERGED = "_merged_chunks"  # a partition's merged sub-chunks, by the ids they m
 
 def batches(shape: LayerShape) -> bool:
     """May a pass of ``shape`` carry several chunks in one step (see the module docstring)?"""
-    return shape.builtin is not None and shape.attention is None and shape.gather in SUM_GATHERS and not shape.uses_edge
+    sums = shape.builtin is not None and shape.attention is None and shape.gather in SUM_GATHERS
+    return (sums or (shape.attention is not None and shape.softmax)) and not shape.uses_edge
 
 
 def batch_steps(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fused: bool) -> PassPlan:

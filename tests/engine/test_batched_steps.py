@@ -94,3 +94,22 @@ def test_merged_steps_keep_the_measured_peak_within_the_budget(merges, model):
     m(g, x).sum().backward()
     assert g.num_chunks > 2 and merges["column"] and merges["row"]
     assert_measured_within(device)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("copy_transfers", [False, True])
+def test_merged_attention_steps_equal_one_chunk_in_memory(merges, backend, copy_transfers):
+    """GAT: a merged sub-chunk's softmax terms join its rows' running maxima and sums like any sub-chunk's; values and
+    gradients as one chunk in memory (a softmax has no dense reference)."""
+    n, ei = _skewed()
+    torch.manual_seed(0)
+    layer = sagann.nn.GATConv(6, 3, heads=2, add_self_loops=False)
+    x, _ = make_inputs(n, ei.shape[1], 6)
+    g = sagann.ChunkedGraph(ei, n, num_chunks=5, sub_chunk_nnz=10**6, device=sagann.CpuDevice(copy_transfers=copy_transfers), backend=backend,
+                            schedule=ScheduleConfig(transfer="selective"))
+    whole = sagann.ChunkedGraph(ei, n, num_chunks=1, backend=backend)
+    ref_out, ref_grads = outputs_and_grads(layer, lambda x_, e_: layer(whole, x_, e_), x, None)
+    out, grads = outputs_and_grads(layer, lambda x_, e_: layer(g, x_, e_), x, None)
+    assert_rel_close(out, ref_out, what="output")
+    assert_grads_close(grads, ref_grads)
+    assert merges["column"] and bool(merges["row"]) == copy_transfers
