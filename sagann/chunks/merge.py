@@ -35,14 +35,8 @@ def merge_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
     Source rows stay sorted and unique: the intervals are disjoint, and the
     chunks are taken in source-interval order.
     """
-    if not chunks:
-        raise ValueError("merge_chunks needs at least one sub-chunk")
-    chunks = sorted(chunks, key=lambda c: c.id.i)
+    chunks = _in_order(chunks, "merge_chunks", by_source=True)
     first = chunks[0]
-    if any(c.id.j != first.id.j or c.dst_rows is not None for c in chunks):
-        raise ValueError(f"merge_chunks takes uncompacted sub-chunks of one destination interval, got {[c.id for c in chunks]}")
-    if len({c.id.i for c in chunks}) != len(chunks):
-        raise ValueError(f"merge_chunks takes one sub-chunk per source interval, got {[c.id for c in chunks]}")
     lo = min(c.dst_offset for c in chunks)
     num_dst = max(c.dst_offset + c.num_dst for c in chunks) - lo
     rows = np.concatenate([c.dst_idx.astype(np.int64) + (c.dst_offset - lo) for c in chunks])
@@ -73,14 +67,8 @@ def merge_row_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
     """One sub-chunk holding the edges of ``chunks`` (whole sub-chunks of one source interval, each into another
     destination interval) over their destination rows with an edge (``dst_rows``, from the first interval's start):
     every row's edges in ascending global edge order."""
-    if not chunks:
-        raise ValueError("merge_row_chunks needs at least one sub-chunk")
-    chunks = sorted(chunks, key=lambda c: c.id.j)
+    chunks = _in_order(chunks, "merge_row_chunks", by_source=False)
     first = chunks[0]
-    if any(c.id.i != first.id.i or c.dst_rows is not None for c in chunks):
-        raise ValueError(f"merge_row_chunks takes uncompacted sub-chunks of one source interval, got {[c.id for c in chunks]}")
-    if len({c.id.j for c in chunks}) != len(chunks):
-        raise ValueError(f"merge_row_chunks takes one sub-chunk per destination interval, got {[c.id for c in chunks]}")
     rows = np.concatenate([c.dst_idx.astype(np.int64) + (c.dst_start + c.dst_offset - first.dst_start) for c in chunks])
     src_rows = np.unique(np.concatenate([c.src_rows for c in chunks]))  # one interval's rows: a union
     src = np.concatenate([np.searchsorted(src_rows, c.src_rows)[c.src_idx] for c in chunks])
@@ -103,6 +91,22 @@ def merge_row_chunks(chunks: Sequence[EdgeChunk]) -> EdgeChunk:
         edge_ids=eids[order],
         dst_rows=with_edges.astype(np.int32),
     )
+
+
+def _in_order(chunks: Sequence[EdgeChunk], fn: str, by_source: bool) -> list[EdgeChunk]:
+    """``chunks`` checked (uncompacted, one shared interval, one chunk per interval of the other side) and in order of
+    that other side: their source intervals (``by_source``, a column's chunks) or their destination intervals (a row's)."""
+    if not chunks:
+        raise ValueError(f"{fn} needs at least one sub-chunk")
+    spans, shares = ("source", "destination") if by_source else ("destination", "source")
+    span = (lambda c: c.id.i) if by_source else (lambda c: c.id.j)
+    shared = (lambda c: c.id.j) if by_source else (lambda c: c.id.i)
+    chunks = sorted(chunks, key=span)
+    if any(shared(c) != shared(chunks[0]) or c.dst_rows is not None for c in chunks):
+        raise ValueError(f"{fn} takes uncompacted sub-chunks of one {shares} interval, got {[c.id for c in chunks]}")
+    if len({span(c) for c in chunks}) != len(chunks):
+        raise ValueError(f"{fn} takes one sub-chunk per {spans} interval, got {[c.id for c in chunks]}")
+    return chunks
 
 
 def _pointer(ids: np.ndarray, n: int) -> np.ndarray:
