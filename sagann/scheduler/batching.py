@@ -18,9 +18,8 @@ whose Gather is a sum (every edge is added into its row; merged, the same
 edges are added) or a builtin attention (a sub-chunk's softmax terms merge
 into its rows' running maxima and sums, whichever edges it holds; backward
 reads those per row), with no edge data (which arrive in sub-chunk order);
-only selective steps (a
-block of V_i is per source interval); only sub-chunks whose arrays live in
-RAM (a merge copies them: not for a dataset read from disk or a host
+only selective steps (a block of V_i is per source interval); only
+sub-chunks whose arrays live in RAM (a merge copies them: not for a dataset read from disk or a host
 budget's spill file). Backward, only where the pass gathers destination rows
 anyway (``LayerShape.compact_dst_rows``: devices that copy what they load)
 and holds none (``PassPlan.dst_rows_bytes``).
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from functools import reduce
 
 import numpy as np
 import torch
@@ -37,9 +35,9 @@ import torch
 from sagann.chunks.merge import merge_chunks, merge_row_chunks, merged_id, row_merged_id
 from sagann.chunks.partition import GraphPartition
 from sagann.chunks.sketch import SubChunkSizes
-from sagann.chunks.types import EdgeChunk, memory_owner
+from sagann.chunks.types import ChunkId, EdgeChunk, memory_owner
 from sagann.fn import SUM_GATHERS
-from sagann.scheduler.memory_model import INT32, LayerShape, canonical, sub_chunk_bytes
+from sagann.scheduler.memory_model import INT32, LayerShape, canonical, src_row_bytes, sub_chunk_bytes
 from sagann.scheduler.pipeline import live_sub_chunks
 from sagann.scheduler.policy import Transfer
 from sagann.scheduler.schedule import FORWARD, ChunkStep, PassPlan
@@ -70,10 +68,13 @@ def batch_steps(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fu
         batch_of: dict[int, list[ChunkStep]] = {}  # id of each mergeable step -> its batch
         for shared in dict.fromkeys(step.key[along] for step in steps):
             run: list[ChunkStep] = []
+            sizes = None
             for step in sorted((t for t in steps if t.key[along] == shared and _mergeable(t)), key=lambda t: t.key[across]):
-                if run and _bytes([*run, step], s, fused, forward) > cap:
-                    run = []
+                grown = _Sizes.of(step.subs[0], forward) if sizes is None else sizes.plus(step.subs[0])
+                if run and grown.bytes(s, fused) > cap:
+                    run, grown = [], _Sizes.of(step.subs[0], forward)
                 run.append(step)
+                sizes = grown
                 batch_of[id(step)] = run
         out, placed = [], set()
         for step in steps:  # each batch where its first member ran (a profiled order keeps its big chunks' places)
@@ -82,7 +83,7 @@ def batch_steps(plan: PassPlan, partition: GraphPartition, shape: LayerShape, fu
                 out.append(step)
             elif id(run) not in placed:
                 placed.add(id(run))
-                out.extend(_carried(run, partition, forward))
+                out.extend(_carried(run, partition, forward, src_row_bytes(shape)))
         changed = changed or len(out) < len(steps)
         groups.append((g, tuple(out)))
     return dataclasses.replace(plan, groups=tuple(groups)) if changed else plan
@@ -96,32 +97,52 @@ def _mergeable(step: ChunkStep) -> bool:
     return isinstance(c, EdgeChunk) and c.dst_rows is None and c.id.sub >= 0 and not isinstance(memory_owner(c.dst_ptr), (np.memmap, torch.Tensor))
 
 
-def _bytes(run: list[ChunkStep], shape: LayerShape, fused: bool, forward: bool) -> int:
-    """The memory model's bytes of ``run``'s sub-chunks merged, from their sizes. Forward: source rows of different
-    intervals are disjoint, the destination rows span from the first to the last reached. Backward: the source rows
-    are one interval's (their union), the destination rows those with an edge (each interval's own)."""
-    subs = [step.subs[0] for step in run]
-    nnz = sum(c.nnz for c in subs)
-    if forward:
-        lo, hi = min(c.dst_offset for c in subs), max(c.dst_offset + c.num_dst for c in subs)
-        sizes = SubChunkSizes(merged_id(subs[0].id.i, subs[-1].id.i, subs[0].id.j), nnz, hi - lo, sum(c.num_src for c in subs))
-    else:
-        k = sum(c.rows_with_edges for c in subs)
-        num_src = reduce(np.union1d, (c.src_rows for c in subs)).shape[0]
-        sizes = SubChunkSizes(row_merged_id(subs[0].id.i, subs[0].id.j, subs[-1].id.j), nnz, k, num_src, dst_rows_bytes=INT32 * k, with_edges=k)
-    return sub_chunk_bytes(sizes, shape, fused, not forward)
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    """The sizes of a batch's merged sub-chunk, grown a chunk at a time, without its arrays. Forward: source rows of
+    different intervals are disjoint, the destination rows span from the first to the last reached. Backward: the
+    source rows are one interval's (their union), the destination rows those with an edge (each interval's own)."""
+
+    forward: bool
+    first: ChunkId
+    last: ChunkId
+    nnz: int
+    lo: int  # forward: the destination rows' span
+    hi: int
+    with_edges: int  # backward: destination rows with an edge
+    sources: int | np.ndarray  # forward: how many source rows; backward: which
+
+    @classmethod
+    def of(cls, c: EdgeChunk, forward: bool) -> "_Sizes":
+        return cls(forward, c.id, c.id, c.nnz, c.dst_offset, c.dst_offset + c.num_dst, c.rows_with_edges, c.num_src if forward else c.src_rows)
+
+    def plus(self, c: EdgeChunk) -> "_Sizes":
+        sources = self.sources + c.num_src if self.forward else np.union1d(self.sources, c.src_rows)
+        return dataclasses.replace(self, last=c.id, nnz=self.nnz + c.nnz, lo=min(self.lo, c.dst_offset), hi=max(self.hi, c.dst_offset + c.num_dst),
+                                   with_edges=self.with_edges + c.rows_with_edges, sources=sources)
+
+    def bytes(self, shape: LayerShape, fused: bool) -> int:
+        """The memory model's bytes of the merged sub-chunk (``shape``: :func:`canonical`)."""
+        if self.forward:
+            sizes = SubChunkSizes(merged_id(self.first.i, self.last.i, self.first.j), self.nnz, self.hi - self.lo, self.sources)
+        else:
+            k = self.with_edges
+            sizes = SubChunkSizes(row_merged_id(self.first.i, self.first.j, self.last.j), self.nnz, k, self.sources.shape[0], dst_rows_bytes=INT32 * k, with_edges=k)
+        return sub_chunk_bytes(sizes, shape, fused, not self.forward)
 
 
-def _carried(run: list[ChunkStep], partition: GraphPartition, forward: bool) -> list[ChunkStep]:
-    """``run`` as one step carrying its chunks merged (the merge made once per partition), or as it was (one step)."""
+def _carried(run: list[ChunkStep], partition: GraphPartition, forward: bool, row_bytes: int) -> list[ChunkStep]:
+    """``run`` as one step carrying its chunks merged (the merge made once per partition), or as it was (one step).
+    Its source rows are sent once each (``row_bytes`` a row), as ``build_plan`` counts a step's: a backward merge's
+    chunks share some."""
     if len(run) < 2:
         return run
     made = partition.__dict__.setdefault(_MERGED, {})
     key = tuple(step.subs[0].id for step in run)
     if key not in made:
         made[key] = (merge_chunks if forward else merge_row_chunks)([step.subs[0] for step in run])
-    sent = sum(step.selective_bytes for step in run)
-    return [ChunkStep(run[0].key, (made[key],), Transfer.SELECTIVE, sent, sum(step.block_bytes for step in run), parts=tuple(run))]
+    merged = made[key]
+    return [ChunkStep(run[0].key, (merged,), Transfer.SELECTIVE, merged.num_src * row_bytes, sum(step.block_bytes for step in run), parts=tuple(run))]
 
 
 def batched(job, plan: PassPlan, peak: int, budget: int | None, peak_of) -> tuple[PassPlan, int]:
