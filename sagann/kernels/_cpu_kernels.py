@@ -75,6 +75,13 @@ def even_bounds(n, nblocks):
     return bounds
 
 
+# Rows with at least this many edges sum through :func:`_sum_rows` (eight at a time); shorter ones in a plain loop.
+# Measured (one thread, widths 16-128, rows of one length over 8k and 262k source rows): the eight-wide path is
+# 2-8x slower a row of 1-4 edges, about even at 8-16, and up to 1.5x faster from 16 at widths 64-128 (latency-bound
+# rows); a 2-D chunk of a sparse graph holds mostly rows of 1-4 edges, the Reddit shape's rows hundreds.
+UNROLLED_EDGES = 16
+
+
 @njit(**_JIT)  # not inlined in numba's IR: each kernel compiled in half the time, and LLVM runs it as fast
 def _sum_rows(out, o, x, idx, perm, w, lo, hi, rmap):
     """``out[o] += sum of x[rmap[idx[q]]] (* w[q, 0])`` over ``q = perm[p]`` (``= p`` if perm is empty), p in [lo, hi).
@@ -87,7 +94,9 @@ def _sum_rows(out, o, x, idx, perm, w, lo, hi, rmap):
     Edges go eight at a time: one read-modify-write of ``out[o]`` per eight
     rows of ``x`` instead of per row, and eight independent row streams in
     flight (the loop is bound by the latency of the random ``x`` rows).
-    ``w`` empty means unit weights.
+    ``w`` empty means unit weights. Only for rows of at least
+    :data:`UNROLLED_EDGES` edges: a shorter row costs more here than in a
+    plain loop (the callers' own).
     """
     d = out.shape[1]
     has_perm = perm.shape[0] > 0
@@ -213,9 +222,22 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out, rmap):
             if hi == lo:  # most rows of a small chunk: skip before the call (~40 ns a row otherwise)
                 pass
             elif op == COPY_SRC:
-                _sum_rows(out, r, src, src_idx, identity, edge[:0], lo, hi, rmap)
+                if hi - lo >= UNROLLED_EDGES:
+                    _sum_rows(out, r, src, src_idx, identity, edge[:0], lo, hi, rmap)
+                else:  # its own loop: inside the one below (every op's branch) it ran 2x slower
+                    for e in range(lo, hi):
+                        s = rmap[src_idx[e]] if has_map else src_idx[e]
+                        for k in range(d):
+                            out[r, k] += src[s, k]
             elif op == MUL_SCALAR:
-                _sum_rows(out, r, src, src_idx, identity, edge, lo, hi, rmap)
+                if hi - lo >= UNROLLED_EDGES:
+                    _sum_rows(out, r, src, src_idx, identity, edge, lo, hi, rmap)
+                else:
+                    for e in range(lo, hi):
+                        s = rmap[src_idx[e]] if has_map else src_idx[e]
+                        w = edge[e, 0]
+                        for k in range(d):
+                            out[r, k] += src[s, k] * w
             else:
                 for e in range(lo, hi):
                     s = rmap[src_idx[e]] if has_map else src_idx[e]
@@ -311,14 +333,29 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
     # d msg / d src is 1 (or the scalar weight): a plain gather-sum of grad rows
     fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == ADD_EDGE or op == ADD_SCALAR or op == MUL_SCALAR)
     weights = edge if op == MUL_SCALAR else edge[:0]
+    weighted, permuted = weights.shape[0] > 0, src_perm.shape[0] > 0
     mapped = out_rows.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
         for s in range(bounds[b], bounds[b + 1]):
             if src_ptr[s] == src_ptr[s + 1]:
                 continue
             o = out_rows[s] if mapped else s
-            if fast:  # grad rows of the destinations, eight edges at a time
-                _sum_rows(out, o, grad, dst_idx, src_perm, weights, src_ptr[s], src_ptr[s + 1], src_perm[:0])
+            if fast:  # grad rows of the destinations (source-major ids: ``src_perm`` empty), eight edges at a time
+                lo, hi = src_ptr[s], src_ptr[s + 1]
+                if hi - lo >= UNROLLED_EDGES:
+                    _sum_rows(out, o, grad, dst_idx, src_perm, weights, lo, hi, src_perm[:0])
+                elif weighted:
+                    for p in range(lo, hi):
+                        q = src_perm[p] if permuted else p
+                        r = dst_idx[q]
+                        w = weights[q, 0]
+                        for k in range(d):
+                            out[o, k] += grad[r, k] * w
+                else:
+                    for p in range(lo, hi):
+                        r = dst_idx[src_perm[p] if permuted else p]
+                        for k in range(d):
+                            out[o, k] += grad[r, k]
                 continue
             for p in range(src_ptr[s], src_ptr[s + 1]):
                 e = src_perm[p]

@@ -1,6 +1,8 @@
 """``gspmm_sum_backward``: the direct (no recompute) backward of sum gSpMM against autograd on the reference."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -241,3 +243,38 @@ def test_the_cpu_backend_counts_one_array_per_edge_for_a_source_major_backward()
     assert cpu.sum_backward_bytes_per_edge("src_mul_edge", 1, False, source_major=True) == 8  # and the edge weight
     # an edge gradient reads the edges in CSC order: the three arrays, the data and its gradient
     assert cpu.sum_backward_bytes_per_edge("src_mul_edge", 1, True, source_major=True) == 20
+
+
+def _rows_either_side_of_the_unrolled_path():
+    """A chunk whose destination rows (and source rows) have 0, 1, 3, 15, 16, 17 and 40 edges: the CPU sums take rows
+    of ``UNROLLED_EDGES`` edges and more eight at a time, shorter ones one edge at a time."""
+    from sagann.kernels._cpu_kernels import UNROLLED_EDGES
+
+    lengths = [0, 1, 3, UNROLLED_EDGES - 1, UNROLLED_EDGES, UNROLLED_EDGES + 1, 40]
+    rng = np.random.default_rng(4)
+    dst = np.repeat(np.arange(len(lengths)), lengths)
+    src = np.repeat(rng.permutation(len(lengths)), lengths)  # every source row's out-degree is one of the lengths too
+    src = np.where(rng.random(dst.size) < 0.2, rng.integers(0, len(lengths), dst.size), src)  # and some scattered
+    order = rng.permutation(dst.size)  # edges not in row order
+    return ChunkTensors.from_coo(src[order], dst[order], len(lengths), len(lengths))[0]
+
+
+@pytest.mark.parametrize("edge_order", ["csc", "source_major"])
+@pytest.mark.parametrize("op,edge_shape", [("copy_src", "col"), ("src_mul_edge", "vec"), ("src_mul_edge", "col"), ("src_add_dst", "col")])
+@pytest.mark.parametrize("d", [1, 5, 16])
+def test_rows_either_side_of_the_unrolled_sum(op, edge_shape, d, edge_order):
+    """Forward sums, mean and the direct backward (CSC order or source-major) on rows either side of the unrolled path."""
+    g = _rows_either_side_of_the_unrolled_path()
+    inputs = _inputs(g, d, edge_shape, seed=d)
+    for reduce in ("sum", "mean"):
+        want, _ = kernels.gspmm(g, op, reduce, **inputs, backend="reference")
+        got, _ = kernels.gspmm(g, op, reduce, **inputs, backend="cpu")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(g.num_dst, d, generator=torch.Generator().manual_seed(d))
+    want = _autograd_grads(g, op, inputs, grad)["src"]
+    edge = inputs["edge"]
+    if edge_order == "source_major":
+        g = dataclasses.replace(g, src_dst=g.dst_idx[g.src_perm.long()])
+        edge = edge[g.src_perm.long()]
+    got = kernels.gspmm_sum_backward(g, op, grad, src=inputs["src"], edge=edge, dst=inputs["dst"], needs=("src",), backend="cpu", edge_order=edge_order)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
