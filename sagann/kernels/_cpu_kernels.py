@@ -34,6 +34,14 @@ from sagann.kernels._common import (  # noqa: F401  (the op table's codes; compi
     ROW,
     SUB_DST,
 )
+from sagann.kernels._row_gather import (
+    sum_mapped_rows,
+    sum_permuted_rows,
+    sum_rows,
+    sum_weighted_mapped_rows,
+    sum_weighted_permuted_rows,
+    sum_weighted_rows,
+)
 
 # "contract" lets LLVM fuse a multiply and an add into one FMA (one rounding instead of two);
 # no reassociation, so each kernel's summation order is still the one written here.
@@ -73,101 +81,6 @@ def even_bounds(n, nblocks):
     for b in range(nblocks + 1):
         bounds[b] = np.int64(n) * b // nblocks
     return bounds
-
-
-# Rows with at least this many edges sum through :func:`_sum_rows` (eight at a time); shorter ones in a plain loop.
-# Measured (one thread, widths 16-128, rows of one length over 8k and 262k source rows): the eight-wide path is
-# 2-8x slower a row of 1-4 edges, about even at 8-16, and up to 1.5x faster from 16 at widths 64-128 (latency-bound
-# rows); a 2-D chunk of a sparse graph holds mostly rows of 1-4 edges, the Reddit shape's rows hundreds.
-UNROLLED_EDGES = 16
-
-
-@njit(**_JIT)  # not inlined in numba's IR: each kernel compiled in half the time, and LLVM runs it as fast
-def _sum_rows(out, o, x, idx, perm, w, lo, hi, rmap):
-    """``out[o] += sum of x[rmap[idx[q]]] (* w[q, 0])`` over ``q = perm[p]`` (``= p`` if perm is empty), p in [lo, hi).
-
-    ``rmap`` empty means no map (``x[idx[q]]``); the forward passes a
-    sub-chunk's ``src_rows`` there to read V_i's block in place.
-
-    The gather-sum behind copy_src / scalar-weighted src_mul_edge (forward,
-    one destination row) and their source-major backward (one source row).
-    Edges go eight at a time: one read-modify-write of ``out[o]`` per eight
-    rows of ``x`` instead of per row, and eight independent row streams in
-    flight (the loop is bound by the latency of the random ``x`` rows).
-    ``w`` empty means unit weights. Only for rows of at least
-    :data:`UNROLLED_EDGES` edges: a shorter row costs more here than in a
-    plain loop (the callers' own).
-    """
-    d = out.shape[1]
-    has_perm = perm.shape[0] > 0
-    has_map = rmap.shape[0] > 0
-    p = lo
-    if w.shape[0] == 0:
-        while p + 8 <= hi:
-            if has_perm:
-                s0, s1, s2, s3 = idx[perm[p]], idx[perm[p + 1]], idx[perm[p + 2]], idx[perm[p + 3]]
-                s4, s5, s6, s7 = idx[perm[p + 4]], idx[perm[p + 5]], idx[perm[p + 6]], idx[perm[p + 7]]
-            else:
-                s0, s1, s2, s3 = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
-                s4, s5, s6, s7 = idx[p + 4], idx[p + 5], idx[p + 6], idx[p + 7]
-            if has_map:
-                s0, s1, s2, s3, s4, s5, s6, s7 = rmap[s0], rmap[s1], rmap[s2], rmap[s3], rmap[s4], rmap[s5], rmap[s6], rmap[s7]
-            for k in range(d):
-                out[o, k] += ((x[s0, k] + x[s1, k]) + (x[s2, k] + x[s3, k])) + ((x[s4, k] + x[s5, k]) + (x[s6, k] + x[s7, k]))
-            p += 8
-        if p + 4 <= hi:
-            if has_perm:
-                s0, s1, s2, s3 = idx[perm[p]], idx[perm[p + 1]], idx[perm[p + 2]], idx[perm[p + 3]]
-            else:
-                s0, s1, s2, s3 = idx[p], idx[p + 1], idx[p + 2], idx[p + 3]
-            if has_map:
-                s0, s1, s2, s3 = rmap[s0], rmap[s1], rmap[s2], rmap[s3]
-            for k in range(d):
-                out[o, k] += (x[s0, k] + x[s1, k]) + (x[s2, k] + x[s3, k])
-            p += 4
-        while p < hi:
-            s0 = idx[perm[p]] if has_perm else idx[p]
-            if has_map:
-                s0 = rmap[s0]
-            for k in range(d):
-                out[o, k] += x[s0, k]
-            p += 1
-    else:
-        while p + 8 <= hi:
-            if has_perm:
-                q0, q1, q2, q3 = perm[p], perm[p + 1], perm[p + 2], perm[p + 3]
-                q4, q5, q6, q7 = perm[p + 4], perm[p + 5], perm[p + 6], perm[p + 7]
-            else:
-                q0, q1, q2, q3, q4, q5, q6, q7 = p, p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7
-            s0, s1, s2, s3, s4, s5, s6, s7 = idx[q0], idx[q1], idx[q2], idx[q3], idx[q4], idx[q5], idx[q6], idx[q7]
-            if has_map:
-                s0, s1, s2, s3, s4, s5, s6, s7 = rmap[s0], rmap[s1], rmap[s2], rmap[s3], rmap[s4], rmap[s5], rmap[s6], rmap[s7]
-            w0, w1, w2, w3, w4, w5, w6, w7 = w[q0, 0], w[q1, 0], w[q2, 0], w[q3, 0], w[q4, 0], w[q5, 0], w[q6, 0], w[q7, 0]
-            for k in range(d):
-                out[o, k] += ((x[s0, k] * w0 + x[s1, k] * w1) + (x[s2, k] * w2 + x[s3, k] * w3)) + (
-                    (x[s4, k] * w4 + x[s5, k] * w5) + (x[s6, k] * w6 + x[s7, k] * w7)
-                )
-            p += 8
-        if p + 4 <= hi:
-            if has_perm:
-                q0, q1, q2, q3 = perm[p], perm[p + 1], perm[p + 2], perm[p + 3]
-            else:
-                q0, q1, q2, q3 = p, p + 1, p + 2, p + 3
-            s0, s1, s2, s3 = idx[q0], idx[q1], idx[q2], idx[q3]
-            if has_map:
-                s0, s1, s2, s3 = rmap[s0], rmap[s1], rmap[s2], rmap[s3]
-            w0, w1, w2, w3 = w[q0, 0], w[q1, 0], w[q2, 0], w[q3, 0]
-            for k in range(d):
-                out[o, k] += (x[s0, k] * w0 + x[s1, k] * w1) + (x[s2, k] * w2 + x[s3, k] * w3)
-            p += 4
-        while p < hi:
-            q0 = perm[p] if has_perm else p
-            s0, w0 = idx[q0], w[q0, 0]
-            if has_map:
-                s0 = rmap[s0]
-            for k in range(d):
-                out[o, k] += x[s0, k] * w0
-            p += 1
 
 
 @njit(**_JIT)
@@ -212,59 +125,63 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out, rmap):
     ``out`` starts at zero (or holds what to add onto); ``deg`` is
     ``[num_dst]`` (max(in-degree, 1) in ``out``'s dtype) for mean, ``[0]``
     for sum. Source rows are ``src[rmap[src_idx[e]]]`` (``rmap`` empty: no map).
+    copy_src and scalar-weighted sums go through :mod:`._row_gather`.
     """
+    if op == COPY_SRC or op == MUL_SCALAR:
+        _gather_forward(op == MUL_SCALAR, src, edge, src_idx, dst_ptr, bounds, deg, out, rmap)
+        return
     d = out.shape[1]
-    identity = src_idx[:0]  # an empty permutation: edges in CSC order
     has_map = rmap.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
         for r in range(bounds[b], bounds[b + 1]):
-            lo, hi = dst_ptr[r], dst_ptr[r + 1]
-            if hi == lo:  # most rows of a small chunk: skip before the call (~40 ns a row otherwise)
-                pass
-            elif op == COPY_SRC:
-                if hi - lo >= UNROLLED_EDGES:
-                    _sum_rows(out, r, src, src_idx, identity, edge[:0], lo, hi, rmap)
-                else:  # its own loop: inside the one below (every op's branch) it ran 2x slower
-                    for e in range(lo, hi):
-                        s = rmap[src_idx[e]] if has_map else src_idx[e]
-                        for k in range(d):
-                            out[r, k] += src[s, k]
-            elif op == MUL_SCALAR:
-                if hi - lo >= UNROLLED_EDGES:
-                    _sum_rows(out, r, src, src_idx, identity, edge, lo, hi, rmap)
+            for e in range(dst_ptr[r], dst_ptr[r + 1]):
+                s = rmap[src_idx[e]] if has_map else src_idx[e]
+                if op == COPY_EDGE:
+                    for k in range(d):
+                        out[r, k] += edge[e, k]
+                elif op == MUL_EDGE:
+                    for k in range(d):
+                        out[r, k] += src[s, k] * edge[e, k]
+                elif op == ADD_EDGE:
+                    for k in range(d):
+                        out[r, k] += src[s, k] + edge[e, k]
+                elif op == ADD_SCALAR:
+                    w = edge[e, 0]
+                    for k in range(d):
+                        out[r, k] += src[s, k] + w
+                elif op == ADD_DST:
+                    for k in range(d):
+                        out[r, k] += src[s, k] + dst[r, k]
+                elif op == SUB_DST:
+                    for k in range(d):
+                        out[r, k] += src[s, k] - dst[r, k]
                 else:
-                    for e in range(lo, hi):
-                        s = rmap[src_idx[e]] if has_map else src_idx[e]
-                        w = edge[e, 0]
-                        for k in range(d):
-                            out[r, k] += src[s, k] * w
-            else:
-                for e in range(lo, hi):
-                    s = rmap[src_idx[e]] if has_map else src_idx[e]
-                    if op == COPY_EDGE:
-                        for k in range(d):
-                            out[r, k] += edge[e, k]
-                    elif op == MUL_EDGE:
-                        for k in range(d):
-                            out[r, k] += src[s, k] * edge[e, k]
-                    elif op == ADD_EDGE:
-                        for k in range(d):
-                            out[r, k] += src[s, k] + edge[e, k]
-                    elif op == ADD_SCALAR:
-                        w = edge[e, 0]
-                        for k in range(d):
-                            out[r, k] += src[s, k] + w
-                    elif op == ADD_DST:
-                        for k in range(d):
-                            out[r, k] += src[s, k] + dst[r, k]
-                    elif op == SUB_DST:
-                        for k in range(d):
-                            out[r, k] += src[s, k] - dst[r, k]
-                    else:
-                        for k in range(d):
-                            out[r, k] += src[s, k] * dst[r, k]
+                    for k in range(d):
+                        out[r, k] += src[s, k] * dst[r, k]
             if deg.shape[0] > 0:
                 for k in range(d):
+                    out[r, k] /= deg[r]
+
+
+@njit(**_PJIT)
+def _gather_forward(weighted, src, edge, src_idx, dst_ptr, bounds, deg, out, rmap):
+    """copy_src (``weighted`` False) or scalar-weighted sums, a block of rows per call into the IR gather."""
+    none = src_idx[:0]
+    has_map = rmap.shape[0] > 0
+    for b in prange(bounds.shape[0] - 1):
+        r0, r1 = bounds[b], bounds[b + 1]
+        if weighted:
+            if has_map:
+                sum_weighted_mapped_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
+            else:
+                sum_weighted_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
+        elif has_map:
+            sum_mapped_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
+        else:
+            sum_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
+        if deg.shape[0] > 0:
+            for r in range(r0, r1):
+                for k in range(out.shape[1]):
                     out[r, k] /= deg[r]
 
 
@@ -332,31 +249,26 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
     zero = np.zeros(1, out.dtype)[0]
     # d msg / d src is 1 (or the scalar weight): a plain gather-sum of grad rows
     fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == ADD_EDGE or op == ADD_SCALAR or op == MUL_SCALAR)
-    weights = edge if op == MUL_SCALAR else edge[:0]
-    weighted, permuted = weights.shape[0] > 0, src_perm.shape[0] > 0
+    weighted, permuted = op == MUL_SCALAR and edge.shape[0] > 0, src_perm.shape[0] > 0
     mapped = out_rows.shape[0] > 0
+    if fast:  # grad rows of the destinations (source-major ids: ``src_perm`` empty), through the IR gather
+        for b in prange(bounds.shape[0] - 1):
+            s0, s1 = bounds[b], bounds[b + 1]
+            if weighted:
+                if permuted:
+                    sum_weighted_permuted_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
+                else:
+                    sum_weighted_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
+            elif permuted:
+                sum_permuted_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
+            else:
+                sum_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
+        return
     for b in prange(bounds.shape[0] - 1):
         for s in range(bounds[b], bounds[b + 1]):
             if src_ptr[s] == src_ptr[s + 1]:
                 continue
             o = out_rows[s] if mapped else s
-            if fast:  # grad rows of the destinations (source-major ids: ``src_perm`` empty), eight edges at a time
-                lo, hi = src_ptr[s], src_ptr[s + 1]
-                if hi - lo >= UNROLLED_EDGES:
-                    _sum_rows(out, o, grad, dst_idx, src_perm, weights, lo, hi, src_perm[:0])
-                elif weighted:
-                    for p in range(lo, hi):
-                        q = src_perm[p] if permuted else p
-                        r = dst_idx[q]
-                        w = weights[q, 0]
-                        for k in range(d):
-                            out[o, k] += grad[r, k] * w
-                else:
-                    for p in range(lo, hi):
-                        r = dst_idx[src_perm[p] if permuted else p]
-                        for k in range(d):
-                            out[o, k] += grad[r, k]
-                continue
             for p in range(src_ptr[s], src_ptr[s + 1]):
                 e = src_perm[p]
                 r = dst_idx[e]

@@ -245,12 +245,9 @@ def test_the_cpu_backend_counts_one_array_per_edge_for_a_source_major_backward()
     assert cpu.sum_backward_bytes_per_edge("src_mul_edge", 1, True, source_major=True) == 20
 
 
-def _rows_either_side_of_the_unrolled_path():
-    """A chunk whose destination rows (and source rows) have 0, 1, 3, 15, 16, 17 and 40 edges: the CPU sums take rows
-    of ``UNROLLED_EDGES`` edges and more eight at a time, shorter ones one edge at a time."""
-    from sagann.kernels._cpu_kernels import UNROLLED_EDGES
-
-    lengths = [0, 1, 3, UNROLLED_EDGES - 1, UNROLLED_EDGES, UNROLLED_EDGES + 1, 40]
+def _rows_of_many_lengths():
+    """A chunk whose destination rows (and source rows) have 0, 1, 3, 15, 16, 17 and 40 edges."""
+    lengths = [0, 1, 3, 15, 16, 17, 40]
     rng = np.random.default_rng(4)
     dst = np.repeat(np.arange(len(lengths)), lengths)
     src = np.repeat(rng.permutation(len(lengths)), lengths)  # every source row's out-degree is one of the lengths too
@@ -259,12 +256,22 @@ def _rows_either_side_of_the_unrolled_path():
     return ChunkTensors.from_coo(src[order], dst[order], len(lengths), len(lengths))[0]
 
 
+def _widths_at_the_vector_edges():
+    """Widths either side of one vector and of one register tile of the CPU gather-sum (float32)."""
+    from sagann.kernels._row_gather import TILE_VECTORS, VECTOR_BYTES
+
+    lanes = VECTOR_BYTES // 4
+    tile = lanes * TILE_VECTORS
+    return [1, 5, lanes - 1, lanes, lanes + 1, tile - 1, tile, tile + 1, 2 * tile + 3]
+
+
 @pytest.mark.parametrize("edge_order", ["csc", "source_major"])
 @pytest.mark.parametrize("op,edge_shape", [("copy_src", "col"), ("src_mul_edge", "vec"), ("src_mul_edge", "col"), ("src_add_dst", "col")])
-@pytest.mark.parametrize("d", [1, 5, 16])
-def test_rows_either_side_of_the_unrolled_sum(op, edge_shape, d, edge_order):
-    """Forward sums, mean and the direct backward (CSC order or source-major) on rows either side of the unrolled path."""
-    g = _rows_either_side_of_the_unrolled_path()
+@pytest.mark.parametrize("d", _widths_at_the_vector_edges())
+def test_rows_and_widths_at_the_vector_edges(op, edge_shape, d, edge_order):
+    """Forward sums, mean and the direct backward (CSC order or source-major) on rows of many lengths,
+    at widths where the gather-sum's vectors and register tiles begin and end."""
+    g = _rows_of_many_lengths()
     inputs = _inputs(g, d, edge_shape, seed=d)
     for reduce in ("sum", "mean"):
         want, _ = kernels.gspmm(g, op, reduce, **inputs, backend="reference")
