@@ -166,6 +166,8 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out, rmap):
 @njit(**_PJIT)
 def _gather_forward(weighted, src, edge, src_idx, dst_ptr, bounds, deg, out, rmap):
     """copy_src (``weighted`` False) or scalar-weighted sums, a block of rows per call into the IR gather."""
+    if src.shape[1] != out.shape[1]:  # the IR gather reads as many columns of a source row as out has
+        raise ValueError("spmm_sum: src and out widths differ")
     none = src_idx[:0]
     has_map = rmap.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
@@ -252,6 +254,8 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
     weighted, permuted = op == MUL_SCALAR and edge.shape[0] > 0, src_perm.shape[0] > 0
     mapped = out_rows.shape[0] > 0
     if fast:  # grad rows of the destinations (source-major ids: ``src_perm`` empty), through the IR gather
+        if grad.shape[1] != d:
+            raise ValueError("grad_src: grad and out widths differ")
         for b in prange(bounds.shape[0] - 1):
             s0, s1 = bounds[b], bounds[b + 1]
             if weighted:

@@ -14,6 +14,10 @@ edges at the median) that per-edge and per-row work was most of the time.
 
 Vectors are 64 bytes (16 float32, 8 float64); LLVM splits them where the
 machine's are narrower. Sums run edge by edge in CSC (or ``perm``) order.
+
+numba's on-disk cache keys the kernels that call these on
+``_cpu_kernels.py`` alone: after editing this file, touch that one (or
+clear its ``__pycache__``), or the cached kernels keep the old code.
 """
 from __future__ import annotations
 

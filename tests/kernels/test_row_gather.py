@@ -81,3 +81,17 @@ def test_a_view_with_a_row_stride_is_refused():
     none = np.empty(0, np.int32)
     with pytest.raises(Exception, match="sum_rows"):
         _call(0, out, x, none, none, np.empty((0, 0), np.float32), np.zeros(3, np.int64), 0, 2, none, none)
+
+
+def test_kernels_refuse_rows_narrower_than_out():
+    """The gather reads as many columns of an input row as ``out`` has: a narrower input is an error, not a read past its rows."""
+    from sagann.kernels import _cpu_kernels as K
+
+    ptr, idx = np.array([0, 2], np.int64), np.array([0, 1], np.int32)
+    bounds, none, empty = K.balanced_bounds(ptr, 1), np.empty(0, np.int32), np.empty((0, 0), np.float32)
+    narrow, out = np.ones((2, 3), np.float32), np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError, match="widths differ"):
+        K.spmm_sum(K.COPY_SRC, narrow, empty, empty, idx, ptr, bounds, np.empty(0, np.float32), out, none)
+    grad, src_out = np.ones((2, 3), np.float32), np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="widths differ"):
+        K.grad_src(K.COPY_SRC, K.ROW, grad, np.empty((0, 0), np.int32), empty, empty, np.array([0, 1], np.int32), ptr, none, bounds, none, src_out)
