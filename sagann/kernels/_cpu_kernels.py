@@ -163,24 +163,35 @@ def spmm_sum(op, src, edge, dst, src_idx, dst_ptr, bounds, deg, out, rmap):
                     out[r, k] /= deg[r]
 
 
+@njit(**_JIT)
+def _sum_block(weighted, out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows):
+    """Rows ``r0:r1`` through the IR gather variant their arrays call for: edges permuted (``perm``) or ids
+    mapped (``rmap``), the sum weighted by ``w[:, 0]`` or not (see :mod:`._row_gather`)."""
+    if perm.shape[0] > 0:
+        if weighted:
+            sum_weighted_permuted_rows(out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows)
+        else:
+            sum_permuted_rows(out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows)
+    elif rmap.shape[0] > 0:
+        if weighted:
+            sum_weighted_mapped_rows(out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows)
+        else:
+            sum_mapped_rows(out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows)
+    elif weighted:
+        sum_weighted_rows(out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows)
+    else:
+        sum_rows(out, x, idx, perm, w, ptr, r0, r1, rmap, out_rows)
+
+
 @njit(**_PJIT)
 def _gather_forward(weighted, src, edge, src_idx, dst_ptr, bounds, deg, out, rmap):
     """copy_src (``weighted`` False) or scalar-weighted sums, a block of rows per call into the IR gather."""
     if src.shape[1] != out.shape[1]:  # the IR gather reads as many columns of a source row as out has
         raise ValueError("spmm_sum: src and out widths differ")
     none = src_idx[:0]
-    has_map = rmap.shape[0] > 0
     for b in prange(bounds.shape[0] - 1):
         r0, r1 = bounds[b], bounds[b + 1]
-        if weighted:
-            if has_map:
-                sum_weighted_mapped_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
-            else:
-                sum_weighted_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
-        elif has_map:
-            sum_mapped_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
-        else:
-            sum_rows(out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
+        _sum_block(weighted, out, src, src_idx, none, edge, dst_ptr, r0, r1, rmap, none)
         if deg.shape[0] > 0:
             for r in range(r0, r1):
                 for k in range(out.shape[1]):
@@ -251,22 +262,14 @@ def grad_src(op, mode, grad, arg, edge, dst, dst_idx, src_ptr, src_perm, bounds,
     zero = np.zeros(1, out.dtype)[0]
     # d msg / d src is 1 (or the scalar weight): a plain gather-sum of grad rows
     fast = mode == ROW and (op == COPY_SRC or op == ADD_DST or op == SUB_DST or op == ADD_EDGE or op == ADD_SCALAR or op == MUL_SCALAR)
-    weighted, permuted = op == MUL_SCALAR and edge.shape[0] > 0, src_perm.shape[0] > 0
+    weighted = op == MUL_SCALAR and edge.shape[0] > 0
     mapped = out_rows.shape[0] > 0
     if fast:  # grad rows of the destinations (source-major ids: ``src_perm`` empty), through the IR gather
         if grad.shape[1] != d:
             raise ValueError("grad_src: grad and out widths differ")
+        none = src_perm[:0]
         for b in prange(bounds.shape[0] - 1):
-            s0, s1 = bounds[b], bounds[b + 1]
-            if weighted:
-                if permuted:
-                    sum_weighted_permuted_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
-                else:
-                    sum_weighted_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
-            elif permuted:
-                sum_permuted_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
-            else:
-                sum_rows(out, grad, dst_idx, src_perm, edge, src_ptr, s0, s1, src_perm, out_rows)
+            _sum_block(weighted, out, grad, dst_idx, src_perm, edge, src_ptr, bounds[b], bounds[b + 1], none, out_rows)
         return
     for b in prange(bounds.shape[0] - 1):
         for s in range(bounds[b], bounds[b + 1]):
