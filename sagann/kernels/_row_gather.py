@@ -65,6 +65,9 @@ class _Emitter:
         self.masked_store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [self.vector, vptr, ir.IntType(32), mask_type]), f"llvm.masked.store.{suffix}")
         self.zero = ir.Constant(self.vector, [ir.Constant(self.float, 0.0)] * self.lanes)
         self.accumulators = [cgutils.alloca_once(builder, self.vector) for _ in range(TILE_VECTORS)]  # registers after SROA
+        self.tile_columns = self.const(self.lanes * TILE_VECTORS)
+        self.x_width = cgutils.unpack_tuple(builder, self.arrays["x"].shape, 2)[1]
+        self.w_width = cgutils.unpack_tuple(builder, self.arrays["w"].shape, 2)[1]
 
     def const(self, value: int) -> ir.Constant:
         return ir.Constant(self.intp, value)
@@ -94,8 +97,7 @@ class _Emitter:
     def emit(self):
         b = self.builder
         width = cgutils.unpack_tuple(b, self.arrays["out"].shape, 2)[1]
-        self.x_width = cgutils.unpack_tuple(b, self.arrays["x"].shape, 2)[1]
-        tile = self.const(self.lanes * TILE_VECTORS)
+        tile = self.tile_columns
         full_tiles = b.udiv(width, tile)
         rest = b.sub(width, b.mul(full_tiles, tile))  # columns after the full tiles, < one tile
         last_vectors = b.udiv(b.add(rest, self.const(self.lanes - 1)), self.const(self.lanes))
@@ -124,11 +126,11 @@ class _Emitter:
                 o = b.select(has_rows, self.load_index("out_rows", r), r)
                 out_row = b.gep(self.arrays["out"].data, [b.mul(o, width)])
                 with cgutils.for_range(b, full_tiles) as tiles:
-                    self.tile(out_row, width, b.mul(tiles.index, self.const(self.lanes * TILE_VECTORS)), lo, hi, TILE_VECTORS, None)
+                    self.tile(out_row, b.mul(tiles.index, self.tile_columns), lo, hi, TILE_VECTORS, None)
                 if tail_vectors:
-                    self.tile(out_row, width, tail_start, lo, hi, tail_vectors, tail_mask)
+                    self.tile(out_row, tail_start, lo, hi, tail_vectors, tail_mask)
 
-    def tile(self, out_row, width, column, lo, hi, vectors, last_mask):
+    def tile(self, out_row, column, lo, hi, vectors, last_mask):
         """``out_row[column : column + vectors*lanes] += the row's sum`` (the last vector masked if ``last_mask``)."""
         b = self.builder
         masks = [None] * (vectors - 1) + [last_mask]
@@ -142,9 +144,7 @@ class _Emitter:
                 source = self.load_index("rmap", source)
             row = b.gep(self.arrays["x"].data, [b.add(b.mul(source, self.x_width), column)])
             if self.weighted:
-                w = self.arrays["w"]
-                w_width = cgutils.unpack_tuple(b, w.shape, 2)[1]
-                weight = _splat(b, b.load(b.gep(w.data, [b.mul(q, w_width)])), self.vector)
+                weight = _splat(b, b.load(b.gep(self.arrays["w"].data, [b.mul(q, self.w_width)])), self.vector)
             for v in range(vectors):
                 value = self.load(self.vector_at(row, self.const(v * self.lanes)), masks[v])
                 if self.weighted:
