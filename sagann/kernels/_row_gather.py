@@ -123,7 +123,10 @@ class _Emitter:
             r = b.add(r0, loop.index)
             lo, hi = self.load_index("ptr", r), self.load_index("ptr", b.add(r, self.const(1)))
             with b.if_then(b.icmp_signed("<", lo, hi), likely=True):
-                o = b.select(has_rows, self.load_index("out_rows", r), r)
+                o = cgutils.alloca_once_value(b, r)
+                with b.if_then(has_rows):  # a branch, not a select: an empty out_rows must not be read
+                    b.store(self.load_index("out_rows", r), o)
+                o = b.load(o)
                 out_row = b.gep(self.arrays["out"].data, [b.mul(o, width)])
                 with cgutils.for_range(b, full_tiles) as tiles:
                     self.tile(out_row, b.mul(tiles.index, self.tile_columns), lo, hi, TILE_VECTORS, None)
