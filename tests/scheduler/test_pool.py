@@ -31,6 +31,33 @@ def test_a_buffer_is_reused_only_when_no_tensor_holds_it():
     assert (p.hits, p.misses) == (1, 2)
 
 
+def test_index_arrays_sent_packed_hold_their_pooled_buffer_while_any_lives():
+    """The packed index copy is numpy views of one pooled buffer: each view keeps it taken, and the 16-bit one keeps the low bits."""
+    from sagann.chunks.partition import partition_graph
+    from sagann.kernels.graph import kernel_index
+
+    n = 70_000  # ids past 2^16: the source ids cross in 16 bits only where a chunk's fit
+    src = np.arange(n, dtype=np.int64) % 60_000
+    chunk = next(iter(partition_graph(np.stack([src, (src * 7) % n]), n, 1).sub_chunks()))
+    dev = sagann.CpuDevice(1 << 30, copy_transfers=True)
+
+    def sent():
+        ct = dev.chunk_index(chunk, backward=False, narrow=True, native=True)[0]
+        return ct, kernel_index(ct, "src_idx")
+
+    ct, ids = sent()
+    assert ids.dtype == torch.int16, "ids below 2^16 cross in 16 bits"
+    assert np.array_equal(ids.numpy().view(np.uint16), chunk.src_idx) and np.array_equal(ct.dst_ptr.numpy(), chunk.dst_ptr)
+    first = ids.untyped_storage().data_ptr()
+    del ct  # the 16-bit ids alone still hold the buffer
+    other = sent()[1]
+    assert other.untyped_storage().data_ptr() != first, "a live view keeps its buffer taken"
+    assert np.array_equal(ids.numpy().view(np.uint16), chunk.src_idx), "its bytes were not overwritten"
+    taken = {first, other.untyped_storage().data_ptr()}
+    del ids, other
+    assert sent()[1].untyped_storage().data_ptr() in taken, "a released buffer is reused"
+
+
 def test_small_and_bool_tensors_are_not_pooled_and_the_limit_holds():
     p = BufferPool(3 * MB)
     assert p.empty((10,), torch.float32) is None
