@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from sagann.bench._results import append_result
+from sagann.bench.sweep import MODELS
 from sagann.chunks.synthetic import rmat
 from sagann.engine.graph import ChunkedGraph
-from sagann.engine.models import GAT, GCN, GIN, GraphSAGE
 from sagann.scheduler.config import ScheduleConfig
 from sagann.scheduler.devices import CpuDevice
-
-MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "gat": GAT}
 
 
 def measure(model_name: str, chunks: int, epochs: int, warmup: int = 3) -> dict:
@@ -48,9 +46,9 @@ def measure(model_name: str, chunks: int, epochs: int, warmup: int = 3) -> dict:
         epoch()
     start, vertex0 = len(g.pass_log), g.vertex_steps.total
     times = [epoch() for _ in range(epochs)]
-    steps = sum(r.steps for r in g.pass_log[start:]) / epochs
+    steps = round(sum(r.steps for r in g.pass_log[start:]) / epochs)
     median = statistics.median(times)
-    return {"model": model_name, "num_chunks": g.num_chunks, "epoch_seconds": median, "best_epoch_seconds": min(times), "steps": round(steps),
+    return {"model": model_name, "num_chunks": g.num_chunks, "epoch_seconds": median, "best_epoch_seconds": min(times), "steps": steps,
             "vertex_steps": round((g.vertex_steps.total - vertex0) / epochs), "us_per_step": 1e6 * median / steps if steps else None}
 
 

@@ -140,9 +140,6 @@ class Scope:
         self._held = 0
 
 
-# numpy type character -> torch dtype of the index arrays a device receives
-
-
 def host_tensor(a: np.ndarray) -> torch.Tensor:
     """A contiguous host array as a torch tensor (a view); a read-only one (a file's pages) is read into RAM first, as torch takes none."""
     return torch.from_numpy(np.ascontiguousarray(a if a.flags.writeable else np.array(a)))
