@@ -12,7 +12,8 @@ must have the same width; ``edge`` may be ``[nnz]``, ``[nnz, 1]`` or
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
@@ -23,7 +24,7 @@ from sagann.kernels import _cpu_kernels as K
 from sagann.kernels._common import Frontend, GradCall, KernelCall, Placement, source_major_codes, validate
 from sagann.kernels.graph import DERIVED, ChunkTensors, kernel_index
 
-__all__ = ["gspmm", "gsddmm", "gspmm_sum_backward"]
+__all__ = ["gspmm", "gsddmm", "gspmm_sum_backward", "serial_pass"]
 
 _BLOCKS_PER_THREAD = 8
 _PLACEMENT = Placement("cpu", "use backend='reference' or a CUDA backend", "move it to the CPU")
@@ -82,20 +83,60 @@ def _edge_bounds(nnz: int) -> np.ndarray:
 SERIAL_WORK = 1 << 18
 
 
-@contextmanager
+_PASS = threading.local()  # .outer: this thread's numba thread count while serial_pass() holds it at one
+_AS_IS = nullcontext()
+
+
+class _Threads:
+    """numba at ``n`` threads inside, on the calling thread only (the engine's other threads keep theirs)."""
+
+    __slots__ = ("n", "_before")
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self) -> None:
+        self._before = numba.get_num_threads()
+        if self._before != self.n:
+            numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> bool:
+        if self._before != self.n:
+            numba.set_num_threads(self._before)
+        return False
+
+
 def threads_for(g: ChunkTensors, width: int):
-    """Run the kernels inside on one numba thread when the chunk is small (see SERIAL_WORK)."""
+    """A context running the kernels inside on one numba thread when the chunk is small (see SERIAL_WORK).
+
+    Inside :func:`serial_pass` a small chunk's kernels switch nothing, and a
+    large one gets the threads the pass put aside while it runs.
+    """
+    outer = getattr(_PASS, "outer", None)
     if (g.nnz + g.num_dst + g.num_src) * max(width, 1) >= SERIAL_WORK:  # checked first: no numba call on a big chunk's path
-        yield
-        return
+        return _AS_IS if outer is None else _Threads(outer)
+    return _Threads(1) if outer is None else _AS_IS
+
+
+@contextmanager
+def serial_pass(work: int):
+    """Hold this thread's numba kernels at one thread through a pass whose largest sub-chunk's work
+    ((edges + rows) x width) is below SERIAL_WORK; else change nothing.
+
+    Every kernel of such a pass runs on one thread anyway, and switching
+    numba to one thread and back around each call cost about 5 us, 3-7 % of
+    a small step's fixed work (``benchmarks/step_cost.py``).
+    """
     n = numba.get_num_threads()
-    if n == 1:
+    if work >= SERIAL_WORK or n == 1 or getattr(_PASS, "outer", None) is not None:
         yield
         return
-    numba.set_num_threads(1)  # per calling thread: the engine's other threads keep theirs
+    numba.set_num_threads(1)
+    _PASS.outer = n
     try:
         yield
     finally:
+        _PASS.outer = None
         numba.set_num_threads(n)
 
 

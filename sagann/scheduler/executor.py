@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator
@@ -135,6 +136,18 @@ def _gathered(scope: Scope, rows: torch.Tensor, index: torch.Tensor, what) -> to
     if in_pieces(rows, index.numel()):
         return widened_in_pieces(scope, (index.numel(), *rows.shape[1:]), what, lambda a, b: scope.device.gather_in(rows, index[a:b]))
     return scope.load_rows(rows, index, what)
+
+
+def _kernel_threads(plan: PassPlan, host: dict):
+    """A context for the pass's compute thread: numba held at one thread where every sub-chunk's kernels run on one
+    (``kernels.cpu.serial_pass``), by the widest row the pass loads; nothing where numba's kernels are not built."""
+    try:
+        from sagann.kernels.cpu import serial_pass
+    except ImportError:  # no numba: the kernels are torch's
+        return nullcontext()
+    width = max([t.shape[1] for t in host.values() if t is not None and t.dim() == 2] or [1])
+    work = max([(c.nnz + c.num_dst + c.num_src) * width for step in plan.steps() for c in step.subs] or [0])
+    return serial_pass(work)
 
 
 class Block:
@@ -370,14 +383,22 @@ class Executor:
         """
         host = narrow(host, self.transfer_dtype)
         fields = _Fields(plan.phase, host, grad, names, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
+        threads = _kernel_threads(plan, host) if self.device.kernel_backend == "cpu" else nullcontext()  # on the computing thread, which closes the stream too
+        threads.__enter__()
         self.strategy.begin(self, plan, host, fields.src_names)
         try:
             inner = iter(Prefetcher(self._jobs(plan, fields), plan.prefetch, release=ChunkInputs.close))
         except BaseException:
             self.strategy.end()
+            threads.__exit__(None, None, None)
             raise
         progress.pass_began(self, plan)
-        return _Stream(inner, self.strategy, partial(progress.pass_ended, self))
+
+        def ended() -> None:
+            threads.__exit__(None, None, None)
+            progress.pass_ended(self)
+
+        return _Stream(inner, self.strategy, ended)
 
     def _jobs(self, plan: PassPlan, fields: _Fields):
         """(label, job) per sub-chunk in plan order; a job loads that sub-chunk's inputs."""
