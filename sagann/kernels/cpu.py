@@ -127,8 +127,8 @@ def serial_pass(work: int):
     numba to one thread and back around each call cost about 5 us, 3-7 % of
     a small step's fixed work (``benchmarks/step_cost.py``).
     """
-    n = numba.get_num_threads()
-    if work >= SERIAL_WORK or n == 1 or getattr(_PASS, "outer", None) is not None:
+    n = 1 if work >= SERIAL_WORK or getattr(_PASS, "outer", None) is not None else numba.get_num_threads()
+    if n == 1:  # a large pass, a pass inside one, or numba already at one thread: nothing to hold
         yield
         return
     numba.set_num_threads(1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator
@@ -383,19 +383,20 @@ class Executor:
         """
         host = narrow(host, self.transfer_dtype)
         fields = _Fields(plan.phase, host, grad, names, tuple(f for f in names if f in SRC_FIELDS and host.get(f) is not None))
-        threads = _kernel_threads(plan, host) if self.device.kernel_backend == "cpu" else nullcontext()  # on the computing thread, which closes the stream too
-        threads.__enter__()
+        threads = _kernel_threads(plan, host) if self.device.kernel_backend == "cpu" else nullcontext()
+        held = ExitStack()  # the threads setting, held on the computing thread (which closes the stream) to the pass's end
         self.strategy.begin(self, plan, host, fields.src_names)
         try:
+            held.enter_context(threads)
             inner = iter(Prefetcher(self._jobs(plan, fields), plan.prefetch, release=ChunkInputs.close))
         except BaseException:
+            held.close()
             self.strategy.end()
-            threads.__exit__(None, None, None)
             raise
         progress.pass_began(self, plan)
 
         def ended() -> None:
-            threads.__exit__(None, None, None)
+            held.close()
             progress.pass_ended(self)
 
         return _Stream(inner, self.strategy, ended)

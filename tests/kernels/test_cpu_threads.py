@@ -83,3 +83,25 @@ def test_a_streamed_layer_holds_numba_at_one_thread_through_its_small_passes(wat
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
     assert seen and set(seen) == {1} and numba.get_num_threads() == 2
     assert len(sets) <= 2 * 2, f"numba's thread count set {len(sets)} times for {len(seen)} kernel calls: once into and out of a pass"
+
+
+def test_a_pass_that_fails_midway_gives_numba_its_threads_back(watched, monkeypatch):
+    from sagann.engine import forward
+
+    seen, _ = watched
+    calls, chunk = [], forward._forward_chunk
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected")
+        return chunk(*args, **kwargs)
+
+    monkeypatch.setattr(forward, "_forward_chunk", failing)
+    n = 300
+    ei = np.random.default_rng(1).integers(0, n, (2, 3000))
+    g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=sagann.CpuDevice(copy_transfers=True))
+    with pytest.raises(RuntimeError, match="injected"):
+        sagann.nn.SAGEConv(8, 8)(g, torch.randn(n, 8))
+    assert seen and set(seen) == {1}, "the failed pass ran in one-thread mode"
+    assert numba.get_num_threads() == 2
