@@ -124,7 +124,7 @@ def serial_pass(work: int):
     ((edges + rows) x width) is below SERIAL_WORK; else change nothing.
 
     Every kernel of such a pass runs on one thread anyway, and switching
-    numba to one thread and back around each call cost about 5 us, 3-7 % of
+    numba to one thread and back around each call cost about 5 us, 4-8 % of
     a small step's fixed work (``benchmarks/step_cost.py``).
     """
     n = 1 if work >= SERIAL_WORK or getattr(_PASS, "outer", None) is not None else numba.get_num_threads()
