@@ -37,12 +37,17 @@ def watched(monkeypatch):
     set_threads(before)
 
 
+def _small_graph(n: int = 300) -> tuple[np.ndarray, int]:
+    """A layer's graph whose sub-chunks at P = 4 are all below SERIAL_WORK at width 8."""
+    return np.random.default_rng(1).integers(0, n, (2, 10 * n)), n
+
+
 def _gather(g: ChunkTensors, d: int) -> torch.Tensor:
     return kernels.gspmm(g, "copy_src", "sum", src=torch.ones(g.num_src, d), backend="cpu")[0]
 
 
 def test_a_small_chunk_runs_on_one_thread_and_a_large_one_on_all(watched):
-    seen, sets = watched
+    seen, _ = watched
     small, large = _chunk(50, 40), _chunk(40_000, 5_000)
     assert (small.nnz + 80) * 8 < cpu_kernels.SERIAL_WORK <= (large.nnz + 10_000) * 8
     _gather(small, 8)
@@ -54,7 +59,8 @@ def test_a_small_pass_switches_once_and_a_large_chunk_in_it_gets_the_threads_bac
     seen, sets = watched
     small, large = _chunk(50, 40), _chunk(40_000, 5_000)
     expected = [_gather(small, 8), _gather(large, 8)]
-    seen.clear(), sets.clear()
+    seen.clear()
+    sets.clear()
     with cpu_kernels.serial_pass(work=1000):
         got = [_gather(small, 8) for _ in range(5)] + [_gather(large, 8), _gather(small, 8)]
         assert numba.get_num_threads() == 1
@@ -72,13 +78,13 @@ def test_a_pass_of_large_chunks_changes_nothing(watched):
 
 def test_a_streamed_layer_holds_numba_at_one_thread_through_its_small_passes(watched):
     seen, sets = watched
-    n = 300
-    ei = np.random.default_rng(1).integers(0, n, (2, 3000))
+    ei, n = _small_graph()
     x = torch.randn(n, 8)
     torch.manual_seed(0)
     layer = sagann.nn.SAGEConv(8, 8)
     ref = layer(sagann.ChunkedGraph(ei, n, num_chunks=1), x)
-    seen.clear(), sets.clear()
+    seen.clear()
+    sets.clear()
     out = layer(sagann.ChunkedGraph(ei, n, num_chunks=4, device=sagann.CpuDevice(copy_transfers=True)), x)
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
     assert seen and set(seen) == {1} and numba.get_num_threads() == 2
@@ -98,8 +104,7 @@ def test_a_pass_that_fails_midway_gives_numba_its_threads_back(watched, monkeypa
         return chunk(*args, **kwargs)
 
     monkeypatch.setattr(forward, "_forward_chunk", failing)
-    n = 300
-    ei = np.random.default_rng(1).integers(0, n, (2, 3000))
+    ei, n = _small_graph()
     g = sagann.ChunkedGraph(ei, n, num_chunks=4, device=sagann.CpuDevice(copy_transfers=True))
     with pytest.raises(RuntimeError, match="injected"):
         sagann.nn.SAGEConv(8, 8)(g, torch.randn(n, 8))
