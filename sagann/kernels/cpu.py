@@ -106,6 +106,11 @@ class _Threads:
         return False
 
 
+def _small(chunk, width: int) -> bool:
+    """Does a (sub-)chunk's kernel work at ``width`` features fall below SERIAL_WORK (edges and rows times features)?"""
+    return (chunk.nnz + chunk.num_dst + chunk.num_src) * max(width, 1) < SERIAL_WORK
+
+
 def threads_for(g: ChunkTensors, width: int):
     """A context running the kernels inside on one numba thread when the chunk is small (see SERIAL_WORK).
 
@@ -113,21 +118,22 @@ def threads_for(g: ChunkTensors, width: int):
     large one gets the threads the pass put aside while it runs.
     """
     outer = getattr(_PASS, "outer", None)
-    if (g.nnz + g.num_dst + g.num_src) * max(width, 1) >= SERIAL_WORK:  # checked first: no numba call on a big chunk's path
+    if not _small(g, width):  # checked first: no numba call on a big chunk's path
         return _AS_IS if outer is None else _Threads(outer)
     return _Threads(1) if outer is None else _AS_IS
 
 
 @contextmanager
-def serial_pass(work: int):
-    """Hold this thread's numba kernels at one thread through a pass whose largest sub-chunk's work
-    ((edges + rows) x width) is below SERIAL_WORK; else change nothing.
+def serial_pass(chunks, width: int):
+    """Hold this thread's numba kernels at one thread through a pass whose every sub-chunk (``chunks``, anything
+    with ``nnz``, ``num_dst`` and ``num_src``) is small at ``width`` (see :func:`threads_for`); else change nothing.
 
     Every kernel of such a pass runs on one thread anyway, and switching
     numba to one thread and back around each call cost about 5 us, 4-8 % of
     a small step's fixed work (``benchmarks/step_cost.py``).
     """
-    n = 1 if work >= SERIAL_WORK or getattr(_PASS, "outer", None) is not None else numba.get_num_threads()
+    held = getattr(_PASS, "outer", None) is not None or not all(_small(c, width) for c in chunks)
+    n = 1 if held else numba.get_num_threads()
     if n == 1:  # a large pass, a pass inside one, or numba already at one thread: nothing to hold
         yield
         return

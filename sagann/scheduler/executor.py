@@ -146,8 +146,7 @@ def _kernel_threads(plan: PassPlan, host: dict):
     except ImportError:  # no numba: the kernels are torch's
         return nullcontext()
     width = max([t.shape[1] for t in host.values() if t is not None and t.dim() == 2] or [1])
-    work = max([(c.nnz + c.num_dst + c.num_src) * width for step in plan.steps() for c in step.subs] or [0])
-    return serial_pass(work)
+    return serial_pass((c for step in plan.steps() for c in step.subs), width)
 
 
 class Block:

@@ -61,7 +61,7 @@ def test_a_small_pass_switches_once_and_a_large_chunk_in_it_gets_the_threads_bac
     expected = [_gather(small, 8), _gather(large, 8)]
     seen.clear()
     sets.clear()
-    with cpu_kernels.serial_pass(work=1000):
+    with cpu_kernels.serial_pass([small], 8):
         got = [_gather(small, 8) for _ in range(5)] + [_gather(large, 8), _gather(small, 8)]
         assert numba.get_num_threads() == 1
     assert seen == [1] * 5 + [2, 1] and numba.get_num_threads() == 2
@@ -71,8 +71,9 @@ def test_a_small_pass_switches_once_and_a_large_chunk_in_it_gets_the_threads_bac
 
 def test_a_pass_of_large_chunks_changes_nothing(watched):
     seen, sets = watched
-    with cpu_kernels.serial_pass(work=cpu_kernels.SERIAL_WORK):
-        _gather(_chunk(40_000, 5_000), 8)
+    large = _chunk(40_000, 5_000)
+    with cpu_kernels.serial_pass([_chunk(50, 40), large], 8):
+        _gather(large, 8)
     assert seen == [2] and sets == []
 
 
