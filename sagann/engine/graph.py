@@ -44,10 +44,12 @@ class ChunkedGraph:
             and masks too). The graph keeps its own (int32 where N allows)
             copy: drop yours to save memory.
         num_vertices: N.
-        num_chunks: P, or None to pick the smallest P whose working set fits
-            the device's memory budget (decided at the first layer call,
-            when the feature widths are known, and grown if a later layer
-            needs more).
+        num_chunks: P, or None to pick, of the P whose working set fits the
+            device's memory budget, the one the time model predicts fastest
+            (decided at the first layer call, when the feature widths are
+            known, and grown if a later layer needs more). A P sagann chose,
+            passed back here, is accepted: where intervals balanced by edges
+            do not fit, they are balanced by resident bytes as its own are.
         device: a :class:`~sagann.CpuDevice` (default: unlimited budget), or
             a list of devices: each then owns destination intervals balanced
             by edges, and parameter gradients are summed over them

@@ -81,9 +81,8 @@ class Planner:
         self._planned_peak = 0  # largest dry-run peak of the pass plans so far
         self._resident_ok = True  # may a pass hold source intervals resident or tile its columns (off after an out-of-memory re-plan)
         self._may_coarsen = False  # the call that set P no longer streams here: the next call may pick a smaller P
-        # (shape, fused, param_bytes) of the calls planned so far -> the owner of the last (its layer and inputs): a wider
-        # sub-chunk, or a coarser P, must fit them all, or the next call of another layer re-plans (a plan settling only
-        # in a later epoch re-cuts the graph mid-training)
+        # (shape, fused, param_bytes) of the calls planned so far -> the owner of the last (its layer and inputs): a wider sub-chunk,
+        # or a coarser P, must fit them all, or another layer's next call re-plans (settling late re-cuts the graph mid-training)
         self._calls: dict[tuple, object] = {}
         self._refined = False  # refine() made the partition finer: the model's plan is not trusted to coarsen
         self._warned_fine = False  # warn_if_fine has told the user once
@@ -96,9 +95,7 @@ class Planner:
         """The partition layer calls use now (None before the first call chose it)."""
         return self._partition
 
-    @property
-    def schedule(self) -> ScheduleConfig:
-        return self._schedule
+    schedule = property(lambda self: self._schedule)
 
     @property
     def working_set(self) -> WorkingSet | None:
@@ -132,16 +129,12 @@ class Planner:
             return self._choose_partition(shape, fused, param_bytes, owner)
 
     def _choose_partition(self, shape: LayerShape, fused: bool, param_bytes: int, owner: object) -> GraphPartition:
-        """The partition for a layer call: the current one if it fits, else a finer one.
+        """The partition for a layer call: the current one if it fits, else a finer one; ``owner``: what the call belongs to
+        (its layer and inputs), so that :meth:`allow_coarser` can forget the calls that stopped streaming.
 
-        ``owner``: what the call belongs to (its layer and inputs), so that
-        :meth:`allow_coarser` can forget the calls that stopped streaming.
-
-        P only ever grows, and at a given P the sub-chunks only narrow, so a
-        model whose layers have different widths settles on one partition
-        after its first pass.
-        The first partition takes the smallest P that fits (as NeuGraph), then
-        the largest sub-chunks that still fit at that P (:meth:`_widen`).
+        P only ever grows, and at a given P the sub-chunks only narrow, so a model whose layers have different widths
+        settles on one partition after its first pass. The first partition is the smallest P that fits (as NeuGraph),
+        widened (:meth:`_widen`), or a faster fit the time model finds (:meth:`_by_time`).
         """
         budget = self.budget
         self._calls[(shape, fused, param_bytes)] = owner
@@ -164,21 +157,7 @@ class Planner:
         if current is not None:
             sub = min(sub, current.sub_chunk_nnz)
         if self._fixed_chunks is not None:
-            part = self._cut(self._fixed_chunks, sub)
-            ws = working_set(part, shape, fused, param_bytes, budget=budget)
-            if budget is not None and ws.peak_bytes > budget:
-                raise BudgetTooSmall(
-                    f"num_chunks={self._fixed_chunks} needs {ws.peak_bytes:,} device bytes (in the {ws.phase}) "
-                    f"but {self._devices[0].name} has a budget of {budget:,} ({format_bytes(budget)}); "
-                    f"pass num_chunks=None to let sagann choose, or raise the budget"
-                )
-            if budget is not None and self._fixed_sub_nnz is None:
-                # the starting size charges a new source row per edge: at a fixed P too, the widest sub-chunks that fit (up
-                # to the current ones: at a given P they only narrow), else a dense graph's fixed P took 70x the steps
-                fit, part = [part, ws], None
-                self._widen(fit, shape, fused, param_bytes, 1, DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz, weight=1.0)
-                part, ws = fit
-            return self._settle(part, ws)
+            return self._settle(*self._fixed(shape, fused, param_bytes, sub, current))
         start = 1 if current is None else current.num_chunks
         try:  # room for one sub-chunk loading while one computes, if any P allows it
             part, ws = self._smallest_fit(shape, fused, param_bytes, sub, start, in_flight)
@@ -192,6 +171,27 @@ class Planner:
             fit, part = [part, ws], None  # only ``fit`` holds the partition: tuning may drop it while it cuts another
             part, ws = self._tune(fit, shape, fused, param_bytes, in_flight, cap)
         return self._settle(part, ws)
+
+    def _fixed(self, shape: LayerShape, fused: bool, param_bytes: int, sub: int, current: GraphPartition | None) -> tuple[GraphPartition, WorkingSet]:
+        """The caller's P, intervals balanced by edges or, where that does not fit, by resident bytes as sagann cuts a P it
+        chooses (else the P it chose and printed, passed back as ``num_chunks``, could be refused); widest sub-chunks that fit."""
+        weight, budget = vertex_weight(shape, fused), self.budget
+        for w in (1.0, weight) if weight != 1.0 and budget is not None else (1.0,):
+            part = None  # the first cut is not held while the second is made
+            part = self._cut(self._fixed_chunks, sub, w)
+            ws = working_set(part, shape, fused, param_bytes, budget=budget)
+            if budget is None or ws.peak_bytes <= budget:
+                break
+        if budget is not None and ws.peak_bytes > budget:
+            raise BudgetTooSmall(f"num_chunks={self._fixed_chunks} needs {ws.peak_bytes:,} device bytes (in the {ws.phase}) but "
+                                 f"{self._devices[0].name} has a budget of {budget:,} ({format_bytes(budget)}); pass num_chunks=None to let sagann choose, or raise the budget")
+        if budget is not None and self._fixed_sub_nnz is None:
+            # the starting size charges a new source row per edge: at a fixed P too, the widest sub-chunks that fit (up
+            # to the current ones: at a given P they only narrow), else a dense graph's fixed P took 70x the steps
+            fit, part = [part, ws], None
+            self._widen(fit, shape, fused, param_bytes, 1, DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz, weight=w)
+            part, ws = fit
+        return part, ws
 
     def allow_coarser(self, owner: object = None) -> None:
         """The next call may re-choose P from 1 (the layer whose calls set P stopped streaming: its Gather is cached).

@@ -326,3 +326,24 @@ def test_a_configured_depth_that_does_not_fit_is_an_error_naming_it(monkeypatch)
     monkeypatch.setattr(Planner, "_peak", staticmethod(lambda job, plan: peak(job, plan) + p.budget))
     with pytest.raises(sagann.BudgetTooSmall, match=r"backward plan with prefetch 2 .*ScheduleConfig\(prefetch=\.\.\.\)"):
         p.plan_pass(part, SHAPE, False, PARAMS, BACKWARD)
+
+
+def test_the_p_it_chose_is_accepted_back_as_num_chunks():
+    """On a graph whose in-edges crowd into a few hubs, intervals balanced by edges leave one interval nearly all the
+    vertices; the P sagann chose (intervals balanced by resident bytes), passed back as ``num_chunks``, fits all the same."""
+    n, e, budget = 4000, 40_000, 2_000_000
+    rng = np.random.default_rng(2)
+    edges = np.stack([rng.integers(0, n, e), rng.integers(0, 40, e)])  # every edge into one of 40 hubs
+    in_degree = np.bincount(edges[1], minlength=n)
+
+    def hub_planner(**kw) -> Planner:
+        return Planner(lambda: edges, n, in_degree, [sagann.CpuDevice(budget)], sagann.ScheduleConfig(partition_rule="smallest"), **kw)
+
+    p = hub_planner().partition_for(SHAPE, False, PARAMS).num_chunks
+    by_edges = hub_planner()._cut(p, sub_chunk_nnz_for(budget, SHAPE, False, DEFAULT_SUB_CHUNK_NNZ))
+    assert p > 1 and working_set(by_edges, SHAPE, False, PARAMS, budget=budget).peak_bytes > budget, "the edge-balanced cut does not fit"
+    fixed = hub_planner(num_chunks=p)
+    assert fixed.partition_for(SHAPE, False, PARAMS).num_chunks == p and fixed.working_set.peak_bytes <= budget
+    even = Planner(lambda: EDGES, N, np.bincount(EDGES[1], minlength=N), [sagann.CpuDevice(10**9)], sagann.ScheduleConfig(), num_chunks=4)
+    cut = list(even.partition_for(SHAPE, False, PARAMS).bounds)
+    assert cut == list(planner()._cut(4, DEFAULT_SUB_CHUNK_NNZ).bounds), "where the edge-balanced cut fits, it is the cut"
