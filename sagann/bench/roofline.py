@@ -5,8 +5,9 @@ are small) cannot beat, per edge pass over ``E`` edges and ``N`` vertices
 at width ``w``, reading the CSC index arrays once (``4 E + 4 (N + 1)``
 bytes) and each input and output row once (``2 x 4 w N``), plus its dense
 products at the machine's GEMM rate. Both rates are measured here, once per
-process: a large ``copy_`` (read + write bytes) and a ``[8192, 256] x [256, 256]``
-matmul, best of a few.
+process: a ``copy_`` (read + write bytes) between buffers of
+:data:`PROBE_BYTES` each, far larger than any core's L3, and a
+``[8192, 256] x [256, 256]`` matmul, best of a few.
 
 Which edge passes a model makes (the narrower side of a GCN propagated, a
 first layer's Gather cached or streamed, no input gradient for raw
@@ -24,6 +25,9 @@ __all__ = ["epoch_floor", "graph_index_bytes", "machine_rates"]
 
 _RATES: dict = {}
 FLOAT = 4
+# bytes of each copy buffer: 64 MiB buffers, twice the 32 MiB L3 of the 2-core VM the figures come from, read 17-106
+# GB/s across fresh processes, partly from cache; 256 MiB read 22-28 GB/s (docs/benchmarks.md, "A memory probe ...")
+PROBE_BYTES = 256 << 20
 
 
 def _best(fn, repeats: int = 5) -> float:
@@ -37,14 +41,15 @@ def _best(fn, repeats: int = 5) -> float:
 
 
 def machine_rates() -> dict:
-    """``{"bandwidth_bytes_per_s", "gemm_flops_per_s"}`` of this machine, measured on the first call (about a second)."""
+    """``{"bandwidth_bytes_per_s", "gemm_flops_per_s"}`` of this machine, measured on the first call (about half a second)."""
     if not _RATES:
         gen = torch.Generator().manual_seed(0)
-        src, dst = torch.randn(1 << 24, generator=gen), torch.empty(1 << 24)  # 64 MiB each
+        src, dst = torch.ones(PROBE_BYTES // FLOAT), torch.empty(PROBE_BYTES // FLOAT)  # the values do not change a copy's speed
         copy = _best(lambda: dst.copy_(src))
+        del src, dst
         a, b = torch.randn(8192, 256, generator=gen), torch.randn(256, 256, generator=gen)
         gemm = _best(lambda: a @ b)
-        _RATES.update(bandwidth_bytes_per_s=2 * src.numel() * FLOAT / copy, gemm_flops_per_s=2 * 8192 * 256 * 256 / gemm)
+        _RATES.update(bandwidth_bytes_per_s=2 * PROBE_BYTES / copy, gemm_flops_per_s=2 * 8192 * 256 * 256 / gemm)
     return dict(_RATES)
 
 
