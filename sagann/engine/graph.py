@@ -18,7 +18,7 @@ from sagann.scheduler.devices import Device
 from sagann.scheduler.host import HostMemory
 from sagann.scheduler.planner import LayerShape, Planner, WorkingSet
 from sagann.scheduler.schedule import PassPlan
-from sagann.scheduler.records import PassRecord, VertexSteps
+from sagann.scheduler.records import PassHistory, VertexSteps
 
 BACKENDS = backend_names("auto")  # "auto" and every registered kernel backend, read at each check
 
@@ -114,7 +114,7 @@ class ChunkedGraph:
         self.schedule = schedule or ScheduleConfig()
         self.host = host_memory if isinstance(host_memory, HostMemory) else HostMemory(host_memory)
         self.costs = CostTable()
-        self.pass_log: list[PassRecord] = []
+        self.pass_log: PassHistory = PassHistory()  # list[PassRecord]; print(g.pass_log) shows the latest as a table
         self.replans: list[Replan] = []  # re-plans after running out of device memory, oldest first
         self._source = _source  # a partition holding the edges, to cut from (an engine-derived graph before its first call)
         if _partition is not None or _source is not None:

@@ -531,11 +531,13 @@ class Executor:
         pass_key = (self.log.key, phase)
         per_step = self.log.costs.step_residual(pass_key)
         model = max(0.0, base + steps * (in_pass_step_seconds(self.device) if per_step is None else per_step)) if base == base else base
+        for key, (load, busy) in times.items():
+            self.log.costs.update((self.log.key, phase), key, load, busy)
+        if base != base:  # nothing predicted (the chunks' times were the warm-up's): fitted to this run's own times, once settled
+            base = self._model_seconds(plan, steps, moved)
         learn_in_pass_step(self.device, base, seconds, steps)
         if base == base and steps > 0:
             self.log.costs.learn_step_residual(pass_key, (seconds - base) / steps)
-        for key, (load, busy) in times.items():
-            self.log.costs.update((self.log.key, phase), key, load, busy)
         predicted = two_stage_makespan([times[s.key] for s in plan.steps()]) if times else 0.0
         record = PassRecord(self.name, phase, plan.num_steps, plan.prefetch, seconds, predicted, moved, full, plan.resident_bytes, plan.tile, plan.dst_rows_bytes)
         least = moved - plan.bytes_moved + plan.bytes_lower_bound
@@ -551,17 +553,19 @@ class Executor:
         """The calibrated time model's prediction of this pass (``sagann.scheduler.cost_model``), from what was known before it ran.
 
         ``record_pass`` adds what steps cost beyond it in this pass's earlier
-        runs (``CostTable.step_residual``), or before its first in the
-        device's other passes (:func:`~sagann.scheduler.cost_model.in_pass_step_seconds`).
+        runs (``CostTable.step_residual``, fitted from its second run on), or
+        where it has none the device's other passes' (:func:`~sagann.scheduler.cost_model.in_pass_step_seconds`).
 
         Edge work: the compute the cost table holds for the plan's chunks from
         earlier runs, less their fixed cost per step; NaN before every chunk
-        was measured once, or where the device's rates were never measured
+        was measured after its warm-up run (``CostTable.settled``: a pass's first
+        run pays for compiling), or where the device's rates were never measured
         (the planner measures them for a device with a budget).
         """
         costs = measured_step_costs(self.device)
-        earlier = [self.log.costs.get((self.log.key, plan.phase), s.key) for s in plan.steps()]
-        if costs is None or not earlier or any(e is None for e in earlier):
+        key, table = (self.log.key, plan.phase), self.log.costs
+        if costs is None or not plan.num_steps or not all(table.settled(key, s.key) for s in plan.steps()):
             return float("nan")
+        earlier = [table.get(key, s.key) for s in plan.steps()]
         work = max(0.0, sum(e[1] for e in earlier) - steps * costs.seconds_per_step)
         return predict_seconds(costs, moved, steps) + work

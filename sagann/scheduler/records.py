@@ -10,7 +10,7 @@ import collections
 import threading
 from dataclasses import dataclass
 
-__all__ = ["CallRecord", "PassRecord", "StepRecord", "VertexSteps", "recompute_seconds", "work_since"]
+__all__ = ["CallRecord", "PassHistory", "PassRecord", "StepRecord", "VertexSteps", "recompute_seconds", "work_since"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,30 @@ class PassRecord:
     # prefetch; beside compute where it does) and their compute (kernels and per-edge functions)
     load_seconds: float = 0.0
     compute_seconds: float = 0.0
+
+
+class PassHistory(list):
+    """``ChunkedGraph.pass_log``: the :class:`PassRecord` of every streamed pass, oldest first; a list that prints as a table.
+
+    ``print(g.pass_log)`` shows the latest passes, each one's predicted time
+    beside the achieved one; :meth:`table` chooses how many.
+    """
+
+    def table(self, last: int | None = 12) -> str:
+        """The ``last`` passes (None: all) as aligned rows: what a pass moved and computed, and the time model's error."""
+        rows = self if last is None else self[-last:]
+        lines = [f"{len(self)} passes" + (f", the last {len(rows)}" if len(rows) < len(self) else ""),
+                 f"{'layer':24} {'phase':8} {'chunks':>6} {'steps':>6} {'MB sent':>8} {'predicted':>10} {'achieved':>9} {'error':>6} {'loads':>8} {'compute':>8}"]
+        for r in rows:
+            known = r.model_seconds == r.model_seconds  # NaN on a pass's first run
+            predicted = f"{r.model_seconds * 1e3:8.2f}ms" if known else f"{'-':>10}"
+            error = f"{(r.model_seconds / r.seconds - 1) * 100:+5.0f}%" if known and r.seconds > 0 else f"{'-':>6}"
+            lines.append(f"{r.layer[:24]:24} {r.phase:8} {r.chunks:6d} {r.steps:6d} {r.bytes_moved / 1e6:8.2f} {predicted} {r.seconds * 1e3:7.2f}ms "
+                         f"{error} {r.load_seconds * 1e3:6.2f}ms {r.compute_seconds * 1e3:6.2f}ms")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
 
 
 @dataclass(frozen=True)
