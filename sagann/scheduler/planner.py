@@ -177,17 +177,17 @@ class Planner:
         chooses (else the P it chose and printed, passed back as ``num_chunks``, could be refused); widest sub-chunks that fit."""
         weight, budget = vertex_weight(shape, fused), self.budget
         for w in (1.0, weight) if weight != 1.0 and budget is not None else (1.0,):
-            part = None  # the first cut is not held while the second is made
+            part = None  # the first cut is not held while the second is made; cut by this call's rows, it must hold the others
             part = self._cut(self._fixed_chunks, sub, w)
             ws = working_set(part, shape, fused, param_bytes, budget=budget)
-            if budget is None or ws.peak_bytes <= budget:
+            if budget is None or ws.peak_bytes <= budget and (w == 1.0 or self._fits_the_others(part, shape, fused, param_bytes, 1)):
                 break
-        if budget is not None and ws.peak_bytes > budget:
-            raise BudgetTooSmall(f"num_chunks={self._fixed_chunks} needs {ws.peak_bytes:,} device bytes (in the {ws.phase}) but "
-                                 f"{self._devices[0].name} has a budget of {budget:,} ({format_bytes(budget)}); pass num_chunks=None to let sagann choose, or raise the budget")
+        else:
+            why = f"needs {ws.peak_bytes:,} device bytes (in the {ws.phase})" if ws.peak_bytes > budget else "fits this layer only in intervals another layer does not fit"
+            raise BudgetTooSmall(f"num_chunks={self._fixed_chunks} {why} under {self._devices[0].name}'s budget of {budget:,} ({format_bytes(budget)}); pass num_chunks=None to let sagann choose, or raise the budget")
         if budget is not None and self._fixed_sub_nnz is None:
-            # the starting size charges a new source row per edge: at a fixed P too, the widest sub-chunks that fit (up
-            # to the current ones: at a given P they only narrow), else a dense graph's fixed P took 70x the steps
+            # the first size charges a new source row per edge: at a fixed P too, the widest sub-chunks that fit (up to the
+            # current ones: at a given P they only narrow), else a dense graph's fixed P took 70x the steps
             fit, part = [part, ws], None
             self._widen(fit, shape, fused, param_bytes, 1, DEFAULT_SUB_CHUNK_NNZ if current is None else current.sub_chunk_nnz, weight=w)
             part, ws = fit
